@@ -1,0 +1,124 @@
+// attention: causal softmax(q·kᵀ·scale)·v over the paged KV cache, for every query row of a step
+// (prefill rows and decode rows alike). Row m attends to its sequence's tokens 0..row_info[m].x
+// (its own position, inclusive), found through the block table starting at row_info[m].y.
+// GQA: query head h reads KV head h / (heads / kv_heads); K/V are indexed, never repeated.
+// Bindings: params, row_info [m] vec2<u32> (position, block-table offset), block_table u32,
+// q [m, heads·head_dim] f32, k_cache, v_cache ([block][kv_head][16][head_dim] f32), out like q.
+// Work: one 64-thread workgroup per (query head, row). Keys go in tiles of 64 (one score per
+// thread), with the online softmax (running max and sum, accumulator rescaled when the max grows);
+// each thread owns head dims t, t+64, t+128, t+192 of the output (head_dim <= 256).
+// The exact baseline that the split-K decode kernels of "Seed kernels" are measured against.
+
+struct Params {
+  heads: u32,
+  kv_heads: u32,
+  head_dim: u32,
+  scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> row_info: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> block_table: array<u32>;
+@group(0) @binding(3) var<storage, read> q: array<f32>;
+@group(0) @binding(4) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(5) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 64u;
+const BLOCK_TOKENS: u32 = 16u;
+const MAX_DIMS_PER_THREAD: u32 = 4u;
+// A finite "minus infinity": keeps exp(m_old - m_new) and (m_old - m_new) free of NaN.
+const NEG_BIG: f32 = -1.0e30;
+
+var<workgroup> q_sh: array<f32, 256>;
+var<workgroup> probs: array<f32, WG>;
+var<workgroup> red: array<f32, WG>;
+
+fn reduce_max(t: u32) -> f32 {
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (t < s) {
+      red[t] = max(red[t], red[t + s]);
+    }
+    workgroupBarrier();
+  }
+  return red[0];
+}
+
+fn reduce_sum(t: u32) -> f32 {
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (t < s) {
+      red[t] += red[t + s];
+    }
+    workgroupBarrier();
+  }
+  return red[0];
+}
+
+fn kv_base(bt_off: u32, kv_head: u32, j: u32) -> u32 {
+  let block = block_table[bt_off + j / BLOCK_TOKENS];
+  return ((block * p.kv_heads + kv_head) * BLOCK_TOKENS + j % BLOCK_TOKENS) * p.head_dim;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let head = wid.x;
+  let row = wid.y;
+  let info = row_info[row];
+  let ctx_len = info.x + 1u;
+  let bt_off = info.y;
+  let kv_head = head / (p.heads / p.kv_heads);
+  let q_base = (row * p.heads + head) * p.head_dim;
+  for (var d = t; d < p.head_dim; d += WG) {
+    q_sh[d] = q[q_base + d];
+  }
+  workgroupBarrier();
+
+  var acc: array<f32, MAX_DIMS_PER_THREAD>;
+  var m_run = NEG_BIG;
+  var l_run = 0.0;
+  for (var tile = 0u; tile < ctx_len; tile += WG) {
+    let j = tile + t;
+    var s = NEG_BIG;
+    if (j < ctx_len) {
+      let kb = kv_base(bt_off, kv_head, j);
+      var dot = 0.0;
+      for (var d = 0u; d < p.head_dim; d++) {
+        dot += q_sh[d] * k_cache[kb + d];
+      }
+      s = dot * p.scale;
+    }
+    red[t] = s;
+    workgroupBarrier();
+    let m_new = max(m_run, reduce_max(t));
+    workgroupBarrier();
+    var pr = 0.0;
+    if (j < ctx_len) {
+      pr = exp(s - m_new);
+    }
+    probs[t] = pr;
+    red[t] = pr;
+    workgroupBarrier();
+    let tile_sum = reduce_sum(t);
+    let alpha = exp(m_run - m_new);
+    l_run = l_run * alpha + tile_sum;
+    let n_keys = min(WG, ctx_len - tile);
+    for (var r = 0u; r < MAX_DIMS_PER_THREAD; r++) {
+      let d = t + r * WG;
+      if (d < p.head_dim) {
+        var a = acc[r] * alpha;
+        for (var jj = 0u; jj < n_keys; jj++) {
+          a += probs[jj] * v_cache[kv_base(bt_off, kv_head, tile + jj) + d];
+        }
+        acc[r] = a;
+      }
+    }
+    m_run = m_new;
+    workgroupBarrier();
+  }
+  for (var r = 0u; r < MAX_DIMS_PER_THREAD; r++) {
+    let d = t + r * WG;
+    if (d < p.head_dim) {
+      out[q_base + d] = acc[r] / l_run;
+    }
+  }
+}

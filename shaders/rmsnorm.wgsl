@@ -1,0 +1,42 @@
+// rmsnorm: y[r, :] = w ⊙ x[rows[r], :] / sqrt(mean(x[rows[r], :]²) + eps), in f32.
+// `rows` maps output rows to input rows, so the final norm can pick only the rows that need logits.
+// Bindings: params, x [*, hidden] f32, w [hidden] f32, rows [m] u32, y [m, hidden] f32.
+// Work: one 64-thread workgroup per output row; a workgroup-memory tree sums the squares.
+
+struct Params {
+  hidden: u32,
+  eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> rows: array<u32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+const WG: u32 = 64u;
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let r = wid.x;
+  let src = rows[r] * p.hidden;
+  var ss = 0.0;
+  for (var j = t; j < p.hidden; j += WG) {
+    let v = x[src + j];
+    ss += v * v;
+  }
+  red[t] = ss;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    if (t < s) {
+      red[t] += red[t + s];
+    }
+    workgroupBarrier();
+  }
+  let inv = inverseSqrt(red[0] / f32(p.hidden) + p.eps);
+  let dst = r * p.hidden;
+  for (var j = t; j < p.hidden; j += WG) {
+    y[dst + j] = x[src + j] * inv * w[j];
+  }
+}

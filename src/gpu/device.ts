@@ -1,0 +1,222 @@
+/**
+ * Device acquisition: an injected GPUDevice, a GPU object (Dawn's in Node, `navigator.gpu` in a
+ * browser), and the features and limits Kiln asks for. Everything GPU-side goes through the
+ * GpuContext returned here, which also turns `device.lost` into a clear error on the next use.
+ */
+import { DeviceMemoryError, GpuDeviceError } from '../errors.js';
+import { BufferPool } from './buffer-pool.js';
+import { PipelineCache } from './pipeline-cache.js';
+
+/** What Kiln knows about the adapter, as reported to users (`--json`'s "adapter"). */
+export interface AdapterSummary {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  /** Features Kiln requested and got. */
+  features: string[];
+  shaderF16: boolean;
+  subgroups: boolean;
+  timestampQuery: boolean;
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+  maxComputeWorkgroupStorageSize: number;
+}
+
+export interface AcquireOptions {
+  /** Use this device as is (the caller owns it; Kiln never destroys it). */
+  device?: GPUDevice;
+  /** The GPU entry point: Dawn's in Node (see src/node/dawn.ts), `navigator.gpu` in a browser. */
+  gpu?: GPU;
+  powerPreference?: GPUPowerPreference;
+  /** Kept referenced for the device's lifetime (Dawn's instance must outlive every device). */
+  keepAlive?: unknown;
+}
+
+const WANTED_FEATURES: GPUFeatureName[] = ['shader-f16', 'subgroups', 'timestamp-query'];
+/** Limits requested at the adapter's own maximum: big tensors and workgroup tiles depend on them. */
+const WANTED_LIMITS = [
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+function findGpu(opts: AcquireOptions): GPU {
+  if (opts.gpu) return opts.gpu;
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (nav?.gpu) return nav.gpu;
+  throw new GpuDeviceError(
+    'WebGPU is not available: no navigator.gpu here. In Node, use the kiln/node entry (Dawn); in a browser, use one with WebGPU enabled.',
+  );
+}
+
+/** Acquires (or wraps) a device and returns the context every kernel uses. */
+export async function acquireGpu(opts: AcquireOptions = {}): Promise<GpuContext> {
+  if (opts.device)
+    return new GpuContext(opts.device, summarize(opts.device, opts.device.adapterInfo), opts.keepAlive);
+  const gpu = findGpu(opts);
+  const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference ?? 'high-performance' });
+  if (!adapter) {
+    throw new GpuDeviceError(
+      'no WebGPU adapter found. On Linux without a GPU, run `npm run setup` (installs the lavapipe Vulkan driver).',
+    );
+  }
+  const requiredFeatures = WANTED_FEATURES.filter((f) => adapter.features.has(f));
+  const requiredLimits: Record<string, number> = {};
+  for (const name of WANTED_LIMITS) requiredLimits[name] = adapter.limits[name];
+  let device: GPUDevice;
+  try {
+    device = await adapter.requestDevice({ requiredFeatures, requiredLimits, label: 'kiln' });
+  } catch (e) {
+    throw new GpuDeviceError(`could not create a WebGPU device: ${(e as Error).message}`, { cause: e });
+  }
+  return new GpuContext(device, summarize(device, adapter.info), opts.keepAlive);
+}
+
+function summarize(device: GPUDevice, info: GPUAdapterInfo): AdapterSummary {
+  return {
+    vendor: info.vendor,
+    architecture: info.architecture,
+    device: info.device,
+    description: info.description,
+    features: [...device.features].filter((f) => (WANTED_FEATURES as string[]).includes(f)).sort(),
+    shaderF16: device.features.has('shader-f16'),
+    subgroups: device.features.has('subgroups'),
+    timestampQuery: device.features.has('timestamp-query'),
+    maxStorageBufferBindingSize: device.limits.maxStorageBufferBindingSize,
+    maxBufferSize: device.limits.maxBufferSize,
+    maxComputeWorkgroupStorageSize: device.limits.maxComputeWorkgroupStorageSize,
+  };
+}
+
+/**
+ * The device plus Kiln's shared GPU state. One per device; models and kernels borrow it.
+ */
+export class GpuContext {
+  readonly pipelines: PipelineCache;
+  readonly buffers: BufferPool;
+  /** Set once the device is lost; every later call fails with this message. */
+  private lostMessage: string | null = null;
+  private destroyed = false;
+  /** Bytes of long-lived buffers (weights, KV cache) allocated through `createBuffer`. */
+  allocatedBytes = 0;
+
+  constructor(
+    readonly device: GPUDevice,
+    readonly adapter: AdapterSummary,
+    /** Held so Dawn's instance is not garbage-collected while the device lives. */
+    private readonly keepAlive?: unknown,
+  ) {
+    this.pipelines = new PipelineCache(device);
+    this.buffers = new BufferPool(device);
+    // Kiln's own kernels should never raise validation errors; if one does (a driver bug, a limit
+    // we misjudged), fail the next call with its text instead of hanging on a readback.
+    device.addEventListener('uncapturederror', (ev) => {
+      const err = (ev as GPUUncapturedErrorEvent).error;
+      this.lostMessage ??= `GPU error: ${err.message.split('\n')[0]}`;
+    });
+    void device.lost.then((info) => {
+      if (this.destroyed && info.reason === 'destroyed') return;
+      this.lostMessage = `the GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ''}); reload the model to continue`;
+    });
+  }
+
+  get limits(): GPUSupportedLimits {
+    return this.device.limits;
+  }
+
+  /** Throws the device-lost error if the device has gone away. */
+  assertAlive(): void {
+    if (this.lostMessage) throw new GpuDeviceError(this.lostMessage);
+    if (this.destroyed) throw new GpuDeviceError('the GPU context was closed');
+  }
+
+  /**
+   * Creates a long-lived buffer, checking the device's limits first so the error says what was asked
+   * for and what the device allows, instead of a validation error later.
+   */
+  createBuffer(label: string, size: number, usage: GPUBufferUsageFlags): GPUBuffer {
+    this.assertAlive();
+    const padded = Math.max(4, Math.ceil(size / 4) * 4);
+    const isStorage = (usage & GPUBufferUsage.STORAGE) !== 0;
+    const limit = isStorage ? this.limits.maxStorageBufferBindingSize : this.limits.maxBufferSize;
+    if (padded > limit) {
+      throw new DeviceMemoryError(
+        `${label} needs a buffer of ${formatBytes(padded)}, over this device's ${isStorage ? 'maxStorageBufferBindingSize' : 'maxBufferSize'} of ${formatBytes(limit)}`,
+      );
+    }
+    const buffer = this.device.createBuffer({ label, size: padded, usage });
+    this.allocatedBytes += padded;
+    return buffer;
+  }
+
+  /** Frees a buffer made by `createBuffer`. */
+  destroyBuffer(buffer: GPUBuffer): void {
+    this.allocatedBytes -= buffer.size;
+    buffer.destroy();
+  }
+
+  /**
+   * Runs `fn` inside out-of-memory and validation error scopes, so that an allocation the device
+   * cannot satisfy becomes a DeviceMemoryError that says how much was being allocated.
+   */
+  async guardAllocation<T>(what: string, bytes: number, fn: () => T): Promise<T> {
+    this.device.pushErrorScope('validation');
+    this.device.pushErrorScope('out-of-memory');
+    const result = fn();
+    const oom = await this.device.popErrorScope();
+    const invalid = await this.device.popErrorScope();
+    if (oom) {
+      throw new DeviceMemoryError(
+        `out of GPU memory while allocating ${what} (${formatBytes(bytes)}; ${formatBytes(this.allocatedBytes)} already allocated by Kiln): ${oom.message}`,
+      );
+    }
+    if (invalid)
+      throw new GpuDeviceError(`GPU validation error while allocating ${what}: ${invalid.message}`);
+    this.assertAlive();
+    return result;
+  }
+
+  /** Copies `size` bytes of a GPU buffer back to the CPU. */
+  async read(buffer: GPUBuffer, offset: number, size: number): Promise<ArrayBuffer> {
+    this.assertAlive();
+    const staging = this.buffers.acquireReadback(size);
+    const enc = this.device.createCommandEncoder({ label: 'kiln.readback' });
+    enc.copyBufferToBuffer(buffer, offset, staging, 0, size);
+    this.device.queue.submit([enc.finish()]);
+    try {
+      await staging.mapAsync(GPUMapMode.READ, 0, size);
+    } catch (e) {
+      this.assertAlive();
+      throw new GpuDeviceError(`reading back from the GPU failed: ${(e as Error).message}`, { cause: e });
+    }
+    const out = staging.getMappedRange(0, size).slice(0);
+    staging.unmap();
+    this.buffers.releaseReadback(staging);
+    return out;
+  }
+
+  /** Destroys pooled buffers; destroys the device too unless it was injected by the caller. */
+  close(ownsDevice: boolean): void {
+    if (this.destroyed) return;
+    this.buffers.clear();
+    this.destroyed = true;
+    if (ownsDevice) this.device.destroy();
+    void this.keepAlive;
+  }
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[i]}`;
+}

@@ -1,0 +1,307 @@
+/**
+ * Turns a Hugging Face config.json (plus the optional generation_config.json) into a ModelSpec.
+ * Every field the forward pass depends on is checked here, so a model Kiln cannot run exactly is
+ * refused with a message naming the field and its value instead of producing wrong tokens later.
+ */
+import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
+import type { Architecture, ModelSpec, RopeScaling } from '../runtime/model-spec.js';
+import { readJson, type ModelDir } from './byte-source.js';
+
+const ARCHITECTURES: Readonly<Record<string, Architecture>> = {
+  LlamaForCausalLM: 'llama',
+  MistralForCausalLM: 'mistral',
+  Qwen2ForCausalLM: 'qwen2',
+};
+
+const MODEL_TYPES: Readonly<Record<string, Architecture>> = {
+  llama: 'llama',
+  mistral: 'mistral',
+  qwen2: 'qwen2',
+};
+
+type Json = Record<string, unknown>;
+
+function isObject(v: unknown): v is Json {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function show(v: unknown): string {
+  if (v === undefined) return 'missing';
+  const s = JSON.stringify(v);
+  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
+}
+
+/** Field readers bound to one file label, so every message starts with the file it is about. */
+class Fields {
+  constructor(
+    readonly label: string,
+    private readonly obj: Json,
+    private readonly prefix = '',
+  ) {}
+
+  invalid(field: string, value: unknown, expected: string): never {
+    throw new InvalidModelFileError(
+      `${this.label}: ${this.prefix}${field} is ${show(value)}, expected ${expected}`,
+    );
+  }
+
+  unsupported(message: string): never {
+    throw new UnsupportedModelError(`${this.label}: ${message}`);
+  }
+
+  raw(field: string): unknown {
+    return this.obj[field];
+  }
+
+  /** True when the field is absent or null (HF writes both for "use the default"). */
+  unset(field: string): boolean {
+    return this.obj[field] === undefined || this.obj[field] === null;
+  }
+
+  positiveInt(field: string): number {
+    const v = this.obj[field];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
+      this.invalid(field, v, 'a positive integer');
+    }
+    return v;
+  }
+
+  optionalPositiveInt(field: string): number | undefined {
+    return this.unset(field) ? undefined : this.positiveInt(field);
+  }
+
+  positiveNumber(field: string): number {
+    const v = this.obj[field];
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) this.invalid(field, v, 'a positive number');
+    return v;
+  }
+
+  bool(field: string, fallback: boolean): boolean {
+    if (this.unset(field)) return fallback;
+    const v = this.obj[field];
+    if (typeof v !== 'boolean') this.invalid(field, v, 'true or false');
+    return v;
+  }
+
+  tokenId(field: string): number | null {
+    if (this.unset(field)) return null;
+    const v = this.obj[field];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) this.invalid(field, v, 'a token id');
+    return v;
+  }
+
+  tokenIds(field: string): number[] {
+    if (this.unset(field)) return [];
+    const v = this.obj[field];
+    const list = Array.isArray(v) ? (v as unknown[]) : [v];
+    for (const id of list) {
+      if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) {
+        this.invalid(field, v, 'a token id or a list of token ids');
+      }
+    }
+    return list as number[];
+  }
+}
+
+function fileLabel(file: string, location: string | undefined): string {
+  return location === undefined ? file : `${file} in ${location}`;
+}
+
+function parseRopeScaling(f: Fields, architecture: Architecture): RopeScaling {
+  // transformers v5 moved these into `rope_parameters`; older configs use `rope_scaling`.
+  const field = f.unset('rope_scaling') && !f.unset('rope_parameters') ? 'rope_parameters' : 'rope_scaling';
+  if (f.unset(field)) return { type: 'none' };
+  const rs = f.raw(field);
+  if (!isObject(rs)) f.invalid(field, rs, 'null or an object');
+  const r: Fields = new Fields(f.label, rs, `${field}.`);
+  const typeField = r.unset('rope_type') ? 'type' : 'rope_type';
+  const type = rs[typeField];
+  if (typeof type !== 'string') r.invalid('rope_type', type, 'a string such as "linear" or "llama3"');
+  switch (type) {
+    case 'default':
+      return { type: 'none' };
+    case 'linear':
+      return { type: 'linear', factor: r.positiveNumber('factor') };
+    case 'llama3': {
+      const s: RopeScaling = {
+        type: 'llama3',
+        factor: r.positiveNumber('factor'),
+        lowFreqFactor: r.positiveNumber('low_freq_factor'),
+        highFreqFactor: r.positiveNumber('high_freq_factor'),
+        originalMaxPositionEmbeddings: r.positiveInt('original_max_position_embeddings'),
+      };
+      // The smoothing step divides by (high - low); equal factors would make it 0/0.
+      if (s.highFreqFactor <= s.lowFreqFactor) {
+        r.invalid('high_freq_factor', s.highFreqFactor, `a value above low_freq_factor (${s.lowFreqFactor})`);
+      }
+      return s;
+    }
+    default:
+      f.unsupported(
+        `${field}.${typeField} ${JSON.stringify(type)} is not supported for ${architecture} ` +
+          '(supported: default, linear, llama3)',
+      );
+  }
+}
+
+/**
+ * Builds the ModelSpec of a Llama, Mistral or Qwen2 checkpoint from its parsed config.json and,
+ * when present, generation_config.json (which may add end-of-sequence ids and override bos).
+ * `location` names the model folder in error messages.
+ */
+export function parseModelConfig(config: unknown, generationConfig?: unknown, location?: string): ModelSpec {
+  const label = fileLabel('config.json', location);
+  if (!isObject(config)) {
+    throw new InvalidModelFileError(`${label} is ${show(config)}, expected a JSON object`);
+  }
+  const f: Fields = new Fields(label, config);
+
+  let hfArchitecture: string;
+  const archs = config.architectures;
+  if (archs === undefined || archs === null) {
+    const mt = config.model_type;
+    if (typeof mt !== 'string' || !Object.hasOwn(MODEL_TYPES, mt)) {
+      f.invalid(
+        'architectures',
+        archs,
+        'a list such as ["LlamaForCausalLM"] (model_type does not name one either)',
+      );
+    }
+    hfArchitecture = Object.keys(ARCHITECTURES).find((k) => ARCHITECTURES[k] === MODEL_TYPES[mt])!;
+  } else {
+    if (!Array.isArray(archs) || typeof archs[0] !== 'string') {
+      f.invalid('architectures', archs, 'a non-empty list of class names');
+    }
+    hfArchitecture = archs[0];
+  }
+  const architecture = Object.hasOwn(ARCHITECTURES, hfArchitecture)
+    ? ARCHITECTURES[hfArchitecture]
+    : undefined;
+  if (!architecture) {
+    f.unsupported(
+      `architectures[0] ${JSON.stringify(hfArchitecture)} is not supported ` +
+        `(supported: ${Object.keys(ARCHITECTURES).join(', ')})`,
+    );
+  }
+  if (!f.unset('model_type') && config.model_type !== architecture) {
+    f.invalid(
+      'model_type',
+      config.model_type,
+      `"${architecture}" to match architectures[0] ${hfArchitecture}`,
+    );
+  }
+
+  if (!f.unset('quantization_config')) {
+    const q = config.quantization_config;
+    const method =
+      isObject(q) && typeof q.quant_method === 'string' ? ` (quant_method "${q.quant_method}")` : '';
+    f.unsupported(
+      `quantization_config${method} is not supported yet: use an unquantized (f32/f16/bf16) checkpoint`,
+    );
+  }
+
+  const hiddenAct = f.unset('hidden_act') ? 'silu' : config.hidden_act;
+  if (hiddenAct !== 'silu') f.unsupported(`hidden_act ${show(hiddenAct)} is not supported (expected "silu")`);
+
+  const vocabSize = f.positiveInt('vocab_size');
+  const hiddenSize = f.positiveInt('hidden_size');
+  const intermediateSize = f.positiveInt('intermediate_size');
+  const numLayers = f.positiveInt('num_hidden_layers');
+  const numHeads = f.positiveInt('num_attention_heads');
+  const numKvHeads = f.optionalPositiveInt('num_key_value_heads') ?? numHeads;
+  if (numHeads % numKvHeads !== 0) {
+    throw new InvalidModelFileError(
+      `${label}: num_key_value_heads (${numKvHeads}) must divide num_attention_heads (${numHeads})`,
+    );
+  }
+  let headDim = f.optionalPositiveInt('head_dim');
+  if (headDim === undefined) {
+    if (hiddenSize % numHeads !== 0) {
+      throw new InvalidModelFileError(
+        `${label}: num_attention_heads (${numHeads}) must divide hidden_size (${hiddenSize}) when head_dim is not given`,
+      );
+    }
+    headDim = hiddenSize / numHeads;
+  }
+  // RoPE rotates pairs of elements, so an odd head size has no valid rotation.
+  if (headDim % 2 !== 0) f.invalid('head_dim', headDim, 'an even number (RoPE rotates pairs)');
+
+  const rmsNormEps = f.positiveNumber('rms_norm_eps');
+  const ropeParams = config.rope_parameters;
+  let ropeTheta = 10000;
+  if (!f.unset('rope_theta')) ropeTheta = f.positiveNumber('rope_theta');
+  else if (isObject(ropeParams) && ropeParams.rope_theta !== undefined) {
+    ropeTheta = new Fields(label, ropeParams, 'rope_parameters.').positiveNumber('rope_theta');
+  }
+  const ropeScaling = parseRopeScaling(f, architecture);
+
+  let maxPositionEmbeddings = f.positiveInt('max_position_embeddings');
+  // Kiln implements full causal attention only. Up to the window length, sliding-window attention
+  // sees exactly the same keys as full attention, so clamping the context to the window keeps
+  // every result exact instead of silently diverging from the reference past it.
+  const useWindow =
+    architecture === 'qwen2'
+      ? f.bool('use_sliding_window', false)
+      : architecture === 'mistral' && !f.unset('sliding_window');
+  if (useWindow) {
+    const window = f.positiveInt('sliding_window');
+    maxPositionEmbeddings = Math.min(maxPositionEmbeddings, window);
+  }
+
+  const tieWordEmbeddings = f.bool('tie_word_embeddings', false);
+  // Only Llama reads attention_bias / mlp_bias; transformers' Mistral ignores them and Qwen2
+  // hard-codes q/k/v biases without o/mlp biases.
+  const llamaAttnBias = architecture === 'llama' && f.bool('attention_bias', false);
+  const qkvBias = architecture === 'qwen2' || llamaAttnBias;
+  const oBias = llamaAttnBias;
+  const mlpBias = architecture === 'llama' && f.bool('mlp_bias', false);
+
+  let bosTokenId = f.tokenId('bos_token_id');
+  const eos = f.tokenIds('eos_token_id');
+  if (generationConfig !== undefined && generationConfig !== null) {
+    const gLabel = fileLabel('generation_config.json', location);
+    if (!isObject(generationConfig)) {
+      throw new InvalidModelFileError(`${gLabel} is ${show(generationConfig)}, expected a JSON object`);
+    }
+    const g: Fields = new Fields(gLabel, generationConfig);
+    bosTokenId = g.tokenId('bos_token_id') ?? bosTokenId;
+    eos.push(...g.tokenIds('eos_token_id'));
+  }
+  const eosTokenIds = [...new Set(eos)];
+
+  return {
+    architecture,
+    hfArchitecture,
+    vocabSize,
+    hiddenSize,
+    intermediateSize,
+    numLayers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    rmsNormEps,
+    ropeTheta,
+    ropeScaling,
+    maxPositionEmbeddings,
+    tieWordEmbeddings,
+    qkvBias,
+    oBias,
+    mlpBias,
+    bosTokenId,
+    eosTokenIds,
+  };
+}
+
+/** Reads config.json and the optional generation_config.json of a model folder into a ModelSpec. */
+export async function loadModelSpec(dir: ModelDir): Promise<ModelSpec> {
+  if (!(await dir.exists('config.json'))) {
+    throw new InvalidModelFileError(
+      `no config.json in ${dir.location}: expected a Hugging Face model folder`,
+    );
+  }
+  const config = await readJson(dir, 'config.json');
+  const generation = (await dir.exists('generation_config.json'))
+    ? await readJson(dir, 'generation_config.json')
+    : undefined;
+  return parseModelConfig(config, generation, dir.location);
+}

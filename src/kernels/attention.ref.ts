@@ -1,0 +1,42 @@
+/**
+ * CPU twin of attention (float64) over contiguous K/V: row r attends to keys 0..positions[r].
+ * k, v: [tokens, kvHeads·headDim]; q: [rows, heads·headDim].
+ */
+export function attentionRef(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  positions: readonly number[],
+  heads: number,
+  kvHeads: number,
+  headDim: number,
+  scale: number,
+): Float64Array {
+  const out = new Float64Array(positions.length * heads * headDim);
+  const rep = heads / kvHeads;
+  const kvDim = kvHeads * headDim;
+  positions.forEach((pos, r) => {
+    for (let h = 0; h < heads; h++) {
+      const kh = Math.floor(h / rep);
+      const qb = (r * heads + h) * headDim;
+      const scores = new Float64Array(pos + 1);
+      let max = -Infinity;
+      for (let j = 0; j <= pos; j++) {
+        let s = 0;
+        for (let d = 0; d < headDim; d++)
+          s += (q[qb + d] as number) * (k[j * kvDim + kh * headDim + d] as number);
+        scores[j] = s * scale;
+        max = Math.max(max, scores[j] as number);
+      }
+      let sum = 0;
+      for (let j = 0; j <= pos; j++) sum += scores[j] = Math.exp((scores[j] as number) - max);
+      for (let d = 0; d < headDim; d++) {
+        let acc = 0;
+        for (let j = 0; j <= pos; j++)
+          acc += (scores[j] as number) * (v[j * kvDim + kh * headDim + d] as number);
+        out[qb + d] = acc / sum;
+      }
+    }
+  });
+  return out;
+}

@@ -1,0 +1,43 @@
+/** attention: causal GQA attention of each query row over the paged KV cache; see shaders/attention.wgsl. */
+import { UnsupportedModelError } from '../errors.js';
+import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+
+/** The kernel keeps q of one head in workgroup memory and 4 output dims per thread. */
+export const ATTENTION_MAX_HEAD_DIM = 256;
+
+export function attention(
+  b: DispatchBuilder,
+  a: {
+    /** [m] vec2<u32> (position, block-table offset) */ rowInfo: GPUBuffer;
+    /** u32 physical block ids */ blockTable: GPUBuffer;
+    /** [m, heads·headDim] f32 */ q: GPUBuffer;
+    kCache: GPUBuffer;
+    vCache: GPUBuffer;
+    /** [m, heads·headDim] f32 */ out: GPUBuffer;
+    m: number;
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+    scale: number;
+  },
+): Dispatch {
+  if (a.headDim > ATTENTION_MAX_HEAD_DIM) {
+    throw new UnsupportedModelError(
+      `head_dim ${a.headDim} is over the attention kernel's ${ATTENTION_MAX_HEAD_DIM}`,
+    );
+  }
+  if (a.m > MAX_GRID || a.heads > MAX_GRID)
+    throw new RangeError(`attention: grid ${a.heads}x${a.m} too large`);
+  return b.make(
+    'attention',
+    () => shaderSource('attention'),
+    packParams([
+      ['u32', a.heads],
+      ['u32', a.kvHeads],
+      ['u32', a.headDim],
+      ['f32', a.scale],
+    ]),
+    [a.rowInfo, a.blockTable, a.q, a.kCache, a.vCache, a.out],
+    [a.heads, a.m, 1],
+  );
+}

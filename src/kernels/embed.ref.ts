@@ -1,0 +1,8 @@
+/** CPU twin of embed: rows of the table gathered by token id. */
+export function embedRef(table: ArrayLike<number>, cols: number, ids: readonly number[]): Float64Array {
+  const out = new Float64Array(ids.length * cols);
+  ids.forEach((id, m) => {
+    for (let j = 0; j < cols; j++) out[m * cols + j] = table[id * cols + j] as number;
+  });
+  return out;
+}

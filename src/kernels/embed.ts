@@ -1,0 +1,25 @@
+/** embed_{f32,f16,bf16}: out[m, :] = E[ids[m], :]; see shaders/embed.wgsl. One dispatch per part. */
+import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { weightFragment, type GpuWeight } from './weight.js';
+
+export function embed(
+  b: DispatchBuilder,
+  a: { table: GpuWeight; /** [m] u32 */ ids: GPUBuffer; /** [m, cols] f32 */ out: GPUBuffer; m: number },
+): Dispatch[] {
+  if (a.m > MAX_GRID) throw new RangeError(`embed: ${a.m} rows exceed one dispatch`);
+  const variant = `embed_${a.table.format}`;
+  return a.table.parts.map((part) =>
+    b.make(
+      variant,
+      () => shaderSource('embed', weightFragment(a.table.format)),
+      packParams([
+        ['u32', a.m],
+        ['u32', a.table.cols],
+        ['u32', part.rowStart],
+        ['u32', part.rows],
+      ]),
+      [part.buffer, a.ids, a.out],
+      [Math.ceil(a.table.cols / 64), a.m, 1],
+    ),
+  );
+}

@@ -1,0 +1,30 @@
+/** kv_write: scatters k/v rows into the paged KV cache at their slots; see shaders/kv_write.wgsl. */
+import { linearGrid, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+
+export function kvWrite(
+  b: DispatchBuilder,
+  a: {
+    /** [m] u32: physical block · 16 + offset */ slots: GPUBuffer;
+    /** [m, kvHeads·headDim] f32 */ k: GPUBuffer;
+    v: GPUBuffer;
+    /** [blocks][kvHeads][16][headDim] f32 */ kCache: GPUBuffer;
+    vCache: GPUBuffer;
+    m: number;
+    kvHeads: number;
+    headDim: number;
+  },
+): Dispatch {
+  const { gridX, grid } = linearGrid(a.m * a.kvHeads * a.headDim);
+  return b.make(
+    'kv_write',
+    () => shaderSource('kv_write'),
+    packParams([
+      ['u32', a.m],
+      ['u32', a.kvHeads],
+      ['u32', a.headDim],
+      ['u32', gridX],
+    ]),
+    [a.slots, a.k, a.v, a.kCache, a.vCache],
+    grid,
+  );
+}

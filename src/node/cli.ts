@@ -1,0 +1,275 @@
+/**
+ * The `kiln` command line: run, chat, convert, pull. Errors print one line on stderr and exit
+ * non-zero (with --verbose, the stack too); `run --json` prints exactly one JSON object on stdout.
+ */
+import { createInterface } from 'node:readline/promises';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { KilnError } from '../errors.js';
+import { CATALOG, catalogHubId, findCatalogEntry } from '../io/catalog.js';
+import type { FloatDtype } from '../io/dtype.js';
+import type { ChatMessage } from '../io/tokenizer.js';
+import type { Engine } from '../runtime/engine.js';
+import type { LoadProgress } from '../runtime/weights.js';
+import { convertLlama2cToFolder } from './convert.js';
+import { pullModel, type PullProgress } from './hub.js';
+import { createEngine } from './index.js';
+import { createByteProgress } from './progress.js';
+
+const VERSION = '0.1.0';
+
+function intArg(name: string, min: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+    return n;
+  };
+}
+
+function numArg(name: string, ok: (n: number) => boolean, want: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || !ok(n)) throw new InvalidArgumentError(`${name} must be ${want}`);
+    return n;
+  };
+}
+
+interface ModelFlags {
+  model: string;
+  context?: number;
+  memoryLimit?: number;
+  quiet?: boolean;
+}
+
+interface SamplingFlags {
+  maxTokens?: number;
+  temperature: number;
+  topK: number;
+  topP: number;
+  repetitionPenalty: number;
+  seed?: number;
+}
+
+function addModelOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption('-m, --model <model>', 'model folder (Hugging Face layout), Hub id org/name[@rev], or catalog alias')
+    .option('--context <tokens>', 'context length (default: min(max_position_embeddings, 4096))', intArg('--context', 1))
+    .option('--memory-limit <MiB>', 'refuse models whose weights + KV cache + activations exceed this', intArg('--memory-limit', 1))
+    .option('-q, --quiet', 'no progress bar');
+}
+
+function addSamplingOptions(cmd: Command, defaultMax?: number): Command {
+  return cmd
+    .option('-n, --max-tokens <n>', 'most tokens to generate', intArg('--max-tokens', 0), defaultMax)
+    .option('-t, --temperature <t>', 'sampling temperature, 0 = greedy', numArg('--temperature', (n) => n >= 0, '>= 0'), 0)
+    .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', intArg('--top-k', 0), 0)
+    .option('--top-p <p>', 'nucleus sampling mass (1 = off)', numArg('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'), 1)
+    .option('--repetition-penalty <r>', 'penalize tokens already in the context (1 = off)', numArg('--repetition-penalty', (n) => n > 0, '> 0'), 1)
+    .option('--seed <s>', 'sampler seed', intArg('--seed', 0));
+}
+
+function samplingOf(o: SamplingFlags) {
+  return {
+    ...(o.maxTokens !== undefined ? { maxTokens: o.maxTokens } : {}),
+    temperature: o.temperature,
+    topK: o.topK,
+    topP: o.topP,
+    repetitionPenalty: o.repetitionPenalty,
+    ...(o.seed !== undefined ? { seed: o.seed } : {}),
+  };
+}
+
+async function loadEngine(o: ModelFlags): Promise<Engine> {
+  const pullBar = createByteProgress('download', { enabled: !o.quiet });
+  const loadBar = createByteProgress('loading', { enabled: !o.quiet });
+  try {
+    return await createEngine({
+      model: o.model,
+      ...(o.context ? { contextLength: o.context } : {}),
+      ...(o.memoryLimit ? { memoryLimitBytes: o.memoryLimit * 2 ** 20 } : {}),
+      pull: { onProgress: (p: PullProgress) => pullBar.update(p.bytes, p.total, p.file) },
+      onProgress: (p: LoadProgress) => loadBar.update(p.loadedBytes, p.totalBytes, p.tensor),
+    });
+  } finally {
+    pullBar.stop();
+    loadBar.stop();
+  }
+}
+
+async function cmdRun(o: ModelFlags & SamplingFlags & { prompt: string; json?: boolean }): Promise<void> {
+  const engine = await loadEngine(o);
+  try {
+    const gen = engine.generate(o.prompt, samplingOf(o));
+    if (!o.json) {
+      for await (const t of gen) process.stdout.write(t.text);
+      process.stdout.write('\n');
+      const r = await gen.result();
+      if (!o.quiet) {
+        process.stderr.write(
+          `[${r.promptTokenIds.length} prompt tokens, ${r.tokenIds.length} generated, finish ${r.finishReason}; ` +
+            `prefill ${r.timings.prefillTokensPerS.toFixed(1)} tok/s, decode ${r.timings.decodeTokensPerS.toFixed(1)} tok/s]\n`,
+        );
+      }
+      return;
+    }
+    const r = await gen.result();
+    const out = {
+      text: r.text,
+      token_ids: r.tokenIds,
+      prompt_token_ids: r.promptTokenIds,
+      finish_reason: r.finishReason,
+      timings: {
+        load_ms: round(engine.loadMs),
+        prefill_tokens_per_s: round(r.timings.prefillTokensPerS),
+        decode_tokens_per_s: round(r.timings.decodeTokensPerS),
+      },
+      adapter: engine.adapter,
+    };
+    process.stdout.write(JSON.stringify(out) + '\n');
+  } finally {
+    engine.dispose();
+  }
+}
+
+function round(n: number): number {
+  return Math.round(n * 100) / 100;
+}
+
+async function cmdChat(o: ModelFlags & SamplingFlags & { system?: string }): Promise<void> {
+  const engine = await loadEngine(o);
+  if (!engine.tokenizer.hasChatTemplate) {
+    engine.dispose();
+    throw new KilnError(`${o.model} has no chat template (tokenizer_config.json chat_template); use \`kiln run\` for plain prompts`);
+  }
+  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: process.stdin.isTTY === true });
+  rl.setPrompt('> ');
+  // Lines are read through the async iterator, which queues them: `rl.question()` only sees lines that
+  // arrive while it waits, so piped input (all lines in one chunk) would lose every line typed ahead.
+  const lines = rl[Symbol.asyncIterator]();
+  const history: ChatMessage[] = o.system ? [{ role: 'system', content: o.system }] : [];
+  process.stderr.write('kiln chat: empty line or Ctrl-D to quit, /reset to start over\n');
+  try {
+    for (;;) {
+      rl.prompt();
+      const next = await lines.next();
+      if (next.done) break; // stdin closed
+      const line = next.value;
+      if (line.trim() === '') break;
+      if (line.trim() === '/reset') {
+        history.splice(o.system ? 1 : 0);
+        continue;
+      }
+      history.push({ role: 'user', content: line });
+      const stream = await engine.chat.completions.create({
+        messages: history,
+        stream: true,
+        ...(o.maxTokens !== undefined ? { max_tokens: o.maxTokens } : {}),
+        temperature: o.temperature,
+        top_p: o.topP,
+        top_k: o.topK,
+        repetition_penalty: o.repetitionPenalty,
+        ...(o.seed !== undefined ? { seed: o.seed } : {}),
+      });
+      let reply = '';
+      for await (const chunk of stream) {
+        const text = chunk.choices[0]?.delta.content ?? '';
+        reply += text;
+        process.stdout.write(text);
+      }
+      process.stdout.write('\n');
+      history.push({ role: 'assistant', content: reply });
+    }
+  } finally {
+    rl.close();
+    engine.dispose();
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command('kiln')
+    .description('LLM inference on WebGPU')
+    .version(VERSION)
+    .option('-v, --verbose', 'print stack traces of errors')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  addSamplingOptions(
+    addModelOptions(program.command('run').description('generate text from a prompt, streamed to stdout')),
+    256,
+  )
+    .requiredOption('-p, --prompt <text>', 'the prompt ("" = start from BOS)')
+    .option('--json', 'print one JSON object with text, ids, finish reason, timings and adapter')
+    .action((o) => cmdRun(o));
+
+  addSamplingOptions(addModelOptions(program.command('chat').description('chat with the model in the terminal (its chat template)')), 512)
+    .option('--system <text>', 'system prompt')
+    .action((o) => cmdChat(o));
+
+  const convert = program.command('convert').description('convert other checkpoint formats to a Hugging Face folder');
+  convert
+    .command('llama2c <model.bin>')
+    .description('a llama2.c checkpoint (v0 or v1, fp32) and its SentencePiece tokenizer')
+    .option('--tokenizer <tokenizer.model>', 'SentencePiece model of the checkpoint')
+    .requiredOption('-o, --out <dir>', 'output folder')
+    .addOption(new Option('--dtype <dtype>', 'weight format written').choices(['f32', 'f16', 'bf16']).default('f32'))
+    .action(async (model: string, o: { tokenizer?: string; out: string; dtype: string }) => {
+      const files = await convertLlama2cToFolder(model, {
+        outDir: o.out,
+        dtype: o.dtype.toUpperCase() as FloatDtype,
+        ...(o.tokenizer ? { tokenizer: o.tokenizer } : {}),
+      });
+      process.stderr.write(`wrote ${files.join(', ')} to ${o.out}\n`);
+    });
+
+  program
+    .command('models')
+    .description('list the catalog of known-good models (models/catalog.json)')
+    .option('--json', 'print the catalog as JSON')
+    .action((o: { json?: boolean }) => {
+      if (o.json) {
+        process.stdout.write(JSON.stringify(CATALOG, null, 2) + '\n');
+        return;
+      }
+      for (const e of CATALOG) {
+        const size = `${(e.sizeBytes / 1e9).toFixed(2)} GB`;
+        process.stdout.write(
+          `${(e.aliases[0] ?? e.id).padEnd(16)} ${e.id.padEnd(38)} ${e.architecture.padEnd(7)} ${e.dtype} ${size.padStart(8)}${e.gated ? '  (gated: needs HF_TOKEN)' : ''}\n`,
+        );
+      }
+    });
+
+  program
+    .command('pull <model>')
+    .description('download a Hub model (org/name[@revision] or catalog alias; HF_ENDPOINT, HF_TOKEN) into the cache')
+    .option('-q, --quiet', 'no progress bar')
+    .action(async (id: string, o: { quiet?: boolean }) => {
+      const bar = createByteProgress('download', { enabled: !o.quiet });
+      try {
+        const entry = id.includes('/') ? undefined : findCatalogEntry(id);
+        const dir = await pullModel(entry ? catalogHubId(entry) : id, { onProgress: (p) => bar.update(p.bytes, p.total, p.file) });
+        bar.stop();
+        process.stdout.write(dir + '\n');
+      } finally {
+        bar.stop();
+      }
+    });
+  return program;
+}
+
+/** Runs the CLI; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // Help and version exit 0; usage errors were already printed by commander.
+      return e.exitCode;
+    }
+    const verbose = program.opts<{ verbose?: boolean }>().verbose || argv.includes('--verbose') || argv.includes('-v');
+    const msg = e instanceof Error ? e.message : String(e);
+    process.stderr.write(`kiln: ${e instanceof KilnError ? '' : 'error: '}${msg.split('\n')[0]}\n`);
+    if (verbose && e instanceof Error && e.stack) process.stderr.write(e.stack + '\n');
+    return 1;
+  }
+}

@@ -1,0 +1,43 @@
+/**
+ * Kiln's Node entry (`kiln/node`): the engine with Dawn as the GPU, and models given as a local
+ * folder or a Hub id (`org/name[@revision]`, downloaded into the cache on first use).
+ */
+import { createEngine as createCoreEngine, type Engine, type EngineOptions } from '../runtime/engine.js';
+import type { ModelDir } from '../io/byte-source.js';
+import { dawnGpu } from './dawn.js';
+import { openLocalModelDir } from './fs-model-dir.js';
+import { resolveModel, type PullOptions } from './hub.js';
+import { catalogHubId, findCatalogEntry } from '../io/catalog.js';
+import { existsSync } from 'node:fs';
+
+export * from '../index.js';
+export { openLocalModelDir } from './fs-model-dir.js';
+export { pullModel, resolveModel, kilnCacheDir } from './hub.js';
+export { convertLlama2cToFolder } from './convert.js';
+export { dawnGpu, acquireNodeGpu } from './dawn.js';
+
+export interface NodeEngineOptions extends Omit<EngineOptions, 'model'> {
+  /** A local folder, a Hub id, or a ModelDir. */
+  model: string | ModelDir;
+  /** Download options when `model` is a Hub id not yet in the cache. */
+  pull?: PullOptions;
+}
+
+/**
+ * A model argument as a local folder: an existing folder, a catalog alias (models/catalog.json,
+ * e.g. "smollm2-135m", pinned to its revision) or a Hub id, downloaded on first use.
+ */
+export async function resolveModelArg(arg: string, pull?: PullOptions): Promise<string> {
+  const entry = existsSync(arg) ? undefined : findCatalogEntry(arg);
+  return resolveModel(entry && !arg.includes('/') ? catalogHubId(entry) : arg, pull);
+}
+
+/** Loads a model on Dawn (unless `device` or `gpu` is given) and returns a ready engine. */
+export async function createEngine(opts: NodeEngineOptions): Promise<Engine> {
+  const model =
+    typeof opts.model === 'string'
+      ? openLocalModelDir(await resolveModelArg(opts.model, opts.pull))
+      : opts.model;
+  const gpu = opts.device || opts.gpu ? opts.gpu : dawnGpu();
+  return createCoreEngine({ ...opts, model, ...(gpu ? { gpu, keepAlive: gpu } : {}) });
+}

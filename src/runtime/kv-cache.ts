@@ -1,0 +1,102 @@
+/**
+ * The paged KV cache (vLLM PagedAttention layout): per layer one K and one V buffer of
+ * [numBlocks][kvHeads][BLOCK_TOKENS][headDim] f32, a free list of physical blocks, and a block
+ * table per sequence. A token at position p of a sequence lives in slot
+ * blockTable[p / 16] · 16 + p % 16. The walking skeleton serves one sequence at a time; the
+ * scheduler of "paged KV cache" adds sharing, eviction and many sequences on the same pool.
+ */
+import { DeviceMemoryError, KilnError } from '../errors.js';
+import { formatBytes, type GpuContext } from '../gpu/device.js';
+import type { ModelSpec } from './model-spec.js';
+
+export const BLOCK_TOKENS = 16;
+const BYTES_PER_ELEMENT = 4;
+
+/** Bytes of one block of one layer's K (or V) buffer. */
+export function kvBlockBytes(spec: ModelSpec): number {
+  return spec.numKvHeads * BLOCK_TOKENS * spec.headDim * BYTES_PER_ELEMENT;
+}
+
+/** Bytes of K and V for `tokens` tokens across all layers (rounded up to whole blocks). */
+export function kvCacheBytes(spec: ModelSpec, tokens: number): number {
+  return Math.ceil(tokens / BLOCK_TOKENS) * kvBlockBytes(spec) * 2 * spec.numLayers;
+}
+
+export class PagedKvCache {
+  /** Per layer: K [numBlocks][kvHeads][16][headDim] f32. */
+  readonly k: GPUBuffer[] = [];
+  /** Per layer: V, same layout as K. */
+  readonly v: GPUBuffer[] = [];
+  private readonly freeBlocks: number[] = [];
+  private readonly tables = new Map<number, number[]>();
+
+  private constructor(
+    private readonly ctx: GpuContext,
+    readonly numBlocks: number,
+  ) {
+    for (let b = numBlocks - 1; b >= 0; b--) this.freeBlocks.push(b);
+  }
+
+  /** Allocates a pool of `numBlocks` blocks per layer; errors say what was needed. */
+  static async create(ctx: GpuContext, spec: ModelSpec, numBlocks: number): Promise<PagedKvCache> {
+    const cache = new PagedKvCache(ctx, numBlocks);
+    const layerBytes = numBlocks * kvBlockBytes(spec);
+    const limit = ctx.limits.maxStorageBufferBindingSize;
+    if (layerBytes > limit) {
+      throw new DeviceMemoryError(
+        `the KV cache for ${numBlocks * BLOCK_TOKENS} tokens needs ${formatBytes(layerBytes)} per layer for K (and as much for V), over this device's maxStorageBufferBindingSize (${formatBytes(limit)}); use a shorter context length`,
+      );
+    }
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    await ctx.guardAllocation('the KV cache', layerBytes * 2 * spec.numLayers, () => {
+      for (let l = 0; l < spec.numLayers; l++) {
+        cache.k.push(ctx.createBuffer(`kv.k[${l}]`, layerBytes, usage));
+        cache.v.push(ctx.createBuffer(`kv.v[${l}]`, layerBytes, usage));
+      }
+    });
+    return cache;
+  }
+
+  get freeBlockCount(): number {
+    return this.freeBlocks.length;
+  }
+
+  /** The block table of a sequence (physical block per logical block). */
+  blockTable(seq: number): readonly number[] {
+    return this.tables.get(seq) ?? [];
+  }
+
+  /**
+   * Makes room for positions [0, length) of `seq`, allocating blocks as needed, and returns the slot
+   * of every position in [from, length).
+   */
+  reserve(seq: number, from: number, length: number): number[] {
+    let table = this.tables.get(seq);
+    if (!table) this.tables.set(seq, (table = []));
+    const needed = Math.ceil(length / BLOCK_TOKENS);
+    if (needed - table.length > this.freeBlocks.length) {
+      throw new KilnError(
+        `KV cache full: sequence needs ${needed} blocks of ${BLOCK_TOKENS} tokens, ${this.freeBlocks.length + table.length} available`,
+      );
+    }
+    while (table.length < needed) table.push(this.freeBlocks.pop() as number);
+    const slots: number[] = [];
+    for (let p = from; p < length; p++)
+      slots.push((table[Math.floor(p / BLOCK_TOKENS)] as number) * BLOCK_TOKENS + (p % BLOCK_TOKENS));
+    return slots;
+  }
+
+  /** Returns a sequence's blocks to the pool. */
+  release(seq: number): void {
+    const table = this.tables.get(seq);
+    if (!table) return;
+    for (let i = table.length - 1; i >= 0; i--) this.freeBlocks.push(table[i] as number);
+    this.tables.delete(seq);
+  }
+
+  destroy(): void {
+    for (const b of [...this.k, ...this.v]) this.ctx.destroyBuffer(b);
+    this.k.length = 0;
+    this.v.length = 0;
+  }
+}

@@ -1,0 +1,74 @@
+import { describe, expect, test } from 'vitest';
+import { acquireGpu } from '../../src/gpu/device.js';
+import { DeviceMemoryError, GpuDeviceError } from '../../src/errors.js';
+import { matmul } from '../../src/kernels/matmul.js';
+import { dawnGpu } from '../../src/node/dawn.js';
+import { randomF32, readF32, run, upload, uploadWeight } from '../helpers/gpu.js';
+
+describe('GPU layer', () => {
+  test('requests the optional features and the adapter limits', async () => {
+    const adapter = await dawnGpu().requestAdapter();
+    const ctx = await acquireGpu({ gpu: dawnGpu() });
+    for (const f of ['shader-f16', 'subgroups', 'timestamp-query'] as const) {
+      expect(ctx.device.features.has(f)).toBe(adapter?.features.has(f));
+    }
+    expect(ctx.limits.maxStorageBufferBindingSize).toBe(adapter?.limits.maxStorageBufferBindingSize);
+    expect(ctx.limits.maxComputeWorkgroupStorageSize).toBe(adapter?.limits.maxComputeWorkgroupStorageSize);
+    expect(ctx.adapter.description.length).toBeGreaterThan(0);
+    ctx.close(true);
+  });
+
+  test('an injected device is used as is and not destroyed on close', async () => {
+    const adapter = await dawnGpu().requestAdapter();
+    const device = (await adapter?.requestDevice()) as GPUDevice;
+    const ctx = await acquireGpu({ device });
+    expect(ctx.device).toBe(device);
+    ctx.close(false);
+    // Still usable by its owner.
+    const b = device.createBuffer({ size: 4, usage: GPUBufferUsage.STORAGE });
+    b.destroy();
+    device.destroy();
+  });
+
+  test('pipelines are cached by variant, never by shape', async () => {
+    const ctx = await acquireGpu({ gpu: dawnGpu() });
+    const ph = upload(ctx, new Float32Array(1));
+    for (const [m, n, k] of [
+      [1, 3, 5],
+      [4, 17, 9],
+      [9, 2, 33],
+    ] as const) {
+      const { weight } = uploadWeight(ctx, randomF32(n * k, 1), n, k, 'f32');
+      const y = upload(ctx, new Float32Array(m * n));
+      run(ctx, (b) => matmul(b, { x: upload(ctx, randomF32(m * k, 2)), weight, y, m, placeholder: ph }));
+      await readF32(ctx, y, 1);
+    }
+    expect(ctx.pipelines.size).toBe(1);
+    ctx.close(true);
+  });
+
+  test('a buffer over the binding limit is refused with the sizes', async () => {
+    const ctx = await acquireGpu({ gpu: dawnGpu() });
+    const limit = ctx.limits.maxStorageBufferBindingSize;
+    expect(() => ctx.createBuffer('big tensor', limit + 4, GPUBufferUsage.STORAGE)).toThrow(
+      DeviceMemoryError,
+    );
+    expect(() => ctx.createBuffer('big tensor', limit + 4, GPUBufferUsage.STORAGE)).toThrow(
+      /big tensor.*maxStorageBufferBindingSize/,
+    );
+    ctx.close(true);
+  });
+
+  test('device loss becomes a clear error on the next call', async () => {
+    const adapter = await dawnGpu().requestAdapter();
+    const device = (await adapter?.requestDevice()) as GPUDevice;
+    const ctx = await acquireGpu({ device });
+    const buf = upload(ctx, new Float32Array(1));
+    device.destroy();
+    await device.lost;
+    expect(() => ctx.assertAlive()).toThrow(GpuDeviceError);
+    expect(() => ctx.assertAlive()).toThrow(/device was lost/);
+    await expect(ctx.read(buf, 0, 4)).rejects.toThrow(GpuDeviceError);
+    expect(() => upload(ctx, new Float32Array(1))).toThrow(/device was lost/);
+  });
+});

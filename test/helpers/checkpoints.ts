@@ -1,0 +1,115 @@
+/**
+ * Small Hugging Face checkpoints with seeded random weights, written at test time: one helper for
+ * every supported variant (GQA, Qwen2 biases, tied head, llama3/linear rope scaling, explicit
+ * head_dim, f32/f16/bf16, sharded). The tokenizer is the real tok105 SentencePiece model converted.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { encodeFromFloat32, type FloatDtype } from '../../src/io/dtype.js';
+import { encodeSafetensors, encodeSafetensorsIndex, type TensorToWrite } from '../../src/io/safetensors.js';
+import { convertSentencePiece } from '../../src/io/sentencepiece.js';
+import { parseModelConfig } from '../../src/io/config.js';
+import type { ModelSpec } from '../../src/runtime/model-spec.js';
+import { expectedTensors } from '../../src/runtime/weights.js';
+import { randomF32 } from './gpu.js';
+import { sharedModel } from './shared.js';
+
+export interface TestModelOptions {
+  architecture?: 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
+  hidden?: number;
+  intermediate?: number;
+  layers?: number;
+  heads?: number;
+  kvHeads?: number;
+  /** Written as config.head_dim when set (may differ from hidden / heads). */
+  headDim?: number;
+  /** >= 105 (the tokenizer's size). */
+  vocab?: number;
+  maxPositions?: number;
+  tie?: boolean;
+  /** Llama attention_bias (q, k, v and o biases). */
+  attentionBias?: boolean;
+  ropeTheta?: number;
+  ropeScaling?: Record<string, unknown> | null;
+  dtype?: FloatDtype;
+  /** Split the tensors over this many shards with an index. */
+  shards?: number;
+  seed?: number;
+  /** Extra or overriding config.json fields. */
+  config?: Record<string, unknown>;
+}
+
+/** Writes the model into `dir` and returns its parsed spec. */
+export function writeTestModel(dir: string, o: TestModelOptions = {}): ModelSpec {
+  mkdirSync(dir, { recursive: true });
+  const arch = o.architecture ?? 'LlamaForCausalLM';
+  const config: Record<string, unknown> = {
+    architectures: [arch],
+    model_type: { LlamaForCausalLM: 'llama', MistralForCausalLM: 'mistral', Qwen2ForCausalLM: 'qwen2' }[arch],
+    hidden_size: o.hidden ?? 64,
+    intermediate_size: o.intermediate ?? 96,
+    num_hidden_layers: o.layers ?? 2,
+    num_attention_heads: o.heads ?? 4,
+    num_key_value_heads: o.kvHeads ?? 2,
+    vocab_size: o.vocab ?? 128,
+    max_position_embeddings: o.maxPositions ?? 256,
+    rms_norm_eps: 1e-5,
+    rope_theta: o.ropeTheta ?? 10000,
+    rope_scaling: o.ropeScaling ?? null,
+    hidden_act: 'silu',
+    tie_word_embeddings: o.tie ?? false,
+    bos_token_id: 1,
+    eos_token_id: 2,
+    torch_dtype: 'float32',
+    ...(o.headDim !== undefined ? { head_dim: o.headDim } : {}),
+    ...(o.attentionBias !== undefined ? { attention_bias: o.attentionBias } : {}),
+    ...o.config,
+  };
+  const spec = parseModelConfig(config);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  const tok = convertSentencePiece(
+    new Uint8Array(readFileSync(sharedModel('babyllama-tok105', 'tok105.model'))),
+  );
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tok.tokenizerJson));
+  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify(tok.tokenizerConfig));
+
+  const dtype = o.dtype ?? 'F32';
+  let seed = o.seed ?? 1;
+  const tensors: TensorToWrite[] = [];
+  for (const [name, shape] of expectedTensors(spec)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    // Norm weights near 1, everything else small: keeps activations in a realistic range so
+    // logits are not dominated by one huge value.
+    const isNorm = name.endsWith('layernorm.weight') || name === 'model.norm.weight';
+    const E = Number(process.env.EMB ?? '0');
+    const HS = Number(process.env.HEAD ?? '1');
+    const scale = isNorm
+      ? 0.2
+      : name.endsWith('.bias')
+        ? 0.1
+        : name === 'model.embed_tokens.weight' && E > 0
+          ? E
+          : (name === 'lm_head.weight' ? HS : /o_proj.weight|down_proj.weight/.test(name) ? Number(process.env.OUT ?? '1') : 1) / Math.sqrt(shape[shape.length - 1] as number);
+    const v = randomF32(n, seed++, scale);
+    if (isNorm) for (let i = 0; i < n; i++) v[i] = (v[i] as number) + 1;
+    tensors.push({ name, dtype, shape, data: encodeFromFloat32(dtype, v) });
+  }
+  const shards = o.shards ?? 1;
+  if (shards === 1) {
+    writeFileSync(join(dir, 'model.safetensors'), encodeSafetensors(tensors, { format: 'pt' }));
+  } else {
+    const map: Record<string, string> = {};
+    let total = 0;
+    for (let s = 0; s < shards; s++) {
+      const file = `model-${String(s + 1).padStart(5, '0')}-of-${String(shards).padStart(5, '0')}.safetensors`;
+      const mine = tensors.filter((_, i) => i % shards === s);
+      for (const t of mine) {
+        map[t.name] = file;
+        total += t.data.byteLength;
+      }
+      writeFileSync(join(dir, file), encodeSafetensors(mine, { format: 'pt' }));
+    }
+    writeFileSync(join(dir, 'model.safetensors.index.json'), encodeSafetensorsIndex(map, total));
+  }
+  return spec;
+}

@@ -1,0 +1,127 @@
+import { expect } from 'vitest';
+import type { GpuContext } from '../../src/gpu/device.js';
+import { decodeToFloat32, encodeFromFloat32 } from '../../src/io/dtype.js';
+import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/kernels/dispatch.js';
+import type { GpuWeight, WeightFormat } from '../../src/kernels/weight.js';
+import { acquireNodeGpu } from '../../src/node/dawn.js';
+
+let ctx: Promise<GpuContext> | null = null;
+
+/** One Dawn device per test file (each file runs in its own process). */
+export function testGpu(): Promise<GpuContext> {
+  ctx ??= acquireNodeGpu();
+  return ctx;
+}
+
+const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+
+export function upload(
+  c: GpuContext,
+  data: Float32Array | Uint32Array | Uint8Array,
+  label = 'test',
+): GPUBuffer {
+  const buf = c.createBuffer(label, Math.max(4, data.byteLength), STORAGE());
+  const padded =
+    data.byteLength % 4 === 0
+      ? data
+      : (() => {
+          const p = new Uint8Array(Math.ceil(data.byteLength / 4) * 4);
+          p.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+          return p;
+        })();
+  c.device.queue.writeBuffer(buf, 0, padded as Uint8Array<ArrayBuffer>);
+  return buf;
+}
+
+export function zeros(c: GpuContext, elems: number, label = 'zeros'): GPUBuffer {
+  return upload(c, new Float32Array(elems), label);
+}
+
+export async function readF32(c: GpuContext, buf: GPUBuffer, elems: number): Promise<Float32Array> {
+  return new Float32Array(await c.read(buf, 0, elems * 4));
+}
+
+export async function readU32(c: GpuContext, buf: GPUBuffer, elems: number): Promise<Uint32Array> {
+  return new Uint32Array(await c.read(buf, 0, elems * 4));
+}
+
+/** Runs dispatches made by `make` and frees their uniforms. */
+export function run(c: GpuContext, make: (b: DispatchBuilder) => Dispatch | Dispatch[]): void {
+  const b = new DispatchBuilder(c);
+  const d = make(b);
+  runDispatches(c, Array.isArray(d) ? d : [d]);
+  b.destroy();
+}
+
+const DTYPE = { f32: 'F32', f16: 'F16', bf16: 'BF16' } as const;
+
+/**
+ * Uploads a [rows, cols] matrix in `format`, split into parts of `rowsPerPart` rows (to exercise
+ * multi-buffer tensors), and returns it with the values the GPU actually sees (after rounding).
+ */
+export function uploadWeight(
+  c: GpuContext,
+  values: Float32Array,
+  rows: number,
+  cols: number,
+  format: WeightFormat,
+  rowsPerPart = rows,
+): { weight: GpuWeight; seen: Float32Array } {
+  const bytes = encodeFromFloat32(DTYPE[format], values);
+  const seen = decodeToFloat32(DTYPE[format], bytes);
+  const eb = format === 'f32' ? 4 : 2;
+  const parts: GpuWeight['parts'] = [];
+  for (let r = 0; r < rows; r += rowsPerPart) {
+    const n = Math.min(rowsPerPart, rows - r);
+    parts.push({ buffer: upload(c, bytes.slice(r * cols * eb, (r + n) * cols * eb)), rowStart: r, rows: n });
+  }
+  return { weight: { name: 'w', format, rows, cols, parts }, seen };
+}
+
+/** Seeded uniform values in [-scale, scale). */
+export function randomF32(n: number, seed: number, scale = 1): Float32Array {
+  let s = seed >>> 0 || 1;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    out[i] = ((s / 4294967296) * 2 - 1) * scale;
+  }
+  return out;
+}
+
+/**
+ * Asserts |a - e| <= atol + rtol·|e| everywhere; on failure reports the worst index and the first
+ * few mismatching pairs.
+ */
+export function expectClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  { atol, rtol = 0 }: { atol: number; rtol?: number },
+): void {
+  expect(actual.length).toBe(expected.length);
+  let worst = -1;
+  let worstErr = 0;
+  const bad: string[] = [];
+  for (let i = 0; i < expected.length; i++) {
+    const a = actual[i] as number;
+    const e = expected[i] as number;
+    const err = Math.abs(a - e);
+    const tol = atol + rtol * Math.abs(e);
+    if (!(err <= tol)) {
+      if (bad.length < 5) bad.push(`[${i}] got ${a} want ${e}`);
+      if (!(err <= worstErr)) {
+        worstErr = err;
+        worst = i;
+      }
+    }
+  }
+  if (bad.length) {
+    expect.fail(
+      `mismatch (atol ${atol}, rtol ${rtol}); worst at ${worst} (|err| ${worstErr}); ${bad.join('; ')}`,
+    );
+  }
+}

@@ -1,0 +1,184 @@
+import { describe, test } from 'vitest';
+import { attention } from '../../src/kernels/attention.js';
+import { attentionRef } from '../../src/kernels/attention.ref.js';
+import { kvWrite } from '../../src/kernels/kv-write.js';
+import { rope } from '../../src/kernels/rope.js';
+import { ropeInvFreq, ropeRef, ropeTable } from '../../src/kernels/rope.ref.js';
+import { expectClose, randomF32, readF32, run, testGpu, upload } from '../helpers/gpu.js';
+
+const BLOCK = 16;
+
+/** A shuffled block table, so the kernels must follow it rather than assume contiguity. */
+function shuffledBlocks(n: number, seed: number): number[] {
+  const b = Array.from({ length: n }, (_, i) => i);
+  let s = seed;
+  for (let i = n - 1; i > 0; i--) {
+    s = (s * 1103515245 + 12345) >>> 0;
+    const j = s % (i + 1);
+    [b[i], b[j]] = [b[j] as number, b[i] as number];
+  }
+  return b;
+}
+
+describe('kv_write + attention over a paged cache', () => {
+  // Context lengths 1, 7, 129, 4097 (ragged last blocks and tiles), GQA ratios 1, 2, 4, head dims
+  // up to the kernel's 256. Query rows: the last position (decode) plus a few earlier ones (prefill).
+  const cases = [
+    { ctx: 1, heads: 2, kvHeads: 2, headDim: 8 },
+    { ctx: 7, heads: 4, kvHeads: 1, headDim: 64 },
+    { ctx: 129, heads: 4, kvHeads: 2, headDim: 256 },
+    { ctx: 4097, heads: 2, kvHeads: 1, headDim: 16 },
+  ];
+  for (const { ctx, heads, kvHeads, headDim } of cases) {
+    test(`ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
+      const c = await testGpu();
+      const kvDim = kvHeads * headDim;
+      const blocks = Math.ceil(ctx / BLOCK);
+      const table = shuffledBlocks(blocks, ctx);
+      const k = randomF32(ctx * kvDim, ctx, 2);
+      const v = randomF32(ctx * kvDim, ctx + 1);
+      const kCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
+      const vCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
+      const slots = Array.from(
+        { length: ctx },
+        (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
+      );
+      run(c, (b) =>
+        kvWrite(b, {
+          slots: upload(c, Uint32Array.from(slots)),
+          k: upload(c, k),
+          v: upload(c, v),
+          kCache,
+          vCache,
+          m: ctx,
+          kvHeads,
+          headDim,
+        }),
+      );
+      const positions = [...new Set([ctx - 1, 0, Math.floor(ctx / 2), Math.max(0, ctx - 2)])];
+      const q = randomF32(positions.length * heads * headDim, ctx + 2, 3);
+      const rowInfo = Uint32Array.from(positions.flatMap((p) => [p, 0]));
+      const out = upload(c, new Float32Array(q.length));
+      const scale = 1 / Math.sqrt(headDim);
+      run(c, (b) =>
+        attention(b, {
+          rowInfo: upload(c, rowInfo),
+          blockTable: upload(c, Uint32Array.from(table)),
+          q: upload(c, q),
+          kCache,
+          vCache,
+          out,
+          m: positions.length,
+          heads,
+          kvHeads,
+          headDim,
+          scale,
+        }),
+      );
+      // f32 scores (headDim products), exp within a few ulp, and a running sum rescaled once per
+      // 64-key tile: the relative error of the weights is ≲ (headDim + ctx/64 + 70)·2⁻²⁴, and the
+      // output is a convex combination of values in [-1, 1].
+      const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8;
+      expectClose(
+        await readF32(c, out, q.length),
+        attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale),
+        {
+          atol,
+        },
+      );
+    });
+  }
+
+  test('large logits (q scaled by 100) stay finite and exact', async () => {
+    const c = await testGpu();
+    const [ctx, heads, kvHeads, headDim] = [70, 2, 1, 32];
+    const kvDim = kvHeads * headDim;
+    const k = randomF32(ctx * kvDim, 9);
+    const v = randomF32(ctx * kvDim, 10);
+    const kCache = upload(c, new Float32Array(5 * BLOCK * kvDim));
+    const vCache = upload(c, new Float32Array(5 * BLOCK * kvDim));
+    const table = [4, 0, 3, 1, 2];
+    const slots = Array.from(
+      { length: ctx },
+      (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
+    );
+    run(c, (b) =>
+      kvWrite(b, {
+        slots: upload(c, Uint32Array.from(slots)),
+        k: upload(c, k),
+        v: upload(c, v),
+        kCache,
+        vCache,
+        m: ctx,
+        kvHeads,
+        headDim,
+      }),
+    );
+    const q = randomF32(heads * headDim, 11, 100);
+    const out = upload(c, new Float32Array(q.length));
+    run(c, (b) =>
+      attention(b, {
+        rowInfo: upload(c, Uint32Array.from([ctx - 1, 0])),
+        blockTable: upload(c, Uint32Array.from(table)),
+        q: upload(c, q),
+        kCache,
+        vCache,
+        out,
+        m: 1,
+        heads,
+        kvHeads,
+        headDim,
+        scale: 1 / Math.sqrt(headDim),
+      }),
+    );
+    // Scores of magnitude ~100 lose absolute precision ~100·headDim·2⁻²⁴ before exp, which
+    // multiplies the weights by e^(±that): relative error ~2e-4 on values in [-1, 1].
+    expectClose(
+      await readF32(c, out, q.length),
+      attentionRef(q, k, v, [ctx - 1], heads, kvHeads, headDim, 1 / Math.sqrt(headDim)),
+      {
+        atol: 5e-4,
+      },
+    );
+  });
+});
+
+describe('rope (rotate-half, float64 cos/sin table)', () => {
+  const scalings = [
+    { type: 'none' } as const,
+    { type: 'linear', factor: 4 } as const,
+    {
+      type: 'llama3',
+      factor: 8,
+      lowFreqFactor: 1,
+      highFreqFactor: 4,
+      originalMaxPositionEmbeddings: 64,
+    } as const,
+  ];
+  for (const scaling of scalings) {
+    for (const headDim of [2, 8, 128]) {
+      test(`${scaling.type} headDim=${headDim} at positions 0, 1, 7, 129, 4097, 100000`, async () => {
+        const c = await testGpu();
+        const heads = 3;
+        const positions = [0, 1, 7, 129, 4097, 100000];
+        const maxPos = 100001;
+        const inv = ropeInvFreq(headDim, 10000, scaling);
+        const x = randomF32(positions.length * heads * headDim, headDim);
+        const buf = upload(c, x);
+        run(c, (b) =>
+          rope(b, {
+            rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+            table: upload(c, ropeTable(inv, maxPos)),
+            x: buf,
+            m: positions.length,
+            heads,
+            headDim,
+          }),
+        );
+        const want = ropeRef(Float64Array.from(x), positions, heads, headDim, inv);
+        // cos/sin are f64 rounded to f32 (½ ulp each); two products and one sum: ≤ 4 ulp of 1.
+        expectClose(await readF32(c, buf, x.length), want, { atol: 4 * 2 ** -24 * 2 });
+      });
+    }
+  }
+});
