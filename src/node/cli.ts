@@ -20,7 +20,8 @@ const VERSION = '0.1.0';
 function intArg(name: string, min: number) {
   return (v: string): number => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+    if (!Number.isInteger(n) || n < min)
+      throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
     return n;
   };
 }
@@ -51,19 +52,45 @@ interface SamplingFlags {
 
 function addModelOptions(cmd: Command): Command {
   return cmd
-    .requiredOption('-m, --model <model>', 'model folder (Hugging Face layout), Hub id org/name[@rev], or catalog alias')
-    .option('--context <tokens>', 'context length (default: min(max_position_embeddings, 4096))', intArg('--context', 1))
-    .option('--memory-limit <MiB>', 'refuse models whose weights + KV cache + activations exceed this', intArg('--memory-limit', 1))
+    .requiredOption(
+      '-m, --model <model>',
+      'model folder (Hugging Face layout), Hub id org/name[@rev], or catalog alias',
+    )
+    .option(
+      '--context <tokens>',
+      'context length (default: min(max_position_embeddings, 4096))',
+      intArg('--context', 1),
+    )
+    .option(
+      '--memory-limit <MiB>',
+      'refuse models whose weights + KV cache + activations exceed this',
+      intArg('--memory-limit', 1),
+    )
     .option('-q, --quiet', 'no progress bar');
 }
 
 function addSamplingOptions(cmd: Command, defaultMax?: number): Command {
   return cmd
     .option('-n, --max-tokens <n>', 'most tokens to generate', intArg('--max-tokens', 0), defaultMax)
-    .option('-t, --temperature <t>', 'sampling temperature, 0 = greedy', numArg('--temperature', (n) => n >= 0, '>= 0'), 0)
+    .option(
+      '-t, --temperature <t>',
+      'sampling temperature, 0 = greedy',
+      numArg('--temperature', (n) => n >= 0, '>= 0'),
+      0,
+    )
     .option('--top-k <k>', 'keep the k most likely tokens (0 = off)', intArg('--top-k', 0), 0)
-    .option('--top-p <p>', 'nucleus sampling mass (1 = off)', numArg('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'), 1)
-    .option('--repetition-penalty <r>', 'penalize tokens already in the context (1 = off)', numArg('--repetition-penalty', (n) => n > 0, '> 0'), 1)
+    .option(
+      '--top-p <p>',
+      'nucleus sampling mass (1 = off)',
+      numArg('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'),
+      1,
+    )
+    .option(
+      '--repetition-penalty <r>',
+      'penalize tokens already in the context (1 = off)',
+      numArg('--repetition-penalty', (n) => n > 0, '> 0'),
+      1,
+    )
     .option('--seed <s>', 'sampler seed', intArg('--seed', 0));
 }
 
@@ -138,9 +165,15 @@ async function cmdChat(o: ModelFlags & SamplingFlags & { system?: string }): Pro
   const engine = await loadEngine(o);
   if (!engine.tokenizer.hasChatTemplate) {
     engine.dispose();
-    throw new KilnError(`${o.model} has no chat template (tokenizer_config.json chat_template); use \`kiln run\` for plain prompts`);
+    throw new KilnError(
+      `${o.model} has no chat template (tokenizer_config.json chat_template); use \`kiln run\` for plain prompts`,
+    );
   }
-  const rl = createInterface({ input: process.stdin, output: process.stderr, terminal: process.stdin.isTTY === true });
+  const rl = createInterface({
+    input: process.stdin,
+    output: process.stderr,
+    terminal: process.stdin.isTTY === true,
+  });
   rl.setPrompt('> ');
   // Lines are read through the async iterator, which queues them: `rl.question()` only sees lines that
   // arrive while it waits, so piped input (all lines in one chunk) would lose every line typed ahead.
@@ -200,17 +233,26 @@ export function buildProgram(): Command {
     .option('--json', 'print one JSON object with text, ids, finish reason, timings and adapter')
     .action((o) => cmdRun(o));
 
-  addSamplingOptions(addModelOptions(program.command('chat').description('chat with the model in the terminal (its chat template)')), 512)
+  addSamplingOptions(
+    addModelOptions(
+      program.command('chat').description('chat with the model in the terminal (its chat template)'),
+    ),
+    512,
+  )
     .option('--system <text>', 'system prompt')
     .action((o) => cmdChat(o));
 
-  const convert = program.command('convert').description('convert other checkpoint formats to a Hugging Face folder');
+  const convert = program
+    .command('convert')
+    .description('convert other checkpoint formats to a Hugging Face folder');
   convert
     .command('llama2c <model.bin>')
     .description('a llama2.c checkpoint (v0 or v1, fp32) and its SentencePiece tokenizer')
     .option('--tokenizer <tokenizer.model>', 'SentencePiece model of the checkpoint')
     .requiredOption('-o, --out <dir>', 'output folder')
-    .addOption(new Option('--dtype <dtype>', 'weight format written').choices(['f32', 'f16', 'bf16']).default('f32'))
+    .addOption(
+      new Option('--dtype <dtype>', 'weight format written').choices(['f32', 'f16', 'bf16']).default('f32'),
+    )
     .action(async (model: string, o: { tokenizer?: string; out: string; dtype: string }) => {
       const files = await convertLlama2cToFolder(model, {
         outDir: o.out,
@@ -239,13 +281,17 @@ export function buildProgram(): Command {
 
   program
     .command('pull <model>')
-    .description('download a Hub model (org/name[@revision] or catalog alias; HF_ENDPOINT, HF_TOKEN) into the cache')
+    .description(
+      'download a Hub model (org/name[@revision] or catalog alias; HF_ENDPOINT, HF_TOKEN) into the cache',
+    )
     .option('-q, --quiet', 'no progress bar')
     .action(async (id: string, o: { quiet?: boolean }) => {
       const bar = createByteProgress('download', { enabled: !o.quiet });
       try {
         const entry = id.includes('/') ? undefined : findCatalogEntry(id);
-        const dir = await pullModel(entry ? catalogHubId(entry) : id, { onProgress: (p) => bar.update(p.bytes, p.total, p.file) });
+        const dir = await pullModel(entry ? catalogHubId(entry) : id, {
+          onProgress: (p) => bar.update(p.bytes, p.total, p.file),
+        });
         bar.stop();
         process.stdout.write(dir + '\n');
       } finally {
@@ -255,8 +301,26 @@ export function buildProgram(): Command {
   return program;
 }
 
+let stdoutGuarded = false;
+
+/**
+ * `kiln run ... | head` closes stdout while tokens are still coming. Node ignores SIGPIPE, so the
+ * next write fails with EPIPE as an unhandled 'error' event (a stack trace, exit 1); a command-line
+ * tool should stop quietly instead, as it would on SIGPIPE.
+ */
+function guardStdout(): void {
+  if (stdoutGuarded) return;
+  stdoutGuarded = true;
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    process.stderr.write(`kiln: cannot write to stdout: ${e.message}\n`);
+    process.exit(1);
+  });
+}
+
 /** Runs the CLI; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  guardStdout();
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
@@ -266,7 +330,8 @@ export async function main(argv: string[]): Promise<number> {
       // Help and version exit 0; usage errors were already printed by commander.
       return e.exitCode;
     }
-    const verbose = program.opts<{ verbose?: boolean }>().verbose || argv.includes('--verbose') || argv.includes('-v');
+    const verbose =
+      program.opts<{ verbose?: boolean }>().verbose || argv.includes('--verbose') || argv.includes('-v');
     const msg = e instanceof Error ? e.message : String(e);
     process.stderr.write(`kiln: ${e instanceof KilnError ? '' : 'error: '}${msg.split('\n')[0]}\n`);
     if (verbose && e instanceof Error && e.stack) process.stderr.write(e.stack + '\n');

@@ -5,7 +5,7 @@ import type { FloatDtype } from '../io/dtype.js';
 import { convertLlama2c } from '../io/llama2c.js';
 import { encodeSafetensors } from '../io/safetensors.js';
 import { convertSentencePiece } from '../io/sentencepiece.js';
-import { KilnError } from '../errors.js';
+import { InvalidModelFileError, KilnError } from '../errors.js';
 import { openLocalModelDir } from './fs-model-dir.js';
 
 export interface ConvertLlama2cOptions {
@@ -22,7 +22,14 @@ export async function convertLlama2cToFolder(
   let special: { bos: number | null; eos: number | null } = { bos: 1, eos: 2 };
   let tokenizer: ReturnType<typeof convertSentencePiece> | null = null;
   if (opts.tokenizer) {
-    tokenizer = convertSentencePiece(new Uint8Array(await readFile(opts.tokenizer)), opts.tokenizer);
+    let bytes: Buffer;
+    try {
+      bytes = await readFile(opts.tokenizer);
+    } catch (e) {
+      const why = (e as Error).message;
+      throw new InvalidModelFileError(`cannot read the tokenizer ${opts.tokenizer}: ${why}`, { cause: e });
+    }
+    tokenizer = convertSentencePiece(new Uint8Array(bytes), opts.tokenizer);
     special = tokenizer.specialIds;
   }
   const src = await openLocalModelDir(dirname(modelPath)).open(basename(modelPath));

@@ -612,6 +612,10 @@ export async function resolveModel(arg: string, opts: PullOptions = {}): Promise
     throw new KilnError(
       `"${arg}" is a file; a model is a folder (config.json, tokenizer.json, *.safetensors)`,
     );
+  // Something written as a path is a folder that is not there, not a Hub id to download.
+  if (isAbsolute(arg) || /^\.{1,2}([/\\]|$)|^~/.test(arg)) {
+    throw new KilnError(`model folder ${arg} does not exist`);
+  }
   if (parseHubId(arg)) {
     return (await findCachedModel(arg, opts)) ?? (await pullModel(arg, opts));
   }

@@ -17,6 +17,7 @@ import { BLOCK_TOKENS, kvCacheBytes, PagedKvCache } from './kv-cache.js';
 import type { ModelSpec } from './model-spec.js';
 import { DEFAULT_SAMPLING, isPlainGreedy, Rng, sampleToken, type SamplingParams } from './sampler.js';
 import {
+  destroyWeights,
   loadWeights,
   validateCheckpoint,
   weightBytes,
@@ -167,6 +168,9 @@ export class Engine {
   generate(prompt: string | readonly number[], opts: GenerateOptions = {}): Generation {
     if (this.disposed) throw new KilnError('the engine has been disposed');
     const ids = this.encodePrompt(prompt, opts.addSpecialTokens ?? true);
+    // Bad requests fail here, at the call, not later when the result is consumed.
+    this.validatePrompt(ids);
+    validateSampling(samplingOf(opts), opts.maxTokens);
     return new Generation(this, ids, opts);
   }
 
@@ -208,14 +212,7 @@ export class Engine {
     opts: GenerateOptions,
     out: GenerateResult,
   ): AsyncGenerator<GeneratedToken> {
-    this.validatePrompt(promptIds);
-    const sampling: SamplingParams = {
-      temperature: opts.temperature ?? DEFAULT_SAMPLING.temperature,
-      topK: opts.topK ?? DEFAULT_SAMPLING.topK,
-      topP: opts.topP ?? DEFAULT_SAMPLING.topP,
-      repetitionPenalty: opts.repetitionPenalty ?? DEFAULT_SAMPLING.repetitionPenalty,
-    };
-    validateSampling(sampling, opts.maxTokens);
+    const sampling = samplingOf(opts);
     const greedy = isPlainGreedy(sampling);
     const rng = new Rng(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
     const eos = new Set(opts.ignoreEos ? [] : this.eosTokenIds);
@@ -223,7 +220,8 @@ export class Engine {
     const maxTokens = Math.min(opts.maxTokens ?? room, room);
     const context = [...promptIds];
     const decoder = new IncrementalDecoder(this.tokenizer);
-    let finish: FinishReason = 'length';
+    // Stays null if the consumer stops iterating early: that counts as an abort.
+    let finish: FinishReason | null = null;
     const pick = async (input: Parameters<ForwardModel['step']>[0]): Promise<number> => {
       if (greedy) return (await this.forward.step(input, false))[0] as number;
       const logits = await this.forward.step(input, true);
@@ -231,12 +229,19 @@ export class Engine {
     };
     this.kv.release(SEQ);
     try {
-      if (maxTokens <= 0) return;
+      if (maxTokens <= 0) {
+        finish = 'length';
+        return;
+      }
       // Prefill in chunks: each chunk's K/V land in the cache before the next chunk attends to them.
       const tPrefill = performance.now();
       let next = -1;
       for (let start = 0; start < promptIds.length; start += this.prefillChunk) {
-        opts.signal?.throwIfAborted();
+        if (opts.signal?.aborted) {
+          // As during decoding: a finish reason, not an exception (GenerateOptions.signal).
+          finish = 'abort';
+          return;
+        }
         const end = Math.min(promptIds.length, start + this.prefillChunk);
         next = await pick(this.stepInput(promptIds.slice(start, end), start));
       }
@@ -253,7 +258,10 @@ export class Engine {
         const text = decoder.push(next);
         out.text += text;
         yield { id: next, text };
-        if (produced >= maxTokens) break;
+        if (produced >= maxTokens) {
+          finish = 'length';
+          break;
+        }
         if (opts.signal?.aborted) {
           finish = 'abort';
           break;
@@ -264,11 +272,11 @@ export class Engine {
       const rest = decoder.flush();
       if (rest) {
         out.text += rest;
-        yield { id: -1, text: rest };
+        yield { id: null, text: rest };
       }
     } finally {
       this.kv.release(SEQ);
-      out.finishReason = finish;
+      out.finishReason = finish ?? 'abort';
       const t = out.timings;
       t.prefillTokensPerS = t.prefillMs > 0 ? (promptIds.length / t.prefillMs) * 1000 : 0;
       const decoded = Math.max(0, out.tokenIds.length - 1);
@@ -317,8 +325,8 @@ export class Engine {
     this.disposed = true;
     this.forward.destroy();
     this.kv.destroy();
+    destroyWeights(this.ctx, this.weights);
     this.ctx.close(this.ownsDevice);
-    void this.weights;
   }
 }
 
@@ -372,6 +380,15 @@ export class Generation implements AsyncIterable<GeneratedToken> {
     }
     return this.out;
   }
+}
+
+function samplingOf(opts: GenerateOptions): SamplingParams {
+  return {
+    temperature: opts.temperature ?? DEFAULT_SAMPLING.temperature,
+    topK: opts.topK ?? DEFAULT_SAMPLING.topK,
+    topP: opts.topP ?? DEFAULT_SAMPLING.topP,
+    repetitionPenalty: opts.repetitionPenalty ?? DEFAULT_SAMPLING.repetitionPenalty,
+  };
 }
 
 function validateSampling(p: SamplingParams, maxTokens: number | undefined): void {

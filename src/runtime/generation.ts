@@ -16,9 +16,12 @@ export interface GenerateOptions extends Partial<SamplingParams> {
   signal?: AbortSignal;
 }
 
-/** One generated token and the text it completed ("" while a multi-byte character is partial). */
+/**
+ * One generated token and the text it completed ("" while a multi-byte character is partial).
+ * `id` is null for a last chunk that only flushes held-back text (an unfinished character).
+ */
 export interface GeneratedToken {
-  id: number;
+  id: number | null;
   text: string;
 }
 

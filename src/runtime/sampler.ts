@@ -79,15 +79,22 @@ export function sampleToken(
 ): number {
   applyRepetitionPenalty(logits, context, p.repetitionPenalty);
   if (p.temperature === 0) {
-    let best = 0;
-    for (let i = 1; i < logits.length; i++) if ((logits[i] as number) > (logits[best] as number)) best = i;
-    return best;
+    // Like the GPU argmax: the lowest index among ties, NaN never wins, 0 when every logit is NaN.
+    let best = -1;
+    for (let i = 0; i < logits.length; i++) {
+      const v = logits[i] as number;
+      if (!Number.isNaN(v) && (best < 0 || v > (logits[best] as number))) best = i;
+    }
+    return Math.max(best, 0);
   }
   // Candidates sorted by logit, cut by top-k, softmax at the temperature, then cut by top-p.
   let order = Array.from(logits.keys()).filter((i) => !Number.isNaN(logits[i]));
+  if (order.length === 0) return 0;
   order.sort((a, b) => (logits[b] as number) - (logits[a] as number) || a - b);
   if (p.topK > 0) order = order.slice(0, p.topK);
   const max = logits[order[0] as number] as number;
+  // An infinite logit takes all the probability mass (exp(inf - inf) would be NaN).
+  if (max === Infinity) return order[0] as number;
   const probs = order.map((i) => Math.exp(((logits[i] as number) - max) / p.temperature));
   const total = probs.reduce((a, b) => a + b, 0);
   let keep = order.length;

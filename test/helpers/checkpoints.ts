@@ -9,7 +9,7 @@ import { encodeFromFloat32, type FloatDtype } from '../../src/io/dtype.js';
 import { encodeSafetensors, encodeSafetensorsIndex, type TensorToWrite } from '../../src/io/safetensors.js';
 import { convertSentencePiece } from '../../src/io/sentencepiece.js';
 import { parseModelConfig } from '../../src/io/config.js';
-import type { ModelSpec } from '../../src/runtime/model-spec.js';
+import { EMBED_TOKENS, LM_HEAD, type ModelSpec } from '../../src/runtime/model-spec.js';
 import { expectedTensors } from '../../src/runtime/weights.js';
 import { randomF32 } from './gpu.js';
 import { sharedModel } from './shared.js';
@@ -78,18 +78,12 @@ export function writeTestModel(dir: string, o: TestModelOptions = {}): ModelSpec
   const tensors: TensorToWrite[] = [];
   for (const [name, shape] of expectedTensors(spec)) {
     const n = shape.reduce((a, b) => a * b, 1);
-    // Norm weights near 1, everything else small: keeps activations in a realistic range so
-    // logits are not dominated by one huge value.
     const isNorm = name.endsWith('layernorm.weight') || name === 'model.norm.weight';
-    const E = Number(process.env.EMB ?? '0');
-    const HS = Number(process.env.HEAD ?? '1');
     const scale = isNorm
       ? 0.2
       : name.endsWith('.bias')
         ? 0.1
-        : name === 'model.embed_tokens.weight' && E > 0
-          ? E
-          : (name === 'lm_head.weight' ? HS : /o_proj.weight|down_proj.weight/.test(name) ? Number(process.env.OUT ?? '1') : 1) / Math.sqrt(shape[shape.length - 1] as number);
+        : weightScale(name, shape[shape.length - 1] as number);
     const v = randomF32(n, seed++, scale);
     if (isNorm) for (let i = 0; i < n; i++) v[i] = (v[i] as number) + 1;
     tensors.push({ name, dtype, shape, data: encodeFromFloat32(dtype, v) });
@@ -112,4 +106,20 @@ export function writeTestModel(dir: string, o: TestModelOptions = {}): ModelSpec
     writeFileSync(join(dir, 'model.safetensors.index.json'), encodeSafetensorsIndex(map, total));
   }
   return spec;
+}
+
+/**
+ * Half-width of the uniform init of a weight matrix with `fanIn` inputs. Plain 1/sqrt(fanIn) makes
+ * degenerate models: near-uniform attention averages every position into the same vector, and a
+ * tied head then keeps predicting one id (or echoes the last token). Sharper attention (q, k ×3), a
+ * stronger MLP branch (down ×3), small embeddings (±0.1, so the residual branches, not the token's
+ * own embedding, decide a tied head's argmax) and a ×3 LM head give varied greedy ids whose
+ * top-two logit margins are ~1e-3 or more: far above the GPU's f32 error (~1e-6).
+ * Norm weights stay near 1 and biases small.
+ */
+function weightScale(name: string, fanIn: number): number {
+  if (name === EMBED_TOKENS) return 0.1;
+  const gain =
+    name === LM_HEAD || /\.(q|k)_proj\.weight$/.test(name) || /\.down_proj\.weight$/.test(name) ? 3 : 1;
+  return gain / Math.sqrt(fanIn);
 }

@@ -495,7 +495,7 @@ describe('resolveModel', () => {
     );
   });
 
-  it('rejects an argument that is neither a folder nor a Hub id', async () => {
+  it('rejects an argument that is neither a folder nor a Hub id, and a path that does not exist', async () => {
     await expectRejects(
       resolveModel('no such thing!', { endpoint: hub.url, cacheDir }),
       KilnError,
@@ -504,7 +504,7 @@ describe('resolveModel', () => {
     await expectRejects(
       resolveModel('./missing/folder', { endpoint: hub.url, cacheDir }),
       KilnError,
-      /neither/,
+      /model folder \.\/missing\/folder does not exist/,
     );
     const file = join(cacheDir, 'file.txt');
     await writeFile(file, 'x');

@@ -1,0 +1,166 @@
+import { afterEach, describe, expect, test } from 'vitest';
+import { DeviceMemoryError, KilnError } from '../../src/errors.js';
+import { formatBytes } from '../../src/gpu/device.js';
+import { parseModelConfig } from '../../src/io/config.js';
+import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache } from '../../src/runtime/kv-cache.js';
+import type { ModelSpec } from '../../src/runtime/model-spec.js';
+import { testGpu } from '../helpers/gpu.js';
+
+function spec(o: { layers?: number; heads?: number; kvHeads?: number; headDim?: number } = {}): ModelSpec {
+  const heads = o.heads ?? 4;
+  return parseModelConfig({
+    architectures: ['LlamaForCausalLM'],
+    vocab_size: 128,
+    hidden_size: 64,
+    intermediate_size: 96,
+    num_hidden_layers: o.layers ?? 2,
+    num_attention_heads: heads,
+    num_key_value_heads: o.kvHeads ?? 2,
+    head_dim: o.headDim ?? 16,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+  });
+}
+
+const caches: PagedKvCache[] = [];
+async function cache(numBlocks: number, s = spec()): Promise<PagedKvCache> {
+  const c = await PagedKvCache.create(await testGpu(), s, numBlocks);
+  caches.push(c);
+  return c;
+}
+afterEach(() => {
+  for (const c of caches.splice(0)) c.destroy();
+});
+
+describe('sizes', () => {
+  test('a block holds 16 tokens of every KV head, f32', () => {
+    expect(BLOCK_TOKENS).toBe(16);
+    const s = spec({ kvHeads: 2, headDim: 16, layers: 3 });
+    expect(kvBlockBytes(s)).toBe(2 * 16 * 16 * 4);
+    // K and V, every layer, whole blocks.
+    expect(kvCacheBytes(s, 1)).toBe(kvBlockBytes(s) * 2 * 3);
+    expect(kvCacheBytes(s, 16)).toBe(kvBlockBytes(s) * 2 * 3);
+    expect(kvCacheBytes(s, 17)).toBe(2 * kvBlockBytes(s) * 2 * 3);
+    expect(kvCacheBytes(s, 0)).toBe(0);
+  });
+
+  test('create allocates one K and one V buffer of numBlocks blocks per layer', async () => {
+    const s = spec({ layers: 3 });
+    const c = await cache(5, s);
+    expect(c.k).toHaveLength(3);
+    expect(c.v).toHaveLength(3);
+    for (const b of [...c.k, ...c.v]) expect(b.size).toBe(5 * kvBlockBytes(s));
+    expect(c.numBlocks).toBe(5);
+    expect(c.freeBlockCount).toBe(5);
+  });
+});
+
+describe('slots and block tables', () => {
+  test('slot = blockTable[p / 16] · 16 + p % 16 across block boundaries', async () => {
+    const c = await cache(8);
+    // Interleave two sequences so logical and physical blocks differ.
+    expect(c.reserve(0, 0, 1)).toEqual([0]); // seq 0: block 0
+    expect(c.reserve(1, 0, 1)).toEqual([16]); // seq 1: block 1
+    expect(c.reserve(0, 1, 17)).toHaveLength(16); // seq 0 grows into block 2
+    expect(c.blockTable(0)).toEqual([0, 2]);
+    expect(c.blockTable(1)).toEqual([1]);
+    // Re-reserving covered positions returns their slots and allocates nothing.
+    const free = c.freeBlockCount;
+    const slotsOf = (seq: number, positions: number[]) =>
+      positions.map((p) => c.reserve(seq, p, p + 1)[0] as number);
+    expect(slotsOf(0, [0, 15, 16])).toEqual([0, 15, 2 * 16]);
+    expect(c.freeBlockCount).toBe(free);
+    // Position 17 is in the same block; 31 is its last slot; 32 opens a new block (3).
+    expect(slotsOf(0, [17, 31])).toEqual([2 * 16 + 1, 2 * 16 + 15]);
+    expect(c.blockTable(0)).toEqual([0, 2]);
+    expect(slotsOf(0, [32])).toEqual([3 * 16]);
+    expect(c.blockTable(0)).toEqual([0, 2, 3]);
+    expect(c.freeBlockCount).toBe(free - 1);
+    // A range returns one slot per position, in order.
+    expect(c.reserve(1, 14, 18)).toEqual([1 * 16 + 14, 1 * 16 + 15, 4 * 16, 4 * 16 + 1]);
+    expect(c.blockTable(1)).toEqual([1, 4]);
+  });
+
+  test('reserve grows a table by exactly the blocks it needs', async () => {
+    const c = await cache(10);
+    const lengths = [1, 15, 16, 17, 31, 32, 33, 100];
+    for (const n of lengths) {
+      c.reserve(7, 0, n);
+      expect(c.blockTable(7)).toHaveLength(Math.ceil(n / 16));
+      expect(c.freeBlockCount).toBe(10 - Math.ceil(n / 16));
+    }
+    // An empty range reserves nothing more and returns no slots.
+    expect(c.reserve(7, 100, 100)).toEqual([]);
+    expect(c.blockTable(7)).toHaveLength(7);
+  });
+
+  test('release returns the blocks, which are reused', async () => {
+    const c = await cache(4);
+    c.reserve(0, 0, 40); // 3 blocks
+    c.reserve(1, 0, 10); // 1 block
+    expect(c.freeBlockCount).toBe(0);
+    const table0 = [...c.blockTable(0)];
+    c.release(0);
+    expect(c.blockTable(0)).toEqual([]);
+    expect(c.freeBlockCount).toBe(3);
+    c.release(0); // twice is harmless
+    c.release(9); // unknown sequence too
+    expect(c.freeBlockCount).toBe(3);
+    // The freed blocks serve the next sequence, in their old order.
+    c.reserve(2, 0, 48);
+    expect(c.blockTable(2)).toEqual(table0);
+    expect(c.blockTable(1)).toHaveLength(1);
+    c.release(1);
+    c.release(2);
+    expect(c.freeBlockCount).toBe(4);
+  });
+
+  test('a full cache is an error that says what was needed and available, and allocates nothing', async () => {
+    const c = await cache(3);
+    c.reserve(0, 0, 20); // 2 blocks
+    const err = (() => {
+      try {
+        c.reserve(1, 0, 33);
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(err).toBeInstanceOf(KilnError);
+    expect((err as Error).message).toBe('KV cache full: sequence needs 3 blocks of 16 tokens, 1 available');
+    expect(c.freeBlockCount).toBe(1);
+    expect(c.blockTable(1)).toEqual([]);
+    // Growing an existing sequence counts the blocks it already has.
+    expect(() => c.reserve(0, 20, 49)).toThrow(
+      'KV cache full: sequence needs 4 blocks of 16 tokens, 3 available',
+    );
+    expect(c.blockTable(0)).toHaveLength(2);
+    expect(c.reserve(0, 20, 48)).toHaveLength(28);
+    expect(c.freeBlockCount).toBe(0);
+  });
+});
+
+describe('device limits', () => {
+  test('a layer buffer over maxStorageBufferBindingSize is a DeviceMemoryError naming the limit', async () => {
+    const ctx = await testGpu();
+    const limit = ctx.limits.maxStorageBufferBindingSize;
+    const s = spec({ heads: 8, kvHeads: 8, headDim: 256 }); // 128 KiB per block
+    const fit = Math.floor(limit / kvBlockBytes(s));
+    const err = await PagedKvCache.create(ctx, s, fit + 1).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DeviceMemoryError);
+    const msg = (err as Error).message;
+    expect(msg).toContain(`maxStorageBufferBindingSize (${formatBytes(limit)})`);
+    expect(msg).toContain(`for ${(fit + 1) * 16} tokens`);
+    expect(msg).toContain(formatBytes((fit + 1) * kvBlockBytes(s)));
+    expect(msg).toMatch(/shorter context/);
+  });
+
+  test('destroy frees the buffers', async () => {
+    const ctx = await testGpu();
+    const before = ctx.allocatedBytes;
+    const c = await PagedKvCache.create(ctx, spec(), 4);
+    expect(ctx.allocatedBytes - before).toBe(2 * 2 * 4 * kvBlockBytes(spec()));
+    c.destroy();
+    expect(ctx.allocatedBytes).toBe(before);
+    expect(c.k).toEqual([]);
+  });
+});
