@@ -4,9 +4,10 @@
 //
 // Bindings: params (uniform), weights [n_part, k] (WWord), x [m, k] f32, y [m, n_total] f32,
 // bias [n_total] f32 (a 4-byte placeholder when flags bit 0 is clear).
-// Work: one workgroup per (output column, 8 input rows); 64 threads stride over k, so each weight
-// element is read once per 8 rows; a workgroup-memory tree sums the threads' partial dots.
-// The baseline the "Seed kernels" flat GEMM replaces; correct for every m, n, k.
+// Work: a 64-thread workgroup owns 8 output columns × 8 input rows; 8 lanes per column stride
+// over k (adjacent lanes read adjacent weights), each weight element is read once per 8 rows, and
+// a 3-level workgroup-memory tree sums the lanes. The correct baseline that the "Seed kernels"
+// flat GEMM replaces; every m, n, k.
 
 struct Params {
   m: u32,
@@ -27,44 +28,48 @@ struct Params {
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 const WG: u32 = 64u;
+const LANES: u32 = 8u;
+const TN: u32 = 8u;
 const TM: u32 = 8u;
 
 var<workgroup> partial: array<array<f32, TM>, WG>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let n = wid.y * p.grid_x + wid.x;
-  if (n >= p.n_part) {
-    return;
-  }
+  let group = wid.y * p.grid_x + wid.x;
+  let col = t / LANES;
+  let lane = t % LANES;
+  let n = group * TN + col;
   let m0 = wid.z * TM;
   let rows = min(TM, p.m - m0);
   var acc: array<f32, TM>;
-  let wbase = n * p.k;
-  for (var kk = t; kk < p.k; kk += WG) {
-    let wv = load_w(wbase + kk);
-    for (var r = 0u; r < rows; r++) {
-      acc[r] += wv * x[(m0 + r) * p.k + kk];
+  if (n < p.n_part) {
+    let wbase = n * p.k;
+    for (var kk = lane; kk < p.k; kk += LANES) {
+      let wv = load_w(wbase + kk);
+      for (var r = 0u; r < rows; r++) {
+        acc[r] += wv * x[(m0 + r) * p.k + kk];
+      }
     }
   }
   for (var r = 0u; r < TM; r++) {
     partial[t][r] = acc[r];
   }
   workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (t < s) {
-      for (var r = 0u; r < TM; r++) {
+  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
+    if (lane < s) {
+      for (var r = 0u; r < rows; r++) {
         partial[t][r] += partial[t + s][r];
       }
     }
     workgroupBarrier();
   }
-  if (t < rows) {
-    let col = p.col_offset + n;
-    let idx = (m0 + t) * p.n_total + col;
-    var v = partial[0][t];
+  if (lane < rows && n < p.n_part) {
+    let out_col = p.col_offset + n;
+    let idx = (m0 + lane) * p.n_total + out_col;
+    var v = partial[col * LANES][lane];
     if ((p.flags & 1u) != 0u) {
-      v += bias[col];
+      v += bias[out_col];
     }
     if ((p.flags & 2u) != 0u) {
       v += y[idx];

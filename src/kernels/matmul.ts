@@ -23,6 +23,8 @@ export interface MatmulArgs {
 
 /** Rows of X per workgroup (TM in the shader). */
 const ROWS_PER_GROUP = 8;
+/** Output columns per workgroup (TN in the shader). */
+const COLS_PER_GROUP = 8;
 
 export function matmulVariant(w: GpuWeight): string {
   return `matmul_${w.format}`;
@@ -34,7 +36,8 @@ export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
   if (zGroups > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
   const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
   return a.weight.parts.map((part) => {
-    const gridX = Math.min(part.rows, MAX_GRID);
+    const groups = Math.ceil(part.rows / COLS_PER_GROUP);
+    const gridX = Math.min(groups, MAX_GRID);
     const params = packParams([
       ['u32', a.m],
       ['u32', a.weight.cols],
@@ -50,7 +53,7 @@ export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
       () => shaderSource('matmul', weightFragment(a.weight.format)),
       params,
       [part.buffer, a.x, a.y, a.bias ?? a.placeholder],
-      [gridX, Math.ceil(part.rows / gridX), zGroups],
+      [gridX, Math.ceil(groups / gridX), zGroups],
     );
   });
 }
