@@ -11,7 +11,7 @@ import { convertSentencePiece } from '../../src/io/sentencepiece.js';
 import { parseModelConfig } from '../../src/io/config.js';
 import { EMBED_TOKENS, LM_HEAD, type ModelSpec } from '../../src/runtime/model-spec.js';
 import { expectedTensors } from '../../src/runtime/weights.js';
-import { randomF32 } from './gpu.js';
+import { randomF32 } from './random.js';
 import { sharedModel } from './shared.js';
 
 export interface TestModelOptions {

@@ -5,6 +5,8 @@ import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/kernels
 import type { GpuWeight, WeightFormat } from '../../src/kernels/weight.js';
 import { acquireNodeGpu } from '../../src/node/dawn.js';
 
+export { randomF32 } from './random.js';
+
 let ctx: Promise<GpuContext> | null = null;
 
 /** One Dawn device per test file (each file runs in its own process). */
@@ -76,21 +78,6 @@ export function uploadWeight(
     parts.push({ buffer: upload(c, bytes.slice(r * cols * eb, (r + n) * cols * eb)), rowStart: r, rows: n });
   }
   return { weight: { name: 'w', format, rows, cols, parts }, seen };
-}
-
-/** Seeded uniform values in [-scale, scale). */
-export function randomF32(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return out;
 }
 
 /**

@@ -17,6 +17,7 @@ import { openCheckpoint } from '../../src/io/safetensors.js';
 import { ropeInvFreq, ropeRef } from '../../src/kernels/rope.ref.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
+import { randomF32 } from '../helpers/random.js';
 import { sharedModel } from '../helpers/shared.js';
 
 const root = mkdtempSync(join(tmpdir(), 'kiln-llama2c-'));
@@ -44,21 +45,6 @@ const SMALL: Dims = {
   shared: true,
 };
 
-/** Seeded values in [-1, 1), exactly representable in f32 (xorshift32). */
-function values(n: number, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = (s / 2 ** 32) * 2 - 1;
-  }
-  return out;
-}
-
 /** The llama2.c weights of a model, one array per tensor (per layer for layer tensors). */
 interface Llama2cWeights {
   embed: Float32Array;
@@ -82,9 +68,9 @@ function randomWeights(d: Dims, seed = 1): Llama2cWeights {
   const hs = d.dim / d.heads;
   const kv = d.kvHeads * hs;
   let s = seed * 1000;
-  const layers = (n: number) => Array.from({ length: d.layers }, () => values(n, s++));
+  const layers = (n: number) => Array.from({ length: d.layers }, () => randomF32(n, s++));
   return {
-    embed: values(d.vocab * d.dim, s++),
+    embed: randomF32(d.vocab * d.dim, s++),
     attnNorm: layers(d.dim),
     wq: layers(d.dim * d.dim),
     wk: layers(kv * d.dim),
@@ -94,10 +80,10 @@ function randomWeights(d: Dims, seed = 1): Llama2cWeights {
     w1: layers(d.hidden * d.dim),
     w2: layers(d.dim * d.hidden),
     w3: layers(d.hidden * d.dim),
-    norm: values(d.dim, s++),
-    freqCos: values((d.seqLen * hs) / 2, s++),
-    freqSin: values((d.seqLen * hs) / 2, s++),
-    cls: d.shared ? null : values(d.vocab * d.dim, s++),
+    norm: randomF32(d.dim, s++),
+    freqCos: randomF32((d.seqLen * hs) / 2, s++),
+    freqSin: randomF32((d.seqLen * hs) / 2, s++),
+    cls: d.shared ? null : randomF32(d.vocab * d.dim, s++),
   };
 }
 
@@ -253,21 +239,26 @@ function expectSameTensors(
   }
 }
 
+/** The header readLlama2cHeader should report for a SMALL file. */
+function smallHeader(version: number, sharedClassifier: boolean, dataOffset: number) {
+  return {
+    version,
+    dim: 16,
+    hiddenDim: 24,
+    nLayers: 2,
+    nHeads: 4,
+    nKvHeads: 2,
+    vocabSize: 11,
+    seqLen: 6,
+    sharedClassifier,
+    dataOffset,
+  };
+}
+
 describe('readLlama2cHeader', () => {
   it('parses a v0 header with a shared classifier (positive vocab)', async () => {
     const bytes = llama2cFile(0, SMALL, randomWeights(SMALL));
-    expect(await readLlama2cHeader(memSource('m.bin', bytes))).toEqual({
-      version: 0,
-      dim: 16,
-      hiddenDim: 24,
-      nLayers: 2,
-      nHeads: 4,
-      nKvHeads: 2,
-      vocabSize: 11,
-      seqLen: 6,
-      sharedClassifier: true,
-      dataOffset: 28,
-    });
+    expect(await readLlama2cHeader(memSource('m.bin', bytes))).toEqual(smallHeader(0, true, 28));
   });
 
   it('parses a v0 header whose negative vocab size marks a separate classifier', async () => {
@@ -284,18 +275,7 @@ describe('readLlama2cHeader', () => {
       const bytes = llama2cFile(1, d, randomWeights(d));
       expect(new TextDecoder().decode(bytes.subarray(0, 4))).toBe('24ka'); // 0x616b3432 little-endian
       const h = await readLlama2cHeader(memSource('m.bin', bytes));
-      expect(h).toEqual({
-        version: 1,
-        dim: 16,
-        hiddenDim: 24,
-        nLayers: 2,
-        nHeads: 4,
-        nKvHeads: 2,
-        vocabSize: 11,
-        seqLen: 6,
-        sharedClassifier: shared,
-        dataOffset: 256,
-      });
+      expect(h).toEqual(smallHeader(1, shared, 256));
     }
   });
 });
@@ -458,7 +438,7 @@ describe('RoPE: interleaved pairs on llama2.c weights == rotate-half on converte
     const inv = ropeInvFreq(hs, 10000, { type: 'none' });
     // Positions far enough apart that every frequency has turned by a visible angle.
     const positions = [0, 1, 5, 17, 40, 63];
-    const xs = positions.map((p) => Float64Array.from(values(d.dim, 100 + p)));
+    const xs = positions.map((p) => Float64Array.from(randomF32(d.dim, 100 + p)));
     const interleaved = (v: Float64Array, p: number, heads: number) =>
       ropeInterleaved(v, positions[p]!, heads, hs, inv);
     const rotateHalf = (v: Float64Array, p: number, heads: number) => {

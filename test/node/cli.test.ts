@@ -6,10 +6,7 @@
  * from a local Hub-layout server and offline use of the cache, and chat over piped stdin.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -19,6 +16,7 @@ import type { SafetensorsDtype } from '../../src/io/dtype.js';
 import { createEngine, openLocalModelDir } from '../../src/node/index.js';
 import { KilnTokenizer } from '../../src/io/tokenizer.js';
 import { writeTestModel } from '../helpers/checkpoints.js';
+import { LocalHub, type RepoFile } from '../helpers/local-hub.js';
 import { repoRoot, sharedModel } from '../helpers/shared.js';
 
 const KILN = join(repoRoot, 'bin', 'kiln.js');
@@ -129,6 +127,21 @@ function fresh(name: string): string {
 
 // ---- fixtures: the converted babyllama (via the CLI) and a tiny random test model ----
 
+/** `kiln convert llama2c` of the babyllama checkpoint and its tokenizer into `out`. */
+function convertBaby(out: string, ...extra: string[]): Promise<Result> {
+  const model = sharedModel(BABY, 'model5000.bin');
+  return kiln([
+    'convert',
+    'llama2c',
+    model,
+    '--tokenizer',
+    sharedModel(BABY, 'tok105.model'),
+    '--out',
+    out,
+    ...extra,
+  ]);
+}
+
 let baby = '';
 let convertResult: Result;
 let tiny = '';
@@ -137,15 +150,7 @@ beforeAll(async () => {
   baby = join(tmp, 'babyllama');
   tiny = join(tmp, 'tiny');
   writeTestModel(tiny, { seed: 3 });
-  convertResult = await kiln([
-    'convert',
-    'llama2c',
-    sharedModel(BABY, 'model5000.bin'),
-    '--tokenizer',
-    sharedModel(BABY, 'tok105.model'),
-    '--out',
-    baby,
-  ]);
+  convertResult = await convertBaby(baby);
 });
 
 interface RunJson {
@@ -247,17 +252,7 @@ describe('kiln convert llama2c + kiln run (acceptance: babyllama vs the float64 
   for (const dtype of ['f16', 'bf16'] as const) {
     it(`convert --dtype ${dtype} keeps the first 64 greedy ids`, async () => {
       const out = fresh(`baby-${dtype}`);
-      const c = await kiln([
-        'convert',
-        'llama2c',
-        sharedModel(BABY, 'model5000.bin'),
-        '--tokenizer',
-        sharedModel(BABY, 'tok105.model'),
-        '--out',
-        out,
-        '--dtype',
-        dtype,
-      ]);
+      const c = await convertBaby(out, '--dtype', dtype);
       expect(c.code, c.stderr).toBe(0);
       const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as { torch_dtype: string };
       expect(config.torch_dtype).toBe(dtype === 'f16' ? 'float16' : 'bfloat16');
@@ -559,62 +554,19 @@ describe('hostile inputs: one `kiln:` line naming the problem, no stack unless -
   });
 });
 
-// ---- a local server with the Hub's URL layout ----
+// ---- a local server with the Hub's URL layout (LocalHub) ----
 
 const COMMIT = 'c'.repeat(40);
-
-class LocalHub {
-  readonly repos = new Map<string, Map<string, Buffer>>();
-  private server: Server | null = null;
-  url = '';
-
-  async start(): Promise<void> {
-    this.server = createServer((req, res) => {
-      const path = req.url ?? '';
-      const api = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/main\?blobs=true$/.exec(path);
-      const file = /^\/([^/]+\/[^/]+)\/resolve\/main\/(.+)$/.exec(path);
-      const repo = this.repos.get((api ?? file)?.[1] ?? '');
-      if (api && repo) {
-        const siblings = [...repo].map(([name, data]) => ({
-          rfilename: name,
-          size: data.length,
-          ...(name.endsWith('.safetensors')
-            ? { lfs: { sha256: createHash('sha256').update(data).digest('hex'), size: data.length } }
-            : {}),
-        }));
-        res.writeHead(200, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ id: api[1], sha: COMMIT, siblings }));
-        return;
-      }
-      const data = file && repo?.get(decodeURIComponent(file[2]!));
-      if (data) {
-        res.writeHead(200, { 'content-length': String(data.length) });
-        res.end(data);
-        return;
-      }
-      res.writeHead(404, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ error: 'Repository not found' }));
-    });
-    await new Promise<void>((ok) => this.server!.listen(0, '127.0.0.1', ok));
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-  }
-
-  async stop(): Promise<void> {
-    const s = this.server;
-    this.server = null;
-    if (!s) return;
-    s.closeAllConnections();
-    await new Promise<void>((ok) => s.close(() => ok()));
-  }
-}
 
 /** A LocalHub serving the tiny model as org/name. */
 async function hubWithTiny(): Promise<LocalHub> {
   const hub = new LocalHub();
-  const files = new Map<string, Buffer>();
-  for (const f of readdirSync(tiny)) files.set(f, readFileSync(join(tiny, f)));
-  files.set('README.md', Buffer.from('# not downloaded\n'));
-  hub.repos.set('org/name', files);
+  const files = new Map<string, RepoFile>();
+  for (const f of readdirSync(tiny)) {
+    files.set(f, { data: readFileSync(join(tiny, f)), lfs: f.endsWith('.safetensors') });
+  }
+  files.set('README.md', { data: Buffer.from('# not downloaded\n'), lfs: false });
+  hub.repos.set('org/name', { files, commit: COMMIT });
   await hub.start();
   return hub;
 }

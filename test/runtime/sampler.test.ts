@@ -187,27 +187,23 @@ describe('sampleToken', () => {
   test('top-p keeps the smallest prefix whose probability reaches p', () => {
     const probs = [0.1, 0.5, 0.05, 0.3, 0.05];
     const draws = 20_000;
+    const expectTopP = (topP: number, want: [number, number][]) =>
+      expectFrequencies(
+        histogram(fromProbs(probs), params({ temperature: 1, topP }), draws),
+        new Map(want),
+        draws,
+      );
     // Sorted: 0.5 (id 1), 0.3 (id 3), 0.1 (id 0), ... p = 0.75: ids 1 and 3 (0.8 >= 0.75).
-    const two = histogram(fromProbs(probs), params({ temperature: 1, topP: 0.75 }), draws);
-    expectFrequencies(
-      two,
-      new Map([
-        [1, 0.5 / 0.8],
-        [3, 0.3 / 0.8],
-      ]),
-      draws,
-    );
+    expectTopP(0.75, [
+      [1, 0.5 / 0.8],
+      [3, 0.3 / 0.8],
+    ]);
     // p = 0.85: the next one (id 0) joins.
-    const three = histogram(fromProbs(probs), params({ temperature: 1, topP: 0.85 }), draws);
-    expectFrequencies(
-      three,
-      new Map([
-        [1, 0.5 / 0.9],
-        [3, 0.3 / 0.9],
-        [0, 0.1 / 0.9],
-      ]),
-      draws,
-    );
+    expectTopP(0.85, [
+      [1, 0.5 / 0.9],
+      [3, 0.3 / 0.9],
+      [0, 0.1 / 0.9],
+    ]);
     // A tiny p is greedy.
     expect(histogram(fromProbs(probs), params({ temperature: 1, topP: 1e-6 }), 200)).toEqual(
       new Map([[1, 200]]),
