@@ -5,9 +5,9 @@
 // Bindings: params (uniform), weights [n_part, k] (WWord), x [m, k] f32, y [m, n_total] f32,
 // bias [n_total] f32 (a 4-byte placeholder when flags bit 0 is clear).
 // Work: a 64-thread workgroup owns 8 output columns × 8 input rows; 8 lanes per column stride
-// over k (adjacent lanes read adjacent weights), each weight element is read once per 8 rows, and
-// a 3-level workgroup-memory tree sums the lanes. The correct baseline that the "Seed kernels"
-// flat GEMM replaces; every m, n, k.
+// over k (adjacent lanes read adjacent weights, in pairs when k is even), each weight element is
+// read once per 8 rows, and a 3-level workgroup-memory tree sums the lanes. The correct baseline
+// that the "Seed kernels" flat GEMM replaces; every m, n, k.
 
 struct Params {
   m: u32,
@@ -45,10 +45,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var acc: array<f32, TM>;
   if (n < p.n_part) {
     let wbase = n * p.k;
-    for (var kk = lane; kk < p.k; kk += LANES) {
-      let wv = load_w(wbase + kk);
-      for (var r = 0u; r < rows; r++) {
-        acc[r] += wv * x[(m0 + r) * p.k + kk];
+    if ((p.k & 1u) == 0u) {
+      // Even k: every row starts on a word, so each lane takes element pairs (one 16-bit word).
+      for (var kk = 2u * lane; kk < p.k; kk += 2u * LANES) {
+        let w2 = load_w2(wbase + kk);
+        for (var r = 0u; r < rows; r++) {
+          let xi = (m0 + r) * p.k + kk;
+          acc[r] += w2.x * x[xi] + w2.y * x[xi + 1u];
+        }
+      }
+    } else {
+      for (var kk = lane; kk < p.k; kk += LANES) {
+        let wv = load_w(wbase + kk);
+        for (var r = 0u; r < rows; r++) {
+          acc[r] += wv * x[(m0 + r) * p.k + kk];
+        }
       }
     }
   }

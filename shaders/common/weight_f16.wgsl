@@ -6,3 +6,8 @@ fn load_w(i: u32) -> f32 {
   let pair = unpack2x16float(weights[i >> 1u]);
   return select(pair.x, pair.y, (i & 1u) == 1u);
 }
+
+// Elements i and i + 1 (i even): one word.
+fn load_w2(i: u32) -> vec2<f32> {
+  return unpack2x16float(weights[i >> 1u]);
+}

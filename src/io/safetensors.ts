@@ -467,18 +467,32 @@ export interface TensorToWrite {
 
 const utf8 = new TextEncoder();
 
+/** A tensor to be written, without its bytes (see {@link planSafetensors}). */
+export type TensorSpec = Omit<TensorToWrite, 'data'>;
+
+/** Where each tensor of a file being written goes. */
+export interface SafetensorsPlan<T extends TensorSpec> {
+  /** The first bytes of the file: the u64 header length and the space-padded JSON header. */
+  header: Uint8Array<ArrayBuffer>;
+  /** The tensors in file order, each with its byte length. */
+  order: (T & { byteLength: number })[];
+  /** Bytes after the header. */
+  dataBytes: number;
+}
+
 /**
- * Serializes tensors as a safetensors file the way the reference writer does: tensors ordered by
- * decreasing element size then name (so each starts aligned to its element size), and the header
- * padded with spaces so the data section starts at a multiple of 8.
+ * Lays out a safetensors file the way the reference writer does: tensors ordered by decreasing
+ * element size then name (so each starts aligned to its element size), and the header padded with
+ * spaces so the data section starts at a multiple of 8. Writers then emit `header` and each
+ * tensor's bytes in `order`, which lets a large file be streamed one tensor at a time.
  */
-export function encodeSafetensors(
-  tensors: readonly TensorToWrite[],
+export function planSafetensors<T extends TensorSpec>(
+  tensors: readonly T[],
   metadata?: Record<string, string>,
-): Uint8Array<ArrayBuffer> {
+): SafetensorsPlan<T> {
   const seen = new Set<string>();
-  for (const t of tensors) {
-    const where = `encodeSafetensors: tensor ${JSON.stringify(t.name)}`;
+  const sized = tensors.map((t) => {
+    const where = `safetensors writer: tensor ${JSON.stringify(t.name)}`;
     if (t.name === METADATA_KEY || seen.has(t.name)) {
       throw new KilnError(`${where}: name is reserved or repeated`);
     }
@@ -491,14 +505,9 @@ export function encodeSafetensors(
       }
       count *= d;
     }
-    const want = count * DTYPE_BYTES[t.dtype];
-    if (t.data.byteLength !== want) {
-      throw new KilnError(
-        `${where}: data is ${t.data.byteLength} bytes, expected ${want} for ${t.dtype} [${t.shape.join(', ')}]`,
-      );
-    }
-  }
-  const ordered = [...tensors].sort(
+    return { ...t, byteLength: count * DTYPE_BYTES[t.dtype] };
+  });
+  const order = sized.sort(
     (a, b) => DTYPE_BYTES[b.dtype] - DTYPE_BYTES[a.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0),
   );
   // Built by hand: a JS object would move integer-like tensor names ("0") to the front.
@@ -508,8 +517,8 @@ export function encodeSafetensors(
     parts.push(`"${METADATA_KEY}":{${entries.join(',')}}`);
   }
   let offset = 0;
-  for (const t of ordered) {
-    const end = offset + t.data.byteLength;
+  for (const t of order) {
+    const end = offset + t.byteLength;
     parts.push(
       `${JSON.stringify(t.name)}:{"dtype":${JSON.stringify(t.dtype)},"shape":${JSON.stringify(t.shape)},` +
         `"data_offsets":[${offset},${end}]}`,
@@ -518,14 +527,30 @@ export function encodeSafetensors(
   }
   const json = utf8.encode(`{${parts.join(',')}}`);
   const headerLen = json.byteLength + ((8 - (json.byteLength % 8)) % 8);
-  const out = new Uint8Array(8 + headerLen + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerLen), true);
-  out.set(json, 8);
-  out.fill(0x20, 8 + json.byteLength, 8 + headerLen);
-  let pos = 8 + headerLen;
-  for (const t of ordered) {
+  const header = new Uint8Array(8 + headerLen);
+  new DataView(header.buffer).setBigUint64(0, BigInt(headerLen), true);
+  header.set(json, 8);
+  header.fill(0x20, 8 + json.byteLength);
+  return { header, order, dataBytes: offset };
+}
+
+/** Serializes tensors as one safetensors file in memory (see {@link planSafetensors}). */
+export function encodeSafetensors(
+  tensors: readonly TensorToWrite[],
+  metadata?: Record<string, string>,
+): Uint8Array<ArrayBuffer> {
+  const { header, order, dataBytes } = planSafetensors(tensors, metadata);
+  const out = new Uint8Array(header.byteLength + dataBytes);
+  out.set(header);
+  let pos = header.byteLength;
+  for (const t of order) {
+    if (t.data.byteLength !== t.byteLength) {
+      throw new KilnError(
+        `safetensors writer: tensor ${JSON.stringify(t.name)}: data is ${t.data.byteLength} bytes, expected ${t.byteLength} for ${t.dtype} [${t.shape.join(', ')}]`,
+      );
+    }
     out.set(t.data, pos);
-    pos += t.data.byteLength;
+    pos += t.byteLength;
   }
   return out;
 }

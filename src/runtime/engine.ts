@@ -192,9 +192,13 @@ export class Engine {
     const release = await this.acquire();
     const rows: Float32Array[] = [];
     const V = this.spec.vocabSize;
+    // The logits of one step live in one storage binding: with a 150k vocabulary, 256 rows of f32
+    // logits would exceed the default 128 MiB, so steps here take as many rows as fit.
+    const fit = Math.floor(this.ctx.limits.maxStorageBufferBindingSize / (V * 4));
+    const step = Math.max(1, Math.min(this.prefillChunk, fit));
     try {
-      for (let start = 0; start < ids.length; start += this.prefillChunk) {
-        const chunk = ids.slice(start, Math.min(ids.length, start + this.prefillChunk));
+      for (let start = 0; start < ids.length; start += step) {
+        const chunk = ids.slice(start, Math.min(ids.length, start + step));
         const input = { ...this.stepInput(chunk, start), logitRows: chunk.map((_, i) => i) };
         const all = await this.forward.step(input, true);
         for (let i = 0; i < chunk.length; i++) rows.push(all.slice(i * V, (i + 1) * V));

@@ -31,6 +31,9 @@ describe('matmul', () => {
     [7, 129, 7],
     [9, 33, 4097],
     [17, 5, 64],
+    // Even k takes the paired-load path; odd k (above) the element path.
+    [3, 9, 130],
+    [8, 16, 4096],
   ];
   for (const format of ['f32', 'f16', 'bf16'] as WeightFormat[]) {
     for (const [m, n, k] of cases) {

@@ -1,0 +1,141 @@
+/**
+ * Synthetic checkpoints at real model shapes, for benchmarks: seeded random weights (so runs are
+ * repeatable) in Hugging Face layout, written tensor by tensor. The numbers they produce measure
+ * speed only; the text is noise. Shapes follow the published config.json of each model.
+ */
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { encodeFromFloat32, type FloatDtype } from '../src/io/dtype.js';
+import { parseModelConfig } from '../src/io/config.js';
+import { expectedTensors } from '../src/runtime/weights.js';
+import { writeSafetensorsFile } from '../src/node/safetensors-file.js';
+
+export const SHAPES: Record<string, Record<string, unknown>> = {
+  'smollm2-135m': {
+    architectures: ['LlamaForCausalLM'],
+    hidden_size: 576,
+    intermediate_size: 1536,
+    num_hidden_layers: 30,
+    num_attention_heads: 9,
+    num_key_value_heads: 3,
+    vocab_size: 49152,
+    max_position_embeddings: 8192,
+    rms_norm_eps: 1e-5,
+    rope_theta: 100000,
+    tie_word_embeddings: true,
+  },
+  'qwen2.5-0.5b': {
+    architectures: ['Qwen2ForCausalLM'],
+    hidden_size: 896,
+    intermediate_size: 4864,
+    num_hidden_layers: 24,
+    num_attention_heads: 14,
+    num_key_value_heads: 2,
+    vocab_size: 151936,
+    max_position_embeddings: 32768,
+    rms_norm_eps: 1e-6,
+    rope_theta: 1000000,
+    tie_word_embeddings: true,
+  },
+  'llama-3.2-1b': {
+    architectures: ['LlamaForCausalLM'],
+    hidden_size: 2048,
+    intermediate_size: 8192,
+    num_hidden_layers: 16,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    head_dim: 64,
+    vocab_size: 128256,
+    max_position_embeddings: 131072,
+    rms_norm_eps: 1e-5,
+    rope_theta: 500000,
+    rope_scaling: {
+      rope_type: 'llama3',
+      factor: 32,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 8192,
+    },
+    tie_word_embeddings: true,
+  },
+};
+
+/** A byte-level tokenizer (256 byte tokens + specials): any text encodes, nothing else matters. */
+function byteTokenizer(): { tokenizer: object; config: object } {
+  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
+  for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`] = b + 3;
+  const special = (id: number, content: string) => ({
+    id,
+    content,
+    single_word: false,
+    lstrip: false,
+    rstrip: false,
+    normalized: false,
+    special: true,
+  });
+  return {
+    tokenizer: {
+      version: '1.0',
+      truncation: null,
+      padding: null,
+      added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: { type: 'Sequence', decoders: [{ type: 'ByteFallback' }, { type: 'Fuse' }] },
+      model: {
+        type: 'BPE',
+        dropout: null,
+        unk_token: '<unk>',
+        fuse_unk: true,
+        byte_fallback: true,
+        vocab,
+        merges: [],
+      },
+    },
+    config: { add_bos_token: true, bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>' },
+  };
+}
+
+/** Seeded uniform values in [-scale, scale) (xorshift32). */
+function random(n: number, seed: number, scale: number): Float32Array {
+  let s = seed >>> 0 || 1;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    out[i] = ((s / 4294967296) * 2 - 1) * scale;
+  }
+  return out;
+}
+
+/** Writes (once) the synthetic model `shape` in `dtype` under `root` and returns its folder. */
+export async function syntheticModel(
+  root: string,
+  shape: string,
+  dtype: FloatDtype = 'BF16',
+): Promise<string> {
+  const base = SHAPES[shape];
+  if (!base) throw new Error(`unknown shape ${shape}; known: ${Object.keys(SHAPES).join(', ')}`);
+  const dir = join(root, `${shape}-${dtype.toLowerCase()}`);
+  if (existsSync(join(dir, 'model.safetensors'))) return dir;
+  mkdirSync(dir, { recursive: true });
+  const config = { ...base, hidden_act: 'silu', bos_token_id: 1, eos_token_id: 2 };
+  const spec = parseModelConfig(config);
+  const tok = byteTokenizer();
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tok.tokenizer));
+  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify(tok.config));
+  const tensors = [...expectedTensors(spec)].map(([name, shape], i) => ({ name, dtype, shape, seed: i + 1 }));
+  await writeSafetensorsFile(join(dir, 'model.safetensors'), tensors, (t) => {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    const isNorm = t.shape.length === 1 && !t.name.endsWith('.bias');
+    const v = random(n, t.seed, isNorm ? 0.1 : 1 / Math.sqrt(t.shape[t.shape.length - 1] as number));
+    if (isNorm) for (let j = 0; j < n; j++) v[j] = (v[j] as number) + 1;
+    return encodeFromFloat32(dtype, v);
+  });
+  return dir;
+}
