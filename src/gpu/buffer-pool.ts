@@ -1,7 +1,7 @@
 /**
- * Reuses buffers whose lifetime is short and whose sizes repeat: readback staging buffers and the
- * per-shape activation buffers of forward plans. Sizes are rounded up to powers of two (from 256 B)
- * so a handful of size classes serve every step.
+ * Reuses short-lived buffers whose sizes repeat: the staging buffers of one-off readbacks
+ * (GpuContext.read). Sizes are rounded up to powers of two (from 256 B) so a handful of size
+ * classes serve every call. Forward plans own their buffers instead (made once per step shape).
  */
 export class BufferPool {
   private readonly free = new Map<string, GPUBuffer[]>();
@@ -35,15 +35,6 @@ export class BufferPool {
   }
 
   releaseReadback(buffer: GPUBuffer): void {
-    this.give(buffer);
-  }
-
-  /** A storage buffer of at least `size` bytes (contents undefined). */
-  acquireStorage(size: number, label = 'kiln.activation'): GPUBuffer {
-    return this.take(GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST, size, label);
-  }
-
-  releaseStorage(buffer: GPUBuffer): void {
     this.give(buffer);
   }
 

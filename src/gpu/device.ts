@@ -55,8 +55,14 @@ function findGpu(opts: AcquireOptions): GPU {
 
 /** Acquires (or wraps) a device and returns the context every kernel uses. */
 export async function acquireGpu(opts: AcquireOptions = {}): Promise<GpuContext> {
-  if (opts.device)
-    return new GpuContext(opts.device, summarize(opts.device, opts.device.adapterInfo), opts.keepAlive);
+  if (opts.device) {
+    return new GpuContext(
+      opts.device,
+      summarize(opts.device, opts.device.adapterInfo),
+      false,
+      opts.keepAlive,
+    );
+  }
   const gpu = findGpu(opts);
   const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference ?? 'high-performance' });
   if (!adapter) {
@@ -73,7 +79,7 @@ export async function acquireGpu(opts: AcquireOptions = {}): Promise<GpuContext>
   } catch (e) {
     throw new GpuDeviceError(`could not create a WebGPU device: ${(e as Error).message}`, { cause: e });
   }
-  return new GpuContext(device, summarize(device, adapter.info), opts.keepAlive);
+  return new GpuContext(device, summarize(device, adapter.info), true, opts.keepAlive);
 }
 
 function summarize(device: GPUDevice, info: GPUAdapterInfo): AdapterSummary {
@@ -104,22 +110,27 @@ export class GpuContext {
   /** Bytes of long-lived buffers (weights, KV cache) allocated through `createBuffer`. */
   allocatedBytes = 0;
 
+  private readonly onUncapturedError = (ev: Event) => {
+    const err = (ev as GPUUncapturedErrorEvent).error;
+    this.lostMessage ??= `GPU error: ${err.message.split('\n')[0]}`;
+  };
+
   constructor(
     readonly device: GPUDevice,
     readonly adapter: AdapterSummary,
+    /** False for a device the caller passed in: Kiln never destroys it or claims its errors. */
+    readonly ownsDevice: boolean,
     /** Held so Dawn's instance is not garbage-collected while the device lives. */
     private readonly keepAlive?: unknown,
   ) {
     this.pipelines = new PipelineCache(device);
     this.buffers = new BufferPool(device);
-    // Kiln's own kernels should never raise validation errors; if one does (a driver bug, a limit
-    // we misjudged), fail the next call with its text instead of hanging on a readback.
-    device.addEventListener('uncapturederror', (ev) => {
-      const err = (ev as GPUUncapturedErrorEvent).error;
-      this.lostMessage ??= `GPU error: ${err.message.split('\n')[0]}`;
-    });
+    // On its own device, Kiln's kernels should never raise errors; if one does (a driver bug, a
+    // limit we misjudged), fail the next call with its text instead of returning garbage. A
+    // caller's device may carry the caller's own errors, so there Kiln relies on error scopes.
+    if (ownsDevice) device.addEventListener('uncapturederror', this.onUncapturedError);
     void device.lost.then((info) => {
-      if (this.destroyed && info.reason === 'destroyed') return;
+      if (this.destroyed) return;
       this.lostMessage = `the GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ''}); reload the model to continue`;
     });
   }
@@ -166,9 +177,17 @@ export class GpuContext {
   async guardAllocation<T>(what: string, bytes: number, fn: () => T): Promise<T> {
     this.device.pushErrorScope('validation');
     this.device.pushErrorScope('out-of-memory');
-    const result = fn();
+    let result: T | undefined;
+    let thrown: unknown = null;
+    try {
+      result = fn();
+    } catch (e) {
+      thrown = e;
+    }
+    // Always pop what was pushed, or later errors on this device would vanish into our scopes.
     const oom = await this.device.popErrorScope();
     const invalid = await this.device.popErrorScope();
+    if (thrown) throw thrown;
     if (oom) {
       throw new DeviceMemoryError(
         `out of GPU memory while allocating ${what} (${formatBytes(bytes)}; ${formatBytes(this.allocatedBytes)} already allocated by Kiln): ${oom.message}`,
@@ -177,7 +196,30 @@ export class GpuContext {
     if (invalid)
       throw new GpuDeviceError(`GPU validation error while allocating ${what}: ${invalid.message}`);
     this.assertAlive();
-    return result;
+    return result as T;
+  }
+
+  /**
+   * Runs GPU work inside validation and internal error scopes and turns an error into a
+   * GpuDeviceError naming `what` (used for the first step of a model, which compiles and runs
+   * every kernel once).
+   */
+  async checkErrors<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    this.device.pushErrorScope('validation');
+    this.device.pushErrorScope('internal');
+    let result: T | undefined;
+    let thrown: unknown = null;
+    try {
+      result = await fn();
+    } catch (e) {
+      thrown = e;
+    }
+    const internal = await this.device.popErrorScope();
+    const invalid = await this.device.popErrorScope();
+    const err = invalid ?? internal;
+    if (err) throw new GpuDeviceError(`GPU error during ${what}: ${err.message.split('\n')[0]}`);
+    if (thrown) throw thrown;
+    return result as T;
   }
 
   /** Copies `size` bytes of a GPU buffer back to the CPU. */
@@ -190,6 +232,7 @@ export class GpuContext {
     try {
       await staging.mapAsync(GPUMapMode.READ, 0, size);
     } catch (e) {
+      staging.destroy();
       this.assertAlive();
       throw new GpuDeviceError(`reading back from the GPU failed: ${(e as Error).message}`, { cause: e });
     }
@@ -199,12 +242,13 @@ export class GpuContext {
     return out;
   }
 
-  /** Destroys pooled buffers; destroys the device too unless it was injected by the caller. */
-  close(ownsDevice: boolean): void {
+  /** Destroys pooled buffers, and the device unless it was passed in by the caller. */
+  close(): void {
     if (this.destroyed) return;
     this.buffers.clear();
     this.destroyed = true;
-    if (ownsDevice) this.device.destroy();
+    this.device.removeEventListener('uncapturederror', this.onUncapturedError);
+    if (this.ownsDevice) this.device.destroy();
     void this.keepAlive;
   }
 }

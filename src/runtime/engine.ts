@@ -4,14 +4,15 @@
  * tokens) and an OpenAI-shaped `chat.completions.create()`. Runs unchanged in a browser; the Node
  * entry (src/node/index.ts) adds local folders, Hub ids and Dawn.
  */
-import { InvalidRequestError, DeviceMemoryError, KilnError } from '../errors.js';
+import { InvalidRequestError, DeviceMemoryError, KilnError, UnsupportedModelError } from '../errors.js';
+import { ATTENTION_MAX_HEAD_DIM } from '../kernels/attention.js';
 import { acquireGpu, formatBytes, type AdapterSummary, type GpuContext } from '../gpu/device.js';
 import type { ModelDir } from '../io/byte-source.js';
 import { loadModelSpec } from '../io/config.js';
 import { openCheckpoint, type Checkpoint } from '../io/safetensors.js';
 import { IncrementalDecoder, KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { ChatCompletions } from './chat.js';
-import { ForwardModel } from './forward.js';
+import { ForwardModel, type StepInput } from './forward.js';
 import type { GenerateOptions, GenerateResult, GeneratedToken, FinishReason } from './generation.js';
 import { BLOCK_TOKENS, kvCacheBytes, PagedKvCache } from './kv-cache.js';
 import type { ModelSpec } from './model-spec.js';
@@ -60,7 +61,6 @@ export class Engine {
     readonly tokenizer: KilnTokenizer,
     readonly contextLength: number,
     private readonly ctx: GpuContext,
-    private readonly ownsDevice: boolean,
     private readonly weights: ModelWeights,
     private readonly kv: PagedKvCache,
     private readonly forward: ForwardModel,
@@ -73,40 +73,43 @@ export class Engine {
   static async create(opts: EngineOptions): Promise<Engine> {
     const t0 = performance.now();
     const spec = await loadModelSpec(opts.model);
+    if (spec.headDim > ATTENTION_MAX_HEAD_DIM) {
+      throw new UnsupportedModelError(
+        `config.json in ${opts.model.location}: head_dim ${spec.headDim} is over the ${ATTENTION_MAX_HEAD_DIM} Kiln's attention kernel supports`,
+      );
+    }
     const tokenizer = await KilnTokenizer.load(opts.model);
     if (tokenizer.vocabSize > spec.vocabSize) {
       throw new KilnError(
         `the tokenizer in ${opts.model.location} has ${tokenizer.vocabSize} tokens but config.json's vocab_size is ${spec.vocabSize}`,
       );
     }
+    positiveInteger('contextLength', opts.contextLength);
+    positiveInteger('prefillChunkTokens', opts.prefillChunkTokens);
+    positiveInteger('memoryLimitBytes', opts.memoryLimitBytes);
     const contextLength = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
-    if (!Number.isInteger(contextLength) || contextLength < 1) {
-      throw new KilnError(`contextLength must be a positive integer, got ${opts.contextLength}`);
-    }
-    const prefillChunk = Math.max(
-      1,
-      Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength),
-    );
+    const prefillChunk = Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength);
     const ckpt = await openCheckpoint(opts.model);
     let ctx: GpuContext | null = null;
+    let weights: ModelWeights | null = null;
+    let kv: PagedKvCache | null = null;
+    let forward: ForwardModel | null = null;
     try {
       validateCheckpoint(spec, ckpt);
-      const numBlocks = Math.ceil(contextLength / BLOCK_TOKENS);
       checkBudget(spec, ckpt, contextLength, prefillChunk, opts.memoryLimitBytes);
       ctx = await acquireGpu({
         ...(opts.device ? { device: opts.device } : {}),
         ...(opts.gpu ? { gpu: opts.gpu } : {}),
         keepAlive: opts.keepAlive,
       });
-      const weights = await loadWeights(ctx, spec, ckpt, opts.onProgress);
-      const kv = await PagedKvCache.create(ctx, spec, numBlocks);
-      const forward = new ForwardModel(ctx, spec, weights, kv, prefillChunk);
+      weights = await loadWeights(ctx, spec, ckpt, opts.onProgress);
+      kv = await PagedKvCache.create(ctx, spec, Math.ceil(contextLength / BLOCK_TOKENS));
+      forward = new ForwardModel(ctx, spec, weights, kv, prefillChunk);
       const engine = new Engine(
         spec,
         tokenizer,
         contextLength,
         ctx,
-        !opts.device,
         weights,
         kv,
         forward,
@@ -117,7 +120,11 @@ export class Engine {
       engine.loadMs = performance.now() - t0;
       return engine;
     } catch (e) {
-      ctx?.close(!opts.device);
+      // Free what was made: on a caller's device it would otherwise stay allocated.
+      forward?.destroy();
+      kv?.destroy();
+      if (ctx && weights) destroyWeights(ctx, weights);
+      ctx?.close();
       throw e;
     } finally {
       await ckpt.close();
@@ -127,10 +134,13 @@ export class Engine {
   /**
    * Runs one decode-shaped step so every pipeline is compiled (drivers compile lazily at first
    * dispatch) before the first request: load time pays for it, not the first token's latency.
+   * It runs inside error scopes, so a kernel the adapter rejects fails the load with its message.
    */
   private async warmUp(): Promise<void> {
     try {
-      await this.forward.step(this.stepInput([0], 0), false);
+      await this.ctx.checkErrors('the first forward step', () =>
+        this.forward.step(this.stepInput([0], 0), 'ids'),
+      );
     } finally {
       this.kv.release(SEQ);
     }
@@ -174,12 +184,26 @@ export class Engine {
     return new Generation(this, ids, opts);
   }
 
-  /** Waits for the engine (the skeleton's KV cache holds one sequence) and returns its release. */
-  async acquire(): Promise<() => void> {
+  /**
+   * Waits for the engine (its KV cache holds one sequence for now) and returns its release, or
+   * null when `signal` aborts first; the place in line is still handed on in order.
+   */
+  async acquire(signal?: AbortSignal): Promise<(() => void) | null> {
     const prev = this.queue;
     let release!: () => void;
     this.queue = new Promise<void>((r) => (release = r));
-    await prev;
+    if (!signal) {
+      await prev;
+      return release;
+    }
+    const aborted = new Promise<'abort'>((r) => {
+      if (signal.aborted) r('abort');
+      else signal.addEventListener('abort', () => r('abort'), { once: true });
+    });
+    if ((await Promise.race([prev.then(() => 'turn' as const), aborted])) === 'abort') {
+      void prev.then(release);
+      return null;
+    }
     return release;
   }
 
@@ -189,7 +213,7 @@ export class Engine {
    */
   async logits(ids: readonly number[]): Promise<Float32Array[]> {
     this.validatePrompt(ids);
-    const release = await this.acquire();
+    const release = (await this.acquire()) as () => void;
     const rows: Float32Array[] = [];
     const V = this.spec.vocabSize;
     // The logits of one step live in one storage binding: with a 150k vocabulary, 256 rows of f32
@@ -200,7 +224,7 @@ export class Engine {
       for (let start = 0; start < ids.length; start += step) {
         const chunk = ids.slice(start, Math.min(ids.length, start + step));
         const input = { ...this.stepInput(chunk, start), logitRows: chunk.map((_, i) => i) };
-        const all = await this.forward.step(input, true);
+        const all = await this.forward.step(input, 'logits');
         for (let i = 0; i < chunk.length; i++) rows.push(all.slice(i * V, (i + 1) * V));
       }
       return rows;
@@ -226,9 +250,9 @@ export class Engine {
     const decoder = new IncrementalDecoder(this.tokenizer);
     // Stays null if the consumer stops iterating early: that counts as an abort.
     let finish: FinishReason | null = null;
-    const pick = async (input: Parameters<ForwardModel['step']>[0]): Promise<number> => {
-      if (greedy) return (await this.forward.step(input, false))[0] as number;
-      const logits = await this.forward.step(input, true);
+    const pick = async (input: StepInput): Promise<number> => {
+      if (greedy) return (await this.forward.step(input, 'ids'))[0] as number;
+      const logits = await this.forward.step(input, 'logits');
       return sampleToken(logits, sampling, rng, context);
     };
     this.kv.release(SEQ);
@@ -247,7 +271,10 @@ export class Engine {
           return;
         }
         const end = Math.min(promptIds.length, start + this.prefillChunk);
-        next = await pick(this.stepInput(promptIds.slice(start, end), start));
+        const input = this.stepInput(promptIds.slice(start, end), start);
+        // Only the last chunk's logits matter; earlier chunks are queued without a readback.
+        if (end < promptIds.length) await this.forward.step(input, 'none');
+        else next = await pick(input);
       }
       out.timings.prefillMs = performance.now() - tPrefill;
       const tDecode = performance.now();
@@ -288,7 +315,7 @@ export class Engine {
     }
   }
 
-  private stepInput(tokens: readonly number[], start: number) {
+  private stepInput(tokens: readonly number[], start: number): StepInput {
     const slots = this.kv.reserve(SEQ, start, start + tokens.length);
     return {
       tokens,
@@ -330,14 +357,15 @@ export class Engine {
     this.forward.destroy();
     this.kv.destroy();
     destroyWeights(this.ctx, this.weights);
-    this.ctx.close(this.ownsDevice);
+    this.ctx.close();
   }
 }
 
-/** A running (or finished) generation: async-iterate for tokens, or await `result()`. */
+/** A running (or finished) generation: async-iterate it for tokens, or await `result()`. */
 export class Generation implements AsyncIterable<GeneratedToken> {
   private readonly out: GenerateResult;
   private started = false;
+  /** Settles when the run ends: with the result, or with the error that ended it. */
   private finished: Promise<GenerateResult> | null = null;
 
   constructor(
@@ -361,28 +389,47 @@ export class Generation implements AsyncIterable<GeneratedToken> {
   async *[Symbol.asyncIterator](): AsyncIterator<GeneratedToken> {
     if (this.started) throw new KilnError('a Generation can be iterated once');
     this.started = true;
-    let settle!: () => void;
-    this.finished = new Promise<void>((r) => (settle = r)).then(() => this.out);
-    const release = await this.engine.acquire();
+    let settle!: (error: unknown) => void;
+    this.finished = new Promise<GenerateResult>((resolve, reject) => {
+      settle = (error) => (error === undefined ? resolve(this.out) : reject(error));
+    });
+    // Whoever awaits result() sees the error; nobody awaiting it is not an unhandled rejection.
+    this.finished.catch(() => undefined);
+    let error: unknown;
+    const release = await this.engine.acquire(this.opts.signal);
+    if (!release) {
+      // Aborted while waiting for the engine: nothing ran.
+      this.out.finishReason = 'abort';
+      settle(undefined);
+      return;
+    }
     try {
       // A consumer that stops early ends `run` through return(), which frees the KV blocks.
       yield* this.engine.run(this.out.promptTokenIds, this.opts, this.out);
+    } catch (e) {
+      error = e;
+      throw e;
     } finally {
       release();
-      settle();
+      settle(error);
     }
   }
 
-  /** Runs the generation to the end (if not iterated) and returns everything. */
+  /** Runs the generation to the end (if nobody iterates it) and returns everything. */
   async result(): Promise<GenerateResult> {
     if (!this.started) {
       for await (const _ of this) {
         // consume
       }
-    } else if (this.finished) {
-      await this.finished;
+      return this.out;
     }
-    return this.out;
+    return this.finished as Promise<GenerateResult>;
+  }
+}
+
+function positiveInteger(field: string, v: number | undefined): void {
+  if (v !== undefined && !(Number.isSafeInteger(v) && v > 0)) {
+    throw new InvalidRequestError(`${field} must be a positive integer, got ${v}`);
   }
 }
 

@@ -38,9 +38,17 @@ export interface StepInput {
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
 const USAGE_ACT = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
+/** What a step copies back: one argmax id per logit row, the logit rows, or nothing. */
+export type StepReadback = 'ids' | 'logits' | 'none';
+
 export class StepPlan {
   readonly buffers: GPUBuffer[] = [];
+  /** Everything up to and including the LM head. */
   readonly dispatches: Dispatch[] = [];
+  /** Greedy decoding's argmax over the logits (skipped when the logits are read back). */
+  readonly argmax: Dispatch;
+  /** CPU-side staging of the step inputs, reused every step: [m] ids, [2m] row info, [m] slots, [r] rows. */
+  readonly scratch: { ids: Uint32Array; rowInfo: Uint32Array; slots: Uint32Array; logitRows: Uint32Array };
   private readonly builder: DispatchBuilder;
   /** [m] u32 */ readonly ids: GPUBuffer;
   /** [m] vec2<u32> (position, block-table offset) */ readonly rowInfo: GPUBuffer;
@@ -158,7 +166,13 @@ export class StepPlan {
       rmsnorm(b, { x, weight: weights.finalNorm, rows: this.logitRowMap, y: fin, m: r, hidden: H, eps }),
     );
     d.push(...matmul(b, { x: fin, weight: weights.lmHead, y: this.logits, m: r, placeholder: ph }));
-    d.push(argmax(b, { logits: this.logits, ids: this.outIds, rows: r, n: spec.vocabSize }));
+    this.argmax = argmax(b, { logits: this.logits, ids: this.outIds, rows: r, n: spec.vocabSize });
+    this.scratch = {
+      ids: new Uint32Array(m),
+      rowInfo: new Uint32Array(2 * m),
+      slots: new Uint32Array(m),
+      logitRows: new Uint32Array(r),
+    };
   }
 
   private buffer(label: string, bytes: number, usage: GPUBufferUsageFlags): GPUBuffer {
@@ -179,8 +193,9 @@ export class ForwardModel {
   /** [maxRows] u32 = 0, 1, 2, ... (rmsnorm's row map inside layers) */ readonly identityRows: GPUBuffer;
   /** [kv.numBlocks] u32, rewritten each step */ readonly blockTable: GPUBuffer;
   /** Bound where a kernel has no bias. */ readonly placeholder: GPUBuffer;
+  /** CPU staging of the block table, reused every step. */ private readonly blockTableScratch: Uint32Array;
   private readonly plans = new Map<string, StepPlan>();
-  /** Plans kept besides decode's; prefill chunks of other sizes are rebuilt when needed. */
+  /** Plans kept in all (decode's is never evicted); other prefill sizes are rebuilt when needed. */
   private static readonly MAX_PLANS = 4;
 
   constructor(
@@ -199,6 +214,7 @@ export class ForwardModel {
     ctx.device.queue.writeBuffer(this.identityRows, 0, rows);
     this.blockTable = ctx.createBuffer('kv.block_table', kv.numBlocks * 4, USAGE_IN());
     this.placeholder = ctx.createBuffer('placeholder', 4, USAGE_IN());
+    this.blockTableScratch = new Uint32Array(kv.numBlocks);
   }
 
   private plan(m: number, r: number): StepPlan {
@@ -224,35 +240,53 @@ export class ForwardModel {
   }
 
   /**
-   * Runs one step. Returns the argmax id of each logit row, or the logit rows themselves
-   * ([logitRows.length, vocab] f32) when `readLogits` is set.
+   * Runs one step: writes its inputs, submits one command buffer and, unless `read` is 'none',
+   * waits for and returns the argmax id of each logit row ('ids') or the logit rows themselves
+   * ([logitRows.length, vocab] f32, 'logits'). A 'none' step is only queued: the queue keeps
+   * steps in order, so the next step's writes cannot overtake it.
    */
-  async step(input: StepInput, readLogits: false): Promise<Uint32Array>;
-  async step(input: StepInput, readLogits: true): Promise<Float32Array>;
-  async step(input: StepInput, readLogits: boolean): Promise<Uint32Array | Float32Array> {
+  async step(input: StepInput, read: 'ids'): Promise<Uint32Array>;
+  async step(input: StepInput, read: 'logits'): Promise<Float32Array>;
+  async step(input: StepInput, read: 'none'): Promise<null>;
+  async step(input: StepInput, read: StepReadback): Promise<Uint32Array | Float32Array | null> {
     const m = input.tokens.length;
     const r = input.logitRows.length;
     if (m < 1 || m > this.maxRows) throw new RangeError(`step of ${m} rows (1..${this.maxRows})`);
+    if (input.blockTable.length > this.blockTableScratch.length) {
+      throw new RangeError(
+        `block table of ${input.blockTable.length} blocks (max ${this.blockTableScratch.length})`,
+      );
+    }
     this.ctx.assertAlive();
     const plan = this.plan(m, r);
-    const queue = this.ctx.device.queue;
-    const rowInfo = new Uint32Array(2 * m);
+    const { ids, rowInfo, slots, logitRows } = plan.scratch;
     for (let i = 0; i < m; i++) {
+      ids[i] = input.tokens[i] as number;
       rowInfo[2 * i] = input.positions[i] as number;
       rowInfo[2 * i + 1] = input.blockTableOffsets[i] as number;
+      slots[i] = input.slots[i] as number;
     }
-    queue.writeBuffer(plan.ids, 0, Uint32Array.from(input.tokens));
+    for (let i = 0; i < r; i++) logitRows[i] = input.logitRows[i] as number;
+    const bt = this.blockTableScratch;
+    for (let i = 0; i < input.blockTable.length; i++) bt[i] = input.blockTable[i] as number;
+    const queue = this.ctx.device.queue;
+    queue.writeBuffer(plan.ids, 0, ids);
     queue.writeBuffer(plan.rowInfo, 0, rowInfo);
-    queue.writeBuffer(plan.slots, 0, Uint32Array.from(input.slots));
-    queue.writeBuffer(plan.logitRowMap, 0, Uint32Array.from(input.logitRows));
-    queue.writeBuffer(this.blockTable, 0, Uint32Array.from(input.blockTable));
+    queue.writeBuffer(plan.slots, 0, slots);
+    queue.writeBuffer(plan.logitRowMap, 0, logitRows);
+    queue.writeBuffer(this.blockTable, 0, bt, 0, Math.max(1, input.blockTable.length));
     const enc = this.ctx.device.createCommandEncoder({ label: 'kiln.step' });
     const pass = enc.beginComputePass({ label: 'kiln.forward' });
     encodeDispatches(pass, plan.dispatches);
+    if (read === 'ids') encodeDispatches(pass, [plan.argmax]);
     pass.end();
-    const src = readLogits ? plan.logits : plan.outIds;
-    const dst = readLogits ? plan.logitsReadback : plan.idsReadback;
-    const bytes = readLogits ? r * this.spec.vocabSize * 4 : r * 4;
+    if (read === 'none') {
+      queue.submit([enc.finish()]);
+      return null;
+    }
+    const src = read === 'logits' ? plan.logits : plan.outIds;
+    const dst = read === 'logits' ? plan.logitsReadback : plan.idsReadback;
+    const bytes = read === 'logits' ? r * this.spec.vocabSize * 4 : r * 4;
     enc.copyBufferToBuffer(src, 0, dst, 0, bytes);
     queue.submit([enc.finish()]);
     try {
@@ -263,7 +297,9 @@ export class ForwardModel {
     }
     const data = dst.getMappedRange(0, bytes).slice(0);
     dst.unmap();
-    return readLogits ? new Float32Array(data) : new Uint32Array(data);
+    // An error raised by this step arrives as an event; do not hand back what it produced.
+    this.ctx.assertAlive();
+    return read === 'logits' ? new Float32Array(data) : new Uint32Array(data);
   }
 
   destroy(): void {

@@ -1,7 +1,8 @@
 /**
  * The CPU reference: a plain float64 Llama/Mistral/Qwen2 forward pass, written for clarity from the
- * Hugging Face math (DESIGN-NOTES §9) and built from the per-kernel CPU twins. Tests compare the GPU
- * engine's logits and greedy ids against it. Slow by design; use with tiny models.
+ * Hugging Face transformers modeling code (modeling_llama.py, modeling_qwen2.py) and built from the
+ * per-kernel CPU twins. Tests compare the GPU engine's logits and greedy ids against it. Slow by
+ * design; use with tiny models.
  */
 import { decodeToFloat32 } from '../io/dtype.js';
 import type { Checkpoint } from '../io/safetensors.js';

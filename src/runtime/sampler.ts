@@ -70,6 +70,9 @@ export function applyRepetitionPenalty(
   }
 }
 
+/** Candidates lie within this many temperatures of the top logit (see sampleToken). */
+const CUTOFF = 30;
+
 /** Picks the next token from `logits` (modified in place). */
 export function sampleToken(
   logits: Float32Array,
@@ -88,13 +91,26 @@ export function sampleToken(
     return Math.max(best, 0);
   }
   // Candidates sorted by logit, cut by top-k, softmax at the temperature, then cut by top-p.
-  let order = Array.from(logits.keys()).filter((i) => !Number.isNaN(logits[i]));
-  if (order.length === 0) return 0;
+  // Sorting a 150k vocabulary every token would cost more than the GPU step, so only tokens within
+  // CUTOFF·T of the top logit are candidates: each of the others has probability below e^-CUTOFF
+  // (9e-14) of the top one, together under 2e-8 of the mass for any vocabulary up to 200k.
+  let max = -Infinity;
+  let maxAt = -1;
+  for (let i = 0; i < logits.length; i++) {
+    const v = logits[i] as number;
+    if (v > max) {
+      max = v;
+      maxAt = i;
+    }
+  }
+  if (maxAt < 0) return 0; // every logit NaN or -Infinity
+  // An infinite logit takes all the probability mass (exp(inf - inf) would be NaN).
+  if (max === Infinity) return maxAt;
+  const floor = max - CUTOFF * p.temperature;
+  let order: number[] = [];
+  for (let i = 0; i < logits.length; i++) if ((logits[i] as number) >= floor) order.push(i);
   order.sort((a, b) => (logits[b] as number) - (logits[a] as number) || a - b);
   if (p.topK > 0) order = order.slice(0, p.topK);
-  const max = logits[order[0] as number] as number;
-  // An infinite logit takes all the probability mass (exp(inf - inf) would be NaN).
-  if (max === Infinity) return order[0] as number;
   const probs = order.map((i) => Math.exp(((logits[i] as number) - max) / p.temperature));
   const total = probs.reduce((a, b) => a + b, 0);
   let keep = order.length;

@@ -32,8 +32,6 @@ export interface ModelWeights {
   layers: LayerWeights[];
   /** [hidden] f32 */ finalNorm: GPUBuffer;
   /** [vocab, hidden]; the same object as `embed` when embeddings are tied */ lmHead: GpuWeight;
-  /** Bytes of GPU memory the weights occupy. */
-  bytes: number;
 }
 
 export interface LoadProgress {
@@ -114,46 +112,53 @@ export function validateCheckpoint(spec: ModelSpec, ckpt: Checkpoint): void {
   }
 }
 
-/** Streams every weight to the GPU. */
+/** Streams every weight to the GPU (the checkpoint must have passed validateCheckpoint). */
 export async function loadWeights(
   ctx: GpuContext,
   spec: ModelSpec,
   ckpt: Checkpoint,
   onProgress?: (p: LoadProgress) => void,
 ): Promise<ModelWeights> {
-  validateCheckpoint(spec, ckpt);
   const totalBytes = [...expectedTensors(spec).keys()].reduce((s, n) => s + ckpt.get(n).byteLength, 0);
   let loadedBytes = 0;
   const tick = (info: TensorInfo, bytes: number) => {
     loadedBytes += bytes;
     onProgress?.({ tensor: info.name, loadedBytes, totalBytes });
   };
-  const matrix = (name: string) => uploadMatrix(ctx, ckpt, ckpt.get(name), tick);
-  const vector = (name: string) => uploadVector(ctx, ckpt, ckpt.get(name), tick);
+  // Everything uploaded so far, freed if a later tensor fails (a truncated shard, device OOM).
+  const created: GPUBuffer[] = [];
+  const track = (b: GPUBuffer) => (created.push(b), b);
+  const matrix = (name: string) => uploadMatrix(ctx, ckpt, ckpt.get(name), tick, track);
+  const vector = (name: string) => uploadVector(ctx, ckpt, ckpt.get(name), tick, track);
   const linear = async (prefix: string, hasBias: boolean): Promise<LinearWeights> => {
     const weight = await matrix(`${prefix}.weight`);
     return hasBias ? { weight, bias: await vector(`${prefix}.bias`) } : { weight };
   };
 
-  const embed = await matrix(EMBED_TOKENS);
-  const layers: LayerWeights[] = [];
-  for (let i = 0; i < spec.numLayers; i++) {
-    const n = layerTensorNames(i);
-    layers.push({
-      inputNorm: await vector(n.inputNorm),
-      q: await linear(n.q, spec.qkvBias),
-      k: await linear(n.k, spec.qkvBias),
-      v: await linear(n.v, spec.qkvBias),
-      o: await linear(n.o, spec.oBias),
-      postNorm: await vector(n.postNorm),
-      gate: await linear(n.gate, spec.mlpBias),
-      up: await linear(n.up, spec.mlpBias),
-      down: await linear(n.down, spec.mlpBias),
-    });
+  try {
+    const embed = await matrix(EMBED_TOKENS);
+    const layers: LayerWeights[] = [];
+    for (let i = 0; i < spec.numLayers; i++) {
+      const n = layerTensorNames(i);
+      layers.push({
+        inputNorm: await vector(n.inputNorm),
+        q: await linear(n.q, spec.qkvBias),
+        k: await linear(n.k, spec.qkvBias),
+        v: await linear(n.v, spec.qkvBias),
+        o: await linear(n.o, spec.oBias),
+        postNorm: await vector(n.postNorm),
+        gate: await linear(n.gate, spec.mlpBias),
+        up: await linear(n.up, spec.mlpBias),
+        down: await linear(n.down, spec.mlpBias),
+      });
+    }
+    const finalNorm = await vector(FINAL_NORM);
+    const lmHead = spec.tieWordEmbeddings ? embed : await matrix(LM_HEAD);
+    return { embed, layers, finalNorm, lmHead };
+  } catch (e) {
+    for (const b of created) ctx.destroyBuffer(b);
+    throw e;
   }
-  const finalNorm = await vector(FINAL_NORM);
-  const lmHead = spec.tieWordEmbeddings ? embed : await matrix(LM_HEAD);
-  return { embed, layers, finalNorm, lmHead, bytes: weightBytes(spec, ckpt) };
 }
 
 /** Frees every buffer of the weights. */
@@ -192,6 +197,7 @@ async function uploadMatrix(
   ckpt: Checkpoint,
   info: TensorInfo,
   tick: (info: TensorInfo, bytes: number) => void,
+  track: (b: GPUBuffer) => GPUBuffer,
 ): Promise<GpuWeight> {
   const format = GPU_FORMAT[info.dtype] as WeightFormat;
   const [rows, cols] = info.shape as [number, number];
@@ -208,7 +214,7 @@ async function uploadMatrix(
     const n = Math.min(per, rows - r);
     const bytes = n * cols * elemBytes;
     const buffer = await ctx.guardAllocation(`tensor ${info.name}`, bytes, () =>
-      ctx.createBuffer(`${info.name}[${r}:${r + n}]`, bytes, STORAGE()),
+      track(ctx.createBuffer(`${info.name}[${r}:${r + n}]`, bytes, STORAGE())),
     );
     parts.push({ buffer, rowStart: r, rows: n });
   }
@@ -261,11 +267,12 @@ async function uploadVector(
   ckpt: Checkpoint,
   info: TensorInfo,
   tick: (info: TensorInfo, bytes: number) => void,
+  track: (b: GPUBuffer) => GPUBuffer,
 ): Promise<GPUBuffer> {
   const raw = await ckpt.readTensor(info);
   const values = decodeToFloat32(info.dtype, raw);
   const buffer = await ctx.guardAllocation(`tensor ${info.name}`, values.byteLength, () =>
-    ctx.createBuffer(info.name, values.byteLength, STORAGE()),
+    track(ctx.createBuffer(info.name, values.byteLength, STORAGE())),
   );
   ctx.device.queue.writeBuffer(buffer, 0, values);
   tick(info, raw.length);

@@ -15,7 +15,7 @@ describe('GPU layer', () => {
     expect(ctx.limits.maxStorageBufferBindingSize).toBe(adapter?.limits.maxStorageBufferBindingSize);
     expect(ctx.limits.maxComputeWorkgroupStorageSize).toBe(adapter?.limits.maxComputeWorkgroupStorageSize);
     expect(ctx.adapter.description.length).toBeGreaterThan(0);
-    ctx.close(true);
+    ctx.close();
   });
 
   test('an injected device is used as is and not destroyed on close', async () => {
@@ -23,7 +23,7 @@ describe('GPU layer', () => {
     const device = (await adapter?.requestDevice()) as GPUDevice;
     const ctx = await acquireGpu({ device });
     expect(ctx.device).toBe(device);
-    ctx.close(false);
+    ctx.close();
     // Still usable by its owner.
     const b = device.createBuffer({ size: 4, usage: GPUBufferUsage.STORAGE });
     b.destroy();
@@ -44,7 +44,7 @@ describe('GPU layer', () => {
       await readF32(ctx, y, 1);
     }
     expect(ctx.pipelines.size).toBe(1);
-    ctx.close(true);
+    ctx.close();
   });
 
   test('a buffer over the binding limit is refused with the sizes', async () => {
@@ -56,7 +56,7 @@ describe('GPU layer', () => {
     expect(() => ctx.createBuffer('big tensor', limit + 4, GPUBufferUsage.STORAGE)).toThrow(
       /big tensor.*maxStorageBufferBindingSize/,
     );
-    ctx.close(true);
+    ctx.close();
   });
 
   test('device loss becomes a clear error on the next call', async () => {
