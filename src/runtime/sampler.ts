@@ -90,10 +90,11 @@ export function sampleToken(
     }
     return Math.max(best, 0);
   }
-  // Candidates sorted by logit, cut by top-k, softmax at the temperature, then cut by top-p.
-  // Sorting a 150k vocabulary every token would cost more than the GPU step, so only tokens within
-  // CUTOFF·T of the top logit are candidates: each of the others has probability below e^-CUTOFF
-  // (9e-14) of the top one, together under 2e-8 of the mass for any vocabulary up to 200k.
+  // Top-k, then softmax at the temperature, then top-p (the order of Hugging Face's warpers),
+  // without sorting the vocabulary: a sort of 150k ids per token would cost more than the GPU step.
+  // Only tokens within CUTOFF·T of the top logit are candidates: each of the others has probability
+  // below e^-CUTOFF (9e-14) of the top one, together under 2e-8 of the mass for vocabularies up to
+  // 200k. Everything after that is exact.
   let max = -Infinity;
   let maxAt = -1;
   for (let i = 0; i < logits.length; i++) {
@@ -106,30 +107,86 @@ export function sampleToken(
   if (maxAt < 0) return 0; // every logit NaN or -Infinity
   // An infinite logit takes all the probability mass (exp(inf - inf) would be NaN).
   if (max === Infinity) return maxAt;
-  const floor = max - CUTOFF * p.temperature;
-  let order: number[] = [];
-  for (let i = 0; i < logits.length; i++) if ((logits[i] as number) >= floor) order.push(i);
-  order.sort((a, b) => (logits[b] as number) - (logits[a] as number) || a - b);
-  if (p.topK > 0) order = order.slice(0, p.topK);
-  const probs = order.map((i) => Math.exp(((logits[i] as number) - max) / p.temperature));
-  const total = probs.reduce((a, b) => a + b, 0);
-  let keep = order.length;
-  if (p.topP < 1) {
-    let cum = 0;
-    for (let i = 0; i < order.length; i++) {
-      cum += (probs[i] as number) / total;
-      if (cum >= p.topP) {
-        keep = i + 1;
-        break;
-      }
-    }
-  }
-  const kept = probs.slice(0, keep);
-  const keptTotal = kept.reduce((a, b) => a + b, 0);
+  const T = p.temperature;
+  const span = CUTOFF * T;
+  // Candidates as parallel typed arrays: ids, logits, and later softmax weights.
+  let n = 0;
+  for (let i = 0; i < logits.length; i++) if ((logits[i] as number) >= max - span) n++;
+  let ids: Int32Array = new Int32Array(n);
+  n = 0;
+  for (let i = 0; i < logits.length; i++) if ((logits[i] as number) >= max - span) ids[n++] = i;
+  if (p.topK > 0 && ids.length > p.topK) ids = topK(logits, ids, p.topK);
+  const w = new Float64Array(ids.length);
+  let total = 0;
+  for (let j = 0; j < ids.length; j++)
+    total += w[j] = Math.exp(((logits[ids[j] as number] as number) - max) / T);
+  let keep: Int32Array = Int32Array.from(ids.keys());
+  if (p.topP < 1) keep = nucleus(logits, ids, w, max, span, p.topP * total);
+  let keptTotal = 0;
+  for (const j of keep) keptTotal += w[j] as number;
   let u = rng.next() * keptTotal;
-  for (let i = 0; i < keep; i++) {
-    u -= kept[i] as number;
-    if (u < 0) return order[i] as number;
+  for (const j of keep) {
+    u -= w[j] as number;
+    if (u < 0) return ids[j] as number;
   }
-  return order[keep - 1] as number;
+  return ids[keep[keep.length - 1] as number] as number;
+}
+
+/** The k best-ranked of `ids` (lower id first among equal logits), via a native numeric sort. */
+function topK(logits: Float32Array, ids: Int32Array, k: number): Int32Array {
+  const values = new Float32Array(ids.length);
+  for (let j = 0; j < ids.length; j++) values[j] = logits[ids[j] as number] as number;
+  const kth = values.slice().sort()[ids.length - k] as number;
+  const out = new Int32Array(k);
+  let n = 0;
+  for (let j = 0; j < ids.length; j++) if ((values[j] as number) > kth) out[n++] = ids[j] as number;
+  // Ties at the k-th value fill the rest in id order (ids are ascending).
+  for (let j = 0; j < ids.length && n < k; j++) if (values[j] === kth) out[n++] = ids[j] as number;
+  return out;
+}
+
+/**
+ * Positions (into `ids`) of the smallest best-ranked set whose weight reaches `target` (top-p).
+ * Candidates are binned by logit; bins above the crossing one are taken whole, and only the
+ * crossing bin is sorted (by logit, then id: the same ranking a full sort would give).
+ */
+function nucleus(
+  logits: Float32Array,
+  ids: Int32Array,
+  w: Float64Array,
+  max: number,
+  span: number,
+  target: number,
+): Int32Array {
+  const BINS = 256;
+  const bin = new Uint16Array(ids.length);
+  const mass = new Float64Array(BINS);
+  for (let j = 0; j < ids.length; j++) {
+    const b = Math.min(BINS - 1, Math.floor(((max - (logits[ids[j] as number] as number)) / span) * BINS));
+    bin[j] = b;
+    mass[b] = (mass[b] as number) + (w[j] as number);
+  }
+  let cum = 0;
+  let crossing = BINS - 1;
+  for (let b = 0; b < BINS; b++) {
+    if (cum + (mass[b] as number) >= target) {
+      crossing = b;
+      break;
+    }
+    cum += mass[b] as number;
+  }
+  const kept: number[] = [];
+  const border: number[] = [];
+  for (let j = 0; j < ids.length; j++) {
+    if ((bin[j] as number) < crossing) kept.push(j);
+    else if (bin[j] === crossing) border.push(j);
+  }
+  const logit = (j: number) => logits[ids[j] as number] as number;
+  border.sort((a, b) => logit(b) - logit(a) || (ids[a] as number) - (ids[b] as number));
+  for (const j of border) {
+    kept.push(j);
+    cum += w[j] as number;
+    if (cum >= target) break;
+  }
+  return Int32Array.from(kept);
 }

@@ -59,6 +59,33 @@ describe('GPU layer', () => {
     ctx.close();
   });
 
+  test('guardAllocation pops its error scopes even when its function throws', async () => {
+    const adapter = await dawnGpu().requestAdapter();
+    const device = (await adapter?.requestDevice()) as GPUDevice;
+    const ctx = await acquireGpu({ device });
+    const limit = ctx.limits.maxStorageBufferBindingSize;
+    await expect(
+      ctx.guardAllocation('big tensor', limit + 4, () =>
+        ctx.createBuffer('big tensor', limit + 4, GPUBufferUsage.STORAGE),
+      ),
+    ).rejects.toThrow(DeviceMemoryError);
+    // An invalid operation outside any scope of ours reaches the device's owner as an event (a
+    // leaked scope would swallow it).
+    const raised = new Promise<GPUError>((resolve) =>
+      device.addEventListener('uncapturederror', (ev) => resolve((ev as GPUUncapturedErrorEvent).error), {
+        once: true,
+      }),
+    );
+    device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.STORAGE });
+    await device.queue.onSubmittedWorkDone();
+    const timeout = new Promise<null>((resolve) => setTimeout(() => resolve(null), 2000));
+    expect(await Promise.race([raised, timeout])).toBeInstanceOf(GPUValidationError);
+    // And no scope is left to pop.
+    await expect(device.popErrorScope()).rejects.toThrow();
+    ctx.close();
+    device.destroy();
+  });
+
   test('device loss becomes a clear error on the next call', async () => {
     const adapter = await dawnGpu().requestAdapter();
     const device = (await adapter?.requestDevice()) as GPUDevice;

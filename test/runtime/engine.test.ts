@@ -1,20 +1,24 @@
 /**
  * The engine's request surface on a small seeded checkpoint: streaming, early exit, serialized
- * concurrent calls, seeded sampling, repetition penalty, abort, EOS, maxTokens, request
- * validation, the memory budget, OpenAI-shaped chat completions, and dispose().
+ * concurrent calls, seeded sampling, repetition penalty, abort, EOS, maxTokens, request and option
+ * validation, the memory budget, OpenAI-shaped chat completions, failures (a device lost mid-run, a
+ * load that fails part-way, an unsupported head_dim) and dispose().
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import {
   DeviceMemoryError,
+  GpuDeviceError,
+  InvalidModelFileError,
   InvalidRequestError,
   KilnError,
   UnsupportedModelError,
 } from '../../src/errors.js';
 import { openCheckpoint } from '../../src/io/safetensors.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
+import { dawnGpu } from '../../src/node/dawn.js';
 import { createEngine } from '../../src/node/index.js';
 import type { ChatCompletionChunk } from '../../src/runtime/chat.js';
 import type { Engine } from '../../src/runtime/engine.js';
@@ -73,6 +77,34 @@ async function collect(it: AsyncIterable<GeneratedToken>): Promise<GeneratedToke
 
 async function ids(engine: Engine, prompt: readonly number[], opts: GenerateOptions): Promise<number[]> {
   return (await engine.generate(prompt, opts).result()).tokenIds;
+}
+
+/**
+ * Tracks the buffers made on `device` until `stop()`: `live` holds those not yet destroyed,
+ * `created` counts them all.
+ */
+function trackBuffers(device: GPUDevice): { live: Set<GPUBuffer>; created: () => number; stop: () => void } {
+  const live = new Set<GPUBuffer>();
+  let created = 0;
+  const create = device.createBuffer.bind(device);
+  device.createBuffer = (desc: GPUBufferDescriptor): GPUBuffer => {
+    const b = create(desc);
+    created++;
+    live.add(b);
+    const destroy = b.destroy.bind(b);
+    b.destroy = () => {
+      live.delete(b);
+      destroy();
+    };
+    return b;
+  };
+  return { live, created: () => created, stop: () => (device.createBuffer = create) };
+}
+
+/** A device of its own (for tests that break it), from the process's Dawn instance. */
+async function freshDevice(): Promise<GPUDevice> {
+  const adapter = await dawnGpu().requestAdapter();
+  return (await adapter?.requestDevice()) as GPUDevice;
 }
 
 let engine: Engine;
@@ -201,6 +233,21 @@ describe('sampling', () => {
     expect(a).not.toEqual(await ids(engine, PROMPT, { ...GREEDY, maxTokens: 16 }));
   });
 
+  test('a seed gives the same sample whatever the prefill chunk size', async () => {
+    // Only the last prefill chunk's logits are sampled: earlier chunks must not draw random numbers.
+    const prompt = makePrompt(20, 8);
+    const opts: GenerateOptions = { ...sampled, maxTokens: 12, seed: 7 };
+    const chunked = await createEngine({ model: dir, prefillChunkTokens: 4 });
+    try {
+      const want = await ids(engine, prompt, opts);
+      expect(await ids(chunked, prompt, opts)).toEqual(want);
+      // The chunking itself is exact: greedy decoding agrees too.
+      expect(await ids(chunked, prompt, GREEDY)).toEqual(await ids(engine, prompt, GREEDY));
+    } finally {
+      chunked.dispose();
+    }
+  });
+
   test('top-k 1 and a tiny top-p are greedy at any temperature', async () => {
     const greedy = await ids(engine, PROMPT, GREEDY);
     expect(await ids(engine, PROMPT, { ...GREEDY, temperature: 1.5, topK: 1, seed: 1 })).toEqual(greedy);
@@ -258,6 +305,29 @@ describe('stopping', () => {
     } finally {
       chunked.dispose();
     }
+  });
+
+  test('a generation aborted while it waits for the engine ends without running; the queue goes on', async () => {
+    const later = makePrompt(9, 1);
+    const [soloFirst, soloLater] = [await ids(engine, PROMPT, GREEDY), await ids(engine, later, GREEDY)];
+    const settled: string[] = [];
+    const note = <T>(name: string, p: Promise<T>) => p.finally(() => settled.push(name));
+    const controller = new AbortController();
+    const first = note('first', engine.generate(PROMPT, GREEDY).result());
+    const waiting = note(
+      'waiting',
+      engine.generate(PROMPT, { ...GREEDY, signal: controller.signal }).result(),
+    );
+    const last = note('last', engine.generate(later, GREEDY).result());
+    controller.abort();
+    const [a, w, l] = await Promise.all([first, waiting, last]);
+    expect(w).toMatchObject({ tokenIds: [], text: '', finishReason: 'abort' });
+    expect(w.timings.prefillMs).toBe(0);
+    // It ended as soon as it was aborted, not when its turn came; the others ran in order.
+    expect(settled).toEqual(['waiting', 'first', 'last']);
+    expect(a.tokenIds).toEqual(soloFirst);
+    expect(l.tokenIds).toEqual(soloLater);
+    expect(await ids(engine, PROMPT, GREEDY)).toEqual(soloFirst);
   });
 
   test('an EOS id stops generation right before it, with finishReason "stop"', async () => {
@@ -359,6 +429,16 @@ describe('request validation', () => {
     },
   );
 
+  test.each(
+    ['prefillChunkTokens', 'contextLength', 'memoryLimitBytes'].flatMap((field) =>
+      [0, -1, 1.5, NaN].map((v) => [field, v] as const),
+    ),
+  )('engine option %s = %d is an InvalidRequestError naming it', async (field, value) => {
+    const err = await createEngine({ model: dir, [field]: value }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InvalidRequestError);
+    expect((err as Error).message).toContain(field);
+  });
+
   test('the engine serves requests after rejecting some', async () => {
     expect(await ids(engine, PROMPT, GREEDY)).toEqual(ref.greedy(PROMPT, 12));
   });
@@ -408,7 +488,8 @@ describe('chat.completions.create', () => {
     expect(rendered).toMatch(
       /^<\|im_start\|>system\nyou are a story teller<\|im_end\|>\n.*<\|im_start\|>assistant\n$/s,
     );
-    expect(promptIds).toEqual(engine.encodePrompt(rendered));
+    // As apply_chat_template(tokenize=True): no special tokens beyond what the template writes.
+    expect(promptIds).toEqual(engine.encodePrompt(rendered, false));
     const direct = await engine.generate(promptIds, { maxTokens: 6 }).result();
     expect(c).toEqual({
       id: expect.stringMatching(/^chatcmpl-/),
@@ -477,6 +558,81 @@ describe('chat.completions.create', () => {
   });
 });
 
+describe('failures', () => {
+  test('a run that fails mid-way rejects the stream and result() with the same GpuDeviceError', async () => {
+    const device = await freshDevice();
+    const e = await createEngine({ model: dir, device });
+    try {
+      const gen = e.generate(PROMPT, GREEDY);
+      let pending: Promise<unknown> | null = null;
+      const seen: number[] = [];
+      const streamErr = await (async () => {
+        for await (const t of gen) {
+          if (t.id !== null) seen.push(t.id);
+          if (!pending) {
+            // Another caller waits for the whole result while the consumer streams.
+            pending = gen.result().then(
+              (r) => r,
+              (err: unknown) => ({ rejected: err }),
+            );
+            device.destroy();
+          }
+        }
+      })().then(
+        () => null,
+        (err: unknown) => err,
+      );
+      expect(streamErr).toBeInstanceOf(GpuDeviceError);
+      expect(seen).toEqual(ref.greedy(PROMPT, 1));
+      // Not a partial result passed off as a finished one.
+      expect(await pending).toEqual({ rejected: streamErr });
+    } finally {
+      e.dispose();
+    }
+  });
+
+  test('a load that fails while uploading weights frees every buffer it made on an injected device', async () => {
+    const { dir: sharded } = modelDir({ shards: 2 });
+    const last = join(sharded, 'model-00002-of-00002.safetensors');
+    const device = (await testGpu()).device;
+    const { live, created, stop } = trackBuffers(device);
+    let ticks = 0;
+    try {
+      const err = await createEngine({
+        model: sharded,
+        device,
+        // The checkpoint opened fine; then its last shard loses the end of its last tensor.
+        onProgress: () => {
+          if (ticks++ === 0) truncateSync(last, statSync(last).size - 4);
+        },
+      }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(InvalidModelFileError);
+      expect((err as Error).message).toMatch(/truncated/);
+    } finally {
+      stop();
+    }
+    // The failure came late in the load, after several weights were on the GPU.
+    expect(ticks).toBeGreaterThan(2);
+    expect(created()).toBeGreaterThan(2);
+    expect([...live].map((b) => b.label)).toEqual([]);
+  });
+
+  test("head_dim over the attention kernel's limit fails before any weight is uploaded", async () => {
+    const { dir: wide } = modelDir({ headDim: 512 });
+    const device = (await testGpu()).device;
+    const { live, created, stop } = trackBuffers(device);
+    try {
+      const err = await createEngine({ model: wide, device }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(UnsupportedModelError);
+      expect((err as Error).message).toMatch(/head_dim 512/);
+    } finally {
+      stop();
+    }
+    expect(created()).toBe(0);
+    expect(live.size).toBe(0);
+  });
+});
+
 describe('dispose', () => {
   test('a disposed engine refuses work; dispose is idempotent', async () => {
     const e = await createEngine({ model: dir });
@@ -489,28 +645,15 @@ describe('dispose', () => {
   });
 
   test('on an injected device, dispose frees every buffer the engine made and leaves the device usable', async () => {
-    const ctx = await testGpu();
-    const device = ctx.device;
-    const live = new Set<GPUBuffer>();
-    const create = device.createBuffer.bind(device);
-    const tracked = (desc: GPUBufferDescriptor): GPUBuffer => {
-      const b = create(desc);
-      live.add(b);
-      const destroy = b.destroy.bind(b);
-      b.destroy = () => {
-        live.delete(b);
-        destroy();
-      };
-      return b;
-    };
-    device.createBuffer = tracked;
+    const device = (await testGpu()).device;
+    const { live, stop } = trackBuffers(device);
     let e: Engine;
     try {
       e = await createEngine({ model: dir, device });
       expect(await e.generate(PROMPT, GREEDY).result()).toMatchObject({ tokenIds: ref.greedy(PROMPT, 12) });
       await e.logits(makePrompt(20));
     } finally {
-      device.createBuffer = create;
+      stop();
     }
     expect(live.size).toBeGreaterThan(0);
     e.dispose();

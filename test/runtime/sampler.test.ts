@@ -7,6 +7,7 @@ import {
   sampleToken,
   type SamplingParams,
 } from '../../src/runtime/sampler.js';
+import { randomF32 } from '../helpers/random.js';
 
 const params = (p: Partial<SamplingParams>): SamplingParams => ({ ...DEFAULT_SAMPLING, ...p });
 
@@ -252,5 +253,61 @@ describe('sampleToken', () => {
   test('-Infinity logits are never chosen while a finite one exists', () => {
     const logits = Float32Array.from([-Infinity, 0, -Infinity, 1]);
     expect([...histogram(logits, params({ temperature: 1 }), 2000).keys()].sort()).toEqual([1, 3]);
+  });
+
+  describe('a large vocabulary', () => {
+    /**
+     * A confident 150k-entry row: the bulk is a bell curve around 0 (sd 3, within ±9), and 20
+     * candidates lie 31..40 above it, so the bulk is more than 30 temperatures below the top.
+     */
+    function confidentRow(): Float32Array {
+      const n = 150_000;
+      const [a, b, c] = [randomF32(n, 11), randomF32(n, 12), randomF32(n, 13)];
+      const row = new Float32Array(n);
+      for (let i = 0; i < n; i++) row[i] = 3 * ((a[i] as number) + (b[i] as number) + (c[i] as number));
+      for (let j = 0; j < 20; j++) row[(j * 7919 + 13) % n] = 31 + j / 2;
+      return row;
+    }
+
+    /** Median milliseconds of `fn` over 7 runs (after one warm-up). */
+    function medianMs(fn: () => void): number {
+      fn();
+      const times = Array.from({ length: 7 }, () => {
+        const t = performance.now();
+        fn();
+        return performance.now() - t;
+      });
+      return times.sort((x, y) => x - y)[3] as number;
+    }
+
+    test('sampling a 150k-entry row does not sort the whole vocabulary', () => {
+      const row = confidentRow();
+      const p = params({ temperature: 1, topP: 0.9 });
+      const rng = new Rng(3);
+      const ms = medianMs(() => sampleToken(Float32Array.from(row), p, rng, []));
+      // What sorting every id by logit costs on this machine (the old implementation's main work).
+      const sortMs = medianMs(() =>
+        Array.from(row.keys()).sort((x, y) => (row[y] as number) - (row[x] as number) || x - y),
+      );
+      console.log(`sampleToken on 150k logits: ${ms.toFixed(2)} ms (a full sort: ${sortMs.toFixed(2)} ms)`);
+      expect(ms).toBeLessThan(200);
+      expect(ms).toBeLessThan(sortMs / 4);
+      // It samples among the top candidates only.
+      const ids = new Set(Array.from({ length: 50 }, () => sampleToken(Float32Array.from(row), p, rng, [])));
+      for (const id of ids) expect(row[id]).toBeGreaterThanOrEqual(31);
+    });
+
+    test('the candidate cutoff scales with the temperature and leaves the softmax unchanged', () => {
+      // Logits 0 down to -80 at temperature 10: the last two are 40 and 80 logits below the top,
+      // past a cutoff that ignored the temperature, and are still drawn at their softmax rate.
+      const logits = Float32Array.from([0, -2, -5, -10, -20, -40, -80]);
+      const t = 10;
+      const w = [...logits].map((l) => Math.exp(l / t));
+      const total = w.reduce((x, y) => x + y, 0);
+      const draws = 50_000;
+      const counts = histogram(logits, params({ temperature: t }), draws);
+      expectFrequencies(counts, new Map(w.map((x, i) => [i, x / total])), draws);
+      expect(counts.get(5) ?? 0).toBeGreaterThan(0);
+    });
   });
 });
