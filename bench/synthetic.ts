@@ -9,6 +9,7 @@ import { encodeFromFloat32, type FloatDtype } from '../src/io/dtype.js';
 import { parseModelConfig } from '../src/io/config.js';
 import { expectedTensors } from '../src/runtime/weights.js';
 import { writeSafetensorsFile } from '../src/node/safetensors-file.js';
+import { randomF32 } from './random.js';
 
 export const SHAPES: Record<string, Record<string, unknown>> = {
   'smollm2-135m': {
@@ -97,21 +98,6 @@ function byteTokenizer(): { tokenizer: object; config: object } {
   };
 }
 
-/** Seeded uniform values in [-scale, scale) (xorshift32). */
-function random(n: number, seed: number, scale: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return out;
-}
-
 /** Writes (once) the synthetic model `shape` in `dtype` under `root` and returns its folder. */
 export async function syntheticModel(
   root: string,
@@ -133,7 +119,7 @@ export async function syntheticModel(
   await writeSafetensorsFile(join(dir, 'model.safetensors'), tensors, (t) => {
     const n = t.shape.reduce((a, b) => a * b, 1);
     const isNorm = t.shape.length === 1 && !t.name.endsWith('.bias');
-    const v = random(n, t.seed, isNorm ? 0.1 : 1 / Math.sqrt(t.shape[t.shape.length - 1] as number));
+    const v = randomF32(n, t.seed, isNorm ? 0.1 : 1 / Math.sqrt(t.shape[t.shape.length - 1] as number));
     if (isNorm) for (let j = 0; j < n; j++) v[j] = (v[j] as number) + 1;
     return encodeFromFloat32(dtype, v);
   });

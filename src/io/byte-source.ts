@@ -1,4 +1,35 @@
-import { InvalidModelFileError } from '../errors.js';
+import { InvalidModelFileError, KilnError } from '../errors.js';
+
+/**
+ * The largest text file (config.json, the safetensors index, tokenizer.json, chat templates) a
+ * ModelDir reads whole. The biggest real one is tokenizer.json, about 10-20 MB for vocabularies of
+ * 150k-260k tokens; 64 MiB leaves room for those while a hostile or mistaken multi-GB "json" file is
+ * refused before it lands on the heap.
+ */
+export const MAX_TEXT_FILE_BYTES = 64 * 2 ** 20;
+
+/** The error for a text file over {@link MAX_TEXT_FILE_BYTES}; `size` is what is known of its size. */
+export function textFileTooLarge(file: string, location: string, size: string): InvalidModelFileError {
+  return new InvalidModelFileError(
+    `${file} in ${location} is ${size} bytes, over the ${MAX_TEXT_FILE_BYTES}-byte limit for text files`,
+  );
+}
+
+/**
+ * Checks the arguments of {@link ByteSource.read}: whole non-negative numbers (a KilnError, as that
+ * is the caller's bug) that stay inside the file's `size` bytes (an InvalidModelFileError, as a
+ * header that points past the end means a truncated file).
+ */
+export function checkReadRange(name: string, size: number, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new KilnError(`${name}: invalid read of ${length} bytes at offset ${offset}`);
+  }
+  if (offset + length > size) {
+    throw new InvalidModelFileError(
+      `${name} is truncated: wanted bytes ${offset}..${offset + length} but the file is ${size} bytes`,
+    );
+  }
+}
 
 /**
  * How the core reads files without knowing where they live. Node implements these over file handles
@@ -21,6 +52,7 @@ export interface ModelDir {
   readonly location: string;
   exists(file: string): Promise<boolean>;
   open(file: string): Promise<ByteSource>;
+  /** A whole text file, decoded as UTF-8; files over {@link MAX_TEXT_FILE_BYTES} are refused. */
   readText(file: string): Promise<string>;
 }
 

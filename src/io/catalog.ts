@@ -8,6 +8,7 @@ import catalogJson from '../../models/catalog.json' with { type: 'json' };
 import type { Architecture } from '../runtime/model-spec.js';
 import { InvalidModelFileError } from '../errors.js';
 import { isCommitHash, parseHubId } from './hub-id.js';
+import { isJsonObject } from './json.js';
 
 /** One catalog model. Sizes and counts are what the pinned revision holds. */
 export interface CatalogEntry {
@@ -49,21 +50,17 @@ function fail(i: number, field: string, why: string): never {
   throw new InvalidModelFileError(`models/catalog.json: entry ${i} field "${field}" ${why}`);
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 /**
  * Checks a parsed catalog document and returns its entries. Exported so tests (and tools that edit
  * the catalog) can validate a document the same way the module does on load.
  */
 export function parseCatalog(doc: unknown): CatalogEntry[] {
-  if (!isRecord(doc) || !Array.isArray(doc.models)) {
+  if (!isJsonObject(doc) || !Array.isArray(doc.models)) {
     throw new InvalidModelFileError('models/catalog.json: expected { "models": [...] }');
   }
   const seen = new Set<string>();
   return (doc.models as unknown[]).map((raw, i): CatalogEntry => {
-    if (!isRecord(raw)) fail(i, '(entry)', 'is not an object');
+    if (!isJsonObject(raw)) fail(i, '(entry)', 'is not an object');
     const str = (k: string): string => {
       const v = raw[k];
       if (typeof v !== 'string' || v.length === 0) fail(i, k, 'must be a non-empty string');
@@ -145,4 +142,14 @@ export function findCatalogEntry(idOrAlias: string): CatalogEntry | undefined {
 /** `org/name@revision` of a catalog entry, ready for pullModel/resolveModel. */
 export function catalogHubId(entry: CatalogEntry): string {
   return `${entry.id}@${entry.revision}`;
+}
+
+/**
+ * A model argument with a catalog alias (`smollm2-135m`, any case) replaced by its pinned Hub id
+ * (`org/name@commit`); anything else, a Hub id included, is returned unchanged. The one rule for
+ * aliases on the command line (`kiln pull`, `kiln run -m`) and in createEngine.
+ */
+export function catalogAliasToHubId(arg: string): string {
+  const entry = arg.includes('/') ? undefined : findCatalogEntry(arg);
+  return entry ? catalogHubId(entry) : arg;
 }

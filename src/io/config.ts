@@ -6,6 +6,7 @@
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
 import type { Architecture, ModelSpec, RopeScaling } from '../runtime/model-spec.js';
 import { readJson, type ModelDir } from './byte-source.js';
+import { describeValue, isJsonObject, type JsonObject } from './json.js';
 
 const ARCHITECTURES: Readonly<Record<string, Architecture>> = {
   LlamaForCausalLM: 'llama',
@@ -19,29 +20,31 @@ const MODEL_TYPES: Readonly<Record<string, Architecture>> = {
   qwen2: 'qwen2',
 };
 
-type Json = Record<string, unknown>;
+/**
+ * Sanity bounds on config sizes. They are far above every published model (the largest have ~126
+ * layers, hidden sizes of 16k, vocabularies of 262k and contexts of 10M tokens) but stop a hostile
+ * or corrupt config.json before it makes the engine build a tensor list or buffers of absurd size.
+ * 2^24 is also the largest range in which f32 (what shaders compute positions and sizes in) holds
+ * every integer exactly.
+ */
+export const MAX_LAYERS = 1024;
+/** Upper bound of every other size, count or length in config.json (see {@link MAX_LAYERS}). */
+export const MAX_DIM = 2 ** 24;
 
-function isObject(v: unknown): v is Json {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function show(v: unknown): string {
-  if (v === undefined) return 'missing';
-  const s = JSON.stringify(v);
-  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
-}
+/** transformers' MistralConfig default for `sliding_window` when the key is absent. */
+const MISTRAL_DEFAULT_SLIDING_WINDOW = 4096;
 
 /** Field readers bound to one file label, so every message starts with the file it is about. */
 class Fields {
   constructor(
     readonly label: string,
-    private readonly obj: Json,
+    private readonly obj: JsonObject,
     private readonly prefix = '',
   ) {}
 
   invalid(field: string, value: unknown, expected: string): never {
     throw new InvalidModelFileError(
-      `${this.label}: ${this.prefix}${field} is ${show(value)}, expected ${expected}`,
+      `${this.label}: ${this.prefix}${field} is ${describeValue(value)}, expected ${expected}`,
     );
   }
 
@@ -58,16 +61,18 @@ class Fields {
     return this.obj[field] === undefined || this.obj[field] === null;
   }
 
-  positiveInt(field: string): number {
+  /** A positive integer no larger than `max` (a sanity bound, see {@link MAX_DIM}). */
+  positiveInt(field: string, max = MAX_DIM): number {
     const v = this.obj[field];
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
       this.invalid(field, v, 'a positive integer');
     }
+    if (v > max) this.invalid(field, v, `at most ${max} (no real model is that large)`);
     return v;
   }
 
-  optionalPositiveInt(field: string): number | undefined {
-    return this.unset(field) ? undefined : this.positiveInt(field);
+  optionalPositiveInt(field: string, max = MAX_DIM): number | undefined {
+    return this.unset(field) ? undefined : this.positiveInt(field, max);
   }
 
   positiveNumber(field: string): number {
@@ -112,7 +117,7 @@ function parseRopeScaling(f: Fields, architecture: Architecture): RopeScaling {
   const field = f.unset('rope_scaling') && !f.unset('rope_parameters') ? 'rope_parameters' : 'rope_scaling';
   if (f.unset(field)) return { type: 'none' };
   const rs = f.raw(field);
-  if (!isObject(rs)) f.invalid(field, rs, 'null or an object');
+  if (!isJsonObject(rs)) f.invalid(field, rs, 'null or an object');
   const r: Fields = new Fields(f.label, rs, `${field}.`);
   const typeField = r.unset('rope_type') ? 'type' : 'rope_type';
   const type = rs[typeField];
@@ -151,8 +156,8 @@ function parseRopeScaling(f: Fields, architecture: Architecture): RopeScaling {
  */
 export function parseModelConfig(config: unknown, generationConfig?: unknown, location?: string): ModelSpec {
   const label = fileLabel('config.json', location);
-  if (!isObject(config)) {
-    throw new InvalidModelFileError(`${label} is ${show(config)}, expected a JSON object`);
+  if (!isJsonObject(config)) {
+    throw new InvalidModelFileError(`${label} is ${describeValue(config)}, expected a JSON object`);
   }
   const f: Fields = new Fields(label, config);
 
@@ -194,19 +199,20 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   if (!f.unset('quantization_config')) {
     const q = config.quantization_config;
     const method =
-      isObject(q) && typeof q.quant_method === 'string' ? ` (quant_method "${q.quant_method}")` : '';
+      isJsonObject(q) && typeof q.quant_method === 'string' ? ` (quant_method "${q.quant_method}")` : '';
     f.unsupported(
       `quantization_config${method} is not supported yet: use an unquantized (f32/f16/bf16) checkpoint`,
     );
   }
 
   const hiddenAct = f.unset('hidden_act') ? 'silu' : config.hidden_act;
-  if (hiddenAct !== 'silu') f.unsupported(`hidden_act ${show(hiddenAct)} is not supported (expected "silu")`);
+  if (hiddenAct !== 'silu')
+    f.unsupported(`hidden_act ${describeValue(hiddenAct)} is not supported (expected "silu")`);
 
   const vocabSize = f.positiveInt('vocab_size');
   const hiddenSize = f.positiveInt('hidden_size');
   const intermediateSize = f.positiveInt('intermediate_size');
-  const numLayers = f.positiveInt('num_hidden_layers');
+  const numLayers = f.positiveInt('num_hidden_layers', MAX_LAYERS);
   const numHeads = f.positiveInt('num_attention_heads');
   const numKvHeads = f.optionalPositiveInt('num_key_value_heads') ?? numHeads;
   if (numHeads % numKvHeads !== 0) {
@@ -230,7 +236,7 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   const ropeParams = config.rope_parameters;
   let ropeTheta = 10000;
   if (!f.unset('rope_theta')) ropeTheta = f.positiveNumber('rope_theta');
-  else if (isObject(ropeParams) && ropeParams.rope_theta !== undefined) {
+  else if (isJsonObject(ropeParams) && ropeParams.rope_theta !== undefined) {
     ropeTheta = new Fields(label, ropeParams, 'rope_parameters.').positiveNumber('rope_theta');
   }
   const ropeScaling = parseRopeScaling(f, architecture);
@@ -239,14 +245,17 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   // Kiln implements full causal attention only. Up to the window length, sliding-window attention
   // sees exactly the same keys as full attention, so clamping the context to the window keeps
   // every result exact instead of silently diverging from the reference past it.
-  const useWindow =
-    architecture === 'qwen2'
-      ? f.bool('use_sliding_window', false)
-      : architecture === 'mistral' && !f.unset('sliding_window');
-  if (useWindow) {
-    const window = f.positiveInt('sliding_window');
-    maxPositionEmbeddings = Math.min(maxPositionEmbeddings, window);
+  let window: number | undefined;
+  if (architecture === 'qwen2') {
+    if (f.bool('use_sliding_window', false)) window = f.positiveInt('sliding_window');
+  } else if (architecture === 'mistral') {
+    // As transformers' MistralConfig: an absent key means its default window of 4096, while an
+    // explicit null (Mistral 7B v0.2 and later) turns sliding-window attention off.
+    const raw = f.raw('sliding_window');
+    if (raw === undefined) window = MISTRAL_DEFAULT_SLIDING_WINDOW;
+    else if (raw !== null) window = f.positiveInt('sliding_window');
   }
+  if (window !== undefined) maxPositionEmbeddings = Math.min(maxPositionEmbeddings, window);
 
   const tieWordEmbeddings = f.bool('tie_word_embeddings', false);
   // Only Llama reads attention_bias / mlp_bias; transformers' Mistral ignores them and Qwen2
@@ -260,8 +269,10 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   const eos = f.tokenIds('eos_token_id');
   if (generationConfig !== undefined && generationConfig !== null) {
     const gLabel = fileLabel('generation_config.json', location);
-    if (!isObject(generationConfig)) {
-      throw new InvalidModelFileError(`${gLabel} is ${show(generationConfig)}, expected a JSON object`);
+    if (!isJsonObject(generationConfig)) {
+      throw new InvalidModelFileError(
+        `${gLabel} is ${describeValue(generationConfig)}, expected a JSON object`,
+      );
     }
     const g: Fields = new Fields(gLabel, generationConfig);
     bosTokenId = g.tokenId('bos_token_id') ?? bosTokenId;

@@ -46,20 +46,6 @@ export const DTYPE_BYTES: Readonly<Record<SafetensorsDtype, number>> = {
   BOOL: 1,
 };
 
-/** The dtypes Kiln loads: float weights, plus the integer tensors of quantized checkpoints. */
-export type LoadableDtype = 'F32' | 'F16' | 'BF16' | 'I32' | 'U32' | 'I8' | 'U8';
-
-/** The set of {@link LoadableDtype}s, for membership tests on parsed headers. */
-export const LOADABLE_DTYPES: ReadonlySet<SafetensorsDtype> = new Set<SafetensorsDtype>([
-  'F32',
-  'F16',
-  'BF16',
-  'I32',
-  'U32',
-  'I8',
-  'U8',
-]);
-
 /** Float dtypes that {@link decodeToFloat32} and {@link encodeFromFloat32} handle. */
 export type FloatDtype = 'F32' | 'F16' | 'BF16';
 
@@ -68,16 +54,6 @@ const DTYPE_SET: ReadonlySet<string> = new Set(SAFETENSORS_DTYPES);
 /** True when `s` is a dtype string safetensors defines. */
 export function isSafetensorsDtype(s: unknown): s is SafetensorsDtype {
   return typeof s === 'string' && DTYPE_SET.has(s);
-}
-
-/** True when Kiln can load tensors of this dtype. */
-export function isLoadableDtype(d: SafetensorsDtype): d is LoadableDtype {
-  return LOADABLE_DTYPES.has(d);
-}
-
-/** Bytes per element of `dtype`. */
-export function dtypeByteSize(dtype: SafetensorsDtype): number {
-  return DTYPE_BYTES[dtype];
 }
 
 // Scratch views that reinterpret one f32's bits; module-level so conversions allocate nothing.
@@ -164,7 +140,8 @@ function checkWhole(dtype: SafetensorsDtype, byteLength: number): number {
 /** `bytes` as a typed-array-compatible buffer that starts at a multiple of `align` (copied if not). */
 function aligned(bytes: Uint8Array, align: number): { buffer: ArrayBufferLike; offset: number } {
   if (bytes.byteOffset % align === 0) return { buffer: bytes.buffer, offset: bytes.byteOffset };
-  return { buffer: bytes.slice().buffer, offset: 0 };
+  // A copy (new Uint8Array(view) always copies; a Node Buffer's slice() would not).
+  return { buffer: new Uint8Array(bytes).buffer, offset: 0 };
 }
 
 /**

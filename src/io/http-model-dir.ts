@@ -3,8 +3,14 @@
  * one-byte Range request), and every read is a Range request whose status and length are checked,
  * so a tensor is fetched on its own instead of downloading a whole multi-GB shard.
  */
-import { DownloadError, InvalidModelFileError, KilnError } from '../errors.js';
-import type { ByteSource, ModelDir } from './byte-source.js';
+import { DownloadError, InvalidModelFileError } from '../errors.js';
+import {
+  checkReadRange,
+  MAX_TEXT_FILE_BYTES,
+  textFileTooLarge,
+  type ByteSource,
+  type ModelDir,
+} from './byte-source.js';
 
 /** Options of {@link httpModelDir}. */
 export interface HttpModelDirInit {
@@ -45,6 +51,40 @@ function parseLength(header: string | null): number | undefined {
   return Number.isSafeInteger(n) ? n : undefined;
 }
 
+/**
+ * Reads a response body chunk by chunk, and cancels it as soon as it passes `limit` bytes (then
+ * returns null): a server that sends more than was asked for is not buffered whole first.
+ */
+async function readBody(res: Response, limit: number, what: string): Promise<Uint8Array | null> {
+  const reader = res.body?.getReader();
+  if (!reader) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    let chunk: ReadableStreamReadResult<Uint8Array>;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      throw new DownloadError(`${what} failed while reading the body: ${(e as Error).message}`, { cause: e });
+    }
+    if (chunk.done) break;
+    total += chunk.value.byteLength;
+    if (total > limit) {
+      await reader.cancel().catch(() => undefined);
+      return null;
+    }
+    chunks.push(chunk.value);
+  }
+  if (chunks.length === 1) return chunks[0]!;
+  const out = new Uint8Array(total);
+  let pos = 0;
+  for (const c of chunks) {
+    out.set(c, pos);
+    pos += c.byteLength;
+  }
+  return out;
+}
+
 class HttpByteSource implements ByteSource {
   constructor(
     readonly name: string,
@@ -53,14 +93,7 @@ class HttpByteSource implements ByteSource {
   ) {}
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      throw new KilnError(`${this.name}: invalid read of ${length} bytes at offset ${offset}`);
-    }
-    if (offset + length > this.size) {
-      throw new InvalidModelFileError(
-        `${this.name} is truncated: wanted bytes ${offset}..${offset + length} but the file is ${this.size} bytes`,
-      );
-    }
+    checkReadRange(this.name, this.size, offset, length);
     // A Range header cannot ask for zero bytes.
     if (length === 0) return new Uint8Array(0);
     const last = offset + length - 1;
@@ -79,12 +112,8 @@ class HttpByteSource implements ByteSource {
         throw new DownloadError(`${what} answered with range ${res.headers.get('content-range')}`);
       }
     }
-    let bytes: Uint8Array;
-    try {
-      bytes = new Uint8Array(await res.arrayBuffer());
-    } catch (e) {
-      throw new DownloadError(`${what} failed while reading the body: ${(e as Error).message}`, { cause: e });
-    }
+    const bytes = await readBody(res, length, what);
+    if (bytes === null) throw new DownloadError(`${what} returned more than the ${length} bytes asked for`);
     if (bytes.byteLength !== length) {
       throw new DownloadError(`${what} returned ${bytes.byteLength} bytes, expected ${length} (truncated)`);
     }
@@ -181,7 +210,16 @@ export function httpModelDir(baseUrl: string, init?: HttpModelDirInit): ModelDir
         await discard(res);
         throw new DownloadError(`GET ${url} answered ${status(res)}`);
       }
-      return res.text();
+      // Content-Length, when given, refuses an oversized file before any of its body is read.
+      const announced = parseLength(res.headers.get('content-length'));
+      if (announced !== undefined && announced > MAX_TEXT_FILE_BYTES) {
+        await discard(res);
+        throw textFileTooLarge(file, baseUrl, String(announced));
+      }
+      const bytes = await readBody(res, MAX_TEXT_FILE_BYTES, `GET ${url}`);
+      if (bytes === null) throw textFileTooLarge(file, baseUrl, `more than ${MAX_TEXT_FILE_BYTES}`);
+      // As Response.text(): UTF-8, a leading BOM dropped, invalid bytes replaced.
+      return new TextDecoder().decode(bytes);
     },
   };
 }

@@ -13,7 +13,7 @@
  */
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
 import type { ByteSource } from './byte-source.js';
-import { encodeFromFloat32, type FloatDtype } from './dtype.js';
+import { decodeToFloat32, encodeFromFloat32, type FloatDtype } from './dtype.js';
 import type { TensorToWrite } from './safetensors.js';
 
 export interface Llama2cHeader {
@@ -36,7 +36,8 @@ const V1_MAGIC = 0x616b3432; // "ak42" read as a little-endian u32
 export async function readLlama2cHeader(src: ByteSource): Promise<Llama2cHeader> {
   if (src.size < 28)
     throw new InvalidModelFileError(`${src.name}: ${src.size} bytes is too short for a llama2.c checkpoint`);
-  const head = new DataView((await src.read(0, Math.min(src.size, 256))).slice().buffer);
+  const raw = await src.read(0, Math.min(src.size, 256));
+  const head = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   let h: Llama2cHeader;
   if (head.getUint32(0, true) === V1_MAGIC) {
     const version = head.getInt32(4, true);
@@ -186,7 +187,7 @@ export async function convertLlama2c(
       const bytes = await src.read(offset, per * 4);
       offset += per * 4;
       if (!s.name) continue;
-      let values: Float32Array = new Float32Array(bytes.slice().buffer);
+      let values: Float32Array = decodeToFloat32('F32', bytes);
       const name = s.name.replace('{l}', String(l));
       if (name.endsWith('q_proj.weight')) values = permuteForRotateHalf(values, h.nHeads, headSize, s.cols);
       if (name.endsWith('k_proj.weight')) values = permuteForRotateHalf(values, h.nKvHeads, headSize, s.cols);

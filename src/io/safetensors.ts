@@ -1,5 +1,6 @@
 /**
- * Our own safetensors reader and writer (format: huggingface/safetensors; see DESIGN-NOTES §9b).
+ * Our own safetensors reader and writer, following the format as the reference implementation
+ * (github.com/huggingface/safetensors) defines and checks it.
  * Written by hand rather than taken from a library because the header is untrusted input that
  * decides how many bytes we read and where: every field is checked before it is used, and tensors
  * are read one at a time (or in bounded chunks) so a multi-GB shard never lands whole on the heap.
@@ -7,6 +8,7 @@
 import { InvalidModelFileError, KilnError, UnsupportedModelError } from '../errors.js';
 import type { ByteSource, ModelDir } from './byte-source.js';
 import { DTYPE_BYTES, isSafetensorsDtype, type SafetensorsDtype } from './dtype.js';
+import { describeValue, isJsonObject } from './json.js';
 
 /** Where one tensor lives and what it holds. */
 export interface TensorInfo {
@@ -35,17 +37,6 @@ export const DEFAULT_MAX_HEADER_BYTES = 100_000_000;
 
 const METADATA_KEY = '__metadata__';
 const ENTRY_KEYS = ['data_offsets', 'dtype', 'shape'];
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function describe(v: unknown): string {
-  if (typeof v === 'string') return JSON.stringify(v);
-  if (v === undefined) return 'missing';
-  const s = JSON.stringify(v);
-  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
-}
 
 /**
  * Returns the first object key that occurs twice in the same object of `text`, which must already
@@ -99,7 +90,7 @@ function fail(file: string, what: string): never {
 
 function checkNonNegativeInt(file: string, field: string, v: unknown): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
-    fail(file, `${field} is ${describe(v)}, expected a non-negative integer`);
+    fail(file, `${field} is ${describeValue(v)}, expected a non-negative integer`);
   }
   return v;
 }
@@ -143,7 +134,7 @@ export async function parseSafetensorsHeader(
   } catch (e) {
     fail(file, `header is not valid JSON: ${(e as Error).message}`);
   }
-  if (!isPlainObject(json)) fail(file, `header is ${describe(json)}, expected a JSON object`);
+  if (!isJsonObject(json)) fail(file, `header is ${describeValue(json)}, expected a JSON object`);
   const dup = findDuplicateJsonKey(text);
   if (dup !== undefined) fail(file, `header repeats the key ${JSON.stringify(dup)}`);
 
@@ -158,32 +149,33 @@ export async function parseSafetensorsHeader(
     if (name === METADATA_KEY) {
       // The reference reads `__metadata__` as an optional map, so null means "none".
       if (entry === null) continue;
-      if (!isPlainObject(entry)) {
-        fail(file, `__metadata__ is ${describe(entry)}, expected a string-to-string map`);
+      if (!isJsonObject(entry)) {
+        fail(file, `__metadata__ is ${describeValue(entry)}, expected a string-to-string map`);
       }
       for (const [k, v] of Object.entries(entry)) {
-        if (typeof v !== 'string') fail(file, `__metadata__.${k} is ${describe(v)}, expected a string`);
+        if (typeof v !== 'string') fail(file, `__metadata__.${k} is ${describeValue(v)}, expected a string`);
         metaEntries.push([k, v]);
       }
       continue;
     }
     const where = `tensor ${JSON.stringify(name)}`;
-    if (!isPlainObject(entry)) fail(file, `${where} is ${describe(entry)}, expected an object`);
+    if (!isJsonObject(entry)) fail(file, `${where} is ${describeValue(entry)}, expected an object`);
     const keys = Object.keys(entry).sort();
     if (keys.join(',') !== ENTRY_KEYS.join(',')) {
       fail(file, `${where} has fields [${keys.join(', ')}], expected exactly dtype, shape, data_offsets`);
     }
     const dtype = entry.dtype;
-    if (typeof dtype !== 'string') fail(file, `${where}: dtype is ${describe(dtype)}, expected a string`);
+    if (typeof dtype !== 'string')
+      fail(file, `${where}: dtype is ${describeValue(dtype)}, expected a string`);
     if (!isSafetensorsDtype(dtype)) {
       throw new UnsupportedModelError(`${file}: ${where} has unknown dtype ${JSON.stringify(dtype)}`);
     }
     const shape = entry.shape;
-    if (!Array.isArray(shape)) fail(file, `${where}: shape is ${describe(shape)}, expected an array`);
+    if (!Array.isArray(shape)) fail(file, `${where}: shape is ${describeValue(shape)}, expected an array`);
     const dims = shape.map((d: unknown, i) => checkNonNegativeInt(file, `${where}: shape[${i}]`, d));
     const offsets = entry.data_offsets;
     if (!Array.isArray(offsets) || offsets.length !== 2) {
-      fail(file, `${where}: data_offsets is ${describe(offsets)}, expected [begin, end]`);
+      fail(file, `${where}: data_offsets is ${describeValue(offsets)}, expected [begin, end]`);
     }
     const begin = checkNonNegativeInt(file, `${where}: data_offsets[0]`, offsets[0]);
     const end = checkNonNegativeInt(file, `${where}: data_offsets[1]`, offsets[1]);
@@ -262,16 +254,26 @@ export const SINGLE_FILE = 'model.safetensors';
 /** File name of the index of a sharded Hugging Face checkpoint. */
 export const INDEX_FILE = 'model.safetensors.index.json';
 
+/** What {@link isShardFileName} accepts, for error messages. */
+export const SHARD_NAME_RULE = 'a plain file name inside the model folder, ending in .safetensors';
+
+/**
+ * Whether `file`, a shard name read from a model.safetensors.index.json, is a plain `*.safetensors`
+ * file name: no path separators, drive colons or NULs, and not hidden (which also rules out "." and
+ * ".."). Index files are downloaded data, so the names they list must stay inside the model folder.
+ * The one rule for both the reader here and the Hub downloader (src/node/hub.ts).
+ */
+export function isShardFileName(file: unknown): file is string {
+  return typeof file === 'string' && !file.startsWith('.') && /^[^/\\:\0]+\.safetensors$/.test(file);
+}
+
 function checkShardName(location: string, tensor: string, file: unknown): string {
   const where = `${INDEX_FILE} in ${location}: weight_map[${JSON.stringify(tensor)}]`;
   if (typeof file !== 'string') {
-    throw new InvalidModelFileError(`${where} is ${describe(file)}, expected a file name`);
+    throw new InvalidModelFileError(`${where} is ${describeValue(file)}, expected a file name`);
   }
-  // Shard names come from a downloaded file: keep them plain names inside the model folder.
-  if (file === '' || file === '.' || file === '..' || ['/', '\\', ':', '\0'].some((c) => file.includes(c))) {
-    throw new InvalidModelFileError(
-      `${where} is ${JSON.stringify(file)}, expected a plain file name inside the folder`,
-    );
+  if (!isShardFileName(file)) {
+    throw new InvalidModelFileError(`${where} is ${JSON.stringify(file)}, expected ${SHARD_NAME_RULE}`);
   }
   return file;
 }
@@ -372,13 +374,13 @@ export async function openCheckpoint(dir: ModelDir): Promise<Checkpoint> {
   } catch (e) {
     throw new InvalidModelFileError(`${at} is not valid JSON: ${(e as Error).message}`);
   }
-  if (!isPlainObject(index)) {
-    throw new InvalidModelFileError(`${at} is ${describe(index)}, expected a JSON object`);
+  if (!isJsonObject(index)) {
+    throw new InvalidModelFileError(`${at} is ${describeValue(index)}, expected a JSON object`);
   }
   const weightMap = index.weight_map;
-  if (!isPlainObject(weightMap)) {
+  if (!isJsonObject(weightMap)) {
     throw new InvalidModelFileError(
-      `${at}: weight_map is ${describe(weightMap)}, expected an object of tensor -> file`,
+      `${at}: weight_map is ${describeValue(weightMap)}, expected an object of tensor -> file`,
     );
   }
   const dup = findDuplicateJsonKey(indexText);
@@ -388,14 +390,16 @@ export async function openCheckpoint(dir: ModelDir): Promise<Checkpoint> {
     shardOf.set(tensor, checkShardName(dir.location, tensor, file));
   let totalSize: number | undefined;
   if (index.metadata !== undefined && index.metadata !== null) {
-    if (!isPlainObject(index.metadata)) {
-      throw new InvalidModelFileError(`${at}: metadata is ${describe(index.metadata)}, expected an object`);
+    if (!isJsonObject(index.metadata)) {
+      throw new InvalidModelFileError(
+        `${at}: metadata is ${describeValue(index.metadata)}, expected an object`,
+      );
     }
     const ts = index.metadata.total_size;
     if (ts !== undefined && ts !== null) {
       if (typeof ts !== 'number' || !Number.isSafeInteger(ts) || ts < 0) {
         throw new InvalidModelFileError(
-          `${at}: metadata.total_size is ${describe(ts)}, expected a non-negative integer`,
+          `${at}: metadata.total_size is ${describeValue(ts)}, expected a non-negative integer`,
         );
       }
       totalSize = ts;
@@ -497,7 +501,8 @@ export function planSafetensors<T extends TensorSpec>(
       throw new KilnError(`${where}: name is reserved or repeated`);
     }
     seen.add(t.name);
-    if (!isSafetensorsDtype(t.dtype)) throw new KilnError(`${where}: unknown dtype ${describe(t.dtype)}`);
+    if (!isSafetensorsDtype(t.dtype))
+      throw new KilnError(`${where}: unknown dtype ${describeValue(t.dtype)}`);
     let count = 1;
     for (const d of t.shape) {
       if (!Number.isSafeInteger(d) || d < 0) {

@@ -7,6 +7,7 @@
  */
 import { BinaryReader, WireType, base64Encode } from '@bufbuild/protobuf/wire';
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
+import { describeValue } from './json.js';
 
 /** SentencePiece's piece types (sentencepiece_model.proto, SentencePiece.Type). */
 export const PieceType = {
@@ -301,25 +302,45 @@ function specialId(id: number, field: string, n: number, fileName: string): numb
 }
 
 /**
+ * The longest BPE piece, in code points, that {@link convertSentencePiece} accepts. Deriving merges
+ * tries every split of a piece and looks both halves up, which costs O(length²) per piece; real
+ * vocabularies' longest pieces are tens of characters (sentencepiece's trainer defaults to at most 16),
+ * so this bound only stops a hostile file from making the conversion run for hours.
+ */
+export const MAX_BPE_PIECE_LENGTH = 512;
+
+/**
  * HF's SentencePieceExtractor: every split of a piece into two pieces is a merge, merges ordered by
  * the merged piece's score (highest first; ties keep vocabulary order), the splits of one piece by
  * the ids of their left then right halves. Splits are at code points, as Python's str slicing does.
  */
-function bpeMerges(pieces: SentencePiecePiece[], vocab: Map<string, number>): [string, string][] {
+function bpeMerges(
+  pieces: SentencePiecePiece[],
+  vocab: Map<string, number>,
+  fileName: string,
+): [string, string][] {
   const merges: { l: string; r: string; score: number }[] = [];
-  for (const { piece, score } of pieces) {
-    const chars = Array.from(piece);
+  pieces.forEach(({ piece, score }, id) => {
+    // UTF-16 offsets of the code point boundaries, so each split is one native slice.
+    const bounds: number[] = [];
+    for (let i = 0; i < piece.length; i += (piece.codePointAt(i) ?? 0) > 0xffff ? 2 : 1) bounds.push(i);
+    if (bounds.length > MAX_BPE_PIECE_LENGTH) {
+      throw new UnsupportedModelError(
+        `${fileName}: piece ${id} (${describeValue(piece)}) is ${bounds.length} characters long; ` +
+          `BPE pieces of at most ${MAX_BPE_PIECE_LENGTH} are supported`,
+      );
+    }
     const local: { l: string; r: string; score: number; li: number; ri: number }[] = [];
-    for (let i = 1; i < chars.length; i++) {
-      const l = chars.slice(0, i).join('');
-      const r = chars.slice(i).join('');
+    for (let k = 1; k < bounds.length; k++) {
+      const l = piece.slice(0, bounds[k]);
+      const r = piece.slice(bounds[k]);
       const li = vocab.get(l);
       const ri = vocab.get(r);
       if (li !== undefined && ri !== undefined) local.push({ l, r, score, li, ri });
     }
     local.sort((a, b) => a.li - b.li || a.ri - b.ri);
     merges.push(...local);
-  }
+  });
   // Array.prototype.sort is stable, like Python's sorted().
   merges.sort((a, b) => b.score - a.score);
   return merges.map((m) => [m.l, m.r]);
@@ -431,7 +452,7 @@ export function convertSentencePiece(
           ignore_merges: false,
           // fromEntries defines own properties, so a piece named "__proto__" stays a vocabulary entry.
           vocab: Object.fromEntries(pieces.map((p, id) => [p.piece, id])),
-          merges: bpeMerges(pieces, vocab),
+          merges: bpeMerges(pieces, vocab, fileName),
         }
       : {
           type: 'Unigram',

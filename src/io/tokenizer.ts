@@ -7,6 +7,7 @@ import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { InvalidModelFileError, InvalidRequestError, UnsupportedModelError } from '../errors.js';
 import { readJson, type ModelDir } from './byte-source.js';
+import { isJsonObject } from './json.js';
 import { convertSentencePiece } from './sentencepiece.js';
 
 /** One turn of a conversation. */
@@ -48,16 +49,12 @@ interface ParsedConfig {
   chatTemplateSource: string;
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 /** A special token in tokenizer_config.json: a string, an AddedToken object ({content}), or null. */
 function tokenField(config: Record<string, unknown>, field: string, source: string): string | null {
   const v = config[field];
   if (v === undefined || v === null) return null;
   if (typeof v === 'string') return v;
-  if (isRecord(v) && typeof v['content'] === 'string') return v['content'];
+  if (isJsonObject(v) && typeof v['content'] === 'string') return v['content'];
   throw new InvalidModelFileError(
     `${source}: ${field} must be a string or an object with "content", got ${JSON.stringify(v)}`,
   );
@@ -69,7 +66,11 @@ function parseChatTemplate(v: unknown, source: string): string | Map<string, str
   if (Array.isArray(v)) {
     const named = new Map<string, string>();
     for (const entry of v) {
-      if (!isRecord(entry) || typeof entry['name'] !== 'string' || typeof entry['template'] !== 'string') {
+      if (
+        !isJsonObject(entry) ||
+        typeof entry['name'] !== 'string' ||
+        typeof entry['template'] !== 'string'
+      ) {
         throw new InvalidModelFileError(
           `${source}: chat_template list entries must be {name, template} strings`,
         );
@@ -162,7 +163,7 @@ export class KilnTokenizer {
         `tokenizer.json not found in ${dir.location} (nor a tokenizer.model to convert)`,
       );
     }
-    if (!isRecord(config)) throw new InvalidModelFileError(`${configSource} must be a JSON object`);
+    if (!isJsonObject(config)) throw new InvalidModelFileError(`${configSource} must be a JSON object`);
     const parsed = parseConfig(config, configSource);
     if (parsed.chatTemplate === null) {
       // Newer transformers save the template beside the config instead of inside it.
@@ -172,7 +173,7 @@ export class KilnTokenizer {
       } else if (await dir.exists('chat_template.json')) {
         const source = `chat_template.json in ${dir.location}`;
         const ct = await readJson(dir, 'chat_template.json');
-        parsed.chatTemplate = parseChatTemplate(isRecord(ct) ? ct['chat_template'] : undefined, source);
+        parsed.chatTemplate = parseChatTemplate(isJsonObject(ct) ? ct['chat_template'] : undefined, source);
         parsed.chatTemplateSource = source;
       }
     }
@@ -184,7 +185,7 @@ export class KilnTokenizer {
    * @param source names the files in error messages.
    */
   static fromJson(tokenizerJson: object, tokenizerConfig: object, source = 'tokenizer.json'): KilnTokenizer {
-    if (!isRecord(tokenizerConfig))
+    if (!isJsonObject(tokenizerConfig))
       throw new InvalidModelFileError(`tokenizer_config.json for ${source} must be a JSON object`);
     return KilnTokenizer.build(
       tokenizerJson,
@@ -200,7 +201,7 @@ export class KilnTokenizer {
     parsed: ParsedConfig,
     source: string,
   ): KilnTokenizer {
-    if (!isRecord(tokenizerJson)) throw new InvalidModelFileError(`${source} must be a JSON object`);
+    if (!isJsonObject(tokenizerJson)) throw new InvalidModelFileError(`${source} must be a JSON object`);
     for (const key of ['model', 'added_tokens']) {
       if (!(key in tokenizerJson)) throw new InvalidModelFileError(`${source} has no "${key}"`);
     }
@@ -247,7 +248,8 @@ export class KilnTokenizer {
   /**
    * Token ids of `text`. With addSpecialTokens, BOS comes from the tokenizer's post-processor, or
    * from tokenizer_config.json's add_bos_token when the post-processor does not add it; never twice,
-   * and not when the text already starts with the BOS token's text (a rendered chat template).
+   * and not when the text already starts with the BOS token's text. (Conversations go through
+   * {@link encodeChat}, which adds no special tokens at all.)
    */
   encode(text: string, { addSpecialTokens = true }: EncodeOptions = {}): number[] {
     const bos = this.bosTokenId;
@@ -354,9 +356,13 @@ export class KilnTokenizer {
     }
   }
 
-  /** Renders and encodes a conversation; BOS is added only when the template did not write it. */
+  /**
+   * Renders and encodes a conversation as transformers' apply_chat_template(tokenize=True) does:
+   * the rendered text is encoded without special tokens, so the template alone decides where BOS
+   * goes, and a template that writes no BOS gets none.
+   */
   encodeChat(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): number[] {
-    return this.encode(this.applyChatTemplate(messages, options), { addSpecialTokens: true });
+    return this.encode(this.applyChatTemplate(messages, options), { addSpecialTokens: false });
   }
 }
 

@@ -5,7 +5,7 @@
 import { createInterface } from 'node:readline/promises';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { KilnError } from '../errors.js';
-import { CATALOG, catalogHubId, findCatalogEntry } from '../io/catalog.js';
+import { CATALOG, catalogAliasToHubId } from '../io/catalog.js';
 import type { FloatDtype } from '../io/dtype.js';
 import type { ChatMessage } from '../io/tokenizer.js';
 import type { Engine } from '../runtime/engine.js';
@@ -288,8 +288,7 @@ export function buildProgram(): Command {
     .action(async (id: string, o: { quiet?: boolean }) => {
       const bar = createByteProgress('download', { enabled: !o.quiet });
       try {
-        const entry = id.includes('/') ? undefined : findCatalogEntry(id);
-        const dir = await pullModel(entry ? catalogHubId(entry) : id, {
+        const dir = await pullModel(catalogAliasToHubId(id), {
           onProgress: (p) => bar.update(p.bytes, p.total, p.file),
         });
         bar.stop();

@@ -3,10 +3,11 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { FloatDtype } from '../io/dtype.js';
 import { convertLlama2c } from '../io/llama2c.js';
-import { encodeSafetensors } from '../io/safetensors.js';
 import { convertSentencePiece } from '../io/sentencepiece.js';
 import { InvalidModelFileError, KilnError } from '../errors.js';
 import { openLocalModelDir } from './fs-model-dir.js';
+import { writeSafetensorsFile } from './safetensors-file.js';
+import { writeTokenizerFiles } from './tokenizer-files.js';
 
 export interface ConvertLlama2cOptions {
   /** SentencePiece tokenizer.model of the checkpoint. */
@@ -55,16 +56,19 @@ export async function convertLlama2cToFolder(
     }
   }
   await mkdir(opts.outDir, { recursive: true });
-  const json = (v: unknown) => JSON.stringify(v, null, 2) + '\n';
-  const written: Record<string, string | Uint8Array> = {
-    'config.json': json(conv.config),
-    'generation_config.json': json(conv.generationConfig),
-    'model.safetensors': encodeSafetensors(conv.tensors, { format: 'pt', source: 'llama2.c' }),
+  const written: string[] = [];
+  const json = async (name: string, v: unknown) => {
+    await writeFile(join(opts.outDir, name), JSON.stringify(v, null, 2) + '\n');
+    written.push(name);
   };
-  if (tokenizer) {
-    written['tokenizer.json'] = json(tokenizer.tokenizerJson);
-    written['tokenizer_config.json'] = json(tokenizer.tokenizerConfig);
-  }
-  for (const [name, data] of Object.entries(written)) await writeFile(join(opts.outDir, name), data);
-  return Object.keys(written);
+  await json('config.json', conv.config);
+  await json('generation_config.json', conv.generationConfig);
+  // Streamed tensor by tensor: the converted tensors are never copied into one file-sized buffer.
+  await writeSafetensorsFile(join(opts.outDir, 'model.safetensors'), conv.tensors, (t) => t.data, {
+    format: 'pt',
+    source: 'llama2.c',
+  });
+  written.push('model.safetensors');
+  if (tokenizer) written.push(...(await writeTokenizerFiles(opts.outDir, tokenizer)));
+  return written;
 }

@@ -3,21 +3,16 @@
  * tensor is read without loading its whole shard.
  */
 import { statSync } from 'node:fs';
-import { open, readFile, stat, type FileHandle } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { resolve, sep } from 'node:path';
 import { InvalidModelFileError, KilnError } from '../errors.js';
-import type { ByteSource, ModelDir } from '../io/byte-source.js';
-
-function checkRange(name: string, size: number, offset: number, length: number): void {
-  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-    throw new KilnError(`${name}: invalid read of ${length} bytes at offset ${offset}`);
-  }
-  if (offset + length > size) {
-    throw new InvalidModelFileError(
-      `${name} is truncated: wanted bytes ${offset}..${offset + length} but the file is ${size} bytes`,
-    );
-  }
-}
+import {
+  checkReadRange,
+  MAX_TEXT_FILE_BYTES,
+  textFileTooLarge,
+  type ByteSource,
+  type ModelDir,
+} from '../io/byte-source.js';
 
 class FileByteSource implements ByteSource {
   private closed = false;
@@ -29,7 +24,7 @@ class FileByteSource implements ByteSource {
   ) {}
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    checkRange(this.name, this.size, offset, length);
+    checkReadRange(this.name, this.size, offset, length);
     if (this.closed) throw new KilnError(`${this.name}: read after close`);
     const out = new Uint8Array(length);
     let done = 0;
@@ -108,12 +103,25 @@ export function openLocalModelDir(path: string): ModelDir {
     },
     async readText(file: string): Promise<string> {
       const p = fileIn(file);
+      let handle: FileHandle;
       try {
-        return await readFile(p, 'utf8');
+        handle = await open(p, 'r');
       } catch (e) {
         throw new InvalidModelFileError(`cannot read ${file} in ${path}: ${(e as Error).message}`, {
           cause: e,
         });
+      }
+      try {
+        const { size } = await handle.stat();
+        if (size > MAX_TEXT_FILE_BYTES) throw textFileTooLarge(file, path, String(size));
+        return await handle.readFile('utf8');
+      } catch (e) {
+        if (e instanceof KilnError) throw e;
+        throw new InvalidModelFileError(`cannot read ${file} in ${path}: ${(e as Error).message}`, {
+          cause: e,
+        });
+      } finally {
+        await handle.close();
       }
     },
   };

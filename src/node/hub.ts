@@ -17,7 +17,10 @@ import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/prom
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import { DownloadError, KilnError } from '../errors.js';
+import { MAX_TEXT_FILE_BYTES } from '../io/byte-source.js';
 import { hubApiUrl, hubFileUrl, isCommitHash, parseHubId, type HubId } from '../io/hub-id.js';
+import { isJsonObject } from '../io/json.js';
+import { INDEX_FILE, isShardFileName, SHARD_NAME_RULE } from '../io/safetensors.js';
 
 /** One progress report, sent for every chunk written and once per file already in the cache. */
 export interface PullProgress {
@@ -71,7 +74,18 @@ const VERIFIED_RECORD = '.kiln-verified.json';
 /** Files a Kiln model folder needs besides its weights; the first two are required. */
 const REQUIRED_FILES = ['config.json', 'tokenizer.json'];
 const OPTIONAL_FILES = ['generation_config.json', 'tokenizer_config.json', 'special_tokens_map.json'];
-const INDEX_FILE = 'model.safetensors.index.json';
+
+/**
+ * The most bytes one weights file may have. Hub checkpoints are sharded (transformers writes shards
+ * of 5 GB by default, 10 GB at most in practice), so 64 GiB is far above any real shard while still
+ * stopping a server that streams without end from filling the disk.
+ */
+export const MAX_WEIGHTS_FILE_BYTES = 64 * 2 ** 30;
+
+/** The most bytes Kiln downloads for `file`: {@link MAX_WEIGHTS_FILE_BYTES} for weights, else the text-file cap. */
+export function maxDownloadBytes(file: string): number {
+  return file.endsWith('.safetensors') ? MAX_WEIGHTS_FILE_BYTES : MAX_TEXT_FILE_BYTES;
+}
 
 /** `$XDG_CACHE_HOME/kiln`, or `~/.cache/kiln` when XDG_CACHE_HOME is unset or not absolute. */
 export function kilnCacheDir(): string {
@@ -154,10 +168,6 @@ async function get(ctx: Ctx, url: string, what: string, extra?: Record<string, s
   }
 }
 
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 function nonNegInt(v: unknown): number | null {
   return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : null;
 }
@@ -172,13 +182,13 @@ async function fetchRepoInfo(ctx: Ctx): Promise<RepoInfo> {
   } catch (e) {
     throw new DownloadError(`${what}: the endpoint did not return JSON`, { cause: e });
   }
-  if (!isObject(body) || !Array.isArray(body.siblings)) {
+  if (!isJsonObject(body) || !Array.isArray(body.siblings)) {
     throw new DownloadError(`${what}: the response has no "siblings" list`);
   }
   const siblings = new Map<string, Sibling>();
   for (const s of body.siblings as unknown[]) {
-    if (!isObject(s) || typeof s.rfilename !== 'string') continue;
-    const lfs = isObject(s.lfs) ? s.lfs : null;
+    if (!isJsonObject(s) || typeof s.rfilename !== 'string') continue;
+    const lfs = isJsonObject(s.lfs) ? s.lfs : null;
     const sha = lfs && typeof lfs.sha256 === 'string' ? lfs.sha256.toLowerCase() : null;
     siblings.set(s.rfilename, {
       name: s.rfilename,
@@ -212,7 +222,7 @@ function selectFiles(ctx: Ctx, info: RepoInfo, shards: string[] | null): Sibling
     // runtimes); the Transformers layout is what Kiln reads, so take only it.
     weights = ['model.safetensors'];
   } else {
-    weights = top.map((s) => s.name).filter((n) => n.endsWith('.safetensors') && !n.startsWith('.'));
+    weights = top.map((s) => s.name).filter(isShardFileName);
   }
   if (weights.length === 0) {
     const others = top.map((s) => s.name).filter((n) => /\.(bin|pt|pth|gguf|ckpt|h5|msgpack)$/.test(n));
@@ -242,13 +252,15 @@ async function readShards(ctx: Ctx, path: string): Promise<string[]> {
   } catch (e) {
     throw new DownloadError(`${INDEX_FILE} of ${ctx.id.repo} is not valid JSON`, { cause: e });
   }
-  if (!isObject(index) || !isObject(index.weight_map)) {
+  if (!isJsonObject(index) || !isJsonObject(index.weight_map)) {
     throw new DownloadError(`${INDEX_FILE} of ${ctx.id.repo} has no weight_map`);
   }
   const shards = new Set<string>();
   for (const v of Object.values(index.weight_map)) {
-    if (typeof v !== 'string' || !/^[^/\\]+\.safetensors$/.test(v) || v.startsWith('.')) {
-      throw new DownloadError(`${INDEX_FILE} of ${ctx.id.repo} names an invalid shard ${JSON.stringify(v)}`);
+    if (!isShardFileName(v)) {
+      throw new DownloadError(
+        `${INDEX_FILE} of ${ctx.id.repo} names an invalid shard ${JSON.stringify(v)}: expected ${SHARD_NAME_RULE}`,
+      );
     }
     shards.add(v);
   }
@@ -356,9 +368,18 @@ class Downloader {
     }
   }
 
+  private tooLarge(s: Sibling, size: number, how: string): DownloadError {
+    const cap = maxDownloadBytes(s.name);
+    return new DownloadError(
+      `${s.name} of ${this.ctx.id.repo}@${this.ctx.id.revision} ${how} ${size} bytes, over the ` +
+        `${cap}-byte limit for ${s.name.endsWith('.safetensors') ? 'a weights' : 'a text'} file`,
+    );
+  }
+
   private async download(s: Sibling): Promise<number> {
     const final = join(this.dir, s.name);
     const part = `${final}.part`;
+    if (s.size !== null && s.size > maxDownloadBytes(s.name)) throw this.tooLarge(s, s.size, 'is listed at');
     let have = (await sizeOf(part)) ?? 0;
     if (s.size !== null && have > s.size) {
       await rm(part, { force: true });
@@ -397,6 +418,10 @@ class Downloader {
       }
       const length = Number(res.headers.get('content-length'));
       if (s.size === null && Number.isSafeInteger(length) && length >= 0) fileTotal = have + length;
+      if (fileTotal > maxDownloadBytes(s.name)) {
+        await res.body?.cancel();
+        throw this.tooLarge(s, fileTotal, 'is announced at');
+      }
       if (s.size === null && fileTotal > 0 && !this.counted.has(s.name)) {
         this.total += fileTotal;
         this.counted.add(s.name);
@@ -421,7 +446,10 @@ class Downloader {
   ): Promise<number> {
     const fh = await open(part, append ? 'a' : 'w');
     const expected = s.size ?? (fileTotal > 0 ? fileTotal : null);
+    // Without a known size the cap is all that bounds the body.
+    const cap = maxDownloadBytes(s.name);
     let have = start;
+    let overflow = false;
     const base = this.bytes;
     try {
       const body = res.body;
@@ -444,11 +472,20 @@ class Downloader {
           await reader.cancel();
           break;
         }
+        if (have > cap) {
+          await reader.cancel();
+          overflow = true;
+          break;
+        }
         this.bytes = base + have;
         this.report(s.name, have, fileTotal);
       }
     } finally {
       await fh.close();
+    }
+    if (overflow) {
+      await rm(part, { force: true });
+      throw this.tooLarge(s, have, 'passed');
     }
     if (expected !== null && have < expected) {
       throw new InterruptedError(s.name, have, `the connection closed after ${have} of ${expected} bytes`);
@@ -530,7 +567,7 @@ export async function pullModel(id: string, opts: PullOptions = {}): Promise<str
   await mkdir(dir, { recursive: true });
 
   const recorded = await readJsonFile(join(dir, VERIFIED_RECORD));
-  const record: VerifiedRecord = isObject(recorded) ? (recorded as VerifiedRecord) : {};
+  const record: VerifiedRecord = isJsonObject(recorded) ? (recorded as VerifiedRecord) : {};
 
   // Sharded weights: the index says which shards the model uses, so it is fetched before the rest.
   let shards: string[] | null = null;
@@ -568,9 +605,9 @@ export async function pullModel(id: string, opts: PullOptions = {}): Promise<str
 /** A folder whose marker exists and whose listed files are all still there at their recorded sizes. */
 async function isCompleteDir(dir: string): Promise<boolean> {
   const marker = await readJsonFile(join(dir, COMPLETE_MARKER));
-  if (!isObject(marker) || !Array.isArray(marker.files)) return false;
+  if (!isJsonObject(marker) || !Array.isArray(marker.files)) return false;
   for (const f of marker.files as unknown[]) {
-    if (!isObject(f) || typeof f.name !== 'string' || f.name.includes('/') || f.name.includes('\\'))
+    if (!isJsonObject(f) || typeof f.name !== 'string' || f.name.includes('/') || f.name.includes('\\'))
       return false;
     if ((await sizeOf(join(dir, f.name))) !== f.size) return false;
   }

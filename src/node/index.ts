@@ -7,7 +7,7 @@ import type { ModelDir } from '../io/byte-source.js';
 import { dawnGpu } from './dawn.js';
 import { openLocalModelDir } from './fs-model-dir.js';
 import { resolveModel, type PullOptions } from './hub.js';
-import { catalogHubId, findCatalogEntry } from '../io/catalog.js';
+import { catalogAliasToHubId } from '../io/catalog.js';
 import { existsSync } from 'node:fs';
 
 export * from '../index.js';
@@ -28,8 +28,8 @@ export interface NodeEngineOptions extends Omit<EngineOptions, 'model'> {
  * e.g. "smollm2-135m", pinned to its revision) or a Hub id, downloaded on first use.
  */
 export async function resolveModelArg(arg: string, pull?: PullOptions): Promise<string> {
-  const entry = existsSync(arg) ? undefined : findCatalogEntry(arg);
-  return resolveModel(entry && !arg.includes('/') ? catalogHubId(entry) : arg, pull);
+  // A folder of the same name wins over an alias.
+  return resolveModel(existsSync(arg) ? arg : catalogAliasToHubId(arg), pull);
 }
 
 /** Loads a model on Dawn (unless `device` or `gpu` is given) and returns a ready engine. */

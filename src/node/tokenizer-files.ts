@@ -1,19 +1,22 @@
 /** Writes the Hugging Face tokenizer files converted from a SentencePiece model into a folder. */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { convertSentencePiece, type SentencePieceSpecialIds } from '../io/sentencepiece.js';
+import type { ConvertedSentencePiece } from '../io/sentencepiece.js';
 
 /**
- * Converts SentencePiece model bytes and writes tokenizer.json and tokenizer_config.json (pretty
- * JSON) into `outDir`, creating it if needed. Returns the special token ids for config.json.
+ * Writes tokenizer.json and tokenizer_config.json (pretty JSON, as transformers saves them) of a
+ * converted SentencePiece model into `outDir`, creating it if needed. Returns the names written.
  */
 export async function writeTokenizerFiles(
   outDir: string,
-  modelBytes: Uint8Array,
-): Promise<SentencePieceSpecialIds> {
-  const { tokenizerJson, tokenizerConfig, specialIds } = convertSentencePiece(modelBytes);
+  converted: Pick<ConvertedSentencePiece, 'tokenizerJson' | 'tokenizerConfig'>,
+): Promise<string[]> {
+  const files: [string, unknown][] = [
+    ['tokenizer.json', converted.tokenizerJson],
+    ['tokenizer_config.json', converted.tokenizerConfig],
+  ];
   await mkdir(outDir, { recursive: true });
-  await writeFile(join(outDir, 'tokenizer.json'), JSON.stringify(tokenizerJson, null, 2) + '\n');
-  await writeFile(join(outDir, 'tokenizer_config.json'), JSON.stringify(tokenizerConfig, null, 2) + '\n');
-  return specialIds;
+  for (const [name, value] of files)
+    await writeFile(join(outDir, name), JSON.stringify(value, null, 2) + '\n');
+  return files.map(([name]) => name);
 }

@@ -1,17 +1,2 @@
-/**
- * Seeded uniform values in [-scale, scale) (xorshift32). Written into a Float32Array, so every value
- * is exactly representable in f32.
- */
-export function randomF32(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return out;
-}
+// The seeded generator lives with the benchmarks, which build their synthetic weights from it too.
+export { randomF32 } from '../../bench/random.js';

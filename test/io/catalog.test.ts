@@ -2,7 +2,14 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InvalidModelFileError } from '../../src/errors.js';
-import { CATALOG, catalogHubId, findCatalogEntry, isPinned, parseCatalog } from '../../src/io/catalog.js';
+import {
+  CATALOG,
+  catalogAliasToHubId,
+  catalogHubId,
+  findCatalogEntry,
+  isPinned,
+  parseCatalog,
+} from '../../src/io/catalog.js';
 import { isCommitHash, parseHubId } from '../../src/io/hub-id.js';
 import { repoRoot } from '../helpers/shared.js';
 
@@ -63,6 +70,17 @@ describe('model catalog', () => {
     expect(findCatalogEntry('qwen2.5-0.5b')?.architecture).toBe('qwen2');
     expect(findCatalogEntry('nope')).toBeUndefined();
     expect(findCatalogEntry('org/unknown')).toBeUndefined();
+  });
+
+  it('turns an alias into its pinned Hub id and leaves everything else alone', () => {
+    const smol = findCatalogEntry('smollm2-135m')!;
+    expect(catalogAliasToHubId('smollm2-135m')).toBe(`${smol.id}@${smol.revision}`);
+    expect(catalogAliasToHubId('SmolLM2-135M')).toBe(catalogHubId(smol));
+    // A Hub id, even of a catalog model, is taken as written (its revision is the caller's choice).
+    expect(catalogAliasToHubId(smol.id)).toBe(smol.id);
+    expect(catalogAliasToHubId('org/name@main')).toBe('org/name@main');
+    expect(catalogAliasToHubId('nope')).toBe('nope');
+    expect(catalogAliasToHubId('./smollm2-135m')).toBe('./smollm2-135m');
   });
 
   it('matches the JSON file on disk', async () => {

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { InvalidModelFileError, UnsupportedModelError } from '../../src/errors.js';
-import { loadModelSpec, parseModelConfig } from '../../src/io/config.js';
+import { loadModelSpec, MAX_DIM, MAX_LAYERS, parseModelConfig } from '../../src/io/config.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 
 // Abridged copies of the published config.json files of the models named.
@@ -229,6 +229,21 @@ describe('parseModelConfig: supported models', () => {
     ).toBe(4096);
     // Mistral has no bias options in transformers: attention_bias is ignored there.
     expect(parseModelConfig({ ...mistral7b_v01, attention_bias: true }).qkvBias).toBe(false);
+  });
+
+  it('follows MistralConfig: an absent sliding_window is its default of 4096, null turns it off', () => {
+    const { sliding_window: _window, ...noWindow } = mistral7b_v01;
+    expect(parseModelConfig(noWindow).maxPositionEmbeddings).toBe(4096);
+    expect(parseModelConfig({ ...mistral7b_v01, sliding_window: null }).maxPositionEmbeddings).toBe(32768);
+  });
+
+  it('accepts sizes up to the sanity bounds', () => {
+    const spec = parseModelConfig({
+      ...tinyLlama,
+      num_hidden_layers: MAX_LAYERS,
+      max_position_embeddings: MAX_DIM,
+    });
+    expect([spec.numLayers, spec.maxPositionEmbeddings]).toEqual([1024, 2 ** 24]);
   });
 
   it('merges eos ids from config and generation_config, and lets generation_config set bos', () => {
@@ -459,6 +474,29 @@ describe('parseModelConfig: errors name the field and value', () => {
       }
       expect(err).toBeInstanceOf(cls);
       expect((err as Error).message).toMatch(message);
+    });
+  }
+
+  // [field, value, further fields]: each over its sanity bound (1024 layers, 2^24 for other sizes).
+  const overBound: [string, number, Record<string, unknown>?][] = [
+    ['num_hidden_layers', 1e12],
+    ['num_hidden_layers', MAX_LAYERS + 1],
+    ['vocab_size', MAX_DIM + 1],
+    ['hidden_size', 2 ** 40],
+    ['intermediate_size', 2 ** 30],
+    ['max_position_embeddings', 2 ** 31],
+    ['num_attention_heads', 2 ** 25, { num_key_value_heads: 1 }],
+    ['num_key_value_heads', 2 ** 25],
+    ['head_dim', 2 ** 26],
+  ];
+  for (const [field, value, more] of overBound) {
+    it(`rejects ${field} = ${value}, over its bound`, () => {
+      const max = field === 'num_hidden_layers' ? 1024 : 16777216;
+      expect(() => parseModelConfig({ ...tinyLlama, ...more, [field]: value })).toThrow(
+        new InvalidModelFileError(
+          `config.json: ${field} is ${value}, expected at most ${max} (no real model is that large)`,
+        ),
+      );
     });
   }
 

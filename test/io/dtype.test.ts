@@ -2,7 +2,6 @@ import { describe, expect, it } from 'vitest';
 import { InvalidModelFileError, UnsupportedModelError } from '../../src/errors.js';
 import {
   DTYPE_BYTES,
-  LOADABLE_DTYPES,
   SAFETENSORS_DTYPES,
   bf16BitsToF32,
   decodeToFloat32,
@@ -10,7 +9,6 @@ import {
   f16BitsToF32,
   f32ToBf16Bits,
   f32ToF16Bits,
-  isLoadableDtype,
   isSafetensorsDtype,
 } from '../../src/io/dtype.js';
 
@@ -69,9 +67,6 @@ describe('dtype tables', () => {
     expect([DTYPE_BYTES.F64, DTYPE_BYTES.F32, DTYPE_BYTES.BF16, DTYPE_BYTES.I8, DTYPE_BYTES.BOOL]).toEqual([
       8, 4, 2, 1, 1,
     ]);
-    expect([...LOADABLE_DTYPES].sort()).toEqual(['BF16', 'F16', 'F32', 'I32', 'I8', 'U32', 'U8']);
-    expect(isLoadableDtype('F64')).toBe(false);
-    expect(isLoadableDtype('BF16')).toBe(true);
     expect(isSafetensorsDtype('F128')).toBe(false);
     expect(isSafetensorsDtype('f32')).toBe(false);
     expect(isSafetensorsDtype(4)).toBe(false);

@@ -13,7 +13,7 @@ import { InvalidModelFileError, KilnError, UnsupportedModelError } from '../../s
 import type { ByteSource } from '../../src/io/byte-source.js';
 import { decodeToFloat32 } from '../../src/io/dtype.js';
 import { convertLlama2c, readLlama2cHeader } from '../../src/io/llama2c.js';
-import { openCheckpoint } from '../../src/io/safetensors.js';
+import { encodeSafetensors, openCheckpoint } from '../../src/io/safetensors.js';
 import { ropeInvFreq, ropeRef } from '../../src/kernels/rope.ref.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
@@ -580,6 +580,14 @@ describe('convertLlama2cToFolder', () => {
     );
     const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as Record<string, unknown>;
     expect(config).toMatchObject({ hidden_size: 16, num_key_value_heads: 2, tie_word_embeddings: true });
+    // Streamed tensor by tensor, the file is byte for byte what the in-memory writer makes.
+    const conv = await convertLlama2c(memSource('small.bin', new Uint8Array(readFileSync(file))), {
+      bosTokenId: 1,
+      eosTokenId: 2,
+    });
+    expect(readFileSync(join(out, 'model.safetensors'))).toEqual(
+      Buffer.from(encodeSafetensors(conv.tensors, { format: 'pt', source: 'llama2.c' })),
+    );
 
     const bad = join(root, 'cut.bin');
     writeFileSync(bad, readFileSync(file).subarray(0, 1000));

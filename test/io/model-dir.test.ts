@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DownloadError, InvalidModelFileError } from '../../src/errors.js';
-import type { ModelDir } from '../../src/io/byte-source.js';
+import { MAX_TEXT_FILE_BYTES, type ModelDir } from '../../src/io/byte-source.js';
 import { loadModelSpec } from '../../src/io/config.js';
 import { httpModelDir } from '../../src/io/http-model-dir.js';
 import { encodeSafetensors, encodeSafetensorsIndex, openCheckpoint } from '../../src/io/safetensors.js';
@@ -96,6 +96,88 @@ describe('openLocalModelDir', () => {
     await expect(dir.open('missing.bin')).rejects.toThrow(InvalidModelFileError);
     await expect(dir.open('../blob.bin')).rejects.toThrow(/points outside the model folder/);
     await expect(dir.exists('/etc/passwd')).rejects.toThrow(/points outside the model folder/);
+  });
+});
+
+/** A body of `chunks` chunks of `size` bytes, counting what was pulled and whether it was cancelled. */
+function countedBody(chunks: number, size: number) {
+  const seen = { pulled: 0, cancelled: false };
+  const chunk = new Uint8Array(size).fill(0x20);
+  const stream = new ReadableStream<Uint8Array>({
+    pull(c) {
+      if (seen.pulled === chunks) return c.close();
+      seen.pulled++;
+      c.enqueue(chunk);
+    },
+    cancel() {
+      seen.cancelled = true;
+    },
+  });
+  return { stream, seen };
+}
+
+describe('text file size cap', () => {
+  it('refuses a local text file over the cap without reading it', async () => {
+    const path = join(root, 'big');
+    mkdirSync(path);
+    // Sparse: no 64 MiB is written.
+    writeFileSync(join(path, 'tokenizer.json'), '');
+    truncateSync(join(path, 'tokenizer.json'), MAX_TEXT_FILE_BYTES + 1);
+    const err = await openLocalModelDir(path)
+      .readText('tokenizer.json')
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InvalidModelFileError);
+    expect((err as Error).message).toBe(
+      `tokenizer.json in ${path} is 67108865 bytes, over the 67108864-byte limit for text files`,
+    );
+  });
+
+  it('refuses an HTTP text file whose Content-Length is over the cap before reading it', async () => {
+    const { stream, seen } = countedBody(1, 10);
+    const fetchFn = async () =>
+      new Response(stream, { status: 200, headers: { 'content-length': String(MAX_TEXT_FILE_BYTES + 1) } });
+    const err = await httpModelDir('http://h/m', { fetch: fetchFn })
+      .readText('tokenizer.json')
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InvalidModelFileError);
+    expect((err as Error).message).toBe(
+      'tokenizer.json in http://h/m is 67108865 bytes, over the 67108864-byte limit for text files',
+    );
+    expect(seen.pulled).toBeLessThanOrEqual(1);
+  });
+
+  it('stops reading an HTTP text file without Content-Length once it passes the cap', async () => {
+    const mib = 2 ** 20;
+    const { stream, seen } = countedBody(100, mib);
+    const fetchFn = async () => new Response(stream, { status: 200 });
+    const err = await httpModelDir('http://h/m', { fetch: fetchFn })
+      .readText('config.json')
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InvalidModelFileError);
+    expect((err as Error).message).toMatch(
+      /^config\.json in http:\/\/h\/m is more than 67108864 bytes, over the 67108864-byte limit/,
+    );
+    expect(seen.cancelled).toBe(true);
+    // Pulls run at most a chunk or two ahead of the reader.
+    expect(seen.pulled).toBeLessThan(MAX_TEXT_FILE_BYTES / mib + 4);
+  });
+});
+
+describe('httpModelDir byte reads', () => {
+  it('stops reading a range body that runs past the requested length', async () => {
+    const { stream, seen } = countedBody(50, 64);
+    const fetchFn = async (_url: string | URL | Request, init?: RequestInit) =>
+      init?.method === 'HEAD'
+        ? new Response(null, { status: 200, headers: { 'content-length': '100000' } })
+        : new Response(stream, { status: 206 });
+    const src = await httpModelDir('http://h/m', { fetch: fetchFn as typeof fetch }).open('w.bin');
+    const err = await src.read(0, 100).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DownloadError);
+    expect((err as Error).message).toBe(
+      'GET http://h/m/w.bin bytes 0-99 returned more than the 100 bytes asked for',
+    );
+    expect(seen.cancelled).toBe(true);
+    expect(seen.pulled).toBeLessThan(10);
   });
 });
 

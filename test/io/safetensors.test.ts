@@ -557,6 +557,21 @@ describe('sharded checkpoints', () => {
       /expected a plain file name/,
     ],
     [
+      'a shard name with a drive colon',
+      () => sharded({ weight_map: { ...goodMap, [b1.name]: 'c:x.safetensors' } }),
+      /"c:x\.safetensors", expected a plain file name inside the model folder, ending in \.safetensors/,
+    ],
+    [
+      'a hidden shard name',
+      () => sharded({ weight_map: { ...goodMap, [b1.name]: '.x.safetensors' } }),
+      /"\.x\.safetensors", expected a plain file name/,
+    ],
+    [
+      'a shard that is not a .safetensors file',
+      () => sharded({ weight_map: { ...goodMap, [b1.name]: 'pytorch_model.bin' } }),
+      /"pytorch_model\.bin", expected a plain file name inside the model folder, ending in \.safetensors/,
+    ],
+    [
       'a tensor in two shards',
       () => sharded({ weight_map: goodMap }, { [S1]: shard1, [S2]: encodeSafetensors([b1, a1]) }),
       new RegExp(`tensor t.F32.1 appears in both ${S1} and ${S2}`),

@@ -6,6 +6,7 @@ import { BinaryWriter, WireType } from '@bufbuild/protobuf/wire';
 import { describe, expect, it } from 'vitest';
 import { InvalidModelFileError, UnsupportedModelError } from '../../src/errors.js';
 import {
+  MAX_BPE_PIECE_LENGTH,
   PieceType,
   convertSentencePiece,
   parseSentencePieceModel,
@@ -256,6 +257,41 @@ describe('convertSentencePiece: other model types', () => {
   });
 });
 
+describe('convertSentencePiece: BPE merges', () => {
+  it('splits at code points, never inside a surrogate pair', () => {
+    const [n, smile] = [PieceType.normal, '\u{1F600}'];
+    const pieces: TestPiece[] = [
+      ['a', -1, n],
+      [smile, -2, n],
+      [smile + 'a', -3, n],
+    ];
+    const bytes = buildModelProto([...SPECIALS, ...pieces], { modelType: 2 });
+    const model = convertSentencePiece(bytes).tokenizerJson.model as BpeModelJson;
+    expect(model.merges).toEqual([['\u{1F600}', 'a']]);
+  });
+
+  it(`rejects a piece longer than ${MAX_BPE_PIECE_LENGTH} code points, naming the file and piece id`, () => {
+    // Astral characters: two UTF-16 units each, one code point.
+    const ok = '\u{1F600}'.repeat(MAX_BPE_PIECE_LENGTH);
+    const model = (long: string) =>
+      buildModelProto([...SPECIALS, ['a', -1, PieceType.normal], [long, -2, PieceType.userDefined]], {
+        modelType: 2,
+      });
+    expect(() => convertSentencePiece(model(ok), 'big.model')).not.toThrow();
+    const err = (() => {
+      try {
+        convertSentencePiece(model(ok + 'a'), 'big.model');
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(err).toBeInstanceOf(UnsupportedModelError);
+    expect((err as Error).message).toMatch(
+      /^big\.model: piece 4 \(".*\.\.\.\) is 513 characters long; BPE pieces of at most 512 are supported$/u,
+    );
+  });
+});
+
 describe('convertSentencePiece: hostile bytes', () => {
   it('names the file and says why for truncated models', () => {
     for (const n of [1, 5, 1000, llamaModel.length >> 1, llamaModel.length - 1]) {
@@ -294,8 +330,9 @@ describe('writeTokenizerFiles', () => {
   it('writes tokenizer.json and tokenizer_config.json that load back', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'kiln-tok-'));
     try {
-      const ids = await writeTokenizerFiles(dir, tok105Model);
-      expect(ids).toEqual({ bos: 1, eos: 2, unk: 0, pad: null });
+      const converted = convertSentencePiece(tok105Model);
+      expect(converted.specialIds).toEqual({ bos: 1, eos: 2, unk: 0, pad: null });
+      expect(await writeTokenizerFiles(dir, converted)).toEqual(['tokenizer.json', 'tokenizer_config.json']);
       const json = JSON.parse(await readFile(join(dir, 'tokenizer.json'), 'utf8')) as object;
       const config = JSON.parse(await readFile(join(dir, 'tokenizer_config.json'), 'utf8')) as object;
       const tok = KilnTokenizer.fromJson(json, config);

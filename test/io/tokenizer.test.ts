@@ -259,7 +259,7 @@ describe('chat templates', () => {
     { role: 'user', content: 'Name a llama.' },
   ];
 
-  it('renders a Llama-2-chat template and does not double BOS when encoding it', () => {
+  it('renders a Llama-2-chat template and encodes the BOS tokens it writes, and no other', () => {
     const tok = KilnTokenizer.fromJson(llamaConverted.tokenizerJson, {
       ...llamaConverted.tokenizerConfig,
       chat_template: LLAMA2_CHAT_TEMPLATE,
@@ -272,7 +272,7 @@ describe('chat templates', () => {
     const ids = tok.encodeChat(conversation);
     expect(ids.slice(0, 2)).toEqual([1, 518]); // "<s>", "▁["
     expect(ids.filter((id) => id === 1)).toHaveLength(2); // one per user turn, as the template writes
-    expect(tok.encode(text)).toEqual(ids);
+    expect(tok.encode(text, { addSpecialTokens: false })).toEqual(ids);
     expect(tok.decode(ids)).toBe(
       '<s> [INST] <<SYS>>\nYou are terse.\n<</SYS>>\n\nHi there [/INST] Hello. </s><s> [INST] Name a llama. [/INST]',
     );
@@ -295,10 +295,12 @@ describe('chat templates', () => {
     expect(() => tok.applyChatTemplate(msgs, { templateName: 'rag' })).toThrow(
       /no template named "rag" \(it has: default, tool_use\)/,
     );
-    // No BOS in the rendered text: encoding adds exactly one.
+    // As apply_chat_template(tokenize=True): the rendered text is encoded without special tokens, so
+    // a template that writes no BOS gets none (this tokenizer's plain encode would add one).
     const ids = tok.encodeChat(msgs);
-    expect(ids[0]).toBe(1);
-    expect(ids.filter((id) => id === 1)).toHaveLength(1);
+    expect(ids).not.toContain(1);
+    expect(ids).toEqual(tok.encode(tok.applyChatTemplate(msgs), { addSpecialTokens: false }));
+    expect(tok.encode(tok.applyChatTemplate(msgs))[0]).toBe(1);
   });
 
   it('reports a conversation the template rejects, a broken template, and a model without one', () => {

@@ -5,10 +5,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DownloadError, KilnError } from '../../src/errors.js';
+import { MAX_TEXT_FILE_BYTES } from '../../src/io/byte-source.js';
 import {
   COMPLETE_MARKER,
   findCachedModel,
   kilnCacheDir,
+  MAX_WEIGHTS_FILE_BYTES,
+  maxDownloadBytes,
   pullModel,
   resolveModel,
   type PullProgress,
@@ -290,6 +293,100 @@ describe('pullModel', () => {
     expect((await readFile(join(dir, 'model-00002-of-00002.safetensors'))).equals(b)).toBe(true);
     expect(existsSync(join(dir, 'model.safetensors.index.json'))).toBe(true);
     expect(hub.fileRequests('consolidated.safetensors')).toHaveLength(0);
+  });
+
+  it('refuses shard names from the index that are not plain *.safetensors names in the folder', async () => {
+    for (const bad of [
+      '../evil.safetensors',
+      'sub/x.safetensors',
+      'c:x.safetensors',
+      '.x.safetensors',
+      'x.bin',
+    ]) {
+      const repo = standardRepo();
+      repo.files.delete('model.safetensors');
+      repo.files.set('model.safetensors.index.json', json({ weight_map: { x: bad } }));
+      hub.repos.set('org/badshard', repo);
+      await expectRejects(
+        pullModel('org/badshard', { endpoint: hub.url, cacheDir }),
+        DownloadError,
+        new RegExp(
+          `model\\.safetensors\\.index\\.json of org/badshard names an invalid shard ${JSON.stringify(bad).replace(/[.\\]/g, '\\$&')}: ` +
+            'expected a plain file name inside the model folder, ending in \\.safetensors',
+        ),
+      );
+    }
+  });
+
+  it('caps downloads: 64 GiB for weights, 64 MiB for other files', () => {
+    expect(MAX_WEIGHTS_FILE_BYTES).toBe(64 * 2 ** 30);
+    expect(MAX_TEXT_FILE_BYTES).toBe(64 * 2 ** 20);
+    expect(maxDownloadBytes('model-00001-of-00002.safetensors')).toBe(MAX_WEIGHTS_FILE_BYTES);
+    expect(maxDownloadBytes('tokenizer.json')).toBe(MAX_TEXT_FILE_BYTES);
+  });
+
+  /** A fetch over the local hub whose model-info answer is edited by `patch` for each sibling. */
+  function patchedFetch(
+    patch: (s: Record<string, unknown>) => void,
+    file?: { name: string; body: () => Response },
+  ): typeof fetch {
+    return async (input, init) => {
+      const url = String(input);
+      if (file && url.endsWith(`/resolve/main/${file.name}`)) return file.body();
+      const res = await fetch(input, init);
+      if (!url.includes('/api/models/')) return res;
+      const info = (await res.json()) as { siblings: Record<string, unknown>[] };
+      info.siblings.forEach(patch);
+      return new Response(JSON.stringify(info), { status: 200 });
+    };
+  }
+
+  it('stops a file of unknown size once it passes the cap, and keeps no part of it', async () => {
+    const state = { pulled: 0, cancelled: false };
+    const mib = new Uint8Array(2 ** 20).fill(0x20);
+    const endless = () =>
+      new Response(
+        new ReadableStream<Uint8Array>({
+          pull(c) {
+            state.pulled++;
+            c.enqueue(mib);
+          },
+          cancel() {
+            state.cancelled = true;
+          },
+        }),
+        { status: 200 },
+      );
+    const fetchFn = patchedFetch(
+      (s) => {
+        if (s.rfilename === 'config.json') delete s.size;
+      },
+      { name: 'config.json', body: endless },
+    );
+    await expectRejects(
+      pullModel('org/name', { endpoint: hub.url, cacheDir, fetch: fetchFn }),
+      DownloadError,
+      /^config\.json of org\/name@main passed 68157440 bytes, over the 67108864-byte limit for a text file$/,
+    );
+    expect(state.cancelled).toBe(true);
+    expect(state.pulled).toBeLessThan(64 + 4);
+    expect(existsSync(join(modelDir(), 'config.json.part'))).toBe(false);
+    expect(existsSync(join(modelDir(), 'config.json'))).toBe(false);
+  });
+
+  it('refuses a file listed over the cap before requesting it', async () => {
+    const huge = MAX_WEIGHTS_FILE_BYTES + 1;
+    const fetchFn = patchedFetch((s) => {
+      if (s.rfilename !== 'model.safetensors') return;
+      s.size = huge;
+      (s.lfs as Record<string, unknown>).size = huge;
+    });
+    await expectRejects(
+      pullModel('org/name', { endpoint: hub.url, cacheDir, fetch: fetchFn }),
+      DownloadError,
+      /^model\.safetensors of org\/name@main is listed at 68719476737 bytes, over the 68719476736-byte limit for a weights file$/,
+    );
+    expect(hub.fileRequests('model.safetensors')).toHaveLength(0);
   });
 
   it('sends Authorization: Bearer <token> when a token is set, and none otherwise', async () => {
