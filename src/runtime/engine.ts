@@ -196,11 +196,15 @@ export class Engine {
       await prev;
       return release;
     }
+    let onAbort = () => {};
     const aborted = new Promise<'abort'>((r) => {
-      if (signal.aborted) r('abort');
-      else signal.addEventListener('abort', () => r('abort'), { once: true });
+      onAbort = () => r('abort');
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
     });
-    if ((await Promise.race([prev.then(() => 'turn' as const), aborted])) === 'abort') {
+    const first = await Promise.race([prev.then(() => 'turn' as const), aborted]);
+    signal.removeEventListener('abort', onAbort);
+    if (first === 'abort') {
       void prev.then(release);
       return null;
     }
