@@ -26,7 +26,7 @@ const ROWS_PER_GROUP = 8;
 /** Output columns per workgroup (TN in the shader). */
 const COLS_PER_GROUP = 8;
 
-export function matmulVariant(w: GpuWeight): string {
+function matmulVariant(w: GpuWeight): string {
   return `matmul_${w.format}`;
 }
 

@@ -28,8 +28,11 @@ export interface ByteProgressOptions {
 const RATE_WINDOW_MS = 5000;
 const MIN_RATE_SPAN_MS = 500;
 
-/** `123.4 MB`, or `1.23 GB` from a gigabyte up (decimal units, as the Hub shows sizes). */
-export function formatBytes(n: number): string {
+/**
+ * `123.4 MB`, or `1.23 GB` from a gigabyte up: decimal units, as the Hub shows download sizes
+ * (GPU memory messages use binary units: formatBytes in src/gpu/device.ts).
+ */
+export function formatDecimalBytes(n: number): string {
   if (n >= 1e9) return `${(n / 1e9).toFixed(2)} GB`;
   if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
   if (n >= 1e3) return `${(n / 1e3).toFixed(1)} kB`;
@@ -38,7 +41,7 @@ export function formatBytes(n: number): string {
 
 /** Bytes per second as `12.3 MB/s`. */
 export function formatRate(bytesPerSecond: number): string {
-  return `${formatBytes(Number.isFinite(bytesPerSecond) ? bytesPerSecond : 0)}/s`;
+  return `${formatDecimalBytes(Number.isFinite(bytesPerSecond) ? bytesPerSecond : 0)}/s`;
 }
 
 /** Seconds as `45s`, `3m05s` or `2h07m`; `--` when unknown. */
@@ -89,8 +92,8 @@ export function createByteProgress(label: string, opts: ByteProgressOptions = {}
     const pct = params.total > 0 ? Math.floor((params.value / params.total) * 100) : 0;
     const size =
       params.total > 0
-        ? `${formatBytes(params.value)}/${formatBytes(params.total)}`
-        : formatBytes(params.value);
+        ? `${formatDecimalBytes(params.value)}/${formatDecimalBytes(params.total)}`
+        : formatDecimalBytes(params.value);
     const barText = cliProgress.Format.BarFormat(params.total > 0 ? params.progress : 0, o);
     const parts = [
       `${label} ${barText} ${String(pct).padStart(3)}%`,

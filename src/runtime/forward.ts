@@ -43,8 +43,10 @@ export type StepReadback = 'ids' | 'logits' | 'none';
 
 export class StepPlan {
   readonly buffers: GPUBuffer[] = [];
-  /** Everything up to and including the LM head. */
+  /** Embedding and every layer: what each step runs. */
   readonly dispatches: Dispatch[] = [];
+  /** Final norm of the logit rows and the LM head (skipped by steps that read nothing back). */
+  readonly head: Dispatch[] = [];
   /** Greedy decoding's argmax over the logits (skipped when the logits are read back). */
   readonly argmax: Dispatch;
   /** CPU-side staging of the step inputs, reused every step: [m] ids, [2m] row info, [m] slots, [r] rows. */
@@ -162,10 +164,10 @@ export class StepPlan {
         }),
       );
     });
-    d.push(
+    this.head.push(
       rmsnorm(b, { x, weight: weights.finalNorm, rows: this.logitRowMap, y: fin, m: r, hidden: H, eps }),
+      ...matmul(b, { x: fin, weight: weights.lmHead, y: this.logits, m: r, placeholder: ph }),
     );
-    d.push(...matmul(b, { x: fin, weight: weights.lmHead, y: this.logits, m: r, placeholder: ph }));
     this.argmax = argmax(b, { logits: this.logits, ids: this.outIds, rows: r, n: spec.vocabSize });
     this.scratch = {
       ids: new Uint32Array(m),
@@ -242,8 +244,9 @@ export class ForwardModel {
   /**
    * Runs one step: writes its inputs, submits one command buffer and, unless `read` is 'none',
    * waits for and returns the argmax id of each logit row ('ids') or the logit rows themselves
-   * ([logitRows.length, vocab] f32, 'logits'). A 'none' step is only queued: the queue keeps
-   * steps in order, so the next step's writes cannot overtake it.
+   * ([logitRows.length, vocab] f32, 'logits'). A 'none' step (a prefill chunk before the last)
+   * skips the LM head and is only queued: the queue keeps steps in order, so the next step's
+   * writes cannot overtake it.
    */
   async step(input: StepInput, read: 'ids'): Promise<Uint32Array>;
   async step(input: StepInput, read: 'logits'): Promise<Float32Array>;
@@ -278,6 +281,7 @@ export class ForwardModel {
     const enc = this.ctx.device.createCommandEncoder({ label: 'kiln.step' });
     const pass = enc.beginComputePass({ label: 'kiln.forward' });
     encodeDispatches(pass, plan.dispatches);
+    if (read !== 'none') encodeDispatches(pass, plan.head);
     if (read === 'ids') encodeDispatches(pass, [plan.argmax]);
     pass.end();
     if (read === 'none') {

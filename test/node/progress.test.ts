@@ -1,6 +1,6 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { createByteProgress, formatBytes, formatEta, formatRate } from '../../src/node/progress.js';
+import { createByteProgress, formatDecimalBytes, formatEta, formatRate } from '../../src/node/progress.js';
 
 /** A writable that records output and claims (or not) to be a terminal. */
 function sink(isTTY: boolean): { stream: NodeJS.WriteStream; text: () => string } {
@@ -55,10 +55,10 @@ describe('createByteProgress', () => {
 
 describe('formatting', () => {
   it('formats bytes in decimal units', () => {
-    expect(formatBytes(512)).toBe('512 B');
-    expect(formatBytes(2_500)).toBe('2.5 kB');
-    expect(formatBytes(269_060_552)).toBe('269.1 MB');
-    expect(formatBytes(2_471_645_608)).toBe('2.47 GB');
+    expect(formatDecimalBytes(512)).toBe('512 B');
+    expect(formatDecimalBytes(2_500)).toBe('2.5 kB');
+    expect(formatDecimalBytes(269_060_552)).toBe('269.1 MB');
+    expect(formatDecimalBytes(2_471_645_608)).toBe('2.47 GB');
     expect(formatRate(12_345_678)).toBe('12.3 MB/s');
     expect(formatRate(Infinity)).toBe('0 B/s');
   });
