@@ -11,55 +11,8 @@ import { expectedTensors } from '../src/runtime/weights.js';
 import { writeSafetensorsFile } from '../src/node/safetensors-file.js';
 import { randomF32 } from './random.js';
 
-export const SHAPES: Record<string, Record<string, unknown>> = {
-  'smollm2-135m': {
-    architectures: ['LlamaForCausalLM'],
-    hidden_size: 576,
-    intermediate_size: 1536,
-    num_hidden_layers: 30,
-    num_attention_heads: 9,
-    num_key_value_heads: 3,
-    vocab_size: 49152,
-    max_position_embeddings: 8192,
-    rms_norm_eps: 1e-5,
-    rope_theta: 100000,
-    tie_word_embeddings: true,
-  },
-  'qwen2.5-0.5b': {
-    architectures: ['Qwen2ForCausalLM'],
-    hidden_size: 896,
-    intermediate_size: 4864,
-    num_hidden_layers: 24,
-    num_attention_heads: 14,
-    num_key_value_heads: 2,
-    vocab_size: 151936,
-    max_position_embeddings: 32768,
-    rms_norm_eps: 1e-6,
-    rope_theta: 1000000,
-    tie_word_embeddings: true,
-  },
-  'llama-3.2-1b': {
-    architectures: ['LlamaForCausalLM'],
-    hidden_size: 2048,
-    intermediate_size: 8192,
-    num_hidden_layers: 16,
-    num_attention_heads: 32,
-    num_key_value_heads: 8,
-    head_dim: 64,
-    vocab_size: 128256,
-    max_position_embeddings: 131072,
-    rms_norm_eps: 1e-5,
-    rope_theta: 500000,
-    rope_scaling: {
-      rope_type: 'llama3',
-      factor: 32,
-      low_freq_factor: 1,
-      high_freq_factor: 4,
-      original_max_position_embeddings: 8192,
-    },
-    tie_word_embeddings: true,
-  },
-};
+export { SHAPES } from '../src/bench/models.js';
+import { SHAPES } from '../src/bench/models.js';
 
 /** A byte-level tokenizer (256 byte tokens + specials): any text encodes, nothing else matters. */
 function byteTokenizer(): { tokenizer: object; config: object } {

@@ -1,6 +1,7 @@
 // embed_{f32,f16,bf16}: out[m, :] = E[ids[m], :] for the token ids that fall in this weight part
-// (rows row_start .. row_start + rows of the embedding table). Prepended with a weight fragment.
-// Bindings: params, weights [rows, hidden] (WWord), ids [m] u32, out [m, hidden] f32.
+// (rows row_start .. row_start + rows of the embedding table, which may be the tied LM head, so
+// it is stored in the tiled matrix layout of common/tiled.wgsl). Prepended with a weight fragment.
+// Bindings: params, weights (tiled vec4<u32> words), ids [m] u32, out [m, hidden] f32.
 // Work: x covers hidden in 64-wide workgroups, y is the token row.
 
 struct Params {
@@ -8,10 +9,11 @@ struct Params {
   hidden: u32,
   row_start: u32,
   rows: u32,
+  kw: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> weights: array<WWord>;
+@group(0) @binding(1) var<storage, read> weights: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
@@ -26,5 +28,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (id < p.row_start || id >= p.row_start + p.rows) {
     return;
   }
-  out[m * p.hidden + j] = load_w((id - p.row_start) * p.hidden + j);
+  let w = weights[tiled_word(id - p.row_start, j / EPW, p.kw)];
+  out[m * p.hidden + j] = word_elem(w, j % EPW);
 }

@@ -1,90 +1,155 @@
-// matmul_{f32,f16,bf16}: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias[col_offset + n])
-// for the rows n of one weight part (big tensors are split across buffers by output rows).
-// Prepended with a weight fragment (common/weight_*.wgsl) that defines WWord and load_w.
+// matmul_{f32,f16,bf16}_m{MT}r{R}[_swiglu]: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias)
+// for the rows n of one weight part (big tensors are split across buffers by output rows), the
+// flat GEMM of FlashDecoding++ shaped for decode: M is padded only to MT (1, 4 or 8) rows.
+// Prepended with a weight fragment (EPW, word_dot, word_elem) and common/tiled.wgsl.
 //
-// Bindings: params (uniform), weights [n_part, k] (WWord), x [m, k] f32, y [m, n_total] f32,
-// bias [n_total] f32 (a 4-byte placeholder when flags bit 0 is clear).
-// Work: a 64-thread workgroup owns 8 output columns × 8 input rows; 8 lanes per column stride
-// over k (adjacent lanes read adjacent weights, in pairs when k is even), each weight element is
-// read once per 8 rows, and a 3-level workgroup-memory tree sums the lanes. The correct baseline
-// that the "Seed kernels" flat GEMM replaces; every m, n, k.
+// Bindings: params, weights (tiled vec4<u32> words), x [m, k] f32, y [m, n_total] f32,
+// bias f32 (a 4-byte placeholder when flags bit 0 is clear).
+// Work: 64 threads per workgroup, each owning R whole output rows (n, n + 64, ...), so a thread
+// streams its rows word by word (16-byte loads; the tiled layout puts the 8 rows of neighbouring
+// lanes side by side) and reuses each weight word for all MT rows of X in registers: every weight
+// byte is read once per MT rows. X is staged in workgroup memory in chunks of XV vec4s per row,
+// double-buffered: while the threads multiply chunk c, they have already loaded chunk c + 1 into
+// the other buffer, so there is one barrier per chunk and X is read from storage once per
+// workgroup instead of once per thread (per-thread reads of X were the bottleneck on CPU adapters).
+//
+// SWIGLU: the weight is gate and up fused with their 8-row tiles interleaved (gate tile j, then up
+// tile j), thread rows pair up as (gate u, up u) and the epilogue writes silu(gate) · up for unit
+// u: the MLP's activation never round-trips through memory. Bias (if any) is [gate; up].
+
+override MT: u32 = 1u;
+override R: u32 = 4u;
+override XV: u32 = 512u;
+override SWIGLU: bool = false;
 
 struct Params {
   m: u32,
   k: u32,
+  // 16-byte words per weight row
+  kw: u32,
+  // rows of this part (SWIGLU: units, i.e. gate/up pairs)
   n_part: u32,
+  // columns of y (SWIGLU: units)
   n_total: u32,
   col_offset: u32,
   grid_x: u32,
   // bit 0: add bias; bit 1: accumulate into y (residual add)
   flags: u32,
-  _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> weights: array<WWord>;
+@group(0) @binding(1) var<storage, read> weights: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 const WG: u32 = 64u;
-const LANES: u32 = 8u;
-const TN: u32 = 8u;
-const TM: u32 = 8u;
+// Words of a weight row per staged chunk of X.
+override WPC: u32 = XV * 4u / EPW;
 
-var<workgroup> partial: array<array<f32, TM>, WG>;
+var<workgroup> xs: array<vec4<f32>, 2u * MT * XV>;
+
+// Loads chunk c of the MT rows of X into buffer half `half` (zero past k and past m).
+fn stage(t: u32, m0: u32, c: u32, half: u32) {
+  let i0 = c * WPC;
+  let vecs = min(WPC, p.kw - i0) * (EPW / 4u);
+  let k0 = i0 * EPW;
+  for (var v = t; v < MT * vecs; v += WG) {
+    let mm = v / vecs;
+    let q = v % vecs;
+    let row = m0 + mm;
+    let kk = k0 + q * 4u;
+    var val = vec4<f32>(0.0);
+    if (row < p.m) {
+      let base = row * p.k + kk;
+      if (kk + 3u < p.k) {
+        val = vec4<f32>(x[base], x[base + 1u], x[base + 2u], x[base + 3u]);
+      } else {
+        for (var e = 0u; e < 4u; e++) {
+          if (kk + e < p.k) {
+            val[e] = x[base + e];
+          }
+        }
+      }
+    }
+    xs[half * MT * XV + mm * XV + q] = val;
+  }
+}
+
+// Storage row of thread-row r: plain rows n + 64r, or (SWIGLU) gate/up rows of unit u.
+fn weight_row(first: u32, r: u32) -> u32 {
+  if (SWIGLU) {
+    let u = first + WG * (r / 2u);
+    return (u >> 3u) * 16u + (u & 7u) + 8u * (r & 1u);
+  }
+  return first + WG * r;
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let group = wid.y * p.grid_x + wid.x;
-  let col = t / LANES;
-  let lane = t % LANES;
-  let n = group * TN + col;
-  let m0 = wid.z * TM;
-  let rows = min(TM, p.m - m0);
-  var acc: array<f32, TM>;
-  if (n < p.n_part) {
-    let wbase = n * p.k;
-    if ((p.k & 1u) == 0u) {
-      // Even k: every row starts on a word, so each lane takes element pairs (one 16-bit word).
-      for (var kk = 2u * lane; kk < p.k; kk += 2u * LANES) {
-        let w2 = load_w2(wbase + kk);
-        for (var r = 0u; r < rows; r++) {
-          let xi = (m0 + r) * p.k + kk;
-          acc[r] += w2.x * x[xi] + w2.y * x[xi + 1u];
-        }
-      }
-    } else {
-      for (var kk = lane; kk < p.k; kk += LANES) {
-        let wv = load_w(wbase + kk);
-        for (var r = 0u; r < rows; r++) {
-          acc[r] += wv * x[(m0 + r) * p.k + kk];
-        }
-      }
-    }
+  let per_thread = select(R, R / 2u, SWIGLU);
+  let first = group * WG * per_thread + t;
+  let m0 = wid.z * MT;
+  // Rows stored in this part (padded to whole tiles): out-of-range rows read a real row and are
+  // never written, which keeps the inner loop free of branches.
+  let stored = select((p.n_part + 7u) / 8u * 8u, (p.n_part + 7u) / 8u * 16u, SWIGLU);
+  var rows: array<u32, 4>;
+  for (var r = 0u; r < R; r++) {
+    rows[r] = min(weight_row(first, r), stored - 1u);
   }
-  for (var r = 0u; r < TM; r++) {
-    partial[t][r] = acc[r];
-  }
-  workgroupBarrier();
-  for (var s = LANES / 2u; s > 0u; s >>= 1u) {
-    if (lane < s) {
-      for (var r = 0u; r < rows; r++) {
-        partial[t][r] += partial[t + s][r];
-      }
-    }
+  var acc: array<f32, 32>;
+  let chunks = (p.kw + WPC - 1u) / WPC;
+  stage(t, m0, 0u, 0u);
+  for (var c = 0u; c < chunks; c++) {
     workgroupBarrier();
+    if (c + 1u < chunks) {
+      stage(t, m0, c + 1u, (c + 1u) & 1u);
+    }
+    let half = (c & 1u) * MT * XV;
+    let i0 = c * WPC;
+    let words = min(WPC, p.kw - i0);
+    for (var j = 0u; j < words; j++) {
+      for (var r = 0u; r < R; r++) {
+        let w = weights[tiled_word(rows[r], i0 + j, p.kw)];
+        for (var mm = 0u; mm < MT; mm++) {
+          let xb = half + mm * XV + j * (EPW / 4u);
+          acc[r * MT + mm] += word_dot(w, xs[xb], xs[xb + 1u]);
+        }
+      }
+    }
   }
-  if (lane < rows && n < p.n_part) {
-    let out_col = p.col_offset + n;
-    let idx = (m0 + lane) * p.n_total + out_col;
-    var v = partial[col * LANES][lane];
-    if ((p.flags & 1u) != 0u) {
-      v += bias[out_col];
+  for (var r = 0u; r < per_thread; r++) {
+    let n = first + WG * r;
+    if (n >= p.n_part) {
+      continue;
     }
-    if ((p.flags & 2u) != 0u) {
-      v += y[idx];
+    let col = p.col_offset + n;
+    for (var mm = 0u; mm < MT; mm++) {
+      let row = m0 + mm;
+      if (row >= p.m) {
+        continue;
+      }
+      let idx = row * p.n_total + col;
+      var v: f32;
+      if (SWIGLU) {
+        var g = acc[(2u * r) * MT + mm];
+        var u = acc[(2u * r + 1u) * MT + mm];
+        if ((p.flags & 1u) != 0u) {
+          g += bias[col];
+          u += bias[p.n_total + col];
+        }
+        v = g / (1.0 + exp(-g)) * u;
+      } else {
+        v = acc[r * MT + mm];
+        if ((p.flags & 1u) != 0u) {
+          v += bias[col];
+        }
+      }
+      if ((p.flags & 2u) != 0u) {
+        v += y[idx];
+      }
+      y[idx] = v;
     }
-    y[idx] = v;
   }
 }

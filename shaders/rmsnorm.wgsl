@@ -1,7 +1,10 @@
 // rmsnorm: y[r, :] = w ⊙ x[rows[r], :] / sqrt(mean(x[rows[r], :]²) + eps), in f32.
 // `rows` maps output rows to input rows, so the final norm can pick only the rows that need logits.
 // Bindings: params, x [*, hidden] f32, w [hidden] f32, rows [m] u32, y [m, hidden] f32.
-// Work: one 64-thread workgroup per output row; a workgroup-memory tree sums the squares.
+// Work: one 64-thread workgroup per output row. Each thread sums the squares of its strided
+// elements, then every thread adds up the 64 partials itself: one barrier instead of a six-level
+// tree (barriers are what a small kernel pays for on CPU adapters; 64 reads of workgroup memory
+// at one address are cheap everywhere).
 
 struct Params {
   hidden: u32,
@@ -28,13 +31,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   }
   red[t] = ss;
   workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (t < s) {
-      red[t] += red[t + s];
-    }
-    workgroupBarrier();
+  var total = 0.0;
+  for (var i = 0u; i < WG; i++) {
+    total += red[i];
   }
-  let inv = inverseSqrt(red[0] / f32(p.hidden) + p.eps);
+  let inv = inverseSqrt(total / f32(p.hidden) + p.eps);
   let dst = r * p.hidden;
   for (var j = t; j < p.hidden; j += WG) {
     y[dst + j] = x[src + j] * inv * w[j];

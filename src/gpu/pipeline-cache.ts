@@ -8,15 +8,19 @@ export class PipelineCache {
 
   constructor(private readonly device: GPUDevice) {}
 
-  /** Returns the pipeline for `variant`, compiling `code()` the first time it is asked for. */
-  get(variant: string, code: () => string): GPUComputePipeline {
+  /**
+   * Returns the pipeline for `variant`, compiling `code()` the first time it is asked for.
+   * `constants` are WGSL override values; they are part of what the variant name denotes (e.g.
+   * "matmul_bf16_m1r4" has MT = 1, R = 4), so one name must always come with the same constants.
+   */
+  get(variant: string, code: () => string, constants?: Record<string, number>): GPUComputePipeline {
     let p = this.pipelines.get(variant);
     if (p) return p;
     const module = this.device.createShaderModule({ label: variant, code: code() });
     p = this.device.createComputePipeline({
       label: variant,
       layout: 'auto',
-      compute: { module, entryPoint: 'main' },
+      compute: constants ? { module, entryPoint: 'main', constants } : { module, entryPoint: 'main' },
     });
     this.pipelines.set(variant, p);
     return p;

@@ -51,9 +51,10 @@ export class DispatchBuilder {
     params: ArrayBuffer,
     buffers: readonly GPUBuffer[],
     grid: readonly [number, number, number],
+    constants?: Record<string, number>,
   ): Dispatch {
     const device = this.ctx.device;
-    const pipeline = this.ctx.pipelines.get(variant, code);
+    const pipeline = this.ctx.pipelines.get(variant, code, constants);
     const uniform = device.createBuffer({
       label: `${variant}.params`,
       size: params.byteLength,

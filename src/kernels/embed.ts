@@ -1,6 +1,6 @@
-/** embed_{f32,f16,bf16}: out[m, :] = E[ids[m], :]; see shaders/embed.wgsl. One dispatch per part. */
+/** embed_{f32,f16,bf16}: out[m, :] = E[ids[m], :] from a tiled table; see shaders/embed.wgsl. One dispatch per part. */
 import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
-import { weightFragment, type GpuWeight } from './weight.js';
+import { weightFragment, wordsPerRow, type GpuWeight } from './weight.js';
 
 export function embed(
   b: DispatchBuilder,
@@ -11,12 +11,13 @@ export function embed(
   return a.table.parts.map((part) =>
     b.make(
       variant,
-      () => shaderSource('embed', weightFragment(a.table.format)),
+      () => shaderSource('embed', weightFragment(a.table.format), 'common/tiled'),
       packParams([
         ['u32', a.m],
         ['u32', a.table.cols],
         ['u32', part.rowStart],
         ['u32', part.rows],
+        ['u32', wordsPerRow(a.table.cols, a.table.format)],
       ]),
       [part.buffer, a.ids, a.out],
       [Math.ceil(a.table.cols / 64), a.m, 1],

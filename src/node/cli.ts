@@ -10,6 +10,7 @@ import type { FloatDtype } from '../io/dtype.js';
 import type { ChatMessage } from '../io/tokenizer.js';
 import type { Engine } from '../runtime/engine.js';
 import type { LoadProgress } from '../runtime/weights.js';
+import { cmdBenchKernels } from './bench-kernels.js';
 import { convertLlama2cToFolder } from './convert.js';
 import { pullModel, type PullProgress } from './hub.js';
 import { createEngine } from './index.js';
@@ -38,6 +39,8 @@ interface ModelFlags {
   model: string;
   context?: number;
   memoryLimit?: number;
+  attention?: 'async' | 'two_pass';
+  sampler?: 'gpu' | 'cpu';
   quiet?: boolean;
 }
 
@@ -65,6 +68,18 @@ function addModelOptions(cmd: Command): Command {
       '--memory-limit <MiB>',
       'refuse models whose weights + KV cache + activations exceed this',
       intArg('--memory-limit', 1),
+    )
+    .addOption(
+      new Option(
+        '--attention <softmax>',
+        'decode attention softmax: async (unified max, calibrated, exact fallback) or two_pass (always exact)',
+      ).choices(['async', 'two_pass']),
+    )
+    .addOption(
+      new Option(
+        '--sampler <where>',
+        'where non-greedy tokens are drawn: gpu (one id read back per token) or cpu (from the logits)',
+      ).choices(['gpu', 'cpu']),
     )
     .option('-q, --quiet', 'no progress bar');
 }
@@ -113,6 +128,8 @@ async function loadEngine(o: ModelFlags): Promise<Engine> {
       model: o.model,
       ...(o.context ? { contextLength: o.context } : {}),
       ...(o.memoryLimit ? { memoryLimitBytes: o.memoryLimit * 2 ** 20 } : {}),
+      ...(o.attention ? { attentionSoftmax: o.attention } : {}),
+      ...(o.sampler ? { sampling: o.sampler } : {}),
       pull: { onProgress: (p: PullProgress) => pullBar.update(p.bytes, p.total, p.file) },
       onProgress: (p: LoadProgress) => loadBar.update(p.loadedBytes, p.totalBytes, p.tensor),
     });
@@ -280,6 +297,17 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('bench')
+    .description('benchmarks')
+    .command('kernels')
+    .description(
+      'time every kernel at Llama-3.2-1B / Qwen2.5-0.5B layer shapes against the measured bandwidth, each checked against its CPU reference',
+    )
+    .option('--json <file>', 'write the JSON report to FILE (default: stdout)')
+    .option('--quick', 'fewer shapes and repetitions')
+    .action((o: { json?: string; quick?: boolean }) => cmdBenchKernels(o));
+
+  program
     .command('pull <model>')
     .description(
       'download a Hub model (org/name[@revision] or catalog alias; HF_ENDPOINT, HF_TOKEN) into the cache',
@@ -323,7 +351,8 @@ export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
-    return 0;
+    // A command that finished but failed a check (e.g. a benchmark row) set process.exitCode.
+    return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
     if (e instanceof CommanderError) {
       // Help and version exit 0; usage errors were already printed by commander.

@@ -13,6 +13,7 @@ import { openCheckpoint, type Checkpoint } from '../io/safetensors.js';
 import { IncrementalDecoder, KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { ChatCompletions } from './chat.js';
 import { ForwardModel, type StepInput } from './forward.js';
+import { GpuTimer } from '../gpu/timer.js';
 import type { GenerateOptions, GenerateResult, GeneratedToken, FinishReason } from './generation.js';
 import { BLOCK_TOKENS, kvCacheBytes, PagedKvCache } from './kv-cache.js';
 import type { ModelSpec } from './model-spec.js';
@@ -41,8 +42,24 @@ export interface EngineOptions {
   prefillChunkTokens?: number;
   /** Refuse to load when weights + KV cache + activations would exceed this many bytes. */
   memoryLimitBytes?: number;
+  /**
+   * Decode attention's softmax: 'async' (default) is FlashDecoding++'s unified max, with phi per
+   * layer calibrated on the first decode steps (which run the exact kernel meanwhile) and an
+   * exact recompute of any row that leaves the safe window; 'two_pass' keeps the exact split-K
+   * softmax always.
+   */
+  attentionSoftmax?: 'async' | 'two_pass';
+  /**
+   * Where non-greedy tokens are drawn: 'gpu' (default; temperature, top-k, top-p and the
+   * repetition penalty run after the LM head and one id is read back) or 'cpu' (the logits row is
+   * read back and runtime/sampler.ts draws). Both draw from the same distribution.
+   */
+  sampling?: 'gpu' | 'cpu';
   onProgress?: (p: LoadProgress) => void;
 }
+
+/** Decode steps whose attention scores calibrate the unified max. */
+const CALIBRATION_STEPS = 8;
 
 const DEFAULT_CONTEXT = 4096;
 const DEFAULT_PREFILL_CHUNK = 256;
@@ -66,6 +83,7 @@ export class Engine {
     private readonly forward: ForwardModel,
     private readonly prefillChunk: number,
     private readonly modelLocation: string,
+    private readonly gpuSampling: boolean,
   ) {
     this.chat = { completions: new ChatCompletions(this) };
   }
@@ -104,7 +122,8 @@ export class Engine {
       });
       weights = await loadWeights(ctx, spec, ckpt, opts.onProgress);
       kv = await PagedKvCache.create(ctx, spec, Math.ceil(contextLength / BLOCK_TOKENS));
-      forward = new ForwardModel(ctx, spec, weights, kv, prefillChunk);
+      const calibration = (opts.attentionSoftmax ?? 'async') === 'async' ? CALIBRATION_STEPS : 0;
+      forward = new ForwardModel(ctx, spec, weights, kv, prefillChunk, calibration);
       const engine = new Engine(
         spec,
         tokenizer,
@@ -115,6 +134,7 @@ export class Engine {
         forward,
         prefillChunk,
         opts.model.location,
+        (opts.sampling ?? 'gpu') === 'gpu',
       );
       await engine.warmUp();
       engine.loadMs = performance.now() - t0;
@@ -139,10 +159,33 @@ export class Engine {
   private async warmUp(): Promise<void> {
     try {
       await this.ctx.checkErrors('the first forward step', () =>
-        this.forward.step(this.stepInput([0], 0), 'ids'),
+        this.forward.step(this.stepInput([0], 0), 'ids', false),
+      );
+      await this.ctx.checkErrors('the async-softmax attention warm-up', () =>
+        this.forward.warmAsyncAttention(this.stepInput([0], 0)),
       );
     } finally {
       this.kv.release(SEQ);
+    }
+  }
+
+  /**
+   * Where one decode step's GPU time goes at a given context length: every dispatch timed on its
+   * own (GPU timestamps where the adapter has them), summed by kernel variant. For benchmarks;
+   * the KV contents are whatever the cache holds, which does not change the work done.
+   */
+  async profileDecode(context: number): Promise<{ label: string; ms: number; count: number }[]> {
+    if (!Number.isInteger(context) || context < 1 || context > this.contextLength) {
+      throw new InvalidRequestError(`context ${context} is outside 1..${this.contextLength}`);
+    }
+    const release = (await this.acquire()) as () => void;
+    const timer = new GpuTimer(this.ctx);
+    try {
+      return await this.forward.profile(this.stepInput([0], context - 1), timer);
+    } finally {
+      timer.destroy();
+      this.kv.release(SEQ);
+      release();
     }
   }
 
@@ -256,6 +299,17 @@ export class Engine {
     let finish: FinishReason | null = null;
     const pick = async (input: StepInput): Promise<number> => {
       if (greedy) return (await this.forward.step(input, 'ids'))[0] as number;
+      if (this.gpuSampling) {
+        const row = {
+          temperature: sampling.temperature,
+          topK: sampling.topK,
+          topP: sampling.topP,
+          u: rng.next(),
+          repetitionPenalty: sampling.repetitionPenalty,
+          context,
+        };
+        return (await this.forward.step({ ...input, sampling: [row] }, 'sample'))[0] as number;
+      }
       const logits = await this.forward.step(input, 'logits');
       return sampleToken(logits, sampling, rng, context);
     };

@@ -2,22 +2,38 @@
  * The forward pass on the GPU. A StepPlan holds everything one step shape needs (activation
  * buffers, uniforms, bind groups, the recorded dispatch list) and is built once per (rows, logit
  * rows); a step then writes a few small input buffers and submits ONE command buffer that runs
- *   embed -> per layer [rmsnorm -> q,k,v (+bias) -> rope(q,k) -> kv write -> attention
- *   -> o (+residual) -> rmsnorm -> gate, up -> swiglu -> down (+residual)]
+ *   embed -> per layer [rmsnorm -> qkv (one fused matmul, +bias) -> rope(q, k) + KV-cache write
+ *   -> attention -> o (+residual) -> rmsnorm -> gate·up with the SwiGLU epilogue -> down (+residual)]
  *   -> final rmsnorm of the rows that need logits -> lm head -> argmax
  * and copies back either one id per logit row or the logits.
  */
 import type { GpuContext } from '../gpu/device.js';
+import type { GpuTimer } from '../gpu/timer.js';
 import { argmax } from '../kernels/argmax.js';
 import { attention } from '../kernels/attention.js';
+import {
+  ATTENTION_DECODE_MAX_HEAD_DIM,
+  ATTENTION_DECODE_MAX_REP,
+  AttentionDecodeScratch,
+  attentionDecode,
+  pickDecodeChunk,
+} from '../kernels/attention-decode.js';
 import { DispatchBuilder, encodeDispatches, type Dispatch } from '../kernels/dispatch.js';
 import { embed } from '../kernels/embed.js';
-import { kvWrite } from '../kernels/kv-write.js';
 import { matmul } from '../kernels/matmul.js';
 import { rmsnorm } from '../kernels/rmsnorm.js';
-import { rope } from '../kernels/rope.js';
+import { ropeKvWrite } from '../kernels/rope-kv-write.js';
+import {
+  packPenaltyRows,
+  packSampleParams,
+  PENALTY_ROW_BYTES,
+  repetitionPenalty,
+  sample,
+  SAMPLE_ROW_BYTES,
+  type PenaltyRow,
+  type SampleRowParams,
+} from '../kernels/sample.js';
 import { ropeInvFreq, ropeTable } from '../kernels/rope.ref.js';
-import { swiglu } from '../kernels/swiglu.js';
 import { BLOCK_TOKENS, type PagedKvCache } from './kv-cache.js';
 import type { ModelSpec } from './model-spec.js';
 import type { ModelWeights } from './weights.js';
@@ -33,13 +49,47 @@ export interface StepInput {
   blockTable: readonly number[];
   /** The rows whose logits are wanted (e.g. the last prompt row), in output order. */
   logitRows: readonly number[];
+  /** For a 'sample' step: one entry per logit row (the draw and its repetition penalty). */
+  sampling?: readonly RowSampling[];
+}
+
+/** How one logit row is sampled on the GPU (see kernels/sample.ts). */
+export interface RowSampling extends SampleRowParams {
+  /** 1 = off. */
+  repetitionPenalty: number;
+  /** Token ids the penalty applies to (duplicates allowed; the plan dedupes them). */
+  context: readonly number[];
+}
+
+/**
+ * How far above phi a score may go before the async-softmax kernel flags its row for the exact
+ * recompute (OVERFLOW_B in shaders/attention_split.wgsl): e^60 and sums of thousands of such terms
+ * stay finite in f32.
+ */
+const ASYNC_WINDOW = 60;
+
+/** Steps of up to this many rows use split-K decode attention. */
+const DECODE_ATTENTION_MAX_ROWS = 4;
+
+/** The split-K kernel's limits (GQA group size, head_dim); other models use the general kernel. */
+function supportsDecodeAttention(spec: ModelSpec): boolean {
+  const rep = spec.numHeads / spec.numKvHeads;
+  return (
+    rep <= ATTENTION_DECODE_MAX_REP &&
+    spec.headDim % 4 === 0 &&
+    spec.headDim <= ATTENTION_DECODE_MAX_HEAD_DIM &&
+    rep * spec.headDim <= 1024
+  );
 }
 
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
 const USAGE_ACT = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
-/** What a step copies back: one argmax id per logit row, the logit rows, or nothing. */
-export type StepReadback = 'ids' | 'logits' | 'none';
+/**
+ * What a step copies back: one argmax id per logit row ('ids'), one sampled id per logit row
+ * ('sample': temperature / top-k / top-p / repetition penalty on the GPU), the logits, or nothing.
+ */
+export type StepReadback = 'ids' | 'sample' | 'logits' | 'none';
 
 export class StepPlan {
   readonly buffers: GPUBuffer[] = [];
@@ -52,6 +102,17 @@ export class StepPlan {
   /** CPU-side staging of the step inputs, reused every step: [m] ids, [2m] row info, [m] slots, [r] rows. */
   readonly scratch: { ids: Uint32Array; rowInfo: Uint32Array; slots: Uint32Array; logitRows: Uint32Array };
   private readonly builder: DispatchBuilder;
+  /** GPU sampling state, made at the first 'sample' step (its pipeline is slow to compile). */
+  private sampler: {
+    params: GPUBuffer;
+    penaltyRows: GPUBuffer;
+    tokens: GPUBuffer;
+    dispatches: Dispatch[];
+  } | null = null;
+  /** Split-K attention partials, for decode-shaped plans. */
+  readonly decodeScratch: AttentionDecodeScratch | null = null;
+  /** Exact split-K attention dispatches: their layer and index (for score calibration). */
+  readonly scoreCapture: { layer: number; after: number }[] = [];
   /** [m] u32 */ readonly ids: GPUBuffer;
   /** [m] vec2<u32> (position, block-table offset) */ readonly rowInfo: GPUBuffer;
   /** [m] u32 */ readonly slots: GPUBuffer;
@@ -80,12 +141,10 @@ export class StepPlan {
     this.logitRowMap = f32('step.logit_rows', r, USAGE_IN());
     /** [m, H] residual stream */ const x = f32('act.x', m * H);
     /** [m, H] normed */ const xn = f32('act.xn', m * H);
-    /** [m, qDim] */ const q = f32('act.q', m * qDim);
-    /** [m, kvDim] */ const k = f32('act.k', m * kvDim);
-    /** [m, kvDim] */ const v = f32('act.v', m * kvDim);
+    /** [m, qDim + 2·kvDim] */ const qkv = f32('act.qkv', m * (qDim + 2 * kvDim));
+    /** [m, qDim] rotated q */ const q = f32('act.q', m * qDim);
     /** [m, qDim] */ const att = f32('act.attn', m * qDim);
-    /** [m, I] */ const gate = f32('act.gate', m * I);
-    /** [m, I] */ const up = f32('act.up', m * I);
+    /** [m, I] silu(gate)·up */ const act = f32('act.mlp', m * I);
     /** [r, H] */ const fin = f32('act.final', r * H);
     this.logits = f32('act.logits', r * spec.vocabSize);
     this.outIds = f32('act.out_ids', r);
@@ -96,47 +155,71 @@ export class StepPlan {
       GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     );
 
+    // Decode-shaped steps (a few rows over a long context) use split-K attention; prefill chunks
+    // keep the one-workgroup-per-(head, row) kernel, which already has rows × heads workgroups.
+    const maxContext = kv.numBlocks * BLOCK_TOKENS;
+    if (m <= DECODE_ATTENTION_MAX_ROWS && supportsDecodeAttention(spec)) {
+      const chunk = pickDecodeChunk({ maxContext, kvHeads: spec.numKvHeads, rows: m });
+      this.decodeScratch = new AttentionDecodeScratch(ctx, {
+        rows: m,
+        heads: spec.numHeads,
+        headDim: spec.headDim,
+        maxContext,
+        chunk,
+      });
+    }
+
     const ph = model.placeholder;
     const d = this.dispatches;
     const eps = spec.rmsNormEps;
     d.push(...embed(b, { table: weights.embed, ids: this.ids, out: x, m }));
     weights.layers.forEach((L, l) => {
+      const kCache = kv.k[l] as GPUBuffer;
+      const vCache = kv.v[l] as GPUBuffer;
       d.push(rmsnorm(b, { x, weight: L.inputNorm, rows: model.identityRows, y: xn, m, hidden: H, eps }));
-      d.push(...matmul(b, { x: xn, weight: L.q.weight, bias: L.q.bias, y: q, m, placeholder: ph }));
-      d.push(...matmul(b, { x: xn, weight: L.k.weight, bias: L.k.bias, y: k, m, placeholder: ph }));
-      d.push(...matmul(b, { x: xn, weight: L.v.weight, bias: L.v.bias, y: v, m, placeholder: ph }));
-      const ropeArgs = { rowInfo: this.rowInfo, table: model.ropeTable, m, headDim: spec.headDim };
-      d.push(rope(b, { ...ropeArgs, x: q, heads: spec.numHeads }));
-      d.push(rope(b, { ...ropeArgs, x: k, heads: spec.numKvHeads }));
-      const kc = kv.k[l] as GPUBuffer;
-      const vc = kv.v[l] as GPUBuffer;
+      d.push(...matmul(b, { x: xn, weight: L.qkv.weight, bias: L.qkv.bias, y: qkv, m, placeholder: ph }));
       d.push(
-        kvWrite(b, {
-          slots: this.slots,
-          k,
-          v,
-          kCache: kc,
-          vCache: vc,
-          m,
-          kvHeads: spec.numKvHeads,
-          headDim: spec.headDim,
-        }),
-      );
-      d.push(
-        attention(b, {
+        ropeKvWrite(b, {
           rowInfo: this.rowInfo,
-          blockTable: model.blockTable,
+          slots: this.slots,
+          table: model.ropeTable,
+          qkv,
           q,
-          kCache: kc,
-          vCache: vc,
-          out: att,
+          kCache,
+          vCache,
           m,
           heads: spec.numHeads,
           kvHeads: spec.numKvHeads,
           headDim: spec.headDim,
-          scale: 1 / Math.sqrt(spec.headDim),
         }),
       );
+      const attnArgs = {
+        rowInfo: this.rowInfo,
+        blockTable: model.blockTable,
+        q,
+        kCache,
+        vCache,
+        out: att,
+        m,
+        heads: spec.numHeads,
+        kvHeads: spec.numKvHeads,
+        headDim: spec.headDim,
+        scale: 1 / Math.sqrt(spec.headDim),
+      };
+      if (this.decodeScratch) {
+        const phi = model.attentionPhi[l] ?? null;
+        const calls = attentionDecode(b, {
+          ...attnArgs,
+          maxContext: this.decodeScratch.shape.maxContext,
+          chunk: this.decodeScratch.shape.chunk,
+          variant: phi === null ? 'two_pass' : 'async_softmax',
+          ...(phi === null ? {} : { phi }),
+          scratch: this.decodeScratch,
+        });
+        // Where calibration copies this layer's split maxima out (after the exact pass 1).
+        if (phi === null) this.scoreCapture.push({ layer: l, after: d.length });
+        d.push(...calls);
+      } else d.push(attention(b, attnArgs));
       d.push(
         ...matmul(b, {
           x: att,
@@ -149,12 +232,12 @@ export class StepPlan {
         }),
       );
       d.push(rmsnorm(b, { x, weight: L.postNorm, rows: model.identityRows, y: xn, m, hidden: H, eps }));
-      d.push(...matmul(b, { x: xn, weight: L.gate.weight, bias: L.gate.bias, y: gate, m, placeholder: ph }));
-      d.push(...matmul(b, { x: xn, weight: L.up.weight, bias: L.up.bias, y: up, m, placeholder: ph }));
-      d.push(swiglu(b, { gate, up, count: m * I }));
+      d.push(
+        ...matmul(b, { x: xn, weight: L.gateUp.weight, bias: L.gateUp.bias, y: act, m, placeholder: ph }),
+      );
       d.push(
         ...matmul(b, {
-          x: gate,
+          x: act,
           weight: L.down.weight,
           bias: L.down.bias,
           y: x,
@@ -177,6 +260,42 @@ export class StepPlan {
     };
   }
 
+  /**
+   * The dispatches of a sampled step's tail (repetition penalty, then sampling into outIds),
+   * their inputs written for `rows`.
+   */
+  samplingDispatches(rows: readonly RowSampling[], maxContext: number, vocab: number): Dispatch[] {
+    if (rows.length !== this.r) throw new RangeError(`sampling for ${rows.length} rows, plan has ${this.r}`);
+    if (!this.sampler) {
+      const params = this.buffer('sample.params', this.r * SAMPLE_ROW_BYTES, USAGE_IN());
+      const penaltyRows = this.buffer('sample.penalty_rows', this.r * PENALTY_ROW_BYTES, USAGE_IN());
+      const tokens = this.buffer('sample.penalty_tokens', this.r * maxContext * 4, USAGE_IN());
+      const common = { logits: this.logits, rows: this.r, n: vocab };
+      this.sampler = {
+        params,
+        penaltyRows,
+        tokens,
+        dispatches: [
+          repetitionPenalty(this.builder, { ...common, penaltyRows, tokens }),
+          sample(this.builder, { ...common, params, ids: this.outIds }),
+        ],
+      };
+    }
+    const queue = this.ctx.device.queue;
+    const penalties: PenaltyRow[] = [];
+    const ids: number[] = [];
+    for (const row of rows) {
+      const unique = row.repetitionPenalty === 1 ? [] : [...new Set(row.context)].slice(0, maxContext);
+      penalties.push({ start: ids.length, count: unique.length, penalty: row.repetitionPenalty });
+      ids.push(...unique);
+    }
+    queue.writeBuffer(this.sampler.params, 0, packSampleParams(rows));
+    queue.writeBuffer(this.sampler.penaltyRows, 0, packPenaltyRows(penalties));
+    if (ids.length > 0) queue.writeBuffer(this.sampler.tokens, 0, Uint32Array.from(ids));
+    const withPenalty = rows.some((r) => r.repetitionPenalty !== 1);
+    return withPenalty ? this.sampler.dispatches : this.sampler.dispatches.slice(1);
+  }
+
   private buffer(label: string, bytes: number, usage: GPUBufferUsageFlags): GPUBuffer {
     const buf = this.ctx.createBuffer(label, bytes, usage);
     this.buffers.push(buf);
@@ -185,6 +304,7 @@ export class StepPlan {
 
   destroy(): void {
     for (const buf of this.buffers) this.ctx.destroyBuffer(buf);
+    this.decodeScratch?.destroy();
     this.builder.destroy();
   }
 }
@@ -199,6 +319,16 @@ export class ForwardModel {
   private readonly plans = new Map<string, StepPlan>();
   /** Plans kept in all (decode's is never evicted); other prefill sizes are rebuilt when needed. */
   private static readonly MAX_PLANS = 4;
+  /**
+   * FlashDecoding++'s unified max per layer for decode attention; null = the exact two-pass
+   * softmax. Set by calibration (see `calibrateScores`) when async softmax is enabled.
+   */
+  readonly attentionPhi: (number | null)[];
+  /** Observed range of per-row score maxima, per layer, while calibrating. */
+  private readonly scoreRange: { lo: number; hi: number }[];
+  private calibrationLeft: number;
+  private captureBuffer: GPUBuffer | null = null;
+  private captureReadback: GPUBuffer | null = null;
 
   constructor(
     readonly ctx: GpuContext,
@@ -206,7 +336,12 @@ export class ForwardModel {
     readonly weights: ModelWeights,
     readonly kv: PagedKvCache,
     readonly maxRows: number,
+    /** Decode steps whose attention scores calibrate phi (0: keep the exact two-pass softmax). */
+    calibrationSteps = 0,
   ) {
+    this.attentionPhi = Array.from({ length: spec.numLayers }, () => null);
+    this.scoreRange = Array.from({ length: spec.numLayers }, () => ({ lo: Infinity, hi: -Infinity }));
+    this.calibrationLeft = calibrationSteps;
     const inv = ropeInvFreq(spec.headDim, spec.ropeTheta, spec.ropeScaling);
     const table = ropeTable(inv, kv.numBlocks * BLOCK_TOKENS);
     this.ropeTable = ctx.createBuffer('rope.table', table.byteLength, USAGE_IN());
@@ -241,17 +376,8 @@ export class ForwardModel {
     return p;
   }
 
-  /**
-   * Runs one step: writes its inputs, submits one command buffer and, unless `read` is 'none',
-   * waits for and returns the argmax id of each logit row ('ids') or the logit rows themselves
-   * ([logitRows.length, vocab] f32, 'logits'). A 'none' step (a prefill chunk before the last)
-   * skips the LM head and is only queued: the queue keeps steps in order, so the next step's
-   * writes cannot overtake it.
-   */
-  async step(input: StepInput, read: 'ids'): Promise<Uint32Array>;
-  async step(input: StepInput, read: 'logits'): Promise<Float32Array>;
-  async step(input: StepInput, read: 'none'): Promise<null>;
-  async step(input: StepInput, read: StepReadback): Promise<Uint32Array | Float32Array | null> {
+  /** Checks a step's size, picks its plan and writes its inputs to the GPU. */
+  private writeInputs(input: StepInput): StepPlan {
     const m = input.tokens.length;
     const r = input.logitRows.length;
     if (m < 1 || m > this.maxRows) throw new RangeError(`step of ${m} rows (1..${this.maxRows})`);
@@ -262,6 +388,13 @@ export class ForwardModel {
     }
     this.ctx.assertAlive();
     const plan = this.plan(m, r);
+    this.writeInputsTo(plan, input);
+    return plan;
+  }
+
+  private writeInputsTo(plan: StepPlan, input: StepInput): void {
+    const m = input.tokens.length;
+    const r = input.logitRows.length;
     const { ids, rowInfo, slots, logitRows } = plan.scratch;
     for (let i = 0; i < m; i++) {
       ids[i] = input.tokens[i] as number;
@@ -278,11 +411,57 @@ export class ForwardModel {
     queue.writeBuffer(plan.slots, 0, slots);
     queue.writeBuffer(plan.logitRowMap, 0, logitRows);
     queue.writeBuffer(this.blockTable, 0, bt, 0, Math.max(1, input.blockTable.length));
+  }
+
+  /**
+   * GPU milliseconds of every dispatch of one step with these inputs (each in its own timed
+   * pass), summed by kernel variant: where a step's time goes. Runs the step for real.
+   */
+  async profile(input: StepInput, timer: GpuTimer): Promise<{ label: string; ms: number; count: number }[]> {
+    const plan = this.writeInputs(input);
+    const all = [...plan.dispatches, ...plan.head, plan.argmax];
+    const ms = await timer.time(all.map((d) => ({ label: d.label, dispatches: [d] })));
+    const by = new Map<string, { label: string; ms: number; count: number }>();
+    all.forEach((d, i) => {
+      const e = by.get(d.label) ?? { label: d.label, ms: 0, count: 0 };
+      e.ms += ms[i] as number;
+      e.count++;
+      by.set(d.label, e);
+    });
+    return [...by.values()].sort((a, b) => b.ms - a.ms);
+  }
+
+  /**
+   * Runs one step: writes its inputs, submits one command buffer and, unless `read` is 'none',
+   * waits for and returns the argmax id of each logit row ('ids') or the logit rows themselves
+   * ([logitRows.length, vocab] f32, 'logits'). A 'none' step (a prefill chunk before the last)
+   * skips the LM head and is only queued: the queue keeps steps in order, so the next step's
+   * writes cannot overtake it.
+   */
+  async step(input: StepInput, read: 'ids' | 'sample', calibrate?: boolean): Promise<Uint32Array>;
+  async step(input: StepInput, read: 'logits', calibrate?: boolean): Promise<Float32Array>;
+  async step(input: StepInput, read: 'none'): Promise<null>;
+  async step(
+    input: StepInput,
+    read: StepReadback,
+    /** Let this step feed the attention calibration (false for synthetic steps like warm-up). */
+    calibrate = true,
+  ): Promise<Uint32Array | Float32Array | null> {
+    const r = input.logitRows.length;
+    const plan = this.writeInputs(input);
+    const queue = this.ctx.device.queue;
     const enc = this.ctx.device.createCommandEncoder({ label: 'kiln.step' });
-    const pass = enc.beginComputePass({ label: 'kiln.forward' });
-    encodeDispatches(pass, plan.dispatches);
+    const capture = calibrate && this.calibrationLeft > 0 && plan.scoreCapture.length > 0 && read !== 'none';
+    let pass = enc.beginComputePass({ label: 'kiln.forward' });
+    if (capture) pass = this.encodeWithCapture(enc, pass, plan);
+    else encodeDispatches(pass, plan.dispatches);
     if (read !== 'none') encodeDispatches(pass, plan.head);
     if (read === 'ids') encodeDispatches(pass, [plan.argmax]);
+    if (read === 'sample') {
+      if (!input.sampling) throw new RangeError("a 'sample' step needs input.sampling");
+      const maxContext = this.kv.numBlocks * BLOCK_TOKENS;
+      encodeDispatches(pass, plan.samplingDispatches(input.sampling, maxContext, this.spec.vocabSize));
+    }
     pass.end();
     if (read === 'none') {
       queue.submit([enc.finish()]);
@@ -301,12 +480,130 @@ export class ForwardModel {
     }
     const data = dst.getMappedRange(0, bytes).slice(0);
     dst.unmap();
+    if (capture) await this.absorbCapture(plan, input);
     // An error raised by this step arrives as an event; do not hand back what it produced.
     this.ctx.assertAlive();
     return read === 'logits' ? new Float32Array(data) : new Uint32Array(data);
   }
 
+  /** True while decode steps still calibrate the async-softmax phi. */
+  get calibrating(): boolean {
+    return this.calibrationLeft > 0;
+  }
+
+  /**
+   * Runs `input` once through a decode plan with the async-softmax kernels (phi 0, results
+   * discarded) so their pipelines are compiled at load time, not in the middle of the first
+   * generation when calibration switches to them.
+   */
+  async warmAsyncAttention(input: StepInput): Promise<void> {
+    if (this.calibrationLeft === 0) return;
+    const saved = [...this.attentionPhi];
+    this.attentionPhi.fill(0);
+    try {
+      const plan = new StepPlan(this.ctx, input.tokens.length, input.logitRows.length, this);
+      try {
+        this.writeInputsTo(plan, input);
+        const enc = this.ctx.device.createCommandEncoder({ label: 'kiln.warm' });
+        const pass = enc.beginComputePass();
+        encodeDispatches(pass, plan.dispatches);
+        pass.end();
+        this.ctx.device.queue.submit([enc.finish()]);
+        await this.ctx.device.queue.onSubmittedWorkDone();
+      } finally {
+        plan.destroy();
+      }
+    } finally {
+      saved.forEach((v, i) => (this.attentionPhi[i] = v));
+    }
+  }
+
+  /**
+   * Records a decode step with a copy of each layer's split partials after its exact pass 1, so
+   * the split maxima (the scores' row maxima) can be read back: the calibration of phi.
+   */
+  private encodeWithCapture(
+    enc: GPUCommandEncoder,
+    pass: GPUComputePassEncoder,
+    plan: StepPlan,
+  ): GPUComputePassEncoder {
+    const scratch = plan.decodeScratch as AttentionDecodeScratch;
+    const layerBytes = scratch.partials.size;
+    const total = layerBytes * this.spec.numLayers;
+    if (!this.captureBuffer || this.captureBuffer.size < total) {
+      if (this.captureBuffer) this.ctx.destroyBuffer(this.captureBuffer);
+      if (this.captureReadback) this.ctx.destroyBuffer(this.captureReadback);
+      this.captureBuffer = this.ctx.createBuffer('calibration.scores', total, USAGE_ACT());
+      this.captureReadback = this.ctx.createBuffer(
+        'calibration.readback',
+        total,
+        GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      );
+    }
+    let from = 0;
+    for (const { layer, after } of plan.scoreCapture) {
+      encodeDispatches(pass, plan.dispatches.slice(from, after + 1));
+      pass.end();
+      enc.copyBufferToBuffer(scratch.partials, 0, this.captureBuffer, layer * layerBytes, layerBytes);
+      pass = enc.beginComputePass({ label: 'kiln.forward' });
+      from = after + 1;
+    }
+    encodeDispatches(pass, plan.dispatches.slice(from));
+    return pass;
+  }
+
+  /** Folds one captured step into the per-layer score ranges; after the last, sets phi. */
+  private async absorbCapture(plan: StepPlan, input: StepInput): Promise<void> {
+    const scratch = plan.decodeScratch as AttentionDecodeScratch;
+    const rb = this.captureReadback as GPUBuffer;
+    const layerBytes = scratch.partials.size;
+    const enc = this.ctx.device.createCommandEncoder();
+    enc.copyBufferToBuffer(this.captureBuffer as GPUBuffer, 0, rb, 0, layerBytes * this.spec.numLayers);
+    this.ctx.device.queue.submit([enc.finish()]);
+    await rb.mapAsync(GPUMapMode.READ);
+    const all = new Float32Array(rb.getMappedRange().slice(0));
+    rb.unmap();
+    const { splits } = scratch;
+    const rec = this.spec.headDim + 4; // floats per (row, head, split) record: vec4(c, l, _, _) + o
+    const heads = this.spec.numHeads;
+    for (const { layer } of plan.scoreCapture) {
+      const base = (layer * layerBytes) / 4;
+      const range = this.scoreRange[layer] as { lo: number; hi: number };
+      for (let row = 0; row < input.tokens.length; row++) {
+        for (let h = 0; h < heads; h++) {
+          let rowMax = -Infinity;
+          for (let sp = 0; sp < splits; sp++) {
+            const at = base + ((row * heads + h) * splits + sp) * rec;
+            if ((all[at + 1] as number) > 0) rowMax = Math.max(rowMax, all[at] as number);
+          }
+          if (Number.isFinite(rowMax)) {
+            range.lo = Math.min(range.lo, rowMax);
+            range.hi = Math.max(range.hi, rowMax);
+          }
+        }
+      }
+    }
+    if (--this.calibrationLeft > 0) return;
+    // phi in the middle of the observed row maxima. A layer whose maxima spread over at most half
+    // the window keeps at least 3/4 of ASYNC_WINDOW of headroom above anything calibration saw
+    // before the kernel flags a row (and recomputes it exactly); a wider spread keeps the exact
+    // softmax for that layer (as FlashDecoding++ does for OPT).
+    this.attentionPhi.forEach((_, l) => {
+      const { lo, hi } = this.scoreRange[l] as { lo: number; hi: number };
+      this.attentionPhi[l] = Number.isFinite(lo) && hi - lo <= ASYNC_WINDOW / 2 ? (lo + hi) / 2 : null;
+    });
+    for (const [key, p] of this.plans) {
+      if (p.decodeScratch) {
+        p.destroy();
+        this.plans.delete(key);
+      }
+    }
+    for (const b of [this.captureBuffer, this.captureReadback]) if (b) this.ctx.destroyBuffer(b);
+    this.captureBuffer = this.captureReadback = null;
+  }
+
   destroy(): void {
+    for (const b of [this.captureBuffer, this.captureReadback]) if (b) this.ctx.destroyBuffer(b);
     for (const p of this.plans.values()) p.destroy();
     this.plans.clear();
     for (const b of [this.ropeTable, this.identityRows, this.blockTable, this.placeholder])

@@ -2,7 +2,7 @@ import { expect } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { decodeToFloat32, encodeFromFloat32 } from '../../src/io/dtype.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/kernels/dispatch.js';
-import type { GpuWeight, WeightFormat } from '../../src/kernels/weight.js';
+import { tileMatrix, TILE_ROWS, type GpuWeight, type WeightFormat } from '../../src/kernels/weight.js';
 import { acquireNodeGpu } from '../../src/node/dawn.js';
 
 export { randomF32 } from './random.js';
@@ -58,8 +58,10 @@ export function run(c: GpuContext, make: (b: DispatchBuilder) => Dispatch | Disp
 const DTYPE = { f32: 'F32', f16: 'F16', bf16: 'BF16' } as const;
 
 /**
- * Uploads a [rows, cols] matrix in `format`, split into parts of `rowsPerPart` rows (to exercise
- * multi-buffer tensors), and returns it with the values the GPU actually sees (after rounding).
+ * Uploads a [rows, cols] matrix in `format`, tiled like the model loader does, split into parts
+ * of `rowsPerPart` rows (a multiple of 8, to exercise multi-buffer tensors), and returns it with the
+ * values the GPU actually sees (after rounding). With `fused: 'swiglu'`, `values` is [gate; up]
+ * stacked (2·rows rows) and `rows` counts units.
  */
 export function uploadWeight(
   c: GpuContext,
@@ -68,16 +70,28 @@ export function uploadWeight(
   cols: number,
   format: WeightFormat,
   rowsPerPart = rows,
+  fused?: 'swiglu',
 ): { weight: GpuWeight; seen: Float32Array } {
+  if (rowsPerPart < rows && rowsPerPart % TILE_ROWS !== 0)
+    throw new RangeError('parts must hold whole tiles');
   const bytes = encodeFromFloat32(DTYPE[format], values);
   const seen = decodeToFloat32(DTYPE[format], bytes);
   const eb = format === 'f32' ? 4 : 2;
+  const rowBytes = cols * eb;
   const parts: GpuWeight['parts'] = [];
   for (let r = 0; r < rows; r += rowsPerPart) {
     const n = Math.min(rowsPerPart, rows - r);
-    parts.push({ buffer: upload(c, bytes.slice(r * cols * eb, (r + n) * cols * eb)), rowStart: r, rows: n });
+    let src = bytes.slice(r * rowBytes, (r + n) * rowBytes);
+    if (fused) {
+      src = new Uint8Array(2 * n * rowBytes);
+      src.set(bytes.subarray(r * rowBytes, (r + n) * rowBytes));
+      src.set(bytes.subarray((rows + r) * rowBytes, (rows + r + n) * rowBytes), n * rowBytes);
+    }
+    parts.push({ buffer: upload(c, tileMatrix(src, n, cols, format, fused)), rowStart: r, rows: n });
   }
-  return { weight: { name: 'w', format, rows, cols, parts }, seen };
+  const weight: GpuWeight = { name: 'w', format, rows, cols, parts };
+  if (fused) weight.fused = fused;
+  return { weight, seen };
 }
 
 /**

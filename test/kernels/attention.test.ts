@@ -2,6 +2,7 @@ import { describe, test } from 'vitest';
 import { attention } from '../../src/kernels/attention.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
 import { kvWrite } from '../../src/kernels/kv-write.js';
+import { ropeKvWrite } from '../../src/kernels/rope-kv-write.js';
 import { rope } from '../../src/kernels/rope.js';
 import { ropeInvFreq, ropeRef, ropeTable } from '../../src/kernels/rope.ref.js';
 import { expectClose, randomF32, readF32, run, testGpu, upload } from '../helpers/gpu.js';
@@ -180,5 +181,71 @@ describe('rope (rotate-half, float64 cos/sin table)', () => {
         expectClose(await readF32(c, buf, x.length), want, { atol: 4 * 2 ** -24 * 2 });
       });
     }
+  }
+});
+
+describe('rope_kv_write (RoPE on q and k + the paged KV write, fused after the qkv projection)', () => {
+  // Rows at awkward positions (a prefill chunk crossing block boundaries plus a far one), GQA, and
+  // head dims 2, 8, 128; the cache blocks follow a shuffled table.
+  for (const [heads, kvHeads, headDim] of [
+    [1, 1, 2],
+    [4, 2, 8],
+    [3, 1, 128],
+  ] as const) {
+    test(`heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
+      const c = await testGpu();
+      const positions = [0, 1, 7, 15, 16, 17, 129, 4097];
+      const m = positions.length;
+      const qDim = heads * headDim;
+      const kvDim = kvHeads * headDim;
+      const qkv = randomF32(m * (qDim + 2 * kvDim), headDim + heads, 2);
+      const blocks = Math.ceil((4097 + 1) / BLOCK);
+      const table = shuffledBlocks(blocks, headDim);
+      const slots = positions.map((p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK));
+      const inv = ropeInvFreq(headDim, 10000, { type: 'none' });
+      const kCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
+      const vCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
+      const q = upload(c, new Float32Array(m * qDim));
+      run(c, (b) =>
+        ropeKvWrite(b, {
+          rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+          slots: upload(c, Uint32Array.from(slots)),
+          table: upload(c, ropeTable(inv, 4098)),
+          qkv: upload(c, qkv),
+          q,
+          kCache,
+          vCache,
+          m,
+          heads,
+          kvHeads,
+          headDim,
+        }),
+      );
+      const part = (from: number, width: number) =>
+        Float64Array.from(
+          positions.flatMap((_, r) =>
+            Array.from(qkv.subarray(r * (qDim + 2 * kvDim) + from, r * (qDim + 2 * kvDim) + from + width)),
+          ),
+        );
+      const wantQ = ropeRef(part(0, qDim), positions, heads, headDim, inv);
+      const wantK = ropeRef(part(qDim, kvDim), positions, kvHeads, headDim, inv);
+      const wantV = part(qDim + kvDim, kvDim);
+      // As rope: f64 cos/sin rounded to f32, two products and a sum (≤ 4 ulp of 1); v is copied.
+      const tol = { atol: 4 * 2 ** -24 * 2 };
+      expectClose(await readF32(c, q, m * qDim), wantQ, tol);
+      const kc = await readF32(c, kCache, blocks * kvDim * BLOCK);
+      const vc = await readF32(c, vCache, blocks * kvDim * BLOCK);
+      const gotK: number[] = [];
+      const gotV: number[] = [];
+      slots.forEach((slot) => {
+        for (let h = 0; h < kvHeads; h++) {
+          const at = ((Math.floor(slot / BLOCK) * kvHeads + h) * BLOCK + (slot % BLOCK)) * headDim;
+          gotK.push(...kc.subarray(at, at + headDim));
+          gotV.push(...vc.subarray(at, at + headDim));
+        }
+      });
+      expectClose(gotK, wantK, tol);
+      expectClose(gotV, wantV, { atol: 0 });
+    });
   }
 });

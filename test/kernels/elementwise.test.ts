@@ -3,7 +3,7 @@ import { argmax } from '../../src/kernels/argmax.js';
 import { argmaxRef } from '../../src/kernels/argmax.ref.js';
 import { embed } from '../../src/kernels/embed.js';
 import { embedRef } from '../../src/kernels/embed.ref.js';
-import { rmsnorm } from '../../src/kernels/rmsnorm.js';
+import { residualAdd, rmsnorm, rmsnormFused } from '../../src/kernels/rmsnorm.js';
 import { rmsnormRef } from '../../src/kernels/rmsnorm.ref.js';
 import { swiglu } from '../../src/kernels/swiglu.js';
 import { swigluRef } from '../../src/kernels/swiglu.ref.js';
@@ -28,8 +28,8 @@ describe('embed', () => {
       test(`${format} cols=${cols}`, async () => {
         const c = await testGpu();
         const rows = 13;
-        // Three parts, so ids fall in different buffers.
-        const { weight, seen } = uploadWeight(c, randomF32(rows * cols, cols), rows, cols, format, 6);
+        // Two parts (8 + 5 rows), so ids fall in different buffers.
+        const { weight, seen } = uploadWeight(c, randomF32(rows * cols, cols), rows, cols, format, 8);
         const ids = [0, 12, 5, 6, 11, 0, 7];
         const out = upload(c, new Float32Array(ids.length * cols));
         run(c, (b) => embed(b, { table: weight, ids: upload(c, Uint32Array.from(ids)), out, m: ids.length }));
@@ -62,15 +62,52 @@ describe('rmsnorm', () => {
       );
       const ref = rmsnormRef(x, w, rows, hidden, 1e-5);
       const want = map.flatMap((r) => Array.from(ref.subarray(r * hidden, (r + 1) * hidden)));
-      // Sum of squares in f32 (relative error ≤ (hidden/64 + 6)·u), halved by the square root,
-      // then ≤ 4 roundings: relative error ≤ ((hidden/64 + 6)/2 + 8)·u, far under 1e-5 here.
-      expectClose(await readF32(c, y, map.length * hidden), want, {
-        atol: 0,
-        rtol: (hidden / 128 + 12) * U * 4,
-      });
+      expectClose(await readF32(c, y, map.length * hidden), want, { atol: 0, rtol: normRtol(hidden) });
+    });
+  }
+
+  for (const hidden of SIZES) {
+    test(`rmsnorm_fused (residual add + norm) and its unfused twin, hidden=${hidden}`, async () => {
+      const c = await testGpu();
+      const m = 3;
+      const x0 = randomF32(m * hidden, hidden + 5, 3);
+      const delta = randomF32(m * hidden, hidden + 6, 3);
+      const w = randomF32(hidden, hidden + 7, 2);
+      const sum = x0.map((v, i) => v + (delta[i] as number));
+      const want = rmsnormRef(sum, w, m, hidden, 1e-5);
+      const fusedX = upload(c, x0);
+      const fusedY = upload(c, new Float32Array(m * hidden));
+      const deltaBuf = upload(c, delta);
+      const wBuf = upload(c, w);
+      run(c, (b) =>
+        rmsnormFused(b, { x: fusedX, delta: deltaBuf, weight: wBuf, y: fusedY, m, hidden, eps: 1e-5 }),
+      );
+      const plainX = upload(c, x0);
+      const plainY = upload(c, new Float32Array(m * hidden));
+      const rows = upload(c, Uint32Array.from([0, 1, 2]));
+      run(c, (b) => [
+        residualAdd(b, { x: plainX, delta: deltaBuf, count: m * hidden }),
+        rmsnorm(b, { x: plainX, weight: wBuf, rows, y: plainY, m, hidden, eps: 1e-5 }),
+      ]);
+      // The add is one f32 rounding (exact comparison with the f32 sum); the norm as above, plus
+      // that rounding's effect on the norm (≤ 2u).
+      expect(Array.from(await readF32(c, fusedX, m * hidden))).toEqual(Array.from(sum));
+      expect(Array.from(await readF32(c, plainX, m * hidden))).toEqual(Array.from(sum));
+      const tol = { atol: 0, rtol: normRtol(hidden) + 2 * U };
+      expectClose(await readF32(c, fusedY, m * hidden), want, tol);
+      expectClose(await readF32(c, plainY, m * hidden), want, tol);
     });
   }
 });
+
+/**
+ * RMSNorm's relative error: each of 64 threads sums hidden/64 squares, then the 64 partials are
+ * added in sequence, so the sum of squares is within (hidden/64 + 64)·u relative (u = 2⁻²⁴); the
+ * square root halves that, and ≤ 4 more roundings (mean, eps, two products) add 8·u.
+ */
+function normRtol(hidden: number): number {
+  return ((Math.ceil(hidden / 64) + 64) / 2 + 8) * U;
+}
 
 describe('swiglu', () => {
   for (const n of SIZES) {

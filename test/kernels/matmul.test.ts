@@ -1,17 +1,19 @@
 import { describe, test } from 'vitest';
-import { matmul } from '../../src/kernels/matmul.js';
+import { matmul, type MatmulRowsPerDispatch, type MatmulRowsPerThread } from '../../src/kernels/matmul.js';
 import { matmulRef } from '../../src/kernels/matmul.ref.js';
+import { swigluRef } from '../../src/kernels/swiglu.ref.js';
 import type { WeightFormat } from '../../src/kernels/weight.js';
 import { expectClose, randomF32, readF32, run, testGpu, upload, uploadWeight } from '../helpers/gpu.js';
 
 /**
- * Tolerance: the kernel sums in f32, each of 8 lanes over k/8 terms then a 3-level tree, so the
- * rounding error is at most γ_(k/8+5) · Σ|x||w| per output (γ_n = n·2⁻²⁴ / (1 − n·2⁻²⁴)), plus one
- * rounding each for the bias and residual adds. The reference uses the weights exactly as stored
- * (after f16/bf16 rounding), so the format adds no error of its own.
+ * Tolerance: each thread sums its row sequentially in f32 (a word's 4 or 8 products in one or two
+ * dot() calls, then into the running sum), so the rounding error is at most γ_(k+4) · Σ|x||w| per
+ * output (γ_n = n·2⁻²⁴ / (1 − n·2⁻²⁴)), plus one rounding each for the bias and residual adds
+ * (`extra` bounds their magnitude). The reference uses the weights exactly as stored (after
+ * f16/bf16 rounding), so the format adds no error of its own.
  */
 function bound(x: Float32Array, w: Float32Array, m: number, n: number, k: number, extra: number): number {
-  const steps = Math.ceil(k / 8) + 5;
+  const steps = k + 4;
   const u = 2 ** -24;
   let worst = 0;
   for (let i = 0; i < m; i++) {
@@ -25,14 +27,15 @@ function bound(x: Float32Array, w: Float32Array, m: number, n: number, k: number
 }
 
 describe('matmul', () => {
+  // Awkward sizes: 1, 7, 129, 4097 (k past several staged chunks), m across the 1/4/8-row tiles.
   const cases: [m: number, n: number, k: number][] = [
     [1, 1, 1],
     [1, 7, 129],
     [7, 129, 7],
     [9, 33, 4097],
     [17, 5, 64],
-    // Even k takes the paired-load path; odd k (above) the element path.
     [3, 9, 130],
+    [1, 1100, 256],
     [8, 16, 4096],
   ];
   for (const format of ['f32', 'f16', 'bf16'] as WeightFormat[]) {
@@ -45,6 +48,24 @@ describe('matmul', () => {
         run(c, (b) =>
           matmul(b, { x: upload(c, x), weight, y, m, placeholder: upload(c, new Float32Array(1)) }),
         );
+        expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
+          atol: bound(x, seen, m, n, k, 0),
+        });
+      });
+    }
+  }
+
+  // Every variant (rows of X per dispatch × rows per thread) on one ragged shape.
+  for (const mt of [1, 4, 8] as MatmulRowsPerDispatch[]) {
+    for (const r of [1, 2, 4] as MatmulRowsPerThread[]) {
+      test(`variant m${mt}r${r} (bf16, m=5, n=300, k=1031)`, async () => {
+        const c = await testGpu();
+        const [m, n, k] = [5, 300, 1031];
+        const x = randomF32(m * k, 11);
+        const { weight, seen } = uploadWeight(c, randomF32(n * k, 12), n, k, 'bf16');
+        const y = upload(c, new Float32Array(m * n));
+        const ph = upload(c, new Float32Array(1));
+        run(c, (b) => matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph, variant: { mt, r } }));
         expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
           atol: bound(x, seen, m, n, k, 0),
         });
@@ -69,12 +90,11 @@ describe('matmul', () => {
     });
   });
 
-  test('weights split across buffers (odd k with 16-bit rows)', async () => {
+  test('weights split across buffers (parts of 16 rows, odd k with 16-bit rows)', async () => {
     const c = await testGpu();
     const [m, n, k] = [2, 129, 7];
     const x = randomF32(m * k, 5);
-    // Parts of 10 rows: an even row count keeps 16-bit rows of odd length word-aligned.
-    const { weight, seen } = uploadWeight(c, randomF32(n * k, 6), n, k, 'f16', 10);
+    const { weight, seen } = uploadWeight(c, randomF32(n * k, 6), n, k, 'f16', 16);
     const bias = randomF32(n, 7);
     const y = upload(c, new Float32Array(m * n));
     run(c, (b) =>
@@ -91,4 +111,41 @@ describe('matmul', () => {
       atol: bound(x, seen, m, n, k, 1),
     });
   });
+
+  // The SwiGLU epilogue: y = silu(x·gateᵀ + bg) · (x·upᵀ + bu), gate and up fused in one weight.
+  for (const [m, units, k, parts] of [
+    [1, 7, 129, 7],
+    [4, 129, 64, 48],
+    [9, 40, 4097, 40],
+  ] as const) {
+    test(`swiglu-fused gate/up m=${m} units=${units} k=${k} parts of ${parts}`, async () => {
+      const c = await testGpu();
+      const x = randomF32(m * k, 21 + k);
+      const gu = randomF32(2 * units * k, 22 + units);
+      const bias = randomF32(2 * units, 23);
+      const { weight, seen } = uploadWeight(c, gu, units, k, 'bf16', parts < units ? parts : units, 'swiglu');
+      const y = upload(c, new Float32Array(m * units));
+      run(c, (b) =>
+        matmul(b, {
+          x: upload(c, x),
+          weight,
+          y,
+          m,
+          bias: upload(c, bias),
+          placeholder: upload(c, new Float32Array(1)),
+        }),
+      );
+      const g = matmulRef(x, seen.subarray(0, units * k), m, units, k, bias.subarray(0, units));
+      const u = matmulRef(x, seen.subarray(units * k), m, units, k, bias.subarray(units));
+      // silu(g)·u: the products' error (bounded as above, relative to g and u) is scaled by at most
+      // max(|silu'|) ≈ 1.1 and |u| or |silu(g)|; the exp and division add a few ulps.
+      const e = bound(x, seen, m, 2 * units, k, 1);
+      const expected = swigluRef(g, u);
+      let tol = 0;
+      for (let i = 0; i < g.length; i++) {
+        tol = Math.max(tol, 1.1 * e * (Math.abs(u[i] as number) + Math.abs(g[i] as number) + e));
+      }
+      expectClose(await readF32(c, y, m * units), expected, { atol: tol, rtol: 8 * 2 ** -24 });
+    });
+  }
 });

@@ -212,6 +212,24 @@ describe('kiln convert llama2c + kiln run (acceptance: babyllama vs the float64 
     expect(Array.isArray(out.adapter.features)).toBe(true);
   });
 
+  it('decode attention: async softmax (calibrated phi) and exact two-pass both give the golden ids', async () => {
+    for (const mode of ['async', 'two_pass'] as const) {
+      const engine = await createEngine({ model: baby, attentionSoftmax: mode });
+      try {
+        const r = await engine.generate([1], { maxTokens: 200, temperature: 0 }).result();
+        expect(r.tokenIds, mode).toEqual(golden.slice(0, 200));
+        // The first 8 decode steps calibrate phi per layer (then the plan switches kernels).
+        const phi = (engine as unknown as { forward: { attentionPhi: (number | null)[] } }).forward
+          .attentionPhi;
+        if (mode === 'async') {
+          expect(phi.every((v) => typeof v === 'number' && Number.isFinite(v))).toBe(true);
+        } else expect(phi.every((v) => v === null)).toBe(true);
+      } finally {
+        engine.dispose();
+      }
+    }
+  });
+
   it('the logits of the first positions match the reference within 1e-3 (library)', async () => {
     const engine = await createEngine({ model: baby });
     try {

@@ -25,6 +25,7 @@ import type { Engine } from '../../src/runtime/engine.js';
 import type { GenerateOptions, GeneratedToken } from '../../src/runtime/generation.js';
 import type { ModelSpec } from '../../src/runtime/model-spec.js';
 import { ReferenceModel } from '../../src/runtime/reference-model.js';
+import { sampleRefProbabilities } from '../../src/kernels/sample.ref.js';
 import { applyRepetitionPenalty } from '../../src/runtime/sampler.js';
 import { writeTestModel, type TestModelOptions } from '../helpers/checkpoints.js';
 import { testGpu } from '../helpers/gpu.js';
@@ -252,6 +253,34 @@ describe('sampling', () => {
     const greedy = await ids(engine, PROMPT, GREEDY);
     expect(await ids(engine, PROMPT, { ...GREEDY, temperature: 1.5, topK: 1, seed: 1 })).toEqual(greedy);
     expect(await ids(engine, PROMPT, { ...GREEDY, temperature: 1.5, topP: 1e-6, seed: 2 })).toEqual(greedy);
+  });
+
+  test('GPU and CPU samplers draw the first token from the same distribution', async () => {
+    // The exact distribution of the first sampled token (T = 1.3, top-k 6, top-p 0.9) from the
+    // engine's own logits, then 300 seeded draws through each sampler: every token's count is within
+    // 5 binomial standard deviations of 300·p (deterministic with fixed seeds; 5σ keeps the bound
+    // honest rather than tuned to them).
+    const params = { temperature: 1.3, topK: 6, topP: 0.9 };
+    const logits = (await engine.logits(PROMPT)).at(-1) as Float32Array;
+    const probs = sampleRefProbabilities(logits, params);
+    const cpu = await createEngine({ model: dir, sampling: 'cpu' });
+    try {
+      for (const e of [engine, cpu]) {
+        const counts = new Map<number, number>();
+        for (let seed = 0; seed < 300; seed++) {
+          const [id] = await ids(e, PROMPT, { ...params, maxTokens: 1, ignoreEos: true, seed });
+          counts.set(id as number, (counts.get(id as number) ?? 0) + 1);
+        }
+        for (const id of counts.keys())
+          expect(probs[id], `token ${id} drawn but excluded`).toBeGreaterThan(0);
+        probs.forEach((p, id) => {
+          const sd = Math.sqrt(300 * p * (1 - p));
+          expect(Math.abs((counts.get(id) ?? 0) - 300 * p), `token ${id}`).toBeLessThanOrEqual(5 * sd + 1e-9);
+        });
+      }
+    } finally {
+      cpu.dispose();
+    }
   });
 
   test('repetition penalty changes the output the way the reference says', async () => {

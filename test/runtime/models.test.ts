@@ -353,17 +353,18 @@ describe('weights split across buffers', () => {
         return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
       },
     });
-    // lm_head and embed_tokens (128 × 64 f32 = 32 KiB) in two parts of 64 rows, gate/up
-    // (96 × 64 = 24 KiB) in two parts, down (64 × 96) by rows too; the rest fits one buffer.
+    // Parts hold whole 8-row tiles: lm_head and embed_tokens (128 × 64 f32 = 32 KiB) in two parts
+    // of 64 rows; gate/up fused (96 units, 2 KiB tile pairs of 4 KiB) in three parts of 32 units;
+    // down (64 × 96, 3 KiB tiles) in parts of 40 rows; q/k/v stacked by rows, split likewise.
     expect(m.spec.vocabSize * m.spec.hiddenSize * 4).toBe(2 * limit);
     const engine = await createEngine({ model: m.dir, device, contextLength: 64 });
     try {
       const w = (engine as unknown as { weights: ModelWeights }).weights;
       const layer = w.layers[0] as ModelWeights['layers'][number];
-      const parts = [w.lmHead, w.embed, layer.gate.weight, layer.down.weight, layer.q.weight].map(
+      const parts = [w.lmHead, w.embed, layer.gateUp.weight, layer.down.weight, layer.qkv.weight].map(
         (x) => x.parts.length,
       );
-      expect(parts).toEqual([2, 2, 2, 2, 1]);
+      expect(parts).toEqual([2, 2, 3, 2, 2]);
       const prompt = makePrompt(20);
       expectLogitsMatch(await engine.logits(prompt), m.ref.forward(prompt));
       await expectGreedyMatches(engine, m.ref, prompt);

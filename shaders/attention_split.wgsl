@@ -1,0 +1,384 @@
+// attention_split: pass 1 of split-K decode attention over the paged KV cache. Row m attends to
+// tokens 0..row_info[m].x (its position, inclusive) through the block table starting at
+// row_info[m].y, like `attention`. The KV length is cut in chunks of p.chunk tokens; workgroup
+// (split s, kv head g, row m) writes, for each query head h of g's GQA group, the partial
+//   l_s = Σ_{j in chunk s} e^{x_j - c},   o_s = Σ_{j in chunk s} e^{x_j - c} · v_j   (unnormalised)
+// with x_j = q_h·k_j·scale, and the constant c it used; attention_merge combines the splits.
+//
+// Variants (the wrapper prefixes `const MODE: u32 = ...;`):
+//   0 exact (attention_decode_two_pass): c = m_s, the chunk's max (online softmax over the tiles
+//     of the chunk). With p.check_flag = 1 it is the async chain's exact fallback
+//     (attention_decode_async_softmax_fallback): only rows whose flag is set are computed, every
+//     other workgroup reads the flag and returns at once (no CPU readback). Same code for both,
+//     so the driver compiles it once.
+//   1 async softmax (attention_decode_async_softmax, FlashDecoding++'s unified max): c = phi, a
+//     per-call constant, so there is no max reduction at all. A score with x - phi > OVERFLOW_B
+//     sets flags[m] (atomicOr); its exponent is clamped so nothing turns into inf/NaN, and the
+//     fallback recomputes the row.
+//
+// Bindings: params, row_info [m] vec2<u32>, block_table u32, q [m, heads·head_dim] f32 (as vec4),
+// k_cache, v_cache ([block][kv_head][16][head_dim] f32, as vec4), partials, flags [m] u32 (read-only
+// in mode 0, atomic in mode 1).
+// partials: one record of head_dim/4 + 1 vec4 per (row, query head, split), in that order:
+// vec4(c, l, 0, 0) then o. A split that starts past the row's end writes c = NEG_BIG, l = 0, o = 0.
+//
+// Work mapping, chosen for lavapipe and fine on GPUs. On lavapipe (a CPU running 8 invocations per
+// SIMD instruction) any load whose address depends on a loop counter is a gather, one per vec4
+// component, and gathers dominate the cost; barriers are costly too. So: 64 threads serve all
+// n_rep = heads / kv_heads query heads of the KV head (each K/V byte read once per workgroup), in
+// blocks of 4 heads kept as the 4 lanes of vec4s and mat4x4 columns (private arrays indexed in
+// loops live in memory on lavapipe: 3x slower). The chunk is walked in tiles of p.tile tokens
+// (their probabilities fit workgroup memory):
+//   scores: one thread per token reads that token's contiguous K row in vec4s and dots it with the
+//     query heads staged in workgroup memory; each thread takes 4 (or, near the end of a tile,
+//     2) tokens per step so every q load serves 32 (16) tokens of a SIMD group;
+//   P·V: thread t < head_dim/8 owns output dims 4t..4t+3 and 4t+hd/2..4t+hd/2+3 of every head
+//     and walks the tile's tokens block by block: one V load serves all the group's heads, and
+//     one probability load serves 8 dims.
+// Barriers: 1 to stage q; per tile: async 1, exact 3 (tile max in two stages, probabilities);
+// +2 between the tiles of a chunk.
+
+struct Params {
+  heads: u32,
+  kv_heads: u32,
+  head_dim: u32,
+  scale: f32,
+  chunk: u32,
+  splits: u32,
+  tile: u32,
+  phi: f32,
+  // Exact modes: 1 for the async chain's fallback (skip rows whose flag is clear).
+  check_flag: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> row_info: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read> block_table: array<u32>;
+@group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>;
+// Binding 7, flags [m] u32, and flag_get / flag_set come from common/attention_flags_read (mode 0)
+// or common/attention_flags_write (mode 1).
+
+const WG: u32 = 64u;
+const BLOCK_TOKENS: u32 = 16u;
+// q of the group, heads padded to whole blocks of 4: blocks · 4 · head_dim/4 <= Q_CAP vec4s.
+const Q_CAP: u32 = 256u;
+// Probabilities of one tile, [block][token] vec4 (one lane per head): blocks · tile <= P_CAP.
+const P_CAP: u32 = 512u;
+// Blocks of a tile: tile <= P_CAP tokens.
+const TILE_BLOCKS: u32 = 32u;
+// A finite "minus infinity": e^(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN.
+const NEG_BIG: f32 = -1.0e30;
+// Largest x - phi the async variant accepts: e^60 ≈ 1.1e26, so a chunk's sum of up to 2^24 terms
+// and its product with |v| up to ~1e5 stay below f32's 3.4e38.
+const OVERFLOW_B: f32 = 60.0;
+
+var<workgroup> q_sh: array<vec4<f32>, Q_CAP>;
+var<workgroup> p_sh: array<vec4<f32>, P_CAP>;
+// Physical blocks of the current tile: one load per block instead of one per token and lane.
+var<workgroup> bt_sh: array<u32, TILE_BLOCKS>;
+// Exact modes: per-thread maxima of the tile's scores [block][thread], then per 8 threads.
+var<workgroup> red: array<vec4<f32>, 128>; // 2 * WG
+var<workgroup> red8: array<vec4<f32>, 16>; // 2 * 8
+
+// Stages the physical blocks of the tile of `n` tokens from t0 (a multiple of 16, as chunks and
+// tiles are).
+fn stage_blocks(bt_off: u32, t0: u32, n: u32, t: u32) {
+  if (t < (n + BLOCK_TOKENS - 1u) / BLOCK_TOKENS) {
+    bt_sh[t] = block_table[bt_off + t0 / BLOCK_TOKENS + t];
+  }
+}
+
+// Index (in vec4s) of the tile's token `j`'s K/V row for KV head `g`.
+fn kv_row(g: u32, j: u32, hd4: u32) -> u32 {
+  return ((bt_sh[j / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS + j % BLOCK_TOKENS) * hd4;
+}
+
+// Unscaled scores of the K rows at ka..kd (4 tokens, the columns) against the 4 query heads whose
+// q starts at q_sh[qb] (the lanes).
+fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32) -> mat4x4<f32> {
+  var s = mat4x4<f32>();
+  for (var d4 = 0u; d4 < hd4; d4++) {
+    let q0 = q_sh[qb + d4];
+    let q1 = q_sh[qb + hd4 + d4];
+    let q2 = q_sh[qb + 2u * hd4 + d4];
+    let q3 = q_sh[qb + 3u * hd4 + d4];
+    let k0 = k_cache[ka + d4];
+    let k1 = k_cache[kb + d4];
+    let k2 = k_cache[kc + d4];
+    let k3 = k_cache[kd + d4];
+    s += mat4x4<f32>(
+      vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
+      vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
+      vec4<f32>(dot(q0, k2), dot(q1, k2), dot(q2, k2), dot(q3, k2)),
+      vec4<f32>(dot(q0, k3), dot(q1, k3), dot(q2, k3), dot(q3, k3)),
+    );
+  }
+  return s;
+}
+
+// scores4 for 2 tokens: the tail of a tile, where 4 per thread would mostly redo the last token.
+fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
+  var s = mat2x4<f32>();
+  for (var d4 = 0u; d4 < hd4; d4++) {
+    let q0 = q_sh[qb + d4];
+    let q1 = q_sh[qb + hd4 + d4];
+    let q2 = q_sh[qb + 2u * hd4 + d4];
+    let q3 = q_sh[qb + 3u * hd4 + d4];
+    let k0 = k_cache[ka + d4];
+    let k1 = k_cache[kb + d4];
+    s += mat2x4<f32>(
+      vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
+      vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
+    );
+  }
+  return s;
+}
+
+// Takes the scaled scores x of token j (>= n: a lane redoing the tile's last token) for the head
+// block whose probabilities start at p_sh[base]. Async: stores e^(x - phi) and checks the window;
+// exact: stores x and tracks the lane's max (a redone token cannot change a max).
+fn take(j: u32, n: u32, x: vec4<f32>, base: u32, live: vec4<bool>, lm: ptr<function, vec4<f32>>,
+        overflow: ptr<function, bool>) {
+  if (MODE == 1u) {
+    let e = x - p.phi;
+    *overflow = *overflow || any(live & (e > vec4<f32>(OVERFLOW_B)));
+    if (j < n) {
+      p_sh[base + j] = exp(min(e, vec4<f32>(OVERFLOW_B)));
+    }
+  } else {
+    *lm = max(*lm, x);
+    if (j < n) {
+      p_sh[base + j] = x;
+    }
+  }
+}
+
+// Max over the 8 per-8-thread maxima of one head block (constant addresses: plain loads).
+fn max8(b: u32) -> vec4<f32> {
+  return max(
+    max(max(red8[b], red8[b + 1u]), max(red8[b + 2u], red8[b + 3u])),
+    max(max(red8[b + 4u], red8[b + 5u]), max(red8[b + 6u], red8[b + 7u])),
+  );
+}
+
+// acc's column h scaled by al[h] (rescaling head h's accumulator when its max grows).
+fn scale_cols(acc: mat4x4<f32>, al: vec4<f32>) -> mat4x4<f32> {
+  return mat4x4<f32>(acc[0] * al.x, acc[1] * al.y, acc[2] * al.z, acc[3] * al.w);
+}
+
+// pr[h] · v in column h: one token's contribution to 4 heads' outputs.
+fn outer(v: vec4<f32>, pr: vec4<f32>) -> mat4x4<f32> {
+  return mat4x4<f32>(v * pr.x, v * pr.y, v * pr.z, v * pr.w);
+}
+
+// Writes one head's partial record: thread t holds vec4s t and t + half; thread 0 the header.
+fn put(rec: u32, t: u32, o: vec4<f32>, c: f32, l: f32) {
+  partials[rec + 1u + t] = o;
+  if (t == 0u) {
+    partials[rec] = vec4<f32>(c, l, 0.0, 0.0);
+  }
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  let split = wid.x;
+  let g = wid.y;
+  let row = wid.z;
+  let hd4 = p.head_dim / 4u;
+  let n_rep = p.heads / p.kv_heads;
+  // Query heads go in blocks of 4: A = heads 0..3, B = heads 4..7 when n_rep > 4.
+  let two = n_rep > 4u;
+  let blocks = select(1u, 2u, two);
+  let info = row_info[row];
+  let ctx_len = info.x + 1u;
+  let bt_off = info.y;
+  let c0 = split * p.chunk;
+  let c1 = min(c0 + p.chunk, ctx_len);
+  let rec_len = hd4 + 1u;
+  // Record of (row, head g·n_rep + h, split) = rec0 + h · head_stride.
+  let head_stride = p.splits * rec_len;
+  let rec0 = ((row * p.heads + g * n_rep) * p.splits + split) * rec_len;
+
+  if (MODE == 0u && p.check_flag != 0u && flag_get(row) == 0u) {
+    // The async chain's fallback, for a row the async pass got right: nothing to do.
+    return;
+  }
+
+  if (c0 >= ctx_len) {
+    // A split past the sequence end: an empty partial, so the merge may read every split.
+    for (var i = t; i < n_rep * rec_len; i += WG) {
+      let c = i % rec_len;
+      partials[rec0 + (i / rec_len) * head_stride + c] =
+        select(vec4<f32>(0.0), vec4<f32>(NEG_BIG, 0.0, 0.0, 0.0), c == 0u);
+    }
+    return;
+  }
+
+  // Stage q (heads past n_rep, the padding of the last block, are zero) and the first tile's
+  // blocks.
+  let q0 = (row * p.heads + g * n_rep) * hd4;
+  for (var i = t; i < blocks * 4u * hd4; i += WG) {
+    q_sh[i] = select(vec4<f32>(0.0), q[q0 + i], i / hd4 < n_rep);
+  }
+  stage_blocks(bt_off, c0, min(p.tile, c1 - c0), t);
+  workgroupBarrier();
+
+  let live_a = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_rep);
+  let live_b = vec4<u32>(4u, 5u, 6u, 7u) < vec4<u32>(n_rep);
+  let qb_b = 4u * hd4;
+  let tile_b = p.tile;
+  // Accumulators [dims half][head block]: column h holds this thread's 4 dims of head h.
+  var acc_a = mat4x4<f32>();
+  var acc_b = mat4x4<f32>();
+  // Sums and maxima, one lane per head.
+  var l_a = vec4<f32>(0.0);
+  var l_b = vec4<f32>(0.0);
+  var m_a = vec4<f32>(NEG_BIG);
+  var m_b = vec4<f32>(NEG_BIG);
+  var overflow = false;
+
+  for (var t0 = c0; t0 < c1; t0 += p.tile) {
+    let n = min(p.tile, c1 - t0);
+    if (t0 != c0) {
+      // The previous tile's P·V must be done with p_sh and bt_sh before they are rewritten.
+      workgroupBarrier();
+      stage_blocks(bt_off, t0, n, t);
+      workgroupBarrier();
+    }
+
+    // Scores: one thread per token. The step is uniform (lanes past the tile's end redo its last
+    // token and skip the stores) so every q_sh load serves all lanes.
+    var lm_a = vec4<f32>(NEG_BIG);
+    var lm_b = vec4<f32>(NEG_BIG);
+    var j0 = 0u;
+    loop {
+      if (j0 >= n) {
+        break;
+      }
+      let ja = j0 + t;
+      let jb = ja + WG;
+      let ka = kv_row(g, min(ja, n - 1u), hd4);
+      let kb = kv_row(g, min(jb, n - 1u), hd4);
+      // Head blocks in a loop (not unrolled by hand) to keep lavapipe's compile time down.
+      if (n - j0 > 2u * WG) {
+        let jc = jb + WG;
+        let jd = jc + WG;
+        let kc = kv_row(g, min(jc, n - 1u), hd4);
+        let kd = kv_row(g, min(jd, n - 1u), hd4);
+        for (var hb = 0u; hb < blocks; hb++) {
+          let live = select(live_a, live_b, hb == 1u);
+          var lm = select(lm_a, lm_b, hb == 1u);
+          let x = scores4(ka, kb, kc, kd, hb * qb_b, hd4) * p.scale;
+          take(ja, n, x[0], hb * tile_b, live, &lm, &overflow);
+          take(jb, n, x[1], hb * tile_b, live, &lm, &overflow);
+          take(jc, n, x[2], hb * tile_b, live, &lm, &overflow);
+          take(jd, n, x[3], hb * tile_b, live, &lm, &overflow);
+          if (hb == 0u) {
+            lm_a = lm;
+          } else {
+            lm_b = lm;
+          }
+        }
+        j0 += 4u * WG;
+      } else {
+        for (var hb = 0u; hb < blocks; hb++) {
+          let live = select(live_a, live_b, hb == 1u);
+          var lm = select(lm_a, lm_b, hb == 1u);
+          let x = scores2(ka, kb, hb * qb_b, hd4) * p.scale;
+          take(ja, n, x[0], hb * tile_b, live, &lm, &overflow);
+          take(jb, n, x[1], hb * tile_b, live, &lm, &overflow);
+          if (hb == 0u) {
+            lm_a = lm;
+          } else {
+            lm_b = lm;
+          }
+        }
+        j0 += 2u * WG;
+      }
+    }
+
+    if (MODE != 1u) {
+      // The tile's max per head, in two stages (8 threads reduce 8 maxima each, then everyone
+      // reads those 8) to keep lavapipe's gathers few; then rescale what is accumulated and turn
+      // this thread's own scores into probabilities.
+      red[t] = lm_a;
+      red[WG + t] = lm_b;
+      workgroupBarrier();
+      var mt_a = m_a;
+      var mt_b = m_b;
+      for (var i = 0u; i < WG; i++) {
+        mt_a = max(mt_a, red[i]);
+        mt_b = max(mt_b, red[WG + i]);
+      }
+      let al_a = exp(m_a - mt_a);
+      let al_b = exp(m_b - mt_b);
+      m_a = mt_a;
+      m_b = mt_b;
+      acc_a = scale_cols(acc_a, al_a);
+      acc_b = scale_cols(acc_b, al_b);
+      l_a *= al_a;
+      l_b *= al_b;
+      for (var j = t; j < n; j += WG) {
+        p_sh[j] = exp(p_sh[j] - m_a);
+        if (two) {
+          p_sh[tile_b + j] = exp(p_sh[tile_b + j] - m_b);
+        }
+      }
+    }
+    workgroupBarrier();
+
+    // P·V, block by block (one block-table entry per 16 tokens).
+    if (t < hd4) {
+      for (var b0 = 0u; b0 < n; b0 += BLOCK_TOKENS) {
+        let base = (bt_sh[b0 / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS * hd4 + t;
+        let kn = min(BLOCK_TOKENS, n - b0);
+        for (var k = 0u; k < kn; k++) {
+          let v = v_cache[base + k * hd4];
+          let pa = p_sh[b0 + k];
+          acc_a += outer(v, pa);
+          l_a += pa;
+          if (two) {
+            let pb = p_sh[tile_b + b0 + k];
+            acc_b += outer(v, pb);
+            l_b += pb;
+          }
+        }
+      }
+    }
+  }
+
+  if (MODE == 1u) {
+    if (overflow) {
+      flag_set(row);
+    }
+    m_a = vec4<f32>(p.phi);
+    m_b = vec4<f32>(p.phi);
+  }
+  if (t < hd4) {
+    put(rec0, t, acc_a[0], m_a.x, l_a.x);
+    if (n_rep > 1u) {
+      put(rec0 + head_stride, t, acc_a[1], m_a.y, l_a.y);
+    }
+    if (n_rep > 2u) {
+      put(rec0 + 2u * head_stride, t, acc_a[2], m_a.z, l_a.z);
+    }
+    if (n_rep > 3u) {
+      put(rec0 + 3u * head_stride, t, acc_a[3], m_a.w, l_a.w);
+    }
+    if (n_rep > 4u) {
+      put(rec0 + 4u * head_stride, t, acc_b[0], m_b.x, l_b.x);
+    }
+    if (n_rep > 5u) {
+      put(rec0 + 5u * head_stride, t, acc_b[1], m_b.y, l_b.y);
+    }
+    if (n_rep > 6u) {
+      put(rec0 + 6u * head_stride, t, acc_b[2], m_b.z, l_b.z);
+    }
+    if (n_rep > 7u) {
+      put(rec0 + 7u * head_stride, t, acc_b[3], m_b.w, l_b.w);
+    }
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * matmul_q4 rows of `kiln bench kernels`: the int4 kernel at the benchmark models' layer shapes,
+ * weights quantized (round-to-nearest) from seeded data, checked against the float64 product of
+ * the dequantized weights, and timed against the same bandwidth figure as the float kernels.
+ */
+import { DispatchBuilder, type Dispatch } from '../kernels/dispatch.js';
+import { matmulQ4 } from '../kernels/matmul-q4.js';
+import { dequantize, quantizeRtn, type Q4Format } from '../quant/q4.js';
+import { uploadQ4Weight } from '../quant/upload.js';
+import { checkedColumns, matmulError, seededF32, type BenchContext } from './kernels.js';
+import { BENCH_MODELS } from './models.js';
+
+export async function matmulQ4Suite(b: BenchContext): Promise<void> {
+  const ms = b.opts.quick ? [1] : [1, 4, 16];
+  const formats: Q4Format[] = b.opts.quick
+    ? [{ groupSize: 32, symmetric: true, scaleType: 'f16' }]
+    : [
+        { groupSize: 32, symmetric: true, scaleType: 'f16' },
+        { groupSize: 128, symmetric: true, scaleType: 'f16' },
+        { groupSize: 32, symmetric: false, scaleType: 'f16' },
+      ];
+  for (const model of BENCH_MODELS) {
+    for (const lin of model.linears) {
+      for (const format of formats) {
+        const mark = b.mark;
+        const values = seededF32(lin.n * lin.k, lin.n + lin.k, 0.05);
+        const q = quantizeRtn(values, lin.n, lin.k, format);
+        const seen = dequantize(q);
+        const weight = uploadQ4Weight(b.ctx, 'bench', q);
+        const part = weight.parts[0];
+        const weightBytes =
+          (part?.words.size ?? 0) + (part?.scales.size ?? 0) + (part?.zeros ? part.zeros.size : 0);
+        for (const buf of [part?.words, part?.scales, part?.zeros]) if (buf) b.adopt(buf);
+        for (const m of ms) {
+          const x = seededF32(m * lin.k, m + 3);
+          const xb = b.upload(x);
+          const y = b.buffer(m * lin.n * 4);
+          const ph = b.buffer(16);
+          const builder = new DispatchBuilder(b.ctx);
+          const d = matmulQ4(builder, { x: xb, weight, y, m, placeholder: ph });
+          const label = (d[0] as Dispatch).label;
+          const t = await b.time(label, d);
+          const out = await b.readF32(y, m * lin.n);
+          const err = matmulError(out, x, seen, m, lin.n, lin.k, checkedColumns(m, lin.n, lin.k));
+          b.add({
+            kernel: 'matmul_q4',
+            variant: label,
+            shape: { model: model.name, layer: lin.name, m, n: lin.n, k: lin.k },
+            ms: t,
+            bytes: weightBytes + m * (lin.k + lin.n) * 4,
+            flops: 2 * m * lin.n * lin.k,
+            max_rel_err: err,
+            // The weights the kernel sees are exactly `seen` (codes × scales); the remaining
+            // error is f32 summation, bounded like the float kernels' plus one rounding per group.
+            ok: err <= (lin.k + lin.k / format.groupSize + 4) * 2 ** -24,
+          });
+          builder.destroy();
+        }
+        b.freeSince(mark);
+      }
+    }
+  }
+}

@@ -1,0 +1,190 @@
+/**
+ * matmul_q4: Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]) with W in the int4 group-wise format of
+ * src/quant/q4.ts; see shaders/matmul_q4.wgsl. One dispatch per weight part; each writes its own
+ * column range of Y. The variant name (pipeline label and cache key) carries every compile-time
+ * choice, e.g. `matmul_q4_g128_sym_f16s_m1r4_xc256_sg`: group size, zero points, scale type, MT,
+ * R, the staged chunk and the subgroup X path; shapes travel in the uniform.
+ */
+import type { GpuContext } from '../gpu/device.js';
+import type { Q4Format } from '../quant/q4.js';
+import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+
+export interface Q4WeightPart {
+  /** Codes (PackedQ4.words). */
+  words: GPUBuffer;
+  /** Scales (PackedQ4.scales). */
+  scales: GPUBuffer;
+  /** Zero points (PackedQ4.zeros); asymmetric formats only. */
+  zeros?: GPUBuffer | undefined;
+  /** First row of the matrix stored in this part. */
+  rowStart: number;
+  rows: number;
+}
+
+/** An int4 weight on the GPU: [rows, cols], split by rows into parts (each packed on its own). */
+export interface Q4GpuWeight {
+  name: string;
+  format: Q4Format;
+  rows: number;
+  cols: number;
+  parts: Q4WeightPart[];
+}
+
+/** Rows of X per workgroup (MT in the shader). */
+export type Q4RowsPerGroup = 1 | 4 | 8;
+/** Output rows per thread (R in the shader). */
+export type Q4RowsPerThread = 1 | 2 | 4;
+
+export interface MatmulQ4Args {
+  /** [m, weight.cols] f32 */
+  x: GPUBuffer;
+  weight: Q4GpuWeight;
+  /** [m, weight.rows] f32 */
+  y: GPUBuffer;
+  m: number;
+  /** [weight.rows] f32 */
+  bias?: GPUBuffer | undefined;
+  /** Add into y instead of overwriting it (fuses the residual add). */
+  accumulate?: boolean;
+  /** Bound when there is no bias or no zero points (bindings cannot be empty). */
+  placeholder: GPUBuffer;
+  /** Override the variant choice (benchmarks, tuner); defaults from `chooseQ4Tiling`. */
+  rowsPerGroup?: Q4RowsPerGroup;
+  rowsPerThread?: Q4RowsPerThread;
+  /**
+   * Without subgroups: bytes of workgroup memory for the staged X (both ping-pong halves and the
+   * group sums); at most the device's maxComputeWorkgroupStorageSize. Default 16 KiB, which keeps
+   * the X chunk in a CPU core's L1 next to the weight stream.
+   */
+  workgroupBytes?: number;
+  /**
+   * Read X straight from `x` and broadcast it across subgroup lanes (no workgroup memory, no
+   * barrier) instead of staging it. Default: when `q4SubgroupsUsable`.
+   */
+  subgroups?: boolean;
+}
+
+const WG = 64;
+
+/**
+ * Whether the subgroup X path can run: the `subgroups` feature and subgroups of at least 8 lanes
+ * (lanes 0..7 of each subgroup hold the 8 vec4s of X that one weight word multiplies).
+ */
+export function q4SubgroupsUsable(ctx: GpuContext): boolean {
+  // adapterInfo (and its subgroup sizes) is recent; an older implementation may lack either.
+  const info = ctx.device.adapterInfo as GPUAdapterInfo | undefined;
+  return ctx.device.features.has('subgroups') && (info?.subgroupMinSize ?? 0) >= 8;
+}
+
+const DEFAULT_WORKGROUP_BYTES = 16384;
+/** K per loop chunk of the subgroup path, in vec4s (1024 k: a multiple of every group size). */
+const SUBGROUP_CHUNK_VEC4S = 256;
+
+/** Aim for at least this many workgroups per dispatch, so that every core (or SM) gets work. */
+const MIN_GROUPS = 8;
+
+/**
+ * The tiling for m rows of X and n output rows: MT = 1 for a single row (decode), else 4 (M is
+ * padded only that far; MT = 8 is available but measured slower); R = the most rows per thread
+ * (up to 4: X is fetched once per word and used for R rows) that still leaves MIN_GROUPS
+ * workgroups. Measured on lavapipe (subgroup path): M = 4 and M = 16 ran fastest at MT = 4, R = 4
+ * (vs MT = 4, R = 2 and MT = 8, R = 1 or 2).
+ */
+export function chooseQ4Tiling(
+  m: number,
+  n: number,
+): { rowsPerGroup: Q4RowsPerGroup; rowsPerThread: Q4RowsPerThread } {
+  const rowsPerGroup: Q4RowsPerGroup = m <= 1 ? 1 : 4;
+  for (const r of [4, 2, 1] as const) {
+    if (Math.ceil(n / (WG * r)) >= MIN_GROUPS) return { rowsPerGroup, rowsPerThread: r };
+  }
+  return { rowsPerGroup, rowsPerThread: 1 };
+}
+
+/**
+ * vec4s of one X row per staged chunk: the largest power of two (≥ the group's GS/4, so a chunk
+ * holds whole groups) whose two halves plus group sums fit in `bytes`.
+ */
+export function q4ChunkVec4s(format: Q4Format, rowsPerGroup: number, bytes: number): number {
+  const gv = format.groupSize / 4;
+  const need = (xc: number) => 2 * rowsPerGroup * (xc * 16 + (xc / gv) * 4);
+  if (need(gv) > bytes) {
+    throw new RangeError(
+      `matmul_q4: ${bytes} bytes of workgroup memory cannot hold ${rowsPerGroup} rows of one ${format.groupSize}-group`,
+    );
+  }
+  let xc = gv;
+  while (need(xc * 2) <= bytes) xc *= 2;
+  return xc;
+}
+
+function variantName(f: Q4Format, mt: number, r: number, xc: number, sg: boolean): string {
+  const sym = f.symmetric ? 'sym' : 'asym';
+  return `matmul_q4_g${f.groupSize}_${sym}_${f.scaleType}s_m${mt}r${r}_xc${xc}${sg ? '_sg' : ''}`;
+}
+
+function variantSource(f: Q4Format, mt: number, r: number, xc: number, sg: boolean): string {
+  const consts = [
+    `const R: u32 = ${r}u;`,
+    `const MT: u32 = ${mt}u;`,
+    `const GS: u32 = ${f.groupSize}u;`,
+    `const ASYM: bool = ${f.symmetric ? 'false' : 'true'};`,
+    `const F16S: bool = ${f.scaleType === 'f16' ? 'true' : 'false'};`,
+    `const XC: u32 = ${xc}u;`,
+  ];
+  // The fragment goes first: it may open with `enable subgroups;`, which must precede everything.
+  const fragment = shaderSource(sg ? 'common/q4_x_subgroup' : 'common/q4_x_plain');
+  return `${fragment}\n${consts.join('\n')}\n${shaderSource('matmul_q4')}`;
+}
+
+export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
+  const w = a.weight;
+  const f = w.format;
+  if (!Number.isInteger(a.m) || a.m < 1) throw new RangeError(`matmul_q4: m = ${a.m}`);
+  if (w.cols % f.groupSize !== 0) {
+    throw new RangeError(`matmul_q4: K (${w.cols}) is not a multiple of the group size (${f.groupSize})`);
+  }
+  const tiling = chooseQ4Tiling(a.m, w.rows);
+  const mt = a.rowsPerGroup ?? tiling.rowsPerGroup;
+  const r = a.rowsPerThread ?? tiling.rowsPerThread;
+  // Callers outside TypeScript could pass anything; each value is a compiled variant.
+  if (![1, 4, 8].includes(mt) || ![1, 2, 4].includes(r)) {
+    throw new RangeError(`matmul_q4: rows per group ${mt} (1, 4, 8) or rows per thread ${r} (1, 2, 4)`);
+  }
+  const limit = b.ctx.limits.maxComputeWorkgroupStorageSize;
+  const bytes = a.workgroupBytes ?? Math.min(DEFAULT_WORKGROUP_BYTES, limit);
+  if (bytes > limit) {
+    throw new RangeError(`matmul_q4: ${bytes} bytes of workgroup memory exceed the device's ${limit}`);
+  }
+  const sg = a.subgroups ?? q4SubgroupsUsable(b.ctx);
+  if (sg && !q4SubgroupsUsable(b.ctx))
+    throw new RangeError('matmul_q4: this device has no subgroups of 8+ lanes');
+  // The subgroup path reads X directly, so its "chunk" is only a loop split and uses no memory.
+  const xc = sg ? SUBGROUP_CHUNK_VEC4S : q4ChunkVec4s(f, mt, bytes);
+  const variant = variantName(f, mt, r, xc, sg);
+  const zGroups = Math.ceil(a.m / mt);
+  if (zGroups > MAX_GRID) throw new RangeError(`${variant}: ${a.m} rows exceed one dispatch`);
+  const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
+  return w.parts.map((part) => {
+    if (!f.symmetric && !part.zeros) throw new RangeError(`${w.name}: asymmetric int4 part without zeros`);
+    const tiles = Math.ceil(part.rows / (WG * r));
+    const gridX = Math.min(tiles, MAX_GRID);
+    const params = packParams([
+      ['u32', a.m],
+      ['u32', part.rows],
+      ['u32', w.cols],
+      ['u32', w.rows],
+      ['u32', part.rowStart],
+      ['u32', gridX],
+      ['u32', flags],
+      ['u32', f.groupSize / 4],
+    ]);
+    return b.make(
+      variant,
+      () => variantSource(f, mt, r, xc, sg),
+      params,
+      [part.words, part.scales, part.zeros ?? a.placeholder, a.x, a.y, a.bias ?? a.placeholder],
+      [gridX, Math.ceil(tiles / gridX), zGroups],
+    );
+  });
+}

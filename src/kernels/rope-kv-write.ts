@@ -1,0 +1,38 @@
+/**
+ * rope_kv_write: RoPE on q and k plus the KV-cache write, fused after the q/k/v projection; see
+ * shaders/rope_kv_write.wgsl.
+ */
+import { linearGrid, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+
+export function ropeKvWrite(
+  b: DispatchBuilder,
+  a: {
+    /** [m] vec2<u32> (position, block-table offset) */ rowInfo: GPUBuffer;
+    /** [m] u32: physical block · 16 + offset */ slots: GPUBuffer;
+    /** [positions][headDim / 2] vec2<f32> (cos, sin), from ropeTable */ table: GPUBuffer;
+    /** [m, (heads + 2·kvHeads)·headDim] f32: the fused projection's output */ qkv: GPUBuffer;
+    /** [m, heads·headDim] f32 */ q: GPUBuffer;
+    /** [blocks][kvHeads][16][headDim] f32 */ kCache: GPUBuffer;
+    vCache: GPUBuffer;
+    m: number;
+    heads: number;
+    kvHeads: number;
+    headDim: number;
+  },
+): Dispatch {
+  if (a.headDim % 2 !== 0) throw new RangeError(`rope_kv_write: head_dim ${a.headDim} is odd`);
+  const { gridX, grid } = linearGrid((a.m * (a.heads + 2 * a.kvHeads) * a.headDim) / 2);
+  return b.make(
+    'rope_kv_write',
+    () => shaderSource('rope_kv_write'),
+    packParams([
+      ['u32', a.m],
+      ['u32', a.heads],
+      ['u32', a.kvHeads],
+      ['u32', a.headDim],
+      ['u32', gridX],
+    ]),
+    [a.rowInfo, a.slots, a.table, a.qkv, a.q, a.kCache, a.vCache],
+    grid,
+  );
+}

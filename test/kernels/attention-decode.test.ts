@@ -1,0 +1,375 @@
+import { describe, expect, test } from 'vitest';
+import type { GpuContext } from '../../src/gpu/device.js';
+import {
+  AttentionDecodeScratch,
+  attentionDecode,
+  decodeSplits,
+  pickDecodeChunk,
+  type AttentionDecodeVariant,
+} from '../../src/kernels/attention-decode.js';
+import { attentionRef } from '../../src/kernels/attention.ref.js';
+import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/kernels/dispatch.js';
+import { kvWrite } from '../../src/kernels/kv-write.js';
+import { expectClose, randomF32, readF32, readU32, run, testGpu, upload } from '../helpers/gpu.js';
+
+const BLOCK = 16;
+
+/** A shuffled block table, so the kernels must follow it rather than assume contiguity. */
+function shuffledBlocks(n: number, seed: number): number[] {
+  const b = Array.from({ length: n }, (_, i) => i);
+  let s = seed;
+  for (let i = n - 1; i > 0; i--) {
+    s = (s * 1103515245 + 12345) >>> 0;
+    const j = s % (i + 1);
+    [b[i], b[j]] = [b[j] as number, b[i] as number];
+  }
+  return b;
+}
+
+interface Cache {
+  ctx: number;
+  kvHeads: number;
+  headDim: number;
+  k: Float32Array;
+  v: Float32Array;
+  kCache: GPUBuffer;
+  vCache: GPUBuffer;
+  blockTable: GPUBuffer;
+}
+
+/** K/V of `ctx` tokens (k in [-2, 2), v in [-1, 1)) written through kv_write into shuffled blocks. */
+function fillCache(c: GpuContext, ctx: number, kvHeads: number, headDim: number, seed: number): Cache {
+  const kvDim = kvHeads * headDim;
+  const blocks = Math.ceil(ctx / BLOCK);
+  const table = shuffledBlocks(blocks, seed);
+  const k = randomF32(ctx * kvDim, seed, 2);
+  const v = randomF32(ctx * kvDim, seed + 1);
+  const kCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
+  const vCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
+  const slots = Array.from(
+    { length: ctx },
+    (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
+  );
+  run(c, (b) =>
+    kvWrite(b, {
+      slots: upload(c, Uint32Array.from(slots)),
+      k: upload(c, k),
+      v: upload(c, v),
+      kCache,
+      vCache,
+      m: ctx,
+      kvHeads,
+      headDim,
+    }),
+  );
+  return { ctx, kvHeads, headDim, k, v, kCache, vCache, blockTable: upload(c, Uint32Array.from(table)) };
+}
+
+interface Call {
+  heads: number;
+  positions: number[];
+  q: Float32Array;
+  variant: AttentionDecodeVariant;
+  chunk: number;
+  maxContext: number;
+  phi?: number;
+}
+
+/**
+ * Records one attentionDecode call and runs its dispatches in groups cut at `cuts` (indices into
+ * the dispatch list), returning the output and flags read back after each group.
+ */
+async function decode(
+  c: GpuContext,
+  kv: Cache,
+  call: Call,
+  cuts: number[] = [],
+): Promise<{ outs: Float32Array[]; flags: Uint32Array[]; dispatches: number }> {
+  const m = call.positions.length;
+  const scratch = new AttentionDecodeScratch(c, {
+    rows: m,
+    heads: call.heads,
+    headDim: kv.headDim,
+    maxContext: call.maxContext,
+    chunk: call.chunk,
+  });
+  const out = upload(c, new Float32Array(call.q.length));
+  const b = new DispatchBuilder(c);
+  const ds: Dispatch[] = attentionDecode(b, {
+    rowInfo: upload(c, Uint32Array.from(call.positions.flatMap((p) => [p, 0]))),
+    blockTable: kv.blockTable,
+    q: upload(c, call.q),
+    kCache: kv.kCache,
+    vCache: kv.vCache,
+    out,
+    m,
+    heads: call.heads,
+    kvHeads: kv.kvHeads,
+    headDim: kv.headDim,
+    scale: 1 / Math.sqrt(kv.headDim),
+    maxContext: call.maxContext,
+    chunk: call.chunk,
+    variant: call.variant,
+    ...(call.phi === undefined ? {} : { phi: call.phi }),
+    scratch,
+  });
+  const outs: Float32Array[] = [];
+  const flags: Uint32Array[] = [];
+  let from = 0;
+  for (const to of [...cuts, ds.length]) {
+    runDispatches(c, ds.slice(from, to));
+    outs.push(await readF32(c, out, call.q.length));
+    flags.push(await readU32(c, scratch.flags, m));
+    from = to;
+  }
+  b.destroy();
+  scratch.destroy();
+  return { outs, flags, dispatches: ds.length };
+}
+
+function reference(kv: Cache, call: Call): Float64Array {
+  return attentionRef(
+    call.q,
+    kv.k,
+    kv.v,
+    call.positions,
+    call.heads,
+    kv.kvHeads,
+    kv.headDim,
+    1 / Math.sqrt(kv.headDim),
+  );
+}
+
+/**
+ * Tolerance for q in [-3, 3), k in [-2, 2), v in [-1, 1) (scores |x| ≲ 20, outputs O(0.1)):
+ * 2e-5 absolute. f32 carries 6e-8 relative; the float64 reference carries none. A score is a dot
+ * of headDim ≤ 128 products summing to ≲ 200 in magnitude, so its rounding error is ~√headDim ·
+ * 6e-8 · 200 · scale ≈ 1e-6 absolute, which exp turns into the same relative error on its weight;
+ * the sums over up to 4097 tokens and 65 splits add ~√n · 6e-8 ≤ 4e-6 relative. The output is a
+ * convex combination of values in [-1, 1], so those relative errors bound its absolute error:
+ * ~5e-6 expected, 2e-5 leaves a 4x margin for exp's and the division's ulps (observed: ≤ 6e-7).
+ */
+const ATOL = 2e-5;
+
+describe('attention_decode (split-K) vs attentionRef', () => {
+  // ctx 1..4097 with ragged blocks, GQA 1/4/8 (and 3, 7: a zero-padded head block), head dims
+  // 16/64/128, chunks from one block to several tiles (1536 tokens of a 4-head group are 3 tiles
+  // of 512), maxContext past the context so some splits lie wholly beyond the end.
+  const cases = [
+    { ctx: 1, heads: 4, kvHeads: 4, headDim: 64, chunk: 64, maxContext: 200 },
+    { ctx: 7, heads: 8, kvHeads: 2, headDim: 128, chunk: 16, maxContext: 64 },
+    { ctx: 16, heads: 4, kvHeads: 1, headDim: 16, chunk: 16, maxContext: 48 },
+    { ctx: 17, heads: 2, kvHeads: 2, headDim: 128, chunk: 16, maxContext: 17 },
+    { ctx: 17, heads: 6, kvHeads: 2, headDim: 128, chunk: 64, maxContext: 100 },
+    { ctx: 129, heads: 8, kvHeads: 1, headDim: 64, chunk: 48, maxContext: 300 },
+    { ctx: 129, heads: 4, kvHeads: 4, headDim: 16, chunk: 128, maxContext: 129 },
+    { ctx: 300, heads: 14, kvHeads: 2, headDim: 64, chunk: 128, maxContext: 512 },
+    { ctx: 4097, heads: 4, kvHeads: 1, headDim: 64, chunk: 1536, maxContext: 4200 },
+    { ctx: 4097, heads: 2, kvHeads: 2, headDim: 128, chunk: 256, maxContext: 4400 },
+  ];
+  for (const { ctx, heads, kvHeads, headDim, chunk, maxContext } of cases) {
+    test(`ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim} chunk=${chunk} max=${maxContext}`, async () => {
+      const c = await testGpu();
+      const kv = fillCache(c, ctx, kvHeads, headDim, ctx + headDim);
+      // Decode rows: the last position, and one halfway whose later splits are empty.
+      const positions = [...new Set([ctx - 1, Math.floor(ctx / 2)])];
+      const q = randomF32(positions.length * heads * headDim, ctx + 7, 3);
+      const want = reference(kv, { heads, positions, q, variant: 'two_pass', chunk, maxContext });
+      const atol = ATOL;
+      const exact = await decode(c, kv, { heads, positions, q, variant: 'two_pass', chunk, maxContext });
+      expectClose(exact.outs[0] as Float32Array, want, { atol });
+      // phi = 0 sits inside these scores' range (|x| ≲ 20): no flag, and the fallback leaves the
+      // async result untouched (bit for bit).
+      const asy = await decode(
+        c,
+        kv,
+        { heads, positions, q, variant: 'async_softmax', chunk, maxContext, phi: 0 },
+        [2],
+      );
+      expect(asy.dispatches).toBe(4);
+      expect([...(asy.flags[0] as Uint32Array)]).toEqual(positions.map(() => 0));
+      expectClose(asy.outs[0] as Float32Array, want, { atol });
+      expect(asy.outs[1]).toEqual(asy.outs[0]);
+    });
+  }
+
+  test('the result does not depend on the number of splits', async () => {
+    const c = await testGpu();
+    const [ctx, heads, kvHeads, headDim] = [4097, 4, 1, 64];
+    const kv = fillCache(c, ctx, kvHeads, headDim, 31);
+    const positions = [ctx - 1, 1000];
+    const q = randomF32(positions.length * heads * headDim, 32, 3);
+    for (const variant of ['two_pass', 'async_softmax'] as const) {
+      const results: Float32Array[] = [];
+      // One split (several tiles), 17 splits, 65 splits.
+      for (const chunk of [4112, 256, 64]) {
+        const r = await decode(c, kv, { heads, positions, q, variant, chunk, maxContext: ctx, phi: 0 });
+        results.push(r.outs[0] as Float32Array);
+      }
+      const one = results[0] as Float32Array;
+      const scale = Math.max(...one.map(Math.abs));
+      for (const r of results.slice(1)) expectClose(r, one, { atol: 1e-5 * scale, rtol: 1e-5 });
+    }
+  });
+
+  test('async softmax: phi far below the scores overflows, is flagged and recomputed', async () => {
+    const c = await testGpu();
+    const [ctx, heads, kvHeads, headDim] = [300, 4, 2, 64];
+    const kv = fillCache(c, ctx, kvHeads, headDim, 41);
+    const positions = [ctx - 1, 20, 150];
+    const q = randomF32(positions.length * heads * headDim, 42, 3);
+    // x - phi ≈ 100 > 60 for every score of every row.
+    const call: Call = {
+      heads,
+      positions,
+      q,
+      variant: 'async_softmax',
+      chunk: 64,
+      maxContext: 320,
+      phi: -100,
+    };
+    const r = await decode(c, kv, call, [1, 2, 3]);
+    expect([...(r.flags[0] as Uint32Array)]).toEqual([1, 1, 1]);
+    expect([...(r.flags[2] as Uint32Array)]).toEqual([1, 1, 1]);
+    // The last dispatch merged exactly and cleared the flags for the next call.
+    expect([...(r.flags[3] as Uint32Array)]).toEqual([0, 0, 0]);
+    expectClose(r.outs[3] as Float32Array, reference(kv, call), { atol: ATOL });
+  });
+
+  test('async softmax: phi far above the scores underflows, is flagged by the merge and recomputed', async () => {
+    const c = await testGpu();
+    const [ctx, heads, kvHeads, headDim] = [300, 4, 2, 64];
+    const kv = fillCache(c, ctx, kvHeads, headDim, 51);
+    const positions = [ctx - 1, 5];
+    const q = randomF32(positions.length * heads * headDim, 52, 3);
+    // x - phi ≈ -200: e^-200 is 0 in f32, so every partial sum is 0; pass 1 flags nothing.
+    const call: Call = {
+      heads,
+      positions,
+      q,
+      variant: 'async_softmax',
+      chunk: 128,
+      maxContext: 300,
+      phi: 200,
+    };
+    const r = await decode(c, kv, call, [1, 2, 3]);
+    expect([...(r.flags[0] as Uint32Array)]).toEqual([0, 0]);
+    expect([...(r.flags[1] as Uint32Array)]).toEqual([1, 1]);
+    expect([...(r.flags[3] as Uint32Array)]).toEqual([0, 0]);
+    expectClose(r.outs[3] as Float32Array, reference(kv, call), { atol: ATOL });
+  });
+
+  test('async softmax: only the flagged row is recomputed', async () => {
+    const c = await testGpu();
+    const [ctx, heads, kvHeads, headDim] = [200, 2, 1, 16];
+    const kv = fillCache(c, ctx, kvHeads, headDim, 61);
+    const positions = [ctx - 1, 100];
+    // Row 0's q is scaled by 30 (scores up to ~100, over phi + 60), row 1's stays small.
+    const q = randomF32(positions.length * heads * headDim, 62, 3);
+    for (let i = 0; i < heads * headDim; i++) q[i] = (q[i] as number) * 30;
+    const call: Call = { heads, positions, q, variant: 'async_softmax', chunk: 64, maxContext: 256, phi: 0 };
+    const r = await decode(c, kv, call, [2]);
+    expect([...(r.flags[0] as Uint32Array)]).toEqual([1, 0]);
+    const half = heads * headDim;
+    // The unflagged row is bit for bit the async result.
+    expect(r.outs[1]?.slice(half)).toEqual(r.outs[0]?.slice(half));
+    // Scores of magnitude ~100: see the large-logit test for this tolerance.
+    expectClose(r.outs[1] as Float32Array, reference(kv, call), { atol: 5e-4 });
+  });
+
+  test('async softmax: the zero-padded heads of a partial block never raise the flag', async () => {
+    const c = await testGpu();
+    // k in [0.5, 2.5], q in [-3, -1]: every score is in [-60, -4], so with phi = -63 every real
+    // x - phi is in [3, 59], inside the window, while a padding head's score 0 would be 63 above.
+    for (const [heads, kvHeads] of [
+      [6, 2],
+      [14, 2],
+    ] as const) {
+      const [ctx, headDim] = [100, 64];
+      const kv = fillCache(c, ctx, kvHeads, headDim, 91);
+      kv.k.forEach((x, i) => (kv.k[i] = Math.abs(x) + 0.5));
+      const blocks = Math.ceil(ctx / BLOCK);
+      const flat: Cache = {
+        ...kv,
+        kCache: upload(c, new Float32Array(blocks * BLOCK * kvHeads * headDim)),
+        vCache: upload(c, new Float32Array(blocks * BLOCK * kvHeads * headDim)),
+        blockTable: upload(
+          c,
+          Uint32Array.from({ length: blocks }, (_, i) => i),
+        ),
+      };
+      run(c, (b) =>
+        kvWrite(b, {
+          slots: upload(
+            c,
+            Uint32Array.from({ length: ctx }, (_, p) => p),
+          ),
+          k: upload(c, kv.k),
+          v: upload(c, kv.v),
+          kCache: flat.kCache,
+          vCache: flat.vCache,
+          m: ctx,
+          kvHeads,
+          headDim,
+        }),
+      );
+      const positions = [ctx - 1];
+      const q = randomF32(heads * headDim, 92).map((x) => -Math.abs(x) * 2 - 1);
+      const call: Call = {
+        heads,
+        positions,
+        q,
+        variant: 'async_softmax',
+        chunk: 64,
+        maxContext: 128,
+        phi: -63,
+      };
+      const r = await decode(c, flat, call, [2]);
+      expect([...(r.flags[0] as Uint32Array)]).toEqual([0]);
+      expectClose(r.outs[0] as Float32Array, reference(flat, call), { atol: ATOL });
+    }
+  });
+
+  test('large logits (q scaled by 100) stay finite and exact', async () => {
+    const c = await testGpu();
+    const [ctx, heads, kvHeads, headDim] = [70, 4, 1, 32];
+    const kv = fillCache(c, ctx, kvHeads, headDim, 71);
+    const positions = [ctx - 1];
+    const q = randomF32(heads * headDim, 72, 100);
+    // Scores of magnitude ~100·√headDim lose absolute precision ~|x|·headDim·2⁻²⁴ before exp,
+    // which multiplies the weights by e^(±that): ~2e-4 relative on values in [-1, 1] (as in
+    // attention.test.ts).
+    for (const variant of ['two_pass', 'async_softmax'] as const) {
+      const call: Call = { heads, positions, q, variant, chunk: 32, maxContext: 96, phi: 0 };
+      const r = await decode(c, kv, call);
+      expectClose(r.outs[0] as Float32Array, reference(kv, call), { atol: 5e-4 });
+    }
+  });
+
+  test('rejects more than 8 query heads per KV head, and bad chunks', async () => {
+    const c = await testGpu();
+    const kv = fillCache(c, 16, 1, 16, 81);
+    const q = new Float32Array(16 * 16);
+    await expect(
+      decode(c, kv, { heads: 16, positions: [0], q, variant: 'two_pass', chunk: 16, maxContext: 16 }),
+    ).rejects.toThrow(/at most 8 query heads per KV head/);
+    await expect(
+      decode(c, kv, { heads: 1, positions: [0], q, variant: 'two_pass', chunk: 24, maxContext: 16 }),
+    ).rejects.toThrow(/multiple of 16/);
+    await expect(
+      decode(c, kv, { heads: 1, positions: [0], q, variant: 'async_softmax', chunk: 16, maxContext: 16 }),
+    ).rejects.toThrow(/phi/);
+  });
+});
+
+describe('pickDecodeChunk', () => {
+  test('aims for ~64 workgroups with chunks of at least 64 tokens', () => {
+    expect(pickDecodeChunk({ maxContext: 4096, kvHeads: 2, rows: 1 })).toBe(128);
+    expect(pickDecodeChunk({ maxContext: 4096, kvHeads: 8, rows: 1 })).toBe(512);
+    expect(pickDecodeChunk({ maxContext: 100, kvHeads: 2, rows: 1 })).toBe(64);
+    expect(pickDecodeChunk({ maxContext: 32, kvHeads: 8, rows: 16 })).toBe(64);
+    const huge = pickDecodeChunk({ maxContext: 2 ** 27, kvHeads: 64, rows: 1 });
+    expect(decodeSplits(2 ** 27, huge)).toBeLessThanOrEqual(65535);
+    expect(huge % 16).toBe(0);
+  });
+});

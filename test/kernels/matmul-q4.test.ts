@@ -1,0 +1,396 @@
+import { describe, expect, test } from 'vitest';
+import type { GpuContext } from '../../src/gpu/device.js';
+import {
+  chooseQ4Tiling,
+  matmulQ4,
+  q4ChunkVec4s,
+  q4SubgroupsUsable,
+  type MatmulQ4Args,
+} from '../../src/kernels/matmul-q4.js';
+import { matmulRef } from '../../src/kernels/matmul.ref.js';
+import { UnsupportedModelError } from '../../src/errors.js';
+import {
+  checkQ4Shape,
+  dequantize,
+  packQ4,
+  q4GroupIndex,
+  q4HalfScaleIndex,
+  q4WordIndex,
+  q4ZeroIndex,
+  quantizeRtn,
+  sliceQ4Rows,
+  type Q4Format,
+  type Q4GroupSize,
+  type Q4Matrix,
+} from '../../src/quant/q4.js';
+import { uploadQ4Weight } from '../../src/quant/upload.js';
+import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
+import { randomF32, readF32, run, testGpu, upload } from '../helpers/gpu.js';
+
+const u = 2 ** -24;
+const gamma = (n: number) => (n * u) / (1 - n * u);
+
+/**
+ * Per-element tolerance, from the kernel's summation order (f32 throughout; X is scaled by 16^-j,
+ * which is exact, and the codes q·16^j are exact integers in f32). Per group the kernel forms
+ * d = Σ q·x either as a vec4 of multiply-add chains (2 per u32, so GS/4 roundings on a product's
+ * path, then a 2-level tree) or as 8-element dots added per u32 (at most 4 + 1 + GS/8 roundings),
+ * then acc += s·d + (−s·z)·Σx, and acc runs over the K/GS groups in turn. Σx is summed either at
+ * staging (GS/4 sequential vec4 adds, then a 2-level tree) or, on the subgroup path, as a subgroup
+ * sum of per-lane 4-element sums added per word (at most 2 + 7 + GS/32 roundings, within GS/4 + 3
+ * for every group size). So every product passes through at most
+ * D = GS/4 + 3 + 2 + K/GS + 4 roundings (the 4 covering s·d, the zero term and their adds), and
+ * |y − y_exact| ≤ γ_D · Σ_g s_g·(Σ q·|x| + z·Σ|x|) (the two halves of s·Σq·x − s·z·Σx, each
+ * bounded by its magnitude sum). Bias and residual adds cost 2 more roundings of |acc| + |bias| +
+ * |y0|. The reference (float64 over `dequantize`'s f32 weights) differs from the exact Σ (q − z)·s·x
+ * by at most u·Σ|w·x| (one f32 rounding per weight).
+ */
+function bound(
+  q: Q4Matrix,
+  x: Float32Array,
+  m: number,
+  extra?: { bias?: Float32Array; y0?: Float32Array },
+): Float64Array {
+  const { rows: n, cols: k } = q;
+  const gs = q.format.groupSize;
+  const groups = k / gs;
+  const depth = gs / 4 + 3 + 2 + groups + 4;
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let mag = 0;
+      let wx = 0;
+      for (let g = 0; g < groups; g++) {
+        const s = q.scales[j * groups + g] as number;
+        const z = q.zeros[j * groups + g] as number;
+        let qx = 0;
+        let ax = 0;
+        let dx = 0;
+        for (let t = g * gs; t < (g + 1) * gs; t++) {
+          const xv = Math.abs(x[i * k + t] as number);
+          const c = q.codes[j * k + t] as number;
+          qx += c * xv;
+          ax += xv;
+          dx += Math.abs(c - z) * xv;
+        }
+        mag += s * (qx + z * ax);
+        wx += s * dx;
+      }
+      const lin = Math.abs(extra?.bias?.[j] ?? 0) + Math.abs(extra?.y0?.[i * n + j] ?? 0);
+      out[i * n + j] = gamma(depth) * mag + u * wx + gamma(2) * (mag + lin);
+    }
+  }
+  return out;
+}
+
+function expectWithin(actual: Float32Array, expected: Float64Array, tol: Float64Array): void {
+  let bad = '';
+  let count = 0;
+  for (let i = 0; i < expected.length; i++) {
+    const err = Math.abs((actual[i] as number) - (expected[i] as number));
+    if (!(err <= (tol[i] as number))) {
+      if (count++ < 4) bad += ` [${i}] got ${actual[i]} want ${expected[i]} (tol ${tol[i]});`;
+    }
+  }
+  if (count) expect.fail(`${count} elements out of bound:${bad}`);
+}
+
+/**
+ * MARLIN's acceptance metric, mean|C − C_ref| / mean|C_ref| < 1e-3: a whole-output check that
+ * catches a systematically wrong group or row even when each element is small.
+ */
+function marlinError(actual: Float32Array, expected: Float64Array): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < expected.length; i++) {
+    num += Math.abs((actual[i] as number) - (expected[i] as number));
+    den += Math.abs(expected[i] as number);
+  }
+  return num / den;
+}
+
+const FORMATS: Q4Format[] = [];
+for (const groupSize of [32, 64, 128] as Q4GroupSize[]) {
+  for (const symmetric of [true, false]) {
+    for (const scaleType of ['f32', 'f16'] as const) FORMATS.push({ groupSize, symmetric, scaleType });
+  }
+}
+const fmtName = (f: Q4Format) => `g${f.groupSize} ${f.symmetric ? 'sym' : 'asym'} ${f.scaleType}`;
+
+describe('q4 quantizer and packer', () => {
+  for (const format of FORMATS) {
+    test(`RTN error ≤ s/2 and code ranges (${fmtName(format)})`, () => {
+      const [n, k] = [9, 256];
+      // Mixed magnitudes, an all-positive and an all-zero group, to exercise both zero-point rules.
+      const w = randomF32(n * k, 11, 3);
+      for (let t = 0; t < format.groupSize; t++) {
+        w[2 * k + t] = 0.5 + Math.abs(w[2 * k + t] as number);
+        w[3 * k + t] = 0;
+      }
+      const q = quantizeRtn(w, n, k, format);
+      const deq = dequantize(q);
+      const groups = k / format.groupSize;
+      for (let r = 0; r < n; r++) {
+        for (let t = 0; t < k; t++) {
+          const g = r * groups + Math.floor(t / format.groupSize);
+          const s = q.scales[g] as number;
+          const i = r * k + t;
+          // Half a step, plus the one f32 rounding of (q − z)·s in dequantize.
+          expect(Math.abs((deq[i] as number) - (w[i] as number))).toBeLessThanOrEqual(
+            s / 2 + u * Math.abs(deq[i] as number),
+          );
+          expect(q.codes[i]).toBeLessThanOrEqual(15);
+        }
+      }
+      for (let g = 0; g < n * groups; g++) {
+        const s = q.scales[g] as number;
+        if (format.scaleType === 'f16') expect(f16BitsToF32(f32ToF16Bits(s))).toBe(s);
+        if (format.symmetric) expect(q.zeros[g]).toBe(8);
+        else expect(q.zeros[g]).toBeLessThanOrEqual(15);
+      }
+      // The all-zero group dequantizes to exact zeros.
+      expect(deq.slice(3 * k, 3 * k + format.groupSize).every((v) => v === 0)).toBe(true);
+    });
+  }
+
+  test('f16 scales are f16 values, rounded up', () => {
+    const w = randomF32(64, 5, 1);
+    const q = quantizeRtn(w, 1, 64, { groupSize: 32, symmetric: true, scaleType: 'f16' });
+    for (let g = 0; g < 2; g++) {
+      let mx = 0;
+      for (let t = 0; t < 32; t++) mx = Math.max(mx, Math.abs(w[g * 32 + t] as number));
+      const s = q.scales[g] as number;
+      expect(s).toBeGreaterThanOrEqual(mx / 7);
+      expect(s).toBeLessThan((mx / 7) * (1 + 2 ** -10));
+    }
+  });
+
+  test('packQ4 layout: every code, scale and zero where the kernel looks', () => {
+    const format: Q4Format = { groupSize: 32, symmetric: false, scaleType: 'f16' };
+    const [n, k] = [13, 96];
+    const q = quantizeRtn(randomF32(n * k, 3), n, k, format);
+    const p = packQ4(q);
+    expect(p.paddedRows).toBe(16);
+    expect(p.wordsPerRow).toBe(3);
+    expect(p.groups).toBe(3);
+    expect(p.words.length).toBe(16 * 3 * 4);
+    const scaleWords = new Uint32Array(p.scales);
+    const zeros = p.zeros as Uint32Array;
+    // 2 tiles × ⌈3/2⌉ scale words × 8 rows; 2 tiles × ⌈3/8⌉ zero words × 8 rows.
+    expect(scaleWords.length).toBe(2 * 2 * 8);
+    expect(zeros.length).toBe(2 * 1 * 8);
+    for (let r = 0; r < p.paddedRows; r++) {
+      for (let t = 0; t < k; t++) {
+        const word = q4WordIndex(r, Math.floor(t / 32), p.wordsPerRow);
+        const u32 = p.words[word * 4 + Math.floor((t % 32) / 8)] as number;
+        const code = (u32 >>> (4 * (t % 8))) & 15;
+        expect(code).toBe(r < n ? q.codes[r * k + t] : 0);
+      }
+      for (let g = 0; g < p.groups; g++) {
+        const sIdx = q4HalfScaleIndex(r, g, p.groups);
+        const s = f16BitsToF32(((scaleWords[sIdx.word] as number) >>> (16 * sIdx.half)) & 0xffff);
+        expect(s).toBe(r < n ? q.scales[r * p.groups + g] : 0);
+        const { word, nibble } = q4ZeroIndex(r, g, p.groups);
+        expect(((zeros[word] as number) >>> (4 * nibble)) & 15).toBe(r < n ? q.zeros[r * p.groups + g] : 0);
+      }
+    }
+    // The documented formulas, spelled out: 8 rows of a tile interleave word by word.
+    expect(q4WordIndex(0, 1, 3)).toBe(8);
+    expect(q4WordIndex(9, 2, 3)).toBe((1 * 3 + 2) * 8 + 1);
+    expect(q4GroupIndex(10, 1, 3)).toBe((1 * 3 + 1) * 8 + 2);
+    expect(q4HalfScaleIndex(10, 2, 3)).toEqual({ word: (1 * 2 + 1) * 8 + 2, half: 0 });
+    expect(q4ZeroIndex(10, 9, 12)).toEqual({ word: (1 * 2 + 1) * 8 + 2, nibble: 1 });
+  });
+
+  test('packQ4 round-trips integer codes (f32 scales, symmetric: no zeros buffer)', () => {
+    const format: Q4Format = { groupSize: 64, symmetric: true, scaleType: 'f32' };
+    const [n, k] = [8, 128];
+    const q = quantizeRtn(randomF32(n * k, 4), n, k, format);
+    const p = packQ4(q);
+    expect(p.zeros).toBeUndefined();
+    const scales = new Float32Array(p.scales);
+    const codes = new Uint8Array(n * k);
+    for (let r = 0; r < n; r++) {
+      for (let t = 0; t < k; t++) {
+        const u32 = p.words[q4WordIndex(r, t >> 5, p.wordsPerRow) * 4 + ((t & 31) >> 3)] as number;
+        codes[r * k + t] = (u32 >>> (4 * (t & 7))) & 15;
+      }
+      for (let g = 0; g < 2; g++) expect(scales[q4GroupIndex(r, g, 2)]).toBe(q.scales[r * 2 + g]);
+    }
+    expect(codes).toEqual(q.codes);
+  });
+
+  test('clear errors: K not a multiple of the group, bad group size, bad shapes', () => {
+    const f: Q4Format = { groupSize: 128, symmetric: true, scaleType: 'f16' };
+    expect(() => quantizeRtn(new Float32Array(200), 1, 200, f)).toThrow(UnsupportedModelError);
+    expect(() => quantizeRtn(new Float32Array(200), 1, 200, f)).toThrow(/K \(200\).*group size \(128\)/);
+    expect(() => checkQ4Shape(4, 96, { ...f, groupSize: 48 as Q4GroupSize })).toThrow(/group size 48/);
+    expect(() => quantizeRtn(new Float32Array(100), 1, 128, f)).toThrow(/100 values for a \[1, 128\]/);
+    expect(() => quantizeRtn(new Float32Array(0), 0, 128, f)).toThrow(RangeError);
+    const w = new Float32Array(128);
+    w[5] = NaN;
+    expect(() => quantizeRtn(w, 1, 128, f)).toThrow(/non-finite value at row 0, col 5/);
+    expect(() => quantizeRtn(new Float32Array(128).fill(1e6), 1, 128, f)).toThrow(/f16/);
+  });
+
+  test('sliceQ4Rows keeps codes, scales and zeros of the rows', () => {
+    const f: Q4Format = { groupSize: 32, symmetric: false, scaleType: 'f32' };
+    const q = quantizeRtn(randomF32(10 * 64, 9), 10, 64, f);
+    const s = sliceQ4Rows(q, 3, 4);
+    expect(dequantize(s)).toEqual(dequantize(q).slice(3 * 64, 7 * 64));
+  });
+
+  test('chunk sizes fit the workgroup budget', () => {
+    for (const f of FORMATS) {
+      for (const mt of [1, 4, 8]) {
+        const xc = q4ChunkVec4s(f, mt, 16384);
+        expect(xc % (f.groupSize / 4)).toBe(0);
+        expect(2 * mt * (xc * 16 + (xc / (f.groupSize / 4)) * 4)).toBeLessThanOrEqual(16384);
+      }
+    }
+  });
+});
+
+interface Case {
+  m: number;
+  n: number;
+  k: number;
+  format: Q4Format;
+  bias?: boolean;
+  accumulate?: boolean;
+  rowsPerPart?: number;
+  tiling?: Pick<MatmulQ4Args, 'rowsPerGroup' | 'rowsPerThread' | 'workgroupBytes' | 'subgroups'>;
+}
+
+async function check(c: GpuContext, t: Case): Promise<void> {
+  const { m, n, k, format } = t;
+  const seed = m * 7919 + n * 31 + k;
+  const x = randomF32(m * k, seed);
+  const q = quantizeRtn(randomF32(n * k, seed + 1), n, k, format);
+  const w = dequantize(q);
+  const bias = t.bias ? randomF32(n, seed + 2) : undefined;
+  const y0 = t.accumulate ? randomF32(m * n, seed + 3, 4) : undefined;
+  const weight = uploadQ4Weight(c, 'w', q, t.rowsPerPart);
+  const y = upload(c, y0 ?? new Float32Array(m * n));
+  run(c, (b) =>
+    matmulQ4(b, {
+      x: upload(c, x),
+      weight,
+      y,
+      m,
+      bias: bias ? upload(c, bias) : undefined,
+      accumulate: t.accumulate ?? false,
+      placeholder: upload(c, new Float32Array(1)),
+      ...t.tiling,
+    }),
+  );
+  const got = await readF32(c, y, m * n);
+  const want = matmulRef(x, w, m, n, k, bias, y0);
+  expectWithin(got, want, bound(q, x, m, { ...(bias ? { bias } : {}), ...(y0 ? { y0 } : {}) }));
+  expect(marlinError(got, want)).toBeLessThan(1e-3);
+}
+
+describe('matmul_q4', () => {
+  // Every format on M = 1, 2, 7, 8, 16 (which exercise MT = 1, 4, 8 with partial row tiles) and
+  // N = 1, 7, 129 (a partial 8-row tile and a partial 64·R-row workgroup).
+  for (const format of FORMATS) {
+    const k = 4 * format.groupSize;
+    const cases: [number, number][] = [
+      [1, 129],
+      [2, 7],
+      [7, 1],
+      [8, 129],
+      [16, 7],
+    ];
+    for (const [m, n] of cases) {
+      test(`${fmtName(format)} m=${m} n=${n} k=${k}`, async () => {
+        await check(await testGpu(), { m, n, k, format });
+      });
+    }
+  }
+
+  const g128s: Q4Format = { groupSize: 128, symmetric: true, scaleType: 'f16' };
+  const g32a: Q4Format = { groupSize: 32, symmetric: false, scaleType: 'f32' };
+  test('K = 32 (one word, one group)', async () => {
+    await check(await testGpu(), { m: 2, n: 9, k: 32, format: { ...g32a, scaleType: 'f16' } });
+  });
+  // The two X paths: staged in workgroup memory (ping-pong chunks; every adapter) and read
+  // directly with subgroup broadcasts (the default where subgroups of 8+ lanes exist).
+  const xPaths = async () => {
+    const c = await testGpu();
+    return q4SubgroupsUsable(c) ? [false, true] : [false];
+  };
+  test('K = 4096 over several chunks (m = 1, 8), both X paths', async () => {
+    const c = await testGpu();
+    for (const subgroups of await xPaths()) {
+      await check(c, { m: 1, n: 129, k: 4096, format: g128s, tiling: { subgroups } });
+      await check(c, { m: 8, n: 7, k: 4096, format: g32a, tiling: { subgroups } });
+    }
+  });
+  test('K past the last full chunk (partial chunk) and a small staging budget', async () => {
+    // 1536 = 1.5 chunks of 1024 k (the subgroup path's chunk, and the staged one's at MT = 1).
+    // 4 KiB of workgroup memory at MT = 8 forces staged chunks of 32 k: 13 ping-pong chunks.
+    const c = await testGpu();
+    for (const subgroups of await xPaths()) {
+      await check(c, { m: 1, n: 70, k: 1536, format: g128s, tiling: { subgroups } });
+      await check(c, { m: 3, n: 70, k: 1536, format: g128s, tiling: { subgroups } });
+    }
+    await check(c, {
+      m: 5,
+      n: 33,
+      k: 416,
+      format: g32a,
+      tiling: { workgroupBytes: 4096, rowsPerGroup: 8, subgroups: false },
+    });
+  });
+  test('every tiling (MT × R) against one reference, both X paths', async () => {
+    const c = await testGpu();
+    for (const subgroups of await xPaths()) {
+      for (const rowsPerGroup of [1, 4, 8] as const) {
+        for (const rowsPerThread of [1, 2, 4] as const) {
+          // The staged path shares all but the X reads: its corners suffice (compiles are slow).
+          if (!subgroups && rowsPerThread === 2) continue;
+          await check(c, {
+            m: 9,
+            n: 300,
+            k: 256,
+            format: g32a,
+            tiling: { rowsPerGroup, rowsPerThread, subgroups },
+          });
+        }
+      }
+    }
+  });
+  test('X without subgroups, every format family', async () => {
+    const c = await testGpu();
+    await check(c, { m: 1, n: 129, k: 256, format: g128s, tiling: { subgroups: false } });
+    await check(c, { m: 7, n: 70, k: 128, format: g32a, tiling: { subgroups: false } });
+    await check(c, {
+      m: 2,
+      n: 9,
+      k: 192,
+      format: { groupSize: 64, symmetric: false, scaleType: 'f16' },
+      tiling: { subgroups: false },
+    });
+  });
+  test('bias and accumulate (the fused residual add)', async () => {
+    const c = await testGpu();
+    await check(c, { m: 3, n: 129, k: 128, format: g32a, bias: true, accumulate: true });
+    await check(c, { m: 1, n: 7, k: 256, format: g128s, bias: true });
+    await check(c, { m: 8, n: 9, k: 64, format: { ...g32a, symmetric: true }, accumulate: true });
+  });
+  test('weights split across buffers', async () => {
+    await check(await testGpu(), { m: 2, n: 129, k: 128, format: g32a, bias: true, rowsPerPart: 50 });
+  });
+  test('K not a multiple of the group size is refused before any GPU work', () => {
+    expect(() => quantizeRtn(new Float32Array(7 * 4100), 7, 4100, g128s)).toThrow(
+      /K \(4100\) to be a multiple of the group size \(128\)/,
+    );
+  });
+  test('default tiling by shape', () => {
+    expect(chooseQ4Tiling(1, 8192)).toEqual({ rowsPerGroup: 1, rowsPerThread: 4 });
+    expect(chooseQ4Tiling(1, 512)).toEqual({ rowsPerGroup: 1, rowsPerThread: 1 });
+    expect(chooseQ4Tiling(3, 8192)).toEqual({ rowsPerGroup: 4, rowsPerThread: 4 });
+    expect(chooseQ4Tiling(16, 2048)).toEqual({ rowsPerGroup: 4, rowsPerThread: 4 });
+  });
+});
