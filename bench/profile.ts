@@ -23,6 +23,9 @@ if (!dir) {
   dir = await syntheticModel(process.env.KILN_BENCH_DIR ?? join(tmpdir(), 'kiln-bench'), shape, dtype);
 }
 const engine = await createEngine({ model: dir, contextLength: Math.max(context, 64) });
+// A short generation first: decode attention calibrates its async softmax on the first decode
+// steps, so the profile shows the kernels a running engine uses.
+await engine.generate([1], { maxTokens: 12, ignoreEos: true }).result();
 // The first pass compiles pipelines and faults pages in; the second is the one reported.
 await engine.profileDecode(context);
 const rows = await engine.profileDecode(context);

@@ -1,4 +1,4 @@
-// matmul_{f32,f16,bf16}_m{MT}r{R}[_swiglu]: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias)
+// matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_swiglu]: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias)
 // for the rows n of one weight part (big tensors are split across buffers by output rows), the
 // flat GEMM of FlashDecoding++ shaped for decode: M is padded only to MT (1, 4 or 8) rows.
 // Prepended with a weight fragment (EPW, word_dot, word_elem) and common/tiled.wgsl.

@@ -61,9 +61,10 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
         maxContext: ctxLen,
         chunk,
       });
-      for (const variant of ['two_pass', 'async_softmax'] as AttentionDecodeVariant[]) {
-        const builder = new DispatchBuilder(b.ctx);
-        const d = attentionDecode(builder, {
+      const builder = new DispatchBuilder(b.ctx);
+      const variants = ['two_pass', 'async_softmax'] as AttentionDecodeVariant[];
+      const dispatches = variants.map((variant) =>
+        attentionDecode(builder, {
           ...bufs,
           m: 1,
           heads,
@@ -75,8 +76,29 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
           variant,
           phi,
           scratch,
-        });
-        const t = await b.time(`attention_decode_${variant}`, d);
+        }),
+      );
+      // The two variants are compared with each other: time them in alternating rounds and keep
+      // each one's best median, so drift on a shared machine cannot favour whichever ran second.
+      const best = variants.map(() => Infinity);
+      for (let round = 0; round < 3; round++) {
+        for (let v = 0; v < variants.length; v++) {
+          const t = await b.time(`attention_decode_${variants[v]}`, dispatches[v] ?? []);
+          best[v] = Math.min(best[v] ?? Infinity, t);
+        }
+      }
+      for (let v = 0; v < variants.length; v++) {
+        const variant = variants[v] as AttentionDecodeVariant;
+        // Correctness of this variant's result (each variant writes the whole output).
+        const enc = b.ctx.device.createCommandEncoder();
+        const pass = enc.beginComputePass();
+        for (const disp of dispatches[v] ?? []) {
+          pass.setPipeline(disp.pipeline);
+          pass.setBindGroup(0, disp.bindGroup);
+          pass.dispatchWorkgroups(...disp.grid);
+        }
+        pass.end();
+        b.ctx.device.queue.submit([enc.finish()]);
         const out = await b.readF32(bufs.out, heads * headDim);
         let err = 0;
         let scaleMax = 0;
@@ -89,15 +111,17 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
           kernel: 'attention_decode',
           variant,
           shape: { model: model.name, context: ctxLen, heads, kv_heads: kvHeads, head_dim: headDim, chunk },
-          ms: t,
+          ms: best[v] as number,
           bytes: 2 * ctxLen * kvDim * 4 + 2 * heads * headDim * 4,
           flops: 4 * ctxLen * heads * headDim,
           max_rel_err: rel,
-          // f32 softmax and sums over the context vs float64: ~ctx·2⁻²⁴ relative, with margin.
+          // f32 scores, exponentials and sums over up to 4096 keys against float64, relative to
+          // the output's magnitude: measured ≤ 7e-7; 1e-4 leaves room for other adapters' exp/div
+          // precision (WGSL allows several ulp) without hiding a wrong merge (errors of O(1)).
           ok: rel <= 1e-4,
         });
-        builder.destroy();
       }
+      builder.destroy();
       scratch.destroy();
       b.freeSince(mark);
     }

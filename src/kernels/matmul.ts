@@ -1,8 +1,8 @@
 /**
- * matmul_{f32,f16,bf16}_m{MT}r{R}[_swiglu]: Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]), the flat
+ * matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_swiglu]: Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]), the flat
  * GEMM / GEMV of shaders/matmul.wgsl. One dispatch per weight part; each writes its own column
- * range of Y. The variant (rows of X per dispatch MT, rows per thread R) is chosen from the shape,
- * and its name is the pipeline's cache key and label.
+ * range of Y. The variant (rows of X per dispatch MT, rows per thread R, staged X chunk XV) is
+ * chosen from the shape class, and its name is the pipeline's cache key and label.
  */
 import { GpuDeviceError } from '../errors.js';
 import type { GpuContext } from '../gpu/device.js';
@@ -53,21 +53,27 @@ export function pickRowsPerThread(rows: number, swiglu: boolean): MatmulRowsPerT
 }
 
 /**
- * vec4s of X staged per row and chunk: half the workgroup memory the device allows (two buffers),
- * capped at 32 KiB so a chunk stays cache-sized. Depends on the device only, never on the shape.
+ * vec4s of X staged per row and chunk (XV): half the workgroup memory the device allows (two
+ * buffers, capped at 32 KiB so a chunk stays cache-sized), and no more than the power of two that
+ * holds a whole row of X. The cap matters for small K: WebGPU zero-initialises workgroup memory at
+ * every workgroup's start, and 32 KiB of zeroing cost more than a 128 x 128 GEMV on lavapipe. So XV
+ * is a shape class of K (a power of two), and part of the variant name.
  */
-export function stagedVec4s(ctx: GpuContext, mt: number): number {
+export function stagedVec4s(ctx: GpuContext, mt: number, k: number): number {
   const budget = Math.min(ctx.limits.maxComputeWorkgroupStorageSize, 32768);
-  const v = Math.floor(budget / (2 * mt * 16));
-  return v - (v % 2);
+  let v = Math.floor(budget / (2 * mt * 16));
+  v -= v % 2;
+  const row = 2 ** Math.ceil(Math.log2(Math.max(8, Math.ceil(k / 4))));
+  return Math.max(2, Math.min(v, row));
 }
 
 export function matmulVariantName(
   w: Pick<GpuWeight, 'format' | 'fused'>,
   mt: MatmulRowsPerDispatch,
   r: MatmulRowsPerThread,
+  xv: number,
 ): string {
-  return `matmul_${w.format}_m${mt}r${r}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
+  return `matmul_${w.format}_m${mt}r${r}x${xv}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
 }
 
 export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
@@ -76,14 +82,15 @@ export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
   const maxPartRows = Math.max(...a.weight.parts.map((p) => p.rows));
   const r = a.variant?.r ?? pickRowsPerThread(maxPartRows, swiglu);
   if (swiglu && r === 1) throw new RangeError('a SWIGLU-fused matmul needs an even rows-per-thread');
-  const variant = matmulVariantName(a.weight, mt, r);
+  const xv = stagedVec4s(b.ctx, mt, a.weight.cols);
+  const variant = matmulVariantName(a.weight, mt, r, xv);
   const zGroups = Math.ceil(a.m / mt);
   if (zGroups > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
   if (a.accumulate && swiglu) throw new RangeError('a SWIGLU-fused matmul cannot accumulate');
   const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
   const kw = wordsPerRow(a.weight.cols, a.weight.format);
   const perThread = swiglu ? r / 2 : r;
-  const constants = { MT: mt, R: r, XV: stagedVec4s(b.ctx, mt), SWIGLU: swiglu ? 1 : 0 };
+  const constants = { MT: mt, R: r, XV: xv, SWIGLU: swiglu ? 1 : 0 };
   return a.weight.parts.map((part) => {
     const groups = Math.ceil(part.rows / (WG * perThread));
     const gridX = Math.min(groups, MAX_GRID);

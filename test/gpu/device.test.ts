@@ -33,11 +33,12 @@ describe('GPU layer', () => {
   test('pipelines are cached by variant (a shape class), never by exact shape', async () => {
     const ctx = await acquireGpu({ gpu: dawnGpu() });
     const ph = upload(ctx, new Float32Array(1));
-    // All three fall in one class: 5..8+ rows of X (MT = 8), few output rows (R = 1).
+    // All three fall in one class: 5..8+ rows of X (MT = 8), few output rows (R = 1), and a row of
+    // X within the smallest staged chunk (XV = 8 vec4s, k <= 32).
     for (const [m, n, k] of [
       [5, 3, 5],
       [8, 17, 9],
-      [9, 2, 33],
+      [9, 2, 31],
     ] as const) {
       const { weight } = uploadWeight(ctx, randomF32(n * k, 1), n, k, 'f32');
       const y = upload(ctx, new Float32Array(m * n));
