@@ -150,6 +150,18 @@ export interface AttentionDecodeArgs {
   scratch: AttentionDecodeScratch;
 }
 
+/** Whether this kernel serves a model's attention shape (the checks `attentionDecode` makes). */
+export function supportsAttentionDecode(heads: number, kvHeads: number, headDim: number): boolean {
+  const nRep = heads / kvHeads;
+  return (
+    Number.isInteger(nRep) &&
+    nRep >= 1 &&
+    nRep <= ATTENTION_DECODE_MAX_REP &&
+    headDim % 8 === 0 &&
+    Math.ceil(nRep / HEAD_BLOCK) * headDim <= Q_CAP
+  );
+}
+
 /**
  * Records one decode attention call: 2 dispatches for 'two_pass', 4 for 'async_softmax' (pass 1,
  * merge, then the exact fallback pass 1 and merge, which do nothing for unflagged rows). They must

@@ -5,18 +5,19 @@
  *   embed -> per layer [rmsnorm -> qkv (one fused matmul, +bias) -> rope(q, k) + KV-cache write
  *   -> attention -> o (+residual) -> rmsnorm -> gate·up with the SwiGLU epilogue -> down (+residual)]
  *   -> final rmsnorm of the rows that need logits -> lm head -> argmax
- * and copies back either one id per logit row or the logits.
+ * and copies back one id per logit row (argmax, or the GPU sampler's draw) or the logits.
+ * Decode-shaped steps run split-K attention, exact until the per-layer unified max of the async
+ * softmax has been calibrated on the first decode steps (see `absorbCapture` below).
  */
 import type { GpuContext } from '../gpu/device.js';
 import type { GpuTimer } from '../gpu/timer.js';
 import { argmax } from '../kernels/argmax.js';
 import { attention } from '../kernels/attention.js';
 import {
-  ATTENTION_DECODE_MAX_HEAD_DIM,
-  ATTENTION_DECODE_MAX_REP,
   AttentionDecodeScratch,
   attentionDecode,
   pickDecodeChunk,
+  supportsAttentionDecode,
 } from '../kernels/attention-decode.js';
 import { DispatchBuilder, encodeDispatches, type Dispatch } from '../kernels/dispatch.js';
 import { embed } from '../kernels/embed.js';
@@ -70,17 +71,6 @@ const ASYNC_WINDOW = 60;
 
 /** Steps of up to this many rows use split-K decode attention. */
 const DECODE_ATTENTION_MAX_ROWS = 4;
-
-/** The split-K kernel's limits (GQA group size, head_dim); other models use the general kernel. */
-function supportsDecodeAttention(spec: ModelSpec): boolean {
-  const rep = spec.numHeads / spec.numKvHeads;
-  return (
-    rep <= ATTENTION_DECODE_MAX_REP &&
-    spec.headDim % 4 === 0 &&
-    spec.headDim <= ATTENTION_DECODE_MAX_HEAD_DIM &&
-    rep * spec.headDim <= 1024
-  );
-}
 
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
 const USAGE_ACT = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
@@ -158,7 +148,11 @@ export class StepPlan {
     // Decode-shaped steps (a few rows over a long context) use split-K attention; prefill chunks
     // keep the one-workgroup-per-(head, row) kernel, which already has rows × heads workgroups.
     const maxContext = kv.numBlocks * BLOCK_TOKENS;
-    if (m <= DECODE_ATTENTION_MAX_ROWS && supportsDecodeAttention(spec)) {
+    if (
+      m <= DECODE_ATTENTION_MAX_ROWS &&
+      // Other shapes (more than 8 query heads per KV head, unusual head_dim) keep the general kernel.
+      supportsAttentionDecode(spec.numHeads, spec.numKvHeads, spec.headDim)
+    ) {
       const chunk = pickDecodeChunk({ maxContext, kvHeads: spec.numKvHeads, rows: m });
       this.decodeScratch = new AttentionDecodeScratch(ctx, {
         rows: m,
@@ -321,7 +315,7 @@ export class ForwardModel {
   private static readonly MAX_PLANS = 4;
   /**
    * FlashDecoding++'s unified max per layer for decode attention; null = the exact two-pass
-   * softmax. Set by calibration (see `calibrateScores`) when async softmax is enabled.
+   * softmax. Set by calibration (see `absorbCapture`) when async softmax is enabled.
    */
   readonly attentionPhi: (number | null)[];
   /** Observed range of per-row score maxima, per layer, while calibrating. */

@@ -5,6 +5,7 @@ import {
   attentionDecode,
   decodeSplits,
   pickDecodeChunk,
+  supportsAttentionDecode,
   type AttentionDecodeVariant,
 } from '../../src/kernels/attention-decode.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
@@ -359,6 +360,20 @@ describe('attention_decode (split-K) vs attentionRef', () => {
     await expect(
       decode(c, kv, { heads: 1, positions: [0], q, variant: 'async_softmax', chunk: 16, maxContext: 16 }),
     ).rejects.toThrow(/phi/);
+  });
+});
+
+describe('supportsAttentionDecode (how the forward pass decides between this kernel and `attention`)', () => {
+  test('accepts the benchmark and test shapes, refuses what attentionDecode refuses', () => {
+    expect(supportsAttentionDecode(32, 8, 64)).toBe(true); // Llama-3.2-1B
+    expect(supportsAttentionDecode(14, 2, 64)).toBe(true); // Qwen2.5-0.5B
+    expect(supportsAttentionDecode(8, 4, 16)).toBe(true); // babyllama
+    expect(supportsAttentionDecode(4, 1, 256)).toBe(true);
+    expect(supportsAttentionDecode(8, 1, 256)).toBe(false); // > 4 heads per KV head at head_dim 256
+    expect(supportsAttentionDecode(8, 1, 128)).toBe(true);
+    expect(supportsAttentionDecode(16, 1, 64)).toBe(false); // > 8 heads per KV head
+    expect(supportsAttentionDecode(2, 2, 12)).toBe(false); // head_dim not a multiple of 8
+    expect(supportsAttentionDecode(6, 4, 64)).toBe(false); // not a whole GQA group
   });
 });
 
