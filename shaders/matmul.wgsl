@@ -1,9 +1,11 @@
 // matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_swiglu]: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias)
 // for the rows n of one weight part (big tensors are split across buffers by output rows), the
 // flat GEMM of FlashDecoding++ shaped for decode: M is padded only to MT (1, 4 or 8) rows.
-// Prepended with a weight fragment (EPW, word_dot, word_elem) and common/tiled.wgsl.
+// Prepended with an activation fragment (common/act_*.wgsl: the element type Act of x), a weight
+// fragment (EPW, word_dot, word_elem) and common/tiled.wgsl.
 //
-// Bindings: params, weights (tiled vec4<u32> words), x [m, k] f32, y [m, n_total] f32,
+// Bindings: params, weights (tiled vec4<u32> words), x [m, k] Act (f32, or f16 where the adapter
+// has shader-f16: converted to f32 as it is staged), y [m, n_total] f32,
 // bias f32 (a 4-byte placeholder when flags bit 0 is clear).
 // Work: 64 threads per workgroup, each owning R whole output rows (n, n + 64, ...), so a thread
 // streams its rows word by word (16-byte loads; the tiled layout puts the 8 rows of neighbouring
@@ -39,7 +41,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> weights: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<Act>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
@@ -63,11 +65,11 @@ fn stage(t: u32, m0: u32, c: u32, half: u32) {
     if (row < p.m) {
       let base = row * p.k + kk;
       if (kk + 3u < p.k) {
-        val = vec4<f32>(x[base], x[base + 1u], x[base + 2u], x[base + 3u]);
+        val = vec4<f32>(f32(x[base]), f32(x[base + 1u]), f32(x[base + 2u]), f32(x[base + 3u]));
       } else {
         for (var e = 0u; e < 4u; e++) {
           if (kk + e < p.k) {
-            val[e] = x[base + e];
+            val[e] = f32(x[base + e]);
           }
         }
       }

@@ -1,6 +1,7 @@
 // rmsnorm: y[r, :] = w ⊙ x[rows[r], :] / sqrt(mean(x[rows[r], :]²) + eps), in f32.
 // `rows` maps output rows to input rows, so the final norm can pick only the rows that need logits.
-// Bindings: params, x [*, hidden] f32, w [hidden] f32, rows [m] u32, y [m, hidden] f32.
+// Bindings: params, x [*, hidden] f32, w [hidden] f32, rows [m] u32, y [m, hidden] Act (prepended
+// activation fragment: f32, or f16 = the optional output cast for a matmul reading f16 X).
 // Work: one 64-thread workgroup per output row. Each thread sums the squares of its strided
 // elements, then every thread adds up the 64 partials itself: one barrier instead of a six-level
 // tree (barriers are what a small kernel pays for on CPU adapters; 64 reads of workgroup memory
@@ -15,7 +16,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read> rows: array<u32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<Act>;
 
 const WG: u32 = 64u;
 var<workgroup> red: array<f32, WG>;
@@ -38,6 +39,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let inv = inverseSqrt(total / f32(p.hidden) + p.eps);
   let dst = r * p.hidden;
   for (var j = t; j < p.hidden; j += WG) {
-    y[dst + j] = x[src + j] * inv * w[j];
+    y[dst + j] = Act(x[src + j] * inv * w[j]);
   }
 }

@@ -8,6 +8,7 @@
 import { f32ToBf16Bits, f32ToF16Bits } from '../io/dtype.js';
 import type { AdapterSummary, GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
+import type { ActivationFormat } from '../kernels/activation.js';
 import { argmax } from '../kernels/argmax.js';
 import { DispatchBuilder, type Dispatch } from '../kernels/dispatch.js';
 import { matmul, type MatmulRowsPerThread } from '../kernels/matmul.js';
@@ -336,19 +337,41 @@ async function matmulSuite(b: BenchContext): Promise<void> {
           // At M = 1 every rows-per-thread variant is measured (the "best f32 variant" the int4
           // kernel is compared with); otherwise the one the engine would pick.
           const variants: (MatmulRowsPerThread | undefined)[] = m === 1 ? [1, 2, 4] : [undefined];
-          for (const r of variants) {
+          const cases: { r: MatmulRowsPerThread | undefined; xFormat: ActivationFormat }[] = variants.map(
+            (r) => ({
+              r,
+              xFormat: 'f32',
+            }),
+          );
+          // f16 activations (X stored as f16) where the adapter has shader-f16: the default variant.
+          if (b.ctx.adapter.shaderF16 && format === 'f16' && !b.opts.quick)
+            cases.push({ r: undefined, xFormat: 'f16' });
+          for (const { r, xFormat } of cases) {
             const builder = new DispatchBuilder(b.ctx);
-            const d = matmul(builder, { x: xb, weight, y, m, placeholder: ph, variant: r ? { r } : {} });
+            // X as the kernel sees it: f16-rounded for the f16 variant (the reference uses the same).
+            const xSeen = xFormat === 'f16' ? encodeWeight(x, 'f16').seen : x;
+            const xBuf = xFormat === 'f16' ? b.upload(encodeWeight(x, 'f16').bytes) : xb;
+            const d = matmul(builder, {
+              x: xBuf,
+              weight,
+              y,
+              m,
+              placeholder: ph,
+              variant: r ? { r } : {},
+              xFormat,
+            });
             const label = (d[0] as Dispatch).label;
             const t = await b.time(label, d);
             const out = await b.readF32(y, m * lin.n);
-            const err = matmulError(out, x, seen, m, lin.n, lin.k, checkedColumns(m, lin.n, lin.k));
+            const err = matmulError(out, xSeen, seen, m, lin.n, lin.k, checkedColumns(m, lin.n, lin.k));
             b.add({
               kernel: `matmul_${format}`,
               variant: label,
               shape: { model: model.name, layer: lin.name, m, n: lin.n, k: lin.k },
               ms: t,
-              bytes: lin.n * wordsPerRow(lin.k, format) * 16 + m * (lin.k + lin.n) * 4,
+              bytes:
+                lin.n * wordsPerRow(lin.k, format) * 16 +
+                m * (lin.k * (xFormat === 'f16' ? 2 : 4) + lin.n * 4),
               flops: 2 * m * lin.n * lin.k,
               max_rel_err: err,
               ok: err <= (lin.k + 4) * 2 ** -24,

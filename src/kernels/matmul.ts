@@ -6,6 +6,7 @@
  */
 import { GpuDeviceError } from '../errors.js';
 import type { GpuContext } from '../gpu/device.js';
+import { activationFragment, checkActivationFormat, type ActivationFormat } from './activation.js';
 import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
 import { weightFragment, wordsPerRow, type GpuWeight } from './weight.js';
 
@@ -22,6 +23,8 @@ export interface MatmulArgs {
   accumulate?: boolean;
   /** Bound when there is no bias (bindings cannot be empty). */
   placeholder: GPUBuffer;
+  /** Element type of x: 'f16' (needs shader-f16) reads X written by an f16 output cast. */
+  xFormat?: ActivationFormat;
   /** Force a variant (benchmarks and tests); by default chosen from the shape. */
   variant?: { mt?: MatmulRowsPerDispatch; r?: MatmulRowsPerThread };
 }
@@ -72,8 +75,10 @@ export function matmulVariantName(
   mt: MatmulRowsPerDispatch,
   r: MatmulRowsPerThread,
   xv: number,
+  xFormat: ActivationFormat = 'f32',
 ): string {
-  return `matmul_${w.format}_m${mt}r${r}x${xv}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
+  const x = xFormat === 'f16' ? '_xf16' : '';
+  return `matmul_${w.format}_m${mt}r${r}x${xv}${x}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
 }
 
 export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
@@ -83,7 +88,9 @@ export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
   const r = a.variant?.r ?? pickRowsPerThread(maxPartRows, swiglu);
   if (swiglu && r === 1) throw new RangeError('a SWIGLU-fused matmul needs an even rows-per-thread');
   const xv = stagedVec4s(b.ctx, mt, a.weight.cols);
-  const variant = matmulVariantName(a.weight, mt, r, xv);
+  const xFormat = a.xFormat ?? 'f32';
+  checkActivationFormat(b.ctx, xFormat);
+  const variant = matmulVariantName(a.weight, mt, r, xv, xFormat);
   const zGroups = Math.ceil(a.m / mt);
   if (zGroups > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
   if (a.accumulate && swiglu) throw new RangeError('a SWIGLU-fused matmul cannot accumulate');
@@ -106,7 +113,8 @@ export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
     ]);
     return b.make(
       variant,
-      () => shaderSource('matmul', weightFragment(a.weight.format), 'common/tiled'),
+      () =>
+        shaderSource('matmul', activationFragment(xFormat), weightFragment(a.weight.format), 'common/tiled'),
       params,
       [part.buffer, a.x, a.y, a.bias ?? a.placeholder],
       [gridX, Math.ceil(groups / gridX), zGroups],

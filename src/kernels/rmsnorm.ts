@@ -1,4 +1,5 @@
 /** rmsnorm: y[r] = w ⊙ x[rows[r]] / sqrt(mean(x[rows[r]]²) + eps); see shaders/rmsnorm.wgsl. */
+import { activationFragment, checkActivationFormat, type ActivationFormat } from './activation.js';
 import {
   linearGrid,
   MAX_GRID,
@@ -18,12 +19,16 @@ export function rmsnorm(
     m: number;
     hidden: number;
     eps: number;
+    /** Element type of y: 'f16' (needs shader-f16) is the output cast for a matmul reading f16 X. */
+    out?: ActivationFormat;
   },
 ): Dispatch {
   if (a.m > MAX_GRID) throw new RangeError(`rmsnorm: ${a.m} rows exceed one dispatch`);
+  const out = a.out ?? 'f32';
+  checkActivationFormat(b.ctx, out);
   return b.make(
-    'rmsnorm',
-    () => shaderSource('rmsnorm'),
+    out === 'f16' ? 'rmsnorm_f16out' : 'rmsnorm',
+    () => shaderSource('rmsnorm', activationFragment(out)),
     packParams([
       ['u32', a.hidden],
       ['f32', a.eps],

@@ -41,6 +41,7 @@ interface ModelFlags {
   memoryLimit?: number;
   attention?: 'async' | 'two_pass';
   sampler?: 'gpu' | 'cpu';
+  activations?: 'f32' | 'f16';
   quiet?: boolean;
 }
 
@@ -80,6 +81,12 @@ function addModelOptions(cmd: Command): Command {
         '--sampler <where>',
         'where non-greedy tokens are drawn: gpu (one id read back per token) or cpu (from the logits)',
       ).choices(['gpu', 'cpu']),
+    )
+    .addOption(
+      new Option(
+        '--activations <type>',
+        'storage of the normed activations the matmuls read: f32, or f16 (needs shader-f16)',
+      ).choices(['f32', 'f16']),
     )
     .option('-q, --quiet', 'no progress bar');
 }
@@ -130,6 +137,7 @@ async function loadEngine(o: ModelFlags): Promise<Engine> {
       ...(o.memoryLimit ? { memoryLimitBytes: o.memoryLimit * 2 ** 20 } : {}),
       ...(o.attention ? { attentionSoftmax: o.attention } : {}),
       ...(o.sampler ? { sampling: o.sampler } : {}),
+      ...(o.activations ? { activations: o.activations } : {}),
       pull: { onProgress: (p: PullProgress) => pullBar.update(p.bytes, p.total, p.file) },
       onProgress: (p: LoadProgress) => loadBar.update(p.loadedBytes, p.totalBytes, p.tensor),
     });

@@ -55,6 +55,12 @@ export interface EngineOptions {
    * read back and runtime/sampler.ts draws). Both draw from the same distribution.
    */
   sampling?: 'gpu' | 'cpu';
+  /**
+   * Storage of the normed activations that the q/k/v, gate/up and LM-head matmuls read: 'f32'
+   * (default) or 'f16' (halves them; needs an adapter with shader-f16, refused otherwise).
+   * Computation stays f32 either way.
+   */
+  activations?: 'f32' | 'f16';
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -123,7 +129,16 @@ export class Engine {
       weights = await loadWeights(ctx, spec, ckpt, opts.onProgress);
       kv = await PagedKvCache.create(ctx, spec, Math.ceil(contextLength / BLOCK_TOKENS));
       const calibration = (opts.attentionSoftmax ?? 'async') === 'async' ? CALIBRATION_STEPS : 0;
-      forward = new ForwardModel(ctx, spec, weights, kv, prefillChunk, calibration);
+      const activations = opts.activations ?? 'f32';
+      if (activations !== 'f32' && activations !== 'f16') {
+        throw new InvalidRequestError(`activations must be 'f32' or 'f16', got ${String(activations)}`);
+      }
+      if (activations === 'f16' && !ctx.adapter.shaderF16) {
+        throw new InvalidRequestError(
+          `activations 'f16' needs the shader-f16 feature, which this adapter (${ctx.adapter.description || ctx.adapter.device}) lacks; use 'f32'`,
+        );
+      }
+      forward = new ForwardModel(ctx, spec, weights, kv, prefillChunk, calibration, activations);
       const engine = new Engine(
         spec,
         tokenizer,

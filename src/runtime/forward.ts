@@ -11,6 +11,7 @@
  */
 import type { GpuContext } from '../gpu/device.js';
 import type { GpuTimer } from '../gpu/timer.js';
+import { activationBytes, checkActivationFormat, type ActivationFormat } from '../kernels/activation.js';
 import { argmax } from '../kernels/argmax.js';
 import { attention } from '../kernels/attention.js';
 import {
@@ -130,12 +131,22 @@ export class StepPlan {
     this.slots = f32('step.slots', m, USAGE_IN());
     this.logitRowMap = f32('step.logit_rows', r, USAGE_IN());
     /** [m, H] residual stream */ const x = f32('act.x', m * H);
-    /** [m, H] normed */ const xn = f32('act.xn', m * H);
+    /** [m, H] normed, the qkv and gate_up matmuls' X (f16 when activations are f16) */
+    const xn = this.buffer(
+      'act.xn',
+      Math.ceil((m * H * activationBytes(model.activations)) / 4) * 4,
+      USAGE_ACT(),
+    );
     /** [m, qDim + 2·kvDim] */ const qkv = f32('act.qkv', m * (qDim + 2 * kvDim));
     /** [m, qDim] rotated q */ const q = f32('act.q', m * qDim);
     /** [m, qDim] */ const att = f32('act.attn', m * qDim);
     /** [m, I] silu(gate)·up */ const act = f32('act.mlp', m * I);
-    /** [r, H] */ const fin = f32('act.final', r * H);
+    /** [r, H] normed rows for the LM head (f16 when activations are f16) */
+    const fin = this.buffer(
+      'act.final',
+      Math.ceil((r * H * activationBytes(model.activations)) / 4) * 4,
+      USAGE_ACT(),
+    );
     this.logits = f32('act.logits', r * spec.vocabSize);
     this.outIds = f32('act.out_ids', r);
     this.idsReadback = this.buffer('readback.ids', r * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
@@ -170,8 +181,23 @@ export class StepPlan {
     weights.layers.forEach((L, l) => {
       const kCache = kv.k[l] as GPUBuffer;
       const vCache = kv.v[l] as GPUBuffer;
-      d.push(rmsnorm(b, { x, weight: L.inputNorm, rows: model.identityRows, y: xn, m, hidden: H, eps }));
-      d.push(...matmul(b, { x: xn, weight: L.qkv.weight, bias: L.qkv.bias, y: qkv, m, placeholder: ph }));
+      const normOut = { out: model.activations };
+      const xIn = { xFormat: model.activations };
+      d.push(
+        rmsnorm(b, {
+          x,
+          weight: L.inputNorm,
+          rows: model.identityRows,
+          y: xn,
+          m,
+          hidden: H,
+          eps,
+          ...normOut,
+        }),
+      );
+      d.push(
+        ...matmul(b, { x: xn, weight: L.qkv.weight, bias: L.qkv.bias, y: qkv, m, placeholder: ph, ...xIn }),
+      );
       d.push(
         ropeKvWrite(b, {
           rowInfo: this.rowInfo,
@@ -225,9 +251,19 @@ export class StepPlan {
           placeholder: ph,
         }),
       );
-      d.push(rmsnorm(b, { x, weight: L.postNorm, rows: model.identityRows, y: xn, m, hidden: H, eps }));
       d.push(
-        ...matmul(b, { x: xn, weight: L.gateUp.weight, bias: L.gateUp.bias, y: act, m, placeholder: ph }),
+        rmsnorm(b, { x, weight: L.postNorm, rows: model.identityRows, y: xn, m, hidden: H, eps, ...normOut }),
+      );
+      d.push(
+        ...matmul(b, {
+          x: xn,
+          weight: L.gateUp.weight,
+          bias: L.gateUp.bias,
+          y: act,
+          m,
+          placeholder: ph,
+          ...xIn,
+        }),
       );
       d.push(
         ...matmul(b, {
@@ -242,8 +278,24 @@ export class StepPlan {
       );
     });
     this.head.push(
-      rmsnorm(b, { x, weight: weights.finalNorm, rows: this.logitRowMap, y: fin, m: r, hidden: H, eps }),
-      ...matmul(b, { x: fin, weight: weights.lmHead, y: this.logits, m: r, placeholder: ph }),
+      rmsnorm(b, {
+        x,
+        weight: weights.finalNorm,
+        rows: this.logitRowMap,
+        y: fin,
+        m: r,
+        hidden: H,
+        eps,
+        out: model.activations,
+      }),
+      ...matmul(b, {
+        x: fin,
+        weight: weights.lmHead,
+        y: this.logits,
+        m: r,
+        placeholder: ph,
+        xFormat: model.activations,
+      }),
     );
     this.argmax = argmax(b, { logits: this.logits, ids: this.outIds, rows: r, n: spec.vocabSize });
     this.scratch = {
@@ -332,7 +384,13 @@ export class ForwardModel {
     readonly maxRows: number,
     /** Decode steps whose attention scores calibrate phi (0: keep the exact two-pass softmax). */
     calibrationSteps = 0,
+    /**
+     * Storage of the normed activations the qkv, gate_up and LM-head matmuls read: 'f16' (needs
+     * shader-f16) halves them; every kernel still computes in f32.
+     */
+    readonly activations: ActivationFormat = 'f32',
   ) {
+    checkActivationFormat(ctx, activations);
     this.attentionPhi = Array.from({ length: spec.numLayers }, () => null);
     this.scoreRange = Array.from({ length: spec.numLayers }, () => ({ lo: Infinity, hi: -Infinity }));
     this.calibrationLeft = calibrationSteps;

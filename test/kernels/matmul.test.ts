@@ -1,4 +1,8 @@
-import { describe, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
+import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
+import { checkActivationFormat } from '../../src/kernels/activation.js';
+import { rmsnorm } from '../../src/kernels/rmsnorm.js';
+import { rmsnormRef } from '../../src/kernels/rmsnorm.ref.js';
 import { matmul, type MatmulRowsPerDispatch, type MatmulRowsPerThread } from '../../src/kernels/matmul.js';
 import { matmulRef } from '../../src/kernels/matmul.ref.js';
 import { swigluRef } from '../../src/kernels/swiglu.ref.js';
@@ -148,4 +152,66 @@ describe('matmul', () => {
       expectClose(await readF32(c, y, m * units), expected, { atol: tol, rtol: 8 * 2 ** -24 });
     });
   }
+});
+
+describe('f16 activations (X stored as f16 where the adapter has shader-f16)', () => {
+  /** f32 values rounded to f16 and their f16 bits. */
+  function toF16(v: Float32Array): { bits: Uint16Array; seen: Float32Array } {
+    const bits = new Uint16Array(v.length);
+    v.forEach((x, i) => (bits[i] = f32ToF16Bits(x)));
+    return { bits, seen: Float32Array.from(bits, (h) => f16BitsToF32(h)) };
+  }
+
+  for (const [m, n, k] of [
+    [1, 7, 129],
+    [5, 129, 4097],
+    [9, 33, 64],
+  ] as const) {
+    test(`matmul reads f16 X (m=${m} n=${n} k=${k}, bf16 weights)`, async () => {
+      const c = await testGpu();
+      if (!c.adapter.shaderF16) return expect(() => checkActivationFormat(c, 'f16')).toThrow(/shader-f16/);
+      const { bits, seen: x } = toF16(randomF32(m * k, 31 + k));
+      const { weight, seen } = uploadWeight(c, randomF32(n * k, 32 + n), n, k, 'bf16');
+      const y = upload(c, new Float32Array(m * n));
+      const xb = upload(c, new Uint8Array(bits.buffer));
+      run(c, (b) =>
+        matmul(b, { x: xb, weight, y, m, placeholder: upload(c, new Float32Array(1)), xFormat: 'f16' }),
+      );
+      // X is exactly the f16 values (converted to f32 when staged), so the f32 bound applies as is.
+      expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
+        atol: bound(x, seen, m, n, k, 0),
+      });
+    });
+  }
+
+  test('rmsnorm casts its output to f16 (one rounding: 2⁻¹¹ relative, on top of the f32 norm)', async () => {
+    const c = await testGpu();
+    if (!c.adapter.shaderF16) return;
+    const [rows, hidden] = [3, 129];
+    const x = randomF32(rows * hidden, 41, 3);
+    const w = randomF32(hidden, 42, 2);
+    const y = upload(c, new Uint8Array(Math.ceil((rows * hidden * 2) / 4) * 4));
+    run(c, (b) =>
+      rmsnorm(b, {
+        x: upload(c, x),
+        weight: upload(c, w),
+        rows: upload(c, Uint32Array.from([0, 1, 2])),
+        y,
+        m: rows,
+        hidden,
+        eps: 1e-5,
+        out: 'f16',
+      }),
+    );
+    const got = new Uint16Array(await c.read(y, 0, Math.ceil((rows * hidden * 2) / 4) * 4)).subarray(
+      0,
+      rows * hidden,
+    );
+    const want = rmsnormRef(x, w, rows, hidden, 1e-5);
+    expectClose(
+      Array.from(got, (h) => f16BitsToF32(h)),
+      want,
+      { atol: 2 ** -24, rtol: 2 ** -11 + 64 * 2 ** -24 },
+    );
+  });
 });

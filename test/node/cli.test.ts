@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CATALOG } from '../../src/io/catalog.js';
 import { encodeSafetensors, type TensorToWrite } from '../../src/io/safetensors.js';
 import type { SafetensorsDtype } from '../../src/io/dtype.js';
+import { dawnGpu } from '../../src/node/dawn.js';
 import { createEngine, openLocalModelDir } from '../../src/node/index.js';
 import { KilnTokenizer } from '../../src/io/tokenizer.js';
 import { writeTestModel } from '../helpers/checkpoints.js';
@@ -227,6 +228,30 @@ describe('kiln convert llama2c + kiln run (acceptance: babyllama vs the float64 
       } finally {
         engine.dispose();
       }
+    }
+  });
+
+  it('f16 activations keep the golden greedy ids; an adapter without shader-f16 refuses them', async () => {
+    const engine = await createEngine({ model: baby, activations: 'f16' });
+    try {
+      // The normed activations are rounded once to f16 (2⁻¹¹ relative) before the q/k/v, gate/up and
+      // LM-head matmuls; over the first 64 golden steps the f32 top-1/top-2 margin is at least 0.87
+      // (see the logits test below), far above what that rounding moves a logit here.
+      const r = await engine.generate([1], { maxTokens: 64, temperature: 0 }).result();
+      expect(r.tokenIds).toEqual(golden.slice(0, 64));
+    } finally {
+      engine.dispose();
+    }
+    // A device created without shader-f16 (Dawn's adapter, no features requested).
+    const gpu = dawnGpu();
+    const adapter = await gpu.requestAdapter();
+    const device = await adapter!.requestDevice();
+    try {
+      await expect(createEngine({ model: baby, device, activations: 'f16' })).rejects.toThrow(
+        /activations 'f16' needs the shader-f16 feature/,
+      );
+    } finally {
+      device.destroy();
     }
   });
 

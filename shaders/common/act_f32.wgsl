@@ -1,0 +1,2 @@
+// Activation fragment: f32 activations (every adapter).
+alias Act = f32;
