@@ -111,6 +111,9 @@ export class Engine {
     positiveInteger('contextLength', opts.contextLength);
     positiveInteger('prefillChunkTokens', opts.prefillChunkTokens);
     positiveInteger('memoryLimitBytes', opts.memoryLimitBytes);
+    const attentionSoftmax = oneOf('attentionSoftmax', opts.attentionSoftmax, ['async', 'two_pass'] as const);
+    const sampling = oneOf('sampling', opts.sampling, ['gpu', 'cpu'] as const);
+    const activations = oneOf('activations', opts.activations, ['f32', 'f16'] as const);
     const contextLength = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
     const prefillChunk = Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength);
     const ckpt = await openCheckpoint(opts.model);
@@ -126,18 +129,14 @@ export class Engine {
         ...(opts.gpu ? { gpu: opts.gpu } : {}),
         keepAlive: opts.keepAlive,
       });
-      weights = await loadWeights(ctx, spec, ckpt, opts.onProgress);
-      kv = await PagedKvCache.create(ctx, spec, Math.ceil(contextLength / BLOCK_TOKENS));
-      const calibration = (opts.attentionSoftmax ?? 'async') === 'async' ? CALIBRATION_STEPS : 0;
-      const activations = opts.activations ?? 'f32';
-      if (activations !== 'f32' && activations !== 'f16') {
-        throw new InvalidRequestError(`activations must be 'f32' or 'f16', got ${String(activations)}`);
-      }
       if (activations === 'f16' && !ctx.adapter.shaderF16) {
         throw new InvalidRequestError(
           `activations 'f16' needs the shader-f16 feature, which this adapter (${ctx.adapter.description || ctx.adapter.device}) lacks; use 'f32'`,
         );
       }
+      weights = await loadWeights(ctx, spec, ckpt, opts.onProgress);
+      kv = await PagedKvCache.create(ctx, spec, Math.ceil(contextLength / BLOCK_TOKENS));
+      const calibration = attentionSoftmax === 'async' ? CALIBRATION_STEPS : 0;
       forward = new ForwardModel(ctx, spec, weights, kv, prefillChunk, calibration, activations);
       const engine = new Engine(
         spec,
@@ -149,7 +148,7 @@ export class Engine {
         forward,
         prefillChunk,
         opts.model.location,
-        (opts.sampling ?? 'gpu') === 'gpu',
+        sampling === 'gpu',
       );
       await engine.warmUp();
       engine.loadMs = performance.now() - t0;
@@ -498,6 +497,17 @@ export class Generation implements AsyncIterable<GeneratedToken> {
     }
     return this.finished as Promise<GenerateResult>;
   }
+}
+
+/** An enumerated option: its value, or the first (default) choice; anything else names the field. */
+function oneOf<T extends string>(field: string, v: T | undefined, choices: readonly [T, ...T[]]): T {
+  if (v === undefined) return choices[0];
+  if (!choices.includes(v)) {
+    throw new InvalidRequestError(
+      `${field} must be ${choices.map((c) => `'${c}'`).join(' or ')}, got ${String(v)}`,
+    );
+  }
+  return v;
 }
 
 function positiveInteger(field: string, v: number | undefined): void {

@@ -468,6 +468,19 @@ describe('request validation', () => {
     expect((err as Error).message).toContain(field);
   });
 
+  test.each([
+    ['attentionSoftmax', 'exact'],
+    ['sampling', 'gpu2'],
+    ['activations', 'bf16'],
+  ] as const)(
+    'engine option %s = %j is an InvalidRequestError naming it and the choices',
+    async (field, value) => {
+      const err = await createEngine({ model: dir, [field]: value }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(InvalidRequestError);
+      expect((err as Error).message).toMatch(new RegExp(`${field} must be '.*' or '.*', got ${value}`));
+    },
+  );
+
   test('the engine serves requests after rejecting some', async () => {
     expect(await ids(engine, PROMPT, GREEDY)).toEqual(ref.greedy(PROMPT, 12));
   });
