@@ -9,7 +9,7 @@ import { encodeFromFloat32, type FloatDtype } from '../src/io/dtype.js';
 import { parseModelConfig } from '../src/io/config.js';
 import { expectedTensors } from '../src/runtime/weights.js';
 import { writeSafetensorsFile } from '../src/node/safetensors-file.js';
-import { randomF32 } from './random.js';
+import { randomF32 } from '../src/bench/random.js';
 
 export { SHAPES } from '../src/bench/models.js';
 import { SHAPES } from '../src/bench/models.js';

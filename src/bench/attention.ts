@@ -10,8 +10,9 @@ import {
   pickDecodeChunk,
   type AttentionDecodeVariant,
 } from '../kernels/attention-decode.js';
-import { DispatchBuilder } from '../kernels/dispatch.js';
-import { seededF32, type BenchContext } from './kernels.js';
+import { DispatchBuilder, runDispatches } from '../kernels/dispatch.js';
+import type { BenchContext } from './kernels.js';
+import { randomF32 } from './random.js';
 import { BENCH_MODELS } from './models.js';
 
 const BLOCK = 16;
@@ -27,8 +28,8 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
       const blocks = Math.ceil(ctxLen / BLOCK);
       // Logical token t lives in physical block perm[t / 16]: a scattered (reversed) table.
       const table = Uint32Array.from({ length: blocks }, (_, i) => blocks - 1 - i);
-      const k = seededF32(ctxLen * kvDim, ctxLen, 1);
-      const v = seededF32(ctxLen * kvDim, ctxLen + 1, 1);
+      const k = randomF32(ctxLen * kvDim, ctxLen, 1);
+      const v = randomF32(ctxLen * kvDim, ctxLen + 1, 1);
       const kPaged = new Float32Array(blocks * kvDim * BLOCK);
       const vPaged = new Float32Array(blocks * kvDim * BLOCK);
       for (let t = 0; t < ctxLen; t++) {
@@ -39,7 +40,7 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
           vPaged.set(v.subarray(t * kvDim + h * headDim, t * kvDim + (h + 1) * headDim), dst);
         }
       }
-      const q = seededF32(heads * headDim, ctxLen + 2, 1);
+      const q = randomF32(heads * headDim, ctxLen + 2, 1);
       const scale = 1 / Math.sqrt(headDim);
       const want = attentionRef(q, k, v, [ctxLen - 1], heads, kvHeads, headDim, scale);
       const bufs = {
@@ -90,15 +91,7 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
       for (let v = 0; v < variants.length; v++) {
         const variant = variants[v] as AttentionDecodeVariant;
         // Correctness of this variant's result (each variant writes the whole output).
-        const enc = b.ctx.device.createCommandEncoder();
-        const pass = enc.beginComputePass();
-        for (const disp of dispatches[v] ?? []) {
-          pass.setPipeline(disp.pipeline);
-          pass.setBindGroup(0, disp.bindGroup);
-          pass.dispatchWorkgroups(...disp.grid);
-        }
-        pass.end();
-        b.ctx.device.queue.submit([enc.finish()]);
+        runDispatches(b.ctx, dispatches[v] ?? []);
         const out = await b.readF32(bufs.out, heads * headDim);
         let err = 0;
         let scaleMax = 0;

@@ -5,17 +5,20 @@
  * to the adapter's measured streaming-read bandwidth (the roofline of memory-bound decode).
  * Runs on any GpuContext, so the same code can benchmark a browser's adapter.
  */
-import { f32ToBf16Bits, f32ToF16Bits } from '../io/dtype.js';
+import { decodeToFloat32, encodeFromFloat32 } from '../io/dtype.js';
 import type { AdapterSummary, GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
 import type { ActivationFormat } from '../kernels/activation.js';
 import { argmax } from '../kernels/argmax.js';
-import { DispatchBuilder, type Dispatch } from '../kernels/dispatch.js';
+import { DispatchBuilder, runDispatches, type Dispatch } from '../kernels/dispatch.js';
+import { argmaxRef } from '../kernels/argmax.ref.js';
+import { rmsnormRef } from '../kernels/rmsnorm.ref.js';
 import { matmul, type MatmulRowsPerThread } from '../kernels/matmul.js';
 import { residualAdd, rmsnorm, rmsnormFused } from '../kernels/rmsnorm.js';
 import { streamRead } from '../kernels/stream-read.js';
 import { tileMatrix, wordsPerRow, type GpuWeight, type WeightFormat } from '../kernels/weight.js';
 import { BENCH_MODELS, type BenchModel } from './models.js';
+import { randomF32 } from './random.js';
 
 export interface BenchRow {
   kernel: string;
@@ -55,21 +58,6 @@ export interface BenchOptions {
 export type BenchSuite = (b: BenchContext) => Promise<void>;
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-
-/** Seeded uniform [-scale, scale) floats (xorshift32: fast enough for 100M elements). */
-export function seededF32(n: number, seed: number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  let s = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return out;
-}
 
 /** Shared plumbing of the suites: buffers, timing, medians, the bandwidth figure. */
 export class BenchContext {
@@ -232,35 +220,12 @@ export function encodeWeight(
   values: Float32Array,
   format: WeightFormat,
 ): { bytes: Uint8Array; seen: Float32Array } {
-  if (format === 'f32') return { bytes: new Uint8Array(values.buffer.slice(0)), seen: values };
-  const bits = new Uint16Array(values.length);
-  const seen = new Float32Array(values.length);
-  const u32 = new Uint32Array(1);
-  const f32 = new Float32Array(u32.buffer);
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i] as number;
-    if (format === 'bf16') {
-      const h = f32ToBf16Bits(v);
-      bits[i] = h;
-      u32[0] = h << 16;
-      seen[i] = f32[0] as number;
-    } else {
-      const h = f32ToF16Bits(v);
-      bits[i] = h;
-      seen[i] = halfToF32(h);
-    }
-  }
-  return { bytes: new Uint8Array(bits.buffer), seen };
+  const dtype = DTYPE[format];
+  const bytes = encodeFromFloat32(dtype, values);
+  return { bytes, seen: decodeToFloat32(dtype, bytes) };
 }
 
-function halfToF32(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const f = h & 0x3ff;
-  if (e === 0) return s * f * 2 ** -24;
-  if (e === 31) return f ? NaN : s * Infinity;
-  return s * (1 + f / 1024) * 2 ** (e - 15);
-}
+const DTYPE = { f32: 'F32', f16: 'F16', bf16: 'BF16' } as const;
 
 /**
  * Worst |y − ref| / Σ|x||w| over the checked outputs: the error relative to the dot product's own
@@ -327,10 +292,10 @@ async function matmulSuite(b: BenchContext): Promise<void> {
     for (const lin of model.linears) {
       for (const format of formats) {
         const mark = b.mark;
-        const values = seededF32(lin.n * lin.k, lin.n + lin.k, 0.05);
+        const values = randomF32(lin.n * lin.k, lin.n + lin.k, 0.05);
         const { weight, seen } = benchWeight(b, values, lin.n, lin.k, format);
         for (const m of ms) {
-          const x = seededF32(m * lin.k, m + 3);
+          const x = randomF32(m * lin.k, m + 3);
           const xb = b.upload(x);
           const y = b.buffer(m * lin.n * 4);
           const ph = b.buffer(4);
@@ -390,17 +355,18 @@ async function rmsnormSuite(b: BenchContext): Promise<void> {
     for (const m of b.opts.quick ? [1] : [1, 16]) {
       const mark = b.mark;
       const h = model.hidden;
-      const x0 = seededF32(m * h, 5);
-      const delta = seededF32(m * h, 6);
-      const w = seededF32(h, 7);
+      const x0 = randomF32(m * h, 5);
+      const delta = randomF32(m * h, 6);
+      const w = randomF32(h, 7);
       const sum = x0.map((v, i) => v + (delta[i] as number));
+      const eps = 1e-5;
+      const want = rmsnormRef(sum, w, m, h, eps);
       const x = b.upload(x0);
       const d = b.upload(delta);
       const wb = b.upload(w);
       const y = b.buffer(m * h * 4);
       const rows = b.upload(Uint32Array.from({ length: m }, (_, i) => i));
       const builder = new DispatchBuilder(b.ctx);
-      const eps = 1e-5;
       const cases: [string, Dispatch[], number][] = [
         // Fused: read x, delta, w; write x, y.
         ['rmsnorm_fused', [rmsnormFused(builder, { x, delta: d, weight: wb, y, m, hidden: h, eps })], 5],
@@ -419,26 +385,12 @@ async function rmsnormSuite(b: BenchContext): Promise<void> {
         const t = await b.time(kernel, ds);
         // Correctness of one application from a fresh x (timing reps kept adding delta).
         b.ctx.device.queue.writeBuffer(x, 0, x0);
-        const enc = b.ctx.device.createCommandEncoder();
-        const pass = enc.beginComputePass();
-        for (const disp of ds) {
-          pass.setPipeline(disp.pipeline);
-          pass.setBindGroup(0, disp.bindGroup);
-          pass.dispatchWorkgroups(...disp.grid);
-        }
-        pass.end();
-        b.ctx.device.queue.submit([enc.finish()]);
+        runDispatches(b.ctx, ds);
         const out = await b.readF32(y, m * h);
         let err = 0;
-        for (let r = 0; r < m; r++) {
-          let ss = 0;
-          for (let j = 0; j < h; j++) ss += (sum[r * h + j] as number) ** 2;
-          const inv = 1 / Math.sqrt(ss / h + eps);
-          for (let j = 0; j < h; j++) {
-            const want = (sum[r * h + j] as number) * inv * (w[j] as number);
-            err = Math.max(err, Math.abs((out[r * h + j] as number) - want) / (Math.abs(want) || 1));
-          }
-        }
+        want.forEach((v, i) => {
+          err = Math.max(err, Math.abs((out[i] as number) - v) / (Math.abs(v) || 1));
+        });
         b.add({
           kernel,
           variant: ds.map((x) => x.label).join('+'),
@@ -460,14 +412,13 @@ async function argmaxSuite(b: BenchContext): Promise<void> {
   for (const model of BENCH_MODELS) {
     const mark = b.mark;
     const v = model.vocab;
-    const logits = seededF32(v, 9, 10);
+    const logits = randomF32(v, 9, 10);
     const lb = b.upload(logits);
     const ids = b.buffer(4);
     const builder = new DispatchBuilder(b.ctx);
     const t = await b.time('argmax', [argmax(builder, { logits: lb, ids, rows: 1, n: v })]);
     const got = new Uint32Array(await b.ctx.read(ids, 0, 4))[0] as number;
-    let best = 0;
-    for (let i = 1; i < v; i++) if ((logits[i] as number) > (logits[best] as number)) best = i;
+    const best = argmaxRef(logits);
     b.add({
       kernel: 'argmax',
       variant: 'argmax',

@@ -7,7 +7,8 @@ import { DispatchBuilder, type Dispatch } from '../kernels/dispatch.js';
 import { matmulQ4 } from '../kernels/matmul-q4.js';
 import { dequantize, quantizeRtn, type Q4Format } from '../quant/q4.js';
 import { uploadQ4Weight } from '../quant/upload.js';
-import { checkedColumns, matmulError, seededF32, type BenchContext } from './kernels.js';
+import { checkedColumns, matmulError, type BenchContext } from './kernels.js';
+import { randomF32 } from './random.js';
 import { BENCH_MODELS } from './models.js';
 
 export async function matmulQ4Suite(b: BenchContext): Promise<void> {
@@ -23,7 +24,7 @@ export async function matmulQ4Suite(b: BenchContext): Promise<void> {
     for (const lin of model.linears) {
       for (const format of formats) {
         const mark = b.mark;
-        const values = seededF32(lin.n * lin.k, lin.n + lin.k, 0.05);
+        const values = randomF32(lin.n * lin.k, lin.n + lin.k, 0.05);
         const q = quantizeRtn(values, lin.n, lin.k, format);
         const seen = dequantize(q);
         const weight = uploadQ4Weight(b.ctx, 'bench', q);
@@ -32,7 +33,7 @@ export async function matmulQ4Suite(b: BenchContext): Promise<void> {
           (part?.words.size ?? 0) + (part?.scales.size ?? 0) + (part?.zeros ? part.zeros.size : 0);
         for (const buf of [part?.words, part?.scales, part?.zeros]) if (buf) b.adopt(buf);
         for (const m of ms) {
-          const x = seededF32(m * lin.k, m + 3);
+          const x = randomF32(m * lin.k, m + 3);
           const xb = b.upload(x);
           const y = b.buffer(m * lin.n * 4);
           const ph = b.buffer(16);

@@ -5,7 +5,7 @@ import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/kernels
 import { tileMatrix, TILE_ROWS, type GpuWeight, type WeightFormat } from '../../src/kernels/weight.js';
 import { acquireNodeGpu } from '../../src/node/dawn.js';
 
-export { randomF32 } from './random.js';
+export { randomF32, shuffledBlocks } from './random.js';
 
 let ctx: Promise<GpuContext> | null = null;
 

@@ -11,21 +11,18 @@ import {
 import { attentionRef } from '../../src/kernels/attention.ref.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/kernels/dispatch.js';
 import { kvWrite } from '../../src/kernels/kv-write.js';
-import { expectClose, randomF32, readF32, readU32, run, testGpu, upload } from '../helpers/gpu.js';
+import {
+  expectClose,
+  randomF32,
+  readF32,
+  shuffledBlocks,
+  readU32,
+  run,
+  testGpu,
+  upload,
+} from '../helpers/gpu.js';
 
 const BLOCK = 16;
-
-/** A shuffled block table, so the kernels must follow it rather than assume contiguity. */
-function shuffledBlocks(n: number, seed: number): number[] {
-  const b = Array.from({ length: n }, (_, i) => i);
-  let s = seed;
-  for (let i = n - 1; i > 0; i--) {
-    s = (s * 1103515245 + 12345) >>> 0;
-    const j = s % (i + 1);
-    [b[i], b[j]] = [b[j] as number, b[i] as number];
-  }
-  return b;
-}
 
 interface Cache {
   ctx: number;

@@ -5,21 +5,9 @@ import { kvWrite } from '../../src/kernels/kv-write.js';
 import { ropeKvWrite } from '../../src/kernels/rope-kv-write.js';
 import { rope } from '../../src/kernels/rope.js';
 import { ropeInvFreq, ropeRef, ropeTable } from '../../src/kernels/rope.ref.js';
-import { expectClose, randomF32, readF32, run, testGpu, upload } from '../helpers/gpu.js';
+import { expectClose, randomF32, readF32, shuffledBlocks, run, testGpu, upload } from '../helpers/gpu.js';
 
 const BLOCK = 16;
-
-/** A shuffled block table, so the kernels must follow it rather than assume contiguity. */
-function shuffledBlocks(n: number, seed: number): number[] {
-  const b = Array.from({ length: n }, (_, i) => i);
-  let s = seed;
-  for (let i = n - 1; i > 0; i--) {
-    s = (s * 1103515245 + 12345) >>> 0;
-    const j = s % (i + 1);
-    [b[i], b[j]] = [b[j] as number, b[i] as number];
-  }
-  return b;
-}
 
 describe('kv_write + attention over a paged cache', () => {
   // Context lengths 1, 7, 129, 4097 (ragged last blocks and tiles), GQA ratios 1, 2, 4, head dims

@@ -1,6 +1,7 @@
 /**
  * Seeded uniform values in [-scale, scale) (xorshift32), the one generator behind the synthetic
- * benchmark weights and the tests' random tensors (test/helpers/random.ts re-exports it). Written
+ * benchmark weights, `kiln bench kernels` and the tests' random tensors (test/helpers/random.ts
+ * re-exports it). Written
  * into a Float32Array, so every value is exactly representable in f32; tests depend on the exact
  * values, so the sequence must not change.
  */
