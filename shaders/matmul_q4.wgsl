@@ -21,20 +21,38 @@
 // Prepended with an X fragment that says where X comes from (x_init, x_stage, x_sync, x_lane,
 // x_lane_sum, x_pair0..3, x_group_sum): common/q4_x_plain.wgsl stages X in workgroup memory,
 // common/q4_x_subgroup.wgsl reads it straight from `x` and broadcasts it across subgroup lanes.
+// And with a dequant fragment that says how codes become numbers (X_SCALE, DQ_ZERO_FOLDED, DqZero,
+// dq_zero, dq): common/q4_dequant_f32.wgsl masks nibbles in place and converts u32 → f32 (any
+// adapter); common/q4_dequant_f16.wgsl (variant suffix `_h`, needs shader-f16) is the "0x6400
+// magic" of FasterTransformer / MARLIN: AND, OR into the mantissa of the f16 1024.0, and one f16
+// subtraction of 1024 + z that yields q − z exactly, so the zero point is folded (DQ_ZERO_FOLDED)
+// and the −s·z·Σx term and Σx disappear. Either way `dq` hands out exact small integers as f32,
+// and every product and sum is f32.
 //
 // Work: a 64-thread workgroup owns 64·R consecutive output rows and MT rows of X, walking K in
 // chunks of XC vec4s (the plain fragment's staging unit, ping-pong: chunk c+1 is staged into the
 // other half while chunk c is read, so one barrier per chunk suffices). Per group the kernel
 // accumulates only the raw Σq·x in f32 and adds s·Σq·x − s·z·Σx, Σx being summed once per
-// workgroup (staged) or per subgroup (direct): the inner loop is mask, convert, multiply-add.
+// workgroup (staged) or per subgroup (direct): the inner loop is mask, convert, multiply-add
+// (f16 dequant: Σ(q − z)·x and s·Σ(q − z)·x; AND, OR, f16 subtract, f16 → f32, multiply-add).
 // Each lane streams its rows' 16-byte weight words; every weight word is used for MT rows of X
 // and every X value for R rows.
 // Measured on lavapipe (llvmpipe): inside a loop every lane's load is a separate masked scalar load,
 // whatever its address, so the kernel is bound by the number of per-lane loads; and a barrier turns
 // the shader into a coroutine whose loop state lives in memory. Hence the subgroup fragment (one
 // vec4 of X per lane per word, broadcast; no workgroup memory, no barrier), scales and zero points
-// packed for several groups per u32, and R = 4 at M = 1. There is no f16 ("0x6400 magic") variant: on a
-// load-bound CPU adapter it could only save ALU, and it would need shader-f16 (not measured).
+// packed for several groups per u32, and R = 4 at M = 1. The f16 dequant is SLOWER there, most
+// likely because this x86 CPU has no f16 arithmetic (no AVX512-FP16), so LLVM lowers each f16
+// subtraction to convert, f32 subtract, convert back, on top of the f16 → f32 conversion and the
+// 16-bit lane shuffles of the bitcasts (the generated code was not inspected). Measured (2 shared
+// cores under load from other jobs, g32 sym f16 scales, subgroup path, 10 alternating rounds of
+// 5 runs, best median f32 → f16 ms): Llama-3.2-1B gate_up 16384×2048 M=1 11.7 → 24.0, M=16
+// 212 → 304; 8192×2048 M=1 4.0 → 10.6, M=16 54 → 93; down 2048×8192 M=1 10.0 → 14.1, M=16
+// 63 → 100; median per-round f16/f32 ratio 1.2–2.4 (asym g32: 1.3–1.9). In one-off experiments
+// (down, 6 rounds; not included) subtracting in f32 after the f16 → f32 conversion gave 1.16–1.29,
+// and the same trick in f32 (0x4b000000 = 2^23, step 1) was at parity (0.96–1.03). The f16
+// variant is kept for adapters with native (packed) f16 ALUs, where it should save ALU work per
+// code; not measured on one.
 
 struct Params {
   m: u32,
@@ -69,18 +87,10 @@ const XHALF: u32 = MT * XC;
 // faster at M = 1) when R·MT is small, else a scalar of dots (fewer registers, nothing spills).
 const VACC: bool = R * MT <= 4u;
 
-// Nibble j of each 16-bit half is masked in place and converted (value q·16^j, exact in f32); the X
-// fragments hand out X pre-multiplied by 16^-j (exact: a power of two), so (q·16^j)·(x·16^-j) = q·x
-// with two shifts per u32 instead of eight.
-const NIB_MASK = vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u);
-const X_SCALE = vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625);
-
-// Codes k..k+3 and k+4..k+7 of one u32 as q·16^j (see NIB_MASK; no f16 needed).
-fn nib_lo(u: u32) -> vec4<f32> {
-  return vec4<f32>(vec4<u32>(u) & NIB_MASK);
-}
-fn nib_hi(u: u32) -> vec4<f32> {
-  return vec4<f32>(vec4<u32>(u >> 16u) & NIB_MASK);
+// Two vec4s of codes from one u32 (k..k+3 and k+4..k+7), from the dequant fragment's `dq`.
+struct Dq {
+  lo: vec4<f32>,
+  hi: vec4<f32>,
 }
 
 @compute @workgroup_size(64)
@@ -138,6 +148,28 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       for (var m = 0u; m < MT; m++) {
         xg[m] = 0.0;
       }
+      // Groups are visited in order from 0, so the cached words are loaded at their first group.
+      if (F16S && (g & 1u) == 0u) {
+        for (var r = 0u; r < R; r++) {
+          sw[r] = scales[sb[r] + (g >> 1u) * 8u];
+        }
+      }
+      if (ASYM && (g & 7u) == 0u) {
+        for (var r = 0u; r < R; r++) {
+          zw[r] = zeros[zb[r] + (g >> 3u) * 8u];
+        }
+      }
+      // The group's zero point per row: in `dq`'s operand (folded dequant) or as f32.
+      var zf: array<f32, R>;
+      var zc: array<DqZero, R>;
+      for (var r = 0u; r < R; r++) {
+        var z = 8u;
+        if (ASYM) {
+          z = (zw[r] >> ((g & 7u) * 4u)) & 15u;
+        }
+        zf[r] = f32(z);
+        zc[r] = dq_zero(z);
+      }
       for (var wi = 0u; wi < WPG; wi++) {
         let xv = xh + gl * GV + wi * 8u;
         let word = (g * WPG + wi) * 8u;
@@ -149,7 +181,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var xl: array<vec4<f32>, MT>;
         for (var m = 0u; m < MT; m++) {
           xl[m] = x_lane(m, g * WPG + wi);
-          xg[m] += x_lane_sum(xl[m]);
+          if (!DQ_ZERO_FOLDED) {
+            xg[m] += x_lane_sum(xl[m]);
+          }
         }
         // u32 c of the word: k = 8c..8c+7, multiplied by vec4s 2c and 2c + 1 of the 8. The four
         // blocks differ only in c and in x_pair<c>, whose broadcast lanes must be constants.
@@ -157,8 +191,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           var lo: array<vec4<f32>, R>;
           var hi: array<vec4<f32>, R>;
           for (var r = 0u; r < R; r++) {
-            lo[r] = nib_lo(w[r].x);
-            hi[r] = nib_hi(w[r].x);
+            let d = dq(w[r].x, zc[r]);
+            lo[r] = d.lo;
+            hi[r] = d.hi;
           }
           for (var m = 0u; m < MT; m++) {
             let xp = x_pair0(xv, m, xl[m]);
@@ -175,8 +210,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           var lo: array<vec4<f32>, R>;
           var hi: array<vec4<f32>, R>;
           for (var r = 0u; r < R; r++) {
-            lo[r] = nib_lo(w[r].y);
-            hi[r] = nib_hi(w[r].y);
+            let d = dq(w[r].y, zc[r]);
+            lo[r] = d.lo;
+            hi[r] = d.hi;
           }
           for (var m = 0u; m < MT; m++) {
             let xp = x_pair1(xv, m, xl[m]);
@@ -193,8 +229,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           var lo: array<vec4<f32>, R>;
           var hi: array<vec4<f32>, R>;
           for (var r = 0u; r < R; r++) {
-            lo[r] = nib_lo(w[r].z);
-            hi[r] = nib_hi(w[r].z);
+            let d = dq(w[r].z, zc[r]);
+            lo[r] = d.lo;
+            hi[r] = d.hi;
           }
           for (var m = 0u; m < MT; m++) {
             let xp = x_pair2(xv, m, xl[m]);
@@ -211,8 +248,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           var lo: array<vec4<f32>, R>;
           var hi: array<vec4<f32>, R>;
           for (var r = 0u; r < R; r++) {
-            lo[r] = nib_lo(w[r].w);
-            hi[r] = nib_hi(w[r].w);
+            let d = dq(w[r].w, zc[r]);
+            lo[r] = d.lo;
+            hi[r] = d.hi;
           }
           for (var m = 0u; m < MT; m++) {
             let xp = x_pair3(xv, m, xl[m]);
@@ -226,17 +264,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           }
         }
       }
-      // Groups are visited in order from 0, so the cached words are loaded at their first group.
-      if (F16S && (g & 1u) == 0u) {
-        for (var r = 0u; r < R; r++) {
-          sw[r] = scales[sb[r] + (g >> 1u) * 8u];
-        }
-      }
-      if (ASYM && (g & 7u) == 0u) {
-        for (var r = 0u; r < R; r++) {
-          zw[r] = zeros[zb[r] + (g >> 3u) * 8u];
-        }
-      }
       for (var r = 0u; r < R; r++) {
         var s: f32;
         if (F16S) {
@@ -245,13 +272,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         } else {
           s = bitcast<f32>(scales[sb[r] + g * 8u]);
         }
-        var zt = -8.0 * s;
-        if (ASYM) {
-          zt = -s * f32((zw[r] >> ((g & 7u) * 4u)) & 15u);
-        }
+        let zt = -s * zf[r];
         for (var m = 0u; m < MT; m++) {
           let d = gd[r][m];
-          acc[r][m] += s * ((d.x + d.y) + (d.z + d.w)) + zt * x_group_sum(c, m, gl, xg[m]);
+          if (DQ_ZERO_FOLDED) {
+            // d is already Σ(q − z)·x.
+            acc[r][m] += s * ((d.x + d.y) + (d.z + d.w));
+          } else {
+            acc[r][m] += s * ((d.x + d.y) + (d.z + d.w)) + zt * x_group_sum(c, m, gl, xg[m]);
+          }
         }
       }
     }

@@ -2,9 +2,11 @@
  * matmul_q4 rows of `kiln bench kernels`: the int4 kernel at the benchmark models' layer shapes,
  * weights quantized (round-to-nearest) from seeded data, checked against the float64 product of
  * the dequantized weights, and timed against the same bandwidth figure as the float kernels.
+ * Where the adapter has shader-f16, the Llama MLP shapes also get f16-dequant rows (variant label
+ * ending in `_h`) next to f32-dequant rows at M = 1 and 16.
  */
 import { DispatchBuilder, type Dispatch } from '../kernels/dispatch.js';
-import { matmulQ4 } from '../kernels/matmul-q4.js';
+import { matmulQ4, type Q4Dequant } from '../kernels/matmul-q4.js';
 import { dequantize, quantizeRtn, type Q4Format } from '../quant/q4.js';
 import { uploadQ4Weight } from '../quant/upload.js';
 import { checkedColumns, matmulError, type BenchContext } from './kernels.js';
@@ -32,13 +34,27 @@ export async function matmulQ4Suite(b: BenchContext): Promise<void> {
         const weightBytes =
           (part?.words.size ?? 0) + (part?.scales.size ?? 0) + (part?.zeros ? part.zeros.size : 0);
         for (const buf of [part?.words, part?.scales, part?.zeros]) if (buf) b.adopt(buf);
-        for (const m of ms) {
+        const cases: { m: number; dequant: Q4Dequant }[] = ms.map((m) => ({ m, dequant: 'f32' }));
+        // The f16 ("0x6400 magic") dequant next to the f32 one at M = 1 and 16 on the Llama MLP
+        // shapes (the largest matrices), in the first format, where the adapter has shader-f16.
+        if (
+          b.ctx.adapter.shaderF16 &&
+          model.name === 'llama-3.2-1b' &&
+          (lin.name === 'gate_up_proj' || lin.name === 'down_proj') &&
+          format === formats[0]
+        ) {
+          for (const m of [1, 16]) {
+            if (!ms.includes(m)) cases.push({ m, dequant: 'f32' });
+            cases.push({ m, dequant: 'f16' });
+          }
+        }
+        for (const { m, dequant } of cases) {
           const x = randomF32(m * lin.k, m + 3);
           const xb = b.upload(x);
           const y = b.buffer(m * lin.n * 4);
           const ph = b.buffer(16);
           const builder = new DispatchBuilder(b.ctx);
-          const d = matmulQ4(builder, { x: xb, weight, y, m, placeholder: ph });
+          const d = matmulQ4(builder, { x: xb, weight, y, m, placeholder: ph, dequant });
           const label = (d[0] as Dispatch).label;
           const t = await b.time(label, d);
           const out = await b.readF32(y, m * lin.n);
@@ -52,7 +68,8 @@ export async function matmulQ4Suite(b: BenchContext): Promise<void> {
             flops: 2 * m * lin.n * lin.k,
             max_rel_err: err,
             // The weights the kernel sees are exactly `seen` (codes × scales); the remaining
-            // error is f32 summation, bounded like the float kernels' plus one rounding per group.
+            // error is f32 summation, bounded like the float kernels' plus one rounding per group
+            // (the f16 dequant's codes q − z are exact, and it sums in f32 in the same order).
             ok: err <= (lin.k + lin.k / format.groupSize + 4) * 2 ** -24,
           });
           builder.destroy();

@@ -2,8 +2,9 @@
  * matmul_q4: Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]) with W in the int4 group-wise format of
  * src/quant/q4.ts; see shaders/matmul_q4.wgsl. One dispatch per weight part; each writes its own
  * column range of Y. The variant name (pipeline label and cache key) carries every compile-time
- * choice, e.g. `matmul_q4_g128_sym_f16s_m1r4_xc256_sg`: group size, zero points, scale type, MT,
- * R, the staged chunk and the subgroup X path; shapes travel in the uniform.
+ * choice, e.g. `matmul_q4_g128_sym_f16s_m1r4_xc256_sg_h`: group size, zero points, scale type, MT,
+ * R, the staged chunk, the subgroup X path (`_sg`) and the f16 dequant (`_h`); shapes travel in
+ * the uniform.
  */
 import type { GpuContext } from '../gpu/device.js';
 import type { Q4Format } from '../quant/q4.js';
@@ -62,7 +63,27 @@ export interface MatmulQ4Args {
    * barrier) instead of staging it. Default: when `q4SubgroupsUsable`.
    */
   subgroups?: boolean;
+  /**
+   * How codes become numbers: 'f32' (shift, mask, u32 → f32 convert; any adapter) or 'f16' (the
+   * "0x6400 magic": AND, OR and one f16 subtraction that also applies the zero point, exactly; the
+   * products and sums stay f32, so both compute the same exact sum and differ only in where f32
+   * rounds). 'f16' needs the shader-f16 feature (refused otherwise), and its variant name ends in
+   * `_h`. Default: DEFAULT_Q4_DEQUANT.
+   */
+  dequant?: Q4Dequant;
 }
+
+/** Dequantization arithmetic of matmul_q4 (see `MatmulQ4Args.dequant`). */
+export type Q4Dequant = 'f32' | 'f16';
+
+/**
+ * The default dequant: 'f32', the faster one on the adapter measured (lavapipe, x86 without f16
+ * arithmetic). There the f16 dequant was slower at every Llama-3.2-1B MLP shape, g32 sym f16
+ * scales, best median of 10 alternating rounds (f32 vs f16 ms): gate_up 16384×2048 M=1 11.7 vs
+ * 24.0, M=16 212 vs 304; down 2048×8192 M=1 10.0 vs 14.1, M=16 63 vs 100 (see the header of
+ * shaders/matmul_q4.wgsl). 'f16' is opt-in, for adapters with native f16 ALUs (not measured).
+ */
+export const DEFAULT_Q4_DEQUANT: Q4Dequant = 'f32';
 
 const WG = 64;
 
@@ -118,12 +139,20 @@ export function q4ChunkVec4s(format: Q4Format, rowsPerGroup: number, bytes: numb
   return xc;
 }
 
-function variantName(f: Q4Format, mt: number, r: number, xc: number, sg: boolean): string {
+function variantName(f: Q4Format, mt: number, r: number, xc: number, sg: boolean, dq: Q4Dequant): string {
   const sym = f.symmetric ? 'sym' : 'asym';
-  return `matmul_q4_g${f.groupSize}_${sym}_${f.scaleType}s_m${mt}r${r}_xc${xc}${sg ? '_sg' : ''}`;
+  const suffix = `${sg ? '_sg' : ''}${dq === 'f16' ? '_h' : ''}`;
+  return `matmul_q4_g${f.groupSize}_${sym}_${f.scaleType}s_m${mt}r${r}_xc${xc}${suffix}`;
 }
 
-function variantSource(f: Q4Format, mt: number, r: number, xc: number, sg: boolean): string {
+/** Moves the fragments' `enable` directives to the top (WGSL wants them before any declaration). */
+function hoistEnables(parts: readonly string[]): string {
+  const lines = parts.join('\n').split('\n');
+  const enable = (l: string) => /^enable\s[^;]*;\s*$/.test(l);
+  return [...lines.filter(enable), ...lines.filter((l) => !enable(l))].join('\n');
+}
+
+function variantSource(f: Q4Format, mt: number, r: number, xc: number, sg: boolean, dq: Q4Dequant): string {
   const consts = [
     `const R: u32 = ${r}u;`,
     `const MT: u32 = ${mt}u;`,
@@ -132,15 +161,25 @@ function variantSource(f: Q4Format, mt: number, r: number, xc: number, sg: boole
     `const F16S: bool = ${f.scaleType === 'f16' ? 'true' : 'false'};`,
     `const XC: u32 = ${xc}u;`,
   ];
-  // The fragment goes first: it may open with `enable subgroups;`, which must precede everything.
-  const fragment = shaderSource(sg ? 'common/q4_x_subgroup' : 'common/q4_x_plain');
-  return `${fragment}\n${consts.join('\n')}\n${shaderSource('matmul_q4')}`;
+  return hoistEnables([
+    shaderSource(sg ? 'common/q4_x_subgroup' : 'common/q4_x_plain'),
+    shaderSource(dq === 'f16' ? 'common/q4_dequant_f16' : 'common/q4_dequant_f32'),
+    consts.join('\n'),
+    shaderSource('matmul_q4'),
+  ]);
 }
 
 export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
   const w = a.weight;
   const f = w.format;
   if (!Number.isInteger(a.m) || a.m < 1) throw new RangeError(`matmul_q4: m = ${a.m}`);
+  const dq = a.dequant ?? DEFAULT_Q4_DEQUANT;
+  if (dq !== 'f32' && dq !== 'f16') throw new RangeError(`matmul_q4: dequant ${String(dq)} (f32, f16)`);
+  if (dq === 'f16' && !b.ctx.device.features.has('shader-f16')) {
+    throw new RangeError(
+      "matmul_q4: dequant 'f16' needs the shader-f16 feature, which this device lacks; use dequant 'f32'",
+    );
+  }
   if (w.cols % f.groupSize !== 0) {
     throw new RangeError(`matmul_q4: K (${w.cols}) is not a multiple of the group size (${f.groupSize})`);
   }
@@ -161,7 +200,7 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
     throw new RangeError('matmul_q4: this device has no subgroups of 8+ lanes');
   // The subgroup path reads X directly, so its "chunk" is only a loop split and uses no memory.
   const xc = sg ? SUBGROUP_CHUNK_VEC4S : q4ChunkVec4s(f, mt, bytes);
-  const variant = variantName(f, mt, r, xc, sg);
+  const variant = variantName(f, mt, r, xc, sg, dq);
   const zGroups = Math.ceil(a.m / mt);
   if (zGroups > MAX_GRID) throw new RangeError(`${variant}: ${a.m} rows exceed one dispatch`);
   const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
@@ -181,7 +220,7 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
     ]);
     return b.make(
       variant,
-      () => variantSource(f, mt, r, xc, sg),
+      () => variantSource(f, mt, r, xc, sg, dq),
       params,
       [part.words, part.scales, part.zeros ?? a.placeholder, a.x, a.y, a.bias ?? a.placeholder],
       [gridX, Math.ceil(tiles / gridX), zGroups],

@@ -7,6 +7,7 @@ import {
   q4SubgroupsUsable,
   type MatmulQ4Args,
 } from '../../src/kernels/matmul-q4.js';
+import { DispatchBuilder } from '../../src/kernels/dispatch.js';
 import { matmulRef } from '../../src/kernels/matmul.ref.js';
 import { UnsupportedModelError } from '../../src/errors.js';
 import {
@@ -44,17 +45,26 @@ const gamma = (n: number) => (n * u) / (1 - n * u);
  * bounded by its magnitude sum). Bias and residual adds cost 2 more roundings of |acc| + |bias| +
  * |y0|. The reference (float64 over `dequantize`'s f32 weights) differs from the exact Σ (q − z)·s·x
  * by at most u·Σ|w·x| (one f32 rounding per weight).
+ *
+ * The f16 dequant (`folded`) subtracts the zero point in f16, exactly (1024 + q − (1024 + z), both
+ * integers in [1024, 1264]), and converts the exact integer (q − z)·16^j to f32: the products
+ * (q − z)·x are then formed and summed in f32 in the same order as above, but the group term is
+ * only acc += s·d (no zero term). So every product passes through at most D' = GS/4 + 3 + 2 +
+ * K/GS roundings (d as above, s·d, the add into acc, the later groups' adds), and
+ * |y − y_exact| ≤ γ_D' · Σ_g s_g·Σ|q − z|·|x|, which the f16 path is held to (tighter than the
+ * f32 path's: Σ|q − z||x| ≤ Σ(q + z)|x| and D' < D).
  */
 function bound(
   q: Q4Matrix,
   x: Float32Array,
   m: number,
-  extra?: { bias?: Float32Array; y0?: Float32Array },
+  extra?: { bias?: Float32Array; y0?: Float32Array; folded?: boolean },
 ): Float64Array {
   const { rows: n, cols: k } = q;
   const gs = q.format.groupSize;
   const groups = k / gs;
-  const depth = gs / 4 + 3 + 2 + groups + 4;
+  const folded = extra?.folded ?? false;
+  const depth = folded ? gs / 4 + 3 + 2 + groups : gs / 4 + 3 + 2 + groups + 4;
   const out = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
@@ -73,7 +83,7 @@ function bound(
           ax += xv;
           dx += Math.abs(c - z) * xv;
         }
-        mag += s * (qx + z * ax);
+        mag += folded ? s * dx : s * (qx + z * ax);
         wx += s * dx;
       }
       const lin = Math.abs(extra?.bias?.[j] ?? 0) + Math.abs(extra?.y0?.[i * n + j] ?? 0);
@@ -259,7 +269,7 @@ interface Case {
   bias?: boolean;
   accumulate?: boolean;
   rowsPerPart?: number;
-  tiling?: Pick<MatmulQ4Args, 'rowsPerGroup' | 'rowsPerThread' | 'workgroupBytes' | 'subgroups'>;
+  tiling?: Pick<MatmulQ4Args, 'rowsPerGroup' | 'rowsPerThread' | 'workgroupBytes' | 'subgroups' | 'dequant'>;
 }
 
 async function check(c: GpuContext, t: Case): Promise<void> {
@@ -286,7 +296,8 @@ async function check(c: GpuContext, t: Case): Promise<void> {
   );
   const got = await readF32(c, y, m * n);
   const want = matmulRef(x, w, m, n, k, bias, y0);
-  expectWithin(got, want, bound(q, x, m, { ...(bias ? { bias } : {}), ...(y0 ? { y0 } : {}) }));
+  const folded = t.tiling?.dequant === 'f16';
+  expectWithin(got, want, bound(q, x, m, { ...(bias ? { bias } : {}), ...(y0 ? { y0 } : {}), folded }));
   expect(marlinError(got, want)).toBeLessThan(1e-3);
 }
 
@@ -392,5 +403,130 @@ describe('matmul_q4', () => {
     expect(chooseQ4Tiling(1, 512)).toEqual({ rowsPerGroup: 1, rowsPerThread: 1 });
     expect(chooseQ4Tiling(3, 8192)).toEqual({ rowsPerGroup: 4, rowsPerThread: 4 });
     expect(chooseQ4Tiling(16, 2048)).toEqual({ rowsPerGroup: 4, rowsPerThread: 4 });
+  });
+});
+
+describe('matmul_q4, f16 dequant (0x6400 magic)', () => {
+  // Skipped (not failed) on adapters without shader-f16, where the variant is refused (tested below).
+  const f16Gpu = async (skip: () => void): Promise<GpuContext> => {
+    const c = await testGpu();
+    if (!c.device.features.has('shader-f16')) skip();
+    return c;
+  };
+  const h = { dequant: 'f16' } as const;
+  // Every format (group size, sym/asym, f16/f32 scales) at M = 1, 4, 16 with N = 1, 7, 129 and
+  // 4097 (partial 8-row tiles and 64·R-row workgroups; 4097 also spans many workgroups).
+  for (const format of FORMATS) {
+    const k = 4 * format.groupSize;
+    const cases: [number, number][] = [
+      [1, 4097],
+      [1, 1],
+      [4, 129],
+      [16, 7],
+    ];
+    for (const [m, n] of cases) {
+      test(`${fmtName(format)} m=${m} n=${n} k=${k}`, async ({ skip }) => {
+        await check(await f16Gpu(skip), { m, n, k, format, tiling: h });
+      });
+    }
+  }
+
+  const g128s: Q4Format = { groupSize: 128, symmetric: true, scaleType: 'f16' };
+  const g32a: Q4Format = { groupSize: 32, symmetric: false, scaleType: 'f32' };
+  const xPaths = (c: GpuContext) => (q4SubgroupsUsable(c) ? [false, true] : [false]);
+  test('K = 32, K = 4096 over several chunks, and a partial last chunk; both X paths', async ({ skip }) => {
+    const c = await f16Gpu(skip);
+    await check(c, { m: 2, n: 9, k: 32, format: { ...g32a, scaleType: 'f16' }, tiling: h });
+    for (const subgroups of xPaths(c)) {
+      await check(c, { m: 1, n: 129, k: 4096, format: g128s, tiling: { ...h, subgroups } });
+      await check(c, { m: 16, n: 7, k: 4096, format: g32a, tiling: { ...h, subgroups } });
+      await check(c, { m: 4, n: 70, k: 1536, format: g128s, tiling: { ...h, subgroups } });
+    }
+    await check(c, {
+      m: 5,
+      n: 33,
+      k: 416,
+      format: g32a,
+      tiling: { ...h, workgroupBytes: 4096, rowsPerGroup: 8, subgroups: false },
+    });
+  });
+  test('every tiling (MT × R), both X paths', async ({ skip }) => {
+    const c = await f16Gpu(skip);
+    for (const subgroups of xPaths(c)) {
+      for (const rowsPerGroup of [1, 4, 8] as const) {
+        for (const rowsPerThread of [1, 2, 4] as const) {
+          if (!subgroups && rowsPerThread === 2) continue;
+          await check(c, {
+            m: 9,
+            n: 300,
+            k: 256,
+            format: g32a,
+            tiling: { ...h, rowsPerGroup, rowsPerThread, subgroups },
+          });
+        }
+      }
+    }
+  });
+  test('X without subgroups, every format family', async ({ skip }) => {
+    const c = await f16Gpu(skip);
+    for (const format of FORMATS) {
+      await check(c, { m: 4, n: 129, k: 2 * format.groupSize, format, tiling: { ...h, subgroups: false } });
+    }
+  });
+  test('bias, accumulate and weights split across buffers', async ({ skip }) => {
+    const c = await f16Gpu(skip);
+    await check(c, { m: 3, n: 129, k: 128, format: g32a, bias: true, accumulate: true, tiling: h });
+    await check(c, { m: 1, n: 7, k: 256, format: g128s, bias: true, tiling: h });
+    await check(c, { m: 16, n: 129, k: 128, format: g32a, bias: true, rowsPerPart: 50, tiling: h });
+  });
+  test('extreme codes: every code 0 and 15 against every zero point', async ({ skip }) => {
+    // Codes at both ends of the range with zero points 0 and 15 give q − z = ±15 (±240 for the
+    // nibbles at bits 4..7), the largest f16 differences the magic subtraction makes.
+    const c = await f16Gpu(skip);
+    const [n, k] = [16, 256];
+    for (const format of [g32a, { ...g32a, scaleType: 'f16' as const }, g128s]) {
+      const groups = k / format.groupSize;
+      // Runs of 0s and 15s, shifted by one position per row so every nibble position sees both.
+      const codes = new Uint8Array(n * k).map((_, i) => (((i + (i >> 8)) >> 1) & 1 ? 15 : 0));
+      const zeros = new Uint8Array(n * groups).map((_, i) => (format.symmetric ? 8 : (i % 3) * 7.5));
+      const scales = new Float32Array(n * groups).map((_, i) => 0.25 + (i % 5) * 0.125);
+      const q: Q4Matrix = { rows: n, cols: k, format, codes, scales, zeros };
+      for (const m of [1, 4]) {
+        const x = randomF32(m * k, m + 17);
+        const weight = uploadQ4Weight(c, 'w', q);
+        const y = upload(c, new Float32Array(m * n));
+        run(c, (b) =>
+          matmulQ4(b, { x: upload(c, x), weight, y, m, placeholder: upload(c, new Float32Array(1)), ...h }),
+        );
+        const got = await readF32(c, y, m * n);
+        const want = matmulRef(x, dequantize(q), m, n, k);
+        expectWithin(got, want, bound(q, x, m, { folded: true }));
+        expect(marlinError(got, want)).toBeLessThan(1e-3);
+      }
+    }
+  });
+  test('the variant is named in the label, and refused without shader-f16', async () => {
+    const c = await testGpu();
+    const q = quantizeRtn(randomF32(8 * 64, 1), 8, 64, g32a);
+    const args: MatmulQ4Args = {
+      x: upload(c, new Float32Array(64)),
+      weight: uploadQ4Weight(c, 'w', q),
+      y: upload(c, new Float32Array(8)),
+      m: 1,
+      placeholder: upload(c, new Float32Array(1)),
+      dequant: 'f16',
+    };
+    // A device without the feature (only `features` is read before the refusal).
+    const bare = { ...c, device: { features: new Set<string>() } } as unknown as GpuContext;
+    expect(() => matmulQ4(new DispatchBuilder(bare), args)).toThrow(
+      /dequant 'f16' needs the shader-f16 feature/,
+    );
+    if (!c.device.features.has('shader-f16')) return;
+    const b = new DispatchBuilder(c);
+    const [d] = matmulQ4(b, args);
+    expect(d?.label).toMatch(/^matmul_q4_g32_asym_f32s_m1r1_xc\d+(_sg)?_h$/);
+    const [d32] = matmulQ4(b, { ...args, dequant: 'f32' });
+    expect(d32?.label).not.toMatch(/_h$/);
+    b.destroy();
   });
 });
