@@ -56,10 +56,13 @@ export async function syntheticModel(
   root: string,
   shape: string,
   dtype: FloatDtype = 'BF16',
+  /** Fewer decoder layers than the real model (same layer shapes): quicker to write and run. */
+  layers?: number,
 ): Promise<string> {
-  const base = SHAPES[shape];
-  if (!base) throw new Error(`unknown shape ${shape}; known: ${Object.keys(SHAPES).join(', ')}`);
-  const dir = join(root, `${shape}-${dtype.toLowerCase()}`);
+  const shaped = SHAPES[shape];
+  if (!shaped) throw new Error(`unknown shape ${shape}; known: ${Object.keys(SHAPES).join(', ')}`);
+  const base = layers ? { ...shaped, num_hidden_layers: layers } : shaped;
+  const dir = join(root, `${shape}-${dtype.toLowerCase()}${layers ? `-l${layers}` : ''}`);
   if (existsSync(join(dir, 'model.safetensors'))) return dir;
   mkdirSync(dir, { recursive: true });
   const config = { ...base, hidden_act: 'silu', bos_token_id: 1, eos_token_id: 2 };

@@ -154,6 +154,9 @@ function parseRopeScaling(f: Fields, architecture: Architecture): RopeScaling {
  * when present, generation_config.json (which may add end-of-sequence ids and override bos).
  * `location` names the model folder in error messages.
  */
+/** quant_method values whose checkpoints src/quant can load. */
+const QUANT_METHODS: readonly string[] = ['kiln', 'gptq', 'awq'];
+
 export function parseModelConfig(config: unknown, generationConfig?: unknown, location?: string): ModelSpec {
   const label = fileLabel('config.json', location);
   if (!isJsonObject(config)) {
@@ -196,13 +199,18 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
     );
   }
 
+  // Checked here only for the method; src/quant parses the rest when the weights are loaded.
+  let quantizationConfig: JsonObject | null = null;
   if (!f.unset('quantization_config')) {
     const q = config.quantization_config;
-    const method =
-      isJsonObject(q) && typeof q.quant_method === 'string' ? ` (quant_method "${q.quant_method}")` : '';
-    f.unsupported(
-      `quantization_config${method} is not supported yet: use an unquantized (f32/f16/bf16) checkpoint`,
-    );
+    if (isJsonObject(q) && QUANT_METHODS.includes(q.quant_method as string)) quantizationConfig = q;
+    else {
+      const method =
+        isJsonObject(q) && typeof q.quant_method === 'string' ? ` (quant_method "${q.quant_method}")` : '';
+      f.unsupported(
+        `quantization_config${method} is not supported: Kiln loads ${QUANT_METHODS.join(', ')} int4 checkpoints and unquantized (f32/f16/bf16) ones`,
+      );
+    }
   }
 
   const hiddenAct = f.unset('hidden_act') ? 'silu' : config.hidden_act;
@@ -300,6 +308,7 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
     mlpBias,
     bosTokenId,
     eosTokenIds,
+    quantizationConfig,
   };
 }
 
@@ -314,5 +323,14 @@ export async function loadModelSpec(dir: ModelDir): Promise<ModelSpec> {
   const generation = (await dir.exists('generation_config.json'))
     ? await readJson(dir, 'generation_config.json')
     : undefined;
-  return parseModelConfig(config, generation, dir.location);
+  const spec = parseModelConfig(config, generation, dir.location);
+  // Older GPTQ folders keep their settings in quantize_config.json instead of config.json.
+  if (!spec.quantizationConfig && (await dir.exists('quantize_config.json'))) {
+    const q = await readJson(dir, 'quantize_config.json');
+    if (!isJsonObject(q)) {
+      throw new InvalidModelFileError(`quantize_config.json in ${dir.location} is not a JSON object`);
+    }
+    spec.quantizationConfig = { quant_method: 'gptq', ...q };
+  }
+  return spec;
 }

@@ -10,11 +10,16 @@ import type { FloatDtype } from '../io/dtype.js';
 import type { ChatMessage } from '../io/tokenizer.js';
 import type { Engine } from '../runtime/engine.js';
 import type { LoadProgress } from '../runtime/weights.js';
+import type { Q4GroupSize } from '../quant/q4.js';
 import { cmdBenchKernels } from './bench-kernels.js';
 import { convertLlama2cToFolder } from './convert.js';
 import { pullModel, type PullProgress } from './hub.js';
-import { createEngine } from './index.js';
-import { createByteProgress } from './progress.js';
+import { createEngine, resolveModelArg } from './index.js';
+import { createByteProgress, createCountProgress } from './progress.js';
+import { DEFAULT_QUANT_METHOD, QUANT_METHODS, quantizeModel } from './quantize.js';
+import type { QuantMethod } from '../quant/kiln-format.js';
+import { evaluateText } from '../runtime/eval.js';
+import { readFile } from 'node:fs/promises';
 
 const VERSION = '0.1.0';
 
@@ -42,6 +47,10 @@ interface ModelFlags {
   attention?: 'async' | 'two_pass';
   sampler?: 'gpu' | 'cpu';
   activations?: 'f32' | 'f16';
+  quant?: 'none' | 'q4';
+  groupSize?: number;
+  quantSym?: boolean;
+  quantLmHead?: boolean;
   quiet?: boolean;
 }
 
@@ -88,6 +97,19 @@ function addModelOptions(cmd: Command): Command {
         'storage of the normed activations the matmuls read: f32, or f16 (needs shader-f16)',
       ).choices(['f32', 'f16']),
     )
+    .addOption(
+      new Option(
+        '--quant <type>',
+        'quantize a float model while loading: q4 (int4 round-to-nearest; int4 folders load as int4 anyway)',
+      ).choices(['none', 'q4']),
+    )
+    .addOption(
+      new Option('--group-size <n>', 'int4 group size for --quant q4 (default 32)')
+        .choices(['32', '64', '128'])
+        .argParser(Number),
+    )
+    .option('--quant-sym', 'symmetric int4 for --quant q4 (default: asymmetric zero points)')
+    .option('--quant-lm-head', 'quantize the LM head too with --quant q4')
     .option('-q, --quiet', 'no progress bar');
 }
 
@@ -138,6 +160,12 @@ async function loadEngine(o: ModelFlags): Promise<Engine> {
       ...(o.attention ? { attentionSoftmax: o.attention } : {}),
       ...(o.sampler ? { sampling: o.sampler } : {}),
       ...(o.activations ? { activations: o.activations } : {}),
+      ...(o.quant ? { quant: o.quant } : {}),
+      quantOptions: {
+        ...(o.groupSize ? { groupSize: o.groupSize as Q4GroupSize } : {}),
+        ...(o.quantSym ? { symmetric: true } : {}),
+        ...(o.quantLmHead ? { lmHead: true } : {}),
+      },
       pull: { onProgress: (p: PullProgress) => pullBar.update(p.bytes, p.total, p.file) },
       onProgress: (p: LoadProgress) => loadBar.update(p.loadedBytes, p.totalBytes, p.tensor),
     });
@@ -175,9 +203,97 @@ async function cmdRun(o: ModelFlags & SamplingFlags & { prompt: string; json?: b
         decode_tokens_per_s: round(r.timings.decodeTokensPerS),
       },
       adapter: engine.adapter,
+      weights: engine.weightFormat,
     };
     process.stdout.write(JSON.stringify(out) + '\n');
   } finally {
+    engine.dispose();
+  }
+}
+
+interface QuantizeFlags {
+  out: string;
+  bits: string;
+  groupSize: string;
+  method: QuantMethod;
+  sym?: boolean;
+  calibration?: string;
+  calibrationTokens?: number;
+  lmHead?: boolean;
+  json?: boolean;
+  quiet?: boolean;
+}
+
+async function cmdQuantize(dir: string, o: QuantizeFlags): Promise<void> {
+  const bar = createCountProgress('quantize', { enabled: !o.quiet });
+  let calibrationText: string | undefined;
+  if (o.calibration !== undefined) {
+    try {
+      calibrationText = await readFile(o.calibration, 'utf8');
+    } catch (e) {
+      throw new KilnError(`cannot read the calibration text ${o.calibration}: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+  }
+  try {
+    const summary = await quantizeModel({
+      dir: await resolveModelArg(dir),
+      out: o.out,
+      format: { groupSize: Number(o.groupSize) as Q4GroupSize, symmetric: o.sym === true, scaleType: 'f16' },
+      method: o.method,
+      ...(calibrationText !== undefined ? { calibrationText } : {}),
+      ...(o.calibrationTokens ? { calibrationTokens: o.calibrationTokens } : {}),
+      lmHead: o.lmHead === true,
+      onProgress: (done, total, what) => bar.update(done, total, what),
+      log: (line) => {
+        if (!o.quiet && !o.json) process.stderr.write(`${line}\n`);
+      },
+    });
+    bar.stop();
+    if (o.json) process.stdout.write(JSON.stringify(summary) + '\n');
+    else if (!o.quiet) {
+      process.stderr.write(
+        `wrote ${o.out}: ${summary.matrices} int4 matrices (${o.method}, group ${o.groupSize}, ${o.sym ? 'sym' : 'asym'}), ${(summary.bytes_written / 1e6).toFixed(1)} MB in ${summary.seconds.toFixed(1)} s\n`,
+      );
+    }
+  } finally {
+    bar.stop();
+  }
+}
+
+async function cmdEval(o: ModelFlags & { text: string; reference?: string; json?: boolean }): Promise<void> {
+  let text: string;
+  try {
+    text = await readFile(o.text, 'utf8');
+  } catch (e) {
+    throw new KilnError(`cannot read the text ${o.text}: ${(e as Error).message}`, { cause: e });
+  }
+  const engine = await loadEngine(o);
+  let reference: Engine | null = null;
+  try {
+    if (o.reference) reference = await loadEngine({ ...o, model: o.reference, quant: 'none' });
+    const ids = engine.encodePrompt(text);
+    const bar = createCountProgress('eval', { enabled: !o.quiet });
+    const r = await evaluateText(engine, ids, reference ?? undefined, (done, total) =>
+      bar.update(done, total),
+    );
+    bar.stop();
+    if (o.json) {
+      process.stdout.write(JSON.stringify(r) + '\n');
+      return;
+    }
+    const lines = [`tokens ${r.tokens}`, `perplexity ${r.perplexity.toFixed(4)}`];
+    if (r.kl_mean !== null) {
+      lines.push(
+        `reference perplexity ${(r.reference_perplexity as number).toFixed(4)}`,
+        `mean KL(reference ‖ model) ${r.kl_mean.toFixed(5)}`,
+        `top-1 agreement ${((r.top1_agreement as number) * 100).toFixed(2)}%`,
+      );
+    }
+    process.stdout.write(lines.join('\n') + '\n');
+  } finally {
+    reference?.dispose();
     engine.dispose();
   }
 }
@@ -286,6 +402,37 @@ export function buildProgram(): Command {
       });
       process.stderr.write(`wrote ${files.join(', ')} to ${o.out}\n`);
     });
+
+  program
+    .command('quantize <dir>')
+    .description('write an int4 copy of a float model folder (Kiln int4 format, loads as is)')
+    .requiredOption('-o, --out <dir>', 'output folder')
+    .addOption(new Option('--bits <n>', 'bits per weight').choices(['4']).default('4'))
+    .addOption(
+      new Option('--group-size <n>', 'weights per scale along K').choices(['32', '64', '128']).default('32'),
+    )
+    .addOption(
+      new Option('--method <m>', 'rtn (round to nearest), clip (activation-aware clipping search) or gptq')
+        .choices([...QUANT_METHODS])
+        .default(DEFAULT_QUANT_METHOD),
+    )
+    .option('--sym', 'symmetric (zero point 8) instead of per-group zero points')
+    .option('--calibration <file>', 'calibration text for clip/gptq (default: text the model samples itself)')
+    .option('--calibration-tokens <n>', 'calibration tokens (default 256)', intArg('--calibration-tokens', 2))
+    .option('--lm-head', 'quantize the LM head too (embeddings always stay in float)')
+    .option('--json', 'print a JSON summary')
+    .option('-q, --quiet', 'no progress bar')
+    .action((dir: string, o: QuantizeFlags) => cmdQuantize(dir, o));
+
+  addModelOptions(
+    program
+      .command('eval')
+      .description('teacher-forced perplexity of a text, and KL / top-1 agreement against a reference model'),
+  )
+    .requiredOption('--text <file>', 'text to evaluate (UTF-8)')
+    .option('--reference <dir>', 'reference model (e.g. the float model a quantized one came from)')
+    .option('--json', 'print {tokens, perplexity, reference_perplexity, kl_mean, top1_agreement}')
+    .action((o: ModelFlags & { text: string; reference?: string; json?: boolean }) => cmdEval(o));
 
   program
     .command('models')

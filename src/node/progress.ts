@@ -129,3 +129,39 @@ export function createByteProgress(label: string, opts: ByteProgressOptions = {}
     },
   };
 }
+
+/**
+ * A progress bar over a count of items (`label [████░░] 42% | 8/19 | ETA 13s | detail`), for work
+ * measured in steps rather than bytes (quantizing matrices, evaluating tokens). Off when not a TTY.
+ */
+export function createCountProgress(label: string, opts: ByteProgressOptions = {}): ByteProgress {
+  const stream = opts.stream ?? process.stderr;
+  if (opts.enabled === false || !stream.isTTY) return { update() {}, stop() {} };
+  let bar: cliProgress.SingleBar | null = null;
+  let stopped = false;
+  return {
+    update(done: number, total: number, detail = ''): void {
+      if (stopped) return;
+      if (!bar) {
+        bar = new cliProgress.SingleBar(
+          {
+            stream,
+            format: `${label} {bar} {percentage}% | {value}/{total} | ETA {eta_formatted} | {detail}`,
+            hideCursor: true,
+            clearOnComplete: false,
+          },
+          cliProgress.Presets.shades_classic,
+        );
+        bar.start(total, done, { detail });
+      } else {
+        bar.setTotal(total);
+        bar.update(done, { detail });
+      }
+    },
+    stop(): void {
+      if (stopped) return;
+      stopped = true;
+      bar?.stop();
+    },
+  };
+}

@@ -12,11 +12,12 @@ import { loadModelSpec } from '../io/config.js';
 import { openCheckpoint, type Checkpoint } from '../io/safetensors.js';
 import { IncrementalDecoder, KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { ChatCompletions } from './chat.js';
-import { ForwardModel, type StepInput } from './forward.js';
+import { ForwardModel, type LinearInputName, type StepInput } from './forward.js';
 import { GpuTimer } from '../gpu/timer.js';
 import type { GenerateOptions, GenerateResult, GeneratedToken, FinishReason } from './generation.js';
 import { BLOCK_TOKENS, kvCacheBytes, PagedKvCache } from './kv-cache.js';
 import type { ModelSpec } from './model-spec.js';
+import { describeWeightQuant, weightQuantFor, type LoadQuantOptions } from './weight-quant.js';
 import { DEFAULT_SAMPLING, isPlainGreedy, Rng, sampleToken, type SamplingParams } from './sampler.js';
 import {
   destroyWeights,
@@ -25,6 +26,7 @@ import {
   weightBytes,
   type LoadProgress,
   type ModelWeights,
+  type WeightQuant,
 } from './weights.js';
 
 export interface EngineOptions {
@@ -61,6 +63,13 @@ export interface EngineOptions {
    * Computation stays f32 either way.
    */
   activations?: 'f32' | 'f16';
+  /**
+   * 'q4' quantizes a float checkpoint's projections to int4 while loading (round-to-nearest,
+   * `quantOptions`); 'none' (default) keeps them as stored. Int4 folders (Kiln, GPTQ, AWQ) load
+   * as int4 either way.
+   */
+  quant?: 'none' | 'q4';
+  quantOptions?: LoadQuantOptions;
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -90,6 +99,7 @@ export class Engine {
     private readonly prefillChunk: number,
     private readonly modelLocation: string,
     private readonly gpuSampling: boolean,
+    private readonly weightQuant: WeightQuant,
   ) {
     this.chat = { completions: new ChatCompletions(this) };
   }
@@ -114,6 +124,17 @@ export class Engine {
     const attentionSoftmax = oneOf('attentionSoftmax', opts.attentionSoftmax, ['async', 'two_pass'] as const);
     const sampling = oneOf('sampling', opts.sampling, ['gpu', 'cpu'] as const);
     const activations = oneOf('activations', opts.activations, ['f32', 'f16'] as const);
+    const quant = weightQuantFor(
+      spec,
+      opts.model.location,
+      oneOf('quant', opts.quant, ['none', 'q4'] as const),
+      opts.quantOptions,
+    );
+    if (activations === 'f16' && quant.kind !== 'float') {
+      throw new InvalidRequestError(
+        "activations 'f16' applies to float weights; int4 models read f32 activations (use 'f32')",
+      );
+    }
     const contextLength = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
     const prefillChunk = Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength);
     const ckpt = await openCheckpoint(opts.model);
@@ -122,8 +143,8 @@ export class Engine {
     let kv: PagedKvCache | null = null;
     let forward: ForwardModel | null = null;
     try {
-      validateCheckpoint(spec, ckpt);
-      checkBudget(spec, ckpt, contextLength, prefillChunk, opts.memoryLimitBytes);
+      validateCheckpoint(spec, ckpt, quant);
+      checkBudget(spec, ckpt, quant, contextLength, prefillChunk, opts.memoryLimitBytes);
       ctx = await acquireGpu({
         ...(opts.device ? { device: opts.device } : {}),
         ...(opts.gpu ? { gpu: opts.gpu } : {}),
@@ -134,7 +155,7 @@ export class Engine {
           `activations 'f16' needs the shader-f16 feature, which this adapter (${ctx.adapter.description || ctx.adapter.device}) lacks; use 'f32'`,
         );
       }
-      weights = await loadWeights(ctx, spec, ckpt, opts.onProgress);
+      weights = await loadWeights(ctx, spec, ckpt, opts.onProgress, quant);
       kv = await PagedKvCache.create(ctx, spec, Math.ceil(contextLength / BLOCK_TOKENS));
       const calibration = attentionSoftmax === 'async' ? CALIBRATION_STEPS : 0;
       forward = new ForwardModel(ctx, spec, weights, kv, prefillChunk, calibration, activations);
@@ -149,6 +170,7 @@ export class Engine {
         prefillChunk,
         opts.model.location,
         sampling === 'gpu',
+        quant,
       );
       await engine.warmUp();
       engine.loadMs = performance.now() - t0;
@@ -201,6 +223,11 @@ export class Engine {
       this.kv.release(SEQ);
       release();
     }
+  }
+
+  /** How the projection weights are stored on the GPU, e.g. "int4 g32 asym, quantized at load". */
+  get weightFormat(): string {
+    return describeWeightQuant(this.weightQuant);
   }
 
   /** The model's name for API responses: its folder's location. */
@@ -273,22 +300,67 @@ export class Engine {
    * perplexity and of the golden-logit tests). Runs in prefill chunks; [ids.length][vocab] f32.
    */
   async logits(ids: readonly number[]): Promise<Float32Array[]> {
-    this.validatePrompt(ids);
-    const release = (await this.acquire()) as () => void;
     const rows: Float32Array[] = [];
     const V = this.spec.vocabSize;
+    for await (const chunk of this.logitChunks(ids)) {
+      for (let i = 0; i < chunk.rows; i++) rows.push(chunk.logits.slice(i * V, (i + 1) * V));
+    }
+    return rows;
+  }
+
+  /**
+   * The teacher-forced logits of `ids` a chunk of rows at a time ([rows, vocab] f32 from row
+   * `start`), so that long texts over big vocabularies never sit in memory whole (evaluation).
+   * The engine is held until the iteration ends or is abandoned.
+   */
+  async *logitChunks(
+    ids: readonly number[],
+  ): AsyncGenerator<{ start: number; rows: number; logits: Float32Array }> {
+    this.validatePrompt(ids);
+    const release = (await this.acquire()) as () => void;
     // The logits of one step live in one storage binding: with a 150k vocabulary, 256 rows of f32
     // logits would exceed the default 128 MiB, so steps here take as many rows as fit.
-    const fit = Math.floor(this.ctx.limits.maxStorageBufferBindingSize / (V * 4));
+    const fit = Math.floor(this.ctx.limits.maxStorageBufferBindingSize / (this.spec.vocabSize * 4));
     const step = Math.max(1, Math.min(this.prefillChunk, fit));
     try {
       for (let start = 0; start < ids.length; start += step) {
         const chunk = ids.slice(start, Math.min(ids.length, start + step));
         const input = { ...this.stepInput(chunk, start), logitRows: chunk.map((_, i) => i) };
-        const all = await this.forward.step(input, 'logits');
-        for (let i = 0; i < chunk.length; i++) rows.push(all.slice(i * V, (i + 1) * V));
+        yield { start, rows: chunk.length, logits: await this.forward.step(input, 'logits') };
       }
-      return rows;
+    } finally {
+      this.kv.release(SEQ);
+      release();
+    }
+  }
+
+  /**
+   * The input activations of every layer's projections while the model reads `ids` (teacher
+   * forced, in prefill chunks): [layer][proj] = [ids.length, cols] f32. Calibration data for the
+   * quantizers (src/quant).
+   */
+  async captureLinearInputs(ids: readonly number[]): Promise<Record<LinearInputName, Float32Array>[]> {
+    this.validatePrompt(ids);
+    const release = (await this.acquire()) as () => void;
+    try {
+      const chunks: Record<LinearInputName, Float32Array>[][] = [];
+      for (let start = 0; start < ids.length; start += this.prefillChunk) {
+        const chunk = ids.slice(start, Math.min(ids.length, start + this.prefillChunk));
+        chunks.push(await this.forward.captureLinearInputs(this.stepInput(chunk, start)));
+      }
+      return Array.from({ length: this.spec.numLayers }, (_, l) => {
+        const join = (proj: LinearInputName) => {
+          const parts = chunks.map((c) => (c[l] as Record<LinearInputName, Float32Array>)[proj]);
+          const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+          let at = 0;
+          for (const p of parts) {
+            out.set(p, at);
+            at += p.length;
+          }
+          return out;
+        };
+        return { qkv: join('qkv'), o: join('o'), gateUp: join('gateUp'), down: join('down') };
+      });
     } finally {
       this.kv.release(SEQ);
       release();
@@ -545,12 +617,13 @@ function validateSampling(p: SamplingParams, maxTokens: number | undefined): voi
 function checkBudget(
   spec: ModelSpec,
   ckpt: Checkpoint,
+  quant: WeightQuant,
   contextLength: number,
   prefillChunk: number,
   limit: number | undefined,
 ): void {
   if (limit === undefined) return;
-  const w = weightBytes(spec, ckpt);
+  const w = weightBytes(spec, ckpt, quant);
   const kv = kvCacheBytes(spec, contextLength);
   const act =
     4 *

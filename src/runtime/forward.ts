@@ -22,7 +22,8 @@ import {
 } from '../kernels/attention-decode.js';
 import { DispatchBuilder, encodeDispatches, type Dispatch } from '../kernels/dispatch.js';
 import { embed } from '../kernels/embed.js';
-import { matmul } from '../kernels/matmul.js';
+import { embedQ4 } from '../kernels/embed-q4.js';
+import { isQ4Weight, linear, type LinearScratch } from '../kernels/linear.js';
 import { rmsnorm } from '../kernels/rmsnorm.js';
 import { ropeKvWrite } from '../kernels/rope-kv-write.js';
 import {
@@ -82,6 +83,9 @@ const USAGE_ACT = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBu
  */
 export type StepReadback = 'ids' | 'sample' | 'logits' | 'none';
 
+/** The four projections of a layer, named by what they compute. */
+export type LinearInputName = 'qkv' | 'o' | 'gateUp' | 'down';
+
 export class StepPlan {
   readonly buffers: GPUBuffer[] = [];
   /** Embedding and every layer: what each step runs. */
@@ -104,6 +108,17 @@ export class StepPlan {
   readonly decodeScratch: AttentionDecodeScratch | null = null;
   /** Exact split-K attention dispatches: their layer and index (for score calibration). */
   readonly scoreCapture: { layer: number; after: number }[] = [];
+  /**
+   * Where each projection's input is complete (dispatch index `after`) and which buffer holds it:
+   * quantizers calibrate on these activations (see `ForwardModel.captureLinearInputs`).
+   */
+  readonly linearInputs: {
+    layer: number;
+    proj: LinearInputName;
+    after: number;
+    buffer: GPUBuffer;
+    cols: number;
+  }[] = [];
   /** [m] u32 */ readonly ids: GPUBuffer;
   /** [m] vec2<u32> (position, block-table offset) */ readonly rowInfo: GPUBuffer;
   /** [m] u32 */ readonly slots: GPUBuffer;
@@ -141,6 +156,16 @@ export class StepPlan {
     /** [m, qDim] rotated q */ const q = f32('act.q', m * qDim);
     /** [m, qDim] */ const att = f32('act.attn', m * qDim);
     /** [m, I] silu(gate)·up */ const act = f32('act.mlp', m * I);
+    // int4 projections: the stacked gate/up output before SwiGLU, and X gathered by a column
+    // permutation (GPTQ act-order), made only when some projection needs them.
+    const linears = weights.layers.flatMap((L) => [L.qkv, L.o, L.gateUp, L.down]);
+    const scratch: LinearScratch = {};
+    if (weights.layers.some((L) => isQ4Weight(L.gateUp.weight)))
+      scratch.gateUp = f32('act.gate_up', m * 2 * I);
+    const permuted = linears.filter((l) => l.perm);
+    if (permuted.length > 0) {
+      scratch.gathered = f32('act.gathered', m * Math.max(...permuted.map((l) => l.weight.cols)));
+    }
     /** [r, H] normed rows for the LM head (f16 when activations are f16) */
     const fin = this.buffer(
       'act.final',
@@ -177,7 +202,12 @@ export class StepPlan {
     const ph = model.placeholder;
     const d = this.dispatches;
     const eps = spec.rmsNormEps;
-    d.push(...embed(b, { table: weights.embed, ids: this.ids, out: x, m }));
+    const table = weights.embed;
+    d.push(
+      ...(isQ4Weight(table)
+        ? embedQ4(b, { table, ids: this.ids, out: x, m })
+        : embed(b, { table, ids: this.ids, out: x, m })),
+    );
     weights.layers.forEach((L, l) => {
       const kCache = kv.k[l] as GPUBuffer;
       const vCache = kv.v[l] as GPUBuffer;
@@ -195,9 +225,10 @@ export class StepPlan {
           ...normOut,
         }),
       );
-      d.push(
-        ...matmul(b, { x: xn, weight: L.qkv.weight, bias: L.qkv.bias, y: qkv, m, placeholder: ph, ...xIn }),
-      );
+      const input = (proj: LinearInputName, buffer: GPUBuffer, cols: number) =>
+        this.linearInputs.push({ layer: l, proj, after: d.length - 1, buffer, cols });
+      input('qkv', xn, H);
+      d.push(...linear(b, { x: xn, lin: L.qkv, y: qkv, m, placeholder: ph, scratch, ...xIn }));
       d.push(
         ropeKvWrite(b, {
           rowInfo: this.rowInfo,
@@ -240,42 +271,17 @@ export class StepPlan {
         if (phi === null) this.scoreCapture.push({ layer: l, after: d.length });
         d.push(...calls);
       } else d.push(attention(b, attnArgs));
-      d.push(
-        ...matmul(b, {
-          x: att,
-          weight: L.o.weight,
-          bias: L.o.bias,
-          y: x,
-          m,
-          accumulate: true,
-          placeholder: ph,
-        }),
-      );
+      input('o', att, qDim);
+      d.push(...linear(b, { x: att, lin: L.o, y: x, m, accumulate: true, placeholder: ph, scratch }));
       d.push(
         rmsnorm(b, { x, weight: L.postNorm, rows: model.identityRows, y: xn, m, hidden: H, eps, ...normOut }),
       );
+      input('gateUp', xn, H);
       d.push(
-        ...matmul(b, {
-          x: xn,
-          weight: L.gateUp.weight,
-          bias: L.gateUp.bias,
-          y: act,
-          m,
-          placeholder: ph,
-          ...xIn,
-        }),
+        ...linear(b, { x: xn, lin: L.gateUp, y: act, m, swiglu: true, placeholder: ph, scratch, ...xIn }),
       );
-      d.push(
-        ...matmul(b, {
-          x: act,
-          weight: L.down.weight,
-          bias: L.down.bias,
-          y: x,
-          m,
-          accumulate: true,
-          placeholder: ph,
-        }),
-      );
+      input('down', act, I);
+      d.push(...linear(b, { x: act, lin: L.down, y: x, m, accumulate: true, placeholder: ph, scratch }));
     });
     this.head.push(
       rmsnorm(b, {
@@ -288,9 +294,9 @@ export class StepPlan {
         eps,
         out: model.activations,
       }),
-      ...matmul(b, {
+      ...linear(b, {
         x: fin,
-        weight: weights.lmHead,
+        lin: { weight: weights.lmHead },
         y: this.logits,
         m: r,
         placeholder: ph,
@@ -536,6 +542,56 @@ export class ForwardModel {
     // An error raised by this step arrives as an event; do not hand back what it produced.
     this.ctx.assertAlive();
     return read === 'logits' ? new Float32Array(data) : new Uint32Array(data);
+  }
+
+  /**
+   * Runs a step (no logits) and returns the input activations of every layer's projections:
+   * [layer][proj] = [tokens, cols] f32 (f32 activations only). For calibrating quantizers.
+   */
+  async captureLinearInputs(input: StepInput): Promise<Record<LinearInputName, Float32Array>[]> {
+    if (this.activations !== 'f32') throw new RangeError('capturing projection inputs needs f32 activations');
+    const m = input.tokens.length;
+    const plan = this.writeInputs(input);
+    const enc = this.ctx.device.createCommandEncoder({ label: 'kiln.capture' });
+    const reads: { layer: number; proj: LinearInputName; buf: GPUBuffer; bytes: number }[] = [];
+    let from = 0;
+    try {
+      for (const c of plan.linearInputs) {
+        const pass = enc.beginComputePass({ label: 'kiln.forward' });
+        encodeDispatches(pass, plan.dispatches.slice(from, c.after + 1));
+        pass.end();
+        from = c.after + 1;
+        const bytes = m * c.cols * 4;
+        const buf = this.ctx.createBuffer(
+          `capture.${c.layer}.${c.proj}`,
+          bytes,
+          GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+        );
+        reads.push({ layer: c.layer, proj: c.proj, buf, bytes });
+        enc.copyBufferToBuffer(c.buffer, 0, buf, 0, bytes);
+      }
+      this.ctx.device.queue.submit([enc.finish()]);
+      const out: Record<LinearInputName, Float32Array>[] = Array.from(
+        { length: this.spec.numLayers },
+        () => ({
+          qkv: new Float32Array(0),
+          o: new Float32Array(0),
+          gateUp: new Float32Array(0),
+          down: new Float32Array(0),
+        }),
+      );
+      for (const r of reads) {
+        await r.buf.mapAsync(GPUMapMode.READ, 0, r.bytes);
+        (out[r.layer] as Record<LinearInputName, Float32Array>)[r.proj] = new Float32Array(
+          r.buf.getMappedRange(0, r.bytes).slice(0),
+        );
+        r.buf.unmap();
+      }
+      this.ctx.assertAlive();
+      return out;
+    } finally {
+      for (const r of reads) this.ctx.destroyBuffer(r.buf);
+    }
   }
 
   /** True while decode steps still calibrate the async-softmax phi. */

@@ -40,6 +40,11 @@ export interface ModelSpec {
   bosTokenId: number | null;
   /** Generation stops at any of these. */
   eosTokenIds: number[];
+  /**
+   * config.json's `quantization_config` (or quantize_config.json) of an int4 checkpoint (Kiln,
+   * GPTQ or AWQ; src/quant parses it), null for a float checkpoint.
+   */
+  quantizationConfig: Record<string, unknown> | null;
 }
 
 /** HF tensor names of one decoder layer, in one place so loaders and tests agree. */

@@ -16,13 +16,43 @@ import {
   type WeightFormat,
   type WeightPart,
 } from '../kernels/weight.js';
+import { isQ4Weight, type Linear, type MatrixWeight } from '../kernels/linear.js';
+import type { Q4GpuWeight } from '../kernels/matmul-q4.js';
+export type { MatrixWeight } from '../kernels/linear.js';
+import { fusedProjectionNames, LM_HEAD_PREFIX, q4TensorSpecs } from '../quant/kiln-format.js';
+import { awqToQ4 } from '../quant/awq.js';
+import { gptqToQ4 } from '../quant/gptq.js';
+import type { ImportedQ4, ImportedQuantConfig } from '../quant/import-config.js';
+import type { Q4Format } from '../quant/q4.js';
+import { quantizeOnGpu } from '../quant/quantize-gpu.js';
 import { EMBED_TOKENS, FINAL_NORM, LM_HEAD, layerTensorNames, type ModelSpec } from './model-spec.js';
+import {
+  checkQ4Tensor,
+  freeQ4Weight,
+  q4MatrixBytes,
+  stackQ4,
+  uploadKilnQ4,
+  uploadQ4Matrix,
+} from './weights-q4.js';
 
-export interface LinearWeights {
-  weight: GpuWeight;
-  /** [rows] f32, when the projection has a bias */
-  bias?: GPUBuffer;
-}
+/**
+ * How the projection matrices reach the GPU:
+ *   - 'float': as stored (f32, f16 or bf16), the float matmul;
+ *   - 'quantize': a float checkpoint quantized to int4 while loading (round-to-nearest);
+ *   - 'kiln': a Kiln int4 folder (src/quant/kiln-format.ts), already packed;
+ *   - 'import': a GPTQ or AWQ folder, converted to Kiln's layout on the CPU while loading.
+ * Embeddings always stay in float; the LM head is int4 only when `lmHead` is set.
+ */
+export type WeightQuant =
+  | { kind: 'float' }
+  | { kind: 'quantize'; format: Q4Format; lmHead: boolean }
+  | { kind: 'kiln'; format: Q4Format; lmHead: boolean }
+  | { kind: 'import'; config: ImportedQuantConfig };
+
+export const FLOAT_WEIGHTS: WeightQuant = { kind: 'float' };
+
+/** A projection: its weight (float or int4), bias and int4 column permutation. */
+export type LinearWeights = Linear;
 
 export interface LayerWeights {
   /** [hidden] f32 */ inputNorm: GPUBuffer;
@@ -34,10 +64,10 @@ export interface LayerWeights {
 }
 
 export interface ModelWeights {
-  /** [vocab, hidden] */ embed: GpuWeight;
+  /** [vocab, hidden]; int4 only when it is a tied LM head quantized with the rest */ embed: MatrixWeight;
   layers: LayerWeights[];
   /** [hidden] f32 */ finalNorm: GPUBuffer;
-  /** [vocab, hidden]; the same object as `embed` when embeddings are tied */ lmHead: GpuWeight;
+  /** [vocab, hidden]; the same object as `embed` when embeddings are tied and float */ lmHead: MatrixWeight;
 }
 
 export interface LoadProgress {
@@ -52,20 +82,26 @@ const CHUNK_BYTES = 8 << 20;
 
 const GPU_FORMAT: Partial<Record<SafetensorsDtype, WeightFormat>> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
-/** Every tensor the model reads, with the shape it must have. */
-export function expectedTensors(spec: ModelSpec): Map<string, number[]> {
+/** Every float tensor the model reads, with the shape it must have. */
+export function expectedTensors(spec: ModelSpec, quant: WeightQuant = FLOAT_WEIGHTS): Map<string, number[]> {
   const { hiddenSize: h, intermediateSize: inter, numHeads, numKvHeads, headDim, vocabSize } = spec;
   const qDim = numHeads * headDim;
   const kvDim = numKvHeads * headDim;
+  // Int4 folders store the projections' weights as int4 tensors (see `q4Projections` and
+  // `importedTensors`).
+  const packed = quant.kind === 'kiln' || quant.kind === 'import';
   const t = new Map<string, number[]>();
-  t.set(EMBED_TOKENS, [vocabSize, h]);
+  // A Kiln folder with a quantized tied head keeps only the int4 table (lm_head.q4_*).
+  if (!(quant.kind === 'kiln' && quant.lmHead && spec.tieWordEmbeddings)) t.set(EMBED_TOKENS, [vocabSize, h]);
   for (let i = 0; i < spec.numLayers; i++) {
     const n = layerTensorNames(i);
     t.set(n.inputNorm, [h]);
-    t.set(`${n.q}.weight`, [qDim, h]);
-    t.set(`${n.k}.weight`, [kvDim, h]);
-    t.set(`${n.v}.weight`, [kvDim, h]);
-    t.set(`${n.o}.weight`, [h, qDim]);
+    if (!packed) {
+      t.set(`${n.q}.weight`, [qDim, h]);
+      t.set(`${n.k}.weight`, [kvDim, h]);
+      t.set(`${n.v}.weight`, [kvDim, h]);
+      t.set(`${n.o}.weight`, [h, qDim]);
+    }
     if (spec.qkvBias) {
       t.set(`${n.q}.bias`, [qDim]);
       t.set(`${n.k}.bias`, [kvDim]);
@@ -73,9 +109,11 @@ export function expectedTensors(spec: ModelSpec): Map<string, number[]> {
     }
     if (spec.oBias) t.set(`${n.o}.bias`, [h]);
     t.set(n.postNorm, [h]);
-    t.set(`${n.gate}.weight`, [inter, h]);
-    t.set(`${n.up}.weight`, [inter, h]);
-    t.set(`${n.down}.weight`, [h, inter]);
+    if (!packed) {
+      t.set(`${n.gate}.weight`, [inter, h]);
+      t.set(`${n.up}.weight`, [inter, h]);
+      t.set(`${n.down}.weight`, [h, inter]);
+    }
     if (spec.mlpBias) {
       t.set(`${n.gate}.bias`, [inter]);
       t.set(`${n.up}.bias`, [inter]);
@@ -83,31 +121,79 @@ export function expectedTensors(spec: ModelSpec): Map<string, number[]> {
     }
   }
   t.set(FINAL_NORM, [h]);
-  if (!spec.tieWordEmbeddings) t.set(LM_HEAD, [vocabSize, h]);
+  const headQuantized =
+    (quant.kind === 'kiln' && quant.lmHead) ||
+    (quant.kind === 'import' && quant.config.method === 'gptq' && quant.config.lmHead);
+  if (!spec.tieWordEmbeddings && !headQuantized) t.set(LM_HEAD, [vocabSize, h]);
   return t;
 }
 
+/** The int4 projections of a model: fused name prefix and [rows, cols]. */
+export function q4Projections(
+  spec: ModelSpec,
+  lmHead: boolean,
+): { prefix: string; rows: number; cols: number }[] {
+  const { hiddenSize: h, intermediateSize: inter, numHeads, numKvHeads, headDim, vocabSize } = spec;
+  const qDim = numHeads * headDim;
+  const out: { prefix: string; rows: number; cols: number }[] = [];
+  for (let i = 0; i < spec.numLayers; i++) {
+    const f = fusedProjectionNames(i);
+    out.push(
+      { prefix: f.qkv, rows: qDim + 2 * numKvHeads * headDim, cols: h },
+      { prefix: f.o, rows: h, cols: qDim },
+      { prefix: f.gateUp, rows: 2 * inter, cols: h },
+      { prefix: f.down, rows: h, cols: inter },
+    );
+  }
+  if (lmHead) out.push({ prefix: LM_HEAD_PREFIX, rows: vocabSize, cols: h });
+  return out;
+}
+
 /** Bytes the weights will take on the GPU (16-bit stays 16-bit, norms and biases become f32). */
-export function weightBytes(spec: ModelSpec, ckpt: Checkpoint): number {
+export function weightBytes(spec: ModelSpec, ckpt: Checkpoint, quant: WeightQuant = FLOAT_WEIGHTS): number {
   let total = 0;
-  for (const [name, shape] of expectedTensors(spec)) {
+  const q4 = quant.kind === 'float' ? null : quant;
+  // Float tensors that become int4 while loading count at their int4 size.
+  const quantized = new Set<string>();
+  if (q4?.kind === 'quantize') {
+    for (let i = 0; i < spec.numLayers; i++) {
+      const n = layerTensorNames(i);
+      for (const p of [n.q, n.k, n.v, n.o, n.gate, n.up, n.down]) quantized.add(`${p}.weight`);
+    }
+    // A tied head quantized with the rest is also the embedding table: one int4 copy in all.
+    if (q4.lmHead) quantized.add(spec.tieWordEmbeddings ? EMBED_TOKENS : LM_HEAD);
+  }
+  for (const [name, shape] of expectedTensors(spec, quant)) {
     const info = ckpt.get(name);
     const elems = shape.reduce((a, b) => a * b, 1);
     if (shape.length === 2) {
-      // Tiled: rows padded to whole 8-row tiles, rows to whole 16-byte words.
       const [rows, cols] = shape as [number, number];
-      total += Math.ceil(rows / 8) * 8 * Math.ceil((cols * DTYPE_BYTES[info.dtype]) / 16) * 16;
+      if (q4?.kind === 'quantize' && quantized.has(name)) total += q4MatrixBytes(rows, cols, q4.format);
+      // Tiled: rows padded to whole 8-row tiles, rows to whole 16-byte words.
+      else total += Math.ceil(rows / 8) * 8 * Math.ceil((cols * DTYPE_BYTES[info.dtype]) / 16) * 16;
     } else total += elems * 4;
+  }
+  if (q4?.kind === 'kiln') {
+    for (const p of q4Projections(spec, q4.lmHead)) total += q4MatrixBytes(p.rows, p.cols, q4.format);
+  }
+  if (q4?.kind === 'import') {
+    // Estimated with group 32 and zero points (the largest the conversion can produce).
+    const f: Q4Format = { groupSize: 32, symmetric: false, scaleType: 'f16' };
+    for (const p of q4Projections(spec, false)) total += q4MatrixBytes(p.rows, p.cols, f);
   }
   return total;
 }
 
 /**
- * Checks every tensor exists with the right shape and a float dtype before anything is allocated,
- * so a bad checkpoint fails fast with the tensor's name.
+ * Checks every tensor exists with the right shape and dtype before anything is allocated, so a
+ * bad checkpoint fails fast with the tensor's name.
  */
-export function validateCheckpoint(spec: ModelSpec, ckpt: Checkpoint): void {
-  for (const [name, shape] of expectedTensors(spec)) {
+export function validateCheckpoint(
+  spec: ModelSpec,
+  ckpt: Checkpoint,
+  quant: WeightQuant = FLOAT_WEIGHTS,
+): void {
+  for (const [name, shape] of expectedTensors(spec, quant)) {
     const info = ckpt.get(name);
     if (info.shape.length !== shape.length || info.shape.some((d, i) => d !== shape[i])) {
       throw new UnsupportedModelError(
@@ -120,6 +206,23 @@ export function validateCheckpoint(spec: ModelSpec, ckpt: Checkpoint): void {
       );
     }
   }
+  if (quant.kind === 'kiln') {
+    for (const p of q4Projections(spec, quant.lmHead)) {
+      for (const t of q4TensorSpecs(p.prefix, p.rows, p.cols, quant.format)) {
+        checkQ4Tensor(ckpt, t.name, t.dtype, t.shape);
+      }
+    }
+  } else if (quant.kind === 'import') {
+    for (const name of importedTensorNames(spec, quant.config)) ckpt.get(name);
+  } else if (quant.kind === 'quantize') {
+    for (const p of q4Projections(spec, false)) {
+      if (p.cols % quant.format.groupSize !== 0) {
+        throw new UnsupportedModelError(
+          `${p.prefix}: K = ${p.cols} is not a multiple of the int4 group size ${quant.format.groupSize}; pick a group size that divides it`,
+        );
+      }
+    }
+  }
 }
 
 /** Streams every weight to the GPU (the checkpoint must have passed validateCheckpoint). */
@@ -128,8 +231,16 @@ export async function loadWeights(
   spec: ModelSpec,
   ckpt: Checkpoint,
   onProgress?: (p: LoadProgress) => void,
+  quant: WeightQuant = FLOAT_WEIGHTS,
 ): Promise<ModelWeights> {
-  const totalBytes = [...expectedTensors(spec).keys()].reduce((s, n) => s + ckpt.get(n).byteLength, 0);
+  const names = [...expectedTensors(spec, quant).keys()];
+  if (quant.kind === 'kiln') {
+    for (const p of q4Projections(spec, quant.lmHead)) {
+      for (const t of q4TensorSpecs(p.prefix, p.rows, p.cols, quant.format)) names.push(t.name);
+    }
+  }
+  if (quant.kind === 'import') names.push(...importedTensorNames(spec, quant.config));
+  const totalBytes = names.reduce((s, n) => s + ckpt.get(n).byteLength, 0);
   let loadedBytes = 0;
   const tick = (info: TensorInfo, bytes: number) => {
     loadedBytes += bytes;
@@ -156,41 +267,204 @@ export async function loadWeights(
       tick,
       track,
     );
+  /**
+   * Float tensors `parts` (stacked by rows) quantized to int4 while loading: uploaded in their
+   * tiled float layout, quantized on the GPU (src/quant/quantize-gpu.ts, bit-identical to the CPU
+   * round-to-nearest) and the float copy freed, so only one matrix is ever held twice.
+   */
+  const quantized = async (name: string, parts: string[], format: Q4Format): Promise<Q4GpuWeight> => {
+    const temp: GPUBuffer[] = [];
+    try {
+      const float = await uploadMatrix(
+        ctx,
+        ckpt,
+        name,
+        parts.map((p) => ckpt.get(p)),
+        'stack',
+        tick,
+        (b) => (temp.push(b), b),
+      );
+      return await quantizeOnGpu(ctx, float, format, { name, track });
+    } finally {
+      for (const b of temp) ctx.destroyBuffer(b);
+    }
+  };
+  /** GPTQ/AWQ projections `prefixes` converted to Kiln's layout, stacked by rows. */
+  const imported = async (name: string, prefixes: string[], config: ImportedQuantConfig): Promise<Linear> => {
+    const list: ImportedQ4[] = [];
+    for (const p of prefixes) list.push(await importProjection(ckpt, spec, p, config, tick));
+    const perm = list[0]?.perm;
+    for (const q of list) {
+      if (!samePerm(q.perm, perm)) {
+        throw new UnsupportedModelError(
+          `${name}: the act-order column orders (g_idx) of ${prefixes.join(', ')} differ, so they cannot share one matmul input`,
+        );
+      }
+    }
+    const weight = await uploadQ4Matrix(ctx, name, stackQ4(list.map((q) => q.matrix)), track);
+    if (!perm) return { weight };
+    const buf = await ctx.guardAllocation(`tensor ${name}.perm`, perm.byteLength, () =>
+      track(ctx.createBuffer(`${name}.perm`, perm.byteLength, STORAGE())),
+    );
+    ctx.device.queue.writeBuffer(buf, 0, perm as Uint32Array<ArrayBuffer>);
+    return { weight, perm: buf };
+  };
+  const projection = async (name: string, prefixes: string[], mode: 'stack' | 'swiglu'): Promise<Linear> => {
+    const weights = prefixes.map((p) => `${p}.weight`);
+    if (quant.kind === 'float') return { weight: await matrix(name, weights, mode) };
+    if (quant.kind === 'quantize') return { weight: await quantized(name, weights, quant.format) };
+    if (quant.kind === 'import') return imported(name, prefixes, quant.config);
+    const shape = q4Projections(spec, false).find((p) => p.prefix === name);
+    if (!shape) throw new RangeError(`no int4 projection named ${name}`);
+    return { weight: await uploadKilnQ4(ctx, ckpt, name, shape.rows, shape.cols, quant.format, tick, track) };
+  };
   const linear = async (
     name: string,
     prefixes: string[],
     hasBias: boolean,
     mode: 'stack' | 'swiglu' = 'stack',
   ): Promise<LinearWeights> => {
-    const weight = await matrix(
-      name,
-      prefixes.map((p) => `${p}.weight`),
-      mode,
-    );
-    return hasBias ? { weight, bias: await vector(prefixes.map((p) => `${p}.bias`)) } : { weight };
+    const lin = await projection(name, prefixes, mode);
+    return hasBias ? { ...lin, bias: await vector(prefixes.map((p) => `${p}.bias`)) } : lin;
   };
 
+  // A tied LM head in int4 serves as the embedding table too (embed_q4 gathers from it).
+  const headQ4 =
+    (quant.kind === 'kiln' || quant.kind === 'quantize') && quant.lmHead && spec.tieWordEmbeddings;
   try {
-    const embed = await matrix(EMBED_TOKENS, [EMBED_TOKENS]);
+    let embed: MatrixWeight | null = headQ4 ? null : await matrix(EMBED_TOKENS, [EMBED_TOKENS]);
     const layers: LayerWeights[] = [];
     for (let i = 0; i < spec.numLayers; i++) {
       const n = layerTensorNames(i);
+      const f = fusedProjectionNames(i);
       layers.push({
         inputNorm: await vector([n.inputNorm]),
-        qkv: await linear(`model.layers.${i}.self_attn.qkv_proj`, [n.q, n.k, n.v], spec.qkvBias),
-        o: await linear(n.o, [n.o], spec.oBias),
+        qkv: await linear(f.qkv, [n.q, n.k, n.v], spec.qkvBias),
+        o: await linear(f.o, [n.o], spec.oBias),
         postNorm: await vector([n.postNorm]),
-        gateUp: await linear(`model.layers.${i}.mlp.gate_up_proj`, [n.gate, n.up], spec.mlpBias, 'swiglu'),
-        down: await linear(n.down, [n.down], spec.mlpBias),
+        gateUp: await linear(f.gateUp, [n.gate, n.up], spec.mlpBias, 'swiglu'),
+        down: await linear(f.down, [n.down], spec.mlpBias),
       });
     }
     const finalNorm = await vector([FINAL_NORM]);
-    const lmHead = spec.tieWordEmbeddings ? embed : await matrix(LM_HEAD, [LM_HEAD]);
+    let lmHead: MatrixWeight;
+    const headSource = spec.tieWordEmbeddings ? EMBED_TOKENS : LM_HEAD;
+    if (quant.kind === 'kiln' && quant.lmHead) {
+      lmHead = await uploadKilnQ4(
+        ctx,
+        ckpt,
+        LM_HEAD_PREFIX,
+        spec.vocabSize,
+        spec.hiddenSize,
+        quant.format,
+        tick,
+        track,
+      );
+    } else if (quant.kind === 'import' && quant.config.method === 'gptq' && quant.config.lmHead) {
+      const head = await imported(LM_HEAD_PREFIX, [LM_HEAD_PREFIX], quant.config);
+      if (head.perm) throw new UnsupportedModelError('an act-order (g_idx) lm_head is not supported');
+      lmHead = head.weight;
+    } else if (quant.kind === 'quantize' && quant.lmHead) {
+      lmHead = await quantized(LM_HEAD_PREFIX, [headSource], quant.format);
+    } else lmHead = spec.tieWordEmbeddings ? (embed as MatrixWeight) : await matrix(LM_HEAD, [LM_HEAD]);
+    embed ??= lmHead;
     return { embed, layers, finalNorm, lmHead };
   } catch (e) {
     for (const b of created) ctx.destroyBuffer(b);
     throw e;
   }
+}
+
+/** The GPTQ/AWQ tensors of every quantized projection (HF names, unfused). */
+function importedTensorNames(spec: ModelSpec, config: ImportedQuantConfig): string[] {
+  const names: string[] = [];
+  const add = (p: string) => {
+    names.push(`${p}.qweight`, `${p}.qzeros`, `${p}.scales`);
+    if (config.method === 'gptq' && config.descAct) names.push(`${p}.g_idx`);
+  };
+  for (let i = 0; i < spec.numLayers; i++) {
+    const n = layerTensorNames(i);
+    [n.q, n.k, n.v, n.o, n.gate, n.up, n.down].forEach(add);
+  }
+  if (config.method === 'gptq' && config.lmHead) add(LM_HEAD_PREFIX);
+  return names;
+}
+
+/** Reads one GPTQ/AWQ projection's tensors and converts them (exactly) to Kiln's int4 matrix. */
+async function importProjection(
+  ckpt: Checkpoint,
+  spec: ModelSpec,
+  prefix: string,
+  config: ImportedQuantConfig,
+  tick: (info: TensorInfo, bytes: number) => void,
+): Promise<ImportedQ4> {
+  const read = async (suffix: string) => {
+    const name = `${prefix}.${suffix}`;
+    if (!ckpt.has(name)) return undefined;
+    const info = ckpt.get(name);
+    const raw = await ckpt.readTensor(info);
+    tick(info, raw.length);
+    // A copy: the bytes may sit at any offset of a shared buffer, and typed arrays need alignment.
+    return { info, bytes: raw.slice() };
+  };
+  const ints = (t: { info: TensorInfo; bytes: Uint8Array } | undefined) => {
+    if (!t) return undefined;
+    if (t.info.dtype !== 'I32' && t.info.dtype !== 'U32') {
+      throw new UnsupportedModelError(
+        `tensor ${t.info.name} in ${ckpt.location} is ${t.info.dtype}; expected I32 packed int4`,
+      );
+    }
+    return new Int32Array(t.bytes.buffer, 0, t.bytes.length / 4);
+  };
+  const halves = (t: { info: TensorInfo; bytes: Uint8Array } | undefined) => {
+    if (!t) return undefined;
+    if (t.info.dtype !== 'F16') {
+      throw new UnsupportedModelError(
+        `tensor ${t.info.name} in ${ckpt.location} is ${t.info.dtype}; expected F16 scales`,
+      );
+    }
+    return new Uint16Array(t.bytes.buffer, 0, t.bytes.length / 2);
+  };
+  const [qweight, qzeros, scales] = [await read('qweight'), await read('qzeros'), await read('scales')];
+  const shape =
+    prefix === LM_HEAD_PREFIX
+      ? { rows: spec.vocabSize, cols: spec.hiddenSize }
+      : projectionShape(spec, prefix);
+  const shapes = { qweight: qweight?.info.shape, qzeros: qzeros?.info.shape, scales: scales?.info.shape };
+  const definedShapes = Object.fromEntries(Object.entries(shapes).filter(([, v]) => v !== undefined));
+  if (config.method === 'awq') {
+    return awqToQ4(
+      { qweight: ints(qweight), qzeros: ints(qzeros), scales: halves(scales), shapes: definedShapes },
+      shape,
+      config,
+      prefix,
+    );
+  }
+  const gIdx = await read('g_idx');
+  return gptqToQ4(
+    {
+      qweight: ints(qweight),
+      qzeros: ints(qzeros),
+      scales: halves(scales),
+      ...(gIdx ? { gIdx: ints(gIdx) as Int32Array } : {}),
+      shapes: { ...definedShapes, ...(gIdx ? { gIdx: gIdx.info.shape } : {}) },
+    },
+    shape,
+    config,
+    prefix,
+  );
+}
+
+/** [rows, cols] of an HF projection (by its name prefix). */
+function projectionShape(spec: ModelSpec, prefix: string): { rows: number; cols: number } {
+  const shape = expectedTensors(spec).get(`${prefix}.weight`);
+  if (!shape) throw new RangeError(`no projection named ${prefix}`);
+  return { rows: shape[0] as number, cols: shape[1] as number };
+}
+
+function samePerm(a: Uint32Array | undefined, b: Uint32Array | undefined): boolean {
+  if (!a || !b) return a === b;
+  return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
 /** Frees every buffer of the weights. */
@@ -202,10 +476,12 @@ export function destroyWeights(ctx: GpuContext, w: ModelWeights): void {
       ctx.destroyBuffer(b);
     }
   };
-  const freeMatrix = (m: GpuWeight) => m.parts.forEach((p) => free(p.buffer));
+  const freeMatrix = (m: MatrixWeight) =>
+    isQ4Weight(m) ? freeQ4Weight(free, m) : m.parts.forEach((p) => free(p.buffer));
   const freeLinear = (l: LinearWeights) => {
     freeMatrix(l.weight);
     free(l.bias);
+    free(l.perm);
   };
   freeMatrix(w.embed);
   freeMatrix(w.lmHead);

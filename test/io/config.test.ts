@@ -118,6 +118,7 @@ describe('parseModelConfig: supported models', () => {
       mlpBias: false,
       bosTokenId: 1,
       eosTokenIds: [2],
+      quantizationConfig: null,
     });
   });
 
@@ -423,9 +424,9 @@ describe('parseModelConfig: errors name the field and value', () => {
     ],
     [
       'a quantized checkpoint',
-      { ...tinyLlama, quantization_config: { quant_method: 'gptq', bits: 4 } },
+      { ...tinyLlama, quantization_config: { quant_method: 'bitsandbytes', load_in_4bit: true } },
       undefined,
-      /quantization_config \(quant_method "gptq"\) is not supported yet/,
+      /quantization_config \(quant_method "bitsandbytes"\) is not supported: Kiln loads kiln, gptq, awq/,
       UnsupportedModelError,
     ],
     [

@@ -1,0 +1,149 @@
+/**
+ * One projection of the forward pass, Y (+)= X · Wᵀ (+ bias), whatever W's storage: the float
+ * matmul (tiled f32/f16/bf16, SwiGLU in its epilogue) or the int4 matmul, which may first gather
+ * X's columns (GPTQ act-order) and applies SwiGLU as a separate pass over its [gate; up] output.
+ */
+import type { ActivationFormat } from './activation.js';
+import { linearGrid, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { matmul } from './matmul.js';
+import { matmulQ4, type Q4GpuWeight } from './matmul-q4.js';
+import type { GpuWeight } from './weight.js';
+
+/** A projection matrix on the GPU: float (tiled) or int4. */
+export type MatrixWeight = GpuWeight | Q4GpuWeight;
+
+export function isQ4Weight(w: MatrixWeight): w is Q4GpuWeight {
+  return typeof w.format === 'object';
+}
+
+export interface Linear {
+  /**
+   * The SwiGLU projection (gate and up) is a float weight with fused 'swiglu' (tiles interleaved
+   * for the epilogue) or an int4 weight of [gate; up] stacked by rows.
+   */
+  weight: MatrixWeight;
+  /** [rows] f32, when the projection has a bias ([gate bias; up bias] for SwiGLU). */
+  bias?: GPUBuffer | undefined;
+  /** int4 only, [cols] u32: X's columns are gathered through this permutation first. */
+  perm?: GPUBuffer | undefined;
+}
+
+/** Scratch an int4 projection may need, sized for the plan's rows. */
+export interface LinearScratch {
+  /** [m, 2 · units] f32: the stacked gate/up output before SwiGLU. */
+  gateUp?: GPUBuffer | undefined;
+  /** [m, max cols] f32: X gathered through `perm`. */
+  gathered?: GPUBuffer | undefined;
+}
+
+export interface LinearArgs {
+  x: GPUBuffer;
+  lin: Linear;
+  /** [m, out] f32 (SwiGLU: [m, units]). */
+  y: GPUBuffer;
+  m: number;
+  /** silu(gate) · up of the gate/up projection. */
+  swiglu?: boolean;
+  accumulate?: boolean;
+  placeholder: GPUBuffer;
+  /** Element type of x (float weights only; the int4 kernel reads f32). */
+  xFormat?: ActivationFormat;
+  scratch?: LinearScratch;
+}
+
+/** Units (SwiGLU) or output rows of a projection. */
+export function linearOutputs(lin: Linear, swiglu: boolean): number {
+  const w = lin.weight;
+  return swiglu && isQ4Weight(w) ? w.rows / 2 : w.rows;
+}
+
+export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
+  const w = a.lin.weight;
+  if (!isQ4Weight(w)) {
+    if (a.lin.perm) throw new RangeError(`${w.name}: a column permutation applies to int4 weights only`);
+    if (!!a.swiglu !== (w.fused === 'swiglu')) {
+      throw new RangeError(`${w.name}: SwiGLU needs a weight with interleaved gate/up tiles`);
+    }
+    const x = { x: a.x, xFormat: a.xFormat };
+    return matmul(b, {
+      ...x,
+      weight: w,
+      bias: a.lin.bias,
+      y: a.y,
+      m: a.m,
+      accumulate: a.accumulate,
+      placeholder: a.placeholder,
+    });
+  }
+  if ((a.xFormat ?? 'f32') !== 'f32')
+    throw new RangeError(`${w.name}: the int4 matmul reads f32 activations`);
+  const out: Dispatch[] = [];
+  let x = a.x;
+  if (a.lin.perm) {
+    const gathered = a.scratch?.gathered;
+    if (!gathered) throw new RangeError(`${w.name}: a permuted int4 projection needs gather scratch`);
+    out.push(gatherCols(b, { perm: a.lin.perm, x, y: gathered, m: a.m, k: w.cols }));
+    x = gathered;
+  }
+  if (!a.swiglu) {
+    out.push(
+      ...matmulQ4(b, {
+        x,
+        weight: w,
+        bias: a.lin.bias,
+        y: a.y,
+        m: a.m,
+        accumulate: a.accumulate,
+        placeholder: a.placeholder,
+      }),
+    );
+    return out;
+  }
+  if (a.accumulate) throw new RangeError(`${w.name}: a SwiGLU projection cannot accumulate`);
+  const gateUp = a.scratch?.gateUp;
+  if (!gateUp) throw new RangeError(`${w.name}: an int4 SwiGLU projection needs gate/up scratch`);
+  if (w.rows % 2 !== 0) throw new RangeError(`${w.name}: ${w.rows} rows are not [gate; up]`);
+  out.push(...matmulQ4(b, { x, weight: w, bias: a.lin.bias, y: gateUp, m: a.m, placeholder: a.placeholder }));
+  out.push(swigluStacked(b, { gateUp, out: a.y, m: a.m, width: w.rows / 2 }));
+  return out;
+}
+
+/** out[r, j] = silu(gateUp[r, j]) · gateUp[r, width + j]; see shaders/swiglu_stacked.wgsl. */
+export function swigluStacked(
+  b: DispatchBuilder,
+  a: { gateUp: GPUBuffer; out: GPUBuffer; m: number; width: number },
+): Dispatch {
+  const count = a.m * a.width;
+  const { gridX, grid } = linearGrid(count);
+  return b.make(
+    'swiglu_stacked',
+    () => shaderSource('swiglu_stacked'),
+    packParams([
+      ['u32', count],
+      ['u32', a.width],
+      ['u32', gridX],
+    ]),
+    [a.gateUp, a.out],
+    grid,
+  );
+}
+
+/** y[r, j] = x[r, perm[j]]; see shaders/gather_cols.wgsl. */
+export function gatherCols(
+  b: DispatchBuilder,
+  a: { perm: GPUBuffer; x: GPUBuffer; y: GPUBuffer; m: number; k: number },
+): Dispatch {
+  const count = a.m * a.k;
+  const { gridX, grid } = linearGrid(count);
+  return b.make(
+    'gather_cols',
+    () => shaderSource('gather_cols'),
+    packParams([
+      ['u32', count],
+      ['u32', a.k],
+      ['u32', gridX],
+    ]),
+    [a.perm, a.x, a.y],
+    grid,
+  );
+}

@@ -1,0 +1,341 @@
+/**
+ * `kiln quantize`: writes a Kiln int4 folder (src/quant/kiln-format.ts) from a float checkpoint.
+ * Methods:
+ *   - rtn: round-to-nearest (no calibration);
+ *   - clip: per-group clipping search minimising the reconstruction error weighted by the
+ *     calibration activations' second moments E[x²] (activation-aware clipping);
+ *   - gptq: GPTQ error compensation with the Hessian of the calibration activations, group
+ *     parameters chosen with the same clipping search.
+ * Calibration activations are the float model's own projection inputs, captured on the GPU while
+ * it reads the calibration text (or, without one, text it samples itself from BOS).
+ */
+import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { InvalidRequestError, UnsupportedModelError } from '../errors.js';
+import { loadModelSpec } from '../io/config.js';
+import { decodeToFloat32 } from '../io/dtype.js';
+import { openCheckpoint, type Checkpoint } from '../io/safetensors.js';
+import { columnSecondMoments, quantizeClip } from '../quant/clip.js';
+import { accumulateHessian, quantizeGptq } from '../quant/gptq-solver.js';
+import {
+  fusedProjectionNames,
+  KILN_QUANT_METADATA,
+  kilnQuantConfig,
+  LM_HEAD_PREFIX,
+  q4TensorSpecs,
+  type QuantMethod,
+} from '../quant/kiln-format.js';
+import { packQ4, quantizeRtn, type PackedQ4, type Q4Format, type Q4Matrix } from '../quant/q4.js';
+import type { Engine } from '../runtime/engine.js';
+import type { LinearInputName } from '../runtime/forward.js';
+import { EMBED_TOKENS, LM_HEAD, layerTensorNames, type ModelSpec } from '../runtime/model-spec.js';
+import { expectedTensors, validateCheckpoint } from '../runtime/weights.js';
+import { stackQ4 } from '../runtime/weights-q4.js';
+import { createEngine } from './index.js';
+import { openLocalModelDir } from './fs-model-dir.js';
+import { writeSafetensorsFile } from './safetensors-file.js';
+
+export const QUANT_METHODS: readonly QuantMethod[] = ['rtn', 'clip', 'gptq'];
+/** The method `kiln quantize` uses unless told otherwise (see README for its measured quality). */
+export const DEFAULT_QUANT_METHOD: QuantMethod = 'gptq';
+
+export interface QuantizeModelOptions {
+  /** Float model folder. */
+  dir: string;
+  out: string;
+  format: Q4Format;
+  method: QuantMethod;
+  /** Calibration text (clip, gptq); default: text the model samples itself. */
+  calibrationText?: string;
+  /** Calibration tokens in all (default 256). */
+  calibrationTokens?: number;
+  /** Quantize the LM head as well (embeddings always stay in float). */
+  lmHead?: boolean;
+  onProgress?: (done: number, total: number, what: string) => void;
+  /** Messages about what is being done. */
+  log?: (line: string) => void;
+}
+
+export interface QuantizeSummary {
+  method: QuantMethod;
+  format: Q4Format;
+  calibration_tokens: number;
+  matrices: number;
+  seconds: number;
+  bytes_written: number;
+}
+
+const DEFAULT_CALIBRATION_TOKENS = 256;
+/** Self-generated calibration: this many sequences sampled from BOS at temperature 1. */
+const SELF_SEQUENCES = 4;
+
+/** Per-layer statistics of one projection's input: second moments (clip) or the Hessian (gptq). */
+interface InputStats {
+  moments: Float64Array;
+  hessian?: Float64Array;
+}
+
+export async function quantizeModel(opts: QuantizeModelOptions): Promise<QuantizeSummary> {
+  const t0 = performance.now();
+  const dir = openLocalModelDir(opts.dir);
+  const spec = await loadModelSpec(dir);
+  if (spec.quantizationConfig) {
+    throw new UnsupportedModelError(
+      `${opts.dir} is already quantized (quant_method ${String(spec.quantizationConfig.quant_method)}); quantize a float checkpoint`,
+    );
+  }
+  if (!QUANT_METHODS.includes(opts.method)) {
+    throw new InvalidRequestError(
+      `quantization method ${String(opts.method)} is not one of ${QUANT_METHODS.join(', ')}`,
+    );
+  }
+  const log = opts.log ?? (() => undefined);
+  const ckpt = await openCheckpoint(dir);
+  try {
+    validateCheckpoint(spec, ckpt);
+    for (const p of projectionsOf(spec, opts.lmHead ?? false)) {
+      if (p.cols % opts.format.groupSize !== 0) {
+        throw new UnsupportedModelError(
+          `${p.prefix}: K = ${p.cols} is not a multiple of the group size ${opts.format.groupSize}; pick a group size that divides it`,
+        );
+      }
+    }
+    let stats: Map<string, InputStats> | null = null;
+    let calibrationTokens = 0;
+    if (opts.method !== 'rtn') {
+      const cal = await calibrate(opts, spec, log);
+      stats = cal.stats;
+      calibrationTokens = cal.tokens;
+    }
+    const summary = await writeQuantized(opts, spec, ckpt, stats);
+    return {
+      method: opts.method,
+      format: opts.format,
+      calibration_tokens: calibrationTokens,
+      matrices: summary.matrices,
+      seconds: (performance.now() - t0) / 1000,
+      bytes_written: summary.bytes,
+    };
+  } finally {
+    await ckpt.close();
+  }
+}
+
+interface Projection {
+  /** Fused name in the Kiln folder. */
+  prefix: string;
+  /** HF weight tensors stacked by rows. */
+  sources: string[];
+  /** Whose input activations calibrate it (null: the LM head, quantized by weight error). */
+  input: { layer: number; proj: LinearInputName } | null;
+  rows: number;
+  cols: number;
+}
+
+function projectionsOf(spec: ModelSpec, lmHead: boolean): Projection[] {
+  const shapes = expectedTensors(spec);
+  const rowsOf = (t: string) => (shapes.get(t) as number[])[0] as number;
+  const colsOf = (t: string) => (shapes.get(t) as number[])[1] as number;
+  const out: Projection[] = [];
+  for (let i = 0; i < spec.numLayers; i++) {
+    const n = layerTensorNames(i);
+    const f = fusedProjectionNames(i);
+    const add = (prefix: string, hf: string[], proj: LinearInputName) => {
+      const sources = hf.map((h) => `${h}.weight`);
+      out.push({
+        prefix,
+        sources,
+        input: { layer: i, proj },
+        rows: sources.reduce((a, t) => a + rowsOf(t), 0),
+        cols: colsOf(sources[0] as string),
+      });
+    };
+    add(f.qkv, [n.q, n.k, n.v], 'qkv');
+    add(f.o, [n.o], 'o');
+    add(f.gateUp, [n.gate, n.up], 'gateUp');
+    add(f.down, [n.down], 'down');
+  }
+  if (lmHead) {
+    const src = spec.tieWordEmbeddings ? EMBED_TOKENS : LM_HEAD;
+    out.push({
+      prefix: LM_HEAD_PREFIX,
+      sources: [src],
+      input: null,
+      rows: spec.vocabSize,
+      cols: spec.hiddenSize,
+    });
+  }
+  return out;
+}
+
+/** Runs the float model over the calibration tokens and reduces each projection's inputs. */
+async function calibrate(
+  opts: QuantizeModelOptions,
+  spec: ModelSpec,
+  log: (line: string) => void,
+): Promise<{ stats: Map<string, InputStats>; tokens: number }> {
+  const want = opts.calibrationTokens ?? DEFAULT_CALIBRATION_TOKENS;
+  const engine: Engine = await createEngine({ model: opts.dir, attentionSoftmax: 'two_pass' });
+  try {
+    const sequences: number[][] = [];
+    if (opts.calibrationText !== undefined) {
+      const ids = engine.encodePrompt(opts.calibrationText);
+      // Long texts are cut into context-sized windows, each read from its own start.
+      const window = engine.contextLength;
+      for (let at = 0; at < Math.min(ids.length, want); at += window) {
+        sequences.push(ids.slice(at, Math.min(at + window, want)));
+      }
+      if (ids.length < 2) throw new InvalidRequestError('the calibration text is empty after tokenization');
+    } else {
+      const per = Math.min(Math.ceil(want / SELF_SEQUENCES), engine.contextLength - 1);
+      log(`sampling ${SELF_SEQUENCES} x ${per} calibration tokens from the model`);
+      for (let s = 0; s < SELF_SEQUENCES; s++) {
+        const bos = spec.bosTokenId === null ? [] : [spec.bosTokenId];
+        const r = await engine
+          .generate(bos, { maxTokens: per, temperature: 1, seed: 1000 + s, ignoreEos: true })
+          .result();
+        sequences.push([...r.promptTokenIds, ...r.tokenIds]);
+      }
+    }
+    const stats = new Map<string, InputStats>();
+    let tokens = 0;
+    const counts = new Map<string, number>();
+    const f = (l: number, proj: LinearInputName) => `${l}.${proj}`;
+    for (const seq of sequences) {
+      const captured = await engine.captureLinearInputs(seq);
+      tokens += seq.length;
+      captured.forEach((layer, l) => {
+        for (const proj of ['qkv', 'o', 'gateUp', 'down'] as const) {
+          const x = layer[proj];
+          const cols = x.length / seq.length;
+          const key = f(l, proj);
+          let st = stats.get(key);
+          if (!st) {
+            st = { moments: new Float64Array(cols) };
+            if (opts.method === 'gptq') st.hessian = new Float64Array(cols * cols);
+            stats.set(key, st);
+          }
+          // Second moments are summed here and divided by the count below.
+          const m = columnSecondMoments(x, seq.length, cols);
+          for (let c = 0; c < cols; c++)
+            st.moments[c] = (st.moments[c] as number) + (m[c] as number) * seq.length;
+          if (st.hessian) accumulateHessian(st.hessian, x, seq.length, cols);
+          counts.set(key, (counts.get(key) ?? 0) + seq.length);
+        }
+      });
+    }
+    for (const [key, st] of stats) {
+      const n = counts.get(key) as number;
+      for (let c = 0; c < st.moments.length; c++) st.moments[c] = (st.moments[c] as number) / n;
+      if (st.hessian)
+        for (let i = 0; i < st.hessian.length; i++) st.hessian[i] = (st.hessian[i] as number) / n;
+    }
+    log(`calibrated on ${tokens} tokens`);
+    return { stats, tokens };
+  } finally {
+    engine.dispose();
+  }
+}
+
+async function readF32(ckpt: Checkpoint, name: string): Promise<Float32Array> {
+  const info = ckpt.get(name);
+  return decodeToFloat32(info.dtype, await ckpt.readTensor(info));
+}
+
+function quantizeOne(
+  values: Float32Array,
+  rows: number,
+  cols: number,
+  format: Q4Format,
+  method: QuantMethod,
+  stats: InputStats | undefined,
+): Q4Matrix {
+  if (method === 'rtn') return quantizeRtn(values, rows, cols, format);
+  if (method === 'gptq' && stats?.hessian) {
+    return quantizeGptq(values, rows, cols, format, stats.hessian, { clip: false });
+  }
+  return quantizeClip(values, rows, cols, format, stats ? { columnWeights: stats.moments } : {});
+}
+
+async function writeQuantized(
+  opts: QuantizeModelOptions,
+  spec: ModelSpec,
+  ckpt: Checkpoint,
+  stats: Map<string, InputStats> | null,
+): Promise<{ matrices: number; bytes: number }> {
+  const projections = projectionsOf(spec, opts.lmHead ?? false);
+  // A quantized tied head replaces the embeddings too: the runtime gathers them from the int4 table.
+  const replaced = new Set(projections.flatMap((p) => p.sources));
+  const tensors: { name: string; dtype: ReturnType<Checkpoint['get']>['dtype']; shape: number[] }[] = [];
+  for (const name of expectedTensors(spec).keys()) {
+    if (replaced.has(name)) continue;
+    const info = ckpt.get(name);
+    tensors.push({ name, dtype: info.dtype, shape: [...info.shape] });
+  }
+  const owner = new Map<string, Projection>();
+  for (const p of projections) {
+    for (const t of q4TensorSpecs(p.prefix, p.rows, p.cols, opts.format)) {
+      tensors.push({ name: t.name, dtype: t.dtype, shape: t.shape });
+      owner.set(t.name, p);
+    }
+  }
+  // The writer asks for tensors in file order (by element size, then name), so a projection's
+  // words come long before its scales: packed matrices wait here until their last tensor is out.
+  const packed = new Map<string, { p: PackedQ4; left: number }>();
+  let done = 0;
+  const tensorsOf = (p: Projection) => q4TensorSpecs(p.prefix, p.rows, p.cols, opts.format).length;
+  const produce = async (t: { name: string }): Promise<Uint8Array> => {
+    const p = owner.get(t.name);
+    if (!p) {
+      const info = ckpt.get(t.name);
+      return ckpt.readTensor(info);
+    }
+    let entry = packed.get(p.prefix);
+    if (!entry) {
+      const list: Q4Matrix[] = [];
+      const st = p.input ? stats?.get(`${p.input.layer}.${p.input.proj}`) : undefined;
+      for (const src of p.sources) {
+        const shape = expectedTensors(spec).get(src) as [number, number];
+        list.push(quantizeOne(await readF32(ckpt, src), shape[0], shape[1], opts.format, opts.method, st));
+      }
+      entry = { p: packQ4(stackQ4(list)), left: tensorsOf(p) };
+      packed.set(p.prefix, entry);
+      opts.onProgress?.(++done, projections.length, p.prefix);
+    }
+    if (--entry.left === 0) packed.delete(p.prefix);
+    const q = entry.p;
+    const data = t.name.endsWith('.q4_words')
+      ? q.words
+      : t.name.endsWith('.q4_zeros')
+        ? (q.zeros as Uint32Array)
+        : q.scales;
+    return data instanceof ArrayBuffer
+      ? new Uint8Array(data)
+      : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  };
+  const config = kilnQuantConfig(opts.format, opts.method, opts.lmHead ?? false);
+  await mkdir(opts.out, { recursive: true });
+  const bytes = await writeSafetensorsFile(join(opts.out, 'model.safetensors'), tensors, produce, {
+    format: 'pt',
+    [KILN_QUANT_METADATA]: JSON.stringify(config),
+  });
+  const srcConfig = JSON.parse(await readFile(join(opts.dir, 'config.json'), 'utf8')) as Record<
+    string,
+    unknown
+  >;
+  await writeFile(
+    join(opts.out, 'config.json'),
+    JSON.stringify({ ...srcConfig, quantization_config: config }, null, 2) + '\n',
+  );
+  for (const file of [
+    'generation_config.json',
+    'tokenizer.json',
+    'tokenizer_config.json',
+    'special_tokens_map.json',
+  ]) {
+    await copyFile(join(opts.dir, file), join(opts.out, file)).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e;
+    });
+  }
+  return { matrices: projections.length, bytes };
+}

@@ -1,0 +1,224 @@
+/**
+ * int4 projection weights on the GPU (the Q4GpuWeight that shaders/matmul_q4.wgsl reads), from
+ * three sources: a Kiln int4 folder (already in the kernel layout: bytes streamed straight into
+ * the part buffers), a matrix quantized or converted on the CPU (packed per part, then uploaded),
+ * and a float matrix already on the GPU (quantized there, see src/quant/quantize-gpu.ts).
+ * Matrices are split by whole 8-row tiles so that every part fits maxStorageBufferBindingSize.
+ */
+import { DeviceMemoryError, UnsupportedModelError } from '../errors.js';
+import { formatBytes, type GpuContext } from '../gpu/device.js';
+import type { Checkpoint, TensorInfo } from '../io/safetensors.js';
+import type { Q4GpuWeight, Q4WeightPart } from '../kernels/matmul-q4.js';
+import { q4TensorSpecs } from '../quant/kiln-format.js';
+import {
+  packQ4,
+  Q4_TILE_ROWS,
+  sliceQ4Rows,
+  type PackedQ4,
+  type Q4Format,
+  type Q4Matrix,
+} from '../quant/q4.js';
+
+const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+/** Upload chunk size, as for float weights. */
+const CHUNK_BYTES = 8 << 20;
+
+/** Rows per part (a multiple of 8) so that each of a part's buffers fits `limit`. */
+export function q4RowsPerPart(
+  rows: number,
+  cols: number,
+  format: Q4Format,
+  limit: number,
+  name: string,
+): number {
+  const widest = Math.max(...q4TensorSpecs(name, rows, cols, format).map((s) => s.tileBytes));
+  const tiles = Math.floor(limit / widest);
+  if (tiles === 0) {
+    throw new DeviceMemoryError(
+      `tensor ${name}: one ${Q4_TILE_ROWS}-row int4 tile of ${formatBytes(widest)} does not fit this device's maxStorageBufferBindingSize (${formatBytes(limit)})`,
+    );
+  }
+  return Math.min(rows, tiles * Q4_TILE_ROWS);
+}
+
+/** Bytes an int4 [rows, cols] matrix takes on the GPU (codes, scales and zeros, tile-padded). */
+export function q4MatrixBytes(rows: number, cols: number, format: Q4Format): number {
+  const tiles = Math.ceil(rows / Q4_TILE_ROWS);
+  return q4TensorSpecs('', rows, cols, format).reduce((a, s) => a + s.tileBytes * tiles, 0);
+}
+
+type Track = (b: GPUBuffer) => GPUBuffer;
+
+async function allocate(ctx: GpuContext, label: string, bytes: number, track: Track): Promise<GPUBuffer> {
+  return ctx.guardAllocation(`tensor ${label}`, bytes, () =>
+    track(ctx.createBuffer(label, bytes, STORAGE())),
+  );
+}
+
+/**
+ * Streams the projection `prefix` of a Kiln int4 folder (src/quant/kiln-format.ts) into part
+ * buffers: each stored tensor's leading dimension is the tile, so a part is a byte range.
+ */
+export async function uploadKilnQ4(
+  ctx: GpuContext,
+  ckpt: Checkpoint,
+  prefix: string,
+  rows: number,
+  cols: number,
+  format: Q4Format,
+  tick: (info: TensorInfo, bytes: number) => void,
+  track: Track,
+): Promise<Q4GpuWeight> {
+  const specs = q4TensorSpecs(prefix, rows, cols, format);
+  const per = q4RowsPerPart(rows, cols, format, ctx.limits.maxStorageBufferBindingSize, prefix);
+  const tilesPer = per / Q4_TILE_ROWS;
+  const parts: Q4WeightPart[] = [];
+  // Buffers per stored tensor, one per part.
+  const buffers: GPUBuffer[][] = specs.map(() => []);
+  for (let r = 0; r < rows; r += per) {
+    const n = Math.min(per, rows - r);
+    const tiles = Math.ceil(n / Q4_TILE_ROWS);
+    const bufs: GPUBuffer[] = [];
+    for (const [i, s] of specs.entries()) {
+      const b = await allocate(ctx, `${s.name}[${r}:${r + n}]`, tiles * s.tileBytes, track);
+      (buffers[i] as GPUBuffer[]).push(b);
+      bufs.push(b);
+    }
+    parts.push({
+      words: bufs[0] as GPUBuffer,
+      scales: bufs[1] as GPUBuffer,
+      zeros: format.symmetric ? undefined : bufs[2],
+      rowStart: r,
+      rows: n,
+    });
+  }
+  const queue = ctx.device.queue;
+  for (const [i, s] of specs.entries()) {
+    const info = ckpt.get(s.name);
+    const partBytes = tilesPer * s.tileBytes;
+    for await (const { offset, bytes } of ckpt.readTensorChunks(info, CHUNK_BYTES)) {
+      // A chunk may straddle parts: write each piece into its own buffer.
+      let at = 0;
+      while (at < bytes.length) {
+        const global = offset + at;
+        const part = Math.floor(global / partBytes);
+        const within = global - part * partBytes;
+        const take = Math.min(bytes.length - at, partBytes - within);
+        queue.writeBuffer(
+          (buffers[i] as GPUBuffer[])[part] as GPUBuffer,
+          within,
+          bytes.subarray(at, at + take),
+        );
+        at += take;
+      }
+      tick(info, bytes.length);
+    }
+  }
+  ctx.assertAlive();
+  return { name: prefix, format, rows, cols, parts };
+}
+
+function uploadPacked(ctx: GpuContext, buf: GPUBuffer, data: Uint32Array | ArrayBuffer): void {
+  const bytes =
+    data instanceof ArrayBuffer
+      ? new Uint8Array(data)
+      : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  ctx.device.queue.writeBuffer(buf, 0, bytes as Uint8Array<ArrayBuffer>);
+}
+
+/** Packs (per part) and uploads a matrix quantized or converted on the CPU. */
+export async function uploadQ4Matrix(
+  ctx: GpuContext,
+  name: string,
+  q: Q4Matrix,
+  track: Track,
+): Promise<Q4GpuWeight> {
+  const per = q4RowsPerPart(q.rows, q.cols, q.format, ctx.limits.maxStorageBufferBindingSize, name);
+  const parts: Q4WeightPart[] = [];
+  for (let r = 0; r < q.rows; r += per) {
+    const n = Math.min(per, q.rows - r);
+    const packed: PackedQ4 = packQ4(n === q.rows ? q : sliceQ4Rows(q, r, n));
+    const range = `${name}[${r}:${r + n}]`;
+    const words = await allocate(ctx, `${range}.q4_words`, packed.words.byteLength, track);
+    uploadPacked(ctx, words, packed.words);
+    const scales = await allocate(ctx, `${range}.q4_scales`, packed.scales.byteLength, track);
+    uploadPacked(ctx, scales, packed.scales);
+    let zeros: GPUBuffer | undefined;
+    if (packed.zeros) {
+      zeros = await allocate(ctx, `${range}.q4_zeros`, packed.zeros.byteLength, track);
+      uploadPacked(ctx, zeros, packed.zeros);
+    }
+    parts.push({ words, scales, zeros, rowStart: r, rows: n });
+  }
+  ctx.assertAlive();
+  return { name, format: q.format, rows: q.rows, cols: q.cols, parts };
+}
+
+/** Row-concatenation of quantized matrices sharing a format and K (q/k/v, gate/up stacking). */
+export function stackQ4(list: readonly Q4Matrix[]): Q4Matrix {
+  const first = list[0];
+  if (!first) throw new RangeError('stackQ4: nothing to stack');
+  if (list.length === 1) return first;
+  for (const q of list) {
+    const f = q.format;
+    if (
+      q.cols !== first.cols ||
+      f.groupSize !== first.format.groupSize ||
+      f.symmetric !== first.format.symmetric ||
+      f.scaleType !== first.format.scaleType
+    ) {
+      throw new UnsupportedModelError(
+        'int4 projections fused into one matmul must share K and the quantization format',
+      );
+    }
+  }
+  const rows = list.reduce((a, q) => a + q.rows, 0);
+  const cat = <T extends Uint8Array | Float32Array>(make: (n: number) => T, pick: (q: Q4Matrix) => T): T => {
+    const out = make(list.reduce((a, q) => a + pick(q).length, 0));
+    let at = 0;
+    for (const q of list) {
+      out.set(pick(q), at);
+      at += pick(q).length;
+    }
+    return out;
+  };
+  return {
+    rows,
+    cols: first.cols,
+    format: first.format,
+    codes: cat(
+      (n) => new Uint8Array(n),
+      (q) => q.codes,
+    ),
+    scales: cat(
+      (n) => new Float32Array(n),
+      (q) => q.scales,
+    ),
+    zeros: cat(
+      (n) => new Uint8Array(n),
+      (q) => q.zeros,
+    ),
+  };
+}
+
+/** Frees an int4 weight's buffers. */
+export function freeQ4Weight(free: (b: GPUBuffer | undefined) => void, w: Q4GpuWeight): void {
+  for (const p of w.parts) {
+    free(p.words);
+    free(p.scales);
+    free(p.zeros);
+  }
+}
+
+export function checkQ4Tensor(ckpt: Checkpoint, name: string, dtype: string, shape: readonly number[]): void {
+  const info = ckpt.get(name);
+  if (
+    info.dtype !== dtype ||
+    info.shape.length !== shape.length ||
+    info.shape.some((d, i) => d !== shape[i])
+  ) {
+    throw new UnsupportedModelError(
+      `tensor ${name} in ${ckpt.location} is ${info.dtype} [${info.shape.join(', ')}], but the int4 format implies ${dtype} [${shape.join(', ')}]`,
+    );
+  }
+}
