@@ -1,7 +1,7 @@
 /**
  * End-to-end prefill and decode speed on a synthetic model at a real shape:
  *   npm run bench:decode -- [shape] [--prompt-tokens N] [--tokens N] [--dtype bf16|f16|f32]
- *     [--layers N] [--quant q4] [--model DIR]
+ *     [--layers N] [--quant q4 [--quant-lm-head]] [--model DIR]
  * --layers keeps the shape's layer sizes with fewer layers; --quant q4 quantizes while loading;
  * --model runs a given folder (e.g. one written by `kiln quantize` from the synthetic model).
  * Prints one JSON line. "weights_gb_per_s" is the weight bytes read per decode step times steps
@@ -30,7 +30,12 @@ const quant = flag('--quant', 'none') as 'none' | 'q4';
 const synthetic = await syntheticModel(root, shape, dtype, layers);
 const dir = flag('--model', synthetic);
 const t0 = performance.now();
-const engine = await createEngine({ model: dir, contextLength: promptTokens + tokens + 16, quant });
+const engine = await createEngine({
+  model: dir,
+  contextLength: promptTokens + tokens + 16,
+  quant,
+  quantOptions: { lmHead: process.argv.includes('--quant-lm-head') },
+});
 const loadMs = performance.now() - t0;
 const prompt = [1, ...Array.from({ length: promptTokens - 1 }, (_, i) => 3 + ((i * 37) % 256))];
 const r = await engine.generate(prompt, { maxTokens: tokens, ignoreEos: true }).result();
@@ -46,8 +51,10 @@ const matrixParams =
 const int4 = engine.weightFormat !== 'float';
 const floatBytes = dtype === 'F32' ? 4 : 2;
 const layerParams = matrixParams - s.vocabSize * s.hiddenSize;
+const q4Bytes = 0.5 + 2.5 / 32;
+const headBytes = engine.weightFormat.includes('lm_head') ? q4Bytes : floatBytes;
 const bytesPerStep = int4
-  ? layerParams * (0.5 + 2.5 / 32) + s.vocabSize * s.hiddenSize * floatBytes
+  ? layerParams * q4Bytes + s.vocabSize * s.hiddenSize * headBytes
   : matrixParams * floatBytes;
 console.log(
   JSON.stringify({
