@@ -307,7 +307,7 @@ export function quantizeGptq(
     throw new RangeError(`GPTQ blockSize ${requested} must be a positive integer`);
   }
   // Whole groups per block, so a group's compensated weights are all reachable when it starts.
-  const bs = Math.ceil(requested / gs) * gs;
+  const bs = Math.min(cols, Math.ceil(requested / gs) * gs);
   const ratios = clipRatios(opts.clip ? (opts.grid ?? 20) : 1);
   const n = cols;
 
