@@ -13,7 +13,7 @@ import { argmax } from '../kernels/argmax.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../kernels/dispatch.js';
 import { argmaxRef } from '../kernels/argmax.ref.js';
 import { rmsnormRef } from '../kernels/rmsnorm.ref.js';
-import { matmul, type MatmulRowsPerThread } from '../kernels/matmul.js';
+import { GEMM_MIN_M, gemmUsable, matmul, type MatmulVariant } from '../kernels/matmul.js';
 import { residualAdd, rmsnorm, rmsnormFused } from '../kernels/rmsnorm.js';
 import { streamRead } from '../kernels/stream-read.js';
 import { tileMatrix, wordsPerRow, type GpuWeight, type WeightFormat } from '../kernels/weight.js';
@@ -286,7 +286,8 @@ export function benchWeight(
 }
 
 async function matmulSuite(b: BenchContext): Promise<void> {
-  const ms = b.opts.quick ? [1] : [1, 4, 16];
+  // M = 64: a prefill chunk's shape, where the GEMM is the default (the flat kernel next to it).
+  const ms = b.opts.quick ? [1] : [1, 4, 16, 64];
   const formats: WeightFormat[] = b.opts.quick ? ['f16', 'f32'] : ['f16', 'bf16', 'f32'];
   for (const model of BENCH_MODELS) {
     for (const lin of model.linears) {
@@ -300,18 +301,18 @@ async function matmulSuite(b: BenchContext): Promise<void> {
           const y = b.buffer(m * lin.n * 4);
           const ph = b.buffer(4);
           // At M = 1 every rows-per-thread variant is measured (the "best f32 variant" the int4
-          // kernel is compared with); otherwise the one the engine would pick.
-          const variants: (MatmulRowsPerThread | undefined)[] = m === 1 ? [1, 2, 4] : [undefined];
-          const cases: { r: MatmulRowsPerThread | undefined; xFormat: ActivationFormat }[] = variants.map(
-            (r) => ({
-              r,
-              xFormat: 'f32',
-            }),
-          );
+          // kernel is compared with); otherwise the one the engine would pick, and where that is the
+          // GEMM, the flat kernel as well.
+          const variants: MatmulVariant[] = m === 1 ? [{ r: 1 }, { r: 2 }, { r: 4 }] : [{}];
+          if (m >= GEMM_MIN_M && gemmUsable(b.ctx)) variants.push({ path: 'flat' });
+          const cases: { variant: MatmulVariant; xFormat: ActivationFormat }[] = variants.map((variant) => ({
+            variant,
+            xFormat: 'f32',
+          }));
           // f16 activations (X stored as f16) where the adapter has shader-f16: the default variant.
           if (b.ctx.adapter.shaderF16 && format === 'f16' && !b.opts.quick)
-            cases.push({ r: undefined, xFormat: 'f16' });
-          for (const { r, xFormat } of cases) {
+            cases.push({ variant: {}, xFormat: 'f16' });
+          for (const { variant, xFormat } of cases) {
             const builder = new DispatchBuilder(b.ctx);
             // X as the kernel sees it: f16-rounded for the f16 variant (the reference uses the same).
             const xSeen = xFormat === 'f16' ? encodeWeight(x, 'f16').seen : x;
@@ -322,7 +323,7 @@ async function matmulSuite(b: BenchContext): Promise<void> {
               y,
               m,
               placeholder: ph,
-              variant: r ? { r } : {},
+              variant,
               xFormat,
             });
             const label = (d[0] as Dispatch).label;

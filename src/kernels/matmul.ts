@@ -1,8 +1,13 @@
 /**
- * matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_swiglu]: Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]), the flat
- * GEMM / GEMV of shaders/matmul.wgsl. One dispatch per weight part; each writes its own column
- * range of Y. The variant (rows of X per dispatch MT, rows per thread R, staged X chunk XV) is
- * chosen from the shape class, and its name is the pipeline's cache key and label.
+ * Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]) over the tiled weight layout, by one of two kernels:
+ * - matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_xf16][_swiglu]: the flat GEMM / GEMV of
+ *   shaders/matmul.wgsl (decode-shaped M: X padded to 1, 4 or 8 rows, staged in workgroup memory);
+ * - matmul_{f32,f16,bf16}_gemm_t{TM}x{TN}[_xf16][_swiglu]: the register-blocked GEMM of
+ *   shaders/matmul_gemm.wgsl for large M (prefill chunks), each thread a TM × TN block of Y, X
+ *   broadcast across subgroup lanes (needs subgroups of at least 8 lanes).
+ * One dispatch per weight part; each writes its own column range of Y. The path and variant are
+ * chosen from the shape class (or forced by `variant`), and the variant name is the pipeline's
+ * cache key and label.
  */
 import { GpuDeviceError } from '../errors.js';
 import type { GpuContext } from '../gpu/device.js';
@@ -26,11 +31,31 @@ export interface MatmulArgs {
   /** Element type of x: 'f16' (needs shader-f16) reads X written by an f16 output cast. */
   xFormat?: ActivationFormat;
   /** Force a variant (benchmarks and tests); by default chosen from the shape. */
-  variant?: { mt?: MatmulRowsPerDispatch; r?: MatmulRowsPerThread };
+  variant?: MatmulVariant;
 }
 
+/**
+ * A forced matmul variant. `mt` / `r` pick the flat kernel's tiling (and, given without `path`,
+ * the flat kernel); `path: 'gemm'` picks the large-M GEMM, with `tm` / `tn` its tile. Fields left
+ * out are chosen from the shape.
+ */
+export interface MatmulVariant {
+  path?: MatmulPath;
+  /** Flat kernel: rows of X per dispatch tile. */
+  mt?: MatmulRowsPerDispatch;
+  /** Flat kernel: output rows per thread. */
+  r?: MatmulRowsPerThread;
+  /** GEMM: rows of X per thread (and workgroup). */
+  tm?: GemmRowsOfX;
+  /** GEMM: weight rows per thread (even for a SWIGLU-fused weight: gate/up pairs). */
+  tn?: GemmRowsPerThread;
+}
+
+export type MatmulPath = 'flat' | 'gemm';
 export type MatmulRowsPerDispatch = 1 | 4 | 8;
 export type MatmulRowsPerThread = 1 | 2 | 4;
+export type GemmRowsOfX = 4 | 8 | 16;
+export type GemmRowsPerThread = 2 | 4 | 8;
 
 const WG = 64;
 /**
@@ -81,19 +106,163 @@ export function matmulVariantName(
   return `matmul_${w.format}_m${mt}r${r}x${xv}${x}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
 }
 
+/**
+ * Whether the GEMM can run here: the `subgroups` feature and subgroups of at least 8 lanes (lanes
+ * 0..7 of each subgroup broadcast the 8 values of X of one step).
+ */
+export function gemmUsable(ctx: GpuContext): boolean {
+  // adapterInfo (and its subgroup sizes) is recent; an older implementation may lack either.
+  const info = ctx.device.adapterInfo as GPUAdapterInfo | undefined;
+  return ctx.device.features.has('subgroups') && (info?.subgroupMinSize ?? 0) >= 8;
+}
+
+/**
+ * Rows of X from which `matmul` takes the GEMM (where `gemmUsable`). Measured on lavapipe (2 shared
+ * cores under other load; GPU timestamps, alternating rounds, best of 3–4; llama-3.2-1b o_proj and
+ * gate_up, qwen2.5-0.5b qkv and down, bf16 and f32 weights), flat kernel → GEMM:
+ * - M = 64 and 256, all eight layer shapes (16-row tile): bf16 2.5–3.6×, f32 2.2–3.2× faster (e.g.
+ *   llama gate_up M = 256 bf16 3719 → 1181 ms, f32 8366 → 2717 ms; qwen o_proj bf16 M = 64
+ *   35.5 → 11.0 ms);
+ * - M = 8–16: 1.5–3.8× faster; M = 2–4 (4-row tile): 1.1–2.5× faster on every shape measured;
+ * - M = 1: even (0.93–2.3×, mostly within the noise), so decode keeps the flat GEMV it was tuned
+ *   with.
+ */
+export const GEMM_MIN_M = 2;
+
+/** The kernel for m rows of X: a forced path, else the GEMM from GEMM_MIN_M rows where usable. */
+export function pickMatmulPath(ctx: GpuContext, m: number, variant?: MatmulVariant): MatmulPath {
+  const forced =
+    variant?.path ??
+    (variant?.mt !== undefined || variant?.r !== undefined
+      ? 'flat'
+      : variant?.tm !== undefined || variant?.tn !== undefined
+        ? 'gemm'
+        : undefined);
+  if (forced === 'gemm' && !gemmUsable(ctx))
+    throw new RangeError('the matmul GEMM needs subgroups of at least 8 lanes, which this device lacks');
+  if (forced) return forced;
+  return m >= GEMM_MIN_M && gemmUsable(ctx) ? 'gemm' : 'flat';
+}
+
+/**
+ * GEMM rows of X per workgroup: the smallest tile that holds M, up to 16. Measured on lavapipe
+ * (llama-3.2-1b and qwen2.5-0.5b layers, M = 64 and 256): 16 and 8 rows were even with bf16 weights
+ * (each ahead on half the shapes, 0.7–1.4×) and 16 was 1.1–1.7× faster with f32 weights (two
+ * weight loads per step of 8 k, so their reuse counts more); at M = 2 and 4, a 4-row tile beat the
+ * 8-row one on 13 of 16 (shape, M) pairs.
+ */
+export function pickGemmRowsOfX(m: number): GemmRowsOfX {
+  return m <= 4 ? 4 : m <= 8 ? 8 : 16;
+}
+
+/**
+ * Fewest GEMM workgroups (M tiles × N groups) to aim for. Small on purpose: measured on lavapipe
+ * (2 cores; M = 16 and 32; llama-3.2-1b o_proj, qwen2.5-0.5b qkv, o_proj and down; bf16 and f32;
+ * 4 alternating rounds), 8 weight rows per thread was the fastest in 9 of 16 cases even with only
+ * 2 workgroups (qwen o_proj at M = 16), 4 rows in 6 (all four qwen qkv ones: 1152 rows leave a
+ * quarter of the last 8-row group idle; but at M = 256, 8 rows won there too) and 2 rows once, by 4%.
+ * A GPU with many cores needs more workgroups than small M gives at any tile (split-K would help).
+ */
+const MIN_GEMM_GROUPS = 2;
+
+/** GEMM weight rows per thread: the most (8, 4, 2) that still leaves MIN_GEMM_GROUPS workgroups. */
+export function pickGemmRowsPerThread(mTiles: number, rows: number, swiglu: boolean): GemmRowsPerThread {
+  for (const tn of [8, 4] as const) {
+    const perThread = swiglu ? tn / 2 : tn;
+    if (mTiles * Math.ceil(rows / (WG * perThread)) >= MIN_GEMM_GROUPS) return tn;
+  }
+  return 2;
+}
+
+export function gemmVariantName(
+  w: Pick<GpuWeight, 'format' | 'fused'>,
+  tm: GemmRowsOfX,
+  tn: GemmRowsPerThread,
+  xFormat: ActivationFormat = 'f32',
+): string {
+  const x = xFormat === 'f16' ? '_xf16' : '';
+  return `matmul_${w.format}_gemm_t${tm}x${tn}${x}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
+}
+
+/** Moves the fragments' `enable` directives to the top (WGSL wants them before any declaration). */
+function hoistEnables(parts: readonly string[]): string {
+  const lines = parts.join('\n').split('\n');
+  const enable = (l: string) => /^enable\s[^;]*;\s*$/.test(l);
+  return [...new Set(lines.filter(enable))].concat(lines.filter((l) => !enable(l))).join('\n');
+}
+
+function gemmSource(w: GpuWeight, tm: number, tn: number, xFormat: ActivationFormat): string {
+  const consts = [
+    `const TM: u32 = ${tm}u;`,
+    `const TN: u32 = ${tn}u;`,
+    `const SWIGLU: bool = ${w.fused === 'swiglu' ? 'true' : 'false'};`,
+  ];
+  return hoistEnables([
+    'enable subgroups;',
+    shaderSource('common/tiled', activationFragment(xFormat), weightFragment(w.format)),
+    consts.join('\n'),
+    shaderSource('matmul_gemm'),
+  ]);
+}
+
 export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
+  const xFormat = a.xFormat ?? 'f32';
+  checkActivationFormat(b.ctx, xFormat);
+  if (a.accumulate && a.weight.fused === 'swiglu')
+    throw new RangeError('a SWIGLU-fused matmul cannot accumulate');
+  return pickMatmulPath(b.ctx, a.m, a.variant) === 'gemm'
+    ? matmulGemm(b, a, xFormat)
+    : matmulFlat(b, a, xFormat);
+}
+
+function matmulGemm(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat): Dispatch[] {
+  const swiglu = a.weight.fused === 'swiglu';
+  const tm = a.variant?.tm ?? pickGemmRowsOfX(a.m);
+  const mTiles = Math.ceil(a.m / tm);
+  const maxPartRows = Math.max(...a.weight.parts.map((p) => p.rows));
+  const tn = a.variant?.tn ?? pickGemmRowsPerThread(mTiles, maxPartRows, swiglu);
+  // Callers outside TypeScript could pass anything; each value is a compiled variant.
+  if (![4, 8, 16].includes(tm) || ![2, 4, 8].includes(tn))
+    throw new RangeError(`matmul GEMM: tile ${tm}x${tn} (rows of X 4, 8, 16; rows per thread 2, 4, 8)`);
+  const variant = gemmVariantName(a.weight, tm, tn, xFormat);
+  if (mTiles > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
+  const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
+  const kw = wordsPerRow(a.weight.cols, a.weight.format);
+  const perThread = swiglu ? tn / 2 : tn;
+  return a.weight.parts.map((part) => {
+    const groups = Math.ceil(part.rows / (WG * perThread));
+    const gridY = Math.min(groups, MAX_GRID);
+    const params = packParams([
+      ['u32', a.m],
+      ['u32', a.weight.cols],
+      ['u32', kw],
+      ['u32', part.rows],
+      ['u32', a.weight.rows],
+      ['u32', part.rowStart],
+      ['u32', gridY],
+      ['u32', flags],
+    ]);
+    return b.make(
+      variant,
+      () => gemmSource(a.weight, tm, tn, xFormat),
+      params,
+      [part.buffer, a.x, a.y, a.bias ?? a.placeholder],
+      // M tiles fastest: the workgroups that read the same weight rows run back to back.
+      [mTiles, gridY, Math.ceil(groups / gridY)],
+    );
+  });
+}
+
+function matmulFlat(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat): Dispatch[] {
   const swiglu = a.weight.fused === 'swiglu';
   const mt = a.variant?.mt ?? pickRowsPerDispatch(a.m);
   const maxPartRows = Math.max(...a.weight.parts.map((p) => p.rows));
   const r = a.variant?.r ?? pickRowsPerThread(maxPartRows, swiglu);
   if (swiglu && r === 1) throw new RangeError('a SWIGLU-fused matmul needs an even rows-per-thread');
   const xv = stagedVec4s(b.ctx, mt, a.weight.cols);
-  const xFormat = a.xFormat ?? 'f32';
-  checkActivationFormat(b.ctx, xFormat);
   const variant = matmulVariantName(a.weight, mt, r, xv, xFormat);
   const zGroups = Math.ceil(a.m / mt);
   if (zGroups > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
-  if (a.accumulate && swiglu) throw new RangeError('a SWIGLU-fused matmul cannot accumulate');
   const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
   const kw = wordsPerRow(a.weight.cols, a.weight.format);
   const perThread = swiglu ? r / 2 : r;

@@ -33,12 +33,13 @@ describe('GPU layer', () => {
   test('pipelines are cached by variant (a shape class), never by exact shape', async () => {
     const ctx = await acquireGpu({ gpu: dawnGpu() });
     const ph = upload(ctx, new Float32Array(1));
-    // All three fall in one class: 5..8+ rows of X (MT = 8), few output rows (R = 1), and a row of
-    // X within the smallest staged chunk (XV = 8 vec4s, k <= 32).
+    // All three fall in one class: 9..16 rows of X (one 16-row GEMM tile, or MT = 8 on the flat
+    // kernel where the adapter has no 8-lane subgroups), few output rows (the narrowest tile), and
+    // a row of X within the smallest staged chunk (k <= 32).
     for (const [m, n, k] of [
-      [5, 3, 5],
-      [8, 17, 9],
-      [9, 2, 31],
+      [9, 3, 5],
+      [12, 17, 9],
+      [16, 2, 31],
     ] as const) {
       const { weight } = uploadWeight(ctx, randomF32(n * k, 1), n, k, 'f32');
       const y = upload(ctx, new Float32Array(m * n));

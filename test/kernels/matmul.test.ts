@@ -3,10 +3,21 @@ import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
 import { checkActivationFormat } from '../../src/kernels/activation.js';
 import { rmsnorm } from '../../src/kernels/rmsnorm.js';
 import { rmsnormRef } from '../../src/kernels/rmsnorm.ref.js';
-import { matmul, type MatmulRowsPerDispatch, type MatmulRowsPerThread } from '../../src/kernels/matmul.js';
+import {
+  GEMM_MIN_M,
+  gemmUsable,
+  matmul,
+  type GemmRowsOfX,
+  type GemmRowsPerThread,
+  type MatmulArgs,
+  type MatmulRowsPerDispatch,
+  type MatmulRowsPerThread,
+} from '../../src/kernels/matmul.js';
 import { matmulRef } from '../../src/kernels/matmul.ref.js';
 import { swigluRef } from '../../src/kernels/swiglu.ref.js';
 import type { WeightFormat } from '../../src/kernels/weight.js';
+import type { GpuContext } from '../../src/gpu/device.js';
+import type { DispatchBuilder } from '../../src/kernels/dispatch.js';
 import { expectClose, randomF32, readF32, run, testGpu, upload, uploadWeight } from '../helpers/gpu.js';
 
 /**
@@ -15,6 +26,9 @@ import { expectClose, randomF32, readF32, run, testGpu, upload, uploadWeight } f
  * output (γ_n = n·2⁻²⁴ / (1 − n·2⁻²⁴)), plus one rounding each for the bias and residual adds
  * (`extra` bounds their magnitude). The reference uses the weights exactly as stored (after
  * f16/bf16 rounding), so the format adds no error of its own.
+ * The GEMM sums in another order: per step of 8 k, a tree of the 8 products (3 levels), then into
+ * the running sum. A product then passes through at most 1 + 3 + ⌈k/8⌉ ≤ k + 4 roundings (k ≥ 1),
+ * so the same γ_(k+4) bound holds (the bound is in the depth of the summation, whatever its order).
  */
 function bound(x: Float32Array, w: Float32Array, m: number, n: number, k: number, extra: number): number {
   const steps = k + 4;
@@ -30,7 +44,11 @@ function bound(x: Float32Array, w: Float32Array, m: number, n: number, k: number
   return ((steps * u) / (1 - steps * u)) * (worst + extra) + 4 * u * extra;
 }
 
-describe('matmul', () => {
+// The flat kernel (decode-shaped M), forced where the GEMM would be the default (M ≥ GEMM_MIN_M on
+// a device with subgroups).
+const FLAT = { path: 'flat' } as const;
+
+describe('matmul (flat kernel)', () => {
   // Awkward sizes: 1, 7, 129, 4097 (k past several staged chunks), m across the 1/4/8-row tiles.
   const cases: [m: number, n: number, k: number][] = [
     [1, 1, 1],
@@ -50,7 +68,14 @@ describe('matmul', () => {
         const { weight, seen } = uploadWeight(c, randomF32(n * k, n + 7 * k), n, k, format);
         const y = upload(c, new Float32Array(m * n));
         run(c, (b) =>
-          matmul(b, { x: upload(c, x), weight, y, m, placeholder: upload(c, new Float32Array(1)) }),
+          matmul(b, {
+            x: upload(c, x),
+            weight,
+            y,
+            m,
+            placeholder: upload(c, new Float32Array(1)),
+            variant: FLAT,
+          }),
         );
         expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
           atol: bound(x, seen, m, n, k, 0),
@@ -87,7 +112,16 @@ describe('matmul', () => {
     const y = upload(c, y0);
     const ph = upload(c, new Float32Array(1));
     run(c, (b) =>
-      matmul(b, { x: upload(c, x), weight, y, m, bias: upload(c, bias), accumulate: true, placeholder: ph }),
+      matmul(b, {
+        x: upload(c, x),
+        weight,
+        y,
+        m,
+        bias: upload(c, bias),
+        accumulate: true,
+        placeholder: ph,
+        variant: FLAT,
+      }),
     );
     expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k, bias, y0), {
       atol: bound(x, seen, m, n, k, 5),
@@ -109,6 +143,7 @@ describe('matmul', () => {
         m,
         bias: upload(c, bias),
         placeholder: upload(c, new Float32Array(1)),
+        variant: FLAT,
       }),
     );
     expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k, bias), {
@@ -137,6 +172,7 @@ describe('matmul', () => {
           m,
           bias: upload(c, bias),
           placeholder: upload(c, new Float32Array(1)),
+          variant: FLAT,
         }),
       );
       const g = matmulRef(x, seen.subarray(0, units * k), m, units, k, bias.subarray(0, units));
@@ -154,6 +190,198 @@ describe('matmul', () => {
   }
 });
 
+/** Runs `body` where the device has the GEMM; elsewhere checks that forcing the GEMM is refused. */
+async function gemmCase(body: (c: GpuContext) => Promise<void>): Promise<void> {
+  const c = await testGpu();
+  if (!gemmUsable(c)) {
+    const { weight } = uploadWeight(c, randomF32(8, 1), 1, 8, 'f32');
+    const ph = upload(c, new Float32Array(1));
+    const args: MatmulArgs = { x: ph, weight, y: ph, m: 32, placeholder: ph, variant: { path: 'gemm' } };
+    expect(() => run(c, (b: DispatchBuilder) => matmul(b, args))).toThrow(/subgroups/);
+    return;
+  }
+  await body(c);
+}
+
+describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup lanes)', () => {
+  // Awkward sizes around the GEMM's tiles: M past one (17), two (33) or eight (129) 16-row tiles,
+  // N from a single row to a part that ends mid-tile, K from one step of 8 (7) to many (4097).
+  const cases: [m: number, n: number, k: number][] = [
+    [17, 1, 7],
+    [33, 7, 129],
+    [129, 129, 4097],
+    [17, 129, 129],
+    [33, 1, 4097],
+    [129, 7, 7],
+  ];
+  for (const format of ['f32', 'f16', 'bf16'] as WeightFormat[]) {
+    for (const [m, n, k] of cases) {
+      test(`${format} m=${m} n=${n} k=${k}`, () =>
+        gemmCase(async (c) => {
+          const x = randomF32(m * k, m * 1000 + k);
+          const { weight, seen } = uploadWeight(c, randomF32(n * k, n + 7 * k), n, k, format);
+          const y = upload(c, new Float32Array(m * n));
+          const ph = upload(c, new Float32Array(1));
+          run(c, (b) => {
+            const d = matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph });
+            // Past the threshold the GEMM is the default.
+            expect(d[0]?.label).toMatch(m >= GEMM_MIN_M ? /_gemm_/ : /_m\d+r/);
+            return d;
+          });
+          expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
+            atol: bound(x, seen, m, n, k, 0),
+          });
+        }));
+    }
+  }
+
+  // Every tile size on one ragged shape: each row count of X with 8 weight rows per thread, and
+  // each weight-row count with 16 rows of X (the forced m = 1 case below runs t4x2). Not all nine
+  // pairs: lavapipe takes seconds to compile each unrolled variant.
+  for (const [tm, tn] of [
+    [4, 8],
+    [8, 8],
+    [16, 2],
+    [16, 4],
+    [16, 8],
+  ] as [GemmRowsOfX, GemmRowsPerThread][]) {
+    test(`variant t${tm}x${tn} (bf16, m=37, n=300, k=1031)`, () =>
+      gemmCase(async (c) => {
+        const [m, n, k] = [37, 300, 1031];
+        const x = randomF32(m * k, 11);
+        const { weight, seen } = uploadWeight(c, randomF32(n * k, 12), n, k, 'bf16');
+        const y = upload(c, new Float32Array(m * n));
+        const ph = upload(c, new Float32Array(1));
+        run(c, (b) => {
+          const d = matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph, variant: { tm, tn } });
+          expect(d[0]?.label).toBe(`matmul_bf16_gemm_t${tm}x${tn}`);
+          return d;
+        });
+        expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
+          atol: bound(x, seen, m, n, k, 0),
+        });
+      }));
+  }
+
+  test('forced below the threshold (m=1) and the flat kernel forced above it (m=33)', () =>
+    gemmCase(async (c) => {
+      const [n, k] = [65, 40];
+      for (const [m, variant, label] of [
+        [1, { path: 'gemm' }, /_gemm_t4x2$/],
+        [33, { path: 'flat' }, /_m8r/],
+        [33, { mt: 4 }, /_m4r/],
+      ] as const) {
+        const x = randomF32(m * k, 13 + m);
+        const { weight, seen } = uploadWeight(c, randomF32(n * k, 14), n, k, 'f16');
+        const y = upload(c, new Float32Array(m * n));
+        const ph = upload(c, new Float32Array(1));
+        run(c, (b) => {
+          const d = matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph, variant });
+          expect(d[0]?.label).toMatch(label);
+          return d;
+        });
+        expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
+          atol: bound(x, seen, m, n, k, 0),
+        });
+      }
+    }));
+
+  for (const format of ['f32', 'f16', 'bf16'] as WeightFormat[]) {
+    test(`${format}: bias and accumulate (m=33, n=129, k=7)`, () =>
+      gemmCase(async (c) => {
+        const [m, n, k] = [33, 129, 7];
+        const x = randomF32(m * k, 1);
+        const bias = randomF32(n, 2);
+        const y0 = randomF32(m * n, 3, 4);
+        const { weight, seen } = uploadWeight(c, randomF32(n * k, 4), n, k, format);
+        const y = upload(c, y0);
+        const ph = upload(c, new Float32Array(1));
+        run(c, (b) =>
+          matmul(b, {
+            x: upload(c, x),
+            weight,
+            y,
+            m,
+            bias: upload(c, bias),
+            accumulate: true,
+            placeholder: ph,
+            variant: { path: 'gemm' },
+          }),
+        );
+        expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k, bias, y0), {
+          atol: bound(x, seen, m, n, k, 5),
+        });
+      }));
+  }
+
+  test('weights split across buffers (parts of 16 rows, odd k with 16-bit rows, m=17)', () =>
+    gemmCase(async (c) => {
+      const [m, n, k] = [17, 129, 7];
+      const x = randomF32(m * k, 5);
+      const { weight, seen } = uploadWeight(c, randomF32(n * k, 6), n, k, 'f16', 16);
+      const bias = randomF32(n, 7);
+      const y = upload(c, new Float32Array(m * n));
+      run(c, (b) =>
+        matmul(b, {
+          x: upload(c, x),
+          weight,
+          y,
+          m,
+          bias: upload(c, bias),
+          placeholder: upload(c, new Float32Array(1)),
+          variant: { path: 'gemm' },
+        }),
+      );
+      expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k, bias), {
+        atol: bound(x, seen, m, n, k, 1),
+      });
+    }));
+
+  // The SwiGLU epilogue, gate and up fused in one weight (see the flat test above for the bound).
+  for (const [format, m, units, k, parts, tn] of [
+    ['bf16', 17, 7, 129, 7, 2],
+    ['f32', 33, 129, 64, 48, 4],
+    ['f16', 129, 40, 4097, 40, 8],
+    ['bf16', 33, 130, 33, 64, 8],
+  ] as const) {
+    test(`swiglu-fused gate/up ${format} m=${m} units=${units} k=${k} parts of ${parts} t16x${tn}`, () =>
+      gemmCase(async (c) => {
+        const x = randomF32(m * k, 21 + k);
+        const gu = randomF32(2 * units * k, 22 + units);
+        const bias = randomF32(2 * units, 23);
+        const { weight, seen } = uploadWeight(
+          c,
+          gu,
+          units,
+          k,
+          format,
+          parts < units ? parts : units,
+          'swiglu',
+        );
+        const y = upload(c, new Float32Array(m * units));
+        run(c, (b) =>
+          matmul(b, {
+            x: upload(c, x),
+            weight,
+            y,
+            m,
+            bias: upload(c, bias),
+            placeholder: upload(c, new Float32Array(1)),
+            variant: { tm: 16, tn },
+          }),
+        );
+        const g = matmulRef(x, seen.subarray(0, units * k), m, units, k, bias.subarray(0, units));
+        const u = matmulRef(x, seen.subarray(units * k), m, units, k, bias.subarray(units));
+        const e = bound(x, seen, m, 2 * units, k, 1);
+        let tol = 0;
+        for (let i = 0; i < g.length; i++) {
+          tol = Math.max(tol, 1.1 * e * (Math.abs(u[i] as number) + Math.abs(g[i] as number) + e));
+        }
+        expectClose(await readF32(c, y, m * units), swigluRef(g, u), { atol: tol, rtol: 8 * 2 ** -24 });
+      }));
+  }
+});
+
 describe('f16 activations (X stored as f16 where the adapter has shader-f16)', () => {
   /** f32 values rounded to f16 and their f16 bits. */
   function toF16(v: Float32Array): { bits: Uint16Array; seen: Float32Array } {
@@ -162,20 +390,33 @@ describe('f16 activations (X stored as f16 where the adapter has shader-f16)', (
     return { bits, seen: Float32Array.from(bits, (h) => f16BitsToF32(h)) };
   }
 
-  for (const [m, n, k] of [
-    [1, 7, 129],
-    [5, 129, 4097],
-    [9, 33, 64],
+  // Both kernels: 'gemm' only where the device has subgroups (m = 1 always takes the flat one).
+  for (const [m, n, k, path] of [
+    [1, 7, 129, 'flat'],
+    [5, 129, 4097, 'flat'],
+    [9, 33, 64, 'flat'],
+    [5, 129, 4097, 'gemm'],
+    [17, 7, 129, 'gemm'],
+    [129, 129, 4097, 'gemm'],
   ] as const) {
-    test(`matmul reads f16 X (m=${m} n=${n} k=${k}, bf16 weights)`, async () => {
+    test(`matmul reads f16 X (m=${m} n=${n} k=${k}, bf16 weights, ${path})`, async () => {
       const c = await testGpu();
       if (!c.adapter.shaderF16) return expect(() => checkActivationFormat(c, 'f16')).toThrow(/shader-f16/);
+      if (path === 'gemm' && !gemmUsable(c)) return;
       const { bits, seen: x } = toF16(randomF32(m * k, 31 + k));
       const { weight, seen } = uploadWeight(c, randomF32(n * k, 32 + n), n, k, 'bf16');
       const y = upload(c, new Float32Array(m * n));
       const xb = upload(c, new Uint8Array(bits.buffer));
       run(c, (b) =>
-        matmul(b, { x: xb, weight, y, m, placeholder: upload(c, new Float32Array(1)), xFormat: 'f16' }),
+        matmul(b, {
+          x: xb,
+          weight,
+          y,
+          m,
+          placeholder: upload(c, new Float32Array(1)),
+          xFormat: 'f16',
+          variant: { path },
+        }),
       );
       // X is exactly the f16 values (converted to f32 when staged), so the f32 bound applies as is.
       expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
