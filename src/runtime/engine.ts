@@ -13,12 +13,14 @@ import { openCheckpoint, type Checkpoint } from '../io/safetensors.js';
 import { IncrementalDecoder, KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { ChatCompletions } from './chat.js';
 import { ForwardModel, type LinearInputName, type StepInput } from './forward.js';
+import { BlockManager } from './block-manager.js';
+import { Scheduler, type ScheduledOutcome, type SchedulerStats } from './scheduler.js';
 import { GpuTimer } from '../gpu/timer.js';
 import type { GenerateOptions, GenerateResult, GeneratedToken, FinishReason } from './generation.js';
-import { BLOCK_TOKENS, kvCacheBytes, PagedKvCache } from './kv-cache.js';
+import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache } from './kv-cache.js';
 import type { ModelSpec } from './model-spec.js';
 import { describeWeightQuant, weightQuantFor, type LoadQuantOptions } from './weight-quant.js';
-import { DEFAULT_SAMPLING, isPlainGreedy, Rng, sampleToken, type SamplingParams } from './sampler.js';
+import { DEFAULT_SAMPLING, type SamplingParams } from './sampler.js';
 import {
   destroyWeights,
   loadWeights,
@@ -70,6 +72,11 @@ export interface EngineOptions {
    */
   quant?: 'none' | 'q4';
   quantOptions?: LoadQuantOptions;
+  /**
+   * Tokens of KV cache shared by all sequences (16-token blocks). Default: what 256 MiB holds, at
+   * least one full context, at most one storage binding per layer.
+   */
+  kvCacheTokens?: number;
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -78,8 +85,6 @@ const CALIBRATION_STEPS = 8;
 
 const DEFAULT_CONTEXT = 4096;
 const DEFAULT_PREFILL_CHUNK = 256;
-/** The engine serves one sequence at a time for now; its KV blocks live under this id. */
-const SEQ = 0;
 
 export class Engine {
   readonly chat: { completions: ChatCompletions };
@@ -98,10 +103,29 @@ export class Engine {
     private readonly forward: ForwardModel,
     private readonly prefillChunk: number,
     private readonly modelLocation: string,
-    private readonly gpuSampling: boolean,
+    gpuSampling: boolean,
     private readonly weightQuant: WeightQuant,
   ) {
     this.chat = { completions: new ChatCompletions(this) };
+    this.blocks = new BlockManager({ numBlocks: kv.numBlocks, blockSize: BLOCK_TOKENS });
+    this.scheduler = new Scheduler(forward, kv, spec, this.blocks, {
+      tokenBudget: prefillChunk,
+      contextLength,
+      gpuSampling,
+      lock: async () => (await this.acquire()) as () => void,
+    });
+  }
+
+  /** KV blocks of every sequence (the scheduler's and the engine's own exclusive work). */
+  private readonly blocks: BlockManager;
+  /** Batches every generate() call running at once into shared forward steps. */
+  private readonly scheduler: Scheduler;
+  /** Sequence id of exclusive work (warm-up, logits, calibration, profiling) while it holds the engine. */
+  private exclusive: number | null = null;
+
+  /** Running and waiting requests, KV blocks, prefix-cache hit rate, preemptions. */
+  stats(): SchedulerStats {
+    return this.scheduler.stats();
   }
 
   static async create(opts: EngineOptions): Promise<Engine> {
@@ -121,6 +145,7 @@ export class Engine {
     positiveInteger('contextLength', opts.contextLength);
     positiveInteger('prefillChunkTokens', opts.prefillChunkTokens);
     positiveInteger('memoryLimitBytes', opts.memoryLimitBytes);
+    positiveInteger('kvCacheTokens', opts.kvCacheTokens);
     const attentionSoftmax = oneOf('attentionSoftmax', opts.attentionSoftmax, ['async', 'two_pass'] as const);
     const sampling = oneOf('sampling', opts.sampling, ['gpu', 'cpu'] as const);
     const activations = oneOf('activations', opts.activations, ['f32', 'f16'] as const);
@@ -144,7 +169,8 @@ export class Engine {
     let forward: ForwardModel | null = null;
     try {
       validateCheckpoint(spec, ckpt, quant);
-      checkBudget(spec, ckpt, quant, contextLength, prefillChunk, opts.memoryLimitBytes);
+      const kvTokens = opts.kvCacheTokens ?? defaultKvTokens(spec, contextLength);
+      checkBudget(spec, ckpt, quant, kvTokens, prefillChunk, opts.memoryLimitBytes);
       ctx = await acquireGpu({
         ...(opts.device ? { device: opts.device } : {}),
         ...(opts.gpu ? { gpu: opts.gpu } : {}),
@@ -156,9 +182,23 @@ export class Engine {
         );
       }
       weights = await loadWeights(ctx, spec, ckpt, opts.onProgress, quant);
-      kv = await PagedKvCache.create(ctx, spec, Math.ceil(contextLength / BLOCK_TOKENS));
+      const perLayer = Math.floor(ctx.limits.maxStorageBufferBindingSize / kvBlockBytes(spec));
+      const kvBlocks = Math.max(
+        Math.ceil(contextLength / BLOCK_TOKENS),
+        Math.min(perLayer, Math.ceil(kvTokens / BLOCK_TOKENS)),
+      );
+      kv = await PagedKvCache.create(ctx, spec, kvBlocks);
       const calibration = attentionSoftmax === 'async' ? CALIBRATION_STEPS : 0;
-      forward = new ForwardModel(ctx, spec, weights, kv, prefillChunk, calibration, activations);
+      forward = new ForwardModel(
+        ctx,
+        spec,
+        weights,
+        kv,
+        prefillChunk,
+        calibration,
+        activations,
+        contextLength,
+      );
       const engine = new Engine(
         spec,
         tokenizer,
@@ -201,7 +241,7 @@ export class Engine {
         this.forward.warmAsyncAttention(this.stepInput([0], 0)),
       );
     } finally {
-      this.kv.release(SEQ);
+      this.releaseExclusive();
     }
   }
 
@@ -220,7 +260,7 @@ export class Engine {
       return await this.forward.profile(this.stepInput([0], context - 1), timer);
     } finally {
       timer.destroy();
-      this.kv.release(SEQ);
+      this.releaseExclusive();
       release();
     }
   }
@@ -329,7 +369,7 @@ export class Engine {
         yield { start, rows: chunk.length, logits: await this.forward.step(input, 'logits') };
       }
     } finally {
-      this.kv.release(SEQ);
+      this.releaseExclusive();
       release();
     }
   }
@@ -362,7 +402,7 @@ export class Engine {
         return { qkv: join('qkv'), o: join('o'), gateUp: join('gateUp'), down: join('down') };
       });
     } finally {
-      this.kv.release(SEQ);
+      this.releaseExclusive();
       release();
     }
   }
@@ -374,83 +414,76 @@ export class Engine {
     out: GenerateResult,
   ): AsyncGenerator<GeneratedToken> {
     const sampling = samplingOf(opts);
-    const greedy = isPlainGreedy(sampling);
-    const rng = new Rng(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
-    const eos = new Set(opts.ignoreEos ? [] : this.eosTokenIds);
     const room = this.contextLength - promptIds.length;
     const maxTokens = Math.min(opts.maxTokens ?? room, room);
-    const context = [...promptIds];
     const decoder = new IncrementalDecoder(this.tokenizer);
     // Stays null if the consumer stops iterating early: that counts as an abort.
     let finish: FinishReason | null = null;
-    const pick = async (input: StepInput): Promise<number> => {
-      if (greedy) return (await this.forward.step(input, 'ids'))[0] as number;
-      if (this.gpuSampling) {
-        const row = {
-          temperature: sampling.temperature,
-          topK: sampling.topK,
-          topP: sampling.topP,
-          u: rng.next(),
-          repetitionPenalty: sampling.repetitionPenalty,
-          context,
-        };
-        return (await this.forward.step({ ...input, sampling: [row] }, 'sample'))[0] as number;
-      }
-      const logits = await this.forward.step(input, 'logits');
-      return sampleToken(logits, sampling, rng, context);
-    };
-    this.kv.release(SEQ);
+    if (maxTokens <= 0) {
+      out.finishReason = 'length';
+      return;
+    }
+    // Tokens arrive from the scheduler's steps; this generator hands them on as they come.
+    const queue: number[] = [];
+    let wake: (() => void) | null = null;
+    const job = this.scheduler.submit({
+      prompt: promptIds,
+      maxTokens,
+      sampling,
+      seed: opts.seed ?? Math.floor(Math.random() * 2 ** 32),
+      eos: new Set(opts.ignoreEos ? [] : this.eosTokenIds),
+      signal: opts.signal,
+      onToken: (id) => {
+        queue.push(id);
+        wake?.();
+      },
+    });
+    let ended = false;
+    let outcome: ScheduledOutcome | null = null;
+    let failure: unknown = null;
+    job.done.then(
+      (o) => {
+        outcome = o;
+        ended = true;
+        wake?.();
+      },
+      (e: unknown) => {
+        failure = e;
+        ended = true;
+        wake?.();
+      },
+    );
     try {
-      if (maxTokens <= 0) {
-        finish = 'length';
-        return;
+      for (;;) {
+        while (queue.length > 0) {
+          const id = queue.shift() as number;
+          out.tokenIds.push(id);
+          const text = decoder.push(id);
+          out.text += text;
+          yield { id, text };
+        }
+        if (ended) break;
+        await new Promise<void>((r) => (wake = r));
+        wake = null;
       }
-      // Prefill in chunks: each chunk's K/V land in the cache before the next chunk attends to them.
-      const tPrefill = performance.now();
-      let next = -1;
-      for (let start = 0; start < promptIds.length; start += this.prefillChunk) {
-        if (opts.signal?.aborted) {
-          // As during decoding: a finish reason, not an exception (GenerateOptions.signal).
-          finish = 'abort';
-          return;
+      if (failure) throw failure;
+      const o = outcome as ScheduledOutcome | null;
+      if (o) {
+        finish = o.finishReason;
+        // A request that ended before its first token (aborted while waiting) ran nothing.
+        if (o.firstTokenAt !== null) {
+          out.timings.prefillMs = o.firstTokenAt - o.submittedAt;
+          out.timings.decodeMs = o.finishedAt - o.firstTokenAt;
         }
-        const end = Math.min(promptIds.length, start + this.prefillChunk);
-        const input = this.stepInput(promptIds.slice(start, end), start);
-        // Only the last chunk's logits matter; earlier chunks are queued without a readback.
-        if (end < promptIds.length) await this.forward.step(input, 'none');
-        else next = await pick(input);
+        out.cachedPromptTokens = o.cachedPromptTokens;
       }
-      out.timings.prefillMs = performance.now() - tPrefill;
-      const tDecode = performance.now();
-      for (let produced = 0; ;) {
-        if (eos.has(next)) {
-          finish = 'stop';
-          break;
-        }
-        produced++;
-        context.push(next);
-        out.tokenIds.push(next);
-        const text = decoder.push(next);
-        out.text += text;
-        yield { id: next, text };
-        if (produced >= maxTokens) {
-          finish = 'length';
-          break;
-        }
-        if (opts.signal?.aborted) {
-          finish = 'abort';
-          break;
-        }
-        next = await pick(this.stepInput([next], context.length - 1));
-      }
-      out.timings.decodeMs = performance.now() - tDecode;
       const rest = decoder.flush();
       if (rest) {
         out.text += rest;
         yield { id: null, text: rest };
       }
     } finally {
-      this.kv.release(SEQ);
+      if (!ended) job.cancel();
       out.finishReason = finish ?? 'abort';
       const t = out.timings;
       t.prefillTokensPerS = t.prefillMs > 0 ? (promptIds.length / t.prefillMs) * 1000 : 0;
@@ -459,16 +492,38 @@ export class Engine {
     }
   }
 
+  /**
+   * Inputs of exclusive work (the engine held): `tokens` at positions start.., with KV blocks for
+   * positions [0, start + tokens.length) in a sequence of its own. Its blocks never enter the
+   * prefix cache (never marked computed) and are freed by `releaseExclusive`.
+   */
   private stepInput(tokens: readonly number[], start: number): StepInput {
-    const slots = this.kv.reserve(SEQ, start, start + tokens.length);
+    const id = (this.exclusive ??= this.scheduler.allocateId());
+    const end = start + tokens.length;
+    const have = this.blocks.has(id) ? this.blocks.numTokens(id) : 0;
+    if (end > have) {
+      // Positions before `start` not yet held (a profile at a long context) get filler ids.
+      const fill = Array.from({ length: end - have }, (_, i) =>
+        have + i >= start ? (tokens[have + i - start] as number) : 0,
+      );
+      if (have === 0) {
+        this.blocks.admit(id, fill.slice(0, 1));
+        this.blocks.appendSlots(id, fill.slice(1));
+      } else this.blocks.appendSlots(id, fill);
+    }
     return {
       tokens,
       positions: tokens.map((_, i) => start + i),
-      slots,
+      slots: tokens.map((_, i) => this.blocks.slotFor(id, start + i)),
       blockTableOffsets: tokens.map(() => 0),
-      blockTable: this.kv.blockTable(SEQ),
+      blockTable: this.blocks.blockTable(id),
       logitRows: [tokens.length - 1],
     };
+  }
+
+  private releaseExclusive(): void {
+    if (this.exclusive !== null && this.blocks.has(this.exclusive)) this.blocks.free(this.exclusive);
+    this.exclusive = null;
   }
 
   private validatePrompt(ids: readonly number[]): void {
@@ -523,6 +578,7 @@ export class Generation implements AsyncIterable<GeneratedToken> {
       promptTokenIds: promptIds,
       finishReason: 'length',
       timings: { prefillMs: 0, decodeMs: 0, prefillTokensPerS: 0, decodeTokensPerS: 0 },
+      cachedPromptTokens: 0,
     };
   }
 
@@ -540,13 +596,6 @@ export class Generation implements AsyncIterable<GeneratedToken> {
     // Whoever awaits result() sees the error; nobody awaiting it is not an unhandled rejection.
     this.finished.catch(() => undefined);
     let error: unknown;
-    const release = await this.engine.acquire(this.opts.signal);
-    if (!release) {
-      // Aborted while waiting for the engine: nothing ran.
-      this.out.finishReason = 'abort';
-      settle(undefined);
-      return;
-    }
     try {
       // A consumer that stops early ends `run` through return(), which frees the KV blocks.
       yield* this.engine.run(this.out.promptTokenIds, this.opts, this.out);
@@ -554,7 +603,6 @@ export class Generation implements AsyncIterable<GeneratedToken> {
       error = e;
       throw e;
     } finally {
-      release();
       settle(error);
     }
   }
@@ -639,6 +687,12 @@ function checkBudget(
       `the model needs ${formatBytes(total)} of GPU memory (weights ${formatBytes(w)}, KV cache for ${contextLength} tokens ${formatBytes(kv)}, activations ${formatBytes(act)}), over the memory limit of ${formatBytes(limit)}`,
     );
   }
+}
+
+/** Default KV pool: what 256 MiB holds (at least one full context; capped by the caller). */
+function defaultKvTokens(spec: ModelSpec, contextLength: number): number {
+  const perToken = kvCacheBytes(spec, BLOCK_TOKENS) / BLOCK_TOKENS;
+  return Math.max(contextLength, Math.floor((256 * 2 ** 20) / perToken));
 }
 
 /** Loads a model and returns a ready engine. */

@@ -183,7 +183,7 @@ export class StepPlan {
 
     // Decode-shaped steps (a few rows over a long context) use split-K attention; prefill chunks
     // keep the one-workgroup-per-(head, row) kernel, which already has rows × heads workgroups.
-    const maxContext = kv.numBlocks * BLOCK_TOKENS;
+    const maxContext = model.contextLength;
     if (
       m <= DECODE_ATTENTION_MAX_ROWS &&
       // Other shapes (more than 8 query heads per KV head, unusual head_dim) keep the general kernel.
@@ -365,7 +365,11 @@ export class StepPlan {
 export class ForwardModel {
   /** [kv token capacity][headDim / 2] vec2<f32> (cos, sin) */ readonly ropeTable: GPUBuffer;
   /** [maxRows] u32 = 0, 1, 2, ... (rmsnorm's row map inside layers) */ readonly identityRows: GPUBuffer;
-  /** [kv.numBlocks] u32, rewritten each step */ readonly blockTable: GPUBuffer;
+  /**
+   * The concatenated block tables of a step's sequences: room for `maxRows` sequences of
+   * `contextLength` tokens (shared prefix blocks appear once per sequence). Rewritten each step.
+   */
+  readonly blockTable: GPUBuffer;
   /** Bound where a kernel has no bias. */ readonly placeholder: GPUBuffer;
   /** CPU staging of the block table, reused every step. */ private readonly blockTableScratch: Uint32Array;
   private readonly plans = new Map<string, StepPlan>();
@@ -395,21 +399,24 @@ export class ForwardModel {
      * shader-f16) halves them; every kernel still computes in f32.
      */
     readonly activations: ActivationFormat = 'f32',
+    /** Longest sequence (prompt + generated) a step serves; default: the whole KV pool. */
+    readonly contextLength: number = kv.numBlocks * BLOCK_TOKENS,
   ) {
     checkActivationFormat(ctx, activations);
     this.attentionPhi = Array.from({ length: spec.numLayers }, () => null);
     this.scoreRange = Array.from({ length: spec.numLayers }, () => ({ lo: Infinity, hi: -Infinity }));
     this.calibrationLeft = calibrationSteps;
     const inv = ropeInvFreq(spec.headDim, spec.ropeTheta, spec.ropeScaling);
-    const table = ropeTable(inv, kv.numBlocks * BLOCK_TOKENS);
+    const table = ropeTable(inv, contextLength);
     this.ropeTable = ctx.createBuffer('rope.table', table.byteLength, USAGE_IN());
     ctx.device.queue.writeBuffer(this.ropeTable, 0, table);
     const rows = Uint32Array.from({ length: maxRows }, (_, i) => i);
     this.identityRows = ctx.createBuffer('rows.identity', rows.byteLength, USAGE_IN());
     ctx.device.queue.writeBuffer(this.identityRows, 0, rows);
-    this.blockTable = ctx.createBuffer('kv.block_table', kv.numBlocks * 4, USAGE_IN());
+    const tableEntries = Math.max(kv.numBlocks, maxRows * Math.ceil(contextLength / BLOCK_TOKENS));
+    this.blockTable = ctx.createBuffer('kv.block_table', tableEntries * 4, USAGE_IN());
     this.placeholder = ctx.createBuffer('placeholder', 4, USAGE_IN());
-    this.blockTableScratch = new Uint32Array(kv.numBlocks);
+    this.blockTableScratch = new Uint32Array(tableEntries);
   }
 
   private plan(m: number, r: number): StepPlan {
@@ -517,7 +524,7 @@ export class ForwardModel {
     if (read === 'ids') encodeDispatches(pass, [plan.argmax]);
     if (read === 'sample') {
       if (!input.sampling) throw new RangeError("a 'sample' step needs input.sampling");
-      const maxContext = this.kv.numBlocks * BLOCK_TOKENS;
+      const maxContext = this.contextLength;
       encodeDispatches(pass, plan.samplingDispatches(input.sampling, maxContext, this.spec.vocabSize));
     }
     pass.end();

@@ -28,6 +28,7 @@ export interface GeneratedToken {
 export type FinishReason = 'length' | 'stop' | 'abort';
 
 export interface GenerationTimings {
+  /** From the call to the first token (queueing included): time to first token. */
   prefillMs: number;
   decodeMs: number;
   /** Prompt tokens per second of prefill. */
@@ -44,4 +45,6 @@ export interface GenerateResult {
   promptTokenIds: number[];
   finishReason: FinishReason;
   timings: GenerationTimings;
+  /** Prompt tokens whose KV came from the prefix cache (their prefill was skipped). */
+  cachedPromptTokens: number;
 }
