@@ -19,6 +19,8 @@ import { createByteProgress, createCountProgress } from './progress.js';
 import { DEFAULT_QUANT_METHOD, QUANT_METHODS, quantizeModel } from './quantize.js';
 import type { QuantMethod } from '../quant/kiln-format.js';
 import { evaluateText } from '../runtime/eval.js';
+import type { GenerateResult } from '../runtime/generation.js';
+import { benchDecode, readPromptsFile, runBatch } from './batch.js';
 import { readFile } from 'node:fs/promises';
 
 const VERSION = '0.1.0';
@@ -192,20 +194,7 @@ async function cmdRun(o: ModelFlags & SamplingFlags & { prompt: string; json?: b
       return;
     }
     const r = await gen.result();
-    const out = {
-      text: r.text,
-      token_ids: r.tokenIds,
-      prompt_token_ids: r.promptTokenIds,
-      finish_reason: r.finishReason,
-      timings: {
-        load_ms: round(engine.loadMs),
-        prefill_tokens_per_s: round(r.timings.prefillTokensPerS),
-        decode_tokens_per_s: round(r.timings.decodeTokensPerS),
-      },
-      adapter: engine.adapter,
-      weights: engine.weightFormat,
-    };
-    process.stdout.write(JSON.stringify(out) + '\n');
+    process.stdout.write(JSON.stringify(runJson(engine, r)) + '\n');
   } finally {
     engine.dispose();
   }
@@ -298,6 +287,75 @@ async function cmdEval(o: ModelFlags & { text: string; reference?: string; json?
   }
 }
 
+async function cmdRunBatch(
+  o: ModelFlags & SamplingFlags & { promptsFile: string; json?: boolean },
+): Promise<void> {
+  const prompts = await readPromptsFile(o.promptsFile);
+  const engine = await loadEngine(o);
+  try {
+    const { results, summary } = await runBatch(engine, prompts, samplingOf(o));
+    results.forEach((r, i) => {
+      if (o.json) process.stdout.write(JSON.stringify(runJson(engine, r)) + '\n');
+      else process.stdout.write(`--- ${i + 1}/${results.length} (${r.finishReason})\n${r.text}\n`);
+    });
+    process.stdout.write(
+      (o.json ? JSON.stringify({ summary }) : `summary ${JSON.stringify(summary)}`) + '\n',
+    );
+  } finally {
+    engine.dispose();
+  }
+}
+
+async function cmdBenchDecode(
+  o: ModelFlags & { batch: string; promptTokens: number; tokens: number; json?: boolean },
+): Promise<void> {
+  const batches = o.batch.split(',').map((b) => Number(b.trim()));
+  if (batches.some((b) => !Number.isInteger(b) || b < 1)) {
+    throw new InvalidArgumentError(`--batch ${o.batch}: expected positive integers separated by commas`);
+  }
+  const engine = await loadEngine(o);
+  try {
+    const rows = await benchDecode(engine, batches, o.promptTokens, o.tokens);
+    const base = rows[0]?.decode_tokens_per_s_aggregate ?? 0;
+    if (o.json) {
+      process.stdout.write(
+        JSON.stringify({
+          model: engine.modelName,
+          adapter: engine.adapter,
+          weights: engine.weightFormat,
+          rows,
+        }) + '\n',
+      );
+      return;
+    }
+    process.stdout.write('batch  aggregate tok/s  per request  vs first\n');
+    for (const r of rows) {
+      const ratio = base > 0 ? (r.decode_tokens_per_s_aggregate / base).toFixed(2) + 'x' : '-';
+      process.stdout.write(
+        `${String(r.batch).padStart(5)}  ${r.decode_tokens_per_s_aggregate.toFixed(2).padStart(15)}  ${r.decode_tokens_per_s_per_request.toFixed(2).padStart(11)}  ${ratio.padStart(9)}\n`,
+      );
+    }
+  } finally {
+    engine.dispose();
+  }
+}
+
+function runJson(engine: Engine, r: GenerateResult) {
+  return {
+    text: r.text,
+    token_ids: r.tokenIds,
+    prompt_token_ids: r.promptTokenIds,
+    finish_reason: r.finishReason,
+    timings: {
+      load_ms: round(engine.loadMs),
+      prefill_tokens_per_s: round(r.timings.prefillTokensPerS),
+      decode_tokens_per_s: round(r.timings.decodeTokensPerS),
+    },
+    adapter: engine.adapter,
+    weights: engine.weightFormat,
+  };
+}
+
 function round(n: number): number {
   return Math.round(n * 100) / 100;
 }
@@ -370,9 +428,20 @@ export function buildProgram(): Command {
     addModelOptions(program.command('run').description('generate text from a prompt, streamed to stdout')),
     256,
   )
-    .requiredOption('-p, --prompt <text>', 'the prompt ("" = start from BOS)')
+    .option('-p, --prompt <text>', 'the prompt ("" = start from BOS)')
+    .option(
+      '--prompts-file <file>',
+      'JSONL of {"prompt", "max_tokens"?, "temperature"?, "seed"?}: all run as one batch, results in input order',
+    )
     .option('--json', 'print one JSON object with text, ids, finish reason, timings and adapter')
-    .action((o) => cmdRun(o));
+    .action((o: ModelFlags & SamplingFlags & { prompt?: string; promptsFile?: string; json?: boolean }) => {
+      if ((o.prompt === undefined) === (o.promptsFile === undefined)) {
+        throw new InvalidArgumentError('give exactly one of --prompt and --prompts-file');
+      }
+      return o.promptsFile !== undefined
+        ? cmdRunBatch({ ...o, promptsFile: o.promptsFile })
+        : cmdRun({ ...o, prompt: o.prompt as string });
+    });
 
   addSamplingOptions(
     addModelOptions(
@@ -451,9 +520,8 @@ export function buildProgram(): Command {
       }
     });
 
-  program
-    .command('bench')
-    .description('benchmarks')
+  const bench = program.command('bench').description('benchmarks');
+  bench
     .command('kernels')
     .description(
       'time every kernel at Llama-3.2-1B / Qwen2.5-0.5B layer shapes against the measured bandwidth, each checked against its CPU reference',
@@ -461,6 +529,19 @@ export function buildProgram(): Command {
     .option('--json <file>', 'write the JSON report to FILE (default: stdout)')
     .option('--quick', 'fewer shapes and repetitions')
     .action((o: { json?: string; quick?: boolean }) => cmdBenchKernels(o));
+
+  addModelOptions(
+    bench
+      .command('decode')
+      .description('aggregate decode tokens/s of a model at several batch sizes (continuous batching)'),
+  )
+    .option('--batch <sizes>', 'comma-separated batch sizes', '1,4,16')
+    .option('--prompt-tokens <n>', 'prompt tokens per request', intArg('--prompt-tokens', 1), 16)
+    .option('--tokens <n>', 'tokens generated per request', intArg('--tokens', 2), 32)
+    .option('--json', 'print one JSON object')
+    .action((o: ModelFlags & { batch: string; promptTokens: number; tokens: number; json?: boolean }) =>
+      cmdBenchDecode(o),
+    );
 
   program
     .command('pull <model>')
