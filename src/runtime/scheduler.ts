@@ -68,8 +68,9 @@ interface Seq {
   firstTokenAt: number | null;
   cachedPromptTokens: number;
   preemptions: number;
-  /** Set by `cancel` (a consumer that stopped reading). */
+  /** Set by `cancel` (a consumer that stopped reading) or the request's abort signal. */
   cancelled: boolean;
+  finished: boolean;
   readonly resolve: (o: ScheduledOutcome) => void;
   readonly reject: (e: unknown) => void;
   readonly submittedAt: number;
@@ -102,6 +103,8 @@ export class Scheduler {
   private nextId = 1;
   private arrivals = 0;
   private looping = false;
+  /** True while a step's forward pass may be using the sequences' blocks. */
+  private inStep = false;
   private preemptionCount = 0;
   private steps = 0;
   private failure: unknown = null;
@@ -148,15 +151,25 @@ export class Scheduler {
         cachedPromptTokens: 0,
         preemptions: 0,
         cancelled: false,
+        finished: false,
         resolve,
         reject,
         submittedAt: performance.now(),
       };
     });
     this.waiting.push(seq);
+    req.signal?.addEventListener('abort', () => this.cancelNow(seq), { once: true });
     this.kick();
-    // Stops the request at the next step boundary (its blocks are freed then).
-    return { done, cancel: () => void (seq.cancelled = true) };
+    return { done, cancel: () => this.cancelNow(seq) };
+  }
+
+  /**
+   * Ends a request: at once between steps (its blocks are free for the next admission), else at
+   * the end of the step in flight, which may be writing its KV.
+   */
+  private cancelNow(s: Seq): void {
+    s.cancelled = true;
+    if (!this.inStep && !s.finished) this.finish(s, 'abort');
   }
 
   stats(): SchedulerStats {
@@ -184,9 +197,11 @@ export class Scheduler {
     try {
       while (this.running.length > 0 || this.waiting.length > 0) {
         const release = await this.opts.lock();
+        this.inStep = true;
         try {
           await this.step();
         } finally {
+          this.inStep = false;
           release();
         }
       }
@@ -202,6 +217,8 @@ export class Scheduler {
   }
 
   private finish(s: Seq, reason: FinishReason): void {
+    if (s.finished) return;
+    s.finished = true;
     if (this.blocks.has(s.id)) this.blocks.free(s.id);
     const drop = (list: Seq[]) => {
       const i = list.indexOf(s);

@@ -97,6 +97,22 @@ describe('continuous batching', () => {
     }
   });
 
+  test('an aborted request frees its KV blocks as soon as it ends, and the others carry on', async () => {
+    const controller = new AbortController();
+    const other = engine.generate(PROMPTS[1] as number[], { ...GREEDY, maxTokens: 40 }).result();
+    let seen = 0;
+    const gen = engine.generate(PROMPTS[0] as number[], { ...GREEDY, signal: controller.signal });
+    for await (const t of gen) {
+      if (t.id !== null && ++seen === 5) controller.abort();
+    }
+    const r = await gen.result();
+    expect(r.finishReason).toBe('abort');
+    expect(r.tokenIds.length).toBeLessThanOrEqual(6);
+    const o = await other;
+    expect(o.tokenIds).toHaveLength(40);
+    expect(engine.stats().blocksUsed).toBe(0);
+  }, 120_000);
+
   test('two requests sharing a 100-token prefix compute it once', async () => {
     const prefix = [1, ...Array.from({ length: 99 }, (_, i) => 3 + ((i * 7) % 100))];
     const a = [...prefix, 10, 11, 12];
