@@ -21,6 +21,7 @@ import type { QuantMethod } from '../quant/kiln-format.js';
 import { evaluateText } from '../runtime/eval.js';
 import type { GenerateResult } from '../runtime/generation.js';
 import { benchDecode, readPromptsFile, runBatch } from './batch.js';
+import { startServer } from './serve.js';
 import { readFile } from 'node:fs/promises';
 
 const VERSION = '0.1.0';
@@ -49,6 +50,7 @@ interface ModelFlags {
   attention?: 'async' | 'two_pass';
   sampler?: 'gpu' | 'cpu';
   activations?: 'f32' | 'f16';
+  kvCache?: 'auto' | 'f16' | 'f32';
   quant?: 'none' | 'q4';
   groupSize?: number;
   quantSym?: boolean;
@@ -98,6 +100,12 @@ function addModelOptions(cmd: Command): Command {
         '--activations <type>',
         'storage of the normed activations the matmuls read: f32, or f16 (needs shader-f16)',
       ).choices(['f32', 'f16']),
+    )
+    .addOption(
+      new Option(
+        '--kv-cache <type>',
+        'KV cache element type: auto (f16 where the adapter has shader-f16, else f32), f16 or f32',
+      ).choices(['auto', 'f16', 'f32']),
     )
     .addOption(
       new Option(
@@ -162,6 +170,7 @@ async function loadEngine(o: ModelFlags): Promise<Engine> {
       ...(o.attention ? { attentionSoftmax: o.attention } : {}),
       ...(o.sampler ? { sampling: o.sampler } : {}),
       ...(o.activations ? { activations: o.activations } : {}),
+      ...(o.kvCache ? { kvCache: o.kvCache } : {}),
       ...(o.quant ? { quant: o.quant } : {}),
       quantOptions: {
         ...(o.groupSize ? { groupSize: o.groupSize as Q4GroupSize } : {}),
@@ -198,6 +207,40 @@ async function cmdRun(o: ModelFlags & SamplingFlags & { prompt: string; json?: b
   } finally {
     engine.dispose();
   }
+}
+
+interface ServeFlags extends ModelFlags {
+  host: string;
+  port: number;
+  apiKey?: string;
+  maxConcurrent: number;
+  maxQueue: number;
+  servedModelName?: string;
+}
+
+async function cmdServe(o: ServeFlags): Promise<void> {
+  const engine = await loadEngine(o);
+  const apiKey = o.apiKey ?? process.env.KILN_API_KEY;
+  const server = await startServer({
+    engine,
+    modelId: o.servedModelName ?? o.model,
+    host: o.host,
+    port: o.port,
+    ...(apiKey ? { apiKey } : {}),
+    maxConcurrent: o.maxConcurrent,
+    maxQueue: o.maxQueue,
+    log: (line) => process.stderr.write(`${line}\n`),
+  });
+  // SIGTERM / SIGINT: stop accepting, let in-flight requests finish (cancelled after 10 s), exit.
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string) => {
+      process.stderr.write(`kiln serve: ${sig}, finishing in-flight requests\n`);
+      void server.close(10_000).finally(resolve);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  engine.dispose();
 }
 
 interface QuantizeFlags {
@@ -471,6 +514,24 @@ export function buildProgram(): Command {
       });
       process.stderr.write(`wrote ${files.join(', ')} to ${o.out}\n`);
     });
+
+  addModelOptions(
+    program
+      .command('serve')
+      .description('an OpenAI-compatible HTTP server (chat/completions, completions, models)'),
+  )
+    .option('--host <host>', 'address to listen on (loopback by default)', '127.0.0.1')
+    .option('--port <port>', 'TCP port', intArg('--port', 0), 8080)
+    .option('--api-key <key>', 'require Authorization: Bearer <key> on /v1 routes (or KILN_API_KEY)')
+    .option(
+      '--max-concurrent <n>',
+      'requests generating at once (batched)',
+      intArg('--max-concurrent', 1),
+      16,
+    )
+    .option('--max-queue <n>', 'requests waiting beyond those before 429', intArg('--max-queue', 0), 64)
+    .option('--served-model-name <id>', 'the model id clients send (default: the --model argument)')
+    .action((o: ServeFlags) => cmdServe(o));
 
   program
     .command('quantize <dir>')
