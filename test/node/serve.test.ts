@@ -311,6 +311,60 @@ describe('bad input', () => {
   }, 300_000);
 });
 
+describe('kiln serve as a process', () => {
+  test('SIGTERM: stops accepting, lets the in-flight stream finish, exits 0', async () => {
+    const { spawn } = await import('node:child_process');
+    const { homedir } = await import('node:os');
+    const { repoRoot } = await import('../helpers/shared.js');
+    const child = spawn(
+      process.execPath,
+      ['bin/kiln.js', 'serve', '--model', dir, '--served-model-name', MODEL, '--port', '0', '-q'],
+      {
+        cwd: repoRoot,
+        stdio: 'pipe',
+        env: {
+          ...process.env,
+          XDG_RUNTIME_DIR: '/tmp',
+          MESA_SHADER_CACHE_DIR:
+            process.env.MESA_SHADER_CACHE_DIR ?? process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'),
+        },
+      },
+    );
+    let stderr = '';
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        const m = /on (http:\/\/\S+)/.exec(stderr);
+        if (m) resolve(m[1] as string);
+      });
+      child.on('exit', () => reject(new Error(`exited early: ${stderr}`)));
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    const c = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const stream = await c.completions.create({
+      model: MODEL,
+      prompt: PROMPT,
+      max_tokens: 80,
+      temperature: 0,
+      stream: true,
+    });
+    let text = '';
+    let signalled = false;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.text ?? '';
+      if (!signalled && text.length > 5) {
+        signalled = true;
+        child.kill('SIGTERM');
+      }
+    }
+    // The stream in flight ran to its end.
+    expect(golden.startsWith(text)).toBe(true);
+    expect(text.length).toBeGreaterThan(40);
+    expect(await exited).toBe(0);
+    expect(stderr).toContain('SIGTERM');
+  }, 120_000);
+});
+
 describe('StopMatcher', () => {
   test('holds back a possible stop prefix and cuts at the earliest stop', () => {
     const m = new StopMatcher(['END', 'xy']);
