@@ -3,7 +3,8 @@
 // (its own position, inclusive), found through the block table starting at row_info[m].y.
 // GQA: query head h reads KV head h / (heads / kv_heads); K/V are indexed, never repeated.
 // Bindings: params, row_info [m] vec2<u32> (position, block-table offset), block_table u32,
-// q [m, heads·head_dim] f32, k_cache, v_cache ([block][kv_head][16][head_dim] f32), out like q.
+// q [m, heads·head_dim] f32, k_cache, v_cache ([block][kv_head][16][head_dim] Kv: the prepended
+// KV fragment's f32 or f16, widened to f32 as loaded), out like q.
 // Work: one 64-thread workgroup per (query head, row). Keys go in tiles of 64 (one score per
 // thread), with the online softmax (running max and sum, accumulator rescaled when the max grows);
 // each thread owns head dims t, t+64, t+128, t+192 of the output (head_dim <= 256).
@@ -20,8 +21,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> row_info: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> block_table: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<f32>;
-@group(0) @binding(4) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(5) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read> k_cache: array<Kv>;
+@group(0) @binding(5) var<storage, read> v_cache: array<Kv>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 64u;
@@ -83,7 +84,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       let kb = kv_base(bt_off, kv_head, j);
       var dot = 0.0;
       for (var d = 0u; d < p.head_dim; d++) {
-        dot += q_sh[d] * k_cache[kb + d];
+        dot += q_sh[d] * f32(k_cache[kb + d]);
       }
       s = dot * p.scale;
     }
@@ -107,7 +108,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       if (d < p.head_dim) {
         var a = acc[r] * alpha;
         for (var jj = 0u; jj < n_keys; jj++) {
-          a += probs[jj] * v_cache[kv_base(bt_off, kv_head, tile + jj) + d];
+          a += probs[jj] * f32(v_cache[kv_base(bt_off, kv_head, tile + jj) + d]);
         }
         acc[r] = a;
       }

@@ -5,7 +5,7 @@
 //   l_s = Σ_{j in chunk s} e^{x_j - c},   o_s = Σ_{j in chunk s} e^{x_j - c} · v_j   (unnormalised)
 // with x_j = q_h·k_j·scale, and the constant c it used; attention_merge combines the splits.
 //
-// Variants (the wrapper prefixes `const MODE: u32 = ...;`):
+// Variants (the wrapper prefixes a KV fragment, common/kv_*.wgsl, then `const MODE: u32 = ...;`):
 //   0 exact (attention_decode_two_pass): c = m_s, the chunk's max (online softmax over the tiles
 //     of the chunk). With p.check_flag = 1 it is the async chain's exact fallback
 //     (attention_decode_async_softmax_fallback): only rows whose flag is set are computed, every
@@ -17,8 +17,8 @@
 //     fallback recomputes the row.
 //
 // Bindings: params, row_info [m] vec2<u32>, block_table u32, q [m, heads·head_dim] f32 (as vec4),
-// k_cache, v_cache ([block][kv_head][16][head_dim] f32, as vec4), partials, flags [m] u32 (read-only
-// in mode 0, atomic in mode 1).
+// k_cache, v_cache ([block][kv_head][16][head_dim] Kv, as vec4: f32, or f16 widened to f32 as
+// loaded), partials, flags [m] u32 (read-only in mode 0, atomic in mode 1).
 // partials: one record of head_dim/4 + 1 vec4 per (row, query head, split), in that order:
 // vec4(c, l, 0, 0) then o. A split that starts past the row's end writes c = NEG_BIG, l = 0, o = 0.
 //
@@ -55,8 +55,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> row_info: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> block_table: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> k_cache: array<vec4<Kv>>;
+@group(0) @binding(5) var<storage, read> v_cache: array<vec4<Kv>>;
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>;
 // Binding 7, flags [m] u32, and flag_get / flag_set come from common/attention_flags_read (mode 0)
 // or common/attention_flags_write (mode 1).
@@ -105,10 +105,10 @@ fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32) -> mat4x4<f32>
     let q1 = q_sh[qb + hd4 + d4];
     let q2 = q_sh[qb + 2u * hd4 + d4];
     let q3 = q_sh[qb + 3u * hd4 + d4];
-    let k0 = k_cache[ka + d4];
-    let k1 = k_cache[kb + d4];
-    let k2 = k_cache[kc + d4];
-    let k3 = k_cache[kd + d4];
+    let k0 = vec4<f32>(k_cache[ka + d4]);
+    let k1 = vec4<f32>(k_cache[kb + d4]);
+    let k2 = vec4<f32>(k_cache[kc + d4]);
+    let k3 = vec4<f32>(k_cache[kd + d4]);
     s += mat4x4<f32>(
       vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
       vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
@@ -127,8 +127,8 @@ fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
     let q1 = q_sh[qb + hd4 + d4];
     let q2 = q_sh[qb + 2u * hd4 + d4];
     let q3 = q_sh[qb + 3u * hd4 + d4];
-    let k0 = k_cache[ka + d4];
-    let k1 = k_cache[kb + d4];
+    let k0 = vec4<f32>(k_cache[ka + d4]);
+    let k1 = vec4<f32>(k_cache[kb + d4]);
     s += mat2x4<f32>(
       vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
       vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
@@ -336,7 +336,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let base = (bt_sh[b0 / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS * hd4 + t;
         let kn = min(BLOCK_TOKENS, n - b0);
         for (var k = 0u; k < kn; k++) {
-          let v = v_cache[base + k * hd4];
+          let v = vec4<f32>(v_cache[base + k * hd4]);
           let pa = p_sh[b0 + k];
           acc_a += outer(v, pa);
           l_a += pa;

@@ -1,5 +1,6 @@
 // kv_write: scatters this step's k and v rows into the paged KV cache.
-// Cache layout per layer (K and V alike): [block][kv_head][BLOCK_TOKENS = 16][head_dim] f32.
+// Cache layout per layer (K and V alike): [block][kv_head][BLOCK_TOKENS = 16][head_dim] Kv
+// (prepended KV fragment, common/kv_*.wgsl: f32, or f16 where the adapter has shader-f16).
 // Row m goes to slot slots[m] = physical_block · 16 + offset (the slot mapping of PagedAttention).
 // Bindings: params, slots [m] u32, k [m, kv_heads·head_dim], v [same], k_cache, v_cache.
 // Work: one thread per (row, kv_head, dim), linearized over a 2-D grid.
@@ -15,8 +16,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> slots: array<u32>;
 @group(0) @binding(2) var<storage, read> k: array<f32>;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
-@group(0) @binding(4) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(5) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> k_cache: array<Kv>;
+@group(0) @binding(5) var<storage, read_write> v_cache: array<Kv>;
 
 const BLOCK_TOKENS: u32 = 16u;
 
@@ -35,6 +36,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let block = slot / BLOCK_TOKENS;
   let off = slot % BLOCK_TOKENS;
   let dst = ((block * p.kv_heads + head) * BLOCK_TOKENS + off) * p.head_dim + d;
-  k_cache[dst] = k[idx];
-  v_cache[dst] = v[idx];
+  k_cache[dst] = Kv(k[idx]);
+  v_cache[dst] = Kv(v[idx]);
 }

@@ -3,7 +3,8 @@
 // and v straight into the paged KV cache at each row's slot: one dispatch instead of rope(q),
 // rope(k) and kv_write, and k/v never take a separate trip through memory.
 // RoPE is the Hugging Face rotate-half convention with the float64-built (cos, sin) table of
-// shaders/rope.wgsl; the cache layout is kv_write's: [block][kv_head][16][head_dim] f32.
+// shaders/rope.wgsl; the cache layout is kv_write's: [block][kv_head][16][head_dim] Kv (prepended
+// KV fragment: f32, or f16 rounded once from the f32 result).
 // Bindings: params, row_info [m] (x = position), slots [m] u32, table [positions][half] vec2<f32>,
 // qkv, q_out, k_cache, v_cache.
 // Work: one thread per (row, head slot, i < head_dim / 2), head slots being the query heads, then
@@ -23,8 +24,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> table: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read> qkv: array<f32>;
 @group(0) @binding(5) var<storage, read_write> q_out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(6) var<storage, read_write> k_cache: array<Kv>;
+@group(0) @binding(7) var<storage, read_write> v_cache: array<Kv>;
 
 const BLOCK_TOKENS: u32 = 16u;
 
@@ -45,8 +46,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   if (s >= p.heads + p.kv_heads) {
     // v: copied as is.
     let dst = cache_index(row, s - p.heads - p.kv_heads);
-    v_cache[dst + i] = a;
-    v_cache[dst + i + half] = b;
+    v_cache[dst + i] = Kv(a);
+    v_cache[dst + i + half] = Kv(b);
     return;
   }
   let cs = table[row_info[row].x * half + i];
@@ -58,8 +59,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     q_out[dst + i + half] = rb;
   } else {
     let dst = cache_index(row, s - p.heads);
-    k_cache[dst + i] = ra;
-    k_cache[dst + i + half] = rb;
+    k_cache[dst + i] = Kv(ra);
+    k_cache[dst + i + half] = Kv(rb);
   }
 }
 

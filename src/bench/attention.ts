@@ -1,16 +1,21 @@
 /**
  * attention_decode rows of `kiln bench kernels`: split-K decode attention over a paged KV cache at
  * the benchmark models' head shapes and contexts 128, 1024 and 4096, in the exact two-pass variant
- * and the unified-max (async softmax) one, both checked against the float64 reference.
+ * and the unified-max (async softmax) one, over an f32 cache and (where the adapter has shader-f16)
+ * an f16 one (variants `*_kvf16`), each checked against the float64 reference of the K/V the cache
+ * holds.
  */
+import { decodeToFloat32, encodeFromFloat32 } from '../io/dtype.js';
 import { attentionRef } from '../kernels/attention.ref.js';
 import {
   AttentionDecodeScratch,
   attentionDecode,
+  attentionDecodeLabels,
   pickDecodeChunk,
   type AttentionDecodeVariant,
 } from '../kernels/attention-decode.js';
 import { DispatchBuilder, runDispatches } from '../kernels/dispatch.js';
+import { kvElementBytes, type KvDtype } from '../kernels/kv-dtype.js';
 import type { BenchContext } from './kernels.js';
 import { randomF32 } from './random.js';
 import { BENCH_MODELS } from './models.js';
@@ -42,13 +47,26 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
       }
       const q = randomF32(heads * headDim, ctxLen + 2, 1);
       const scale = 1 / Math.sqrt(headDim);
-      const want = attentionRef(q, k, v, [ctxLen - 1], heads, kvHeads, headDim, scale);
+      const kvDtypes: KvDtype[] = b.ctx.adapter.shaderF16 ? ['f32', 'f16'] : ['f32'];
+      // An f16 cache holds every value rounded to f16: its reference is computed from those.
+      const f16 = (x: Float32Array) => encodeFromFloat32('F16', x);
+      const round16 = (x: Float32Array) => decodeToFloat32('F16', f16(x));
+      const want = {
+        f32: attentionRef(q, k, v, [ctxLen - 1], heads, kvHeads, headDim, scale),
+        f16: kvDtypes.includes('f16')
+          ? attentionRef(q, round16(k), round16(v), [ctxLen - 1], heads, kvHeads, headDim, scale)
+          : new Float64Array(0),
+      };
+      const caches = {
+        f32: { kCache: b.upload(kPaged), vCache: b.upload(vPaged) },
+        f16: kvDtypes.includes('f16')
+          ? { kCache: b.upload(f16(kPaged)), vCache: b.upload(f16(vPaged)) }
+          : { kCache: b.buffer(4), vCache: b.buffer(4) },
+      };
       const bufs = {
         rowInfo: b.upload(Uint32Array.from([ctxLen - 1, 0])),
         blockTable: b.upload(table),
         q: b.upload(q),
-        kCache: b.upload(kPaged),
-        vCache: b.upload(vPaged),
         out: b.buffer(heads * headDim * 4),
       };
       // phi for the unified max: the scores' scale here is |q·k|·scale ≲ a few units; a real model
@@ -63,10 +81,19 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
         chunk,
       });
       const builder = new DispatchBuilder(b.ctx);
-      const variants = ['two_pass', 'async_softmax'] as AttentionDecodeVariant[];
-      const dispatches = variants.map((variant) =>
+      const variants = kvDtypes.flatMap((kvDtype) =>
+        (['two_pass', 'async_softmax'] as AttentionDecodeVariant[]).map((softmax) => ({
+          softmax,
+          kvDtype,
+          // The pass-1 label (= pipeline) without its kernel prefix: two_pass, async_softmax_kvf16, ...
+          name: (attentionDecodeLabels(softmax, kvDtype)[0] as string).replace('attention_decode_', ''),
+        })),
+      );
+      const dispatches = variants.map(({ softmax, kvDtype }) =>
         attentionDecode(builder, {
           ...bufs,
+          ...caches[kvDtype],
+          kvDtype,
           m: 1,
           heads,
           kvHeads,
@@ -74,41 +101,43 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
           scale,
           maxContext: ctxLen,
           chunk,
-          variant,
+          variant: softmax,
           phi,
           scratch,
         }),
       );
-      // The two variants are compared with each other: time them in alternating rounds and keep
+      // The variants are compared with each other: time them in alternating rounds and keep
       // each one's best median, so drift on a shared machine cannot favour whichever ran second.
       const best = variants.map(() => Infinity);
       for (let round = 0; round < 3; round++) {
         for (let v = 0; v < variants.length; v++) {
-          const t = await b.time(`attention_decode_${variants[v]}`, dispatches[v] ?? []);
+          const t = await b.time(`attention_decode_${variants[v]?.name}`, dispatches[v] ?? []);
           best[v] = Math.min(best[v] ?? Infinity, t);
         }
       }
       for (let v = 0; v < variants.length; v++) {
-        const variant = variants[v] as AttentionDecodeVariant;
+        const { name, kvDtype } = variants[v] as (typeof variants)[number];
         // Correctness of this variant's result (each variant writes the whole output).
         runDispatches(b.ctx, dispatches[v] ?? []);
         const out = await b.readF32(bufs.out, heads * headDim);
+        const ref = want[kvDtype];
         let err = 0;
         let scaleMax = 0;
         for (let i = 0; i < out.length; i++) {
-          err = Math.max(err, Math.abs((out[i] as number) - (want[i] as number)));
-          scaleMax = Math.max(scaleMax, Math.abs(want[i] as number));
+          err = Math.max(err, Math.abs((out[i] as number) - (ref[i] as number)));
+          scaleMax = Math.max(scaleMax, Math.abs(ref[i] as number));
         }
         const rel = err / (scaleMax || 1);
         b.add({
           kernel: 'attention_decode',
-          variant,
+          variant: name,
           shape: { model: model.name, context: ctxLen, heads, kv_heads: kvHeads, head_dim: headDim, chunk },
           ms: best[v] as number,
-          bytes: 2 * ctxLen * kvDim * 4 + 2 * heads * headDim * 4,
+          bytes: 2 * ctxLen * kvDim * kvElementBytes(kvDtype) + 2 * heads * headDim * 4,
           flops: 4 * ctxLen * heads * headDim,
           max_rel_err: rel,
-          // f32 scores, exponentials and sums over up to 4096 keys against float64, relative to
+          // f32 scores, exponentials and sums over up to 4096 keys against float64 (from the K/V the
+          // cache holds, f16-rounded or not: the f32 arithmetic is the same), relative to
           // the output's magnitude: measured ≤ 7e-7; 1e-4 leaves room for other adapters' exp/div
           // precision (WGSL allows several ulp) without hiding a wrong merge (errors of O(1)).
           ok: rel <= 1e-4,

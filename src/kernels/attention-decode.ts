@@ -11,6 +11,8 @@
 import type { GpuContext } from '../gpu/device.js';
 import { UnsupportedModelError } from '../errors.js';
 import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
+import { WGSL } from './wgsl.gen.js';
 
 export type AttentionDecodeVariant = 'two_pass' | 'async_softmax';
 
@@ -41,7 +43,10 @@ const MIN_CHUNK = 64;
  */
 const MODE = { exact: 0, async: 1, fallback: 2 } as const;
 
-/** Pipeline labels (= cache keys) of each variant's dispatches, in the order they are recorded. */
+/**
+ * Pipeline labels (= cache keys) of each variant's dispatches over an f32 cache, in the order they
+ * are recorded; see `attentionDecodeLabels` for an f16 cache.
+ */
 export const ATTENTION_DECODE_LABELS = {
   two_pass: ['attention_decode_two_pass', 'attention_merge_two_pass'],
   async_softmax: [
@@ -51,6 +56,17 @@ export const ATTENTION_DECODE_LABELS = {
     'attention_merge_async_softmax_fallback',
   ],
 } as const satisfies Record<AttentionDecodeVariant, readonly string[]>;
+
+/**
+ * The labels of ATTENTION_DECODE_LABELS for a `kvDtype` cache: pass 1 (attention_decode_*) reads
+ * the cache and gets the `_kvf16` suffix with f16; the merges read only the f32 partials, so they
+ * keep their label and their one compiled pipeline.
+ */
+export function attentionDecodeLabels(variant: AttentionDecodeVariant, kvDtype: KvDtype): string[] {
+  return ATTENTION_DECODE_LABELS[variant].map((l) =>
+    l.startsWith('attention_decode_') ? kvVariant(l, kvDtype) : l,
+  );
+}
 
 /** Number of splits (pass-1 workgroups along x) for a context of up to `maxContext` tokens. */
 export function decodeSplits(maxContext: number, chunk: number): number {
@@ -130,9 +146,11 @@ export interface AttentionDecodeArgs {
   blockTable: GPUBuffer;
   /** [m, heads·headDim] f32 */
   q: GPUBuffer;
-  /** [blocks][kvHeads][16][headDim] f32 */
+  /** [blocks][kvHeads][16][headDim] kvDtype */
   kCache: GPUBuffer;
   vCache: GPUBuffer;
+  /** Element type of the cache (default f32; f16 needs shader-f16). */
+  kvDtype?: KvDtype;
   /** [m, heads·headDim] f32 */
   out: GPUBuffer;
   m: number;
@@ -196,6 +214,8 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
       `attentionDecode: scratch made for ${JSON.stringify(s.shape)} is too small for m=${a.m} heads=${a.heads} headDim=${a.headDim} splits=${splits}`,
     );
   }
+  const kv = a.kvDtype ?? 'f32';
+  checkKvDtype(b.ctx, kv);
   const isAsync = a.variant === 'async_softmax';
   if (isAsync && !Number.isFinite(a.phi))
     throw new RangeError('attentionDecode: the async_softmax variant needs a finite phi');
@@ -225,15 +245,21 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
   const mergeBuffers = [s.partials, a.out, s.flags];
   const splitGrid = [splits, a.kvHeads, a.m] as const;
   const pass1 = (label: string, mode: number, checkFlag: number): Dispatch =>
-    b.make(label, () => withMode(mode, 'attention_split'), splitParams(checkFlag), splitBuffers, splitGrid);
+    b.make(
+      label,
+      () => withMode(mode, 'attention_split', kv),
+      splitParams(checkFlag),
+      splitBuffers,
+      splitGrid,
+    );
   const merge = (label: string, mode: number, grid: readonly [number, number, number]): Dispatch =>
-    b.make(label, () => withMode(mode, 'attention_merge'), mergeParams, mergeBuffers, grid);
+    b.make(label, () => withMode(mode, 'attention_merge', kv), mergeParams, mergeBuffers, grid);
 
   if (!isAsync) {
-    const [l1, l2] = ATTENTION_DECODE_LABELS.two_pass;
+    const [l1, l2] = attentionDecodeLabels('two_pass', kv) as [string, string];
     return [pass1(l1, MODE.exact, 0), merge(l2, MODE.exact, [a.heads, a.m, 1])];
   }
-  const [l1, l2, l3, l4] = ATTENTION_DECODE_LABELS.async_softmax;
+  const [l1, l2, l3, l4] = attentionDecodeLabels('async_softmax', kv) as [string, string, string, string];
   return [
     pass1(l1, MODE.async, 0),
     merge(l2, MODE.async, [a.heads, a.m, 1]),
@@ -243,12 +269,13 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
   ];
 }
 
-function withMode(mode: number, shader: 'attention_split' | 'attention_merge'): string {
-  const flags =
-    shader === 'attention_merge'
-      ? []
-      : mode === MODE.async
-        ? (['common/attention_flags_write'] as const)
-        : (['common/attention_flags_read'] as const);
-  return `const MODE: u32 = ${mode}u;\n${shaderSource(shader, ...flags)}`;
+/**
+ * A pass's WGSL: pass 1 opens with the KV fragment (whose `enable f16` must precede every
+ * declaration), then the mode, then its flags fragment; the merge reads no KV and has no fragment.
+ */
+function withMode(mode: number, shader: 'attention_split' | 'attention_merge', kv: KvDtype): string {
+  const modeLine = `const MODE: u32 = ${mode}u;\n`;
+  if (shader === 'attention_merge') return modeLine + shaderSource(shader);
+  const flags = mode === MODE.async ? 'common/attention_flags_write' : 'common/attention_flags_read';
+  return `${WGSL[kvFragment(kv)]}\n${modeLine}${shaderSource(shader, flags)}`;
 }

@@ -1,6 +1,7 @@
 /** attention: causal GQA attention of each query row over the paged KV cache; see shaders/attention.wgsl. */
 import { UnsupportedModelError } from '../errors.js';
 import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
 
 /** The kernel keeps q of one head in workgroup memory and 4 output dims per thread. */
 export const ATTENTION_MAX_HEAD_DIM = 256;
@@ -11,7 +12,7 @@ export function attention(
     /** [m] vec2<u32> (position, block-table offset) */ rowInfo: GPUBuffer;
     /** u32 physical block ids */ blockTable: GPUBuffer;
     /** [m, heads·headDim] f32 */ q: GPUBuffer;
-    kCache: GPUBuffer;
+    /** [blocks][kvHeads][16][headDim] kvDtype */ kCache: GPUBuffer;
     vCache: GPUBuffer;
     /** [m, heads·headDim] f32 */ out: GPUBuffer;
     m: number;
@@ -19,6 +20,8 @@ export function attention(
     kvHeads: number;
     headDim: number;
     scale: number;
+    /** Element type of the cache (default f32; f16 needs shader-f16). */
+    kvDtype?: KvDtype;
   },
 ): Dispatch {
   if (a.headDim > ATTENTION_MAX_HEAD_DIM) {
@@ -28,9 +31,11 @@ export function attention(
   }
   if (a.m > MAX_GRID || a.heads > MAX_GRID)
     throw new RangeError(`attention: grid ${a.heads}x${a.m} too large`);
+  const kv = a.kvDtype ?? 'f32';
+  checkKvDtype(b.ctx, kv);
   return b.make(
-    'attention',
-    () => shaderSource('attention'),
+    kvVariant('attention', kv),
+    () => shaderSource('attention', kvFragment(kv)),
     packParams([
       ['u32', a.heads],
       ['u32', a.kvHeads],

@@ -1,5 +1,6 @@
 /** kv_write: scatters k/v rows into the paged KV cache at their slots; see shaders/kv_write.wgsl. */
 import { linearGrid, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
 
 export function kvWrite(
   b: DispatchBuilder,
@@ -7,17 +8,21 @@ export function kvWrite(
     /** [m] u32: physical block · 16 + offset */ slots: GPUBuffer;
     /** [m, kvHeads·headDim] f32 */ k: GPUBuffer;
     v: GPUBuffer;
-    /** [blocks][kvHeads][16][headDim] f32 */ kCache: GPUBuffer;
+    /** [blocks][kvHeads][16][headDim] kvDtype */ kCache: GPUBuffer;
     vCache: GPUBuffer;
     m: number;
     kvHeads: number;
     headDim: number;
+    /** Element type of the cache (default f32; f16 needs shader-f16). */
+    kvDtype?: KvDtype;
   },
 ): Dispatch {
+  const kv = a.kvDtype ?? 'f32';
+  checkKvDtype(b.ctx, kv);
   const { gridX, grid } = linearGrid(a.m * a.kvHeads * a.headDim);
   return b.make(
-    'kv_write',
-    () => shaderSource('kv_write'),
+    kvVariant('kv_write', kv),
+    () => shaderSource('kv_write', kvFragment(kv)),
     packParams([
       ['u32', a.m],
       ['u32', a.kvHeads],

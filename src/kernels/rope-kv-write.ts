@@ -3,6 +3,7 @@
  * shaders/rope_kv_write.wgsl.
  */
 import { linearGrid, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
 
 export function ropeKvWrite(
   b: DispatchBuilder,
@@ -12,19 +13,23 @@ export function ropeKvWrite(
     /** [positions][headDim / 2] vec2<f32> (cos, sin), from ropeTable */ table: GPUBuffer;
     /** [m, (heads + 2·kvHeads)·headDim] f32: the fused projection's output */ qkv: GPUBuffer;
     /** [m, heads·headDim] f32 */ q: GPUBuffer;
-    /** [blocks][kvHeads][16][headDim] f32 */ kCache: GPUBuffer;
+    /** [blocks][kvHeads][16][headDim] kvDtype */ kCache: GPUBuffer;
     vCache: GPUBuffer;
     m: number;
     heads: number;
     kvHeads: number;
     headDim: number;
+    /** Element type of the cache (default f32; f16 needs shader-f16). */
+    kvDtype?: KvDtype;
   },
 ): Dispatch {
   if (a.headDim % 2 !== 0) throw new RangeError(`rope_kv_write: head_dim ${a.headDim} is odd`);
+  const kv = a.kvDtype ?? 'f32';
+  checkKvDtype(b.ctx, kv);
   const { gridX, grid } = linearGrid((a.m * (a.heads + 2 * a.kvHeads) * a.headDim) / 2);
   return b.make(
-    'rope_kv_write',
-    () => shaderSource('rope_kv_write'),
+    kvVariant('rope_kv_write', kv),
+    () => shaderSource('rope_kv_write', kvFragment(kv)),
     packParams([
       ['u32', a.m],
       ['u32', a.heads],

@@ -17,7 +17,7 @@ import { BlockManager } from './block-manager.js';
 import { Scheduler, type ScheduledOutcome, type SchedulerStats } from './scheduler.js';
 import { GpuTimer } from '../gpu/timer.js';
 import type { GenerateOptions, GenerateResult, GeneratedToken, FinishReason } from './generation.js';
-import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache } from './kv-cache.js';
+import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache, type KvDtype } from './kv-cache.js';
 import type { ModelSpec } from './model-spec.js';
 import { describeWeightQuant, weightQuantFor, type LoadQuantOptions } from './weight-quant.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from './sampler.js';
@@ -73,10 +73,18 @@ export interface EngineOptions {
   quant?: 'none' | 'q4';
   quantOptions?: LoadQuantOptions;
   /**
-   * Tokens of KV cache shared by all sequences (16-token blocks). Default: what 256 MiB holds, at
-   * least one full context, at most one storage binding per layer.
+   * Tokens of KV cache shared by all sequences (16-token blocks). Default: what 256 MiB of f32 K/V
+   * holds (128 MiB with an f16 cache), at least one full context, at most one storage binding per
+   * layer.
    */
   kvCacheTokens?: number;
+  /**
+   * Element type of the KV cache: 'auto' (default) is f16 where the adapter has shader-f16 and f32
+   * otherwise; 'f16' (refused without shader-f16) halves the cache's memory and the bytes attention
+   * reads, each K/V value rounded once to f16 (11 significant bits); 'f32' stores them exactly.
+   * Attention computes in f32 either way.
+   */
+  kvCache?: 'auto' | 'f16' | 'f32';
   onProgress?: (p: LoadProgress) => void;
 }
 
@@ -149,6 +157,7 @@ export class Engine {
     const attentionSoftmax = oneOf('attentionSoftmax', opts.attentionSoftmax, ['async', 'two_pass'] as const);
     const sampling = oneOf('sampling', opts.sampling, ['gpu', 'cpu'] as const);
     const activations = oneOf('activations', opts.activations, ['f32', 'f16'] as const);
+    const kvCache = oneOf('kvCache', opts.kvCache, ['auto', 'f16', 'f32'] as const);
     const quant = weightQuantFor(
       spec,
       opts.model.location,
@@ -170,7 +179,6 @@ export class Engine {
     try {
       validateCheckpoint(spec, ckpt, quant);
       const kvTokens = opts.kvCacheTokens ?? defaultKvTokens(spec, contextLength);
-      checkBudget(spec, ckpt, quant, kvTokens, prefillChunk, opts.memoryLimitBytes);
       ctx = await acquireGpu({
         ...(opts.device ? { device: opts.device } : {}),
         ...(opts.gpu ? { gpu: opts.gpu } : {}),
@@ -181,13 +189,21 @@ export class Engine {
           `activations 'f16' needs the shader-f16 feature, which this adapter (${ctx.adapter.description || ctx.adapter.device}) lacks; use 'f32'`,
         );
       }
+      if (kvCache === 'f16' && !ctx.adapter.shaderF16) {
+        throw new InvalidRequestError(
+          `kvCache 'f16' needs the shader-f16 feature, which this adapter (${ctx.adapter.description || ctx.adapter.device}) lacks; use 'auto' or 'f32'`,
+        );
+      }
+      const kvDtype: KvDtype = kvCache === 'auto' ? (ctx.adapter.shaderF16 ? 'f16' : 'f32') : kvCache;
+      // The budget needs the KV element type, known only with the adapter; nothing is allocated yet.
+      checkBudget(spec, ckpt, quant, kvTokens, kvDtype, prefillChunk, opts.memoryLimitBytes);
       weights = await loadWeights(ctx, spec, ckpt, opts.onProgress, quant);
-      const perLayer = Math.floor(ctx.limits.maxStorageBufferBindingSize / kvBlockBytes(spec));
+      const perLayer = Math.floor(ctx.limits.maxStorageBufferBindingSize / kvBlockBytes(spec, kvDtype));
       const kvBlocks = Math.max(
         Math.ceil(contextLength / BLOCK_TOKENS),
         Math.min(perLayer, Math.ceil(kvTokens / BLOCK_TOKENS)),
       );
-      kv = await PagedKvCache.create(ctx, spec, kvBlocks);
+      kv = await PagedKvCache.create(ctx, spec, kvBlocks, kvDtype);
       const calibration = attentionSoftmax === 'async' ? CALIBRATION_STEPS : 0;
       forward = new ForwardModel(
         ctx,
@@ -263,6 +279,11 @@ export class Engine {
       this.releaseExclusive();
       release();
     }
+  }
+
+  /** Element type of the KV cache (EngineOptions.kvCache, 'auto' resolved for this adapter). */
+  get kvCacheDtype(): KvDtype {
+    return this.kv.dtype;
   }
 
   /** How the projection weights are stored on the GPU, e.g. "int4 g32 asym, quantized at load". */
@@ -661,18 +682,19 @@ function validateSampling(p: SamplingParams, maxTokens: number | undefined): voi
   }
 }
 
-/** Refuses models that cannot fit the caller's memory budget, before touching the GPU. */
+/** Refuses models that cannot fit the caller's memory budget, before allocating on the GPU. */
 function checkBudget(
   spec: ModelSpec,
   ckpt: Checkpoint,
   quant: WeightQuant,
   contextLength: number,
+  kvDtype: KvDtype,
   prefillChunk: number,
   limit: number | undefined,
 ): void {
   if (limit === undefined) return;
   const w = weightBytes(spec, ckpt, quant);
-  const kv = kvCacheBytes(spec, contextLength);
+  const kv = kvCacheBytes(spec, contextLength, kvDtype);
   const act =
     4 *
     (prefillChunk *
@@ -689,9 +711,12 @@ function checkBudget(
   }
 }
 
-/** Default KV pool: what 256 MiB holds (at least one full context; capped by the caller). */
+/**
+ * Default KV pool: what 256 MiB of f32 K/V holds, whatever the cache's type (an f16 cache keeps
+ * the same tokens in half the memory), and at least one full context; capped by the caller.
+ */
 function defaultKvTokens(spec: ModelSpec, contextLength: number): number {
-  const perToken = kvCacheBytes(spec, BLOCK_TOKENS) / BLOCK_TOKENS;
+  const perToken = kvCacheBytes(spec, BLOCK_TOKENS, 'f32') / BLOCK_TOKENS;
   return Math.max(contextLength, Math.floor((256 * 2 ** 20) / perToken));
 }
 

@@ -247,6 +247,7 @@ export class StepPlan {
           heads: spec.numHeads,
           kvHeads: spec.numKvHeads,
           headDim: spec.headDim,
+          kvDtype: kv.dtype,
         }),
       );
       const attnArgs = {
@@ -261,6 +262,7 @@ export class StepPlan {
         kvHeads: spec.numKvHeads,
         headDim: spec.headDim,
         scale: 1 / Math.sqrt(spec.headDim),
+        kvDtype: kv.dtype,
       };
       if (this.decodeScratch) {
         const phi = model.attentionPhi[l] ?? null;

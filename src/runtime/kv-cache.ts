@@ -1,29 +1,32 @@
 /**
  * The paged KV cache (vLLM PagedAttention layout): per layer one K and one V buffer of
- * [numBlocks][kvHeads][BLOCK_TOKENS][headDim] f32, a free list of physical blocks, and a block
- * table per sequence. A token at position p of a sequence lives in slot
+ * [numBlocks][kvHeads][BLOCK_TOKENS][headDim] elements of the cache's dtype (f32, or f16 where
+ * the adapter has shader-f16: half the memory and attention bandwidth), a free list of physical
+ * blocks, and a block table per sequence. A token at position p of a sequence lives in slot
  * blockTable[p / 16] · 16 + p % 16. The walking skeleton serves one sequence at a time; the
  * scheduler of "paged KV cache" adds sharing, eviction and many sequences on the same pool.
  */
 import { DeviceMemoryError, KilnError } from '../errors.js';
 import { formatBytes, type GpuContext } from '../gpu/device.js';
+import { checkKvDtype, kvElementBytes, type KvDtype } from '../kernels/kv-dtype.js';
 import type { ModelSpec } from './model-spec.js';
 
-export const BLOCK_TOKENS = 16;
-const BYTES_PER_ELEMENT = 4;
+export type { KvDtype };
 
-/** Bytes of one block of one layer's K (or V) buffer. */
-export function kvBlockBytes(spec: ModelSpec): number {
-  return spec.numKvHeads * BLOCK_TOKENS * spec.headDim * BYTES_PER_ELEMENT;
+export const BLOCK_TOKENS = 16;
+
+/** Bytes of one block of one layer's K (or V) buffer in a `dtype` cache. */
+export function kvBlockBytes(spec: ModelSpec, dtype: KvDtype = 'f32'): number {
+  return spec.numKvHeads * BLOCK_TOKENS * spec.headDim * kvElementBytes(dtype);
 }
 
 /** Bytes of K and V for `tokens` tokens across all layers (rounded up to whole blocks). */
-export function kvCacheBytes(spec: ModelSpec, tokens: number): number {
-  return Math.ceil(tokens / BLOCK_TOKENS) * kvBlockBytes(spec) * 2 * spec.numLayers;
+export function kvCacheBytes(spec: ModelSpec, tokens: number, dtype: KvDtype = 'f32'): number {
+  return Math.ceil(tokens / BLOCK_TOKENS) * kvBlockBytes(spec, dtype) * 2 * spec.numLayers;
 }
 
 export class PagedKvCache {
-  /** Per layer: K [numBlocks][kvHeads][16][headDim] f32. */
+  /** Per layer: K [numBlocks][kvHeads][16][headDim] of `dtype`. */
   readonly k: GPUBuffer[] = [];
   /** Per layer: V, same layout as K. */
   readonly v: GPUBuffer[] = [];
@@ -33,14 +36,25 @@ export class PagedKvCache {
   private constructor(
     private readonly ctx: GpuContext,
     readonly numBlocks: number,
+    /** Element type of K and V: what every kernel touching the cache is compiled for. */
+    readonly dtype: KvDtype,
   ) {
     for (let b = numBlocks - 1; b >= 0; b--) this.freeBlocks.push(b);
   }
 
-  /** Allocates a pool of `numBlocks` blocks per layer; errors say what was needed. */
-  static async create(ctx: GpuContext, spec: ModelSpec, numBlocks: number): Promise<PagedKvCache> {
-    const cache = new PagedKvCache(ctx, numBlocks);
-    const layerBytes = numBlocks * kvBlockBytes(spec);
+  /**
+   * Allocates a pool of `numBlocks` blocks per layer of `dtype` elements (default f32; f16 needs
+   * shader-f16); errors say what was needed.
+   */
+  static async create(
+    ctx: GpuContext,
+    spec: ModelSpec,
+    numBlocks: number,
+    dtype: KvDtype = 'f32',
+  ): Promise<PagedKvCache> {
+    checkKvDtype(ctx, dtype);
+    const cache = new PagedKvCache(ctx, numBlocks, dtype);
+    const layerBytes = numBlocks * kvBlockBytes(spec, dtype);
     const limit = ctx.limits.maxStorageBufferBindingSize;
     if (layerBytes > limit) {
       throw new DeviceMemoryError(

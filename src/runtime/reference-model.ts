@@ -4,7 +4,7 @@
  * per-kernel CPU twins. Tests compare the GPU engine's logits and greedy ids against it. Slow by
  * design; use with tiny models.
  */
-import { decodeToFloat32 } from '../io/dtype.js';
+import { decodeToFloat32, f16BitsToF32, f32ToF16Bits } from '../io/dtype.js';
 import type { Checkpoint } from '../io/safetensors.js';
 import { attentionRef } from '../kernels/attention.ref.js';
 import { embedRef } from '../kernels/embed.ref.js';
@@ -17,19 +17,35 @@ import { expectedTensors } from './weights.js';
 
 type Tensor = Float64Array;
 
+export interface ReferenceOptions {
+  /**
+   * 'f16' rounds K (after RoPE) and V to f16 (through f32, to nearest even) before attention, as
+   * an f16 KV cache stores them; everything else stays float64. Default 'f32': no rounding.
+   */
+  kvDtype?: 'f32' | 'f16';
+}
+
+const roundF16 = (x: number): number => f16BitsToF32(f32ToF16Bits(x));
+
 export class ReferenceModel {
   private constructor(
     readonly spec: ModelSpec,
     private readonly t: Map<string, Tensor>,
+    private readonly opts: ReferenceOptions = {},
   ) {}
 
-  static async load(spec: ModelSpec, ckpt: Checkpoint): Promise<ReferenceModel> {
+  static async load(spec: ModelSpec, ckpt: Checkpoint, opts: ReferenceOptions = {}): Promise<ReferenceModel> {
     const t = new Map<string, Tensor>();
     for (const name of expectedTensors(spec).keys()) {
       const info = ckpt.get(name);
       t.set(name, Float64Array.from(decodeToFloat32(info.dtype, await ckpt.readTensor(info))));
     }
-    return new ReferenceModel(spec, t);
+    return new ReferenceModel(spec, t, opts);
+  }
+
+  /** The same weights with other options (no copy). */
+  with(opts: ReferenceOptions): ReferenceModel {
+    return new ReferenceModel(this.spec, this.t, opts);
   }
 
   private w(name: string): Tensor {
@@ -69,14 +85,18 @@ export class ReferenceModel {
         s.headDim,
         invFreq,
       );
-      const k = ropeRef(
+      let k = ropeRef(
         this.linear(xn, m, n.k, kvDim, H, s.qkvBias),
         positions,
         s.numKvHeads,
         s.headDim,
         invFreq,
       );
-      const v = this.linear(xn, m, n.v, kvDim, H, s.qkvBias);
+      let v = this.linear(xn, m, n.v, kvDim, H, s.qkvBias);
+      if (this.opts.kvDtype === 'f16') {
+        k = k.map(roundF16);
+        v = v.map(roundF16);
+      }
       const att = attentionRef(
         q,
         k,

@@ -251,7 +251,7 @@ export class Scheduler {
   /** Copies blocks (every layer's K and V) before the next step writes into them. */
   private copyBlocks(copies: readonly BlockCopy[]): void {
     if (copies.length === 0) return;
-    const bytes = kvBlockBytes(this.spec);
+    const bytes = kvBlockBytes(this.spec, this.kv.dtype);
     const enc = this.forward.ctx.device.createCommandEncoder({ label: 'kiln.kv_copy' });
     for (const c of copies) {
       for (const layer of [...this.kv.k, ...this.kv.v]) {

@@ -2,6 +2,7 @@ import { expect } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { decodeToFloat32, encodeFromFloat32 } from '../../src/io/dtype.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/kernels/dispatch.js';
+import { kvElementBytes, type KvDtype } from '../../src/kernels/kv-dtype.js';
 import { tileMatrix, TILE_ROWS, type GpuWeight, type WeightFormat } from '../../src/kernels/weight.js';
 import { acquireNodeGpu } from '../../src/node/dawn.js';
 
@@ -125,4 +126,28 @@ export function expectClose(
       `mismatch (atol ${atol}, rtol ${rtol}); worst at ${worst} (|err| ${worstErr}); ${bad.join('; ')}`,
     );
   }
+}
+
+/** A zeroed paged-KV-cache buffer of `elems` elements of `dtype`. */
+export function kvBuffer(c: GpuContext, elems: number, dtype: KvDtype, label = 'kv'): GPUBuffer {
+  return upload(c, new Uint8Array(elems * kvElementBytes(dtype)), label);
+}
+
+/** Reads `elems` elements of a `dtype` KV-cache buffer back as f32 (f16 widens exactly). */
+export async function readKv(
+  c: GpuContext,
+  buf: GPUBuffer,
+  elems: number,
+  dtype: KvDtype,
+): Promise<Float32Array> {
+  const bytes = Math.ceil((elems * kvElementBytes(dtype)) / 4) * 4;
+  const raw = new Uint8Array(await c.read(buf, 0, bytes));
+  return dtype === 'f16'
+    ? decodeToFloat32('F16', raw.subarray(0, elems * 2))
+    : new Float32Array(raw.buffer, 0, elems);
+}
+
+/** What a `dtype` KV cache stores for these f32 values: themselves, or rounded to nearest-even f16. */
+export function kvRounded(x: Float32Array, dtype: KvDtype): Float32Array {
+  return dtype === 'f16' ? decodeToFloat32('F16', encodeFromFloat32('F16', x)) : x;
 }

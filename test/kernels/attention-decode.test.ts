@@ -3,6 +3,8 @@ import type { GpuContext } from '../../src/gpu/device.js';
 import {
   AttentionDecodeScratch,
   attentionDecode,
+  attentionDecodeLabels,
+  ATTENTION_DECODE_LABELS,
   decodeSplits,
   pickDecodeChunk,
   supportsAttentionDecode,
@@ -10,9 +12,12 @@ import {
 } from '../../src/kernels/attention-decode.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/kernels/dispatch.js';
+import type { KvDtype } from '../../src/kernels/kv-dtype.js';
 import { kvWrite } from '../../src/kernels/kv-write.js';
 import {
   expectClose,
+  kvBuffer,
+  kvRounded,
   randomF32,
   readF32,
   shuffledBlocks,
@@ -28,22 +33,34 @@ interface Cache {
   ctx: number;
   kvHeads: number;
   headDim: number;
+  /** The values the cache holds (f16-rounded for an f16 cache), in token order. */
   k: Float32Array;
   v: Float32Array;
+  dtype: KvDtype;
   kCache: GPUBuffer;
   vCache: GPUBuffer;
   blockTable: GPUBuffer;
 }
 
-/** K/V of `ctx` tokens (k in [-2, 2), v in [-1, 1)) written through kv_write into shuffled blocks. */
-function fillCache(c: GpuContext, ctx: number, kvHeads: number, headDim: number, seed: number): Cache {
+/**
+ * K/V of `ctx` tokens (k in [-2, 2), v in [-1, 1)) written through kv_write into shuffled blocks of
+ * a `dtype` cache.
+ */
+function fillCache(
+  c: GpuContext,
+  ctx: number,
+  kvHeads: number,
+  headDim: number,
+  seed: number,
+  dtype: KvDtype = 'f32',
+): Cache {
   const kvDim = kvHeads * headDim;
   const blocks = Math.ceil(ctx / BLOCK);
   const table = shuffledBlocks(blocks, seed);
   const k = randomF32(ctx * kvDim, seed, 2);
   const v = randomF32(ctx * kvDim, seed + 1);
-  const kCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
-  const vCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
+  const kCache = kvBuffer(c, blocks * kvDim * BLOCK, dtype);
+  const vCache = kvBuffer(c, blocks * kvDim * BLOCK, dtype);
   const slots = Array.from(
     { length: ctx },
     (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
@@ -58,9 +75,21 @@ function fillCache(c: GpuContext, ctx: number, kvHeads: number, headDim: number,
       m: ctx,
       kvHeads,
       headDim,
+      kvDtype: dtype,
     }),
   );
-  return { ctx, kvHeads, headDim, k, v, kCache, vCache, blockTable: upload(c, Uint32Array.from(table)) };
+  return {
+    ctx,
+    kvHeads,
+    headDim,
+    // kv_write rounds once to nearest-even f16 (attention.test.ts checks it bit for bit).
+    k: kvRounded(k, dtype),
+    v: kvRounded(v, dtype),
+    dtype,
+    kCache,
+    vCache,
+    blockTable: upload(c, Uint32Array.from(table)),
+  };
 }
 
 interface Call {
@@ -82,7 +111,7 @@ async function decode(
   kv: Cache,
   call: Call,
   cuts: number[] = [],
-): Promise<{ outs: Float32Array[]; flags: Uint32Array[]; dispatches: number }> {
+): Promise<{ outs: Float32Array[]; flags: Uint32Array[]; dispatches: number; labels: string[] }> {
   const m = call.positions.length;
   const scratch = new AttentionDecodeScratch(c, {
     rows: m,
@@ -110,6 +139,7 @@ async function decode(
     variant: call.variant,
     ...(call.phi === undefined ? {} : { phi: call.phi }),
     scratch,
+    kvDtype: kv.dtype,
   });
   const outs: Float32Array[] = [];
   const flags: Uint32Array[] = [];
@@ -122,7 +152,7 @@ async function decode(
   }
   b.destroy();
   scratch.destroy();
-  return { outs, flags, dispatches: ds.length };
+  return { outs, flags, dispatches: ds.length, labels: ds.map((d) => d.label) };
 }
 
 function reference(kv: Cache, call: Call): Float64Array {
@@ -357,6 +387,71 @@ describe('attention_decode (split-K) vs attentionRef', () => {
     await expect(
       decode(c, kv, { heads: 1, positions: [0], q, variant: 'async_softmax', chunk: 16, maxContext: 16 }),
     ).rejects.toThrow(/phi/);
+  });
+});
+
+describe('attention_decode over an f16 KV cache vs attentionRef of the f16-rounded K/V', () => {
+  // ctx 1, 7, 129, 4097 (ragged blocks, several tiles), GQA 1/3/4/8 (3: a zero-padded head block),
+  // head dims 64 to 256, splits past the end. The reference is computed from the very K/V values
+  // the cache holds (each rounded once to f16 by kv_write), so what is left is the kernels' f32
+  // arithmetic, the same as over an f32 cache: ATOL above (its score bound scales with
+  // √headDim, ~1.5e-6 at head_dim 256, still well inside 2e-5).
+  const cases = [
+    { ctx: 1, heads: 4, kvHeads: 4, headDim: 64, chunk: 64, maxContext: 200 },
+    { ctx: 7, heads: 8, kvHeads: 2, headDim: 128, chunk: 16, maxContext: 64 },
+    { ctx: 129, heads: 6, kvHeads: 2, headDim: 64, chunk: 48, maxContext: 300 },
+    { ctx: 129, heads: 4, kvHeads: 1, headDim: 256, chunk: 64, maxContext: 129 },
+    { ctx: 4097, heads: 8, kvHeads: 1, headDim: 64, chunk: 512, maxContext: 4200 },
+  ];
+  for (const { ctx, heads, kvHeads, headDim, chunk, maxContext } of cases) {
+    test(`ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim} chunk=${chunk} max=${maxContext}`, async () => {
+      const c = await testGpu();
+      if (!c.adapter.shaderF16) return;
+      const kv = fillCache(c, ctx, kvHeads, headDim, ctx + headDim + 5, 'f16');
+      const positions = [...new Set([ctx - 1, Math.floor(ctx / 2)])];
+      const q = randomF32(positions.length * heads * headDim, ctx + 9, 3);
+      const base = { heads, positions, q, chunk, maxContext };
+      const want = reference(kv, { ...base, variant: 'two_pass' });
+      const exact = await decode(c, kv, { ...base, variant: 'two_pass' });
+      expect(exact.labels).toEqual(['attention_decode_two_pass_kvf16', 'attention_merge_two_pass']);
+      expectClose(exact.outs[0] as Float32Array, want, { atol: ATOL });
+      const asy = await decode(c, kv, { ...base, variant: 'async_softmax', phi: 0 }, [2]);
+      expect(asy.labels).toEqual(attentionDecodeLabels('async_softmax', 'f16'));
+      expect([...(asy.flags[0] as Uint32Array)]).toEqual(positions.map(() => 0));
+      expectClose(asy.outs[0] as Float32Array, want, { atol: ATOL });
+      expect(asy.outs[1]).toEqual(asy.outs[0]);
+    });
+  }
+
+  test('the exact fallback of the async chain reads the f16 cache too', async () => {
+    const c = await testGpu();
+    if (!c.adapter.shaderF16) return;
+    const kv = fillCache(c, 300, 2, 64, 43, 'f16');
+    const positions = [299, 20, 150];
+    const q = randomF32(positions.length * 4 * 64, 44, 3);
+    // x - phi ≈ 100 > 60: every row is flagged and recomputed by the exact pass.
+    const call: Call = {
+      heads: 4,
+      positions,
+      q,
+      variant: 'async_softmax',
+      chunk: 64,
+      maxContext: 320,
+      phi: -100,
+    };
+    const r = await decode(c, kv, call, [1]);
+    expect([...(r.flags[0] as Uint32Array)]).toEqual([1, 1, 1]);
+    expectClose(r.outs[1] as Float32Array, reference(kv, call), { atol: ATOL });
+  });
+
+  test('labels: pass 1 reads the cache and gets _kvf16; the merges read only partials', () => {
+    expect(attentionDecodeLabels('two_pass', 'f32')).toEqual([...ATTENTION_DECODE_LABELS.two_pass]);
+    expect(attentionDecodeLabels('async_softmax', 'f16')).toEqual([
+      'attention_decode_async_softmax_kvf16',
+      'attention_merge_async_softmax',
+      'attention_decode_async_softmax_fallback_kvf16',
+      'attention_merge_async_softmax_fallback',
+    ]);
   });
 });
 

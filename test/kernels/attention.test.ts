@@ -1,15 +1,45 @@
-import { describe, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
+import type { GpuContext } from '../../src/gpu/device.js';
 import { attention } from '../../src/kernels/attention.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
+import type { KvDtype } from '../../src/kernels/kv-dtype.js';
 import { kvWrite } from '../../src/kernels/kv-write.js';
 import { ropeKvWrite } from '../../src/kernels/rope-kv-write.js';
 import { rope } from '../../src/kernels/rope.js';
 import { ropeInvFreq, ropeRef, ropeTable } from '../../src/kernels/rope.ref.js';
-import { expectClose, randomF32, readF32, shuffledBlocks, run, testGpu, upload } from '../helpers/gpu.js';
+import {
+  expectClose,
+  kvBuffer,
+  kvRounded,
+  randomF32,
+  readF32,
+  readKv,
+  shuffledBlocks,
+  run,
+  testGpu,
+  upload,
+} from '../helpers/gpu.js';
 
 const BLOCK = 16;
 
-describe('kv_write + attention over a paged cache', () => {
+/** Whether this adapter can run `dtype` KV kernels (f16 needs shader-f16; lavapipe has it). */
+function supported(c: GpuContext, dtype: KvDtype): boolean {
+  return dtype === 'f32' || c.adapter.shaderF16;
+}
+
+/** The [tokens, kvHeads·headDim] rows of `slots` gathered back out of a paged cache read as f32. */
+function gather(cache: Float32Array, slots: readonly number[], kvHeads: number, headDim: number): number[] {
+  const rows: number[] = [];
+  for (const slot of slots) {
+    for (let h = 0; h < kvHeads; h++) {
+      const at = ((Math.floor(slot / BLOCK) * kvHeads + h) * BLOCK + (slot % BLOCK)) * headDim;
+      rows.push(...cache.subarray(at, at + headDim));
+    }
+  }
+  return rows;
+}
+
+describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
   // Context lengths 1, 7, 129, 4097 (ragged last blocks and tiles), GQA ratios 1, 2, 4, head dims
   // up to the kernel's 256. Query rows: the last position (decode) plus a few earlier ones (prefill).
   const cases = [
@@ -18,22 +48,24 @@ describe('kv_write + attention over a paged cache', () => {
     { ctx: 129, heads: 4, kvHeads: 2, headDim: 256 },
     { ctx: 4097, heads: 2, kvHeads: 1, headDim: 16 },
   ];
-  for (const { ctx, heads, kvHeads, headDim } of cases) {
-    test(`ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
+  const runs = (['f32', 'f16'] as const).flatMap((kvDtype) => cases.map((x) => ({ ...x, kvDtype })));
+  for (const { ctx, heads, kvHeads, headDim, kvDtype } of runs) {
+    test(`${kvDtype} KV ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
       const c = await testGpu();
+      if (!supported(c, kvDtype)) return;
       const kvDim = kvHeads * headDim;
       const blocks = Math.ceil(ctx / BLOCK);
       const table = shuffledBlocks(blocks, ctx);
       const k = randomF32(ctx * kvDim, ctx, 2);
       const v = randomF32(ctx * kvDim, ctx + 1);
-      const kCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
-      const vCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
+      const kCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
+      const vCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
       const slots = Array.from(
         { length: ctx },
         (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
       );
-      run(c, (b) =>
-        kvWrite(b, {
+      run(c, (b) => {
+        const d = kvWrite(b, {
           slots: upload(c, Uint32Array.from(slots)),
           k: upload(c, k),
           v: upload(c, v),
@@ -42,15 +74,25 @@ describe('kv_write + attention over a paged cache', () => {
           m: ctx,
           kvHeads,
           headDim,
-        }),
-      );
+          kvDtype,
+        });
+        expect(d.label).toBe(kvDtype === 'f16' ? 'kv_write_kvf16' : 'kv_write');
+        return d;
+      });
+      // The cache holds every value rounded once to the nearest (even) f16, or as is in f32: bit
+      // for bit what the reference below is computed from.
+      const kSeen = kvRounded(k, kvDtype);
+      const vSeen = kvRounded(v, kvDtype);
+      const elems = blocks * kvDim * BLOCK;
+      expect(gather(await readKv(c, kCache, elems, kvDtype), slots, kvHeads, headDim)).toEqual([...kSeen]);
+      expect(gather(await readKv(c, vCache, elems, kvDtype), slots, kvHeads, headDim)).toEqual([...vSeen]);
       const positions = [...new Set([ctx - 1, 0, Math.floor(ctx / 2), Math.max(0, ctx - 2)])];
       const q = randomF32(positions.length * heads * headDim, ctx + 2, 3);
       const rowInfo = Uint32Array.from(positions.flatMap((p) => [p, 0]));
       const out = upload(c, new Float32Array(q.length));
       const scale = 1 / Math.sqrt(headDim);
-      run(c, (b) =>
-        attention(b, {
+      run(c, (b) => {
+        const d = attention(b, {
           rowInfo: upload(c, rowInfo),
           blockTable: upload(c, Uint32Array.from(table)),
           q: upload(c, q),
@@ -62,15 +104,20 @@ describe('kv_write + attention over a paged cache', () => {
           kvHeads,
           headDim,
           scale,
-        }),
-      );
-      // f32 scores (headDim products), exp within a few ulp, and a running sum rescaled once per
-      // 64-key tile: the relative error of the weights is ≲ (headDim + ctx/64 + 70)·2⁻²⁴, and the
-      // output is a convex combination of values in [-1, 1].
+          kvDtype,
+        });
+        expect(d.label).toBe(kvDtype === 'f16' ? 'attention_kvf16' : 'attention');
+        return d;
+      });
+      // The reference takes the K/V the cache holds (f16-rounded for an f16 cache), so the only
+      // difference left is the kernel's f32 arithmetic, the same for both cache types: f32 scores
+      // (headDim products), exp within a few ulp, and a running sum rescaled once per 64-key tile:
+      // the relative error of the weights is ≲ (headDim + ctx/64 + 70)·2⁻²⁴, and the output is a
+      // convex combination of values in [-1, 1].
       const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8;
       expectClose(
         await readF32(c, out, q.length),
-        attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale),
+        attentionRef(q, kSeen, vSeen, positions, heads, kvHeads, headDim, scale),
         {
           atol,
         },
@@ -174,14 +221,19 @@ describe('rope (rotate-half, float64 cos/sin table)', () => {
 
 describe('rope_kv_write (RoPE on q and k + the paged KV write, fused after the qkv projection)', () => {
   // Rows at awkward positions (a prefill chunk crossing block boundaries plus a far one), GQA, and
-  // head dims 2, 8, 128; the cache blocks follow a shuffled table.
-  for (const [heads, kvHeads, headDim] of [
-    [1, 1, 2],
-    [4, 2, 8],
-    [3, 1, 128],
+  // head dims 2, 8, 128, 256; the cache blocks follow a shuffled table; f32 and f16 caches.
+  for (const [heads, kvHeads, headDim, kvDtype] of [
+    [1, 1, 2, 'f32'],
+    [4, 2, 8, 'f32'],
+    [3, 1, 128, 'f32'],
+    [1, 1, 2, 'f16'],
+    [4, 2, 8, 'f16'],
+    [3, 1, 128, 'f16'],
+    [2, 1, 256, 'f16'],
   ] as const) {
-    test(`heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
+    test(`${kvDtype} KV heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
       const c = await testGpu();
+      if (!supported(c, kvDtype)) return;
       const positions = [0, 1, 7, 15, 16, 17, 129, 4097];
       const m = positions.length;
       const qDim = heads * headDim;
@@ -191,11 +243,11 @@ describe('rope_kv_write (RoPE on q and k + the paged KV write, fused after the q
       const table = shuffledBlocks(blocks, headDim);
       const slots = positions.map((p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK));
       const inv = ropeInvFreq(headDim, 10000, { type: 'none' });
-      const kCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
-      const vCache = upload(c, new Float32Array(blocks * kvDim * BLOCK));
+      const kCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
+      const vCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
       const q = upload(c, new Float32Array(m * qDim));
-      run(c, (b) =>
-        ropeKvWrite(b, {
+      run(c, (b) => {
+        const d = ropeKvWrite(b, {
           rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
           slots: upload(c, Uint32Array.from(slots)),
           table: upload(c, ropeTable(inv, 4098)),
@@ -207,8 +259,11 @@ describe('rope_kv_write (RoPE on q and k + the paged KV write, fused after the q
           heads,
           kvHeads,
           headDim,
-        }),
-      );
+          kvDtype,
+        });
+        expect(d.label).toBe(kvDtype === 'f16' ? 'rope_kv_write_kvf16' : 'rope_kv_write');
+        return d;
+      });
       const part = (from: number, width: number) =>
         Float64Array.from(
           positions.flatMap((_, r) =>
@@ -221,19 +276,19 @@ describe('rope_kv_write (RoPE on q and k + the paged KV write, fused after the q
       // As rope: f64 cos/sin rounded to f32, two products and a sum (≤ 4 ulp of 1); v is copied.
       const tol = { atol: 4 * 2 ** -24 * 2 };
       expectClose(await readF32(c, q, m * qDim), wantQ, tol);
-      const kc = await readF32(c, kCache, blocks * kvDim * BLOCK);
-      const vc = await readF32(c, vCache, blocks * kvDim * BLOCK);
-      const gotK: number[] = [];
-      const gotV: number[] = [];
-      slots.forEach((slot) => {
-        for (let h = 0; h < kvHeads; h++) {
-          const at = ((Math.floor(slot / BLOCK) * kvHeads + h) * BLOCK + (slot % BLOCK)) * headDim;
-          gotK.push(...kc.subarray(at, at + headDim));
-          gotV.push(...vc.subarray(at, at + headDim));
-        }
-      });
-      expectClose(gotK, wantK, tol);
-      expectClose(gotV, wantV, { atol: 0 });
+      const kc = await readKv(c, kCache, blocks * kvDim * BLOCK, kvDtype);
+      const vc = await readKv(c, vCache, blocks * kvDim * BLOCK, kvDtype);
+      const gotK = gather(kc, slots, kvHeads, headDim);
+      const gotV = gather(vc, slots, kvHeads, headDim);
+      // An f16 cache then rounds the f32 result once to nearest: at most half an f16 ulp, 2⁻¹¹
+      // relative (normal values) or 2⁻²⁵ absolute (subnormal ones), on top of the f32 error.
+      expectClose(gotK, wantK, kvDtype === 'f16' ? { atol: tol.atol + 2 ** -25, rtol: 2 ** -11 } : tol);
+      if (kvDtype === 'f16') {
+        // Never more than that: K is within one f16 step of the f16 rounding of the f64 RoPE.
+        expectClose(gotK, kvRounded(Float32Array.from(wantK), 'f16'), { atol: 2 ** -24, rtol: 2 ** -10 });
+      }
+      // v is copied, rounded as kv_write rounds it.
+      expect(gotV).toEqual([...kvRounded(Float32Array.from(wantV), kvDtype)]);
     });
   }
 });

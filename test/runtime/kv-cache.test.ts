@@ -44,6 +44,30 @@ describe('sizes', () => {
     expect(kvCacheBytes(s, 0)).toBe(0);
   });
 
+  test('an f16 cache takes half the bytes: 2 per element', () => {
+    const s = spec({ kvHeads: 2, headDim: 16, layers: 3 });
+    expect(kvBlockBytes(s, 'f16')).toBe(2 * 16 * 16 * 2);
+    expect(kvBlockBytes(s, 'f32')).toBe(kvBlockBytes(s));
+    expect(kvCacheBytes(s, 17, 'f16')).toBe(2 * kvBlockBytes(s, 'f16') * 2 * 3);
+    expect(kvCacheBytes(s, 17, 'f16') * 2).toBe(kvCacheBytes(s, 17));
+  });
+
+  test('create allocates buffers of the dtype it is given (f32 by default)', async () => {
+    const ctx = await testGpu();
+    const s = spec({ layers: 2 });
+    expect((await cache(3, s)).dtype).toBe('f32');
+    if (!ctx.adapter.shaderF16) {
+      await expect(PagedKvCache.create(ctx, s, 3, 'f16')).rejects.toThrow(/shader-f16/);
+      return;
+    }
+    const before = ctx.allocatedBytes;
+    const c = await PagedKvCache.create(ctx, s, 3, 'f16');
+    caches.push(c);
+    expect(c.dtype).toBe('f16');
+    for (const b of [...c.k, ...c.v]) expect(b.size).toBe(3 * kvBlockBytes(s, 'f16'));
+    expect(ctx.allocatedBytes - before).toBe(kvCacheBytes(s, 3 * BLOCK_TOKENS, 'f16'));
+  });
+
   test('create allocates one K and one V buffer of numBlocks blocks per layer', async () => {
     const s = spec({ layers: 3 });
     const c = await cache(5, s);

@@ -36,6 +36,12 @@ import { expectClose, testGpu } from '../helpers/gpu.js';
  * logits by ≥ 1e-2).
  */
 const LOGIT_ATOL = 1e-4;
+/**
+ * The engines here keep an f32 KV cache: the bound above is for f32 arithmetic only, and an f16
+ * cache (the default where the adapter has shader-f16) rounds K and V to 11 bits. The f16 cache is
+ * compared with a reference rounded the same way in kv-f16.test.ts.
+ */
+const F32_KV = { kvCache: 'f32' } as const;
 /** A reference step whose top-two logits are closer than this may legitimately flip on the GPU. */
 const TIE_MARGIN = 2 * LOGIT_ATOL;
 const GREEDY_STEPS = 16;
@@ -247,7 +253,7 @@ describe('small checkpoints of each supported kind match the float64 reference',
   test.each(cases)('$name', async ({ opts, check }) => {
     const m = await writeModel(opts);
     check?.(m);
-    const engine = await createEngine({ model: m.dir });
+    const engine = await createEngine({ model: m.dir, ...F32_KV });
     try {
       const prompt = makePrompt(20);
       expectLogitsMatch(await engine.logits(prompt), m.ref.forward(prompt));
@@ -312,8 +318,8 @@ describe('chunked prefill', () => {
   test('a 30-token prompt in chunks of 8 gives the logits and greedy ids of one pass', async () => {
     const m = await writeModel({ heads: 8, kvHeads: 2, seed: 141 });
     const prompt = makePrompt(30, 3);
-    const whole = await createEngine({ model: m.dir });
-    const chunked = await createEngine({ model: m.dir, prefillChunkTokens: 8 });
+    const whole = await createEngine({ model: m.dir, ...F32_KV });
+    const chunked = await createEngine({ model: m.dir, prefillChunkTokens: 8, ...F32_KV });
     try {
       const want = m.ref.forward(prompt);
       const a = await whole.logits(prompt);
@@ -357,7 +363,7 @@ describe('weights split across buffers', () => {
     // of 64 rows; gate/up fused (96 units, 2 KiB tile pairs of 4 KiB) in three parts of 32 units;
     // down (64 × 96, 3 KiB tiles) in parts of 40 rows; q/k/v stacked by rows, split likewise.
     expect(m.spec.vocabSize * m.spec.hiddenSize * 4).toBe(2 * limit);
-    const engine = await createEngine({ model: m.dir, device, contextLength: 64 });
+    const engine = await createEngine({ model: m.dir, device, contextLength: 64, ...F32_KV });
     try {
       const w = (engine as unknown as { weights: ModelWeights }).weights;
       const layer = w.layers[0] as ModelWeights['layers'][number];

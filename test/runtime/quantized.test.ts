@@ -119,7 +119,9 @@ async function engineLogits(
   dir: string,
   opts: Parameters<typeof createEngine>[0] extends infer O ? Partial<O> : never,
 ) {
-  const engine = await createEngine({ model: dir, ...opts });
+  // An f32 KV cache: the 1e-4 budget is for f32 arithmetic (an f16 cache, the default with
+  // shader-f16, rounds K/V to 11 bits; see kv-f16.test.ts).
+  const engine = await createEngine({ model: dir, kvCache: 'f32', ...opts });
   try {
     return { logits: await engine.logits(PROMPT), format: engine.weightFormat };
   } finally {
