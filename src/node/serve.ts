@@ -357,13 +357,14 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   );
 
   app.get('/health', async () => ({ status: 'ok', model: modelId }));
+  const started = Math.floor(Date.now() / 1000);
   app.get('/v1/models', async () => ({
     object: 'list',
     data: [
       {
         id: modelId,
         object: 'model',
-        created: Math.floor(engine.loadMs > 0 ? Date.now() / 1000 : 0),
+        created: started,
         owned_by: 'kiln',
       },
     ],
