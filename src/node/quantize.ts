@@ -189,13 +189,14 @@ async function calibrate(
     } else {
       const per = Math.min(Math.ceil(want / SELF_SEQUENCES), engine.contextLength - 1);
       log(`sampling ${SELF_SEQUENCES} x ${per} calibration tokens from the model`);
-      for (let s = 0; s < SELF_SEQUENCES; s++) {
-        const bos = spec.bosTokenId === null ? [] : [spec.bosTokenId];
-        const r = await engine
-          .generate(bos, { maxTokens: per, temperature: 1, seed: 1000 + s, ignoreEos: true })
-          .result();
-        sequences.push([...r.promptTokenIds, ...r.tokenIds]);
-      }
+      const bos = spec.bosTokenId === null ? [] : [spec.bosTokenId];
+      // Sampled together: the engine batches them into the same decode steps.
+      const runs = await Promise.all(
+        Array.from({ length: SELF_SEQUENCES }, (_, s) =>
+          engine.generate(bos, { maxTokens: per, temperature: 1, seed: 1000 + s, ignoreEos: true }).result(),
+        ),
+      );
+      for (const r of runs) sequences.push([...r.promptTokenIds, ...r.tokenIds]);
     }
     const stats = new Map<string, InputStats>();
     let tokens = 0;
