@@ -215,6 +215,23 @@ export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
     : matmulFlat(b, a, xFormat);
 }
 
+/**
+ * The uniform both matmul kernels read (struct Params in shaders/matmul.wgsl and
+ * matmul_gemm.wgsl): shapes, this part's rows, the grid width that linearizes workgroup ids, flags.
+ */
+function partParams(a: MatmulArgs, part: GpuWeight['parts'][number], grid: number): ArrayBuffer {
+  return packParams([
+    ['u32', a.m],
+    ['u32', a.weight.cols],
+    ['u32', wordsPerRow(a.weight.cols, a.weight.format)],
+    ['u32', part.rows],
+    ['u32', a.weight.rows],
+    ['u32', part.rowStart],
+    ['u32', grid],
+    ['u32', (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0)],
+  ]);
+}
+
 function matmulGemm(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat): Dispatch[] {
   const swiglu = a.weight.fused === 'swiglu';
   const tm = a.variant?.tm ?? pickGemmRowsOfX(a.m);
@@ -226,22 +243,11 @@ function matmulGemm(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat
     throw new RangeError(`matmul GEMM: tile ${tm}x${tn} (rows of X 4, 8, 16; rows per thread 2, 4, 8)`);
   const variant = gemmVariantName(a.weight, tm, tn, xFormat);
   if (mTiles > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
-  const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
-  const kw = wordsPerRow(a.weight.cols, a.weight.format);
   const perThread = swiglu ? tn / 2 : tn;
   return a.weight.parts.map((part) => {
     const groups = Math.ceil(part.rows / (WG * perThread));
     const gridY = Math.min(groups, MAX_GRID);
-    const params = packParams([
-      ['u32', a.m],
-      ['u32', a.weight.cols],
-      ['u32', kw],
-      ['u32', part.rows],
-      ['u32', a.weight.rows],
-      ['u32', part.rowStart],
-      ['u32', gridY],
-      ['u32', flags],
-    ]);
+    const params = partParams(a, part, gridY);
     return b.make(
       variant,
       () => gemmSource(a.weight, tm, tn, xFormat),
@@ -263,23 +269,12 @@ function matmulFlat(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat
   const variant = matmulVariantName(a.weight, mt, r, xv, xFormat);
   const zGroups = Math.ceil(a.m / mt);
   if (zGroups > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
-  const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
-  const kw = wordsPerRow(a.weight.cols, a.weight.format);
   const perThread = swiglu ? r / 2 : r;
   const constants = { MT: mt, R: r, XV: xv, SWIGLU: swiglu ? 1 : 0 };
   return a.weight.parts.map((part) => {
     const groups = Math.ceil(part.rows / (WG * perThread));
     const gridX = Math.min(groups, MAX_GRID);
-    const params = packParams([
-      ['u32', a.m],
-      ['u32', a.weight.cols],
-      ['u32', kw],
-      ['u32', part.rows],
-      ['u32', a.weight.rows],
-      ['u32', part.rowStart],
-      ['u32', gridX],
-      ['u32', flags],
-    ]);
+    const params = partParams(a, part, gridX);
     return b.make(
       variant,
       () =>

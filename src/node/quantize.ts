@@ -25,12 +25,11 @@ import {
   q4TensorSpecs,
   type QuantMethod,
 } from '../quant/kiln-format.js';
-import { packQ4, quantizeRtn, type PackedQ4, type Q4Format, type Q4Matrix } from '../quant/q4.js';
+import { packQ4, quantizeRtn, stackQ4, type PackedQ4, type Q4Format, type Q4Matrix } from '../quant/q4.js';
 import type { Engine } from '../runtime/engine.js';
 import type { LinearInputName } from '../runtime/forward.js';
 import { EMBED_TOKENS, LM_HEAD, layerTensorNames, type ModelSpec } from '../runtime/model-spec.js';
 import { expectedTensors, validateCheckpoint } from '../runtime/weights.js';
-import { stackQ4 } from '../runtime/weights-q4.js';
 import { createEngine } from './index.js';
 import { openLocalModelDir } from './fs-model-dir.js';
 import { writeSafetensorsFile } from './safetensors-file.js';

@@ -8,6 +8,7 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { InvalidRequestError, KilnError } from '../errors.js';
 import type { ChatMessage } from '../io/tokenizer.js';
+import { usage } from '../runtime/chat.js';
 import type { Engine } from '../runtime/engine.js';
 import type { FinishReason, GenerateOptions } from '../runtime/generation.js';
 
@@ -622,8 +623,4 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       }
     },
   };
-}
-
-function usage(prompt: number, completion: number) {
-  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
 }

@@ -213,6 +213,53 @@ export function sliceQ4Rows(q: Q4Matrix, start: number, count: number): Q4Matrix
   };
 }
 
+/** Row-concatenation of quantized matrices sharing a format and K (q/k/v, gate/up stacking). */
+export function stackQ4(list: readonly Q4Matrix[]): Q4Matrix {
+  const first = list[0];
+  if (!first) throw new RangeError('stackQ4: nothing to stack');
+  if (list.length === 1) return first;
+  for (const q of list) {
+    const f = q.format;
+    if (
+      q.cols !== first.cols ||
+      f.groupSize !== first.format.groupSize ||
+      f.symmetric !== first.format.symmetric ||
+      f.scaleType !== first.format.scaleType
+    ) {
+      throw new UnsupportedModelError(
+        'int4 projections fused into one matmul must share K and the quantization format',
+      );
+    }
+  }
+  const rows = list.reduce((a, q) => a + q.rows, 0);
+  const cat = <T extends Uint8Array | Float32Array>(make: (n: number) => T, pick: (q: Q4Matrix) => T): T => {
+    const out = make(list.reduce((a, q) => a + pick(q).length, 0));
+    let at = 0;
+    for (const q of list) {
+      out.set(pick(q), at);
+      at += pick(q).length;
+    }
+    return out;
+  };
+  return {
+    rows,
+    cols: first.cols,
+    format: first.format,
+    codes: cat(
+      (n) => new Uint8Array(n),
+      (q) => q.codes,
+    ),
+    scales: cat(
+      (n) => new Float32Array(n),
+      (q) => q.scales,
+    ),
+    zeros: cat(
+      (n) => new Uint8Array(n),
+      (q) => q.zeros,
+    ),
+  };
+}
+
 /**
  * Index (in 16-byte words) of word `i` (k = 32i..32i+31) of row `n`: rows are tiled by 8 and the 8
  * rows of a tile are interleaved word by word, so the 8 SIMD lanes that own 8 consecutive rows read

@@ -120,6 +120,7 @@ export class ChatCompletions {
   }
 }
 
-function usage(prompt: number, completion: number): ChatCompletionUsage {
+/** OpenAI's usage block. */
+export function usage(prompt: number, completion: number): ChatCompletionUsage {
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
 }

@@ -23,17 +23,10 @@ import { fusedProjectionNames, LM_HEAD_PREFIX, q4TensorSpecs } from '../quant/ki
 import { awqToQ4 } from '../quant/awq.js';
 import { gptqToQ4 } from '../quant/gptq.js';
 import type { ImportedQ4, ImportedQuantConfig } from '../quant/import-config.js';
-import type { Q4Format } from '../quant/q4.js';
+import { stackQ4, type Q4Format } from '../quant/q4.js';
 import { quantizeOnGpu } from '../quant/quantize-gpu.js';
 import { EMBED_TOKENS, FINAL_NORM, LM_HEAD, layerTensorNames, type ModelSpec } from './model-spec.js';
-import {
-  checkQ4Tensor,
-  freeQ4Weight,
-  q4MatrixBytes,
-  stackQ4,
-  uploadKilnQ4,
-  uploadQ4Matrix,
-} from './weights-q4.js';
+import { checkQ4Tensor, freeQ4Weight, q4MatrixBytes, uploadKilnQ4, uploadQ4Matrix } from './weights-q4.js';
 
 /**
  * How the projection matrices reach the GPU:
