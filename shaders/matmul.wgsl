@@ -78,15 +78,6 @@ fn stage(t: u32, m0: u32, c: u32, half: u32) {
   }
 }
 
-// Storage row of thread-row r: plain rows n + 64r, or (SWIGLU) gate/up rows of unit u.
-fn weight_row(first: u32, r: u32) -> u32 {
-  if (SWIGLU) {
-    let u = first + WG * (r / 2u);
-    return (u >> 3u) * 16u + (u & 7u) + 8u * (r & 1u);
-  }
-  return first + WG * r;
-}
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let group = wid.y * p.grid_x + wid.x;
@@ -132,26 +123,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       if (row >= p.m) {
         continue;
       }
-      let idx = row * p.n_total + col;
-      var v: f32;
       if (SWIGLU) {
-        var g = acc[(2u * r) * MT + mm];
-        var u = acc[(2u * r + 1u) * MT + mm];
-        if ((p.flags & 1u) != 0u) {
-          g += bias[col];
-          u += bias[p.n_total + col];
-        }
-        v = g / (1.0 + exp(-g)) * u;
+        store_y(row, col, acc[(2u * r) * MT + mm], acc[(2u * r + 1u) * MT + mm]);
       } else {
-        v = acc[r * MT + mm];
-        if ((p.flags & 1u) != 0u) {
-          v += bias[col];
-        }
+        store_y(row, col, acc[r * MT + mm], 0.0);
       }
-      if ((p.flags & 2u) != 0u) {
-        v += y[idx];
-      }
-      y[idx] = v;
     }
   }
 }

@@ -103,15 +103,6 @@ fn broadcast8(v: f32) -> array<f32, 8> {
   );
 }
 
-// Storage row of thread-row r: plain rows n + 64r, or (SWIGLU) gate/up rows of unit u.
-fn weight_row(first: u32, r: u32) -> u32 {
-  if (SWIGLU) {
-    let u = first + WG * (r / 2u);
-    return (u >> 3u) * 16u + (u & 7u) + 8u * (r & 1u);
-  }
-  return first + WG * r;
-}
-
 @compute @workgroup_size(64)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
@@ -178,26 +169,11 @@ fn main(
       if (row >= p.m) {
         continue;
       }
-      let idx = row * p.n_total + col;
-      var v: f32;
       if (SWIGLU) {
-        var g = acc[2u * r][mm];
-        var u = acc[2u * r + 1u][mm];
-        if ((p.flags & 1u) != 0u) {
-          g += bias[col];
-          u += bias[p.n_total + col];
-        }
-        v = g / (1.0 + exp(-g)) * u;
+        store_y(row, col, acc[2u * r][mm], acc[2u * r + 1u][mm]);
       } else {
-        v = acc[r][mm];
-        if ((p.flags & 1u) != 0u) {
-          v += bias[col];
-        }
+        store_y(row, col, acc[r][mm], 0.0);
       }
-      if ((p.flags & 2u) != 0u) {
-        v += y[idx];
-      }
-      y[idx] = v;
     }
   }
 }

@@ -5,6 +5,7 @@
  */
 export class PipelineCache {
   private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly pending = new Map<string, Promise<GPUComputePipeline>>();
 
   constructor(private readonly device: GPUDevice) {}
 
@@ -23,6 +24,43 @@ export class PipelineCache {
       compute: constants ? { module, entryPoint: 'main', constants } : { module, entryPoint: 'main' },
     });
     this.pipelines.set(variant, p);
+    return p;
+  }
+
+  /**
+   * Like `get`, but compiled with createComputePipelineAsync, so the compile runs beside the queue
+   * instead of blocking the caller (the tuner compiles its candidates this way while inference
+   * goes on). A shader the device rejects rejects the promise (and is not cached).
+   */
+  async getAsync(
+    variant: string,
+    code: () => string,
+    constants?: Record<string, number>,
+  ): Promise<GPUComputePipeline> {
+    const ready = this.pipelines.get(variant);
+    if (ready) return ready;
+    let p = this.pending.get(variant);
+    if (!p) {
+      const module = this.device.createShaderModule({ label: variant, code: code() });
+      p = this.device
+        .createComputePipelineAsync({
+          label: variant,
+          layout: 'auto',
+          compute: constants ? { module, entryPoint: 'main', constants } : { module, entryPoint: 'main' },
+        })
+        .then(
+          (pipeline) => {
+            this.pipelines.set(variant, pipeline);
+            this.pending.delete(variant);
+            return pipeline;
+          },
+          (e: unknown) => {
+            this.pending.delete(variant);
+            throw e;
+          },
+        );
+      this.pending.set(variant, p);
+    }
     return p;
   }
 

@@ -76,6 +76,50 @@ export class DispatchBuilder {
   }
 }
 
+/**
+ * Records `record`'s dispatches after compiling every pipeline they use asynchronously (see
+ * PipelineCache.getAsync): a first pass only collects the variants, the second records for real
+ * from the filled cache. Errors from the record function (an invalid variant) propagate.
+ */
+export async function recordAsync(
+  ctx: GpuContext,
+  record: (b: DispatchBuilder) => Dispatch[],
+): Promise<{ builder: DispatchBuilder; dispatches: Dispatch[] }> {
+  const collector = new CompileCollector(ctx);
+  record(collector);
+  await Promise.all(collector.compiles);
+  const builder = new DispatchBuilder(ctx);
+  try {
+    return { builder, dispatches: record(builder) };
+  } catch (e) {
+    builder.destroy();
+    throw e;
+  }
+}
+
+/** A builder whose `make` only starts the pipeline's compile; its dispatches are never encoded. */
+class CompileCollector extends DispatchBuilder {
+  readonly compiles: Promise<GPUComputePipeline>[] = [];
+
+  override make(
+    variant: string,
+    code: () => string,
+    _params: ArrayBuffer,
+    _buffers: readonly GPUBuffer[],
+    grid: readonly [number, number, number],
+    constants?: Record<string, number>,
+  ): Dispatch {
+    this.compiles.push(this.ctx.pipelines.getAsync(variant, code, constants));
+    // Discarded by recordAsync before anything could encode it.
+    return {
+      label: variant,
+      pipeline: null as unknown as GPUComputePipeline,
+      bindGroup: null as unknown as GPUBindGroup,
+      grid,
+    };
+  }
+}
+
 /** Records dispatches into one compute pass. */
 export function encodeDispatches(pass: GPUComputePassEncoder, dispatches: readonly Dispatch[]): void {
   for (const d of dispatches) {

@@ -8,6 +8,7 @@ import { linearGrid, packParams, shaderSource, type Dispatch, type DispatchBuild
 import { matmul } from './matmul.js';
 import { matmulQ4, type Q4GpuWeight } from './matmul-q4.js';
 import type { GpuWeight } from './weight.js';
+import type { KernelChoices } from '../tuner/choices.js';
 
 /** A projection matrix on the GPU: float (tiled) or int4. */
 export type MatrixWeight = GpuWeight | Q4GpuWeight;
@@ -49,6 +50,8 @@ export interface LinearArgs {
   /** Element type of x (float weights only; the int4 kernel reads f32). */
   xFormat?: ActivationFormat;
   scratch?: LinearScratch;
+  /** Tuned variants by shape class (the kernel's shape-based default where a class has none). */
+  choices?: KernelChoices | undefined;
 }
 
 /** Units (SwiGLU) or output rows of a projection. */
@@ -73,10 +76,12 @@ export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
       m: a.m,
       accumulate: a.accumulate,
       placeholder: a.placeholder,
+      variant: a.choices?.matmul(w, a.m, a.xFormat),
     });
   }
   if ((a.xFormat ?? 'f32') !== 'f32')
     throw new RangeError(`${w.name}: the int4 matmul reads f32 activations`);
+  const tuned = a.choices?.matmulQ4(w, a.m);
   const out: Dispatch[] = [];
   let x = a.x;
   if (a.lin.perm) {
@@ -95,6 +100,7 @@ export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
         m: a.m,
         accumulate: a.accumulate,
         placeholder: a.placeholder,
+        ...tuned,
       }),
     );
     return out;
@@ -103,7 +109,17 @@ export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
   const gateUp = a.scratch?.gateUp;
   if (!gateUp) throw new RangeError(`${w.name}: an int4 SwiGLU projection needs gate/up scratch`);
   if (w.rows % 2 !== 0) throw new RangeError(`${w.name}: ${w.rows} rows are not [gate; up]`);
-  out.push(...matmulQ4(b, { x, weight: w, bias: a.lin.bias, y: gateUp, m: a.m, placeholder: a.placeholder }));
+  out.push(
+    ...matmulQ4(b, {
+      x,
+      weight: w,
+      bias: a.lin.bias,
+      y: gateUp,
+      m: a.m,
+      placeholder: a.placeholder,
+      ...tuned,
+    }),
+  );
   out.push(swigluStacked(b, { gateUp, out: a.y, m: a.m, width: w.rows / 2 }));
   return out;
 }

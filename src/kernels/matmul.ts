@@ -199,7 +199,12 @@ function gemmSource(w: GpuWeight, tm: number, tn: number, xFormat: ActivationFor
   ];
   return hoistEnables([
     'enable subgroups;',
-    shaderSource('common/tiled', activationFragment(xFormat), weightFragment(w.format)),
+    shaderSource(
+      'common/tiled',
+      activationFragment(xFormat),
+      weightFragment(w.format),
+      'common/matmul_epilogue',
+    ),
     consts.join('\n'),
     shaderSource('matmul_gemm'),
   ]);
@@ -278,7 +283,13 @@ function matmulFlat(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat
     return b.make(
       variant,
       () =>
-        shaderSource('matmul', activationFragment(xFormat), weightFragment(a.weight.format), 'common/tiled'),
+        shaderSource(
+          'matmul',
+          activationFragment(xFormat),
+          weightFragment(a.weight.format),
+          'common/tiled',
+          'common/matmul_epilogue',
+        ),
       params,
       [part.buffer, a.x, a.y, a.bias ?? a.placeholder],
       [gridX, Math.ceil(groups / gridX), zGroups],

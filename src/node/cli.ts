@@ -22,9 +22,11 @@ import { evaluateText } from '../runtime/eval.js';
 import type { GenerateResult } from '../runtime/generation.js';
 import { benchDecode, readPromptsFile, runBatch } from './batch.js';
 import { startServer } from './serve.js';
+import { runTune } from './tune.js';
+import { FileTuneStore } from './tune-store.js';
 import { readFile } from 'node:fs/promises';
 
-const VERSION = '0.1.0';
+import { KILN_VERSION as VERSION } from '../version.js';
 
 function intArg(name: string, min: number) {
   return (v: string): number => {
@@ -56,6 +58,9 @@ interface ModelFlags {
   quantSym?: boolean;
   quantLmHead?: boolean;
   quiet?: boolean;
+  /** false with --no-tune */
+  tune: boolean;
+  tuneBudget: number;
 }
 
 interface SamplingFlags {
@@ -120,6 +125,13 @@ function addModelOptions(cmd: Command): Command {
     )
     .option('--quant-sym', 'symmetric int4 for --quant q4 (default: asymmetric zero points)')
     .option('--quant-lm-head', 'quantize the LM head too with --quant q4')
+    .option('--no-tune', 'do not tune kernels to this adapter (cached choices are not used either)')
+    .option(
+      '--tune-budget <s>',
+      'seconds of background kernel tuning at first use (choices cached per adapter)',
+      numArg('--tune-budget', (n) => n >= 0, 'a number of seconds >= 0'),
+      5,
+    )
     .option('-q, --quiet', 'no progress bar');
 }
 
@@ -177,12 +189,32 @@ async function loadEngine(o: ModelFlags): Promise<Engine> {
         ...(o.quantSym ? { symmetric: true } : {}),
         ...(o.quantLmHead ? { lmHead: true } : {}),
       },
+      tune: o.tune ? { budgetMs: o.tuneBudget * 1000, store: new FileTuneStore(), warn: tuneWarn } : false,
       pull: { onProgress: (p: PullProgress) => pullBar.update(p.bytes, p.total, p.file) },
       onProgress: (p: LoadProgress) => loadBar.update(p.loadedBytes, p.totalBytes, p.tensor),
     });
   } finally {
     pullBar.stop();
     loadBar.stop();
+  }
+}
+
+function tuneWarn(m: string): void {
+  process.stderr.write(`kiln: ${m}\n`);
+}
+
+async function cmdTune(o: ModelFlags & { budgetS: number; json?: boolean; retune?: boolean }): Promise<void> {
+  // The command tunes in the foreground; no background tuning besides it.
+  const engine = await loadEngine({ ...o, tune: false });
+  try {
+    await runTune(engine, {
+      budgetS: o.budgetS,
+      ...(o.json ? { json: true } : {}),
+      ...(o.retune ? { retune: true } : {}),
+      ...(o.quiet ? { quiet: true } : {}),
+    });
+  } finally {
+    engine.dispose();
   }
 }
 
@@ -580,6 +612,23 @@ export function buildProgram(): Command {
         );
       }
     });
+
+  addModelOptions(
+    program
+      .command('tune')
+      .description(
+        'tune the kernels of a model to this adapter (cached per adapter; later runs use the choices)',
+      ),
+  )
+    .option(
+      '--budget-s <s>',
+      'tuning budget in seconds',
+      numArg('--budget-s', (n) => n > 0, 'seconds > 0'),
+      60,
+    )
+    .option('--retune', 'ignore cached choices and tune every class again')
+    .option('--json', 'print {adapter, budget_s, elapsed_s, classes: [...]}')
+    .action((o: ModelFlags & { budgetS: number; json?: boolean; retune?: boolean }) => cmdTune(o));
 
   const bench = program.command('bench').description('benchmarks');
   bench

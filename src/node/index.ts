@@ -15,6 +15,7 @@ export { openLocalModelDir } from './fs-model-dir.js';
 export { pullModel, resolveModel, kilnCacheDir } from './hub.js';
 export { convertLlama2cToFolder } from './convert.js';
 export { dawnGpu, acquireNodeGpu } from './dawn.js';
+export { FileTuneStore } from './tune-store.js';
 
 export interface NodeEngineOptions extends Omit<EngineOptions, 'model'> {
   /** A local folder, a Hub id, or a ModelDir. */

@@ -16,6 +16,8 @@ import { ForwardModel, type LinearInputName, type StepInput } from './forward.js
 import { BlockManager } from './block-manager.js';
 import { Scheduler, type ScheduledOutcome, type SchedulerStats } from './scheduler.js';
 import { GpuTimer } from '../gpu/timer.js';
+import type { TuneStore } from '../tuner/cache.js';
+import { tuneModel, type TuneOptions, type TuneReport, type TuneResult } from '../tuner/tuner.js';
 import type { GenerateOptions, GenerateResult, GeneratedToken, FinishReason } from './generation.js';
 import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache, type KvDtype } from './kv-cache.js';
 import type { ModelSpec } from './model-spec.js';
@@ -86,12 +88,27 @@ export interface EngineOptions {
    */
   kvCache?: 'auto' | 'f16' | 'f32';
   onProgress?: (p: LoadProgress) => void;
+  /**
+   * Kernel tuning (src/tuner): `true` or options to tune the model's kernels to this adapter. Cached
+   * choices (from `store`) apply before the first request; classes not yet tuned are tuned in the
+   * background within `budgetMs` (default 5000), one class at a time between generation steps,
+   * and the engine switches to the winners when done (`engine.tuning` resolves then). Default:
+   * off in the library (the CLI, server and browser app turn it on with a persistent store).
+   */
+  tune?: boolean | EngineTuneOptions;
+}
+
+export interface EngineTuneOptions {
+  budgetMs?: number;
+  store?: TuneStore;
+  warn?: (message: string) => void;
 }
 
 /** Decode steps whose attention scores calibrate the unified max. */
 const CALIBRATION_STEPS = 8;
 
 const DEFAULT_CONTEXT = 4096;
+const DEFAULT_TUNE_BUDGET_MS = 5000;
 const DEFAULT_PREFILL_CHUNK = 256;
 
 export class Engine {
@@ -100,6 +117,12 @@ export class Engine {
   loadMs = 0;
   private queue: Promise<void> = Promise.resolve();
   private disposed = false;
+  /**
+   * Background tuning started at load (EngineOptions.tune): resolves to its report once the engine
+   * runs the winners, or null when tuning is off or had nothing left to do.
+   */
+  tuning: Promise<TuneReport | null> = Promise.resolve(null);
+  private readonly tuneAbort = new AbortController();
 
   private constructor(
     readonly spec: ModelSpec,
@@ -228,8 +251,28 @@ export class Engine {
         sampling === 'gpu',
         quant,
       );
+      const tune = opts.tune === true ? {} : opts.tune || null;
+      // Cached choices apply before the warm-up, so it compiles the pipelines requests will use.
+      const cached = tune ? await engine.tune({ ...tune, budgetMs: 0 }) : null;
       await engine.warmUp();
       engine.loadMs = performance.now() - t0;
+      if (tune && cached && cached.report.skipped.length > 0) {
+        engine.tuning = engine
+          .tune({
+            ...tune,
+            budgetMs: tune.budgetMs ?? DEFAULT_TUNE_BUDGET_MS,
+            signal: engine.tuneAbort.signal,
+          })
+          .then(
+            (r) => r.report,
+            (e: unknown) => {
+              // Tuning is an optimisation: the engine keeps its defaults if it fails.
+              if (!engine.disposed)
+                (tune.warn ?? console.warn)(`kiln: kernel tuning stopped: ${(e as Error).message}`);
+              return null;
+            },
+          );
+      }
       return engine;
     } catch (e) {
       // Free what was made: on a caller's device it would otherwise stay allocated.
@@ -281,6 +324,27 @@ export class Engine {
     }
   }
 
+  /**
+   * Tunes the model's kernels to this adapter (see src/tuner): cached classes from `store` cost
+   * nothing, others are tuned until `budgetMs` is spent, one class at a time while holding the
+   * engine (requests interleave between classes). The engine then runs the chosen kernels.
+   */
+  async tune(opts: TuneOptions = {}): Promise<TuneResult> {
+    if (this.disposed) throw new KilnError('the engine has been disposed');
+    const hold = async <T>(work: () => Promise<T>): Promise<T> => {
+      const release = (await this.acquire()) as () => void;
+      try {
+        if (this.disposed) throw new KilnError('the engine has been disposed');
+        return await work();
+      } finally {
+        release();
+      }
+    };
+    const result = await tuneModel(this.forward, { ...opts, hold });
+    await hold(async () => this.forward.setChoices(result.choices));
+    return result;
+  }
+
   /** Element type of the KV cache (EngineOptions.kvCache, 'auto' resolved for this adapter). */
   get kvCacheDtype(): KvDtype {
     return this.kv.dtype;
@@ -299,6 +363,21 @@ export class Engine {
   /** The adapter and device features the engine runs on. */
   get adapter(): AdapterSummary {
     return this.ctx.adapter;
+  }
+
+  /** Bytes of the long-lived GPU buffers the engine holds (weights, KV cache, step buffers). */
+  get gpuMemoryBytes(): number {
+    return this.ctx.allocatedBytes;
+  }
+
+  /** Settles when the GPU device goes away (reason 'destroyed' after `dispose()`). */
+  get deviceLost(): Promise<GPUDeviceLostInfo> {
+    return this.ctx.device.lost;
+  }
+
+  /** Whether the model has a chat template (without one, chat requests are refused). */
+  get hasChatTemplate(): boolean {
+    return this.tokenizer.hasChatTemplate;
   }
 
   /** Token ids that end generation (config's eos plus the tokenizer's). */
@@ -574,6 +653,7 @@ export class Engine {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
+    this.tuneAbort.abort();
     this.forward.destroy();
     this.kv.destroy();
     destroyWeights(this.ctx, this.weights);
@@ -682,6 +762,41 @@ function validateSampling(p: SamplingParams, maxTokens: number | undefined): voi
   }
 }
 
+/** GPU memory a model will take, by part (what `memoryLimitBytes` is checked against). */
+export interface MemoryEstimate {
+  weights: number;
+  kvCache: number;
+  /** One prefill chunk's activations and logits. */
+  activations: number;
+  total: number;
+}
+
+/**
+ * The GPU memory a model needs with `kvTokens` tokens of KV cache: computable from config.json and
+ * the safetensors headers alone, so a caller (the browser app) can refuse a model that will not fit
+ * before downloading its weights.
+ */
+export function estimateMemory(
+  spec: ModelSpec,
+  ckpt: Checkpoint,
+  quant: WeightQuant,
+  kvTokens: number,
+  kvDtype: KvDtype,
+  prefillChunk: number,
+): MemoryEstimate {
+  const weights = weightBytes(spec, ckpt, quant);
+  const kvCache = kvCacheBytes(spec, kvTokens, kvDtype);
+  const activations =
+    4 *
+    (prefillChunk *
+      (3 * spec.hiddenSize +
+        2 * spec.numHeads * spec.headDim +
+        2 * spec.numKvHeads * spec.headDim +
+        2 * spec.intermediateSize) +
+      2 * spec.vocabSize);
+  return { weights, kvCache, activations, total: weights + kvCache + activations };
+}
+
 /** Refuses models that cannot fit the caller's memory budget, before allocating on the GPU. */
 function checkBudget(
   spec: ModelSpec,
@@ -693,20 +808,10 @@ function checkBudget(
   limit: number | undefined,
 ): void {
   if (limit === undefined) return;
-  const w = weightBytes(spec, ckpt, quant);
-  const kv = kvCacheBytes(spec, contextLength, kvDtype);
-  const act =
-    4 *
-    (prefillChunk *
-      (3 * spec.hiddenSize +
-        2 * spec.numHeads * spec.headDim +
-        2 * spec.numKvHeads * spec.headDim +
-        2 * spec.intermediateSize) +
-      2 * spec.vocabSize);
-  const total = w + kv + act;
-  if (total > limit) {
+  const m = estimateMemory(spec, ckpt, quant, contextLength, kvDtype, prefillChunk);
+  if (m.total > limit) {
     throw new DeviceMemoryError(
-      `the model needs ${formatBytes(total)} of GPU memory (weights ${formatBytes(w)}, KV cache for ${contextLength} tokens ${formatBytes(kv)}, activations ${formatBytes(act)}), over the memory limit of ${formatBytes(limit)}`,
+      `the model needs ${formatBytes(m.total)} of GPU memory (weights ${formatBytes(m.weights)}, KV cache for ${contextLength} tokens ${formatBytes(m.kvCache)}, activations ${formatBytes(m.activations)}), over the memory limit of ${formatBytes(limit)}`,
     );
   }
 }

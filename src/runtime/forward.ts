@@ -40,6 +40,7 @@ import { ropeInvFreq, ropeTable } from '../kernels/rope.ref.js';
 import { BLOCK_TOKENS, type PagedKvCache } from './kv-cache.js';
 import type { ModelSpec } from './model-spec.js';
 import type { ModelWeights } from './weights.js';
+import { KernelChoices } from '../tuner/choices.js';
 
 /** What one step computes: `tokens[i]` at `positions[i]`, K/V written to `slots[i]`. */
 export interface StepInput {
@@ -77,7 +78,7 @@ const ASYNC_WINDOW = 60;
  * step with the one-workgroup-per-(row, head) kernel, 13.6 ms split-K. Longer steps are prefill
  * chunks, which the general kernel serves with rows × heads workgroups already.
  */
-const DECODE_ATTENTION_MAX_ROWS = 32;
+export const DECODE_ATTENTION_MAX_ROWS = 32;
 
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
 const USAGE_ACT = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
@@ -194,7 +195,15 @@ export class StepPlan {
       // Other shapes (more than 8 query heads per KV head, unusual head_dim) keep the general kernel.
       supportsAttentionDecode(spec.numHeads, spec.numKvHeads, spec.headDim)
     ) {
-      const chunk = pickDecodeChunk({ maxContext, kvHeads: spec.numKvHeads, rows: m });
+      const shape = {
+        heads: spec.numHeads,
+        kvHeads: spec.numKvHeads,
+        headDim: spec.headDim,
+        kvDtype: kv.dtype,
+      };
+      const chunk =
+        model.choices.attentionChunk(shape, m, maxContext) ??
+        pickDecodeChunk({ maxContext, kvHeads: spec.numKvHeads, rows: m });
       this.decodeScratch = new AttentionDecodeScratch(ctx, {
         rows: m,
         heads: spec.numHeads,
@@ -233,7 +242,18 @@ export class StepPlan {
       const input = (proj: LinearInputName, buffer: GPUBuffer, cols: number) =>
         this.linearInputs.push({ layer: l, proj, after: d.length - 1, buffer, cols });
       input('qkv', xn, H);
-      d.push(...linear(b, { x: xn, lin: L.qkv, y: qkv, m, placeholder: ph, scratch, ...xIn }));
+      d.push(
+        ...linear(b, {
+          x: xn,
+          lin: L.qkv,
+          y: qkv,
+          m,
+          placeholder: ph,
+          scratch,
+          choices: model.choices,
+          ...xIn,
+        }),
+      );
       d.push(
         ropeKvWrite(b, {
           rowInfo: this.rowInfo,
@@ -279,16 +299,48 @@ export class StepPlan {
         d.push(...calls);
       } else d.push(attention(b, attnArgs));
       input('o', att, qDim);
-      d.push(...linear(b, { x: att, lin: L.o, y: x, m, accumulate: true, placeholder: ph, scratch }));
+      d.push(
+        ...linear(b, {
+          x: att,
+          lin: L.o,
+          y: x,
+          m,
+          accumulate: true,
+          placeholder: ph,
+          scratch,
+          choices: model.choices,
+        }),
+      );
       d.push(
         rmsnorm(b, { x, weight: L.postNorm, rows: model.identityRows, y: xn, m, hidden: H, eps, ...normOut }),
       );
       input('gateUp', xn, H);
       d.push(
-        ...linear(b, { x: xn, lin: L.gateUp, y: act, m, swiglu: true, placeholder: ph, scratch, ...xIn }),
+        ...linear(b, {
+          x: xn,
+          lin: L.gateUp,
+          y: act,
+          m,
+          swiglu: true,
+          placeholder: ph,
+          scratch,
+          choices: model.choices,
+          ...xIn,
+        }),
       );
       input('down', act, I);
-      d.push(...linear(b, { x: act, lin: L.down, y: x, m, accumulate: true, placeholder: ph, scratch }));
+      d.push(
+        ...linear(b, {
+          x: act,
+          lin: L.down,
+          y: x,
+          m,
+          accumulate: true,
+          placeholder: ph,
+          scratch,
+          choices: model.choices,
+        }),
+      );
     });
     this.head.push(
       rmsnorm(b, {
@@ -308,6 +360,7 @@ export class StepPlan {
         m: r,
         placeholder: ph,
         xFormat: model.activations,
+        choices: model.choices,
       }),
     );
     this.argmax = argmax(b, { logits: this.logits, ids: this.outIds, rows: r, n: spec.vocabSize });
@@ -392,6 +445,8 @@ export class ForwardModel {
   private calibrationLeft: number;
   private captureBuffer: GPUBuffer | null = null;
   private captureReadback: GPUBuffer | null = null;
+  /** Tuned kernel variants by shape class; plans recorded from now on use them. */
+  private kernelChoices = new KernelChoices();
 
   constructor(
     readonly ctx: GpuContext,
@@ -722,6 +777,20 @@ export class ForwardModel {
     }
     for (const b of [this.captureBuffer, this.captureReadback]) if (b) this.ctx.destroyBuffer(b);
     this.captureBuffer = this.captureReadback = null;
+  }
+
+  get choices(): KernelChoices {
+    return this.kernelChoices;
+  }
+
+  /**
+   * Switches to newly tuned kernels: recorded plans are dropped and re-recorded at their next
+   * step with `choices`. Call between steps (nothing of a dropped plan may still be in flight).
+   */
+  setChoices(choices: KernelChoices): void {
+    this.kernelChoices = choices;
+    for (const p of this.plans.values()) p.destroy();
+    this.plans.clear();
   }
 
   destroy(): void {

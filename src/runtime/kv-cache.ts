@@ -1,12 +1,12 @@
 /**
  * The paged KV cache (vLLM PagedAttention layout): per layer one K and one V buffer of
  * [numBlocks][kvHeads][BLOCK_TOKENS][headDim] elements of the cache's dtype (f32, or f16 where
- * the adapter has shader-f16: half the memory and attention bandwidth), a free list of physical
- * blocks, and a block table per sequence. A token at position p of a sequence lives in slot
- * blockTable[p / 16] · 16 + p % 16. The walking skeleton serves one sequence at a time; the
- * scheduler of "paged KV cache" adds sharing, eviction and many sequences on the same pool.
+ * the adapter has shader-f16: half the memory and attention bandwidth). This class owns only the
+ * buffers: which sequence holds which block (ref counts, prefix sharing, copy-on-write, eviction)
+ * is the BlockManager's (block-manager.ts). A token at position p of a sequence lives in slot
+ * blockTable[p / 16] · 16 + p % 16.
  */
-import { DeviceMemoryError, KilnError } from '../errors.js';
+import { DeviceMemoryError } from '../errors.js';
 import { formatBytes, type GpuContext } from '../gpu/device.js';
 import { checkKvDtype, kvElementBytes, type KvDtype } from '../kernels/kv-dtype.js';
 import type { ModelSpec } from './model-spec.js';
@@ -30,17 +30,13 @@ export class PagedKvCache {
   readonly k: GPUBuffer[] = [];
   /** Per layer: V, same layout as K. */
   readonly v: GPUBuffer[] = [];
-  private readonly freeBlocks: number[] = [];
-  private readonly tables = new Map<number, number[]>();
 
   private constructor(
     private readonly ctx: GpuContext,
     readonly numBlocks: number,
     /** Element type of K and V: what every kernel touching the cache is compiled for. */
     readonly dtype: KvDtype,
-  ) {
-    for (let b = numBlocks - 1; b >= 0; b--) this.freeBlocks.push(b);
-  }
+  ) {}
 
   /**
    * Allocates a pool of `numBlocks` blocks per layer of `dtype` elements (default f32; f16 needs
@@ -69,43 +65,6 @@ export class PagedKvCache {
       }
     });
     return cache;
-  }
-
-  get freeBlockCount(): number {
-    return this.freeBlocks.length;
-  }
-
-  /** The block table of a sequence (physical block per logical block). */
-  blockTable(seq: number): readonly number[] {
-    return this.tables.get(seq) ?? [];
-  }
-
-  /**
-   * Makes room for positions [0, length) of `seq`, allocating blocks as needed, and returns the slot
-   * of every position in [from, length).
-   */
-  reserve(seq: number, from: number, length: number): number[] {
-    let table = this.tables.get(seq);
-    if (!table) this.tables.set(seq, (table = []));
-    const needed = Math.ceil(length / BLOCK_TOKENS);
-    if (needed - table.length > this.freeBlocks.length) {
-      throw new KilnError(
-        `KV cache full: sequence needs ${needed} blocks of ${BLOCK_TOKENS} tokens, ${this.freeBlocks.length + table.length} available`,
-      );
-    }
-    while (table.length < needed) table.push(this.freeBlocks.pop() as number);
-    const slots: number[] = [];
-    for (let p = from; p < length; p++)
-      slots.push((table[Math.floor(p / BLOCK_TOKENS)] as number) * BLOCK_TOKENS + (p % BLOCK_TOKENS));
-    return slots;
-  }
-
-  /** Returns a sequence's blocks to the pool. */
-  release(seq: number): void {
-    const table = this.tables.get(seq);
-    if (!table) return;
-    for (let i = table.length - 1; i >= 0; i--) this.freeBlocks.push(table[i] as number);
-    this.tables.delete(seq);
   }
 
   destroy(): void {

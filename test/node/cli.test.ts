@@ -308,6 +308,68 @@ describe('kiln convert llama2c + kiln run (acceptance: babyllama vs the float64 
   }
 });
 
+describe('kiln tune', () => {
+  it('tunes, caches per adapter, and a second run finds everything in the cache', async () => {
+    const env = { XDG_CACHE_HOME: fresh('tune-cache') };
+    // --context 4: prefill chunks of 4 rows, so the classes are M = 1 and 2-4 (the test's time).
+    const args = ['tune', '--model', baby, '--context', '4', '--budget-s', '600', '--json'];
+    type Row = {
+      kernel: string;
+      shape_class: string;
+      default_ms: number;
+      best_ms: number;
+      speedup: number;
+      candidates_tried: number;
+      best_variant: string;
+    };
+    const first = await kiln(args, { env, timeoutMs: 600_000 });
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout.trimEnd().split('\n')).toHaveLength(1);
+    const a = JSON.parse(first.stdout) as {
+      adapter: string;
+      budget_s: number;
+      elapsed_s: number;
+      classes: Row[];
+      skipped: string[];
+    };
+    expect(a.adapter).toMatch(/\S/);
+    expect(a.budget_s).toBe(600);
+    expect(a.skipped).toEqual([]);
+    expect(a.classes.length).toBeGreaterThanOrEqual(10);
+    for (const c of a.classes) {
+      expect(Object.keys(c)).toEqual(
+        expect.arrayContaining([
+          'kernel',
+          'shape_class',
+          'default_ms',
+          'best_ms',
+          'speedup',
+          'candidates_tried',
+          'best_variant',
+        ]),
+      );
+      expect(c.candidates_tried).toBeGreaterThan(0);
+      expect(c.speedup).toBeCloseTo(c.default_ms / c.best_ms, 2);
+    }
+    const files = readdirSync(join(env.XDG_CACHE_HOME, 'kiln', 'tuning'));
+    expect(files).toHaveLength(1);
+    const second = await kiln(args, { env });
+    expect(second.code, second.stderr).toBe(0);
+    const b = JSON.parse(second.stdout) as { elapsed_s: number; classes: Row[] };
+    expect(b.elapsed_s).toBeLessThan(1);
+    expect(b.classes.map((c) => c.shape_class)).toEqual(a.classes.map((c) => c.shape_class));
+    expect(b.classes.every((c) => c.candidates_tried === 0)).toBe(true);
+    expect(b.classes.map((c) => c.best_variant)).toEqual(a.classes.map((c) => c.best_variant));
+    // kiln run picks the cached choices up and still produces the golden ids.
+    const r = await kiln(
+      ['run', '--model', baby, '--prompt', '', '--max-tokens', '64', '--temperature', '0', '--json'],
+      { env },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(parseOneJson(r.stdout).token_ids).toEqual(golden.slice(0, 64));
+  }, 900_000);
+});
+
 describe('kiln run / models / help', () => {
   it('without --json streams the text to stdout and a summary to stderr', async () => {
     const r = await kiln(['run', '--model', baby, '--prompt', '', '--max-tokens', '30']);
@@ -565,6 +627,7 @@ describe('hostile inputs: one `kiln:` line naming the problem, no stack unless -
       [['--max-tokens', 'lots'], /--max-tokens must be an integer/],
       [['--context', '0'], /--context must be an integer >= 1/],
       [['--kv-cache', 'f8'], /--kv-cache .*Allowed choices are auto, f16, f32/],
+      [['--tune-budget', '-1'], /--tune-budget must be a number of seconds >= 0/],
     ];
     const results = await Promise.all(cases.map(([flags]) => kiln(runArgs(tiny, ...flags))));
     results.forEach((r, i) => {

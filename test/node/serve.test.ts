@@ -316,6 +316,7 @@ describe('kiln serve as a process', () => {
     const { spawn } = await import('node:child_process');
     const { homedir } = await import('node:os');
     const { repoRoot } = await import('../helpers/shared.js');
+    const cache = join(tmpdir(), `kiln-serve-cache-${process.pid}`);
     const child = spawn(
       process.execPath,
       ['bin/kiln.js', 'serve', '--model', dir, '--served-model-name', MODEL, '--port', '0', '-q'],
@@ -325,6 +326,8 @@ describe('kiln serve as a process', () => {
         env: {
           ...process.env,
           XDG_RUNTIME_DIR: '/tmp',
+          // Its background kernel tuning caches per adapter: keep that out of the user's cache.
+          XDG_CACHE_HOME: cache,
           MESA_SHADER_CACHE_DIR:
             process.env.MESA_SHADER_CACHE_DIR ?? process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'),
         },
@@ -362,6 +365,7 @@ describe('kiln serve as a process', () => {
     expect(text.length).toBeGreaterThan(40);
     expect(await exited).toBe(0);
     expect(stderr).toContain('SIGTERM');
+    rmSync(cache, { recursive: true, force: true });
   }, 120_000);
 });
 

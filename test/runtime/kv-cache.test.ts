@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, test } from 'vitest';
-import { DeviceMemoryError, KilnError } from '../../src/errors.js';
+import { DeviceMemoryError } from '../../src/errors.js';
 import { formatBytes } from '../../src/gpu/device.js';
 import { parseModelConfig } from '../../src/io/config.js';
 import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache } from '../../src/runtime/kv-cache.js';
@@ -75,91 +75,6 @@ describe('sizes', () => {
     expect(c.v).toHaveLength(3);
     for (const b of [...c.k, ...c.v]) expect(b.size).toBe(5 * kvBlockBytes(s));
     expect(c.numBlocks).toBe(5);
-    expect(c.freeBlockCount).toBe(5);
-  });
-});
-
-describe('slots and block tables', () => {
-  test('slot = blockTable[p / 16] · 16 + p % 16 across block boundaries', async () => {
-    const c = await cache(8);
-    // Interleave two sequences so logical and physical blocks differ.
-    expect(c.reserve(0, 0, 1)).toEqual([0]); // seq 0: block 0
-    expect(c.reserve(1, 0, 1)).toEqual([16]); // seq 1: block 1
-    expect(c.reserve(0, 1, 17)).toHaveLength(16); // seq 0 grows into block 2
-    expect(c.blockTable(0)).toEqual([0, 2]);
-    expect(c.blockTable(1)).toEqual([1]);
-    // Re-reserving covered positions returns their slots and allocates nothing.
-    const free = c.freeBlockCount;
-    const slotsOf = (seq: number, positions: number[]) =>
-      positions.map((p) => c.reserve(seq, p, p + 1)[0] as number);
-    expect(slotsOf(0, [0, 15, 16])).toEqual([0, 15, 2 * 16]);
-    expect(c.freeBlockCount).toBe(free);
-    // Position 17 is in the same block; 31 is its last slot; 32 opens a new block (3).
-    expect(slotsOf(0, [17, 31])).toEqual([2 * 16 + 1, 2 * 16 + 15]);
-    expect(c.blockTable(0)).toEqual([0, 2]);
-    expect(slotsOf(0, [32])).toEqual([3 * 16]);
-    expect(c.blockTable(0)).toEqual([0, 2, 3]);
-    expect(c.freeBlockCount).toBe(free - 1);
-    // A range returns one slot per position, in order.
-    expect(c.reserve(1, 14, 18)).toEqual([1 * 16 + 14, 1 * 16 + 15, 4 * 16, 4 * 16 + 1]);
-    expect(c.blockTable(1)).toEqual([1, 4]);
-  });
-
-  test('reserve grows a table by exactly the blocks it needs', async () => {
-    const c = await cache(10);
-    const lengths = [1, 15, 16, 17, 31, 32, 33, 100];
-    for (const n of lengths) {
-      c.reserve(7, 0, n);
-      expect(c.blockTable(7)).toHaveLength(Math.ceil(n / 16));
-      expect(c.freeBlockCount).toBe(10 - Math.ceil(n / 16));
-    }
-    // An empty range reserves nothing more and returns no slots.
-    expect(c.reserve(7, 100, 100)).toEqual([]);
-    expect(c.blockTable(7)).toHaveLength(7);
-  });
-
-  test('release returns the blocks, which are reused', async () => {
-    const c = await cache(4);
-    c.reserve(0, 0, 40); // 3 blocks
-    c.reserve(1, 0, 10); // 1 block
-    expect(c.freeBlockCount).toBe(0);
-    const table0 = [...c.blockTable(0)];
-    c.release(0);
-    expect(c.blockTable(0)).toEqual([]);
-    expect(c.freeBlockCount).toBe(3);
-    c.release(0); // twice is harmless
-    c.release(9); // unknown sequence too
-    expect(c.freeBlockCount).toBe(3);
-    // The freed blocks serve the next sequence, in their old order.
-    c.reserve(2, 0, 48);
-    expect(c.blockTable(2)).toEqual(table0);
-    expect(c.blockTable(1)).toHaveLength(1);
-    c.release(1);
-    c.release(2);
-    expect(c.freeBlockCount).toBe(4);
-  });
-
-  test('a full cache is an error that says what was needed and available, and allocates nothing', async () => {
-    const c = await cache(3);
-    c.reserve(0, 0, 20); // 2 blocks
-    const err = (() => {
-      try {
-        c.reserve(1, 0, 33);
-      } catch (e) {
-        return e;
-      }
-    })();
-    expect(err).toBeInstanceOf(KilnError);
-    expect((err as Error).message).toBe('KV cache full: sequence needs 3 blocks of 16 tokens, 1 available');
-    expect(c.freeBlockCount).toBe(1);
-    expect(c.blockTable(1)).toEqual([]);
-    // Growing an existing sequence counts the blocks it already has.
-    expect(() => c.reserve(0, 20, 49)).toThrow(
-      'KV cache full: sequence needs 4 blocks of 16 tokens, 3 available',
-    );
-    expect(c.blockTable(0)).toHaveLength(2);
-    expect(c.reserve(0, 20, 48)).toHaveLength(28);
-    expect(c.freeBlockCount).toBe(0);
   });
 });
 

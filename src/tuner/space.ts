@@ -1,0 +1,81 @@
+/**
+ * The lite search space (DESIGN-NOTES §6): per kernel and shape class, a few dozen candidates at
+ * most, pruned by rules a variant must satisfy on this adapter (subgroup width, shader-f16,
+ * workgroup memory, an even rows-per-thread for the SwiGLU epilogue). Candidate 0 is always the
+ * default: the kernel's own shape-based choice, expressed as an empty override.
+ *
+ * The knobs, by kernel:
+ * - float matmul: flat GEMV/GEMM (X rows per tile MT, output rows per thread R) or the register-
+ *   blocked GEMM (rows of X per thread TM, weight rows per thread TN), whose subgroup broadcast is
+ *   the "subgroup vs workgroup-memory" choice;
+ * - int4 matmul: MT, R, X through subgroups or staged (double-buffered) in workgroup memory of
+ *   8/16/32 KiB (the K-tile), f32 or f16 dequant;
+ * - split-K decode attention: tokens per split (the split-K factor).
+ */
+import type { GpuContext } from '../gpu/device.js';
+import { gemmUsable, type MatmulVariant } from '../kernels/matmul.js';
+import { q4SubgroupsUsable, type Q4GpuWeight } from '../kernels/matmul-q4.js';
+import type { GpuWeight } from '../kernels/weight.js';
+import { contextBucket, type KernelChoice, type MClass, type Q4Variant } from './choices.js';
+
+export function floatMatmulCandidates(ctx: GpuContext, w: GpuWeight, mClass: MClass): KernelChoice[] {
+  const swiglu = w.fused === 'swiglu';
+  const gemm = gemmUsable(ctx);
+  const v: MatmulVariant[] = [{}];
+  const flat = (mt: 1 | 4 | 8, rs: readonly (1 | 2 | 4)[]) => {
+    for (const r of rs) if (!(swiglu && r === 1)) v.push({ path: 'flat', mt, r });
+  };
+  const tiles = (tms: readonly (4 | 8 | 16)[], tns: readonly (2 | 4 | 8)[]) => {
+    if (!gemm) return;
+    for (const tm of tms) for (const tn of tns) v.push({ path: 'gemm', tm, tn });
+  };
+  switch (mClass) {
+    case '1':
+      flat(1, [1, 2, 4]);
+      tiles([4], [2, 4, 8]);
+      break;
+    case '2-4':
+      flat(4, [1, 2, 4]);
+      tiles([4, 8], [2, 4, 8]);
+      break;
+    case '5-16':
+      flat(8, [2, 4]);
+      tiles([4, 8, 16], [2, 4, 8]);
+      break;
+    case '17+':
+      flat(8, [4]);
+      tiles([8, 16], [4, 8]);
+      break;
+  }
+  return v.map((variant) => ({ kernel: 'matmul', variant }));
+}
+
+export function q4MatmulCandidates(ctx: GpuContext, _w: Q4GpuWeight, mClass: MClass): KernelChoice[] {
+  const sgOk = q4SubgroupsUsable(ctx);
+  const f16 = ctx.device.features.has('shader-f16');
+  const wgLimit = ctx.limits.maxComputeWorkgroupStorageSize;
+  const v: Q4Variant[] = [{}];
+  const mts: (1 | 4 | 8)[] = mClass === '1' ? [1] : [4, 8];
+  const rs: (1 | 2 | 4)[] = mClass === '1' ? [1, 2, 4] : [2, 4];
+  const staged = [8192, 16384, 32768].filter((b) => b <= wgLimit);
+  for (const dequant of f16 ? (['f32', 'f16'] as const) : (['f32'] as const)) {
+    for (const rowsPerGroup of mts) {
+      for (const rowsPerThread of rs) {
+        if (sgOk) v.push({ rowsPerGroup, rowsPerThread, subgroups: true, dequant });
+        for (const workgroupBytes of mClass === '1' ? staged : staged.slice(1, 2))
+          v.push({ rowsPerGroup, rowsPerThread, subgroups: false, workgroupBytes, dequant });
+      }
+    }
+  }
+  return v.map((variant) => ({ kernel: 'matmul_q4', variant }));
+}
+
+/** Tokens per split: multiples of the 16-token block, no longer than the context bucket. */
+export function attentionCandidates(defaultChunk: number, maxContext: number): KernelChoice[] {
+  const cap = Math.max(64, contextBucket(maxContext));
+  const chunks = [
+    defaultChunk,
+    ...[64, 128, 256, 512, 1024, 2048].filter((c) => c <= cap && c !== defaultChunk),
+  ];
+  return chunks.map((chunk) => ({ kernel: 'attention_decode', chunk }));
+}

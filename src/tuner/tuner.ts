@@ -1,0 +1,539 @@
+/**
+ * The just-in-time kernel tuner (DESIGN-NOTES §6; nn-JIT.web): for the shape classes a loaded
+ * model uses, compile a lite space of candidates asynchronously, check each against the default
+ * kernel's output on random inputs (a wrong kernel never wins), time the correct ones against the
+ * default in interleaved rounds, keep the fastest, and persist the choice per adapter signature.
+ * Classes run in priority order (decode first: it is where a user waits per token) until the
+ * budget is spent; the rest keep their defaults and are tuned by a later run.
+ */
+import type { GpuContext } from '../gpu/device.js';
+import { GpuTimer } from '../gpu/timer.js';
+import { encodeFromFloat32 } from '../io/dtype.js';
+import {
+  AttentionDecodeScratch,
+  attentionDecode,
+  pickDecodeChunk,
+  supportsAttentionDecode,
+} from '../kernels/attention-decode.js';
+import { recordAsync, type Dispatch, type DispatchBuilder } from '../kernels/dispatch.js';
+import { isQ4Weight, linear, type Linear } from '../kernels/linear.js';
+import { DECODE_ATTENTION_MAX_ROWS, type ForwardModel } from '../runtime/forward.js';
+import { loadTuneCache, saveTuneCache, type TunedClass, type TuneStore, type Warn } from './cache.js';
+import {
+  ATTENTION_ROW_CLASSES,
+  KernelChoices,
+  M_CLASSES,
+  attentionClassKey,
+  matmulClassKey,
+  mClassOf,
+  type KernelChoice,
+} from './choices.js';
+import { pickWinner, timeCandidates, type MeasureOptions } from './measure.js';
+import { adapterName, adapterSignature, canonicalJson } from './signature.js';
+import { attentionCandidates, floatMatmulCandidates, q4MatmulCandidates } from './space.js';
+
+/** Inputs of one shape class, on the GPU, and how to record its kernel with a choice. */
+export interface ClassBench {
+  record(b: DispatchBuilder, choice: KernelChoice): Dispatch[];
+  /** What every candidate writes (compared against the default's). */
+  output: GPUBuffer;
+  outputBytes: number;
+  destroy(): void;
+}
+
+/** A shape class to tune: candidate 0 is the default. */
+export interface TuneClass {
+  key: string;
+  kernel: KernelChoice['kernel'];
+  /** Lower runs first. */
+  priority: number;
+  candidates: KernelChoice[];
+  prepare(ctx: GpuContext): ClassBench;
+}
+
+export interface TuneClassReport {
+  kernel: string;
+  shape_class: string;
+  default_ms: number;
+  best_ms: number;
+  speedup: number;
+  candidates_tried: number;
+  best_variant: string;
+  default_variant: string;
+  /** Candidates that failed the output check (never eligible). */
+  rejected_wrong: number;
+  cached: boolean;
+}
+
+export interface TuneReport {
+  adapter: string;
+  budget_s: number;
+  elapsed_s: number;
+  classes: TuneClassReport[];
+  /** Classes left untuned because the budget ran out. */
+  skipped: string[];
+}
+
+export interface TuneOptions {
+  /** Wall-clock budget of tuning (cached classes cost nothing). Default 5000 ms. */
+  budgetMs?: number;
+  /** Where results persist; none: nothing is read or written. */
+  store?: TuneStore | undefined;
+  warn?: Warn;
+  /** Runs each class's GPU work; the engine passes its lock, so tuning interleaves with requests. */
+  hold?: <T>(work: () => Promise<T>) => Promise<T>;
+  /** Stop between classes. */
+  signal?: AbortSignal | undefined;
+  onClass?: (r: TuneClassReport) => void;
+  measure?: MeasureOptions;
+}
+
+export interface TuneResult {
+  report: TuneReport;
+  choices: KernelChoices;
+}
+
+const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
+/**
+ * Output check: max |candidate − default| ≤ OUTPUT_TOLERANCE · max |default|. Every candidate sums
+ * the same products in f32 in another order (or dequantizes through f16 exactly); at the K of
+ * these layers (≤ 16k) reordering moves a sum by a few units of f32 rounding relative to its terms,
+ * ~1e-6 of the output's scale in practice, while a wrong kernel (a skipped tile, a wrong row, a
+ * stale or unwritten output) is off by the output's own scale. 1e-3 sits orders of magnitude from
+ * both.
+ */
+export const OUTPUT_TOLERANCE = 1e-3;
+
+export function outputsAgree(ref: Float32Array, got: Float32Array, tol = OUTPUT_TOLERANCE): boolean {
+  if (ref.length !== got.length) return false;
+  let scale = 0;
+  for (const v of ref) scale = Math.max(scale, Math.abs(v));
+  let worst = 0;
+  for (let i = 0; i < ref.length; i++) {
+    const d = Math.abs((ref[i] as number) - (got[i] as number));
+    if (!(d <= worst)) worst = d; // NaN counts as the worst
+    if (Number.isNaN(d)) return false;
+  }
+  return worst <= tol * scale;
+}
+
+function random(n: number, seed: number, scale = 1): Float32Array {
+  // xorshift32: deterministic inputs, so a class is timed on the same data every run.
+  let s = seed >>> 0 || 1;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    out[i] = ((s / 4294967296) * 2 - 1) * scale;
+  }
+  return out;
+}
+
+function upload(ctx: GpuContext, label: string, data: ArrayBufferView, owned: GPUBuffer[]): GPUBuffer {
+  const b = ctx.createBuffer(label, Math.max(16, data.byteLength), STORAGE());
+  ctx.device.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
+  owned.push(b);
+  return b;
+}
+
+function linearClass(
+  model: ForwardModel,
+  lin: Linear,
+  swiglu: boolean,
+  mc: (typeof M_CLASSES)[number],
+  priority: number,
+  xFormat: 'f32' | 'f16',
+): TuneClass {
+  const ctx = model.ctx;
+  const w = lin.weight;
+  const q4 = isQ4Weight(w);
+  const m = mc.rep;
+  return {
+    key: matmulClassKey(w, m, q4 ? 'f32' : xFormat),
+    kernel: q4 ? 'matmul_q4' : 'matmul',
+    priority,
+    candidates: q4 ? q4MatmulCandidates(ctx, w, mc.name) : floatMatmulCandidates(ctx, w, mc.name),
+    prepare(c) {
+      const owned: GPUBuffer[] = [];
+      const x = random(m * w.cols, w.rows + 7 * w.cols + m);
+      const xBuf =
+        !q4 && xFormat === 'f16'
+          ? upload(c, 'tune.x', encodeFromFloat32('F16', x), owned)
+          : upload(c, 'tune.x', x, owned);
+      const outputBytes = m * w.rows * 4;
+      const y = c.createBuffer('tune.y', outputBytes, STORAGE());
+      owned.push(y);
+      const placeholder = upload(c, 'tune.placeholder', new Uint32Array(4), owned);
+      const gateUp = q4 && swiglu ? c.createBuffer('tune.gate_up', outputBytes, STORAGE()) : undefined;
+      if (gateUp) owned.push(gateUp);
+      return {
+        output: gateUp ?? y,
+        outputBytes,
+        // The projection as the forward pass records it (bias, SwiGLU epilogue), minus the
+        // act-order gather and the int4 SwiGLU pass, which no choice changes.
+        record: (b, choice) => {
+          const one = new KernelChoices();
+          one.set(this.key, choice);
+          const d = linear(b, {
+            x: xBuf,
+            lin: { weight: w, bias: lin.bias },
+            y,
+            m,
+            swiglu,
+            placeholder,
+            ...(q4 ? {} : { xFormat }),
+            scratch: gateUp ? { gateUp } : {},
+            choices: one,
+          });
+          return q4 && swiglu ? d.slice(0, -1) : d;
+        },
+        destroy: () => owned.forEach((o) => c.destroyBuffer(o)),
+      };
+    },
+  };
+}
+
+function attentionClass(
+  model: ForwardModel,
+  rc: (typeof ATTENTION_ROW_CLASSES)[number],
+  priority: number,
+): TuneClass {
+  const { spec, kv, contextLength: maxContext } = model;
+  const shape = { heads: spec.numHeads, kvHeads: spec.numKvHeads, headDim: spec.headDim, kvDtype: kv.dtype };
+  const rows = Math.min(rc.rep, DECODE_ATTENTION_MAX_ROWS);
+  const defaultChunk = pickDecodeChunk({ maxContext, kvHeads: spec.numKvHeads, rows });
+  const candidates = attentionCandidates(defaultChunk, maxContext);
+  return {
+    key: attentionClassKey(shape, rows, maxContext),
+    kernel: 'attention_decode',
+    priority,
+    candidates,
+    prepare(c) {
+      const owned: GPUBuffer[] = [];
+      const blocks = Math.ceil(maxContext / 16);
+      const kvElems = blocks * shape.kvHeads * 16 * shape.headDim;
+      const cache = (seed: number) => {
+        const v = random(kvElems, seed);
+        return upload(c, 'tune.kv', kv.dtype === 'f16' ? encodeFromFloat32('F16', v) : v, owned);
+      };
+      const kCache = cache(11);
+      const vCache = cache(12);
+      // Every row attends to the whole context (the plan's worst case) through one block table.
+      const rowInfo = upload(
+        c,
+        'tune.row_info',
+        Uint32Array.from({ length: 2 * rows }, (_, i) => (i % 2 === 0 ? maxContext - 1 : 0)),
+        owned,
+      );
+      const table = upload(
+        c,
+        'tune.block_table',
+        Uint32Array.from({ length: blocks }, (_, i) => i),
+        owned,
+      );
+      const q = upload(c, 'tune.q', random(rows * shape.heads * shape.headDim, 13), owned);
+      const outputBytes = rows * shape.heads * shape.headDim * 4;
+      const out = c.createBuffer('tune.attn_out', outputBytes, STORAGE());
+      owned.push(out);
+      const minChunk = Math.min(
+        ...candidates.map((k) => (k.kernel === 'attention_decode' ? k.chunk : Infinity)),
+      );
+      const scratch = new AttentionDecodeScratch(c, {
+        rows,
+        heads: shape.heads,
+        headDim: shape.headDim,
+        maxContext,
+        chunk: minChunk,
+      });
+      return {
+        output: out,
+        outputBytes,
+        record: (b, choice) => {
+          if (choice.kernel !== 'attention_decode') throw new RangeError('not an attention choice');
+          return attentionDecode(b, {
+            rowInfo,
+            blockTable: table,
+            q,
+            kCache,
+            vCache,
+            out,
+            m: rows,
+            ...shape,
+            scale: 1 / Math.sqrt(shape.headDim),
+            maxContext,
+            chunk: choice.chunk,
+            // The chunk suits both softmax variants; the exact one needs no calibrated phi.
+            variant: 'two_pass',
+            scratch,
+          });
+        },
+        destroy: () => {
+          owned.forEach((o) => c.destroyBuffer(o));
+          scratch.destroy();
+        },
+      };
+    },
+  };
+}
+
+/**
+ * The classes `model` runs: its distinct projection shapes (layer 0 stands for every layer, which
+ * share shapes) at each M bucket up to its largest step, the LM head at decode-sized buckets, and
+ * split-K decode attention at each row bucket. Sorted by priority: every class at M = 1 first.
+ */
+export function modelTuneClasses(model: ForwardModel): TuneClass[] {
+  const L = model.weights.layers[0];
+  if (!L) return [];
+  const xf = model.activations;
+  const projections: { lin: Linear; swiglu: boolean; x: 'f32' | 'f16'; head?: boolean }[] = [
+    { lin: L.qkv, swiglu: false, x: xf },
+    { lin: L.o, swiglu: false, x: 'f32' },
+    { lin: L.gateUp, swiglu: true, x: xf },
+    { lin: L.down, swiglu: false, x: 'f32' },
+    { lin: { weight: model.weights.lmHead }, swiglu: false, x: xf, head: true },
+  ];
+  const out: TuneClass[] = [];
+  const seen = new Set<string>();
+  const largest = M_CLASSES.findIndex((c) => c.name === mClassOf(model.maxRows));
+  M_CLASSES.forEach((mc, ci) => {
+    if (ci > largest) return;
+    projections.forEach((p, pi) => {
+      // The LM head runs once per sequence in a step: decode-sized M only.
+      if (p.head && mc.rep > 16) return;
+      const cls = linearClass(model, p.lin, p.swiglu, mc, ci * 10 + pi, p.x);
+      if (seen.has(cls.key)) return;
+      seen.add(cls.key);
+      out.push(cls);
+    });
+  });
+  const { spec } = model;
+  if (supportsAttentionDecode(spec.numHeads, spec.numKvHeads, spec.headDim)) {
+    ATTENTION_ROW_CLASSES.forEach((rc, i) => {
+      if (rc.rep > Math.min(model.maxRows, DECODE_ATTENTION_MAX_ROWS) && i > 0) return;
+      const cls = attentionClass(model, rc, (i === 0 ? 0 : i + 1) * 10 + 5);
+      if (!seen.has(cls.key)) {
+        seen.add(cls.key);
+        out.push(cls);
+      }
+    });
+  }
+  return out.sort((a, b) => a.priority - b.priority);
+}
+
+async function readF32(ctx: GpuContext, buf: GPUBuffer, bytes: number): Promise<Float32Array> {
+  return new Float32Array(await ctx.read(buf, 0, bytes));
+}
+
+function runAndClear(ctx: GpuContext, out: GPUBuffer, dispatches: readonly Dispatch[]): void {
+  const enc = ctx.device.createCommandEncoder({ label: 'kiln.tune.check' });
+  // A candidate that writes nothing must not pass by leaving the previous output in place.
+  enc.clearBuffer(out);
+  const pass = enc.beginComputePass();
+  for (const d of dispatches) {
+    pass.setPipeline(d.pipeline);
+    pass.setBindGroup(0, d.bindGroup);
+    pass.dispatchWorkgroups(d.grid[0], d.grid[1], d.grid[2]);
+  }
+  pass.end();
+  ctx.device.queue.submit([enc.finish()]);
+}
+
+/**
+ * Tunes one class: compile all candidates concurrently, drop those that fail to compile or record,
+ * dedupe those that resolve to the same pipelines, check outputs, time the correct ones, pick.
+ * Returns null when its timing rounds would not fit before the deadline.
+ */
+export async function tuneClass(
+  ctx: GpuContext,
+  timer: GpuTimer,
+  cls: TuneClass,
+  opts: { measure?: MeasureOptions; deadline?: number } = {},
+): Promise<(TunedClass & { rejected_wrong: number }) | null> {
+  const bench = cls.prepare(ctx);
+  const builders: DispatchBuilder[] = [];
+  try {
+    const recorded = await Promise.all(
+      cls.candidates.map(async (choice) => {
+        try {
+          const r = await ctx.checkErrors(`tuning ${cls.key}`, () =>
+            recordAsync(ctx, (b) => bench.record(b, choice)),
+          );
+          builders.push(r.builder);
+          return r.dispatches;
+        } catch (e) {
+          if (choice === cls.candidates[0]) throw e;
+          return null; // a variant this adapter cannot build: not a candidate here
+        }
+      }),
+    );
+    const names = new Set<string>();
+    const live: { choice: KernelChoice; dispatches: Dispatch[]; name: string }[] = [];
+    recorded.forEach((d, i) => {
+      if (!d) return;
+      // Uniform-only knobs (attention's chunk) share pipelines, so the choice is part of the name.
+      const choice = cls.candidates[i] as KernelChoice;
+      const labels = [...new Set(d.map((x) => x.label))].join('+');
+      const name = choice.kernel === 'attention_decode' ? `${labels} chunk${choice.chunk}` : labels;
+      if (names.has(name)) return;
+      names.add(name);
+      live.push({ choice, dispatches: d, name });
+    });
+    // Correctness first: the default's output is the reference (it is the kernel the test suite
+    // checks against float64 references).
+    const correct: boolean[] = [];
+    let ref: Float32Array | null = null;
+    for (const c of live) {
+      await ctx.checkErrors(`checking ${c.name}`, async () => runAndClear(ctx, bench.output, c.dispatches));
+      const got = await readF32(ctx, bench.output, bench.outputBytes);
+      if (!ref) {
+        ref = got;
+        correct.push(true);
+      } else correct.push(outputsAgree(ref, got));
+    }
+    const eligible = live.filter((_, i) => correct[i]);
+    const m = await timeCandidates(
+      timer,
+      eligible.map((c) => c.dispatches),
+      { ...opts.measure, ...(opts.deadline !== undefined ? { deadline: opts.deadline } : {}) },
+    );
+    if (m.rounds < 3 || m.ms[0] === null || m.ms[0] === undefined) return null;
+    let w = pickWinner(
+      m.ms,
+      eligible.map(() => true),
+    );
+    let defaultMs = m.ms[0];
+    let bestMs = m.ms[w] as number;
+    if (w !== 0) {
+      // The fastest of many noisy medians is biased low (the winner's curse): time the winner
+      // against the default again, alone, and keep it only if it still wins. These fresh figures
+      // are the ones reported.
+      const pair = [eligible[0], eligible[w]].map((c) => (c as (typeof eligible)[number]).dispatches);
+      const again = await timeCandidates(timer, pair, { ...opts.measure, rejectFactor: Infinity });
+      const [d0, d1] = again.ms;
+      if (d0 != null && d1 != null && again.rounds >= 3) {
+        defaultMs = d0;
+        if (pickWinner([d0, d1], [true, true]) === 1) bestMs = d1;
+        else {
+          w = 0;
+          bestMs = d0;
+        }
+      }
+    }
+    const win = eligible[w] as (typeof eligible)[number];
+    return {
+      kernel: cls.kernel,
+      choice: win.choice,
+      best_variant: win.name,
+      default_variant: (eligible[0] as (typeof eligible)[number]).name,
+      default_ms: defaultMs,
+      best_ms: bestMs,
+      candidates_tried: live.length,
+      rejected_wrong: correct.filter((c) => !c).length,
+    };
+  } finally {
+    for (const b of builders) b.destroy();
+    bench.destroy();
+  }
+}
+
+/** The choices table for these tuned classes. */
+export function choicesOf(classes: ReadonlyMap<string, TunedClass>): KernelChoices {
+  const out = new KernelChoices();
+  for (const [key, c] of classes) out.set(key, c.choice);
+  return out;
+}
+
+function report(key: string, c: TunedClass, cached: boolean, rejected = 0): TuneClassReport {
+  return {
+    kernel: c.kernel,
+    shape_class: key,
+    default_ms: round(c.default_ms),
+    best_ms: round(c.best_ms),
+    speedup: round(c.default_ms / c.best_ms),
+    candidates_tried: cached ? 0 : c.candidates_tried,
+    best_variant: c.best_variant,
+    default_variant: c.default_variant,
+    rejected_wrong: rejected,
+    cached,
+  };
+}
+
+const round = (x: number) => Math.round(x * 1e4) / 1e4;
+
+/** Geometric mean of the classes' speedups (1 for none). */
+export function geomeanSpeedup(classes: readonly Pick<TuneClassReport, 'speedup'>[]): number {
+  if (classes.length === 0) return 1;
+  return Math.exp(classes.reduce((s, c) => s + Math.log(c.speedup), 0) / classes.length);
+}
+
+/** Tunes `model`'s classes (cached ones first from the store) within the budget. */
+export async function tuneModel(model: ForwardModel, opts: TuneOptions = {}): Promise<TuneResult> {
+  const ctx = model.ctx;
+  const t0 = performance.now();
+  const budgetMs = opts.budgetMs ?? 5000;
+  const warn = opts.warn ?? ((m: string) => console.warn(`kiln: ${m}`));
+  const hold = opts.hold ?? (<T>(work: () => Promise<T>) => work());
+  const signature = adapterSignature(ctx);
+  const stored = opts.store
+    ? await loadTuneCache(opts.store, signature, warn)
+    : new Map<string, TunedClass>();
+  const classes = modelTuneClasses(model);
+  const done = new Map<string, TunedClass>();
+  const reports: TuneClassReport[] = [];
+  const todo: TuneClass[] = [];
+  for (const cls of classes) {
+    const hit = stored.get(cls.key);
+    if (hit) {
+      // Trust a cached choice only if this Kiln could have chosen it for this class.
+      const known = cls.candidates.some((c) => canonicalJson(c) === canonicalJson(hit.choice));
+      if (known && hit.kernel === cls.kernel) {
+        done.set(cls.key, hit);
+        reports.push(report(cls.key, hit, true));
+        opts.onClass?.(reports[reports.length - 1] as TuneClassReport);
+        continue;
+      }
+      warn(`tuning cache: the choice for "${cls.key}" is not in this version's search space; retuning`);
+      stored.delete(cls.key);
+    }
+    todo.push(cls);
+  }
+  const deadline = t0 + budgetMs;
+  const skipped: string[] = [];
+  const timer = new GpuTimer(ctx);
+  try {
+    for (const cls of todo) {
+      if (opts.signal?.aborted || performance.now() >= deadline) {
+        skipped.push(cls.key);
+        continue;
+      }
+      const r = await hold(() => tuneClass(ctx, timer, cls, { measure: opts.measure ?? {}, deadline }));
+      if (!r) {
+        skipped.push(cls.key);
+        continue;
+      }
+      const { rejected_wrong, ...entry } = r;
+      done.set(cls.key, entry);
+      stored.set(cls.key, entry);
+      reports.push(report(cls.key, entry, false, rejected_wrong));
+      opts.onClass?.(reports[reports.length - 1] as TuneClassReport);
+      // Save as we go: an interrupted run keeps what it finished.
+      if (opts.store) await saveTuneCache(opts.store, signature, stored);
+    }
+  } finally {
+    timer.destroy();
+  }
+  return {
+    report: {
+      adapter: adapterName(signature),
+      budget_s: budgetMs / 1000,
+      elapsed_s: round((performance.now() - t0) / 1000),
+      classes: reports,
+      skipped,
+    },
+    choices: choicesOf(done),
+  };
+}

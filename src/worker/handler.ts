@@ -1,0 +1,139 @@
+/**
+ * The Web Worker side: owns one Engine and answers WorkerRequests with WorkerEvents. Requests run
+ * concurrently (an `abort` must get through while a generation streams), and each ends with exactly
+ * one final event (`loaded`, `result`, `end`, `completion`, `disposed` or `error`). A lost GPU
+ * device is reported once, unprompted, as `device-lost`.
+ */
+import { KilnError } from '../errors.js';
+import type { Engine } from '../runtime/engine.js';
+import { loadEngine } from './load.js';
+import {
+  serializeError,
+  type Endpoint,
+  type EngineInfo,
+  type LoadProgress,
+  type WorkerEvent,
+  type WorkerRequest,
+} from './protocol.js';
+
+/** Progress events are posted at most this often (the last one of a phase always is). */
+const PROGRESS_INTERVAL_MS = 50;
+
+function engineInfo(engine: Engine, fromCache: boolean): EngineInfo {
+  return {
+    modelName: engine.modelName,
+    contextLength: engine.contextLength,
+    adapter: engine.adapter,
+    kvCacheDtype: engine.kvCacheDtype,
+    weightFormat: engine.weightFormat,
+    hasChatTemplate: engine.hasChatTemplate,
+    loadMs: engine.loadMs,
+    gpuMemoryBytes: engine.gpuMemoryBytes,
+    fromCache,
+  };
+}
+
+/** Serves engine requests arriving on `endpoint` (the worker's global scope). */
+export function serveEngine(endpoint: Endpoint<WorkerRequest, WorkerEvent>): void {
+  let engine: Engine | null = null;
+  /** Aborts of the generation and chat requests running now, by request id. */
+  const running = new Map<number, AbortController>();
+  const post = (ev: WorkerEvent) => endpoint.postMessage(ev);
+
+  const requireEngine = (): Engine => {
+    if (!engine) throw new KilnError('no model is loaded');
+    return engine;
+  };
+
+  const dispose = () => {
+    for (const ac of running.values()) ac.abort();
+    const e = engine;
+    engine = null;
+    e?.dispose();
+  };
+
+  const throttled = (id: number) => {
+    let last = 0;
+    let phase = '';
+    return (p: LoadProgress) => {
+      const now = performance.now();
+      const final = p.loadedBytes === p.totalBytes;
+      if (p.phase !== phase || final || now - last >= PROGRESS_INTERVAL_MS) {
+        phase = p.phase;
+        last = now;
+        post({ type: 'progress', id, progress: p });
+      }
+    };
+  };
+
+  async function handle(req: WorkerRequest): Promise<void> {
+    switch (req.type) {
+      case 'load': {
+        dispose();
+        const loaded = await loadEngine(req.options, throttled(req.id));
+        const current = loaded.engine;
+        engine = current;
+        void current.deviceLost.then((info) => {
+          // dispose() destroys the device too; only a loss of the engine in use is news.
+          if (engine !== current) return;
+          engine = null;
+          post({ type: 'device-lost', reason: info.reason, message: info.message });
+        });
+        post({ type: 'loaded', id: req.id, info: engineInfo(current, loaded.fromCache) });
+        return;
+      }
+      case 'generate': {
+        const e = requireEngine();
+        const ac = new AbortController();
+        running.set(req.id, ac);
+        try {
+          const gen = e.generate(req.prompt, { ...req.options, signal: ac.signal });
+          for await (const token of gen) post({ type: 'token', id: req.id, token });
+          const result = await gen.result();
+          post({ type: 'result', id: req.id, result, gpuMemoryBytes: e.gpuMemoryBytes });
+        } finally {
+          running.delete(req.id);
+        }
+        return;
+      }
+      case 'chat': {
+        const e = requireEngine();
+        const ac = new AbortController();
+        running.set(req.id, ac);
+        try {
+          if (req.request.stream) {
+            const chunks = await e.chat.completions.create({
+              ...req.request,
+              stream: true,
+              signal: ac.signal,
+            });
+            for await (const chunk of chunks) post({ type: 'chunk', id: req.id, chunk });
+            post({ type: 'end', id: req.id, gpuMemoryBytes: e.gpuMemoryBytes });
+          } else {
+            const completion = await e.chat.completions.create({
+              ...req.request,
+              stream: false,
+              signal: ac.signal,
+            });
+            post({ type: 'completion', id: req.id, completion, gpuMemoryBytes: e.gpuMemoryBytes });
+          }
+        } finally {
+          running.delete(req.id);
+        }
+        return;
+      }
+      case 'abort':
+        running.get(req.id)?.abort();
+        return;
+      case 'dispose':
+        dispose();
+        post({ type: 'disposed', id: req.id });
+        return;
+    }
+  }
+
+  endpoint.addEventListener('message', (ev) => {
+    const req = ev.data;
+    handle(req).catch((e: unknown) => post({ type: 'error', id: req.id, error: serializeError(e) }));
+  });
+}

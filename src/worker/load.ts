@@ -1,0 +1,173 @@
+/**
+ * How the browser app loads a model: check that it fits the device from config.json and the
+ * safetensors headers alone (a few small Range requests), then fetch the files into the Cache API
+ * (or reuse them from there with no network at all), then build the engine from the cached copy.
+ * Runs wherever WebGPU and the Cache API do: in the Web Worker (src/worker/handler.ts) or on a
+ * page's main thread.
+ */
+import { DeviceMemoryError, GpuDeviceError } from '../errors.js';
+import { formatBytes } from '../gpu/device.js';
+import { blobModelDir } from '../io/blob-model-dir.js';
+import type { ModelDir } from '../io/byte-source.js';
+import { loadModelSpec } from '../io/config.js';
+import { httpModelDir } from '../io/http-model-dir.js';
+import { ModelCache } from '../io/model-cache.js';
+import { openCheckpoint } from '../io/safetensors.js';
+import { createEngine, estimateMemory, type Engine } from '../runtime/engine.js';
+import { kvCacheBytes } from '../runtime/kv-cache.js';
+import { weightQuantFor } from '../runtime/weight-quant.js';
+import { validateCheckpoint } from '../runtime/weights.js';
+import { IndexedDbTuneStore } from '../tuner/indexeddb-store.js';
+import type { LoadOptions, LoadProgress } from './protocol.js';
+
+const DEFAULT_CONTEXT = 4096;
+const PREFILL_CHUNK = 256;
+/**
+ * KV pool of the app, in contexts: one chat at a time needs one context, and the second keeps the
+ * previous turn's blocks cached for the next turn's prefix while a new reply is written. (The
+ * engine's default pool, sized for a server's many requests, would be mostly idle here.)
+ */
+const KV_CONTEXTS = 2;
+/** navigator.deviceMemory tops out at 8 (GiB) in Chromium: 8 means "8 or more", no limit. */
+const DEVICE_MEMORY_CAP_GIB = 8;
+/** Background kernel tuning per page load until every class of the model is cached. */
+const TUNE_BUDGET_MS = 5000;
+
+export interface LoadedEngine {
+  engine: Engine;
+  /** True when every file came from the cache. */
+  fromCache: boolean;
+}
+
+/** The memory budget: the caller's, else a small device's reported memory, else none. */
+function memoryBudget(opts: LoadOptions): { bytes: number; source: string } | null {
+  if (opts.memoryLimitBytes !== undefined) {
+    return { bytes: opts.memoryLimitBytes, source: 'the memory limit set for this page' };
+  }
+  const gib = (globalThis as { navigator?: { deviceMemory?: number } }).navigator?.deviceMemory;
+  if (gib !== undefined && gib > 0 && gib < DEVICE_MEMORY_CAP_GIB) {
+    return { bytes: gib * 2 ** 30, source: `this device's ${gib} GiB of memory` };
+  }
+  return null;
+}
+
+/**
+ * Refuses a model that cannot fit, reading only its config and safetensors headers: the estimated
+ * GPU memory against the budget, and one layer's KV cache for a whole context against the largest
+ * storage binding the adapter allows.
+ */
+async function checkFits(
+  dir: ModelDir,
+  adapter: GPUAdapter,
+  opts: LoadOptions,
+  beforeDownload: boolean,
+): Promise<void> {
+  // Said only when it is true: the point of checking first is that nothing big was fetched.
+  const notFetched = beforeDownload ? ' Its weights were not downloaded.' : '';
+  const spec = await loadModelSpec(dir);
+  const ckpt = await openCheckpoint(dir);
+  try {
+    const quant = weightQuantFor(spec, dir.location, 'none');
+    validateCheckpoint(spec, ckpt, quant);
+    const context = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
+    const kvDtype = adapter.features.has('shader-f16') ? 'f16' : 'f32';
+    const est = estimateMemory(
+      spec,
+      ckpt,
+      quant,
+      KV_CONTEXTS * context,
+      kvDtype,
+      Math.min(PREFILL_CHUNK, context),
+    );
+    const budget = memoryBudget(opts);
+    if (budget && est.total > budget.bytes) {
+      throw new DeviceMemoryError(
+        `This model is too big for this device: it needs about ${formatBytes(est.total)} of GPU memory ` +
+          `(weights ${formatBytes(est.weights)}, KV cache ${formatBytes(est.kvCache)}, activations ${formatBytes(est.activations)}), ` +
+          `more than ${budget.source} (${formatBytes(budget.bytes)}).${notFetched}`,
+      );
+    }
+    const layerKv = kvCacheBytes(spec, context, kvDtype) / (2 * spec.numLayers);
+    const binding = adapter.limits.maxStorageBufferBindingSize;
+    if (layerKv > binding) {
+      throw new DeviceMemoryError(
+        `This model is too big for this GPU: one layer's KV cache for ${context} tokens takes ${formatBytes(layerKv)}, ` +
+          `over the ${formatBytes(binding)} this adapter allows in one buffer binding.${notFetched}`,
+      );
+    }
+  } finally {
+    await ckpt.close();
+  }
+}
+
+async function requestAdapter(): Promise<GPUAdapter> {
+  const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
+  if (!gpu) {
+    throw new GpuDeviceError(
+      'WebGPU is not available in this browser (no navigator.gpu). Use a recent Chrome or Edge, or enable WebGPU in your browser’s settings.',
+    );
+  }
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) {
+    throw new GpuDeviceError(
+      'WebGPU found no adapter: the GPU may be blocklisted or WebGPU disabled (on Linux Chrome, enable chrome://flags/#enable-unsafe-webgpu).',
+    );
+  }
+  return adapter;
+}
+
+/** Loads a model as the app does (see the file's comment); progress is byte-accurate per phase. */
+export async function loadEngine(
+  opts: LoadOptions,
+  onProgress: (p: LoadProgress) => void = () => undefined,
+): Promise<LoadedEngine> {
+  const adapter = await requestAdapter();
+  const src = opts.source;
+  let dir: ModelDir;
+  let fromCache = false;
+  onProgress({ phase: 'checking', item: 'config.json', loadedBytes: 0, totalBytes: 0 });
+  if (src.kind === 'files') {
+    dir = blobModelDir(src.name, new Map(src.files.map((f) => [f.path, f.blob])));
+    await checkFits(dir, adapter, opts, false);
+  } else {
+    // Without the Cache API (an insecure context) the model still loads, straight from the network.
+    const cache = opts.cache === false ? null : await ModelCache.open().catch(() => null);
+    const stored = await cache?.cached(src.url, src.revision);
+    if (stored) {
+      dir = stored.dir;
+      fromCache = true;
+      await checkFits(dir, adapter, opts, false);
+    } else {
+      await checkFits(httpModelDir(src.url), adapter, opts, true);
+      if (cache) {
+        const plan = await cache.plan(src.url, src.revision);
+        dir = await cache.download(plan, {
+          onProgress: (p) => onProgress({ phase: 'downloading', item: p.file, ...p }),
+        });
+      } else dir = httpModelDir(src.url);
+    }
+  }
+  const context = opts.contextLength;
+  const spec = await loadModelSpec(dir);
+  const contextLength = Math.min(spec.maxPositionEmbeddings, context ?? DEFAULT_CONTEXT);
+  const budget = memoryBudget(opts);
+  const engine = await createEngine({
+    model: dir,
+    contextLength,
+    prefillChunkTokens: Math.min(PREFILL_CHUNK, contextLength),
+    kvCacheTokens: KV_CONTEXTS * contextLength,
+    ...(budget ? { memoryLimitBytes: Math.floor(budget.bytes) } : {}),
+    tune:
+      opts.tune === false || !('indexedDB' in globalThis)
+        ? false
+        : { store: new IndexedDbTuneStore(), budgetMs: TUNE_BUDGET_MS },
+    onProgress: (p) =>
+      onProgress({
+        phase: 'uploading',
+        item: p.tensor,
+        loadedBytes: p.loadedBytes,
+        totalBytes: p.totalBytes,
+      }),
+  });
+  return { engine, fromCache };
+}

@@ -1,0 +1,136 @@
+/**
+ * Messages between a page's WorkerEngine (src/worker/proxy.ts) and the engine handler in the Web
+ * Worker (src/worker/handler.ts): two discriminated unions on `type`, so both sides switch on it
+ * and TypeScript narrows each message without casts. Every request carries an `id`; the events
+ * that answer it carry the same `id`. Payloads are structured-cloneable (no functions, no
+ * AbortSignal: a stop is its own `abort` message).
+ */
+import {
+  DeviceMemoryError,
+  DownloadError,
+  GpuDeviceError,
+  InvalidModelFileError,
+  InvalidRequestError,
+  KilnError,
+  UnsupportedModelError,
+} from '../errors.js';
+import type { AdapterSummary } from '../gpu/device.js';
+import { StorageQuotaError } from '../io/model-cache.js';
+import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../runtime/chat.js';
+import type { GenerateOptions, GenerateResult, GeneratedToken } from '../runtime/generation.js';
+
+/** Where the worker loads a model from. */
+export type ModelSource =
+  /** A Hugging Face-layout folder over HTTP (Range requests), cached in the Cache API. */
+  | { kind: 'url'; url: string; revision: string }
+  /** Files the user picked (a local folder), read in place. */
+  | { kind: 'files'; name: string; files: { path: string; blob: Blob }[] };
+
+export interface LoadOptions {
+  source: ModelSource;
+  /** Tokens of context (default min(max_position_embeddings, 4096)). */
+  contextLength?: number;
+  /**
+   * Refuse a model whose estimated GPU memory is over this many bytes, before downloading its
+   * weights. Default: the device memory the browser reports, when it reports under 8 GiB.
+   */
+  memoryLimitBytes?: number;
+  /** Store URL models in the Cache API and reuse them (default true). */
+  cache?: boolean;
+  /**
+   * Tune the kernels to this adapter in the background (default true): choices are cached in
+   * IndexedDB per adapter, so only the first visit on a device pays for it.
+   */
+  tune?: boolean;
+}
+
+/**
+ * Load progress. `checking` reads config and safetensors headers (bytes not counted), `downloading`
+ * stores the folder's files in the cache (bytes of all its files; files cached earlier count at
+ * once), `uploading` copies the weights to the GPU (bytes of all its tensors).
+ */
+export interface LoadProgress {
+  phase: 'checking' | 'downloading' | 'uploading';
+  /** The file or tensor at hand. */
+  item: string;
+  loadedBytes: number;
+  totalBytes: number;
+}
+
+/** What the page knows about a loaded engine (the KilnEngine properties, as data). */
+export interface EngineInfo {
+  modelName: string;
+  contextLength: number;
+  adapter: AdapterSummary;
+  kvCacheDtype: 'f16' | 'f32';
+  weightFormat: string;
+  hasChatTemplate: boolean;
+  loadMs: number;
+  gpuMemoryBytes: number;
+  /** True when every file came from the cache (no network). */
+  fromCache: boolean;
+}
+
+export type GenerateOptionsData = Omit<GenerateOptions, 'signal'>;
+export type ChatRequestData = Omit<ChatCompletionRequest, 'signal'>;
+
+/** Page -> worker. */
+export type WorkerRequest =
+  | { type: 'load'; id: number; options: LoadOptions }
+  | { type: 'generate'; id: number; prompt: string | number[]; options: GenerateOptionsData }
+  | { type: 'chat'; id: number; request: ChatRequestData }
+  /** Stops the generation or chat request `id` (it then ends with finish reason "abort"). */
+  | { type: 'abort'; id: number }
+  | { type: 'dispose'; id: number };
+
+/** An error as data; `name` picks the class it is rebuilt as. */
+export interface SerializedError {
+  name: string;
+  message: string;
+}
+
+/** Worker -> page. */
+export type WorkerEvent =
+  | { type: 'progress'; id: number; progress: LoadProgress }
+  | { type: 'loaded'; id: number; info: EngineInfo }
+  | { type: 'token'; id: number; token: GeneratedToken }
+  | { type: 'result'; id: number; result: GenerateResult; gpuMemoryBytes: number }
+  | { type: 'chunk'; id: number; chunk: ChatCompletionChunk }
+  /** Ends a streaming chat request. */
+  | { type: 'end'; id: number; gpuMemoryBytes: number }
+  | { type: 'completion'; id: number; completion: ChatCompletion; gpuMemoryBytes: number }
+  | { type: 'disposed'; id: number }
+  | { type: 'error'; id: number; error: SerializedError }
+  /** Not an answer: the GPU device went away while the engine was in use. */
+  | { type: 'device-lost'; reason: GPUDeviceLostReason; message: string };
+
+/** One side of the channel: a Worker on the page, the worker's global scope inside it. */
+export interface Endpoint<In, Out> {
+  postMessage(message: Out): void;
+  addEventListener(type: 'message', listener: (ev: MessageEvent<In>) => void): void;
+}
+
+export function serializeError(e: unknown): SerializedError {
+  if (e instanceof Error) return { name: e.name, message: e.message };
+  return { name: 'Error', message: String(e) };
+}
+
+const ERROR_CLASSES: Record<string, new (message: string) => Error> = {
+  KilnError,
+  InvalidModelFileError,
+  UnsupportedModelError,
+  InvalidRequestError,
+  GpuDeviceError,
+  DeviceMemoryError,
+  DownloadError,
+  StorageQuotaError,
+};
+
+/** Rebuilds an error as its Kiln class (so `instanceof` works on the page), else a plain Error. */
+export function deserializeError(e: SerializedError): Error {
+  const Class = ERROR_CLASSES[e.name];
+  if (Class) return new Class(e.message);
+  const err = new Error(e.message);
+  err.name = e.name;
+  return err;
+}

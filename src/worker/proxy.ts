@@ -1,0 +1,341 @@
+/**
+ * The page side: `WorkerEngine` implements KilnEngine by sending WorkerRequests to the engine
+ * handler in a Web Worker and turning its WorkerEvents back into promises and async iterables, so
+ * the page's main thread only ever waits on messages and never blocks on inference.
+ */
+import { KilnError } from '../errors.js';
+import type { AdapterSummary } from '../gpu/device.js';
+import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../runtime/chat.js';
+import type { GenerateOptions, GenerateResult, GeneratedToken } from '../runtime/generation.js';
+import type { ChatCompletionsApi, DeviceLoss, GenerationStream, KilnEngine } from './engine-api.js';
+import {
+  deserializeError,
+  type Endpoint,
+  type EngineInfo,
+  type LoadOptions,
+  type LoadProgress,
+  type WorkerEvent,
+  type WorkerRequest,
+} from './protocol.js';
+
+type Listener = (ev: WorkerEvent) => void;
+
+/** Routes a worker's events to the request that each answers. */
+class Connection {
+  private nextId = 1;
+  private readonly listeners = new Map<number, Listener>();
+  /** Set once the device is lost: every later request fails with it. */
+  loss: DeviceLoss | null = null;
+  private onLoss: ((loss: DeviceLoss) => void) | null = null;
+  readonly lost: Promise<DeviceLoss>;
+
+  constructor(readonly endpoint: Endpoint<WorkerEvent, WorkerRequest>) {
+    this.lost = new Promise((resolve) => (this.onLoss = resolve));
+    endpoint.addEventListener('message', (ev) => {
+      const msg = ev.data;
+      if (msg.type === 'device-lost') {
+        this.loss = { reason: msg.reason, message: msg.message };
+        this.onLoss?.(this.loss);
+        return;
+      }
+      this.listeners.get(msg.id)?.(msg);
+    });
+  }
+
+  /** Sends a request made with a fresh id; `listen` gets its events until `done()` is called. */
+  send(make: (id: number) => WorkerRequest, listen: Listener): { id: number; done: () => void } {
+    const id = this.nextId++;
+    this.listeners.set(id, listen);
+    this.endpoint.postMessage(make(id));
+    return { id, done: () => this.listeners.delete(id) };
+  }
+}
+
+/** An async iterable fed by pushes; `onCancel` runs when its consumer stops early. */
+class Channel<T> implements AsyncIterable<T> {
+  private readonly items: T[] = [];
+  private ended = false;
+  private error: Error | null = null;
+  private wake: (() => void) | null = null;
+  private iterated = false;
+
+  constructor(private readonly onCancel: () => void) {}
+
+  push(item: T): void {
+    this.items.push(item);
+    this.wake?.();
+  }
+
+  end(error: Error | null = null): void {
+    this.ended = true;
+    this.error = error;
+    this.wake?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<T> {
+    if (this.iterated) throw new KilnError('a generation can be iterated once');
+    this.iterated = true;
+    let finished = false;
+    try {
+      for (;;) {
+        while (this.items.length > 0) yield this.items.shift() as T;
+        if (this.ended) break;
+        await new Promise<void>((r) => (this.wake = r));
+        this.wake = null;
+      }
+      finished = true;
+      if (this.error) throw this.error;
+    } finally {
+      // A consumer that breaks out early stops the work in the worker, as with the in-thread engine.
+      if (!finished && !this.ended) this.onCancel();
+    }
+  }
+}
+
+/** Forwards `signal`'s abort to the worker as an `abort` request for `id`. */
+function forwardAbort(conn: Connection, signal: AbortSignal | undefined, id: number): () => void {
+  if (!signal) return () => undefined;
+  const onAbort = () => conn.endpoint.postMessage({ type: 'abort', id });
+  if (signal.aborted) onAbort();
+  else signal.addEventListener('abort', onAbort, { once: true });
+  return () => signal.removeEventListener('abort', onAbort);
+}
+
+class RemoteGeneration implements GenerationStream {
+  private started = false;
+  private readonly tokens: Channel<GeneratedToken>;
+  private readonly finished: Promise<GenerateResult>;
+  private settle!: { resolve: (r: GenerateResult) => void; reject: (e: Error) => void };
+  private id = 0;
+
+  constructor(
+    private readonly engine: WorkerEngine,
+    private readonly conn: Connection,
+    private readonly prompt: string | readonly number[],
+    private readonly opts: GenerateOptions,
+  ) {
+    this.tokens = new Channel(() => conn.endpoint.postMessage({ type: 'abort', id: this.id }));
+    this.finished = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    // Whoever awaits result() sees the error; nobody awaiting it is not an unhandled rejection.
+    this.finished.catch(() => undefined);
+  }
+
+  private start(): void {
+    if (this.started) return;
+    this.started = true;
+    if (this.conn.loss) {
+      const e = lostError(this.conn.loss);
+      this.tokens.end(e);
+      this.settle.reject(e);
+      return;
+    }
+    const { signal, ...options } = this.opts;
+    let unforward = () => {};
+    const req = this.conn.send(
+      (id) => ({
+        type: 'generate',
+        id,
+        prompt: typeof this.prompt === 'string' ? this.prompt : [...this.prompt],
+        options,
+      }),
+      (ev) => {
+        if (ev.type === 'token') this.tokens.push(ev.token);
+        else if (ev.type === 'result' || ev.type === 'error') {
+          req.done();
+          unforward();
+          if (ev.type === 'result') {
+            this.engine.noteMemory(ev.gpuMemoryBytes);
+            this.tokens.end();
+            this.settle.resolve(ev.result);
+          } else {
+            const e = deserializeError(ev.error);
+            this.tokens.end(e);
+            this.settle.reject(e);
+          }
+        }
+      },
+    );
+    this.id = req.id;
+    unforward = forwardAbort(this.conn, signal, req.id);
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<GeneratedToken> {
+    this.start();
+    return this.tokens[Symbol.asyncIterator]();
+  }
+
+  result(): Promise<GenerateResult> {
+    this.start();
+    return this.finished;
+  }
+}
+
+function lostError(loss: DeviceLoss): Error {
+  return deserializeError({
+    name: 'GpuDeviceError',
+    message: `the GPU device was lost (${loss.reason}${loss.message ? `: ${loss.message}` : ''}); reload the model to continue`,
+  });
+}
+
+class RemoteChatCompletions implements ChatCompletionsApi {
+  constructor(
+    private readonly engine: WorkerEngine,
+    private readonly conn: Connection,
+  ) {}
+
+  create(req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
+  create(req: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+  async create(req: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
+    if (this.conn.loss) throw lostError(this.conn.loss);
+    const { signal, ...request } = req;
+    let unforward = () => {};
+    if (req.stream) {
+      let id = 0;
+      const chunks = new Channel<ChatCompletionChunk>(() =>
+        this.conn.endpoint.postMessage({ type: 'abort', id }),
+      );
+      // create() resolves on the first chunk, as in-thread: a bad request is refused by create()
+      // itself, not later by the iteration.
+      let first: ((e: Error | null) => void) | null = null;
+      const started = new Promise<Error | null>((r) => (first = r));
+      const sent = this.conn.send(
+        (reqId) => ({ type: 'chat', id: reqId, request }),
+        (ev) => {
+          if (ev.type === 'chunk') {
+            chunks.push(ev.chunk);
+            first?.(null);
+          } else if (ev.type === 'end' || ev.type === 'error') {
+            sent.done();
+            unforward();
+            if (ev.type === 'end') this.engine.noteMemory(ev.gpuMemoryBytes);
+            const e = ev.type === 'error' ? deserializeError(ev.error) : null;
+            chunks.end(e);
+            first?.(e);
+          }
+        },
+      );
+      id = sent.id;
+      unforward = forwardAbort(this.conn, signal, sent.id);
+      const e = await started;
+      if (e) throw e;
+      return chunks;
+    }
+    return new Promise<ChatCompletion>((resolve, reject) => {
+      const sent = this.conn.send(
+        (id) => ({ type: 'chat', id, request }),
+        (ev) => {
+          if (ev.type !== 'completion' && ev.type !== 'error') return;
+          sent.done();
+          unforward();
+          if (ev.type === 'completion') {
+            this.engine.noteMemory(ev.gpuMemoryBytes);
+            resolve(ev.completion);
+          } else reject(deserializeError(ev.error));
+        },
+      );
+      unforward = forwardAbort(this.conn, signal, sent.id);
+    });
+  }
+}
+
+export interface WorkerEngineOptions extends LoadOptions {
+  /** Load progress (checking, downloading into the cache, uploading to the GPU), byte-accurate. */
+  onProgress?: (p: LoadProgress) => void;
+}
+
+/** An Engine running in a Web Worker, behind the KilnEngine interface. */
+export class WorkerEngine implements KilnEngine {
+  readonly chat: { readonly completions: ChatCompletionsApi };
+  private memory: number;
+
+  private constructor(
+    private readonly conn: Connection,
+    private readonly info: EngineInfo,
+    private readonly terminate: (() => void) | null,
+  ) {
+    this.memory = info.gpuMemoryBytes;
+    this.chat = { completions: new RemoteChatCompletions(this, conn) };
+  }
+
+  /**
+   * Loads a model in the worker behind `endpoint` (a Worker running `serveEngine`). With
+   * `terminate`, dispose() also ends the worker. Rejects with the worker's error, rebuilt as its
+   * Kiln class.
+   */
+  static load(
+    endpoint: Endpoint<WorkerEvent, WorkerRequest>,
+    options: WorkerEngineOptions,
+    terminate: (() => void) | null = null,
+  ): Promise<WorkerEngine> {
+    const conn = new Connection(endpoint);
+    const { onProgress, ...loadOptions } = options;
+    return new Promise((resolve, reject) => {
+      const req = conn.send(
+        (id) => ({ type: 'load', id, options: loadOptions }),
+        (ev) => {
+          if (ev.type === 'progress') onProgress?.(ev.progress);
+          else if (ev.type === 'loaded') {
+            req.done();
+            resolve(new WorkerEngine(conn, ev.info, terminate));
+          } else if (ev.type === 'error') {
+            req.done();
+            reject(deserializeError(ev.error));
+          }
+        },
+      );
+    });
+  }
+
+  get modelName(): string {
+    return this.info.modelName;
+  }
+  get contextLength(): number {
+    return this.info.contextLength;
+  }
+  get adapter(): AdapterSummary {
+    return this.info.adapter;
+  }
+  get kvCacheDtype(): 'f16' | 'f32' {
+    return this.info.kvCacheDtype;
+  }
+  get weightFormat(): string {
+    return this.info.weightFormat;
+  }
+  get hasChatTemplate(): boolean {
+    return this.info.hasChatTemplate;
+  }
+  get loadMs(): number {
+    return this.info.loadMs;
+  }
+  /** As of the last finished request (the worker reports it with each). */
+  get gpuMemoryBytes(): number {
+    return this.memory;
+  }
+  /** True when the model came from the browser's cache, with no network. */
+  get fromCache(): boolean {
+    return this.info.fromCache;
+  }
+  get deviceLost(): Promise<DeviceLoss> {
+    return this.conn.lost;
+  }
+
+  /** @internal */
+  noteMemory(bytes: number): void {
+    this.memory = bytes;
+  }
+
+  generate(prompt: string | readonly number[], opts: GenerateOptions = {}): GenerationStream {
+    return new RemoteGeneration(this, this.conn, prompt, opts);
+  }
+
+  /** Frees the engine in the worker; a worker given `terminate` is ended once it has. */
+  dispose(): void {
+    const req = this.conn.send(
+      (id) => ({ type: 'dispose', id }),
+      () => {
+        req.done();
+        this.terminate?.();
+      },
+    );
+  }
+}

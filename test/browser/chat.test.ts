@@ -1,0 +1,341 @@
+/**
+ * The browser app end to end, in Debian's Chromium (headless, through playwright-core) on its
+ * SwiftShader WebGPU adapter (a CPU, no shader-f16: the f32 path). The app is built here with
+ * Vite, served with a BabyLlama folder converted at test time by the app's own server
+ * (web/serve.mjs, a real HTTP server with Range support), and driven only through the page's
+ * stable hooks: the URL parameters and the data-testid elements. BabyLlama has no chat template,
+ * so the page runs it in plain completion mode, and at temperature 0 it must continue its golden
+ * text exactly. The screenshot of the chat goes to test-results/browser/ (ignored by git).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import { build } from 'vite';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { KilnTokenizer } from '../../src/io/tokenizer.js';
+import { convertLlama2cToFolder } from '../../src/node/convert.js';
+import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
+import { repoRoot, sharedModel } from '../helpers/shared.js';
+
+/** Debian's package (scripts/setup.sh installs it); KILN_CHROMIUM points elsewhere. */
+const CHROMIUM = process.env.KILN_CHROMIUM ?? '/usr/bin/chromium';
+const PROMPT = 'Once upon a time';
+const MAX_TOKENS = 60;
+const SCREENSHOTS = join(repoRoot, 'test-results', 'browser');
+/** Loading compiles every kernel on a CPU adapter; a first reply compiles the prefill kernels. */
+const LOAD_TIMEOUT = 90_000;
+/** A minimal template (BabyLlama has none) that writes every role and the system prompt. */
+const CHAT_TEMPLATE =
+  '{{ bos_token }}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}';
+
+let tmp = '';
+let modelDir = '';
+/** The same model with a chat template added to its tokenizer_config.json. */
+let chatModelDir = '';
+let server: ChildProcess | null = null;
+let baseUrl = '';
+/** Every request the server answered, as "METHOD PATH STATUS [RANGE]". */
+const requests: string[] = [];
+let browser: Browser | null = null;
+let context: BrowserContext;
+let page: Page;
+/** The greedy ids after BOS, and the tokenizer that decodes them. */
+let greedy: number[] = [];
+let tokenizer: KilnTokenizer;
+
+/** The golden text continued from PROMPT for `tokens` tokens (its greedy ids decoded). */
+function goldenContinuation(tokens: number): string {
+  const promptIds = tokenizer.encode(PROMPT, { addSpecialTokens: false });
+  expect(greedy.slice(0, promptIds.length)).toEqual(promptIds);
+  const text = tokenizer.decode(greedy.slice(0, promptIds.length + tokens));
+  expect(text.startsWith(PROMPT)).toBe(true);
+  return text.slice(PROMPT.length);
+}
+
+function startServer(root: string, models: string[]): Promise<string> {
+  const child = spawn(
+    process.execPath,
+    [
+      join(repoRoot, 'web', 'serve.mjs'),
+      ...['--port', '0', '--root', root, '--log'],
+      ...models.flatMap((m) => ['--model', m]),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  server = child;
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.once('exit', (code) => reject(new Error(`web/serve.mjs exited with ${code}: ${stderr}`)));
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      buf += d;
+      for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        const app = /^kiln web app: (\S+)$/.exec(line);
+        if (app?.[1]) resolve(app[1]);
+        else if (/^(GET|HEAD) /.test(line)) requests.push(line);
+      }
+    });
+  });
+}
+
+/** Waits for the status to read `ready`; a load that fails shows its error instead. */
+async function waitReady(p: Page): Promise<void> {
+  await p.waitForFunction(
+    () => {
+      const s = document.querySelector('[data-testid="status"]')?.textContent ?? '';
+      return s.includes('ready') || s.includes('error') || s.includes('lost');
+    },
+    null,
+    { timeout: LOAD_TIMEOUT },
+  );
+  const status = (await p.getByTestId('status').textContent()) ?? '';
+  if (!status.includes('ready')) {
+    throw new Error(
+      `the page did not load the model: ${status}: ${await p.locator('#banner-text').textContent()}`,
+    );
+  }
+}
+
+/** Sends `text` and waits for the reply to finish; returns its text and every length it streamed through. */
+async function ask(p: Page, text: string): Promise<{ output: string; lengths: number[] }> {
+  // Record the reply's text as it changes, to see it arrive in pieces rather than at once.
+  await p.evaluate(() => {
+    const w = window as unknown as { __lengths: number[] };
+    w.__lengths = [];
+    new MutationObserver(() => {
+      const out = document.querySelector('[data-testid="output"]');
+      if (out) w.__lengths.push(out.textContent?.length ?? 0);
+    }).observe(document.getElementById('messages') as HTMLElement, {
+      subtree: true,
+      childList: true,
+      characterData: true,
+    });
+  });
+  await p.getByTestId('prompt').fill(text);
+  await p.getByTestId('send').click();
+  await p.waitForSelector('[data-testid="output"][data-done="true"]', { timeout: LOAD_TIMEOUT });
+  const output = (await p.getByTestId('output').textContent()) ?? '';
+  const lengths = await p.evaluate(() => (window as unknown as { __lengths: number[] }).__lengths);
+  return { output, lengths };
+}
+
+function modelRequests(from = 0): string[] {
+  return requests.slice(from).filter((r) => / \/models\//.test(r));
+}
+
+beforeAll(async () => {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`no Chromium at ${CHROMIUM}: run \`npm run setup\` (installs Debian's chromium)`);
+  }
+  if (!existsSync(join(repoRoot, 'src', 'kernels', 'wgsl.gen.ts'))) {
+    throw new Error('src/kernels/wgsl.gen.ts is missing: run `npm run build` first');
+  }
+  tmp = mkdtempSync(join(tmpdir(), 'kiln-web-'));
+  const webRoot = join(tmp, 'web');
+  modelDir = join(tmp, 'babyllama');
+  await build({
+    configFile: join(repoRoot, 'web', 'vite.config.ts'),
+    logLevel: 'silent',
+    build: { outDir: webRoot, emptyOutDir: true, sourcemap: false },
+  });
+  await convertLlama2cToFolder(sharedModel('babyllama-tok105', 'model5000.bin'), {
+    outDir: modelDir,
+    tokenizer: sharedModel('babyllama-tok105', 'tok105.model'),
+  });
+  chatModelDir = join(tmp, 'babyllama-chat');
+  cpSync(modelDir, chatModelDir, { recursive: true });
+  const tokConfig = join(chatModelDir, 'tokenizer_config.json');
+  const withTemplate = { ...JSON.parse(readFileSync(tokConfig, 'utf8')), chat_template: CHAT_TEMPLATE };
+  writeFileSync(tokConfig, JSON.stringify(withTemplate));
+  tokenizer = await KilnTokenizer.load(openLocalModelDir(modelDir));
+  const ref = JSON.parse(readFileSync(sharedModel('babyllama-tok105', 'reference_greedy.json'), 'utf8')) as {
+    greedy_ids_after_bos: number[];
+  };
+  greedy = ref.greedy_ids_after_bos;
+  const golden = readFileSync(sharedModel('babyllama-tok105', 'greedy_t0_n256.runc.txt'), 'utf8');
+  expect(golden.startsWith(PROMPT + goldenContinuation(MAX_TOKENS))).toBe(true);
+  baseUrl = await startServer(webRoot, [modelDir, chatModelDir]);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--enable-unsafe-webgpu'],
+  });
+  context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  page = await context.newPage();
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  server?.kill();
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+});
+
+// Generous: on a loaded 2-core machine (the whole suite runs two files at once) a CPU adapter
+// compiling kernels can take twice as long as alone.
+describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout: 180_000 }, () => {
+  test('loads BabyLlama over HTTP and streams its golden continuation', async () => {
+    await page.goto(`${baseUrl}?model=/models/babyllama/&temperature=0&max_tokens=${MAX_TOKENS}`);
+    await waitReady(page);
+
+    // Byte-accurate progress: the download counted every byte of the folder's files, and the GPU
+    // upload every byte of its tensors.
+    const onDisk = readdirSync(modelDir).reduce((s, f) => s + statSync(join(modelDir, f)).size, 0);
+    expect(await page.locator('#progress').getAttribute('data-downloading')).toBe(`${onDisk}/${onDisk}`);
+    const upload = (await page.locator('#progress').getAttribute('data-uploading')) ?? '';
+    expect(upload).toMatch(/^(\d+)\/\1$/);
+    // The weights were read whole into the cache, after only their header was read with Range.
+    const weightReads = modelRequests().filter((r) =>
+      r.startsWith('GET /models/babyllama/model.safetensors'),
+    );
+    expect(weightReads.filter((r) => / 200$/.test(r))).toHaveLength(1);
+    // SwiftShader has no shader-f16: the engine runs the f32 path.
+    await expect.poll(() => page.locator('#model-info').textContent()).toContain('f16 off');
+
+    const { output, lengths } = await ask(page, PROMPT);
+    expect(output).toBe(goldenContinuation(MAX_TOKENS));
+    // Streamed: the reply grew through many intermediate lengths before its last.
+    expect(new Set(lengths.filter((n) => n > 0 && n < output.length)).size).toBeGreaterThan(10);
+    const stats = (await page.getByTestId('stats').textContent()) ?? '';
+    expect(stats).toMatch(new RegExp(`^${MAX_TOKENS} tokens · [\\d.]+ tokens/s · `));
+    expect(stats).toContain('swiftshader');
+    expect(stats).toContain('f16 off');
+    expect(stats).toMatch(/GPU memory [\d.]+ MiB/);
+    expect(await page.getByTestId('status').textContent()).toContain('ready');
+
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    await page.screenshot({ path: join(SCREENSHOTS, 'chat.png') });
+  });
+
+  test('reloads offline from the cache, and the next turn reuses the KV cache', async () => {
+    const mark = requests.length;
+    // Offline for the model: the browser may not reach it, and the server must not see a request.
+    const isModel = (url: URL) => url.pathname.startsWith('/models/');
+    await context.route(isModel, (route) => route.abort('internetdisconnected'));
+    try {
+      await page.reload();
+      await waitReady(page);
+      expect(await page.locator('#model-info').textContent()).toContain('from the cache');
+      expect(await page.locator('#cache-info').textContent()).toMatch(/^1 model cached/);
+
+      await page.locator('#max-tokens').fill('8');
+      const first = await ask(page, PROMPT);
+      expect(first.output).toBe(goldenContinuation(8));
+      // Completion mode keeps the conversation as one text: the second prompt starts with the
+      // first prompt and reply, whose full 16-token KV blocks are reused instead of recomputed.
+      await page.locator('#max-tokens').fill('4');
+      const second = await ask(page, 'The end.');
+      expect(second.output.length).toBeGreaterThan(0);
+      const cached = /prompt (\d+) tokens \((\d+) cached\)/.exec(
+        (await page.getByTestId('stats').textContent()) ?? '',
+      );
+      expect(Number(cached?.[2])).toBeGreaterThanOrEqual(16);
+
+      // Stop ends a long reply early; what streamed so far stays.
+      await page.locator('#max-tokens').fill('200');
+      await page.getByTestId('prompt').fill('Then');
+      await page.getByTestId('send').click();
+      await page.waitForFunction(
+        () => (document.querySelector('[data-testid="output"]')?.textContent?.length ?? 0) >= 2,
+      );
+      await page.getByTestId('stop').click();
+      await page.waitForSelector('[data-testid="output"][data-done="true"]');
+      expect(await page.getByTestId('stats').textContent()).toMatch(/^\d+ tokens · .* · stopped · /);
+      expect(((await page.getByTestId('output').textContent()) ?? '').length).toBeLessThan(100);
+      expect(await page.getByTestId('stop').isDisabled()).toBe(true);
+      expect(modelRequests(mark)).toEqual([]);
+    } finally {
+      await context.unroute(isModel);
+    }
+  });
+
+  test('a model with a chat template runs as a chat, with the system prompt', async () => {
+    const system = 'Be brief.';
+    await page.goto(
+      `${baseUrl}?model=/models/babyllama-chat/&temperature=0&max_tokens=6&system=${encodeURIComponent(system)}`,
+    );
+    await waitReady(page);
+    expect(await page.locator('#chat-mode').textContent()).toContain('chat template');
+    const { output } = await ask(page, PROMPT);
+    expect(output.length).toBeGreaterThan(0);
+    // The prompt the worker encoded is the template over the system prompt and the message.
+    const chatTokenizer = await KilnTokenizer.load(openLocalModelDir(chatModelDir));
+    const ids = chatTokenizer.encodeChat([
+      { role: 'system', content: system },
+      { role: 'user', content: PROMPT },
+    ]);
+    const stats = (await page.getByTestId('stats').textContent()) ?? '';
+    expect(stats).toMatch(new RegExp(`^\\d+ tokens · [\\d.]+ tokens/s · .* prompt ${ids.length} tokens · `));
+  });
+
+  test('a storage quota too small for the model is explained in words', async () => {
+    const fresh = await (browser as Browser).newContext();
+    try {
+      const p = await fresh.newPage();
+      // Chromium enforces this quota (navigator.storage.estimate() still reports the default), so
+      // the Cache API refuses the weights while they stream in.
+      const cdp = await fresh.newCDPSession(p);
+      await cdp.send('Storage.overrideQuotaForOrigin', {
+        origin: new URL(baseUrl).origin,
+        quotaSize: 100_000,
+      });
+      await p.goto(`${baseUrl}?model=/models/babyllama/`);
+      await expect.poll(() => p.getByTestId('status').textContent(), { timeout: LOAD_TIMEOUT }).toBe('error');
+      expect(await p.locator('#banner-text').textContent()).toMatch(
+        /^The browser refused to store .*model\.safetensors: this site's storage quota ran out while caching the model \(its files need 3\.\d MiB\)\. Clear the model cache/,
+      );
+      await expect.poll(() => p.locator('#cache-info').textContent()).toMatch(/^0 models cached/);
+    } finally {
+      await fresh.close();
+    }
+  });
+
+  test('a model too big for the device is refused before its weights are downloaded', async () => {
+    const fresh = await (browser as Browser).newContext();
+    try {
+      const p = await fresh.newPage();
+      const mark = requests.length;
+      await p.goto(`${baseUrl}?model=/models/babyllama/&memory_limit_mib=1`);
+      await expect.poll(() => p.getByTestId('status').textContent(), { timeout: LOAD_TIMEOUT }).toBe('error');
+      expect(await p.locator('#banner-text').textContent()).toMatch(
+        /too big for this device: it needs about [\d.]+ MiB .* Its weights were not downloaded\./,
+      );
+      // Only the safetensors header was read (Range requests), never the whole file.
+      const reads = modelRequests(mark).filter((r) =>
+        r.startsWith('GET /models/babyllama/model.safetensors'),
+      );
+      expect(reads.length).toBeGreaterThan(0);
+      expect(reads.every((r) => / 206 bytes=\d+-\d+$/.test(r))).toBe(true);
+    } finally {
+      await fresh.close();
+    }
+  });
+
+  test('a lost GPU device shows a message and a reload button', async () => {
+    // Crashing Chromium's GPU process loses every device, as a driver reset would. (Last: the
+    // browser's GPU process is not the same afterwards.)
+    const cdp = await (browser as Browser).newBrowserCDPSession();
+    await cdp.send('Browser.crashGpuProcess');
+    await expect
+      .poll(() => page.getByTestId('status').textContent(), { timeout: 20_000 })
+      .toBe('device lost');
+    expect(await page.locator('#banner-text').textContent()).toMatch(/GPU device was lost/);
+    expect(await page.locator('#reload').isVisible()).toBe(true);
+    expect(await page.getByTestId('send').isDisabled()).toBe(true);
+    await page.screenshot({ path: join(SCREENSHOTS, 'device-lost.png') });
+  });
+});

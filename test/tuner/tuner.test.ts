@@ -1,0 +1,303 @@
+/**
+ * The kernel tuner: selection logic on fixed timings, the output check that keeps wrong kernels
+ * from winning (real kernels on Dawn), the cache (round trip, corruption, foreign entries, the file
+ * store), and a tuned BabyLlama engine that still produces its golden greedy ids.
+ */
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { GpuContext } from '../../src/gpu/device.js';
+import { GpuTimer } from '../../src/gpu/timer.js';
+import { matmul } from '../../src/kernels/matmul.js';
+import { convertLlama2cToFolder } from '../../src/node/convert.js';
+import { createEngine } from '../../src/node/index.js';
+import { FileTuneStore } from '../../src/node/tune-store.js';
+import { MemoryTuneStore, loadTuneCache, saveTuneCache, type TunedClass } from '../../src/tuner/cache.js';
+import { KernelChoices, matmulClassKey, mClassOf, type KernelChoice } from '../../src/tuner/choices.js';
+import { median, pickWinner } from '../../src/tuner/measure.js';
+import { adapterSignature, signatureId } from '../../src/tuner/signature.js';
+import { outputsAgree, tuneClass, type TuneClass } from '../../src/tuner/tuner.js';
+import { KILN_VERSION } from '../../src/version.js';
+import { randomF32, testGpu, upload, uploadWeight, zeros } from '../helpers/gpu.js';
+import { repoRoot, sharedModel } from '../helpers/shared.js';
+
+describe('selection', () => {
+  it('keeps the default unless a candidate beats it by more than 3%', () => {
+    expect(pickWinner([10, 9.8, 9.9], [true, true, true])).toBe(0);
+    expect(pickWinner([10, 9.0, 9.5], [true, true, true])).toBe(1);
+    // The fastest is wrong: the next correct one wins.
+    expect(pickWinner([10, 5, 8, 9], [true, false, true, true])).toBe(2);
+    // Ties go to the earlier candidate; rejected (null) ones never win.
+    expect(pickWinner([10, 8, 8, null], [true, true, true, true])).toBe(1);
+    expect(pickWinner([10, null, 11], [true, true, true])).toBe(0);
+  });
+
+  it('medians', () => {
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+  });
+
+  it('output check: scale-relative, NaN fails', () => {
+    const ref = Float32Array.from([1, -2, 3]);
+    expect(outputsAgree(ref, Float32Array.from([1, -2, 3.002]))).toBe(true);
+    expect(outputsAgree(ref, Float32Array.from([1, -2, 3.01]))).toBe(false);
+    expect(outputsAgree(ref, Float32Array.from([1, NaN, 3]))).toBe(false);
+    expect(outputsAgree(ref, Float32Array.from([1, -2]))).toBe(false);
+  });
+
+  it('shape classes bucket M', () => {
+    expect([1, 2, 4, 5, 16, 17, 256].map(mClassOf)).toEqual([
+      '1',
+      '2-4',
+      '2-4',
+      '5-16',
+      '5-16',
+      '17+',
+      '17+',
+    ]);
+    const w = { format: 'bf16' as const, rows: 896, cols: 4864 };
+    expect(matmulClassKey(w, 3)).toBe('matmul_bf16 n896 k4864 m2-4');
+    const t = new KernelChoices();
+    t.set(matmulClassKey(w, 1), { kernel: 'matmul', variant: { path: 'flat', r: 2 } });
+    expect(t.matmul({ ...w, name: 'w', parts: [] }, 1)).toEqual({ path: 'flat', r: 2 });
+    expect(t.matmul({ ...w, name: 'w', parts: [] }, 2)).toBeUndefined();
+  });
+
+  it("the version is package.json's", () => {
+    const pkg = JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string };
+    expect(KILN_VERSION).toBe(pkg.version);
+  });
+});
+
+describe('a wrong kernel never wins', () => {
+  let c: GpuContext;
+  beforeAll(async () => {
+    c = await testGpu();
+  });
+
+  it('rejects a faster candidate that computes half the rows, and one that writes elsewhere', async () => {
+    const [n, k, m] = [1024, 512, 1];
+    const { weight } = uploadWeight(c, randomF32(n * k, 1, 0.1), n, k, 'f32');
+    // The "half" candidate: the same kernel over only the first 512 rows (half the work, so it
+    // is the fastest), leaving the other outputs zero.
+    const half = { ...weight, rows: n / 2, parts: weight.parts.map((p) => ({ ...p, rows: n / 2 })) };
+    const x = upload(c, randomF32(m * k, 2));
+    const y = zeros(c, m * n);
+    const elsewhere = zeros(c, m * n);
+    const ph = zeros(c, 4);
+    const wrongHalf: KernelChoice = { kernel: 'matmul', variant: { path: 'flat', mt: 1, r: 1 } };
+    const wrongElsewhere: KernelChoice = { kernel: 'matmul', variant: { path: 'flat', mt: 1, r: 2 } };
+    const cls: TuneClass = {
+      key: 'test',
+      kernel: 'matmul',
+      priority: 0,
+      candidates: [
+        { kernel: 'matmul', variant: {} },
+        wrongHalf,
+        wrongElsewhere,
+        { kernel: 'matmul', variant: { path: 'flat', mt: 1, r: 4 } },
+      ],
+      prepare: () => ({
+        output: y,
+        outputBytes: m * n * 4,
+        record: (b, choice) => {
+          const variant = choice.kernel === 'matmul' ? choice.variant : {};
+          if (choice === wrongHalf) return matmul(b, { x, weight: half, y, m, placeholder: ph, variant });
+          if (choice === wrongElsewhere)
+            return matmul(b, { x, weight, y: elsewhere, m, placeholder: ph, variant });
+          return matmul(b, { x, weight, y, m, placeholder: ph, variant });
+        },
+        destroy: () => {},
+      }),
+    };
+    const timer = new GpuTimer(c);
+    const r = await tuneClass(c, timer, cls);
+    timer.destroy();
+    expect(r).not.toBeNull();
+    expect(r?.rejected_wrong).toBe(2);
+    expect([wrongHalf, wrongElsewhere]).not.toContain(r?.choice);
+    expect(r?.best_ms).toBeGreaterThan(0);
+    expect(r?.default_ms).toBeGreaterThanOrEqual(r?.best_ms as number);
+  }, 120_000);
+});
+
+describe('cache', () => {
+  let c: GpuContext;
+  const warnings: string[] = [];
+  const warn = (m: string) => warnings.push(m);
+  const entry: TunedClass = {
+    kernel: 'matmul',
+    choice: { kernel: 'matmul', variant: { path: 'gemm', tm: 4, tn: 2 } },
+    best_variant: 'matmul_bf16_gemm_t4x2',
+    default_variant: 'matmul_bf16_m1r4x256',
+    default_ms: 2,
+    best_ms: 1,
+    candidates_tried: 6,
+  };
+  beforeAll(async () => {
+    c = await testGpu();
+  });
+
+  it('round-trips', async () => {
+    const store = new MemoryTuneStore();
+    const sig = adapterSignature(c);
+    await saveTuneCache(store, sig, new Map([['k', entry]]));
+    warnings.length = 0;
+    const back = await loadTuneCache(store, sig, warn);
+    expect([...back]).toEqual([['k', entry]]);
+    expect(warnings).toEqual([]);
+  });
+
+  it('ignores corrupt text, other formats, foreign signatures and malformed entries, with warnings', async () => {
+    const sig = adapterSignature(c);
+    const id = signatureId(sig);
+    const store = new MemoryTuneStore();
+    const load = async (text: string) => {
+      store.texts.set(id, text);
+      warnings.length = 0;
+      return loadTuneCache(store, sig, warn);
+    };
+    expect((await load('{"format": "kiln-tun')).size).toBe(0);
+    expect(warnings[0]).toMatch(/not valid JSON/);
+    expect((await load('{"format": "other", "version": 1, "classes": {}}')).size).toBe(0);
+    expect(warnings[0]).toMatch(/not a kiln-tuning v1 file/);
+    const foreign = {
+      format: 'kiln-tuning',
+      version: 1,
+      signature: { ...sig, kiln: '0.0.0' },
+      classes: { k: entry },
+    };
+    expect((await load(JSON.stringify(foreign))).size).toBe(0);
+    expect(warnings[0]).toMatch(/another adapter or Kiln version/);
+    const mixed = {
+      format: 'kiln-tuning',
+      version: 1,
+      signature: sig,
+      classes: {
+        good: entry,
+        negative: { ...entry, best_ms: -1 },
+        nochoice: { ...entry, choice: { kernel: 'rm -rf' } },
+        string: 'matmul',
+      },
+    };
+    const got = await load(JSON.stringify(mixed));
+    expect([...got.keys()]).toEqual(['good']);
+    expect(warnings).toHaveLength(3);
+  });
+
+  it('file store: atomic write, read back, missing file is empty', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kiln-tune-'));
+    try {
+      const store = new FileTuneStore(join(dir, 'tuning'));
+      const sig = adapterSignature(c);
+      expect(await store.read(signatureId(sig))).toBeNull();
+      await saveTuneCache(store, sig, new Map([['k', entry]]));
+      expect(readdirSync(join(dir, 'tuning'))).toEqual([`${signatureId(sig)}.json`]);
+      warnings.length = 0;
+      expect((await loadTuneCache(store, sig, warn)).get('k')).toEqual(entry);
+      writeFileSync(join(dir, 'tuning', `${signatureId(sig)}.json`), '\u0000garbage');
+      expect((await loadTuneCache(store, sig, warn)).size).toBe(0);
+      expect(warnings[0]).toMatch(/not valid JSON/);
+      expect(() => store.path('../../etc/passwd')).toThrow(RangeError);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a tuned BabyLlama', () => {
+  let dir = '';
+  const golden = JSON.parse(
+    readFileSync(sharedModel('babyllama-tok105', 'reference_greedy.json'), 'utf8'),
+  ) as { greedy_ids_after_bos: number[] };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kiln-tune-baby-'));
+    await convertLlama2cToFolder(sharedModel('babyllama-tok105', 'model5000.bin'), {
+      outDir: dir,
+      tokenizer: sharedModel('babyllama-tok105', 'tok105.model'),
+    });
+  }, 120_000);
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('tunes in the background, runs the winners, keeps the golden ids; a second engine reuses the cache', async () => {
+    const store = new MemoryTuneStore();
+    const warnings: string[] = [];
+    // Four-token prefill chunks keep the classes to M = 1 and 2-4 (the test's time).
+    const opts = {
+      model: dir,
+      prefillChunkTokens: 4,
+      tune: { budgetMs: 600_000, store, warn: (m: string) => warnings.push(m) },
+    };
+    const engine = await createEngine(opts);
+    try {
+      const report = await engine.tuning;
+      expect(report).not.toBeNull();
+      expect(report?.skipped).toEqual([]);
+      expect(report?.classes.length).toBeGreaterThanOrEqual(10);
+      for (const cl of report?.classes ?? []) {
+        expect(cl.candidates_tried).toBeGreaterThan(0);
+        expect(cl.best_ms).toBeLessThanOrEqual(cl.default_ms);
+      }
+      // The decode step runs each M = 1 winner (the profile lists the dispatches' pipelines).
+      const labels = new Set((await engine.profileDecode(64)).map((p) => p.label));
+      for (const cl of report?.classes ?? []) {
+        if (cl.kernel === 'matmul' && cl.shape_class.endsWith(' m1'))
+          expect(labels).toContain(cl.best_variant);
+      }
+      const r = await engine.generate([1], { maxTokens: 200, temperature: 0, ignoreEos: true }).result();
+      expect(r.tokenIds).toEqual(golden.greedy_ids_after_bos.slice(0, 200));
+    } finally {
+      engine.dispose();
+    }
+    expect(warnings).toEqual([]);
+
+    const again = await createEngine(opts);
+    try {
+      expect(await again.tuning).toBeNull(); // nothing left to tune
+      const t0 = performance.now();
+      const { report } = await again.tune({ budgetMs: 0, store });
+      expect(performance.now() - t0).toBeLessThan(1000);
+      expect(report.classes.every((cl) => cl.cached && cl.candidates_tried === 0)).toBe(true);
+      const r = await again.generate([1], { maxTokens: 200, temperature: 0, ignoreEos: true }).result();
+      expect(r.tokenIds).toEqual(golden.greedy_ids_after_bos.slice(0, 200));
+    } finally {
+      again.dispose();
+    }
+  }, 600_000);
+
+  it('retunes a cached choice that is not in the search space, with a warning', async () => {
+    const store = new MemoryTuneStore();
+    const warnings: string[] = [];
+    const opts = { model: dir, prefillChunkTokens: 4 };
+    const e = await createEngine(opts);
+    try {
+      const { report } = await e.tune({ budgetMs: 0, store }); // nothing cached: every class skipped
+      expect(report.classes).toEqual([]);
+      expect(store.texts.size).toBe(0); // nothing tuned, nothing written
+      const key = report.skipped[0] as string;
+      // Plant an entry with a tile no Kiln version offers.
+      const hostile = new Map<string, TunedClass>([
+        [
+          key,
+          {
+            kernel: 'matmul',
+            choice: { kernel: 'matmul', variant: { path: 'gemm', tm: 32 as 16, tn: 2 } },
+            best_variant: 'x',
+            default_variant: 'y',
+            default_ms: 1,
+            best_ms: 0.5,
+            candidates_tried: 1,
+          },
+        ],
+      ]);
+      await saveTuneCache(store, adapterSignature(await testGpu()), hostile);
+      const r2 = await e.tune({ budgetMs: 0, store, warn: (m) => warnings.push(m) });
+      expect(warnings.join('\n')).toMatch(/not in this version's search space/);
+      expect(r2.report.classes).toEqual([]);
+    } finally {
+      e.dispose();
+    }
+  }, 300_000);
+});

@@ -1,0 +1,525 @@
+/**
+ * The chat page. Everything heavy runs in the engine's Web Worker (WorkerEngine): this thread only
+ * renders. Query parameters (stable, tests rely on them): `model` (a Hub id `org/name[@rev]` or a
+ * folder URL; relative URLs start with `/` or `.`), `revision`, `temperature`, `top_p`,
+ * `max_tokens`, `system`, `context`, `memory_limit_mib`.
+ */
+import { formatBytes } from '../src/gpu/device.js';
+import { pickedFolderFiles } from '../src/io/blob-model-dir.js';
+import { hubFileUrl, parseHubId } from '../src/io/hub-id.js';
+import { clearModelCache, ModelCache } from '../src/io/model-cache.js';
+import type { ChatMessage } from '../src/io/tokenizer.js';
+import type { KilnEngine } from '../src/worker/engine-api.js';
+import type { LoadProgress, ModelSource } from '../src/worker/protocol.js';
+import { WorkerEngine } from '../src/worker/proxy.js';
+
+const HUB = 'https://huggingface.co';
+
+function el<T extends HTMLElement>(id: string, type: new () => T): T {
+  const e = document.getElementById(id);
+  if (!(e instanceof type)) throw new Error(`the page has no #${id}`);
+  return e;
+}
+
+const ui = {
+  modelForm: el('model-form', HTMLFormElement),
+  modelUrl: el('model-url', HTMLInputElement),
+  load: el('load', HTMLButtonElement),
+  openFolder: el('open-folder', HTMLButtonElement),
+  folderInput: el('folder-input', HTMLInputElement),
+  progress: el('progress', HTMLDivElement),
+  progressFill: el('progress-fill', HTMLDivElement),
+  progressText: el('progress-text', HTMLDivElement),
+  modelInfo: el('model-info', HTMLElement),
+  system: el('system', HTMLTextAreaElement),
+  temperature: el('temperature', HTMLInputElement),
+  temperatureValue: el('temperature-value', HTMLOutputElement),
+  topP: el('top-p', HTMLInputElement),
+  topPValue: el('top-p-value', HTMLOutputElement),
+  maxTokens: el('max-tokens', HTMLInputElement),
+  cacheInfo: el('cache-info', HTMLParagraphElement),
+  clearCache: el('clear-cache', HTMLButtonElement),
+  chatTitle: el('chat-title', HTMLDivElement),
+  chatMode: el('chat-mode', HTMLDivElement),
+  status: el('status', HTMLDivElement),
+  newChat: el('new-chat', HTMLButtonElement),
+  banner: el('banner', HTMLDivElement),
+  bannerText: el('banner-text', HTMLSpanElement),
+  reload: el('reload', HTMLButtonElement),
+  messages: el('messages', HTMLDivElement),
+  empty: el('empty', HTMLDivElement),
+  composer: el('composer', HTMLFormElement),
+  prompt: el('prompt', HTMLTextAreaElement),
+  send: el('send', HTMLButtonElement),
+  stop: el('stop', HTMLButtonElement),
+  stats: el('stats', HTMLDivElement),
+};
+
+const params = new URLSearchParams(location.search);
+
+function numberParam(name: string, fallback: number, ok: (v: number) => boolean): number {
+  const raw = params.get(name);
+  const v = raw === null ? NaN : Number(raw);
+  return raw !== null && Number.isFinite(v) && ok(v) ? v : fallback;
+}
+
+ui.temperature.value = String(numberParam('temperature', 0.7, (v) => v >= 0 && v <= 2));
+ui.topP.value = String(numberParam('top_p', 0.95, (v) => v > 0 && v <= 1));
+ui.maxTokens.value = String(numberParam('max_tokens', 256, (v) => Number.isInteger(v) && v >= 1));
+ui.system.value = params.get('system') ?? '';
+const contextParam = numberParam('context', 0, (v) => Number.isInteger(v) && v > 0);
+const memoryLimitMiB = numberParam('memory_limit_mib', 0, (v) => v > 0);
+/** `?tune=0` turns background kernel tuning off. */
+const tuneKernels = params.get('tune') !== '0';
+
+const showSliders = () => {
+  ui.temperatureValue.value = Number(ui.temperature.value).toFixed(2);
+  ui.topPValue.value = Number(ui.topP.value).toFixed(2);
+};
+ui.temperature.addEventListener('input', showSliders);
+ui.topP.addEventListener('input', showSliders);
+showSliders();
+
+// ---- state
+
+interface Turn {
+  role: 'user' | 'assistant';
+  content: string;
+}
+
+let engine: KilnEngine | null = null;
+let loading = false;
+let generation: AbortController | null = null;
+let turns: Turn[] = [];
+let lost = false;
+
+type StatusState = 'idle' | 'busy' | 'ready' | 'error';
+
+function setStatus(text: string, state: StatusState): void {
+  ui.status.textContent = text;
+  ui.status.dataset.state = state;
+}
+
+function refreshControls(): void {
+  const busy = generation !== null;
+  ui.send.disabled = !engine || busy || loading || lost;
+  ui.stop.disabled = !busy;
+  ui.load.disabled = loading;
+  ui.openFolder.disabled = loading;
+  ui.newChat.disabled = loading;
+}
+
+function showBanner(text: string, reload: boolean): void {
+  ui.banner.hidden = false;
+  ui.bannerText.textContent = text;
+  ui.reload.hidden = !reload;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+// ---- model loading
+
+/** A Hub id becomes its resolve URL; anything else is a URL relative to this page. */
+function sourceFromInput(value: string): ModelSource {
+  const v = value.trim();
+  const hub = /^(https?:|\/|\.)/.test(v) ? null : parseHubId(v);
+  if (hub) return { kind: 'url', url: hubFileUrl(HUB, hub.repo, hub.revision, ''), revision: hub.revision };
+  return { kind: 'url', url: new URL(v, location.href).href, revision: params.get('revision') ?? 'main' };
+}
+
+/** A short name for the header: a Hub id as is, a URL's last folder name. */
+function modelTitle(value: string): string {
+  const v = value.trim();
+  if (!/^(https?:|\/|\.)/.test(v) && parseHubId(v)) return v;
+  const parts = new URL(v, location.href).pathname.split('/').filter(Boolean);
+  return decodeURIComponent(parts.at(-1) ?? v);
+}
+
+function describeProgress(p: LoadProgress): string {
+  const bytes = `${formatBytes(p.loadedBytes)} of ${formatBytes(p.totalBytes)}`;
+  if (p.phase === 'checking') return 'Checking that the model fits this device…';
+  if (p.phase === 'downloading') return p.item ? `Downloading ${p.item} · ${bytes}` : `Downloaded ${bytes}`;
+  return `Loading weights onto the GPU · ${bytes}`;
+}
+
+function showProgress(p: LoadProgress): void {
+  ui.progress.hidden = false;
+  const frac = p.totalBytes > 0 ? p.loadedBytes / p.totalBytes : 0;
+  ui.progressFill.style.width = `${(frac * 100).toFixed(1)}%`;
+  ui.progressText.textContent = describeProgress(p);
+  // Exact byte counts per phase ("loaded/total"), for tests and the curious (the text rounds them).
+  ui.progress.dataset[p.phase] = `${p.loadedBytes}/${p.totalBytes}`;
+  const pct = `${Math.floor(frac * 100)}%`;
+  if (p.phase === 'checking') setStatus('checking model', 'busy');
+  else if (p.phase === 'downloading') setStatus(`downloading ${pct}`, 'busy');
+  else setStatus(`loading ${pct}`, 'busy');
+}
+
+function adapterName(e: KilnEngine): string {
+  const a = e.adapter;
+  return a.description || [a.vendor, a.architecture].filter(Boolean).join(' ') || 'unknown adapter';
+}
+
+function f16Text(e: KilnEngine): string {
+  return e.adapter.shaderF16 ? `f16 on (KV ${e.kvCacheDtype})` : 'f16 off (f32 path)';
+}
+
+function showModelInfo(e: KilnEngine, fromCache: boolean): void {
+  const rows: [string, string][] = [
+    ['Adapter', adapterName(e)],
+    ['Precision', f16Text(e)],
+    ['Weights', e.weightFormat],
+    ['Context', `${e.contextLength} tokens`],
+    ['GPU memory', formatBytes(e.gpuMemoryBytes)],
+    ['Loaded', `in ${(e.loadMs / 1000).toFixed(1)} s, ${fromCache ? 'from the cache' : 'from the network'}`],
+  ];
+  ui.modelInfo.replaceChildren(
+    ...rows.flatMap(([k, v]) => {
+      const dt = document.createElement('dt');
+      dt.textContent = k;
+      const dd = document.createElement('dd');
+      dd.textContent = v;
+      return [dt, dd];
+    }),
+  );
+}
+
+function baseStats(e: KilnEngine): string {
+  return `${adapterName(e)} · ${f16Text(e)} · GPU memory ${formatBytes(e.gpuMemoryBytes)}`;
+}
+
+function disposeEngine(): void {
+  generation?.abort();
+  generation = null;
+  engine?.dispose();
+  engine = null;
+}
+
+async function loadModel(source: ModelSource, title: string): Promise<void> {
+  disposeEngine();
+  loading = true;
+  lost = false;
+  ui.banner.hidden = true;
+  ui.modelInfo.replaceChildren();
+  ui.chatTitle.textContent = title;
+  ui.chatTitle.title = title;
+  ui.chatMode.textContent = '';
+  ui.stats.textContent = '';
+  refreshControls();
+  setStatus('starting', 'busy');
+  const worker = new Worker(new URL('./worker.ts', import.meta.url), { type: 'module', name: 'kiln-engine' });
+  try {
+    const e = await WorkerEngine.load(
+      worker,
+      {
+        source,
+        ...(contextParam ? { contextLength: contextParam } : {}),
+        ...(memoryLimitMiB ? { memoryLimitBytes: Math.floor(memoryLimitMiB * 2 ** 20) } : {}),
+        tune: tuneKernels,
+        onProgress: showProgress,
+      },
+      () => worker.terminate(),
+    );
+    engine = e;
+    void e.deviceLost.then((loss) => {
+      if (engine !== e) return;
+      lost = true;
+      generation?.abort();
+      setStatus('device lost', 'error');
+      showBanner(
+        `The GPU device was lost (${loss.reason}${loss.message ? `: ${loss.message.replace(/\.$/, '')}` : ''}). ` +
+          'The model must be loaded again; reload the page to continue.',
+        true,
+      );
+      refreshControls();
+    });
+    ui.chatMode.textContent = e.hasChatTemplate
+      ? 'Chat (the model’s chat template)'
+      : 'Plain completion: this model has no chat template, so it continues your text';
+    ui.progress.hidden = true;
+    showModelInfo(e, e instanceof WorkerEngine && e.fromCache);
+    ui.stats.textContent = baseStats(e);
+    setStatus('ready', 'ready');
+    ui.prompt.focus();
+  } catch (err) {
+    worker.terminate();
+    setStatus('error', 'error');
+    showBanner(errorText(err), false);
+  } finally {
+    loading = false;
+    refreshControls();
+    void refreshCache();
+  }
+}
+
+ui.modelForm.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const v = ui.modelUrl.value.trim();
+  if (!v) return;
+  const url = new URL(location.href);
+  url.searchParams.set('model', v);
+  window.history.replaceState(null, '', url);
+  void loadModel(sourceFromInput(v), modelTitle(v));
+});
+
+ui.openFolder.addEventListener('click', () => ui.folderInput.click());
+ui.folderInput.addEventListener('change', () => {
+  const picked = ui.folderInput.files;
+  if (!picked || picked.length === 0) return;
+  const { name, files } = pickedFolderFiles(picked);
+  // Only the folder's own files: a model folder's sub-folders (.git, onnx/, ...) are never read.
+  const top = [...files].filter(([path]) => !path.includes('/') && !path.startsWith('.'));
+  ui.modelUrl.value = '';
+  void loadModel({ kind: 'files', name, files: top.map(([path, blob]) => ({ path, blob })) }, name);
+  ui.folderInput.value = '';
+});
+
+// ---- cache
+
+async function refreshCache(): Promise<void> {
+  try {
+    const cache = await ModelCache.open();
+    const [models, bytes, estimate] = await Promise.all([
+      cache.models(),
+      cache.sizeBytes(),
+      navigator.storage?.estimate?.().catch(() => null) ?? null,
+    ]);
+    const quota = estimate?.quota ? ` · this site may use ${formatBytes(estimate.quota)}` : '';
+    ui.cacheInfo.textContent = `${models.length} model${models.length === 1 ? '' : 's'} cached · ${formatBytes(bytes)}${quota}`;
+    ui.cacheInfo.dataset.bytes = String(bytes);
+    ui.clearCache.disabled = bytes === 0;
+  } catch (e) {
+    ui.cacheInfo.textContent = `The model cache is unavailable: ${errorText(e)}`;
+    ui.clearCache.disabled = true;
+  }
+}
+
+ui.clearCache.addEventListener('click', async () => {
+  ui.clearCache.disabled = true;
+  try {
+    await clearModelCache();
+  } finally {
+    await refreshCache();
+  }
+});
+
+// ---- chat
+
+function scrollToEnd(force = false): void {
+  const m = ui.messages;
+  if (force || m.scrollHeight - m.scrollTop - m.clientHeight < 120) m.scrollTop = m.scrollHeight;
+}
+
+function addMessage(role: Turn['role'], text: string): HTMLDivElement {
+  ui.empty.hidden = true;
+  const msg = document.createElement('div');
+  msg.className = `msg ${role}`;
+  const avatar = document.createElement('div');
+  avatar.className = 'avatar';
+  avatar.textContent = role === 'user' ? 'You' : 'K';
+  const bubble = document.createElement('div');
+  bubble.className = 'bubble';
+  const who = document.createElement('div');
+  who.className = 'who';
+  who.textContent = role === 'user' ? 'You' : 'Assistant';
+  const body = document.createElement('div');
+  body.className = 'text';
+  body.textContent = text;
+  bubble.append(who, body);
+  msg.append(avatar, bubble);
+  ui.messages.append(msg);
+  scrollToEnd(true);
+  return body;
+}
+
+/** The prompt of a model without a chat template: the conversation as one running text. */
+function completionPrompt(turns: readonly Turn[], system: string): string {
+  let text = system ? `${system}\n\n` : '';
+  turns.forEach((t, i) => {
+    // A reply continues its prompt directly (that is what was generated); a new prompt starts a
+    // paragraph. The earlier turns are then a prefix of the tokens already in the KV cache.
+    if (t.role === 'user' && i > 0) text += '\n\n';
+    text += t.content;
+  });
+  return text;
+}
+
+function chatMessages(turns: readonly Turn[], system: string): ChatMessage[] {
+  return [...(system ? [{ role: 'system' as const, content: system }] : []), ...turns];
+}
+
+interface Measure {
+  tokens: number;
+  tokensPerS: number;
+  firstTokenMs: number;
+  promptTokens: number;
+  cachedTokens: number | null;
+}
+
+function statsLine(e: KilnEngine, m: Measure, finish: string): string {
+  const cached = m.cachedTokens === null ? '' : ` (${m.cachedTokens} cached)`;
+  return [
+    `${m.tokens} tokens`,
+    `${m.tokensPerS.toFixed(1)} tokens/s`,
+    `first token ${Math.round(m.firstTokenMs)} ms`,
+    `prompt ${m.promptTokens} tokens${cached}`,
+    ...(finish === 'length' ? [] : [finish === 'stop' ? 'stopped at end of text' : 'stopped']),
+    baseStats(e),
+  ].join(' · ');
+}
+
+async function send(): Promise<void> {
+  const e = engine;
+  const text = ui.prompt.value;
+  if (!e || generation || !text.trim()) return;
+  ui.prompt.value = '';
+  autoGrow();
+  const system = ui.system.value.trim();
+  turns.push({ role: 'user', content: text });
+  addMessage('user', text);
+  // Only the newest reply carries the test hook.
+  ui.messages.querySelector('[data-testid="output"]')?.removeAttribute('data-testid');
+  const body = addMessage('assistant', '');
+  if (!e.hasChatTemplate) {
+    // A completion continues the prompt: shown muted before the reply, the text reads as one.
+    const echo = document.createElement('span');
+    echo.className = 'echo';
+    echo.textContent = text;
+    body.append(echo);
+  }
+  const out = document.createElement('span');
+  out.className = 'reply';
+  body.append(out);
+  out.dataset.testid = 'output';
+  out.dataset.done = 'false';
+  const ac = new AbortController();
+  generation = ac;
+  refreshControls();
+  setStatus('generating', 'busy');
+  const sampling = {
+    temperature: Number(ui.temperature.value),
+    topP: Number(ui.topP.value),
+    maxTokens: Math.max(1, Math.floor(Number(ui.maxTokens.value) || 1)),
+  };
+  const started = performance.now();
+  let firstAt = 0;
+  let lastAt = 0;
+  let pieces = 0;
+  const append = (piece: string) => {
+    if (!piece) return;
+    lastAt = performance.now();
+    if (pieces++ === 0) firstAt = lastAt;
+    out.append(piece);
+    scrollToEnd();
+  };
+  let reply = '';
+  try {
+    if (e.hasChatTemplate) {
+      const stream = await e.chat.completions.create({
+        messages: chatMessages(turns, system),
+        stream: true,
+        temperature: sampling.temperature,
+        top_p: sampling.topP,
+        max_tokens: sampling.maxTokens,
+        signal: ac.signal,
+      });
+      let finish = 'length';
+      let usage = { prompt_tokens: 0, completion_tokens: 0 };
+      for await (const chunk of stream) {
+        const c = chunk.choices[0];
+        const piece = c?.delta.content ?? '';
+        reply += piece;
+        append(piece);
+        if (c?.finish_reason) finish = c.finish_reason;
+        if (chunk.usage) usage = chunk.usage;
+      }
+      const decodeS = (lastAt - firstAt) / 1000;
+      ui.stats.textContent = statsLine(
+        e,
+        {
+          tokens: usage.completion_tokens,
+          tokensPerS: decodeS > 0 ? (usage.completion_tokens - 1) / decodeS : 0,
+          firstTokenMs: firstAt - started,
+          promptTokens: usage.prompt_tokens,
+          cachedTokens: null,
+        },
+        finish,
+      );
+    } else {
+      const gen = e.generate(completionPrompt(turns, system), { ...sampling, signal: ac.signal });
+      for await (const t of gen) {
+        reply += t.text;
+        append(t.text);
+      }
+      const r = await gen.result();
+      ui.stats.textContent = statsLine(
+        e,
+        {
+          tokens: r.tokenIds.length,
+          tokensPerS: r.timings.decodeTokensPerS,
+          firstTokenMs: r.timings.prefillMs,
+          promptTokens: r.promptTokenIds.length,
+          cachedTokens: r.cachedPromptTokens,
+        },
+        r.finishReason,
+      );
+    }
+    if (!lost) setStatus('ready', 'ready');
+  } catch (err) {
+    const note = document.createElement('div');
+    note.className = 'meta error';
+    note.textContent = errorText(err);
+    body.after(note);
+    if (!lost) setStatus('ready', 'ready');
+  } finally {
+    turns.push({ role: 'assistant', content: reply });
+    out.dataset.done = 'true';
+    generation = null;
+    refreshControls();
+  }
+}
+
+ui.composer.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  void send();
+});
+
+ui.prompt.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+    ev.preventDefault();
+    void send();
+  }
+});
+
+function autoGrow(): void {
+  ui.prompt.style.height = 'auto';
+  ui.prompt.style.height = `${Math.min(ui.prompt.scrollHeight + 2, 200)}px`;
+}
+ui.prompt.addEventListener('input', autoGrow);
+
+ui.stop.addEventListener('click', () => generation?.abort());
+
+ui.newChat.addEventListener('click', () => {
+  generation?.abort();
+  turns = [];
+  ui.messages.replaceChildren(ui.empty);
+  ui.empty.hidden = engine !== null;
+  if (engine) ui.stats.textContent = baseStats(engine);
+  ui.prompt.focus();
+});
+
+ui.reload.addEventListener('click', () => location.reload());
+
+// ---- start
+
+refreshControls();
+void refreshCache();
+const initial = params.get('model');
+if (initial) {
+  ui.modelUrl.value = initial;
+  void loadModel(sourceFromInput(initial), modelTitle(initial));
+} else {
+  setStatus('no model', 'idle');
+}
