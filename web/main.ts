@@ -166,21 +166,33 @@ function f16Text(e: KilnEngine): string {
   return e.adapter.shaderF16 ? `f16 on (KV ${e.kvCacheDtype})` : 'f16 off (f32 path)';
 }
 
+/** The Kernels row: whether this adapter's tuned kernels are in use (see README, Kernel tuning). */
+function tuningText(e: KilnEngine): string {
+  const t = e.tuningStatus;
+  if (t.state === 'off') return 'defaults (tuning off)';
+  const tuned = t.cachedClasses + t.tunedClasses;
+  const left = t.leftClasses > 0 ? `, ${t.leftClasses} left for the next load` : '';
+  if (t.state === 'running') return `tuning in the background (${t.cachedClasses} classes cached)`;
+  return `${tuned} ${tuned === 1 ? 'class' : 'classes'} tuned for this adapter (${t.cachedClasses} from cache)${left}`;
+}
+
 function showModelInfo(e: KilnEngine, fromCache: boolean): void {
-  const rows: [string, string][] = [
+  const rows: [string, string, string?][] = [
     ['Adapter', adapterName(e)],
     ['Precision', f16Text(e)],
     ['Weights', e.weightFormat],
     ['Context', `${e.contextLength} tokens`],
     ['GPU memory', formatBytes(e.gpuMemoryBytes)],
     ['Loaded', `in ${(e.loadMs / 1000).toFixed(1)} s, ${fromCache ? 'from the cache' : 'from the network'}`],
+    ['Kernels', tuningText(e), 'tuning'],
   ];
   ui.modelInfo.replaceChildren(
-    ...rows.flatMap(([k, v]) => {
+    ...rows.flatMap(([k, v, testId]) => {
       const dt = document.createElement('dt');
       dt.textContent = k;
       const dd = document.createElement('dd');
       dd.textContent = v;
+      if (testId) dd.dataset.testid = testId;
       return [dt, dd];
     }),
   );
@@ -239,7 +251,12 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
       ? 'Chat (the model’s chat template)'
       : 'Plain completion: this model has no chat template, so it continues your text';
     ui.progress.hidden = true;
-    showModelInfo(e, e instanceof WorkerEngine && e.fromCache);
+    const fromCache = e instanceof WorkerEngine && e.fromCache;
+    showModelInfo(e, fromCache);
+    // The Kernels row changes when background tuning ends (while this engine is still the one).
+    void e.whenTuned().then(() => {
+      if (engine === e) showModelInfo(e, fromCache);
+    });
     ui.stats.textContent = baseStats(e);
     setStatus('ready', 'ready');
     ui.prompt.focus();

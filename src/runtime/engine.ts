@@ -98,6 +98,18 @@ export interface EngineOptions {
   tune?: boolean | EngineTuneOptions;
 }
 
+/** Where background kernel tuning stands (shown by the browser app). */
+export interface TuningStatus {
+  /** 'off': tuning disabled; 'running': background tuning in progress; 'done'. */
+  state: 'off' | 'running' | 'done';
+  /** Shape classes whose choice came from the cache at load. */
+  cachedClasses: number;
+  /** Classes tuned since load. */
+  tunedClasses: number;
+  /** Classes left untuned (budget spent): a later load tunes them. */
+  leftClasses: number;
+}
+
 export interface EngineTuneOptions {
   budgetMs?: number;
   store?: TuneStore;
@@ -123,6 +135,7 @@ export class Engine {
    */
   tuning: Promise<TuneReport | null> = Promise.resolve(null);
   private readonly tuneAbort = new AbortController();
+  private tuneStatus: TuningStatus = { state: 'off', cachedClasses: 0, tunedClasses: 0, leftClasses: 0 };
 
   private constructor(
     readonly spec: ModelSpec,
@@ -256,6 +269,15 @@ export class Engine {
       const cached = tune ? await engine.tune({ ...tune, budgetMs: 0 }) : null;
       await engine.warmUp();
       engine.loadMs = performance.now() - t0;
+      if (cached) {
+        const left = cached.report.skipped.length;
+        engine.tuneStatus = {
+          state: left > 0 ? 'running' : 'done',
+          cachedClasses: cached.report.classes.length,
+          tunedClasses: 0,
+          leftClasses: left,
+        };
+      }
       if (tune && cached && cached.report.skipped.length > 0) {
         engine.tuning = engine
           .tune({
@@ -264,8 +286,17 @@ export class Engine {
             signal: engine.tuneAbort.signal,
           })
           .then(
-            (r) => r.report,
+            (r) => {
+              engine.tuneStatus = {
+                ...engine.tuneStatus,
+                state: 'done',
+                tunedClasses: r.report.classes.filter((c) => !c.cached).length,
+                leftClasses: r.report.skipped.length,
+              };
+              return r.report;
+            },
             (e: unknown) => {
+              engine.tuneStatus = { ...engine.tuneStatus, state: 'done' };
               // Tuning is an optimisation: the engine keeps its defaults if it fails.
               if (!engine.disposed)
                 (tune.warn ?? console.warn)(`kiln: kernel tuning stopped: ${(e as Error).message}`);
@@ -343,6 +374,16 @@ export class Engine {
     const result = await tuneModel(this.forward, { ...opts, hold });
     await hold(async () => this.forward.setChoices(result.choices));
     return result;
+  }
+
+  /** Where background kernel tuning stands. */
+  get tuningStatus(): TuningStatus {
+    return { ...this.tuneStatus };
+  }
+
+  /** Settles once background tuning is over (at once when there is none), with the final status. */
+  whenTuned(): Promise<TuningStatus> {
+    return this.tuning.then(() => this.tuningStatus);
   }
 
   /** Element type of the KV cache (EngineOptions.kvCache, 'auto' resolved for this adapter). */

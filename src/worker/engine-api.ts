@@ -6,7 +6,7 @@
  */
 import type { AdapterSummary } from '../gpu/device.js';
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../runtime/chat.js';
-import type { Engine } from '../runtime/engine.js';
+import type { Engine, TuningStatus } from '../runtime/engine.js';
 import type { GenerateOptions, GenerateResult, GeneratedToken } from '../runtime/generation.js';
 
 /** A generation in progress: async-iterate it for tokens, or await `result()` for everything. */
@@ -42,6 +42,10 @@ export interface KilnEngine {
   readonly loadMs: number;
   /** Bytes of GPU buffers the engine holds. */
   readonly gpuMemoryBytes: number;
+  /** Where background kernel tuning stands ('off' unless the engine was loaded with `tune`). */
+  readonly tuningStatus: TuningStatus;
+  /** Settles once background tuning is over, with the final status. */
+  whenTuned(): Promise<TuningStatus>;
   /** Settles when the GPU device goes away (reason 'destroyed' after `dispose()`). */
   readonly deviceLost: Promise<DeviceLoss>;
   readonly chat: { readonly completions: ChatCompletionsApi };

@@ -30,6 +30,7 @@ function engineInfo(engine: Engine, fromCache: boolean): EngineInfo {
     loadMs: engine.loadMs,
     gpuMemoryBytes: engine.gpuMemoryBytes,
     fromCache,
+    tuning: engine.tuningStatus,
   };
 }
 
@@ -80,6 +81,11 @@ export function serveEngine(endpoint: Endpoint<WorkerRequest, WorkerEvent>): voi
           post({ type: 'device-lost', reason: info.reason, message: info.message });
         });
         post({ type: 'loaded', id: req.id, info: engineInfo(current, loaded.fromCache) });
+        if (current.tuningStatus.state === 'running') {
+          void current.whenTuned().then((status) => {
+            if (engine === current) post({ type: 'tuned', status });
+          });
+        }
         return;
       }
       case 'generate': {

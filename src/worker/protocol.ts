@@ -17,6 +17,7 @@ import {
 import type { AdapterSummary } from '../gpu/device.js';
 import { StorageQuotaError } from '../io/model-cache.js';
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../runtime/chat.js';
+import type { TuningStatus } from '../runtime/engine.js';
 import type { GenerateOptions, GenerateResult, GeneratedToken } from '../runtime/generation.js';
 
 /** Where the worker loads a model from. */
@@ -69,6 +70,7 @@ export interface EngineInfo {
   gpuMemoryBytes: number;
   /** True when every file came from the cache (no network). */
   fromCache: boolean;
+  tuning: TuningStatus;
 }
 
 export type GenerateOptionsData = Omit<GenerateOptions, 'signal'>;
@@ -101,6 +103,8 @@ export type WorkerEvent =
   | { type: 'completion'; id: number; completion: ChatCompletion; gpuMemoryBytes: number }
   | { type: 'disposed'; id: number }
   | { type: 'error'; id: number; error: SerializedError }
+  /** Not an answer: background kernel tuning of the loaded engine is over. */
+  | { type: 'tuned'; status: TuningStatus }
   /** Not an answer: the GPU device went away while the engine was in use. */
   | { type: 'device-lost'; reason: GPUDeviceLostReason; message: string };
 

@@ -6,6 +6,7 @@
 import { KilnError } from '../errors.js';
 import type { AdapterSummary } from '../gpu/device.js';
 import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../runtime/chat.js';
+import type { TuningStatus } from '../runtime/engine.js';
 import type { GenerateOptions, GenerateResult, GeneratedToken } from '../runtime/generation.js';
 import type { ChatCompletionsApi, DeviceLoss, GenerationStream, KilnEngine } from './engine-api.js';
 import {
@@ -28,6 +29,8 @@ class Connection {
   loss: DeviceLoss | null = null;
   private onLoss: ((loss: DeviceLoss) => void) | null = null;
   readonly lost: Promise<DeviceLoss>;
+  /** Called with the final status when the worker's background tuning ends. */
+  onTuned: ((status: TuningStatus) => void) | null = null;
 
   constructor(readonly endpoint: Endpoint<WorkerEvent, WorkerRequest>) {
     this.lost = new Promise((resolve) => (this.onLoss = resolve));
@@ -36,6 +39,10 @@ class Connection {
       if (msg.type === 'device-lost') {
         this.loss = { reason: msg.reason, message: msg.message };
         this.onLoss?.(this.loss);
+        return;
+      }
+      if (msg.type === 'tuned') {
+        this.onTuned?.(msg.status);
         return;
       }
       this.listeners.get(msg.id)?.(msg);
@@ -255,6 +262,27 @@ export class WorkerEngine implements KilnEngine {
   ) {
     this.memory = info.gpuMemoryBytes;
     this.chat = { completions: new RemoteChatCompletions(this, conn) };
+    this.tuning = info.tuning;
+    this.tuned =
+      info.tuning.state === 'running'
+        ? new Promise((resolve) => {
+            conn.onTuned = (status) => {
+              this.tuning = status;
+              resolve(status);
+            };
+          })
+        : Promise.resolve(info.tuning);
+  }
+
+  private tuning: TuningStatus;
+  private readonly tuned: Promise<TuningStatus>;
+
+  get tuningStatus(): TuningStatus {
+    return { ...this.tuning };
+  }
+
+  whenTuned(): Promise<TuningStatus> {
+    return this.tuned;
   }
 
   /**

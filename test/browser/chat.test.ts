@@ -216,6 +216,13 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
     expect(stats).toContain('f16 off');
     expect(stats).toMatch(/GPU memory [\d.]+ MiB/);
     expect(await page.getByTestId('status').textContent()).toContain('ready');
+    // Background kernel tuning (5 s budget, one class at a time between steps) ends with choices
+    // stored in IndexedDB for this adapter; the reload below must find them there.
+    await expect
+      .poll(() => page.getByTestId('tuning').textContent(), { timeout: 120_000 })
+      .toMatch(/^\d+ class(es)? tuned for this adapter \(0 from cache\)/);
+    const tunedFirst = Number(/^(\d+)/.exec((await page.getByTestId('tuning').textContent()) ?? '')?.[1]);
+    expect(tunedFirst).toBeGreaterThan(0);
 
     mkdirSync(SCREENSHOTS, { recursive: true });
     await page.screenshot({ path: join(SCREENSHOTS, 'chat.png') });
@@ -231,6 +238,9 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
       await waitReady(page);
       expect(await page.locator('#model-info').textContent()).toContain('from the cache');
       expect(await page.locator('#cache-info').textContent()).toMatch(/^1 model cached/);
+      // The kernel choices tuned on the first load came back from IndexedDB.
+      const tuning = (await page.getByTestId('tuning').textContent()) ?? '';
+      expect(Number(/(\d+) (?:from cache|classes cached)/.exec(tuning)?.[1])).toBeGreaterThan(0);
 
       await page.locator('#max-tokens').fill('8');
       const first = await ask(page, PROMPT);
