@@ -4,18 +4,21 @@
  *   - rtn: round-to-nearest (no calibration);
  *   - clip: per-group clipping search minimising the reconstruction error weighted by the
  *     calibration activations' second moments E[x²] (activation-aware clipping);
- *   - gptq: GPTQ error compensation with the Hessian of the calibration activations, group
- *     parameters chosen with the same clipping search.
+ *   - gptq: GPTQ error compensation with the Hessian of the calibration activations (group
+ *     parameters by round to nearest on the compensated weights), solved on the GPU
+ *     (src/quant/gptq-gpu.ts) where the device can hold it, else by the float64 CPU solver.
  * Calibration activations are the float model's own projection inputs, captured on the GPU while
  * it reads the calibration text (or, without one, text it samples itself from BOS).
  */
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { InvalidRequestError, UnsupportedModelError } from '../errors.js';
+import { DeviceMemoryError, InvalidRequestError, UnsupportedModelError } from '../errors.js';
 import { loadModelSpec } from '../io/config.js';
 import { decodeToFloat32 } from '../io/dtype.js';
-import { openCheckpoint, type Checkpoint } from '../io/safetensors.js';
+import { openCheckpoint, planSafetensors, type Checkpoint } from '../io/safetensors.js';
 import { columnSecondMoments, quantizeClip } from '../quant/clip.js';
+import type { GpuContext } from '../gpu/device.js';
+import { GptqGpuSolver, planGptqGpu } from '../quant/gptq-gpu.js';
 import { accumulateHessian, quantizeGptq } from '../quant/gptq-solver.js';
 import {
   fusedProjectionNames,
@@ -30,6 +33,7 @@ import type { Engine } from '../runtime/engine.js';
 import type { LinearInputName } from '../runtime/forward.js';
 import { EMBED_TOKENS, LM_HEAD, layerTensorNames, type ModelSpec } from '../runtime/model-spec.js';
 import { expectedTensors, validateCheckpoint } from '../runtime/weights.js';
+import { acquireNodeGpu } from './dawn.js';
 import { createEngine } from './index.js';
 import { openLocalModelDir } from './fs-model-dir.js';
 import { writeSafetensorsFile } from './safetensors-file.js';
@@ -50,6 +54,12 @@ export interface QuantizeModelOptions {
   calibrationTokens?: number;
   /** Quantize the LM head as well (embeddings always stay in float). */
   lmHead?: boolean;
+  /**
+   * Where GPTQ is solved: 'auto' (default) on the GPU where the device can hold the problem, else
+   * on the CPU (with a log line saying why); 'gpu' fails instead of falling back; 'cpu' is the
+   * float64 reference solver (slow: minutes per layer at 0.5B shapes on a CPU adapter).
+   */
+  gptqSolver?: 'auto' | 'gpu' | 'cpu';
   onProgress?: (done: number, total: number, what: string) => void;
   /** Messages about what is being done. */
   log?: (line: string) => void;
@@ -62,16 +72,29 @@ export interface QuantizeSummary {
   matrices: number;
   seconds: number;
   bytes_written: number;
+  /** GPTQ only: where each matrix was solved ('gpu', 'cpu', or 'mixed' after a fallback). */
+  gptq_solver?: 'gpu' | 'cpu' | 'mixed';
 }
 
 const DEFAULT_CALIBRATION_TOKENS = 256;
 /** Self-generated calibration: this many sequences sampled from BOS at temperature 1. */
 const SELF_SEQUENCES = 4;
+/**
+ * GPTQ projections started ahead of the one being written (a layer's worth: its down_proj's CPU
+ * factorization then overlaps the previous layer's GPU sweeps). Memory: that many projections'
+ * f32 weights and results at once.
+ */
+const GPTQ_AHEAD = 4;
 
-/** Per-layer statistics of one projection's input: second moments (clip) or the Hessian (gptq). */
+/**
+ * Per-layer statistics of one projection's input: second moments (clip), or for gptq the
+ * activations themselves, from which the solver forms H = 2·XᵀX/n when it needs it (at the
+ * default 256 tokens they are 19× smaller than down_proj's 4864² Hessian, and the GPU solver's
+ * low-rank factorization works from X directly).
+ */
 interface InputStats {
   moments: Float64Array;
-  hessian?: Float64Array;
+  activations?: { x: Float32Array; tokens: number }[];
 }
 
 export async function quantizeModel(opts: QuantizeModelOptions): Promise<QuantizeSummary> {
@@ -106,15 +129,21 @@ export async function quantizeModel(opts: QuantizeModelOptions): Promise<Quantiz
       stats = cal.stats;
       calibrationTokens = cal.tokens;
     }
-    const summary = await writeQuantized(opts, spec, ckpt, stats);
-    return {
-      method: opts.method,
-      format: opts.format,
-      calibration_tokens: calibrationTokens,
-      matrices: summary.matrices,
-      seconds: (performance.now() - t0) / 1000,
-      bytes_written: summary.bytes,
-    };
+    const gptq = opts.method === 'gptq' ? await gptqRunner(opts.gptqSolver ?? 'auto', log) : null;
+    try {
+      const summary = await writeQuantized(opts, spec, ckpt, stats, gptq);
+      return {
+        method: opts.method,
+        format: opts.format,
+        calibration_tokens: calibrationTokens,
+        matrices: summary.matrices,
+        seconds: (performance.now() - t0) / 1000,
+        bytes_written: summary.bytes,
+        ...(gptq ? { gptq_solver: gptq.used() } : {}),
+      };
+    } finally {
+      gptq?.close();
+    }
   } finally {
     await ckpt.close();
   }
@@ -212,14 +241,14 @@ async function calibrate(
           let st = stats.get(key);
           if (!st) {
             st = { moments: new Float64Array(cols) };
-            if (opts.method === 'gptq') st.hessian = new Float64Array(cols * cols);
+            if (opts.method === 'gptq') st.activations = [];
             stats.set(key, st);
           }
           // Second moments are summed here and divided by the count below.
           const m = columnSecondMoments(x, seq.length, cols);
           for (let c = 0; c < cols; c++)
             st.moments[c] = (st.moments[c] as number) + (m[c] as number) * seq.length;
-          if (st.hessian) accumulateHessian(st.hessian, x, seq.length, cols);
+          st.activations?.push({ x, tokens: seq.length });
           counts.set(key, (counts.get(key) ?? 0) + seq.length);
         }
       });
@@ -227,8 +256,6 @@ async function calibrate(
     for (const [key, st] of stats) {
       const n = counts.get(key) as number;
       for (let c = 0; c < st.moments.length; c++) st.moments[c] = (st.moments[c] as number) / n;
-      if (st.hessian)
-        for (let i = 0; i < st.hessian.length; i++) st.hessian[i] = (st.hessian[i] as number) / n;
     }
     log(`calibrated on ${tokens} tokens`);
     return { stats, tokens };
@@ -242,6 +269,77 @@ async function readF32(ckpt: Checkpoint, name: string): Promise<Float32Array> {
   return decodeToFloat32(info.dtype, await ckpt.readTensor(info));
 }
 
+/**
+ * GPTQ for `kiln quantize`: one solver per projection input (q, k and v share theirs), on the GPU
+ * unless the device cannot hold it or the caller asked for the CPU.
+ */
+interface GptqRunner {
+  quantize(
+    list: { values: Float32Array; rows: number }[],
+    cols: number,
+    format: Q4Format,
+    st: InputStats,
+  ): Promise<Q4Matrix[]>;
+  used(): 'gpu' | 'cpu' | 'mixed';
+  close(): void;
+}
+
+async function gptqRunner(mode: 'auto' | 'gpu' | 'cpu', log: (line: string) => void): Promise<GptqRunner> {
+  // The calibration engine is gone by now: the solve gets its own device.
+  let ctx: GpuContext | null = null;
+  if (mode !== 'cpu') {
+    try {
+      ctx = await acquireNodeGpu();
+    } catch (e) {
+      if (mode === 'gpu') throw e;
+      log(`${(e as Error).message}; solving GPTQ on the CPU (slow)`);
+    }
+  }
+  const seen = new Set<'gpu' | 'cpu'>();
+  const warned = new Set<string>();
+  const fallBack = (reason: string, cols: number) => {
+    if (mode === 'gpu') throw new UnsupportedModelError(reason);
+    if (!warned.has(reason)) {
+      warned.add(reason);
+      log(`${reason}; solving GPTQ for K = ${cols} on the CPU (slow)`);
+    }
+  };
+  return {
+    async quantize(list, cols, format, st) {
+      const batches = st.activations ?? [];
+      const tokens = batches.reduce((a, b) => a + b.tokens, 0);
+      const rows = list.reduce((a, m) => a + m.rows, 0);
+      if (ctx) {
+        const plan = planGptqGpu(ctx, cols, tokens, rows);
+        if ('reason' in plan) fallBack(plan.reason, cols);
+        else {
+          let solver: GptqGpuSolver | null = null;
+          try {
+            solver = await GptqGpuSolver.create(ctx, cols, { activations: batches }, { rows });
+            const out: Q4Matrix[] = [];
+            for (const m of list) out.push(await solver.quantize(m.values, m.rows, format));
+            seen.add('gpu');
+            return out;
+          } catch (e) {
+            // Out of device memory (the limits allowed it, the allocation did not): the CPU can.
+            if (!(e instanceof DeviceMemoryError)) throw e;
+            fallBack(e.message, cols);
+          } finally {
+            solver?.destroy();
+          }
+        }
+      }
+      seen.add('cpu');
+      const h = new Float64Array(cols * cols);
+      for (const b of batches) accumulateHessian(h, b.x, b.tokens, cols);
+      for (let i = 0; i < h.length; i++) h[i] = (h[i] as number) / tokens;
+      return list.map((m) => quantizeGptq(m.values, m.rows, cols, format, h, { clip: false }));
+    },
+    used: () => (seen.size > 1 ? 'mixed' : seen.has('cpu') ? 'cpu' : 'gpu'),
+    close: () => ctx?.close(),
+  };
+}
+
 function quantizeOne(
   values: Float32Array,
   rows: number,
@@ -251,9 +349,6 @@ function quantizeOne(
   stats: InputStats | undefined,
 ): Q4Matrix {
   if (method === 'rtn') return quantizeRtn(values, rows, cols, format);
-  if (method === 'gptq' && stats?.hessian) {
-    return quantizeGptq(values, rows, cols, format, stats.hessian, { clip: false });
-  }
   return quantizeClip(values, rows, cols, format, stats ? { columnWeights: stats.moments } : {});
 }
 
@@ -262,6 +357,7 @@ async function writeQuantized(
   spec: ModelSpec,
   ckpt: Checkpoint,
   stats: Map<string, InputStats> | null,
+  gptq: GptqRunner | null,
 ): Promise<{ matrices: number; bytes: number }> {
   const projections = projectionsOf(spec, opts.lmHead ?? false);
   // A quantized tied head replaces the embeddings too: the runtime gathers them from the int4 table.
@@ -284,6 +380,45 @@ async function writeQuantized(
   const packed = new Map<string, { p: PackedQ4; left: number }>();
   let done = 0;
   const tensorsOf = (p: Projection) => q4TensorSpecs(p.prefix, p.rows, p.cols, opts.format).length;
+  const quantizeProjection = async (p: Projection): Promise<PackedQ4> => {
+    let list: Q4Matrix[] = [];
+    const st = p.input ? stats?.get(`${p.input.layer}.${p.input.proj}`) : undefined;
+    if (gptq && st?.activations) {
+      const inputs: { values: Float32Array; rows: number }[] = [];
+      for (const src of p.sources) {
+        const shape = expectedTensors(spec).get(src) as [number, number];
+        inputs.push({ values: await readF32(ckpt, src), rows: shape[0] });
+      }
+      list = await gptq.quantize(inputs, p.cols, opts.format, st);
+    } else {
+      // rtn, clip, and the LM head under gptq (no calibrated input: the weight-error search).
+      for (const src of p.sources) {
+        const shape = expectedTensors(spec).get(src) as [number, number];
+        list.push(quantizeOne(await readF32(ckpt, src), shape[0], shape[1], opts.format, opts.method, st));
+      }
+    }
+    return packQ4(stackQ4(list));
+  };
+  // GPTQ runs a few projections ahead of the writer, in the writer's order: one projection's CPU
+  // work (reading weights, the low-rank factorization, packing) then overlaps the GPU solve of
+  // another, where the two would otherwise take turns. Other methods are CPU-only: one at a time.
+  const order: Projection[] = [];
+  for (const t of planSafetensors(tensors).order) {
+    const p = owner.get(t.name);
+    if (p && !order.includes(p)) order.push(p);
+  }
+  const ahead = gptq ? GPTQ_AHEAD : 0;
+  const jobs = new Map<string, Promise<PackedQ4>>();
+  const start = (p: Projection): Promise<PackedQ4> => {
+    let job = jobs.get(p.prefix);
+    if (!job) {
+      job = quantizeProjection(p);
+      // Awaited when the writer reaches it; a failure before then must not go unhandled.
+      job.catch(() => undefined);
+      jobs.set(p.prefix, job);
+    }
+    return job;
+  };
   const produce = async (t: { name: string }): Promise<Uint8Array> => {
     const p = owner.get(t.name);
     if (!p) {
@@ -292,13 +427,11 @@ async function writeQuantized(
     }
     let entry = packed.get(p.prefix);
     if (!entry) {
-      const list: Q4Matrix[] = [];
-      const st = p.input ? stats?.get(`${p.input.layer}.${p.input.proj}`) : undefined;
-      for (const src of p.sources) {
-        const shape = expectedTensors(spec).get(src) as [number, number];
-        list.push(quantizeOne(await readF32(ckpt, src), shape[0], shape[1], opts.format, opts.method, st));
-      }
-      entry = { p: packQ4(stackQ4(list)), left: tensorsOf(p) };
+      const job = start(p);
+      const at = order.indexOf(p);
+      for (const next of order.slice(at + 1, at + 1 + ahead)) void start(next);
+      entry = { p: await job, left: tensorsOf(p) };
+      jobs.delete(p.prefix);
       packed.set(p.prefix, entry);
       opts.onProgress?.(++done, projections.length, p.prefix);
     }
