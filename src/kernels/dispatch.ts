@@ -85,9 +85,7 @@ export async function recordAsync(
   ctx: GpuContext,
   record: (b: DispatchBuilder) => Dispatch[],
 ): Promise<{ builder: DispatchBuilder; dispatches: Dispatch[] }> {
-  const collector = new CompileCollector(ctx);
-  record(collector);
-  await Promise.all(collector.compiles);
+  await precompile(ctx, record);
   const builder = new DispatchBuilder(ctx);
   try {
     return { builder, dispatches: record(builder) };
@@ -95,6 +93,16 @@ export async function recordAsync(
     builder.destroy();
     throw e;
   }
+}
+
+/**
+ * Starts compiling (createComputePipelineAsync) every pipeline `record` would use and settles
+ * when they are ready; nothing is recorded. Many of these may run at once.
+ */
+export async function precompile(ctx: GpuContext, record: (b: DispatchBuilder) => Dispatch[]): Promise<void> {
+  const collector = new CompileCollector(ctx);
+  record(collector);
+  await Promise.all(collector.compiles);
 }
 
 /** A builder whose `make` only starts the pipeline's compile; its dispatches are never encoded. */

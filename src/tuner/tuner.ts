@@ -15,7 +15,7 @@ import {
   pickDecodeChunk,
   supportsAttentionDecode,
 } from '../kernels/attention-decode.js';
-import { recordAsync, type Dispatch, type DispatchBuilder } from '../kernels/dispatch.js';
+import { precompile, recordAsync, type Dispatch, type DispatchBuilder } from '../kernels/dispatch.js';
 import { isQ4Weight, linear, type Linear } from '../kernels/linear.js';
 import { DECODE_ATTENTION_MAX_ROWS, type ForwardModel } from '../runtime/forward.js';
 import { loadTuneCache, saveTuneCache, type TunedClass, type TuneStore, type Warn } from './cache.js';
@@ -356,20 +356,25 @@ export async function tuneClass(
   const bench = cls.prepare(ctx);
   const builders: DispatchBuilder[] = [];
   try {
-    const recorded = await Promise.all(
-      cls.candidates.map(async (choice) => {
-        try {
-          const r = await ctx.checkErrors(`tuning ${cls.key}`, () =>
-            recordAsync(ctx, (b) => bench.record(b, choice)),
-          );
-          builders.push(r.builder);
-          return r.dispatches;
-        } catch (e) {
-          if (choice === cls.candidates[0]) throw e;
-          return null; // a variant this adapter cannot build: not a candidate here
-        }
-      }),
+    // Compile every candidate at once (off the queue), then record them one at a time, each in
+    // its own error scope: scopes are a device-wide stack, so interleaved ones could pin one
+    // candidate's error on another.
+    await Promise.all(
+      cls.candidates.map((choice) => precompile(ctx, (b) => bench.record(b, choice)).catch(() => undefined)),
     );
+    const recorded: (Dispatch[] | null)[] = [];
+    for (const choice of cls.candidates) {
+      try {
+        const r = await ctx.checkErrors(`tuning ${cls.key}`, () =>
+          recordAsync(ctx, (b) => bench.record(b, choice)),
+        );
+        builders.push(r.builder);
+        recorded.push(r.dispatches);
+      } catch (e) {
+        if (choice === cls.candidates[0]) throw e;
+        recorded.push(null); // a variant this adapter cannot build: not a candidate here
+      }
+    }
     const names = new Set<string>();
     const live: { choice: KernelChoice; dispatches: Dispatch[]; name: string }[] = [];
     recorded.forEach((d, i) => {
