@@ -1,7 +1,7 @@
 // gptq_gemm_t{TM}x{TN}: C(a, b) = alpha · Σ_{k < kend} A(a, k) · B[b, k] (+ C(a, b) when flags bit
 // 0), the one matrix product of the GPU GPTQ solve (src/quant/gptq-gpu.ts), which uses it for the
 // Hessian 2·XᵀX/n, the left-looking panel updates of the Cholesky factorization and the lazy
-// batched updates of the column sweep. Prepended with `enable subgroups;` and the constants
+// batched updates of the column sweep. Prepended with common/broadcast8.wgsl and the constants
 //   TM  A indices per workgroup (every thread computes all of them),
 //   TN  B indices per thread (b = first + 64·r),
 // as `const`s, so the loops over TM, TN and the 8 k of a step unroll into straight-line code.
@@ -55,20 +55,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> c_buf: array<f32>;
 
 const WG: u32 = 64u;
-
-// A(a, k + j) for j = 0..7, from lane j's value v (of each group of 8 lanes).
-fn broadcast8(v: f32) -> array<f32, 8> {
-  return array<f32, 8>(
-    subgroupBroadcast(v, 0u),
-    subgroupBroadcast(v, 1u),
-    subgroupBroadcast(v, 2u),
-    subgroupBroadcast(v, 3u),
-    subgroupBroadcast(v, 4u),
-    subgroupBroadcast(v, 5u),
-    subgroupBroadcast(v, 6u),
-    subgroupBroadcast(v, 7u),
-  );
-}
 
 @compute @workgroup_size(64)
 fn main(

@@ -10,7 +10,7 @@
 // V is read through strides, V_km = v[v_off + k·v_sk + m·v_sm] and V_mm = vd[d_off + m·d_sk] (u32,
 // wrapping): from the dense factor L of the reversed matrix (V_km = L[n−1−k, n−1−m]), or from the
 // blocks of V near the diagonal and the diagonal that the low-rank solve computes.
-// Prepended with `enable subgroups;` and `const GS` (the group size). Why this shape (lavapipe,
+// Prepended with common/broadcast8.wgsl and `const GS` (the group size). Why this shape (lavapipe,
 // where every lane's load is a separate scalar load and a dynamically indexed private array lives
 // in memory): V_GG is the same for every row, so lane ℓ of each 8 loads V(j0 + 8c + ℓ, j0 + i) and
 // the 8 entries reach every lane by subgroupBroadcast (GS²/8 loads per lane instead of GS² per
@@ -104,20 +104,6 @@ fn f16_up(x: f32) -> f32 {
     return f32(h) * 5.9604644775390625e-8;
   }
   return bitcast<f32>((((h >> 10u) + 112u) << 23u) | ((h & 0x3ffu) << 13u));
-}
-
-// v of lanes 0..7 (of each group of 8 lanes), to every lane.
-fn broadcast8(v: f32) -> array<f32, 8> {
-  return array<f32, 8>(
-    subgroupBroadcast(v, 0u),
-    subgroupBroadcast(v, 1u),
-    subgroupBroadcast(v, 2u),
-    subgroupBroadcast(v, 3u),
-    subgroupBroadcast(v, 4u),
-    subgroupBroadcast(v, 5u),
-    subgroupBroadcast(v, 6u),
-    subgroupBroadcast(v, 7u),
-  );
 }
 
 @compute @workgroup_size(64)

@@ -6,7 +6,8 @@
 //
 // Bindings: params, weights (tiled vec4<u32> words), x [m, k] Act (f32, or f16 where the adapter
 // has shader-f16: converted to f32 as it is staged), y [m, n_total] f32,
-// bias f32 (a 4-byte placeholder when flags bit 0 is clear).
+// bias f32 (a 4-byte placeholder when flags bit 0 is clear); declared with Params in
+// common/matmul_epilogue.wgsl.
 // Work: 64 threads per workgroup, each owning R whole output rows (n, n + 64, ...), so a thread
 // streams its rows word by word (16-byte loads; the tiled layout puts the 8 rows of neighbouring
 // lanes side by side) and reuses each weight word for all MT rows of X in registers: every weight
@@ -24,28 +25,6 @@ override R: u32 = 4u;
 override XV: u32 = 512u;
 override SWIGLU: bool = false;
 
-struct Params {
-  m: u32,
-  k: u32,
-  // 16-byte words per weight row
-  kw: u32,
-  // rows of this part (SWIGLU: units, i.e. gate/up pairs)
-  n_part: u32,
-  // columns of y (SWIGLU: units)
-  n_total: u32,
-  col_offset: u32,
-  grid_x: u32,
-  // bit 0: add bias; bit 1: accumulate into y (residual add)
-  flags: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> weights: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> x: array<Act>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-
-const WG: u32 = 64u;
 // Words of a weight row per staged chunk of X.
 override WPC: u32 = XV * 4u / EPW;
 
@@ -80,7 +59,7 @@ fn stage(t: u32, m0: u32, c: u32, half: u32) {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let group = wid.y * p.grid_x + wid.x;
+  let group = wid.y * p.grid + wid.x;
   let per_thread = select(R, R / 2u, SWIGLU);
   let first = group * WG * per_thread + t;
   let m0 = wid.z * MT;

@@ -2,7 +2,7 @@
 // (+ bias), the register-blocked GEMM for large M (prefill chunks): the same weights (tiled
 // vec4<u32> words, any weight fragment), bindings, uniform and epilogues as shaders/matmul.wgsl,
 // but each thread owns a TM × TN block of outputs (TM rows of X × TN weight rows) in registers.
-// Prepended by src/kernels/matmul.ts with `enable subgroups;`, an activation fragment (Act), a weight
+// Prepended by src/kernels/matmul.ts with common/broadcast8.wgsl, an activation fragment (Act), a weight
 // fragment (EPW, word_elem), common/tiled.wgsl and the module constants
 //   TM      rows of X per workgroup (every thread computes all of them),
 //   TN      weight rows per thread (n, n + 64, ...; SWIGLU: TN / 2 gate/up pairs),
@@ -35,31 +35,8 @@
 // products as ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)).
 //
 // Bindings: params, weights, x [m, k] Act, y [m, n_total] f32, bias f32 (a placeholder when flags
-// bit 0 is clear), as in shaders/matmul.wgsl.
+// bit 0 is clear), declared with Params in common/matmul_epilogue.wgsl.
 
-struct Params {
-  m: u32,
-  k: u32,
-  // 16-byte words per weight row
-  kw: u32,
-  // rows of this part (SWIGLU: units, i.e. gate/up pairs)
-  n_part: u32,
-  // columns of y (SWIGLU: units)
-  n_total: u32,
-  col_offset: u32,
-  // workgroups along N in grid y (the rest wrap into grid z)
-  grid_y: u32,
-  // bit 0: add bias; bit 1: accumulate into y (residual add)
-  flags: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> weights: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> x: array<Act>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-
-const WG: u32 = 64u;
 // Weight words per step of 8 k: one 16-bit word or two f32 words.
 const SW: u32 = 8u / EPW;
 
@@ -89,20 +66,6 @@ fn unpack8(w0: vec4<u32>, w1: vec4<u32>) -> array<f32, 8> {
   );
 }
 
-// x[m, k + j] for j = 0..7, from lane j's value v (of each group of 8 lanes).
-fn broadcast8(v: f32) -> array<f32, 8> {
-  return array<f32, 8>(
-    subgroupBroadcast(v, 0u),
-    subgroupBroadcast(v, 1u),
-    subgroupBroadcast(v, 2u),
-    subgroupBroadcast(v, 3u),
-    subgroupBroadcast(v, 4u),
-    subgroupBroadcast(v, 5u),
-    subgroupBroadcast(v, 6u),
-    subgroupBroadcast(v, 7u),
-  );
-}
-
 @compute @workgroup_size(64)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
@@ -110,7 +73,7 @@ fn main(
   @builtin(subgroup_invocation_id) sg_lane: u32,
 ) {
   let lane = sg_lane & 7u;
-  let group = wid.z * p.grid_y + wid.y;
+  let group = wid.z * p.grid + wid.y;
   let per_thread = select(TN, TN / 2u, SWIGLU);
   let first = group * WG * per_thread + t;
   let m0 = wid.x * TM;

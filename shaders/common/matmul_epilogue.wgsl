@@ -1,6 +1,32 @@
 // What the two float matmul kernels (matmul.wgsl, matmul_gemm.wgsl) share around their inner
-// loops: which storage row a thread-row reads, and how an output element is written. Both kernels
-// declare WG, SWIGLU, Params `p` (n_total, flags), `y` and `bias` under the same names.
+// loops: the uniform and bindings (src/kernels/matmul.ts packs both kernels' Params alike), which
+// storage row a thread-row reads, and how an output element is written. Each kernel declares
+// SWIGLU (an override in matmul.wgsl, a const in matmul_gemm.wgsl); the activation fragment
+// declares Act.
+
+struct Params {
+  m: u32,
+  k: u32,
+  // 16-byte words per weight row
+  kw: u32,
+  // rows of this part (SWIGLU: units, i.e. gate/up pairs)
+  n_part: u32,
+  // columns of y (SWIGLU: units)
+  n_total: u32,
+  col_offset: u32,
+  // workgroups along the first grid dimension over N (the rest wrap into the next one)
+  grid: u32,
+  // bit 0: add bias; bit 1: accumulate into y (residual add)
+  flags: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> weights: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> x: array<Act>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+
+const WG: u32 = 64u;
 
 // Storage row of thread-row r: plain rows n + 64r, or (SWIGLU) gate/up rows of unit u, whose 8-row
 // tiles are interleaved (gate tile j, then up tile j).

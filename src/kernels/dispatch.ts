@@ -38,6 +38,16 @@ export function shaderSource(main: ShaderName, ...fragments: ShaderName[]): stri
 }
 
 /**
+ * Joins shader parts with every fragment's `enable` directive moved to the top, once (WGSL wants
+ * them before any declaration).
+ */
+export function hoistEnables(parts: readonly string[]): string {
+  const lines = parts.join('\n').split('\n');
+  const enable = (l: string) => /^enable\s[^;]*;\s*$/.test(l);
+  return [...new Set(lines.filter(enable))].concat(lines.filter((l) => !enable(l))).join('\n');
+}
+
+/**
  * Owns the uniform buffers of the dispatches it makes, so a plan can be released as a whole.
  */
 export class DispatchBuilder {

@@ -8,7 +8,14 @@
  */
 import type { GpuContext } from '../gpu/device.js';
 import type { Q4Format } from '../quant/q4.js';
-import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import {
+  hoistEnables,
+  MAX_GRID,
+  packParams,
+  shaderSource,
+  type Dispatch,
+  type DispatchBuilder,
+} from './dispatch.js';
 
 export interface Q4WeightPart {
   /** Codes (PackedQ4.words). */
@@ -143,13 +150,6 @@ function variantName(f: Q4Format, mt: number, r: number, xc: number, sg: boolean
   const sym = f.symmetric ? 'sym' : 'asym';
   const suffix = `${sg ? '_sg' : ''}${dq === 'f16' ? '_h' : ''}`;
   return `matmul_q4_g${f.groupSize}_${sym}_${f.scaleType}s_m${mt}r${r}_xc${xc}${suffix}`;
-}
-
-/** Moves the fragments' `enable` directives to the top (WGSL wants them before any declaration). */
-function hoistEnables(parts: readonly string[]): string {
-  const lines = parts.join('\n').split('\n');
-  const enable = (l: string) => /^enable\s[^;]*;\s*$/.test(l);
-  return [...lines.filter(enable), ...lines.filter((l) => !enable(l))].join('\n');
 }
 
 function variantSource(f: Q4Format, mt: number, r: number, xc: number, sg: boolean, dq: Q4Dequant): string {

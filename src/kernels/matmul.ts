@@ -12,7 +12,14 @@
 import { GpuDeviceError } from '../errors.js';
 import type { GpuContext } from '../gpu/device.js';
 import { activationFragment, checkActivationFormat, type ActivationFormat } from './activation.js';
-import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import {
+  hoistEnables,
+  MAX_GRID,
+  packParams,
+  shaderSource,
+  type Dispatch,
+  type DispatchBuilder,
+} from './dispatch.js';
 import { weightFragment, wordsPerRow, type GpuWeight } from './weight.js';
 
 export interface MatmulArgs {
@@ -184,13 +191,6 @@ export function gemmVariantName(
   return `matmul_${w.format}_gemm_t${tm}x${tn}${x}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
 }
 
-/** Moves the fragments' `enable` directives to the top (WGSL wants them before any declaration). */
-function hoistEnables(parts: readonly string[]): string {
-  const lines = parts.join('\n').split('\n');
-  const enable = (l: string) => /^enable\s[^;]*;\s*$/.test(l);
-  return [...new Set(lines.filter(enable))].concat(lines.filter((l) => !enable(l))).join('\n');
-}
-
 function gemmSource(w: GpuWeight, tm: number, tn: number, xFormat: ActivationFormat): string {
   const consts = [
     `const TM: u32 = ${tm}u;`,
@@ -198,8 +198,8 @@ function gemmSource(w: GpuWeight, tm: number, tn: number, xFormat: ActivationFor
     `const SWIGLU: bool = ${w.fused === 'swiglu' ? 'true' : 'false'};`,
   ];
   return hoistEnables([
-    'enable subgroups;',
     shaderSource(
+      'common/broadcast8',
       'common/tiled',
       activationFragment(xFormat),
       weightFragment(w.format),
@@ -221,8 +221,7 @@ export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
 }
 
 /**
- * The uniform both matmul kernels read (struct Params in shaders/matmul.wgsl and
- * matmul_gemm.wgsl): shapes, this part's rows, the grid width that linearizes workgroup ids, flags.
+ * The uniform both matmul kernels read (struct Params in shaders/common/matmul_epilogue.wgsl): shapes, this part's rows, the grid width that linearizes workgroup ids, flags.
  */
 function partParams(a: MatmulArgs, part: GpuWeight['parts'][number], grid: number): ArrayBuffer {
   return packParams([

@@ -22,8 +22,7 @@ export interface TuneJson {
   adapter: string;
   budget_s: number;
   elapsed_s: number;
-  classes: Omit<TuneClassReport, 'cached' | 'default_variant' | 'rejected_wrong'>[] &
-    Partial<Pick<TuneClassReport, 'default_variant' | 'rejected_wrong' | 'cached'>>[];
+  classes: TuneClassReport[];
   geomean_speedup: number;
   skipped: string[];
   cache: string;
@@ -72,18 +71,7 @@ function toJson(r: TuneReport, cache: string): TuneJson {
     adapter: r.adapter,
     budget_s: r.budget_s,
     elapsed_s: r.elapsed_s,
-    classes: r.classes.map((c) => ({
-      kernel: c.kernel,
-      shape_class: c.shape_class,
-      default_ms: c.default_ms,
-      best_ms: c.best_ms,
-      speedup: c.speedup,
-      candidates_tried: c.candidates_tried,
-      best_variant: c.best_variant,
-      default_variant: c.default_variant,
-      rejected_wrong: c.rejected_wrong,
-      cached: c.cached,
-    })),
+    classes: r.classes,
     geomean_speedup: Math.round(geomeanSpeedup(r.classes) * 1e4) / 1e4,
     skipped: r.skipped,
     cache,

@@ -44,6 +44,7 @@ import { DeviceMemoryError } from '../errors.js';
 import { formatBytes, type GpuContext } from '../gpu/device.js';
 import {
   DispatchBuilder,
+  hoistEnables,
   linearGrid,
   MAX_GRID,
   packParams,
@@ -196,12 +197,11 @@ function gemm(b: DispatchBuilder, g: GemmArgs): Dispatch {
     ['u32', gridY],
   ]);
   const code = () =>
-    [
-      'enable subgroups;',
+    hoistEnables([
       `const TM: u32 = ${GEMM_TM}u;`,
       `const TN: u32 = ${GEMM_TN}u;`,
-      shaderSource('gptq_gemm'),
-    ].join('\n');
+      shaderSource('gptq_gemm', 'common/broadcast8'),
+    ]);
   return b.make(variant, code, params, [g.a, g.b, g.c], [gridX, gridY, Math.ceil(groups / gridY)]);
 }
 
@@ -926,7 +926,8 @@ export class GptqGpuSolver {
             d.push(
               builder.make(
                 `gptq_quant_g${gs}`,
-                () => ['enable subgroups;', `const GS: u32 = ${gs}u;`, shaderSource('gptq_quant')].join('\n'),
+                () =>
+                  hoistEnables([`const GS: u32 = ${gs}u;`, shaderSource('gptq_quant', 'common/broadcast8')]),
                 packParams([
                   ['u32', cr],
                   ['u32', n],

@@ -8,6 +8,7 @@
  */
 import type { GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
+import { randomF32 } from '../bench/random.js';
 import { encodeFromFloat32 } from '../io/dtype.js';
 import {
   AttentionDecodeScratch,
@@ -118,21 +119,6 @@ export function outputsAgree(ref: Float32Array, got: Float32Array, tol = OUTPUT_
   return worst <= tol * scale;
 }
 
-function random(n: number, seed: number, scale = 1): Float32Array {
-  // xorshift32: deterministic inputs, so a class is timed on the same data every run.
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    out[i] = ((s / 4294967296) * 2 - 1) * scale;
-  }
-  return out;
-}
-
 function upload(ctx: GpuContext, label: string, data: ArrayBufferView, owned: GPUBuffer[]): GPUBuffer {
   const b = ctx.createBuffer(label, Math.max(16, data.byteLength), STORAGE());
   ctx.device.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
@@ -159,7 +145,7 @@ function linearClass(
     candidates: q4 ? q4MatmulCandidates(ctx, w, mc.name) : floatMatmulCandidates(ctx, w, mc.name),
     prepare(c) {
       const owned: GPUBuffer[] = [];
-      const x = random(m * w.cols, w.rows + 7 * w.cols + m);
+      const x = randomF32(m * w.cols, w.rows + 7 * w.cols + m);
       const xBuf =
         !q4 && xFormat === 'f16'
           ? upload(c, 'tune.x', encodeFromFloat32('F16', x), owned)
@@ -217,7 +203,7 @@ function attentionClass(
       const blocks = Math.ceil(maxContext / 16);
       const kvElems = blocks * shape.kvHeads * 16 * shape.headDim;
       const cache = (seed: number) => {
-        const v = random(kvElems, seed);
+        const v = randomF32(kvElems, seed);
         return upload(c, 'tune.kv', kv.dtype === 'f16' ? encodeFromFloat32('F16', v) : v, owned);
       };
       const kCache = cache(11);
@@ -235,7 +221,7 @@ function attentionClass(
         Uint32Array.from({ length: blocks }, (_, i) => i),
         owned,
       );
-      const q = upload(c, 'tune.q', random(rows * shape.heads * shape.headDim, 13), owned);
+      const q = upload(c, 'tune.q', randomF32(rows * shape.heads * shape.headDim, 13), owned);
       const outputBytes = rows * shape.heads * shape.headDim * 4;
       const out = c.createBuffer('tune.attn_out', outputBytes, STORAGE());
       owned.push(out);
