@@ -24,6 +24,7 @@ override MT: u32 = 1u;
 override R: u32 = 4u;
 override XV: u32 = 512u;
 override SWIGLU: bool = false;
+const WG: u32 = 64u;
 
 // Words of a weight row per staged chunk of X.
 override WPC: u32 = XV * 4u / EPW;
@@ -57,7 +58,7 @@ fn stage(t: u32, m0: u32, c: u32, half: u32) {
   }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let group = wid.y * p.grid + wid.x;
   let per_thread = select(R, R / 2u, SWIGLU);

@@ -7,6 +7,8 @@
 //   TM      rows of X per workgroup (every thread computes all of them),
 //   TN      weight rows per thread (n, n + 64, ...; SWIGLU: TN / 2 gate/up pairs),
 //   SWIGLU  gate and up fused with interleaved tiles (see shaders/matmul.wgsl),
+//   WG      threads per workgroup (64 by default; a multiple of 8, so that every group of 8 lanes
+//           broadcasts X within one subgroup),
 // as `const`s, so that every loop over TM, TN and the 8 elements of a step has a constant trip
 // count and unrolls into straight-line code.
 //
@@ -66,7 +68,7 @@ fn unpack8(w0: vec4<u32>, w1: vec4<u32>) -> array<f32, 8> {
   );
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(
   @builtin(workgroup_id) wid: vec3<u32>,
   @builtin(local_invocation_index) t: u32,

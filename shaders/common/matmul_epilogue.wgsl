@@ -1,7 +1,8 @@
 // What the two float matmul kernels (matmul.wgsl, matmul_gemm.wgsl) share around their inner
 // loops: the uniform and bindings (src/kernels/matmul.ts packs both kernels' Params alike), which
 // storage row a thread-row reads, and how an output element is written. Each kernel declares
-// SWIGLU (an override in matmul.wgsl, a const in matmul_gemm.wgsl); the activation fragment
+// SWIGLU (an override in matmul.wgsl, a const in matmul_gemm.wgsl) and WG, its threads per
+// workgroup (64 in matmul.wgsl, a variant's const in matmul_gemm.wgsl); the activation fragment
 // declares Act.
 
 struct Params {
@@ -26,9 +27,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
-const WG: u32 = 64u;
-
-// Storage row of thread-row r: plain rows n + 64r, or (SWIGLU) gate/up rows of unit u, whose 8-row
+// Storage row of thread-row r: plain rows n + WG·r, or (SWIGLU) gate/up rows of unit u, whose 8-row
 // tiles are interleaved (gate tile j, then up tile j).
 fn weight_row(first: u32, r: u32) -> u32 {
   if (SWIGLU) {

@@ -2,9 +2,11 @@
  * Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]) over the tiled weight layout, by one of two kernels:
  * - matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_xf16][_swiglu]: the flat GEMM / GEMV of
  *   shaders/matmul.wgsl (decode-shaped M: X padded to 1, 4 or 8 rows, staged in workgroup memory);
- * - matmul_{f32,f16,bf16}_gemm_t{TM}x{TN}[_xf16][_swiglu]: the register-blocked GEMM of
+ * - matmul_{f32,f16,bf16}_gemm_t{TM}x{TN}[_w{WG}][_xf16][_swiglu]: the register-blocked GEMM of
  *   shaders/matmul_gemm.wgsl for large M (prefill chunks), each thread a TM × TN block of Y, X
- *   broadcast across subgroup lanes (needs subgroups of at least 8 lanes).
+ *   broadcast across subgroup lanes (needs subgroups of at least 8 lanes); WG threads per
+ *   workgroup when not the default 64. TM = 1 (one row of X per thread) and other thread counts
+ *   are the tuner's (src/tuner/space.ts): the shape rules below never pick them.
  * One dispatch per weight part; each writes its own column range of Y. The path and variant are
  * chosen from the shape class (or forced by `variant`), and the variant name is the pipeline's
  * cache key and label.
@@ -56,13 +58,16 @@ export interface MatmulVariant {
   tm?: GemmRowsOfX;
   /** GEMM: weight rows per thread (even for a SWIGLU-fused weight: gate/up pairs). */
   tn?: GemmRowsPerThread;
+  /** GEMM: threads per workgroup (default 64). */
+  wg?: GemmWorkgroupSize;
 }
 
 export type MatmulPath = 'flat' | 'gemm';
 export type MatmulRowsPerDispatch = 1 | 4 | 8;
 export type MatmulRowsPerThread = 1 | 2 | 4;
-export type GemmRowsOfX = 4 | 8 | 16;
+export type GemmRowsOfX = 1 | 4 | 8 | 16;
 export type GemmRowsPerThread = 2 | 4 | 8;
+export type GemmWorkgroupSize = 16 | 32 | 64 | 128;
 
 const WG = 64;
 /**
@@ -142,7 +147,7 @@ export function pickMatmulPath(ctx: GpuContext, m: number, variant?: MatmulVaria
     variant?.path ??
     (variant?.mt !== undefined || variant?.r !== undefined
       ? 'flat'
-      : variant?.tm !== undefined || variant?.tn !== undefined
+      : variant?.tm !== undefined || variant?.tn !== undefined || variant?.wg !== undefined
         ? 'gemm'
         : undefined);
   if (forced === 'gemm' && !gemmUsable(ctx))
@@ -186,15 +191,18 @@ export function gemmVariantName(
   tm: GemmRowsOfX,
   tn: GemmRowsPerThread,
   xFormat: ActivationFormat = 'f32',
+  wg: GemmWorkgroupSize = WG,
 ): string {
   const x = xFormat === 'f16' ? '_xf16' : '';
-  return `matmul_${w.format}_gemm_t${tm}x${tn}${x}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
+  const threads = wg === WG ? '' : `_w${wg}`;
+  return `matmul_${w.format}_gemm_t${tm}x${tn}${threads}${x}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
 }
 
-function gemmSource(w: GpuWeight, tm: number, tn: number, xFormat: ActivationFormat): string {
+function gemmSource(w: GpuWeight, tm: number, tn: number, wg: number, xFormat: ActivationFormat): string {
   const consts = [
     `const TM: u32 = ${tm}u;`,
     `const TN: u32 = ${tn}u;`,
+    `const WG: u32 = ${wg}u;`,
     `const SWIGLU: bool = ${w.fused === 'swiglu' ? 'true' : 'false'};`,
   ];
   return hoistEnables([
@@ -243,18 +251,21 @@ function matmulGemm(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat
   const maxPartRows = Math.max(...a.weight.parts.map((p) => p.rows));
   const tn = a.variant?.tn ?? pickGemmRowsPerThread(mTiles, maxPartRows, swiglu);
   // Callers outside TypeScript could pass anything; each value is a compiled variant.
-  if (![4, 8, 16].includes(tm) || ![2, 4, 8].includes(tn))
-    throw new RangeError(`matmul GEMM: tile ${tm}x${tn} (rows of X 4, 8, 16; rows per thread 2, 4, 8)`);
-  const variant = gemmVariantName(a.weight, tm, tn, xFormat);
+  const wg = a.variant?.wg ?? WG;
+  if (![1, 4, 8, 16].includes(tm) || ![2, 4, 8].includes(tn) || ![16, 32, 64, 128].includes(wg))
+    throw new RangeError(
+      `matmul GEMM: tile ${tm}x${tn}, ${wg} threads (rows of X 1, 4, 8, 16; rows per thread 2, 4, 8; threads 16, 32, 64, 128)`,
+    );
+  const variant = gemmVariantName(a.weight, tm, tn, xFormat, wg);
   if (mTiles > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
   const perThread = swiglu ? tn / 2 : tn;
   return a.weight.parts.map((part) => {
-    const groups = Math.ceil(part.rows / (WG * perThread));
+    const groups = Math.ceil(part.rows / (wg * perThread));
     const gridY = Math.min(groups, MAX_GRID);
     const params = partParams(a, part, gridY);
     return b.make(
       variant,
-      () => gemmSource(a.weight, tm, tn, xFormat),
+      () => gemmSource(a.weight, tm, tn, wg, xFormat),
       params,
       [part.buffer, a.x, a.y, a.bias ?? a.placeholder],
       // M tiles fastest: the workgroups that read the same weight rows run back to back.

@@ -6,14 +6,20 @@
  *
  * The knobs, by kernel:
  * - float matmul: flat GEMV/GEMM (X rows per tile MT, output rows per thread R) or the register-
- *   blocked GEMM (rows of X per thread TM, weight rows per thread TN), whose subgroup broadcast is
- *   the "subgroup vs workgroup-memory" choice;
+ *   blocked GEMM (rows of X per thread TM, down to 1 for decode; weight rows per thread TN; threads
+ *   per workgroup), whose subgroup broadcast is the "subgroup vs workgroup-memory" choice;
  * - int4 matmul: MT, R, X through subgroups or staged (double-buffered) in workgroup memory of
  *   8/16/32 KiB (the K-tile), f32 or f16 dequant;
  * - split-K decode attention: tokens per split (the split-K factor).
  */
 import type { GpuContext } from '../gpu/device.js';
-import { gemmUsable, type MatmulVariant } from '../kernels/matmul.js';
+import {
+  gemmUsable,
+  type GemmRowsOfX,
+  type GemmRowsPerThread,
+  type GemmWorkgroupSize,
+  type MatmulVariant,
+} from '../kernels/matmul.js';
 import { q4SubgroupsUsable, type Q4GpuWeight } from '../kernels/matmul-q4.js';
 import type { GpuWeight } from '../kernels/weight.js';
 import { contextBucket, type KernelChoice, type MClass, type Q4Variant } from './choices.js';
@@ -25,26 +31,35 @@ export function floatMatmulCandidates(ctx: GpuContext, w: GpuWeight, mClass: MCl
   const flat = (mt: 1 | 4 | 8, rs: readonly (1 | 2 | 4)[]) => {
     for (const r of rs) if (!(swiglu && r === 1)) v.push({ path: 'flat', mt, r });
   };
-  const tiles = (tms: readonly (4 | 8 | 16)[], tns: readonly (2 | 4 | 8)[]) => {
+  const tiles = (
+    tms: readonly GemmRowsOfX[],
+    tns: readonly GemmRowsPerThread[],
+    wgs: readonly GemmWorkgroupSize[] = [64],
+  ) => {
     if (!gemm) return;
-    for (const tm of tms) for (const tn of tns) v.push({ path: 'gemm', tm, tn });
+    for (const tm of tms) for (const tn of tns) for (const wg of wgs) v.push({ path: 'gemm', tm, tn, wg });
   };
+  // Threads per GEMM workgroup: fewer threads make more, smaller workgroups (a CPU adapter
+  // balances them over its cores; at M = 1, 16 threads beat 64 by up to 2x on lavapipe), more
+  // threads suit GPUs with many lanes per core.
   switch (mClass) {
     case '1':
       flat(1, [1, 2, 4]);
-      tiles([4], [2, 4, 8]);
+      // One row of X per thread: no wasted multiply-adds, and each x value broadcast from a lane
+      // serves TN weight rows (lavapipe: 1.4-2.3x over the flat GEMV at every decode shape).
+      tiles([1], [2, 4], [16, 32, 64, 128]);
       break;
     case '2-4':
       flat(4, [1, 2, 4]);
-      tiles([4, 8], [2, 4, 8]);
+      tiles([4], [2, 4, 8], [32, 64]);
       break;
     case '5-16':
       flat(8, [2, 4]);
-      tiles([4, 8, 16], [2, 4, 8]);
+      tiles([8, 16], [4, 8], [16, 32, 64, 128]);
       break;
     case '17+':
       flat(8, [4]);
-      tiles([8, 16], [4, 8]);
+      tiles([8, 16], [4, 8], [16, 64]);
       break;
   }
   return v.map((variant) => ({ kernel: 'matmul', variant }));

@@ -18,6 +18,8 @@ import {
 } from '../kernels/attention-decode.js';
 import { precompile, recordAsync, type Dispatch, type DispatchBuilder } from '../kernels/dispatch.js';
 import { isQ4Weight, linear, type Linear } from '../kernels/linear.js';
+import type { Q4GpuWeight } from '../kernels/matmul-q4.js';
+import type { GpuWeight } from '../kernels/weight.js';
 import { DECODE_ATTENTION_MAX_ROWS, type ForwardModel } from '../runtime/forward.js';
 import { loadTuneCache, saveTuneCache, type TunedClass, type TuneStore, type Warn } from './cache.js';
 import {
@@ -64,6 +66,8 @@ export interface TuneClassReport {
   /** Candidates that failed the output check (never eligible). */
   rejected_wrong: number;
   cached: boolean;
+  /** Seconds this run spent on the class (compiling, checking, timing); 0 when cached. */
+  elapsed_s: number;
 }
 
 export interface TuneReport {
@@ -126,25 +130,44 @@ function upload(ctx: GpuContext, label: string, data: ArrayBufferView, owned: GP
   return b;
 }
 
-function linearClass(
-  model: ForwardModel,
+/**
+ * Rows a matmul class is timed on at most. Per-row work is the same in every row, so a prefix of
+ * a big matrix (the LM head's 128k-256k rows) ranks the candidates as the whole would while
+ * 32768 rows still give hundreds of workgroups on any device; timing the whole head took most of a
+ * 60 s budget on lavapipe. The choice applies to the whole matrix; the reported times are the
+ * prefix's.
+ */
+export const TIMED_ROWS_MAX = 32768;
+
+/** `w` cut to its first TIMED_ROWS_MAX rows, where they lie in its first part (tiles are 8 rows). */
+export function timedSlice<W extends GpuWeight | Q4GpuWeight>(w: W): W {
+  const first = w.parts[0];
+  if (w.rows <= TIMED_ROWS_MAX || !first || first.rows < TIMED_ROWS_MAX) return w;
+  return { ...w, rows: TIMED_ROWS_MAX, parts: [{ ...first, rows: TIMED_ROWS_MAX }] };
+}
+
+/** A projection's class at bucket `mc`: its candidates, and its inputs built on demand. */
+export function linearClass(
+  ctx: GpuContext,
   lin: Linear,
   swiglu: boolean,
   mc: (typeof M_CLASSES)[number],
   priority: number,
   xFormat: 'f32' | 'f16',
 ): TuneClass {
-  const ctx = model.ctx;
-  const w = lin.weight;
-  const q4 = isQ4Weight(w);
+  const full = lin.weight;
+  const q4 = isQ4Weight(full);
   const m = mc.rep;
   return {
-    key: matmulClassKey(w, m, q4 ? 'f32' : xFormat),
+    key: matmulClassKey(full, m, q4 ? 'f32' : xFormat),
     kernel: q4 ? 'matmul_q4' : 'matmul',
     priority,
-    candidates: q4 ? q4MatmulCandidates(ctx, w, mc.name) : floatMatmulCandidates(ctx, w, mc.name),
+    candidates: isQ4Weight(full)
+      ? q4MatmulCandidates(ctx, full, mc.name)
+      : floatMatmulCandidates(ctx, full, mc.name),
     prepare(c) {
       const owned: GPUBuffer[] = [];
+      const w = timedSlice(full);
       const x = randomF32(m * w.cols, w.rows + 7 * w.cols + m);
       const xBuf =
         !q4 && xFormat === 'f16'
@@ -163,7 +186,8 @@ function linearClass(
         // act-order gather and the int4 SwiGLU pass, which no choice changes.
         record: (b, choice) => {
           const one = new KernelChoices();
-          one.set(this.key, choice);
+          // Keyed by the timed slice's shape, which is what linear() looks up here.
+          one.set(matmulClassKey(w, m, q4 ? 'f32' : xFormat), choice);
           const d = linear(b, {
             x: xBuf,
             lin: { weight: w, bias: lin.bias },
@@ -290,7 +314,7 @@ export function modelTuneClasses(model: ForwardModel): TuneClass[] {
     projections.forEach((p, pi) => {
       // The LM head runs once per sequence in a step: decode-sized M only.
       if (p.head && mc.rep > 16) return;
-      const cls = linearClass(model, p.lin, p.swiglu, mc, ci * 10 + pi, p.x);
+      const cls = linearClass(model.ctx, p.lin, p.swiglu, mc, ci * 10 + pi, p.x);
       if (seen.has(cls.key)) return;
       seen.add(cls.key);
       out.push(cls);
@@ -328,10 +352,13 @@ function runAndClear(ctx: GpuContext, out: GPUBuffer, dispatches: readonly Dispa
   ctx.device.queue.submit([enc.finish()]);
 }
 
+/** Candidates compiled concurrently between deadline checks. */
+const COMPILE_BATCH = 4;
+
 /**
- * Tunes one class: compile all candidates concurrently, drop those that fail to compile or record,
- * dedupe those that resolve to the same pipelines, check outputs, time the correct ones, pick.
- * Returns null when its timing rounds would not fit before the deadline.
+ * Tunes one class: compile the candidates, drop those that fail to compile or record, dedupe those
+ * that resolve to the same pipelines, check outputs, time the correct ones, pick. Returns null
+ * when the deadline passes before its timing, or its timing rounds would not fit before it.
  */
 export async function tuneClass(
   ctx: GpuContext,
@@ -342,12 +369,21 @@ export async function tuneClass(
   const bench = cls.prepare(ctx);
   const builders: DispatchBuilder[] = [];
   try {
-    // Compile every candidate at once (off the queue), then record them one at a time, each in
-    // its own error scope: scopes are a device-wide stack, so interleaved ones could pin one
-    // candidate's error on another.
-    await Promise.all(
-      cls.candidates.map((choice) => precompile(ctx, (b) => bench.record(b, choice)).catch(() => undefined)),
-    );
+    // Compile the candidates a few at a time (off the queue), then record them one at a time,
+    // each in its own error scope: scopes are a device-wide stack, so interleaved ones could pin
+    // one candidate's error on another. Compiling is where a cold driver cache spends its time
+    // (lavapipe: 0.5-1.5 s per pipeline), so the deadline is checked between batches and between
+    // output checks (a driver may compile at first dispatch): a class that cannot finish is
+    // skipped, and what it compiled is in the driver's cache for the next run.
+    const late = () => opts.deadline !== undefined && performance.now() > opts.deadline;
+    for (let i = 0; i < cls.candidates.length; i += COMPILE_BATCH) {
+      if (late()) return null;
+      await Promise.all(
+        cls.candidates
+          .slice(i, i + COMPILE_BATCH)
+          .map((choice) => precompile(ctx, (b) => bench.record(b, choice)).catch(() => undefined)),
+      );
+    }
     const recorded: (Dispatch[] | null)[] = [];
     for (const choice of cls.candidates) {
       try {
@@ -378,6 +414,7 @@ export async function tuneClass(
     const correct: boolean[] = [];
     let ref: Float32Array | null = null;
     for (const c of live) {
+      if (late()) return null;
       await ctx.checkErrors(`checking ${c.name}`, async () => runAndClear(ctx, bench.output, c.dispatches));
       const got = await readF32(ctx, bench.output, bench.outputBytes);
       if (!ref) {
@@ -438,7 +475,7 @@ export function choicesOf(classes: ReadonlyMap<string, TunedClass>): KernelChoic
   return out;
 }
 
-function report(key: string, c: TunedClass, cached: boolean, rejected = 0): TuneClassReport {
+function report(key: string, c: TunedClass, cached: boolean, rejected = 0, elapsedMs = 0): TuneClassReport {
   return {
     kernel: c.kernel,
     shape_class: key,
@@ -450,6 +487,7 @@ function report(key: string, c: TunedClass, cached: boolean, rejected = 0): Tune
     default_variant: c.default_variant,
     rejected_wrong: rejected,
     cached,
+    elapsed_s: round(elapsedMs / 1000),
   };
 }
 
@@ -501,6 +539,7 @@ export async function tuneModel(model: ForwardModel, opts: TuneOptions = {}): Pr
         skipped.push(cls.key);
         continue;
       }
+      const started = performance.now();
       const r = await hold(() => tuneClass(ctx, timer, cls, { measure: opts.measure ?? {}, deadline }));
       if (!r) {
         skipped.push(cls.key);
@@ -509,7 +548,7 @@ export async function tuneModel(model: ForwardModel, opts: TuneOptions = {}): Pr
       const { rejected_wrong, ...entry } = r;
       done.set(cls.key, entry);
       stored.set(cls.key, entry);
-      reports.push(report(cls.key, entry, false, rejected_wrong));
+      reports.push(report(cls.key, entry, false, rejected_wrong, performance.now() - started));
       opts.onClass?.(reports[reports.length - 1] as TuneClassReport);
       // Save as we go: an interrupted run keeps what it finished.
       if (opts.store) await saveTuneCache(opts.store, signature, stored);

@@ -9,6 +9,7 @@ import {
   matmul,
   type GemmRowsOfX,
   type GemmRowsPerThread,
+  type GemmWorkgroupSize,
   type MatmulArgs,
   type MatmulRowsPerDispatch,
   type MatmulRowsPerThread,
@@ -236,16 +237,21 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
   }
 
   // Every tile size on one ragged shape: each row count of X with 8 weight rows per thread, and
-  // each weight-row count with 16 rows of X (the forced m = 1 case below runs t4x2). Not all nine
-  // pairs: lavapipe takes seconds to compile each unrolled variant.
-  for (const [tm, tn] of [
-    [4, 8],
-    [8, 8],
-    [16, 2],
-    [16, 4],
-    [16, 8],
-  ] as [GemmRowsOfX, GemmRowsPerThread][]) {
-    test(`variant t${tm}x${tn} (bf16, m=37, n=300, k=1031)`, () =>
+  // each weight-row count with 16 rows of X (the forced m = 1 case below runs t4x2), and each
+  // workgroup size the tuner may pick (its name gains _w<threads>). Not every combination:
+  // lavapipe takes seconds to compile each unrolled variant.
+  for (const [tm, tn, wg] of [
+    [1, 2, 64],
+    [1, 4, 16],
+    [4, 4, 32],
+    [4, 8, 64],
+    [8, 8, 64],
+    [16, 2, 64],
+    [16, 4, 128],
+    [16, 8, 16],
+  ] as [GemmRowsOfX, GemmRowsPerThread, GemmWorkgroupSize][]) {
+    const name = `matmul_bf16_gemm_t${tm}x${tn}${wg === 64 ? '' : `_w${wg}`}`;
+    test(`variant ${name} (m=37, n=300, k=1031)`, () =>
       gemmCase(async (c) => {
         const [m, n, k] = [37, 300, 1031];
         const x = randomF32(m * k, 11);
@@ -253,8 +259,8 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
         const y = upload(c, new Float32Array(m * n));
         const ph = upload(c, new Float32Array(1));
         run(c, (b) => {
-          const d = matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph, variant: { tm, tn } });
-          expect(d[0]?.label).toBe(`matmul_bf16_gemm_t${tm}x${tn}`);
+          const d = matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph, variant: { tm, tn, wg } });
+          expect(d[0]?.label).toBe(name);
           return d;
         });
         expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
@@ -262,6 +268,47 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
         });
       }));
   }
+
+  // One row of X per thread, the decode (m = 1) tile the tuner offers, at the awkward sizes, with
+  // the bias and the SwiGLU epilogue on the smallest workgroup.
+  for (const [n, k, tn, wg] of [
+    [1, 4097, 2, 16],
+    [7, 7, 4, 16],
+    [129, 129, 2, 32],
+    [4097, 7, 4, 128],
+  ] as [number, number, GemmRowsPerThread, GemmWorkgroupSize][]) {
+    test(`decode tile t1x${tn} with ${wg} threads (f16, m=1, n=${n}, k=${k}, bias)`, () =>
+      gemmCase(async (c) => {
+        const x = randomF32(k, 41 + k);
+        const bias = randomF32(n, 42);
+        const { weight, seen } = uploadWeight(c, randomF32(n * k, 43 + n), n, k, 'f16');
+        const y = upload(c, new Float32Array(n));
+        run(c, (b) =>
+          matmul(b, {
+            x: upload(c, x),
+            weight,
+            y,
+            m: 1,
+            bias: upload(c, bias),
+            placeholder: upload(c, new Float32Array(1)),
+            variant: { tm: 1, tn, wg },
+          }),
+        );
+        expectClose(await readF32(c, y, n), matmulRef(x, seen, 1, n, k, bias), {
+          atol: bound(x, seen, 1, n, k, 1),
+        });
+      }));
+  }
+
+  test('refuses a workgroup size outside 16, 32, 64, 128', () =>
+    gemmCase(async (c) => {
+      const { weight } = uploadWeight(c, randomF32(64, 1), 8, 8, 'f32');
+      const ph = upload(c, new Float32Array(64));
+      const variant = { tm: 1, tn: 2, wg: 24 as GemmWorkgroupSize } as const;
+      expect(() =>
+        run(c, (b) => matmul(b, { x: ph, weight, y: ph, m: 1, placeholder: ph, variant })),
+      ).toThrow(/threads 16, 32, 64, 128/);
+    }));
 
   test('forced below the threshold (m=1) and the flat kernel forced above it (m=33)', () =>
     gemmCase(async (c) => {
@@ -338,13 +385,14 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
     }));
 
   // The SwiGLU epilogue, gate and up fused in one weight (see the flat test above for the bound).
-  for (const [format, m, units, k, parts, tn] of [
-    ['bf16', 17, 7, 129, 7, 2],
-    ['f32', 33, 129, 64, 48, 4],
-    ['f16', 129, 40, 4097, 40, 8],
-    ['bf16', 33, 130, 33, 64, 8],
+  for (const [format, m, units, k, parts, tm, tn, wg] of [
+    ['bf16', 17, 7, 129, 7, 16, 2, 64],
+    ['f32', 33, 129, 64, 48, 16, 4, 64],
+    ['f16', 129, 40, 4097, 40, 16, 8, 64],
+    ['bf16', 33, 130, 33, 64, 16, 8, 64],
+    ['bf16', 1, 129, 1031, 64, 1, 2, 16],
   ] as const) {
-    test(`swiglu-fused gate/up ${format} m=${m} units=${units} k=${k} parts of ${parts} t16x${tn}`, () =>
+    test(`swiglu-fused gate/up ${format} m=${m} units=${units} k=${k} parts of ${parts} t${tm}x${tn} ${wg} threads`, () =>
       gemmCase(async (c) => {
         const x = randomF32(m * k, 21 + k);
         const gu = randomF32(2 * units * k, 22 + units);
@@ -367,7 +415,7 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
             m,
             bias: upload(c, bias),
             placeholder: upload(c, new Float32Array(1)),
-            variant: { tm: 16, tn },
+            variant: { tm, tn, wg },
           }),
         );
         const g = matmulRef(x, seen.subarray(0, units * k), m, units, k, bias.subarray(0, units));

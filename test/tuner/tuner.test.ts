@@ -17,7 +17,16 @@ import { MemoryTuneStore, loadTuneCache, saveTuneCache, type TunedClass } from '
 import { KernelChoices, matmulClassKey, mClassOf, type KernelChoice } from '../../src/tuner/choices.js';
 import { median, pickWinner } from '../../src/tuner/measure.js';
 import { adapterSignature, signatureId } from '../../src/tuner/signature.js';
-import { outputsAgree, tuneClass, type TuneClass } from '../../src/tuner/tuner.js';
+import { recordAsync } from '../../src/kernels/dispatch.js';
+import { M_CLASSES } from '../../src/tuner/choices.js';
+import {
+  TIMED_ROWS_MAX,
+  linearClass,
+  outputsAgree,
+  timedSlice,
+  tuneClass,
+  type TuneClass,
+} from '../../src/tuner/tuner.js';
 import { KILN_VERSION } from '../../src/version.js';
 import { randomF32, testGpu, upload, uploadWeight, zeros } from '../helpers/gpu.js';
 import { repoRoot, sharedModel } from '../helpers/shared.js';
@@ -120,6 +129,44 @@ describe('a wrong kernel never wins', () => {
     expect(r?.best_ms).toBeGreaterThan(0);
     expect(r?.default_ms).toBeGreaterThanOrEqual(r?.best_ms as number);
   }, 120_000);
+});
+
+describe('big matrices are timed on a prefix of their rows', () => {
+  it('cuts only what lies in the first part, and the timed prefix runs the forced variant', async () => {
+    const c = await testGpu();
+    const k = 8;
+    const rows = TIMED_ROWS_MAX + 808;
+    const { weight } = uploadWeight(c, randomF32(rows * k, 3, 0.1), rows, k, 'bf16');
+    const cut = timedSlice(weight);
+    expect(cut.rows).toBe(TIMED_ROWS_MAX);
+    expect(cut.parts).toEqual([{ ...weight.parts[0], rows: TIMED_ROWS_MAX }]);
+    // A first part shorter than the prefix: timed whole.
+    const split = {
+      ...weight,
+      parts: [
+        { ...weight.parts[0]!, rows: 1000 },
+        { ...weight.parts[0]!, rowStart: 1000 },
+      ],
+    };
+    expect(timedSlice(split)).toBe(split);
+
+    const cls = linearClass(c, { weight }, false, M_CLASSES[0], 0, 'f32');
+    // The class is the whole matrix's; the timed bench is the prefix's.
+    expect(cls.key).toBe(`matmul_bf16 n${rows} k${k} m1`);
+    const bench = cls.prepare(c);
+    try {
+      expect(bench.outputBytes).toBe(TIMED_ROWS_MAX * 4);
+      const choice = cls.candidates.find(
+        (ch) => ch.kernel === 'matmul' && ch.variant.path === 'flat' && ch.variant.r === 1,
+      );
+      expect(choice).toBeDefined();
+      const { builder, dispatches } = await recordAsync(c, (b) => bench.record(b, choice as KernelChoice));
+      builder.destroy();
+      expect(dispatches.map((d) => d.label)).toEqual([expect.stringMatching(/^matmul_bf16_m1r1x/)]);
+    } finally {
+      bench.destroy();
+    }
+  }, 60_000);
 });
 
 describe('cache', () => {
