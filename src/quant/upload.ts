@@ -6,13 +6,12 @@ import type { GpuContext } from '../gpu/device.js';
 import type { Q4GpuWeight, Q4WeightPart } from '../kernels/matmul-q4.js';
 import { packQ4, sliceQ4Rows, type PackedQ4, type Q4Matrix } from './q4.js';
 
-function uploadBytes(ctx: GpuContext, label: string, data: ArrayBuffer | Uint32Array): GPUBuffer {
+/** Writes packed bytes into `buf` (zero-padded to the 4-byte multiple writeBuffer wants). */
+export function writeQ4Bytes(ctx: GpuContext, buf: GPUBuffer, data: ArrayBuffer | Uint32Array): void {
   const bytes =
     data instanceof ArrayBuffer
       ? new Uint8Array(data)
       : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  const buf = ctx.createBuffer(label, bytes.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST);
-  // createBuffer pads to 4 bytes; writeBuffer wants a multiple of 4 too.
   const padded =
     bytes.byteLength % 4 === 0
       ? bytes
@@ -22,7 +21,27 @@ function uploadBytes(ctx: GpuContext, label: string, data: ArrayBuffer | Uint32A
           return p;
         })();
   ctx.device.queue.writeBuffer(buf, 0, padded as Uint8Array<ArrayBuffer>);
+}
+
+function uploadBytes(ctx: GpuContext, label: string, data: ArrayBuffer | Uint32Array): GPUBuffer {
+  // createBuffer pads to 4 bytes, as writeQ4Bytes does.
+  const buf = ctx.createBuffer(label, data.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST);
+  writeQ4Bytes(ctx, buf, data);
   return buf;
+}
+
+/**
+ * A matrix's parts: slices of at most `rowsPerPart` rows (each packed on its own, with its own
+ * tile padding), e.g. to stay under maxStorageBufferBindingSize.
+ */
+export function* packQ4Parts(
+  q: Q4Matrix,
+  rowsPerPart: number,
+): Generator<{ packed: PackedQ4; rowStart: number }> {
+  for (let start = 0; start < q.rows; start += rowsPerPart) {
+    const count = Math.min(rowsPerPart, q.rows - start);
+    yield { packed: packQ4(count === q.rows ? q : sliceQ4Rows(q, start, count)), rowStart: start };
+  }
 }
 
 /** Uploads one packed part (rows `rowStart`.. of the whole matrix). */
@@ -36,10 +55,7 @@ export function uploadQ4Part(ctx: GpuContext, name: string, packed: PackedQ4, ro
   };
 }
 
-/**
- * Packs and uploads a quantized matrix, split into parts of at most `rowsPerPart` rows (each part
- * packed on its own, with its own tile padding), e.g. to stay under maxStorageBufferBindingSize.
- */
+/** Packs and uploads a quantized matrix in parts of at most `rowsPerPart` rows (packQ4Parts). */
 export function uploadQ4Weight(
   ctx: GpuContext,
   name: string,
@@ -49,12 +65,9 @@ export function uploadQ4Weight(
   if (!Number.isInteger(rowsPerPart) || rowsPerPart < 1) {
     throw new RangeError(`${name}: rows per part = ${rowsPerPart}`);
   }
-  const parts: Q4WeightPart[] = [];
-  for (let start = 0; start < q.rows; start += rowsPerPart) {
-    const count = Math.min(rowsPerPart, q.rows - start);
-    const slice = count === q.rows ? q : sliceQ4Rows(q, start, count);
-    parts.push(uploadQ4Part(ctx, name, packQ4(slice), start));
-  }
+  const parts = [...packQ4Parts(q, rowsPerPart)].map(({ packed, rowStart }) =>
+    uploadQ4Part(ctx, name, packed, rowStart),
+  );
   return { name, format: q.format, rows: q.rows, cols: q.cols, parts };
 }
 

@@ -10,14 +10,8 @@ import { formatBytes, type GpuContext } from '../gpu/device.js';
 import type { Checkpoint, TensorInfo } from '../io/safetensors.js';
 import type { Q4GpuWeight, Q4WeightPart } from '../kernels/matmul-q4.js';
 import { q4TensorSpecs } from '../quant/kiln-format.js';
-import {
-  packQ4,
-  Q4_TILE_ROWS,
-  sliceQ4Rows,
-  type PackedQ4,
-  type Q4Format,
-  type Q4Matrix,
-} from '../quant/q4.js';
+import { Q4_TILE_ROWS, type Q4Format, type Q4Matrix } from '../quant/q4.js';
+import { packQ4Parts, writeQ4Bytes } from '../quant/upload.js';
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 /** Upload chunk size, as for float weights. */
@@ -118,14 +112,6 @@ export async function uploadKilnQ4(
   return { name: prefix, format, rows, cols, parts };
 }
 
-function uploadPacked(ctx: GpuContext, buf: GPUBuffer, data: Uint32Array | ArrayBuffer): void {
-  const bytes =
-    data instanceof ArrayBuffer
-      ? new Uint8Array(data)
-      : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  ctx.device.queue.writeBuffer(buf, 0, bytes as Uint8Array<ArrayBuffer>);
-}
-
 /** Packs (per part) and uploads a matrix quantized or converted on the CPU. */
 export async function uploadQ4Matrix(
   ctx: GpuContext,
@@ -135,20 +121,17 @@ export async function uploadQ4Matrix(
 ): Promise<Q4GpuWeight> {
   const per = q4RowsPerPart(q.rows, q.cols, q.format, ctx.limits.maxStorageBufferBindingSize, name);
   const parts: Q4WeightPart[] = [];
-  for (let r = 0; r < q.rows; r += per) {
-    const n = Math.min(per, q.rows - r);
-    const packed: PackedQ4 = packQ4(n === q.rows ? q : sliceQ4Rows(q, r, n));
-    const range = `${name}[${r}:${r + n}]`;
-    const words = await allocate(ctx, `${range}.q4_words`, packed.words.byteLength, track);
-    uploadPacked(ctx, words, packed.words);
-    const scales = await allocate(ctx, `${range}.q4_scales`, packed.scales.byteLength, track);
-    uploadPacked(ctx, scales, packed.scales);
-    let zeros: GPUBuffer | undefined;
-    if (packed.zeros) {
-      zeros = await allocate(ctx, `${range}.q4_zeros`, packed.zeros.byteLength, track);
-      uploadPacked(ctx, zeros, packed.zeros);
-    }
-    parts.push({ words, scales, zeros, rowStart: r, rows: n });
+  for (const { packed, rowStart } of packQ4Parts(q, per)) {
+    const range = `${name}[${rowStart}:${rowStart + packed.rows}]`;
+    const put = async (what: string, data: ArrayBuffer | Uint32Array): Promise<GPUBuffer> => {
+      const buf = await allocate(ctx, `${range}.${what}`, data.byteLength, track);
+      writeQ4Bytes(ctx, buf, data);
+      return buf;
+    };
+    const words = await put('q4_words', packed.words);
+    const scales = await put('q4_scales', packed.scales);
+    const zeros = packed.zeros ? await put('q4_zeros', packed.zeros) : undefined;
+    parts.push({ words, scales, zeros, rowStart, rows: packed.rows });
   }
   ctx.assertAlive();
   return { name, format: q.format, rows: q.rows, cols: q.cols, parts };
