@@ -11,6 +11,7 @@ import {
   type GemmRowsPerThread,
   type GemmWorkgroupSize,
   type MatmulArgs,
+  type MatmulVariant,
   type MatmulRowsPerDispatch,
   type MatmulRowsPerThread,
 } from '../../src/kernels/matmul.js';
@@ -45,6 +46,91 @@ function bound(x: Float32Array, w: Float32Array, m: number, n: number, k: number
   return ((steps * u) / (1 - steps * u)) * (worst + extra) + 4 * u * extra;
 }
 
+/** One matmul on seeded random inputs, checked against the float64 reference within `bound`. */
+interface MatmulCase {
+  m: number;
+  n: number;
+  k: number;
+  format: WeightFormat;
+  /** x from `seed`, the weight from seed + 1, the bias from seed + 2, the old Y from seed + 3. */
+  seed: number;
+  variant?: MatmulVariant;
+  bias?: boolean;
+  /** Add into a random Y (the fused residual add). */
+  accumulate?: boolean;
+  /** Split the weight across buffers of this many rows. */
+  rowsPerPart?: number;
+  /** What the first dispatch's label must match. */
+  label?: RegExp;
+}
+
+async function checkMatmul(c: GpuContext, t: MatmulCase): Promise<void> {
+  const { m, n, k } = t;
+  const x = randomF32(m * k, t.seed);
+  const { weight, seen } = uploadWeight(c, randomF32(n * k, t.seed + 1), n, k, t.format, t.rowsPerPart);
+  const bias = t.bias ? randomF32(n, t.seed + 2) : undefined;
+  const y0 = t.accumulate ? randomF32(m * n, t.seed + 3, 4) : undefined;
+  const y = upload(c, y0 ?? new Float32Array(m * n));
+  run(c, (b) => {
+    const d = matmul(b, {
+      x: upload(c, x),
+      weight,
+      y,
+      m,
+      bias: bias && upload(c, bias),
+      accumulate: t.accumulate,
+      placeholder: upload(c, new Float32Array(1)),
+      variant: t.variant,
+    });
+    if (t.label) expect(d[0]?.label).toMatch(t.label);
+    return d;
+  });
+  // The bias adds values up to 1, the old Y up to 4 (see `bound`).
+  const extra = (bias ? 1 : 0) + (y0 ? 4 : 0);
+  expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k, bias, y0), {
+    atol: bound(x, seen, m, n, k, extra),
+  });
+}
+
+/**
+ * The SwiGLU epilogue, y = silu(x·gateᵀ + bg) · (x·upᵀ + bu) with gate and up fused in one weight,
+ * checked against the float64 reference: the products' error (bounded as above, relative to g and
+ * u) is scaled by at most max(|silu'|) ≈ 1.1 and |u| or |silu(g)|; the exp and division add a few
+ * ulps.
+ */
+async function checkSwiglu(
+  c: GpuContext,
+  t: { format: WeightFormat; m: number; units: number; k: number; parts: number; variant: MatmulVariant },
+): Promise<void> {
+  const { m, units, k } = t;
+  const x = randomF32(m * k, 21 + k);
+  const gu = randomF32(2 * units * k, 22 + units);
+  const bias = randomF32(2 * units, 23);
+  const { weight, seen } = uploadWeight(c, gu, units, k, t.format, Math.min(t.parts, units), 'swiglu');
+  const y = upload(c, new Float32Array(m * units));
+  run(c, (b) =>
+    matmul(b, {
+      x: upload(c, x),
+      weight,
+      y,
+      m,
+      bias: upload(c, bias),
+      placeholder: upload(c, new Float32Array(1)),
+      variant: t.variant,
+    }),
+  );
+  const g = matmulRef(x, seen.subarray(0, units * k), m, units, k, bias.subarray(0, units));
+  const u = matmulRef(x, seen.subarray(units * k), m, units, k, bias.subarray(units));
+  const e = bound(x, seen, m, 2 * units, k, 1);
+  let tol = 0;
+  for (let i = 0; i < g.length; i++) {
+    tol = Math.max(tol, 1.1 * e * (Math.abs(u[i] as number) + Math.abs(g[i] as number) + e));
+  }
+  expectClose(await readF32(c, y, m * units), swigluRef(g, u), { atol: tol, rtol: 8 * 2 ** -24 });
+}
+
+const FORMATS: WeightFormat[] = ['f32', 'f16', 'bf16'];
+
 // The flat kernel (decode-shaped M), forced where the GEMM would be the default (M ≥ GEMM_MIN_M on
 // a device with subgroups).
 const FLAT = { path: 'flat' } as const;
@@ -61,133 +147,44 @@ describe('matmul (flat kernel)', () => {
     [1, 1100, 256],
     [8, 16, 4096],
   ];
-  for (const format of ['f32', 'f16', 'bf16'] as WeightFormat[]) {
+  for (const format of FORMATS) {
     for (const [m, n, k] of cases) {
-      test(`${format} m=${m} n=${n} k=${k}`, async () => {
-        const c = await testGpu();
-        const x = randomF32(m * k, m * 1000 + k);
-        const { weight, seen } = uploadWeight(c, randomF32(n * k, n + 7 * k), n, k, format);
-        const y = upload(c, new Float32Array(m * n));
-        run(c, (b) =>
-          matmul(b, {
-            x: upload(c, x),
-            weight,
-            y,
-            m,
-            placeholder: upload(c, new Float32Array(1)),
-            variant: FLAT,
-          }),
-        );
-        expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
-          atol: bound(x, seen, m, n, k, 0),
-        });
-      });
+      test(`${format} m=${m} n=${n} k=${k}`, async () =>
+        checkMatmul(await testGpu(), { m, n, k, format, seed: m * 1000 + k, variant: FLAT }));
     }
   }
 
   // Every variant (rows of X per dispatch × rows per thread) on one ragged shape.
   for (const mt of [1, 4, 8] as MatmulRowsPerDispatch[]) {
     for (const r of [1, 2, 4] as MatmulRowsPerThread[]) {
-      test(`variant m${mt}r${r} (bf16, m=5, n=300, k=1031)`, async () => {
-        const c = await testGpu();
-        const [m, n, k] = [5, 300, 1031];
-        const x = randomF32(m * k, 11);
-        const { weight, seen } = uploadWeight(c, randomF32(n * k, 12), n, k, 'bf16');
-        const y = upload(c, new Float32Array(m * n));
-        const ph = upload(c, new Float32Array(1));
-        run(c, (b) => matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph, variant: { mt, r } }));
-        expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
-          atol: bound(x, seen, m, n, k, 0),
-        });
-      });
+      test(`variant m${mt}r${r} (bf16, m=5, n=300, k=1031)`, async () =>
+        checkMatmul(await testGpu(), {
+          ...{ m: 5, n: 300, k: 1031, format: 'bf16', seed: 11 },
+          variant: { mt, r },
+          label: new RegExp(`^matmul_bf16_m${mt}r${r}x\\d+$`),
+        }));
     }
   }
 
-  test('bias and accumulate (the fused residual add)', async () => {
-    const c = await testGpu();
-    const [m, n, k] = [3, 129, 7];
-    const x = randomF32(m * k, 1);
-    const bias = randomF32(n, 2);
-    const y0 = randomF32(m * n, 3, 4);
-    const { weight, seen } = uploadWeight(c, randomF32(n * k, 4), n, k, 'f32');
-    const y = upload(c, y0);
-    const ph = upload(c, new Float32Array(1));
-    run(c, (b) =>
-      matmul(b, {
-        x: upload(c, x),
-        weight,
-        y,
-        m,
-        bias: upload(c, bias),
-        accumulate: true,
-        placeholder: ph,
-        variant: FLAT,
-      }),
-    );
-    expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k, bias, y0), {
-      atol: bound(x, seen, m, n, k, 5),
-    });
-  });
+  test('bias and accumulate (the fused residual add)', async () =>
+    checkMatmul(await testGpu(), {
+      ...{ m: 3, n: 129, k: 7, format: 'f32', seed: 1 },
+      ...{ bias: true, accumulate: true, variant: FLAT },
+    }));
 
-  test('weights split across buffers (parts of 16 rows, odd k with 16-bit rows)', async () => {
-    const c = await testGpu();
-    const [m, n, k] = [2, 129, 7];
-    const x = randomF32(m * k, 5);
-    const { weight, seen } = uploadWeight(c, randomF32(n * k, 6), n, k, 'f16', 16);
-    const bias = randomF32(n, 7);
-    const y = upload(c, new Float32Array(m * n));
-    run(c, (b) =>
-      matmul(b, {
-        x: upload(c, x),
-        weight,
-        y,
-        m,
-        bias: upload(c, bias),
-        placeholder: upload(c, new Float32Array(1)),
-        variant: FLAT,
-      }),
-    );
-    expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k, bias), {
-      atol: bound(x, seen, m, n, k, 1),
-    });
-  });
+  test('weights split across buffers (parts of 16 rows, odd k with 16-bit rows)', async () =>
+    checkMatmul(await testGpu(), {
+      ...{ m: 2, n: 129, k: 7, format: 'f16', seed: 5 },
+      ...{ rowsPerPart: 16, bias: true, variant: FLAT },
+    }));
 
-  // The SwiGLU epilogue: y = silu(x·gateᵀ + bg) · (x·upᵀ + bu), gate and up fused in one weight.
   for (const [m, units, k, parts] of [
     [1, 7, 129, 7],
     [4, 129, 64, 48],
     [9, 40, 4097, 40],
   ] as const) {
-    test(`swiglu-fused gate/up m=${m} units=${units} k=${k} parts of ${parts}`, async () => {
-      const c = await testGpu();
-      const x = randomF32(m * k, 21 + k);
-      const gu = randomF32(2 * units * k, 22 + units);
-      const bias = randomF32(2 * units, 23);
-      const { weight, seen } = uploadWeight(c, gu, units, k, 'bf16', parts < units ? parts : units, 'swiglu');
-      const y = upload(c, new Float32Array(m * units));
-      run(c, (b) =>
-        matmul(b, {
-          x: upload(c, x),
-          weight,
-          y,
-          m,
-          bias: upload(c, bias),
-          placeholder: upload(c, new Float32Array(1)),
-          variant: FLAT,
-        }),
-      );
-      const g = matmulRef(x, seen.subarray(0, units * k), m, units, k, bias.subarray(0, units));
-      const u = matmulRef(x, seen.subarray(units * k), m, units, k, bias.subarray(units));
-      // silu(g)·u: the products' error (bounded as above, relative to g and u) is scaled by at most
-      // max(|silu'|) ≈ 1.1 and |u| or |silu(g)|; the exp and division add a few ulps.
-      const e = bound(x, seen, m, 2 * units, k, 1);
-      const expected = swigluRef(g, u);
-      let tol = 0;
-      for (let i = 0; i < g.length; i++) {
-        tol = Math.max(tol, 1.1 * e * (Math.abs(u[i] as number) + Math.abs(g[i] as number) + e));
-      }
-      expectClose(await readF32(c, y, m * units), expected, { atol: tol, rtol: 8 * 2 ** -24 });
-    });
+    test(`swiglu-fused gate/up m=${m} units=${units} k=${k} parts of ${parts}`, async () =>
+      checkSwiglu(await testGpu(), { format: 'bf16', m, units, k, parts, variant: FLAT }));
   }
 });
 
@@ -204,6 +201,8 @@ async function gemmCase(body: (c: GpuContext) => Promise<void>): Promise<void> {
   await body(c);
 }
 
+const GEMM = { path: 'gemm' } as const;
+
 describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup lanes)', () => {
   // Awkward sizes around the GEMM's tiles: M past one (17), two (33) or eight (129) 16-row tiles,
   // N from a single row to a part that ends mid-tile, K from one step of 8 (7) to many (4097).
@@ -215,24 +214,20 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
     [33, 1, 4097],
     [129, 7, 7],
   ];
-  for (const format of ['f32', 'f16', 'bf16'] as WeightFormat[]) {
+  for (const format of FORMATS) {
     for (const [m, n, k] of cases) {
+      // Past the threshold the GEMM is the default.
       test(`${format} m=${m} n=${n} k=${k}`, () =>
-        gemmCase(async (c) => {
-          const x = randomF32(m * k, m * 1000 + k);
-          const { weight, seen } = uploadWeight(c, randomF32(n * k, n + 7 * k), n, k, format);
-          const y = upload(c, new Float32Array(m * n));
-          const ph = upload(c, new Float32Array(1));
-          run(c, (b) => {
-            const d = matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph });
-            // Past the threshold the GEMM is the default.
-            expect(d[0]?.label).toMatch(m >= GEMM_MIN_M ? /_gemm_/ : /_m\d+r/);
-            return d;
-          });
-          expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
-            atol: bound(x, seen, m, n, k, 0),
-          });
-        }));
+        gemmCase((c) =>
+          checkMatmul(c, {
+            m,
+            n,
+            k,
+            format,
+            seed: m * 1000 + k,
+            label: m >= GEMM_MIN_M ? /_gemm_/ : /_m\d+r/,
+          }),
+        ));
     }
   }
 
@@ -252,25 +247,16 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
   ] as [GemmRowsOfX, GemmRowsPerThread, GemmWorkgroupSize][]) {
     const name = `matmul_bf16_gemm_t${tm}x${tn}${wg === 64 ? '' : `_w${wg}`}`;
     test(`variant ${name} (m=37, n=300, k=1031)`, () =>
-      gemmCase(async (c) => {
-        const [m, n, k] = [37, 300, 1031];
-        const x = randomF32(m * k, 11);
-        const { weight, seen } = uploadWeight(c, randomF32(n * k, 12), n, k, 'bf16');
-        const y = upload(c, new Float32Array(m * n));
-        const ph = upload(c, new Float32Array(1));
-        run(c, (b) => {
-          const d = matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph, variant: { tm, tn, wg } });
-          expect(d[0]?.label).toBe(name);
-          return d;
-        });
-        expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
-          atol: bound(x, seen, m, n, k, 0),
-        });
-      }));
+      gemmCase((c) =>
+        checkMatmul(c, {
+          ...{ m: 37, n: 300, k: 1031, format: 'bf16', seed: 11 },
+          ...{ variant: { tm, tn, wg }, label: new RegExp(`^${name}$`) },
+        }),
+      ));
   }
 
   // One row of X per thread, the decode (m = 1) tile the tuner offers, at the awkward sizes, with
-  // the bias and the SwiGLU epilogue on the smallest workgroup.
+  // the bias and the SwiGLU epilogue (below) on the smallest workgroup.
   for (const [n, k, tn, wg] of [
     [1, 4097, 2, 16],
     [7, 7, 4, 16],
@@ -278,26 +264,9 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
     [4097, 7, 4, 128],
   ] as [number, number, GemmRowsPerThread, GemmWorkgroupSize][]) {
     test(`decode tile t1x${tn} with ${wg} threads (f16, m=1, n=${n}, k=${k}, bias)`, () =>
-      gemmCase(async (c) => {
-        const x = randomF32(k, 41 + k);
-        const bias = randomF32(n, 42);
-        const { weight, seen } = uploadWeight(c, randomF32(n * k, 43 + n), n, k, 'f16');
-        const y = upload(c, new Float32Array(n));
-        run(c, (b) =>
-          matmul(b, {
-            x: upload(c, x),
-            weight,
-            y,
-            m: 1,
-            bias: upload(c, bias),
-            placeholder: upload(c, new Float32Array(1)),
-            variant: { tm: 1, tn, wg },
-          }),
-        );
-        expectClose(await readF32(c, y, n), matmulRef(x, seen, 1, n, k, bias), {
-          atol: bound(x, seen, 1, n, k, 1),
-        });
-      }));
+      gemmCase((c) =>
+        checkMatmul(c, { m: 1, n, k, format: 'f16', seed: 41 + k, bias: true, variant: { tm: 1, tn, wg } }),
+      ));
   }
 
   test('refuses a workgroup size outside 16, 32, 64, 128', () =>
@@ -312,79 +281,33 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
 
   test('forced below the threshold (m=1) and the flat kernel forced above it (m=33)', () =>
     gemmCase(async (c) => {
-      const [n, k] = [65, 40];
       for (const [m, variant, label] of [
-        [1, { path: 'gemm' }, /_gemm_t4x2$/],
-        [33, { path: 'flat' }, /_m8r/],
+        [1, GEMM, /_gemm_t4x2$/],
+        [33, FLAT, /_m8r/],
         [33, { mt: 4 }, /_m4r/],
       ] as const) {
-        const x = randomF32(m * k, 13 + m);
-        const { weight, seen } = uploadWeight(c, randomF32(n * k, 14), n, k, 'f16');
-        const y = upload(c, new Float32Array(m * n));
-        const ph = upload(c, new Float32Array(1));
-        run(c, (b) => {
-          const d = matmul(b, { x: upload(c, x), weight, y, m, placeholder: ph, variant });
-          expect(d[0]?.label).toMatch(label);
-          return d;
-        });
-        expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k), {
-          atol: bound(x, seen, m, n, k, 0),
-        });
+        await checkMatmul(c, { m, n: 65, k: 40, format: 'f16', seed: 13 + m, variant, label });
       }
     }));
 
-  for (const format of ['f32', 'f16', 'bf16'] as WeightFormat[]) {
+  for (const format of FORMATS) {
     test(`${format}: bias and accumulate (m=33, n=129, k=7)`, () =>
-      gemmCase(async (c) => {
-        const [m, n, k] = [33, 129, 7];
-        const x = randomF32(m * k, 1);
-        const bias = randomF32(n, 2);
-        const y0 = randomF32(m * n, 3, 4);
-        const { weight, seen } = uploadWeight(c, randomF32(n * k, 4), n, k, format);
-        const y = upload(c, y0);
-        const ph = upload(c, new Float32Array(1));
-        run(c, (b) =>
-          matmul(b, {
-            x: upload(c, x),
-            weight,
-            y,
-            m,
-            bias: upload(c, bias),
-            accumulate: true,
-            placeholder: ph,
-            variant: { path: 'gemm' },
-          }),
-        );
-        expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k, bias, y0), {
-          atol: bound(x, seen, m, n, k, 5),
-        });
-      }));
+      gemmCase((c) =>
+        checkMatmul(c, {
+          ...{ m: 33, n: 129, k: 7, format, seed: 1 },
+          ...{ bias: true, accumulate: true, variant: GEMM },
+        }),
+      ));
   }
 
   test('weights split across buffers (parts of 16 rows, odd k with 16-bit rows, m=17)', () =>
-    gemmCase(async (c) => {
-      const [m, n, k] = [17, 129, 7];
-      const x = randomF32(m * k, 5);
-      const { weight, seen } = uploadWeight(c, randomF32(n * k, 6), n, k, 'f16', 16);
-      const bias = randomF32(n, 7);
-      const y = upload(c, new Float32Array(m * n));
-      run(c, (b) =>
-        matmul(b, {
-          x: upload(c, x),
-          weight,
-          y,
-          m,
-          bias: upload(c, bias),
-          placeholder: upload(c, new Float32Array(1)),
-          variant: { path: 'gemm' },
-        }),
-      );
-      expectClose(await readF32(c, y, m * n), matmulRef(x, seen, m, n, k, bias), {
-        atol: bound(x, seen, m, n, k, 1),
-      });
-    }));
+    gemmCase((c) =>
+      checkMatmul(c, {
+        ...{ m: 17, n: 129, k: 7, format: 'f16', seed: 5 },
+        ...{ rowsPerPart: 16, bias: true, variant: GEMM },
+      }),
+    ));
 
-  // The SwiGLU epilogue, gate and up fused in one weight (see the flat test above for the bound).
   for (const [format, m, units, k, parts, tm, tn, wg] of [
     ['bf16', 17, 7, 129, 7, 16, 2, 64],
     ['f32', 33, 129, 64, 48, 16, 4, 64],
@@ -393,40 +316,7 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
     ['bf16', 1, 129, 1031, 64, 1, 2, 16],
   ] as const) {
     test(`swiglu-fused gate/up ${format} m=${m} units=${units} k=${k} parts of ${parts} t${tm}x${tn} ${wg} threads`, () =>
-      gemmCase(async (c) => {
-        const x = randomF32(m * k, 21 + k);
-        const gu = randomF32(2 * units * k, 22 + units);
-        const bias = randomF32(2 * units, 23);
-        const { weight, seen } = uploadWeight(
-          c,
-          gu,
-          units,
-          k,
-          format,
-          parts < units ? parts : units,
-          'swiglu',
-        );
-        const y = upload(c, new Float32Array(m * units));
-        run(c, (b) =>
-          matmul(b, {
-            x: upload(c, x),
-            weight,
-            y,
-            m,
-            bias: upload(c, bias),
-            placeholder: upload(c, new Float32Array(1)),
-            variant: { tm, tn, wg },
-          }),
-        );
-        const g = matmulRef(x, seen.subarray(0, units * k), m, units, k, bias.subarray(0, units));
-        const u = matmulRef(x, seen.subarray(units * k), m, units, k, bias.subarray(units));
-        const e = bound(x, seen, m, 2 * units, k, 1);
-        let tol = 0;
-        for (let i = 0; i < g.length; i++) {
-          tol = Math.max(tol, 1.1 * e * (Math.abs(u[i] as number) + Math.abs(g[i] as number) + e));
-        }
-        expectClose(await readF32(c, y, m * units), swigluRef(g, u), { atol: tol, rtol: 8 * 2 ** -24 });
-      }));
+      gemmCase((c) => checkSwiglu(c, { format, m, units, k, parts, variant: { tm, tn, wg } })));
   }
 });
 

@@ -25,7 +25,7 @@
 import { describe, expect, test } from 'vitest';
 import { DeviceMemoryError } from '../../src/errors.js';
 import type { GpuContext } from '../../src/gpu/device.js';
-import { accumulateHessian, quantizeGptq } from '../../src/quant/gptq-solver.js';
+import { quantizeGptq } from '../../src/quant/gptq-solver.js';
 import {
   GptqGpuSolver,
   gptqGpuUnsupported,
@@ -35,7 +35,8 @@ import {
   type GptqFactorization,
 } from '../../src/quant/gptq-gpu.js';
 import { dequantize, packQ4, quantizeRtn, type Q4Format, type Q4Matrix } from '../../src/quant/q4.js';
-import { randomF32, testGpu } from '../helpers/gpu.js';
+import { testGpu } from '../helpers/gpu.js';
+import { correlatedActivations, heavyTailedWeights, hessianOf, outputError } from '../helpers/quant-data.js';
 
 const ASYM32: Q4Format = { groupSize: 32, symmetric: false, scaleType: 'f16' };
 const FORMATS: Q4Format[] = [
@@ -45,68 +46,6 @@ const FORMATS: Q4Format[] = [
   { groupSize: 128, symmetric: true, scaleType: 'f16' },
 ];
 const fmtName = (f: Q4Format): string => `g${f.groupSize} ${f.symmetric ? 'sym' : 'asym'} ${f.scaleType}`;
-
-/** Heavy-tailed weights with skewed rows and outliers (as in methods.test.ts). */
-function weights(rows: number, cols: number, seed: number, scale = 0.05): Float32Array {
-  const u = randomF32(rows * cols, seed);
-  const o = randomF32(rows * cols, seed + 101);
-  const shift = randomF32(rows, seed + 202, 0.3 * scale);
-  const w = new Float32Array(rows * cols);
-  for (let i = 0; i < w.length; i++) {
-    const x = u[i] as number;
-    const r = o[i] as number;
-    let v = x * x * x * 3 * scale + (shift[Math.floor(i / cols)] as number);
-    if (Math.abs(r) > 0.996) v += Math.sign(r) * (4 + 40 * (1 - Math.abs(r))) * scale;
-    w[i] = v;
-  }
-  return w;
-}
-
-/**
- * Correlated activations: `factors` latent directions mixed into the features, a few columns with
- * much larger gains (as LLM hidden states have), isotropic noise; `dead` columns are all zero.
- */
-function activations(tokens: number, cols: number, seed: number, dead: number[] = []): Float32Array {
-  const factors = 8;
-  const mix = randomF32(factors * cols, seed + 1);
-  const gain = randomF32(cols, seed + 2);
-  const lat = randomF32(tokens * factors, seed + 3);
-  const eps = randomF32(tokens * cols, seed + 4, 0.3);
-  const x = new Float32Array(tokens * cols);
-  for (let t = 0; t < tokens; t++) {
-    for (let k = 0; k < cols; k++) {
-      let s = eps[t * cols + k] as number;
-      for (let f = 0; f < factors; f++) s += (lat[t * factors + f] as number) * (mix[f * cols + k] as number);
-      x[t * cols + k] = s * (1 + 8 * Math.abs(gain[k] as number) ** 8);
-    }
-  }
-  for (let t = 0; t < tokens; t++) for (const k of dead) x[t * cols + k] = 0;
-  return x;
-}
-
-function hessianOf(x: Float32Array, tokens: number, cols: number): Float64Array {
-  const h = new Float64Array(cols * cols);
-  accumulateHessian(h, x, tokens, cols);
-  for (let i = 0; i < h.length; i++) h[i] = (h[i] as number) / tokens;
-  return h;
-}
-
-/** ‖X·Wᵀ − X·Ŵᵀ‖², straight from X in float64. */
-function outputError(x: Float32Array, tokens: number, w: Float32Array, q: Q4Matrix): number {
-  const { rows, cols } = q;
-  const deq = dequantize(q);
-  const d = new Float64Array(cols);
-  let e = 0;
-  for (let r = 0; r < rows; r++) {
-    for (let k = 0; k < cols; k++) d[k] = (w[r * cols + k] as number) - (deq[r * cols + k] as number);
-    for (let t = 0; t < tokens; t++) {
-      let s = 0;
-      for (let k = 0; k < cols; k++) s += (x[t * cols + k] as number) * (d[k] as number);
-      e += s * s;
-    }
-  }
-  return e;
-}
 
 interface Agreement {
   /** Fraction of codes that differ. */
@@ -165,9 +104,9 @@ describe('GPU GPTQ against the float64 CPU solver', () => {
       [129, 256],
       [33, 544],
     ] as const) {
-      const x = activations(tokens, cols, 10 + cols);
+      const x = correlatedActivations(tokens, cols, 10 + cols, { noise: 0.3 });
       const h = hessianOf(x, tokens, cols);
-      const w = weights(rows, cols, 20 + rows);
+      const w = heavyTailedWeights(rows, cols, 20 + rows);
       for (const format of FORMATS) {
         if (cols % format.groupSize !== 0) continue;
         const cpu = quantizeGptq(w, rows, cols, format, h, { clip: false });
@@ -183,9 +122,9 @@ describe('GPU GPTQ against the float64 CPU solver', () => {
     const cols = 320;
     const tokens = 200;
     const dead = [0, 5, 64, 319];
-    const x = activations(tokens, cols, 31, dead);
+    const x = correlatedActivations(tokens, cols, 31, { noise: 0.3, dead });
     const h = hessianOf(x, tokens, cols);
-    const w = weights(rows, cols, 32);
+    const w = heavyTailedWeights(rows, cols, 32);
     // Three uneven batches, as calibration sequences arrive.
     const batches = [
       { x: x.subarray(0, 13 * cols), tokens: 13 },
@@ -225,9 +164,9 @@ describe('GPU GPTQ against the float64 CPU solver', () => {
     const rows = 129;
     const cols = 896;
     const tokens = 260;
-    const x = activations(tokens, cols, 61);
+    const x = correlatedActivations(tokens, cols, 61, { noise: 0.3 });
     const h = hessianOf(x, tokens, cols);
-    const w = weights(rows, cols, 62);
+    const w = heavyTailedWeights(rows, cols, 62);
     const cpu = quantizeGptq(w, rows, cols, ASYM32, h, { clip: false });
     for (const factorization of ['dense', 'lowRank'] as GptqFactorization[]) {
       const src = { activations: [{ x, tokens }] };
@@ -240,12 +179,12 @@ describe('GPU GPTQ against the float64 CPU solver', () => {
     const ctx = await testGpu();
     const cols = 1024;
     const tokens = 64;
-    const x = activations(tokens, cols, 41);
+    const x = correlatedActivations(tokens, cols, 41, { noise: 0.3 });
     const h = hessianOf(x, tokens, cols);
     // The cheaper one on a CPU adapter (on a hardware GPU the recurrence would cost more).
     expect(pickFactorization(cols, tokens, 7)).toBe('lowRank');
     for (const rows of [1, 7]) {
-      const w = weights(rows, cols, 42 + rows);
+      const w = heavyTailedWeights(rows, cols, 42 + rows);
       const cpu = quantizeGptq(w, rows, cols, ASYM32, h, { clip: false });
       const src = { activations: [{ x, tokens }] };
       const solver = await GptqGpuSolver.create(ctx, cols, src, { rows, factorization: 'lowRank' });
@@ -262,7 +201,7 @@ describe('GPU GPTQ against the float64 CPU solver', () => {
     const ctx = await testGpu();
     const cols = 256;
     const tokens = 96;
-    const x = activations(tokens, cols, 51);
+    const x = correlatedActivations(tokens, cols, 51, { noise: 0.3 });
     for (const factorization of ['dense', 'lowRank'] as GptqFactorization[]) {
       const solver = await GptqGpuSolver.create(
         ctx,
@@ -272,7 +211,7 @@ describe('GPU GPTQ against the float64 CPU solver', () => {
       );
       try {
         for (const rows of [7, 129]) {
-          const w = weights(rows, cols, 52 + rows);
+          const w = heavyTailedWeights(rows, cols, 52 + rows);
           const whole = await solver.quantize(w, rows, ASYM32);
           // Rows are independent problems: chunks of 8 (and a last one of 1) give the same bits.
           expect(await solver.quantize(w, rows, ASYM32, 8), `${factorization} ${rows} rows`).toEqual(whole);
@@ -288,7 +227,7 @@ describe('GPU GPTQ errors and limits', () => {
   test('refuses what the CPU solver refuses, with its messages', async () => {
     const ctx = await testGpu();
     const cols = 64;
-    const w = weights(2, cols, 1);
+    const w = heavyTailedWeights(2, cols, 1);
     const h = new Float64Array(cols * cols);
     for (let k = 0; k < cols; k++) h[k * cols + k] = 1;
     const src = { hessian: h };
@@ -322,7 +261,7 @@ describe('GPU GPTQ errors and limits', () => {
       /positive definite/,
     );
     // Low rank without damping: 8 tokens for 64 columns leave H singular.
-    const x = activations(8, cols, 2);
+    const x = correlatedActivations(8, cols, 2, { noise: 0.3 });
     await expect(
       quantizeGptqGpu(
         ctx,

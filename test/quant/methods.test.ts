@@ -23,6 +23,7 @@ import {
   type Q4GroupSize,
   type Q4Matrix,
 } from '../../src/quant/q4.js';
+import { correlatedActivations, heavyTailedWeights, hessianOf, outputError } from '../helpers/quant-data.js';
 
 const FORMATS: Q4Format[] = [];
 for (const groupSize of [32, 64, 128] as Q4GroupSize[]) {
@@ -31,25 +32,6 @@ for (const groupSize of [32, 64, 128] as Q4GroupSize[]) {
   }
 }
 const fmtName = (f: Q4Format): string => `g${f.groupSize} ${f.symmetric ? 'sym' : 'asym'} ${f.scaleType}`;
-
-/**
- * Heavy-tailed weights: a cubed uniform (most mass near 0, long tails), shifted per row so some
- * groups are skewed, plus ±(4..8)·scale outliers at a rate `outliers`.
- */
-function weights(rows: number, cols: number, seed: number, outliers = 0.004, scale = 0.05): Float32Array {
-  const u = randomF32(rows * cols, seed);
-  const o = randomF32(rows * cols, seed + 101);
-  const shift = randomF32(rows, seed + 202, 0.3 * scale);
-  const w = new Float32Array(rows * cols);
-  for (let i = 0; i < w.length; i++) {
-    const x = u[i] as number;
-    const r = o[i] as number;
-    let v = x * x * x * 3 * scale + (shift[Math.floor(i / cols)] as number);
-    if (Math.abs(r) > 1 - outliers) v += Math.sign(r) * (4 + 40 * (1 - Math.abs(r))) * scale;
-    w[i] = v;
-  }
-  return w;
-}
 
 /** Σ_k c_k·(w_k − ŵ_k)² per (row, group), summed in k order, ŵ from `dequantize`. */
 function groupErrors(values: Float32Array, q: Q4Matrix, c?: Float64Array): Float64Array {
@@ -89,59 +71,6 @@ function expectValidQ4(q: Q4Matrix, rows: number, cols: number, format: Q4Format
     if (format.scaleType === 'f16') expect(f16BitsToF32(f32ToF16Bits(s))).toBe(s);
   }
   expect(() => packQ4(q)).not.toThrow();
-}
-
-/**
- * Correlated activations: `factors` latent directions mixed into `cols` features, per-column gains
- * (a few columns much larger, as LLM hidden states have), plus isotropic noise. The mixing and the
- * gains come from `seed`, the tokens from `tokenSeed`: a second draw of tokens is held-out data
- * from the same distribution.
- */
-function activations(
-  tokens: number,
-  cols: number,
-  seed: number,
-  factors = 8,
-  noise = 0.2,
-  tokenSeed = seed,
-): Float32Array {
-  const mix = randomF32(factors * cols, seed + 1);
-  const gain = randomF32(cols, seed + 2);
-  const lat = randomF32(tokens * factors, tokenSeed + 3);
-  const eps = randomF32(tokens * cols, tokenSeed + 4, noise);
-  const x = new Float32Array(tokens * cols);
-  for (let t = 0; t < tokens; t++) {
-    for (let k = 0; k < cols; k++) {
-      let s = eps[t * cols + k] as number;
-      for (let f = 0; f < factors; f++) s += (lat[t * factors + f] as number) * (mix[f * cols + k] as number);
-      x[t * cols + k] = s * (1 + 8 * Math.abs(gain[k] as number) ** 8);
-    }
-  }
-  return x;
-}
-
-/** ‖X·Wᵀ − X·Ŵᵀ‖², straight from X in float64. */
-function outputError(x: Float32Array, tokens: number, w: Float32Array, q: Q4Matrix): number {
-  const { rows, cols } = q;
-  const deq = dequantize(q);
-  const d = new Float64Array(cols);
-  let e = 0;
-  for (let r = 0; r < rows; r++) {
-    for (let k = 0; k < cols; k++) d[k] = (w[r * cols + k] as number) - (deq[r * cols + k] as number);
-    for (let t = 0; t < tokens; t++) {
-      let s = 0;
-      for (let k = 0; k < cols; k++) s += (x[t * cols + k] as number) * (d[k] as number);
-      e += s * s;
-    }
-  }
-  return e;
-}
-
-function hessianOf(x: Float32Array, tokens: number, cols: number): Float64Array {
-  const h = new Float64Array(cols * cols);
-  accumulateHessian(h, x, tokens, cols);
-  for (let i = 0; i < h.length; i++) h[i] = (h[i] as number) / tokens;
-  return h;
 }
 
 function codeAgreement(a: Q4Matrix, b: Q4Matrix): number {
@@ -225,7 +154,7 @@ describe('quantizeClip', () => {
     for (const format of FORMATS) {
       // Tiny and large magnitudes too, so f16 subnormal scales and several binades are exercised.
       for (const scale of [0.05, 1e-5, 300]) {
-        const w = weights(7, 256, 11 + format.groupSize, 0.01, scale);
+        const w = heavyTailedWeights(7, 256, 11 + format.groupSize, 0.01, scale);
         expect(quantizeClip(w, 7, 256, format, { grid: 1 }), fmtName(format)).toEqual(
           quantizeRtn(w, 7, 256, format),
         );
@@ -244,10 +173,10 @@ describe('quantizeClip', () => {
     for (const format of FORMATS) {
       if (cols % format.groupSize !== 0) continue;
       it(`never loses to RTN in any group: [${rows}, ${cols}] ${fmtName(format)}`, () => {
-        const w = weights(rows, cols, rows * 7919 + cols + format.groupSize);
+        const w = heavyTailedWeights(rows, cols, rows * 7919 + cols + format.groupSize);
         const rtn = quantizeRtn(w, rows, cols, format);
         // Activation-aware weights: second moments of correlated inputs, plus some dead columns.
-        const x = activations(64, cols, rows + cols);
+        const x = correlatedActivations(64, cols, rows + cols);
         const c = columnSecondMoments(x, 64, cols);
         for (let k = 0; k < cols; k += 37) c[k] = 0;
         for (const weighted of [false, true]) {
@@ -285,8 +214,8 @@ describe('quantizeClip', () => {
   it('weighting by activations lowers the activation-weighted error against plain MSE clipping', () => {
     const rows = 64;
     const cols = 512;
-    const w = weights(rows, cols, 99);
-    const c = columnSecondMoments(activations(128, cols, 5), 128, cols);
+    const w = heavyTailedWeights(rows, cols, 99);
+    const c = columnSecondMoments(correlatedActivations(128, cols, 5), 128, cols);
     for (const format of FORMATS) {
       const aware = sum(groupErrors(w, quantizeClip(w, rows, cols, format, { columnWeights: c }), c));
       const plain = sum(groupErrors(w, quantizeClip(w, rows, cols, format), c));
@@ -297,7 +226,7 @@ describe('quantizeClip', () => {
   });
 
   it('all-zero groups keep a zero scale, and zero column weights still give a valid matrix', () => {
-    const w = weights(3, 128, 1);
+    const w = heavyTailedWeights(3, 128, 1);
     w.fill(0, 128, 256);
     const format: Q4Format = { groupSize: 64, symmetric: false, scaleType: 'f16' };
     const q = quantizeClip(w, 3, 128, format, { columnWeights: new Float64Array(128) });
@@ -310,7 +239,7 @@ describe('quantizeClip', () => {
 
   it('rejects bad inputs', () => {
     const format: Q4Format = { groupSize: 32, symmetric: true, scaleType: 'f32' };
-    const w = weights(2, 64, 1);
+    const w = heavyTailedWeights(2, 64, 1);
     expect(() => quantizeClip(w, 2, 63, format)).toThrow();
     expect(() => quantizeClip(w.subarray(1), 2, 64, format)).toThrow(RangeError);
     expect(() => quantizeClip(w, 2, 64, format, { columnWeights: new Float64Array(63) })).toThrow(RangeError);
@@ -441,14 +370,14 @@ describe('quantizeGptq', () => {
   it('cuts the output error well below RTN on correlated inputs', () => {
     const rows = 48;
     const cols = 256;
-    const w = weights(rows, cols, 22);
+    const w = heavyTailedWeights(rows, cols, 22);
     // Nearly low-rank inputs (8 factors, weak noise), and a fuller spectrum (32 factors, noise as
     // strong as each factor) judged on held-out tokens too, where GPTQ cannot overfit.
-    const x1 = activations(tokens, cols, 21);
+    const x1 = correlatedActivations(tokens, cols, 21);
     const h1 = hessianOf(x1, tokens, cols);
-    const x2 = activations(tokens, cols, 23, 32, 1);
+    const x2 = correlatedActivations(tokens, cols, 23, { factors: 32, noise: 1 });
     const h2 = hessianOf(x2, tokens, cols);
-    const x2held = activations(tokens, cols, 23, 32, 1, 999);
+    const x2held = correlatedActivations(tokens, cols, 23, { factors: 32, noise: 1, tokenSeed: 999 });
     for (const format of FORMATS) {
       const rtn = quantizeRtn(w, rows, cols, format);
       const q1 = quantizeGptq(w, rows, cols, format, h1);
@@ -469,9 +398,9 @@ describe('quantizeGptq', () => {
   it('matches a literal float64 transcription of the paper', () => {
     const rows = 12;
     const cols = 128;
-    const x = activations(tokens, cols, 31);
+    const x = correlatedActivations(tokens, cols, 31);
     const h = hessianOf(x, tokens, cols);
-    const w = weights(rows, cols, 32);
+    const w = heavyTailedWeights(rows, cols, 32);
     for (const format of FORMATS) {
       const ref = referenceGptq(w, rows, cols, format, h);
       for (const blockSize of [32, 128, 1000]) {
@@ -494,7 +423,7 @@ describe('quantizeGptq', () => {
     for (let k = 0; k < cols; k++) h[k * cols + k] = 1;
     for (const format of FORMATS) {
       for (const rows of [1, 7]) {
-        const w = weights(rows, cols, 40 + rows);
+        const w = heavyTailedWeights(rows, cols, 40 + rows);
         expect(quantizeGptq(w, rows, cols, format, h), fmtName(format)).toEqual(
           quantizeRtn(w, rows, cols, format),
         );
@@ -505,10 +434,10 @@ describe('quantizeGptq', () => {
   it('is invariant to scaling H (normalising by the token count is optional)', () => {
     const rows = 9;
     const cols = 128;
-    const x = activations(tokens, cols, 51);
+    const x = correlatedActivations(tokens, cols, 51);
     const h = hessianOf(x, tokens, cols);
     const h4 = h.map((v) => v * 4); // a power of two: V doubles exactly, every ratio is unchanged
-    const w = weights(rows, cols, 52);
+    const w = heavyTailedWeights(rows, cols, 52);
     const format: Q4Format = { groupSize: 32, symmetric: false, scaleType: 'f16' };
     expect(quantizeGptq(w, rows, cols, format, h4)).toEqual(quantizeGptq(w, rows, cols, format, h));
   });
@@ -516,11 +445,11 @@ describe('quantizeGptq', () => {
   it('zeroes dead columns (H_kk = 0) and still beats RTN', () => {
     const rows = 16;
     const cols = 128;
-    const x = activations(tokens, cols, 61);
+    const x = correlatedActivations(tokens, cols, 61);
     const dead = [0, 5, 64, 127];
     for (let t = 0; t < tokens; t++) for (const k of dead) x[t * cols + k] = 0;
     const h = hessianOf(x, tokens, cols);
-    const w = weights(rows, cols, 62);
+    const w = heavyTailedWeights(rows, cols, 62);
     const format: Q4Format = { groupSize: 64, symmetric: false, scaleType: 'f16' };
     const q = quantizeGptq(w, rows, cols, format, h);
     expectValidQ4(q, rows, cols, format);
@@ -534,9 +463,9 @@ describe('quantizeGptq', () => {
   it('with the clipping search stays valid and close to plain GPTQ', () => {
     const rows = 32;
     const cols = 256;
-    const x = activations(tokens, cols, 71);
+    const x = correlatedActivations(tokens, cols, 71);
     const h = hessianOf(x, tokens, cols);
-    const w = weights(rows, cols, 72);
+    const w = heavyTailedWeights(rows, cols, 72);
     for (const format of FORMATS) {
       const plain = outputError(x, tokens, w, quantizeGptq(w, rows, cols, format, h));
       const q = quantizeGptq(w, rows, cols, format, h, { clip: true });
@@ -554,7 +483,7 @@ describe('quantizeGptq', () => {
   it('rejects bad inputs', () => {
     const cols = 64;
     const format: Q4Format = { groupSize: 32, symmetric: true, scaleType: 'f32' };
-    const w = weights(2, cols, 1);
+    const w = heavyTailedWeights(2, cols, 1);
     const h = new Float64Array(cols * cols);
     for (let k = 0; k < cols; k++) h[k * cols + k] = 1;
     expect(() => quantizeGptq(w, 2, cols, format, h.subarray(1))).toThrow(RangeError);
