@@ -8,7 +8,7 @@ import { KilnError } from '../errors.js';
 import { CATALOG, catalogAliasToHubId } from '../io/catalog.js';
 import type { FloatDtype } from '../io/dtype.js';
 import type { ChatMessage } from '../io/tokenizer.js';
-import type { Engine } from '../runtime/engine.js';
+import type { Engine, TuningStatus } from '../runtime/engine.js';
 import type { LoadProgress } from '../runtime/weights.js';
 import type { Q4GroupSize } from '../quant/q4.js';
 import { cmdBenchKernels } from './bench-kernels.js';
@@ -199,6 +199,17 @@ async function loadEngine(o: ModelFlags): Promise<Engine> {
   }
 }
 
+/**
+ * A line for a run that ends before its kernels are all tuned (the background budget is a few
+ * seconds per run, and a cold driver cache spends it compiling): how far tuning got, and the
+ * command that finishes it. Null when everything is tuned or tuning is off.
+ */
+export function tuningHint(t: TuningStatus, model: string): string | null {
+  if (t.state === 'off' || t.leftClasses === 0) return null;
+  const total = t.cachedClasses + t.tunedClasses + t.leftClasses;
+  return `kernel tuning: ${t.cachedClasses + t.tunedClasses} of ${total} shape classes tuned for this adapter; \`kiln tune --model ${model}\` tunes the rest`;
+}
+
 function tuneWarn(m: string): void {
   process.stderr.write(`kiln: ${m}\n`);
 }
@@ -231,6 +242,8 @@ async function cmdRun(o: ModelFlags & SamplingFlags & { prompt: string; json?: b
           `[${r.promptTokenIds.length} prompt tokens, ${r.tokenIds.length} generated, finish ${r.finishReason}; ` +
             `prefill ${r.timings.prefillTokensPerS.toFixed(1)} tok/s, decode ${r.timings.decodeTokensPerS.toFixed(1)} tok/s]\n`,
         );
+        const hint = tuningHint(engine.tuningStatus, o.model);
+        if (hint) process.stderr.write(`[${hint}]\n`);
       }
       return;
     }

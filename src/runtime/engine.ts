@@ -104,9 +104,9 @@ export interface TuningStatus {
   state: 'off' | 'running' | 'done';
   /** Shape classes whose choice came from the cache at load. */
   cachedClasses: number;
-  /** Classes tuned since load. */
+  /** Classes tuned since load (counted as each finishes). */
   tunedClasses: number;
-  /** Classes left untuned (budget spent): a later load tunes them. */
+  /** Classes not tuned yet (still running, or the budget was spent): a later load tunes them. */
   leftClasses: number;
 }
 
@@ -284,6 +284,15 @@ export class Engine {
             ...tune,
             budgetMs: tune.budgetMs ?? DEFAULT_TUNE_BUDGET_MS,
             signal: engine.tuneAbort.signal,
+            // Counted as they finish, so a caller that stops early can say how far it got.
+            onClass: () => {
+              const st = engine.tuneStatus;
+              engine.tuneStatus = {
+                ...st,
+                tunedClasses: st.tunedClasses + 1,
+                leftClasses: Math.max(0, st.leftClasses - 1),
+              };
+            },
           })
           .then(
             (r) => {

@@ -322,6 +322,13 @@ describe('kiln tune', () => {
       candidates_tried: number;
       best_variant: string;
     };
+    // A run whose background tuning gets no time says how far tuning got and what finishes it.
+    const short = ['run', '--model', baby, '--context', '4', '--prompt', '', '--max-tokens', '3'];
+    const untuned = await kiln([...short, '--temperature', '0', '--tune-budget', '0'], { env });
+    expect(untuned.code, untuned.stderr).toBe(0);
+    expect(untuned.stderr).toMatch(
+      /\[kernel tuning: 0 of \d+ shape classes tuned for this adapter; `kiln tune --model \S+` tunes the rest\]/,
+    );
     const first = await kiln(args, { env, timeoutMs: 600_000 });
     expect(first.code, first.stderr).toBe(0);
     expect(first.stdout.trimEnd().split('\n')).toHaveLength(1);
@@ -360,6 +367,11 @@ describe('kiln tune', () => {
     expect(b.classes.map((c) => c.shape_class)).toEqual(a.classes.map((c) => c.shape_class));
     expect(b.classes.every((c) => c.candidates_tried === 0)).toBe(true);
     expect(b.classes.map((c) => c.best_variant)).toEqual(a.classes.map((c) => c.best_variant));
+    // Everything tuned: no hint.
+    const tuned = await kiln([...short, '--temperature', '0'], { env });
+    expect(tuned.code, tuned.stderr).toBe(0);
+    expect(tuned.stderr).toMatch(/prompt tokens/);
+    expect(tuned.stderr).not.toMatch(/kernel tuning/);
     // kiln run picks the cached choices up and still produces the golden ids.
     const r = await kiln(
       ['run', '--model', baby, '--prompt', '', '--max-tokens', '64', '--temperature', '0', '--json'],
