@@ -301,9 +301,11 @@ async function matmulSuite(b: BenchContext): Promise<void> {
           const y = b.buffer(m * lin.n * 4);
           const ph = b.buffer(4);
           // At M = 1 every rows-per-thread variant is measured (the "best f32 variant" the int4
-          // kernel is compared with); otherwise the one the engine would pick, and where that is the
-          // GEMM, the flat kernel as well.
+          // kernel is compared with) and, where the GEMM runs, its one-row decode tile (a tuner
+          // candidate that lavapipe picks); otherwise the one the engine would pick, and where that
+          // is the GEMM, the flat kernel as well.
           const variants: MatmulVariant[] = m === 1 ? [{ r: 1 }, { r: 2 }, { r: 4 }] : [{}];
+          if (m === 1 && gemmUsable(b.ctx)) variants.push({ tm: 1, tn: 4, wg: 32 });
           if (m >= GEMM_MIN_M && gemmUsable(b.ctx)) variants.push({ path: 'flat' });
           const cases: { variant: MatmulVariant; xFormat: ActivationFormat }[] = variants.map((variant) => ({
             variant,
