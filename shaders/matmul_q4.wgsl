@@ -2,7 +2,8 @@
 // of one part of an int4 group-wise weight (src/quant/q4.ts: W[n, k] = (q − z)·s per group).
 //
 // Module constants prepended by src/kernels/matmul-q4.ts (the pipeline label names them all):
-//   R     output rows per thread (1, 2, 4): rows n0 + 64·r, so the 8 lanes of a SIMD group stay on
+//   WG    threads per workgroup (64 by default; 16, 32, 128 are tuner candidates);
+//   R     output rows per thread (1, 2, 4): rows n0 + WG·r, so the 8 lanes of a SIMD group stay on
 //         8 consecutive rows (one tile of the layout) and read 128 contiguous bytes per step;
 //   MT    rows of X per workgroup (1, 4, 8): each weight word is loaded once and used MT times;
 //   GS    group size (32, 64, 128); ASYM: zero points from `zeros`, else z = 8; F16S: f16 scales;
@@ -29,7 +30,7 @@
 // and the −s·z·Σx term and Σx disappear. Either way `dq` hands out exact small integers as f32,
 // and every product and sum is f32.
 //
-// Work: a 64-thread workgroup owns 64·R consecutive output rows and MT rows of X, walking K in
+// Work: a workgroup of WG threads owns WG·R consecutive output rows and MT rows of X, walking K in
 // chunks of XC vec4s (the plain fragment's staging unit, ping-pong: chunk c+1 is staged into the
 // other half while chunk c is read, so one barrier per chunk suffices). Per group the kernel
 // accumulates only the raw Σq·x in f32 and adds s·Σq·x − s·z·Σx, Σx being summed once per
@@ -77,7 +78,6 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<storage, read> bias: array<f32>;
 
-const WG: u32 = 64u;
 // vec4s of X per group, 16-byte weight words per group, groups per chunk, vec4s per buffer half
 const GV: u32 = GS / 4u;
 const WPG: u32 = GS / 32u;
@@ -93,7 +93,7 @@ struct Dq {
   hi: vec4<f32>,
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let tile = wid.y * p.grid_x + wid.x;
   let n0 = tile * (WG * R) + t;

@@ -78,7 +78,11 @@ export interface MatmulQ4Args {
    * `_h`. Default: DEFAULT_Q4_DEQUANT.
    */
   dequant?: Q4Dequant;
+  /** Threads per workgroup (default 64; the variant name gains `_w<threads>` otherwise). */
+  workgroupSize?: Q4WorkgroupSize;
 }
+
+export type Q4WorkgroupSize = 16 | 32 | 64 | 128;
 
 /** Dequantization arithmetic of matmul_q4 (see `MatmulQ4Args.dequant`). */
 export type Q4Dequant = 'f32' | 'f16';
@@ -146,14 +150,24 @@ export function q4ChunkVec4s(format: Q4Format, rowsPerGroup: number, bytes: numb
   return xc;
 }
 
-function variantName(f: Q4Format, mt: number, r: number, xc: number, sg: boolean, dq: Q4Dequant): string {
-  const sym = f.symmetric ? 'sym' : 'asym';
-  const suffix = `${sg ? '_sg' : ''}${dq === 'f16' ? '_h' : ''}`;
-  return `matmul_q4_g${f.groupSize}_${sym}_${f.scaleType}s_m${mt}r${r}_xc${xc}${suffix}`;
+interface Q4Shape {
+  mt: number;
+  r: number;
+  xc: number;
+  sg: boolean;
+  dq: Q4Dequant;
+  wg: number;
 }
 
-function variantSource(f: Q4Format, mt: number, r: number, xc: number, sg: boolean, dq: Q4Dequant): string {
+function variantName(f: Q4Format, v: Q4Shape): string {
+  const sym = f.symmetric ? 'sym' : 'asym';
+  const suffix = `${v.sg ? '_sg' : ''}${v.dq === 'f16' ? '_h' : ''}${v.wg === WG ? '' : `_w${v.wg}`}`;
+  return `matmul_q4_g${f.groupSize}_${sym}_${f.scaleType}s_m${v.mt}r${v.r}_xc${v.xc}${suffix}`;
+}
+
+function variantSource(f: Q4Format, { mt, r, xc, sg, dq, wg }: Q4Shape): string {
   const consts = [
+    `const WG: u32 = ${wg}u;`,
     `const R: u32 = ${r}u;`,
     `const MT: u32 = ${mt}u;`,
     `const GS: u32 = ${f.groupSize}u;`,
@@ -199,14 +213,17 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
   if (sg && !q4SubgroupsUsable(b.ctx))
     throw new RangeError('matmul_q4: this device has no subgroups of 8+ lanes');
   // The subgroup path reads X directly, so its "chunk" is only a loop split and uses no memory.
+  const wg = a.workgroupSize ?? WG;
+  if (![16, 32, 64, 128].includes(wg)) throw new RangeError(`matmul_q4: ${wg} threads (16, 32, 64, 128)`);
   const xc = sg ? SUBGROUP_CHUNK_VEC4S : q4ChunkVec4s(f, mt, bytes);
-  const variant = variantName(f, mt, r, xc, sg, dq);
+  const shape: Q4Shape = { mt, r, xc, sg, dq, wg };
+  const variant = variantName(f, shape);
   const zGroups = Math.ceil(a.m / mt);
   if (zGroups > MAX_GRID) throw new RangeError(`${variant}: ${a.m} rows exceed one dispatch`);
   const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
   return w.parts.map((part) => {
     if (!f.symmetric && !part.zeros) throw new RangeError(`${w.name}: asymmetric int4 part without zeros`);
-    const tiles = Math.ceil(part.rows / (WG * r));
+    const tiles = Math.ceil(part.rows / (wg * r));
     const gridX = Math.min(tiles, MAX_GRID);
     const params = packParams([
       ['u32', a.m],
@@ -220,7 +237,7 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
     ]);
     return b.make(
       variant,
-      () => variantSource(f, mt, r, xc, sg, dq),
+      () => variantSource(f, shape),
       params,
       [part.words, part.scales, part.zeros ?? a.placeholder, a.x, a.y, a.bias ?? a.placeholder],
       [gridX, Math.ceil(tiles / gridX), zGroups],

@@ -11,7 +11,13 @@
 import type { ActivationFormat } from '../kernels/activation.js';
 import type { KvDtype } from '../kernels/kv-dtype.js';
 import type { MatmulVariant } from '../kernels/matmul.js';
-import type { Q4Dequant, Q4GpuWeight, Q4RowsPerGroup, Q4RowsPerThread } from '../kernels/matmul-q4.js';
+import type {
+  Q4Dequant,
+  Q4GpuWeight,
+  Q4RowsPerGroup,
+  Q4RowsPerThread,
+  Q4WorkgroupSize,
+} from '../kernels/matmul-q4.js';
 import type { GpuWeight } from '../kernels/weight.js';
 
 /** The forced fields of an int4 matmul (see MatmulQ4Args). */
@@ -21,6 +27,7 @@ export interface Q4Variant {
   subgroups?: boolean;
   workgroupBytes?: number;
   dequant?: Q4Dequant;
+  workgroupSize?: Q4WorkgroupSize;
 }
 
 /** One tuned decision: how to run the kernel of a shape class. */

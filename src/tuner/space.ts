@@ -9,7 +9,7 @@
  *   blocked GEMM (rows of X per thread TM, down to 1 for decode; weight rows per thread TN; threads
  *   per workgroup), whose subgroup broadcast is the "subgroup vs workgroup-memory" choice;
  * - int4 matmul: MT, R, X through subgroups or staged (double-buffered) in workgroup memory of
- *   8/16/32 KiB (the K-tile), f32 or f16 dequant;
+ *   8/16/32 KiB (the K-tile), f32 or f16 dequant, threads per workgroup (subgroup path);
  * - split-K decode attention: tokens per split (the split-K factor).
  */
 import type { GpuContext } from '../gpu/device.js';
@@ -79,6 +79,16 @@ export function q4MatmulCandidates(ctx: GpuContext, _w: Q4GpuWeight, mClass: MCl
         if (sgOk) v.push({ rowsPerGroup, rowsPerThread, subgroups: true, dequant });
         for (const workgroupBytes of mClass === '1' ? staged : staged.slice(1, 2))
           v.push({ rowsPerGroup, rowsPerThread, subgroups: false, workgroupBytes, dequant });
+      }
+    }
+  }
+  // Fewer or more threads per workgroup, on the subgroup path with f32 dequant (the float GEMM's
+  // workgroup size won up to 2x on lavapipe; a GPU may want more lanes per workgroup).
+  if (sgOk) {
+    for (const rowsPerGroup of mts) {
+      for (const rowsPerThread of rs) {
+        for (const workgroupSize of [16, 32, 128] as const)
+          v.push({ rowsPerGroup, rowsPerThread, subgroups: true, dequant: 'f32', workgroupSize });
       }
     }
   }

@@ -269,7 +269,10 @@ interface Case {
   bias?: boolean;
   accumulate?: boolean;
   rowsPerPart?: number;
-  tiling?: Pick<MatmulQ4Args, 'rowsPerGroup' | 'rowsPerThread' | 'workgroupBytes' | 'subgroups' | 'dequant'>;
+  tiling?: Pick<
+    MatmulQ4Args,
+    'rowsPerGroup' | 'rowsPerThread' | 'workgroupBytes' | 'subgroups' | 'dequant' | 'workgroupSize'
+  >;
 }
 
 async function check(c: GpuContext, t: Case): Promise<void> {
@@ -371,6 +374,36 @@ describe('matmul_q4', () => {
         }
       }
     }
+  });
+  // Threads per workgroup (a tuner knob): rows are WG·R per workgroup, and the staged path's
+  // X loads stride by WG. Awkward N (1, 7, 129, 4097) against 16..128 threads, both X paths.
+  test('every workgroup size (16, 32, 128 threads), both X paths', async () => {
+    const c = await testGpu();
+    for (const subgroups of await xPaths()) {
+      for (const [m, n, workgroupSize, rowsPerThread] of [
+        [1, 4097, 16, 4],
+        [1, 7, 32, 2],
+        [5, 129, 128, 1],
+        [9, 1, 16, 4],
+      ] as const) {
+        await check(c, { m, n, k: 256, format: g32a, tiling: { subgroups, workgroupSize, rowsPerThread } });
+      }
+    }
+    const ph = upload(c, new Float32Array(64));
+    const weight = uploadQ4Weight(c, 'w', quantizeRtn(randomF32(8 * 32, 1), 8, 32, g32a));
+    const args = { x: ph, weight, y: ph, m: 1, placeholder: ph, workgroupSize: 48 as 64 };
+    expect(() => run(c, (b) => matmulQ4(b, args))).toThrow(/48 threads \(16, 32, 64, 128\)/);
+    // The name says the size; 64 (the default) adds nothing.
+    const labels = [32, 64].map((workgroupSize) => {
+      const builder = new DispatchBuilder(c);
+      try {
+        return matmulQ4(builder, { ...args, workgroupSize: workgroupSize as 32 | 64 })[0]?.label;
+      } finally {
+        builder.destroy();
+      }
+    });
+    expect(labels[0]).toMatch(/_w32$/);
+    expect(labels[1]).not.toMatch(/_w\d+$/);
   });
   test('X without subgroups, every format family', async () => {
     const c = await testGpu();
