@@ -5,7 +5,7 @@
 // Prepended by src/kernels/matmul.ts with common/broadcast8.wgsl, an activation fragment (Act), a weight
 // fragment (EPW, word_elem), common/tiled.wgsl and the module constants
 //   TM      rows of X per workgroup (every thread computes all of them),
-//   TN      weight rows per thread (n, n + 64, ...; SWIGLU: TN / 2 gate/up pairs),
+//   TN      weight rows per thread (n, n + WG, ...; SWIGLU: TN / 2 gate/up pairs),
 //   SWIGLU  gate and up fused with interleaved tiles (see shaders/matmul.wgsl),
 //   WG      threads per workgroup (64 by default; a multiple of 8, so that every group of 8 lanes
 //           broadcasts X within one subgroup),

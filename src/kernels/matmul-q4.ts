@@ -212,9 +212,9 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
   const sg = a.subgroups ?? q4SubgroupsUsable(b.ctx);
   if (sg && !q4SubgroupsUsable(b.ctx))
     throw new RangeError('matmul_q4: this device has no subgroups of 8+ lanes');
-  // The subgroup path reads X directly, so its "chunk" is only a loop split and uses no memory.
   const wg = a.workgroupSize ?? WG;
   if (![16, 32, 64, 128].includes(wg)) throw new RangeError(`matmul_q4: ${wg} threads (16, 32, 64, 128)`);
+  // The subgroup path reads X directly, so its "chunk" is only a loop split and uses no memory.
   const xc = sg ? SUBGROUP_CHUNK_VEC4S : q4ChunkVec4s(f, mt, bytes);
   const shape: Q4Shape = { mt, r, xc, sg, dq, wg };
   const variant = variantName(f, shape);

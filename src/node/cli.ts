@@ -204,7 +204,7 @@ async function loadEngine(o: ModelFlags): Promise<Engine> {
  * seconds per run, and a cold driver cache spends it compiling): how far tuning got, and the
  * command that finishes it. Null when everything is tuned or tuning is off.
  */
-export function tuningHint(t: TuningStatus, model: string): string | null {
+function tuningHint(t: TuningStatus, model: string): string | null {
   if (t.state === 'off' || t.leftClasses === 0) return null;
   const total = t.cachedClasses + t.tunedClasses + t.leftClasses;
   return `kernel tuning: ${t.cachedClasses + t.tunedClasses} of ${total} shape classes tuned for this adapter; \`kiln tune --model ${model}\` tunes the rest`;

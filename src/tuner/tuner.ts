@@ -132,9 +132,9 @@ function upload(ctx: GpuContext, label: string, data: ArrayBufferView, owned: GP
 
 /**
  * Rows a matmul class is timed on at most. Per-row work is the same in every row, so a prefix of
- * a big matrix (the LM head's 128k-256k rows) ranks the candidates as the whole would while
- * 32768 rows still give hundreds of workgroups on any device; timing the whole head took most of a
- * 60 s budget on lavapipe. The choice applies to the whole matrix; the reported times are the
+ * a big matrix (the LM head's 128k-256k rows) ranks the candidates as the whole would, while
+ * 32768 rows still make at least 128 workgroups (64 threads, 4 rows each) to fill a device; timing
+ * the whole head took most of a 60 s budget on lavapipe. The choice applies to the whole matrix; the reported times are the
  * prefix's.
  */
 export const TIMED_ROWS_MAX = 32768;
