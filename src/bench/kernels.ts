@@ -6,7 +6,7 @@
  * Runs on any GpuContext, so the same code can benchmark a browser's adapter.
  */
 import { decodeToFloat32, encodeFromFloat32 } from '../io/dtype.js';
-import type { AdapterSummary, GpuContext } from '../gpu/device.js';
+import { storageUsage, type AdapterSummary, type GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
 import type { ActivationFormat } from '../kernels/activation.js';
 import { argmax } from '../kernels/argmax.js';
@@ -57,8 +57,6 @@ export interface BenchOptions {
 /** A family of benchmark cases; `run` appends rows through `ctx.add`. */
 export type BenchSuite = (b: BenchContext) => Promise<void>;
 
-const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-
 /** Shared plumbing of the suites: buffers, timing, medians, the bandwidth figure. */
 export class BenchContext {
   readonly rows: BenchRow[] = [];
@@ -76,7 +74,7 @@ export class BenchContext {
   }
 
   buffer(bytes: number, label = 'bench'): GPUBuffer {
-    const b = this.ctx.createBuffer(label, Math.max(16, Math.ceil(bytes / 4) * 4), STORAGE());
+    const b = this.ctx.createBuffer(label, Math.max(16, Math.ceil(bytes / 4) * 4), storageUsage());
     this.owned.push(b);
     return b;
   }

@@ -53,6 +53,14 @@ function findGpu(opts: AcquireOptions): GPU {
   );
 }
 
+/**
+ * Usage of a buffer that kernels read and write and the host fills and reads back (weights'
+ * staging, activations, scratch, caches). A function: in Node, GPUBufferUsage is a global that
+ * src/node/dawn.ts installs at run time, after modules load.
+ */
+export const storageUsage = (): GPUBufferUsageFlags =>
+  GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
 /** Acquires (or wraps) a device and returns the context every kernel uses. */
 export async function acquireGpu(opts: AcquireOptions = {}): Promise<GpuContext> {
   if (opts.device) {

@@ -8,7 +8,7 @@
  * The general `attention` kernel stays the prefill path; this one is for a few rows over long
  * contexts, where one workgroup per (query head, row) leaves most of the GPU idle.
  */
-import type { GpuContext } from '../gpu/device.js';
+import { storageUsage, type GpuContext } from '../gpu/device.js';
 import { UnsupportedModelError } from '../errors.js';
 import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
 import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
@@ -119,7 +119,7 @@ export class AttentionDecodeScratch {
     readonly shape: AttentionDecodeShape,
   ) {
     this.splits = decodeSplits(shape.maxContext, shape.chunk);
-    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const usage = storageUsage();
     this.partials = ctx.createBuffer(
       'attention_decode.partials',
       AttentionDecodeScratch.partialBytes(shape.rows, shape.heads, shape.headDim, this.splits),

@@ -41,7 +41,7 @@
  * the CPU solver. Rows are split into chunks that fit.
  */
 import { DeviceMemoryError } from '../errors.js';
-import { formatBytes, type GpuContext } from '../gpu/device.js';
+import { formatBytes, storageUsage, type GpuContext } from '../gpu/device.js';
 import {
   DispatchBuilder,
   hoistEnables,
@@ -55,7 +55,26 @@ import {
 import { gemmUsable } from '../kernels/matmul.js';
 import { checkQ4Shape, type Q4Format, type Q4Matrix } from './q4.js';
 
-const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+/** Buffers made for one solve or solver: freed together when it fails or ends. */
+class BufferSet {
+  private readonly made = new Set<GPUBuffer>();
+  constructor(private readonly ctx: GpuContext) {}
+
+  create(label: string, size: number): GPUBuffer {
+    const buf = this.ctx.createBuffer(label, size, storageUsage());
+    this.made.add(buf);
+    return buf;
+  }
+
+  destroy(buf: GPUBuffer): void {
+    if (this.made.delete(buf)) this.ctx.destroyBuffer(buf);
+  }
+
+  destroyAll(): void {
+    for (const buf of this.made) this.ctx.destroyBuffer(buf);
+    this.made.clear();
+  }
+}
 
 /** Status bits (status[0]) set by the shaders. */
 const FLAG_BAD_DIAGONAL = 1;
@@ -544,23 +563,18 @@ export class GptqGpuSolver {
   }
 
   private static async createLowRank(ctx: GpuContext, n: number, f: LowRankFactor): Promise<GptqGpuSolver> {
-    const made: GPUBuffer[] = [];
-    const create = (label: string, size: number) => {
-      const buf = ctx.createBuffer(label, size, STORAGE());
-      made.push(buf);
-      return buf;
-    };
+    const made = new BufferSet(ctx);
     const builder = new DispatchBuilder(ctx);
     try {
       const bytes = 4 * n * f.tp;
       const sb = LOW_RANK_BLOCK;
       const bufs = await ctx.guardAllocation(`the GPTQ factor (${n}×${f.tp}, twice)`, 2 * bytes, () => ({
-        a: create(`gptq.a[${n}]`, bytes),
-        h: create(`gptq.h[${n}]`, bytes),
-        vsb: create(`gptq.vblocks[${n}]`, 4 * n * sb),
-        vdiag: create('gptq.vdiag', 4 * n),
-        dead: create('gptq.dead', 4 * n),
-        status: create('gptq.status', STATUS_WORDS * 4),
+        a: made.create(`gptq.a[${n}]`, bytes),
+        h: made.create(`gptq.h[${n}]`, bytes),
+        vsb: made.create(`gptq.vblocks[${n}]`, 4 * n * sb),
+        vdiag: made.create('gptq.vdiag', 4 * n),
+        dead: made.create('gptq.dead', 4 * n),
+        status: made.create('gptq.status', STATUS_WORDS * 4),
       }));
       ctx.device.queue.writeBuffer(bufs.a, 0, Float32Array.from(f.a));
       ctx.device.queue.writeBuffer(bufs.h, 0, Float32Array.from(f.h));
@@ -609,7 +623,7 @@ export class GptqGpuSolver {
         f.tp,
       );
     } catch (e) {
-      for (const buf of made) ctx.destroyBuffer(buf);
+      made.destroyAll();
       throw e;
     } finally {
       builder.destroy();
@@ -629,20 +643,15 @@ export class GptqGpuSolver {
     } else {
       xt = transposedActivations(source.activations, n, bindLimit(ctx));
     }
-    const made: GPUBuffer[] = [];
-    const create = (label: string, size: number) => {
-      const buf = ctx.createBuffer(label, size, STORAGE());
-      made.push(buf);
-      return buf;
-    };
+    const made = new BufferSet(ctx);
     const builder = new DispatchBuilder(ctx);
     try {
       const bufs = await ctx.guardAllocation(`the GPTQ Hessian (${n}×${n})`, 4 * n * n, () => ({
-        l: create(`gptq.hessian[${n}]`, 4 * n * n),
-        dead: create('gptq.dead', 4 * n),
-        status: create('gptq.status', STATUS_WORDS * 4),
-        xt: xt ? create('gptq.activations', 4 * n * xt.chunk) : null,
-        upd: create('gptq.panel', 4 * n * PANEL),
+        l: made.create(`gptq.hessian[${n}]`, 4 * n * n),
+        dead: made.create('gptq.dead', 4 * n),
+        status: made.create('gptq.status', STATUS_WORDS * 4),
+        xt: xt ? made.create('gptq.activations', 4 * n * xt.chunk) : null,
+        upd: made.create('gptq.panel', 4 * n * PANEL),
       }));
       ctx.device.queue.writeBuffer(bufs.status, 0, new Uint32Array([0, 0xffffffff, 0, 0]));
       if (r) ctx.device.queue.writeBuffer(bufs.l, 0, r);
@@ -741,12 +750,11 @@ export class GptqGpuSolver {
       await ctx.device.queue.onSubmittedWorkDone();
       for (const buf of [bufs.xt, bufs.upd]) {
         if (!buf) continue;
-        ctx.destroyBuffer(buf);
-        made.splice(made.indexOf(buf), 1);
+        made.destroy(buf);
       }
       return new GptqGpuSolver(ctx, n, 'dense', bufs.l, null, null, null, bufs.dead, bufs.status, 0);
     } catch (e) {
-      for (const buf of made) ctx.destroyBuffer(buf);
+      made.destroyAll();
       throw e;
     } finally {
       builder.destroy();
@@ -892,22 +900,17 @@ export class GptqGpuSolver {
       Math.min(rows, chunkRows ?? Math.floor(bindLimit(ctx) / (4 * Math.max(n, tp)))),
     );
     const flags = (format.symmetric ? 0 : 1) | (format.scaleType === 'f16' ? 2 : 0);
-    const made: GPUBuffer[] = [];
-    const create = (label: string, size: number) => {
-      const buf = ctx.createBuffer(label, size, STORAGE());
-      made.push(buf);
-      return buf;
-    };
+    const made = new BufferSet(ctx);
     try {
       const bufs = await ctx.guardAllocation(
         `GPTQ buffers for ${rowsPerChunk} rows of ${n}`,
         rowsPerChunk * (4 * n + 4 * gs + n / 2 + 8 * groups + 4 * tp),
         () => ({
-          w: create('gptq.weights', 4 * rowsPerChunk * n),
-          acc: create('gptq.acc', 4 * rowsPerChunk * gs),
-          codes: create('gptq.codes', (rowsPerChunk * n) / 2),
-          qp: create('gptq.params', 8 * rowsPerChunk * groups),
-          s: low ? create('gptq.s', 4 * rowsPerChunk * tp) : null,
+          w: made.create('gptq.weights', 4 * rowsPerChunk * n),
+          acc: made.create('gptq.acc', 4 * rowsPerChunk * gs),
+          codes: made.create('gptq.codes', (rowsPerChunk * n) / 2),
+          qp: made.create('gptq.params', 8 * rowsPerChunk * groups),
+          s: low ? made.create('gptq.s', 4 * rowsPerChunk * tp) : null,
         }),
       );
       for (let r0 = 0; r0 < rows; r0 += rowsPerChunk) {
@@ -1018,7 +1021,7 @@ export class GptqGpuSolver {
       }
       return out;
     } finally {
-      for (const buf of made) ctx.destroyBuffer(buf);
+      made.destroyAll();
     }
   }
 

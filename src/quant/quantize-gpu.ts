@@ -5,7 +5,7 @@
  * (see shaders/quantize_q4.wgsl for how the rounding is matched exactly). One int4 part per input
  * part, with the same rows; each part is packed on its own, as `uploadQ4Weight` packs its slices.
  */
-import type { GpuContext } from '../gpu/device.js';
+import { storageUsage, type GpuContext } from '../gpu/device.js';
 import {
   DispatchBuilder,
   linearGrid,
@@ -18,8 +18,6 @@ import {
 import type { Q4GpuWeight, Q4WeightPart } from '../kernels/matmul-q4.js';
 import type { GpuWeight, WeightFormat } from '../kernels/weight.js';
 import { checkQ4Shape, Q4_TILE_ROWS, Q4_WORD_K, type Q4Format } from './q4.js';
-
-const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 
 const DTYPE_CODE: Record<WeightFormat, number> = { f32: 0, f16: 1, bf16: 2 };
 
@@ -157,7 +155,7 @@ export async function quantizeOnGpu(
   // so that a caller's cleanup list never holds a buffer this function already freed.
   const made: GPUBuffer[] = [];
   const create = (label: string, size: number) => {
-    const b = ctx.createBuffer(label, size, STORAGE());
+    const b = ctx.createBuffer(label, size, storageUsage());
     made.push(b);
     return b;
   };

@@ -9,7 +9,7 @@
  * Decode-shaped steps run split-K attention, exact until the per-layer unified max of the async
  * softmax has been calibrated on the first decode steps (see `absorbCapture` below).
  */
-import type { GpuContext } from '../gpu/device.js';
+import { storageUsage, type GpuContext } from '../gpu/device.js';
 import type { GpuTimer } from '../gpu/timer.js';
 import { activationBytes, checkActivationFormat, type ActivationFormat } from '../kernels/activation.js';
 import { argmax } from '../kernels/argmax.js';
@@ -23,7 +23,7 @@ import {
 import { DispatchBuilder, encodeDispatches, type Dispatch } from '../kernels/dispatch.js';
 import { embed } from '../kernels/embed.js';
 import { embedQ4 } from '../kernels/embed-q4.js';
-import { isQ4Weight, linear, type LinearScratch } from '../kernels/linear.js';
+import { isQ4Weight, linear, type LinearArgs, type LinearScratch } from '../kernels/linear.js';
 import { rmsnorm } from '../kernels/rmsnorm.js';
 import { ropeKvWrite } from '../kernels/rope-kv-write.js';
 import {
@@ -81,7 +81,6 @@ const ASYNC_WINDOW = 60;
 export const DECODE_ATTENTION_MAX_ROWS = 32;
 
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
-const USAGE_ACT = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
 /**
  * What a step copies back: one argmax id per logit row ('ids'), one sampled id per logit row
@@ -142,7 +141,8 @@ export class StepPlan {
   ) {
     const { spec, weights, kv } = model;
     const b = (this.builder = new DispatchBuilder(ctx));
-    const f32 = (label: string, elems: number, usage = USAGE_ACT()) => this.buffer(label, elems * 4, usage);
+    const f32 = (label: string, elems: number, usage = storageUsage()) =>
+      this.buffer(label, elems * 4, usage);
     const H = spec.hiddenSize;
     const qDim = spec.numHeads * spec.headDim;
     const kvDim = spec.numKvHeads * spec.headDim;
@@ -156,7 +156,7 @@ export class StepPlan {
     const xn = this.buffer(
       'act.xn',
       Math.ceil((m * H * activationBytes(model.activations)) / 4) * 4,
-      USAGE_ACT(),
+      storageUsage(),
     );
     /** [m, qDim + 2·kvDim] */ const qkv = f32('act.qkv', m * (qDim + 2 * kvDim));
     /** [m, qDim] rotated q */ const q = f32('act.q', m * qDim);
@@ -176,7 +176,7 @@ export class StepPlan {
     const fin = this.buffer(
       'act.final',
       Math.ceil((r * H * activationBytes(model.activations)) / 4) * 4,
-      USAGE_ACT(),
+      storageUsage(),
     );
     this.logits = f32('act.logits', r * spec.vocabSize);
     this.outIds = f32('act.out_ids', r);
@@ -214,6 +214,9 @@ export class StepPlan {
     }
 
     const ph = model.placeholder;
+    // Every projection of the plan shares the placeholder, the int4 scratch and the tuned choices.
+    const project = (a: Omit<LinearArgs, 'placeholder' | 'scratch' | 'choices'>): Dispatch[] =>
+      linear(b, { ...a, placeholder: ph, scratch, choices: model.choices });
     const d = this.dispatches;
     const eps = spec.rmsNormEps;
     const table = weights.embed;
@@ -242,18 +245,7 @@ export class StepPlan {
       const input = (proj: LinearInputName, buffer: GPUBuffer, cols: number) =>
         this.linearInputs.push({ layer: l, proj, after: d.length - 1, buffer, cols });
       input('qkv', xn, H);
-      d.push(
-        ...linear(b, {
-          x: xn,
-          lin: L.qkv,
-          y: qkv,
-          m,
-          placeholder: ph,
-          scratch,
-          choices: model.choices,
-          ...xIn,
-        }),
-      );
+      d.push(...project({ x: xn, lin: L.qkv, y: qkv, m, ...xIn }));
       d.push(
         ropeKvWrite(b, {
           rowInfo: this.rowInfo,
@@ -299,48 +291,14 @@ export class StepPlan {
         d.push(...calls);
       } else d.push(attention(b, attnArgs));
       input('o', att, qDim);
-      d.push(
-        ...linear(b, {
-          x: att,
-          lin: L.o,
-          y: x,
-          m,
-          accumulate: true,
-          placeholder: ph,
-          scratch,
-          choices: model.choices,
-        }),
-      );
+      d.push(...project({ x: att, lin: L.o, y: x, m, accumulate: true }));
       d.push(
         rmsnorm(b, { x, weight: L.postNorm, rows: model.identityRows, y: xn, m, hidden: H, eps, ...normOut }),
       );
       input('gateUp', xn, H);
-      d.push(
-        ...linear(b, {
-          x: xn,
-          lin: L.gateUp,
-          y: act,
-          m,
-          swiglu: true,
-          placeholder: ph,
-          scratch,
-          choices: model.choices,
-          ...xIn,
-        }),
-      );
+      d.push(...project({ x: xn, lin: L.gateUp, y: act, m, swiglu: true, ...xIn }));
       input('down', act, I);
-      d.push(
-        ...linear(b, {
-          x: act,
-          lin: L.down,
-          y: x,
-          m,
-          accumulate: true,
-          placeholder: ph,
-          scratch,
-          choices: model.choices,
-        }),
-      );
+      d.push(...project({ x: act, lin: L.down, y: x, m, accumulate: true }));
     });
     this.head.push(
       rmsnorm(b, {
@@ -353,14 +311,12 @@ export class StepPlan {
         eps,
         out: model.activations,
       }),
-      ...linear(b, {
+      ...project({
         x: fin,
         lin: { weight: weights.lmHead },
         y: this.logits,
         m: r,
-        placeholder: ph,
         xFormat: model.activations,
-        choices: model.choices,
       }),
     );
     this.argmax = argmax(b, { logits: this.logits, ids: this.outIds, rows: r, n: spec.vocabSize });
@@ -710,7 +666,7 @@ export class ForwardModel {
     if (!this.captureBuffer || this.captureBuffer.size < total) {
       if (this.captureBuffer) this.ctx.destroyBuffer(this.captureBuffer);
       if (this.captureReadback) this.ctx.destroyBuffer(this.captureReadback);
-      this.captureBuffer = this.ctx.createBuffer('calibration.scores', total, USAGE_ACT());
+      this.captureBuffer = this.ctx.createBuffer('calibration.scores', total, storageUsage());
       this.captureReadback = this.ctx.createBuffer(
         'calibration.readback',
         total,

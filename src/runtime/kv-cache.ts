@@ -7,7 +7,7 @@
  * blockTable[p / 16] · 16 + p % 16.
  */
 import { DeviceMemoryError } from '../errors.js';
-import { formatBytes, type GpuContext } from '../gpu/device.js';
+import { formatBytes, storageUsage, type GpuContext } from '../gpu/device.js';
 import { checkKvDtype, kvElementBytes, type KvDtype } from '../kernels/kv-dtype.js';
 import type { ModelSpec } from './model-spec.js';
 
@@ -57,7 +57,7 @@ export class PagedKvCache {
         `the KV cache for ${numBlocks * BLOCK_TOKENS} tokens needs ${formatBytes(layerBytes)} per layer for K (and as much for V), over this device's maxStorageBufferBindingSize (${formatBytes(limit)}); use a shorter context length`,
       );
     }
-    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+    const usage = storageUsage();
     await ctx.guardAllocation('the KV cache', layerBytes * 2 * spec.numLayers, () => {
       for (let l = 0; l < spec.numLayers; l++) {
         cache.k.push(ctx.createBuffer(`kv.k[${l}]`, layerBytes, usage));

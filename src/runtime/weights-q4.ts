@@ -6,14 +6,13 @@
  * Matrices are split by whole 8-row tiles so that every part fits maxStorageBufferBindingSize.
  */
 import { DeviceMemoryError, UnsupportedModelError } from '../errors.js';
-import { formatBytes, type GpuContext } from '../gpu/device.js';
+import { formatBytes, storageUsage, type GpuContext } from '../gpu/device.js';
 import type { Checkpoint, TensorInfo } from '../io/safetensors.js';
 import type { Q4GpuWeight, Q4WeightPart } from '../kernels/matmul-q4.js';
 import { q4TensorSpecs } from '../quant/kiln-format.js';
 import { Q4_TILE_ROWS, type Q4Format, type Q4Matrix } from '../quant/q4.js';
 import { packQ4Parts, writeQ4Bytes } from '../quant/upload.js';
 
-const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 /** Upload chunk size, as for float weights. */
 const CHUNK_BYTES = 8 << 20;
 
@@ -45,7 +44,7 @@ type Track = (b: GPUBuffer) => GPUBuffer;
 
 async function allocate(ctx: GpuContext, label: string, bytes: number, track: Track): Promise<GPUBuffer> {
   return ctx.guardAllocation(`tensor ${label}`, bytes, () =>
-    track(ctx.createBuffer(label, bytes, STORAGE())),
+    track(ctx.createBuffer(label, bytes, storageUsage())),
   );
 }
 

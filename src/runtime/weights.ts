@@ -3,7 +3,7 @@
  * bounded chunks), so the JS heap never holds more than one chunk of a shard.
  */
 import { DeviceMemoryError, UnsupportedModelError } from '../errors.js';
-import { formatBytes, type GpuContext } from '../gpu/device.js';
+import { formatBytes, storageUsage, type GpuContext } from '../gpu/device.js';
 import { decodeToFloat32, DTYPE_BYTES, type SafetensorsDtype } from '../io/dtype.js';
 import type { Checkpoint, TensorInfo } from '../io/safetensors.js';
 import {
@@ -297,7 +297,7 @@ export async function loadWeights(
     const weight = await uploadQ4Matrix(ctx, name, stackQ4(list.map((q) => q.matrix)), track);
     if (!perm) return { weight };
     const buf = await ctx.guardAllocation(`tensor ${name}.perm`, perm.byteLength, () =>
-      track(ctx.createBuffer(`${name}.perm`, perm.byteLength, STORAGE())),
+      track(ctx.createBuffer(`${name}.perm`, perm.byteLength, storageUsage())),
     );
     ctx.device.queue.writeBuffer(buf, 0, perm as Uint32Array<ArrayBuffer>);
     return { weight, perm: buf };
@@ -486,8 +486,6 @@ export function destroyWeights(ctx: GpuContext, w: ModelWeights): void {
   }
 }
 
-const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-
 /** Hands out a tensor's bytes a whole number of rows at a time, reading it in bounded chunks. */
 class RowReader {
   private readonly chunks: AsyncIterator<{ bytes: Uint8Array }>;
@@ -567,7 +565,7 @@ async function uploadMatrix(
     const n = Math.min(per, rows - r);
     const bytes = partBytes(n, cols, format, fused);
     const buffer = await ctx.guardAllocation(`tensor ${name}`, bytes, () =>
-      track(ctx.createBuffer(`${name}[${r}:${r + n}]`, bytes, STORAGE())),
+      track(ctx.createBuffer(`${name}[${r}:${r + n}]`, bytes, storageUsage())),
     );
     parts.push({ buffer, rowStart: r, rows: n });
   }
@@ -659,7 +657,7 @@ async function uploadVector(
   }
   const label = infos.map((i) => i.name).join('+');
   const buffer = await ctx.guardAllocation(`tensor ${label}`, values.byteLength, () =>
-    track(ctx.createBuffer(label, values.byteLength, STORAGE())),
+    track(ctx.createBuffer(label, values.byteLength, storageUsage())),
   );
   ctx.device.queue.writeBuffer(buffer, 0, values);
   return buffer;

@@ -6,7 +6,7 @@
  * Classes run in priority order (decode first: it is where a user waits per token) until the
  * budget is spent; the rest keep their defaults and are tuned by a later run.
  */
-import type { GpuContext } from '../gpu/device.js';
+import { storageUsage, type GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
 import { randomF32 } from '../bench/random.js';
 import { encodeFromFloat32 } from '../io/dtype.js';
@@ -98,8 +98,6 @@ export interface TuneResult {
   choices: KernelChoices;
 }
 
-const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-
 /**
  * Output check: max |candidate − default| ≤ OUTPUT_TOLERANCE · max |default|. Every candidate sums
  * the same products in f32 in another order (or dequantizes through f16 exactly); at the K of
@@ -124,7 +122,7 @@ export function outputsAgree(ref: Float32Array, got: Float32Array, tol = OUTPUT_
 }
 
 function upload(ctx: GpuContext, label: string, data: ArrayBufferView, owned: GPUBuffer[]): GPUBuffer {
-  const b = ctx.createBuffer(label, Math.max(16, data.byteLength), STORAGE());
+  const b = ctx.createBuffer(label, Math.max(16, data.byteLength), storageUsage());
   ctx.device.queue.writeBuffer(b, 0, data.buffer, data.byteOffset, data.byteLength);
   owned.push(b);
   return b;
@@ -174,10 +172,10 @@ export function linearClass(
           ? upload(c, 'tune.x', encodeFromFloat32('F16', x), owned)
           : upload(c, 'tune.x', x, owned);
       const outputBytes = m * w.rows * 4;
-      const y = c.createBuffer('tune.y', outputBytes, STORAGE());
+      const y = c.createBuffer('tune.y', outputBytes, storageUsage());
       owned.push(y);
       const placeholder = upload(c, 'tune.placeholder', new Uint32Array(4), owned);
-      const gateUp = q4 && swiglu ? c.createBuffer('tune.gate_up', outputBytes, STORAGE()) : undefined;
+      const gateUp = q4 && swiglu ? c.createBuffer('tune.gate_up', outputBytes, storageUsage()) : undefined;
       if (gateUp) owned.push(gateUp);
       return {
         output: gateUp ?? y,
@@ -247,7 +245,7 @@ function attentionClass(
       );
       const q = upload(c, 'tune.q', randomF32(rows * shape.heads * shape.headDim, 13), owned);
       const outputBytes = rows * shape.heads * shape.headDim * 4;
-      const out = c.createBuffer('tune.attn_out', outputBytes, STORAGE());
+      const out = c.createBuffer('tune.attn_out', outputBytes, storageUsage());
       owned.push(out);
       const minChunk = Math.min(
         ...candidates.map((k) => (k.kernel === 'attention_decode' ? k.chunk : Infinity)),
