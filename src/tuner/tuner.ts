@@ -477,8 +477,8 @@ function report(key: string, c: TunedClass, cached: boolean, rejected = 0, elaps
   return {
     kernel: c.kernel,
     shape_class: key,
-    default_ms: round(c.default_ms),
-    best_ms: round(c.best_ms),
+    default_ms: significant(c.default_ms),
+    best_ms: significant(c.best_ms),
     speedup: round(c.default_ms / c.best_ms),
     candidates_tried: cached ? 0 : c.candidates_tried,
     best_variant: c.best_variant,
@@ -490,6 +490,12 @@ function report(key: string, c: TunedClass, cached: boolean, rejected = 0, elaps
 }
 
 const round = (x: number) => Math.round(x * 1e4) / 1e4;
+/**
+ * Kernel times keep 6 significant digits, not 4 decimals: a repeated short kernel times in
+ * microseconds, where 4 decimals would leave its reported times too coarse to give back the
+ * reported speedup (or round a time to 0).
+ */
+const significant = (x: number) => Number(x.toPrecision(6));
 
 /** Geometric mean of the classes' speedups (1 for none). */
 export function geomeanSpeedup(classes: readonly Pick<TuneClassReport, 'speedup'>[]): number {
