@@ -6,13 +6,13 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodeFromFloat32, type FloatDtype } from '../src/io/dtype.js';
-import { parseModelConfig } from '../src/io/config.js';
-import { expectedTensors } from '../src/runtime/weights.js';
+import { parseModelConfig } from '../src/model/config.js';
+import { expectedTensors } from '../src/weights/loader.js';
 import { writeSafetensorsFile } from '../src/node/safetensors-file.js';
-import { randomF32 } from '../src/bench/random.js';
+import { randomF32 } from '../src/kernels/random.js';
 
-export { SHAPES } from '../src/bench/models.js';
-import { SHAPES } from '../src/bench/models.js';
+export { SHAPES } from './shapes.js';
+import { SHAPES } from './shapes.js';
 
 /** A byte-level tokenizer (256 byte tokens + specials): any text encodes, nothing else matters. */
 function byteTokenizer(): { tokenizer: object; config: object } {

@@ -2,31 +2,31 @@
  * Kiln's public API (browser and Node). Node users import `kiln/node`, which re-exports this and
  * adds local folders, Hub ids and Dawn.
  */
-export { createEngine, Engine, Generation, type EngineOptions } from './runtime/engine.js';
+export { createEngine, Engine, Generation, type EngineOptions } from './engine/engine.js';
 export type {
   GenerateOptions,
   GenerateResult,
   GeneratedToken,
   FinishReason,
   GenerationTimings,
-} from './runtime/generation.js';
-export type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from './runtime/chat.js';
+} from './api/types.js';
+export type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from './api/openai/chat.js';
 export type { ChatMessage } from './io/tokenizer.js';
 export { KilnTokenizer, IncrementalDecoder } from './io/tokenizer.js';
-export type { ModelSpec } from './runtime/model-spec.js';
+export type { ModelSpec } from './model/spec.js';
 export type { AdapterSummary } from './gpu/device.js';
 export type { ByteSource, ModelDir } from './io/byte-source.js';
 export { httpModelDir } from './io/http-model-dir.js';
-export { parseModelConfig } from './io/config.js';
+export { parseModelConfig } from './model/config.js';
 export { openCheckpoint, parseSafetensorsHeader, encodeSafetensors } from './io/safetensors.js';
 export { MemoryTuneStore, type TuneStore, type TunedClass } from './tuner/cache.js';
 export { IndexedDbTuneStore } from './tuner/indexeddb-store.js';
 export { KernelChoices, type KernelChoice } from './tuner/choices.js';
 export { geomeanSpeedup, type TuneReport, type TuneClassReport, type TuneOptions } from './tuner/tuner.js';
-export type { EngineTuneOptions } from './runtime/engine.js';
+export type { EngineTuneOptions } from './engine/engine.js';
 export { KILN_VERSION } from './version.js';
-export { estimateMemory, type MemoryEstimate } from './runtime/engine.js';
-export type { KilnEngine, GenerationStream, ChatCompletionsApi, DeviceLoss } from './worker/engine-api.js';
+export { estimateMemory, type MemoryEstimate } from './engine/engine.js';
+export type { KilnEngine, GenerationStream, ChatCompletionsApi, DeviceLoss } from './api/engine-api.js';
 export { WorkerEngine, type WorkerEngineOptions } from './worker/proxy.js';
 export { serveEngine } from './worker/handler.js';
 export { loadEngine } from './worker/load.js';

@@ -5,7 +5,7 @@
  * `onSubmittedWorkDone`, one submit per group (coarser: includes submission overhead).
  */
 import type { GpuContext } from './device.js';
-import { encodeDispatches, type Dispatch } from '../kernels/dispatch.js';
+import { encodeDispatches, type Dispatch } from './dispatch.js';
 
 export interface TimedGroup {
   label: string;

@@ -1,5 +1,6 @@
 /** argmax: one id per logits row, lowest index on ties; see shaders/argmax.wgsl. */
-import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { MAX_GRID, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 
 export function argmax(
   b: DispatchBuilder,

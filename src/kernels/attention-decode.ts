@@ -10,7 +10,8 @@
  */
 import { storageUsage, type GpuContext } from '../gpu/device.js';
 import { UnsupportedModelError } from '../errors.js';
-import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { MAX_GRID, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
 import { WGSL } from './wgsl.gen.js';
 

@@ -1,6 +1,7 @@
 /** attention: causal GQA attention of each query row over the paged KV cache; see shaders/attention.wgsl. */
 import { UnsupportedModelError } from '../errors.js';
-import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { MAX_GRID, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
 
 /** The kernel keeps q of one head in workgroup memory and 4 output dims per thread. */

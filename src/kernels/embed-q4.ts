@@ -5,7 +5,8 @@
  * the ids that fall in its row range. One variant for every format (the format is in the uniform).
  */
 import type { Q4GpuWeight } from './matmul-q4.js';
-import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { MAX_GRID, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 
 export function embedQ4(
   b: DispatchBuilder,

@@ -1,5 +1,6 @@
 /** embed_{f32,f16,bf16}: out[m, :] = E[ids[m], :] from a tiled table; see shaders/embed.wgsl. One dispatch per part. */
-import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { MAX_GRID, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { weightFragment, wordsPerRow, type GpuWeight } from './weight.js';
 
 export function embed(

@@ -4,7 +4,8 @@
  * X's columns (GPTQ act-order) and applies SwiGLU as a separate pass over its [gate; up] output.
  */
 import type { ActivationFormat } from './activation.js';
-import { linearGrid, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { linearGrid, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { matmul } from './matmul.js';
 import { matmulQ4, type Q4GpuWeight } from './matmul-q4.js';
 import type { GpuWeight } from './weight.js';

@@ -8,14 +8,8 @@
  */
 import type { GpuContext } from '../gpu/device.js';
 import type { Q4Format } from '../quant/q4.js';
-import {
-  hoistEnables,
-  MAX_GRID,
-  packParams,
-  shaderSource,
-  type Dispatch,
-  type DispatchBuilder,
-} from './dispatch.js';
+import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 
 export interface Q4WeightPart {
   /** Codes (PackedQ4.words). */

@@ -14,14 +14,8 @@
 import { GpuDeviceError } from '../errors.js';
 import type { GpuContext } from '../gpu/device.js';
 import { activationFragment, checkActivationFormat, type ActivationFormat } from './activation.js';
-import {
-  hoistEnables,
-  MAX_GRID,
-  packParams,
-  shaderSource,
-  type Dispatch,
-  type DispatchBuilder,
-} from './dispatch.js';
+import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { weightFragment, wordsPerRow, type GpuWeight } from './weight.js';
 
 export interface MatmulArgs {

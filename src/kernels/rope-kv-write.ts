@@ -2,7 +2,8 @@
  * rope_kv_write: RoPE on q and k plus the KV-cache write, fused after the q/k/v projection; see
  * shaders/rope_kv_write.wgsl.
  */
-import { linearGrid, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { linearGrid, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
 
 export function ropeKvWrite(

@@ -4,7 +4,8 @@
  * the float64 twin), and `repetitionPenalty` applies the CTRL/HF penalty in place first, so a
  * sampled decode step reads back 4 bytes per sequence instead of the logits.
  */
-import { MAX_GRID, packParams, shaderSource, type Dispatch, type DispatchBuilder } from './dispatch.js';
+import { MAX_GRID, packParams, shaderSource } from './shader.js';
+import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 
 /** One row's sampling settings, as the kernel reads them. */
 export interface SampleRowParams {

@@ -6,8 +6,8 @@
 import { readFile } from 'node:fs/promises';
 import { InvalidRequestError, KilnError } from '../errors.js';
 import { describeValue, isJsonObject } from '../io/json.js';
-import type { Engine } from '../runtime/engine.js';
-import type { GenerateOptions, GenerateResult } from '../runtime/generation.js';
+import type { Engine } from '../engine/engine.js';
+import type { GenerateOptions, GenerateResult } from '../api/types.js';
 
 export interface BatchPrompt {
   prompt: string;

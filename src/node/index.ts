@@ -2,12 +2,12 @@
  * Kiln's Node entry (`kiln/node`): the engine with Dawn as the GPU, and models given as a local
  * folder or a Hub id (`org/name[@revision]`, downloaded into the cache on first use).
  */
-import { createEngine as createCoreEngine, type Engine, type EngineOptions } from '../runtime/engine.js';
+import { createEngine as createCoreEngine, type Engine, type EngineOptions } from '../engine/engine.js';
 import type { ModelDir } from '../io/byte-source.js';
 import { dawnGpu } from './dawn.js';
 import { openLocalModelDir } from './fs-model-dir.js';
 import { resolveModel, type PullOptions } from './hub.js';
-import { catalogAliasToHubId } from '../io/catalog.js';
+import { catalogAliasToHubId } from '../model/catalog.js';
 import { existsSync } from 'node:fs';
 
 export * from '../index.js';

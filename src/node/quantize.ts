@@ -13,12 +13,12 @@
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DeviceMemoryError, InvalidRequestError, UnsupportedModelError } from '../errors.js';
-import { loadModelSpec } from '../io/config.js';
+import { loadModelSpec } from '../model/config.js';
 import { decodeToFloat32 } from '../io/dtype.js';
 import { openCheckpoint, planSafetensors, type Checkpoint } from '../io/safetensors.js';
 import { columnSecondMoments, quantizeClip } from '../quant/clip.js';
 import type { GpuContext } from '../gpu/device.js';
-import { GptqGpuSolver, planGptqGpu } from '../quant/gptq-gpu.js';
+import { GptqGpuSolver, planGptqGpu } from '../kernels/gptq.js';
 import { accumulateHessian, quantizeGptq } from '../quant/gptq-solver.js';
 import {
   fusedProjectionNames,
@@ -29,10 +29,10 @@ import {
   type QuantMethod,
 } from '../quant/kiln-format.js';
 import { packQ4, quantizeRtn, stackQ4, type PackedQ4, type Q4Format, type Q4Matrix } from '../quant/q4.js';
-import type { Engine } from '../runtime/engine.js';
-import type { LinearInputName } from '../runtime/forward.js';
-import { EMBED_TOKENS, LM_HEAD, layerTensorNames, type ModelSpec } from '../runtime/model-spec.js';
-import { expectedTensors, validateCheckpoint } from '../runtime/weights.js';
+import type { Engine } from '../engine/engine.js';
+import type { LinearInputName } from '../engine/forward/plan.js';
+import { EMBED_TOKENS, LM_HEAD, layerTensorNames, type ModelSpec } from '../model/spec.js';
+import { expectedTensors, validateCheckpoint } from '../weights/loader.js';
 import { acquireNodeGpu } from './dawn.js';
 import { createEngine } from './index.js';
 import { openLocalModelDir } from './fs-model-dir.js';

@@ -8,9 +8,9 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { InvalidRequestError, KilnError } from '../errors.js';
 import type { ChatMessage } from '../io/tokenizer.js';
-import { usage } from '../runtime/chat.js';
-import type { Engine } from '../runtime/engine.js';
-import type { FinishReason, GenerateOptions } from '../runtime/generation.js';
+import { usage } from '../api/openai/chat.js';
+import type { Engine } from '../engine/engine.js';
+import type { FinishReason, GenerateOptions } from '../api/types.js';
 
 export interface ServeOptions {
   engine: Engine;

@@ -2,7 +2,7 @@
  * `kiln tune`: tunes a loaded model's kernels to this adapter within a budget, caches the choices
  * per adapter signature (FileTuneStore), and reports default vs tuned time per shape class.
  */
-import type { Engine } from '../runtime/engine.js';
+import type { Engine } from '../engine/engine.js';
 import type { TuneStore } from '../tuner/cache.js';
 import { geomeanSpeedup, type TuneClassReport, type TuneReport } from '../tuner/tuner.js';
 import { FileTuneStore } from './tune-store.js';

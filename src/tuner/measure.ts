@@ -6,7 +6,7 @@
  * Timing comes from GpuTimer: GPU timestamps where the adapter has them, else wall clock.
  */
 import type { GpuTimer } from '../gpu/timer.js';
-import type { Dispatch } from '../kernels/dispatch.js';
+import type { Dispatch } from '../gpu/dispatch.js';
 
 export interface MeasureOptions {
   /** Rounds run and discarded after the first (sizing) round. */

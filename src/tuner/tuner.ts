@@ -8,7 +8,7 @@
  */
 import { storageUsage, type GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
-import { randomF32 } from '../bench/random.js';
+import { randomF32 } from '../kernels/random.js';
 import { encodeFromFloat32 } from '../io/dtype.js';
 import {
   AttentionDecodeScratch,
@@ -16,11 +16,11 @@ import {
   pickDecodeChunk,
   supportsAttentionDecode,
 } from '../kernels/attention-decode.js';
-import { precompile, recordAsync, type Dispatch, type DispatchBuilder } from '../kernels/dispatch.js';
+import { precompile, recordAsync, type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { isQ4Weight, linear, type Linear } from '../kernels/linear.js';
 import type { Q4GpuWeight } from '../kernels/matmul-q4.js';
 import type { GpuWeight } from '../kernels/weight.js';
-import { DECODE_ATTENTION_MAX_ROWS, type ForwardModel } from '../runtime/forward.js';
+import { DECODE_ATTENTION_MAX_ROWS, type ForwardModel } from '../engine/forward/plan.js';
 import { loadTuneCache, saveTuneCache, type TunedClass, type TuneStore, type Warn } from './cache.js';
 import {
   ATTENTION_ROW_CLASSES,

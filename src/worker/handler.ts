@@ -5,7 +5,7 @@
  * device is reported once, unprompted, as `device-lost`.
  */
 import { KilnError } from '../errors.js';
-import type { Engine } from '../runtime/engine.js';
+import type { Engine } from '../engine/engine.js';
 import { loadEngine } from './load.js';
 import {
   serializeError,

@@ -16,9 +16,9 @@ import {
 } from '../errors.js';
 import type { AdapterSummary } from '../gpu/device.js';
 import { StorageQuotaError } from '../io/model-cache.js';
-import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../runtime/chat.js';
-import type { TuningStatus } from '../runtime/engine.js';
-import type { GenerateOptions, GenerateResult, GeneratedToken } from '../runtime/generation.js';
+import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../api/openai/chat.js';
+import type { TuningStatus } from '../engine/engine.js';
+import type { GenerateOptions, GenerateResult, GeneratedToken } from '../api/types.js';
 
 /** Where the worker loads a model from. */
 export type ModelSource =

@@ -5,10 +5,10 @@
  */
 import { KilnError } from '../errors.js';
 import type { AdapterSummary } from '../gpu/device.js';
-import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../runtime/chat.js';
-import type { TuningStatus } from '../runtime/engine.js';
-import type { GenerateOptions, GenerateResult, GeneratedToken } from '../runtime/generation.js';
-import type { ChatCompletionsApi, DeviceLoss, GenerationStream, KilnEngine } from './engine-api.js';
+import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../api/openai/chat.js';
+import type { TuningStatus } from '../engine/engine.js';
+import type { GenerateOptions, GenerateResult, GeneratedToken } from '../api/types.js';
+import type { ChatCompletionsApi, DeviceLoss, GenerationStream, KilnEngine } from '../api/engine-api.js';
 import {
   deserializeError,
   type Endpoint,

@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import { encodeFromFloat32, type FloatDtype } from '../../src/io/dtype.js';
 import { encodeSafetensors, encodeSafetensorsIndex, type TensorToWrite } from '../../src/io/safetensors.js';
 import { convertSentencePiece } from '../../src/io/sentencepiece.js';
-import { parseModelConfig } from '../../src/io/config.js';
-import { EMBED_TOKENS, LM_HEAD, type ModelSpec } from '../../src/runtime/model-spec.js';
-import { expectedTensors } from '../../src/runtime/weights.js';
+import { parseModelConfig } from '../../src/model/config.js';
+import { EMBED_TOKENS, LM_HEAD, type ModelSpec } from '../../src/model/spec.js';
+import { expectedTensors } from '../../src/weights/loader.js';
 import { randomF32 } from './random.js';
 import { sharedModel } from './shared.js';
 

@@ -3,7 +3,7 @@
  * gptq-gpu.test.ts): weights and activations shaped like an LLM layer's, the Hessian GPTQ works
  * from, and the layer output error every method is judged by.
  */
-import { randomF32 } from '../../src/bench/random.js';
+import { randomF32 } from '../../src/kernels/random.js';
 import { accumulateHessian } from '../../src/quant/gptq-solver.js';
 import { dequantize, type Q4Matrix } from '../../src/quant/q4.js';
 

@@ -1,5 +1,5 @@
 // The seeded generator lives with the benchmarks, which build their synthetic weights from it too.
-export { randomF32 } from '../../src/bench/random.js';
+export { randomF32 } from '../../src/kernels/random.js';
 
 /** A seeded shuffle of 0..n-1: a block table the paged kernels must follow, not assume contiguous. */
 export function shuffledBlocks(n: number, seed: number): number[] {

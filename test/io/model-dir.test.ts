@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DownloadError, InvalidModelFileError } from '../../src/errors.js';
 import { MAX_TEXT_FILE_BYTES, type ModelDir } from '../../src/io/byte-source.js';
-import { loadModelSpec } from '../../src/io/config.js';
+import { loadModelSpec } from '../../src/model/config.js';
 import { httpModelDir } from '../../src/io/http-model-dir.js';
 import { encodeSafetensors, encodeSafetensorsIndex, openCheckpoint } from '../../src/io/safetensors.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';

@@ -11,9 +11,9 @@ import {
   type AttentionDecodeVariant,
 } from '../../src/kernels/attention-decode.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
-import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/kernels/dispatch.js';
+import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/gpu/dispatch.js';
 import type { KvDtype } from '../../src/kernels/kv-dtype.js';
-import { kvWrite } from '../../src/kernels/kv-write.js';
+import { kvWrite } from '../../bench/baselines/kv-write.js';
 import {
   expectClose,
   kvBuffer,

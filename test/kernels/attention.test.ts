@@ -3,9 +3,9 @@ import type { GpuContext } from '../../src/gpu/device.js';
 import { attention } from '../../src/kernels/attention.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
 import type { KvDtype } from '../../src/kernels/kv-dtype.js';
-import { kvWrite } from '../../src/kernels/kv-write.js';
+import { kvWrite } from '../../bench/baselines/kv-write.js';
 import { ropeKvWrite } from '../../src/kernels/rope-kv-write.js';
-import { rope } from '../../src/kernels/rope.js';
+import { rope } from '../../bench/baselines/rope.js';
 import { ropeInvFreq, ropeRef, ropeTable } from '../../src/kernels/rope.ref.js';
 import {
   expectClose,

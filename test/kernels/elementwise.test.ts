@@ -3,9 +3,11 @@ import { argmax } from '../../src/kernels/argmax.js';
 import { argmaxRef } from '../../src/kernels/argmax.ref.js';
 import { embed } from '../../src/kernels/embed.js';
 import { embedRef } from '../../src/kernels/embed.ref.js';
-import { residualAdd, rmsnorm, rmsnormFused } from '../../src/kernels/rmsnorm.js';
+import { residualAdd } from '../../bench/baselines/residual-add.js';
+import { rmsnorm } from '../../src/kernels/rmsnorm.js';
+import { rmsnormFused } from '../../bench/baselines/rmsnorm-fused.js';
 import { rmsnormRef } from '../../src/kernels/rmsnorm.ref.js';
-import { swiglu } from '../../src/kernels/swiglu.js';
+import { swiglu } from '../../bench/baselines/swiglu.js';
 import { swigluRef } from '../../src/kernels/swiglu.ref.js';
 import type { WeightFormat } from '../../src/kernels/weight.js';
 import {

@@ -2,7 +2,7 @@ import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { embedQ4 } from '../../src/kernels/embed-q4.js';
 import { dequantize, quantizeRtn, type Q4Format, type Q4GroupSize } from '../../src/quant/q4.js';
-import { uploadQ4Weight } from '../../src/quant/upload.js';
+import { uploadQ4Weight } from '../../src/weights/upload-q4.js';
 import { randomF32, readF32, run, testGpu, upload } from '../helpers/gpu.js';
 
 const FORMATS: Q4Format[] = [];

@@ -7,7 +7,7 @@ import {
   q4SubgroupsUsable,
   type MatmulQ4Args,
 } from '../../src/kernels/matmul-q4.js';
-import { DispatchBuilder } from '../../src/kernels/dispatch.js';
+import { DispatchBuilder } from '../../src/gpu/dispatch.js';
 import { matmulRef } from '../../src/kernels/matmul.ref.js';
 import { UnsupportedModelError } from '../../src/errors.js';
 import {
@@ -24,7 +24,7 @@ import {
   type Q4GroupSize,
   type Q4Matrix,
 } from '../../src/quant/q4.js';
-import { uploadQ4Weight } from '../../src/quant/upload.js';
+import { uploadQ4Weight } from '../../src/weights/upload-q4.js';
 import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
 import { randomF32, readF32, run, testGpu, upload } from '../helpers/gpu.js';
 

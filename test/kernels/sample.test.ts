@@ -2,7 +2,7 @@ import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { GpuTimer } from '../../src/gpu/timer.js';
 import { argmax } from '../../src/kernels/argmax.js';
-import { DispatchBuilder, type Dispatch } from '../../src/kernels/dispatch.js';
+import { DispatchBuilder, type Dispatch } from '../../src/gpu/dispatch.js';
 import {
   packPenaltyRows,
   packSampleParams,
@@ -16,7 +16,7 @@ import {
   sampleRefProbabilities,
   type SampleRefDraws,
 } from '../../src/kernels/sample.ref.js';
-import { applyRepetitionPenalty, Rng } from '../../src/runtime/sampler.js';
+import { applyRepetitionPenalty, Rng } from '../../src/engine/sampling.js';
 import { randomF32, readF32, readU32, run, testGpu, upload } from '../helpers/gpu.js';
 
 const SIZES = [1, 7, 129, 4097, 151936];

@@ -10,7 +10,7 @@ import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync }
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CATALOG } from '../../src/io/catalog.js';
+import { CATALOG } from '../../src/model/catalog.js';
 import { encodeSafetensors, type TensorToWrite } from '../../src/io/safetensors.js';
 import type { SafetensorsDtype } from '../../src/io/dtype.js';
 import { dawnGpu } from '../../src/node/dawn.js';

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { createEngine } from '../../src/node/index.js';
 import { startServer, StopMatcher, type RunningServer } from '../../src/node/serve.js';
-import type { Engine } from '../../src/runtime/engine.js';
+import type { Engine } from '../../src/engine/engine.js';
 import { sharedModel } from '../helpers/shared.js';
 
 const MODEL = 'babyllama';

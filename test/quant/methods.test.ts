@@ -5,7 +5,7 @@
  * themselves (not through H) for GPTQ, and a literal transcription of the paper's algorithm.
  */
 import { describe, expect, it } from 'vitest';
-import { randomF32 } from '../../src/bench/random.js';
+import { randomF32 } from '../../src/kernels/random.js';
 import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
 import {
   clipRatios,

@@ -17,7 +17,7 @@ import { MemoryTuneStore, loadTuneCache, saveTuneCache, type TunedClass } from '
 import { KernelChoices, matmulClassKey, mClassOf, type KernelChoice } from '../../src/tuner/choices.js';
 import { median, pickWinner } from '../../src/tuner/measure.js';
 import { adapterSignature, signatureId } from '../../src/tuner/signature.js';
-import { recordAsync } from '../../src/kernels/dispatch.js';
+import { recordAsync } from '../../src/gpu/dispatch.js';
 import { M_CLASSES } from '../../src/tuner/choices.js';
 import {
   TIMED_ROWS_MAX,

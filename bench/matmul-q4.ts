@@ -1,0 +1,81 @@
+/**
+ * matmul_q4 rows of `kiln bench kernels`: the int4 kernel at the benchmark models' layer shapes,
+ * weights quantized (round-to-nearest) from seeded data, checked against the float64 product of
+ * the dequantized weights, and timed against the same bandwidth figure as the float kernels.
+ * Where the adapter has shader-f16, the Llama MLP shapes also get f16-dequant rows (variant label
+ * ending in `_h`) next to f32-dequant rows at M = 1 and 16.
+ */
+import { DispatchBuilder, type Dispatch } from '../src/gpu/dispatch.js';
+import { matmulQ4, type Q4Dequant } from '../src/kernels/matmul-q4.js';
+import { dequantize, quantizeRtn, type Q4Format } from '../src/quant/q4.js';
+import { uploadQ4Weight } from '../src/weights/upload-q4.js';
+import { checkedColumns, matmulError, type BenchContext } from './kernels.js';
+import { randomF32 } from '../src/kernels/random.js';
+import { BENCH_MODELS } from './shapes.js';
+
+export async function matmulQ4Suite(b: BenchContext): Promise<void> {
+  const ms = b.opts.quick ? [1] : [1, 4, 16];
+  const formats: Q4Format[] = b.opts.quick
+    ? [{ groupSize: 32, symmetric: true, scaleType: 'f16' }]
+    : [
+        { groupSize: 32, symmetric: true, scaleType: 'f16' },
+        { groupSize: 128, symmetric: true, scaleType: 'f16' },
+        { groupSize: 32, symmetric: false, scaleType: 'f16' },
+      ];
+  for (const model of BENCH_MODELS) {
+    for (const lin of model.linears) {
+      for (const format of formats) {
+        const mark = b.mark;
+        const values = randomF32(lin.n * lin.k, lin.n + lin.k, 0.05);
+        const q = quantizeRtn(values, lin.n, lin.k, format);
+        const seen = dequantize(q);
+        const weight = uploadQ4Weight(b.ctx, 'bench', q);
+        const part = weight.parts[0];
+        const weightBytes =
+          (part?.words.size ?? 0) + (part?.scales.size ?? 0) + (part?.zeros ? part.zeros.size : 0);
+        for (const buf of [part?.words, part?.scales, part?.zeros]) if (buf) b.adopt(buf);
+        const cases: { m: number; dequant: Q4Dequant }[] = ms.map((m) => ({ m, dequant: 'f32' }));
+        // The f16 ("0x6400 magic") dequant next to the f32 one at M = 1 and 16 on the Llama MLP
+        // shapes (the largest matrices), in the first format, where the adapter has shader-f16.
+        if (
+          b.ctx.adapter.shaderF16 &&
+          model.name === 'llama-3.2-1b' &&
+          (lin.name === 'gate_up_proj' || lin.name === 'down_proj') &&
+          format === formats[0]
+        ) {
+          for (const m of [1, 16]) {
+            if (!ms.includes(m)) cases.push({ m, dequant: 'f32' });
+            cases.push({ m, dequant: 'f16' });
+          }
+        }
+        for (const { m, dequant } of cases) {
+          const x = randomF32(m * lin.k, m + 3);
+          const xb = b.upload(x);
+          const y = b.buffer(m * lin.n * 4);
+          const ph = b.buffer(16);
+          const builder = new DispatchBuilder(b.ctx);
+          const d = matmulQ4(builder, { x: xb, weight, y, m, placeholder: ph, dequant });
+          const label = (d[0] as Dispatch).label;
+          const t = await b.time(label, d);
+          const out = await b.readF32(y, m * lin.n);
+          const err = matmulError(out, x, seen, m, lin.n, lin.k, checkedColumns(m, lin.n, lin.k));
+          b.add({
+            kernel: 'matmul_q4',
+            variant: label,
+            shape: { model: model.name, layer: lin.name, m, n: lin.n, k: lin.k },
+            ms: t,
+            bytes: weightBytes + m * (lin.k + lin.n) * 4,
+            flops: 2 * m * lin.n * lin.k,
+            max_rel_err: err,
+            // The weights the kernel sees are exactly `seen` (codes × scales); the remaining
+            // error is f32 summation, bounded like the float kernels' plus one rounding per group
+            // (the f16 dequant's codes q − z are exact, and it sums in f32 in the same order).
+            ok: err <= (lin.k + lin.k / format.groupSize + 4) * 2 ** -24,
+          });
+          builder.destroy();
+        }
+        b.freeSince(mark);
+      }
+    }
+  }
+}

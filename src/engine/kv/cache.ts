@@ -1,0 +1,75 @@
+/**
+ * The paged KV cache (vLLM PagedAttention layout): per layer one K and one V buffer of
+ * [numBlocks][kvHeads][BLOCK_TOKENS][headDim] elements of the cache's dtype (f32, or f16 where
+ * the adapter has shader-f16: half the memory and attention bandwidth). This class owns only the
+ * buffers: which sequence holds which block (ref counts, prefix sharing, copy-on-write, eviction)
+ * is the BlockManager's (block-manager.ts). A token at position p of a sequence lives in slot
+ * blockTable[p / 16] · 16 + p % 16.
+ */
+import { DeviceMemoryError } from '../../errors.js';
+import { formatBytes, storageUsage, type GpuContext } from '../../gpu/device.js';
+import { checkKvDtype, kvElementBytes, type KvDtype } from '../../kernels/kv-dtype.js';
+import type { ModelSpec } from '../../model/spec.js';
+
+export type { KvDtype };
+
+export const BLOCK_TOKENS = 16;
+
+/** Bytes of one block of one layer's K (or V) buffer in a `dtype` cache. */
+export function kvBlockBytes(spec: ModelSpec, dtype: KvDtype = 'f32'): number {
+  return spec.numKvHeads * BLOCK_TOKENS * spec.headDim * kvElementBytes(dtype);
+}
+
+/** Bytes of K and V for `tokens` tokens across all layers (rounded up to whole blocks). */
+export function kvCacheBytes(spec: ModelSpec, tokens: number, dtype: KvDtype = 'f32'): number {
+  return Math.ceil(tokens / BLOCK_TOKENS) * kvBlockBytes(spec, dtype) * 2 * spec.numLayers;
+}
+
+export class PagedKvCache {
+  /** Per layer: K [numBlocks][kvHeads][16][headDim] of `dtype`. */
+  readonly k: GPUBuffer[] = [];
+  /** Per layer: V, same layout as K. */
+  readonly v: GPUBuffer[] = [];
+
+  private constructor(
+    private readonly ctx: GpuContext,
+    readonly numBlocks: number,
+    /** Element type of K and V: what every kernel touching the cache is compiled for. */
+    readonly dtype: KvDtype,
+  ) {}
+
+  /**
+   * Allocates a pool of `numBlocks` blocks per layer of `dtype` elements (default f32; f16 needs
+   * shader-f16); errors say what was needed.
+   */
+  static async create(
+    ctx: GpuContext,
+    spec: ModelSpec,
+    numBlocks: number,
+    dtype: KvDtype = 'f32',
+  ): Promise<PagedKvCache> {
+    checkKvDtype(ctx, dtype);
+    const cache = new PagedKvCache(ctx, numBlocks, dtype);
+    const layerBytes = numBlocks * kvBlockBytes(spec, dtype);
+    const limit = ctx.limits.maxStorageBufferBindingSize;
+    if (layerBytes > limit) {
+      throw new DeviceMemoryError(
+        `the KV cache for ${numBlocks * BLOCK_TOKENS} tokens needs ${formatBytes(layerBytes)} per layer for K (and as much for V), over this device's maxStorageBufferBindingSize (${formatBytes(limit)}); use a shorter context length`,
+      );
+    }
+    const usage = storageUsage();
+    await ctx.guardAllocation('the KV cache', layerBytes * 2 * spec.numLayers, () => {
+      for (let l = 0; l < spec.numLayers; l++) {
+        cache.k.push(ctx.createBuffer(`kv.k[${l}]`, layerBytes, usage));
+        cache.v.push(ctx.createBuffer(`kv.v[${l}]`, layerBytes, usage));
+      }
+    });
+    return cache;
+  }
+
+  destroy(): void {
+    for (const b of [...this.k, ...this.v]) this.ctx.destroyBuffer(b);
+    this.k.length = 0;
+    this.v.length = 0;
+  }
+}

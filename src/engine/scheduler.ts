@@ -1,0 +1,401 @@
+/**
+ * Continuous batching (Orca / vLLM) with chunked prefill (SARATHI): every step runs ONE forward
+ * pass over rows from many sequences: one row for each decoding sequence, then prefill chunks of
+ * the others in arrival order, up to a token budget, so a long prompt arriving while others decode
+ * delays each of their tokens by at most one budget-sized step, never by its whole prefill.
+ *
+ * KV memory is the BlockManager's pool of 16-token blocks over the PagedKvCache buffers. A new
+ * request reuses cached full blocks of an identical prefix (its prefill skips them); when a
+ * sequence needs a block and none is free, the newest running sequence is preempted: its blocks
+ * are freed and it waits to be recomputed from its tokens so far (prompt + generated), which
+ * gives the same tokens it would have produced (the sampler's state is per request).
+ */
+import { InvalidRequestError, KilnError } from '../errors.js';
+import type { ForwardModel, RowSampling, StepInput } from './forward/plan.js';
+import { BlockManager, OutOfBlocksError, type BlockCopy } from './kv/block-manager.js';
+import type { FinishReason } from '../api/types.js';
+import { BLOCK_TOKENS, kvBlockBytes, type PagedKvCache } from './kv/cache.js';
+import type { ModelSpec } from '../model/spec.js';
+import { isPlainGreedy, Rng, sampleToken, type SamplingParams } from './sampling.js';
+
+export interface ScheduledRequest {
+  prompt: readonly number[];
+  /** Most tokens to generate (>= 1). */
+  maxTokens: number;
+  sampling: SamplingParams;
+  seed: number;
+  /** Ids that end the sequence (not emitted). */
+  eos: ReadonlySet<number>;
+  signal?: AbortSignal | undefined;
+  /** Each generated token, as soon as it is drawn. */
+  onToken: (id: number) => void;
+}
+
+export interface ScheduledOutcome {
+  finishReason: FinishReason;
+  /** performance.now() at submission, at the first token and at the end. */
+  submittedAt: number;
+  firstTokenAt: number | null;
+  finishedAt: number;
+  /** Prompt tokens whose KV came from the prefix cache. */
+  cachedPromptTokens: number;
+  preemptions: number;
+}
+
+export interface SchedulerStats {
+  running: number;
+  waiting: number;
+  blocksUsed: number;
+  blocksFree: number;
+  blocksCached: number;
+  peakBlocksUsed: number;
+  prefixCacheHitRate: number;
+  preemptions: number;
+  steps: number;
+}
+
+interface Seq {
+  readonly id: number;
+  readonly req: ScheduledRequest;
+  readonly arrival: number;
+  /** Prompt, then every generated token. */
+  readonly tokens: number[];
+  /** Tokens whose KV is in the cache. */
+  computed: number;
+  produced: number;
+  readonly rng: Rng;
+  readonly greedy: boolean;
+  firstTokenAt: number | null;
+  cachedPromptTokens: number;
+  preemptions: number;
+  /** Set by `cancel` (a consumer that stopped reading) or the request's abort signal. */
+  cancelled: boolean;
+  finished: boolean;
+  readonly resolve: (o: ScheduledOutcome) => void;
+  readonly reject: (e: unknown) => void;
+  readonly submittedAt: number;
+}
+
+/** A step's inputs, built row by row. */
+interface StepRows extends StepInput {
+  tokens: number[];
+  positions: number[];
+  slots: number[];
+  blockTableOffsets: number[];
+  blockTable: number[];
+  logitRows: number[];
+}
+
+export interface SchedulerOptions {
+  /** Rows per forward step (decodes + prefill chunks); at most the forward model's maxRows. */
+  tokenBudget: number;
+  /** Longest sequence (prompt + generated) the model serves. */
+  contextLength: number;
+  /** Draw non-greedy tokens on the GPU (one id read back) or from read-back logits. */
+  gpuSampling: boolean;
+  /** Exclusive use of the GPU state, held for one step at a time (engine.logits holds it too). */
+  lock: () => Promise<() => void>;
+}
+
+export class Scheduler {
+  private readonly waiting: Seq[] = [];
+  private readonly running: Seq[] = [];
+  private nextId = 1;
+  private arrivals = 0;
+  private looping = false;
+  /** True while a step's forward pass may be using the sequences' blocks. */
+  private inStep = false;
+  private preemptionCount = 0;
+  private steps = 0;
+  private failure: unknown = null;
+
+  constructor(
+    private readonly forward: ForwardModel,
+    private readonly kv: PagedKvCache,
+    private readonly spec: ModelSpec,
+    readonly blocks: BlockManager,
+    private readonly opts: SchedulerOptions,
+  ) {}
+
+  /** A fresh sequence id for exclusive work outside the scheduler (logits, calibration). */
+  allocateId(): number {
+    return this.nextId++;
+  }
+
+  /**
+   * Queues a request; resolves when it ends. Refuses at once what can never fit: a prompt plus
+   * its generation longer than the context, or needing more KV blocks than the whole pool.
+   */
+  submit(req: ScheduledRequest): { done: Promise<ScheduledOutcome>; cancel: () => void } {
+    if (this.failure) throw this.failure;
+    const total = req.prompt.length + req.maxTokens;
+    if (req.prompt.length < 1) throw new InvalidRequestError('a request needs at least one prompt token');
+    const needed = Math.ceil(Math.min(total, this.opts.contextLength) / BLOCK_TOKENS);
+    if (needed > this.blocks.stats().totalBlocks) {
+      throw new InvalidRequestError(
+        `a request of ${req.prompt.length} prompt tokens generating up to ${req.maxTokens} needs ${needed} KV cache blocks of ${BLOCK_TOKENS} tokens, but the pool has ${this.blocks.stats().totalBlocks}; lower max tokens or raise the KV cache size`,
+      );
+    }
+    let seq!: Seq;
+    const done = new Promise<ScheduledOutcome>((resolve, reject) => {
+      seq = {
+        id: this.nextId++,
+        req,
+        arrival: this.arrivals++,
+        tokens: [...req.prompt],
+        computed: 0,
+        produced: 0,
+        rng: new Rng(req.seed),
+        greedy: isPlainGreedy(req.sampling),
+        firstTokenAt: null,
+        cachedPromptTokens: 0,
+        preemptions: 0,
+        cancelled: false,
+        finished: false,
+        resolve,
+        reject,
+        submittedAt: performance.now(),
+      };
+    });
+    this.waiting.push(seq);
+    req.signal?.addEventListener('abort', () => this.cancelNow(seq), { once: true });
+    this.kick();
+    return { done, cancel: () => this.cancelNow(seq) };
+  }
+
+  /**
+   * Ends a request: at once between steps (its blocks are free for the next admission), else at
+   * the end of the step in flight, which may be writing its KV.
+   */
+  private cancelNow(s: Seq): void {
+    s.cancelled = true;
+    if (!this.inStep && !s.finished) this.finish(s, 'abort');
+  }
+
+  stats(): SchedulerStats {
+    const b = this.blocks.stats();
+    return {
+      running: this.running.length,
+      waiting: this.waiting.length,
+      blocksUsed: b.usedBlocks,
+      blocksFree: b.freeBlocks,
+      blocksCached: b.cachedBlocks,
+      peakBlocksUsed: b.peakUsedBlocks,
+      prefixCacheHitRate: b.hitRate,
+      preemptions: this.preemptionCount,
+      steps: this.steps,
+    };
+  }
+
+  private kick(): void {
+    if (this.looping) return;
+    this.looping = true;
+    void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (this.running.length > 0 || this.waiting.length > 0) {
+        const release = await this.opts.lock();
+        this.inStep = true;
+        try {
+          await this.step();
+        } finally {
+          this.inStep = false;
+          release();
+        }
+      }
+    } catch (e) {
+      // A device error ends every request: the GPU state is no longer trustworthy.
+      this.failure = e;
+      for (const s of [...this.running, ...this.waiting]) s.reject(e);
+      this.running.length = 0;
+      this.waiting.length = 0;
+    } finally {
+      this.looping = false;
+    }
+  }
+
+  private finish(s: Seq, reason: FinishReason): void {
+    if (s.finished) return;
+    s.finished = true;
+    if (this.blocks.has(s.id)) this.blocks.free(s.id);
+    const drop = (list: Seq[]) => {
+      const i = list.indexOf(s);
+      if (i >= 0) list.splice(i, 1);
+    };
+    drop(this.running);
+    drop(this.waiting);
+    s.resolve({
+      finishReason: reason,
+      submittedAt: s.submittedAt,
+      firstTokenAt: s.firstTokenAt,
+      finishedAt: performance.now(),
+      cachedPromptTokens: s.cachedPromptTokens,
+      preemptions: s.preemptions,
+    });
+  }
+
+  /** Frees a running sequence's blocks; it is recomputed from its tokens when readmitted. */
+  private preempt(s: Seq): void {
+    this.blocks.free(s.id);
+    s.computed = 0;
+    s.preemptions++;
+    this.preemptionCount++;
+    this.running.splice(this.running.indexOf(s), 1);
+    // Back in line by arrival, ahead of everything that came after it.
+    const at = this.waiting.findIndex((w) => w.arrival > s.arrival);
+    this.waiting.splice(at < 0 ? this.waiting.length : at, 0, s);
+  }
+
+  /** Copies blocks (every layer's K and V) before the next step writes into them. */
+  private copyBlocks(copies: readonly BlockCopy[]): void {
+    if (copies.length === 0) return;
+    const bytes = kvBlockBytes(this.spec, this.kv.dtype);
+    const enc = this.forward.ctx.device.createCommandEncoder({ label: 'kiln.kv_copy' });
+    for (const c of copies) {
+      for (const layer of [...this.kv.k, ...this.kv.v]) {
+        enc.copyBufferToBuffer(layer, c.src * bytes, layer, c.dst * bytes, bytes);
+      }
+    }
+    this.forward.ctx.device.queue.submit([enc.finish()]);
+  }
+
+  /** Gives `token` (just appended to s.tokens) a KV slot, preempting the newest sequences if needed. */
+  private grow(s: Seq, token: number): void {
+    for (;;) {
+      try {
+        this.copyBlocks(this.blocks.appendSlots(s.id, [token]).copies);
+        return;
+      } catch (e) {
+        if (!(e instanceof OutOfBlocksError)) throw e;
+        const victim = this.running.reduce((a, b) => (b.arrival > a.arrival ? b : a));
+        this.preempt(victim);
+        if (victim === s) return;
+      }
+    }
+  }
+
+  private admit(): void {
+    while (this.waiting.length > 0) {
+      const s = this.waiting[0] as Seq;
+      if (!this.blocks.canAdmit(s.tokens)) {
+        if (this.running.length === 0) {
+          throw new KilnError(
+            `internal: sequence of ${s.tokens.length} tokens cannot be admitted to an empty pool`,
+          );
+        }
+        return;
+      }
+      const a = this.blocks.admit(s.id, s.tokens);
+      s.computed = a.cachedTokens;
+      if (s.preemptions === 0) s.cachedPromptTokens = a.cachedTokens;
+      this.waiting.shift();
+      this.running.push(s);
+    }
+  }
+
+  private async step(): Promise<void> {
+    for (const s of [...this.running, ...this.waiting]) {
+      if (s.cancelled || s.req.signal?.aborted) this.finish(s, 'abort');
+    }
+    this.admit();
+    if (this.running.length === 0) return;
+    const budget = this.opts.tokenBudget;
+    const work: { s: Seq; n: number }[] = [];
+    let used = 0;
+    // Decodes first (each one row), then prefill chunks in arrival order.
+    for (const s of this.running) {
+      if (s.tokens.length - s.computed === 1 && used < budget) {
+        work.push({ s, n: 1 });
+        used++;
+      }
+    }
+    for (const s of this.running) {
+      const pending = s.tokens.length - s.computed;
+      if (pending > 1 && used < budget) {
+        const n = Math.min(pending, budget - used);
+        work.push({ s, n });
+        used += n;
+      }
+    }
+    if (work.length === 0) return;
+
+    const input: StepRows = {
+      tokens: [],
+      positions: [],
+      slots: [],
+      blockTableOffsets: [],
+      blockTable: [],
+      logitRows: [],
+    };
+    const sampled: Seq[] = [];
+    const sampling: RowSampling[] = [];
+    for (const { s, n } of work) {
+      const offset = input.blockTable.length;
+      input.blockTable.push(...this.blocks.blockTable(s.id));
+      for (let i = 0; i < n; i++) {
+        const pos = s.computed + i;
+        input.tokens.push(s.tokens[pos] as number);
+        input.positions.push(pos);
+        input.slots.push(this.blocks.slotFor(s.id, pos));
+        input.blockTableOffsets.push(offset);
+      }
+      if (s.computed + n === s.tokens.length) {
+        input.logitRows.push(input.tokens.length - 1);
+        sampled.push(s);
+        const p = s.req.sampling;
+        sampling.push({
+          temperature: p.temperature,
+          topK: p.topK,
+          topP: p.topP,
+          u: 0,
+          repetitionPenalty: p.repetitionPenalty,
+          context: s.tokens,
+        });
+      }
+    }
+    this.steps++;
+    let ids: ArrayLike<number> | null = null;
+    let logits: Float32Array | null = null;
+    if (sampled.length === 0) {
+      await this.forward.step(input, 'none');
+    } else if (sampled.every((s) => s.greedy)) {
+      ids = await this.forward.step(input, 'ids');
+    } else if (this.opts.gpuSampling) {
+      // One uniform per non-greedy draw, from the request's own generator (as when alone).
+      sampled.forEach((s, i) => {
+        if (!s.greedy) (sampling[i] as RowSampling).u = s.rng.next();
+      });
+      ids = await this.forward.step({ ...input, sampling }, 'sample');
+    } else {
+      logits = await this.forward.step(input, 'logits');
+    }
+    for (const { s, n } of work) {
+      s.computed += n;
+      this.blocks.markComputed(s.id, s.computed);
+    }
+    const V = this.spec.vocabSize;
+    sampled.forEach((s, i) => {
+      let token: number;
+      if (ids) token = ids[i] as number;
+      else {
+        const row = (logits as Float32Array).subarray(i * V, (i + 1) * V);
+        token = sampleToken(row, s.req.sampling, s.rng, s.tokens);
+      }
+      s.firstTokenAt ??= performance.now();
+      if (s.req.eos.has(token)) {
+        this.finish(s, 'stop');
+        return;
+      }
+      s.tokens.push(token);
+      s.produced++;
+      s.req.onToken(token);
+      if (s.produced >= s.req.maxTokens || s.tokens.length >= this.opts.contextLength) {
+        this.finish(s, 'length');
+        return;
+      }
+      if (this.running.includes(s)) this.grow(s, token);
+    });
+  }
+}

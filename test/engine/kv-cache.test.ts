@@ -1,0 +1,105 @@
+import { afterEach, describe, expect, test } from 'vitest';
+import { DeviceMemoryError } from '../../src/errors.js';
+import { formatBytes } from '../../src/gpu/device.js';
+import { parseModelConfig } from '../../src/model/config.js';
+import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache } from '../../src/engine/kv/cache.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { testGpu } from '../helpers/gpu.js';
+
+function spec(o: { layers?: number; heads?: number; kvHeads?: number; headDim?: number } = {}): ModelSpec {
+  const heads = o.heads ?? 4;
+  return parseModelConfig({
+    architectures: ['LlamaForCausalLM'],
+    vocab_size: 128,
+    hidden_size: 64,
+    intermediate_size: 96,
+    num_hidden_layers: o.layers ?? 2,
+    num_attention_heads: heads,
+    num_key_value_heads: o.kvHeads ?? 2,
+    head_dim: o.headDim ?? 16,
+    max_position_embeddings: 4096,
+    rms_norm_eps: 1e-5,
+  });
+}
+
+const caches: PagedKvCache[] = [];
+async function cache(numBlocks: number, s = spec()): Promise<PagedKvCache> {
+  const c = await PagedKvCache.create(await testGpu(), s, numBlocks);
+  caches.push(c);
+  return c;
+}
+afterEach(() => {
+  for (const c of caches.splice(0)) c.destroy();
+});
+
+describe('sizes', () => {
+  test('a block holds 16 tokens of every KV head, f32', () => {
+    expect(BLOCK_TOKENS).toBe(16);
+    const s = spec({ kvHeads: 2, headDim: 16, layers: 3 });
+    expect(kvBlockBytes(s)).toBe(2 * 16 * 16 * 4);
+    // K and V, every layer, whole blocks.
+    expect(kvCacheBytes(s, 1)).toBe(kvBlockBytes(s) * 2 * 3);
+    expect(kvCacheBytes(s, 16)).toBe(kvBlockBytes(s) * 2 * 3);
+    expect(kvCacheBytes(s, 17)).toBe(2 * kvBlockBytes(s) * 2 * 3);
+    expect(kvCacheBytes(s, 0)).toBe(0);
+  });
+
+  test('an f16 cache takes half the bytes: 2 per element', () => {
+    const s = spec({ kvHeads: 2, headDim: 16, layers: 3 });
+    expect(kvBlockBytes(s, 'f16')).toBe(2 * 16 * 16 * 2);
+    expect(kvBlockBytes(s, 'f32')).toBe(kvBlockBytes(s));
+    expect(kvCacheBytes(s, 17, 'f16')).toBe(2 * kvBlockBytes(s, 'f16') * 2 * 3);
+    expect(kvCacheBytes(s, 17, 'f16') * 2).toBe(kvCacheBytes(s, 17));
+  });
+
+  test('create allocates buffers of the dtype it is given (f32 by default)', async () => {
+    const ctx = await testGpu();
+    const s = spec({ layers: 2 });
+    expect((await cache(3, s)).dtype).toBe('f32');
+    if (!ctx.adapter.shaderF16) {
+      await expect(PagedKvCache.create(ctx, s, 3, 'f16')).rejects.toThrow(/shader-f16/);
+      return;
+    }
+    const before = ctx.allocatedBytes;
+    const c = await PagedKvCache.create(ctx, s, 3, 'f16');
+    caches.push(c);
+    expect(c.dtype).toBe('f16');
+    for (const b of [...c.k, ...c.v]) expect(b.size).toBe(3 * kvBlockBytes(s, 'f16'));
+    expect(ctx.allocatedBytes - before).toBe(kvCacheBytes(s, 3 * BLOCK_TOKENS, 'f16'));
+  });
+
+  test('create allocates one K and one V buffer of numBlocks blocks per layer', async () => {
+    const s = spec({ layers: 3 });
+    const c = await cache(5, s);
+    expect(c.k).toHaveLength(3);
+    expect(c.v).toHaveLength(3);
+    for (const b of [...c.k, ...c.v]) expect(b.size).toBe(5 * kvBlockBytes(s));
+    expect(c.numBlocks).toBe(5);
+  });
+});
+
+describe('device limits', () => {
+  test('a layer buffer over maxStorageBufferBindingSize is a DeviceMemoryError naming the limit', async () => {
+    const ctx = await testGpu();
+    const limit = ctx.limits.maxStorageBufferBindingSize;
+    const s = spec({ heads: 8, kvHeads: 8, headDim: 256 }); // 128 KiB per block
+    const fit = Math.floor(limit / kvBlockBytes(s));
+    const err = await PagedKvCache.create(ctx, s, fit + 1).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DeviceMemoryError);
+    const msg = (err as Error).message;
+    expect(msg).toContain(`maxStorageBufferBindingSize (${formatBytes(limit)})`);
+    expect(msg).toContain(`for ${(fit + 1) * 16} tokens`);
+    expect(msg).toContain(formatBytes((fit + 1) * kvBlockBytes(s)));
+    expect(msg).toMatch(/shorter context/);
+  });
+
+  test('destroy frees the buffers', async () => {
+    const ctx = await testGpu();
+    const before = ctx.allocatedBytes;
+    const c = await PagedKvCache.create(ctx, spec(), 4);
+    expect(ctx.allocatedBytes - before).toBe(2 * 2 * 4 * kvBlockBytes(spec()));
+    c.destroy();
+    expect(ctx.allocatedBytes).toBe(before);
+    expect(c.k).toEqual([]);
+  });
+});

@@ -1,0 +1,550 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { InvalidModelFileError, UnsupportedModelError } from '../../src/errors.js';
+import { loadModelSpec, MAX_DIM, MAX_LAYERS, parseModelConfig } from '../../src/model/config.js';
+import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
+
+// Abridged copies of the published config.json files of the models named.
+const tinyLlama = {
+  architectures: ['LlamaForCausalLM'],
+  bos_token_id: 1,
+  eos_token_id: 2,
+  hidden_act: 'silu',
+  hidden_size: 2048,
+  intermediate_size: 5632,
+  max_position_embeddings: 2048,
+  model_type: 'llama',
+  num_attention_heads: 32,
+  num_hidden_layers: 22,
+  num_key_value_heads: 4,
+  rms_norm_eps: 1e-5,
+  rope_scaling: null,
+  rope_theta: 10000.0,
+  tie_word_embeddings: false,
+  torch_dtype: 'bfloat16',
+  vocab_size: 32000,
+};
+
+const llama32_1b = {
+  architectures: ['LlamaForCausalLM'],
+  attention_bias: false,
+  bos_token_id: 128000,
+  eos_token_id: 128001,
+  head_dim: 64,
+  hidden_act: 'silu',
+  hidden_size: 2048,
+  intermediate_size: 8192,
+  max_position_embeddings: 131072,
+  mlp_bias: false,
+  model_type: 'llama',
+  num_attention_heads: 32,
+  num_hidden_layers: 16,
+  num_key_value_heads: 8,
+  rms_norm_eps: 1e-5,
+  rope_scaling: {
+    factor: 32.0,
+    high_freq_factor: 4.0,
+    low_freq_factor: 1.0,
+    original_max_position_embeddings: 8192,
+    rope_type: 'llama3',
+  },
+  rope_theta: 500000.0,
+  tie_word_embeddings: true,
+  vocab_size: 128256,
+};
+const llama32Generation = { bos_token_id: 128000, do_sample: true, eos_token_id: [128001, 128008, 128009] };
+
+const qwen25_05b = {
+  architectures: ['Qwen2ForCausalLM'],
+  bos_token_id: 151643,
+  eos_token_id: 151645,
+  hidden_act: 'silu',
+  hidden_size: 896,
+  intermediate_size: 4864,
+  max_position_embeddings: 32768,
+  max_window_layers: 21,
+  model_type: 'qwen2',
+  num_attention_heads: 14,
+  num_hidden_layers: 24,
+  num_key_value_heads: 2,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000.0,
+  sliding_window: 32768,
+  tie_word_embeddings: true,
+  use_sliding_window: false,
+  vocab_size: 151936,
+};
+
+const mistral7b_v01 = {
+  architectures: ['MistralForCausalLM'],
+  bos_token_id: 1,
+  eos_token_id: 2,
+  hidden_act: 'silu',
+  hidden_size: 4096,
+  intermediate_size: 14336,
+  max_position_embeddings: 32768,
+  model_type: 'mistral',
+  num_attention_heads: 32,
+  num_hidden_layers: 32,
+  num_key_value_heads: 8,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000.0,
+  sliding_window: 4096,
+  tie_word_embeddings: false,
+  vocab_size: 32000,
+};
+
+describe('parseModelConfig: supported models', () => {
+  it('reads a GQA Llama (TinyLlama)', () => {
+    expect(parseModelConfig(tinyLlama)).toEqual({
+      architecture: 'llama',
+      hfArchitecture: 'LlamaForCausalLM',
+      vocabSize: 32000,
+      hiddenSize: 2048,
+      intermediateSize: 5632,
+      numLayers: 22,
+      numHeads: 32,
+      numKvHeads: 4,
+      headDim: 64,
+      rmsNormEps: 1e-5,
+      ropeTheta: 10000,
+      ropeScaling: { type: 'none' },
+      maxPositionEmbeddings: 2048,
+      tieWordEmbeddings: false,
+      qkvBias: false,
+      oBias: false,
+      mlpBias: false,
+      bosTokenId: 1,
+      eosTokenIds: [2],
+      quantizationConfig: null,
+    });
+  });
+
+  it('defaults num_key_value_heads, rope_theta, tie_word_embeddings and hidden_act', () => {
+    const {
+      num_key_value_heads: _k,
+      rope_theta: _r,
+      tie_word_embeddings: _t,
+      hidden_act: _h,
+      ...rest
+    } = tinyLlama;
+    const spec = parseModelConfig({ ...rest, head_dim: null, num_key_value_heads: null });
+    expect([spec.numKvHeads, spec.ropeTheta, spec.tieWordEmbeddings, spec.headDim]).toEqual([
+      32,
+      10000,
+      false,
+      64,
+    ]);
+  });
+
+  it('reads Llama 3.2 with llama3 rope scaling, tied embeddings and generation_config eos ids', () => {
+    const spec = parseModelConfig(llama32_1b, llama32Generation);
+    expect(spec.ropeScaling).toEqual({
+      type: 'llama3',
+      factor: 32,
+      lowFreqFactor: 1,
+      highFreqFactor: 4,
+      originalMaxPositionEmbeddings: 8192,
+    });
+    expect(spec.ropeTheta).toBe(500000);
+    expect(spec.tieWordEmbeddings).toBe(true);
+    expect([spec.numHeads, spec.numKvHeads, spec.headDim]).toEqual([32, 8, 64]);
+    expect(spec.bosTokenId).toBe(128000);
+    expect(spec.eosTokenIds).toEqual([128001, 128008, 128009]);
+  });
+
+  it('uses an explicit head_dim that differs from hidden/heads', () => {
+    const spec = parseModelConfig({
+      ...tinyLlama,
+      hidden_size: 1000,
+      num_attention_heads: 16,
+      num_key_value_heads: 8,
+      head_dim: 128,
+    });
+    expect(spec.headDim).toBe(128);
+  });
+
+  it('reads linear scaling under both "type" and "rope_type", and "default" as none', () => {
+    expect(
+      parseModelConfig({ ...tinyLlama, rope_scaling: { type: 'linear', factor: 4 } }).ropeScaling,
+    ).toEqual({
+      type: 'linear',
+      factor: 4,
+    });
+    expect(
+      parseModelConfig({ ...tinyLlama, rope_scaling: { rope_type: 'linear', factor: 2.5 } }).ropeScaling,
+    ).toEqual({
+      type: 'linear',
+      factor: 2.5,
+    });
+    expect(parseModelConfig({ ...tinyLlama, rope_scaling: { rope_type: 'default' } }).ropeScaling).toEqual({
+      type: 'none',
+    });
+  });
+
+  it('reads transformers v5 rope_parameters', () => {
+    const { rope_theta: _t, rope_scaling: _s, ...rest } = llama32_1b;
+    const spec = parseModelConfig({
+      ...rest,
+      rope_parameters: { ...llama32_1b.rope_scaling, rope_theta: 500000 },
+    });
+    expect(spec.ropeTheta).toBe(500000);
+    expect(spec.ropeScaling.type).toBe('llama3');
+    const plain = parseModelConfig({
+      ...tinyLlama,
+      rope_theta: undefined,
+      rope_parameters: { rope_type: 'default', rope_theta: 1e6 },
+    });
+    expect([plain.ropeTheta, plain.ropeScaling.type]).toEqual([1e6, 'none']);
+  });
+
+  it('gives Llama q/k/v/o biases with attention_bias and MLP biases with mlp_bias', () => {
+    const spec = parseModelConfig({ ...tinyLlama, attention_bias: true, mlp_bias: true });
+    expect([spec.qkvBias, spec.oBias, spec.mlpBias]).toEqual([true, true, true]);
+  });
+
+  it('reads Qwen2.5 with q/k/v biases only, tied embeddings and eos from generation_config', () => {
+    const spec = parseModelConfig(qwen25_05b, { bos_token_id: 151643, eos_token_id: [151645, 151643] });
+    expect(spec.architecture).toBe('qwen2');
+    expect([spec.qkvBias, spec.oBias, spec.mlpBias]).toEqual([true, false, false]);
+    expect(spec.tieWordEmbeddings).toBe(true);
+    expect([spec.numHeads, spec.numKvHeads, spec.headDim]).toEqual([14, 2, 64]);
+    expect(spec.rmsNormEps).toBe(1e-6);
+    expect(spec.eosTokenIds).toEqual([151645, 151643]);
+    expect(spec.maxPositionEmbeddings).toBe(32768);
+    // Qwen2 biases do not depend on attention_bias, which its config never sets.
+    expect(parseModelConfig({ ...qwen25_05b, attention_bias: false }).qkvBias).toBe(true);
+  });
+
+  it('clamps the context to an active sliding window', () => {
+    expect(parseModelConfig(mistral7b_v01).maxPositionEmbeddings).toBe(4096);
+    expect(
+      parseModelConfig({ ...mistral7b_v01, sliding_window: null, rope_theta: 1e6 }).maxPositionEmbeddings,
+    ).toBe(32768);
+    expect(parseModelConfig({ ...mistral7b_v01, sliding_window: 65536 }).maxPositionEmbeddings).toBe(32768);
+    expect(
+      parseModelConfig({ ...qwen25_05b, use_sliding_window: true, sliding_window: 4096 })
+        .maxPositionEmbeddings,
+    ).toBe(4096);
+    // Mistral has no bias options in transformers: attention_bias is ignored there.
+    expect(parseModelConfig({ ...mistral7b_v01, attention_bias: true }).qkvBias).toBe(false);
+  });
+
+  it('follows MistralConfig: an absent sliding_window is its default of 4096, null turns it off', () => {
+    const { sliding_window: _window, ...noWindow } = mistral7b_v01;
+    expect(parseModelConfig(noWindow).maxPositionEmbeddings).toBe(4096);
+    expect(parseModelConfig({ ...mistral7b_v01, sliding_window: null }).maxPositionEmbeddings).toBe(32768);
+  });
+
+  it('accepts sizes up to the sanity bounds', () => {
+    const spec = parseModelConfig({
+      ...tinyLlama,
+      num_hidden_layers: MAX_LAYERS,
+      max_position_embeddings: MAX_DIM,
+    });
+    expect([spec.numLayers, spec.maxPositionEmbeddings]).toEqual([1024, 2 ** 24]);
+  });
+
+  it('merges eos ids from config and generation_config, and lets generation_config set bos', () => {
+    const spec = parseModelConfig(
+      { ...tinyLlama, eos_token_id: [2, 7] },
+      { bos_token_id: 5, eos_token_id: 9 },
+    );
+    expect(spec.bosTokenId).toBe(5);
+    expect(spec.eosTokenIds).toEqual([2, 7, 9]);
+    const noBos = parseModelConfig({ ...tinyLlama, bos_token_id: null, eos_token_id: null }, {});
+    expect([noBos.bosTokenId, noBos.eosTokenIds]).toEqual([null, []]);
+  });
+});
+
+describe('parseModelConfig: errors name the field and value', () => {
+  const cases: [string, unknown, unknown, RegExp, typeof InvalidModelFileError][] = [
+    [
+      'a non-object config',
+      [1],
+      undefined,
+      /config.json is \[1\], expected a JSON object/,
+      InvalidModelFileError,
+    ],
+    [
+      'an unknown architecture',
+      { ...tinyLlama, architectures: ['GPT2LMHeadModel'] },
+      undefined,
+      /architectures\[0\] "GPT2LMHeadModel" is not supported/,
+      UnsupportedModelError,
+    ],
+    [
+      'an empty architectures list',
+      { ...tinyLlama, architectures: [] },
+      undefined,
+      /architectures is \[\], expected a non-empty list/,
+      InvalidModelFileError,
+    ],
+    [
+      'a model_type that disagrees',
+      { ...tinyLlama, model_type: 'qwen2' },
+      undefined,
+      /model_type is "qwen2", expected "llama"/,
+      InvalidModelFileError,
+    ],
+    [
+      'a missing hidden_size',
+      { ...tinyLlama, hidden_size: undefined },
+      undefined,
+      /hidden_size is missing, expected a positive integer/,
+      InvalidModelFileError,
+    ],
+    [
+      'a string vocab_size',
+      { ...tinyLlama, vocab_size: '32000' },
+      undefined,
+      /vocab_size is "32000", expected a positive integer/,
+      InvalidModelFileError,
+    ],
+    [
+      'a zero num_hidden_layers',
+      { ...tinyLlama, num_hidden_layers: 0 },
+      undefined,
+      /num_hidden_layers is 0, expected a positive integer/,
+      InvalidModelFileError,
+    ],
+    [
+      'a fractional intermediate_size',
+      { ...tinyLlama, intermediate_size: 5632.5 },
+      undefined,
+      /intermediate_size is 5632.5/,
+      InvalidModelFileError,
+    ],
+    [
+      'a negative max_position_embeddings',
+      { ...tinyLlama, max_position_embeddings: -1 },
+      undefined,
+      /max_position_embeddings is -1/,
+      InvalidModelFileError,
+    ],
+    [
+      'kv heads that do not divide heads',
+      { ...tinyLlama, num_attention_heads: 8, num_key_value_heads: 3, hidden_size: 512 },
+      undefined,
+      /config.json: num_key_value_heads \(3\) must divide num_attention_heads \(8\)/,
+      InvalidModelFileError,
+    ],
+    [
+      'heads that do not divide hidden_size',
+      { ...tinyLlama, hidden_size: 2050 },
+      undefined,
+      /num_attention_heads \(32\) must divide hidden_size \(2050\)/,
+      InvalidModelFileError,
+    ],
+    [
+      'an odd head_dim',
+      { ...tinyLlama, head_dim: 63 },
+      undefined,
+      /head_dim is 63, expected an even number/,
+      InvalidModelFileError,
+    ],
+    [
+      'a missing rms_norm_eps',
+      { ...tinyLlama, rms_norm_eps: undefined },
+      undefined,
+      /rms_norm_eps is missing, expected a positive number/,
+      InvalidModelFileError,
+    ],
+    [
+      'a zero rope_theta',
+      { ...tinyLlama, rope_theta: 0 },
+      undefined,
+      /rope_theta is 0, expected a positive number/,
+      InvalidModelFileError,
+    ],
+    [
+      'yarn scaling',
+      { ...tinyLlama, rope_scaling: { rope_type: 'yarn', factor: 4 } },
+      undefined,
+      /rope_scaling.rope_type "yarn" is not supported/,
+      UnsupportedModelError,
+    ],
+    [
+      'dynamic scaling under "type"',
+      { ...tinyLlama, rope_scaling: { type: 'dynamic', factor: 2 } },
+      undefined,
+      /rope_scaling.type "dynamic" is not supported/,
+      UnsupportedModelError,
+    ],
+    [
+      'longrope scaling',
+      { ...tinyLlama, rope_scaling: { rope_type: 'longrope' } },
+      undefined,
+      /"longrope" is not supported/,
+      UnsupportedModelError,
+    ],
+    [
+      'scaling without a type',
+      { ...tinyLlama, rope_scaling: { factor: 2 } },
+      undefined,
+      /rope_scaling.rope_type is missing/,
+      InvalidModelFileError,
+    ],
+    [
+      'a rope_scaling string',
+      { ...tinyLlama, rope_scaling: 'linear' },
+      undefined,
+      /rope_scaling is "linear", expected null or an object/,
+      InvalidModelFileError,
+    ],
+    [
+      'linear scaling without factor',
+      { ...tinyLlama, rope_scaling: { type: 'linear' } },
+      undefined,
+      /rope_scaling.factor is missing, expected a positive number/,
+      InvalidModelFileError,
+    ],
+    [
+      'llama3 scaling without low_freq_factor',
+      { ...llama32_1b, rope_scaling: { ...llama32_1b.rope_scaling, low_freq_factor: undefined } },
+      undefined,
+      /rope_scaling.low_freq_factor is missing/,
+      InvalidModelFileError,
+    ],
+    [
+      'llama3 scaling with equal frequency factors',
+      { ...llama32_1b, rope_scaling: { ...llama32_1b.rope_scaling, high_freq_factor: 1 } },
+      undefined,
+      /rope_scaling.high_freq_factor is 1, expected a value above low_freq_factor \(1\)/,
+      InvalidModelFileError,
+    ],
+    [
+      'a gelu activation',
+      { ...tinyLlama, hidden_act: 'gelu' },
+      undefined,
+      /hidden_act "gelu" is not supported \(expected "silu"\)/,
+      UnsupportedModelError,
+    ],
+    [
+      'a quantized checkpoint',
+      { ...tinyLlama, quantization_config: { quant_method: 'bitsandbytes', load_in_4bit: true } },
+      undefined,
+      /quantization_config \(quant_method "bitsandbytes"\) is not supported: Kiln loads kiln, gptq, awq/,
+      UnsupportedModelError,
+    ],
+    [
+      'a non-boolean tie_word_embeddings',
+      { ...tinyLlama, tie_word_embeddings: 'yes' },
+      undefined,
+      /tie_word_embeddings is "yes", expected true or false/,
+      InvalidModelFileError,
+    ],
+    [
+      'a negative eos id',
+      { ...tinyLlama, eos_token_id: [2, -1] },
+      undefined,
+      /eos_token_id is \[2,-1\], expected a token id or a list of token ids/,
+      InvalidModelFileError,
+    ],
+    [
+      'a sliding window of 0',
+      { ...mistral7b_v01, sliding_window: 0 },
+      undefined,
+      /sliding_window is 0, expected a positive integer/,
+      InvalidModelFileError,
+    ],
+    [
+      'a non-object generation_config',
+      tinyLlama,
+      'x',
+      /generation_config.json is "x", expected a JSON object/,
+      InvalidModelFileError,
+    ],
+    [
+      'a bad generation_config eos',
+      tinyLlama,
+      { eos_token_id: 'eos' },
+      /generation_config.json: eos_token_id is "eos"/,
+      InvalidModelFileError,
+    ],
+  ];
+  for (const [what, config, generation, message, cls] of cases) {
+    it(`rejects ${what}`, () => {
+      let err: unknown;
+      try {
+        parseModelConfig(config, generation);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(cls);
+      expect((err as Error).message).toMatch(message);
+    });
+  }
+
+  // [field, value, further fields]: each over its sanity bound (1024 layers, 2^24 for other sizes).
+  const overBound: [string, number, Record<string, unknown>?][] = [
+    ['num_hidden_layers', 1e12],
+    ['num_hidden_layers', MAX_LAYERS + 1],
+    ['vocab_size', MAX_DIM + 1],
+    ['hidden_size', 2 ** 40],
+    ['intermediate_size', 2 ** 30],
+    ['max_position_embeddings', 2 ** 31],
+    ['num_attention_heads', 2 ** 25, { num_key_value_heads: 1 }],
+    ['num_key_value_heads', 2 ** 25],
+    ['head_dim', 2 ** 26],
+  ];
+  for (const [field, value, more] of overBound) {
+    it(`rejects ${field} = ${value}, over its bound`, () => {
+      const max = field === 'num_hidden_layers' ? 1024 : 16777216;
+      expect(() => parseModelConfig({ ...tinyLlama, ...more, [field]: value })).toThrow(
+        new InvalidModelFileError(
+          `config.json: ${field} is ${value}, expected at most ${max} (no real model is that large)`,
+        ),
+      );
+    });
+  }
+
+  it('names the folder when given a location', () => {
+    expect(() => parseModelConfig({ ...tinyLlama, vocab_size: 0 }, undefined, 'models/x')).toThrow(
+      'config.json in models/x: vocab_size is 0, expected a positive integer',
+    );
+  });
+
+  it('keeps UnsupportedModelError distinct from InvalidModelFileError', () => {
+    expect(() => parseModelConfig({ ...tinyLlama, hidden_act: 'relu' })).not.toThrow(InvalidModelFileError);
+  });
+});
+
+describe('loadModelSpec', () => {
+  const root = mkdtempSync(join(tmpdir(), 'kiln-config-'));
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it('reads config.json and generation_config.json from a folder', async () => {
+    const dir = join(root, 'llama32');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(llama32_1b));
+    writeFileSync(join(dir, 'generation_config.json'), JSON.stringify(llama32Generation));
+    const spec = await loadModelSpec(openLocalModelDir(dir));
+    expect(spec.eosTokenIds).toEqual([128001, 128008, 128009]);
+  });
+
+  it('works without generation_config.json', async () => {
+    const dir = join(root, 'tiny');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'config.json'), JSON.stringify(tinyLlama));
+    expect((await loadModelSpec(openLocalModelDir(dir))).eosTokenIds).toEqual([2]);
+  });
+
+  it('names the folder when config.json is missing or broken', async () => {
+    const empty = join(root, 'empty');
+    mkdirSync(empty);
+    await expect(loadModelSpec(openLocalModelDir(empty))).rejects.toThrow(`no config.json in ${empty}`);
+    const broken = join(root, 'broken');
+    mkdirSync(broken);
+    writeFileSync(join(broken, 'config.json'), '{"hidden_size": ');
+    await expect(loadModelSpec(openLocalModelDir(broken))).rejects.toThrow(
+      `config.json in ${broken} is not valid JSON`,
+    );
+    writeFileSync(join(broken, 'config.json'), JSON.stringify({ ...tinyLlama, num_attention_heads: 'many' }));
+    await expect(loadModelSpec(openLocalModelDir(broken))).rejects.toThrow(
+      `config.json in ${broken}: num_attention_heads is "many", expected a positive integer`,
+    );
+  });
+});
