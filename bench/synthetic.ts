@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodeFromFloat32, type FloatDtype } from '../src/io/dtype.js';
 import { parseModelConfig } from '../src/model/config.js';
-import { expectedTensors } from '../src/weights/loader.js';
+import { expectedTensors } from '../src/model/tensors.js';
 import { writeSafetensorsFile } from '../src/node/safetensors-file.js';
 import { randomF32 } from '../src/kernels/random.js';
 

@@ -21,7 +21,8 @@ import { tuneModel, type TuneOptions, type TuneReport, type TuneResult } from '.
 import type { GenerateOptions, GenerateResult, GeneratedToken, FinishReason } from '../api/types.js';
 import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache, type KvDtype } from './kv/cache.js';
 import type { ModelSpec } from '../model/spec.js';
-import { describeWeightQuant, weightQuantFor, type LoadQuantOptions } from '../weights/source.js';
+import type { WeightSource } from '../weights/source.js';
+import { weightSourceFor, type LoadQuantOptions } from '../weights/select.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from './sampling.js';
 import {
   destroyWeights,
@@ -30,7 +31,6 @@ import {
   weightBytes,
   type LoadProgress,
   type ModelWeights,
-  type WeightQuant,
 } from '../weights/loader.js';
 
 export interface EngineOptions {
@@ -148,7 +148,7 @@ export class Engine {
     private readonly prefillChunk: number,
     private readonly modelLocation: string,
     gpuSampling: boolean,
-    private readonly weightQuant: WeightQuant,
+    private readonly weightSource: WeightSource,
   ) {
     this.chat = { completions: new ChatCompletions(this) };
     this.blocks = new BlockManager({ numBlocks: kv.numBlocks, blockSize: BLOCK_TOKENS });
@@ -194,13 +194,13 @@ export class Engine {
     const sampling = oneOf('sampling', opts.sampling, ['gpu', 'cpu'] as const);
     const activations = oneOf('activations', opts.activations, ['f32', 'f16'] as const);
     const kvCache = oneOf('kvCache', opts.kvCache, ['auto', 'f16', 'f32'] as const);
-    const quant = weightQuantFor(
+    const quant = weightSourceFor(
       spec,
       opts.model.location,
       oneOf('quant', opts.quant, ['none', 'q4'] as const),
       opts.quantOptions,
     );
-    if (activations === 'f16' && quant.kind !== 'float') {
+    if (activations === 'f16' && quant.int4) {
       throw new InvalidRequestError(
         "activations 'f16' applies to float weights; int4 models read f32 activations (use 'f32')",
       );
@@ -233,7 +233,7 @@ export class Engine {
       const kvDtype: KvDtype = kvCache === 'auto' ? (ctx.adapter.shaderF16 ? 'f16' : 'f32') : kvCache;
       // The budget needs the KV element type, known only with the adapter; nothing is allocated yet.
       checkBudget(spec, ckpt, quant, kvTokens, kvDtype, prefillChunk, opts.memoryLimitBytes);
-      weights = await loadWeights(ctx, spec, ckpt, opts.onProgress, quant);
+      weights = await loadWeights(ctx, spec, ckpt, quant, opts.onProgress);
       const perLayer = Math.floor(ctx.limits.maxStorageBufferBindingSize / kvBlockBytes(spec, kvDtype));
       const kvBlocks = Math.max(
         Math.ceil(contextLength / BLOCK_TOKENS),
@@ -402,7 +402,7 @@ export class Engine {
 
   /** How the projection weights are stored on the GPU, e.g. "int4 g32 asym, quantized at load". */
   get weightFormat(): string {
-    return describeWeightQuant(this.weightQuant);
+    return this.weightSource.description;
   }
 
   /** The model's name for API responses: its folder's location. */
@@ -829,7 +829,7 @@ export interface MemoryEstimate {
 export function estimateMemory(
   spec: ModelSpec,
   ckpt: Checkpoint,
-  quant: WeightQuant,
+  quant: WeightSource,
   kvTokens: number,
   kvDtype: KvDtype,
   prefillChunk: number,
@@ -851,7 +851,7 @@ export function estimateMemory(
 function checkBudget(
   spec: ModelSpec,
   ckpt: Checkpoint,
-  quant: WeightQuant,
+  quant: WeightSource,
   contextLength: number,
   kvDtype: KvDtype,
   prefillChunk: number,

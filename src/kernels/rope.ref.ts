@@ -2,7 +2,18 @@
  * CPU twins of RoPE. `ropeInvFreq` is the one place the frequencies (and rope scaling) are
  * computed; the GPU gets its output as an f32 table.
  */
-import type { RopeScaling } from '../model/spec.js';
+
+/** Rotary frequency scaling, as config.json's rope_scaling / rope_parameters describe it. */
+export type RopeScaling =
+  | { type: 'none' }
+  | { type: 'linear'; factor: number }
+  | {
+      type: 'llama3';
+      factor: number;
+      lowFreqFactor: number;
+      highFreqFactor: number;
+      originalMaxPositionEmbeddings: number;
+    };
 
 /** inv_freq[i] = θ^(−2i/d), then rope scaling (HF modeling_rope_utils semantics), float64. */
 export function ropeInvFreq(headDim: number, theta: number, scaling: RopeScaling): Float64Array {

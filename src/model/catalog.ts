@@ -1,12 +1,12 @@
 /**
- * The catalog of known-good models: small, safetensors checkpoints of architectures Kiln implements,
+ * The catalog of known-good models: small, safetensors checkpoints of registered architectures,
  * pinned to a commit so `kiln pull <alias>` always fetches the same bytes. The data lives in
  * models/catalog.json (so it can be edited without touching code); this module checks it once on load
  * and gives it types. Browser-safe: bundlers inline the JSON through the import attribute.
  */
 import catalogJson from '../../models/catalog.json' with { type: 'json' };
-import type { Architecture } from './spec.js';
 import { InvalidModelFileError } from '../errors.js';
+import { ARCHITECTURES } from './registry.js';
 import { isCommitHash, parseHubId } from '../io/hub-id.js';
 import { isJsonObject } from '../io/json.js';
 
@@ -18,7 +18,8 @@ export interface CatalogEntry {
   aliases: string[];
   /** A 40-hex commit where one was confirmed, else a branch such as `main`. */
   revision: string;
-  architecture: Architecture;
+  /** A registered architecture (src/model/registry.ts). */
+  architecture: string;
   /** Total parameter count. */
   parameters: number;
   /** Weight dtype of the checkpoint as published. */
@@ -42,7 +43,6 @@ export interface CatalogEntry {
   notes: string;
 }
 
-const ARCHITECTURES: readonly Architecture[] = ['llama', 'mistral', 'qwen2'];
 const DTYPES: readonly CatalogEntry['dtype'][] = ['f32', 'f16', 'bf16'];
 const ALIAS = /^[a-z0-9][a-z0-9.-]*$/;
 
@@ -81,9 +81,9 @@ export function parseCatalog(doc: unknown): CatalogEntry[] {
     const revision = str('revision');
     if (parseHubId(`${id}@${revision}`)?.repo !== id)
       fail(i, 'id', `"${id}@${revision}" is not a valid Hub id`);
-    const architecture = str('architecture') as Architecture;
-    if (!ARCHITECTURES.includes(architecture))
-      fail(i, 'architecture', `must be one of ${ARCHITECTURES.join(', ')}`);
+    const architecture = str('architecture');
+    const names = ARCHITECTURES.map((a) => a.name);
+    if (!names.includes(architecture)) fail(i, 'architecture', `must be one of ${names.join(', ')}`);
     const dtype = str('dtype') as CatalogEntry['dtype'];
     if (!DTYPES.includes(dtype)) fail(i, 'dtype', `must be one of ${DTYPES.join(', ')}`);
     const aliasesRaw = raw.aliases;

@@ -3,116 +3,19 @@
  * Every field the forward pass depends on is checked here, so a model Kiln cannot run exactly is
  * refused with a message naming the field and its value instead of producing wrong tokens later.
  */
-import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
-import type { Architecture, ModelSpec, RopeScaling } from './spec.js';
+import { InvalidModelFileError } from '../errors.js';
 import { readJson, type ModelDir } from '../io/byte-source.js';
 import { describeValue, isJsonObject, type JsonObject } from '../io/json.js';
-
-const ARCHITECTURES: Readonly<Record<string, Architecture>> = {
-  LlamaForCausalLM: 'llama',
-  MistralForCausalLM: 'mistral',
-  Qwen2ForCausalLM: 'qwen2',
-};
-
-const MODEL_TYPES: Readonly<Record<string, Architecture>> = {
-  llama: 'llama',
-  mistral: 'mistral',
-  qwen2: 'qwen2',
-};
-
-/**
- * Sanity bounds on config sizes. They are far above every published model (the largest have ~126
- * layers, hidden sizes of 16k, vocabularies of 262k and contexts of 10M tokens) but stop a hostile
- * or corrupt config.json before it makes the engine build a tensor list or buffers of absurd size.
- * 2^24 is also the largest range in which f32 (what shaders compute positions and sizes in) holds
- * every integer exactly.
- */
-export const MAX_LAYERS = 1024;
-/** Upper bound of every other size, count or length in config.json (see {@link MAX_LAYERS}). */
-export const MAX_DIM = 2 ** 24;
-
-/** transformers' MistralConfig default for `sliding_window` when the key is absent. */
-const MISTRAL_DEFAULT_SLIDING_WINDOW = 4096;
-
-/** Field readers bound to one file label, so every message starts with the file it is about. */
-class Fields {
-  constructor(
-    readonly label: string,
-    private readonly obj: JsonObject,
-    private readonly prefix = '',
-  ) {}
-
-  invalid(field: string, value: unknown, expected: string): never {
-    throw new InvalidModelFileError(
-      `${this.label}: ${this.prefix}${field} is ${describeValue(value)}, expected ${expected}`,
-    );
-  }
-
-  unsupported(message: string): never {
-    throw new UnsupportedModelError(`${this.label}: ${message}`);
-  }
-
-  raw(field: string): unknown {
-    return this.obj[field];
-  }
-
-  /** True when the field is absent or null (HF writes both for "use the default"). */
-  unset(field: string): boolean {
-    return this.obj[field] === undefined || this.obj[field] === null;
-  }
-
-  /** A positive integer no larger than `max` (a sanity bound, see {@link MAX_DIM}). */
-  positiveInt(field: string, max = MAX_DIM): number {
-    const v = this.obj[field];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
-      this.invalid(field, v, 'a positive integer');
-    }
-    if (v > max) this.invalid(field, v, `at most ${max} (no real model is that large)`);
-    return v;
-  }
-
-  optionalPositiveInt(field: string, max = MAX_DIM): number | undefined {
-    return this.unset(field) ? undefined : this.positiveInt(field, max);
-  }
-
-  positiveNumber(field: string): number {
-    const v = this.obj[field];
-    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) this.invalid(field, v, 'a positive number');
-    return v;
-  }
-
-  bool(field: string, fallback: boolean): boolean {
-    if (this.unset(field)) return fallback;
-    const v = this.obj[field];
-    if (typeof v !== 'boolean') this.invalid(field, v, 'true or false');
-    return v;
-  }
-
-  tokenId(field: string): number | null {
-    if (this.unset(field)) return null;
-    const v = this.obj[field];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) this.invalid(field, v, 'a token id');
-    return v;
-  }
-
-  tokenIds(field: string): number[] {
-    if (this.unset(field)) return [];
-    const v = this.obj[field];
-    const list = Array.isArray(v) ? (v as unknown[]) : [v];
-    for (const id of list) {
-      if (typeof id !== 'number' || !Number.isSafeInteger(id) || id < 0) {
-        this.invalid(field, v, 'a token id or a list of token ids');
-      }
-    }
-    return list as number[];
-  }
-}
+import { Fields, MAX_LAYERS } from './fields.js';
+import type { Architecture } from './architecture.js';
+import { architectureForClass, architectureNamed, supportedClasses } from './registry.js';
+import type { ModelSpec, RopeScaling } from './spec.js';
 
 function fileLabel(file: string, location: string | undefined): string {
   return location === undefined ? file : `${file} in ${location}`;
 }
 
-function parseRopeScaling(f: Fields, architecture: Architecture): RopeScaling {
+function parseRopeScaling(f: Fields, architecture: string): RopeScaling {
   // transformers v5 moved these into `rope_parameters`; older configs use `rope_scaling`.
   const field = f.unset('rope_scaling') && !f.unset('rope_parameters') ? 'rope_parameters' : 'rope_scaling';
   if (f.unset(field)) return { type: 'none' };
@@ -150,13 +53,14 @@ function parseRopeScaling(f: Fields, architecture: Architecture): RopeScaling {
 }
 
 /**
- * Builds the ModelSpec of a Llama, Mistral or Qwen2 checkpoint from its parsed config.json and,
- * when present, generation_config.json (which may add end-of-sequence ids and override bos).
- * `location` names the model folder in error messages.
- */
-/** quant_method values whose checkpoints src/quant can load. */
+/** quant_method values whose checkpoints src/weights can load. */
 const QUANT_METHODS: readonly string[] = ['kiln', 'gptq', 'awq'];
 
+/**
+ * Builds the ModelSpec of a checkpoint of a registered architecture (src/model/registry.ts) from
+ * its parsed config.json and, when present, generation_config.json (which may add end-of-sequence
+ * ids and override bos). `location` names the model folder in error messages.
+ */
 export function parseModelConfig(config: unknown, generationConfig?: unknown, location?: string): ModelSpec {
   const label = fileLabel('config.json', location);
   if (!isJsonObject(config)) {
@@ -164,33 +68,34 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   }
   const f: Fields = new Fields(label, config);
 
+  let arch: Architecture | undefined;
   let hfArchitecture: string;
   const archs = config.architectures;
   if (archs === undefined || archs === null) {
     const mt = config.model_type;
-    if (typeof mt !== 'string' || !Object.hasOwn(MODEL_TYPES, mt)) {
+    arch = typeof mt === 'string' ? architectureNamed(mt) : undefined;
+    if (!arch) {
       f.invalid(
         'architectures',
         archs,
         'a list such as ["LlamaForCausalLM"] (model_type does not name one either)',
       );
     }
-    hfArchitecture = Object.keys(ARCHITECTURES).find((k) => ARCHITECTURES[k] === MODEL_TYPES[mt])!;
+    hfArchitecture = arch.hfClasses[0] as string;
   } else {
     if (!Array.isArray(archs) || typeof archs[0] !== 'string') {
       f.invalid('architectures', archs, 'a non-empty list of class names');
     }
     hfArchitecture = archs[0];
+    arch = architectureForClass(hfArchitecture);
   }
-  const architecture = Object.hasOwn(ARCHITECTURES, hfArchitecture)
-    ? ARCHITECTURES[hfArchitecture]
-    : undefined;
-  if (!architecture) {
+  if (!arch) {
     f.unsupported(
       `architectures[0] ${JSON.stringify(hfArchitecture)} is not supported ` +
-        `(supported: ${Object.keys(ARCHITECTURES).join(', ')})`,
+        `(supported: ${supportedClasses().join(', ')})`,
     );
   }
+  const architecture = arch.name;
   if (!f.unset('model_type') && config.model_type !== architecture) {
     f.invalid(
       'model_type',
@@ -250,28 +155,14 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   const ropeScaling = parseRopeScaling(f, architecture);
 
   let maxPositionEmbeddings = f.positiveInt('max_position_embeddings');
-  // Kiln implements full causal attention only. Up to the window length, sliding-window attention
-  // sees exactly the same keys as full attention, so clamping the context to the window keeps
-  // every result exact instead of silently diverging from the reference past it.
-  let window: number | undefined;
-  if (architecture === 'qwen2') {
-    if (f.bool('use_sliding_window', false)) window = f.positiveInt('sliding_window');
-  } else if (architecture === 'mistral') {
-    // As transformers' MistralConfig: an absent key means its default window of 4096, while an
-    // explicit null (Mistral 7B v0.2 and later) turns sliding-window attention off.
-    const raw = f.raw('sliding_window');
-    if (raw === undefined) window = MISTRAL_DEFAULT_SLIDING_WINDOW;
-    else if (raw !== null) window = f.positiveInt('sliding_window');
-  }
-  if (window !== undefined) maxPositionEmbeddings = Math.min(maxPositionEmbeddings, window);
+  // The architecture's own fields: projection biases and the attention window. Kiln implements
+  // full causal attention; up to the window length, sliding-window attention sees exactly the
+  // same keys, so clamping the context to the window keeps every result exact instead of
+  // silently diverging from the reference past it.
+  const { qkvBias, oBias, mlpBias, slidingWindow } = arch.config(f);
+  if (slidingWindow !== undefined) maxPositionEmbeddings = Math.min(maxPositionEmbeddings, slidingWindow);
 
   const tieWordEmbeddings = f.bool('tie_word_embeddings', false);
-  // Only Llama reads attention_bias / mlp_bias; transformers' Mistral ignores them and Qwen2
-  // hard-codes q/k/v biases without o/mlp biases.
-  const llamaAttnBias = architecture === 'llama' && f.bool('attention_bias', false);
-  const qkvBias = architecture === 'qwen2' || llamaAttnBias;
-  const oBias = llamaAttnBias;
-  const mlpBias = architecture === 'llama' && f.bool('mlp_bias', false);
 
   let bosTokenId = f.tokenId('bos_token_id');
   const eos = f.tokenIds('eos_token_id');

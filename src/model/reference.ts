@@ -1,8 +1,10 @@
 /**
- * The CPU reference: a plain float64 Llama/Mistral/Qwen2 forward pass, written for clarity from the
- * Hugging Face transformers modeling code (modeling_llama.py, modeling_qwen2.py) and built from the
- * per-kernel CPU twins. Tests compare the GPU engine's logits and greedy ids against it. Slow by
- * design; use with tiny models.
+ * The CPU reference: a plain float64 forward pass, written for clarity from the Hugging Face
+ * transformers modeling code (modeling_llama.py and the files each architecture names) and built
+ * from the per-kernel CPU twins. It reads the same declarations as the GPU engine (the
+ * architecture's tensors and block recipe, src/model/arch/), so a new architecture is checked
+ * against it without touching it. Tests compare the engine's logits and greedy ids with it. Slow
+ * by design; use with tiny models.
  */
 import { decodeToFloat32, f16BitsToF32, f32ToF16Bits } from '../io/dtype.js';
 import type { Checkpoint } from '../io/safetensors.js';
@@ -12,8 +14,10 @@ import { matmulRef } from '../kernels/matmul.ref.js';
 import { rmsnormRef } from '../kernels/rmsnorm.ref.js';
 import { ropeInvFreq, ropeRef } from '../kernels/rope.ref.js';
 import { swigluRef } from '../kernels/swiglu.ref.js';
-import { EMBED_TOKENS, FINAL_NORM, LM_HEAD, layerTensorNames, type ModelSpec } from './spec.js';
-import { expectedTensors } from '../weights/loader.js';
+import { projectionRows, type BlockRecipe, type ProjectionTensors } from './architecture.js';
+import { architectureOf } from './registry.js';
+import type { ModelSpec } from './spec.js';
+import { expectedTensors, modelTensors } from './tensors.js';
 
 type Tensor = Float64Array;
 
@@ -54,45 +58,40 @@ export class ReferenceModel {
     return x;
   }
 
-  private linear(x: Tensor, m: number, prefix: string, outDim: number, inDim: number, bias: boolean): Tensor {
-    return matmulRef(
-      x,
-      this.w(`${prefix}.weight`),
-      m,
-      outDim,
-      inDim,
-      bias ? this.w(`${prefix}.bias`) : undefined,
-    );
+  /** X·Wᵀ (+ bias) of a projection: [m, rows], its sources' outputs side by side. */
+  private project(x: Tensor, m: number, p: ProjectionTensors): Tensor {
+    const rows = projectionRows(p);
+    const y = new Float64Array(m * rows);
+    let at = 0;
+    for (const s of p.sources) {
+      const bias = p.bias ? this.w(`${s.prefix}.bias`) : undefined;
+      const part = matmulRef(x, this.w(`${s.prefix}.weight`), m, s.rows, p.cols, bias);
+      for (let i = 0; i < m; i++) y.set(part.subarray(i * s.rows, (i + 1) * s.rows), i * rows + at);
+      at += s.rows;
+    }
+    return y;
   }
 
   /** Logits [tokens.length, vocab] for every position of `tokens` (a full causal pass). */
   forward(tokens: readonly number[]): Float64Array[] {
     const s = this.spec;
+    checkBlock(architectureOf(s).block);
+    const names = modelTensors(s);
     const m = tokens.length;
     const H = s.hiddenSize;
     const qDim = s.numHeads * s.headDim;
     const kvDim = s.numKvHeads * s.headDim;
     const positions = tokens.map((_, i) => i);
     const invFreq = ropeInvFreq(s.headDim, s.ropeTheta, s.ropeScaling);
-    let x = embedRef(this.w(EMBED_TOKENS), H, tokens);
-    for (let l = 0; l < s.numLayers; l++) {
-      const n = layerTensorNames(l);
-      const xn = rmsnormRef(x, this.w(n.inputNorm), m, H, s.rmsNormEps);
-      const q = ropeRef(
-        this.linear(xn, m, n.q, qDim, H, s.qkvBias),
-        positions,
-        s.numHeads,
-        s.headDim,
-        invFreq,
-      );
-      let k = ropeRef(
-        this.linear(xn, m, n.k, kvDim, H, s.qkvBias),
-        positions,
-        s.numKvHeads,
-        s.headDim,
-        invFreq,
-      );
-      let v = this.linear(xn, m, n.v, kvDim, H, s.qkvBias);
+    let x = embedRef(this.w(names.embed), H, tokens);
+    for (const L of names.layers) {
+      // Attention: RMSNorm, q/k/v, RoPE on q and k, causal GQA attention, o, residual.
+      const xn = rmsnormRef(x, this.w(L.inputNorm), m, H, s.rmsNormEps);
+      const qkv = this.project(xn, m, L.qkv);
+      const width = qDim + 2 * kvDim;
+      const q = ropeRef(columns(qkv, m, width, 0, qDim), positions, s.numHeads, s.headDim, invFreq);
+      let k = ropeRef(columns(qkv, m, width, qDim, kvDim), positions, s.numKvHeads, s.headDim, invFreq);
+      let v = columns(qkv, m, width, qDim + kvDim, kvDim);
       if (this.opts.kvDtype === 'f16') {
         k = k.map(roundF16);
         v = v.map(roundF16);
@@ -107,16 +106,18 @@ export class ReferenceModel {
         s.headDim,
         1 / Math.sqrt(s.headDim),
       );
-      const o = this.linear(att, m, n.o, H, qDim, s.oBias);
+      const o = this.project(att, m, L.o);
       x = x.map((xi, i) => xi + (o[i] as number));
-      const hn = rmsnormRef(x, this.w(n.postNorm), m, H, s.rmsNormEps);
-      const g = this.linear(hn, m, n.gate, s.intermediateSize, H, s.mlpBias);
-      const u = this.linear(hn, m, n.up, s.intermediateSize, H, s.mlpBias);
-      const down = this.linear(swigluRef(g, u), m, n.down, H, s.intermediateSize, s.mlpBias);
+      // MLP: RMSNorm, silu(gate) · up, down, residual.
+      const hn = rmsnormRef(x, this.w(L.postNorm), m, H, s.rmsNormEps);
+      const I = s.intermediateSize;
+      const gu = this.project(hn, m, L.gateUp);
+      const act = swigluRef(columns(gu, m, 2 * I, 0, I), columns(gu, m, 2 * I, I, I));
+      const down = this.project(act, m, L.down);
       x = x.map((xi, i) => xi + (down[i] as number));
     }
-    const fin = rmsnormRef(x, this.w(FINAL_NORM), m, H, s.rmsNormEps);
-    const head = this.w(s.tieWordEmbeddings ? EMBED_TOKENS : LM_HEAD);
+    const fin = rmsnormRef(x, this.w(names.finalNorm), m, H, s.rmsNormEps);
+    const head = this.w(names.lmHead === null ? names.embed : `${names.lmHead}.weight`);
     const logits = matmulRef(fin, head, m, s.vocabSize, H);
     return positions.map((p) => logits.subarray(p * s.vocabSize, (p + 1) * s.vocabSize));
   }
@@ -134,5 +135,19 @@ export class ReferenceModel {
       ids.push(best);
     }
     return out;
+  }
+}
+
+/** Columns [from, from + n) of a row-major [m, width] matrix. */
+function columns(y: Tensor, m: number, width: number, from: number, n: number): Tensor {
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) out.set(y.subarray(i * width + from, i * width + from + n), i * n);
+  return out;
+}
+
+/** The recipe this reference implements; a new recipe choice needs its case here first. */
+function checkBlock(b: BlockRecipe): void {
+  if (b.norm !== 'rmsnorm-pre' || b.positions !== 'rope' || b.mlp !== 'swiglu') {
+    throw new Error(`reference model: block ${JSON.stringify(b)} is not implemented`);
   }
 }

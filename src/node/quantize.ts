@@ -30,9 +30,12 @@ import {
 } from '../quant/kiln-format.js';
 import { packQ4, quantizeRtn, stackQ4, type PackedQ4, type Q4Format, type Q4Matrix } from '../quant/q4.js';
 import type { Engine } from '../engine/engine.js';
-import type { LinearInputName } from '../engine/forward/plan.js';
-import { EMBED_TOKENS, LM_HEAD, layerTensorNames, type ModelSpec } from '../model/spec.js';
-import { expectedTensors, validateCheckpoint } from '../weights/loader.js';
+import { projectionRows, type ProjectionRole } from '../model/architecture.js';
+import type { ModelSpec } from '../model/spec.js';
+import { expectedTensors, modelTensors } from '../model/tensors.js';
+import { floatSource } from '../weights/float.js';
+import { validateCheckpoint } from '../weights/loader.js';
+import { headTensor, projectionsOf } from '../weights/source.js';
 import { acquireNodeGpu } from './dawn.js';
 import { createEngine } from './index.js';
 import { openLocalModelDir } from './fs-model-dir.js';
@@ -114,8 +117,8 @@ export async function quantizeModel(opts: QuantizeModelOptions): Promise<Quantiz
   const log = opts.log ?? (() => undefined);
   const ckpt = await openCheckpoint(dir);
   try {
-    validateCheckpoint(spec, ckpt);
-    for (const p of projectionsOf(spec, opts.lmHead ?? false)) {
+    validateCheckpoint(spec, ckpt, floatSource);
+    for (const p of quantizedMatrices(spec, opts.lmHead ?? false)) {
       if (p.cols % opts.format.groupSize !== 0) {
         throw new UnsupportedModelError(
           `${p.prefix}: K = ${p.cols} is not a multiple of the group size ${opts.format.groupSize}; pick a group size that divides it`,
@@ -155,39 +158,24 @@ interface Projection {
   /** HF weight tensors stacked by rows. */
   sources: string[];
   /** Whose input activations calibrate it (null: the LM head, quantized by weight error). */
-  input: { layer: number; proj: LinearInputName } | null;
+  input: { layer: number; proj: ProjectionRole } | null;
   rows: number;
   cols: number;
 }
 
-function projectionsOf(spec: ModelSpec, lmHead: boolean): Projection[] {
-  const shapes = expectedTensors(spec);
-  const rowsOf = (t: string) => (shapes.get(t) as number[])[0] as number;
-  const colsOf = (t: string) => (shapes.get(t) as number[])[1] as number;
-  const out: Projection[] = [];
-  for (let i = 0; i < spec.numLayers; i++) {
-    const n = layerTensorNames(i);
-    const f = fusedProjectionNames(i);
-    const add = (prefix: string, hf: string[], proj: LinearInputName) => {
-      const sources = hf.map((h) => `${h}.weight`);
-      out.push({
-        prefix,
-        sources,
-        input: { layer: i, proj },
-        rows: sources.reduce((a, t) => a + rowsOf(t), 0),
-        cols: colsOf(sources[0] as string),
-      });
-    };
-    add(f.qkv, [n.q, n.k, n.v], 'qkv');
-    add(f.o, [n.o], 'o');
-    add(f.gateUp, [n.gate, n.up], 'gateUp');
-    add(f.down, [n.down], 'down');
-  }
+function quantizedMatrices(spec: ModelSpec, lmHead: boolean): Projection[] {
+  const t = modelTensors(spec);
+  const out: Projection[] = projectionsOf(t).map((p) => ({
+    prefix: fusedProjectionNames(p.layer)[p.role],
+    sources: p.sources.map((s) => `${s.prefix}.weight`),
+    input: { layer: p.layer, proj: p.role },
+    rows: projectionRows(p),
+    cols: p.cols,
+  }));
   if (lmHead) {
-    const src = spec.tieWordEmbeddings ? EMBED_TOKENS : LM_HEAD;
     out.push({
       prefix: LM_HEAD_PREFIX,
-      sources: [src],
+      sources: [headTensor(t)],
       input: null,
       rows: spec.vocabSize,
       cols: spec.hiddenSize,
@@ -229,7 +217,7 @@ async function calibrate(
     const stats = new Map<string, InputStats>();
     let tokens = 0;
     const counts = new Map<string, number>();
-    const f = (l: number, proj: LinearInputName) => `${l}.${proj}`;
+    const f = (l: number, proj: ProjectionRole) => `${l}.${proj}`;
     for (const seq of sequences) {
       const captured = await engine.captureLinearInputs(seq);
       tokens += seq.length;
@@ -359,7 +347,7 @@ async function writeQuantized(
   stats: Map<string, InputStats> | null,
   gptq: GptqRunner | null,
 ): Promise<{ matrices: number; bytes: number }> {
-  const projections = projectionsOf(spec, opts.lmHead ?? false);
+  const projections = quantizedMatrices(spec, opts.lmHead ?? false);
   // A quantized tied head replaces the embeddings too: the runtime gathers them from the int4 table.
   const replaced = new Set(projections.flatMap((p) => p.sources));
   const tensors: { name: string; dtype: ReturnType<Checkpoint['get']>['dtype']; shape: number[] }[] = [];

@@ -1,59 +1,70 @@
 /**
- * Which int4 path a model's projections take (see `WeightQuant` in weights.ts): decided from the
- * folder's quantization_config (a Kiln, GPTQ or AWQ checkpoint loads as stored) and, for float
- * folders, from the caller's request to quantize while loading.
+ * Where a model's projection weights come from, as one interface: the float checkpoint as stored
+ * (float.ts), a float checkpoint quantized to int4 while loading (quantize.ts), a Kiln int4
+ * folder (kiln.ts), or a GPTQ/AWQ folder converted while loading (imported.ts). The loader
+ * (loader.ts) reads everything else the same way for all of them: embeddings, norms, biases and a
+ * float LM head stay in float.
  */
-import { InvalidRequestError } from '../errors.js';
-import { parseQuantConfig } from '../quant/import-config.js';
-import { parseKilnQuantConfig } from '../quant/kiln-format.js';
-import { Q4_GROUP_SIZES, type Q4Format, type Q4GroupSize } from '../quant/q4.js';
+import type { GpuContext } from '../gpu/device.js';
+import type { Checkpoint, TensorInfo } from '../io/safetensors.js';
+import type { Linear, MatrixWeight } from '../kernels/linear.js';
+import type { ModelTensors, ProjectionTensors } from '../model/architecture.js';
 import type { ModelSpec } from '../model/spec.js';
-import type { WeightQuant } from './loader.js';
 
-/** Quantizing a float checkpoint while loading. */
-export interface LoadQuantOptions {
-  /** Group size along K (default 32). */
-  groupSize?: Q4GroupSize;
-  /** Zero point 8 for every group (default false: asymmetric, per-group zero points). */
-  symmetric?: boolean;
-  /** Quantize the LM head too (default false: it stays in the checkpoint's float format). */
-  lmHead?: boolean;
+/** What a source loads with: the checkpoint, the device, and the loader's bookkeeping. */
+export interface LoadContext {
+  readonly ctx: GpuContext;
+  readonly ckpt: Checkpoint;
+  readonly spec: ModelSpec;
+  /** Counts bytes read from the checkpoint (load progress). */
+  tick(info: TensorInfo, bytes: number): void;
+  /** Registers a buffer, so that a load failing later frees it. */
+  track(b: GPUBuffer): GPUBuffer;
 }
 
-/** Load-time int4 default: asymmetric, group 32, f16 scales (RTN's better variant; see README). */
-export const DEFAULT_LOAD_FORMAT: Q4Format = { groupSize: 32, symmetric: false, scaleType: 'f16' };
-
-export function weightQuantFor(
-  spec: ModelSpec,
-  location: string,
-  quant: 'none' | 'q4',
-  opts: LoadQuantOptions = {},
-): WeightQuant {
-  const q = spec.quantizationConfig;
-  if (q) {
-    const where = `config.json in ${location}`;
-    if (q.quant_method === 'kiln') return { kind: 'kiln', ...parseKilnQuantConfig(q, where) };
-    return { kind: 'import', config: parseQuantConfig(q, where) };
-  }
-  if (quant === 'none') return { kind: 'float' };
-  const groupSize = opts.groupSize ?? DEFAULT_LOAD_FORMAT.groupSize;
-  if (!Q4_GROUP_SIZES.includes(groupSize)) {
-    throw new InvalidRequestError(
-      `int4 group size ${String(groupSize)} is not one of ${Q4_GROUP_SIZES.join(', ')}`,
-    );
-  }
-  return {
-    kind: 'quantize',
-    format: { groupSize, symmetric: opts.symmetric ?? DEFAULT_LOAD_FORMAT.symmetric, scaleType: 'f16' },
-    lmHead: opts.lmHead ?? false,
-  };
+export interface WeightSource {
+  /** How the projections are stored, e.g. "int4 g32 asym, quantized at load" (`kiln run --json`). */
+  readonly description: string;
+  /** The projections are int4: their matmuls read f32 activations. */
+  readonly int4: boolean;
+  /**
+   * The LM head this source loads (int4) is tied to the embeddings and also serves as their
+   * table (gathered by embed_q4): no float embedding table is read.
+   */
+  readonly headServesEmbeddings: boolean;
+  /** This source loads the LM head (int4); otherwise the loader reads it in float. */
+  readonly ownsHead: boolean;
+  /**
+   * Float checkpoint tensors this source reads itself (projection weights it stores or quantizes,
+   * the head it quantizes): the loader checks their shapes and dtypes with its own.
+   */
+  floatTensors(spec: ModelSpec, t: ModelTensors): string[];
+  /**
+   * Checks the tensors only this source reads (packed int4 tensors, import tensors, group sizes)
+   * before anything is allocated; the float tensors are the loader's to check.
+   */
+  validate(spec: ModelSpec, t: ModelTensors, ckpt: Checkpoint): void;
+  /** Checkpoint tensors besides the float ones (for progress totals). */
+  packedTensorNames(spec: ModelSpec, t: ModelTensors): string[];
+  /** GPU bytes of what this source stores (projections, and the head when it owns it). */
+  bytes(spec: ModelSpec, t: ModelTensors, ckpt: Checkpoint): number;
+  /** One projection's weight (and column permutation); the loader adds its bias. */
+  projection(lc: LoadContext, p: ProjectionTensors): Promise<Linear>;
+  /** The LM head, when `ownsHead`. */
+  lmHead(lc: LoadContext, t: ModelTensors): Promise<MatrixWeight>;
 }
 
-/** A short description for logs and `kiln run --json`. */
-export function describeWeightQuant(q: WeightQuant): string {
-  if (q.kind === 'float') return 'float';
-  if (q.kind === 'import') return `int4 g${q.config.groupSize}, ${q.config.method} checkpoint`;
-  const f = q.format;
-  const what = `int4 g${f.groupSize} ${f.symmetric ? 'sym' : 'asym'}${q.lmHead ? ' (+lm_head)' : ''}`;
-  return q.kind === 'kiln' ? `${what}, kiln checkpoint` : `${what}, quantized at load`;
+/** The checkpoint tensor an LM head is read from: lm_head, or the embeddings when tied. */
+export function headTensor(t: ModelTensors): string {
+  return t.lmHead === null ? t.embed : `${t.lmHead}.weight`;
+}
+
+/** Every projection of the model, layer by layer. */
+export function projectionsOf(t: ModelTensors): ProjectionTensors[] {
+  return t.layers.flatMap((L) => [L.qkv, L.o, L.gateUp, L.down]);
+}
+
+/** The `.weight` tensors of every projection. */
+export function projectionWeights(t: ModelTensors): string[] {
+  return projectionsOf(t).flatMap((p) => p.sources.map((s) => `${s.prefix}.weight`));
 }

@@ -1,10 +1,80 @@
 /**
  * Moves int4 weights to the GPU: packs a Q4Matrix (src/quant/q4.ts) into the kernel layout and
- * uploads it as the Q4GpuWeight that src/kernels/matmul-q4.ts reads.
+ * uploads it as the Q4GpuWeight that src/kernels/matmul-q4.ts reads, split by whole 8-row tiles
+ * so that every part fits maxStorageBufferBindingSize. `uploadQ4Weight` is the plain path (tests,
+ * benchmarks); the loader's `uploadQ4Matrix` guards and tracks every allocation.
  */
-import type { GpuContext } from '../gpu/device.js';
+import { DeviceMemoryError } from '../errors.js';
+import { formatBytes, storageUsage, type GpuContext } from '../gpu/device.js';
 import type { Q4GpuWeight, Q4WeightPart } from '../kernels/matmul-q4.js';
-import { packQ4, sliceQ4Rows, type PackedQ4, type Q4Matrix } from '../quant/q4.js';
+import { q4TensorSpecs } from '../quant/kiln-format.js';
+import {
+  packQ4,
+  Q4_TILE_ROWS,
+  sliceQ4Rows,
+  type PackedQ4,
+  type Q4Format,
+  type Q4Matrix,
+} from '../quant/q4.js';
+import type { LoadContext } from './source.js';
+
+/** Rows per part (a multiple of 8) so that each of a part's buffers fits `limit`. */
+export function q4RowsPerPart(
+  rows: number,
+  cols: number,
+  format: Q4Format,
+  limit: number,
+  name: string,
+): number {
+  const widest = Math.max(...q4TensorSpecs(name, rows, cols, format).map((s) => s.tileBytes));
+  const tiles = Math.floor(limit / widest);
+  if (tiles === 0) {
+    throw new DeviceMemoryError(
+      `tensor ${name}: one ${Q4_TILE_ROWS}-row int4 tile of ${formatBytes(widest)} does not fit this device's maxStorageBufferBindingSize (${formatBytes(limit)})`,
+    );
+  }
+  return Math.min(rows, tiles * Q4_TILE_ROWS);
+}
+
+/** Bytes an int4 [rows, cols] matrix takes on the GPU (codes, scales and zeros, tile-padded). */
+export function q4MatrixBytes(rows: number, cols: number, format: Q4Format): number {
+  const tiles = Math.ceil(rows / Q4_TILE_ROWS);
+  return q4TensorSpecs('', rows, cols, format).reduce((a, s) => a + s.tileBytes * tiles, 0);
+}
+
+/** A guarded, tracked storage buffer for the loader. */
+export async function allocateQ4(lc: LoadContext, label: string, bytes: number): Promise<GPUBuffer> {
+  const { ctx } = lc;
+  return ctx.guardAllocation(`tensor ${label}`, bytes, () =>
+    lc.track(ctx.createBuffer(label, bytes, storageUsage())),
+  );
+}
+
+/** Packs (per part) and uploads a matrix quantized or converted on the CPU, for the loader. */
+export async function uploadQ4Matrix(lc: LoadContext, name: string, q: Q4Matrix): Promise<Q4GpuWeight> {
+  const { ctx } = lc;
+  const per = q4RowsPerPart(q.rows, q.cols, q.format, ctx.limits.maxStorageBufferBindingSize, name);
+  const parts: Q4WeightPart[] = [];
+  for (const { packed, rowStart } of packQ4Parts(q, per)) {
+    const range = `${name}[${rowStart}:${rowStart + packed.rows}]`;
+    const put = async (what: string, data: ArrayBuffer | Uint32Array): Promise<GPUBuffer> => {
+      const buf = await allocateQ4(lc, `${range}.${what}`, data.byteLength);
+      writeQ4Bytes(ctx, buf, data);
+      return buf;
+    };
+    const words = await put('q4_words', packed.words);
+    const scales = await put('q4_scales', packed.scales);
+    const zeros = packed.zeros ? await put('q4_zeros', packed.zeros) : undefined;
+    parts.push({ words, scales, zeros, rowStart, rows: packed.rows });
+  }
+  ctx.assertAlive();
+  return { name, format: q.format, rows: q.rows, cols: q.cols, parts };
+}
+
+/** Every buffer of an int4 weight. */
+export function q4Buffers(w: Q4GpuWeight): GPUBuffer[] {
+  return w.parts.flatMap((p) => (p.zeros ? [p.words, p.scales, p.zeros] : [p.words, p.scales]));
+}
 
 /** Writes packed bytes into `buf` (zero-padded to the 4-byte multiple writeBuffer wants). */
 export function writeQ4Bytes(ctx: GpuContext, buf: GPUBuffer, data: ArrayBuffer | Uint32Array): void {
@@ -73,9 +143,5 @@ export function uploadQ4Weight(
 
 /** Frees the buffers of an uploaded int4 weight. */
 export function destroyQ4Weight(ctx: GpuContext, w: Q4GpuWeight): void {
-  for (const p of w.parts) {
-    ctx.destroyBuffer(p.words);
-    ctx.destroyBuffer(p.scales);
-    if (p.zeros) ctx.destroyBuffer(p.zeros);
-  }
+  for (const b of q4Buffers(w)) ctx.destroyBuffer(b);
 }

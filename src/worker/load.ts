@@ -15,7 +15,7 @@ import { ModelCache } from '../io/model-cache.js';
 import { openCheckpoint } from '../io/safetensors.js';
 import { createEngine, estimateMemory, type Engine } from '../engine/engine.js';
 import { kvCacheBytes } from '../engine/kv/cache.js';
-import { weightQuantFor } from '../weights/source.js';
+import { weightSourceFor } from '../weights/select.js';
 import { validateCheckpoint } from '../weights/loader.js';
 import { IndexedDbTuneStore } from '../tuner/indexeddb-store.js';
 import type { LoadOptions, LoadProgress } from './protocol.js';
@@ -67,7 +67,7 @@ async function checkFits(
   const spec = await loadModelSpec(dir);
   const ckpt = await openCheckpoint(dir);
   try {
-    const quant = weightQuantFor(spec, dir.location, 'none');
+    const quant = weightSourceFor(spec, dir.location, 'none');
     validateCheckpoint(spec, ckpt, quant);
     const context = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
     const kvDtype = adapter.features.has('shader-f16') ? 'f16' : 'f32';

@@ -9,8 +9,8 @@ import { encodeFromFloat32, type FloatDtype } from '../../src/io/dtype.js';
 import { encodeSafetensors, encodeSafetensorsIndex, type TensorToWrite } from '../../src/io/safetensors.js';
 import { convertSentencePiece } from '../../src/io/sentencepiece.js';
 import { parseModelConfig } from '../../src/model/config.js';
-import { EMBED_TOKENS, LM_HEAD, type ModelSpec } from '../../src/model/spec.js';
-import { expectedTensors } from '../../src/weights/loader.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+import { expectedTensors, modelTensors } from '../../src/model/tensors.js';
 import { randomF32 } from './random.js';
 import { sharedModel } from './shared.js';
 
@@ -75,6 +75,7 @@ export function writeTestModel(dir: string, o: TestModelOptions = {}): ModelSpec
 
   const dtype = o.dtype ?? 'F32';
   let seed = o.seed ?? 1;
+  const names = modelTensors(spec);
   const tensors: TensorToWrite[] = [];
   for (const [name, shape] of expectedTensors(spec)) {
     const n = shape.reduce((a, b) => a * b, 1);
@@ -83,7 +84,7 @@ export function writeTestModel(dir: string, o: TestModelOptions = {}): ModelSpec
       ? 0.2
       : name.endsWith('.bias')
         ? 0.1
-        : weightScale(name, shape[shape.length - 1] as number);
+        : weightScale(name, shape[shape.length - 1] as number, names.embed, `${names.lmHead}.weight`);
     const v = randomF32(n, seed++, scale);
     if (isNorm) for (let i = 0; i < n; i++) v[i] = (v[i] as number) + 1;
     tensors.push({ name, dtype, shape, data: encodeFromFloat32(dtype, v) });
@@ -117,9 +118,9 @@ export function writeTestModel(dir: string, o: TestModelOptions = {}): ModelSpec
  * top-two logit margins are ~1e-3 or more: far above the GPU's f32 error (~1e-6).
  * Norm weights stay near 1 and biases small.
  */
-function weightScale(name: string, fanIn: number): number {
-  if (name === EMBED_TOKENS) return 0.1;
+function weightScale(name: string, fanIn: number, embed: string, lmHead: string): number {
+  if (name === embed) return 0.1;
   const gain =
-    name === LM_HEAD || /\.(q|k)_proj\.weight$/.test(name) || /\.down_proj\.weight$/.test(name) ? 3 : 1;
+    name === lmHead || /\.(q|k)_proj\.weight$/.test(name) || /\.down_proj\.weight$/.test(name) ? 3 : 1;
   return gain / Math.sqrt(fanIn);
 }

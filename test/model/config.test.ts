@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { InvalidModelFileError, UnsupportedModelError } from '../../src/errors.js';
-import { loadModelSpec, MAX_DIM, MAX_LAYERS, parseModelConfig } from '../../src/model/config.js';
+import { loadModelSpec, parseModelConfig } from '../../src/model/config.js';
+import { MAX_DIM, MAX_LAYERS } from '../../src/model/fields.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 
 // Abridged copies of the published config.json files of the models named.

@@ -21,9 +21,9 @@ import { quantizeModel } from '../../src/node/quantize.js';
 import { dequantize, quantizeRtn, type Q4Format, type Q4Matrix } from '../../src/quant/q4.js';
 import { evaluateText } from '../../src/engine/eval.js';
 import type { ModelSpec } from '../../src/model/spec.js';
-import { layerTensorNames, LM_HEAD, EMBED_TOKENS } from '../../src/model/spec.js';
+import { modelTensors } from '../../src/model/tensors.js';
 import { ReferenceModel } from '../../src/model/reference.js';
-import { expectedTensors } from '../../src/weights/loader.js';
+import { expectedTensors } from '../../src/model/tensors.js';
 import { writeTestModel, type TestModelOptions } from '../helpers/checkpoints.js';
 import { expectClose } from '../helpers/gpu.js';
 import { sharedModel } from '../helpers/shared.js';
@@ -51,12 +51,9 @@ const ASYM32: Q4Format = { groupSize: 32, symmetric: false, scaleType: 'f16' };
 const SYM32: Q4Format = { groupSize: 32, symmetric: true, scaleType: 'f16' };
 
 function projections(spec: ModelSpec): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < spec.numLayers; i++) {
-    const n = layerTensorNames(i);
-    for (const p of [n.q, n.k, n.v, n.o, n.gate, n.up, n.down]) out.push(`${p}.weight`);
-  }
-  return out;
+  return modelTensors(spec).layers.flatMap((L) =>
+    [L.qkv, L.o, L.gateUp, L.down].flatMap((p) => p.sources.map((s) => `${s.prefix}.weight`)),
+  );
 }
 
 /** A checkpoint view whose `replaced` tensors read as the given f32 values. */
@@ -84,7 +81,8 @@ async function rtnMatrices(dir: string, spec: ModelSpec, format: Q4Format, lmHea
   try {
     const out = new Map<string, Q4Matrix>();
     const names = projections(spec);
-    if (lmHead) names.push(spec.tieWordEmbeddings ? EMBED_TOKENS : LM_HEAD);
+    const t = modelTensors(spec);
+    if (lmHead) names.push(t.lmHead === null ? t.embed : `${t.lmHead}.weight`);
     for (const name of names) {
       const info = ckpt.get(name);
       const [rows, cols] = info.shape as [number, number];
