@@ -1,23 +1,17 @@
 /**
- * The one engine interface a page codes against: the in-thread `Engine` implements it (checked at
- * compile time below), and so does `WorkerEngine` (src/worker/proxy.ts), which forwards every call
- * to an Engine in a Web Worker. Moving inference off the main thread changes how the engine is
- * created, not the code that uses it.
+ * The one engine interface applications code against: the in-thread `Engine` (src/engine)
+ * implements it, and so does `WorkerEngine` (src/worker/proxy.ts), which runs an Engine in a Web
+ * Worker; the OpenAI layer (src/api/openai) is written once over it. Moving inference off the main
+ * thread changes how the engine is created, not the code that uses it.
  */
 import type { AdapterSummary } from '../gpu/device.js';
-import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from './openai/chat.js';
-import type { Engine, TuningStatus } from '../engine/engine.js';
-import type { GenerateOptions, GenerateResult, GeneratedToken } from './types.js';
+import type { ChatMessage } from '../io/tokenizer.js';
+import type { OpenAiChatApi, OpenAiCompletionsApi } from './openai/types.js';
+import type { GenerateOptions, GenerateResult, GeneratedToken, TuningStatus } from './types.js';
 
 /** A generation in progress: async-iterate it for tokens, or await `result()` for everything. */
 export interface GenerationStream extends AsyncIterable<GeneratedToken> {
   result(): Promise<GenerateResult>;
-}
-
-/** OpenAI-shaped chat completions (the model's chat template), streaming or not. */
-export interface ChatCompletionsApi {
-  create(req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
-  create(req: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
 }
 
 /** Why the GPU device went away. */
@@ -36,7 +30,7 @@ export interface KilnEngine {
   readonly kvCacheDtype: 'f16' | 'f32';
   /** How the projection weights are stored, e.g. "float" or "int4 g32 asym, quantized at load". */
   readonly weightFormat: string;
-  /** Without a chat template, chat requests are refused: use plain completion (`generate`). */
+  /** Without a chat template, chat requests are refused: use plain completion. */
   readonly hasChatTemplate: boolean;
   /** Milliseconds the load took. */
   readonly loadMs: number;
@@ -48,15 +42,20 @@ export interface KilnEngine {
   whenTuned(): Promise<TuningStatus>;
   /** Settles when the GPU device goes away (reason 'destroyed' after `dispose()`). */
   readonly deviceLost: Promise<DeviceLoss>;
-  readonly chat: { readonly completions: ChatCompletionsApi };
+  /** OpenAI-shaped chat completions (the model's chat template), streaming or not. */
+  readonly chat: { readonly completions: OpenAiChatApi };
+  /** OpenAI-shaped text completions, streaming or not. */
+  readonly completions: OpenAiCompletionsApi;
+  /**
+   * Token ids of a prompt (special tokens added as `generate` adds them) or of a conversation
+   * rendered with the model's chat template (refused without one).
+   */
+  tokenize(input: string | { messages: readonly ChatMessage[] }): Promise<number[]>;
   /**
    * Generates a continuation of `prompt` (text, BOS added by the tokenizer's rules, or token ids).
-   * `opts.signal` stops it (finish reason "abort").
+   * `opts.signal` stops it (finish reason "abort"), `opts.stop` at a string (finish reason "stop").
    */
   generate(prompt: string | readonly number[], opts?: GenerateOptions): GenerationStream;
   /** Frees the GPU memory. */
   dispose(): void;
 }
-
-// Compile-time proof that the in-thread engine implements the interface the proxy implements.
-const _inThreadEngine = (engine: Engine): KilnEngine => engine;

@@ -1,7 +1,20 @@
 /**
- * Public types of text generation, shared by the engine, the CLI and (later) the worker proxy.
+ * The public types of text generation: what the engine (src/engine), its Web Worker proxy
+ * (src/worker) and the OpenAI layer (src/api/openai) speak. Types only, so every room can name
+ * them without depending on the engine.
  */
-import type { SamplingParams } from '../engine/sampling.js';
+
+/** How the next token is drawn from the logits. */
+export interface SamplingParams {
+  /** 0 = greedy. */
+  temperature: number;
+  /** 0 = off. */
+  topK: number;
+  /** 1 = off. */
+  topP: number;
+  /** 1 = off; >1 discourages tokens already in the context (CTRL-style, as in HF). */
+  repetitionPenalty: number;
+}
 
 export interface GenerateOptions extends Partial<SamplingParams> {
   /** Most tokens to generate (default: up to the context length). */
@@ -12,6 +25,11 @@ export interface GenerateOptions extends Partial<SamplingParams> {
   ignoreEos?: boolean;
   /** Add the tokenizer's BOS and other special tokens to a string prompt (default true). */
   addSpecialTokens?: boolean;
+  /**
+   * Generation ends (finish reason "stop") where the text reaches any of these strings; the text
+   * returned stops before it. Text that may be the start of one is held back until it is not.
+   */
+  stop?: readonly string[];
   /** Stops generation (finish reason "abort") and frees the sequence's KV blocks. */
   signal?: AbortSignal;
 }
@@ -47,4 +65,16 @@ export interface GenerateResult {
   timings: GenerationTimings;
   /** Prompt tokens whose KV came from the prefix cache (their prefill was skipped). */
   cachedPromptTokens: number;
+}
+
+/** Where background kernel tuning stands (shown by the browser app). */
+export interface TuningStatus {
+  /** 'off': tuning disabled; 'running': background tuning in progress; 'done'. */
+  state: 'off' | 'running' | 'done';
+  /** Shape classes whose choice came from the cache at load. */
+  cachedClasses: number;
+  /** Classes tuned since load (counted as each finishes). */
+  tunedClasses: number;
+  /** Classes not tuned yet (still running, or the budget was spent): a later load tunes them. */
+  leftClasses: number;
 }

@@ -9,14 +9,20 @@
  * sequence needs a block and none is free, the newest running sequence is preempted: its blocks
  * are freed and it waits to be recomputed from its tokens so far (prompt + generated), which
  * gives the same tokens it would have produced (the sampler's state is per request).
+ *
+ * The scheduler is the only place step inputs are built and the only user of the GPU state
+ * between steps: exclusive work (teacher-forced logits, quantizer calibration, profiling, kernel
+ * tuning, warm-up) takes a `hold`, which waits its turn among the steps, gets KV blocks of its
+ * own, and lets steps run again when released.
  */
+import type { FinishReason, SamplingParams } from '../api/types.js';
 import { InvalidRequestError, KilnError } from '../errors.js';
-import type { ForwardModel, RowSampling, StepInput } from './forward/plan.js';
+import type { ForwardModel, StepInput } from './forward/model.js';
+import { runStep } from './forward/step.js';
 import { BlockManager, OutOfBlocksError, type BlockCopy } from './kv/block-manager.js';
-import type { FinishReason } from '../api/types.js';
 import { BLOCK_TOKENS, kvBlockBytes, type PagedKvCache } from './kv/cache.js';
-import type { ModelSpec } from '../model/spec.js';
-import { isPlainGreedy, Rng, sampleToken, type SamplingParams } from './sampling.js';
+import type { RowSampling } from './sampling/gpu.js';
+import { SequenceSampler } from './sampling/sequence.js';
 
 export interface ScheduledRequest {
   prompt: readonly number[];
@@ -63,8 +69,7 @@ interface Seq {
   /** Tokens whose KV is in the cache. */
   computed: number;
   produced: number;
-  readonly rng: Rng;
-  readonly greedy: boolean;
+  readonly sampler: SequenceSampler;
   firstTokenAt: number | null;
   cachedPromptTokens: number;
   preemptions: number;
@@ -93,8 +98,20 @@ export interface SchedulerOptions {
   contextLength: number;
   /** Draw non-greedy tokens on the GPU (one id read back) or from read-back logits. */
   gpuSampling: boolean;
-  /** Exclusive use of the GPU state, held for one step at a time (engine.logits holds it too). */
-  lock: () => Promise<() => void>;
+}
+
+/**
+ * The GPU state held for exclusive work, with a KV sequence of its own: its blocks never enter
+ * the prefix cache (never marked computed) and are freed by `release`.
+ */
+export interface Hold {
+  /**
+   * Step inputs for `tokens` at positions start.., with KV blocks for positions
+   * [0, start + tokens.length); the logits wanted are the last row's unless `logitRows` says.
+   */
+  input(tokens: readonly number[], start: number, logitRows?: readonly number[]): StepInput;
+  /** Frees the hold's blocks and lets the steps (or the next hold) run. */
+  release(): void;
 }
 
 export class Scheduler {
@@ -108,18 +125,71 @@ export class Scheduler {
   private preemptionCount = 0;
   private steps = 0;
   private failure: unknown = null;
+  /** The turns of steps and holds on the GPU state, in arrival order. */
+  private turns: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly forward: ForwardModel,
     private readonly kv: PagedKvCache,
-    private readonly spec: ModelSpec,
     readonly blocks: BlockManager,
     private readonly opts: SchedulerOptions,
   ) {}
 
-  /** A fresh sequence id for exclusive work outside the scheduler (logits, calibration). */
-  allocateId(): number {
-    return this.nextId++;
+  /** Waits for the GPU state (after everything queued before) and returns its release. */
+  private async turn(): Promise<() => void> {
+    const prev = this.turns;
+    let release!: () => void;
+    this.turns = new Promise<void>((r) => (release = r));
+    await prev;
+    return release;
+  }
+
+  /** Holds the GPU state for exclusive work between steps (see Hold). */
+  async hold(): Promise<Hold> {
+    const release = await this.turn();
+    const id = this.nextId++;
+    const blocks = this.blocks;
+    let released = false;
+    return {
+      input: (tokens, start, logitRows) => {
+        const end = start + tokens.length;
+        const have = blocks.has(id) ? blocks.numTokens(id) : 0;
+        if (end > have) {
+          // Positions before `start` not yet held (a profile at a long context) get filler ids.
+          const fill = Array.from({ length: end - have }, (_, i) =>
+            have + i >= start ? (tokens[have + i - start] as number) : 0,
+          );
+          if (have === 0) {
+            blocks.admit(id, fill.slice(0, 1));
+            blocks.appendSlots(id, fill.slice(1));
+          } else blocks.appendSlots(id, fill);
+        }
+        return {
+          tokens,
+          positions: tokens.map((_, i) => start + i),
+          slots: tokens.map((_, i) => blocks.slotFor(id, start + i)),
+          blockTableOffsets: tokens.map(() => 0),
+          blockTable: blocks.blockTable(id),
+          logitRows: logitRows ?? [tokens.length - 1],
+        };
+      },
+      release: () => {
+        if (released) return;
+        released = true;
+        if (blocks.has(id)) blocks.free(id);
+        release();
+      },
+    };
+  }
+
+  /** Runs `work` holding the GPU state; the hold is released however it ends. */
+  async exclusive<T>(work: (hold: Hold) => Promise<T>): Promise<T> {
+    const h = await this.hold();
+    try {
+      return await work(h);
+    } finally {
+      h.release();
+    }
   }
 
   /**
@@ -145,8 +215,7 @@ export class Scheduler {
         tokens: [...req.prompt],
         computed: 0,
         produced: 0,
-        rng: new Rng(req.seed),
-        greedy: isPlainGreedy(req.sampling),
+        sampler: new SequenceSampler(req.sampling, req.seed),
         firstTokenAt: null,
         cachedPromptTokens: 0,
         preemptions: 0,
@@ -157,6 +226,8 @@ export class Scheduler {
         submittedAt: performance.now(),
       };
     });
+    // Sampled requests draw on the GPU: every plan gets the sampling stage from now on.
+    if (!seq.sampler.greedy && this.opts.gpuSampling) this.forward.enableSampling();
     this.waiting.push(seq);
     req.signal?.addEventListener('abort', () => this.cancelNow(seq), { once: true });
     this.kick();
@@ -196,7 +267,7 @@ export class Scheduler {
   private async loop(): Promise<void> {
     try {
       while (this.running.length > 0 || this.waiting.length > 0) {
-        const release = await this.opts.lock();
+        const release = await this.turn();
         this.inStep = true;
         try {
           await this.step();
@@ -251,7 +322,7 @@ export class Scheduler {
   /** Copies blocks (every layer's K and V) before the next step writes into them. */
   private copyBlocks(copies: readonly BlockCopy[]): void {
     if (copies.length === 0) return;
-    const bytes = kvBlockBytes(this.spec, this.kv.dtype);
+    const bytes = kvBlockBytes(this.forward.spec, this.kv.dtype);
     const enc = this.forward.ctx.device.createCommandEncoder({ label: 'kiln.kv_copy' });
     for (const c of copies) {
       for (const layer of [...this.kv.k, ...this.kv.v]) {
@@ -330,7 +401,6 @@ export class Scheduler {
       logitRows: [],
     };
     const sampled: Seq[] = [];
-    const sampling: RowSampling[] = [];
     for (const { s, n } of work) {
       const offset = input.blockTable.length;
       input.blockTable.push(...this.blocks.blockTable(s.id));
@@ -344,44 +414,38 @@ export class Scheduler {
       if (s.computed + n === s.tokens.length) {
         input.logitRows.push(input.tokens.length - 1);
         sampled.push(s);
-        const p = s.req.sampling;
-        sampling.push({
-          temperature: p.temperature,
-          topK: p.topK,
-          topP: p.topP,
-          u: 0,
-          repetitionPenalty: p.repetitionPenalty,
-          context: s.tokens,
-        });
       }
     }
     this.steps++;
     let ids: ArrayLike<number> | null = null;
     let logits: Float32Array | null = null;
     if (sampled.length === 0) {
-      await this.forward.step(input, 'none');
-    } else if (sampled.every((s) => s.greedy)) {
-      ids = await this.forward.step(input, 'ids');
+      await runStep(this.forward, input, 'none');
+    } else if (sampled.every((s) => s.sampler.greedy)) {
+      ids = await runStep(this.forward, input, 'ids');
     } else if (this.opts.gpuSampling) {
       // One uniform per non-greedy draw, from the request's own generator (as when alone).
-      sampled.forEach((s, i) => {
-        if (!s.greedy) (sampling[i] as RowSampling).u = s.rng.next();
-      });
-      ids = await this.forward.step({ ...input, sampling }, 'sample');
+      const sampling: RowSampling[] = sampled.map((s) => s.sampler.gpuRow(s.tokens));
+      ids = await runStep(this.forward, input, 'sample', { sampling });
     } else {
-      logits = await this.forward.step(input, 'logits');
+      logits = await runStep(this.forward, input, 'logits');
     }
     for (const { s, n } of work) {
       s.computed += n;
       this.blocks.markComputed(s.id, s.computed);
     }
-    const V = this.spec.vocabSize;
+    const V = this.forward.spec.vocabSize;
     sampled.forEach((s, i) => {
+      // Cancelled while the step ran (an abort, a consumer that stopped): its token is dropped.
+      if (s.cancelled || s.req.signal?.aborted) {
+        this.finish(s, 'abort');
+        return;
+      }
       let token: number;
       if (ids) token = ids[i] as number;
       else {
         const row = (logits as Float32Array).subarray(i * V, (i + 1) * V);
-        token = sampleToken(row, s.req.sampling, s.rng, s.tokens);
+        token = s.sampler.cpu(row, s.tokens);
       }
       s.firstTokenAt ??= performance.now();
       if (s.req.eos.has(token)) {

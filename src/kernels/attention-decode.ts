@@ -22,6 +22,13 @@ export type AttentionDecodeVariant = 'two_pass' | 'async_softmax';
  * registers in attention_split.wgsl (a GQA group of more would need a third).
  */
 export const ATTENTION_DECODE_MAX_REP = 8;
+/**
+ * Steps of up to this many rows use split-K decode attention (batched decodes: one row per
+ * sequence). Measured on lavapipe, BabyLlama, 16 decode rows at context 64: attention 22.5 ms per
+ * step with the one-workgroup-per-(row, head) kernel, 13.6 ms split-K. Longer steps are prefill
+ * chunks, which the general kernel serves with rows × heads workgroups already.
+ */
+export const ATTENTION_DECODE_MAX_ROWS = 32;
 /** head_dim limit with up to 4 query heads per KV head (half of it with 5 to 8). */
 export const ATTENTION_DECODE_MAX_HEAD_DIM = 256;
 /**

@@ -6,16 +6,24 @@
 import type { ActivationFormat } from './activation.js';
 import { linearGrid, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import { matmul } from './matmul.js';
-import { matmulQ4, type Q4GpuWeight } from './matmul-q4.js';
+import { matmul, type MatmulVariant } from './matmul.js';
+import { matmulQ4, type Q4GpuWeight, type Q4Variant } from './matmul-q4.js';
 import type { GpuWeight } from './weight.js';
-import type { KernelChoices } from '../tuner/choices.js';
 
 /** A projection matrix on the GPU: float (tiled) or int4. */
 export type MatrixWeight = GpuWeight | Q4GpuWeight;
 
 export function isQ4Weight(w: MatrixWeight): w is Q4GpuWeight {
   return typeof w.format === 'object';
+}
+
+/**
+ * Variants to force per projection shape (the tuner's KernelChoices); undefined keeps the
+ * kernel's shape-based default.
+ */
+export interface LinearVariants {
+  matmul(w: GpuWeight, m: number, xFormat?: ActivationFormat): MatmulVariant | undefined;
+  matmulQ4(w: Q4GpuWeight, m: number): Q4Variant | undefined;
 }
 
 export interface Linear {
@@ -52,7 +60,7 @@ export interface LinearArgs {
   xFormat?: ActivationFormat;
   scratch?: LinearScratch;
   /** Tuned variants by shape class (the kernel's shape-based default where a class has none). */
-  choices?: KernelChoices | undefined;
+  choices?: LinearVariants | undefined;
 }
 
 /** Units (SwiGLU) or output rows of a projection. */

@@ -78,6 +78,14 @@ export interface MatmulQ4Args {
 
 export type Q4WorkgroupSize = 16 | 32 | 64 | 128;
 
+/** The variant fields of MatmulQ4Args a caller may force (the tuner's choice for a shape class). */
+export type Q4Variant = Partial<
+  Pick<
+    MatmulQ4Args,
+    'rowsPerGroup' | 'rowsPerThread' | 'subgroups' | 'workgroupBytes' | 'dequant' | 'workgroupSize'
+  >
+>;
+
 /** Dequantization arithmetic of matmul_q4 (see `MatmulQ4Args.dequant`). */
 export type Q4Dequant = 'f32' | 'f16';
 

@@ -2,7 +2,8 @@
  * Kiln's Node entry (`kiln/node`): the engine with Dawn as the GPU, and models given as a local
  * folder or a Hub id (`org/name[@revision]`, downloaded into the cache on first use).
  */
-import { createEngine as createCoreEngine, type Engine, type EngineOptions } from '../engine/engine.js';
+import { createEngine as createCoreEngine, type Engine } from '../engine/engine.js';
+import type { EngineOptions } from '../engine/options.js';
 import type { ModelDir } from '../io/byte-source.js';
 import { dawnGpu } from './dawn.js';
 import { openLocalModelDir } from './fs-model-dir.js';

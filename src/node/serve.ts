@@ -1,19 +1,25 @@
 /**
- * `kiln serve`: an OpenAI-compatible HTTP server (fastify) over one engine. Requests run
- * concurrently through the engine's continuous batching, up to `maxConcurrent`; up to `maxQueue`
- * more wait, and beyond that a request gets 429 with Retry-After. Every body is validated by a JSON
- * schema; errors are OpenAI-shaped ({"error": {"message", "type", "param", "code"}}) and a 500
- * never carries a stack. A client that disconnects cancels its request, which frees its KV blocks.
+ * `kiln serve`: the OpenAI API over HTTP (fastify) for one engine. The API itself (validation,
+ * prompts, stop strings, ids, chunks, usage) is src/api/openai, the same code the library and the
+ * browser run; this file is transport: JSON bodies, authentication, routing, server-sent events,
+ * a concurrency gate (up to `maxConcurrent` requests generate at once, batched by the engine; up to
+ * `maxQueue` more wait; beyond that 429 with Retry-After), metrics and shutdown. Errors are
+ * OpenAI-shaped ({"error": {"message", "type", "param", "code"}}) and a 500 never carries a stack.
+ * A client that disconnects cancels its request, which frees its KV blocks.
  */
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import type { KilnEngine } from '../api/engine-api.js';
+import { OpenAiChat, OpenAiCompletions } from '../api/openai/openai.js';
+import type { CompletionObserver } from '../api/openai/types.js';
+import {
+  OpenAiRequestError,
+  validateChatRequest,
+  validateCompletionRequest,
+} from '../api/openai/validate.js';
 import { InvalidRequestError, KilnError } from '../errors.js';
-import type { ChatMessage } from '../io/tokenizer.js';
-import { usage } from '../api/openai/chat.js';
-import type { Engine } from '../engine/engine.js';
-import type { FinishReason, GenerateOptions } from '../api/types.js';
 
 export interface ServeOptions {
-  engine: Engine;
+  engine: KilnEngine & { stats(): EngineStats };
   /** The id clients name in `model` (and /v1/models lists). */
   modelId: string;
   host?: string;
@@ -49,132 +55,18 @@ export class HttpError extends Error {
   }
 }
 
+/** What /metrics reads of the engine's scheduler. */
+export interface EngineStats {
+  running: number;
+  waiting: number;
+  blocksUsed: number;
+  blocksFree: number;
+  blocksCached: number;
+  prefixCacheHitRate: number;
+}
+
 const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
   new HttpError(400, message, 'invalid_request_error', param, code);
-
-const MESSAGE = {
-  type: 'object',
-  required: ['role', 'content'],
-  additionalProperties: false,
-  properties: {
-    role: { type: 'string', enum: ['system', 'developer', 'user', 'assistant'] },
-    content: {
-      anyOf: [
-        { type: 'string' },
-        {
-          type: 'array',
-          items: {
-            type: 'object',
-            required: ['type', 'text'],
-            additionalProperties: false,
-            properties: { type: { type: 'string', enum: ['text'] }, text: { type: 'string' } },
-          },
-        },
-      ],
-    },
-    name: { type: 'string' },
-  },
-} as const;
-
-/** Sampling fields shared by both completion endpoints. */
-const SAMPLING = {
-  model: { type: 'string', minLength: 1 },
-  stream: { type: 'boolean' },
-  stream_options: {
-    type: ['object', 'null'],
-    additionalProperties: false,
-    properties: { include_usage: { type: 'boolean' } },
-  },
-  max_tokens: { type: ['integer', 'null'], minimum: 1 },
-  max_completion_tokens: { type: ['integer', 'null'], minimum: 1 },
-  temperature: { type: ['number', 'null'], minimum: 0, maximum: 2 },
-  top_p: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: 1 },
-  seed: { type: ['integer', 'null'], minimum: 0, maximum: 4294967295 },
-  stop: {
-    anyOf: [
-      { type: 'string', minLength: 1 },
-      { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 4 },
-      { type: 'null' },
-    ],
-  },
-  n: { type: ['integer', 'null'], minimum: 1, maximum: 1 },
-  logprobs: { type: ['boolean', 'null'] },
-  user: { type: 'string' },
-} as const;
-
-const CHAT_BODY = {
-  type: 'object',
-  required: ['model', 'messages'],
-  additionalProperties: false,
-  properties: { ...SAMPLING, messages: { type: 'array', minItems: 1, items: MESSAGE } },
-} as const;
-
-const COMPLETION_BODY = {
-  type: 'object',
-  required: ['model', 'prompt'],
-  additionalProperties: false,
-  properties: {
-    ...SAMPLING,
-    prompt: {
-      anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' }, minItems: 1, maxItems: 1 }],
-    },
-  },
-} as const;
-
-interface SamplingBody {
-  model: string;
-  stream?: boolean;
-  stream_options?: { include_usage?: boolean } | null;
-  max_tokens?: number | null;
-  max_completion_tokens?: number | null;
-  temperature?: number | null;
-  top_p?: number | null;
-  seed?: number | null;
-  stop?: string | string[] | null;
-  n?: number | null;
-  logprobs?: boolean | null;
-}
-interface ChatBody extends SamplingBody {
-  messages: { role: ChatMessage['role'] | 'developer'; content: string | { type: 'text'; text: string }[] }[];
-}
-interface CompletionBody extends SamplingBody {
-  prompt: string | string[];
-}
-
-/** Holds back text that might be the start of a stop string; reports where one completes. */
-export class StopMatcher {
-  private pending = '';
-  private readonly longest: number;
-  constructor(private readonly stops: readonly string[]) {
-    this.longest = Math.max(0, ...stops.map((s) => s.length));
-  }
-
-  /** Text safe to emit now, and whether a stop string was reached (the text before it is emitted). */
-  push(text: string): { emit: string; stopped: boolean } {
-    this.pending += text;
-    let cut = -1;
-    for (const s of this.stops) {
-      const i = this.pending.indexOf(s);
-      if (i >= 0 && (cut < 0 || i < cut)) cut = i;
-    }
-    if (cut >= 0) {
-      const emit = this.pending.slice(0, cut);
-      this.pending = '';
-      return { emit, stopped: true };
-    }
-    const keep = Math.min(this.pending.length, this.longest - 1);
-    const emit = this.pending.slice(0, this.pending.length - keep);
-    this.pending = this.pending.slice(this.pending.length - keep);
-    return { emit, stopped: false };
-  }
-
-  /** What is still held back, at the end. */
-  flush(): string {
-    const rest = this.pending;
-    this.pending = '';
-    return rest;
-  }
-}
 
 /** Counters behind /metrics. */
 class Metrics {
@@ -271,20 +163,9 @@ function sendError(reply: FastifyReply, e: HttpError): void {
 /** Maps anything thrown to an HttpError; unexpected errors become a 500 without details. */
 function toHttpError(e: unknown, log: (line: string) => void): HttpError {
   if (e instanceof HttpError) return e;
+  if (e instanceof OpenAiRequestError) return badRequest(e.message, e.param, e.code);
   if (e instanceof InvalidRequestError) return badRequest(e.message);
-  const f = e as {
-    statusCode?: number;
-    code?: string;
-    validation?: { instancePath?: string; message?: string; params?: Record<string, unknown> }[];
-    message?: string;
-  };
-  if (f.validation) {
-    const v = f.validation[0];
-    const path = (v?.instancePath ?? '').replace(/^\//, '').replace(/\//g, '.');
-    const extra = v?.params?.additionalProperty;
-    const param = typeof extra === 'string' ? (path ? `${path}.${extra}` : extra) : path || null;
-    return badRequest(`invalid request body: ${param ?? 'body'} ${v?.message ?? 'is invalid'}`, param);
-  }
+  const f = e as { statusCode?: number; code?: string; message?: string };
   if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE')
     return new HttpError(413, 'request body too large', 'invalid_request_error', null, 'request_too_large');
   if (f.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || f.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
@@ -306,9 +187,6 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     bodyLimit: opts.bodyLimit ?? 1 << 20,
     logger: false,
     return503OnClosing: true,
-    // Validate, never repair: no type coercion ("5" is not a number), unknown fields are refused
-    // (not silently dropped), and nulls stay nulls.
-    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false } },
   });
 
   // JSON bodies must be valid UTF-8: a lenient decoder would turn bad bytes into U+FFFD silently.
@@ -406,14 +284,25 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     void reply.header('content-type', 'text/plain; version=0.0.4').send(lines.join('\n') + '\n');
   });
 
-  /** Shared by both endpoints: validates, waits for a slot, generates, answers (JSON or SSE). */
-  const complete = async (
-    req: FastifyRequest,
+  // The one OpenAI implementation; a model without a chat template completes the messages' text,
+  // since most clients only speak chat.
+  const api = { withoutTemplate: 'plain-text' as const, requireModel: true, modelName: modelId };
+  const chat = new OpenAiChat(engine, api);
+  const completions = new OpenAiCompletions(engine, api);
+  const observe: CompletionObserver = {
+    onPrompt: (n) => (metrics.promptTokens += n),
+    onToken: () => metrics.tokens(1),
+  };
+
+  /**
+   * One request of either endpoint: refuses a model this server does not serve, waits for a slot,
+   * runs `create`, and answers with JSON or, streaming, with server-sent events.
+   */
+  const serve = async <Done>(
     reply: FastifyReply,
-    body: SamplingBody,
-    promptIds: number[],
-    shape: 'chat' | 'text',
-  ) => {
+    body: { model?: string; stream?: boolean | null },
+    create: (signal: AbortSignal) => Promise<Done | AsyncIterable<unknown>>,
+  ): Promise<Done | undefined> => {
     if (body.model !== modelId) {
       throw new HttpError(
         404,
@@ -421,23 +310,6 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         'invalid_request_error',
         'model',
         'model_not_found',
-      );
-    }
-    if (body.logprobs) throw badRequest('logprobs are not supported', 'logprobs', 'unsupported');
-    const room = engine.contextLength - promptIds.length;
-    if (room < 1) {
-      throw badRequest(
-        `the prompt is ${promptIds.length} tokens; this model's context is ${engine.contextLength} tokens, which leaves no room to generate`,
-        shape === 'chat' ? 'messages' : 'prompt',
-        'context_length_exceeded',
-      );
-    }
-    const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? room;
-    if (maxTokens > room) {
-      throw badRequest(
-        `max_tokens ${maxTokens} plus the prompt's ${promptIds.length} tokens exceed the context of ${engine.contextLength} tokens (at most ${room} here)`,
-        body.max_completion_tokens != null ? 'max_completion_tokens' : 'max_tokens',
-        'context_length_exceeded',
       );
     }
     const abort = new AbortController();
@@ -451,159 +323,43 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     const release = await gate.enter(abort.signal);
     inflight.add(abort);
     try {
-      const gen: GenerateOptions = {
-        maxTokens,
-        signal: abort.signal,
-        ...(body.temperature != null ? { temperature: body.temperature } : {}),
-        ...(body.top_p != null ? { topP: body.top_p } : {}),
-        ...(body.seed != null ? { seed: body.seed } : {}),
-      };
-      const stops = body.stop == null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop;
-      const matcher = new StopMatcher(stops);
-      const generation = engine.generate(promptIds, gen);
-      metrics.promptTokens += promptIds.length;
-      const id = `${shape === 'chat' ? 'chatcmpl' : 'cmpl'}-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
-      const created = Math.floor(Date.now() / 1000);
-      const object = shape === 'chat' ? 'chat.completion.chunk' : 'text_completion';
-      const choice = (text: string | null, finish: FinishReason | null, first = false) =>
-        shape === 'chat'
-          ? {
-              index: 0,
-              delta: text === null ? {} : first ? { role: 'assistant', content: text } : { content: text },
-              finish_reason: finish,
-              logprobs: null,
-            }
-          : { index: 0, text: text ?? '', finish_reason: finish, logprobs: null };
-      let text = '';
-      let completionTokens = 0;
-      let finish: FinishReason = 'length';
-      /** One server-sent event (streaming only). */
+      const answer = await create(abort.signal);
+      if (!body.stream) return answer as Done;
+      /** One server-sent event; writes after a disconnect are dropped (the request is cancelled). */
       const send = (data: unknown) => {
         if (!reply.raw.destroyed) reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
       };
-      if (body.stream) {
-        reply.hijack();
-        reply.raw.writeHead(200, {
-          'content-type': 'text/event-stream',
-          'cache-control': 'no-cache',
-          connection: 'keep-alive',
-        });
-        // Writes after a disconnect fail quietly: the generation is being cancelled anyway.
-        reply.raw.on('error', () => undefined);
-        try {
-          await streamTokens();
-        } catch (e) {
-          // Headers are out: the error travels as an event, then the stream ends.
-          const h = toHttpError(e, log);
-          send({ error: { message: h.message, type: h.type, param: h.param, code: h.code } });
-        }
-        reply.raw.end();
-        return;
+      reply.hijack();
+      reply.raw.writeHead(200, {
+        'content-type': 'text/event-stream',
+        'cache-control': 'no-cache',
+        connection: 'keep-alive',
+      });
+      reply.raw.on('error', () => undefined);
+      try {
+        for await (const chunk of answer as AsyncIterable<unknown>) send(chunk);
+        if (!reply.raw.destroyed) reply.raw.write('data: [DONE]\n\n');
+      } catch (e) {
+        // Headers are out: the error travels as an event, then the stream ends.
+        const h = toHttpError(e, log);
+        send({ error: { message: h.message, type: h.type, param: h.param, code: h.code } });
       }
-      async function streamTokens(): Promise<void> {
-        if (shape === 'chat')
-          send({ id, object, created, model: modelId, choices: [choice('', null, true)] });
-        for await (const t of generation) {
-          if (t.id !== null) {
-            completionTokens++;
-            metrics.tokens(1);
-          }
-          const m = matcher.push(t.text);
-          if (m.emit) send({ id, object, created, model: modelId, choices: [choice(m.emit, null)] });
-          if (m.stopped) {
-            finish = 'stop';
-            abort.abort();
-            break;
-          }
-        }
-        const r = await generation.result();
-        if (finish !== 'stop') {
-          finish = r.finishReason === 'abort' ? 'stop' : r.finishReason;
-          const rest = matcher.flush();
-          if (rest) send({ id, object, created, model: modelId, choices: [choice(rest, null)] });
-        }
-        if (!abort.signal.aborted || finish === 'stop') {
-          send({ id, object, created, model: modelId, choices: [choice(null, finish)] });
-          if (body.stream_options?.include_usage) {
-            send({
-              id,
-              object,
-              created,
-              model: modelId,
-              choices: [],
-              usage: usage(promptIds.length, completionTokens),
-            });
-          }
-          if (!reply.raw.destroyed) reply.raw.write('data: [DONE]\n\n');
-        }
-      }
-      for await (const t of generation) {
-        if (t.id !== null) {
-          completionTokens++;
-          metrics.tokens(1);
-        }
-        const m = matcher.push(t.text);
-        text += m.emit;
-        if (m.stopped) {
-          finish = 'stop';
-          abort.abort();
-          break;
-        }
-      }
-      if (finish !== 'stop') {
-        const r = await generation.result();
-        finish = r.finishReason;
-        text += matcher.flush();
-      }
-      const u = usage(promptIds.length, completionTokens);
-      return shape === 'chat'
-        ? {
-            id,
-            object: 'chat.completion',
-            created,
-            model: modelId,
-            choices: [
-              {
-                index: 0,
-                message: { role: 'assistant', content: text },
-                finish_reason: finish,
-                logprobs: null,
-              },
-            ],
-            usage: u,
-          }
-        : {
-            id,
-            object: 'text_completion',
-            created,
-            model: modelId,
-            choices: [{ index: 0, text, finish_reason: finish, logprobs: null }],
-            usage: u,
-          };
+      reply.raw.end();
+      return undefined;
     } finally {
       inflight.delete(abort);
       release();
     }
   };
 
-  app.post('/v1/chat/completions', { schema: { body: CHAT_BODY } }, async (req, reply) => {
-    const body = req.body as ChatBody;
-    const messages: ChatMessage[] = body.messages.map((m) => ({
-      role: m.role === 'developer' ? 'system' : m.role,
-      content: typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
-    }));
-    if (messages.every((m) => m.content === '')) throw badRequest('every message is empty', 'messages');
-    // Models without a chat template (e.g. base models) complete the messages' text as is.
-    const ids = engine.tokenizer.hasChatTemplate
-      ? engine.encodeChat(messages)
-      : engine.encodePrompt(messages.map((m) => m.content).join('\n\n'));
-    return complete(req, reply, body, ids, 'chat');
+  app.post('/v1/chat/completions', async (req, reply) => {
+    const body = validateChatRequest(req.body, { requireModel: true });
+    return serve(reply, body, (signal) => chat.respond({ ...body, signal }, observe));
   });
 
-  app.post('/v1/completions', { schema: { body: COMPLETION_BODY } }, async (req, reply) => {
-    const body = req.body as CompletionBody;
-    const prompt = typeof body.prompt === 'string' ? body.prompt : (body.prompt[0] as string);
-    return complete(req, reply, body, engine.encodePrompt(prompt), 'text');
+  app.post('/v1/completions', async (req, reply) => {
+    const body = validateCompletionRequest(req.body, { requireModel: true });
+    return serve(reply, body, (signal) => completions.respond({ ...body, signal }, observe));
   });
 
   const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8080 });

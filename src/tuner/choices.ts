@@ -11,24 +11,9 @@
 import type { ActivationFormat } from '../kernels/activation.js';
 import type { KvDtype } from '../kernels/kv-dtype.js';
 import type { MatmulVariant } from '../kernels/matmul.js';
-import type {
-  Q4Dequant,
-  Q4GpuWeight,
-  Q4RowsPerGroup,
-  Q4RowsPerThread,
-  Q4WorkgroupSize,
-} from '../kernels/matmul-q4.js';
+import type { Q4GpuWeight, Q4Variant } from '../kernels/matmul-q4.js';
 import type { GpuWeight } from '../kernels/weight.js';
-
-/** The forced fields of an int4 matmul (see MatmulQ4Args). */
-export interface Q4Variant {
-  rowsPerGroup?: Q4RowsPerGroup;
-  rowsPerThread?: Q4RowsPerThread;
-  subgroups?: boolean;
-  workgroupBytes?: number;
-  dequant?: Q4Dequant;
-  workgroupSize?: Q4WorkgroupSize;
-}
+import type { LinearVariants } from '../kernels/linear.js';
 
 /** One tuned decision: how to run the kernel of a shape class. */
 export type KernelChoice =
@@ -99,7 +84,7 @@ export function attentionClassKey(s: AttentionShapeKey, rows: number, maxContext
 }
 
 /** Tuned choices by class key; what the forward pass consults when it records a plan. */
-export class KernelChoices {
+export class KernelChoices implements LinearVariants {
   private readonly table = new Map<string, KernelChoice>();
 
   get size(): number {

@@ -20,9 +20,9 @@ import {
   type GemmWorkgroupSize,
   type MatmulVariant,
 } from '../kernels/matmul.js';
-import { q4SubgroupsUsable, type Q4GpuWeight } from '../kernels/matmul-q4.js';
+import { q4SubgroupsUsable, type Q4GpuWeight, type Q4Variant } from '../kernels/matmul-q4.js';
 import type { GpuWeight } from '../kernels/weight.js';
-import { contextBucket, type KernelChoice, type MClass, type Q4Variant } from './choices.js';
+import { contextBucket, type KernelChoice, type MClass } from './choices.js';
 
 export function floatMatmulCandidates(ctx: GpuContext, w: GpuWeight, mClass: MClass): KernelChoice[] {
   const swiglu = w.fused === 'swiglu';

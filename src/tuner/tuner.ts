@@ -11,6 +11,7 @@ import { GpuTimer } from '../gpu/timer.js';
 import { randomF32 } from '../kernels/random.js';
 import { encodeFromFloat32 } from '../io/dtype.js';
 import {
+  ATTENTION_DECODE_MAX_ROWS,
   AttentionDecodeScratch,
   attentionDecode,
   pickDecodeChunk,
@@ -20,7 +21,6 @@ import { precompile, recordAsync, type Dispatch, type DispatchBuilder } from '..
 import { isQ4Weight, linear, type Linear } from '../kernels/linear.js';
 import type { Q4GpuWeight } from '../kernels/matmul-q4.js';
 import type { GpuWeight } from '../kernels/weight.js';
-import { DECODE_ATTENTION_MAX_ROWS, type ForwardModel } from '../engine/forward/plan.js';
 import { loadTuneCache, saveTuneCache, type TunedClass, type TuneStore, type Warn } from './cache.js';
 import {
   ATTENTION_ROW_CLASSES,
@@ -52,6 +52,34 @@ export interface TuneClass {
   priority: number;
   candidates: KernelChoice[];
   prepare(ctx: GpuContext): ClassBench;
+}
+
+/**
+ * What a loaded model gives the tuner: one layer's projections (every layer shares their shapes)
+ * with the format of X each reads, the LM head, decode attention's head shape, and the largest
+ * step and context it runs.
+ */
+export interface TuneTarget {
+  ctx: GpuContext;
+  projections: TunedProjection[];
+  lmHead: TunedProjection;
+  attention: AttentionShape;
+  maxRows: number;
+  contextLength: number;
+}
+
+export interface TunedProjection {
+  lin: Linear;
+  swiglu: boolean;
+  xFormat: 'f32' | 'f16';
+}
+
+/** Decode attention's head shape and KV element type. */
+export interface AttentionShape {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  kvDtype: 'f32' | 'f16';
 }
 
 export interface TuneClassReport {
@@ -206,14 +234,13 @@ export function linearClass(
 }
 
 function attentionClass(
-  model: ForwardModel,
+  target: TuneTarget,
   rc: (typeof ATTENTION_ROW_CLASSES)[number],
   priority: number,
 ): TuneClass {
-  const { spec, kv, contextLength: maxContext } = model;
-  const shape = { heads: spec.numHeads, kvHeads: spec.numKvHeads, headDim: spec.headDim, kvDtype: kv.dtype };
-  const rows = Math.min(rc.rep, DECODE_ATTENTION_MAX_ROWS);
-  const defaultChunk = pickDecodeChunk({ maxContext, kvHeads: spec.numKvHeads, rows });
+  const { attention: shape, contextLength: maxContext } = target;
+  const rows = Math.min(rc.rep, ATTENTION_DECODE_MAX_ROWS);
+  const defaultChunk = pickDecodeChunk({ maxContext, kvHeads: shape.kvHeads, rows });
   const candidates = attentionCandidates(defaultChunk, maxContext);
   return {
     key: attentionClassKey(shape, rows, maxContext),
@@ -226,7 +253,7 @@ function attentionClass(
       const kvElems = blocks * shape.kvHeads * 16 * shape.headDim;
       const cache = (seed: number) => {
         const v = randomF32(kvElems, seed);
-        return upload(c, 'tune.kv', kv.dtype === 'f16' ? encodeFromFloat32('F16', v) : v, owned);
+        return upload(c, 'tune.kv', shape.kvDtype === 'f16' ? encodeFromFloat32('F16', v) : v, owned);
       };
       const kCache = cache(11);
       const vCache = cache(12);
@@ -289,40 +316,35 @@ function attentionClass(
 }
 
 /**
- * The classes `model` runs: its distinct projection shapes (layer 0 stands for every layer, which
+ * The classes `target` runs: its distinct projection shapes (layer 0 stands for every layer, which
  * share shapes) at each M bucket up to its largest step, the LM head at decode-sized buckets, and
  * split-K decode attention at each row bucket. Sorted by priority: every class at M = 1 first.
  */
-export function modelTuneClasses(model: ForwardModel): TuneClass[] {
-  const L = model.weights.layers[0];
-  if (!L) return [];
-  const xf = model.activations;
-  const projections: { lin: Linear; swiglu: boolean; x: 'f32' | 'f16'; head?: boolean }[] = [
-    { lin: L.qkv, swiglu: false, x: xf },
-    { lin: L.o, swiglu: false, x: 'f32' },
-    { lin: L.gateUp, swiglu: true, x: xf },
-    { lin: L.down, swiglu: false, x: 'f32' },
-    { lin: { weight: model.weights.lmHead }, swiglu: false, x: xf, head: true },
+export function modelTuneClasses(target: TuneTarget): TuneClass[] {
+  if (target.projections.length === 0) return [];
+  const projections = [
+    ...target.projections.map((p) => ({ ...p, head: false })),
+    { ...target.lmHead, head: true },
   ];
   const out: TuneClass[] = [];
   const seen = new Set<string>();
-  const largest = M_CLASSES.findIndex((c) => c.name === mClassOf(model.maxRows));
+  const largest = M_CLASSES.findIndex((c) => c.name === mClassOf(target.maxRows));
   M_CLASSES.forEach((mc, ci) => {
     if (ci > largest) return;
     projections.forEach((p, pi) => {
       // The LM head runs once per sequence in a step: decode-sized M only.
       if (p.head && mc.rep > 16) return;
-      const cls = linearClass(model.ctx, p.lin, p.swiglu, mc, ci * 10 + pi, p.x);
+      const cls = linearClass(target.ctx, p.lin, p.swiglu, mc, ci * 10 + pi, p.xFormat);
       if (seen.has(cls.key)) return;
       seen.add(cls.key);
       out.push(cls);
     });
   });
-  const { spec } = model;
-  if (supportsAttentionDecode(spec.numHeads, spec.numKvHeads, spec.headDim)) {
+  const a = target.attention;
+  if (supportsAttentionDecode(a.heads, a.kvHeads, a.headDim)) {
     ATTENTION_ROW_CLASSES.forEach((rc, i) => {
-      if (rc.rep > Math.min(model.maxRows, DECODE_ATTENTION_MAX_ROWS) && i > 0) return;
-      const cls = attentionClass(model, rc, (i === 0 ? 0 : i + 1) * 10 + 5);
+      if (rc.rep > Math.min(target.maxRows, ATTENTION_DECODE_MAX_ROWS) && i > 0) return;
+      const cls = attentionClass(target, rc, (i === 0 ? 0 : i + 1) * 10 + 5);
       if (!seen.has(cls.key)) {
         seen.add(cls.key);
         out.push(cls);
@@ -503,9 +525,9 @@ export function geomeanSpeedup(classes: readonly Pick<TuneClassReport, 'speedup'
   return Math.exp(classes.reduce((s, c) => s + Math.log(c.speedup), 0) / classes.length);
 }
 
-/** Tunes `model`'s classes (cached ones first from the store) within the budget. */
-export async function tuneModel(model: ForwardModel, opts: TuneOptions = {}): Promise<TuneResult> {
-  const ctx = model.ctx;
+/** Tunes `target`'s classes (cached ones first from the store) within the budget. */
+export async function tuneModel(target: TuneTarget, opts: TuneOptions = {}): Promise<TuneResult> {
+  const ctx = target.ctx;
   const t0 = performance.now();
   const budgetMs = opts.budgetMs ?? 5000;
   const warn = opts.warn ?? ((m: string) => console.warn(`kiln: ${m}`));
@@ -514,7 +536,7 @@ export async function tuneModel(model: ForwardModel, opts: TuneOptions = {}): Pr
   const stored = opts.store
     ? await loadTuneCache(opts.store, signature, warn)
     : new Map<string, TunedClass>();
-  const classes = modelTuneClasses(model);
+  const classes = modelTuneClasses(target);
   const done = new Map<string, TunedClass>();
   const reports: TuneClassReport[] = [];
   const todo: TuneClass[] = [];

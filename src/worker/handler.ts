@@ -1,7 +1,7 @@
 /**
  * The Web Worker side: owns one Engine and answers WorkerRequests with WorkerEvents. Requests run
  * concurrently (an `abort` must get through while a generation streams), and each ends with exactly
- * one final event (`loaded`, `result`, `end`, `completion`, `disposed` or `error`). A lost GPU
+ * one final event (`loaded`, `result`, `tokens`, `disposed` or `error`). A lost GPU
  * device is reported once, unprompted, as `device-lost`.
  */
 import { KilnError } from '../errors.js';
@@ -37,7 +37,7 @@ function engineInfo(engine: Engine, fromCache: boolean): EngineInfo {
 /** Serves engine requests arriving on `endpoint` (the worker's global scope). */
 export function serveEngine(endpoint: Endpoint<WorkerRequest, WorkerEvent>): void {
   let engine: Engine | null = null;
-  /** Aborts of the generation and chat requests running now, by request id. */
+  /** Aborts of the generations running now, by request id. */
   const running = new Map<number, AbortController>();
   const post = (ev: WorkerEvent) => endpoint.postMessage(ev);
 
@@ -102,30 +102,9 @@ export function serveEngine(endpoint: Endpoint<WorkerRequest, WorkerEvent>): voi
         }
         return;
       }
-      case 'chat': {
-        const e = requireEngine();
-        const ac = new AbortController();
-        running.set(req.id, ac);
-        try {
-          if (req.request.stream) {
-            const chunks = await e.chat.completions.create({
-              ...req.request,
-              stream: true,
-              signal: ac.signal,
-            });
-            for await (const chunk of chunks) post({ type: 'chunk', id: req.id, chunk });
-            post({ type: 'end', id: req.id, gpuMemoryBytes: e.gpuMemoryBytes });
-          } else {
-            const completion = await e.chat.completions.create({
-              ...req.request,
-              stream: false,
-              signal: ac.signal,
-            });
-            post({ type: 'completion', id: req.id, completion, gpuMemoryBytes: e.gpuMemoryBytes });
-          }
-        } finally {
-          running.delete(req.id);
-        }
+      case 'tokenize': {
+        const ids = await requireEngine().tokenize(req.input);
+        post({ type: 'tokens', id: req.id, ids });
         return;
       }
       case 'abort':

@@ -3,7 +3,9 @@
  * Worker (src/worker/handler.ts): two discriminated unions on `type`, so both sides switch on it
  * and TypeScript narrows each message without casts. Every request carries an `id`; the events
  * that answer it carry the same `id`. Payloads are structured-cloneable (no functions, no
- * AbortSignal: a stop is its own `abort` message).
+ * AbortSignal: a stop is its own `abort` message). Only the engine's own operations cross (load,
+ * tokenize, generate, abort, dispose): the OpenAI layer runs page-side over them, the same code
+ * as in-thread.
  */
 import {
   DeviceMemoryError,
@@ -16,9 +18,8 @@ import {
 } from '../errors.js';
 import type { AdapterSummary } from '../gpu/device.js';
 import { StorageQuotaError } from '../io/model-cache.js';
-import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../api/openai/chat.js';
-import type { TuningStatus } from '../engine/engine.js';
-import type { GenerateOptions, GenerateResult, GeneratedToken } from '../api/types.js';
+import type { ChatMessage } from '../io/tokenizer.js';
+import type { GenerateOptions, GenerateResult, GeneratedToken, TuningStatus } from '../api/types.js';
 
 /** Where the worker loads a model from. */
 export type ModelSource =
@@ -74,14 +75,14 @@ export interface EngineInfo {
 }
 
 export type GenerateOptionsData = Omit<GenerateOptions, 'signal'>;
-export type ChatRequestData = Omit<ChatCompletionRequest, 'signal'>;
 
 /** Page -> worker. */
 export type WorkerRequest =
   | { type: 'load'; id: number; options: LoadOptions }
   | { type: 'generate'; id: number; prompt: string | number[]; options: GenerateOptionsData }
-  | { type: 'chat'; id: number; request: ChatRequestData }
-  /** Stops the generation or chat request `id` (it then ends with finish reason "abort"). */
+  /** Token ids of a prompt or of a conversation through the chat template (KilnEngine.tokenize). */
+  | { type: 'tokenize'; id: number; input: string | { messages: ChatMessage[] } }
+  /** Stops the generation `id` (it then ends with finish reason "abort"). */
   | { type: 'abort'; id: number }
   | { type: 'dispose'; id: number };
 
@@ -97,10 +98,7 @@ export type WorkerEvent =
   | { type: 'loaded'; id: number; info: EngineInfo }
   | { type: 'token'; id: number; token: GeneratedToken }
   | { type: 'result'; id: number; result: GenerateResult; gpuMemoryBytes: number }
-  | { type: 'chunk'; id: number; chunk: ChatCompletionChunk }
-  /** Ends a streaming chat request. */
-  | { type: 'end'; id: number; gpuMemoryBytes: number }
-  | { type: 'completion'; id: number; completion: ChatCompletion; gpuMemoryBytes: number }
+  | { type: 'tokens'; id: number; ids: number[] }
   | { type: 'disposed'; id: number }
   | { type: 'error'; id: number; error: SerializedError }
   /** Not an answer: background kernel tuning of the loaded engine is over. */

@@ -5,10 +5,10 @@
  */
 import { KilnError } from '../errors.js';
 import type { AdapterSummary } from '../gpu/device.js';
-import type { ChatCompletion, ChatCompletionChunk, ChatCompletionRequest } from '../api/openai/chat.js';
-import type { TuningStatus } from '../engine/engine.js';
-import type { GenerateOptions, GenerateResult, GeneratedToken } from '../api/types.js';
-import type { ChatCompletionsApi, DeviceLoss, GenerationStream, KilnEngine } from '../api/engine-api.js';
+import type { DeviceLoss, GenerationStream, KilnEngine } from '../api/engine-api.js';
+import { OpenAiChat, OpenAiCompletions } from '../api/openai/openai.js';
+import type { GenerateOptions, GenerateResult, GeneratedToken, TuningStatus } from '../api/types.js';
+import type { ChatMessage } from '../io/tokenizer.js';
 import {
   deserializeError,
   type Endpoint,
@@ -184,75 +184,18 @@ function lostError(loss: DeviceLoss): Error {
   });
 }
 
-class RemoteChatCompletions implements ChatCompletionsApi {
-  constructor(
-    private readonly engine: WorkerEngine,
-    private readonly conn: Connection,
-  ) {}
-
-  create(req: ChatCompletionRequest & { stream: true }): Promise<AsyncIterable<ChatCompletionChunk>>;
-  create(req: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
-  async create(req: ChatCompletionRequest): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
-    if (this.conn.loss) throw lostError(this.conn.loss);
-    const { signal, ...request } = req;
-    let unforward = () => {};
-    if (req.stream) {
-      let id = 0;
-      const chunks = new Channel<ChatCompletionChunk>(() =>
-        this.conn.endpoint.postMessage({ type: 'abort', id }),
-      );
-      // create() resolves on the first chunk, as in-thread: a bad request is refused by create()
-      // itself, not later by the iteration.
-      let first: ((e: Error | null) => void) | null = null;
-      const started = new Promise<Error | null>((r) => (first = r));
-      const sent = this.conn.send(
-        (reqId) => ({ type: 'chat', id: reqId, request }),
-        (ev) => {
-          if (ev.type === 'chunk') {
-            chunks.push(ev.chunk);
-            first?.(null);
-          } else if (ev.type === 'end' || ev.type === 'error') {
-            sent.done();
-            unforward();
-            if (ev.type === 'end') this.engine.noteMemory(ev.gpuMemoryBytes);
-            const e = ev.type === 'error' ? deserializeError(ev.error) : null;
-            chunks.end(e);
-            first?.(e);
-          }
-        },
-      );
-      id = sent.id;
-      unforward = forwardAbort(this.conn, signal, sent.id);
-      const e = await started;
-      if (e) throw e;
-      return chunks;
-    }
-    return new Promise<ChatCompletion>((resolve, reject) => {
-      const sent = this.conn.send(
-        (id) => ({ type: 'chat', id, request }),
-        (ev) => {
-          if (ev.type !== 'completion' && ev.type !== 'error') return;
-          sent.done();
-          unforward();
-          if (ev.type === 'completion') {
-            this.engine.noteMemory(ev.gpuMemoryBytes);
-            resolve(ev.completion);
-          } else reject(deserializeError(ev.error));
-        },
-      );
-      unforward = forwardAbort(this.conn, signal, sent.id);
-    });
-  }
-}
-
 export interface WorkerEngineOptions extends LoadOptions {
   /** Load progress (checking, downloading into the cache, uploading to the GPU), byte-accurate. */
   onProgress?: (p: LoadProgress) => void;
 }
 
-/** An Engine running in a Web Worker, behind the KilnEngine interface. */
+/**
+ * An Engine running in a Web Worker, behind the KilnEngine interface. Tokenizing and generating
+ * run in the worker; the OpenAI layer (`chat.completions`, `completions`) runs here over them.
+ */
 export class WorkerEngine implements KilnEngine {
-  readonly chat: { readonly completions: ChatCompletionsApi };
+  readonly chat: { readonly completions: OpenAiChat };
+  readonly completions: OpenAiCompletions;
   private memory: number;
 
   private constructor(
@@ -261,7 +204,8 @@ export class WorkerEngine implements KilnEngine {
     private readonly terminate: (() => void) | null,
   ) {
     this.memory = info.gpuMemoryBytes;
-    this.chat = { completions: new RemoteChatCompletions(this, conn) };
+    this.chat = { completions: new OpenAiChat(this) };
+    this.completions = new OpenAiCompletions(this);
     this.tuning = info.tuning;
     this.tuned =
       info.tuning.state === 'running'
@@ -350,6 +294,22 @@ export class WorkerEngine implements KilnEngine {
   /** @internal */
   noteMemory(bytes: number): void {
     this.memory = bytes;
+  }
+
+  tokenize(input: string | { messages: readonly ChatMessage[] }): Promise<number[]> {
+    if (this.conn.loss) return Promise.reject(lostError(this.conn.loss));
+    const data = typeof input === 'string' ? input : { messages: [...input.messages] };
+    return new Promise((resolve, reject) => {
+      const sent = this.conn.send(
+        (id) => ({ type: 'tokenize', id, input: data }),
+        (ev) => {
+          if (ev.type !== 'tokens' && ev.type !== 'error') return;
+          sent.done();
+          if (ev.type === 'tokens') resolve(ev.ids);
+          else reject(deserializeError(ev.error));
+        },
+      );
+    });
   }
 
   generate(prompt: string | readonly number[], opts: GenerateOptions = {}): GenerationStream {

@@ -6,7 +6,7 @@ import {
   OutOfBlocksError,
   type BlockHashFn,
 } from '../../src/engine/kv/block-manager.js';
-import { Rng } from '../../src/engine/sampling.js';
+import { Rng } from '../../src/engine/sampling/rng.js';
 
 const B = 16;
 const range = (n: number, start = 0): number[] => Array.from({ length: n }, (_, i) => start + i);

@@ -20,13 +20,13 @@ import { openCheckpoint } from '../../src/io/safetensors.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 import { dawnGpu } from '../../src/node/dawn.js';
 import { createEngine } from '../../src/node/index.js';
-import type { ChatCompletionChunk } from '../../src/api/openai/chat.js';
+import type { ChatCompletionChunk } from '../../src/api/openai/types.js';
 import type { Engine } from '../../src/engine/engine.js';
 import type { GenerateOptions, GeneratedToken } from '../../src/api/types.js';
 import type { ModelSpec } from '../../src/model/spec.js';
 import { ReferenceModel } from '../../src/model/reference.js';
 import { sampleRefProbabilities } from '../../src/kernels/sample.ref.js';
-import { applyRepetitionPenalty } from '../../src/engine/sampling.js';
+import { applyRepetitionPenalty } from '../../src/engine/sampling/cpu.js';
 import { writeTestModel, type TestModelOptions } from '../helpers/checkpoints.js';
 import { testGpu } from '../helpers/gpu.js';
 
@@ -544,6 +544,7 @@ describe('chat.completions.create', () => {
           index: 0,
           message: { role: 'assistant', content: direct.text },
           finish_reason: direct.finishReason,
+          logprobs: null,
         },
       ],
       usage: {
@@ -562,25 +563,43 @@ describe('chat.completions.create', () => {
 
   test('streaming yields chat.completion.chunk objects that add up to the completion', async () => {
     const whole = await engine.chat.completions.create({ messages, max_tokens: 8 });
-    const stream = await engine.chat.completions.create({ messages, max_tokens: 8, stream: true });
+    const stream = await engine.chat.completions.create({
+      messages,
+      max_tokens: 8,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
     const chunks: ChatCompletionChunk[] = [];
     for await (const ch of stream) chunks.push(ch);
-    expect(chunks.length).toBeGreaterThanOrEqual(2);
+    expect(chunks.length).toBeGreaterThanOrEqual(3);
     const id = chunks[0]!.id;
     for (const ch of chunks) {
       expect(ch.id).toBe(id);
       expect(ch.object).toBe('chat.completion.chunk');
       expect(ch.model).toBe(engine.modelName);
+    }
+    // As OpenAI streams: one choice per chunk, the finish reason in the last of them, then (asked
+    // for by stream_options.include_usage) a chunk with no choices that carries the usage.
+    const usageChunk = chunks.at(-1)!;
+    expect(usageChunk.choices).toEqual([]);
+    expect(usageChunk.usage).toEqual(whole.usage);
+    const choices = chunks.slice(0, -1);
+    for (const ch of choices) {
       expect(ch.choices).toHaveLength(1);
       expect(ch.choices[0]!.index).toBe(0);
+      expect(ch.usage).toBeUndefined();
     }
-    expect(chunks[0]!.choices[0]!.delta.role).toBe('assistant');
-    const last = chunks.at(-1)!;
-    expect(last.choices[0]!.finish_reason).toBe(whole.choices[0]!.finish_reason);
-    expect(last.usage).toEqual(whole.usage);
-    for (const ch of chunks.slice(0, -1)) expect(ch.choices[0]!.finish_reason).toBeNull();
-    const content = chunks.map((ch) => ch.choices[0]!.delta.content ?? '').join('');
+    expect(choices[0]!.choices[0]!.delta.role).toBe('assistant');
+    expect(choices.at(-1)!.choices[0]!.finish_reason).toBe(whole.choices[0]!.finish_reason);
+    for (const ch of choices.slice(0, -1)) expect(ch.choices[0]!.finish_reason).toBeNull();
+    const content = choices.map((ch) => ch.choices[0]!.delta.content ?? '').join('');
     expect(content).toBe(whole.choices[0]!.message.content);
+    // Without include_usage, no usage chunk.
+    const plain = await engine.chat.completions.create({ messages, max_tokens: 8, stream: true });
+    const plainChunks: ChatCompletionChunk[] = [];
+    for await (const ch of plain) plainChunks.push(ch);
+    expect(plainChunks.length).toBe(choices.length);
+    expect(plainChunks.every((ch) => ch.usage === undefined)).toBe(true);
   });
 
   test('bad requests are rejected', async () => {

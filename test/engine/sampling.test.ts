@@ -1,12 +1,8 @@
 import { describe, expect, test } from 'vitest';
-import {
-  applyRepetitionPenalty,
-  DEFAULT_SAMPLING,
-  isPlainGreedy,
-  Rng,
-  sampleToken,
-  type SamplingParams,
-} from '../../src/engine/sampling.js';
+import type { SamplingParams } from '../../src/api/types.js';
+import { applyRepetitionPenalty, sampleToken } from '../../src/engine/sampling/cpu.js';
+import { DEFAULT_SAMPLING, isPlainGreedy } from '../../src/engine/sampling/params.js';
+import { Rng } from '../../src/engine/sampling/rng.js';
 import { randomF32 } from '../helpers/random.js';
 
 const params = (p: Partial<SamplingParams>): SamplingParams => ({ ...DEFAULT_SAMPLING, ...p });

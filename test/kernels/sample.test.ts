@@ -16,7 +16,8 @@ import {
   sampleRefProbabilities,
   type SampleRefDraws,
 } from '../../src/kernels/sample.ref.js';
-import { applyRepetitionPenalty, Rng } from '../../src/engine/sampling.js';
+import { applyRepetitionPenalty } from '../../src/engine/sampling/cpu.js';
+import { Rng } from '../../src/engine/sampling/rng.js';
 import { randomF32, readF32, readU32, run, testGpu, upload } from '../helpers/gpu.js';
 
 const SIZES = [1, 7, 129, 4097, 151936];

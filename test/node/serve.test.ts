@@ -11,7 +11,8 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { createEngine } from '../../src/node/index.js';
-import { startServer, StopMatcher, type RunningServer } from '../../src/node/serve.js';
+import { StopMatcher } from '../../src/engine/stop.js';
+import { startServer, type RunningServer } from '../../src/node/serve.js';
 import type { Engine } from '../../src/engine/engine.js';
 import { sharedModel } from '../helpers/shared.js';
 

@@ -1,60 +1,11 @@
 /**
- * Token sampling on the CPU from one row of logits: repetition penalty, temperature, top-k, top-p,
- * with a seeded generator so a seed reproduces a sample. Greedy decoding without penalty never
- * comes here: the GPU's argmax returns the id and the logits stay on the device.
+ * Token sampling on the CPU from one read-back row of logits (EngineOptions.sampling 'cpu'):
+ * repetition penalty, temperature, top-k, top-p, drawn with the request's seeded Rng. Greedy
+ * decoding without penalty never comes here: the GPU's argmax returns the id and the logits stay
+ * on the device. The GPU path is src/engine/sampling/gpu.ts; both draw from the same distribution.
  */
-export interface SamplingParams {
-  /** 0 = greedy. */
-  temperature: number;
-  /** 0 = off. */
-  topK: number;
-  /** 1 = off. */
-  topP: number;
-  /** 1 = off; >1 discourages tokens already in the context (CTRL-style, as in HF). */
-  repetitionPenalty: number;
-}
-
-export const DEFAULT_SAMPLING: SamplingParams = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 };
-
-/** True when the GPU argmax alone gives the answer. */
-export function isPlainGreedy(p: SamplingParams): boolean {
-  return p.temperature === 0 && p.repetitionPenalty === 1;
-}
-
-/** xoshiro128** seeded by splitmix32: small, fast, and the same sequence everywhere. */
-export class Rng {
-  private s: Uint32Array;
-
-  constructor(seed: number) {
-    let x = seed >>> 0;
-    const next = () => {
-      x = (x + 0x9e3779b9) >>> 0;
-      let z = x;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-      return (z ^ (z >>> 16)) >>> 0;
-    };
-    this.s = Uint32Array.from([next(), next(), next(), next()]);
-  }
-
-  /** Uniform in [0, 1). */
-  next(): number {
-    const s = this.s;
-    const result = Math.imul(rotl(Math.imul(s[1] as number, 5), 7), 9) >>> 0;
-    const t = ((s[1] as number) << 9) >>> 0;
-    s[2] = (s[2] as number) ^ (s[0] as number);
-    s[3] = (s[3] as number) ^ (s[1] as number);
-    s[1] = (s[1] as number) ^ (s[2] as number);
-    s[0] = (s[0] as number) ^ (s[3] as number);
-    s[2] = (s[2] as number) ^ t;
-    s[3] = rotl(s[3] as number, 11);
-    return result / 4294967296;
-  }
-}
-
-function rotl(x: number, k: number): number {
-  return ((x << k) | (x >>> (32 - k))) >>> 0;
-}
+import type { SamplingParams } from '../../api/types.js';
+import type { Rng } from './rng.js';
 
 /** Applies the repetition penalty in place: positive logits divided, negative multiplied. */
 export function applyRepetitionPenalty(

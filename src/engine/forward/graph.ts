@@ -1,0 +1,198 @@
+/**
+ * The forward graph of one step shape, recorded once from the model's block recipe (its
+ * architecture file, src/model/arch/) into dispatch lists the step replays:
+ *   embed -> per layer [rmsnorm -> qkv (one fused matmul, +bias) -> rope(q, k) + KV-cache write
+ *   -> attention -> o (+residual) -> rmsnorm -> gate·up with the SwiGLU epilogue -> down (+residual)]
+ *   -> (head) final rmsnorm of the rows that need logits -> lm head -> (argmax)
+ * Decode-shaped steps run split-K attention, exact until the layer's unified max (phi) of the
+ * async softmax is calibrated.
+ */
+import type { Dispatch, DispatchBuilder } from '../../gpu/dispatch.js';
+import { argmax } from '../../kernels/argmax.js';
+import { attention } from '../../kernels/attention.js';
+import { attentionDecode, type AttentionDecodeScratch } from '../../kernels/attention-decode.js';
+import { embed } from '../../kernels/embed.js';
+import { embedQ4 } from '../../kernels/embed-q4.js';
+import { isQ4Weight, linear, type LinearArgs } from '../../kernels/linear.js';
+import { rmsnorm } from '../../kernels/rmsnorm.js';
+import { ropeKvWrite } from '../../kernels/rope-kv-write.js';
+import type { BlockRecipe, ProjectionRole } from '../../model/architecture.js';
+import { architectureOf } from '../../model/registry.js';
+import type { StepBuffers } from './buffers.js';
+import type { ForwardState } from './state.js';
+
+/** Where a projection's input is complete (after dispatch `after`) and which buffer holds it. */
+export interface LinearInputTap {
+  layer: number;
+  proj: ProjectionRole;
+  after: number;
+  buffer: GPUBuffer;
+  cols: number;
+}
+
+export interface RecordedGraph {
+  /** Embedding and every layer: what each step runs. */
+  body: Dispatch[];
+  /** Final norm of the logit rows and the LM head (skipped by steps that read nothing back). */
+  head: Dispatch[];
+  /** Greedy decoding's argmax over the logits (skipped when logits or samples are read back). */
+  argmax: Dispatch;
+  /** Exact split-K attention of each layer: where calibration copies its split maxima out. */
+  scoreCapture: { layer: number; after: number }[];
+  /** Every projection's input (quantizers calibrate on these activations). */
+  linearInputs: LinearInputTap[];
+}
+
+/** The recipe this graph implements; a new recipe choice needs its case here. */
+function checkBlock(b: BlockRecipe, arch: string): void {
+  if (b.norm !== 'rmsnorm-pre' || b.positions !== 'rope' || b.mlp !== 'swiglu') {
+    throw new RangeError(`the forward graph does not implement ${arch}'s block ${JSON.stringify(b)}`);
+  }
+}
+
+export function recordGraph(
+  b: DispatchBuilder,
+  model: ForwardState,
+  s: StepBuffers,
+  shape: {
+    m: number;
+    r: number;
+    /** Split-K scratch of a decode-shaped plan; null: the general attention kernel. */
+    decode: AttentionDecodeScratch | null;
+    /** Unified max per layer of the async softmax; null entries run the exact split-K softmax. */
+    phi: readonly (number | null)[];
+  },
+): RecordedGraph {
+  const { m, r, decode } = shape;
+  const { spec, weights, kv } = model;
+  checkBlock(architectureOf(spec).block, spec.architecture);
+  const H = spec.hiddenSize;
+  const qDim = spec.numHeads * spec.headDim;
+  const I = spec.intermediateSize;
+  const eps = spec.rmsNormEps;
+  const scratch = { gateUp: s.gateUp, gathered: s.gathered };
+  // Every projection of the plan shares the placeholder, the int4 scratch and the tuned choices.
+  const project = (a: Omit<LinearArgs, 'placeholder' | 'scratch' | 'choices'>): Dispatch[] =>
+    linear(b, { ...a, placeholder: model.placeholder, scratch, choices: model.choices });
+  const body: Dispatch[] = [];
+  const scoreCapture: RecordedGraph['scoreCapture'] = [];
+  const linearInputs: LinearInputTap[] = [];
+  const table = weights.embed;
+  body.push(
+    ...(isQ4Weight(table)
+      ? embedQ4(b, { table, ids: s.ids, out: s.x, m })
+      : embed(b, { table, ids: s.ids, out: s.x, m })),
+  );
+  const normOut = { out: model.activations };
+  const xIn = { xFormat: model.activations };
+  weights.layers.forEach((L, l) => {
+    const kCache = kv.k[l] as GPUBuffer;
+    const vCache = kv.v[l] as GPUBuffer;
+    const tap = (proj: ProjectionRole, buffer: GPUBuffer, cols: number) =>
+      linearInputs.push({ layer: l, proj, after: body.length - 1, buffer, cols });
+    // Attention.
+    body.push(
+      rmsnorm(b, {
+        x: s.x,
+        weight: L.inputNorm,
+        rows: model.identityRows,
+        y: s.xn,
+        m,
+        hidden: H,
+        eps,
+        ...normOut,
+      }),
+    );
+    tap('qkv', s.xn, H);
+    body.push(...project({ x: s.xn, lin: L.qkv, y: s.qkv, m, ...xIn }));
+    body.push(
+      ropeKvWrite(b, {
+        rowInfo: s.rowInfo,
+        slots: s.slots,
+        table: model.ropeTable,
+        qkv: s.qkv,
+        q: s.q,
+        kCache,
+        vCache,
+        m,
+        heads: spec.numHeads,
+        kvHeads: spec.numKvHeads,
+        headDim: spec.headDim,
+        kvDtype: kv.dtype,
+      }),
+    );
+    const attnArgs = {
+      rowInfo: s.rowInfo,
+      blockTable: model.blockTable,
+      q: s.q,
+      kCache,
+      vCache,
+      out: s.attn,
+      m,
+      heads: spec.numHeads,
+      kvHeads: spec.numKvHeads,
+      headDim: spec.headDim,
+      scale: 1 / Math.sqrt(spec.headDim),
+      kvDtype: kv.dtype,
+    };
+    if (decode) {
+      const phi = shape.phi[l] ?? null;
+      const calls = attentionDecode(b, {
+        ...attnArgs,
+        maxContext: decode.shape.maxContext,
+        chunk: decode.shape.chunk,
+        variant: phi === null ? 'two_pass' : 'async_softmax',
+        ...(phi === null ? {} : { phi }),
+        scratch: decode,
+      });
+      // Where calibration copies this layer's split maxima out (after the exact pass 1).
+      if (phi === null) scoreCapture.push({ layer: l, after: body.length });
+      body.push(...calls);
+    } else body.push(attention(b, attnArgs));
+    tap('o', s.attn, qDim);
+    body.push(...project({ x: s.attn, lin: L.o, y: s.x, m, accumulate: true }));
+    // MLP.
+    body.push(
+      rmsnorm(b, {
+        x: s.x,
+        weight: L.postNorm,
+        rows: model.identityRows,
+        y: s.xn,
+        m,
+        hidden: H,
+        eps,
+        ...normOut,
+      }),
+    );
+    tap('gateUp', s.xn, H);
+    body.push(...project({ x: s.xn, lin: L.gateUp, y: s.mlp, m, swiglu: true, ...xIn }));
+    tap('down', s.mlp, I);
+    body.push(...project({ x: s.mlp, lin: L.down, y: s.x, m, accumulate: true }));
+  });
+  const head = [
+    rmsnorm(b, {
+      x: s.x,
+      weight: weights.finalNorm,
+      rows: s.logitRows,
+      y: s.final,
+      m: r,
+      hidden: H,
+      eps,
+      out: model.activations,
+    }),
+    ...project({
+      x: s.final,
+      lin: { weight: weights.lmHead },
+      y: s.logits,
+      m: r,
+      xFormat: model.activations,
+    }),
+  ];
+  return {
+    body,
+    head,
+    argmax: argmax(b, { logits: s.logits, ids: s.outIds, rows: r, n: spec.vocabSize }),
+    scoreCapture,
+    linearInputs,
+  };
+}

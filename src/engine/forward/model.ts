@@ -1,0 +1,226 @@
+/**
+ * The forward pass's GPU state: the weights, the KV cache, the RoPE table and the small shared
+ * buffers every plan binds, the kernel choices and the calibrated unified max, and the plans made
+ * so far (at most MAX_PLANS step shapes; decode's is never evicted). Running a step is step.ts's.
+ */
+import type { GpuContext } from '../../gpu/device.js';
+import { checkActivationFormat, type ActivationFormat } from '../../kernels/activation.js';
+import { ropeInvFreq, ropeTable } from '../../kernels/rope.ref.js';
+import type { ModelSpec } from '../../model/spec.js';
+import { KernelChoices } from '../../tuner/choices.js';
+import type { TuneTarget } from '../../tuner/tuner.js';
+import type { ModelWeights } from '../../weights/loader.js';
+import { BLOCK_TOKENS, type PagedKvCache } from '../kv/cache.js';
+import { Calibration } from './calibration.js';
+import { StepPlan } from './plan.js';
+import type { ForwardState } from './state.js';
+
+/** What one step computes: `tokens[i]` at `positions[i]`, K/V written to `slots[i]`. */
+export interface StepInput {
+  tokens: readonly number[];
+  positions: readonly number[];
+  slots: readonly number[];
+  /** Offset of each row's sequence in `blockTable`. */
+  blockTableOffsets: readonly number[];
+  /** Concatenated block tables of the sequences in the step. */
+  blockTable: readonly number[];
+  /** The rows whose logits are wanted (e.g. the last prompt row), in output order. */
+  logitRows: readonly number[];
+}
+
+const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+
+export class ForwardModel implements ForwardState {
+  readonly ropeTable: GPUBuffer;
+  readonly identityRows: GPUBuffer;
+  /**
+   * Room for `maxRows` sequences of `contextLength` tokens (shared prefix blocks appear once per
+   * sequence).
+   */
+  readonly blockTable: GPUBuffer;
+  readonly placeholder: GPUBuffer;
+  /** CPU staging of the block table, reused every step. */ private readonly blockTableScratch: Uint32Array;
+  private readonly plans = new Map<string, StepPlan>();
+  /** Plans kept in all (decode's is never evicted); other prefill sizes are rebuilt when needed. */
+  private static readonly MAX_PLANS = 4;
+  readonly attentionPhi: (number | null)[];
+  /** Observes the first decode steps' scores to set attentionPhi; null once done (or never). */
+  calibration: Calibration | null;
+  private kernelChoices = new KernelChoices();
+  /** Plans get the GPU sampling stage (set at the first sampled request). */
+  private sampling = false;
+
+  constructor(
+    readonly ctx: GpuContext,
+    readonly spec: ModelSpec,
+    readonly weights: ModelWeights,
+    readonly kv: PagedKvCache,
+    /** Most rows a step has (the prefill chunk). */
+    readonly maxRows: number,
+    /** Decode steps whose attention scores calibrate phi (0: keep the exact two-pass softmax). */
+    calibrationSteps = 0,
+    /**
+     * Storage of the normed activations the qkv, gate_up and LM-head matmuls read: 'f16' (needs
+     * shader-f16) halves them; every kernel still computes in f32.
+     */
+    readonly activations: ActivationFormat = 'f32',
+    /** Longest sequence (prompt + generated) a step serves; default: the whole KV pool. */
+    readonly contextLength: number = kv.numBlocks * BLOCK_TOKENS,
+  ) {
+    checkActivationFormat(ctx, activations);
+    this.attentionPhi = Array.from({ length: spec.numLayers }, () => null);
+    this.calibration =
+      calibrationSteps > 0
+        ? new Calibration(ctx, spec.numLayers, spec.numHeads, spec.headDim, calibrationSteps)
+        : null;
+    const inv = ropeInvFreq(spec.headDim, spec.ropeTheta, spec.ropeScaling);
+    const table = ropeTable(inv, contextLength);
+    this.ropeTable = ctx.createBuffer('rope.table', table.byteLength, USAGE_IN());
+    ctx.device.queue.writeBuffer(this.ropeTable, 0, table);
+    const rows = Uint32Array.from({ length: maxRows }, (_, i) => i);
+    this.identityRows = ctx.createBuffer('rows.identity', rows.byteLength, USAGE_IN());
+    ctx.device.queue.writeBuffer(this.identityRows, 0, rows);
+    const tableEntries = Math.max(kv.numBlocks, maxRows * Math.ceil(contextLength / BLOCK_TOKENS));
+    this.blockTable = ctx.createBuffer('kv.block_table', tableEntries * 4, USAGE_IN());
+    this.placeholder = ctx.createBuffer('placeholder', 4, USAGE_IN());
+    this.blockTableScratch = new Uint32Array(tableEntries);
+  }
+
+  get choices(): KernelChoices {
+    return this.kernelChoices;
+  }
+
+  /** The plan of a step shape, made (and recorded) the first time it is needed. */
+  plan(m: number, r: number): StepPlan {
+    const key = `${m}:${r}`;
+    let p = this.plans.get(key);
+    if (p) {
+      // Refresh LRU order.
+      this.plans.delete(key);
+      this.plans.set(key, p);
+      return p;
+    }
+    p = new StepPlan(this.ctx, this, m, r);
+    if (this.sampling) p.enableSampling();
+    this.plans.set(key, p);
+    if (this.plans.size > ForwardModel.MAX_PLANS) {
+      for (const [k, old] of this.plans) {
+        if (k === '1:1' || k === key) continue;
+        old.destroy();
+        this.plans.delete(k);
+        break;
+      }
+    }
+    return p;
+  }
+
+  /** Checks a step's size, picks its plan and writes its inputs to the GPU. */
+  writeInputs(input: StepInput): StepPlan {
+    const m = input.tokens.length;
+    const r = input.logitRows.length;
+    if (m < 1 || m > this.maxRows) throw new RangeError(`step of ${m} rows (1..${this.maxRows})`);
+    if (input.blockTable.length > this.blockTableScratch.length) {
+      throw new RangeError(
+        `block table of ${input.blockTable.length} blocks (max ${this.blockTableScratch.length})`,
+      );
+    }
+    this.ctx.assertAlive();
+    const plan = this.plan(m, r);
+    this.writeInputsTo(plan, input);
+    return plan;
+  }
+
+  /** Writes a step's inputs into `plan`'s buffers and the shared block table. */
+  writeInputsTo(plan: StepPlan, input: StepInput): void {
+    const m = input.tokens.length;
+    const r = input.logitRows.length;
+    const { ids, rowInfo, slots, logitRows } = plan.staging;
+    for (let i = 0; i < m; i++) {
+      ids[i] = input.tokens[i] as number;
+      rowInfo[2 * i] = input.positions[i] as number;
+      rowInfo[2 * i + 1] = input.blockTableOffsets[i] as number;
+      slots[i] = input.slots[i] as number;
+    }
+    for (let i = 0; i < r; i++) logitRows[i] = input.logitRows[i] as number;
+    const bt = this.blockTableScratch;
+    for (let i = 0; i < input.blockTable.length; i++) bt[i] = input.blockTable[i] as number;
+    const queue = this.ctx.device.queue;
+    queue.writeBuffer(plan.bufs.ids, 0, ids);
+    queue.writeBuffer(plan.bufs.rowInfo, 0, rowInfo);
+    queue.writeBuffer(plan.bufs.slots, 0, slots);
+    queue.writeBuffer(plan.bufs.logitRows, 0, logitRows);
+    queue.writeBuffer(this.blockTable, 0, bt, 0, Math.max(1, input.blockTable.length));
+  }
+
+  /**
+   * Gives every plan, now and later, the GPU sampling stage. Called when the first sampled
+   * request is admitted, between steps: its pipeline is slow to compile, so greedy-only engines
+   * never build it.
+   */
+  enableSampling(): void {
+    if (this.sampling) return;
+    this.sampling = true;
+    for (const p of this.plans.values()) p.enableSampling();
+  }
+
+  /**
+   * Switches to newly tuned kernels: recorded plans are dropped and re-recorded at their next
+   * step with `choices`. Call between steps (nothing of a dropped plan may still be in flight).
+   */
+  setChoices(choices: KernelChoices): void {
+    this.kernelChoices = choices;
+    this.dropPlans(() => true);
+  }
+
+  /**
+   * Sets the unified max of each layer's decode attention (calibration's result): decode plans
+   * are re-recorded with the async-softmax kernels at their next step. Call between steps.
+   */
+  setPhi(phi: readonly (number | null)[]): void {
+    phi.forEach((v, l) => (this.attentionPhi[l] = v));
+    this.calibration?.destroy();
+    this.calibration = null;
+    this.dropPlans((p) => p.decode !== null);
+  }
+
+  private dropPlans(which: (p: StepPlan) => boolean): void {
+    for (const [key, p] of this.plans) {
+      if (!which(p)) continue;
+      p.destroy();
+      this.plans.delete(key);
+    }
+  }
+
+  /** What the kernel tuner times: one layer's projections (every layer shares their shapes), the LM head, decode attention. */
+  tuneTarget(): TuneTarget {
+    const L = this.weights.layers[0];
+    const x = this.activations;
+    return {
+      ctx: this.ctx,
+      projections: L
+        ? [
+            { lin: L.qkv, swiglu: false, xFormat: x },
+            { lin: L.o, swiglu: false, xFormat: 'f32' },
+            { lin: L.gateUp, swiglu: true, xFormat: x },
+            { lin: L.down, swiglu: false, xFormat: 'f32' },
+          ]
+        : [],
+      lmHead: { lin: { weight: this.weights.lmHead }, swiglu: false, xFormat: x },
+      attention: {
+        heads: this.spec.numHeads,
+        kvHeads: this.spec.numKvHeads,
+        headDim: this.spec.headDim,
+        kvDtype: this.kv.dtype,
+      },
+      maxRows: this.maxRows,
+      contextLength: this.contextLength,
+    };
+  }
+
+  destroy(): void {
+    this.calibration?.destroy();
+    this.dropPlans(() => true);
+    for (const b of [this.ropeTable, this.identityRows, this.blockTable, this.placeholder])
+      this.ctx.destroyBuffer(b);
+  }
+}

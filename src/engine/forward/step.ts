@@ -1,0 +1,190 @@
+/**
+ * Running steps on a ForwardModel. A step writes its inputs (model.ts), encodes its plan into ONE
+ * command buffer and, unless it reads nothing back, waits for one id per logit row (argmax, or the
+ * GPU sampler's draw) or the logits. A step that reads nothing (a prefill chunk before the last)
+ * skips the LM head and is only queued: the queue keeps steps in order, so the next step's
+ * writes cannot overtake it.
+ */
+import { encodeDispatches } from '../../gpu/dispatch.js';
+import type { GpuTimer } from '../../gpu/timer.js';
+import type { ProjectionRole } from '../../model/architecture.js';
+import type { RowSampling } from '../sampling/gpu.js';
+import type { ForwardModel, StepInput } from './model.js';
+import { StepPlan } from './plan.js';
+
+/**
+ * What a step copies back: one argmax id per logit row ('ids'), one sampled id per logit row
+ * ('sample': temperature / top-k / top-p / repetition penalty on the GPU), the logits, or nothing.
+ */
+export type StepReadback = 'ids' | 'sample' | 'logits' | 'none';
+
+export interface StepOptions {
+  /** For a 'sample' step: one entry per logit row. */
+  sampling?: readonly RowSampling[];
+  /** Let this step feed the attention calibration (false for synthetic steps like warm-up). */
+  calibrate?: boolean;
+}
+
+export async function runStep(
+  fm: ForwardModel,
+  input: StepInput,
+  read: 'ids' | 'sample',
+  o?: StepOptions,
+): Promise<Uint32Array>;
+export async function runStep(
+  fm: ForwardModel,
+  input: StepInput,
+  read: 'logits',
+  o?: StepOptions,
+): Promise<Float32Array>;
+export async function runStep(fm: ForwardModel, input: StepInput, read: 'none'): Promise<null>;
+export async function runStep(
+  fm: ForwardModel,
+  input: StepInput,
+  read: StepReadback,
+  o: StepOptions = {},
+): Promise<Uint32Array | Float32Array | null> {
+  const { ctx, spec } = fm;
+  const r = input.logitRows.length;
+  const plan = fm.writeInputs(input);
+  const queue = ctx.device.queue;
+  const enc = ctx.device.createCommandEncoder({ label: 'kiln.step' });
+  const cal = fm.calibration;
+  const capture =
+    (o.calibrate ?? true) &&
+    cal !== null &&
+    cal.active &&
+    plan.graph.scoreCapture.length > 0 &&
+    read !== 'none';
+  let pass = enc.beginComputePass({ label: 'kiln.forward' });
+  if (capture) pass = cal.encode(enc, pass, plan);
+  else encodeDispatches(pass, plan.graph.body);
+  if (read !== 'none') encodeDispatches(pass, plan.graph.head);
+  if (read === 'ids') encodeDispatches(pass, [plan.graph.argmax]);
+  if (read === 'sample') {
+    if (!o.sampling) throw new RangeError("a 'sample' step needs its rows' sampling");
+    if (!plan.sampling) throw new RangeError("a 'sample' step before sampling was enabled");
+    encodeDispatches(pass, plan.sampling.prepare(o.sampling));
+  }
+  pass.end();
+  if (read === 'none') {
+    queue.submit([enc.finish()]);
+    return null;
+  }
+  const logits = read === 'logits';
+  const src = logits ? plan.bufs.logits : plan.bufs.outIds;
+  const dst = logits ? plan.bufs.logitsReadback : plan.bufs.idsReadback;
+  const bytes = logits ? r * spec.vocabSize * 4 : r * 4;
+  enc.copyBufferToBuffer(src, 0, dst, 0, bytes);
+  queue.submit([enc.finish()]);
+  try {
+    await dst.mapAsync(GPUMapMode.READ, 0, bytes);
+  } catch (e) {
+    ctx.assertAlive();
+    throw e;
+  }
+  const data = dst.getMappedRange(0, bytes).slice(0);
+  dst.unmap();
+  if (capture) {
+    const phi = await cal.absorb(plan, input.tokens.length);
+    if (phi) fm.setPhi(phi);
+  }
+  // An error raised by this step arrives as an event; do not hand back what it produced.
+  ctx.assertAlive();
+  return logits ? new Float32Array(data) : new Uint32Array(data);
+}
+
+/**
+ * GPU milliseconds of every dispatch of one step with these inputs (each in its own timed
+ * pass), summed by kernel variant: where a step's time goes. Runs the step for real.
+ */
+export async function profileStep(
+  fm: ForwardModel,
+  input: StepInput,
+  timer: GpuTimer,
+): Promise<{ label: string; ms: number; count: number }[]> {
+  const plan = fm.writeInputs(input);
+  const all = [...plan.graph.body, ...plan.graph.head, plan.graph.argmax];
+  const ms = await timer.time(all.map((d) => ({ label: d.label, dispatches: [d] })));
+  const by = new Map<string, { label: string; ms: number; count: number }>();
+  all.forEach((d, i) => {
+    const e = by.get(d.label) ?? { label: d.label, ms: 0, count: 0 };
+    e.ms += ms[i] as number;
+    e.count++;
+    by.set(d.label, e);
+  });
+  return [...by.values()].sort((a, b) => b.ms - a.ms);
+}
+
+/**
+ * Runs a step (no logits) and returns the input activations of every layer's projections:
+ * [layer][role] = [tokens, cols] f32 (f32 activations only). For calibrating quantizers.
+ */
+export async function captureLinearInputs(
+  fm: ForwardModel,
+  input: StepInput,
+): Promise<Record<ProjectionRole, Float32Array>[]> {
+  const { ctx, spec } = fm;
+  if (fm.activations !== 'f32') throw new RangeError('capturing projection inputs needs f32 activations');
+  const m = input.tokens.length;
+  const plan = fm.writeInputs(input);
+  const enc = ctx.device.createCommandEncoder({ label: 'kiln.capture' });
+  const reads: { layer: number; proj: ProjectionRole; buf: GPUBuffer; bytes: number }[] = [];
+  let from = 0;
+  try {
+    for (const c of plan.graph.linearInputs) {
+      const pass = enc.beginComputePass({ label: 'kiln.forward' });
+      encodeDispatches(pass, plan.graph.body.slice(from, c.after + 1));
+      pass.end();
+      from = c.after + 1;
+      const bytes = m * c.cols * 4;
+      const buf = ctx.createBuffer(
+        `capture.${c.layer}.${c.proj}`,
+        bytes,
+        GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      );
+      reads.push({ layer: c.layer, proj: c.proj, buf, bytes });
+      enc.copyBufferToBuffer(c.buffer, 0, buf, 0, bytes);
+    }
+    ctx.device.queue.submit([enc.finish()]);
+    const out: Record<ProjectionRole, Float32Array>[] = Array.from({ length: spec.numLayers }, () => ({
+      qkv: new Float32Array(0),
+      o: new Float32Array(0),
+      gateUp: new Float32Array(0),
+      down: new Float32Array(0),
+    }));
+    for (const r of reads) {
+      await r.buf.mapAsync(GPUMapMode.READ, 0, r.bytes);
+      (out[r.layer] as Record<ProjectionRole, Float32Array>)[r.proj] = new Float32Array(
+        r.buf.getMappedRange(0, r.bytes).slice(0),
+      );
+      r.buf.unmap();
+    }
+    ctx.assertAlive();
+    return out;
+  } finally {
+    for (const r of reads) ctx.destroyBuffer(r.buf);
+  }
+}
+
+/**
+ * Runs `input` once through a decode plan with the async-softmax kernels (phi 0, results
+ * discarded) so their pipelines are compiled at load time, not in the middle of the first
+ * generation when calibration switches to them. Nothing when there is no calibration ahead.
+ */
+export async function warmAsyncAttention(fm: ForwardModel, input: StepInput): Promise<void> {
+  if (!fm.calibration?.active) return;
+  const zeros = fm.attentionPhi.map(() => 0);
+  const plan = new StepPlan(fm.ctx, fm, input.tokens.length, input.logitRows.length, zeros);
+  try {
+    fm.writeInputsTo(plan, input);
+    const enc = fm.ctx.device.createCommandEncoder({ label: 'kiln.warm' });
+    const pass = enc.beginComputePass();
+    encodeDispatches(pass, plan.graph.body);
+    pass.end();
+    fm.ctx.device.queue.submit([enc.finish()]);
+    await fm.ctx.device.queue.onSubmittedWorkDone();
+  } finally {
+    plan.destroy();
+  }
+}

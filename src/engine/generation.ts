@@ -1,0 +1,180 @@
+/**
+ * One generate() call: its token loop over the scheduler (tokens arrive from the batched steps
+ * and are handed on as they come, decoded to text, cut at stop strings) and the Generation object
+ * the caller iterates or awaits.
+ */
+import type { FinishReason, GenerateOptions, GenerateResult, GeneratedToken } from '../api/types.js';
+import { KilnError } from '../errors.js';
+import { IncrementalDecoder, type KilnTokenizer } from '../io/tokenizer.js';
+import { samplingOf } from './sampling/params.js';
+import type { ScheduledOutcome, Scheduler } from './scheduler.js';
+import { StopMatcher } from './stop.js';
+
+/** What a generation runs on. */
+export interface GenerationHost {
+  readonly scheduler: Scheduler;
+  readonly tokenizer: KilnTokenizer;
+  readonly contextLength: number;
+  /** Ids that end generation unless `ignoreEos`. */
+  readonly eosTokenIds: readonly number[];
+}
+
+/** The token loop: submits the request and yields its tokens, filling `out` as it goes. */
+export async function* generateTokens(
+  host: GenerationHost,
+  promptIds: readonly number[],
+  opts: GenerateOptions,
+  out: GenerateResult,
+): AsyncGenerator<GeneratedToken> {
+  const room = host.contextLength - promptIds.length;
+  const maxTokens = Math.min(opts.maxTokens ?? room, room);
+  const decoder = new IncrementalDecoder(host.tokenizer);
+  const stops = opts.stop && opts.stop.length > 0 ? new StopMatcher(opts.stop) : null;
+  // Stays null if the consumer stops iterating early: that counts as an abort.
+  let finish: FinishReason | null = null;
+  if (maxTokens <= 0) {
+    out.finishReason = 'length';
+    return;
+  }
+  const queue: number[] = [];
+  let wake: (() => void) | null = null;
+  const job = host.scheduler.submit({
+    prompt: promptIds,
+    maxTokens,
+    sampling: samplingOf(opts),
+    seed: opts.seed ?? Math.floor(Math.random() * 2 ** 32),
+    eos: new Set(opts.ignoreEos ? [] : host.eosTokenIds),
+    signal: opts.signal,
+    onToken: (id) => {
+      queue.push(id);
+      wake?.();
+    },
+  });
+  let ended = false;
+  let stopped = false;
+  let outcome: ScheduledOutcome | null = null;
+  let failure: unknown = null;
+  job.done.then(
+    (o) => {
+      outcome = o;
+      ended = true;
+      wake?.();
+    },
+    (e: unknown) => {
+      failure = e;
+      ended = true;
+      wake?.();
+    },
+  );
+  const emit = (text: string): string => {
+    if (!stops) return text;
+    const m = stops.push(text);
+    if (m.stopped) stopped = true;
+    return m.emit;
+  };
+  try {
+    while (!stopped) {
+      while (queue.length > 0 && !stopped) {
+        const id = queue.shift() as number;
+        out.tokenIds.push(id);
+        const text = emit(decoder.push(id));
+        out.text += text;
+        yield { id, text };
+      }
+      if (ended || stopped) break;
+      await new Promise<void>((r) => (wake = r));
+      wake = null;
+    }
+    if (stopped) {
+      // A stop string ends the request here; its outcome (timings) follows at once.
+      job.cancel();
+      outcome = await job.done;
+    }
+    if (failure) throw failure;
+    const o = outcome as ScheduledOutcome | null;
+    if (o) {
+      finish = stopped ? 'stop' : o.finishReason;
+      // A request that ended before its first token (aborted while waiting) ran nothing.
+      if (o.firstTokenAt !== null) {
+        out.timings.prefillMs = o.firstTokenAt - o.submittedAt;
+        out.timings.decodeMs = o.finishedAt - o.firstTokenAt;
+      }
+      out.cachedPromptTokens = o.cachedPromptTokens;
+    }
+    if (!stopped) {
+      let rest = emit(decoder.flush());
+      if (!stopped && stops) rest += stops.flush();
+      if (stopped) finish = 'stop';
+      if (rest) {
+        out.text += rest;
+        yield { id: null, text: rest };
+      }
+    }
+  } finally {
+    if (!ended) job.cancel();
+    out.finishReason = finish ?? 'abort';
+    const t = out.timings;
+    t.prefillTokensPerS = t.prefillMs > 0 ? (promptIds.length / t.prefillMs) * 1000 : 0;
+    const decoded = Math.max(0, out.tokenIds.length - 1);
+    t.decodeTokensPerS = t.decodeMs > 0 && decoded > 0 ? (decoded / t.decodeMs) * 1000 : 0;
+  }
+}
+
+/** A running (or finished) generation: async-iterate it for tokens, or await `result()`. */
+export class Generation implements AsyncIterable<GeneratedToken> {
+  private readonly out: GenerateResult;
+  private started = false;
+  /** Settles when the run ends: with the result, or with the error that ended it. */
+  private finished: Promise<GenerateResult> | null = null;
+
+  constructor(
+    private readonly host: GenerationHost,
+    promptIds: number[],
+    private readonly opts: GenerateOptions,
+  ) {
+    this.out = {
+      text: '',
+      tokenIds: [],
+      promptTokenIds: promptIds,
+      finishReason: 'length',
+      timings: { prefillMs: 0, decodeMs: 0, prefillTokensPerS: 0, decodeTokensPerS: 0 },
+      cachedPromptTokens: 0,
+    };
+  }
+
+  get promptTokenIds(): readonly number[] {
+    return this.out.promptTokenIds;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<GeneratedToken> {
+    if (this.started) throw new KilnError('a Generation can be iterated once');
+    this.started = true;
+    let settle!: (error: unknown) => void;
+    this.finished = new Promise<GenerateResult>((resolve, reject) => {
+      settle = (error) => (error === undefined ? resolve(this.out) : reject(error));
+    });
+    // Whoever awaits result() sees the error; nobody awaiting it is not an unhandled rejection.
+    this.finished.catch(() => undefined);
+    let error: unknown;
+    try {
+      // A consumer that stops early ends the loop through return(), which frees the KV blocks.
+      yield* generateTokens(this.host, this.out.promptTokenIds, this.opts, this.out);
+    } catch (e) {
+      error = e;
+      throw e;
+    } finally {
+      settle(error);
+    }
+  }
+
+  /** Runs the generation to the end (if nobody iterates it) and returns everything. */
+  async result(): Promise<GenerateResult> {
+    if (!this.started) {
+      for await (const _ of this) {
+        // consume
+      }
+      return this.out;
+    }
+    return this.finished as Promise<GenerateResult>;
+  }
+}

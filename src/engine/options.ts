@@ -1,0 +1,121 @@
+/**
+ * What `createEngine` takes, and the checks that refuse a bad option by name before anything is
+ * read or allocated.
+ */
+import { InvalidRequestError } from '../errors.js';
+import type { ModelDir } from '../io/byte-source.js';
+import type { TuneStore } from '../tuner/cache.js';
+import type { LoadProgress } from '../weights/loader.js';
+import type { LoadQuantOptions } from '../weights/select.js';
+
+export interface EngineOptions {
+  /** The model folder (Hugging Face layout). The Node entry also takes paths and Hub ids. */
+  model: ModelDir;
+  /** An existing device to run on (not destroyed by `dispose()`). */
+  device?: GPUDevice;
+  /** The WebGPU entry point (default `navigator.gpu`). */
+  gpu?: GPU;
+  /** Referenced for the engine's lifetime (Dawn's instance in Node). */
+  keepAlive?: unknown;
+  /** Tokens of context (prompt + generated); default min(max_position_embeddings, 4096). */
+  contextLength?: number;
+  /** Prompt tokens per prefill step (bounds activation memory and the length of one submit). */
+  prefillChunkTokens?: number;
+  /** Refuse to load when weights + KV cache + activations would exceed this many bytes. */
+  memoryLimitBytes?: number;
+  /**
+   * Decode attention's softmax: 'async' (default) is FlashDecoding++'s unified max, with phi per
+   * layer calibrated on the first decode steps (which run the exact kernel meanwhile) and an
+   * exact recompute of any row that leaves the safe window; 'two_pass' keeps the exact split-K
+   * softmax always.
+   */
+  attentionSoftmax?: 'async' | 'two_pass';
+  /**
+   * Where non-greedy tokens are drawn: 'gpu' (default; temperature, top-k, top-p and the
+   * repetition penalty run after the LM head and one id is read back) or 'cpu' (the logits row is
+   * read back and src/engine/sampling/cpu.ts draws). Both draw from the same distribution.
+   */
+  sampling?: 'gpu' | 'cpu';
+  /**
+   * Storage of the normed activations that the q/k/v, gate/up and LM-head matmuls read: 'f32'
+   * (default) or 'f16' (halves them; needs an adapter with shader-f16, refused otherwise).
+   * Computation stays f32 either way.
+   */
+  activations?: 'f32' | 'f16';
+  /**
+   * 'q4' quantizes a float checkpoint's projections to int4 while loading (round-to-nearest,
+   * `quantOptions`); 'none' (default) keeps them as stored. Int4 folders (Kiln, GPTQ, AWQ) load
+   * as int4 either way.
+   */
+  quant?: 'none' | 'q4';
+  quantOptions?: LoadQuantOptions;
+  /**
+   * Tokens of KV cache shared by all sequences (16-token blocks). Default: what 256 MiB of f32 K/V
+   * holds (128 MiB with an f16 cache), at least one full context, at most one storage binding per
+   * layer.
+   */
+  kvCacheTokens?: number;
+  /**
+   * Element type of the KV cache: 'auto' (default) is f16 where the adapter has shader-f16 and f32
+   * otherwise; 'f16' (refused without shader-f16) halves the cache's memory and the bytes attention
+   * reads, each K/V value rounded once to f16 (11 significant bits); 'f32' stores them exactly.
+   * Attention computes in f32 either way.
+   */
+  kvCache?: 'auto' | 'f16' | 'f32';
+  onProgress?: (p: LoadProgress) => void;
+  /**
+   * Kernel tuning (src/tuner): `true` or options to tune the model's kernels to this adapter. Cached
+   * choices (from `store`) apply before the first request; classes not yet tuned are tuned in the
+   * background within `budgetMs` (default 5000), one class at a time between generation steps,
+   * and the engine switches to the winners when done (`engine.tuning` resolves then). Default:
+   * off in the library (the CLI, server and browser app turn it on with a persistent store).
+   */
+  tune?: boolean | EngineTuneOptions;
+}
+
+export interface EngineTuneOptions {
+  budgetMs?: number;
+  store?: TuneStore;
+  warn?: (message: string) => void;
+}
+
+/** The enumerated options with their defaults filled in, checked. */
+export interface EngineChoices {
+  attentionSoftmax: 'async' | 'two_pass';
+  sampling: 'gpu' | 'cpu';
+  activations: 'f32' | 'f16';
+  kvCache: 'auto' | 'f16' | 'f32';
+  quant: 'none' | 'q4';
+}
+
+/** Checks every option that can be checked without the model or the adapter. */
+export function checkOptions(opts: EngineOptions): EngineChoices {
+  positiveInteger('contextLength', opts.contextLength);
+  positiveInteger('prefillChunkTokens', opts.prefillChunkTokens);
+  positiveInteger('memoryLimitBytes', opts.memoryLimitBytes);
+  positiveInteger('kvCacheTokens', opts.kvCacheTokens);
+  return {
+    attentionSoftmax: oneOf('attentionSoftmax', opts.attentionSoftmax, ['async', 'two_pass'] as const),
+    sampling: oneOf('sampling', opts.sampling, ['gpu', 'cpu'] as const),
+    activations: oneOf('activations', opts.activations, ['f32', 'f16'] as const),
+    kvCache: oneOf('kvCache', opts.kvCache, ['auto', 'f16', 'f32'] as const),
+    quant: oneOf('quant', opts.quant, ['none', 'q4'] as const),
+  };
+}
+
+/** An enumerated option: its value, or the first (default) choice; anything else names the field. */
+function oneOf<T extends string>(field: string, v: T | undefined, choices: readonly [T, ...T[]]): T {
+  if (v === undefined) return choices[0];
+  if (!choices.includes(v)) {
+    throw new InvalidRequestError(
+      `${field} must be ${choices.map((c) => `'${c}'`).join(' or ')}, got ${String(v)}`,
+    );
+  }
+  return v;
+}
+
+function positiveInteger(field: string, v: number | undefined): void {
+  if (v !== undefined && !(Number.isSafeInteger(v) && v > 0)) {
+    throw new InvalidRequestError(`${field} must be a positive integer, got ${v}`);
+  }
+}

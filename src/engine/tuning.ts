@@ -1,0 +1,74 @@
+/**
+ * Kernel tuning as the engine runs it at load (EngineOptions.tune): the cached choices of this
+ * adapter apply before the warm-up, and the classes left are tuned in the background, one class
+ * at a time between generation steps, within a budget. This keeps the status the browser app
+ * shows and the promise that settles when the engine runs the winners.
+ */
+import type { TuningStatus } from '../api/types.js';
+import type { TuneOptions, TuneReport, TuneResult } from '../tuner/tuner.js';
+import type { EngineTuneOptions } from './options.js';
+
+const DEFAULT_TUNE_BUDGET_MS = 5000;
+
+/** Tunes the engine's kernels (Engine.tune). */
+export type TuneFn = (opts: TuneOptions) => Promise<TuneResult>;
+
+export class BackgroundTuning {
+  status: TuningStatus = { state: 'off', cachedClasses: 0, tunedClasses: 0, leftClasses: 0 };
+  /** Resolves to the background run's report once the engine runs the winners; null if none ran. */
+  report: Promise<TuneReport | null> = Promise.resolve(null);
+  private readonly abort = new AbortController();
+
+  /** Applies this adapter's cached choices (tuning nothing new). */
+  async applyCached(tune: TuneFn, opts: EngineTuneOptions): Promise<TuneResult> {
+    const cached = await tune({ ...opts, budgetMs: 0 });
+    const left = cached.report.skipped.length;
+    this.status = {
+      state: left > 0 ? 'running' : 'done',
+      cachedClasses: cached.report.classes.length,
+      tunedClasses: 0,
+      leftClasses: left,
+    };
+    return cached;
+  }
+
+  /** Tunes the classes the cache lacked, in the background; `alive` is false once disposed. */
+  start(tune: TuneFn, opts: EngineTuneOptions, alive: () => boolean): void {
+    if (this.status.leftClasses === 0) return;
+    this.report = tune({
+      ...opts,
+      budgetMs: opts.budgetMs ?? DEFAULT_TUNE_BUDGET_MS,
+      signal: this.abort.signal,
+      // Counted as they finish, so a caller that stops early can say how far it got.
+      onClass: () => {
+        const st = this.status;
+        this.status = {
+          ...st,
+          tunedClasses: st.tunedClasses + 1,
+          leftClasses: Math.max(0, st.leftClasses - 1),
+        };
+      },
+    }).then(
+      (r) => {
+        this.status = {
+          ...this.status,
+          state: 'done',
+          tunedClasses: r.report.classes.filter((c) => !c.cached).length,
+          leftClasses: r.report.skipped.length,
+        };
+        return r.report;
+      },
+      (e: unknown) => {
+        this.status = { ...this.status, state: 'done' };
+        // Tuning is an optimisation: the engine keeps its defaults if it fails.
+        if (alive()) (opts.warn ?? console.warn)(`kiln: kernel tuning stopped: ${(e as Error).message}`);
+        return null;
+      },
+    );
+  }
+
+  /** Stops the background run between classes. */
+  stop(): void {
+    this.abort.abort();
+  }
+}
