@@ -22,7 +22,7 @@ import { tuneModel } from '../tuner/tuner.js';
 import { destroyWeights, loadWeights, validateCheckpoint, type ModelWeights } from '../weights/loader.js';
 import { weightSourceFor } from '../weights/select.js';
 import type { WeightSource } from '../weights/source.js';
-import { ForwardModel, type StepInput } from './forward/model.js';
+import { ForwardModel } from './forward/model.js';
 import { captureLinearInputs, profileStep, runStep, warmAsyncAttention } from './forward/step.js';
 import { Generation, type GenerationHost } from './generation.js';
 import { BlockManager } from './kv/block-manager.js';
