@@ -18,7 +18,8 @@ import { decodeToFloat32 } from '../io/dtype.js';
 import { openCheckpoint, planSafetensors, type Checkpoint } from '../io/safetensors.js';
 import { columnSecondMoments, quantizeClip } from '../quant/clip.js';
 import type { GpuContext } from '../gpu/device.js';
-import { GptqGpuSolver, planGptqGpu } from '../kernels/gptq.js';
+import { GptqGpuSolver } from '../kernels/gptq.js';
+import { planGptqGpu } from '../kernels/gptq-plan.js';
 import { accumulateHessian, quantizeGptq } from '../quant/gptq-solver.js';
 import {
   fusedProjectionNames,
