@@ -9,7 +9,7 @@ import { ATTENTION_MAX_HEAD_DIM } from '../kernels/attention.js';
 import { acquireGpu, formatBytes, type AdapterSummary, type GpuContext } from '../gpu/device.js';
 import type { ModelDir } from '../io/byte-source.js';
 import { loadModelSpec } from '../model/config.js';
-import { openCheckpoint, type Checkpoint } from '../io/safetensors.js';
+import { openCheckpoint, type Checkpoint } from '../io/safetensors-checkpoint.js';
 import { IncrementalDecoder, KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { ChatCompletions } from '../api/openai/chat.js';
 import { ForwardModel, type LinearInputName, type StepInput } from './forward/plan.js';

@@ -9,7 +9,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import { DownloadError, KilnError } from '../errors.js';
 import { isCommitHash, parseHubId, type HubId } from '../io/hub-id.js';
 import { isJsonObject } from '../io/json.js';
-import { INDEX_FILE, isShardFileName, SHARD_NAME_RULE } from '../io/safetensors.js';
+import { INDEX_FILE, isShardFileName, SHARD_NAME_RULE } from '../io/safetensors-checkpoint.js';
 import {
   COMPLETE_MARKER,
   isCompleteDir,

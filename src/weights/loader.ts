@@ -5,7 +5,8 @@
 import { DeviceMemoryError, UnsupportedModelError } from '../errors.js';
 import { formatBytes, storageUsage, type GpuContext } from '../gpu/device.js';
 import { decodeToFloat32, DTYPE_BYTES, type SafetensorsDtype } from '../io/dtype.js';
-import type { Checkpoint, TensorInfo } from '../io/safetensors.js';
+import type { TensorInfo } from '../io/safetensors.js';
+import type { Checkpoint } from '../io/safetensors-checkpoint.js';
 import {
   packTile,
   partBytes,

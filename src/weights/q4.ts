@@ -7,7 +7,8 @@
  */
 import { DeviceMemoryError, UnsupportedModelError } from '../errors.js';
 import { formatBytes, storageUsage, type GpuContext } from '../gpu/device.js';
-import type { Checkpoint, TensorInfo } from '../io/safetensors.js';
+import type { TensorInfo } from '../io/safetensors.js';
+import type { Checkpoint } from '../io/safetensors-checkpoint.js';
 import type { Q4GpuWeight, Q4WeightPart } from '../kernels/matmul-q4.js';
 import { q4TensorSpecs } from '../quant/kiln-format.js';
 import { Q4_TILE_ROWS, type Q4Format, type Q4Matrix } from '../quant/q4.js';
