@@ -5,8 +5,8 @@
  * bytes we read and where: every field is checked before it is used. Checkpoints (a file or a
  * sharded set) are opened in safetensors-checkpoint.ts, files written by safetensors-writer.ts.
  */
-import { InvalidModelFileError, KilnError, UnsupportedModelError } from '../errors.js';
-import type { ByteSource, ModelDir } from './byte-source.js';
+import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
+import type { ByteSource } from './byte-source.js';
 import { DTYPE_BYTES, isSafetensorsDtype, type SafetensorsDtype } from './dtype.js';
 import { describeValue, isJsonObject } from './json.js';
 
