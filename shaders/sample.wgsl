@@ -2,6 +2,8 @@
 // uniform number u, so a sampled decode step reads back 4 bytes instead of the logits.
 // Bindings: params {n}, logits [rows, n] f32, row params [rows] {temperature f32, top_k u32,
 // top_p f32, u f32}, ids [rows] u32. Work: one 256-thread workgroup per row.
+// One algorithm in one file, past 500 lines: its steps share one workgroup loop and its workgroup
+// memory (see "How" below), and WGSL has no modules to split them into.
 //
 // Semantics (src/kernels/sample.ref.ts is the float64 twin):
 // - NaN logits never win. No non-NaN logit: 0. Temperature <= 0, top_k == 1, or a maximum that is

@@ -11,7 +11,7 @@ import type { GenerateOptions, TuningStatus } from '../api/types.js';
 import { InvalidRequestError, KilnError, UnsupportedModelError } from '../errors.js';
 import { acquireGpu, type AdapterSummary, type GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
-import { openCheckpoint } from '../io/safetensors.js';
+import { openCheckpoint } from '../io/safetensors-checkpoint.js';
 import { KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { ATTENTION_MAX_HEAD_DIM } from '../kernels/attention.js';
 import type { ProjectionRole } from '../model/architecture.js';

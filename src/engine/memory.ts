@@ -5,7 +5,7 @@
  */
 import { DeviceMemoryError } from '../errors.js';
 import { formatBytes } from '../gpu/device.js';
-import type { Checkpoint } from '../io/safetensors.js';
+import type { Checkpoint } from '../io/safetensors-checkpoint.js';
 import type { ModelSpec } from '../model/spec.js';
 import { weightBytes } from '../weights/loader.js';
 import type { WeightSource } from '../weights/source.js';

@@ -14,7 +14,7 @@
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
 import type { ByteSource } from './byte-source.js';
 import { decodeToFloat32, encodeFromFloat32, type FloatDtype } from './dtype.js';
-import type { TensorToWrite } from './safetensors.js';
+import type { TensorToWrite } from './safetensors-writer.js';
 
 export interface Llama2cHeader {
   version: 0 | 1;

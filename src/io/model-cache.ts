@@ -10,7 +10,7 @@ import { DownloadError, InvalidModelFileError, KilnError } from '../errors.js';
 import { blobModelDir } from './blob-model-dir.js';
 import type { ModelDir } from './byte-source.js';
 import { httpModelDir } from './http-model-dir.js';
-import { INDEX_FILE, isShardFileName, SHARD_NAME_RULE, SINGLE_FILE } from './safetensors.js';
+import { INDEX_FILE, isShardFileName, SHARD_NAME_RULE, SINGLE_FILE } from './safetensors-checkpoint.js';
 
 /** The Cache API cache Kiln stores model files in. */
 export const MODEL_CACHE_NAME = 'kiln-models-v1';

@@ -4,6 +4,9 @@
  * ship only tokenizer.model (llama2.c, early Llama repos) go through the same tokenizer code as
  * everything else. The protobuf is read with @bufbuild/protobuf's wire reader; only the fields the
  * conversion needs are interpreted, the rest are skipped.
+ *
+ * One algorithm in one file, past 500 lines: the reader takes exactly the fields the conversion
+ * consumes, so the two change together.
  */
 import { BinaryReader, WireType, base64Encode } from '@bufbuild/protobuf/wire';
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';

@@ -7,7 +7,7 @@
  * by design; use with tiny models.
  */
 import { decodeToFloat32, f16BitsToF32, f32ToF16Bits } from '../io/dtype.js';
-import type { Checkpoint } from '../io/safetensors.js';
+import type { Checkpoint } from '../io/safetensors-checkpoint.js';
 import { attentionRef } from '../kernels/attention.ref.js';
 import { embedRef } from '../kernels/embed.ref.js';
 import { matmulRef } from '../kernels/matmul.ref.js';

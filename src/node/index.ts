@@ -7,13 +7,15 @@ import type { EngineOptions } from '../engine/options.js';
 import type { ModelDir } from '../io/byte-source.js';
 import { dawnGpu } from './dawn.js';
 import { openLocalModelDir } from './fs-model-dir.js';
-import { resolveModel, type PullOptions } from './hub.js';
+import { resolveModel } from './hub.js';
+import type { PullOptions } from './hub-client.js';
 import { catalogAliasToHubId } from '../model/catalog.js';
 import { existsSync } from 'node:fs';
 
 export * from '../index.js';
 export { openLocalModelDir } from './fs-model-dir.js';
-export { pullModel, resolveModel, kilnCacheDir } from './hub.js';
+export { pullModel, resolveModel } from './hub.js';
+export { kilnCacheDir } from './hub-cache.js';
 export { convertLlama2cToFolder } from './convert.js';
 export { dawnGpu, acquireNodeGpu } from './dawn.js';
 export { FileTuneStore } from './tune-store.js';

@@ -15,10 +15,12 @@ import { join } from 'node:path';
 import { DeviceMemoryError, InvalidRequestError, UnsupportedModelError } from '../errors.js';
 import { loadModelSpec } from '../model/config.js';
 import { decodeToFloat32 } from '../io/dtype.js';
-import { openCheckpoint, planSafetensors, type Checkpoint } from '../io/safetensors.js';
+import { openCheckpoint, type Checkpoint } from '../io/safetensors-checkpoint.js';
+import { planSafetensors } from '../io/safetensors-writer.js';
 import { columnSecondMoments, quantizeClip } from '../quant/clip.js';
 import type { GpuContext } from '../gpu/device.js';
-import { GptqGpuSolver, planGptqGpu } from '../kernels/gptq.js';
+import { GptqGpuSolver } from '../kernels/gptq.js';
+import { planGptqGpu } from '../kernels/gptq-plan.js';
 import { accumulateHessian, quantizeGptq } from '../quant/gptq-solver.js';
 import {
   fusedProjectionNames,

@@ -5,7 +5,7 @@
  */
 import { open, rename, rm } from 'node:fs/promises';
 import { KilnError } from '../errors.js';
-import { planSafetensors, type TensorSpec } from '../io/safetensors.js';
+import { planSafetensors, type TensorSpec } from '../io/safetensors-writer.js';
 
 export async function writeSafetensorsFile<T extends TensorSpec>(
   path: string,

@@ -6,7 +6,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TuneStore } from '../tuner/cache.js';
-import { kilnCacheDir } from './hub.js';
+import { kilnCacheDir } from './hub-cache.js';
 
 export class FileTuneStore implements TuneStore {
   constructor(readonly dir: string = join(kilnCacheDir(), 'tuning')) {}

@@ -5,7 +5,7 @@
  * the embedding table (the folder keeps only the int4 copy).
  */
 import { UnsupportedModelError } from '../errors.js';
-import type { Checkpoint } from '../io/safetensors.js';
+import type { Checkpoint } from '../io/safetensors-checkpoint.js';
 import type { Q4GpuWeight, Q4WeightPart } from '../kernels/matmul-q4.js';
 import { projectionRows, type ModelTensors } from '../model/architecture.js';
 import type { ModelSpec } from '../model/spec.js';

@@ -6,7 +6,8 @@
  * float LM head stay in float.
  */
 import type { GpuContext } from '../gpu/device.js';
-import type { Checkpoint, TensorInfo } from '../io/safetensors.js';
+import type { Checkpoint } from '../io/safetensors-checkpoint.js';
+import type { TensorInfo } from '../io/safetensors.js';
 import type { Linear, MatrixWeight } from '../kernels/linear.js';
 import type { ModelTensors, ProjectionTensors } from '../model/architecture.js';
 import type { ModelSpec } from '../model/spec.js';

@@ -6,7 +6,8 @@
 import { DeviceMemoryError, UnsupportedModelError } from '../errors.js';
 import { formatBytes, storageUsage } from '../gpu/device.js';
 import { decodeToFloat32, DTYPE_BYTES, type SafetensorsDtype } from '../io/dtype.js';
-import type { Checkpoint, TensorInfo } from '../io/safetensors.js';
+import type { Checkpoint } from '../io/safetensors-checkpoint.js';
+import type { TensorInfo } from '../io/safetensors.js';
 import {
   packTile,
   partBytes,

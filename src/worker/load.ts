@@ -12,7 +12,7 @@ import type { ModelDir } from '../io/byte-source.js';
 import { loadModelSpec } from '../model/config.js';
 import { httpModelDir } from '../io/http-model-dir.js';
 import { ModelCache } from '../io/model-cache.js';
-import { openCheckpoint } from '../io/safetensors.js';
+import { openCheckpoint } from '../io/safetensors-checkpoint.js';
 import { createEngine, type Engine } from '../engine/engine.js';
 import { estimateMemory } from '../engine/memory.js';
 import { kvCacheBytes } from '../engine/kv/cache.js';

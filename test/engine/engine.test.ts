@@ -16,7 +16,7 @@ import {
   KilnError,
   UnsupportedModelError,
 } from '../../src/errors.js';
-import { openCheckpoint } from '../../src/io/safetensors.js';
+import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 import { dawnGpu } from '../../src/node/dawn.js';
 import { createEngine } from '../../src/node/index.js';

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { InvalidRequestError } from '../../src/errors.js';
-import { openCheckpoint } from '../../src/io/safetensors.js';
+import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { dawnGpu } from '../../src/node/dawn.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';

@@ -6,7 +6,11 @@
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { encodeFromFloat32, type FloatDtype } from '../../src/io/dtype.js';
-import { encodeSafetensors, encodeSafetensorsIndex, type TensorToWrite } from '../../src/io/safetensors.js';
+import {
+  encodeSafetensors,
+  encodeSafetensorsIndex,
+  type TensorToWrite,
+} from '../../src/io/safetensors-writer.js';
 import { convertSentencePiece } from '../../src/io/sentencepiece.js';
 import { parseModelConfig } from '../../src/model/config.js';
 import type { ModelSpec } from '../../src/model/spec.js';

@@ -13,7 +13,8 @@ import { InvalidModelFileError, KilnError, UnsupportedModelError } from '../../s
 import type { ByteSource } from '../../src/io/byte-source.js';
 import { decodeToFloat32 } from '../../src/io/dtype.js';
 import { convertLlama2c, readLlama2cHeader } from '../../src/io/llama2c.js';
-import { encodeSafetensors, openCheckpoint } from '../../src/io/safetensors.js';
+import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
+import { encodeSafetensors } from '../../src/io/safetensors-writer.js';
 import { ropeInvFreq, ropeRef } from '../../src/kernels/rope.ref.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';

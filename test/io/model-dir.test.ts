@@ -8,7 +8,8 @@ import { DownloadError, InvalidModelFileError } from '../../src/errors.js';
 import { MAX_TEXT_FILE_BYTES, type ModelDir } from '../../src/io/byte-source.js';
 import { loadModelSpec } from '../../src/model/config.js';
 import { httpModelDir } from '../../src/io/http-model-dir.js';
-import { encodeSafetensors, encodeSafetensorsIndex, openCheckpoint } from '../../src/io/safetensors.js';
+import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
+import { encodeSafetensors, encodeSafetensorsIndex } from '../../src/io/safetensors-writer.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 
 const root = mkdtempSync(join(tmpdir(), 'kiln-model-dir-'));

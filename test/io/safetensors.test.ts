@@ -10,14 +10,13 @@ import {
   encodeFromFloat32,
   type SafetensorsDtype,
 } from '../../src/io/dtype.js';
+import { findDuplicateJsonKey, parseSafetensorsHeader } from '../../src/io/safetensors.js';
+import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
 import {
   encodeSafetensors,
   encodeSafetensorsIndex,
-  findDuplicateJsonKey,
-  openCheckpoint,
-  parseSafetensorsHeader,
   type TensorToWrite,
-} from '../../src/io/safetensors.js';
+} from '../../src/io/safetensors-writer.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 
 const root = mkdtempSync(join(tmpdir(), 'kiln-safetensors-'));

@@ -26,14 +26,13 @@ import { describe, expect, test } from 'vitest';
 import { DeviceMemoryError } from '../../src/errors.js';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { quantizeGptq } from '../../src/quant/gptq-solver.js';
+import { GptqGpuSolver, quantizeGptqGpu } from '../../src/kernels/gptq.js';
 import {
-  GptqGpuSolver,
   gptqGpuUnsupported,
   pickFactorization,
   planGptqGpu,
-  quantizeGptqGpu,
   type GptqFactorization,
-} from '../../src/kernels/gptq.js';
+} from '../../src/kernels/gptq-plan.js';
 import { dequantize, packQ4, quantizeRtn, type Q4Format, type Q4Matrix } from '../../src/quant/q4.js';
 import { testGpu } from '../helpers/gpu.js';
 import { correlatedActivations, heavyTailedWeights, hessianOf, outputError } from '../helpers/quant-data.js';

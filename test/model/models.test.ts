@@ -13,7 +13,7 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
-import { openCheckpoint } from '../../src/io/safetensors.js';
+import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
 import { ropeInvFreq } from '../../src/kernels/rope.ref.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 import { createEngine } from '../../src/node/index.js';

@@ -11,7 +11,7 @@ import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CATALOG } from '../../src/model/catalog.js';
-import { encodeSafetensors, type TensorToWrite } from '../../src/io/safetensors.js';
+import { encodeSafetensors, type TensorToWrite } from '../../src/io/safetensors-writer.js';
 import type { SafetensorsDtype } from '../../src/io/dtype.js';
 import { dawnGpu } from '../../src/node/dawn.js';
 import { createEngine, openLocalModelDir } from '../../src/node/index.js';

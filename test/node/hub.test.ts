@@ -6,16 +6,10 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DownloadError, KilnError } from '../../src/errors.js';
 import { MAX_TEXT_FILE_BYTES } from '../../src/io/byte-source.js';
-import {
-  COMPLETE_MARKER,
-  findCachedModel,
-  kilnCacheDir,
-  MAX_WEIGHTS_FILE_BYTES,
-  maxDownloadBytes,
-  pullModel,
-  resolveModel,
-  type PullProgress,
-} from '../../src/node/hub.js';
+import { findCachedModel, pullModel, resolveModel } from '../../src/node/hub.js';
+import { COMPLETE_MARKER, kilnCacheDir } from '../../src/node/hub-cache.js';
+import type { PullProgress } from '../../src/node/hub-client.js';
+import { MAX_WEIGHTS_FILE_BYTES, maxDownloadBytes } from '../../src/node/hub-download.js';
 import { DEFAULT_COMMIT as COMMIT, LocalHub, type Repo, type RepoFile } from '../helpers/local-hub.js';
 
 // The fake Hub (LocalHub) serves these repos on 127.0.0.1 with the real URL layout.

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, test } from 'vitest';
 import { encodeFromFloat32 } from '../../src/io/dtype.js';
-import { encodeSafetensors, type TensorToWrite } from '../../src/io/safetensors.js';
+import { encodeSafetensors, type TensorToWrite } from '../../src/io/safetensors-writer.js';
 import { writeSafetensorsFile } from '../../src/node/safetensors-file.js';
 import { randomF32 } from '../helpers/random.js';
 

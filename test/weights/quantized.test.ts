@@ -9,12 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { decodeToFloat32, f32ToF16Bits } from '../../src/io/dtype.js';
-import {
-  encodeSafetensors,
-  openCheckpoint,
-  type Checkpoint,
-  type TensorToWrite,
-} from '../../src/io/safetensors.js';
+import { openCheckpoint, type Checkpoint } from '../../src/io/safetensors-checkpoint.js';
+import { encodeSafetensors, type TensorToWrite } from '../../src/io/safetensors-writer.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 import { createEngine } from '../../src/node/index.js';
 import { quantizeModel } from '../../src/node/quantize.js';

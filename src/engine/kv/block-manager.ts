@@ -16,6 +16,9 @@
  * through the hash table, so a shared block is never written again; the one place a shared block
  * can be written is a partial last block shared by `fork`, which `appendSlots` copies first
  * (copy-on-write).
+ *
+ * One data structure in one file, past 500 lines: every method moves blocks between the three
+ * states above under the same invariants, which `checkInvariants` checks together.
  */
 import { InvalidRequestError, KilnError } from '../../errors.js';
 

@@ -1,0 +1,69 @@
+/**
+ * `kiln bench`: `kernels` (bench/commands.ts) and `decode`, the aggregate decode rate at several
+ * batch sizes (benchDecode in src/node/batch.ts), printed as a table or one JSON object.
+ */
+import { InvalidArgumentError, type Command } from 'commander';
+import { cmdBenchKernels } from '../../bench/commands.js';
+import { benchDecode } from '../node/batch.js';
+import { loadEngine } from './load.js';
+import { addModelOptions, intArg, type ModelFlags } from './options.js';
+
+async function cmdBenchDecode(
+  o: ModelFlags & { batch: string; promptTokens: number; tokens: number; json?: boolean },
+): Promise<void> {
+  const batches = o.batch.split(',').map((b) => Number(b.trim()));
+  if (batches.some((b) => !Number.isInteger(b) || b < 1)) {
+    throw new InvalidArgumentError(`--batch ${o.batch}: expected positive integers separated by commas`);
+  }
+  const engine = await loadEngine(o);
+  try {
+    const rows = await benchDecode(engine, batches, o.promptTokens, o.tokens);
+    const base = rows[0]?.decode_tokens_per_s_aggregate ?? 0;
+    if (o.json) {
+      process.stdout.write(
+        JSON.stringify({
+          model: engine.modelName,
+          adapter: engine.adapter,
+          weights: engine.weightFormat,
+          rows,
+        }) + '\n',
+      );
+      return;
+    }
+    process.stdout.write('batch  aggregate tok/s  per request  vs first\n');
+    for (const r of rows) {
+      const ratio = base > 0 ? (r.decode_tokens_per_s_aggregate / base).toFixed(2) + 'x' : '-';
+      process.stdout.write(
+        `${String(r.batch).padStart(5)}  ${r.decode_tokens_per_s_aggregate.toFixed(2).padStart(15)}  ${r.decode_tokens_per_s_per_request.toFixed(2).padStart(11)}  ${ratio.padStart(9)}\n`,
+      );
+    }
+  } finally {
+    engine.dispose();
+  }
+}
+
+/** `kiln bench` and its subcommands. */
+export function addBenchCommand(program: Command): void {
+  const bench = program.command('bench').description('benchmarks');
+  bench
+    .command('kernels')
+    .description(
+      'time every kernel at Llama-3.2-1B / Qwen2.5-0.5B layer shapes against the measured bandwidth, each checked against its CPU reference',
+    )
+    .option('--json <file>', 'write the JSON report to FILE (default: stdout)')
+    .option('--quick', 'fewer shapes and repetitions')
+    .action((o: { json?: string; quick?: boolean }) => cmdBenchKernels(o));
+
+  addModelOptions(
+    bench
+      .command('decode')
+      .description('aggregate decode tokens/s of a model at several batch sizes (continuous batching)'),
+  )
+    .option('--batch <sizes>', 'comma-separated batch sizes', '1,4,16')
+    .option('--prompt-tokens <n>', 'prompt tokens per request', intArg('--prompt-tokens', 1), 16)
+    .option('--tokens <n>', 'tokens generated per request', intArg('--tokens', 2), 32)
+    .option('--json', 'print one JSON object')
+    .action((o: ModelFlags & { batch: string; promptTokens: number; tokens: number; json?: boolean }) =>
+      cmdBenchDecode(o),
+    );
+}

@@ -1,0 +1,58 @@
+/** `kiln eval`: teacher-forced perplexity of a text, and KL / top-1 agreement against a reference. */
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import type { Engine } from '../engine/engine.js';
+import { evaluateText } from '../engine/eval.js';
+import { KilnError } from '../errors.js';
+import { createCountProgress } from '../node/progress.js';
+import { loadEngine } from './load.js';
+import { addModelOptions, type ModelFlags } from './options.js';
+
+async function cmdEval(o: ModelFlags & { text: string; reference?: string; json?: boolean }): Promise<void> {
+  let text: string;
+  try {
+    text = await readFile(o.text, 'utf8');
+  } catch (e) {
+    throw new KilnError(`cannot read the text ${o.text}: ${(e as Error).message}`, { cause: e });
+  }
+  const engine = await loadEngine(o);
+  let reference: Engine | null = null;
+  try {
+    if (o.reference) reference = await loadEngine({ ...o, model: o.reference, quant: 'none' });
+    const ids = engine.encodePrompt(text);
+    const bar = createCountProgress('eval', { enabled: !o.quiet });
+    const r = await evaluateText(engine, ids, reference ?? undefined, (done, total) =>
+      bar.update(done, total),
+    );
+    bar.stop();
+    if (o.json) {
+      process.stdout.write(JSON.stringify(r) + '\n');
+      return;
+    }
+    const lines = [`tokens ${r.tokens}`, `perplexity ${r.perplexity.toFixed(4)}`];
+    if (r.kl_mean !== null) {
+      lines.push(
+        `reference perplexity ${(r.reference_perplexity as number).toFixed(4)}`,
+        `mean KL(reference ‖ model) ${r.kl_mean.toFixed(5)}`,
+        `top-1 agreement ${((r.top1_agreement as number) * 100).toFixed(2)}%`,
+      );
+    }
+    process.stdout.write(lines.join('\n') + '\n');
+  } finally {
+    reference?.dispose();
+    engine.dispose();
+  }
+}
+
+/** `kiln eval`. */
+export function addEvalCommand(program: Command): void {
+  addModelOptions(
+    program
+      .command('eval')
+      .description('teacher-forced perplexity of a text, and KL / top-1 agreement against a reference model'),
+  )
+    .requiredOption('--text <file>', 'text to evaluate (UTF-8)')
+    .option('--reference <dir>', 'reference model (e.g. the float model a quantized one came from)')
+    .option('--json', 'print {tokens, perplexity, reference_perplexity, kl_mean, top1_agreement}')
+    .action((o: ModelFlags & { text: string; reference?: string; json?: boolean }) => cmdEval(o));
+}

@@ -1,0 +1,44 @@
+/**
+ * The engine that the model options describe, loaded with download and load progress bars and
+ * with background kernel tuning cached per adapter (warnings on stderr).
+ */
+import type { Engine } from '../engine/engine.js';
+import type { Q4GroupSize } from '../quant/q4.js';
+import type { LoadProgress } from '../weights/loader.js';
+import type { PullProgress } from '../node/hub-client.js';
+import { createEngine } from '../node/index.js';
+import { createByteProgress } from '../node/progress.js';
+import { FileTuneStore } from '../node/tune-store.js';
+import type { ModelFlags } from './options.js';
+
+export async function loadEngine(o: ModelFlags): Promise<Engine> {
+  const pullBar = createByteProgress('download', { enabled: !o.quiet });
+  const loadBar = createByteProgress('loading', { enabled: !o.quiet });
+  try {
+    return await createEngine({
+      model: o.model,
+      ...(o.context ? { contextLength: o.context } : {}),
+      ...(o.memoryLimit ? { memoryLimitBytes: o.memoryLimit * 2 ** 20 } : {}),
+      ...(o.attention ? { attentionSoftmax: o.attention } : {}),
+      ...(o.sampler ? { sampling: o.sampler } : {}),
+      ...(o.activations ? { activations: o.activations } : {}),
+      ...(o.kvCache ? { kvCache: o.kvCache } : {}),
+      ...(o.quant ? { quant: o.quant } : {}),
+      quantOptions: {
+        ...(o.groupSize ? { groupSize: o.groupSize as Q4GroupSize } : {}),
+        ...(o.quantSym ? { symmetric: true } : {}),
+        ...(o.quantLmHead ? { lmHead: true } : {}),
+      },
+      tune: o.tune ? { budgetMs: o.tuneBudget * 1000, store: new FileTuneStore(), warn: tuneWarn } : false,
+      pull: { onProgress: (p: PullProgress) => pullBar.update(p.bytes, p.total, p.file) },
+      onProgress: (p: LoadProgress) => loadBar.update(p.loadedBytes, p.totalBytes, p.tensor),
+    });
+  } finally {
+    pullBar.stop();
+    loadBar.stop();
+  }
+}
+
+function tuneWarn(m: string): void {
+  process.stderr.write(`kiln: ${m}\n`);
+}
