@@ -1,6 +1,6 @@
 /** rmsnorm: y[r] = w ⊙ x[rows[r]] / sqrt(mean(x[rows[r]]²) + eps); see shaders/rmsnorm.wgsl. */
 import { activationFragment, checkActivationFormat, type ActivationFormat } from './activation.js';
-import { linearGrid, MAX_GRID, packParams, shaderSource } from './shader.js';
+import { MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 
 export function rmsnorm(
