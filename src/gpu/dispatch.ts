@@ -121,4 +121,3 @@ export function runDispatches(ctx: GpuContext, dispatches: readonly Dispatch[]):
   pass.end();
   ctx.device.queue.submit([enc.finish()]);
 }
-

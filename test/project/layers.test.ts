@@ -52,7 +52,8 @@ function roomOf(path: string): { room: string; rank: number } {
 function importsOf(file: string): string[] {
   const text = readFileSync(file, 'utf8');
   const out: string[] = [];
-  const re = /(?:^|[\s;])(?:import|export)\s[^'";]*?from\s*['"](\.[^'"]+)['"]|import\(\s*['"](\.[^'"]+)['"]\s*\)/g;
+  const re =
+    /(?:^|[\s;])(?:import|export)\s[^'";]*?from\s*['"](\.[^'"]+)['"]|import\(\s*['"](\.[^'"]+)['"]\s*\)/g;
   for (const m of text.matchAll(re)) {
     const spec = (m[1] ?? m[2]) as string;
     if (!/\.(js|ts)$/.test(spec)) continue; // JSON data (models/catalog.json) sits outside the rooms
