@@ -1,5 +1,5 @@
 /**
- * Kiln's public API (browser and Node). Node users import `kiln/node`, which re-exports this and
+ * Kiln's public API (browser and Node). Node users import `kiln-llm/node`, which re-exports this and
  * adds local folders, Hub ids and Dawn.
  */
 export { createEngine, Engine, Generation, type EngineOptions } from './engine/engine.js';
