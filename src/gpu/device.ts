@@ -49,7 +49,7 @@ function findGpu(opts: AcquireOptions): GPU {
   const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
   if (nav?.gpu) return nav.gpu;
   throw new GpuDeviceError(
-    'WebGPU is not available: no navigator.gpu here. In Node, use the kiln/node entry (Dawn); in a browser, use one with WebGPU enabled.',
+    'WebGPU is not available: no navigator.gpu here. In Node, use the kiln-llm/node entry (Dawn); in a browser, use one with WebGPU enabled.',
   );
 }
 

@@ -1,5 +1,5 @@
 /**
- * Kiln's Node entry (`kiln/node`): the engine with Dawn as the GPU, and models given as a local
+ * Kiln's Node entry (`kiln-llm/node`): the engine with Dawn as the GPU, and models given as a local
  * folder or a Hub id (`org/name[@revision]`, downloaded into the cache on first use).
  */
 import { createEngine as createCoreEngine, type Engine } from '../engine/engine.js';

@@ -1,6 +1,6 @@
 /**
  * The tuning cache in a browser: IndexedDB database "kiln", object store "tuning", one text per
- * adapter signature id. Browser-only (it needs `indexedDB`); Node uses the file store of kiln/node.
+ * adapter signature id. Browser-only (it needs `indexedDB`); Node uses the file store of kiln-llm/node.
  */
 import type { TuneStore } from './cache.js';
 
