@@ -1,10 +1,10 @@
 /**
  * `kiln bench`: `kernels` (bench/commands.ts) and `decode`, the aggregate decode rate at several
- * batch sizes (benchDecode in src/node/batch.ts), printed as a table or one JSON object.
+ * batch sizes (bench/decode-batches.ts), printed as a table or one JSON object.
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import { cmdBenchKernels } from '../../bench/commands.js';
-import { benchDecode } from '../node/batch.js';
+import { benchDecode } from '../../bench/decode-batches.js';
 import { loadEngine } from './load.js';
 import { addModelOptions, intArg, type ModelFlags } from './options.js';
 

@@ -1,7 +1,7 @@
 /**
  * Many prompts at once through the engine's continuous batching: `kiln run --prompts-file` (one
- * JSON line per prompt, in input order, then a summary) and `kiln bench decode --batch` (aggregate
- * decode tokens/s per batch size).
+ * JSON line per prompt, in input order, then a summary). `kiln bench decode` (bench/) reuses the
+ * summary.
  */
 import { readFile } from 'node:fs/promises';
 import { InvalidRequestError, KilnError } from '../errors.js';
@@ -104,7 +104,7 @@ export async function runBatch(
   return { results, summary: summarize(engine, results, t0, wall) };
 }
 
-function summarize(
+export function summarize(
   engine: Engine,
   results: readonly GenerateResult[],
   t0: number,
@@ -125,53 +125,4 @@ function summarize(
     peak_kv_blocks: s.peakBlocksUsed,
     prefix_cache_hit_rate: round(s.prefixCacheHitRate * 1e4) / 1e4,
   };
-}
-
-export interface DecodeBenchRow {
-  batch: number;
-  prompt_tokens: number;
-  tokens_per_request: number;
-  decode_tokens_per_s_aggregate: number;
-  decode_tokens_per_s_per_request: number;
-  wall_s: number;
-}
-
-/**
- * Aggregate decode throughput at each batch size: `batch` requests with distinct prompts of
- * `promptTokens` ids, `tokens` greedy tokens each (EOS ignored), submitted together. A warm-up
- * round at each size compiles its step plans first.
- */
-export async function benchDecode(
-  engine: Engine,
-  batches: readonly number[],
-  promptTokens: number,
-  tokens: number,
-): Promise<DecodeBenchRow[]> {
-  const rows: DecodeBenchRow[] = [];
-  const prompt = (i: number) => [
-    1,
-    ...Array.from(
-      { length: promptTokens - 1 },
-      (_, j) => 3 + ((j * 37 + i * 101) % Math.max(1, engine.tokenizer.vocabSize - 3)),
-    ),
-  ];
-  for (const b of batches) {
-    const opts: GenerateOptions = { maxTokens: tokens, temperature: 0, ignoreEos: true };
-    const ids = (k: number) => Array.from({ length: b }, (_, i) => prompt(k * 1000 + i));
-    // Warm-up: the same shapes once (pipelines and plans), different prompts (no prefix hits).
-    await Promise.all(ids(1).map((p) => engine.generate(p, { ...opts, maxTokens: 2 }).result()));
-    const t0 = performance.now();
-    const results = await Promise.all(ids(2).map((p) => engine.generate(p, opts).result()));
-    const wall = (performance.now() - t0) / 1000;
-    const s = summarize(engine, results, t0, wall);
-    rows.push({
-      batch: b,
-      prompt_tokens: promptTokens,
-      tokens_per_request: tokens,
-      decode_tokens_per_s_aggregate: s.decode_tokens_per_s_aggregate,
-      decode_tokens_per_s_per_request: round(s.decode_tokens_per_s_aggregate / b),
-      wall_s: round(wall),
-    });
-  }
-  return rows;
 }
