@@ -5,6 +5,16 @@
  * `max_tokens`, `system`, `context`, `memory_limit_mib`.
  */
 import { formatBytes } from '../src/gpu/device.js';
+import { ui } from './elements.js';
+import {
+  adapterName,
+  baseStats,
+  describeProgress,
+  errorText,
+  f16Text,
+  statsLine,
+  tuningText,
+} from './text.js';
 import { pickedFolderFiles } from '../src/io/blob-model-dir.js';
 import { hubFileUrl, parseHubId } from '../src/io/hub-id.js';
 import { clearModelCache, ModelCache } from '../src/io/model-cache.js';
@@ -14,46 +24,6 @@ import type { LoadProgress, ModelSource } from '../src/worker/protocol.js';
 import { WorkerEngine } from '../src/worker/proxy.js';
 
 const HUB = 'https://huggingface.co';
-
-function el<T extends HTMLElement>(id: string, type: new () => T): T {
-  const e = document.getElementById(id);
-  if (!(e instanceof type)) throw new Error(`the page has no #${id}`);
-  return e;
-}
-
-const ui = {
-  modelForm: el('model-form', HTMLFormElement),
-  modelUrl: el('model-url', HTMLInputElement),
-  load: el('load', HTMLButtonElement),
-  openFolder: el('open-folder', HTMLButtonElement),
-  folderInput: el('folder-input', HTMLInputElement),
-  progress: el('progress', HTMLDivElement),
-  progressFill: el('progress-fill', HTMLDivElement),
-  progressText: el('progress-text', HTMLDivElement),
-  modelInfo: el('model-info', HTMLElement),
-  system: el('system', HTMLTextAreaElement),
-  temperature: el('temperature', HTMLInputElement),
-  temperatureValue: el('temperature-value', HTMLOutputElement),
-  topP: el('top-p', HTMLInputElement),
-  topPValue: el('top-p-value', HTMLOutputElement),
-  maxTokens: el('max-tokens', HTMLInputElement),
-  cacheInfo: el('cache-info', HTMLParagraphElement),
-  clearCache: el('clear-cache', HTMLButtonElement),
-  chatTitle: el('chat-title', HTMLDivElement),
-  chatMode: el('chat-mode', HTMLDivElement),
-  status: el('status', HTMLDivElement),
-  newChat: el('new-chat', HTMLButtonElement),
-  banner: el('banner', HTMLDivElement),
-  bannerText: el('banner-text', HTMLSpanElement),
-  reload: el('reload', HTMLButtonElement),
-  messages: el('messages', HTMLDivElement),
-  empty: el('empty', HTMLDivElement),
-  composer: el('composer', HTMLFormElement),
-  prompt: el('prompt', HTMLTextAreaElement),
-  send: el('send', HTMLButtonElement),
-  stop: el('stop', HTMLButtonElement),
-  stats: el('stats', HTMLDivElement),
-};
 
 const params = new URLSearchParams(location.search);
 
@@ -115,10 +85,6 @@ function showBanner(text: string, reload: boolean): void {
   ui.reload.hidden = !reload;
 }
 
-function errorText(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}
-
 // ---- model loading
 
 /** A Hub id becomes its resolve URL; anything else is a URL relative to this page. */
@@ -137,13 +103,6 @@ function modelTitle(value: string): string {
   return decodeURIComponent(parts.at(-1) ?? v);
 }
 
-function describeProgress(p: LoadProgress): string {
-  const bytes = `${formatBytes(p.loadedBytes)} of ${formatBytes(p.totalBytes)}`;
-  if (p.phase === 'checking') return 'Checking that the model fits this device…';
-  if (p.phase === 'downloading') return p.item ? `Downloading ${p.item} · ${bytes}` : `Downloaded ${bytes}`;
-  return `Loading weights onto the GPU · ${bytes}`;
-}
-
 function showProgress(p: LoadProgress): void {
   ui.progress.hidden = false;
   const frac = p.totalBytes > 0 ? p.loadedBytes / p.totalBytes : 0;
@@ -155,25 +114,6 @@ function showProgress(p: LoadProgress): void {
   if (p.phase === 'checking') setStatus('checking model', 'busy');
   else if (p.phase === 'downloading') setStatus(`downloading ${pct}`, 'busy');
   else setStatus(`loading ${pct}`, 'busy');
-}
-
-function adapterName(e: KilnEngine): string {
-  const a = e.adapter;
-  return a.description || [a.vendor, a.architecture].filter(Boolean).join(' ') || 'unknown adapter';
-}
-
-function f16Text(e: KilnEngine): string {
-  return e.adapter.shaderF16 ? `f16 on (KV ${e.kvCacheDtype})` : 'f16 off (f32 path)';
-}
-
-/** The Kernels row: whether this adapter's tuned kernels are in use (see README, Kernel tuning). */
-function tuningText(e: KilnEngine): string {
-  const t = e.tuningStatus;
-  if (t.state === 'off') return 'defaults (tuning off)';
-  const tuned = t.cachedClasses + t.tunedClasses;
-  const left = t.leftClasses > 0 ? `, ${t.leftClasses} left for the next load` : '';
-  if (t.state === 'running') return `tuning in the background (${t.cachedClasses} classes cached)`;
-  return `${tuned} ${tuned === 1 ? 'class' : 'classes'} tuned for this adapter (${t.cachedClasses} from cache)${left}`;
 }
 
 function showModelInfo(e: KilnEngine, fromCache: boolean): void {
@@ -196,10 +136,6 @@ function showModelInfo(e: KilnEngine, fromCache: boolean): void {
       return [dt, dd];
     }),
   );
-}
-
-function baseStats(e: KilnEngine): string {
-  return `${adapterName(e)} · ${f16Text(e)} · GPU memory ${formatBytes(e.gpuMemoryBytes)}`;
 }
 
 function disposeEngine(): void {
@@ -365,26 +301,6 @@ function completionPrompt(turns: readonly Turn[], system: string): string {
 
 function chatMessages(turns: readonly Turn[], system: string): ChatMessage[] {
   return [...(system ? [{ role: 'system' as const, content: system }] : []), ...turns];
-}
-
-interface Measure {
-  tokens: number;
-  tokensPerS: number;
-  firstTokenMs: number;
-  promptTokens: number;
-  cachedTokens: number | null;
-}
-
-function statsLine(e: KilnEngine, m: Measure, finish: string): string {
-  const cached = m.cachedTokens === null ? '' : ` (${m.cachedTokens} cached)`;
-  return [
-    `${m.tokens} tokens`,
-    `${m.tokensPerS.toFixed(1)} tokens/s`,
-    `first token ${Math.round(m.firstTokenMs)} ms`,
-    `prompt ${m.promptTokens} tokens${cached}`,
-    ...(finish === 'length' ? [] : [finish === 'stop' ? 'stopped at end of text' : 'stopped']),
-    baseStats(e),
-  ].join(' · ');
 }
 
 async function send(): Promise<void> {

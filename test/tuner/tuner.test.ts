@@ -19,14 +19,8 @@ import { median, pickWinner } from '../../src/tuner/measure.js';
 import { adapterSignature, signatureId } from '../../src/tuner/signature.js';
 import { recordAsync } from '../../src/gpu/dispatch.js';
 import { M_CLASSES } from '../../src/tuner/choices.js';
-import {
-  TIMED_ROWS_MAX,
-  linearClass,
-  outputsAgree,
-  timedSlice,
-  tuneClass,
-  type TuneClass,
-} from '../../src/tuner/tuner.js';
+import { TIMED_ROWS_MAX, linearClass, timedSlice, type TuneClass } from '../../src/tuner/classes.js';
+import { outputsAgree, tuneClass } from '../../src/tuner/tuner.js';
 import { KILN_VERSION } from '../../src/version.js';
 import { randomF32, testGpu, upload, uploadWeight, zeros } from '../helpers/gpu.js';
 import { repoRoot, sharedModel } from '../helpers/shared.js';

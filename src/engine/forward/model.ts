@@ -8,7 +8,7 @@ import { checkActivationFormat, type ActivationFormat } from '../../kernels/acti
 import { ropeInvFreq, ropeTable } from '../../kernels/rope.ref.js';
 import type { ModelSpec } from '../../model/spec.js';
 import { KernelChoices } from '../../tuner/choices.js';
-import type { TuneTarget } from '../../tuner/tuner.js';
+import type { TuneTarget } from '../../tuner/classes.js';
 import type { ModelWeights } from '../../weights/loader.js';
 import { BLOCK_TOKENS, type PagedKvCache } from '../kv/cache.js';
 import { Calibration } from './calibration.js';
