@@ -1,5 +1,5 @@
 /**
- * `kiln bench kernels`: runs src/bench/kernels.ts on Dawn's adapter, prints a table (and the
+ * `kiln bench kernels`: runs bench/kernels.ts on Dawn's adapter, prints a table (and the
  * physical framing: the tokens/s bound of each benchmark model) and optionally writes the JSON.
  */
 import { writeFileSync } from 'node:fs';

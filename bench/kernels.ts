@@ -18,7 +18,7 @@ import { residualAdd } from './baselines/residual-add.js';
 import { rmsnorm } from '../src/kernels/rmsnorm.js';
 import { rmsnormFused } from './baselines/rmsnorm-fused.js';
 import { streamRead } from './baselines/stream-read.js';
-import { tileMatrix, wordsPerRow, type GpuWeight, type WeightFormat } from '../src/kernels/weight.js';
+import { tileMatrix, wordsPerRow, type GpuWeight, type WeightFormat } from '../src/kernels/tiled.js';
 import { BENCH_MODELS, type BenchModel } from './shapes.js';
 import { randomF32 } from '../src/kernels/random.js';
 

@@ -1,5 +1,5 @@
 // gptq_chol: one panel of the blocked left-looking Cholesky factorization R = L·Lᵀ of the GPU
-// GPTQ solve (src/quant/gptq-gpu.ts), columns p0 .. p0 + w − 1. gptq_gemm has written the earlier
+// GPTQ solve (src/kernels/gptq.ts), columns p0 .. p0 + w − 1. gptq_gemm has written the earlier
 // columns' contribution, upd[i − p0, c] = −Σ_{k<p0} L[i, k]·L[p0 + c, k] for every row i from p0
 // down (a separate buffer: WebGPU forbids writing the buffer a dispatch reads), so the panel is
 // P = R[i, p0 + c] + upd[i − p0, c] (upd is unused for the first panel). This kernel factors the

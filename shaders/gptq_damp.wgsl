@@ -1,4 +1,4 @@
-// gptq_damp: GPTQ's fixes to the Hessian before its factorization (src/quant/gptq-gpu.ts), on the
+// gptq_damp: GPTQ's fixes to the Hessian before its factorization (src/kernels/gptq.ts), on the
 // diagonal of R = J·H·J (H in reversed order, as the factorization wants it): a column no input
 // ever reaches (H_kk = 0, "dead") gets H_kk = 1 and is marked in `dead` (the sweep zeroes its
 // weights), then λ = damp_percent · mean(diag H) is added to every diagonal entry, the mean taken

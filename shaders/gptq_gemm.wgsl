@@ -1,5 +1,5 @@
 // gptq_gemm_t{TM}x{TN}: C(a, b) = alpha · Σ_{k < kend} A(a, k) · B[b, k] (+ C(a, b) when flags bit
-// 0), the one matrix product of the GPU GPTQ solve (src/quant/gptq-gpu.ts), which uses it for the
+// 0), the one matrix product of the GPU GPTQ solve (src/kernels/gptq.ts), which uses it for the
 // Hessian 2·XᵀX/n, the left-looking panel updates of the Cholesky factorization and the lazy
 // batched updates of the column sweep. Prepended with common/broadcast8.wgsl and the constants
 //   TM  A indices per workgroup (every thread computes all of them),

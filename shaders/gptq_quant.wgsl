@@ -1,4 +1,4 @@
-// gptq_quant_g{GS}: one group of GPTQ's column sweep (src/quant/gptq-gpu.ts) for every row at once,
+// gptq_quant_g{GS}: one group of GPTQ's column sweep (src/kernels/gptq.ts) for every row at once,
 // one thread per row, in the V form of src/quant/gptq-solver.ts (see its file comment): with V the
 // upper triangular factor of H = V·Vᵀ and e_k = w_k − ŵ_k the error of every column already
 // quantized, column m of a row is quantized from

@@ -1,6 +1,6 @@
 // repetition_penalty: the CTRL / Hugging Face repetition penalty, in place: for each id in row r's
 // context list, logits[r, id] is divided by the penalty when positive and multiplied otherwise
-// (as applyRepetitionPenalty in src/runtime/sampler.ts). The ids of a row must be unique (each is
+// (as applyRepetitionPenalty in src/engine/sampling/cpu.ts). The ids of a row must be unique (each is
 // applied once); ids >= n are skipped. NaN stays NaN.
 // Bindings: params {n}, logits [rows, n] f32 (read_write), penalty rows [rows] {start u32,
 // count u32, penalty f32, pad u32}, tokens u32 (row r's ids are tokens[start .. start + count)).

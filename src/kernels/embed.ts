@@ -1,7 +1,7 @@
 /** embed_{f32,f16,bf16}: out[m, :] = E[ids[m], :] from a tiled table; see shaders/embed.wgsl. One dispatch per part. */
 import { MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import { weightFragment, wordsPerRow, type GpuWeight } from './weight.js';
+import { weightFragment, wordsPerRow, type GpuWeight } from './tiled.js';
 
 export function embed(
   b: DispatchBuilder,

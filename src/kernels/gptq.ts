@@ -39,7 +39,7 @@
  * weights (the `clip` search stays CPU-only), dead columns zeroed, damping relative to H's mean
  * diagonal, no act-order (groups are contiguous in K), the same errors. Results differ from the
  * float64 solver only by rounding (f32 factor and sums), which can flip a code at a rounding tie;
- * test/quant/gptq-gpu.test.ts bounds that and the output error against the reference.
+ * test/kernels/gptq.test.ts bounds that and the output error against the reference.
  *
  * Needs subgroups of at least 8 lanes (gptq_gemm and gptq_quant broadcast through them, as the
  * matmul GEMM does) and, for the dense factorization, the K×K factor in one storage buffer (4·K²

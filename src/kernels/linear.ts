@@ -8,7 +8,7 @@ import { linearGrid, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { matmul, type MatmulVariant } from './matmul.js';
 import { matmulQ4, type Q4GpuWeight, type Q4Variant } from './matmul-q4.js';
-import type { GpuWeight } from './weight.js';
+import type { GpuWeight } from './tiled.js';
 
 /** A projection matrix on the GPU: float (tiled) or int4. */
 export type MatrixWeight = GpuWeight | Q4GpuWeight;

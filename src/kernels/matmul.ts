@@ -16,7 +16,7 @@ import type { GpuContext } from '../gpu/device.js';
 import { activationFragment, checkActivationFormat, type ActivationFormat } from './activation.js';
 import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import { weightFragment, wordsPerRow, type GpuWeight } from './weight.js';
+import { weightFragment, wordsPerRow, type GpuWeight } from './tiled.js';
 
 export interface MatmulArgs {
   /** [m, weight.cols] f32 */

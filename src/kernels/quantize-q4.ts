@@ -1,6 +1,6 @@
 /**
  * Round-to-nearest int4 quantization on the GPU, at load time: a float weight already uploaded in
- * the tiled layout (src/kernels/weight.ts) becomes a Q4GpuWeight (src/kernels/matmul-q4.ts) in the
+ * the tiled layout (src/kernels/tiled.ts) becomes a Q4GpuWeight (src/kernels/matmul-q4.ts) in the
  * layout of `packQ4`, equal bit for bit to `packQ4(quantizeRtn(w))` on the CPU for every format
  * (see shaders/quantize_q4.wgsl for how the rounding is matched exactly). One int4 part per input
  * part, with the same rows; each part is packed on its own, as `uploadQ4Weight` packs its slices.
@@ -9,7 +9,7 @@ import { storageUsage, type GpuContext } from '../gpu/device.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../gpu/dispatch.js';
 import { linearGrid, MAX_GRID, packParams, shaderSource } from './shader.js';
 import type { Q4GpuWeight, Q4WeightPart } from './matmul-q4.js';
-import type { GpuWeight, WeightFormat } from './weight.js';
+import type { GpuWeight, WeightFormat } from './tiled.js';
 import { checkQ4Shape, Q4_TILE_ROWS, Q4_WORD_K, type Q4Format } from '../quant/q4.js';
 
 const DTYPE_CODE: Record<WeightFormat, number> = { f32: 0, f16: 1, bf16: 2 };

@@ -15,7 +15,7 @@ export interface SampleRowParams {
   topK: number;
   /** >= 1 = off; 0 keeps only the top token. */
   topP: number;
-  /** Uniform in [0, 1), drawn on the CPU (the seeded Rng of runtime/sampler.ts). */
+  /** Uniform in [0, 1), drawn on the CPU (the request's seeded Rng, src/engine/sampling/rng.ts). */
   u: number;
 }
 

@@ -6,7 +6,7 @@
  *     calibration activations' second moments E[x²] (activation-aware clipping);
  *   - gptq: GPTQ error compensation with the Hessian of the calibration activations (group
  *     parameters by round to nearest on the compensated weights), solved on the GPU
- *     (src/quant/gptq-gpu.ts) where the device can hold it, else by the float64 CPU solver.
+ *     (src/kernels/gptq.ts) where the device can hold it, else by the float64 CPU solver.
  * Calibration activations are the float model's own projection inputs, captured on the GPU while
  * it reads the calibration text (or, without one, text it samples itself from BOS).
  */

@@ -12,7 +12,7 @@ import type { ActivationFormat } from '../kernels/activation.js';
 import type { KvDtype } from '../kernels/kv-dtype.js';
 import type { MatmulVariant } from '../kernels/matmul.js';
 import type { Q4GpuWeight, Q4Variant } from '../kernels/matmul-q4.js';
-import type { GpuWeight } from '../kernels/weight.js';
+import type { GpuWeight } from '../kernels/tiled.js';
 import type { LinearVariants } from '../kernels/linear.js';
 
 /** One tuned decision: how to run the kernel of a shape class. */

@@ -17,7 +17,7 @@ import {
 import { isQ4Weight, linear, type Linear } from '../kernels/linear.js';
 import type { Q4GpuWeight } from '../kernels/matmul-q4.js';
 import { randomF32 } from '../kernels/random.js';
-import type { GpuWeight } from '../kernels/weight.js';
+import type { GpuWeight } from '../kernels/tiled.js';
 import {
   ATTENTION_ROW_CLASSES,
   KernelChoices,

@@ -21,7 +21,7 @@ import {
   type MatmulVariant,
 } from '../kernels/matmul.js';
 import { q4SubgroupsUsable, type Q4GpuWeight, type Q4Variant } from '../kernels/matmul-q4.js';
-import type { GpuWeight } from '../kernels/weight.js';
+import type { GpuWeight } from '../kernels/tiled.js';
 import { contextBucket, type KernelChoice, type MClass } from './choices.js';
 
 export function floatMatmulCandidates(ctx: GpuContext, w: GpuWeight, mClass: MClass): KernelChoice[] {

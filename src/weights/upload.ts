@@ -17,7 +17,7 @@ import {
   type GpuWeight,
   type WeightFormat,
   type WeightPart,
-} from '../kernels/weight.js';
+} from '../kernels/tiled.js';
 import type { LoadContext } from './source.js';
 
 /** Upload chunk size: big enough to amortize writeBuffer, small enough to keep the heap flat. */

@@ -3,7 +3,7 @@ import type { GpuContext } from '../../src/gpu/device.js';
 import { decodeToFloat32, encodeFromFloat32 } from '../../src/io/dtype.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/gpu/dispatch.js';
 import { kvElementBytes, type KvDtype } from '../../src/kernels/kv-dtype.js';
-import { tileMatrix, TILE_ROWS, type GpuWeight, type WeightFormat } from '../../src/kernels/weight.js';
+import { tileMatrix, TILE_ROWS, type GpuWeight, type WeightFormat } from '../../src/kernels/tiled.js';
 import { acquireNodeGpu } from '../../src/node/dawn.js';
 
 export { randomF32, shuffledBlocks } from './random.js';

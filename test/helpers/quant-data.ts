@@ -1,6 +1,6 @@
 /**
  * Synthetic calibration data for the int4 quantizer tests (test/quant/methods.test.ts and
- * gptq-gpu.test.ts): weights and activations shaped like an LLM layer's, the Hessian GPTQ works
+ * gptq.test.ts): weights and activations shaped like an LLM layer's, the Hessian GPTQ works
  * from, and the layer output error every method is judged by.
  */
 import { randomF32 } from '../../src/kernels/random.js';

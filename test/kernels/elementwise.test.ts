@@ -9,7 +9,7 @@ import { rmsnormFused } from '../../bench/baselines/rmsnorm-fused.js';
 import { rmsnormRef } from '../../src/kernels/rmsnorm.ref.js';
 import { swiglu } from '../../bench/baselines/swiglu.js';
 import { swigluRef } from '../../src/kernels/swiglu.ref.js';
-import type { WeightFormat } from '../../src/kernels/weight.js';
+import type { WeightFormat } from '../../src/kernels/tiled.js';
 import {
   expectClose,
   randomF32,

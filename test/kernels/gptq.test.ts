@@ -1,5 +1,5 @@
 /**
- * The GPU GPTQ solve (src/quant/gptq-gpu.ts) against the float64 CPU solver (src/quant/gptq-solver.ts,
+ * The GPU GPTQ solve (src/kernels/gptq.ts) against the float64 CPU solver (src/quant/gptq-solver.ts,
  * itself checked against a literal transcription of the paper in methods.test.ts), on awkward sizes
  * (rows 1, 7, 129; K = 32·k), for both factorizations (dense Cholesky of H on the GPU, and the
  * low-rank recurrence from the activations), every group size and both zero-point modes.

@@ -17,7 +17,7 @@ import {
 } from '../../src/kernels/matmul.js';
 import { matmulRef } from '../../src/kernels/matmul.ref.js';
 import { swigluRef } from '../../src/kernels/swiglu.ref.js';
-import type { WeightFormat } from '../../src/kernels/weight.js';
+import type { WeightFormat } from '../../src/kernels/tiled.js';
 import type { GpuContext } from '../../src/gpu/device.js';
 import type { DispatchBuilder } from '../../src/gpu/dispatch.js';
 import { expectClose, randomF32, readF32, run, testGpu, upload, uploadWeight } from '../helpers/gpu.js';

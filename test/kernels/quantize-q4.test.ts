@@ -2,7 +2,7 @@ import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { UnsupportedModelError } from '../../src/errors.js';
 import type { Q4GpuWeight } from '../../src/kernels/matmul-q4.js';
-import type { WeightFormat } from '../../src/kernels/weight.js';
+import type { WeightFormat } from '../../src/kernels/tiled.js';
 import {
   packQ4,
   quantizeRtn,

@@ -3,7 +3,7 @@
  * weights: MHA, GQA, Mistral, Qwen2 biases with a tied head, Llama attention/MLP biases, llama3 and
  * linear rope scaling, explicit head_dim up to the kernel's 256, f32/f16/bf16, two and three
  * shards) run through the engine and are compared, logits and greedy ids, with the float64 CPU
- * reference (src/runtime/reference-model.ts).
+ * reference (src/model/reference.ts).
  *
  * A real LM head too big for one buffer (vocab × hidden over maxStorageBufferBindingSize, 128 MiB
  * on lavapipe) would need a >128 MiB checkpoint and a float64 reference twice that: too big here.

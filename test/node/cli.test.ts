@@ -257,7 +257,7 @@ describe('kiln convert llama2c + kiln run (acceptance: babyllama vs the float64 
 
   it('the logits of the first positions match the reference within 1e-3 (library)', async () => {
     // An f32 KV cache: 1e-3 bounds f32 arithmetic; the default f16 cache (with shader-f16) rounds
-    // K/V to 11 bits and moves these logits by ~1e-3 (its golden ids: test/runtime/kv-f16.test.ts).
+    // K/V to 11 bits and moves these logits by ~1e-3 (its golden ids: test/engine/kv-f16.test.ts).
     const engine = await createEngine({ model: baby, kvCache: 'f32' });
     try {
       const rows = await engine.logits([1, 3, 34]);

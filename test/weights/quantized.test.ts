@@ -26,7 +26,7 @@ import { sharedModel } from '../helpers/shared.js';
 
 /**
  * GPU logits against the float64 reference over the dequantized weights: the same f32-arithmetic
- * budget as test/runtime/models.test.ts (1e-4, justified there). The int4 kernel's extra roundings
+ * budget as test/model/models.test.ts (1e-4, justified there). The int4 kernel's extra roundings
  * (one per group for s·Σq·x, one for the zero-point term) are of the same order as the float
  * matmul's, and the weights both sides use are bit-identical.
  */

@@ -3,7 +3,7 @@
  * automatic prefix caching, DESIGN-NOTES §4): which physical block holds which part of which
  * sequence, how many sequences share each block, and which full blocks a later prompt with the same
  * prefix may reuse. No GPU code: the scheduler turns the answers (slot mappings, block tables, block
- * copies) into buffer writes against the pool that kv-cache.ts allocates.
+ * copies) into buffer writes against the pool that cache.ts allocates.
  *
  * A physical block is in exactly one of three states:
  *   - free:    holds nothing worth keeping (a stack, taken first by allocation);
@@ -22,7 +22,7 @@
  */
 import { InvalidRequestError, KilnError } from '../../errors.js';
 
-/** Tokens per block; the same 16 as BLOCK_TOKENS in kv-cache.ts (not imported: that file is GPU code). */
+/** Tokens per block; the same 16 as BLOCK_TOKENS in cache.ts (not imported: that file is GPU code). */
 export const DEFAULT_BLOCK_SIZE = 16;
 
 /** Parent hash of a sequence's first block. */

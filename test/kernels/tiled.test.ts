@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { partBytes, rowsPerPart, tileBytes, tileMatrix, wordsPerRow } from '../../src/kernels/weight.js';
+import { partBytes, rowsPerPart, tileBytes, tileMatrix, wordsPerRow } from '../../src/kernels/tiled.js';
 
 /** Element (n, k) of a tiled f32 matrix, by the index rule of shaders/common/tiled.wgsl. */
 function tiledF32(tiled: Float32Array, n: number, k: number, cols: number): number {
