@@ -2,9 +2,10 @@
 // [m, (heads + 2·kv_heads)·head_dim] it writes RoPE(q) to q_out [m, heads·head_dim], and RoPE(k)
 // and v straight into the paged KV cache at each row's slot: one dispatch instead of rope(q),
 // rope(k) and kv_write, and k/v never take a separate trip through memory.
-// RoPE is the Hugging Face rotate-half convention with the float64-built (cos, sin) table of
-// the unfused rope baseline (bench/baselines/rope.wgsl); the cache layout is kv_write's: [block][kv_head][16][head_dim] Kv (prepended
-// KV fragment: f32, or f16 rounded once from the f32 result).
+// RoPE is the Hugging Face rotate-half convention with the float64-built (cos, sin) table of the
+// unfused baseline bench/baselines/rope.wgsl; the cache layout is kv_write's (the baseline beside
+// it): [block][kv_head][16][head_dim] Kv (prepended KV fragment: f32, or f16 rounded once from the
+// f32 result).
 // Bindings: params, row_info [m] (x = position), slots [m] u32, table [positions][half] vec2<f32>,
 // qkv, q_out, k_cache, v_cache.
 // Work: one thread per (row, head slot, i < head_dim / 2), head slots being the query heads, then
