@@ -2,9 +2,14 @@
  * Token sampling on the CPU from one read-back row of logits (EngineOptions.sampling 'cpu'):
  * repetition penalty, temperature, top-k, top-p, drawn with the request's seeded Rng. Greedy
  * decoding without penalty never comes here: the GPU's argmax returns the id and the logits stay
- * on the device. The GPU path is src/engine/sampling/gpu.ts; both draw from the same distribution.
+ * on the device. The rules are the sample kernel's (shaders/sample.wgsl; its float64 twin,
+ * src/kernels/sample.ref.ts, states them and the tests hold this to it): the same candidates, ranks
+ * and cuts, the kept set walked in id order with one uniform per token, so for the same seed the
+ * CPU and the GPU path draw the same tokens. This path is the twin made fast for whole
+ * vocabularies: no sort of all ids.
  */
 import type { SamplingParams } from '../../api/types.js';
+import { SAMPLE_CUTOFF } from '../../kernels/sample.ref.js';
 import type { Rng } from './rng.js';
 
 /** Applies the repetition penalty in place: positive logits divided, negative multiplied. */
@@ -20,9 +25,6 @@ export function applyRepetitionPenalty(
     logits[id] = v > 0 ? v / penalty : v * penalty;
   }
 }
-
-/** Candidates lie within this many temperatures of the top logit (see sampleToken). */
-const CUTOFF = 30;
 
 /** Picks the next token from `logits` (modified in place). */
 export function sampleToken(
@@ -41,25 +43,26 @@ export function sampleToken(
     }
     return Math.max(best, 0);
   }
+  // One uniform per sampled token, drawn first: the GPU path draws one per row whatever the row
+  // holds, so both paths consume a request's generator alike.
+  const uniform = rng.next();
   // Top-k, then softmax at the temperature, then top-p (the order of Hugging Face's warpers),
   // without sorting the vocabulary: a sort of 150k ids per token would cost more than the GPU step.
-  // Only tokens within CUTOFF·T of the top logit are candidates: each of the others has probability
-  // below e^-CUTOFF (9e-14) of the top one, together under 2e-8 of the mass for vocabularies up to
-  // 200k. Everything after that is exact.
-  let max = -Infinity;
+  // Only tokens within SAMPLE_CUTOFF·T of the top logit are candidates: each of the others has
+  // probability below e^-30 (9e-14) of the top one, together under 2e-8 of the mass for
+  // vocabularies up to 200k. Everything after that is exact.
   let maxAt = -1;
   for (let i = 0; i < logits.length; i++) {
     const v = logits[i] as number;
-    if (v > max) {
-      max = v;
-      maxAt = i;
-    }
+    if (!Number.isNaN(v) && (maxAt < 0 || v > (logits[maxAt] as number))) maxAt = i;
   }
-  if (maxAt < 0) return 0; // every logit NaN or -Infinity
-  // An infinite logit takes all the probability mass (exp(inf - inf) would be NaN).
-  if (max === Infinity) return maxAt;
+  if (maxAt < 0) return 0; // every logit NaN
+  const max = logits[maxAt] as number;
+  // An infinite top logit takes all the probability mass (exp(inf - inf) would be NaN); with every
+  // logit -Infinity nothing is drawable: the argmax, as greedy. Top-k 1 is greedy too.
+  if (max === Infinity || max === -Infinity || p.topK === 1) return maxAt;
   const T = p.temperature;
-  const span = CUTOFF * T;
+  const span = SAMPLE_CUTOFF * T;
   // Candidates as parallel typed arrays: ids, logits, and later softmax weights.
   let n = 0;
   for (let i = 0; i < logits.length; i++) if ((logits[i] as number) >= max - span) n++;
@@ -72,10 +75,11 @@ export function sampleToken(
   for (let j = 0; j < ids.length; j++)
     total += w[j] = Math.exp(((logits[ids[j] as number] as number) - max) / T);
   let keep: Int32Array = Int32Array.from(ids.keys());
-  if (p.topP < 1) keep = nucleus(logits, ids, w, max, span, p.topP * total);
+  // The kept set is walked in id order (ids ascend with their position j), as the kernel walks it.
+  if (p.topP < 1) keep = nucleus(logits, ids, w, max, span, p.topP * total).sort();
   let keptTotal = 0;
   for (const j of keep) keptTotal += w[j] as number;
-  let u = rng.next() * keptTotal;
+  let u = uniform * keptTotal;
   for (const j of keep) {
     u -= w[j] as number;
     if (u < 0) return ids[j] as number;
@@ -83,7 +87,10 @@ export function sampleToken(
   return ids[keep[keep.length - 1] as number] as number;
 }
 
-/** The k best-ranked of `ids` (lower id first among equal logits), via a native numeric sort. */
+/**
+ * The k best-ranked of `ids` (lower id first among equal logits), via a native numeric sort,
+ * returned in ascending id order.
+ */
 function topK(logits: Float32Array, ids: Int32Array, k: number): Int32Array {
   const values = new Float32Array(ids.length);
   for (let j = 0; j < ids.length; j++) values[j] = logits[ids[j] as number] as number;
@@ -93,7 +100,7 @@ function topK(logits: Float32Array, ids: Int32Array, k: number): Int32Array {
   for (let j = 0; j < ids.length; j++) if ((values[j] as number) > kth) out[n++] = ids[j] as number;
   // Ties at the k-th value fill the rest in id order (ids are ascending).
   for (let j = 0; j < ids.length && n < k; j++) if (values[j] === kth) out[n++] = ids[j] as number;
-  return out;
+  return out.sort();
 }
 
 /**

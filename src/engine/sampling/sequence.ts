@@ -1,8 +1,8 @@
 /**
- * One request's sampler: its settings and its seeded random numbers, whichever end draws. A
- * sampled token takes exactly one uniform from the request's own generator, on the GPU path (the
- * `u` of its row) or the CPU path, so a seed reproduces the same tokens whether the request runs
- * alone or batched with others, and after a preemption.
+ * One request's sampler: its settings and its seeded random numbers, whichever end draws. Every
+ * token at a temperature above 0 takes exactly one uniform from the request's own generator, on
+ * the GPU path (the `u` of its row) or the CPU path, which follow the same rules: a seed
+ * reproduces the same tokens alone or batched, after a preemption, and on either path.
  */
 import type { SamplingParams } from '../../api/types.js';
 import { sampleToken } from './cpu.js';
@@ -23,14 +23,14 @@ export class SequenceSampler {
     this.rng = new Rng(seed);
   }
 
-  /** This request's row of a GPU-sampled step: a uniform drawn for it unless it is greedy. */
+  /** This request's row of a GPU-sampled step: a uniform drawn for it unless its temperature is 0. */
   gpuRow(context: readonly number[]): RowSampling {
     const p = this.params;
     return {
       temperature: p.temperature,
       topK: p.topK,
       topP: p.topP,
-      u: this.greedy ? 0 : this.rng.next(),
+      u: p.temperature > 0 ? this.rng.next() : 0,
       repetitionPenalty: p.repetitionPenalty,
       context,
     };
