@@ -283,6 +283,28 @@ describe('sampling', () => {
     }
   });
 
+  test('with the same seed the GPU and CPU samplers give the same tokens', async () => {
+    // Both paths follow the sample kernel's rules and take one uniform per token from the
+    // request's generator, so a seed gives one sequence whichever path draws (a draw within f32
+    // rounding of a boundary could differ; none does for these seeds).
+    const cpu = await createEngine({ model: dir, sampling: 'cpu' });
+    try {
+      for (const over of [
+        { temperature: 1.3, topK: 6, topP: 0.9 },
+        { temperature: 0.8, repetitionPenalty: 1.3 },
+        { temperature: 1 },
+      ]) {
+        for (const seed of [3, 11]) {
+          const opts = { ...GREEDY, ...over, maxTokens: 12, seed };
+          const gpuIds = await ids(engine, PROMPT, opts);
+          expect(await ids(cpu, PROMPT, opts), `${JSON.stringify(over)} seed ${seed}`).toEqual(gpuIds);
+        }
+      }
+    } finally {
+      cpu.dispose();
+    }
+  });
+
   test('repetition penalty changes the output the way the reference says', async () => {
     const penalty = 1.5;
     const got = await ids(engine, PROMPT, { ...GREEDY, repetitionPenalty: penalty });

@@ -309,7 +309,7 @@ describe('sampleToken', () => {
   });
 });
 
-describe('sampleToken follows the sample kernel\'s float64 twin', () => {
+describe("sampleToken follows the sample kernel's float64 twin", () => {
   /**
    * The CPU path is the twin's rules made fast: for the same row, settings and uniform it must
    * pick the twin's token (and so the GPU kernel's). The twin reports how far a draw is from
@@ -332,7 +332,8 @@ describe('sampleToken follows the sample kernel\'s float64 twin', () => {
       for (let row = 0; row < 40; row++) {
         // Bumpy rows over 1000 ids, some with exact ties (rounded values).
         const logits = randomF32(1000, 100 * si + row + 1, 6);
-        if (row % 3 === 0) for (let i = 0; i < logits.length; i++) logits[i] = Math.round(logits[i] as number);
+        if (row % 3 === 0)
+          for (let i = 0; i < logits.length; i++) logits[i] = Math.round(logits[i] as number);
         const seed = 7 * row + si;
         const u = new Rng(seed).next();
         const want = sampleRefDetailed(logits, { temperature: p.temperature, topK: p.topK, topP: p.topP }, u);
