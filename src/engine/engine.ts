@@ -27,7 +27,7 @@ import { captureLinearInputs, profileStep, runStep, warmAsyncAttention } from '.
 import { Generation, type GenerationHost } from './generation.js';
 import { BlockManager } from './kv/block-manager.js';
 import { BLOCK_TOKENS, kvBlockBytes, PagedKvCache, type KvDtype } from './kv/cache.js';
-import { checkBudget, defaultKvTokens } from './memory.js';
+import { checkBudget, defaultKvTokens, estimateMemory } from './memory.js';
 import { checkOptions, type EngineOptions } from './options.js';
 import { samplingOf, validateSampling } from './sampling/params.js';
 import { Scheduler, type SchedulerStats } from './scheduler.js';
@@ -123,7 +123,10 @@ export class Engine implements KilnEngine, GenerationHost {
       const kvDtype: KvDtype =
         choices.kvCache === 'auto' ? (ctx.adapter.shaderF16 ? 'f16' : 'f32') : choices.kvCache;
       // The budget needs the KV element type, known only with the adapter; nothing is allocated yet.
-      checkBudget(spec, ckpt, source, kvTokens, kvDtype, prefillChunk, opts.memoryLimitBytes);
+      if (opts.memoryLimitBytes !== undefined) {
+        const need = estimateMemory(spec, ckpt, source, kvTokens, kvDtype, prefillChunk);
+        checkBudget(need, kvTokens, opts.memoryLimitBytes);
+      }
       weights = await loadWeights(ctx, spec, ckpt, source, opts.onProgress);
       const perLayer = Math.floor(ctx.limits.maxStorageBufferBindingSize / kvBlockBytes(spec, kvDtype));
       const kvBlocks = Math.max(

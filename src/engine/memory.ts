@@ -42,18 +42,8 @@ export function estimateMemory(
   return { weights, kvCache, activations, total: weights + kvCache + activations };
 }
 
-/** Refuses a model that cannot fit the caller's memory budget, saying what it needs. */
-export function checkBudget(
-  spec: ModelSpec,
-  ckpt: Checkpoint,
-  source: WeightSource,
-  kvTokens: number,
-  kvDtype: KvDtype,
-  prefillChunk: number,
-  limit: number | undefined,
-): void {
-  if (limit === undefined) return;
-  const m = estimateMemory(spec, ckpt, source, kvTokens, kvDtype, prefillChunk);
+/** Refuses a model whose estimate is over the caller's memory limit, saying what it needs. */
+export function checkBudget(m: MemoryEstimate, kvTokens: number, limit: number): void {
   if (m.total > limit) {
     throw new DeviceMemoryError(
       `the model needs ${formatBytes(m.total)} of GPU memory (weights ${formatBytes(m.weights)}, KV cache for ${kvTokens} tokens ${formatBytes(m.kvCache)}, activations ${formatBytes(m.activations)}), over the memory limit of ${formatBytes(limit)}`,

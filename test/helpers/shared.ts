@@ -15,3 +15,12 @@ export function sharedModel(...parts: string[]): string {
     throw new Error(`missing shared model file ${p}: the shared/ folder must sit beside the project`);
   return p;
 }
+
+/** The files `kiln convert llama2c` writes into a model folder. */
+export const CONVERTED_FILES: readonly string[] = [
+  'config.json',
+  'generation_config.json',
+  'model.safetensors',
+  'tokenizer.json',
+  'tokenizer_config.json',
+];

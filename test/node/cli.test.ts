@@ -18,7 +18,7 @@ import { createEngine, openLocalModelDir } from '../../src/node/index.js';
 import { KilnTokenizer } from '../../src/io/tokenizer.js';
 import { writeTestModel } from '../helpers/checkpoints.js';
 import { LocalHub, type RepoFile } from '../helpers/local-hub.js';
-import { repoRoot, sharedModel } from '../helpers/shared.js';
+import { CONVERTED_FILES, repoRoot, sharedModel } from '../helpers/shared.js';
 
 const KILN = join(repoRoot, 'bin', 'kiln.js');
 const tmp = mkdtempSync(join(tmpdir(), 'kiln-cli-'));
@@ -178,15 +178,7 @@ describe('kiln convert llama2c + kiln run (acceptance: babyllama vs the float64 
   it('converts model5000.bin and greedily reproduces the first 200 golden ids', async () => {
     expect(convertResult.code, convertResult.stderr).toBe(0);
     expect(convertResult.stdout).toBe('');
-    expect(readdirSync(baby).sort()).toEqual(
-      [
-        'config.json',
-        'generation_config.json',
-        'model.safetensors',
-        'tokenizer.json',
-        'tokenizer_config.json',
-      ].sort(),
-    );
+    expect(readdirSync(baby).sort()).toEqual([...CONVERTED_FILES].sort());
     expect(convertResult.stderr).toContain(`to ${baby}`);
 
     const r = await kiln(

@@ -26,7 +26,7 @@ import { dirname, join, relative, resolve, sep } from 'node:path';
 import ts from 'typescript';
 import { build, type Rollup } from 'vite';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { repoRoot, sharedModel } from '../helpers/shared.js';
+import { CONVERTED_FILES, repoRoot, sharedModel } from '../helpers/shared.js';
 
 interface PackageJson {
   name: string;
@@ -267,15 +267,7 @@ describe('the packed tarball, installed into an empty project', () => {
 
   test('`kiln convert llama2c` then `kiln run --json`: BabyLlama gives its golden greedy ids', async () => {
     expect(converted.code, converted.stderr).toBe(0);
-    expect(readdirSync(baby).sort()).toEqual(
-      [
-        'config.json',
-        'generation_config.json',
-        'model.safetensors',
-        'tokenizer.json',
-        'tokenizer_config.json',
-      ].sort(),
-    );
+    expect(readdirSync(baby).sort()).toEqual([...CONVERTED_FILES].sort());
     const r = await runOk(
       'npx',
       [
