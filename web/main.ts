@@ -353,6 +353,8 @@ async function send(): Promise<void> {
       const stream = await e.chat.completions.create({
         messages: chatMessages(turns, system),
         stream: true,
+        // The token counts of the stats line come in the closing usage chunk.
+        stream_options: { include_usage: true },
         temperature: sampling.temperature,
         top_p: sampling.topP,
         max_tokens: sampling.maxTokens,
