@@ -38,7 +38,7 @@ const CALIBRATION_STEPS = 8;
 const DEFAULT_CONTEXT = 4096;
 const DEFAULT_PREFILL_CHUNK = 256;
 
-export class Engine implements KilnEngine, GenerationHost {
+export class Engine implements KilnEngine {
   readonly chat: { readonly completions: OpenAiChat };
   readonly completions: OpenAiCompletions;
   /** Milliseconds spent in createEngine (config, tokenizer, weights, KV cache). */
@@ -48,7 +48,9 @@ export class Engine implements KilnEngine, GenerationHost {
   /** KV blocks of every sequence (the scheduler's and its holds'). */
   private readonly blocks: BlockManager;
   /** Batches every generate() call running at once into shared forward steps. */
-  readonly scheduler: Scheduler;
+  private readonly scheduler: Scheduler;
+  /** What each Generation runs on. */
+  private readonly host: GenerationHost;
 
   private constructor(
     readonly spec: ModelSpec,
@@ -69,6 +71,7 @@ export class Engine implements KilnEngine, GenerationHost {
       contextLength,
       gpuSampling,
     });
+    this.host = { scheduler: this.scheduler, tokenizer, contextLength, eosTokenIds: this.eosTokenIds };
     this.chat = { completions: new OpenAiChat(this) };
     this.completions = new OpenAiCompletions(this);
   }
@@ -328,7 +331,7 @@ export class Engine implements KilnEngine, GenerationHost {
         throw new InvalidRequestError('stop must be a list of non-empty strings');
       }
     }
-    return new Generation(this, ids, opts);
+    return new Generation(this.host, ids, opts);
   }
 
   /**

@@ -16,10 +16,12 @@ import {
   validateChatRequest,
   validateCompletionRequest,
 } from '../api/openai/validate.js';
+import type { SchedulerStats } from '../engine/scheduler.js';
 import { InvalidRequestError, KilnError } from '../errors.js';
 
 export interface ServeOptions {
-  engine: KilnEngine & { stats(): EngineStats };
+  /** The engine, and its scheduler's figures for /metrics. */
+  engine: KilnEngine & { stats(): SchedulerStats };
   /** The id clients name in `model` (and /v1/models lists). */
   modelId: string;
   host?: string;
@@ -53,16 +55,6 @@ export class HttpError extends Error {
   ) {
     super(message);
   }
-}
-
-/** What /metrics reads of the engine's scheduler. */
-export interface EngineStats {
-  running: number;
-  waiting: number;
-  blocksUsed: number;
-  blocksFree: number;
-  blocksCached: number;
-  prefixCacheHitRate: number;
 }
 
 const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
