@@ -45,8 +45,6 @@ export class Engine implements KilnEngine {
   loadMs = 0;
   private disposed = false;
   private readonly background = new BackgroundTuning();
-  /** KV blocks of every sequence (the scheduler's and its holds'). */
-  private readonly blocks: BlockManager;
   /** Batches every generate() call running at once into shared forward steps. */
   private readonly scheduler: Scheduler;
   /** What each Generation runs on. */
@@ -65,8 +63,8 @@ export class Engine implements KilnEngine {
     gpuSampling: boolean,
     private readonly weightSource: WeightSource,
   ) {
-    this.blocks = new BlockManager({ numBlocks: kv.numBlocks, blockSize: BLOCK_TOKENS });
-    this.scheduler = new Scheduler(forward, kv, this.blocks, {
+    const blocks = new BlockManager({ numBlocks: kv.numBlocks, blockSize: BLOCK_TOKENS });
+    this.scheduler = new Scheduler(forward, kv, blocks, {
       tokenBudget: prefillChunk,
       contextLength,
       gpuSampling,

@@ -131,7 +131,7 @@ export class Scheduler {
   constructor(
     private readonly forward: ForwardModel,
     private readonly kv: PagedKvCache,
-    readonly blocks: BlockManager,
+    private readonly blocks: BlockManager,
     private readonly opts: SchedulerOptions,
   ) {}
 

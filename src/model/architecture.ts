@@ -48,7 +48,6 @@ export interface BlockRecipe {
 
 /** The four matmuls of a block: q/k/v stacked, the output projection, gate/up stacked, down. */
 export type ProjectionRole = 'qkv' | 'o' | 'gateUp' | 'down';
-export const PROJECTION_ROLES: readonly ProjectionRole[] = ['qkv', 'o', 'gateUp', 'down'];
 
 /** One matmul of the forward pass and the checkpoint tensors it is made of. */
 export interface ProjectionTensors {

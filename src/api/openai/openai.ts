@@ -38,7 +38,7 @@ export interface OpenAiOptions {
 }
 
 /** OpenAI's usage block. */
-export function usage(prompt: number, completion: number): CompletionUsage {
+function usage(prompt: number, completion: number): CompletionUsage {
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
 }
 
