@@ -13,11 +13,16 @@ export interface Architecture {
   /** The config.json `architectures[0]` classes this file implements (transformers' names). */
   readonly hfClasses: readonly string[];
   /** Reads the config.json fields only this architecture has (see ArchConfig). */
-  config(f: Fields): ArchConfig;
+  config(f: Fields, base: ArchConfigBase): ArchConfig;
   /** The checkpoint's tensors and how they stack into the forward pass's matmuls. */
   tensors(spec: ModelSpec): ModelTensors;
   /** How a decoder block computes. */
   readonly block: BlockRecipe;
+}
+
+/** What the common parser has already read when it asks the architecture for its own fields. */
+export interface ArchConfigBase {
+  numLayers: number;
 }
 
 /** The per-architecture rules of config.json. */
@@ -26,10 +31,11 @@ export interface ArchConfig {
   oBias: boolean;
   mlpBias: boolean;
   /**
-   * Sliding-window attention span, undefined for full attention. Up to the window length a
-   * sliding window sees exactly the keys full attention sees, so the context is clamped to it.
+   * The attention window of each layer (ModelSpec.layerWindows: one entry per layer, 0 for full
+   * causal attention); absent means every layer attends to the whole context. `layerWindowsFrom`
+   * (windows.ts) builds it from `layer_types` or a rule.
    */
-  slidingWindow?: number | undefined;
+  layerWindows?: readonly number[] | undefined;
 }
 
 /**

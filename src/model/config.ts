@@ -155,12 +155,20 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   const ropeScaling = parseRopeScaling(f, architecture);
 
   let maxPositionEmbeddings = f.positiveInt('max_position_embeddings');
-  // The architecture's own fields: projection biases and the attention window. Kiln implements
-  // full causal attention; up to the window length, sliding-window attention sees exactly the
-  // same keys, so clamping the context to the window keeps every result exact instead of
-  // silently diverging from the reference past it.
-  const { qkvBias, oBias, mlpBias, slidingWindow } = arch.config(f);
-  if (slidingWindow !== undefined) maxPositionEmbeddings = Math.min(maxPositionEmbeddings, slidingWindow);
+  // The architecture's own fields: projection biases and the attention window of each layer.
+  const ac = arch.config(f, { numLayers });
+  const layerWindows = [...(ac.layerWindows ?? new Array<number>(numLayers).fill(0))];
+  if (layerWindows.length !== numLayers || !layerWindows.every((w) => Number.isSafeInteger(w) && w >= 0)) {
+    throw new InvalidModelFileError(
+      `${label}: the ${architecture} rules gave ${layerWindows.length} layer windows, expected ${numLayers} non-negative integers`,
+    );
+  }
+  // Until the attention kernels honour windows: up to the window length a sliding window sees
+  // exactly the keys full attention sees, so clamping the context to the shortest window keeps
+  // every result exact instead of silently diverging from the reference past it.
+  const shortest = Math.min(...layerWindows.map((w) => (w > 0 ? w : Infinity)));
+  maxPositionEmbeddings = Math.min(maxPositionEmbeddings, shortest);
+  const { qkvBias, oBias, mlpBias } = ac;
 
   const tieWordEmbeddings = f.bool('tie_word_embeddings', false);
 
@@ -193,6 +201,7 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
     ropeTheta,
     ropeScaling,
     maxPositionEmbeddings,
+    layerWindows,
     tieWordEmbeddings,
     qkvBias,
     oBias,

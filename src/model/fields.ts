@@ -54,6 +54,16 @@ export class Fields {
     return v;
   }
 
+  /** An integer from 0 up to `max`. */
+  nonNegativeInt(field: string, max = MAX_DIM): number {
+    const v = this.obj[field];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+      this.invalid(field, v, 'a non-negative integer');
+    }
+    if (v > max) this.invalid(field, v, `at most ${max} (no real model is that large)`);
+    return v;
+  }
+
   optionalPositiveInt(field: string, max = MAX_DIM): number | undefined {
     return this.unset(field) ? undefined : this.positiveInt(field, max);
   }

@@ -23,6 +23,12 @@ export interface ModelSpec {
   ropeTheta: number;
   ropeScaling: RopeScaling;
   maxPositionEmbeddings: number;
+  /**
+   * The attention window of each layer (length numLayers), as transformers' sliding-window mask:
+   * with W > 0 the query at position i sees the keys j with i - W < j <= i (W keys, itself
+   * included); 0 means full causal attention (j <= i).
+   */
+  layerWindows: number[];
   tieWordEmbeddings: boolean;
   /** q/k/v projections carry biases (Qwen2 always; Llama when attention_bias is true). */
   qkvBias: boolean;

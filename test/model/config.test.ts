@@ -113,6 +113,7 @@ describe('parseModelConfig: supported models', () => {
       ropeTheta: 10000,
       ropeScaling: { type: 'none' },
       maxPositionEmbeddings: 2048,
+      layerWindows: new Array<number>(22).fill(0),
       tieWordEmbeddings: false,
       qkvBias: false,
       oBias: false,
@@ -236,7 +237,51 @@ describe('parseModelConfig: supported models', () => {
   it('follows MistralConfig: an absent sliding_window is its default of 4096, null turns it off', () => {
     const { sliding_window: _window, ...noWindow } = mistral7b_v01;
     expect(parseModelConfig(noWindow).maxPositionEmbeddings).toBe(4096);
+    expect(parseModelConfig(noWindow).layerWindows).toEqual(new Array<number>(32).fill(4096));
     expect(parseModelConfig({ ...mistral7b_v01, sliding_window: null }).maxPositionEmbeddings).toBe(32768);
+    expect(parseModelConfig({ ...mistral7b_v01, sliding_window: null }).layerWindows).toEqual(
+      new Array<number>(32).fill(0),
+    );
+    // MistralConfig ignores layer_types: every layer slides.
+    const types = new Array<string>(32).fill('full_attention');
+    expect(parseModelConfig({ ...mistral7b_v01, layer_types: types }).layerWindows).toEqual(
+      new Array<number>(32).fill(4096),
+    );
+  });
+
+  it('follows Qwen2Config: layers from max_window_layers slide when use_sliding_window, or as layer_types says', () => {
+    const windows = (extra: Record<string, unknown>): number[] =>
+      parseModelConfig({ ...qwen25_05b, ...extra }).layerWindows;
+    const full = new Array<number>(24).fill(0);
+    expect(windows({})).toEqual(full);
+    // use_sliding_window false drops the window even where layer_types marks sliding layers.
+    expect(windows({ layer_types: new Array<string>(24).fill('sliding_attention') })).toEqual(full);
+    const slid = windows({ use_sliding_window: true, sliding_window: 512 });
+    expect(slid).toEqual([...new Array<number>(21).fill(0), 512, 512, 512]);
+    // Absent keys take Qwen2Config's defaults: window 4096, max_window_layers 28 (no layer of 24).
+    const { sliding_window: _w, max_window_layers: _m, ...bare } = qwen25_05b;
+    expect(parseModelConfig({ ...bare, use_sliding_window: true }).layerWindows).toEqual(full);
+    expect(
+      parseModelConfig({ ...bare, use_sliding_window: true, max_window_layers: 22 }).layerWindows,
+    ).toEqual([...new Array<number>(22).fill(0), 4096, 4096]);
+    expect(windows({ use_sliding_window: true, sliding_window: null })).toEqual(full);
+    const types = Array.from({ length: 24 }, (_, i) => (i % 2 ? 'full_attention' : 'sliding_attention'));
+    expect(windows({ use_sliding_window: true, sliding_window: 64, layer_types: types })).toEqual(
+      Array.from({ length: 24 }, (_, i) => (i % 2 ? 0 : 64)),
+    );
+  });
+
+  it('refuses a malformed layer_types, naming the field', () => {
+    const on = { ...qwen25_05b, use_sliding_window: true, sliding_window: 64 };
+    expect(() => parseModelConfig({ ...on, layer_types: ['full_attention'] })).toThrow(
+      /layer_types is \[.*\], expected a list of 24 entries/,
+    );
+    expect(() =>
+      parseModelConfig({ ...on, layer_types: [...new Array<string>(23).fill('full_attention'), 'chunked'] }),
+    ).toThrow(/layer_types\[23\] "chunked" is not supported/);
+    expect(() => parseModelConfig({ ...on, max_window_layers: -1 })).toThrow(
+      /max_window_layers is -1, expected a non-negative integer/,
+    );
   });
 
   it('accepts sizes up to the sanity bounds', () => {
