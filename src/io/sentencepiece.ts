@@ -384,7 +384,14 @@ export function convertSentencePiece(
   modelBytes: Uint8Array,
   fileName = 'tokenizer.model',
 ): ConvertedSentencePiece {
-  const model = parseSentencePieceModel(modelBytes, fileName);
+  return sentencePieceToJson(parseSentencePieceModel(modelBytes, fileName), fileName);
+}
+
+/**
+ * The conversion of {@link convertSentencePiece} from an already-read model: the same vocabulary
+ * can come from a ModelProto or from a GGUF file's `tokenizer.ggml.*` arrays (gguf-tokenizer.ts).
+ */
+export function sentencePieceToJson(model: SentencePieceModel, fileName: string): ConvertedSentencePiece {
   const { pieces, trainerSpec: ts, normalizerSpec: ns } = model;
   const n = pieces.length;
   if (ts.modelType !== 1 && ts.modelType !== 2) {
