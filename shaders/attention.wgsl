@@ -1,6 +1,8 @@
 // attention: causal softmax(q·kᵀ·scale)·v over the paged KV cache, for every query row of a step
-// (prefill rows and decode rows alike). Row m attends to its sequence's tokens 0..row_info[m].x
-// (its own position, inclusive), found through the block table starting at row_info[m].y.
+// (prefill rows and decode rows alike). Row m attends to its sequence's tokens lo..row_info[m].x
+// (its own position, inclusive), found through the block table starting at row_info[m].y; lo is 0,
+// or with a sliding window (p.window > 0) the oldest of the last `window` tokens. Keys before lo
+// are never read: their blocks may already be released.
 // GQA: query head h reads KV head h / (heads / kv_heads); K/V are indexed, never repeated.
 // Bindings: params, row_info [m] vec2<u32> (position, block-table offset), block_table u32,
 // q [m, heads·head_dim] f32, k_cache, v_cache ([block][kv_head][16][head_dim] Kv: the prepended
@@ -15,6 +17,8 @@ struct Params {
   kv_heads: u32,
   head_dim: u32,
   scale: f32,
+  // Sliding-window length of this layer, 0 for full attention.
+  window: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -67,6 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let info = row_info[row];
   let ctx_len = info.x + 1u;
   let bt_off = info.y;
+  let lo = select(0u, ctx_len - p.window, p.window != 0u && ctx_len > p.window);
   let kv_head = head / (p.heads / p.kv_heads);
   let q_base = (row * p.heads + head) * p.head_dim;
   for (var d = t; d < p.head_dim; d += WG) {
@@ -77,7 +82,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var acc: array<f32, MAX_DIMS_PER_THREAD>;
   var m_run = NEG_BIG;
   var l_run = 0.0;
-  for (var tile = 0u; tile < ctx_len; tile += WG) {
+  for (var tile = lo; tile < ctx_len; tile += WG) {
     let j = tile + t;
     var s = NEG_BIG;
     if (j < ctx_len) {

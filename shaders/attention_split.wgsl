@@ -1,6 +1,10 @@
 // attention_split: pass 1 of split-K decode attention over the paged KV cache. Row m attends to
-// tokens 0..row_info[m].x (its position, inclusive) through the block table starting at
-// row_info[m].y, like `attention`. The KV length is cut in chunks of p.chunk tokens; workgroup
+// tokens lo..row_info[m].x (its position, inclusive) through the block table starting at
+// row_info[m].y, like `attention`: lo is 0, or with a sliding window (p.window > 0) the oldest of
+// the last `window` tokens. The keys from lo, rounded down to its 16-token block (chunks and tiles
+// start on blocks), are cut in chunks of p.chunk tokens, so a sliding layer's splits past its
+// window are empty and no key before the window's block is read; the few keys of that block
+// before lo are masked. Workgroup
 // (split s, kv head g, row m) writes, for each query head h of g's GQA group, the partial
 //   l_s = Σ_{j in chunk s} e^{x_j - c},   o_s = Σ_{j in chunk s} e^{x_j - c} · v_j   (unnormalised)
 // with x_j = q_h·k_j·scale, and the constant c it used; attention_merge combines the splits.
@@ -49,6 +53,8 @@ struct Params {
   phi: f32,
   // Exact modes: 1 for the async chain's fallback (skip rows whose flag is clear).
   check_flag: u32,
+  // Sliding-window length of this layer, 0 for full attention.
+  window: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -139,9 +145,13 @@ fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
 
 // Takes the scaled scores x of token j (>= n: a lane redoing the tile's last token) for the head
 // block whose probabilities start at p_sh[base]. Async: stores e^(x - phi) and checks the window;
-// exact: stores x and tracks the lane's max (a redone token cannot change a max).
-fn take(j: u32, n: u32, x: vec4<f32>, base: u32, live: vec4<bool>, lm: ptr<function, vec4<f32>>,
-        overflow: ptr<function, bool>) {
+// exact: stores x and tracks the lane's max (a redone token cannot change a max). A `masked`
+// token (before the sliding window) scores NEG_BIG: probability 0, no overflow, no max. Every
+// tile keeps an unmasked token (masking ends within the first block and a tile spans whole ones
+// up to the row's own position), so its max stays finite.
+fn take(j: u32, n: u32, x_in: vec4<f32>, base: u32, live: vec4<bool>, masked: bool,
+        lm: ptr<function, vec4<f32>>, overflow: ptr<function, bool>) {
+  let x = select(x_in, vec4<f32>(NEG_BIG), masked);
   if (MODE == 1u) {
     let e = x - p.phi;
     *overflow = *overflow || any(live & (e > vec4<f32>(OVERFLOW_B)));
@@ -195,7 +205,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let info = row_info[row];
   let ctx_len = info.x + 1u;
   let bt_off = info.y;
-  let c0 = split * p.chunk;
+  let lo = select(0u, ctx_len - p.window, p.window != 0u && ctx_len > p.window);
+  let c0 = lo - lo % BLOCK_TOKENS + split * p.chunk;
   let c1 = min(c0 + p.chunk, ctx_len);
   let rec_len = hd4 + 1u;
   // Record of (row, head g·n_rep + h, split) = rec0 + h · head_stride.
@@ -272,10 +283,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
           let x = scores4(ka, kb, kc, kd, hb * qb_b, hd4) * p.scale;
-          take(ja, n, x[0], hb * tile_b, live, &lm, &overflow);
-          take(jb, n, x[1], hb * tile_b, live, &lm, &overflow);
-          take(jc, n, x[2], hb * tile_b, live, &lm, &overflow);
-          take(jd, n, x[3], hb * tile_b, live, &lm, &overflow);
+          take(ja, n, x[0], hb * tile_b, live, t0 + ja < lo, &lm, &overflow);
+          take(jb, n, x[1], hb * tile_b, live, t0 + jb < lo, &lm, &overflow);
+          take(jc, n, x[2], hb * tile_b, live, t0 + jc < lo, &lm, &overflow);
+          take(jd, n, x[3], hb * tile_b, live, t0 + jd < lo, &lm, &overflow);
           if (hb == 0u) {
             lm_a = lm;
           } else {
@@ -288,8 +299,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
           let x = scores2(ka, kb, hb * qb_b, hd4) * p.scale;
-          take(ja, n, x[0], hb * tile_b, live, &lm, &overflow);
-          take(jb, n, x[1], hb * tile_b, live, &lm, &overflow);
+          take(ja, n, x[0], hb * tile_b, live, t0 + ja < lo, &lm, &overflow);
+          take(jb, n, x[1], hb * tile_b, live, t0 + jb < lo, &lm, &overflow);
           if (hb == 0u) {
             lm_a = lm;
           } else {

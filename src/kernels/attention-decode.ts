@@ -166,6 +166,12 @@ export interface AttentionDecodeArgs {
   kvHeads: number;
   headDim: number;
   scale: number;
+  /**
+   * Sliding window of this layer (ModelSpec.layerWindows): a row at position i sees keys
+   * i - window < j <= i; 0 (the default) for full causal attention. The splits start at the
+   * window's first block, so those past it are empty and keys before it are never read.
+   */
+  window?: number;
   /** Longest context the recorded dispatches serve: sizes the split grid. */
   maxContext: number;
   /** Tokens per split: a positive multiple of 16 (see pickDecodeChunk). */
@@ -242,6 +248,7 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
       ['u32', tile],
       ['f32', isAsync ? (a.phi as number) : 0],
       ['u32', checkFlag],
+      ['u32', a.window ?? 0],
     ]);
   const mergeParams = packParams([
     ['u32', a.heads],

@@ -21,6 +21,11 @@ export function attention(
     kvHeads: number;
     headDim: number;
     scale: number;
+    /**
+     * Sliding window of this layer (ModelSpec.layerWindows): a row at position i sees keys
+     * i - window < j <= i; 0 (the default) for full causal attention.
+     */
+    window?: number;
     /** Element type of the cache (default f32; f16 needs shader-f16). */
     kvDtype?: KvDtype;
   },
@@ -42,6 +47,7 @@ export function attention(
       ['u32', a.kvHeads],
       ['u32', a.headDim],
       ['f32', a.scale],
+      ['u32', a.window ?? 0],
     ]),
     [a.rowInfo, a.blockTable, a.q, a.kCache, a.vCache, a.out],
     [a.heads, a.m, 1],

@@ -154,7 +154,7 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   }
   const ropeScaling = parseRopeScaling(f, architecture);
 
-  let maxPositionEmbeddings = f.positiveInt('max_position_embeddings');
+  const maxPositionEmbeddings = f.positiveInt('max_position_embeddings');
   // The architecture's own fields: projection biases and the attention window of each layer.
   const ac = arch.config(f, { numLayers });
   const layerWindows = [...(ac.layerWindows ?? new Array<number>(numLayers).fill(0))];
@@ -163,11 +163,6 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
       `${label}: the ${architecture} rules gave ${layerWindows.length} layer windows, expected ${numLayers} non-negative integers`,
     );
   }
-  // Until the attention kernels honour windows: up to the window length a sliding window sees
-  // exactly the keys full attention sees, so clamping the context to the shortest window keeps
-  // every result exact instead of silently diverging from the reference past it.
-  const shortest = Math.min(...layerWindows.map((w) => (w > 0 ? w : Infinity)));
-  maxPositionEmbeddings = Math.min(maxPositionEmbeddings, shortest);
   const { qkvBias, oBias, mlpBias } = ac;
 
   const tieWordEmbeddings = f.bool('tie_word_embeddings', false);

@@ -84,8 +84,9 @@ export class ReferenceModel {
     const positions = tokens.map((_, i) => i);
     const invFreq = ropeInvFreq(s.headDim, s.ropeTheta, s.ropeScaling);
     let x = embedRef(this.w(names.embed), H, tokens);
-    for (const L of names.layers) {
-      // Attention: RMSNorm, q/k/v, RoPE on q and k, causal GQA attention, o, residual.
+    for (const [l, L] of names.layers.entries()) {
+      // Attention: RMSNorm, q/k/v, RoPE on q and k, causal GQA attention (within the layer's
+      // sliding window, if any), o, residual.
       const xn = rmsnormRef(x, this.w(L.inputNorm), m, H, s.rmsNormEps);
       const qkv = this.project(xn, m, L.qkv);
       const width = qDim + 2 * kvDim;
@@ -105,6 +106,7 @@ export class ReferenceModel {
         s.numKvHeads,
         s.headDim,
         1 / Math.sqrt(s.headDim),
+        s.layerWindows[l] ?? 0,
       );
       const o = this.project(att, m, L.o);
       x = x.map((xi, i) => xi + (o[i] as number));

@@ -40,6 +40,8 @@ interface Cache {
   kCache: GPUBuffer;
   vCache: GPUBuffer;
   blockTable: GPUBuffer;
+  /** Physical block of each logical block. */
+  table: number[];
 }
 
 /**
@@ -89,7 +91,22 @@ function fillCache(
     kCache,
     vCache,
     blockTable: upload(c, Uint32Array.from(table)),
+    table,
   };
+}
+
+/**
+ * Fills the physical blocks of logical blocks `from..to-1` with NaN (all-ones bytes, NaN in f32
+ * and f16) in K and V: a kernel that reads any of them, even with weight 0, returns NaN. This is
+ * what a sliding layer's released blocks look like once another sequence reuses them.
+ */
+function poisonBlocks(c: GpuContext, kv: Cache, from: number, to: number): void {
+  const bytes = kv.kvHeads * BLOCK * kv.headDim * (kv.dtype === 'f16' ? 2 : 4);
+  const nan = new Uint8Array(bytes).fill(0xff);
+  for (let blk = from; blk < to; blk++) {
+    const at = (kv.table[blk] as number) * bytes;
+    for (const buf of [kv.kCache, kv.vCache]) c.device.queue.writeBuffer(buf, at, nan);
+  }
 }
 
 interface Call {
@@ -100,6 +117,8 @@ interface Call {
   chunk: number;
   maxContext: number;
   phi?: number;
+  /** Sliding window (0 or absent: full attention). */
+  window?: number;
 }
 
 /**
@@ -138,6 +157,7 @@ async function decode(
     chunk: call.chunk,
     variant: call.variant,
     ...(call.phi === undefined ? {} : { phi: call.phi }),
+    ...(call.window === undefined ? {} : { window: call.window }),
     scratch,
     kvDtype: kv.dtype,
   });
@@ -165,6 +185,7 @@ function reference(kv: Cache, call: Call): Float64Array {
     kv.kvHeads,
     kv.headDim,
     1 / Math.sqrt(kv.headDim),
+    call.window ?? 0,
   );
 }
 
@@ -220,6 +241,59 @@ describe('attention_decode (split-K) vs attentionRef', () => {
       expect(asy.outs[1]).toEqual(asy.outs[0]);
     });
   }
+
+  // Sliding windows shorter than the context: windows of 1, 7 (inside one block), 16 (exactly a
+  // block), 100 and 512 (several blocks, not aligned), one longer than the context (no effect);
+  // rows whose window starts mid-block, on a block edge or at 0. Every block wholly before the
+  // earliest row's window block is poisoned with NaN, so a kernel that read it would fail (checked:
+  // full attention over the same cache does).
+  const windowed = [
+    { ctx: 7, heads: 4, kvHeads: 4, headDim: 64, chunk: 64, maxContext: 200, window: 1 },
+    { ctx: 129, heads: 8, kvHeads: 2, headDim: 128, chunk: 16, maxContext: 129, window: 7 },
+    { ctx: 129, heads: 6, kvHeads: 2, headDim: 64, chunk: 48, maxContext: 300, window: 16 },
+    { ctx: 300, heads: 14, kvHeads: 2, headDim: 64, chunk: 64, maxContext: 512, window: 100 },
+    { ctx: 4097, heads: 4, kvHeads: 1, headDim: 64, chunk: 256, maxContext: 4200, window: 512 },
+    { ctx: 50, heads: 2, kvHeads: 1, headDim: 16, chunk: 16, maxContext: 64, window: 4096 },
+  ];
+  for (const { ctx, heads, kvHeads, headDim, chunk, maxContext, window } of windowed) {
+    test(`window=${window} ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim} chunk=${chunk}`, async () => {
+      const c = await testGpu();
+      for (const dtype of ['f32', 'f16'] as const) {
+        if (dtype === 'f16' && !c.adapter.shaderF16) continue;
+        const kv = fillCache(c, ctx, kvHeads, headDim, ctx + window, dtype);
+        const positions = [...new Set([ctx - 1, ctx - 1 - Math.floor(Math.min(window, ctx) / 3)])];
+        const firstKey = Math.min(...positions.map((p) => Math.max(0, p - window + 1)));
+        const poisoned = Math.floor(firstKey / BLOCK);
+        poisonBlocks(c, kv, 0, poisoned);
+        const q = randomF32(positions.length * heads * headDim, ctx + 11, 3);
+        const base = { heads, positions, q, chunk, maxContext, window };
+        const want = reference(kv, { ...base, variant: 'two_pass' });
+        const exact = await decode(c, kv, { ...base, variant: 'two_pass' });
+        expectClose(exact.outs[0] as Float32Array, want, { atol: ATOL });
+        const asy = await decode(c, kv, { ...base, variant: 'async_softmax', phi: 0 }, [2]);
+        expect([...(asy.flags[0] as Uint32Array)]).toEqual(positions.map(() => 0));
+        expectClose(asy.outs[0] as Float32Array, want, { atol: ATOL });
+        // The exact fallback (a flagged row) honours the window too.
+        const fb = await decode(c, kv, { ...base, variant: 'async_softmax', phi: -100 });
+        expectClose(fb.outs[0] as Float32Array, want, { atol: ATOL });
+        if (poisoned > 0) {
+          const full = await decode(c, kv, { ...base, window: 0, variant: 'two_pass' });
+          expect((full.outs[0] as Float32Array).some(Number.isNaN)).toBe(true);
+        }
+      }
+    });
+  }
+
+  test('a window shorter than the context changes the result (the reference without it differs)', async () => {
+    const c = await testGpu();
+    const kv = fillCache(c, 300, 1, 64, 5);
+    const q = randomF32(4 * 64, 6, 3);
+    const call: Call = { heads: 4, positions: [299], q, variant: 'two_pass', chunk: 64, maxContext: 300 };
+    const r = await decode(c, kv, { ...call, window: 100 });
+    const full = reference(kv, call);
+    const diff = Math.max(...(r.outs[0] as Float32Array).map((x, i) => Math.abs(x - (full[i] as number))));
+    expect(diff).toBeGreaterThan(100 * ATOL);
+  });
 
   test('the result does not depend on the number of splits', async () => {
     const c = await testGpu();

@@ -179,6 +179,101 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
   });
 });
 
+describe('attention with a sliding window (prefill rows)', () => {
+  // Windows of 1, 7 (inside a block), 16 (a block), 100 and 512 (unaligned, several 64-key tiles)
+  // over contexts 1 to 4097; rows at every kind of position (window start at 0, mid-block, on a
+  // block edge). Blocks wholly before the earliest row's window are filled with NaN: a kernel that
+  // read one would return NaN (checked: full attention over the same cache does).
+  const cases = [
+    { ctx: 1, heads: 2, kvHeads: 1, headDim: 8, window: 1 },
+    { ctx: 129, heads: 4, kvHeads: 2, headDim: 64, window: 7 },
+    { ctx: 129, heads: 2, kvHeads: 2, headDim: 256, window: 16 },
+    { ctx: 300, heads: 4, kvHeads: 1, headDim: 32, window: 100 },
+    { ctx: 4097, heads: 2, kvHeads: 1, headDim: 16, window: 512 },
+  ];
+  const runs = (['f32', 'f16'] as const).flatMap((kvDtype) => cases.map((x) => ({ ...x, kvDtype })));
+  for (const { ctx, heads, kvHeads, headDim, window, kvDtype } of runs) {
+    test(`${kvDtype} KV window=${window} ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
+      const c = await testGpu();
+      if (!supported(c, kvDtype)) return;
+      const kvDim = kvHeads * headDim;
+      const blocks = Math.ceil(ctx / BLOCK);
+      const table = shuffledBlocks(blocks, ctx + window);
+      const k = randomF32(ctx * kvDim, ctx + 3, 2);
+      const v = randomF32(ctx * kvDim, ctx + 4);
+      const kCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
+      const vCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
+      const slots = Array.from(
+        { length: ctx },
+        (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
+      );
+      run(c, (b) =>
+        kvWrite(b, {
+          slots: upload(c, Uint32Array.from(slots)),
+          k: upload(c, k),
+          v: upload(c, v),
+          kCache,
+          vCache,
+          m: ctx,
+          kvHeads,
+          headDim,
+          kvDtype,
+        }),
+      );
+      const positions = [
+        ...new Set([ctx - 1, Math.max(0, ctx - 2), ctx - 1 - Math.floor(Math.min(window, ctx) / 2)]),
+      ];
+      const firstKey = Math.min(...positions.map((p) => Math.max(0, p - window + 1)));
+      const poisoned = Math.floor(firstKey / BLOCK);
+      const blockBytes = kvDim * BLOCK * (kvDtype === 'f16' ? 2 : 4);
+      for (let blk = 0; blk < poisoned; blk++) {
+        const at = (table[blk] as number) * blockBytes;
+        for (const buf of [kCache, vCache])
+          c.device.queue.writeBuffer(buf, at, new Uint8Array(blockBytes).fill(0xff));
+      }
+      const q = randomF32(positions.length * heads * headDim, ctx + 5, 3);
+      const scale = 1 / Math.sqrt(headDim);
+      const attend = async (w: number): Promise<Float32Array> => {
+        const out = upload(c, new Float32Array(q.length));
+        run(c, (b) =>
+          attention(b, {
+            rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+            blockTable: upload(c, Uint32Array.from(table)),
+            q: upload(c, q),
+            kCache,
+            vCache,
+            out,
+            m: positions.length,
+            heads,
+            kvHeads,
+            headDim,
+            scale,
+            kvDtype,
+            window: w,
+          }),
+        );
+        return readF32(c, out, q.length);
+      };
+      // As the unwindowed cases above: f32 scores and exp, a rescale per 64-key tile, over at most
+      // `window` keys.
+      const atol = (headDim + window / 64 + 70) * 2 ** -24 * 8;
+      const want = attentionRef(
+        q,
+        kvRounded(k, kvDtype),
+        kvRounded(v, kvDtype),
+        positions,
+        heads,
+        kvHeads,
+        headDim,
+        scale,
+        window,
+      );
+      expectClose(await attend(window), want, { atol });
+      if (poisoned > 0) expect((await attend(0)).some(Number.isNaN)).toBe(true);
+    });
+  }
+});
+
 describe('rope (rotate-half, float64 cos/sin table)', () => {
   const scalings = [
     { type: 'none' } as const,

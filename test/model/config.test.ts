@@ -220,25 +220,21 @@ describe('parseModelConfig: supported models', () => {
     expect(parseModelConfig({ ...qwen25_05b, attention_bias: false }).qkvBias).toBe(true);
   });
 
-  it('clamps the context to an active sliding window', () => {
-    expect(parseModelConfig(mistral7b_v01).maxPositionEmbeddings).toBe(4096);
-    expect(
-      parseModelConfig({ ...mistral7b_v01, sliding_window: null, rope_theta: 1e6 }).maxPositionEmbeddings,
-    ).toBe(32768);
-    expect(parseModelConfig({ ...mistral7b_v01, sliding_window: 65536 }).maxPositionEmbeddings).toBe(32768);
+  it('keeps max_position_embeddings past a sliding window (the kernels honour the window)', () => {
+    const spec = parseModelConfig(mistral7b_v01);
+    expect(spec.maxPositionEmbeddings).toBe(32768);
+    expect(spec.layerWindows).toEqual(new Array<number>(32).fill(4096));
     expect(
       parseModelConfig({ ...qwen25_05b, use_sliding_window: true, sliding_window: 4096 })
         .maxPositionEmbeddings,
-    ).toBe(4096);
+    ).toBe(32768);
     // Mistral has no bias options in transformers: attention_bias is ignored there.
     expect(parseModelConfig({ ...mistral7b_v01, attention_bias: true }).qkvBias).toBe(false);
   });
 
   it('follows MistralConfig: an absent sliding_window is its default of 4096, null turns it off', () => {
     const { sliding_window: _window, ...noWindow } = mistral7b_v01;
-    expect(parseModelConfig(noWindow).maxPositionEmbeddings).toBe(4096);
     expect(parseModelConfig(noWindow).layerWindows).toEqual(new Array<number>(32).fill(4096));
-    expect(parseModelConfig({ ...mistral7b_v01, sliding_window: null }).maxPositionEmbeddings).toBe(32768);
     expect(parseModelConfig({ ...mistral7b_v01, sliding_window: null }).layerWindows).toEqual(
       new Array<number>(32).fill(0),
     );

@@ -2,7 +2,7 @@
  * The forward graph of one step shape, recorded once from the model's block recipe (its
  * architecture file, src/model/arch/) into dispatch lists the step replays:
  *   embed -> per layer [rmsnorm -> qkv (one fused matmul, +bias) -> rope(q, k) + KV-cache write
- *   -> attention -> o (+residual) -> rmsnorm -> gate·up with the SwiGLU epilogue -> down (+residual)]
+ *   -> attention (within the layer's sliding window) -> o (+residual) -> rmsnorm -> gate·up with the SwiGLU epilogue -> down (+residual)]
  *   -> (head) final rmsnorm of the rows that need logits -> lm head -> (argmax)
  * Decode-shaped steps run split-K attention, exact until the layer's unified max (phi) of the
  * async softmax is calibrated.
@@ -133,6 +133,7 @@ export function recordGraph(
       kvHeads: spec.numKvHeads,
       headDim: spec.headDim,
       scale: 1 / Math.sqrt(spec.headDim),
+      window: spec.layerWindows[l] ?? 0,
       kvDtype: kv.dtype,
     };
     if (decode) {
