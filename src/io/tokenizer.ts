@@ -34,7 +34,31 @@ export interface ChatTemplateOptions {
   addGenerationPrompt?: boolean;
   /** Which template of a list-of-named-templates chat_template; default "default". */
   templateName?: string;
+  /**
+   * Extra variables for the template, as transformers' apply_chat_template(**kwargs) passes them
+   * (Qwen3's `enable_thinking`, for one). They cannot replace the variables Kiln sets itself.
+   */
+  templateKwargs?: Readonly<Record<string, unknown>>;
 }
+
+/**
+ * Tokens that end an assistant turn in the chat formats Kiln knows (Gemma, ChatML/Qwen/SmolLM,
+ * Llama 3, Phi-3). Models often name only the pretraining EOS in tokenizer_config.json, so these
+ * become stop ids too when the model has one as a token and its chat template writes it.
+ */
+const END_OF_TURN_TOKENS = ['<end_of_turn>', '<|im_end|>', '<|eot_id|>', '<|eom_id|>', '<|end|>'];
+
+/** Variables every render sets (see applyChatTemplate); templateKwargs may not use these names. */
+const RESERVED_TEMPLATE_VARS = [
+  'messages',
+  'tools',
+  'documents',
+  'add_generation_prompt',
+  'bos_token',
+  'eos_token',
+  'unk_token',
+  'pad_token',
+];
 
 /** tokenizer_config.json, as far as Kiln reads it. */
 interface ParsedConfig {
@@ -116,7 +140,11 @@ async function readBytes(dir: ModelDir, file: string): Promise<Uint8Array> {
 export class KilnTokenizer {
   /** The id of the BOS token named by tokenizer_config.json, or null when the model has none. */
   readonly bosTokenId: number | null;
-  /** The ids that end generation, from tokenizer_config.json's eos_token. */
+  /**
+   * The ids that end generation: tokenizer_config.json's eos_token, then the end-of-turn tokens
+   * (`<end_of_turn>`, `<|im_end|>`, `<|eot_id|>`, `<|eom_id|>`, `<|end|>`) that the model has and
+   * its chat template writes.
+   */
   readonly eosTokenIds: readonly number[];
   /** Number of token ids (the largest id + 1, added tokens included). */
   readonly vocabSize: number;
@@ -133,7 +161,15 @@ export class KilnTokenizer {
     this.vocabSize = maxId + 1;
     this.bosTokenId = config.bosToken === null ? null : (tok.token_to_id(config.bosToken) ?? null);
     const eos = config.eosToken === null ? undefined : tok.token_to_id(config.eosToken);
-    this.eosTokenIds = eos === undefined ? [] : [eos];
+    const stops = eos === undefined ? [] : [eos];
+    const templates = config.chatTemplate;
+    const texts =
+      templates === null ? [] : typeof templates === 'string' ? [templates] : [...templates.values()];
+    for (const marker of END_OF_TURN_TOKENS) {
+      const id = tok.token_to_id(marker);
+      if (id !== undefined && texts.some((t) => t.includes(marker)) && !stops.includes(id)) stops.push(id);
+    }
+    this.eosTokenIds = stops;
   }
 
   /**
@@ -330,13 +366,24 @@ export class KilnTokenizer {
 
   /**
    * Renders a conversation with the model's chat template (Jinja, as transformers'
-   * apply_chat_template does: messages, bos_token, eos_token, add_generation_prompt).
+   * apply_chat_template does: messages, bos_token, eos_token, add_generation_prompt, and the
+   * caller's templateKwargs).
    * @throws UnsupportedModelError when the model has no chat template; the caller picks a fallback.
    */
   applyChatTemplate(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): string {
     const template = this.template(options.templateName);
+    const kwargs = options.templateKwargs ?? {};
+    if (!isJsonObject(kwargs)) throw new InvalidRequestError('chat template kwargs must be an object');
+    for (const name of Object.keys(kwargs)) {
+      if (RESERVED_TEMPLATE_VARS.includes(name)) {
+        throw new InvalidRequestError(
+          `chat template kwargs: "${name}" is set by Kiln itself and cannot be passed as a kwarg`,
+        );
+      }
+    }
     try {
       return template.render({
+        ...kwargs,
         messages: messages.map((m) => ({ role: m.role, content: m.content })),
         add_generation_prompt: options.addGenerationPrompt ?? true,
         bos_token: this.config.bosToken ?? '',

@@ -57,7 +57,8 @@ describe('GGUF tokenizer metadata', () => {
     expect(gpt2.encode('Hello world')).toEqual([15496, 995]);
     expect(gpt2.decode([15496, 995])).toBe('Hello world');
     const phi3 = await tokenizerOf('ggml-vocab-phi-3.gguf');
-    expect(phi3.eosTokenIds).toEqual([32000]);
+    // <|endoftext|>, then <|end|>: the end of a turn its chat template writes.
+    expect(phi3.eosTokenIds).toEqual([32000, 32007]);
     expect(phi3.applyChatTemplate([{ role: 'user', content: 'Hi' }])).toBe(
       '<s><|user|>\nHi<|end|>\n<|assistant|>\n',
     );
