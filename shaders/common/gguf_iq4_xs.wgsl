@@ -1,0 +1,39 @@
+// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): IQ4_XS, d·(scale − 32)·T[q] per sub-block of 32.
+// Words: d | scales_h << 16, scales_l, then the 128 nibble bytes, 16 per sub-block. Chunk c = word
+// 2 + c of sub-block i = c/4: low nibbles are elements 32i + 4(c%4).., high ones 32i + 16 + 4(c%4)...
+const BK: u32 = 256u;
+const BW: u32 = 34u;
+const DPLANE: bool = false;
+const NCH: u32 = 32u;
+
+var<private> IQ4_T: array<f32, 16> = array<f32, 16>(
+  -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0,
+);
+
+fn iq4_levels(q: vec4<u32>) -> vec4<f32> {
+  return vec4<f32>(IQ4_T[q.x], IQ4_T[q.y], IQ4_T[q.z], IQ4_T[q.w]);
+}
+
+struct Head {
+  d: f32,
+  sh: u32,
+  sl: u32,
+}
+
+fn gguf_head(wb: u32, d: f32) -> Head {
+  let w0 = wd(wb, 0u);
+  return Head(unpack2x16float(w0).x, w0 >> 16u, wd(wb, 1u));
+}
+
+fn gguf_dq(wb: u32, h: Head, c: u32) -> Dq {
+  let i = c >> 2u;
+  let ls = ((h.sl >> (4u * i)) & 15u) | (((h.sh >> (2u * i)) & 3u) << 4u);
+  let dl = h.d * (f32(ls) - 32.0);
+  let q = bytes4(wd(wb, 2u + c));
+  return Dq(iq4_levels(q & vec4<u32>(15u)) * dl, iq4_levels(q >> vec4<u32>(4u)) * dl);
+}
+
+fn gguf_xoff(c: u32) -> vec2<u32> {
+  let i = c >> 2u;
+  return vec2<u32>(8u * i + (c & 3u), 8u * i + 4u + (c & 3u));
+}

@@ -1,0 +1,25 @@
+// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q4_1, q·d + m.
+// Words: d | m << 16, then the 16 nibble bytes (chunks as in gguf_q4_0).
+const BK: u32 = 32u;
+const BW: u32 = 5u;
+const DPLANE: bool = false;
+const NCH: u32 = 4u;
+
+struct Head {
+  d: f32,
+  m: f32,
+}
+
+fn gguf_head(wb: u32, d: f32) -> Head {
+  let dm = unpack2x16float(wd(wb, 0u));
+  return Head(dm.x, dm.y);
+}
+
+fn gguf_dq(wb: u32, h: Head, c: u32) -> Dq {
+  let q = bytes4(wd(wb, 1u + c));
+  return Dq(vec4<f32>(q & vec4<u32>(15u)) * h.d + h.m, vec4<f32>(q >> vec4<u32>(4u)) * h.d + h.m);
+}
+
+fn gguf_xoff(c: u32) -> vec2<u32> {
+  return vec2<u32>(c, 4u + c);
+}

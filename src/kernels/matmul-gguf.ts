@@ -1,0 +1,127 @@
+/**
+ * matmul_gguf: Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]) with W kept in a GGUF block format on the
+ * GPU (layout: src/quant/gguf-pack.ts; kernel: shaders/matmul_gguf.wgsl plus the format's
+ * fragment shaders/common/gguf_<type>.wgsl). One kernel serves decode (M = 1) and the batched GEMM
+ * (MT rows of X per workgroup, every decoded weight used MT times). One dispatch per weight part.
+ * The variant name (pipeline label, cache key, benchmark row) carries every compile-time choice,
+ * e.g. `matmul_gguf_q4_k_m1r4`: format, MT, R (and `_w<threads>` off the default 64).
+ */
+import type { GgufKernelType } from '../quant/gguf-pack.js';
+import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
+import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
+import type { ShaderName } from './wgsl.gen.js';
+
+export interface GgufWeightPart {
+  /** The words plane (PackedGguf.words). */
+  words: GPUBuffer;
+  /** The d plane, for formats that have one (PackedGguf.dplane). */
+  dplane?: GPUBuffer | undefined;
+  /** First row of the matrix stored in this part. */
+  rowStart: number;
+  rows: number;
+}
+
+/** A GGUF block weight on the GPU: [rows, cols], split by rows into parts. */
+export interface GgufGpuWeight {
+  name: string;
+  /** The block format (ggml's name). */
+  gguf: GgufKernelType;
+  rows: number;
+  cols: number;
+  parts: GgufWeightPart[];
+}
+
+export type GgufRowsPerGroup = 1 | 4 | 8;
+export type GgufRowsPerThread = 1 | 2 | 4;
+export type GgufWorkgroupSize = 32 | 64 | 128;
+
+export interface MatmulGgufArgs {
+  /** [m, weight.cols] f32 */
+  x: GPUBuffer;
+  weight: GgufGpuWeight;
+  /** [m, weight.rows] f32 */
+  y: GPUBuffer;
+  m: number;
+  /** [weight.rows] f32 */
+  bias?: GPUBuffer | undefined;
+  /** Add into y instead of overwriting it (fuses the residual add). */
+  accumulate?: boolean;
+  /** Bound where there is no bias or no d plane (bindings cannot be empty). */
+  placeholder: GPUBuffer;
+  /** Override the shape-based choice (benchmarks, tuner). */
+  rowsPerGroup?: GgufRowsPerGroup;
+  rowsPerThread?: GgufRowsPerThread;
+  workgroupSize?: GgufWorkgroupSize;
+}
+
+/** The variant fields a caller may force for a shape class. */
+export type GgufVariant = Partial<Pick<MatmulGgufArgs, 'rowsPerGroup' | 'rowsPerThread' | 'workgroupSize'>>;
+
+const WG = 64;
+/** Aim for at least this many workgroups per dispatch, so that every core (or SM) gets work. */
+const MIN_GROUPS = 8;
+
+/**
+ * MT = 1 for decode, else 4 (X rows padded only that far); R = the most rows per thread (up to 4:
+ * each X load serves R rows) that still leaves MIN_GROUPS workgroups. The same rule as
+ * chooseQ4Tiling, for the same reasons (one thread per row, X read per chunk).
+ */
+export function chooseGgufTiling(
+  m: number,
+  n: number,
+): { rowsPerGroup: GgufRowsPerGroup; rowsPerThread: GgufRowsPerThread } {
+  const rowsPerGroup: GgufRowsPerGroup = m <= 1 ? 1 : 4;
+  for (const r of [4, 2, 1] as const) {
+    if (Math.ceil(n / (WG * r)) >= MIN_GROUPS) return { rowsPerGroup, rowsPerThread: r };
+  }
+  return { rowsPerGroup, rowsPerThread: 1 };
+}
+
+function fragment(type: GgufKernelType): ShaderName {
+  return `common/gguf_${type.toLowerCase()}` as ShaderName;
+}
+
+export function ggufVariantName(type: GgufKernelType, mt: number, r: number, wg = WG): string {
+  return `matmul_gguf_${type.toLowerCase()}_m${mt}r${r}${wg === WG ? '' : `_w${wg}`}`;
+}
+
+function variantSource(type: GgufKernelType, mt: number, r: number, wg: number): string {
+  const consts = [`const WG: u32 = ${wg}u;`, `const R: u32 = ${r}u;`, `const MT: u32 = ${mt}u;`];
+  return hoistEnables([consts.join('\n'), shaderSource('matmul_gguf', fragment(type))]);
+}
+
+export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
+  const w = a.weight;
+  if (!Number.isInteger(a.m) || a.m < 1) throw new RangeError(`matmul_gguf: m = ${a.m}`);
+  const tiling = chooseGgufTiling(a.m, w.rows);
+  const mt = a.rowsPerGroup ?? tiling.rowsPerGroup;
+  const r = a.rowsPerThread ?? tiling.rowsPerThread;
+  const wg = a.workgroupSize ?? WG;
+  if (![1, 4, 8].includes(mt) || ![1, 2, 4].includes(r) || ![32, 64, 128].includes(wg)) {
+    throw new RangeError(`matmul_gguf: MT ${mt} (1, 4, 8), R ${r} (1, 2, 4), ${wg} threads (32, 64, 128)`);
+  }
+  const variant = ggufVariantName(w.gguf, mt, r, wg);
+  const zGroups = Math.ceil(a.m / mt);
+  if (zGroups > MAX_GRID) throw new RangeError(`${variant}: ${a.m} rows exceed one dispatch`);
+  const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
+  return w.parts.map((part) => {
+    const tiles = Math.ceil(part.rows / (wg * r));
+    const gridX = Math.min(tiles, MAX_GRID);
+    const params = packParams([
+      ['u32', a.m],
+      ['u32', part.rows],
+      ['u32', w.cols],
+      ['u32', w.rows],
+      ['u32', part.rowStart],
+      ['u32', gridX],
+      ['u32', flags],
+    ]);
+    return b.make(
+      variant,
+      () => variantSource(w.gguf, mt, r, wg),
+      params,
+      [part.words, part.dplane ?? a.placeholder, a.x, a.y, a.bias ?? a.placeholder],
+      [gridX, Math.ceil(tiles / gridX), zGroups],
+    );
+  });
+}

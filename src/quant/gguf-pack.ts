@@ -1,0 +1,146 @@
+/**
+ * The GPU layout of a GGUF block matrix, an exact re-layout of the file's bytes (no value changes):
+ * ggml blocks of 18, 22, 34, 110 or 210 bytes are not 4-byte aligned, and WGSL reads storage in
+ * u32s, so each block is split in two planes:
+ *   - words: the block's bytes without its one f16 super-scale d where that field is what breaks
+ *     the alignment (Q4_0, Q5_0, Q8_0, IQ4_NL at byte 0; Q3_K, Q6_K at the end), else the whole
+ *     block, as little-endian u32s (BW per block). Words are tiled by 8 rows: word w of block b of
+ *     row n at ((n/8)·NB·BW + b·BW + w)·8 + n%8, so the 8 lanes that own a tile's 8 rows read 32
+ *     contiguous bytes together (as src/quant/q4.ts tiles int4 words).
+ *   - dplane (those six formats only): the f16 d of (row n, block b) in half b%2 of u32
+ *     ((n/8)·⌈NB/2⌉ + b/2)·8 + n%8.
+ * The bytes on the GPU equal the file's (plus the tile padding of the last 8 rows); the kernel,
+ * shaders/matmul_gguf.wgsl with a fragment per format, decodes the blocks in registers.
+ */
+import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
+import { ggufTensorBytes, ggufTypeByName, type GgufTypeInfo } from '../io/gguf-types.js';
+
+/** Rows per tile of the layout. */
+export const GGUF_TILE_ROWS = 8;
+
+export interface GgufBlockLayout {
+  info: GgufTypeInfo;
+  /** u32 words per block in the words plane. */
+  blockWords: number;
+  /** Byte offset of the f16 moved to the d plane, or null when the block is already aligned. */
+  dAt: number | null;
+  /** Chunks of 8 elements the kernel walks per block. */
+  chunks: number;
+}
+
+/** The block types that have a GPU kernel (the float types go to the float matmul). */
+export const GGUF_KERNEL_TYPES = [
+  'Q4_0',
+  'Q4_1',
+  'Q5_0',
+  'Q5_1',
+  'Q8_0',
+  'Q2_K',
+  'Q3_K',
+  'Q4_K',
+  'Q5_K',
+  'Q6_K',
+  'IQ4_NL',
+  'IQ4_XS',
+] as const;
+export type GgufKernelType = (typeof GGUF_KERNEL_TYPES)[number];
+
+const D_AT: Partial<Record<GgufKernelType, number>> = {
+  Q4_0: 0,
+  Q5_0: 0,
+  Q8_0: 0,
+  IQ4_NL: 0,
+  Q3_K: 108,
+  Q6_K: 208,
+};
+
+export function isGgufKernelType(name: string): name is GgufKernelType {
+  return (GGUF_KERNEL_TYPES as readonly string[]).includes(name);
+}
+
+export function ggufBlockLayout(type: string): GgufBlockLayout {
+  const info = ggufTypeByName(type);
+  if (!info || !isGgufKernelType(type)) {
+    throw new UnsupportedModelError(
+      `GGUF type ${type} has no block matmul (supported: ${GGUF_KERNEL_TYPES.join(', ')})`,
+    );
+  }
+  const dAt = D_AT[type] ?? null;
+  const bytes = info.blockBytes - (dAt === null ? 0 : 2);
+  return { info, blockWords: bytes / 4, dAt, chunks: info.blockElems / 8 };
+}
+
+/** A [rows, cols] block matrix in the GPU layout. */
+export interface PackedGguf {
+  type: GgufKernelType;
+  rows: number;
+  cols: number;
+  /** Rows rounded up to the 8-row tile (padding blocks are zero bytes). */
+  paddedRows: number;
+  blocksPerRow: number;
+  words: Uint32Array;
+  /** The d plane, for the formats whose blocks are not 4-byte aligned. */
+  dplane?: Uint32Array;
+}
+
+/** GPU bytes of a [rows, cols] matrix of `type` (both planes, tile-padded). */
+export function ggufPackedBytes(type: string, rows: number, cols: number): number {
+  const L = ggufBlockLayout(type);
+  const nb = cols / L.info.blockElems;
+  const padded = Math.ceil(rows / GGUF_TILE_ROWS) * GGUF_TILE_ROWS;
+  return padded * nb * L.blockWords * 4 + (L.dAt === null ? 0 : padded * Math.ceil(nb / 2) * 4);
+}
+
+/**
+ * Re-lays a row-major [rows, cols] tensor of `type` (the file's bytes: `rows` rows of cols/BK
+ * blocks) into the planes. `cols` must be a whole number of blocks.
+ */
+export function packGguf(type: string, bytes: Uint8Array, rows: number, cols: number): PackedGguf {
+  const L = ggufBlockLayout(type);
+  const { info } = L;
+  if (!Number.isInteger(rows) || rows < 1 || !Number.isInteger(cols) || cols < 1) {
+    throw new RangeError(`GGUF ${type} matrix shape [${rows}, ${cols}] must be positive integers`);
+  }
+  if (cols % info.blockElems !== 0) {
+    throw new UnsupportedModelError(
+      `GGUF ${type} matrix of ${cols} columns: rows must be whole ${info.blockElems}-element blocks`,
+    );
+  }
+  const need = ggufTensorBytes(info, rows * cols);
+  if (need === null || bytes.byteLength < need) {
+    throw new InvalidModelFileError(
+      `GGUF ${type} [${rows}, ${cols}] tensor needs ${String(need)} bytes, got ${bytes.byteLength}`,
+    );
+  }
+  const nb = cols / info.blockElems;
+  const BW = L.blockWords;
+  const paddedRows = Math.ceil(rows / GGUF_TILE_ROWS) * GGUF_TILE_ROWS;
+  const words = new Uint32Array(paddedRows * nb * BW);
+  const dplane = L.dAt === null ? undefined : new Uint32Array(paddedRows * Math.ceil(nb / 2));
+  const skip = L.dAt === 0 ? 2 : 0;
+  for (let n = 0; n < rows; n++) {
+    const tile = Math.floor(n / GGUF_TILE_ROWS) * nb * BW;
+    const lane = n % GGUF_TILE_ROWS;
+    for (let b = 0; b < nb; b++) {
+      const src = (n * nb + b) * info.blockBytes;
+      const dst = (tile + b * BW) * GGUF_TILE_ROWS + lane;
+      for (let w = 0; w < BW; w++) {
+        const o = src + skip + 4 * w;
+        words[dst + w * GGUF_TILE_ROWS] =
+          ((bytes[o] as number) |
+            ((bytes[o + 1] as number) << 8) |
+            ((bytes[o + 2] as number) << 16) |
+            ((bytes[o + 3] as number) << 24)) >>>
+          0;
+      }
+      if (dplane && L.dAt !== null) {
+        const h = (bytes[src + L.dAt] as number) | ((bytes[src + L.dAt + 1] as number) << 8);
+        const at = (Math.floor(n / GGUF_TILE_ROWS) * Math.ceil(nb / 2) + (b >> 1)) * GGUF_TILE_ROWS + lane;
+        dplane[at] = ((dplane[at] as number) | (h << (16 * (b & 1)))) >>> 0;
+      }
+    }
+  }
+  const out: PackedGguf = { type: type as GgufKernelType, rows, cols, paddedRows, blocksPerRow: nb, words };
+  if (dplane) out.dplane = dplane;
+  return out;
+}

@@ -1,0 +1,145 @@
+/**
+ * matmul_gguf against its float64 reference (the CPU twins' exact weights) for every block format,
+ * at awkward sizes: M in 1, 7, 129, N in 1, 7, 129, K whole blocks up to 4096 + 256, bias,
+ * accumulate and a weight split in parts.
+ */
+import { describe, expect, test } from 'vitest';
+import { DispatchBuilder, runDispatches } from '../../src/gpu/dispatch.js';
+import { matmulGguf, type MatmulGgufArgs } from '../../src/kernels/matmul-gguf.js';
+import { matmulGgufRef } from '../../src/kernels/matmul-gguf.ref.js';
+import { dequantizeGguf, quantizeGguf } from '../../src/quant/gguf-blocks.js';
+import { ggufBlockLayout, GGUF_KERNEL_TYPES, packGguf } from '../../src/quant/gguf-pack.js';
+import { uploadGgufWeight } from '../../src/weights/upload-gguf.js';
+import { randomF32, readF32, testGpu, upload } from '../helpers/gpu.js';
+
+const u = 2 ** -24;
+const gamma = (n: number) => (n * u) / (1 - n * u);
+
+/**
+ * Per-element tolerance. The kernel forms each weight in f32 from exact small integers and f16 /
+ * six-bit scales (d·sc and dmin·m are exact in f32; the code times the scale and the offset
+ * subtraction cost at most 2 roundings), then per chunk of 8 adds two 4-element dots into one
+ * accumulator, in block order: every product passes through at most D = K/8 + 10 roundings (4 in a
+ * dot, 1 joining the dots, K/8 chunk adds, 2 for the weight, slack 3). So |y − y_ref| ≤
+ * γ_D·Σ_k A_k·|x_k|, A_k bounding the magnitude of the terms that form weight k: |d·sc·q| + |dmin·m|
+ * ≤ 3·max|w| over its block for the round-to-nearest quantizer's blocks (the offset never exceeds
+ * the sub-block's range), and |w| for the symmetric formats. Bias and accumulate add 2 roundings
+ * of |acc| + |bias| + |y0|.
+ */
+function tolerance(
+  type: string,
+  w: Float64Array,
+  n: number,
+  k: number,
+  x: Float32Array,
+  m: number,
+  extra?: { bias?: Float32Array; y0?: Float32Array },
+): Float64Array {
+  const be = ggufBlockLayout(type).info.blockElems;
+  const a = new Float64Array(n * k);
+  for (let b = 0; b < (n * k) / be; b++) {
+    let mx = 0;
+    for (let i = b * be; i < (b + 1) * be; i++) mx = Math.max(mx, Math.abs(w[i] as number));
+    a.fill(3 * mx, b * be, (b + 1) * be);
+  }
+  const g = gamma(k / 8 + 10);
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let t = 0; t < k; t++) s += (a[j * k + t] as number) * Math.abs(x[i * k + t] as number);
+      let e = g * s;
+      if (extra?.bias || extra?.y0) {
+        e += gamma(2) * (s + Math.abs(extra.bias?.[j] ?? 0) + Math.abs(extra.y0?.[i * n + j] ?? 0));
+      }
+      out[i * n + j] = e;
+    }
+  }
+  return out;
+}
+
+interface Case {
+  m: number;
+  n: number;
+  k: number;
+  bias?: boolean;
+  accumulate?: boolean;
+  rowsPerPart?: number;
+}
+
+async function check(type: string, c: Case, seed: number): Promise<void> {
+  const ctx = await testGpu();
+  const wv = randomF32(c.n * c.k, seed, 1);
+  // Rows with very different ranges, so d, offsets and sub-scales vary across rows and blocks.
+  for (let i = 0; i < wv.length; i++) wv[i] = (wv[i] as number) * (1 + (Math.floor(i / c.k) % 5));
+  const bytes = quantizeGguf(type, wv);
+  const x = randomF32(c.m * c.k, seed + 1, 1);
+  const bias = c.bias ? randomF32(c.n, seed + 2, 1) : undefined;
+  const y0 = c.accumulate ? randomF32(c.m * c.n, seed + 3, 1) : undefined;
+  const weight = uploadGgufWeight(ctx, `w_${type}`, type, bytes, c.n, c.k, c.rowsPerPart);
+  const xb = upload(ctx, x);
+  const yb = upload(ctx, y0 ?? new Float32Array(c.m * c.n));
+  const bb = bias ? upload(ctx, bias) : undefined;
+  const ph = upload(ctx, new Float32Array(4));
+  const builder = new DispatchBuilder(ctx);
+  const args: MatmulGgufArgs = {
+    x: xb,
+    weight,
+    y: yb,
+    m: c.m,
+    bias: bb,
+    accumulate: c.accumulate,
+    placeholder: ph,
+  };
+  runDispatches(ctx, matmulGguf(builder, args));
+  builder.destroy();
+  const got = await readF32(ctx, yb, c.m * c.n);
+  const want = matmulGgufRef(type, bytes, c.n, c.k, x, c.m, { bias, y0 });
+  const tol = tolerance(type, dequantizeGguf(type, bytes, c.n * c.k), c.n, c.k, x, c.m, { bias, y0 });
+  for (let i = 0; i < c.m * c.n; i++) {
+    const err = Math.abs((got[i] as number) - (want[i] as number));
+    if (!(err <= (tol[i] as number))) {
+      expect.fail(`${type} ${JSON.stringify(c)}: y[${i}] = ${got[i]}, want ${want[i]} (±${tol[i]})`);
+    }
+  }
+}
+
+describe('matmul_gguf', () => {
+  for (const type of GGUF_KERNEL_TYPES) {
+    const bk = ggufBlockLayout(type).info.blockElems;
+    test(`${type}: M 1, 7, 129 × N 1, 7, 129 at K = 1, 3, 17 blocks and 4096 + 256`, async () => {
+      await check(type, { m: 1, n: 129, k: 4096 + 256 }, 11);
+      await check(type, { m: 7, n: 7, k: 3 * bk }, 12);
+      await check(type, { m: 129, n: 1, k: bk }, 13);
+      await check(type, { m: 7, n: 129, k: 17 * bk, bias: true }, 14);
+      await check(type, { m: 129, n: 7, k: 2 * bk, accumulate: true }, 15);
+    }, 120_000);
+  }
+
+  test('a weight in parts (16-row slices of 129 rows) equals the reference', async () => {
+    await check('Q4_K', { m: 7, n: 129, k: 512, rowsPerPart: 16, bias: true }, 21);
+    await check('Q6_K', { m: 1, n: 129, k: 512, rowsPerPart: 16 }, 22);
+    await check('Q8_0', { m: 7, n: 129, k: 96, rowsPerPart: 16, accumulate: true }, 23);
+  }, 120_000);
+
+  test('the layout moves only the unaligned f16 d into its own plane (an exact re-layout)', () => {
+    const v = randomF32(9 * 64, 5, 1);
+    const bytes = quantizeGguf('Q8_0', v);
+    const p = packGguf('Q8_0', bytes, 9, 64);
+    expect(p.paddedRows).toBe(16);
+    // Row 8 is lane 0 of tile 1; its block 1 starts at file byte (8·2 + 1)·34.
+    const src = (8 * 2 + 1) * 34;
+    const word = p.words[(1 * 2 * 8 + 1 * 8) * 8 + 0 * 8 + 0];
+    expect(word).toBe(
+      ((bytes[src + 2] as number) |
+        ((bytes[src + 3] as number) << 8) |
+        ((bytes[src + 4] as number) << 16) |
+        ((bytes[src + 5] as number) << 24)) >>>
+        0,
+    );
+    const d = p.dplane?.[(1 * 1 + 0) * 8 + 0] ?? 0;
+    expect(d >>> 16).toBe((bytes[src] as number) | ((bytes[src + 1] as number) << 8));
+    expect(() => packGguf('Q4_K', bytes, 1, 100)).toThrow(/whole 256-element blocks/);
+    expect(() => packGguf('F16', bytes, 1, 32)).toThrow(/no block matmul/);
+  });
+});
