@@ -21,6 +21,9 @@ describe('model catalog', () => {
       'Qwen/Qwen2.5-0.5B-Instruct',
       'TinyLlama/TinyLlama-1.1B-Chat-v1.0',
       'meta-llama/Llama-3.2-1B-Instruct',
+      'meta-llama/Llama-3.2-3B-Instruct',
+      'HuggingFaceTB/SmolLM2-1.7B-Instruct',
+      'Qwen/Qwen2.5-1.5B-Instruct',
     ]);
   });
 
@@ -59,8 +62,11 @@ describe('model catalog', () => {
     expect(findCatalogEntry(`${e.id}@main`)).toBe(e);
   });
 
-  it('marks only the Llama 3.2 model as gated and pins every model', () => {
-    expect(CATALOG.filter((e) => e.gated).map((e) => e.id)).toEqual(['meta-llama/Llama-3.2-1B-Instruct']);
+  it('marks the Llama 3.2 models as gated and pins every model', () => {
+    expect(CATALOG.filter((e) => e.gated).map((e) => e.id)).toEqual([
+      'meta-llama/Llama-3.2-1B-Instruct',
+      'meta-llama/Llama-3.2-3B-Instruct',
+    ]);
     expect(CATALOG.every(isPinned)).toBe(true);
   });
 
