@@ -77,4 +77,11 @@ export interface TuningStatus {
   tunedClasses: number;
   /** Classes not tuned yet (still running, or the budget was spent): a later load tunes them. */
   leftClasses: number;
+  /**
+   * The longest slice background tuning held the GPU for (ms): a request arriving while it tunes
+   * waits at most about this long. Absent before the first slice.
+   */
+  longestSliceMs?: number;
+  /** Slices background tuning has run (each while no request was running). */
+  slices?: number;
 }

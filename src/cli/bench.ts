@@ -15,7 +15,7 @@ async function cmdBenchDecode(
   if (batches.some((b) => !Number.isInteger(b) || b < 1)) {
     throw new InvalidArgumentError(`--batch ${o.batch}: expected positive integers separated by commas`);
   }
-  const engine = await loadEngine(o);
+  const engine = await loadEngine(o, false);
   try {
     const rows = await benchDecode(engine, batches, o.promptTokens, o.tokens);
     const base = rows[0]?.decode_tokens_per_s_aggregate ?? 0;

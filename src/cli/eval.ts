@@ -15,10 +15,10 @@ async function cmdEval(o: ModelFlags & { text: string; reference?: string; json?
   } catch (e) {
     throw new KilnError(`cannot read the text ${o.text}: ${(e as Error).message}`, { cause: e });
   }
-  const engine = await loadEngine(o);
+  const engine = await loadEngine(o, false);
   let reference: Engine | null = null;
   try {
-    if (o.reference) reference = await loadEngine({ ...o, model: o.reference, quant: 'none' });
+    if (o.reference) reference = await loadEngine({ ...o, model: o.reference, quant: 'none' }, false);
     const ids = engine.encodePrompt(text);
     const bar = createCountProgress('eval', { enabled: !o.quiet });
     const r = await evaluateText(engine, ids, reference ?? undefined, (done, total) =>

@@ -11,7 +11,12 @@ import { createByteProgress } from '../node/progress.js';
 import { FileTuneStore } from '../node/tune-store.js';
 import type { ModelFlags } from './options.js';
 
-export async function loadEngine(o: ModelFlags): Promise<Engine> {
+/**
+ * `background` false (one-shot commands: run, eval, bench) applies the cached choices and tunes
+ * nothing: such a command has no idle time, and tuning between its steps would slow the very run
+ * it serves. Long-lived ones (serve, chat) tune while no request runs.
+ */
+export async function loadEngine(o: ModelFlags, background = true): Promise<Engine> {
   const pullBar = createByteProgress('download', { enabled: !o.quiet });
   const loadBar = createByteProgress('loading', { enabled: !o.quiet });
   try {
@@ -24,12 +29,15 @@ export async function loadEngine(o: ModelFlags): Promise<Engine> {
       ...(o.activations ? { activations: o.activations } : {}),
       ...(o.kvCache ? { kvCache: o.kvCache } : {}),
       ...(o.quant ? { quant: o.quant } : {}),
+      ...(o.kernelDefaults ? { kernelDefaults: o.kernelDefaults } : {}),
       quantOptions: {
         ...(o.groupSize ? { groupSize: o.groupSize as Q4GroupSize } : {}),
         ...(o.quantSym ? { symmetric: true } : {}),
         ...(o.quantLmHead ? { lmHead: true } : {}),
       },
-      tune: o.tune ? { budgetMs: o.tuneBudget * 1000, store: new FileTuneStore(), warn: tuneWarn } : false,
+      tune: o.tune
+        ? { budgetMs: o.tuneBudget * 1000, store: new FileTuneStore(), warn: tuneWarn, background }
+        : false,
       pull: { onProgress: (p: PullProgress) => pullBar.update(p.bytes, p.total, p.file) },
       onProgress: (p: LoadProgress) => loadBar.update(p.loadedBytes, p.totalBytes, p.tensor),
     });

@@ -4,6 +4,7 @@
  * definitions and as the typed values they parse to.
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
+import { ADAPTER_CLASSES, type AdapterClass } from '../tuner/defaults.js';
 
 export function intArg(name: string, min: number) {
   return (v: string): number => {
@@ -35,6 +36,8 @@ export interface ModelFlags {
   quantSym?: boolean;
   quantLmHead?: boolean;
   quiet?: boolean;
+  /** Row of the per-adapter-class kernel defaults (default auto). */
+  kernelDefaults?: AdapterClass | 'auto';
   /** false with --no-tune */
   tune: boolean;
   tuneBudget: number;
@@ -102,10 +105,16 @@ export function addModelOptions(cmd: Command): Command {
     )
     .option('--quant-sym', 'symmetric int4 for --quant q4 (default: asymmetric zero points)')
     .option('--quant-lm-head', 'quantize the LM head too with --quant q4')
+    .addOption(
+      new Option(
+        '--kernel-defaults <class>',
+        'row of the per-adapter-class kernel defaults the untuned kernels use (auto: by adapter)',
+      ).choices(['auto', ...ADAPTER_CLASSES]),
+    )
     .option('--no-tune', 'do not tune kernels to this adapter (cached choices are not used either)')
     .option(
       '--tune-budget <s>',
-      'seconds of background kernel tuning at first use (choices cached per adapter)',
+      'seconds of kernel tuning while idle (serve, chat; run, eval and bench use cached choices only and `kiln tune` tunes), cached per adapter',
       numArg('--tune-budget', (n) => n >= 0, 'a number of seconds >= 0'),
       5,
     )

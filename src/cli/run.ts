@@ -17,9 +17,9 @@ import {
 } from './options.js';
 
 /**
- * A line for a run that ends before its kernels are all tuned (the background budget is a few
- * seconds per run, and a cold driver cache spends it compiling): how far tuning got, and the
- * command that finishes it. Null when everything is tuned or tuning is off.
+ * A line for a run whose kernels are not all tuned (a run uses cached choices and tunes nothing
+ * itself, so it never slows its own steps): how many are, and the command that tunes the rest.
+ * Null when everything is tuned or tuning is off.
  */
 function tuningHint(t: TuningStatus, model: string): string | null {
   if (t.state === 'off' || t.leftClasses === 0) return null;
@@ -28,7 +28,7 @@ function tuningHint(t: TuningStatus, model: string): string | null {
 }
 
 async function cmdRun(o: ModelFlags & SamplingFlags & { prompt: string; json?: boolean }): Promise<void> {
-  const engine = await loadEngine(o);
+  const engine = await loadEngine(o, false);
   try {
     const gen = engine.generate(o.prompt, samplingOf(o));
     if (!o.json) {
@@ -56,7 +56,7 @@ async function cmdRunBatch(
   o: ModelFlags & SamplingFlags & { promptsFile: string; json?: boolean },
 ): Promise<void> {
   const prompts = await readPromptsFile(o.promptsFile);
-  const engine = await loadEngine(o);
+  const engine = await loadEngine(o, false);
   try {
     const { results, summary } = await runBatch(engine, prompts, samplingOf(o));
     results.forEach((r, i) => {
@@ -83,6 +83,7 @@ function runJson(engine: Engine, r: GenerateResult) {
       decode_tokens_per_s: round(r.timings.decodeTokensPerS),
     },
     adapter: engine.adapter,
+    kernel_defaults: engine.kernelDefaults.adapterClass,
     weights: engine.weightFormat,
   };
 }

@@ -17,8 +17,12 @@ import { ATTENTION_MAX_HEAD_DIM } from '../kernels/attention.js';
 import type { ProjectionRole } from '../model/architecture.js';
 import { loadModelSpec } from '../model/config.js';
 import type { ModelSpec } from '../model/spec.js';
+import type { Slice } from '../tuner/measure.js';
 import type { TuneOptions, TuneReport, TuneResult } from '../tuner/tuner.js';
 import { tuneModel } from '../tuner/tuner.js';
+import type { KernelChoices } from '../tuner/choices.js';
+import { modelTuneClasses } from '../tuner/classes.js';
+import { defaultChoices, defaultsRowFor, type AdapterClass } from '../tuner/defaults.js';
 import { destroyWeights, loadWeights, validateCheckpoint, type ModelWeights } from '../weights/loader.js';
 import { weightSourceFor } from '../weights/select.js';
 import type { WeightSource } from '../weights/source.js';
@@ -62,6 +66,8 @@ export class Engine implements KilnEngine {
     private readonly modelLocation: string,
     gpuSampling: boolean,
     private readonly weightSource: WeightSource,
+    /** The row of kernel defaults in use and its choices for this model's classes. */
+    readonly kernelDefaults: { adapterClass: AdapterClass; choices: KernelChoices },
   ) {
     const blocks = new BlockManager({ numBlocks: kv.numBlocks, blockSize: BLOCK_TOKENS });
     this.scheduler = new Scheduler(forward, kv, blocks, {
@@ -146,6 +152,14 @@ export class Engine implements KilnEngine {
         choices.activations,
         contextLength,
       );
+      // The untuned kernels: this adapter class's row of defaults (tuning starts from them).
+      const defaults = defaultsRowFor(choices.kernelDefaults, ctx.adapter);
+      const defaultTable = defaultChoices(
+        modelTuneClasses(forward.tuneTarget()),
+        defaults.row,
+        contextLength,
+      );
+      forward.setChoices(defaultTable);
       const engine = new Engine(
         spec,
         tokenizer,
@@ -158,14 +172,20 @@ export class Engine implements KilnEngine {
         opts.model.location,
         choices.sampling === 'gpu',
         source,
+        { adapterClass: defaults.adapterClass, choices: defaultTable },
       );
       const tune = opts.tune === true ? {} : opts.tune || null;
       // Cached choices apply before the warm-up, so it compiles the pipelines requests will use.
-      const tuneFn = (o: TuneOptions) => engine.tune(o);
-      if (tune) await engine.background.applyCached(tuneFn, tune);
+      if (tune) await engine.background.applyCached((o) => engine.tune(o), tune);
       await engine.warmUp();
       engine.loadMs = performance.now() - t0;
-      if (tune) engine.background.start(tuneFn, tune, () => !engine.disposed);
+      if (tune && tune.background !== false) {
+        engine.background.start(
+          (o) => engine.runTuning(o, true),
+          tune,
+          () => !engine.disposed,
+        );
+      }
       return engine;
     } catch (e) {
       // Free what was made: on a caller's device it would otherwise stay allocated.
@@ -226,14 +246,42 @@ export class Engine implements KilnEngine {
    * GPU state (requests interleave between classes). The engine then runs the chosen kernels.
    */
   async tune(opts: TuneOptions = {}): Promise<TuneResult> {
+    return this.runTuning(opts, false);
+  }
+
+  /**
+   * Tuning in slices (a compile batch, an output check, a timing round) that hold the GPU state:
+   * in the foreground they take turns with steps; in the background they run only while no request
+   * runs, one pipeline compiled per slice, and the budget counts only the time spent in them.
+   */
+  private async runTuning(opts: TuneOptions, background: boolean): Promise<TuneResult> {
     if (this.disposed) throw new KilnError('the engine has been disposed');
-    const hold = <T>(work: () => Promise<T>): Promise<T> =>
-      this.scheduler.exclusive(async () => {
-        if (this.disposed) throw new KilnError('the engine has been disposed');
-        return work();
-      });
-    const result = await tuneModel(this.forward.tuneTarget(), { ...opts, hold });
-    await hold(async () => this.forward.setChoices(result.choices));
+    const guard = async <T>(work: () => Promise<T>): Promise<T> => {
+      if (this.disposed) throw new KilnError('the engine has been disposed');
+      return work();
+    };
+    let waited = 0;
+    const hold: Slice = background
+      ? (work) => {
+          const asked = performance.now();
+          return this.scheduler.whenIdleExclusive(async () => {
+            const start = performance.now();
+            waited += start - asked;
+            try {
+              return await guard(work);
+            } finally {
+              this.background.noteSlice(performance.now() - start);
+            }
+          });
+        }
+      : (work) => this.scheduler.exclusive(() => guard(work));
+    const result = await tuneModel(this.forward.tuneTarget(), {
+      ...opts,
+      hold,
+      defaults: this.kernelDefaults.choices,
+      ...(background ? { clock: () => performance.now() - waited, compileBatch: 1 } : {}),
+    });
+    await this.scheduler.exclusive(() => guard(async () => this.forward.setChoices(result.choices)));
     return result;
   }
 

@@ -5,6 +5,7 @@
 import { InvalidRequestError } from '../errors.js';
 import type { ModelDir } from '../io/byte-source.js';
 import type { TuneStore } from '../tuner/cache.js';
+import { ADAPTER_CLASSES, type AdapterClass } from '../tuner/defaults.js';
 import type { LoadProgress } from '../weights/loader.js';
 import type { LoadQuantOptions } from '../weights/select.js';
 
@@ -66,15 +67,28 @@ export interface EngineOptions {
   /**
    * Kernel tuning (src/tuner): `true` or options to tune the model's kernels to this adapter. Cached
    * choices (from `store`) apply before the first request; classes not yet tuned are tuned in the
-   * background within `budgetMs` (default 5000), one class at a time between generation steps,
-   * and the engine switches to the winners when done (`engine.tuning` resolves then). Default:
+   * background for `budgetMs` of tuning time (default 5000), in short slices run only while no
+   * request runs, and the engine switches to the winners when done (`engine.tuning` resolves
+   * then). Default:
    * off in the library (the CLI, server and browser app turn it on with a persistent store).
    */
   tune?: boolean | EngineTuneOptions;
+  /**
+   * Which row of the per-adapter-class kernel defaults (src/tuner/defaults.ts) the untuned engine
+   * runs: 'auto' (default) picks by the adapter ('cpu' for lavapipe / SwiftShader, 'gpu-discrete',
+   * 'gpu-integrated', else 'generic', the kernels' own shape rules); naming a class forces its row.
+   */
+  kernelDefaults?: AdapterClass | 'auto';
 }
 
 export interface EngineTuneOptions {
+  /** Tuning time (not waiting time) of the background run. */
   budgetMs?: number;
+  /**
+   * false: apply the cached choices only and tune nothing (what `kiln run` does: a one-shot run
+   * has no idle time to tune in). Default true: tune the rest while no request runs.
+   */
+  background?: boolean;
   store?: TuneStore;
   warn?: (message: string) => void;
 }
@@ -86,6 +100,7 @@ export interface EngineChoices {
   activations: 'f32' | 'f16';
   kvCache: 'auto' | 'f16' | 'f32';
   quant: 'none' | 'q4';
+  kernelDefaults: AdapterClass | 'auto';
 }
 
 /** Checks every option that can be checked without the model or the adapter. */
@@ -100,6 +115,7 @@ export function checkOptions(opts: EngineOptions): EngineChoices {
     activations: oneOf('activations', opts.activations, ['f32', 'f16'] as const),
     kvCache: oneOf('kvCache', opts.kvCache, ['auto', 'f16', 'f32'] as const),
     quant: oneOf('quant', opts.quant, ['none', 'q4'] as const),
+    kernelDefaults: oneOf('kernelDefaults', opts.kernelDefaults, ['auto', ...ADAPTER_CLASSES] as const),
   };
 }
 

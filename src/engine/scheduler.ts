@@ -127,6 +127,8 @@ export class Scheduler {
   private failure: unknown = null;
   /** The turns of steps and holds on the GPU state, in arrival order. */
   private turns: Promise<void> = Promise.resolve();
+  /** Resolved when the last request ends (see `whenIdle`). */
+  private idleWaiters: (() => void)[] = [];
 
   constructor(
     private readonly forward: ForwardModel,
@@ -180,6 +182,37 @@ export class Scheduler {
         release();
       },
     };
+  }
+
+  /** No request is running or waiting. */
+  get idle(): boolean {
+    return this.running.length === 0 && this.waiting.length === 0;
+  }
+
+  /** Settles once no request is running or waiting (at once if none is). */
+  whenIdle(): Promise<void> {
+    if (this.idle && !this.looping) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  /**
+   * Runs `work` holding the GPU state at a moment when no request runs: background work (kernel
+   * tuning) that must never delay a request by more than one such piece. A request that arrives
+   * while the hold is queued goes first.
+   */
+  async whenIdleExclusive<T>(work: () => Promise<T>): Promise<T> {
+    for (;;) {
+      await this.whenIdle();
+      const h = await this.hold();
+      if (this.idle) {
+        try {
+          return await work();
+        } finally {
+          h.release();
+        }
+      }
+      h.release();
+    }
   }
 
   /** Runs `work` holding the GPU state; the hold is released however it ends. */
@@ -284,6 +317,7 @@ export class Scheduler {
       this.waiting.length = 0;
     } finally {
       this.looping = false;
+      for (const w of this.idleWaiters.splice(0)) w();
     }
   }
 

@@ -1,8 +1,9 @@
 /**
  * Kernel tuning as the engine runs it at load (EngineOptions.tune): the cached choices of this
- * adapter apply before the warm-up, and the classes left are tuned in the background, one class
- * at a time between generation steps, within a budget. This keeps the status the browser app
- * shows and the promise that settles when the engine runs the winners.
+ * adapter apply before the warm-up, and the classes left are tuned in the background, in short
+ * slices that run only while no request runs (Engine.runTuning), within a budget of tuning time.
+ * This keeps the status the browser app shows and the promise that settles when the engine runs
+ * the winners.
  */
 import type { TuningStatus } from '../api/types.js';
 import type { TuneOptions, TuneReport, TuneResult } from '../tuner/tuner.js';
@@ -24,7 +25,7 @@ export class BackgroundTuning {
     const cached = await tune({ ...opts, budgetMs: 0 });
     const left = cached.report.skipped.length;
     this.status = {
-      state: left > 0 ? 'running' : 'done',
+      state: left > 0 && opts.background !== false ? 'running' : 'done',
       cachedClasses: cached.report.classes.length,
       tunedClasses: 0,
       leftClasses: left,
@@ -65,6 +66,16 @@ export class BackgroundTuning {
         return null;
       },
     );
+  }
+
+  /** Records how long one background slice held the GPU (a request arriving waits at most that). */
+  noteSlice(ms: number): void {
+    const st = this.status;
+    this.status = {
+      ...st,
+      longestSliceMs: Math.max(st.longestSliceMs ?? 0, ms),
+      slices: (st.slices ?? 0) + 1,
+    };
   }
 
   /** Stops the background run between classes. */

@@ -20,6 +20,8 @@ export interface TuneCommandOptions {
 /** The JSON of `kiln tune --json`. */
 export interface TuneJson {
   adapter: string;
+  /** The row of kernel defaults the classes' defaults came from (src/tuner/defaults.ts). */
+  kernel_defaults: string;
   budget_s: number;
   elapsed_s: number;
   classes: TuneClassReport[];
@@ -60,15 +62,16 @@ export async function runTune(engine: Engine, o: TuneCommandOptions): Promise<Tu
         `  ${c.shape_class}: ${c.cached ? 'cached' : `${c.candidates_tried} tried`}, ${c.default_ms.toFixed(3)} -> ${c.best_ms.toFixed(3)} ms (${c.speedup.toFixed(2)}x) ${c.best_variant}\n`,
       ),
   });
-  const out = toJson(report, base.where);
+  const out = toJson(report, base.where, engine.kernelDefaults.adapterClass);
   if (o.json) process.stdout.write(JSON.stringify(out) + '\n');
   else printTable(out);
   return out;
 }
 
-function toJson(r: TuneReport, cache: string): TuneJson {
+function toJson(r: TuneReport, cache: string, defaults: string): TuneJson {
   return {
     adapter: r.adapter,
+    kernel_defaults: defaults,
     budget_s: r.budget_s,
     elapsed_s: r.elapsed_s,
     classes: r.classes,
@@ -81,7 +84,7 @@ function toJson(r: TuneReport, cache: string): TuneJson {
 function printTable(t: TuneJson): void {
   const w = Math.max(11, ...t.classes.map((c) => c.shape_class.length));
   const lines = [
-    `adapter: ${t.adapter}`,
+    `adapter: ${t.adapter} (kernel defaults: ${t.kernel_defaults})`,
     `${'shape class'.padEnd(w)}  ${'default ms'.padStart(10)}  ${'best ms'.padStart(9)}  speedup  tried  best variant`,
     ...t.classes.map(
       (c) =>

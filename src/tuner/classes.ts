@@ -27,6 +27,7 @@ import {
   mClassOf,
   type KernelChoice,
 } from './choices.js';
+import { canonicalJson } from './signature.js';
 import { attentionCandidates, floatMatmulCandidates, q4MatmulCandidates } from './space.js';
 
 /** Inputs of one shape class, on the GPU, and how to record its kernel with a choice. */
@@ -42,6 +43,8 @@ export interface ClassBench {
 export interface TuneClass {
   key: string;
   kernel: KernelChoice['kernel'];
+  /** The M bucket (matmuls) or row bucket (decode attention). */
+  bucket: string;
   /** Lower runs first. */
   priority: number;
   candidates: KernelChoice[];
@@ -114,6 +117,7 @@ export function linearClass(
   return {
     key: matmulClassKey(full, m, q4 ? 'f32' : xFormat),
     kernel: q4 ? 'matmul_q4' : 'matmul',
+    bucket: mc.name,
     priority,
     candidates: isQ4Weight(full)
       ? q4MatmulCandidates(ctx, full, mc.name)
@@ -172,6 +176,7 @@ function attentionClass(
   return {
     key: attentionClassKey(shape, rows, maxContext),
     kernel: 'attention_decode',
+    bucket: rc.name,
     priority,
     candidates,
     prepare(c) {
@@ -246,8 +251,24 @@ function attentionClass(
  * The classes `target` runs: its distinct projection shapes (layer 0 stands for every layer, which
  * share shapes) at each M bucket up to its largest step, the LM head at decode-sized buckets, and
  * split-K decode attention at each row bucket. Sorted by priority: every class at M = 1 first.
+ * A class with a choice in `defaults` (the adapter class's row, tuner/defaults.ts) has it as
+ * candidate 0: the default every other candidate is checked and timed against.
  */
-export function modelTuneClasses(target: TuneTarget): TuneClass[] {
+export function modelTuneClasses(target: TuneTarget, defaults?: KernelChoices): TuneClass[] {
+  return withDefaults(unorderedClasses(target), defaults).sort((a, b) => a.priority - b.priority);
+}
+
+function withDefaults(classes: TuneClass[], defaults?: KernelChoices): TuneClass[] {
+  if (!defaults || defaults.size === 0) return classes;
+  return classes.map((cls) => {
+    const d = defaults.get(cls.key);
+    if (!d) return cls;
+    const json = canonicalJson(d);
+    return { ...cls, candidates: [d, ...cls.candidates.filter((c) => canonicalJson(c) !== json)] };
+  });
+}
+
+function unorderedClasses(target: TuneTarget): TuneClass[] {
   if (target.projections.length === 0) return [];
   const projections = [
     ...target.projections.map((p) => ({ ...p, head: false })),
@@ -278,5 +299,5 @@ export function modelTuneClasses(target: TuneTarget): TuneClass[] {
       }
     });
   }
-  return out.sort((a, b) => a.priority - b.priority);
+  return out;
 }

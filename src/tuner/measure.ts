@@ -27,9 +27,21 @@ export interface MeasureOptions {
    * reaches this many ms (timestamps have a resolution and a pass has a fixed cost), at most 64.
    */
   minGroupMs?: number;
-  /** performance.now() by which the rounds must be done; a class that would not fit is not timed. */
+  /** `clock()` by which the rounds must be done; a class that would not fit is not timed. */
   deadline?: number;
+  /** The time the deadline is read against (default performance.now). */
+  clock?: () => number;
+  /**
+   * Runs each round's GPU work (one submission); the engine's background tuning passes a wrapper
+   * that waits until no request runs, so a request arriving waits for one round at most.
+   */
+  slice?: Slice;
 }
+
+/** Runs one short piece of tuning work holding the GPU (see MeasureOptions.slice). */
+export type Slice = <T>(work: () => Promise<T>) => Promise<T>;
+
+export const unsliced: Slice = (work) => work();
 
 export interface Measured {
   /** Median ms of one run of the candidate's dispatches; null if it was rejected or never timed. */
@@ -55,9 +67,13 @@ export async function timeCandidates(
   opts: MeasureOptions = {},
 ): Promise<Measured> {
   const deadline = opts.deadline ?? Infinity;
+  const clock = opts.clock ?? (() => performance.now());
+  const slice = opts.slice ?? unsliced;
   // The first round sizes the repetition (short kernels repeat so the figure is not the pass
   // cost) and is the first warm-up: drivers compile at first dispatch.
-  const first = await timer.time(candidates.map((d, i) => ({ label: `tune.${i}`, dispatches: d })));
+  const first = await slice(() =>
+    timer.time(candidates.map((d, i) => ({ label: `tune.${i}`, dispatches: d }))),
+  );
   const heavy = first.reduce((s, t) => s + t, 0) > (opts.heavyRoundMs ?? 100);
   const warmup = heavy ? 0 : (opts.warmup ?? 1);
   const rounds = heavy ? 3 : (opts.rounds ?? 5);
@@ -77,7 +93,7 @@ export async function timeCandidates(
   // a fair estimate: every candidate has run once already), so tuning overshoots its budget by at
   // most one class's output check and sizing round.
   const estimate = first.reduce((s, t) => s + t, 0) * reps * (warmup + rounds);
-  if (performance.now() + estimate > deadline) return { ms: candidates.map(() => null), rounds: 0 };
+  if (clock() + estimate > deadline) return { ms: candidates.map(() => null), rounds: 0 };
   const alive = new Set(candidates.map((_, i) => i));
   if (heavy) {
     // Heavy kernels are steady from their first timed run (the output check already ran each
@@ -93,7 +109,7 @@ export async function timeCandidates(
     // Rotate which candidate goes first: position in a submission can matter (caches, clocks).
     const shift = round % order.length;
     const rotated = order.slice(shift).concat(order.slice(0, shift));
-    const times = await timer.time(rotated.map((i) => groups[i] as (typeof groups)[number]));
+    const times = await slice(() => timer.time(rotated.map((i) => groups[i] as (typeof groups)[number])));
     if (round < warmup) continue;
     rotated.forEach((i, j) => (samples[i] as number[]).push((times[j] as number) / reps));
     done++;

@@ -12,7 +12,7 @@ import { GpuTimer } from '../gpu/timer.js';
 import { loadTuneCache, saveTuneCache, type TunedClass, type TuneStore, type Warn } from './cache.js';
 import { KernelChoices, type KernelChoice } from './choices.js';
 import { modelTuneClasses, type TuneClass, type TuneTarget } from './classes.js';
-import { pickWinner, timeCandidates, type MeasureOptions } from './measure.js';
+import { pickWinner, timeCandidates, unsliced, type MeasureOptions, type Slice } from './measure.js';
 import { adapterName, adapterSignature, canonicalJson } from './signature.js';
 
 export interface TuneClassReport {
@@ -46,8 +46,24 @@ export interface TuneOptions {
   /** Where results persist; none: nothing is read or written. */
   store?: TuneStore | undefined;
   warn?: Warn;
-  /** Runs each class's GPU work; the engine passes its lock, so tuning interleaves with requests. */
-  hold?: <T>(work: () => Promise<T>) => Promise<T>;
+  /**
+   * Runs each short piece of a class's GPU work (a compile batch, one candidate's recording or
+   * output check, one timing round) holding the GPU: the engine passes its lock, so requests
+   * interleave between pieces; background tuning's also waits until no request runs.
+   */
+  hold?: Slice;
+  /**
+   * The time the budget is counted on (default performance.now); background tuning's stops while
+   * it waits for requests to finish, so the budget is spent tuning, not waiting.
+   */
+  clock?: () => number;
+  /**
+   * The untuned engine's choices (the adapter class's row, tuner/defaults.ts): each class's
+   * default, what candidates must beat; the result's choices start from them.
+   */
+  defaults?: KernelChoices;
+  /** Candidates compiled at once (default 4); 1 keeps each compile slice to one pipeline. */
+  compileBatch?: number;
   /** Stop between classes. */
   signal?: AbortSignal | undefined;
   onClass?: (r: TuneClassReport) => void;
@@ -112,9 +128,18 @@ export async function tuneClass(
   ctx: GpuContext,
   timer: GpuTimer,
   cls: TuneClass,
-  opts: { measure?: MeasureOptions; deadline?: number } = {},
+  opts: {
+    measure?: MeasureOptions;
+    deadline?: number;
+    clock?: () => number;
+    slice?: Slice;
+    compileBatch?: number;
+  } = {},
 ): Promise<(TunedClass & { rejected_wrong: number }) | null> {
-  const bench = cls.prepare(ctx);
+  const slice = opts.slice ?? unsliced;
+  const clock = opts.clock ?? (() => performance.now());
+  const batch = opts.compileBatch ?? COMPILE_BATCH;
+  const bench = await slice(async () => cls.prepare(ctx));
   const builders: DispatchBuilder[] = [];
   try {
     // Compile the candidates a few at a time (off the queue), then record them one at a time,
@@ -123,20 +148,22 @@ export async function tuneClass(
     // (lavapipe: 0.5-1.5 s per pipeline), so the deadline is checked between batches and between
     // output checks (a driver may compile at first dispatch): a class that cannot finish is
     // skipped, and what it compiled is in the driver's cache for the next run.
-    const late = () => opts.deadline !== undefined && performance.now() > opts.deadline;
-    for (let i = 0; i < cls.candidates.length; i += COMPILE_BATCH) {
+    const late = () => opts.deadline !== undefined && clock() > opts.deadline;
+    for (let i = 0; i < cls.candidates.length; i += batch) {
       if (late()) return null;
-      await Promise.all(
-        cls.candidates
-          .slice(i, i + COMPILE_BATCH)
-          .map((choice) => precompile(ctx, (b) => bench.record(b, choice)).catch(() => undefined)),
+      await slice(() =>
+        Promise.all(
+          cls.candidates
+            .slice(i, i + batch)
+            .map((choice) => precompile(ctx, (b) => bench.record(b, choice)).catch(() => undefined)),
+        ),
       );
     }
     const recorded: (Dispatch[] | null)[] = [];
     for (const choice of cls.candidates) {
       try {
-        const r = await ctx.checkErrors(`tuning ${cls.key}`, () =>
-          recordAsync(ctx, (b) => bench.record(b, choice)),
+        const r = await slice(() =>
+          ctx.checkErrors(`tuning ${cls.key}`, () => recordAsync(ctx, (b) => bench.record(b, choice))),
         );
         builders.push(r.builder);
         recorded.push(r.dispatches);
@@ -163,8 +190,10 @@ export async function tuneClass(
     let ref: Float32Array | null = null;
     for (const c of live) {
       if (late()) return null;
-      await ctx.checkErrors(`checking ${c.name}`, async () => runAndClear(ctx, bench.output, c.dispatches));
-      const got = await readF32(ctx, bench.output, bench.outputBytes);
+      const got = await slice(async () => {
+        await ctx.checkErrors(`checking ${c.name}`, async () => runAndClear(ctx, bench.output, c.dispatches));
+        return readF32(ctx, bench.output, bench.outputBytes);
+      });
       if (!ref) {
         ref = got;
         correct.push(true);
@@ -174,7 +203,12 @@ export async function tuneClass(
     const m = await timeCandidates(
       timer,
       eligible.map((c) => c.dispatches),
-      { ...opts.measure, ...(opts.deadline !== undefined ? { deadline: opts.deadline } : {}) },
+      {
+        ...opts.measure,
+        ...(opts.deadline !== undefined ? { deadline: opts.deadline } : {}),
+        clock,
+        slice,
+      },
     );
     if (m.rounds < 3 || m.ms[0] === null || m.ms[0] === undefined) return null;
     let w = pickWinner(
@@ -188,7 +222,11 @@ export async function tuneClass(
       // against the default again, alone, and keep it only if it still wins. These fresh figures
       // are the ones reported.
       const pair = [eligible[0], eligible[w]].map((c) => (c as (typeof eligible)[number]).dispatches);
-      const again = await timeCandidates(timer, pair, { ...opts.measure, rejectFactor: Infinity });
+      const again = await timeCandidates(timer, pair, {
+        ...opts.measure,
+        rejectFactor: Infinity,
+        slice,
+      });
       const [d0, d1] = again.ms;
       if (d0 != null && d1 != null && again.rounds >= 3) {
         defaultMs = d0;
@@ -216,9 +254,10 @@ export async function tuneClass(
   }
 }
 
-/** The choices table for these tuned classes. */
-export function choicesOf(classes: ReadonlyMap<string, TunedClass>): KernelChoices {
+/** The choices table for these tuned classes, over the defaults of the others. */
+export function choicesOf(classes: ReadonlyMap<string, TunedClass>, defaults?: KernelChoices): KernelChoices {
   const out = new KernelChoices();
+  for (const [key, c] of defaults?.entries() ?? []) out.set(key, c);
   for (const [key, c] of classes) out.set(key, c.choice);
   return out;
 }
@@ -257,14 +296,15 @@ export function geomeanSpeedup(classes: readonly Pick<TuneClassReport, 'speedup'
 export async function tuneModel(target: TuneTarget, opts: TuneOptions = {}): Promise<TuneResult> {
   const ctx = target.ctx;
   const t0 = performance.now();
+  const c0 = (opts.clock ?? (() => performance.now()))();
   const budgetMs = opts.budgetMs ?? 5000;
   const warn = opts.warn ?? ((m: string) => console.warn(`kiln: ${m}`));
-  const hold = opts.hold ?? (<T>(work: () => Promise<T>) => work());
+  const clock = opts.clock ?? (() => performance.now());
   const signature = adapterSignature(ctx);
   const stored = opts.store
     ? await loadTuneCache(opts.store, signature, warn)
     : new Map<string, TunedClass>();
-  const classes = modelTuneClasses(target);
+  const classes = modelTuneClasses(target, opts.defaults);
   const done = new Map<string, TunedClass>();
   const reports: TuneClassReport[] = [];
   const todo: TuneClass[] = [];
@@ -284,17 +324,23 @@ export async function tuneModel(target: TuneTarget, opts: TuneOptions = {}): Pro
     }
     todo.push(cls);
   }
-  const deadline = t0 + budgetMs;
+  const deadline = c0 + budgetMs;
   const skipped: string[] = [];
   const timer = new GpuTimer(ctx);
   try {
     for (const cls of todo) {
-      if (opts.signal?.aborted || performance.now() >= deadline) {
+      if (opts.signal?.aborted || clock() >= deadline) {
         skipped.push(cls.key);
         continue;
       }
       const started = performance.now();
-      const r = await hold(() => tuneClass(ctx, timer, cls, { measure: opts.measure ?? {}, deadline }));
+      const r = await tuneClass(ctx, timer, cls, {
+        measure: opts.measure ?? {},
+        deadline,
+        clock,
+        slice: opts.hold ?? unsliced,
+        ...(opts.compileBatch !== undefined ? { compileBatch: opts.compileBatch } : {}),
+      });
       if (!r) {
         skipped.push(cls.key);
         continue;
@@ -318,6 +364,6 @@ export async function tuneModel(target: TuneTarget, opts: TuneOptions = {}): Pro
       classes: reports,
       skipped,
     },
-    choices: choicesOf(done),
+    choices: choicesOf(done, opts.defaults),
   };
 }

@@ -6,7 +6,7 @@
  * from a local Hub-layout server and offline use of the cache, and chat over piped stdin.
  */
 import { spawn } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -314,24 +314,46 @@ describe('kiln tune', () => {
       candidates_tried: number;
       best_variant: string;
     };
-    // A run whose background tuning gets no time says how far tuning got and what finishes it.
+    // A run tunes nothing itself (it would slow its own steps): it says how far tuning is and
+    // what finishes it, and tunes nothing however long its budget.
     const short = ['run', '--model', baby, '--context', '4', '--prompt', '', '--max-tokens', '3'];
-    const untuned = await kiln([...short, '--temperature', '0', '--tune-budget', '0'], { env });
+    const untuned = await kiln([...short, '--temperature', '0', '--tune-budget', '600'], { env });
     expect(untuned.code, untuned.stderr).toBe(0);
     expect(untuned.stderr).toMatch(
       /\[kernel tuning: 0 of \d+ shape classes tuned for this adapter; `kiln tune --model \S+` tunes the rest\]/,
     );
+    expect(existsSync(join(env.XDG_CACHE_HOME, 'kiln', 'tuning'))).toBe(false);
+    // A forced row of the kernel defaults is what the report's defaults are.
+    const forced = await kiln(
+      [
+        'tune',
+        '--model',
+        baby,
+        '--context',
+        '4',
+        '--budget-s',
+        '0.001',
+        '--json',
+        '--kernel-defaults',
+        'generic',
+      ],
+      { env: { XDG_CACHE_HOME: fresh('tune-generic') } },
+    );
+    expect(forced.code, forced.stderr).toBe(0);
+    expect((JSON.parse(forced.stdout) as { kernel_defaults: string }).kernel_defaults).toBe('generic');
     const first = await kiln(args, { env, timeoutMs: 600_000 });
     expect(first.code, first.stderr).toBe(0);
     expect(first.stdout.trimEnd().split('\n')).toHaveLength(1);
     const a = JSON.parse(first.stdout) as {
       adapter: string;
+      kernel_defaults: string;
       budget_s: number;
       elapsed_s: number;
       classes: Row[];
       skipped: string[];
     };
     expect(a.adapter).toMatch(/\S/);
+    expect(a.kernel_defaults).toMatch(/^(cpu|generic|gpu-discrete|gpu-integrated)$/);
     expect(a.budget_s).toBe(600);
     expect(a.skipped).toEqual([]);
     expect(a.classes.length).toBeGreaterThanOrEqual(10);

@@ -94,6 +94,7 @@ describe('a wrong kernel never wins', () => {
     const cls: TuneClass = {
       key: 'test',
       kernel: 'matmul',
+      bucket: '1',
       priority: 0,
       candidates: [
         { kernel: 'matmul', variant: {} },
@@ -281,6 +282,15 @@ describe('a tuned BabyLlama', () => {
         expect(cl.candidates_tried).toBeGreaterThan(0);
         expect(cl.best_ms).toBeLessThanOrEqual(cl.default_ms);
       }
+      // On a CPU adapter the defaults are the 'cpu' row's: the one-row GEMM tile at M = 1 is what
+      // candidates were timed against.
+      if (engine.kernelDefaults.adapterClass === 'cpu' && engine.adapter.subgroups) {
+        const m1 = (report?.classes ?? []).filter(
+          (cl) => cl.kernel === 'matmul' && cl.shape_class.endsWith(' m1'),
+        );
+        expect(m1.length).toBeGreaterThan(0);
+        for (const cl of m1) expect(cl.default_variant).toMatch(/_gemm_t1x/);
+      }
       // The decode step runs each M = 1 winner (the profile lists the dispatches' pipelines).
       const labels = new Set((await engine.profileDecode(64)).map((p) => p.label));
       for (const cl of report?.classes ?? []) {
@@ -307,6 +317,70 @@ describe('a tuned BabyLlama', () => {
       again.dispose();
     }
   }, 600_000);
+
+  it('runs the adapter class row untuned; a forced row changes the kernels, not the ids', async () => {
+    const auto = await createEngine({ model: dir });
+    const generic = await createEngine({ model: dir, kernelDefaults: 'generic' });
+    try {
+      expect(generic.kernelDefaults.adapterClass).toBe('generic');
+      expect(generic.kernelDefaults.choices.size).toBe(0); // the kernels' own rules
+      const labels = async (e: typeof auto) => new Set((await e.profileDecode(64)).map((p) => p.label));
+      if (auto.kernelDefaults.adapterClass === 'cpu' && auto.adapter.subgroups) {
+        expect(auto.kernelDefaults.choices.size).toBeGreaterThan(0);
+        expect([...(await labels(auto))].some((l) => /_gemm_t1x/.test(l))).toBe(true);
+        expect([...(await labels(generic))].some((l) => /_gemm_t1x/.test(l))).toBe(false);
+      }
+      for (const e of [auto, generic]) {
+        const r = await e.generate([1], { maxTokens: 200, temperature: 0, ignoreEos: true }).result();
+        expect(r.tokenIds).toEqual(golden.greedy_ids_after_bos.slice(0, 200));
+      }
+    } finally {
+      auto.dispose();
+      generic.dispose();
+    }
+    await expect(createEngine({ model: dir, kernelDefaults: 'fast' as 'cpu' })).rejects.toThrow(
+      /kernelDefaults must be/,
+    );
+  }, 300_000);
+
+  it('tunes in the background only while no request runs; background: false tunes nothing', async () => {
+    const store = new MemoryTuneStore();
+    const engine = await createEngine({
+      model: dir,
+      prefillChunkTokens: 4,
+      tune: { budgetMs: 3000, store },
+    });
+    try {
+      // A request arriving while tuning waits for the slice in flight, then no slice runs until
+      // it is done: the count of slices stays put from its first token to its last.
+      const seen: number[] = [];
+      for await (const _t of engine.generate([1], { maxTokens: 40, temperature: 0, ignoreEos: true }))
+        seen.push(engine.tuningStatus.slices ?? 0);
+      expect(seen.length).toBe(40);
+      expect(new Set(seen).size).toBe(1);
+      const st = await engine.whenTuned();
+      expect(st.state).toBe('done');
+      expect(st.slices ?? 0).toBeGreaterThan(seen[0] as number);
+      expect(st.longestSliceMs ?? 0).toBeGreaterThan(0);
+    } finally {
+      engine.dispose();
+    }
+    const oneShot = await createEngine({
+      model: dir,
+      prefillChunkTokens: 4,
+      tune: { store, background: false },
+    });
+    try {
+      expect(await oneShot.tuning).toBeNull();
+      const st = oneShot.tuningStatus;
+      expect(st.state).toBe('done');
+      expect(st.slices).toBeUndefined();
+      await oneShot.generate([1], { maxTokens: 4, temperature: 0 }).result();
+      expect(oneShot.tuningStatus.slices).toBeUndefined();
+    } finally {
+      oneShot.dispose();
+    }
+  }, 300_000);
 
   it('retunes a cached choice that is not in the search space, with a warning', async () => {
     const store = new MemoryTuneStore();

@@ -1,0 +1,142 @@
+/**
+ * Kernel defaults per adapter class: what an untuned engine runs. The kernels' own shape rules were
+ * fitted on one CPU adapter at batch shapes; at M = 1 the tuner found other variants 1.3-2.4x
+ * faster on that same adapter, and a GPU wants yet others. So each class of adapter gets a small
+ * row of choices (by kernel and M bucket), measured on an adapter of the class; a class key whose
+ * row choice is not a candidate here (a variant this adapter cannot build, a chunk longer than the
+ * context) keeps the kernel's rule. The tuner starts from these defaults (candidate 0) and keeps a
+ * candidate only when it beats them.
+ */
+import type { AdapterSummary } from '../gpu/device.js';
+import type { MatmulVariant } from '../kernels/matmul.js';
+import type { Q4Variant } from '../kernels/matmul-q4.js';
+import { contextBucket, KernelChoices, type KernelChoice, type MClass } from './choices.js';
+import { canonicalJson } from './signature.js';
+
+/** Adapter classes with a row of defaults. */
+export const ADAPTER_CLASSES = ['cpu', 'generic', 'gpu-discrete', 'gpu-integrated'] as const;
+export type AdapterClass = (typeof ADAPTER_CLASSES)[number];
+
+/** One row: choices by kernel and bucket; what is left out keeps the kernel's shape rule. */
+export interface DefaultsRow {
+  matmul: Partial<Record<MClass, MatmulVariant>>;
+  matmulQ4: Partial<Record<MClass, Q4Variant>>;
+  /**
+   * Decode attention's tokens per split by row bucket ('1', '2-4', '5-32'): the context bucket
+   * over `splits`, at least `min` (a multiple of the 16-token block).
+   */
+  attentionChunk: Partial<Record<string, { splits: number; min: number }>>;
+}
+
+/**
+ * The table. Measurements (GPU timestamps, `kiln tune --budget-s 60..90 --json`, speedup of the
+ * winner over the kernel's rule at the class):
+ * - cpu (lavapipe, Mesa 25.0, 2 cores): float M = 1 classes are won by the one-row GEMM tile at
+ *   every Qwen2.5-0.5B and BabyLlama shape (q/k/v 1.74-2.20x, o 2.03-2.35x, gate/up 1.91-2.22x,
+ *   down 1.99-2.41x, the bf16 LM head 2.29x); int4 M = 1 by 4 rows per thread, X through subgroups,
+ *   16 threads (n896 k896 1.41x, n1152 k896 1.04x, n896 k4864 1.36x; gate/up already at 4 rows);
+ *   decode attention for one row by 8 splits of the context, at least 128 tokens each (512 at a
+ *   4096 context: 1.33x; BabyLlama at 256: 128-token splits, 2.85x over 64). SwiftShader is a
+ *   CPU adapter too (its subgroups are narrower, so the subgroup variants are not candidates there).
+ * - generic (an adapter Kiln cannot place): the kernels' own rules, the untuned engine as it was.
+ * - gpu-discrete (NVIDIA H100, Dawn over Vulkan): at M = 1 the flat GEMV with 1 row per thread
+ *   (1.21-1.27x; more workgroups to fill 132 SMs), int4 1 row per thread, split-K attention with
+ *   128-token splits at 2-32 rows (2.5-3.9x).
+ * - gpu-integrated: the discrete row's M = 1 choices (fewer cores, same reason: rows per thread
+ *   trade X reuse for workgroups, and a GPU has workgroup slots to spare); not measured here.
+ */
+export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
+  cpu: {
+    matmul: { '1': { path: 'gemm', tm: 1, tn: 4, wg: 32 } },
+    matmulQ4: {
+      '1': { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32', workgroupSize: 16 },
+    },
+    attentionChunk: { '1': { splits: 8, min: 128 } },
+  },
+  generic: { matmul: {}, matmulQ4: {}, attentionChunk: {} },
+  'gpu-discrete': {
+    matmul: { '1': { path: 'flat', mt: 1, r: 1 } },
+    matmulQ4: { '1': { rowsPerGroup: 1, rowsPerThread: 1, subgroups: true, dequant: 'f32' } },
+    attentionChunk: { '2-4': { splits: 1, min: 128 }, '5-32': { splits: 1, min: 128 } },
+  },
+  'gpu-integrated': {
+    matmul: { '1': { path: 'flat', mt: 1, r: 1 } },
+    matmulQ4: { '1': { rowsPerGroup: 1, rowsPerThread: 1, subgroups: true, dequant: 'f32' } },
+    attentionChunk: {},
+  },
+};
+
+/**
+ * The class of an adapter from what WebGPU tells: CPU rasterizers by name (Mesa's lavapipe /
+ * llvmpipe, SwiftShader, WARP), GPUs by vendor (integrated where the vendor builds only those or
+ * mostly those: Intel, Apple, ARM, Qualcomm, Imagination; discrete: NVIDIA, AMD), else generic.
+ */
+export function adapterClassOf(
+  a: Pick<AdapterSummary, 'vendor' | 'architecture' | 'device' | 'description'>,
+): AdapterClass {
+  const text = `${a.vendor} ${a.architecture} ${a.device} ${a.description}`.toLowerCase();
+  if (/llvmpipe|lavapipe|swiftshader|software|\bwarp\b|microsoft basic render/.test(text)) return 'cpu';
+  const vendor = a.vendor.toLowerCase();
+  if (/nvidia|amd|\bati\b/.test(vendor)) return 'gpu-discrete';
+  if (/intel|apple|arm|qualcomm|img-tec|imagination/.test(vendor)) return 'gpu-integrated';
+  return 'generic';
+}
+
+/** The row's choice for a class, if the row has one. */
+function rowChoice(
+  row: DefaultsRow,
+  kernel: KernelChoice['kernel'],
+  bucket: string,
+  context: number,
+): KernelChoice | undefined {
+  if (kernel === 'matmul') {
+    const v = row.matmul[bucket as MClass];
+    return v ? { kernel, variant: v } : undefined;
+  }
+  if (kernel === 'matmul_q4') {
+    const v = row.matmulQ4[bucket as MClass];
+    return v ? { kernel, variant: v } : undefined;
+  }
+  const a = row.attentionChunk[bucket];
+  if (!a) return undefined;
+  const fromContext = 2 ** Math.floor(Math.log2(contextBucket(context) / a.splits));
+  return { kernel, chunk: a.splits === 1 ? a.min : Math.max(a.min, fromContext) };
+}
+
+/** What the defaults need of a shape class (tuner/classes.ts's TuneClass has it). */
+export interface DefaultableClass {
+  key: string;
+  kernel: KernelChoice['kernel'];
+  /** The M bucket, or decode attention's row bucket. */
+  bucket: string;
+  candidates: KernelChoice[];
+}
+
+/**
+ * The row's choice for each class where it is a candidate on this adapter (a variant the adapter
+ * can build, a chunk within the context): the untuned engine's table.
+ */
+export function defaultChoices(
+  classes: readonly DefaultableClass[],
+  row: DefaultsRow,
+  /** The engine's context length (decode attention's context bucket). */
+  context: number,
+): KernelChoices {
+  const out = new KernelChoices();
+  for (const cls of classes) {
+    const c = rowChoice(row, cls.kernel, cls.bucket, context);
+    if (!c) continue;
+    const json = canonicalJson(c);
+    if (cls.candidates.some((k) => canonicalJson(k) === json)) out.set(cls.key, c);
+  }
+  return out;
+}
+
+/** The row for an option value: 'auto' picks by adapter class. */
+export function defaultsRowFor(
+  which: AdapterClass | 'auto',
+  adapter: Pick<AdapterSummary, 'vendor' | 'architecture' | 'device' | 'description'>,
+): { adapterClass: AdapterClass; row: DefaultsRow } {
+  const adapterClass = which === 'auto' ? adapterClassOf(adapter) : which;
+  return { adapterClass, row: KERNEL_DEFAULTS[adapterClass] };
+}

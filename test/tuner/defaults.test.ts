@@ -1,0 +1,85 @@
+/**
+ * The per-adapter-class kernel defaults: which class an adapter falls in, and the row's choice
+ * applied only where it is a candidate on the adapter (a variant it can build, a chunk within the
+ * context).
+ */
+import { describe, expect, it } from 'vitest';
+import type { KernelChoice } from '../../src/tuner/choices.js';
+import {
+  adapterClassOf,
+  defaultChoices,
+  KERNEL_DEFAULTS,
+  type DefaultableClass,
+} from '../../src/tuner/defaults.js';
+
+const adapter = (vendor: string, architecture: string, description: string) => ({
+  vendor,
+  architecture,
+  device: '',
+  description,
+});
+
+describe('adapter classes', () => {
+  it('places CPU rasterizers, GPUs by vendor, and the rest as generic', () => {
+    expect(adapterClassOf(adapter('mesa', 'software', 'llvmpipe: Mesa 25.0.7 (LLVM 15.0.6)'))).toBe('cpu');
+    expect(adapterClassOf(adapter('google', 'swiftshader', 'SwiftShader Device (Subzero)'))).toBe('cpu');
+    expect(adapterClassOf(adapter('nvidia', 'hopper', 'NVIDIA H100 80GB HBM3'))).toBe('gpu-discrete');
+    expect(adapterClassOf(adapter('amd', 'rdna-3', ''))).toBe('gpu-discrete');
+    expect(adapterClassOf(adapter('intel', 'xe-lpg', ''))).toBe('gpu-integrated');
+    expect(adapterClassOf(adapter('apple', 'metal-3', ''))).toBe('gpu-integrated');
+    expect(adapterClassOf(adapter('', '', ''))).toBe('generic');
+  });
+});
+
+describe('default choices', () => {
+  const gemm: KernelChoice = { kernel: 'matmul', variant: { path: 'gemm', tm: 1, tn: 4, wg: 32 } };
+  const flat: KernelChoice = { kernel: 'matmul', variant: { path: 'flat', mt: 1, r: 2 } };
+  const cls = (
+    key: string,
+    bucket: string,
+    candidates: KernelChoice[],
+    kernel: KernelChoice['kernel'] = 'matmul',
+  ): DefaultableClass => ({
+    key,
+    kernel,
+    bucket,
+    candidates,
+  });
+
+  it('takes the row choice where it is a candidate, never where it is not', () => {
+    const row = KERNEL_DEFAULTS.cpu;
+    const got = defaultChoices(
+      [
+        cls('a m1', '1', [{ kernel: 'matmul', variant: {} }, flat, gemm]),
+        // An adapter without subgroups has no GEMM candidates: the rule stays.
+        cls('b m1', '1', [{ kernel: 'matmul', variant: {} }, flat]),
+        // No row entry for this bucket.
+        cls('c m2-4', '2-4', [{ kernel: 'matmul', variant: {} }, gemm]),
+      ],
+      row,
+      4096,
+    );
+    expect(got.get('a m1')).toEqual(gemm);
+    expect(got.get('b m1')).toBeUndefined();
+    expect(got.get('c m2-4')).toBeUndefined();
+    expect(got.size).toBe(1);
+  });
+
+  it('sizes attention splits from the context bucket, within the candidates', () => {
+    const chunks = (ns: number[]): KernelChoice[] =>
+      ns.map((chunk) => ({ kernel: 'attention_decode', chunk }));
+    const row = KERNEL_DEFAULTS.cpu;
+    const at = (context: number, candidates: number[]) =>
+      defaultChoices([cls('att', '1', chunks(candidates), 'attention_decode')], row, context).get('att');
+    // 8 splits of the bucket, at least 128 tokens each.
+    expect(at(4096, [128, 64, 256, 512, 1024, 2048])).toEqual({ kernel: 'attention_decode', chunk: 512 });
+    expect(at(256, [64, 128, 256])).toEqual({ kernel: 'attention_decode', chunk: 128 });
+    expect(at(100, [64, 128, 256])).toEqual({ kernel: 'attention_decode', chunk: 128 });
+    // A chunk that is not a candidate (longer than the context allows) is not forced.
+    expect(at(4096, [64, 128, 256])).toBeUndefined();
+    expect(
+      defaultChoices([cls('att', '1', chunks([512]), 'attention_decode')], KERNEL_DEFAULTS.generic, 4096)
+        .size,
+    ).toBe(0);
+  });
+});
