@@ -3,10 +3,10 @@
  * (or over a converted tokenizer.model when that is all the folder has), chat templates rendered with
  * @huggingface/jinja, and an incremental decoder for streaming generated text.
  */
-import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { InvalidModelFileError, InvalidRequestError, UnsupportedModelError } from '../errors.js';
 import { readJson, type ModelDir } from './byte-source.js';
+import { ChatTemplate, TemplateLimitError } from './chat-template.js';
 import { isJsonObject } from './json.js';
 import { convertSentencePiece } from './sentencepiece.js';
 
@@ -151,7 +151,7 @@ export class KilnTokenizer {
 
   private readonly tok: Tokenizer;
   private readonly config: ParsedConfig;
-  private readonly templates = new Map<string, Template>();
+  private readonly templates = new Map<string, ChatTemplate>();
 
   private constructor(tok: Tokenizer, config: ParsedConfig) {
     this.tok = tok;
@@ -322,7 +322,7 @@ export class KilnTokenizer {
     return this.config.chatTemplate !== null;
   }
 
-  private template(name: string | undefined): Template {
+  private template(name: string | undefined): ChatTemplate {
     const ct = this.config.chatTemplate;
     const where = this.config.chatTemplateSource;
     if (ct === null) {
@@ -351,7 +351,7 @@ export class KilnTokenizer {
     let compiled = this.templates.get(key);
     if (!compiled) {
       try {
-        compiled = new Template(text);
+        compiled = new ChatTemplate(text);
       } catch (e) {
         const why = e instanceof Error ? e.message : String(e);
         throw new InvalidModelFileError(
@@ -392,8 +392,16 @@ export class KilnTokenizer {
         pad_token: this.config.padToken ?? '',
       });
     } catch (e) {
-      // Templates reject conversations they cannot format (raise_exception on role order, ...).
       const why = e instanceof Error ? e.message : String(e);
+      if (e instanceof TemplateLimitError) {
+        throw new InvalidModelFileError(
+          `the chat template (${this.config.chatTemplateSource}) was stopped: ${why}`,
+          {
+            cause: e,
+          },
+        );
+      }
+      // Templates reject conversations they cannot format (raise_exception on role order, ...).
       throw new InvalidRequestError(
         `the chat template (${this.config.chatTemplateSource}) rejected the conversation: ${why}`,
         {
