@@ -18,7 +18,7 @@ import {
 import { pickedFolderFiles } from '../src/io/blob-model-dir.js';
 import { hubFileUrl, parseHubId } from '../src/io/hub-id.js';
 import { clearModelCache, ModelCache } from '../src/io/model-cache.js';
-import type { ChatMessage } from '../src/io/tokenizer.js';
+import type { ChatMessageParam as ChatMessage } from '../src/api/openai/types.js';
 import type { KilnEngine } from '../src/api/engine-api.js';
 import type { LoadProgress, ModelSource } from '../src/worker/protocol.js';
 import { WorkerEngine } from '../src/worker/proxy.js';

@@ -6,8 +6,15 @@
  */
 import type { AdapterSummary } from '../gpu/device.js';
 import type { ChatMessage } from '../io/tokenizer.js';
+import type { ToolFormatName } from './openai/tools.js';
 import type { OpenAiChatApi, OpenAiCompletionsApi } from './openai/types.js';
-import type { GenerateOptions, GenerateResult, GeneratedToken, TuningStatus } from './types.js';
+import type { GenerateOptions, GenerateResult, GeneratedToken, GrammarSpec, TuningStatus } from './types.js';
+
+/** A conversation for the chat template, with the functions the model may call. */
+export interface ChatInput {
+  messages: readonly ChatMessage[];
+  tools?: readonly unknown[];
+}
 
 /** A generation in progress: async-iterate it for tokens, or await `result()` for everything. */
 export interface GenerationStream extends AsyncIterable<GeneratedToken> {
@@ -32,6 +39,8 @@ export interface KilnEngine {
   readonly weightFormat: string;
   /** Without a chat template, chat requests are refused: use plain completion. */
   readonly hasChatTemplate: boolean;
+  /** How the model writes tool calls (read off its chat template; 'hermes' when it shows none). */
+  readonly toolCallFormat: ToolFormatName;
   /** Milliseconds the load took. */
   readonly loadMs: number;
   /** Bytes of GPU buffers the engine holds. */
@@ -50,7 +59,12 @@ export interface KilnEngine {
    * Token ids of a prompt (special tokens added as `generate` adds them) or of a conversation
    * rendered with the model's chat template (refused without one).
    */
-  tokenize(input: string | { messages: readonly ChatMessage[] }): Promise<number[]>;
+  tokenize(input: string | ChatInput): Promise<number[]>;
+  /**
+   * Compiles a grammar for constrained decoding (cached for the requests that use it); an
+   * InvalidRequestError if the grammar engine cannot compile it.
+   */
+  checkGrammar(grammar: GrammarSpec): Promise<void>;
   /**
    * Generates a continuation of `prompt` (text, BOS added by the tokenizer's rules, or token ids).
    * `opts.signal` stops it (finish reason "abort"), `opts.stop` at a string (finish reason "stop").

@@ -16,7 +16,43 @@ export interface SamplingParams {
   repetitionPenalty: number;
 }
 
-export interface GenerateOptions extends Partial<SamplingParams> {
+/**
+ * What the output must be, enforced token by token (constrained decoding: tokens that cannot
+ * continue a valid output are masked before argmax or sampling): any JSON value, JSON matching a
+ * JSON Schema (optionally between fixed texts: the tool-call formats), text matching a regular
+ * expression, or an EBNF grammar (xgrammar's dialect, GBNF-like, root rule `root`).
+ */
+export type GrammarSpec =
+  | { type: 'json' }
+  | {
+      type: 'json_schema';
+      schema: Readonly<Record<string, unknown>> | boolean;
+      /** Fixed text before and after the JSON (a tool-call format's tags). */
+      prefix?: string;
+      suffix?: string;
+    }
+  | { type: 'regex'; pattern: string }
+  | { type: 'ebnf'; grammar: string };
+
+/** Logit edits applied before the sampler (and before greedy argmax). */
+export interface LogitAdjustments {
+  /** Token id -> added to its logit (OpenAI's logit_bias: -100 bans, 100 forces). */
+  logitBias?: Readonly<Record<number, number>>;
+  /** Subtracted once from the logit of every token generated so far (OpenAI's presence_penalty). */
+  presencePenalty?: number;
+  /** Subtracted once per occurrence in the generated tokens (OpenAI's frequency_penalty). */
+  frequencyPenalty?: number;
+}
+
+export interface GenerateOptions extends Partial<SamplingParams>, LogitAdjustments {
+  /** The output follows this grammar (see GrammarSpec). */
+  grammar?: GrammarSpec;
+  /**
+   * Report each token's log probability and this many most likely alternatives (0: the chosen
+   * token's only): the log-softmax of the logits the token was chosen from (after bias, penalties
+   * and the grammar's mask, before temperature).
+   */
+  logprobs?: number;
   /** Most tokens to generate (default: up to the context length). */
   maxTokens?: number;
   /** Seed of the sampler (default: random); ignored by greedy decoding. */
@@ -41,6 +77,15 @@ export interface GenerateOptions extends Partial<SamplingParams> {
 export interface GeneratedToken {
   id: number | null;
   text: string;
+  /** With `logprobs`: this token's log probability and the top alternatives (best first). */
+  logprob?: TokenLogprobs;
+}
+
+/** A token's log probability and the most likely alternatives; `token` is each id's own text. */
+export interface TokenLogprobs {
+  token: string;
+  logprob: number;
+  top: { id: number; token: string; logprob: number }[];
 }
 
 export type FinishReason = 'length' | 'stop' | 'abort';

@@ -2,7 +2,7 @@
 import { createInterface } from 'node:readline/promises';
 import type { Command } from 'commander';
 import { KilnError } from '../errors.js';
-import type { ChatMessage } from '../io/tokenizer.js';
+import type { ChatMessageParam } from '../api/openai/types.js';
 import { loadEngine } from './load.js';
 import { addModelOptions, addSamplingOptions, type ModelFlags, type SamplingFlags } from './options.js';
 
@@ -23,7 +23,7 @@ async function cmdChat(o: ModelFlags & SamplingFlags & { system?: string }): Pro
   // Lines are read through the async iterator, which queues them: `rl.question()` only sees lines that
   // arrive while it waits, so piped input (all lines in one chunk) would lose every line typed ahead.
   const lines = rl[Symbol.asyncIterator]();
-  const history: ChatMessage[] = o.system ? [{ role: 'system', content: o.system }] : [];
+  const history: ChatMessageParam[] = o.system ? [{ role: 'system', content: o.system }] : [];
   process.stderr.write('kiln chat: empty line or Ctrl-D to quit, /reset to start over\n');
   try {
     for (;;) {

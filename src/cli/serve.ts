@@ -14,6 +14,8 @@ interface ServeFlags extends ModelFlags {
   maxConcurrent: number;
   maxQueue: number;
   servedModelName?: string;
+  allowedHost: string[];
+  cors: string[];
 }
 
 async function cmdServe(o: ServeFlags): Promise<void> {
@@ -27,6 +29,8 @@ async function cmdServe(o: ServeFlags): Promise<void> {
     ...(apiKey ? { apiKey } : {}),
     maxConcurrent: o.maxConcurrent,
     maxQueue: o.maxQueue,
+    ...(o.allowedHost.length > 0 ? { allowedHosts: o.allowedHost } : {}),
+    corsOrigins: o.cors,
     log: (line) => process.stderr.write(`${line}\n`),
   });
   // SIGTERM / SIGINT: stop accepting, let in-flight requests finish (cancelled after 10 s), exit.
@@ -59,5 +63,17 @@ export function addServeCommand(program: Command): void {
     )
     .option('--max-queue <n>', 'requests waiting beyond those before 429', intArg('--max-queue', 0), 64)
     .option('--served-model-name <id>', 'the model id clients send (default: the --model argument)')
+    .option(
+      '--allowed-host <name>',
+      'a Host name the server answers (repeatable; default: the loopback names when bound to loopback, any otherwise); others get 403',
+      (v: string, prev: string[]) => [...prev, v.toLowerCase()],
+      [] as string[],
+    )
+    .option(
+      '--cors <origin>',
+      'allow browser calls from this origin (repeatable; "*" for any); off by default',
+      (v: string, prev: string[]) => [...prev, v],
+      [] as string[],
+    )
     .action((o: ServeFlags) => cmdServe(o));
 }

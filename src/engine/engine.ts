@@ -5,9 +5,10 @@
  * OpenAI-shaped `chat.completions` and `completions` included. Runs unchanged in a browser; the
  * Node entry (src/node/index.ts) adds local folders, Hub ids and Dawn.
  */
-import type { KilnEngine } from '../api/engine-api.js';
+import type { ChatInput, KilnEngine } from '../api/engine-api.js';
 import { OpenAiChat, OpenAiCompletions } from '../api/openai/openai.js';
-import type { GenerateOptions, TuningStatus } from '../api/types.js';
+import { detectToolFormat, type ToolFormatName } from '../api/openai/tools.js';
+import type { GenerateOptions, GrammarSpec, TuningStatus } from '../api/types.js';
 import { InvalidRequestError, KilnError, UnsupportedModelError } from '../errors.js';
 import { acquireGpu, type AdapterSummary, type GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
@@ -33,6 +34,7 @@ import { BlockManager } from './kv/block-manager.js';
 import { BLOCK_TOKENS, kvBlockBytes, PagedKvCache, type KvDtype } from './kv/cache.js';
 import { checkBudget, defaultKvTokens, estimateMemory } from './memory.js';
 import { checkOptions, type EngineOptions } from './options.js';
+import { GrammarCompiler, importXgrammar, type XgrammarModule } from './sampling/grammar.js';
 import { samplingOf, validateSampling } from './sampling/params.js';
 import { Scheduler, type SchedulerStats } from './scheduler.js';
 import { BackgroundTuning } from './tuning.js';
@@ -53,6 +55,9 @@ export class Engine implements KilnEngine {
   private readonly scheduler: Scheduler;
   /** What each Generation runs on. */
   private readonly host: GenerationHost;
+  /** Constrained decoding's grammars, compiled against this model's vocabulary. */
+  private readonly grammar: GrammarCompiler;
+  readonly toolCallFormat: ToolFormatName;
 
   private constructor(
     readonly spec: ModelSpec,
@@ -68,6 +73,7 @@ export class Engine implements KilnEngine {
     private readonly weightSource: WeightSource,
     /** The row of kernel defaults in use and its choices for this model's classes. */
     readonly kernelDefaults: { adapterClass: AdapterClass; choices: KernelChoices },
+    loadXgrammar: () => Promise<XgrammarModule>,
   ) {
     const blocks = new BlockManager({ numBlocks: kv.numBlocks, blockSize: BLOCK_TOKENS });
     this.scheduler = new Scheduler(forward, kv, blocks, {
@@ -75,7 +81,15 @@ export class Engine implements KilnEngine {
       contextLength,
       gpuSampling,
     });
-    this.host = { scheduler: this.scheduler, tokenizer, contextLength, eosTokenIds: this.eosTokenIds };
+    this.grammar = new GrammarCompiler(tokenizer, spec.vocabSize, this.eosTokenIds, loadXgrammar);
+    this.toolCallFormat = detectToolFormat(tokenizer.chatTemplateText);
+    this.host = {
+      scheduler: this.scheduler,
+      tokenizer,
+      contextLength,
+      eosTokenIds: this.eosTokenIds,
+      grammar: this.grammar,
+    };
     this.chat = { completions: new OpenAiChat(this) };
     this.completions = new OpenAiCompletions(this);
   }
@@ -173,6 +187,7 @@ export class Engine implements KilnEngine {
         choices.sampling === 'gpu',
         source,
         { adapterClass: defaults.adapterClass, choices: defaultTable },
+        opts.loadXgrammar ?? importXgrammar,
       );
       const tune = opts.tune === true ? {} : opts.tune || null;
       // Cached choices apply before the warm-up, so it compiles the pipelines requests will use.
@@ -354,8 +369,17 @@ export class Engine implements KilnEngine {
   }
 
   /** KilnEngine's tokenization: a string prompt, or a conversation through the chat template. */
-  async tokenize(input: string | { messages: readonly ChatMessage[] }): Promise<number[]> {
-    return typeof input === 'string' ? this.encodePrompt(input) : this.encodeChat(input.messages);
+  async tokenize(input: string | ChatInput): Promise<number[]> {
+    if (typeof input === 'string') return this.encodePrompt(input);
+    return this.tokenizer.encodeChat(input.messages, {
+      addGenerationPrompt: true,
+      ...(input.tools ? { tools: input.tools } : {}),
+    });
+  }
+
+  /** Compiles `grammar` (cached for the requests that use it); refuses one it cannot compile. */
+  async checkGrammar(grammar: GrammarSpec): Promise<void> {
+    await this.grammar.compile(grammar);
   }
 
   /**

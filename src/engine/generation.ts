@@ -3,7 +3,14 @@
  * and are handed on as they come, decoded to text, cut at stop strings) and the Generation object
  * the caller iterates or awaits.
  */
-import type { FinishReason, GenerateOptions, GenerateResult, GeneratedToken } from '../api/types.js';
+import type {
+  FinishReason,
+  GenerateOptions,
+  GenerateResult,
+  GeneratedToken,
+  TokenLogprobs,
+} from '../api/types.js';
+import type { GrammarCompiler } from './sampling/grammar.js';
 import { KilnError } from '../errors.js';
 import { IncrementalDecoder, type KilnTokenizer } from '../io/tokenizer.js';
 import { samplingOf } from './sampling/params.js';
@@ -17,6 +24,8 @@ export interface GenerationHost {
   readonly contextLength: number;
   /** Ids that end generation unless `ignoreEos`. */
   readonly eosTokenIds: readonly number[];
+  /** Compiles the grammars of constrained requests. */
+  readonly grammar: GrammarCompiler;
 }
 
 /** The token loop: submits the request and yields its tokens, filling `out` as it goes. */
@@ -36,8 +45,10 @@ export async function* generateTokens(
     out.finishReason = 'length';
     return;
   }
-  const queue: number[] = [];
+  const queue: { id: number; logprob: TokenLogprobs | undefined }[] = [];
   let wake: (() => void) | null = null;
+  const matcher = opts.grammar ? await host.grammar.matcher(opts.grammar) : null;
+  const tokenText = (id: number) => host.tokenizer.decode([id]);
   const job = host.scheduler.submit({
     prompt: promptIds,
     maxTokens,
@@ -45,8 +56,22 @@ export async function* generateTokens(
     seed: opts.seed ?? Math.floor(Math.random() * 2 ** 32),
     eos: new Set(opts.ignoreEos ? [] : host.eosTokenIds),
     signal: opts.signal,
-    onToken: (id) => {
-      queue.push(id);
+    adjust: {
+      ...(opts.logitBias ? { logitBias: opts.logitBias } : {}),
+      ...(opts.presencePenalty ? { presencePenalty: opts.presencePenalty } : {}),
+      ...(opts.frequencyPenalty ? { frequencyPenalty: opts.frequencyPenalty } : {}),
+    },
+    matcher,
+    logprobs: opts.logprobs ?? null,
+    onToken: (id, lp) => {
+      queue.push({
+        id,
+        logprob: lp && {
+          token: tokenText(id),
+          logprob: lp.logprob,
+          top: lp.top.map((t) => ({ id: t.id, token: tokenText(t.id), logprob: t.logprob })),
+        },
+      });
       wake?.();
     },
   });
@@ -75,11 +100,11 @@ export async function* generateTokens(
   try {
     while (!stopped) {
       while (queue.length > 0 && !stopped) {
-        const id = queue.shift() as number;
+        const { id, logprob } = queue.shift() as { id: number; logprob: TokenLogprobs | undefined };
         out.tokenIds.push(id);
         const text = emit(decoder.push(id));
         out.text += text;
-        yield { id, text };
+        yield logprob ? { id, text, logprob } : { id, text };
       }
       if (ended || stopped) break;
       await new Promise<void>((r) => (wake = r));

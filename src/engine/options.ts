@@ -8,8 +8,15 @@ import type { TuneStore } from '../tuner/cache.js';
 import { ADAPTER_CLASSES, type AdapterClass } from '../tuner/defaults.js';
 import type { LoadProgress } from '../weights/loader.js';
 import type { LoadQuantOptions } from '../weights/select.js';
+import type { XgrammarModule } from './sampling/grammar.js';
 
 export interface EngineOptions {
+  /**
+   * Loads xgrammar for constrained decoding, on the first request with a grammar (default: a
+   * dynamic import of @mlc-ai/web-xgrammar, as a browser bundle has it; the Node entry passes its
+   * own loader).
+   */
+  loadXgrammar?: () => Promise<XgrammarModule>;
   /** The model folder (Hugging Face layout). The Node entry also takes paths and Hub ids. */
   model: ModelDir;
   /** An existing device to run on (not destroyed by `dispose()`). */

@@ -15,13 +15,14 @@
  * tuning, warm-up) takes a `hold`, which waits its turn among the steps, gets KV blocks of its
  * own, and lets steps run again when released.
  */
-import type { FinishReason, SamplingParams } from '../api/types.js';
+import type { FinishReason, LogitAdjustments, SamplingParams, TokenLogprobs } from '../api/types.js';
 import { InvalidRequestError, KilnError } from '../errors.js';
 import type { ForwardModel, StepInput } from './forward/model.js';
 import { runStep } from './forward/step.js';
 import { BlockManager, OutOfBlocksError, type BlockCopy } from './kv/block-manager.js';
 import { BLOCK_TOKENS, kvBlockBytes, type PagedKvCache } from './kv/cache.js';
-import type { RowSampling } from './sampling/gpu.js';
+import type { RowAdjust, RowSampling } from './sampling/gpu.js';
+import type { TokenMatcher } from './sampling/grammar.js';
 import { SequenceSampler } from './sampling/sequence.js';
 
 export interface ScheduledRequest {
@@ -33,8 +34,17 @@ export interface ScheduledRequest {
   /** Ids that end the sequence (not emitted). */
   eos: ReadonlySet<number>;
   signal?: AbortSignal | undefined;
+  /** Logit bias and presence / frequency penalties. */
+  adjust?: LogitAdjustments;
+  /** Constrained decoding: the sequence's grammar matcher (disposed when it ends). */
+  matcher?: TokenMatcher | null;
+  /** Report logprobs with this many alternatives (their steps read the logits back). */
+  logprobs?: number | null;
   /** Each generated token, as soon as it is drawn. */
-  onToken: (id: number) => void;
+  onToken: (
+    id: number,
+    logprob?: Omit<TokenLogprobs, 'token' | 'top'> & { top: { id: number; logprob: number }[] },
+  ) => void;
 }
 
 export interface ScheduledOutcome {
@@ -248,7 +258,13 @@ export class Scheduler {
         tokens: [...req.prompt],
         computed: 0,
         produced: 0,
-        sampler: new SequenceSampler(req.sampling, req.seed),
+        sampler: new SequenceSampler(
+          req.sampling,
+          req.seed,
+          req.adjust,
+          req.matcher ?? null,
+          req.logprobs ?? null,
+        ),
         firstTokenAt: null,
         cachedPromptTokens: 0,
         preemptions: 0,
@@ -261,6 +277,7 @@ export class Scheduler {
     });
     // Sampled requests draw on the GPU: every plan gets the sampling stage from now on.
     if (!seq.sampler.greedy && this.opts.gpuSampling) this.forward.enableSampling();
+    if (seq.sampler.adjusts) this.forward.enableAdjust();
     this.waiting.push(seq);
     req.signal?.addEventListener('abort', () => this.cancelNow(seq), { once: true });
     this.kick();
@@ -325,6 +342,7 @@ export class Scheduler {
     if (s.finished) return;
     s.finished = true;
     if (this.blocks.has(s.id)) this.blocks.free(s.id);
+    s.sampler.dispose();
     const drop = (list: Seq[]) => {
       const i = list.indexOf(s);
       if (i >= 0) list.splice(i, 1);
@@ -453,14 +471,20 @@ export class Scheduler {
     this.steps++;
     let ids: ArrayLike<number> | null = null;
     let logits: Float32Array | null = null;
+    // Each constrained row's mask and edits (the grammar's matcher runs on the CPU here).
+    const adjusts: (RowAdjust | null)[] = await Promise.all(sampled.map((s) => s.sampler.rowAdjust()));
+    const adjust = adjusts.some((a) => a !== null) ? { adjust: adjusts } : {};
     if (sampled.length === 0) {
       await runStep(this.forward, input, 'none');
+    } else if (sampled.some((s) => s.sampler.logprobs !== null)) {
+      // Logprobs need the whole distribution: this step's rows are drawn on the CPU (same rules).
+      logits = await runStep(this.forward, input, 'logits');
     } else if (sampled.every((s) => s.sampler.greedy)) {
-      ids = await runStep(this.forward, input, 'ids');
+      ids = await runStep(this.forward, input, 'ids', adjust);
     } else if (this.opts.gpuSampling) {
       // One uniform per non-greedy draw, from the request's own generator (as when alone).
       const sampling: RowSampling[] = sampled.map((s) => s.sampler.gpuRow(s.tokens));
-      ids = await runStep(this.forward, input, 'sample', { sampling });
+      ids = await runStep(this.forward, input, 'sample', { sampling, ...adjust });
     } else {
       logits = await runStep(this.forward, input, 'logits');
     }
@@ -475,11 +499,21 @@ export class Scheduler {
         this.finish(s, 'abort');
         return;
       }
+      // A grammar that allows no token at all (its next character is not in this vocabulary, and
+      // it cannot end here) ends the sequence rather than emit a token it forbade.
+      const mask = adjusts[i]?.mask;
+      if (mask && !mask.some((w) => w !== 0)) {
+        this.finish(s, 'stop');
+        return;
+      }
       let token: number;
+      let logprob: Parameters<ScheduledRequest['onToken']>[1];
       if (ids) token = ids[i] as number;
       else {
         const row = (logits as Float32Array).subarray(i * V, (i + 1) * V);
-        token = s.sampler.cpu(row, s.tokens);
+        const drawn = s.sampler.cpu(row, s.tokens, adjusts[i] ?? null);
+        token = drawn.id;
+        logprob = drawn.logprob;
       }
       s.firstTokenAt ??= performance.now();
       if (s.req.eos.has(token)) {
@@ -488,7 +522,13 @@ export class Scheduler {
       }
       s.tokens.push(token);
       s.produced++;
-      s.req.onToken(token);
+      // A grammar that is complete ends the sequence (only end-of-sequence could follow).
+      const open = s.sampler.accept(token);
+      s.req.onToken(token, logprob);
+      if (!open) {
+        this.finish(s, 'stop');
+        return;
+      }
       if (s.produced >= s.req.maxTokens || s.tokens.length >= this.opts.contextLength) {
         this.finish(s, 'length');
         return;

@@ -12,8 +12,13 @@ import { convertSentencePiece } from './sentencepiece.js';
 
 /** One turn of a conversation. */
 export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant';
+  role: 'system' | 'user' | 'assistant' | 'tool';
   content: string;
+  /** An assistant's tool calls, as chat templates read them (`arguments` parsed to an object). */
+  tool_calls?: readonly { id: string; type: 'function'; function: { name: string; arguments: unknown } }[];
+  /** A tool message: the call it answers, and the tool's name. */
+  tool_call_id?: string;
+  name?: string;
 }
 
 /** Options of {@link KilnTokenizer.encode}. */
@@ -39,6 +44,11 @@ export interface ChatTemplateOptions {
    * (Qwen3's `enable_thinking`, for one). They cannot replace the variables Kiln sets itself.
    */
   templateKwargs?: Readonly<Record<string, unknown>>;
+  /**
+   * Functions the model may call, in OpenAI's shape ({type: "function", function: {name,
+   * description, parameters}}), passed to the template as `tools` (as transformers does).
+   */
+  tools?: readonly unknown[];
 }
 
 /**
@@ -149,11 +159,20 @@ export class KilnTokenizer {
   /** Number of token ids (the largest id + 1, added tokens included). */
   readonly vocabSize: number;
 
+  /**
+   * How vocabulary entries encode bytes, for grammar engines that match token text: 'byte_level'
+   * (GPT-2 byte-to-unicode, Llama 3 and Qwen), 'byte_fallback' (SentencePiece pieces with <0xNN>
+   * byte tokens and ▁ for space) or 'raw'; `prependSpace` when the tokenizer adds a space before
+   * the text (SentencePiece's dummy prefix).
+   */
+  readonly vocabEncoding: { type: 'byte_level' | 'byte_fallback' | 'raw'; prependSpace: boolean };
+
   private readonly tok: Tokenizer;
   private readonly config: ParsedConfig;
   private readonly templates = new Map<string, ChatTemplate>();
 
-  private constructor(tok: Tokenizer, config: ParsedConfig) {
+  private constructor(tok: Tokenizer, config: ParsedConfig, decoder: unknown) {
+    this.vocabEncoding = vocabEncodingOf(decoder);
     this.tok = tok;
     this.config = config;
     let maxId = -1;
@@ -268,7 +287,7 @@ export class KilnTokenizer {
       const why = e instanceof Error ? e.message : String(e);
       throw new InvalidModelFileError(`${source} could not be loaded: ${why}`, { cause: e });
     }
-    return new KilnTokenizer(tok, parsed);
+    return new KilnTokenizer(tok, parsed, json.decoder);
   }
 
   /** The BOS token's text (e.g. "<s>"), or null. */
@@ -315,6 +334,13 @@ export class KilnTokenizer {
   /** The id of a vocabulary entry, or undefined. */
   tokenToId(token: string): number | undefined {
     return this.tok.token_to_id(token);
+  }
+
+  /** The text of the default chat template, or null (tool-call formats are read off it). */
+  get chatTemplateText(): string | null {
+    const ct = this.config.chatTemplate;
+    if (ct === null) return null;
+    return typeof ct === 'string' ? ct : (ct.get('tool_use') ?? ct.get('default') ?? null);
   }
 
   /** Whether the model has a chat template (base models usually do not). */
@@ -384,7 +410,8 @@ export class KilnTokenizer {
     try {
       return template.render({
         ...kwargs,
-        messages: messages.map((m) => ({ role: m.role, content: m.content })),
+        messages: messages.map((m) => ({ ...m })),
+        ...(options.tools && options.tools.length > 0 ? { tools: options.tools } : {}),
         add_generation_prompt: options.addGenerationPrompt ?? true,
         bos_token: this.config.bosToken ?? '',
         eos_token: this.config.eosToken ?? '',
@@ -419,6 +446,24 @@ export class KilnTokenizer {
   encodeChat(messages: readonly ChatMessage[], options: ChatTemplateOptions = {}): number[] {
     return this.encode(this.applyChatTemplate(messages, options), { addSpecialTokens: false });
   }
+}
+
+/** Reads a tokenizer.json decoder: which byte encoding its vocabulary uses (see vocabEncoding). */
+function vocabEncodingOf(decoder: unknown): KilnTokenizer['vocabEncoding'] {
+  const parts: Record<string, unknown>[] = [];
+  const walk = (d: unknown) => {
+    if (!isJsonObject(d)) return;
+    parts.push(d);
+    if (Array.isArray(d['decoders'])) for (const x of d['decoders']) walk(x);
+  };
+  walk(decoder);
+  const types = parts.map((p) => p['type']);
+  if (types.includes('ByteLevel')) return { type: 'byte_level', prependSpace: false };
+  const prependSpace =
+    parts.some((p) => p['type'] === 'Strip' && p['start'] === 1) ||
+    parts.some((p) => p['type'] === 'Metaspace' && p['prepend_scheme'] !== 'never');
+  if (types.includes('ByteFallback')) return { type: 'byte_fallback', prependSpace };
+  return { type: 'raw', prependSpace };
 }
 
 /** Options of {@link IncrementalDecoder}. */

@@ -140,3 +140,46 @@ export function repetitionPenalty(
     [a.rows, 1, 1],
   );
 }
+
+/** One row of logit_adjust: its edits are edits[start .. start + count); mask 0 = none, k = mask row k - 1. */
+export interface AdjustRow {
+  start: number;
+  count: number;
+  mask: number;
+}
+
+/** Bytes per row of the adjust rows buffer: { start u32, count u32, mask u32, pad u32 }. */
+export const ADJUST_ROW_BYTES = 16;
+/** Bytes per edit: { id u32, add f32 }. */
+export const ADJUST_EDIT_BYTES = 8;
+
+/**
+ * logit_adjust: adds each row's edits (unique ids) to its logits, then sets the logits of tokens
+ * outside the row's mask to -Infinity; see shaders/logit_adjust.wgsl, logit-adjust.ref.ts.
+ */
+export function logitAdjust(
+  b: DispatchBuilder,
+  a: {
+    /** [rows, n] f32, updated in place */ logits: GPUBuffer;
+    /** [rows] x ADJUST_ROW_BYTES */ rows: GPUBuffer;
+    /** edits, ADJUST_EDIT_BYTES each */ edits: GPUBuffer;
+    /** [mask rows, ceil(n / 32)] u32 */ masks: GPUBuffer;
+    rowCount: number;
+    n: number;
+  },
+): Dispatch {
+  if (a.rowCount > MAX_GRID) throw new RangeError(`logitAdjust: ${a.rowCount} rows exceed one dispatch`);
+  if (a.rowCount * a.n >= 2 ** 32)
+    throw new RangeError(`logitAdjust: ${a.rowCount} x ${a.n} logits overflow u32 indexing`);
+  return b.make(
+    'logit_adjust',
+    () => shaderSource('logit_adjust'),
+    packParams([
+      ['u32', a.n],
+      ['u32', Math.ceil(a.n / 32)],
+      ['f32', -Infinity],
+    ]),
+    [a.logits, a.rows, a.edits, a.masks],
+    [a.rowCount, 1, 1],
+  );
+}

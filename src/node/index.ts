@@ -8,6 +8,7 @@ import type { ModelDir } from '../io/byte-source.js';
 import { dawnGpu } from './dawn.js';
 import { openLocalModelDir } from './fs-model-dir.js';
 import { resolveModel } from './hub.js';
+import { loadXgrammarNode } from './xgrammar.js';
 import type { PullOptions } from './hub-client.js';
 import { catalogAliasToHubId } from '../model/catalog.js';
 import { existsSync } from 'node:fs';
@@ -19,6 +20,7 @@ export { kilnCacheDir } from './hub-cache.js';
 export { convertLlama2cToFolder } from './convert.js';
 export { dawnGpu, acquireNodeGpu } from './dawn.js';
 export { FileTuneStore } from './tune-store.js';
+export { loadXgrammarNode } from './xgrammar.js';
 
 export interface NodeEngineOptions extends Omit<EngineOptions, 'model'> {
   /** A local folder, a Hub id, or a ModelDir. */
@@ -43,5 +45,10 @@ export async function createEngine(opts: NodeEngineOptions): Promise<Engine> {
       ? openLocalModelDir(await resolveModelArg(opts.model, opts.pull))
       : opts.model;
   const gpu = opts.device || opts.gpu ? opts.gpu : dawnGpu();
-  return createCoreEngine({ ...opts, model, ...(gpu ? { gpu, keepAlive: gpu } : {}) });
+  return createCoreEngine({
+    loadXgrammar: loadXgrammarNode,
+    ...opts,
+    model,
+    ...(gpu ? { gpu, keepAlive: gpu } : {}),
+  });
 }

@@ -7,6 +7,8 @@
  * OpenAI-shaped ({"error": {"message", "type", "param", "code"}}) and a 500 never carries a stack.
  * A client that disconnects cancels its request, which frees its KV blocks.
  */
+import { timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { KilnEngine } from '../api/engine-api.js';
 import { OpenAiChat, OpenAiCompletions } from '../api/openai/openai.js';
@@ -35,6 +37,14 @@ export interface ServeOptions {
   bodyLimit?: number;
   /** Messages about the server's life (start, shutdown). */
   log?: (line: string) => void;
+  /**
+   * Host header names (without port) the server answers; others get 403, which defeats DNS
+   * rebinding. Default: the loopback names when bound to a loopback address, anything otherwise
+   * (a server bound to a public address is reached by names the server cannot know).
+   */
+  allowedHosts?: readonly string[];
+  /** Origins allowed to call from a browser (CORS); none by default. "*" allows any. */
+  corsOrigins?: readonly string[];
 }
 
 export interface RunningServer {
@@ -59,6 +69,23 @@ export class HttpError extends Error {
 
 const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
   new HttpError(400, message, 'invalid_request_error', param, code);
+
+/** True for loopback addresses and names. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+}
+
+/** The name of a Host header without its port ("[::1]:8080" -> "[::1]"); null when absent. */
+function hostName(header: string | undefined): string | null {
+  if (!header) return null;
+  const h = header.toLowerCase();
+  if (h.startsWith('[')) {
+    const end = h.indexOf(']');
+    return end < 0 ? null : h.slice(0, end + 1);
+  }
+  const colon = h.indexOf(':');
+  return colon < 0 ? h : h.slice(0, colon);
+}
 
 /** Counters behind /metrics. */
 class Metrics {
@@ -160,9 +187,16 @@ function toHttpError(e: unknown, log: (line: string) => void): HttpError {
   const f = e as { statusCode?: number; code?: string; message?: string };
   if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE')
     return new HttpError(413, 'request body too large', 'invalid_request_error', null, 'request_too_large');
-  if (f.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || f.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
-    return badRequest(f.message ?? 'bad body');
+  if (f.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+    return new HttpError(
+      415,
+      'the request body must be JSON (Content-Type: application/json)',
+      'invalid_request_error',
+      null,
+      'unsupported_media_type',
+    );
   }
+  if (f.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return badRequest(f.message ?? 'bad body');
   if (f.statusCode === 400) return badRequest(f.message ?? 'malformed request');
   if (e instanceof KilnError) log(`request failed: ${e.message}`);
   else log(`internal error: ${(e as Error)?.message ?? String(e)}`);
@@ -182,7 +216,8 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   });
 
   // JSON bodies must be valid UTF-8: a lenient decoder would turn bad bytes into U+FFFD silently.
-  app.removeContentTypeParser('application/json');
+  // JSON only: every other media type (fastify's text/plain included) is a 415.
+  app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body, done) => {
     let text: string;
     try {
@@ -198,9 +233,43 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     }
   });
 
-  app.addHook('onRequest', async (req) => {
-    if (!opts.apiKey || !req.url.startsWith('/v1/')) return;
-    if (req.headers.authorization !== `Bearer ${opts.apiKey}`) {
+  const host = opts.host ?? '127.0.0.1';
+  const allowedHosts =
+    opts.allowedHosts ?? (isLoopback(host) ? ['localhost', '127.0.0.1', '[::1]', '::1'] : null);
+  const cors = opts.corsOrigins ?? [];
+  const expectedAuth = opts.apiKey ? Buffer.from(`Bearer ${opts.apiKey}`) : null;
+  app.addHook('onRequest', async (req, reply) => {
+    if (allowedHosts) {
+      const name = hostName(req.headers.host);
+      if (name === null || !allowedHosts.includes(name)) {
+        throw new HttpError(
+          403,
+          `Host ${JSON.stringify(req.headers.host ?? '')} is not served here (allowed: ${allowedHosts.join(', ')}; see --allowed-host)`,
+          'permission_error',
+          null,
+          'host_not_allowed',
+        );
+      }
+    }
+    const origin = req.headers.origin;
+    if (origin !== undefined && (cors.includes('*') || cors.includes(origin))) {
+      void reply.header('access-control-allow-origin', cors.includes('*') ? '*' : origin);
+      void reply.header('vary', 'Origin');
+      if (req.method === 'OPTIONS') {
+        void reply
+          .header('access-control-allow-methods', 'GET, POST, OPTIONS')
+          .header('access-control-allow-headers', 'authorization, content-type')
+          .header('access-control-max-age', '600')
+          .code(204)
+          .send();
+        return reply;
+      }
+    }
+    if (!expectedAuth || !req.url.startsWith('/v1/')) return;
+    const given = Buffer.from(req.headers.authorization ?? '');
+    // Constant time: how much of the key matched must not show in the response time.
+    const ok = given.length === expectedAuth.length && timingSafeEqual(given, expectedAuth);
+    if (!ok) {
       throw new HttpError(
         401,
         'invalid API key (send Authorization: Bearer <key>)',
@@ -240,6 +309,18 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       },
     ],
   }));
+  app.get<{ Params: { id: string } }>('/v1/models/:id', async (req) => {
+    if (req.params.id !== modelId) {
+      throw new HttpError(
+        404,
+        `model ${JSON.stringify(req.params.id)} is not served here (this server serves ${JSON.stringify(modelId)})`,
+        'invalid_request_error',
+        'model',
+        'model_not_found',
+      );
+    }
+    return { id: modelId, object: 'model', created: started, owned_by: 'kiln' };
+  });
   app.get('/metrics', async (_req, reply) => {
     const s = engine.stats();
     const lines = [
@@ -322,7 +403,11 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         if (!reply.raw.destroyed) reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
       };
       reply.hijack();
+      // A hijacked reply skips fastify's onResponse: it is counted here, a dropped stream as 499.
+      const route = reply.request.routeOptions.url ?? 'unknown';
+      reply.raw.once('close', () => metrics.count(route, reply.raw.writableFinished ? 200 : 499));
       reply.raw.writeHead(200, {
+        ...(reply.getHeaders() as Record<string, string>),
         'content-type': 'text/event-stream',
         'cache-control': 'no-cache',
         connection: 'keep-alive',
@@ -354,7 +439,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     return serve(reply, body, (signal) => completions.respond({ ...body, signal }, observe));
   });
 
-  const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8080 });
+  const address = await app.listen({ host, port: opts.port ?? 8080 });
   log(`kiln serve: ${modelId} on ${address}`);
   return {
     app,

@@ -27,6 +27,7 @@ function engineInfo(engine: Engine, fromCache: boolean): EngineInfo {
     kvCacheDtype: engine.kvCacheDtype,
     weightFormat: engine.weightFormat,
     hasChatTemplate: engine.hasChatTemplate,
+    toolCallFormat: engine.toolCallFormat,
     loadMs: engine.loadMs,
     gpuMemoryBytes: engine.gpuMemoryBytes,
     fromCache,
@@ -107,6 +108,10 @@ export function serveEngine(endpoint: Endpoint<WorkerRequest, WorkerEvent>): voi
         post({ type: 'tokens', id: req.id, ids });
         return;
       }
+      case 'check-grammar':
+        await requireEngine().checkGrammar(req.grammar);
+        post({ type: 'checked', id: req.id });
+        return;
       case 'abort':
         running.get(req.id)?.abort();
         return;

@@ -19,7 +19,14 @@ import {
 import type { AdapterSummary } from '../gpu/device.js';
 import { StorageQuotaError } from '../io/model-cache.js';
 import type { ChatMessage } from '../io/tokenizer.js';
-import type { GenerateOptions, GenerateResult, GeneratedToken, TuningStatus } from '../api/types.js';
+import type { ToolFormatName } from '../api/openai/tools.js';
+import type {
+  GenerateOptions,
+  GenerateResult,
+  GeneratedToken,
+  GrammarSpec,
+  TuningStatus,
+} from '../api/types.js';
 
 /** Where the worker loads a model from. */
 export type ModelSource =
@@ -67,6 +74,7 @@ export interface EngineInfo {
   kvCacheDtype: 'f16' | 'f32';
   weightFormat: string;
   hasChatTemplate: boolean;
+  toolCallFormat: ToolFormatName;
   loadMs: number;
   gpuMemoryBytes: number;
   /** True when every file came from the cache (no network). */
@@ -81,7 +89,9 @@ export type WorkerRequest =
   | { type: 'load'; id: number; options: LoadOptions }
   | { type: 'generate'; id: number; prompt: string | number[]; options: GenerateOptionsData }
   /** Token ids of a prompt or of a conversation through the chat template (KilnEngine.tokenize). */
-  | { type: 'tokenize'; id: number; input: string | { messages: ChatMessage[] } }
+  | { type: 'tokenize'; id: number; input: string | { messages: ChatMessage[]; tools?: unknown[] } }
+  /** Compiles a grammar (KilnEngine.checkGrammar); answered by `checked` or `error`. */
+  | { type: 'check-grammar'; id: number; grammar: GrammarSpec }
   /** Stops the generation `id` (it then ends with finish reason "abort"). */
   | { type: 'abort'; id: number }
   | { type: 'dispose'; id: number };
@@ -97,6 +107,7 @@ export type WorkerEvent =
   | { type: 'progress'; id: number; progress: LoadProgress }
   | { type: 'loaded'; id: number; info: EngineInfo }
   | { type: 'token'; id: number; token: GeneratedToken }
+  | { type: 'checked'; id: number }
   | { type: 'result'; id: number; result: GenerateResult; gpuMemoryBytes: number }
   | { type: 'tokens'; id: number; ids: number[] }
   | { type: 'disposed'; id: number }

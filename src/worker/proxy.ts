@@ -5,10 +5,16 @@
  */
 import { KilnError } from '../errors.js';
 import type { AdapterSummary } from '../gpu/device.js';
-import type { DeviceLoss, GenerationStream, KilnEngine } from '../api/engine-api.js';
+import type { ChatInput, DeviceLoss, GenerationStream, KilnEngine } from '../api/engine-api.js';
 import { OpenAiChat, OpenAiCompletions } from '../api/openai/openai.js';
-import type { GenerateOptions, GenerateResult, GeneratedToken, TuningStatus } from '../api/types.js';
-import type { ChatMessage } from '../io/tokenizer.js';
+import type { ToolFormatName } from '../api/openai/tools.js';
+import type {
+  GenerateOptions,
+  GenerateResult,
+  GeneratedToken,
+  GrammarSpec,
+  TuningStatus,
+} from '../api/types.js';
 import {
   deserializeError,
   type Endpoint,
@@ -296,9 +302,31 @@ export class WorkerEngine implements KilnEngine {
     this.memory = bytes;
   }
 
-  tokenize(input: string | { messages: readonly ChatMessage[] }): Promise<number[]> {
+  get toolCallFormat(): ToolFormatName {
+    return this.info.toolCallFormat;
+  }
+
+  checkGrammar(grammar: GrammarSpec): Promise<void> {
     if (this.conn.loss) return Promise.reject(lostError(this.conn.loss));
-    const data = typeof input === 'string' ? input : { messages: [...input.messages] };
+    return new Promise((resolve, reject) => {
+      const sent = this.conn.send(
+        (id) => ({ type: 'check-grammar', id, grammar }),
+        (ev) => {
+          if (ev.type !== 'checked' && ev.type !== 'error') return;
+          sent.done();
+          if (ev.type === 'checked') resolve();
+          else reject(deserializeError(ev.error));
+        },
+      );
+    });
+  }
+
+  tokenize(input: string | ChatInput): Promise<number[]> {
+    if (this.conn.loss) return Promise.reject(lostError(this.conn.loss));
+    const data =
+      typeof input === 'string'
+        ? input
+        : { messages: [...input.messages], ...(input.tools ? { tools: [...input.tools] } : {}) };
     return new Promise((resolve, reject) => {
       const sent = this.conn.send(
         (id) => ({ type: 'tokenize', id, input: data }),

@@ -564,7 +564,7 @@ describe('chat.completions.create', () => {
       choices: [
         {
           index: 0,
-          message: { role: 'assistant', content: direct.text },
+          message: { role: 'assistant', content: direct.text, refusal: null },
           finish_reason: direct.finishReason,
           logprobs: null,
         },

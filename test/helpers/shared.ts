@@ -16,6 +16,14 @@ export function sharedModel(...parts: string[]): string {
   return p;
 }
 
+/** A real tokenizer's file in ../shared/tokenizers (tokenizer.json, tokenizer_config.json). */
+export function sharedTokenizer(...parts: string[]): string {
+  const p = join(repoRoot, '..', 'shared', 'tokenizers', ...parts);
+  if (!existsSync(p))
+    throw new Error(`missing shared tokenizer file ${p}: the shared/ folder must sit beside the project`);
+  return p;
+}
+
 /** The files `kiln convert llama2c` writes into a model folder. */
 export const CONVERTED_FILES: readonly string[] = [
   'config.json',

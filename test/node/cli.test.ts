@@ -786,7 +786,7 @@ describe('kiln chat', () => {
       for (const t of turns) {
         history.push({ role: 'user', content: t });
         const c = await engine.chat.completions.create({ messages: history, max_tokens: 12, temperature: 0 });
-        const reply = c.choices[0]!.message.content;
+        const reply = c.choices[0]!.message.content ?? '';
         replies.push(reply);
         history.push({ role: 'assistant', content: reply });
       }

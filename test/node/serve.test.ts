@@ -188,7 +188,7 @@ describe('bad input', () => {
       [chat({ messages: [{ role: 'user', content: '' }] }), 'empty', 'messages'],
       [chat({ messages: [{ role: 'wizard', content: 'x' }] }), 'role', 'messages.0.role'],
       [chat({ frobnicate: true }), 'frobnicate', 'frobnicate'],
-      [chat({ n: 2 }), 'n', 'n'],
+      [chat({ n: 17 }), 'n must be an integer in [1, 16]', 'n'],
     ];
     for (const [body, words, param] of cases) {
       const r = await post('/v1/chat/completions', body);

@@ -6,12 +6,54 @@
 import type { ChatMessage } from '../../io/tokenizer.js';
 import type { FinishReason } from '../types.js';
 
+/** A function the model called, as OpenAI shapes it: `arguments` is a JSON text. */
+export interface ToolCall {
+  id: string;
+  type: 'function';
+  function: { name: string; arguments: string };
+}
+
 /** A message as OpenAI clients send it: `developer` is the newer name of `system`. */
 export interface ChatMessageParam {
-  role: ChatMessage['role'] | 'developer';
-  /** Text, or text parts (the only part type a text model reads). */
-  content: string | { type: 'text'; text: string }[];
+  role: ChatMessage['role'] | 'developer' | 'tool';
+  /** Text, or text parts (the only part type a text model reads); null for an assistant's tool calls. */
+  content: string | { type: 'text'; text: string }[] | null;
   name?: string;
+  /** An assistant's calls, answered by the `tool` messages that follow. */
+  tool_calls?: ToolCall[];
+  /** A `tool` message: the call it answers. */
+  tool_call_id?: string;
+}
+
+/** A function the model may call: its name, description and JSON Schema of the arguments. */
+export interface ToolParam {
+  type: 'function';
+  function: { name: string; description?: string; parameters?: Record<string, unknown>; strict?: boolean };
+}
+
+/** none: never call; auto: the model decides; required: at least one call; or this function. */
+export type ToolChoice = 'none' | 'auto' | 'required' | { type: 'function'; function: { name: string } };
+
+/** text (default), any JSON object, or JSON matching a schema: constrained decoding enforces it. */
+export type ResponseFormat =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | {
+      type: 'json_schema';
+      json_schema: {
+        name: string;
+        description?: string;
+        schema?: Record<string, unknown>;
+        strict?: boolean | null;
+      };
+    };
+
+/** The log probabilities of one generated token and its most likely alternatives. */
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[] | null;
+  top_logprobs: { token: string; logprob: number; bytes: number[] | null }[];
 }
 
 /** Fields both endpoints take. */
@@ -29,25 +71,53 @@ export interface CompletionFields {
   top_k?: number | null;
   /** Not in OpenAI's API; as in vLLM and llama.cpp's server (HF's CTRL-style penalty). */
   repetition_penalty?: number | null;
+  /** In [-2, 2]: subtracted once from the logit of every token already generated. */
+  presence_penalty?: number | null;
+  /** In [-2, 2]: subtracted from a token's logit once per time it was generated. */
+  frequency_penalty?: number | null;
+  /** Token id (as a string key) -> bias in [-100, 100] added to its logit. */
+  logit_bias?: Record<string, number> | null;
   seed?: number | null;
   /** Up to 4 strings; generation ends before the first one the text reaches. */
   stop?: string | string[] | null;
-  /** Choices per request: 1. */
+  /** Choices per request (1 to 16); they share the prompt's KV blocks. */
   n?: number | null;
-  /** Not supported: false or absent. */
-  logprobs?: boolean | null;
+  /** Accepted and ignored (see README): they change nothing in a local engine. */
   user?: string;
+  metadata?: Record<string, string> | null;
+  store?: boolean | null;
+  service_tier?: string | null;
   /** Stops the request (library only; the server passes the client's disconnect). */
   signal?: AbortSignal;
 }
 
 export interface ChatCompletionRequest extends CompletionFields {
   messages: ChatMessageParam[];
+  /** The log probability of each generated token (and `top_logprobs` alternatives). */
+  logprobs?: boolean | null;
+  top_logprobs?: number | null;
+  response_format?: ResponseFormat | null;
+  tools?: ToolParam[] | null;
+  tool_choice?: ToolChoice | null;
+  /** Accepted and ignored: a model may call several tools either way. */
+  parallel_tool_calls?: boolean | null;
 }
 
 export interface CompletionRequest extends CompletionFields {
-  /** One prompt (a list of one is accepted). */
+  /** A prompt, or several (one choice each, `n` per prompt). */
   prompt: string | string[];
+  /** The log probabilities of this many most likely tokens at each step (0 to 5), with the chosen one's. */
+  logprobs?: number | null;
+  /** Not in OpenAI's completions API; as in vLLM: the output follows this format. */
+  response_format?: ResponseFormat | null;
+}
+
+/** Completions' logprobs block. */
+export interface CompletionLogprobs {
+  tokens: string[];
+  token_logprobs: number[];
+  top_logprobs: Record<string, number>[] | null;
+  text_offset: number[];
 }
 
 export interface CompletionUsage {
@@ -62,12 +132,23 @@ export interface ChatCompletion {
   created: number;
   model: string;
   choices: {
-    index: 0;
-    message: { role: 'assistant'; content: string };
-    finish_reason: FinishReason;
-    logprobs: null;
+    index: number;
+    message: { role: 'assistant'; content: string | null; refusal: null; tool_calls?: ToolCall[] };
+    finish_reason: ChatFinishReason;
+    logprobs: { content: TokenLogprob[] } | null;
   }[];
   usage: CompletionUsage;
+}
+
+/** Chat adds `tool_calls`: the reply ended with calls of the request's tools. */
+export type ChatFinishReason = FinishReason | 'tool_calls';
+
+/** A streamed piece of a tool call: the first carries id, type and name; later ones argument text. */
+export interface ToolCallDelta {
+  index: number;
+  id?: string;
+  type?: 'function';
+  function: { name?: string; arguments: string };
 }
 
 export interface ChatCompletionChunk {
@@ -77,10 +158,10 @@ export interface ChatCompletionChunk {
   model: string;
   /** One choice, or none in the closing usage chunk. */
   choices: {
-    index: 0;
-    delta: { role?: 'assistant'; content?: string };
-    finish_reason: FinishReason | null;
-    logprobs: null;
+    index: number;
+    delta: { role?: 'assistant'; content?: string | null; tool_calls?: ToolCallDelta[] };
+    finish_reason: ChatFinishReason | null;
+    logprobs: { content: TokenLogprob[] } | null;
   }[];
   /** Only in the last chunk, when `stream_options.include_usage` asked for it. */
   usage?: CompletionUsage;
@@ -91,7 +172,12 @@ export interface Completion {
   object: 'text_completion';
   created: number;
   model: string;
-  choices: { index: 0; text: string; finish_reason: FinishReason; logprobs: null }[];
+  choices: {
+    index: number;
+    text: string;
+    finish_reason: FinishReason;
+    logprobs: CompletionLogprobs | null;
+  }[];
   usage: CompletionUsage;
 }
 
@@ -100,7 +186,12 @@ export interface CompletionChunk {
   object: 'text_completion';
   created: number;
   model: string;
-  choices: { index: 0; text: string; finish_reason: FinishReason | null; logprobs: null }[];
+  choices: {
+    index: number;
+    text: string;
+    finish_reason: FinishReason | null;
+    logprobs: CompletionLogprobs | null;
+  }[];
   usage?: CompletionUsage;
 }
 

@@ -49,6 +49,7 @@ export class ForwardModel implements ForwardState {
   private kernelChoices = new KernelChoices();
   /** Plans get the GPU sampling stage (set at the first sampled request). */
   private sampling = false;
+  private adjusting = false;
 
   constructor(
     readonly ctx: GpuContext,
@@ -102,6 +103,7 @@ export class ForwardModel implements ForwardState {
     }
     p = new StepPlan(this.ctx, this, m, r);
     if (this.sampling) p.enableSampling();
+    if (this.adjusting) p.enableAdjust();
     this.plans.set(key, p);
     if (this.plans.size > ForwardModel.MAX_PLANS) {
       for (const [k, old] of this.plans) {
@@ -161,6 +163,13 @@ export class ForwardModel implements ForwardState {
     if (this.sampling) return;
     this.sampling = true;
     for (const p of this.plans.values()) p.enableSampling();
+  }
+
+  /** Gives every plan, now and later, the logit_adjust stage (first request that edits logits). */
+  enableAdjust(): void {
+    if (this.adjusting) return;
+    this.adjusting = true;
+    for (const p of this.plans.values()) p.enableAdjust();
   }
 
   /**

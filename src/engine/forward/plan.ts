@@ -12,7 +12,7 @@ import {
   pickDecodeChunk,
   supportsAttentionDecode,
 } from '../../kernels/attention-decode.js';
-import { GpuSampling } from '../sampling/gpu.js';
+import { GpuLogitAdjust, GpuSampling } from '../sampling/gpu.js';
 import { createStepBuffers, type StepBuffers } from './buffers.js';
 import { recordGraph, type RecordedGraph } from './graph.js';
 import type { ForwardState } from './state.js';
@@ -26,6 +26,8 @@ export class StepPlan {
   readonly staging: { ids: Uint32Array; rowInfo: Uint32Array; slots: Uint32Array; logitRows: Uint32Array };
   /** Draws sampled tokens on the GPU; made by `enableSampling` (its pipeline is slow to compile). */
   sampling: GpuSampling | null = null;
+  /** Logit bias, penalties and grammar masks; made by `enableAdjust`. */
+  adjust: GpuLogitAdjust | null = null;
   private readonly owned: GPUBuffer[] = [];
   private readonly builder: DispatchBuilder;
 
@@ -83,6 +85,19 @@ export class StepPlan {
       this.r,
       this.model.contextLength,
       { logits: this.bufs.logits, ids: this.bufs.outIds, vocab: this.model.spec.vocabSize },
+      (b) => (this.owned.push(b), b),
+    );
+  }
+
+  /** Makes the logit_adjust stage (once). */
+  enableAdjust(): void {
+    if (this.r === 0) return;
+    this.adjust ??= new GpuLogitAdjust(
+      this.ctx,
+      this.builder,
+      this.r,
+      this.model.contextLength,
+      { logits: this.bufs.logits, vocab: this.model.spec.vocabSize },
       (b) => (this.owned.push(b), b),
     );
   }

@@ -5,10 +5,10 @@
  * skips the LM head and is only queued: the queue keeps steps in order, so the next step's
  * writes cannot overtake it.
  */
-import { encodeDispatches } from '../../gpu/dispatch.js';
+import { encodeDispatches, type Dispatch } from '../../gpu/dispatch.js';
 import type { GpuTimer } from '../../gpu/timer.js';
 import type { ProjectionRole } from '../../model/architecture.js';
-import type { RowSampling } from '../sampling/gpu.js';
+import type { RowAdjust, RowSampling } from '../sampling/gpu.js';
 import type { ForwardModel, StepInput } from './model.js';
 import { StepPlan } from './plan.js';
 
@@ -21,6 +21,11 @@ export type StepReadback = 'ids' | 'sample' | 'logits' | 'none';
 export interface StepOptions {
   /** For a 'sample' step: one entry per logit row. */
   sampling?: readonly RowSampling[];
+  /**
+   * Logit edits and grammar masks, one entry per logit row (null: none), applied before argmax or
+   * the sample kernel ('ids' and 'sample' steps; a 'logits' step reads the raw logits).
+   */
+  adjust?: readonly (RowAdjust | null)[];
   /** Let this step feed the attention calibration (false for synthetic steps like warm-up). */
   calibrate?: boolean;
 }
@@ -60,11 +65,23 @@ export async function runStep(
   if (capture) pass = cal.encode(enc, pass, plan);
   else encodeDispatches(pass, plan.graph.body);
   if (read !== 'none') encodeDispatches(pass, plan.graph.head);
-  if (read === 'ids') encodeDispatches(pass, [plan.graph.argmax]);
+  const adjust = () => {
+    if (!o.adjust) return;
+    if (!plan.adjust) throw new RangeError('a logit-adjusting step before the stage was enabled');
+    encodeDispatches(pass, [plan.adjust.prepare(o.adjust)]);
+  };
+  if (read === 'ids') {
+    adjust();
+    encodeDispatches(pass, [plan.graph.argmax]);
+  }
   if (read === 'sample') {
     if (!o.sampling) throw new RangeError("a 'sample' step needs its rows' sampling");
     if (!plan.sampling) throw new RangeError("a 'sample' step before sampling was enabled");
-    encodeDispatches(pass, plan.sampling.prepare(o.sampling));
+    const [penalty, draw] = plan.sampling.prepare(o.sampling);
+    // The repetition penalty (when used) comes before the edits, as on the CPU path.
+    if (draw) encodeDispatches(pass, [penalty as Dispatch]);
+    adjust();
+    encodeDispatches(pass, [draw ?? (penalty as Dispatch)]);
   }
   pass.end();
   if (read === 'none') {

@@ -7,6 +7,9 @@
 import type { GpuContext } from '../../gpu/device.js';
 import type { Dispatch, DispatchBuilder } from '../../gpu/dispatch.js';
 import {
+  ADJUST_EDIT_BYTES,
+  ADJUST_ROW_BYTES,
+  logitAdjust,
   packPenaltyRows,
   packSampleParams,
   PENALTY_ROW_BYTES,
@@ -70,5 +73,95 @@ export class GpuSampling {
     if (ids.length > 0) queue.writeBuffer(this.tokens, 0, Uint32Array.from(ids));
     const withPenalty = rows.some((r) => r.repetitionPenalty !== 1);
     return withPenalty ? this.dispatches : this.dispatches.slice(1);
+  }
+}
+
+/** The most logit-bias entries a request may give (the edit buffer holds these plus its context). */
+export const MAX_LOGIT_BIAS = 1024;
+
+/** One logit row's edits (unique ids -> added) and grammar mask (null: none). */
+export interface RowAdjust {
+  edits: ReadonlyMap<number, number>;
+  mask: Int32Array | null;
+}
+
+/**
+ * The logit_adjust stage of a plan: logit bias, presence / frequency penalties and grammar masks,
+ * applied to the logits after the LM head (and the repetition penalty) and before argmax or the
+ * sample kernel. Built on the first request that adjusts logits.
+ */
+export class GpuLogitAdjust {
+  private readonly rowsBuf: GPUBuffer;
+  private readonly edits: GPUBuffer;
+  private readonly masks: GPUBuffer;
+  private readonly dispatch: Dispatch;
+  private readonly words: number;
+  private readonly maxEdits: number;
+  private readonly rowData: Uint32Array;
+
+  constructor(
+    private readonly ctx: GpuContext,
+    b: DispatchBuilder,
+    private readonly rows: number,
+    maxContext: number,
+    io: { /** [rows, vocab] f32 */ logits: GPUBuffer; vocab: number },
+    own: (b: GPUBuffer) => GPUBuffer,
+  ) {
+    this.words = Math.ceil(io.vocab / 32);
+    this.maxEdits = maxContext + MAX_LOGIT_BIAS;
+    this.rowsBuf = own(ctx.createBuffer('logit_adjust.rows', rows * ADJUST_ROW_BYTES, USAGE_IN()));
+    this.edits = own(
+      ctx.createBuffer('logit_adjust.edits', rows * this.maxEdits * ADJUST_EDIT_BYTES, USAGE_IN()),
+    );
+    this.masks = own(ctx.createBuffer('logit_adjust.masks', rows * this.words * 4, USAGE_IN()));
+    this.rowData = new Uint32Array(rows * 4);
+    this.dispatch = logitAdjust(b, {
+      logits: io.logits,
+      rows: this.rowsBuf,
+      edits: this.edits,
+      masks: this.masks,
+      rowCount: rows,
+      n: io.vocab,
+    });
+  }
+
+  /** Writes the rows' edits and masks (null: the row is left alone) and returns the dispatch. */
+  prepare(rows: readonly (RowAdjust | null)[]): Dispatch {
+    if (rows.length !== this.rows)
+      throw new RangeError(`logit adjust for ${rows.length} rows, plan has ${this.rows}`);
+    const queue = this.ctx.device.queue;
+    const data = this.rowData;
+    data.fill(0);
+    let start = 0;
+    let maskRows = 0;
+    const editData: number[] = [];
+    rows.forEach((row, i) => {
+      if (!row) return;
+      const count = Math.min(row.edits.size, this.maxEdits);
+      data[4 * i] = start;
+      data[4 * i + 1] = count;
+      let k = 0;
+      for (const [id, add] of row.edits) {
+        if (k++ >= count) break;
+        editData.push(id, add);
+      }
+      start += count;
+      if (row.mask) {
+        queue.writeBuffer(this.masks, maskRows * this.words * 4, row.mask, 0, this.words);
+        data[4 * i + 2] = ++maskRows;
+      }
+    });
+    queue.writeBuffer(this.rowsBuf, 0, data);
+    if (editData.length > 0) {
+      const buf = new ArrayBuffer(editData.length * 4);
+      const u = new Uint32Array(buf);
+      const f = new Float32Array(buf);
+      for (let j = 0; j < editData.length; j += 2) {
+        u[j] = editData[j] as number;
+        f[j + 1] = editData[j + 1] as number;
+      }
+      queue.writeBuffer(this.edits, 0, buf);
+    }
+    return this.dispatch;
   }
 }

@@ -1,26 +1,46 @@
 /**
- * One request's sampler: its settings and its seeded random numbers, whichever end draws. Every
- * token at a temperature above 0 takes exactly one uniform from the request's own generator, on
- * the GPU path (the `u` of its row) or the CPU path, which follow the same rules: a seed
- * reproduces the same tokens alone or batched, after a preemption, and on either path.
+ * One request's sampler: its settings, its seeded random numbers and its logit edits, whichever
+ * end draws. Every token at a temperature above 0 takes exactly one uniform from the request's own
+ * generator, on the GPU path (the `u` of its row) or the CPU path, which follow the same rules: a
+ * seed reproduces the same tokens alone or batched, after a preemption, and on either path.
+ *
+ * Edits come in the order both paths apply them: the repetition penalty, then the logit bias and
+ * the presence / frequency penalties (one additive edit per token id), then the grammar's mask,
+ * then argmax or the draw.
  */
-import type { SamplingParams } from '../../api/types.js';
-import { sampleToken } from './cpu.js';
-import type { RowSampling } from './gpu.js';
+import type { LogitAdjustments, SamplingParams, TokenLogprobs } from '../../api/types.js';
+import { logitAdjustRef } from '../../kernels/logit-adjust.ref.js';
+import { applyRepetitionPenalty, sampleToken } from './cpu.js';
+import type { RowAdjust, RowSampling } from './gpu.js';
+import type { TokenMatcher } from './grammar.js';
 import { isPlainGreedy } from './params.js';
 import { Rng } from './rng.js';
 
 export class SequenceSampler {
-  /** The GPU argmax alone gives this request's tokens. */
+  /** The GPU argmax gives this request's tokens (after its edits, if any). */
   readonly greedy: boolean;
+  /** The request edits logits (bias, presence / frequency penalties or a grammar). */
+  readonly adjusts: boolean;
   private readonly rng: Rng;
+  /** Times each generated token was drawn (the presence / frequency penalties). */
+  private readonly counts = new Map<number, number>();
 
   constructor(
     readonly params: SamplingParams,
     seed: number,
+    private readonly adjustments: LogitAdjustments = {},
+    private readonly matcher: TokenMatcher | null = null,
+    /** Alternatives reported per token (null: no logprobs; they need the logits on the CPU). */
+    readonly logprobs: number | null = null,
   ) {
     this.greedy = isPlainGreedy(params);
     this.rng = new Rng(seed);
+    const a = adjustments;
+    this.adjusts =
+      matcher !== null ||
+      (a.logitBias !== undefined && Object.keys(a.logitBias).length > 0) ||
+      (a.presencePenalty ?? 0) !== 0 ||
+      (a.frequencyPenalty ?? 0) !== 0;
   }
 
   /** This request's row of a GPU-sampled step: a uniform drawn for it unless its temperature is 0. */
@@ -36,8 +56,79 @@ export class SequenceSampler {
     };
   }
 
-  /** The next token drawn on the CPU from a read-back logits row (modified in place). */
-  cpu(logits: Float32Array, context: readonly number[]): number {
-    return sampleToken(logits, this.params, this.rng, context);
+  /** The edits and mask of the next token (null when the request has none). */
+  async rowAdjust(): Promise<RowAdjust | null> {
+    if (!this.adjusts) return null;
+    const edits = new Map<number, number>();
+    const a = this.adjustments;
+    for (const [id, bias] of Object.entries(a.logitBias ?? {})) edits.set(Number(id), bias);
+    const presence = a.presencePenalty ?? 0;
+    const frequency = a.frequencyPenalty ?? 0;
+    if (presence !== 0 || frequency !== 0) {
+      for (const [id, n] of this.counts) edits.set(id, (edits.get(id) ?? 0) - presence - frequency * n);
+    }
+    return { edits, mask: this.matcher ? await this.matcher.mask() : null };
   }
+
+  /**
+   * Records a drawn token (not an end-of-sequence one). False when the grammar has ended (the
+   * token completed it and only end-of-sequence could follow, or it was refused).
+   */
+  accept(id: number): boolean {
+    this.counts.set(id, (this.counts.get(id) ?? 0) + 1);
+    if (!this.matcher) return true;
+    return this.matcher.accept(id) && !this.matcher.terminated;
+  }
+
+  /**
+   * The next token drawn on the CPU from a read-back logits row (modified in place), with its
+   * logprobs when the request asks for them.
+   */
+  cpu(
+    logits: Float32Array,
+    context: readonly number[],
+    adjust: RowAdjust | null,
+  ): {
+    id: number;
+    logprob?: Omit<TokenLogprobs, 'token' | 'top'> & { top: { id: number; logprob: number }[] };
+  } {
+    const p = this.params;
+    applyRepetitionPenalty(logits, context, p.repetitionPenalty);
+    // Into a Float32Array each sum rounds to f32, as the kernel's.
+    if (adjust) logitAdjustRef(logits, adjust);
+    const lp = this.logprobs !== null ? logSoftmaxTop(logits, this.logprobs) : null;
+    const id = sampleToken(logits, { ...p, repetitionPenalty: 1 }, this.rng, context);
+    if (!lp) return { id };
+    return { id, logprob: { logprob: lp.logprobOf(id), top: lp.top } };
+  }
+
+  dispose(): void {
+    this.matcher?.dispose();
+  }
+}
+
+/** log-softmax of a logits row (float64): the `k` best ids with their logprobs, and any id's. */
+function logSoftmaxTop(
+  logits: Float32Array,
+  k: number,
+): { top: { id: number; logprob: number }[]; logprobOf: (id: number) => number } {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if ((logits[i] as number) > max) max = logits[i] as number;
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp((logits[i] as number) - max);
+  const lse = max + Math.log(sum);
+  const top: { id: number; logprob: number }[] = [];
+  if (k > 0) {
+    // A small insertion list: k <= 20.
+    for (let i = 0; i < logits.length; i++) {
+      const v = logits[i] as number;
+      if (top.length === k && v <= (top[k - 1] as { logprob: number }).logprob) continue;
+      let at = top.length;
+      while (at > 0 && (top[at - 1] as { logprob: number }).logprob < v) at--;
+      top.splice(at, 0, { id: i, logprob: v });
+      if (top.length > k) top.pop();
+    }
+    for (const t of top) t.logprob -= lse;
+  }
+  return { top, logprobOf: (id) => (logits[id] as number) - lse };
 }
