@@ -6,7 +6,7 @@
 //   WG threads per workgroup; R output rows per thread (rows n0 + WG·r, so 8 consecutive lanes
 //   stay on one 8-row tile of the layout and read 32 contiguous bytes per word); MT rows of X per
 //   workgroup (each decoded weight is used MT times).
-// And with one format fragment, shaders/common/gguf_<type>.wgsl, which defines:
+// And with common/gguf_block.wgsl (Dq, wd, bytes4) and one format fragment, shaders/common/gguf_<type>.wgsl, which defines:
 //   BK elements per block, BW u32 words per block in `qw`, DPLANE (the block's f16 d lives in the
 //   `dplane` binding), NCH chunks of 8 elements per block, `struct Head` and
 //   `gguf_head(wb, d) -> Head` (what a block's chunks share: scales, offsets, high bits),
@@ -42,20 +42,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
-
-struct Dq {
-  lo: vec4<f32>,
-  hi: vec4<f32>,
-}
-
-fn wd(wb: u32, w: u32) -> u32 {
-  return qw[wb + w * 8u];
-}
-
-// The four bytes of a word as a vec4 (byte i in lane i).
-fn bytes4(w: u32) -> vec4<u32> {
-  return (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u);
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {

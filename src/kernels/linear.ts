@@ -1,20 +1,31 @@
 /**
  * One projection of the forward pass, Y (+)= X · Wᵀ (+ bias), whatever W's storage: the float
- * matmul (tiled f32/f16/bf16, SwiGLU in its epilogue) or the int4 matmul, which may first gather
- * X's columns (GPTQ act-order) and applies SwiGLU as a separate pass over its [gate; up] output.
+ * matmul (tiled f32/f16/bf16, SwiGLU in its epilogue), the int4 matmul, which may first gather
+ * X's columns (GPTQ act-order), or the GGUF block matmul; the last two apply SwiGLU as a separate
+ * pass over their stacked [gate; up] output.
  */
 import type { ActivationFormat } from './activation.js';
 import { linearGrid, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { matmul, type MatmulVariant } from './matmul.js';
+import { matmulGguf, type GgufGpuWeight } from './matmul-gguf.js';
 import { matmulQ4, type Q4GpuWeight, type Q4Variant } from './matmul-q4.js';
 import type { GpuWeight } from './tiled.js';
 
-/** A projection matrix on the GPU: float (tiled) or int4. */
-export type MatrixWeight = GpuWeight | Q4GpuWeight;
+/** A projection matrix on the GPU: float (tiled), int4, or GGUF blocks. */
+export type MatrixWeight = GpuWeight | Q4GpuWeight | GgufGpuWeight;
 
 export function isQ4Weight(w: MatrixWeight): w is Q4GpuWeight {
-  return typeof w.format === 'object';
+  return 'format' in w && typeof w.format === 'object';
+}
+
+export function isGgufWeight(w: MatrixWeight): w is GgufGpuWeight {
+  return 'kind' in w && w.kind === 'gguf';
+}
+
+/** Quantized weights (int4, GGUF blocks): f32 activations, SwiGLU over a stacked [gate; up]. */
+export function isStackedQuantWeight(w: MatrixWeight): w is Q4GpuWeight | GgufGpuWeight {
+  return isQ4Weight(w) || isGgufWeight(w);
 }
 
 /**
@@ -29,7 +40,7 @@ export interface LinearVariants {
 export interface Linear {
   /**
    * The SwiGLU projection (gate and up) is a float weight with fused 'swiglu' (tiles interleaved
-   * for the epilogue) or an int4 weight of [gate; up] stacked by rows.
+   * for the epilogue) or an int4 or GGUF weight of [gate; up] stacked by rows.
    */
   weight: MatrixWeight;
   /** [rows] f32, when the projection has a bias ([gate bias; up bias] for SwiGLU). */
@@ -66,11 +77,12 @@ export interface LinearArgs {
 /** Units (SwiGLU) or output rows of a projection. */
 export function linearOutputs(lin: Linear, swiglu: boolean): number {
   const w = lin.weight;
-  return swiglu && isQ4Weight(w) ? w.rows / 2 : w.rows;
+  return swiglu && isStackedQuantWeight(w) ? w.rows / 2 : w.rows;
 }
 
 export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
   const w = a.lin.weight;
+  if (isGgufWeight(w)) return linearGguf(b, a, w);
   if (!isQ4Weight(w)) {
     if (a.lin.perm) throw new RangeError(`${w.name}: a column permutation applies to int4 weights only`);
     if (!!a.swiglu !== (w.fused === 'swiglu')) {
@@ -131,6 +143,23 @@ export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
   );
   out.push(swigluStacked(b, { gateUp, out: a.y, m: a.m, width: w.rows / 2 }));
   return out;
+}
+
+/** A projection with GGUF block weights: matmul_gguf, then SwiGLU over [gate; up] if asked. */
+function linearGguf(b: DispatchBuilder, a: LinearArgs, w: GgufGpuWeight): Dispatch[] {
+  if ((a.xFormat ?? 'f32') !== 'f32')
+    throw new RangeError(`${w.name}: the GGUF matmul reads f32 activations`);
+  if (a.lin.perm) throw new RangeError(`${w.name}: a column permutation applies to int4 weights only`);
+  const common = { x: a.x, weight: w, bias: a.lin.bias, m: a.m, placeholder: a.placeholder };
+  if (!a.swiglu) return matmulGguf(b, { ...common, y: a.y, accumulate: a.accumulate });
+  if (a.accumulate) throw new RangeError(`${w.name}: a SwiGLU projection cannot accumulate`);
+  const gateUp = a.scratch?.gateUp;
+  if (!gateUp) throw new RangeError(`${w.name}: a GGUF SwiGLU projection needs gate/up scratch`);
+  if (w.rows % 2 !== 0) throw new RangeError(`${w.name}: ${w.rows} rows are not [gate; up]`);
+  return [
+    ...matmulGguf(b, { ...common, y: gateUp }),
+    swigluStacked(b, { gateUp, out: a.y, m: a.m, width: w.rows / 2 }),
+  ];
 }
 
 /** out[r, j] = silu(gateUp[r, j]) · gateUp[r, width + j]; see shaders/swiglu_stacked.wgsl. */

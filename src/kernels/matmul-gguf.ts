@@ -12,6 +12,8 @@ import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
 import type { ShaderName } from './wgsl.gen.js';
 
 export interface GgufWeightPart {
+  /** The block format of this part's rows (ggml's name). */
+  type: GgufKernelType;
   /** The words plane (PackedGguf.words). */
   words: GPUBuffer;
   /** The d plane, for formats that have one (PackedGguf.dplane). */
@@ -21,11 +23,14 @@ export interface GgufWeightPart {
   rows: number;
 }
 
-/** A GGUF block weight on the GPU: [rows, cols], split by rows into parts. */
+/**
+ * A GGUF block weight on the GPU: [rows, cols], split by rows into parts. Parts may differ in
+ * format: a fused projection stacks tensors as the file stores them (Q4_K_M files keep q and k in
+ * Q4_K and v in Q6_K), each part dispatched with its own variant into its own columns of Y.
+ */
 export interface GgufGpuWeight {
+  kind: 'gguf';
   name: string;
-  /** The block format (ggml's name). */
-  gguf: GgufKernelType;
   rows: number;
   cols: number;
   parts: GgufWeightPart[];
@@ -77,7 +82,8 @@ export function chooseGgufTiling(
   return { rowsPerGroup, rowsPerThread: 1 };
 }
 
-function fragment(type: GgufKernelType): ShaderName {
+/** The format fragment that decodes `type`'s blocks (shaders/common/gguf_<type>.wgsl). */
+export function ggufFragment(type: GgufKernelType): ShaderName {
   return `common/gguf_${type.toLowerCase()}` as ShaderName;
 }
 
@@ -87,7 +93,10 @@ export function ggufVariantName(type: GgufKernelType, mt: number, r: number, wg 
 
 function variantSource(type: GgufKernelType, mt: number, r: number, wg: number): string {
   const consts = [`const WG: u32 = ${wg}u;`, `const R: u32 = ${r}u;`, `const MT: u32 = ${mt}u;`];
-  return hoistEnables([consts.join('\n'), shaderSource('matmul_gguf', fragment(type))]);
+  return hoistEnables([
+    consts.join('\n'),
+    shaderSource('matmul_gguf', 'common/gguf_block', ggufFragment(type)),
+  ]);
 }
 
 export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
@@ -100,11 +109,11 @@ export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
   if (![1, 4, 8].includes(mt) || ![1, 2, 4].includes(r) || ![32, 64, 128].includes(wg)) {
     throw new RangeError(`matmul_gguf: MT ${mt} (1, 4, 8), R ${r} (1, 2, 4), ${wg} threads (32, 64, 128)`);
   }
-  const variant = ggufVariantName(w.gguf, mt, r, wg);
   const zGroups = Math.ceil(a.m / mt);
-  if (zGroups > MAX_GRID) throw new RangeError(`${variant}: ${a.m} rows exceed one dispatch`);
+  if (zGroups > MAX_GRID) throw new RangeError(`matmul_gguf: ${a.m} rows exceed one dispatch`);
   const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
   return w.parts.map((part) => {
+    const variant = ggufVariantName(part.type, mt, r, wg);
     const tiles = Math.ceil(part.rows / (wg * r));
     const gridX = Math.min(tiles, MAX_GRID);
     const params = packParams([
@@ -118,7 +127,7 @@ export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
     ]);
     return b.make(
       variant,
-      () => variantSource(w.gguf, mt, r, wg),
+      () => variantSource(part.type, mt, r, wg),
       params,
       [part.words, part.dplane ?? a.placeholder, a.x, a.y, a.bias ?? a.placeholder],
       [gridX, Math.ceil(tiles / gridX), zGroups],

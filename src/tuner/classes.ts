@@ -14,7 +14,7 @@ import {
   pickDecodeChunk,
   supportsAttentionDecode,
 } from '../kernels/attention-decode.js';
-import { isQ4Weight, linear, type Linear } from '../kernels/linear.js';
+import { isGgufWeight, isQ4Weight, linear, type Linear } from '../kernels/linear.js';
 import type { Q4GpuWeight } from '../kernels/matmul-q4.js';
 import { randomF32 } from '../kernels/random.js';
 import type { GpuWeight } from '../kernels/tiled.js';
@@ -112,6 +112,7 @@ export function linearClass(
   xFormat: 'f32' | 'f16',
 ): TuneClass {
   const full = lin.weight;
+  if (isGgufWeight(full)) throw new RangeError(`${full.name}: matmul_gguf has no tuned variants`);
   const q4 = isQ4Weight(full);
   const m = mc.rep;
   return {
@@ -282,6 +283,8 @@ function unorderedClasses(target: TuneTarget): TuneClass[] {
     projections.forEach((p, pi) => {
       // The LM head runs once per sequence in a step: decode-sized M only.
       if (p.head && mc.rep > 16) return;
+      // GGUF block matmuls run their shape-based default (no variants to tune yet).
+      if (isGgufWeight(p.lin.weight)) return;
       const cls = linearClass(target.ctx, p.lin, p.swiglu, mc, ci * 10 + pi, p.xFormat);
       if (seen.has(cls.key)) return;
       seen.add(cls.key);

@@ -8,12 +8,13 @@ import { UnsupportedModelError } from '../errors.js';
 import type { GpuContext } from '../gpu/device.js';
 import type { Checkpoint } from '../io/safetensors-checkpoint.js';
 import type { TensorInfo } from '../io/safetensors.js';
-import { isQ4Weight, type Linear, type MatrixWeight } from '../kernels/linear.js';
+import { isGgufWeight, isQ4Weight, type Linear, type MatrixWeight } from '../kernels/linear.js';
 import type { ModelTensors, ProjectionTensors } from '../model/architecture.js';
 import type { ModelSpec } from '../model/spec.js';
 import { expectedTensors, modelTensors } from '../model/tensors.js';
 import type { LoadContext, WeightSource } from './source.js';
 import { q4Buffers } from './upload-q4.js';
+import { ggufBuffers } from './upload-gguf.js';
 import { floatFormat, floatTensorBytes, uploadMatrix, uploadVector } from './upload.js';
 
 export type { MatrixWeight } from '../kernels/linear.js';
@@ -31,7 +32,11 @@ export interface LayerWeights {
 }
 
 export interface ModelWeights {
-  /** [vocab, hidden]; int4 only when it is a tied LM head quantized with the rest */ embed: MatrixWeight;
+  /**
+   * [vocab, hidden]; int4 only when it is a tied LM head quantized with the rest, GGUF blocks when
+   * the source stores the table (a GGUF file's token_embd)
+   */
+  embed: MatrixWeight;
   layers: LayerWeights[];
   /** [hidden] f32 */ finalNorm: GPUBuffer;
   /** [vocab, hidden]; the same object as `embed` when embeddings are tied and float */ lmHead: MatrixWeight;
@@ -52,7 +57,7 @@ export interface LoadProgress {
 function floatTensors(spec: ModelSpec, t: ModelTensors, source: WeightSource): Map<string, number[]> {
   const all = expectedTensors(spec);
   const want = new Set(source.floatTensors(spec, t));
-  if (!source.headServesEmbeddings) want.add(t.embed);
+  if (!source.headServesEmbeddings && !source.embedTable) want.add(t.embed);
   for (const L of t.layers) {
     want.add(L.inputNorm);
     want.add(L.postNorm);
@@ -142,7 +147,9 @@ export async function loadWeights(
   try {
     let embed: MatrixWeight | null = source.headServesEmbeddings
       ? null
-      : await uploadMatrix(lc, t.embed, [t.embed]);
+      : source.embedTable
+        ? await source.embedTable(lc, t)
+        : await uploadMatrix(lc, t.embed, [t.embed]);
     const layers: LayerWeights[] = [];
     for (const L of t.layers) {
       layers.push({
@@ -177,7 +184,9 @@ export function destroyWeights(ctx: GpuContext, w: ModelWeights): void {
     }
   };
   const freeMatrix = (m: MatrixWeight) =>
-    (isQ4Weight(m) ? q4Buffers(m) : m.parts.map((p) => p.buffer)).forEach(free);
+    (isGgufWeight(m) ? ggufBuffers(m) : isQ4Weight(m) ? q4Buffers(m) : m.parts.map((p) => p.buffer)).forEach(
+      free,
+    );
   const freeLinear = (l: LinearWeights) => {
     freeMatrix(l.weight);
     free(l.bias);

@@ -1,7 +1,8 @@
 /**
  * Where a model's projection weights come from, as one interface: the float checkpoint as stored
  * (float.ts), a float checkpoint quantized to int4 while loading (quantize.ts), a Kiln int4
- * folder (kiln.ts), or a GPTQ/AWQ folder converted while loading (imported.ts). The loader
+ * folder (kiln.ts), a GPTQ/AWQ folder converted while loading (imported.ts), or GGUF block tensors
+ * kept quantized (upload-gguf.ts uploads them; the GGUF source may also store the embeddings). The loader
  * (loader.ts) reads everything else the same way for all of them: embeddings, norms, biases and a
  * float LM head stay in float.
  */
@@ -53,6 +54,13 @@ export interface WeightSource {
   projection(lc: LoadContext, p: ProjectionTensors): Promise<Linear>;
   /** The LM head, when `ownsHead`. */
   lmHead(lc: LoadContext, t: ModelTensors): Promise<MatrixWeight>;
+  /**
+   * The embedding table, when this source stores it itself (a GGUF file's block-quantized
+   * token_embd, gathered by embed_gguf); absent: the loader reads it in float, or the int4 head
+   * serves (`headServesEmbeddings`). A source that has it counts t.embed in `packedTensorNames`
+   * and `bytes`; the loader then does not read it as a float tensor.
+   */
+  embedTable?(lc: LoadContext, t: ModelTensors): Promise<MatrixWeight>;
 }
 
 /** The checkpoint tensor an LM head is read from: lm_head, or the embeddings when tied. */

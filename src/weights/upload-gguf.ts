@@ -1,9 +1,10 @@
 /**
  * Moves GGUF block weights to the GPU, still quantized: re-lays the file's blocks into the planes
  * of src/quant/gguf-pack.ts (an exact re-layout) and uploads them as the GgufGpuWeight that
- * src/kernels/matmul-gguf.ts reads, split by whole 8-row tiles so that every part fits
- * maxStorageBufferBindingSize. `uploadGgufWeight` is the plain path (tests, benchmarks);
- * `uploadGgufMatrix` is the loader's (guarded, tracked allocations).
+ * src/kernels/matmul-gguf.ts reads. A weight is a stack of pieces (a fused projection: q, k, v or
+ * gate, up, each in its own format as the file stores it), and each piece is split by whole
+ * 8-row tiles so that every part fits maxStorageBufferBindingSize. `uploadGgufMatrix` is the
+ * loader's path (guarded, tracked allocations); `uploadGgufWeight` the plain one (tests, benchmarks).
  */
 import { DeviceMemoryError } from '../errors.js';
 import { formatBytes, storageUsage, type GpuContext } from '../gpu/device.js';
@@ -17,6 +18,15 @@ import {
 } from '../quant/gguf-pack.js';
 import type { LoadContext } from './source.js';
 import { writeQ4Bytes } from './upload-q4.js';
+
+/** One tensor of a stack: `rows` rows of the weight's columns, as the file stores them. */
+export interface GgufPiece {
+  /** ggml's type name ('Q4_K'); must have a block kernel (GGUF_KERNEL_TYPES). */
+  type: string;
+  /** The tensor's bytes, row-major, rows · cols/BK blocks. */
+  bytes: Uint8Array;
+  rows: number;
+}
 
 /** Rows per part (a multiple of 8) so that each plane of a part fits `limit` bytes. */
 export function ggufRowsPerPart(
@@ -36,35 +46,53 @@ export function ggufRowsPerPart(
   return Math.min(rows, tiles * GGUF_TILE_ROWS);
 }
 
-/** The packed parts of a [rows, cols] tensor (the file's row-major bytes), `per` rows each. */
-function* packParts(
-  type: string,
-  bytes: Uint8Array,
-  rows: number,
+/** GPU bytes of a stack (both planes of every piece, tile-padded per part). */
+export function ggufStackBytes(pieces: readonly Omit<GgufPiece, 'bytes'>[], cols: number): number {
+  return pieces.reduce((s, p) => s + ggufPackedBytes(p.type, p.rows, cols), 0);
+}
+
+/** The packed parts of a stack: each piece in slices of at most `per(piece)` rows. */
+function* packStack(
+  pieces: readonly GgufPiece[],
   cols: number,
-  per: number,
+  per: (p: GgufPiece) => number,
 ): Generator<{ packed: PackedGguf; rowStart: number }> {
-  const rowBytes = (cols / ggufBlockLayout(type).info.blockElems) * ggufBlockLayout(type).info.blockBytes;
-  for (let start = 0; start < rows; start += per) {
-    const count = Math.min(per, rows - start);
-    const slice = bytes.subarray(start * rowBytes, (start + count) * rowBytes);
-    yield { packed: packGguf(type, slice, count, cols), rowStart: start };
+  let rowStart = 0;
+  for (const p of pieces) {
+    const { info } = ggufBlockLayout(p.type);
+    const rowBytes = Math.floor(cols / info.blockElems) * info.blockBytes;
+    const n = per(p);
+    for (let start = 0; start < p.rows; start += n) {
+      const count = Math.min(n, p.rows - start);
+      const slice = p.bytes.subarray(start * rowBytes, (start + count) * rowBytes);
+      yield { packed: packGguf(p.type, slice, count, cols), rowStart: rowStart + start };
+    }
+    rowStart += p.rows;
   }
 }
 
-/** Packs and uploads a block tensor for the loader (guarded, tracked buffers). */
+function weightOf(
+  name: string,
+  pieces: readonly GgufPiece[],
+  cols: number,
+  parts: GgufWeightPart[],
+): GgufGpuWeight {
+  return { kind: 'gguf', name, rows: pieces.reduce((s, p) => s + p.rows, 0), cols, parts };
+}
+
+/** Packs and uploads a stack of block tensors for the loader (guarded, tracked buffers). */
 export async function uploadGgufMatrix(
   lc: LoadContext,
   name: string,
-  type: string,
-  bytes: Uint8Array,
-  rows: number,
+  pieces: readonly GgufPiece[],
   cols: number,
 ): Promise<GgufGpuWeight> {
   const { ctx } = lc;
-  const per = ggufRowsPerPart(type, rows, cols, ctx.limits.maxStorageBufferBindingSize, name);
+  const limit = ctx.limits.maxStorageBufferBindingSize;
   const parts: GgufWeightPart[] = [];
-  for (const { packed, rowStart } of packParts(type, bytes, rows, cols, per)) {
+  for (const { packed, rowStart } of packStack(pieces, cols, (p) =>
+    ggufRowsPerPart(p.type, p.rows, cols, limit, name),
+  )) {
     const range = `${name}[${rowStart}:${rowStart + packed.rows}]`;
     const put = async (what: string, data: Uint32Array): Promise<GPUBuffer> => {
       const buf = await ctx.guardAllocation(`tensor ${range}.${what}`, data.byteLength, () =>
@@ -75,42 +103,38 @@ export async function uploadGgufMatrix(
     };
     const words = await put('gguf_words', packed.words);
     const dplane = packed.dplane ? await put('gguf_d', packed.dplane) : undefined;
-    parts.push({ words, dplane, rowStart, rows: packed.rows });
+    parts.push({ type: packed.type, words, dplane, rowStart, rows: packed.rows });
   }
   ctx.assertAlive();
-  return { name, gguf: ggufBlockLayout(type).info.name as GgufGpuWeight['gguf'], rows, cols, parts };
+  return weightOf(name, pieces, cols, parts);
 }
 
-/** Packs and uploads a block tensor in parts of at most `rowsPerPart` rows (tests, benchmarks). */
+/** Packs and uploads a stack in parts of at most `rowsPerPart` rows (tests, benchmarks). */
 export function uploadGgufWeight(
   ctx: GpuContext,
   name: string,
-  type: string,
-  bytes: Uint8Array,
-  rows: number,
+  pieces: readonly GgufPiece[],
   cols: number,
-  rowsPerPart = rows,
+  rowsPerPart?: number,
 ): GgufGpuWeight {
-  if (!Number.isInteger(rowsPerPart) || rowsPerPart < 1)
+  if (rowsPerPart !== undefined && (!Number.isInteger(rowsPerPart) || rowsPerPart < 1)) {
     throw new RangeError(`${name}: rows per part = ${rowsPerPart}`);
-  const parts = [...packParts(type, bytes, rows, cols, rowsPerPart)].map(({ packed, rowStart }) => {
-    const put = (what: string, data: Uint32Array): GPUBuffer => {
-      const buf = ctx.createBuffer(
-        `${name}.${what}`,
-        data.byteLength,
-        GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-      );
-      writeQ4Bytes(ctx, buf, data);
-      return buf;
-    };
-    return {
+  }
+  const put = (what: string, data: Uint32Array): GPUBuffer => {
+    const buf = ctx.createBuffer(`${name}.${what}`, data.byteLength, storageUsage());
+    writeQ4Bytes(ctx, buf, data);
+    return buf;
+  };
+  const parts = [...packStack(pieces, cols, (p) => rowsPerPart ?? p.rows)].map(
+    ({ packed, rowStart }): GgufWeightPart => ({
+      type: packed.type,
       words: put('gguf_words', packed.words),
       dplane: packed.dplane ? put('gguf_d', packed.dplane) : undefined,
       rowStart,
       rows: packed.rows,
-    };
-  });
-  return { name, gguf: ggufBlockLayout(type).info.name as GgufGpuWeight['gguf'], rows, cols, parts };
+    }),
+  );
+  return weightOf(name, pieces, cols, parts);
 }
 
 /** Every buffer of an uploaded block weight. */

@@ -5,6 +5,7 @@
  */
 import { describe, expect, test } from 'vitest';
 import { DispatchBuilder, runDispatches } from '../../src/gpu/dispatch.js';
+import { embedGguf } from '../../src/kernels/embed-gguf.js';
 import { matmulGguf, type MatmulGgufArgs } from '../../src/kernels/matmul-gguf.js';
 import { matmulGgufRef } from '../../src/kernels/matmul-gguf.ref.js';
 import { dequantizeGguf, quantizeGguf } from '../../src/quant/gguf-blocks.js';
@@ -67,16 +68,28 @@ interface Case {
   rowsPerPart?: number;
 }
 
+/** n × k weights with very different row ranges, so d, offsets and sub-scales vary. */
+function weights(n: number, k: number, seed: number): Float32Array {
+  const wv = randomF32(n * k, seed, 1);
+  for (let i = 0; i < wv.length; i++) wv[i] = (wv[i] as number) * (1 + (Math.floor(i / k) % 5));
+  return wv;
+}
+
+function checkClose(what: string, got: Float32Array, want: Float64Array, tol: Float64Array): void {
+  for (let i = 0; i < want.length; i++) {
+    const err = Math.abs((got[i] as number) - (want[i] as number));
+    if (!(err <= (tol[i] as number)))
+      expect.fail(`${what}: y[${i}] = ${got[i]}, want ${want[i]} (±${tol[i]})`);
+  }
+}
+
 async function check(type: string, c: Case, seed: number): Promise<void> {
   const ctx = await testGpu();
-  const wv = randomF32(c.n * c.k, seed, 1);
-  // Rows with very different ranges, so d, offsets and sub-scales vary across rows and blocks.
-  for (let i = 0; i < wv.length; i++) wv[i] = (wv[i] as number) * (1 + (Math.floor(i / c.k) % 5));
-  const bytes = quantizeGguf(type, wv);
+  const bytes = quantizeGguf(type, weights(c.n, c.k, seed));
   const x = randomF32(c.m * c.k, seed + 1, 1);
   const bias = c.bias ? randomF32(c.n, seed + 2, 1) : undefined;
   const y0 = c.accumulate ? randomF32(c.m * c.n, seed + 3, 1) : undefined;
-  const weight = uploadGgufWeight(ctx, `w_${type}`, type, bytes, c.n, c.k, c.rowsPerPart);
+  const weight = uploadGgufWeight(ctx, `w_${type}`, [{ type, bytes, rows: c.n }], c.k, c.rowsPerPart);
   const xb = upload(ctx, x);
   const yb = upload(ctx, y0 ?? new Float32Array(c.m * c.n));
   const bb = bias ? upload(ctx, bias) : undefined;
@@ -96,12 +109,7 @@ async function check(type: string, c: Case, seed: number): Promise<void> {
   const got = await readF32(ctx, yb, c.m * c.n);
   const want = matmulGgufRef(type, bytes, c.n, c.k, x, c.m, { bias, y0 });
   const tol = tolerance(type, dequantizeGguf(type, bytes, c.n * c.k), c.n, c.k, x, c.m, { bias, y0 });
-  for (let i = 0; i < c.m * c.n; i++) {
-    const err = Math.abs((got[i] as number) - (want[i] as number));
-    if (!(err <= (tol[i] as number))) {
-      expect.fail(`${type} ${JSON.stringify(c)}: y[${i}] = ${got[i]}, want ${want[i]} (±${tol[i]})`);
-    }
-  }
+  checkClose(`${type} ${JSON.stringify(c)}`, got, want, tol);
 }
 
 describe('matmul_gguf', () => {
@@ -120,6 +128,85 @@ describe('matmul_gguf', () => {
     await check('Q4_K', { m: 7, n: 129, k: 512, rowsPerPart: 16, bias: true }, 21);
     await check('Q6_K', { m: 1, n: 129, k: 512, rowsPerPart: 16 }, 22);
     await check('Q8_0', { m: 7, n: 129, k: 96, rowsPerPart: 16, accumulate: true }, 23);
+  }, 120_000);
+
+  test('a stack of pieces in different formats (Q4_K, Q6_K, Q8_0 rows of one projection)', async () => {
+    const ctx = await testGpu();
+    const k = 512;
+    const m = 7;
+    const pieces = (
+      [
+        ['Q4_K', 24],
+        ['Q6_K', 9],
+        ['Q8_0', 9],
+      ] as const
+    ).map(([type, rows], i) => ({ type, rows, bytes: quantizeGguf(type, weights(rows, k, 31 + i)) }));
+    const n = 42;
+    const weight = uploadGgufWeight(ctx, 'qkv', pieces, k);
+    expect(weight.parts.map((p) => [p.type, p.rowStart, p.rows])).toEqual([
+      ['Q4_K', 0, 24],
+      ['Q6_K', 24, 9],
+      ['Q8_0', 33, 9],
+    ]);
+    const x = randomF32(m * k, 35, 1);
+    const yb = upload(ctx, new Float32Array(m * n));
+    const builder = new DispatchBuilder(ctx);
+    const ph = upload(ctx, new Float32Array(4));
+    runDispatches(ctx, matmulGguf(builder, { x: upload(ctx, x), weight, y: yb, m, placeholder: ph }));
+    builder.destroy();
+    const got = await readF32(ctx, yb, m * n);
+    // Each piece's reference fills its own columns of Y.
+    const want = new Float64Array(m * n);
+    const tol = new Float64Array(m * n);
+    let col = 0;
+    for (const p of pieces) {
+      const ref = matmulGgufRef(p.type, p.bytes, p.rows, k, x, m);
+      const t = tolerance(p.type, dequantizeGguf(p.type, p.bytes, p.rows * k), p.rows, k, x, m);
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < p.rows; j++) {
+          want[i * n + col + j] = ref[i * p.rows + j] as number;
+          tol[i * n + col + j] = t[i * p.rows + j] as number;
+        }
+      }
+      col += p.rows;
+    }
+    checkClose('stack', got, want, tol);
+  }, 60_000);
+
+  test('embed_gguf gathers rows decoded as the kernel decodes them, in every format', async () => {
+    const ctx = await testGpu();
+    const ph = upload(ctx, new Float32Array(4));
+    const ids = new Uint32Array([0, 128, 7, 64, 128]);
+    for (const type of GGUF_KERNEL_TYPES) {
+      const k = 512;
+      const rows = 129;
+      const bytes = quantizeGguf(type, weights(rows, k, 41));
+      // Parts of 64 rows: ids 64 and 128 fall in later parts.
+      const table = uploadGgufWeight(ctx, 'embd', [{ type, bytes, rows }], k, 64);
+      const out = upload(ctx, new Float32Array(ids.length * k));
+      const builder = new DispatchBuilder(ctx);
+      runDispatches(
+        ctx,
+        embedGguf(builder, { table, ids: upload(ctx, ids), out, m: ids.length, placeholder: ph }),
+      );
+      builder.destroy();
+      const got = await readF32(ctx, out, ids.length * k);
+      const w = dequantizeGguf(type, bytes, rows * k);
+      // Each weight is formed in f32 from exact integers and scales with at most 2 roundings of
+      // terms bounded by 3·max|w| of the block (see \`tolerance\`).
+      const be = ggufBlockLayout(type).info.blockElems;
+      ids.forEach((id, i) => {
+        for (let c = 0; c < k; c += be) {
+          let mx = 0;
+          for (let j = c; j < c + be; j++) mx = Math.max(mx, Math.abs(w[id * k + j] as number));
+          for (let j = c; j < c + be; j++) {
+            const err = Math.abs((got[i * k + j] as number) - (w[id * k + j] as number));
+            if (!(err <= gamma(2) * 3 * mx))
+              expect.fail(`${type} id ${id} col ${j}: ${got[i * k + j]} vs ${w[id * k + j]}`);
+          }
+        }
+      });
+    }
   }, 120_000);
 
   test('the layout moves only the unaligned f16 d into its own plane (an exact re-layout)', () => {

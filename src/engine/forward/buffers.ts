@@ -5,7 +5,7 @@
  */
 import { storageUsage, type GpuContext } from '../../gpu/device.js';
 import { activationBytes } from '../../kernels/activation.js';
-import { isQ4Weight } from '../../kernels/linear.js';
+import { isStackedQuantWeight } from '../../kernels/linear.js';
 import type { ForwardState } from './state.js';
 
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
@@ -64,7 +64,7 @@ export function createStepBuffers(
     q: f32('act.q', m * qDim),
     attn: f32('act.attn', m * qDim),
     mlp: f32('act.mlp', m * I),
-    gateUp: weights.layers.some((L) => isQ4Weight(L.gateUp.weight))
+    gateUp: weights.layers.some((L) => isStackedQuantWeight(L.gateUp.weight))
       ? f32('act.gate_up', m * 2 * I)
       : undefined,
     gathered:

@@ -12,8 +12,9 @@ import { argmax } from '../../kernels/argmax.js';
 import { attention } from '../../kernels/attention.js';
 import { attentionDecode, type AttentionDecodeScratch } from '../../kernels/attention-decode.js';
 import { embed } from '../../kernels/embed.js';
+import { embedGguf } from '../../kernels/embed-gguf.js';
 import { embedQ4 } from '../../kernels/embed-q4.js';
-import { isQ4Weight, linear, type LinearArgs } from '../../kernels/linear.js';
+import { isGgufWeight, isQ4Weight, linear, type LinearArgs } from '../../kernels/linear.js';
 import { rmsnorm } from '../../kernels/rmsnorm.js';
 import { ropeKvWrite } from '../../kernels/rope-kv-write.js';
 import type { BlockRecipe, ProjectionRole } from '../../model/architecture.js';
@@ -79,9 +80,11 @@ export function recordGraph(
   const linearInputs: LinearInputTap[] = [];
   const table = weights.embed;
   body.push(
-    ...(isQ4Weight(table)
-      ? embedQ4(b, { table, ids: s.ids, out: s.x, m })
-      : embed(b, { table, ids: s.ids, out: s.x, m })),
+    ...(isGgufWeight(table)
+      ? embedGguf(b, { table, ids: s.ids, out: s.x, m, placeholder: model.placeholder })
+      : isQ4Weight(table)
+        ? embedQ4(b, { table, ids: s.ids, out: s.x, m })
+        : embed(b, { table, ids: s.ids, out: s.x, m })),
   );
   const normOut = { out: model.activations };
   const xIn = { xFormat: model.activations };

@@ -1,0 +1,44 @@
+/**
+ * embed_gguf: out[m, :] = W[ids[m], :] decoded from a GGUF block table (a GGUF model's
+ * token_embd, kept quantized, or its tied LM head); see shaders/embed_gguf.wgsl. Same interface as
+ * `embed`: one dispatch per part, each writing the rows of the ids that fall in its row range;
+ * one variant per block format (`embed_gguf_<type>`).
+ */
+import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
+import { ggufBlockLayout } from '../quant/gguf-pack.js';
+import { ggufFragment, type GgufGpuWeight } from './matmul-gguf.js';
+import { MAX_GRID, packParams, shaderSource } from './shader.js';
+
+export function embedGguf(
+  b: DispatchBuilder,
+  a: {
+    table: GgufGpuWeight;
+    /** [m] u32 */ ids: GPUBuffer;
+    /** [m, cols] f32 */ out: GPUBuffer;
+    m: number;
+    /** Bound where a part has no d plane. */
+    placeholder: GPUBuffer;
+  },
+): Dispatch[] {
+  const t = a.table;
+  if (!Number.isInteger(a.m) || a.m < 1) throw new RangeError(`embed_gguf: m = ${a.m}`);
+  if (a.m > MAX_GRID) throw new RangeError(`embed_gguf: ${a.m} rows exceed one dispatch`);
+  return t.parts.map((part) => {
+    const chunks = t.cols / 8;
+    if (t.cols % ggufBlockLayout(part.type).info.blockElems !== 0) {
+      throw new RangeError(`embed_gguf: ${t.name} has ${t.cols} columns, not whole ${part.type} blocks`);
+    }
+    return b.make(
+      `embed_gguf_${part.type.toLowerCase()}`,
+      () => shaderSource('embed_gguf', 'common/gguf_block', ggufFragment(part.type)),
+      packParams([
+        ['u32', a.m],
+        ['u32', t.cols],
+        ['u32', part.rowStart],
+        ['u32', part.rows],
+      ]),
+      [part.words, part.dplane ?? a.placeholder, a.ids, a.out],
+      [Math.ceil(chunks / 64), a.m, 1],
+    );
+  });
+}
