@@ -15,6 +15,7 @@ import { addPullCommand } from './pull.js';
 import { addQuantizeCommand } from './quantize.js';
 import { addRunCommand } from './run.js';
 import { addServeCommand } from './serve.js';
+import { addTokenizeCommand } from './tokenize.js';
 import { addTuneCommand } from './tune.js';
 
 export function buildProgram(): Command {
@@ -33,6 +34,7 @@ export function buildProgram(): Command {
   addQuantizeCommand(program);
   addEvalCommand(program);
   addModelsCommand(program);
+  addTokenizeCommand(program);
   addTuneCommand(program);
   addBenchCommand(program);
   addPullCommand(program);

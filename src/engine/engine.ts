@@ -12,11 +12,9 @@ import type { GenerateOptions, GrammarSpec, TuningStatus } from '../api/types.js
 import { InvalidRequestError, KilnError, UnsupportedModelError } from '../errors.js';
 import { acquireGpu, type AdapterSummary, type GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
-import { openCheckpoint } from '../io/safetensors-checkpoint.js';
 import { KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { ATTENTION_MAX_HEAD_DIM } from '../kernels/attention.js';
 import type { ProjectionRole } from '../model/architecture.js';
-import { loadModelSpec } from '../model/config.js';
 import type { ModelSpec } from '../model/spec.js';
 import type { Slice } from '../tuner/measure.js';
 import type { TuneOptions, TuneReport, TuneResult } from '../tuner/tuner.js';
@@ -25,7 +23,7 @@ import type { KernelChoices } from '../tuner/choices.js';
 import { modelTuneClasses } from '../tuner/classes.js';
 import { defaultChoices, defaultsRowFor, type AdapterClass } from '../tuner/defaults.js';
 import { destroyWeights, loadWeights, validateCheckpoint, type ModelWeights } from '../weights/loader.js';
-import { weightSourceFor } from '../weights/select.js';
+import { openModelFiles } from '../weights/model-files.js';
 import type { WeightSource } from '../weights/source.js';
 import { ForwardModel } from './forward/model.js';
 import { captureLinearInputs, profileStep, runStep, warmAsyncAttention } from './forward/step.js';
@@ -96,20 +94,21 @@ export class Engine implements KilnEngine {
 
   static async create(opts: EngineOptions): Promise<Engine> {
     const t0 = performance.now();
-    const spec = await loadModelSpec(opts.model);
+    const files = await openModelFiles(opts.model);
+    const spec = files.spec;
     if (spec.headDim > ATTENTION_MAX_HEAD_DIM) {
       throw new UnsupportedModelError(
         `config.json in ${opts.model.location}: head_dim ${spec.headDim} is over the ${ATTENTION_MAX_HEAD_DIM} Kiln's attention kernel supports`,
       );
     }
-    const tokenizer = await KilnTokenizer.load(opts.model);
+    const tokenizer = await files.tokenizer();
     if (tokenizer.vocabSize > spec.vocabSize) {
       throw new KilnError(
         `the tokenizer in ${opts.model.location} has ${tokenizer.vocabSize} tokens but config.json's vocab_size is ${spec.vocabSize}`,
       );
     }
     const choices = checkOptions(opts);
-    const source = weightSourceFor(spec, opts.model.location, choices.quant, opts.quantOptions);
+    const source = files.weightSource(choices.quant, opts.quantOptions);
     if (choices.activations === 'f16' && source.int4) {
       throw new InvalidRequestError(
         "activations 'f16' applies to float weights; int4 models read f32 activations (use 'f32')",
@@ -117,7 +116,7 @@ export class Engine implements KilnEngine {
     }
     const contextLength = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
     const prefillChunk = Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength);
-    const ckpt = await openCheckpoint(opts.model);
+    const ckpt = await files.openCheckpoint();
     let ctx: GpuContext | null = null;
     let weights: ModelWeights | null = null;
     let kv: PagedKvCache | null = null;

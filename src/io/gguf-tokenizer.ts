@@ -9,7 +9,9 @@
  * Special ids, add_bos_token and the chat template come from the same metadata.
  */
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
-import type { GgufMetadata } from './gguf.js';
+import type { ModelDir } from './byte-source.js';
+import { parseGgufHeader, type GgufMetadata } from './gguf.js';
+import { isGgufModelDir } from './gguf-model-dir.js';
 import {
   PieceType,
   sentencePieceToJson,
@@ -251,4 +253,18 @@ export function ggufTokenizerFiles(meta: GgufMetadata): GgufTokenizerFiles {
 export function ggufTokenizer(meta: GgufMetadata): KilnTokenizer {
   const { tokenizerJson, tokenizerConfig } = ggufTokenizerFiles(meta);
   return KilnTokenizer.fromJson(tokenizerJson, tokenizerConfig, `the tokenizer of ${meta.file}`);
+}
+
+/**
+ * The tokenizer of any model: a GGUF model dir's from its metadata, a folder's from
+ * tokenizer.json (KilnTokenizer.load). Reads only the tokenizer, not the weights or the config.
+ */
+export async function loadModelTokenizer(dir: ModelDir): Promise<KilnTokenizer> {
+  if (!isGgufModelDir(dir)) return KilnTokenizer.load(dir);
+  const src = await dir.open(dir.ggufFile);
+  try {
+    return ggufTokenizer((await parseGgufHeader(src)).metadata);
+  } finally {
+    await src.close();
+  }
 }

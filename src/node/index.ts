@@ -11,7 +11,9 @@ import { resolveModel } from './hub.js';
 import { loadXgrammarNode } from './xgrammar.js';
 import type { PullOptions } from './hub-client.js';
 import { catalogAliasToHubId } from '../model/catalog.js';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
+import { ggufModelDir, isGgufFileName } from '../io/gguf-model-dir.js';
 
 export * from '../index.js';
 export { openLocalModelDir } from './fs-model-dir.js';
@@ -23,7 +25,7 @@ export { FileTuneStore } from './tune-store.js';
 export { loadXgrammarNode } from './xgrammar.js';
 
 export interface NodeEngineOptions extends Omit<EngineOptions, 'model'> {
-  /** A local folder, a Hub id, or a ModelDir. */
+  /** A local folder or GGUF file, a Hub id, or a ModelDir. */
   model: string | ModelDir;
   /** Download options when `model` is a Hub id not yet in the cache. */
   pull?: PullOptions;
@@ -38,12 +40,20 @@ export async function resolveModelArg(arg: string, pull?: PullOptions): Promise<
   return resolveModel(existsSync(arg) ? arg : catalogAliasToHubId(arg), pull);
 }
 
+/**
+ * A model argument opened as a ModelDir: a local GGUF file (`*.gguf`) as its folder plus its name,
+ * anything else as {@link resolveModelArg} resolves it (a folder, an alias, a Hub id).
+ */
+export async function openModelArg(arg: string, pull?: PullOptions): Promise<ModelDir> {
+  if (isGgufFileName(arg) && existsSync(arg) && statSync(arg).isFile()) {
+    return ggufModelDir(openLocalModelDir(dirname(arg)), basename(arg));
+  }
+  return openLocalModelDir(await resolveModelArg(arg, pull));
+}
+
 /** Loads a model on Dawn (unless `device` or `gpu` is given) and returns a ready engine. */
 export async function createEngine(opts: NodeEngineOptions): Promise<Engine> {
-  const model =
-    typeof opts.model === 'string'
-      ? openLocalModelDir(await resolveModelArg(opts.model, opts.pull))
-      : opts.model;
+  const model = typeof opts.model === 'string' ? await openModelArg(opts.model, opts.pull) : opts.model;
   const gpu = opts.device || opts.gpu ? opts.gpu : dawnGpu();
   return createCoreEngine({
     loadXgrammar: loadXgrammarNode,

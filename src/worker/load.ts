@@ -9,14 +9,12 @@ import { DeviceMemoryError, GpuDeviceError } from '../errors.js';
 import { formatBytes } from '../gpu/device.js';
 import { blobModelDir } from '../io/blob-model-dir.js';
 import type { ModelDir } from '../io/byte-source.js';
-import { loadModelSpec } from '../model/config.js';
 import { httpModelDir } from '../io/http-model-dir.js';
 import { ModelCache } from '../io/model-cache.js';
-import { openCheckpoint } from '../io/safetensors-checkpoint.js';
 import { createEngine, type Engine } from '../engine/engine.js';
 import { estimateMemory } from '../engine/memory.js';
 import { kvCacheBytes } from '../engine/kv/cache.js';
-import { weightSourceFor } from '../weights/select.js';
+import { openModelFiles } from '../weights/model-files.js';
 import { validateCheckpoint } from '../weights/loader.js';
 import { IndexedDbTuneStore } from '../tuner/indexeddb-store.js';
 import type { LoadOptions, LoadProgress } from './protocol.js';
@@ -65,10 +63,11 @@ async function checkFits(
 ): Promise<void> {
   // Said only when it is true: the point of checking first is that nothing big was fetched.
   const notFetched = beforeDownload ? ' Its weights were not downloaded.' : '';
-  const spec = await loadModelSpec(dir);
-  const ckpt = await openCheckpoint(dir);
+  const files = await openModelFiles(dir);
+  const spec = files.spec;
+  const ckpt = await files.openCheckpoint();
   try {
-    const quant = weightSourceFor(spec, dir.location, 'none');
+    const quant = files.weightSource('none');
     validateCheckpoint(spec, ckpt, quant);
     const context = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
     const kvDtype = adapter.features.has('shader-f16') ? 'f16' : 'f32';
@@ -149,7 +148,7 @@ export async function loadEngine(
     }
   }
   const context = opts.contextLength;
-  const spec = await loadModelSpec(dir);
+  const spec = (await openModelFiles(dir)).spec;
   const contextLength = Math.min(spec.maxPositionEmbeddings, context ?? DEFAULT_CONTEXT);
   const budget = memoryBudget(opts);
   const engine = await createEngine({

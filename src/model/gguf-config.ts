@@ -1,0 +1,192 @@
+/**
+ * A GGUF file's metadata as the model layer reads it: `general.architecture` and the
+ * `<arch>.*` hyper-parameters become the config.json transformers would hold for the same model,
+ * which then goes through the architecture file's own rules (config.ts), so a GGUF model and its
+ * Hugging Face folder get the same ModelSpec. Also here: GGUF's tensor names for the
+ * architecture's checkpoint names, and which of them llama.cpp's converter row-permuted.
+ */
+import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
+import type { GgufHeader } from '../io/gguf.js';
+import { parseModelConfig } from './config.js';
+import { architectureForClass } from './registry.js';
+import type { ModelSpec } from './spec.js';
+
+/**
+ * GGUF architectures and the transformers classes they were converted from. An entry whose class
+ * is not registered (src/model/registry.ts) is refused with the class named.
+ */
+const GGUF_ARCHITECTURES: Readonly<Record<string, { hfClass: string; permutedQk: boolean }>> = {
+  // llama.cpp's converter interleaves the rotary halves of q and k rows for Llama-family models
+  // (its Llama kernels rotate adjacent pairs); every other family keeps transformers' order.
+  llama: { hfClass: 'LlamaForCausalLM', permutedQk: true },
+  mistral: { hfClass: 'MistralForCausalLM', permutedQk: true },
+  qwen2: { hfClass: 'Qwen2ForCausalLM', permutedQk: false },
+  qwen3: { hfClass: 'Qwen3ForCausalLM', permutedQk: false },
+  gemma2: { hfClass: 'Gemma2ForCausalLM', permutedQk: false },
+  gemma3: { hfClass: 'Gemma3ForCausalLM', permutedQk: false },
+  phi3: { hfClass: 'Phi3ForCausalLM', permutedQk: false },
+};
+
+/** The GGUF architecture of a file and whether its q/k rows are permuted (see above). */
+export function ggufArchitecture(h: GgufHeader): { name: string; hfClass: string; permutedQk: boolean } {
+  const name = h.metadata.string('general.architecture');
+  const a = Object.hasOwn(GGUF_ARCHITECTURES, name) ? GGUF_ARCHITECTURES[name] : undefined;
+  if (a === undefined) {
+    throw new UnsupportedModelError(
+      `${h.file}: general.architecture ${JSON.stringify(name)} is not supported (supported: ${Object.keys(GGUF_ARCHITECTURES).join(', ')})`,
+    );
+  }
+  if (!architectureForClass(a.hfClass)) {
+    throw new UnsupportedModelError(
+      `${h.file}: general.architecture ${JSON.stringify(name)} (transformers' ${a.hfClass}) is not implemented in this Kiln yet`,
+    );
+  }
+  return { name, ...a };
+}
+
+/**
+ * The shortest decimal that rounds to the f32 `x`: GGUF stores hyper-parameters such as the norm
+ * epsilon as f32, written from the decimal of config.json (1e-5 reads back as 9.99999974e-6), so
+ * this recovers the value transformers uses.
+ */
+export function f32Decimal(x: number): number {
+  for (let p = 1; p <= 9; p++) {
+    const d = Number(x.toPrecision(p));
+    if (Math.fround(d) === Math.fround(x)) return d;
+  }
+  return x;
+}
+
+/** The element count of a GGUF tensor's dimension `d` (ggml order), or undefined when absent. */
+function dim(h: GgufHeader, tensor: string, d: number): number | undefined {
+  return h.tensors.get(tensor)?.dims[d];
+}
+
+/**
+ * The config.json (and generation_config.json ids) transformers would hold for this GGUF file,
+ * from its metadata and, where GGUF stores no key (vocabulary size, biases, tied embeddings), from
+ * its tensor table.
+ */
+export function ggufConfigJson(h: GgufHeader): Record<string, unknown> {
+  const m = h.metadata;
+  const arch = ggufArchitecture(h);
+  const k = (key: string) => `${arch.name}.${key}`;
+  const num = (key: string) => {
+    const v = m.optionalNumber(key);
+    return v === undefined ? undefined : m.get(key)?.type === 'f32' ? f32Decimal(v) : v;
+  };
+  const heads = m.uint(k('attention.head_count'));
+  const hidden = m.uint(k('embedding_length'));
+  const embedRows = dim(h, 'token_embd.weight', 1);
+  const vocab =
+    m.optionalUint(k('vocab_size')) ?? embedRows ?? m.optionalStringArray('tokenizer.ggml.tokens')?.length;
+  const headDim = m.optionalUint(k('attention.key_length')) ?? (heads > 0 ? hidden / heads : undefined);
+  const valueDim = m.optionalUint(k('attention.value_length'));
+  if (valueDim !== undefined && valueDim !== headDim) {
+    throw new UnsupportedModelError(
+      `${h.file}: ${k('attention.value_length')} ${valueDim} differs from the key length ${String(headDim)}; Kiln needs them equal`,
+    );
+  }
+  const ropeDims = m.optionalUint(k('rope.dimension_count'));
+  if (ropeDims !== undefined && ropeDims !== headDim) {
+    throw new UnsupportedModelError(
+      `${h.file}: ${k('rope.dimension_count')} is ${ropeDims} but the head size is ${String(headDim)}; partial rotary embeddings are not supported`,
+    );
+  }
+  const config: Record<string, unknown> = {
+    architectures: [arch.hfClass],
+    vocab_size: vocab,
+    hidden_size: hidden,
+    intermediate_size: m.uint(k('feed_forward_length')),
+    num_hidden_layers: m.uint(k('block_count')),
+    num_attention_heads: heads,
+    num_key_value_heads: m.optionalUint(k('attention.head_count_kv')) ?? heads,
+    head_dim: headDim,
+    rms_norm_eps: num(k('attention.layer_norm_rms_epsilon')) ?? 1e-5,
+    rope_theta: num(k('rope.freq_base')) ?? 10000,
+    max_position_embeddings: m.uint(k('context_length')),
+    tie_word_embeddings: !h.tensors.has('output.weight'),
+    hidden_act: 'silu',
+    bos_token_id: m.optionalUint('tokenizer.ggml.bos_token_id') ?? null,
+    eos_token_id: [
+      ...new Set(
+        ['eos_token_id', 'eot_token_id', 'eom_token_id']
+          .map((id) => m.optionalUint(`tokenizer.ggml.${id}`))
+          .filter((id): id is number => id !== undefined && id < 2 ** 32 - 1),
+      ),
+    ],
+  };
+  if (arch.name === 'llama') {
+    config['attention_bias'] = h.tensors.has('blk.0.attn_q.bias');
+    config['mlp_bias'] = h.tensors.has('blk.0.ffn_up.bias');
+  }
+  const window = m.optionalUint(k('attention.sliding_window'));
+  if (arch.name === 'mistral') config['sliding_window'] = window ?? null;
+  else if (window !== undefined && (arch.name === 'qwen2' || arch.name === 'qwen3')) {
+    config['use_sliding_window'] = true;
+    config['sliding_window'] = window;
+  } else if (window !== undefined) config['sliding_window'] = window;
+
+  const scaling = m.optionalString(k('rope.scaling.type'));
+  if (scaling !== undefined && scaling !== 'none') {
+    const factor = num(k('rope.scaling.factor'));
+    config['rope_scaling'] = { rope_type: scaling, factor };
+  }
+  if (h.tensors.has('rope_freqs.weight')) {
+    throw new UnsupportedModelError(
+      `${h.file}: per-frequency RoPE factors (tensor rope_freqs.weight, Llama 3.1-style scaling) are not supported yet`,
+    );
+  }
+  return config;
+}
+
+/** The ModelSpec of a GGUF file, through its architecture's config rules. */
+export function ggufModelSpec(h: GgufHeader): ModelSpec {
+  const config = ggufConfigJson(h);
+  return parseModelConfig(config, undefined, `${h.file} (its GGUF metadata)`);
+}
+
+/**
+ * The GGUF name of a transformers checkpoint tensor (`model.layers.3.self_attn.q_proj.weight` ->
+ * `blk.3.attn_q.weight`), or undefined for a name GGUF has no counterpart for.
+ */
+export function ggufTensorName(hfName: string): string | undefined {
+  const fixed: Record<string, string> = {
+    'model.embed_tokens.weight': 'token_embd.weight',
+    'model.norm.weight': 'output_norm.weight',
+    'lm_head.weight': 'output.weight',
+  };
+  if (Object.hasOwn(fixed, hfName)) return fixed[hfName];
+  const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(hfName);
+  if (!m) return undefined;
+  const [, layer, part, kind] = m as unknown as [string, string, string, string];
+  const parts: Record<string, string> = {
+    input_layernorm: 'attn_norm',
+    post_attention_layernorm: 'ffn_norm',
+    'self_attn.q_proj': 'attn_q',
+    'self_attn.k_proj': 'attn_k',
+    'self_attn.v_proj': 'attn_v',
+    'self_attn.o_proj': 'attn_output',
+    'self_attn.q_norm': 'attn_q_norm',
+    'self_attn.k_norm': 'attn_k_norm',
+    'mlp.gate_proj': 'ffn_gate',
+    'mlp.up_proj': 'ffn_up',
+    'mlp.down_proj': 'ffn_down',
+  };
+  const g = Object.hasOwn(parts, part) ? parts[part] : undefined;
+  return g === undefined ? undefined : `blk.${layer}.${g}.${kind}`;
+}
+
+/**
+ * The head size by which a GGUF tensor's rows were permuted (llama.cpp interleaves the two rotary
+ * halves of each head of q and k for Llama-family files), or 0 when its rows are in transformers'
+ * order.
+ */
+export function ggufRowPermutation(h: GgufHeader, spec: ModelSpec, ggufName: string): number {
+  if (!ggufArchitecture(h).permutedQk) return 0;
+  if (!/^blk\.\d+\.attn_[qk]\.(weight|bias)$/.test(ggufName)) return 0;
+  if (spec.headDim % 2 !== 0) {
+    throw new InvalidModelFileError(`${h.file}: head size ${spec.headDim} is odd; RoPE needs pairs`);
+  }
+  return spec.headDim;
+}

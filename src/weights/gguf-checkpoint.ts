@@ -1,0 +1,183 @@
+/**
+ * A GGUF file seen as a Checkpoint under the architecture's transformers tensor names, so the
+ * loader, every float path and the reference model read it like a safetensors folder: GGUF's
+ * F32/F16/BF16 tensors are the safetensors dtypes of the same bytes (ggml's [cols, rows] `ne` is
+ * the row-major [rows, cols] shape), and the rows llama.cpp's converter permuted (Llama-family q
+ * and k) are put back in transformers' order while reading. Block-quantized tensors are not float
+ * tensors: they are read by the GGUF weight source (gguf.ts) through {@link GgufCheckpoint.gguf}.
+ */
+import { KilnError, UnsupportedModelError } from '../errors.js';
+import type { ByteSource } from '../io/byte-source.js';
+import type { SafetensorsDtype } from '../io/dtype.js';
+import type { GgufHeader, GgufTensorInfo } from '../io/gguf.js';
+import type { Checkpoint } from '../io/safetensors-checkpoint.js';
+import type { TensorInfo } from '../io/safetensors.js';
+import { ggufRowPermutation, ggufTensorName } from '../model/gguf-config.js';
+import type { ModelSpec } from '../model/spec.js';
+import { expectedTensors } from '../model/tensors.js';
+
+/** GGUF element types that are safetensors dtypes byte for byte. */
+const FLOAT_TYPES: Readonly<Record<string, SafetensorsDtype>> = { F32: 'F32', F16: 'F16', BF16: 'BF16' };
+
+export interface GgufCheckpoint extends Checkpoint {
+  readonly gguf: GgufHeader;
+  /** The GGUF tensor behind a transformers name, or undefined when the file has none. */
+  ggufTensor(name: string): GgufTensorInfo | undefined;
+  /**
+   * The raw rows (blocks, any type) of the GGUF tensor behind a transformers name, in transformers'
+   * row order, in chunks of whole rows of about `maxChunkBytes` (whole heads for permuted rows).
+   */
+  readGgufRows(name: string, maxChunkBytes: number): AsyncIterable<{ row: number; bytes: Uint8Array }>;
+}
+
+/** Rows `[h·d, (h+1)·d)` of a head in GGUF order (halves interleaved) back in transformers' order. */
+function unpermuteHeads(bytes: Uint8Array, rowBytes: number, headDim: number): Uint8Array {
+  const out = new Uint8Array(bytes.length);
+  const half = headDim / 2;
+  const rows = bytes.length / rowBytes;
+  for (let r = 0; r < rows; r++) {
+    const head = Math.floor(r / headDim);
+    const w = r % headDim;
+    // transformers row (i, j) of a head, i < 2, j < half, was written at GGUF row (j, i).
+    const i = Math.floor(w / half);
+    const j = w % half;
+    const from = head * headDim + 2 * j + i;
+    out.set(bytes.subarray(from * rowBytes, (from + 1) * rowBytes), r * rowBytes);
+  }
+  return out;
+}
+
+class OpenGgufCheckpoint implements GgufCheckpoint {
+  readonly metadata: Readonly<Record<string, string>> = {};
+  private closed = false;
+  private readonly ggufOf = new Map<string, GgufTensorInfo>();
+  private readonly permutation = new Map<string, number>();
+
+  constructor(
+    readonly gguf: GgufHeader,
+    private readonly src: ByteSource,
+    spec: ModelSpec,
+    readonly tensors: Map<string, TensorInfo>,
+  ) {
+    for (const name of expectedTensors(spec).keys()) {
+      const g = ggufTensorName(name);
+      const t = g === undefined ? undefined : gguf.tensors.get(g);
+      if (g === undefined || t === undefined) continue;
+      this.ggufOf.set(name, t);
+      const perm = ggufRowPermutation(gguf, spec, g);
+      if (perm > 0) this.permutation.set(name, perm);
+      const dtype = Object.hasOwn(FLOAT_TYPES, t.type.name) ? FLOAT_TYPES[t.type.name] : undefined;
+      if (dtype === undefined) continue;
+      tensors.set(name, {
+        name,
+        dtype,
+        shape: [...t.dims].reverse(),
+        byteLength: t.byteLength,
+        fileOffset: t.fileOffset,
+        file: src.name,
+      });
+    }
+  }
+
+  get location(): string {
+    return this.gguf.file;
+  }
+
+  ggufTensor(name: string): GgufTensorInfo | undefined {
+    return this.ggufOf.get(name);
+  }
+
+  get(name: string): TensorInfo {
+    const info = this.tensors.get(name);
+    if (info) return info;
+    const g = this.ggufOf.get(name);
+    if (g) {
+      throw new UnsupportedModelError(
+        `tensor ${g.name} (${name}) in ${this.location} is ${g.type.name}, which this path reads only as F32, F16 or BF16`,
+      );
+    }
+    const gname = ggufTensorName(name);
+    throw new UnsupportedModelError(
+      `missing tensor ${gname ?? name}${gname ? ` (${name})` : ''} in ${this.location}`,
+    );
+  }
+
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  private check(info: TensorInfo): void {
+    if (this.closed)
+      throw new KilnError(`checkpoint ${this.location} is closed (reading tensor ${info.name})`);
+    const known = this.tensors.get(info.name);
+    if (known?.fileOffset !== info.fileOffset || known.byteLength !== info.byteLength) {
+      throw new KilnError(`tensor ${info.name} does not belong to checkpoint ${this.location}`);
+    }
+  }
+
+  /** Bytes of one row ([rows, cols]) or, for a vector, of one element. */
+  private rowBytes(info: TensorInfo): number {
+    return info.byteLength / (info.shape[0] ?? 1);
+  }
+
+  async readTensor(info: TensorInfo): Promise<Uint8Array> {
+    this.check(info);
+    if (info.byteLength === 0) return new Uint8Array(0);
+    const bytes = await this.src.read(info.fileOffset, info.byteLength);
+    const perm = this.permutation.get(info.name);
+    return perm === undefined ? bytes : unpermuteHeads(bytes, this.rowBytes(info), perm);
+  }
+
+  async *readTensorChunks(
+    info: TensorInfo,
+    maxChunkBytes: number,
+  ): AsyncIterable<{ offset: number; bytes: Uint8Array }> {
+    if (!Number.isSafeInteger(maxChunkBytes) || maxChunkBytes <= 0) {
+      throw new KilnError(`maxChunkBytes is ${maxChunkBytes}, expected a positive integer`);
+    }
+    this.check(info);
+    const perm = this.permutation.get(info.name);
+    // A permuted tensor is read in whole heads, since its rows move only within their head.
+    const unit = perm === undefined ? 8 : perm * this.rowBytes(info);
+    const step = Math.max(unit, maxChunkBytes - (maxChunkBytes % unit));
+    for (let offset = 0; offset < info.byteLength; offset += step) {
+      const length = Math.min(step, info.byteLength - offset);
+      const bytes = await this.src.read(info.fileOffset + offset, length);
+      yield { offset, bytes: perm === undefined ? bytes : unpermuteHeads(bytes, this.rowBytes(info), perm) };
+    }
+  }
+
+  async *readGgufRows(
+    name: string,
+    maxChunkBytes: number,
+  ): AsyncIterable<{ row: number; bytes: Uint8Array }> {
+    const t = this.ggufOf.get(name);
+    if (!t)
+      throw new UnsupportedModelError(`missing tensor ${ggufTensorName(name) ?? name} in ${this.location}`);
+    if (this.closed) throw new KilnError(`checkpoint ${this.location} is closed (reading tensor ${t.name})`);
+    const rows = t.elements / (t.dims[0] as number);
+    const rowBytes = t.byteLength / rows;
+    const perm = this.permutation.get(name);
+    const unit = perm ?? 1;
+    const perRead = Math.max(unit, Math.floor(maxChunkBytes / rowBytes / unit) * unit);
+    for (let row = 0; row < rows; row += perRead) {
+      const n = Math.min(perRead, rows - row);
+      const bytes = await this.src.read(t.fileOffset + row * rowBytes, n * rowBytes);
+      yield { row, bytes: perm === undefined ? bytes : unpermuteHeads(bytes, rowBytes, perm) };
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.src.close();
+  }
+}
+
+/**
+ * A Checkpoint over a parsed GGUF file for the model `spec` describes. The source stays open until
+ * `close()`.
+ */
+export function ggufCheckpoint(gguf: GgufHeader, src: ByteSource, spec: ModelSpec): GgufCheckpoint {
+  return new OpenGgufCheckpoint(gguf, src, spec, new Map());
+}
