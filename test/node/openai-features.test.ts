@@ -13,6 +13,7 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createOpenAICompatible } from '@ai-sdk/openai-compatible';
+import { HumanMessage, ToolMessage } from '@langchain/core/messages';
 import { ChatOpenAI } from '@langchain/openai';
 import { generateObject, generateText, jsonSchema, tool } from 'ai';
 import OpenAI from 'openai';
@@ -304,6 +305,39 @@ describe('structured output and tools: every reply parses and validates', () => 
     expect(Person.parse(viaSchema)).toBeTruthy();
     const viaTools = await llm.withStructuredOutput(Person, { method: 'functionCalling' }).invoke(PROMPT);
     expect(Person.parse(viaTools)).toBeTruthy();
+  }, 120_000);
+
+  test('LangChain bindTools, then a tool-result turn', async () => {
+    const llm = new ChatOpenAI({
+      model: QWEN,
+      apiKey: KEY,
+      configuration: { baseURL: `${qwenServer.url}/v1` },
+      temperature: 0,
+      maxTokens: 80,
+      maxRetries: 0,
+    });
+    const weather = {
+      type: 'function' as const,
+      function: {
+        name: 'get_weather',
+        description: 'The weather in a city',
+        parameters: {
+          type: 'object',
+          properties: { city: { type: 'string', maxLength: 12 } },
+          required: ['city'],
+          additionalProperties: false,
+        },
+      },
+    };
+    const question = new HumanMessage('What is the weather in Paris?');
+    const ai = await llm.bindTools([weather], { tool_choice: 'get_weather' }).invoke([question]);
+    const call = ai.tool_calls?.[0];
+    expect(call?.name).toBe('get_weather');
+    expect(typeof call?.args.city).toBe('string');
+    const answer = await llm
+      .bindTools([weather])
+      .invoke([question, ai, new ToolMessage({ tool_call_id: call?.id ?? '', content: '21 degrees' })]);
+    expect(typeof answer.content).toBe('string');
   }, 120_000);
 
   test('AI SDK generateObject and a forced tool call', async () => {
