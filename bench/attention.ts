@@ -3,7 +3,9 @@
  * the benchmark models' head shapes and contexts 128, 1024 and 4096, in the exact two-pass variant
  * and the unified-max (async softmax) one, over an f32 cache and (where the adapter has shader-f16)
  * an f16 one (variants `*_kvf16`), each checked against the float64 reference of the K/V the cache
- * holds.
+ * holds. Contexts past 512 add rows with Gemma 3's 512-token sliding window (shape `window`), timed
+ * in the same rounds: the splits before the window read nothing, which is where a sliding layer's
+ * decode attention saves its time.
  */
 import { decodeToFloat32, encodeFromFloat32 } from '../src/io/dtype.js';
 import { attentionRef } from '../src/kernels/attention.ref.js';
@@ -21,6 +23,8 @@ import { randomF32 } from '../src/kernels/random.js';
 import { BENCH_MODELS } from './shapes.js';
 
 const BLOCK = 16;
+/** The sliding window of the windowed rows: Gemma 3's local layers. */
+const WINDOW = 512;
 
 export async function attentionSuite(b: BenchContext): Promise<void> {
   // The quick run keeps the longest context: where split-K and the unified max matter most.
@@ -51,12 +55,11 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
       // An f16 cache holds every value rounded to f16: its reference is computed from those.
       const f16 = (x: Float32Array) => encodeFromFloat32('F16', x);
       const round16 = (x: Float32Array) => decodeToFloat32('F16', f16(x));
-      const want = {
-        f32: attentionRef(q, k, v, [ctxLen - 1], heads, kvHeads, headDim, scale),
-        f16: kvDtypes.includes('f16')
-          ? attentionRef(q, round16(k), round16(v), [ctxLen - 1], heads, kvHeads, headDim, scale)
-          : new Float64Array(0),
-      };
+      const windows = ctxLen > WINDOW ? [0, WINDOW] : [0];
+      const want = (kvDtype: KvDtype, window: number): Float64Array =>
+        kvDtype === 'f32'
+          ? attentionRef(q, k, v, [ctxLen - 1], heads, kvHeads, headDim, scale, window)
+          : attentionRef(q, round16(k), round16(v), [ctxLen - 1], heads, kvHeads, headDim, scale, window);
       const caches = {
         f32: { kCache: b.upload(kPaged), vCache: b.upload(vPaged) },
         f16: kvDtypes.includes('f16')
@@ -81,15 +84,18 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
         chunk,
       });
       const builder = new DispatchBuilder(b.ctx);
-      const variants = kvDtypes.flatMap((kvDtype) =>
-        (['two_pass', 'async_softmax'] as AttentionDecodeVariant[]).map((softmax) => ({
-          softmax,
-          kvDtype,
-          // The pass-1 label (= pipeline) without its kernel prefix: two_pass, async_softmax_kvf16, ...
-          name: (attentionDecodeLabels(softmax, kvDtype)[0] as string).replace('attention_decode_', ''),
-        })),
+      const variants = windows.flatMap((window) =>
+        kvDtypes.flatMap((kvDtype) =>
+          (['two_pass', 'async_softmax'] as AttentionDecodeVariant[]).map((softmax) => ({
+            softmax,
+            kvDtype,
+            window,
+            // The pass-1 label (= pipeline) without its kernel prefix: two_pass, async_softmax_kvf16, ...
+            name: (attentionDecodeLabels(softmax, kvDtype)[0] as string).replace('attention_decode_', ''),
+          })),
+        ),
       );
-      const dispatches = variants.map(({ softmax, kvDtype }) =>
+      const dispatches = variants.map(({ softmax, kvDtype, window }) =>
         attentionDecode(builder, {
           ...bufs,
           ...caches[kvDtype],
@@ -103,6 +109,7 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
           chunk,
           variant: softmax,
           phi,
+          window,
           scratch,
         }),
       );
@@ -116,11 +123,12 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
         }
       }
       for (let v = 0; v < variants.length; v++) {
-        const { name, kvDtype } = variants[v] as (typeof variants)[number];
+        const { name, kvDtype, window } = variants[v] as (typeof variants)[number];
         // Correctness of this variant's result (each variant writes the whole output).
         runDispatches(b.ctx, dispatches[v] ?? []);
         const out = await b.readF32(bufs.out, heads * headDim);
-        const ref = want[kvDtype];
+        const ref = want(kvDtype, window);
+        const keys = window > 0 ? Math.min(window, ctxLen) : ctxLen;
         let err = 0;
         let scaleMax = 0;
         for (let i = 0; i < out.length; i++) {
@@ -131,10 +139,18 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
         b.add({
           kernel: 'attention_decode',
           variant: name,
-          shape: { model: model.name, context: ctxLen, heads, kv_heads: kvHeads, head_dim: headDim, chunk },
+          shape: {
+            model: model.name,
+            context: ctxLen,
+            ...(window > 0 ? { window } : {}),
+            heads,
+            kv_heads: kvHeads,
+            head_dim: headDim,
+            chunk,
+          },
           ms: best[v] as number,
-          bytes: 2 * ctxLen * kvDim * kvElementBytes(kvDtype) + 2 * heads * headDim * 4,
-          flops: 4 * ctxLen * heads * headDim,
+          bytes: 2 * keys * kvDim * kvElementBytes(kvDtype) + 2 * heads * headDim * 4,
+          flops: 4 * keys * heads * headDim,
           max_rel_err: rel,
           // f32 scores, exponentials and sums over up to 4096 keys against float64 (from the K/V the
           // cache holds, f16-rounded or not: the f32 arithmetic is the same), relative to
