@@ -14,6 +14,11 @@ import type { GenerateOptions, GenerateResult, GeneratedToken, GrammarSpec, Tuni
 export interface ChatInput {
   messages: readonly ChatMessage[];
   tools?: readonly unknown[];
+  /**
+   * Extra variables for the template, as transformers' apply_chat_template(**kwargs) takes them
+   * (Qwen3's `enable_thinking`); the OpenAI layer's `chat_template_kwargs`.
+   */
+  chatTemplateKwargs?: Readonly<Record<string, unknown>>;
 }
 
 /** A generation in progress: async-iterate it for tokens, or await `result()` for everything. */

@@ -362,9 +362,15 @@ export class Engine implements KilnEngine {
     return typeof prompt === 'string' ? this.tokenizer.encode(prompt, { addSpecialTokens }) : [...prompt];
   }
 
-  /** Renders a conversation with the model's chat template and encodes it. */
-  encodeChat(messages: readonly ChatMessage[]): number[] {
-    return this.tokenizer.encodeChat(messages, { addGenerationPrompt: true });
+  /**
+   * Renders a conversation with the model's chat template (with extra template variables such as
+   * Qwen3's `enable_thinking`) and encodes it.
+   */
+  encodeChat(messages: readonly ChatMessage[], templateKwargs?: Readonly<Record<string, unknown>>): number[] {
+    return this.tokenizer.encodeChat(messages, {
+      addGenerationPrompt: true,
+      ...(templateKwargs ? { templateKwargs } : {}),
+    });
   }
 
   /** KilnEngine's tokenization: a string prompt, or a conversation through the chat template. */
@@ -373,6 +379,7 @@ export class Engine implements KilnEngine {
     return this.tokenizer.encodeChat(input.messages, {
       addGenerationPrompt: true,
       ...(input.tools ? { tools: input.tools } : {}),
+      ...(input.chatTemplateKwargs ? { templateKwargs: input.chatTemplateKwargs } : {}),
     });
   }
 

@@ -89,7 +89,12 @@ export type WorkerRequest =
   | { type: 'load'; id: number; options: LoadOptions }
   | { type: 'generate'; id: number; prompt: string | number[]; options: GenerateOptionsData }
   /** Token ids of a prompt or of a conversation through the chat template (KilnEngine.tokenize). */
-  | { type: 'tokenize'; id: number; input: string | { messages: ChatMessage[]; tools?: unknown[] } }
+  | {
+      type: 'tokenize';
+      id: number;
+      input:
+        string | { messages: ChatMessage[]; tools?: unknown[]; chatTemplateKwargs?: Record<string, unknown> };
+    }
   /** Compiles a grammar (KilnEngine.checkGrammar); answered by `checked` or `error`. */
   | { type: 'check-grammar'; id: number; grammar: GrammarSpec }
   /** Stops the generation `id` (it then ends with finish reason "abort"). */

@@ -326,7 +326,11 @@ export class WorkerEngine implements KilnEngine {
     const data =
       typeof input === 'string'
         ? input
-        : { messages: [...input.messages], ...(input.tools ? { tools: [...input.tools] } : {}) };
+        : {
+            messages: [...input.messages],
+            ...(input.tools ? { tools: [...input.tools] } : {}),
+            ...(input.chatTemplateKwargs ? { chatTemplateKwargs: { ...input.chatTemplateKwargs } } : {}),
+          };
     return new Promise((resolve, reject) => {
       const sent = this.conn.send(
         (id) => ({ type: 'tokenize', id, input: data }),

@@ -41,9 +41,12 @@ function thrownBy(fn: () => unknown): unknown {
 }
 
 const MODEL: TestModelOptions = { seed: 5, hidden: 32, intermediate: 64, layers: 1 };
+// ChatML with Qwen3's thinking switch (the empty think block when enable_thinking is false).
 const CHATML =
   '{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}' +
-  '{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}';
+  '{% if add_generation_prompt %}<|im_start|>assistant\n' +
+  '{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}' +
+  '{% endif %}';
 
 const dirs: string[] = [];
 function tempDir(): string {
@@ -639,6 +642,34 @@ describe('chat.completions.create', () => {
     } finally {
       e.dispose();
     }
+  });
+
+  test('chat_template_kwargs reach the template (Qwen3-style enable_thinking); bad ones are 400s', async () => {
+    const off = { enable_thinking: false };
+    const rendered = engine.tokenizer.applyChatTemplate(messages, { templateKwargs: off });
+    expect(rendered.endsWith('<|im_start|>assistant\n<think>\n\n</think>\n\n')).toBe(true);
+    const ids = engine.encodeChat(messages, off);
+    expect(ids).toEqual(engine.encodePrompt(rendered, false));
+    expect(ids.length).toBeGreaterThan(engine.encodeChat(messages).length);
+    expect(await engine.tokenize({ messages, chatTemplateKwargs: off })).toEqual(ids);
+    const c = await engine.chat.completions.create({ messages, max_tokens: 2, chat_template_kwargs: off });
+    expect(c.usage.prompt_tokens).toBe(ids.length);
+    const on = await engine.chat.completions.create({
+      messages,
+      max_tokens: 2,
+      chat_template_kwargs: { enable_thinking: true },
+    });
+    expect(on.usage.prompt_tokens).toBe(engine.encodeChat(messages).length);
+    await expect(
+      engine.chat.completions.create({
+        messages,
+        max_tokens: 2,
+        chat_template_kwargs: 5 as unknown as Record<string, unknown>,
+      }),
+    ).rejects.toMatchObject({ param: 'chat_template_kwargs' });
+    await expect(
+      engine.chat.completions.create({ messages, max_tokens: 2, chat_template_kwargs: { messages: [] } }),
+    ).rejects.toThrow(InvalidRequestError);
   });
 });
 

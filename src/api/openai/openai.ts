@@ -376,7 +376,12 @@ export class OpenAiChat implements OpenAiChatApi {
     const format = toolFormatOf(engine.toolCallFormat);
     let ids: number[];
     if (engine.hasChatTemplate) {
-      ids = await engine.tokenize({ messages, ...(useTools ? { tools } : {}) });
+      const kwargs = req.chat_template_kwargs;
+      ids = await engine.tokenize({
+        messages,
+        ...(useTools ? { tools } : {}),
+        ...(kwargs ? { chatTemplateKwargs: kwargs } : {}),
+      });
     } else if (this.opts.withoutTemplate === 'plain-text') {
       ids = await engine.tokenize(messages.map((m) => m.content).join('\n\n'));
     } else {

@@ -101,6 +101,11 @@ export interface ChatCompletionRequest extends CompletionFields {
   tool_choice?: ToolChoice | null;
   /** Accepted and ignored: a model may call several tools either way. */
   parallel_tool_calls?: boolean | null;
+  /**
+   * Extension (as vLLM and SGLang name it): extra variables for the model's chat template, such as
+   * Qwen3's `{"enable_thinking": false}`.
+   */
+  chat_template_kwargs?: Record<string, unknown> | null;
 }
 
 export interface CompletionRequest extends CompletionFields {

@@ -387,9 +387,26 @@ function object(body: unknown): JsonObject {
 export function validateChatRequest(body: unknown, o: ValidateOptions = {}): ChatCompletionRequest {
   const b = object(body);
   const c = new Checker(b);
-  c.only([...COMMON_FIELDS, 'messages', 'top_logprobs', 'tools', 'tool_choice', 'parallel_tool_calls']);
+  c.only([
+    ...COMMON_FIELDS,
+    'messages',
+    'top_logprobs',
+    'tools',
+    'tool_choice',
+    'parallel_tool_calls',
+    'chat_template_kwargs',
+  ]);
   checkCommon(c, b, o);
   checkMessages(b.messages);
+  // An extension (vLLM's and SGLang's name): extra chat template variables, e.g. Qwen3's
+  // {"enable_thinking": false}. Their values are the template's business.
+  const kwargs = b.chat_template_kwargs;
+  if (kwargs !== undefined && kwargs !== null && !isJsonObject(kwargs)) {
+    fail(
+      'chat_template_kwargs',
+      `chat_template_kwargs must be an object of template variables, got ${describeValue(kwargs)}`,
+    );
+  }
   c.bool('logprobs');
   c.number('top_logprobs', 0, MAX_TOP_LOGPROBS, { integer: true });
   if (c.has('top_logprobs') && b.logprobs !== true) fail('top_logprobs', 'top_logprobs needs logprobs: true');
