@@ -3,8 +3,9 @@
  * loader, every float path and the reference model read it like a safetensors folder: GGUF's
  * F32/F16/BF16 tensors are the safetensors dtypes of the same bytes (ggml's [cols, rows] `ne` is
  * the row-major [rows, cols] shape), and the rows llama.cpp's converter permuted (Llama-family q
- * and k) are put back in transformers' order while reading. Block-quantized tensors are not float
- * tensors: they are read by the GGUF weight source (gguf.ts) through {@link GgufCheckpoint.gguf}.
+ * and k) are put back in transformers' order while reading. A block-quantized tensor reads as its
+ * raw rows of blocks, dtype U8 [rows, bytes per row] (rows un-permuted alike), for the GGUF weight
+ * source (gguf.ts), which finds its type through {@link GgufCheckpoint.ggufTensor}.
  */
 import { KilnError, UnsupportedModelError } from '../errors.js';
 import type { ByteSource } from '../io/byte-source.js';
@@ -23,11 +24,6 @@ export interface GgufCheckpoint extends Checkpoint {
   readonly gguf: GgufHeader;
   /** The GGUF tensor behind a transformers name, or undefined when the file has none. */
   ggufTensor(name: string): GgufTensorInfo | undefined;
-  /**
-   * The raw rows (blocks, any type) of the GGUF tensor behind a transformers name, in transformers'
-   * row order, in chunks of whole rows of about `maxChunkBytes` (whole heads for permuted rows).
-   */
-  readGgufRows(name: string, maxChunkBytes: number): AsyncIterable<{ row: number; bytes: Uint8Array }>;
 }
 
 /** Rows `[h·d, (h+1)·d)` of a head in GGUF order (halves interleaved) back in transformers' order. */
@@ -67,11 +63,12 @@ class OpenGgufCheckpoint implements GgufCheckpoint {
       const perm = ggufRowPermutation(gguf, spec, g);
       if (perm > 0) this.permutation.set(name, perm);
       const dtype = Object.hasOwn(FLOAT_TYPES, t.type.name) ? FLOAT_TYPES[t.type.name] : undefined;
-      if (dtype === undefined) continue;
+      const rows = t.elements / (t.dims[0] as number);
       tensors.set(name, {
         name,
-        dtype,
-        shape: [...t.dims].reverse(),
+        // Block tensors are their raw bytes, one row of blocks per row: U8 [rows, bytes per row].
+        dtype: dtype ?? 'U8',
+        shape: dtype !== undefined ? [...t.dims].reverse() : [rows, t.byteLength / rows],
         byteLength: t.byteLength,
         fileOffset: t.fileOffset,
         file: src.name,
@@ -90,12 +87,6 @@ class OpenGgufCheckpoint implements GgufCheckpoint {
   get(name: string): TensorInfo {
     const info = this.tensors.get(name);
     if (info) return info;
-    const g = this.ggufOf.get(name);
-    if (g) {
-      throw new UnsupportedModelError(
-        `tensor ${g.name} (${name}) in ${this.location} is ${g.type.name}, which this path reads only as F32, F16 or BF16`,
-      );
-    }
     const gname = ggufTensorName(name);
     throw new UnsupportedModelError(
       `missing tensor ${gname ?? name}${gname ? ` (${name})` : ''} in ${this.location}`,
@@ -144,26 +135,6 @@ class OpenGgufCheckpoint implements GgufCheckpoint {
       const length = Math.min(step, info.byteLength - offset);
       const bytes = await this.src.read(info.fileOffset + offset, length);
       yield { offset, bytes: perm === undefined ? bytes : unpermuteHeads(bytes, this.rowBytes(info), perm) };
-    }
-  }
-
-  async *readGgufRows(
-    name: string,
-    maxChunkBytes: number,
-  ): AsyncIterable<{ row: number; bytes: Uint8Array }> {
-    const t = this.ggufOf.get(name);
-    if (!t)
-      throw new UnsupportedModelError(`missing tensor ${ggufTensorName(name) ?? name} in ${this.location}`);
-    if (this.closed) throw new KilnError(`checkpoint ${this.location} is closed (reading tensor ${t.name})`);
-    const rows = t.elements / (t.dims[0] as number);
-    const rowBytes = t.byteLength / rows;
-    const perm = this.permutation.get(name);
-    const unit = perm ?? 1;
-    const perRead = Math.max(unit, Math.floor(maxChunkBytes / rowBytes / unit) * unit);
-    for (let row = 0; row < rows; row += perRead) {
-      const n = Math.min(perRead, rows - row);
-      const bytes = await this.src.read(t.fileOffset + row * rowBytes, n * rowBytes);
-      yield { row, bytes: perm === undefined ? bytes : unpermuteHeads(bytes, rowBytes, perm) };
     }
   }
 

@@ -6,7 +6,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { SafetensorsDtype } from '../../src/io/dtype.js';
+import { decodeToFloat32, type SafetensorsDtype } from '../../src/io/dtype.js';
 import type { GgufValue } from '../../src/io/gguf.js';
 import { ggufTypeByName } from '../../src/io/gguf-types.js';
 import { encodeGguf, gv, type GgufTensorToWrite } from '../../src/io/gguf-writer.js';
@@ -16,6 +16,7 @@ import { loadModelSpec } from '../../src/model/config.js';
 import { ggufTensorName } from '../../src/model/gguf-config.js';
 import { expectedTensors } from '../../src/model/tensors.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
+import { dequantizeGguf, quantizeGguf } from '../../src/quant/gguf-blocks.js';
 import { sharedModel } from './shared.js';
 
 /** llama.cpp's permutation of a [rows, cols] matrix's rows (or a vector's elements) per head. */
@@ -35,8 +36,23 @@ export function permuteHeads(bytes: Uint8Array, rowBytes: number, headDim: numbe
 
 const GGUF_ARCH: Record<string, string> = { llama: 'llama', qwen2: 'qwen2', mistral: 'mistral' };
 
+/** What {@link writeGgufFromFolder} writes besides the folder's own tensors. */
+export interface GgufWriteOptions {
+  /**
+   * The block type to store a tensor in (by transformers name), quantized with ggufk's CPU
+   * quantizer before llama.cpp's row permutation; undefined keeps the folder's float dtype.
+   */
+  typeOf?: (name: string) => string | undefined;
+  /** Receives each quantized tensor's values as its blocks decode them (transformers' row order). */
+  onDecoded?: (name: string, values: Float32Array) => void;
+}
+
 /** Writes `<folder>/<file>` as the GGUF file of the test model folder `folder`. */
-export async function writeGgufFromFolder(folder: string, file = 'model.gguf'): Promise<string> {
+export async function writeGgufFromFolder(
+  folder: string,
+  file = 'model.gguf',
+  o: GgufWriteOptions = {},
+): Promise<string> {
   const dir = openLocalModelDir(folder);
   const spec = await loadModelSpec(dir);
   const arch = GGUF_ARCH[spec.architecture];
@@ -49,10 +65,16 @@ export async function writeGgufFromFolder(folder: string, file = 'model.gguf'): 
       const g = ggufTensorName(name);
       if (!g) throw new Error(`no GGUF name for ${name}`);
       let data = await ckpt.readTensor(info);
-      if (arch !== 'qwen2' && /\.attn_[qk]\./.test(g)) {
-        data = permuteHeads(data, info.byteLength / (info.shape[0] as number), spec.headDim);
+      const block = o.typeOf?.(name);
+      if (block !== undefined) {
+        const values = decodeToFloat32(info.dtype, data);
+        data = quantizeGguf(block, values);
+        o.onDecoded?.(name, Float32Array.from(dequantizeGguf(block, data, values.length)));
       }
-      const type = ggufTypeByName(info.dtype as SafetensorsDtype);
+      if (arch !== 'qwen2' && /\.attn_[qk]\./.test(g)) {
+        data = permuteHeads(data, data.byteLength / (info.shape[0] as number), spec.headDim);
+      }
+      const type = ggufTypeByName(block ?? (info.dtype as SafetensorsDtype));
       if (!type) throw new Error(info.dtype);
       tensors.push({ name: g, type, dims: [...info.shape].reverse(), data });
     }

@@ -7,7 +7,14 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
+import { parseGgufHeader } from '../../src/io/gguf.js';
+import { ggufTypeByName } from '../../src/io/gguf-types.js';
+import { encodeGguf } from '../../src/io/gguf-writer.js';
+import type { Checkpoint } from '../../src/io/safetensors-checkpoint.js';
+import { ReferenceModel } from '../../src/model/reference.js';
+import { expectClose } from '../helpers/gpu.js';
 import { UnsupportedModelError } from '../../src/errors.js';
 import { ggufModelDir } from '../../src/io/gguf-model-dir.js';
 import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
@@ -63,28 +70,32 @@ describe('GGUF files as models (CPU side)', () => {
     });
   }
 
-  it('refuses a block-quantized projection by name, before anything is allocated', async () => {
-    const { folder } = await pair({});
-    const { encodeGguf } = await import('../../src/io/gguf-writer.js');
-    const { parseGgufHeader } = await import('../../src/io/gguf.js');
-    const { ggufTypeByName } = await import('../../src/io/gguf-types.js');
+  it('refuses block types without a kernel, and --quant q4 on a block file, by name', async () => {
+    const { folder } = await pair({ hidden: 256, intermediate: 256 });
+    const q8 = await writeGgufFromFolder(folder, 'q8.gguf', {
+      typeOf: (n) => (n.endsWith('mlp.down_proj.weight') ? 'Q8_0' : undefined),
+    });
+    const files = await openModelFiles(await openModelArg(q8));
+    expect(files.weightSource('none').description).toBe('gguf Q8_0 blocks');
+    expect(() => files.weightSource('q4')).toThrow(
+      /q8.gguf is already quantized \(Q8_0\); --quant q4 applies to float weights/,
+    );
+    // IQ2_XXS has no kernel: its bytes are never read, the refusal names it and an example tensor.
     const src = await openLocalModelDir(folder).open('model.gguf');
     const h = await parseGgufHeader(src);
-    const metadata = [...h.metadata.entries];
     const tensors = [];
     for (const t of h.tensors.values()) {
-      const q = t.name === 'blk.0.ffn_down.weight';
-      const type = q ? ggufTypeByName('Q8_0')! : t.type;
-      const data = q ? new Uint8Array((t.elements / 32) * 34) : await src.read(t.fileOffset, t.byteLength);
+      const iq = t.name === 'blk.1.ffn_up.weight';
+      const type = iq ? ggufTypeByName('IQ2_XXS')! : t.type;
+      const data = iq ? new Uint8Array((t.elements / 256) * 66) : await src.read(t.fileOffset, t.byteLength);
       tensors.push({ name: t.name, type, dims: t.dims, data });
     }
     await src.close();
-    const { writeFileSync } = await import('node:fs');
-    writeFileSync(join(folder, 'q.gguf'), encodeGguf({ metadata, tensors }));
-    const files = await openModelFiles(ggufModelDir(openLocalModelDir(folder), 'q.gguf'));
-    expect(() => files.weightSource('none')).toThrow(UnsupportedModelError);
-    expect(() => files.weightSource('none')).toThrow(
-      /q.gguf: block-quantized weights Q8_0 \(1 tensors, e.g. blk.0.ffn_down.weight\)/,
+    writeFileSync(join(folder, 'iq.gguf'), encodeGguf({ metadata: [...h.metadata.entries], tensors }));
+    const iq = await openModelFiles(ggufModelDir(openLocalModelDir(folder), 'iq.gguf'));
+    expect(() => iq.weightSource('none')).toThrow(UnsupportedModelError);
+    expect(() => iq.weightSource('none')).toThrow(
+      /iq.gguf: block type IQ2_XXS \(1 tensors, e.g. blk.1.ffn_up.weight\) has no GPU kernel in Kiln/,
     );
   });
 });
@@ -113,5 +124,99 @@ describe('GGUF files on the GPU', () => {
         gg.dispose();
       }
     }, 120_000);
+  }
+});
+
+/** The checkpoint `ckpt` with the `replaced` tensors reading as the given f32 values. */
+function overlay(ckpt: Checkpoint, replaced: Map<string, Float32Array>): Checkpoint {
+  const tensors = new Map(ckpt.tensors);
+  for (const [name, v] of replaced)
+    tensors.set(name, { ...ckpt.get(name), dtype: 'F32', byteLength: v.byteLength });
+  return {
+    ...ckpt,
+    tensors,
+    get: (name) => tensors.get(name) ?? ckpt.get(name),
+    has: (name) => tensors.has(name),
+    readTensor: async (info) => {
+      const v = replaced.get(info.name);
+      return v ? new Uint8Array(v.buffer.slice(0)) : ckpt.readTensor(info);
+    },
+  };
+}
+
+/**
+ * Block-quantized GGUF files through the whole engine (file -> reader -> source -> matmul_gguf /
+ * embed_gguf) against the float64 reference model over the values the blocks decode to. The
+ * tolerance is the f32-arithmetic budget of the block-kernel forward test
+ * (test/weights/gguf-blocks-forward.test.ts, 1e-4): both sides use the same decoded weights up to
+ * one f32 rounding each, and matmul_gguf's summation depth is of the float matmul's order.
+ */
+describe('block-quantized GGUF files on the GPU', () => {
+  const LOGIT_ATOL = 1e-4;
+  const PROMPT = [1, 17, 45, 3, 88, 23, 61, 9];
+  // Q4_K_M-like mixes: K-quants for most projections, Q6_K for v and down, Q8_0/Q6_K tables.
+  const mix: Record<string, string> = {
+    q_proj: 'Q4_K',
+    k_proj: 'Q4_K',
+    v_proj: 'Q6_K',
+    o_proj: 'Q5_K',
+    gate_proj: 'Q4_0',
+    up_proj: 'Q8_0',
+    down_proj: 'Q6_K',
+  };
+  for (const [label, o, head, embed] of [
+    ['Llama (q/k rows permuted in the file), Q6_K head, Q8_0 embeddings', { seed: 61 }, 'Q6_K', 'Q8_0'],
+    [
+      'Qwen2, tied Q8_0 head that is also the embedding table',
+      { architecture: 'Qwen2ForCausalLM', tie: true, seed: 62 },
+      'Q8_0',
+      'Q8_0',
+    ],
+    [
+      'Llama, F16 head and embeddings beside block projections',
+      { seed: 63, dtype: 'F16' },
+      undefined,
+      undefined,
+    ],
+  ] as [string, TestModelOptions, string | undefined, string | undefined][]) {
+    it(`${label}: logits equal the float64 reference over the decoded weights`, async () => {
+      const folder = join(root, `b${n++}`);
+      const spec = writeTestModel(folder, {
+        hidden: 256,
+        intermediate: 512,
+        heads: 4,
+        kvHeads: 2,
+        layers: 2,
+        ...o,
+      });
+      const decoded = new Map<string, Float32Array>();
+      const file = await writeGgufFromFolder(folder, 'blocks.gguf', {
+        typeOf: (name) => {
+          if (name === 'model.embed_tokens.weight') return embed;
+          if (name === 'lm_head.weight') return head;
+          const role = Object.keys(mix).find((r) => name.endsWith(`.${r}.weight`));
+          return role === undefined ? undefined : mix[role];
+        },
+        onDecoded: (name, v) => decoded.set(name, v),
+      });
+      // An f32 KV cache: the reference keeps K/V exact, and an f16 cache would round them.
+      const engine = await createEngine({ model: file, kvCache: 'f32' });
+      let logits: Float32Array[];
+      try {
+        logits = await engine.logits(PROMPT);
+      } finally {
+        engine.dispose();
+      }
+      const ckpt = await openCheckpoint(openLocalModelDir(folder));
+      try {
+        const ref = await ReferenceModel.load(spec, overlay(ckpt, decoded));
+        const want = ref.forward(PROMPT);
+        want.forEach((row, i) => expectClose(logits[i] as Float32Array, row, { atol: LOGIT_ATOL }));
+      } finally {
+        await ckpt.close();
+      }
+      // Float tensors of the file were never quantized.
+      expect(decoded.has('model.layers.0.input_layernorm.weight')).toBe(false);
+    }, 240_000);
   }
 });
