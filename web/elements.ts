@@ -23,6 +23,7 @@ export const ui = {
   topP: el('top-p', HTMLInputElement),
   topPValue: el('top-p-value', HTMLOutputElement),
   maxTokens: el('max-tokens', HTMLInputElement),
+  jsonMode: el('json-mode', HTMLInputElement),
   cacheInfo: el('cache-info', HTMLParagraphElement),
   clearCache: el('clear-cache', HTMLButtonElement),
   chatTitle: el('chat-title', HTMLDivElement),

@@ -2,7 +2,7 @@
  * The chat page. Everything heavy runs in the engine's Web Worker (WorkerEngine): this thread only
  * renders. Query parameters (stable, tests rely on them): `model` (a Hub id `org/name[@rev]` or a
  * folder URL; relative URLs start with `/` or `.`), `revision`, `temperature`, `top_p`,
- * `max_tokens`, `system`, `context`, `memory_limit_mib`.
+ * `max_tokens`, `system`, `context`, `memory_limit_mib`, `json` (1: JSON mode).
  */
 import { formatBytes } from '../src/gpu/device.js';
 import { ui } from './elements.js';
@@ -37,6 +37,8 @@ ui.temperature.value = String(numberParam('temperature', 0.7, (v) => v >= 0 && v
 ui.topP.value = String(numberParam('top_p', 0.95, (v) => v > 0 && v <= 1));
 ui.maxTokens.value = String(numberParam('max_tokens', 256, (v) => Number.isInteger(v) && v >= 1));
 ui.system.value = params.get('system') ?? '';
+// JSON mode: every reply is JSON, enforced token by token (constrained decoding).
+ui.jsonMode.checked = params.get('json') === '1';
 const contextParam = numberParam('context', 0, (v) => Number.isInteger(v) && v > 0);
 const memoryLimitMiB = numberParam('memory_limit_mib', 0, (v) => v > 0);
 /** `?tune=0` turns background kernel tuning off. */
@@ -358,6 +360,7 @@ async function send(): Promise<void> {
         temperature: sampling.temperature,
         top_p: sampling.topP,
         max_tokens: sampling.maxTokens,
+        ...(ui.jsonMode.checked ? { response_format: { type: 'json_object' as const } } : {}),
         signal: ac.signal,
       });
       let finish = 'length';
@@ -383,7 +386,11 @@ async function send(): Promise<void> {
         finish,
       );
     } else {
-      const gen = e.generate(completionPrompt(turns, system), { ...sampling, signal: ac.signal });
+      const gen = e.generate(completionPrompt(turns, system), {
+        ...sampling,
+        ...(ui.jsonMode.checked ? { grammar: { type: 'json' as const } } : {}),
+        signal: ac.signal,
+      });
       for await (const t of gen) {
         reply += t.text;
         append(t.text);

@@ -26,6 +26,7 @@ import { build } from 'vite';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { KilnTokenizer } from '../../src/io/tokenizer.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
+import { createEngine } from '../../src/node/index.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 import { repoRoot, sharedModel } from '../helpers/shared.js';
 
@@ -271,6 +272,26 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
     } finally {
       await context.unroute(isModel);
     }
+  });
+
+  test('JSON mode: the worker constrains the reply with xgrammar, as the library does in Node', async () => {
+    await page.goto(`${baseUrl}?model=/models/babyllama/&temperature=0&max_tokens=12&json=1`);
+    await waitReady(page);
+    expect(await page.locator('#json-mode').isChecked()).toBe(true);
+    const { output } = await ask(page, PROMPT);
+    // The same request through the library on Dawn: the same grammar engine, the same mask.
+    const engine = await createEngine({ model: modelDir });
+    try {
+      const want = await engine
+        .generate(PROMPT, { maxTokens: 12, temperature: 0, grammar: { type: 'json' } })
+        .result();
+      expect(output).toBe(want.text);
+    } finally {
+      engine.dispose();
+    }
+    // Constrained: not the model's free continuation, and JSON from its first character.
+    expect(output).not.toBe(goldenContinuation(12));
+    expect(output.trimStart()[0]).toMatch(/[[{"0-9tfn-]/);
   });
 
   test('a model with a chat template runs as a chat, with the system prompt', async () => {
