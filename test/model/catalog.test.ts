@@ -12,6 +12,8 @@ import {
 } from '../../src/model/catalog.js';
 import { isCommitHash, parseHubId } from '../../src/io/hub-id.js';
 import { repoRoot } from '../helpers/shared.js';
+import { catalogMemory, slidingKvBytes } from '../../bench/catalog-memory.js';
+import type { ModelSpec } from '../../src/model/spec.js';
 
 describe('model catalog', () => {
   it('has the expected models', () => {
@@ -105,5 +107,35 @@ describe('model catalog', () => {
     expect(() => parseCatalog(bad({ aliases: ['Bad Alias'] }))).toThrow(/"aliases"/);
     expect(() => parseCatalog(bad({ numKvHeads: 4 }))).toThrow(/"numKvHeads"/);
     expect(() => parseCatalog({ models: [good.models[0], good.models[0]] })).toThrow(/reuses/);
+  });
+});
+
+describe('catalog memory (bench/catalog-memory.ts, the figures README lists)', () => {
+  it('estimates every catalog model as int4 through the engine estimate', () => {
+    const rows = catalogMemory(4096);
+    expect(rows.map((r) => r.id)).toEqual(CATALOG.map((e) => e.id));
+    for (const r of rows) {
+      expect('error' in r ? r.error : '').toBe('');
+      if ('error' in r) continue;
+      const e = findCatalogEntry(r.id) as (typeof CATALOG)[number];
+      // int4 weights (about half a byte per parameter plus float embeddings) under the checkpoint.
+      expect(r.weightsBytes).toBeLessThan(e.sizeBytes);
+      expect(r.totalBytes).toBe(r.weightsBytes + r.kvBytes + r.activationBytes);
+    }
+  });
+
+  it('sliding layers keep at most the blocks of their window: one partial block beyond W / 16', () => {
+    // Gemma-3-1B's KV shapes: 26 layers, 1 KV head of 256, window 512 on 22 of them (5 of 6).
+    const spec = {
+      numLayers: 26,
+      numKvHeads: 1,
+      headDim: 256,
+      layerWindows: Array.from({ length: 26 }, (_, i) => ((i + 1) % 6 === 0 ? 0 : 512)),
+    } as ModelSpec;
+    // At 8192 tokens in f16: a full layer 512 blocks of 16 KiB (K + V), a sliding one 33.
+    expect(slidingKvBytes(spec, 8192)).toBe(4 * 512 * 16384 + 22 * 33 * 16384);
+    expect(slidingKvBytes(spec, 8192)).toBe(45_449_216);
+    // Shorter than the window: nothing to release.
+    expect(slidingKvBytes(spec, 300)).toBe(26 * 19 * 16384);
   });
 });
