@@ -13,14 +13,24 @@ export type RopeScaling =
       lowFreqFactor: number;
       highFreqFactor: number;
       originalMaxPositionEmbeddings: number;
-    };
+    }
+  /**
+   * One divisor per frequency (inv_freq[i] / factors[i]), as GGUF files store Llama 3-style
+   * scaling: llama.cpp's converter writes the llama3 rule's result as the rope_freqs tensor.
+   */
+  | { type: 'factors'; factors: readonly number[] };
 
 /** inv_freq[i] = θ^(−2i/d), then rope scaling (HF modeling_rope_utils semantics), float64. */
 export function ropeInvFreq(headDim: number, theta: number, scaling: RopeScaling): Float64Array {
   const half = headDim / 2;
   const inv = new Float64Array(half);
   for (let i = 0; i < half; i++) inv[i] = 1 / theta ** ((2 * i) / headDim);
-  if (scaling.type === 'linear') {
+  if (scaling.type === 'factors') {
+    if (scaling.factors.length !== half) {
+      throw new RangeError(`rope factors: ${scaling.factors.length} given for ${half} frequencies`);
+    }
+    for (let i = 0; i < half; i++) inv[i] = (inv[i] as number) / (scaling.factors[i] as number);
+  } else if (scaling.type === 'linear') {
     for (let i = 0; i < half; i++) inv[i] = (inv[i] as number) / scaling.factor;
   } else if (scaling.type === 'llama3') {
     const { factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings: orig } = scaling;

@@ -6,7 +6,7 @@
  * architecture's checkpoint names, and which of them llama.cpp's converter row-permuted.
  */
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
-import type { GgufHeader } from '../io/gguf.js';
+import type { GgufHeader, GgufTensorInfo } from '../io/gguf.js';
 import { parseModelConfig } from './config.js';
 import { architectureForClass } from './registry.js';
 import type { ModelSpec } from './spec.js';
@@ -132,18 +132,52 @@ export function ggufConfigJson(h: GgufHeader): Record<string, unknown> {
     const factor = num(k('rope.scaling.factor'));
     config['rope_scaling'] = { rope_type: scaling, factor };
   }
-  if (h.tensors.has('rope_freqs.weight')) {
-    throw new UnsupportedModelError(
-      `${h.file}: per-frequency RoPE factors (tensor rope_freqs.weight, Llama 3.1-style scaling) are not supported yet`,
-    );
-  }
   return config;
 }
 
-/** The ModelSpec of a GGUF file, through its architecture's config rules. */
-export function ggufModelSpec(h: GgufHeader): ModelSpec {
+/**
+ * The per-frequency RoPE divisors a file stores as the tensor rope_freqs.weight (Llama 3.1-style
+ * scaling, which llama.cpp's converter evaluates and writes instead of its parameters): where to
+ * read them, or null when the file has none.
+ */
+export function ggufRopeFactorsTensor(h: GgufHeader, headDim: number): GgufTensorInfo | null {
+  const t = h.tensors.get('rope_freqs.weight');
+  if (!t) return null;
+  if (t.type.name !== 'F32' || t.dims.length !== 1 || t.dims[0] !== headDim / 2) {
+    throw new InvalidModelFileError(
+      `${h.file}: tensor rope_freqs.weight is ${t.type.name} [${t.dims.join(', ')}], expected F32 [${headDim / 2}]`,
+    );
+  }
+  return t;
+}
+
+/**
+ * The ModelSpec of a GGUF file, through its architecture's config rules. `readTensor` reads the
+ * bytes of a (small) tensor the spec needs: the RoPE factors.
+ */
+export async function ggufModelSpec(
+  h: GgufHeader,
+  readTensor: (t: GgufTensorInfo) => Promise<Uint8Array>,
+): Promise<ModelSpec> {
   const config = ggufConfigJson(h);
-  return parseModelConfig(config, undefined, `${h.file} (its GGUF metadata)`);
+  const spec = parseModelConfig(config, undefined, `${h.file} (its GGUF metadata)`);
+  const rf = ggufRopeFactorsTensor(h, spec.headDim);
+  if (rf) {
+    if (spec.ropeScaling.type !== 'none') {
+      throw new UnsupportedModelError(
+        `${h.file}: rope_freqs.weight together with ${spec.ropeScaling.type} RoPE scaling`,
+      );
+    }
+    const b = await readTensor(rf);
+    const factors = Array.from(new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)));
+    if (!factors.every((f) => Number.isFinite(f) && f > 0)) {
+      throw new InvalidModelFileError(
+        `${h.file}: tensor rope_freqs.weight holds a factor that is not a positive number`,
+      );
+    }
+    spec.ropeScaling = { type: 'factors', factors };
+  }
+  return spec;
 }
 
 /**

@@ -34,12 +34,13 @@ export async function openModelFiles(dir: ModelDir): Promise<ModelFiles> {
   if (isGgufModelDir(dir)) {
     const src = await dir.open(dir.ggufFile);
     let header: GgufHeader;
+    let spec: ModelSpec;
     try {
       header = await parseGgufHeader(src);
+      spec = await ggufModelSpec(header, (t) => src.read(t.fileOffset, t.byteLength));
     } finally {
       await src.close();
     }
-    const spec = ggufModelSpec(header);
     return {
       spec,
       gguf: header,

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { decodeToFloat32, type SafetensorsDtype } from '../../src/io/dtype.js';
 import type { GgufValue } from '../../src/io/gguf.js';
 import { ggufTypeByName } from '../../src/io/gguf-types.js';
+import { ropeInvFreq } from '../../src/kernels/rope.ref.js';
 import { encodeGguf, gv, type GgufTensorToWrite } from '../../src/io/gguf-writer.js';
 import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
 import { parseSentencePieceModel } from '../../src/io/sentencepiece.js';
@@ -111,6 +112,18 @@ export async function writeGgufFromFolder(
     ['tokenizer.ggml.add_space_prefix', gv.bool(sp.normalizerSpec.addDummyPrefix)],
     ['tokenizer.ggml.remove_extra_whitespaces', gv.bool(sp.normalizerSpec.removeExtraWhitespaces)],
   ];
+  if (spec.ropeScaling.type === 'llama3') {
+    // As llama.cpp's converter: the llama3 rule evaluated in float64, stored as f32 divisors.
+    const plain = ropeInvFreq(spec.headDim, spec.ropeTheta, { type: 'none' });
+    const scaled = ropeInvFreq(spec.headDim, spec.ropeTheta, spec.ropeScaling);
+    const factors = Float32Array.from(plain, (f, i) => f / (scaled[i] as number));
+    tensors.push({
+      name: 'rope_freqs.weight',
+      type: ggufTypeByName('F32')!,
+      dims: [factors.length],
+      data: new Uint8Array(factors.buffer),
+    });
+  }
   if (spec.ropeScaling.type === 'linear') {
     metadata.push(
       [k('rope.scaling.type'), gv.str('linear')],

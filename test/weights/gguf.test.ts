@@ -14,6 +14,7 @@ import { ggufTypeByName } from '../../src/io/gguf-types.js';
 import { encodeGguf } from '../../src/io/gguf-writer.js';
 import type { Checkpoint } from '../../src/io/safetensors-checkpoint.js';
 import { ReferenceModel } from '../../src/model/reference.js';
+import { ropeInvFreq } from '../../src/kernels/rope.ref.js';
 import { expectClose } from '../helpers/gpu.js';
 import { UnsupportedModelError } from '../../src/errors.js';
 import { ggufModelDir } from '../../src/io/gguf-model-dir.js';
@@ -69,6 +70,31 @@ describe('GGUF files as models (CPU side)', () => {
       }
     });
   }
+
+  it("Llama 3.1-style RoPE: rope_freqs.weight gives the frequencies of the folder's llama3 rule", async () => {
+    const ropeScaling = {
+      rope_type: 'llama3',
+      factor: 8,
+      low_freq_factor: 1,
+      high_freq_factor: 4,
+      original_max_position_embeddings: 64,
+    };
+    const { folder, file } = await pair({ ropeScaling, ropeTheta: 500000, headDim: 32, heads: 4 });
+    const hf = await openModelFiles(openLocalModelDir(folder));
+    const gg = await openModelFiles(await openModelArg(file));
+    expect(gg.spec.ropeScaling.type).toBe('factors');
+    const want = ropeInvFreq(hf.spec.headDim, hf.spec.ropeTheta, hf.spec.ropeScaling);
+    const got = ropeInvFreq(gg.spec.headDim, gg.spec.ropeTheta, gg.spec.ropeScaling);
+    // The file's divisors are f32: each frequency within f32 rounding (2^-24 relative) of the rule's.
+    got.forEach((f, i) => expect(Math.abs(f / (want[i] as number) - 1)).toBeLessThan(2 ** -23));
+    // Low frequencies are divided by the factor, high ones kept: the rule really applied.
+    expect(
+      (want[want.length - 1] as number) / ropeInvFreq(32, 500000, { type: 'none' })[want.length - 1]!,
+    ).toBeCloseTo(1 / 8, 12);
+    expect({ ...gg.spec, ropeScaling: hf.spec.ropeScaling, hfArchitecture: hf.spec.hfArchitecture }).toEqual(
+      hf.spec,
+    );
+  });
 
   it('refuses block types without a kernel, and --quant q4 on a block file, by name', async () => {
     const { folder } = await pair({ hidden: 256, intermediate: 256 });
