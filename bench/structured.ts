@@ -132,6 +132,8 @@ console.log(
     decode_tps_plain: plain.map((x) => Number(x.toFixed(1))),
     decode_tps_json_schema: constrained.map((x) => Number(x.toFixed(1))),
     ratio_of_medians: Number((median(constrained) / median(plain)).toFixed(3)),
+    // Each constrained run over the plain run just before it: robust to load that drifts slowly.
+    median_pair_ratio: Number(median(constrained.map((c, i) => c / (plain[i] as number))).toFixed(3)),
     mask,
   }),
 );

@@ -471,14 +471,17 @@ export class Scheduler {
     this.steps++;
     let ids: ArrayLike<number> | null = null;
     let logits: Float32Array | null = null;
-    // Each constrained row's mask and edits (the grammar's matcher runs on the CPU here).
-    const adjusts: (RowAdjust | null)[] = await Promise.all(sampled.map((s) => s.sampler.rowAdjust()));
-    const adjust = adjusts.some((a) => a !== null) ? { adjust: adjusts } : {};
+    // Each constrained row's edits and mask: the grammar matchers run on the CPU while the GPU
+    // runs the step's forward pass (runStep calls this after submitting it).
+    let adjusts: readonly (RowAdjust | null)[] = sampled.map(() => null);
+    const edits = async () => (adjusts = await Promise.all(sampled.map((s) => s.sampler.rowAdjust())));
+    const adjust = sampled.some((s) => s.sampler.adjusts) ? { adjust: edits } : {};
     if (sampled.length === 0) {
       await runStep(this.forward, input, 'none');
     } else if (sampled.some((s) => s.sampler.logprobs !== null)) {
       // Logprobs need the whole distribution: this step's rows are drawn on the CPU (same rules).
       logits = await runStep(this.forward, input, 'logits');
+      await edits();
     } else if (sampled.every((s) => s.sampler.greedy)) {
       ids = await runStep(this.forward, input, 'ids', adjust);
     } else if (this.opts.gpuSampling) {
@@ -487,6 +490,7 @@ export class Scheduler {
       ids = await runStep(this.forward, input, 'sample', { sampling, ...adjust });
     } else {
       logits = await runStep(this.forward, input, 'logits');
+      await edits();
     }
     for (const { s, n } of work) {
       s.computed += n;

@@ -23,9 +23,10 @@ export interface StepOptions {
   sampling?: readonly RowSampling[];
   /**
    * Logit edits and grammar masks, one entry per logit row (null: none), applied before argmax or
-   * the sample kernel ('ids' and 'sample' steps; a 'logits' step reads the raw logits).
+   * the sample kernel ('ids' and 'sample' steps; a 'logits' step reads the raw logits). A function
+   * is called once the forward pass is submitted, so its CPU work overlaps the GPU's.
    */
-  adjust?: readonly (RowAdjust | null)[];
+  adjust?: readonly (RowAdjust | null)[] | (() => Promise<readonly (RowAdjust | null)[]>);
   /** Let this step feed the attention calibration (false for synthetic steps like warm-up). */
   calibrate?: boolean;
 }
@@ -65,10 +66,23 @@ export async function runStep(
   if (capture) pass = cal.encode(enc, pass, plan);
   else encodeDispatches(pass, plan.graph.body);
   if (read !== 'none') encodeDispatches(pass, plan.graph.head);
+  let tailEnc = enc;
+  let adjustRows: readonly (RowAdjust | null)[] | undefined;
+  if (typeof o.adjust === 'function') {
+    if (read === 'ids' || read === 'sample') {
+      // The forward pass runs on the GPU while the CPU computes the rows' masks (a grammar
+      // matcher's work); the edits, the argmax or draw and the readback follow in a second submit.
+      pass.end();
+      queue.submit([enc.finish()]);
+      adjustRows = await o.adjust();
+      tailEnc = ctx.device.createCommandEncoder({ label: 'kiln.step_tail' });
+      pass = tailEnc.beginComputePass({ label: 'kiln.sample' });
+    } else adjustRows = await o.adjust();
+  } else adjustRows = o.adjust;
   const adjust = () => {
-    if (!o.adjust) return;
+    if (!adjustRows) return;
     if (!plan.adjust) throw new RangeError('a logit-adjusting step before the stage was enabled');
-    encodeDispatches(pass, [plan.adjust.prepare(o.adjust)]);
+    encodeDispatches(pass, [plan.adjust.prepare(adjustRows)]);
   };
   if (read === 'ids') {
     adjust();
@@ -92,8 +106,8 @@ export async function runStep(
   const src = logits ? plan.bufs.logits : plan.bufs.outIds;
   const dst = logits ? plan.bufs.logitsReadback : plan.bufs.idsReadback;
   const bytes = logits ? r * spec.vocabSize * 4 : r * 4;
-  enc.copyBufferToBuffer(src, 0, dst, 0, bytes);
-  queue.submit([enc.finish()]);
+  tailEnc.copyBufferToBuffer(src, 0, dst, 0, bytes);
+  queue.submit([tailEnc.finish()]);
   try {
     await dst.mapAsync(GPUMapMode.READ, 0, bytes);
   } catch (e) {
