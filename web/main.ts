@@ -118,6 +118,13 @@ function showProgress(p: LoadProgress): void {
   else setStatus(`loading ${pct}`, 'busy');
 }
 
+/** Hides the progress bar and its text, so a failed load leaves no stale "Checking…" behind. */
+function clearProgress(): void {
+  ui.progress.hidden = true;
+  ui.progressFill.style.width = '0%';
+  ui.progressText.textContent = '';
+}
+
 function showModelInfo(e: KilnEngine, fromCache: boolean): void {
   const rows: [string, string, string?][] = [
     ['Adapter', adapterName(e)],
@@ -178,6 +185,7 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
       lost = true;
       generation?.abort();
       setStatus('device lost', 'error');
+      clearProgress();
       showBanner(
         `The GPU device was lost (${loss.reason}${loss.message ? `: ${loss.message.replace(/\.$/, '')}` : ''}). ` +
           'The model must be loaded again; reload the page to continue.',
@@ -201,6 +209,7 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
   } catch (err) {
     worker.terminate();
     setStatus('error', 'error');
+    clearProgress();
     showBanner(errorText(err), false);
   } finally {
     loading = false;

@@ -1,7 +1,8 @@
 /**
  * ModelDir over HTTP for the browser (and any runtime with fetch): sizes come from HEAD (or a
  * one-byte Range request), and every read is a Range request whose status and length are checked,
- * so a tensor is fetched on its own instead of downloading a whole multi-GB shard.
+ * so a tensor is fetched on its own instead of downloading a whole multi-GB shard. A server that
+ * ignores Range still serves reads near a file's start (headers), from the start of its 200 body.
  */
 import { DownloadError, InvalidModelFileError } from '../errors.js';
 import {
@@ -85,6 +86,35 @@ async function readBody(res: Response, limit: number, what: string): Promise<Uin
   return out;
 }
 
+/**
+ * How far into a file a read may reach when the server ignores Range requests (answers 200 with
+ * the whole file, as `python3 -m http.server` does): such a read streams the file from its start
+ * and cancels the rest, which is fine for headers but would download a shard for a tensor.
+ */
+export const MAX_RANGELESS_READ_BYTES = MAX_TEXT_FILE_BYTES;
+
+/** The first `need` bytes of a body (cancelling the rest), or null when it is shorter. */
+async function readPrefix(res: Response, need: number, what: string): Promise<Uint8Array | null> {
+  const reader = res.body?.getReader();
+  if (!reader) return null;
+  const out = new Uint8Array(need);
+  let got = 0;
+  while (got < need) {
+    let chunk: ReadableStreamReadResult<Uint8Array>;
+    try {
+      chunk = await reader.read();
+    } catch (e) {
+      throw new DownloadError(`${what} failed while reading the body: ${(e as Error).message}`, { cause: e });
+    }
+    if (chunk.done) return null;
+    const take = Math.min(chunk.value.byteLength, need - got);
+    out.set(chunk.value.subarray(0, take), got);
+    got += take;
+  }
+  await reader.cancel().catch(() => undefined);
+  return out;
+}
+
 class HttpByteSource implements ByteSource {
   constructor(
     readonly name: string,
@@ -100,6 +130,7 @@ class HttpByteSource implements ByteSource {
     const res = await this.request('GET', this.name, `bytes=${offset}-${last}`);
     const what = `GET ${this.name} bytes ${offset}-${last}`;
     const wholeFile = res.status === 200 && offset === 0 && length === this.size;
+    if (res.status === 200 && !wholeFile) return this.readIgnoringRange(res, offset, length, what);
     if (res.status !== 206 && !wholeFile) {
       await discard(res);
       throw new DownloadError(`${what} answered ${status(res)}, expected 206 Partial Content`);
@@ -120,12 +151,34 @@ class HttpByteSource implements ByteSource {
     return bytes;
   }
 
+  /** A 200 to a Range request: the bytes from the start of the whole file, if near the start. */
+  private async readIgnoringRange(
+    res: Response,
+    offset: number,
+    length: number,
+    what: string,
+  ): Promise<Uint8Array> {
+    if (offset + length > MAX_RANGELESS_READ_BYTES) {
+      await discard(res);
+      throw new DownloadError(
+        `${what} answered 200 OK: the server ignores Range requests, and reading this far into the ` +
+          `file (${offset + length} bytes) would download it whole; serve the folder with Range support`,
+      );
+    }
+    const prefix = await readPrefix(res, offset + length, what);
+    if (prefix === null) {
+      throw new DownloadError(`${what} answered 200 OK with fewer than ${offset + length} bytes (truncated)`);
+    }
+    return prefix.subarray(offset);
+  }
+
   async close(): Promise<void> {}
 }
 
 /**
  * A ModelDir whose files live under `baseUrl` (for example
- * `https://huggingface.co/ORG/MODEL/resolve/main`). The server must honour Range requests.
+ * `https://huggingface.co/ORG/MODEL/resolve/main`). Reads past the first
+ * {@link MAX_RANGELESS_READ_BYTES} of a file need a server that honours Range requests.
  */
 export function httpModelDir(baseUrl: string, init?: HttpModelDirInit): ModelDir {
   // Bound so it can be called detached: browsers reject fetch called with a foreign `this`.

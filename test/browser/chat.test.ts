@@ -19,8 +19,10 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { extname, join } from 'node:path';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { build } from 'vite';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -47,6 +49,7 @@ let modelDir = '';
 let chatModelDir = '';
 let server: ChildProcess | null = null;
 let baseUrl = '';
+let webRoot = '';
 /** Every request the server answered, as "METHOD PATH STATUS [RANGE]". */
 const requests: string[] = [];
 let browser: Browser | null = null;
@@ -90,6 +93,50 @@ function startServer(root: string, models: string[]): Promise<string> {
         if (app?.[1]) resolve(app[1]);
         else if (/^(GET|HEAD) /.test(line)) requests.push(line);
       }
+    });
+  });
+}
+
+/**
+ * A plain static server that ignores Range requests (every GET is a whole-file 200, as
+ * `python3 -m http.server` answers), serving the app at / and `model` at /models/plain/ on one
+ * origin. Its requests are logged into `log` as "METHOD PATH STATUS [RANGE]".
+ */
+function startRangelessServer(
+  webRoot: string,
+  model: string,
+  log: string[],
+): Promise<{ url: string; close: () => void }> {
+  const types: Record<string, string> = {
+    '.html': 'text/html',
+    '.js': 'text/javascript',
+    '.css': 'text/css',
+    '.json': 'application/json',
+    '.wasm': 'application/wasm',
+  };
+  const srv = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
+    const file = path.startsWith('/models/plain/')
+      ? join(model, path.slice('/models/plain/'.length))
+      : join(webRoot, path === '/' ? 'index.html' : path);
+    const ok = !path.includes('..') && statSync(file, { throwIfNoEntry: false })?.isFile();
+    const status = ok ? 200 : 404;
+    log.push(`${req.method} ${path} ${status}${req.headers.range ? ` ${req.headers.range}` : ''}`);
+    if (!ok) {
+      res.writeHead(404).end();
+      return;
+    }
+    const body = readFileSync(file);
+    res.writeHead(200, {
+      'content-type': types[extname(file)] ?? 'application/octet-stream',
+      'content-length': body.length,
+    });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  });
+  return new Promise((resolve) => {
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as AddressInfo;
+      resolve({ url: `http://127.0.0.1:${port}/`, close: () => srv.close() });
     });
   });
 }
@@ -147,7 +194,7 @@ beforeAll(async () => {
     throw new Error('src/kernels/wgsl.gen.ts is missing: run `npm run build` first');
   }
   tmp = mkdtempSync(join(tmpdir(), 'kiln-web-'));
-  const webRoot = join(tmp, 'web');
+  webRoot = join(tmp, 'web');
   modelDir = join(tmp, 'babyllama');
   await build({
     configFile: join(repoRoot, 'web', 'vite.config.ts'),
@@ -313,6 +360,29 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
     expect(stats).toMatch(new RegExp(`^\\d+ tokens · [\\d.]+ tokens/s · .* prompt ${ids.length} tokens · `));
   });
 
+  test('a server without Range support: the header check reads the first bytes, then the whole file is cached with progress', async () => {
+    const log: string[] = [];
+    const plain = await startRangelessServer(webRoot, modelDir, log);
+    const fresh = await (browser as Browser).newContext();
+    try {
+      const p = await fresh.newPage();
+      await p.goto(`${plain.url}?model=/models/plain/&temperature=0&max_tokens=8&tune=0`);
+      await waitReady(p);
+      const onDisk = readdirSync(modelDir).reduce((s, f) => s + statSync(join(modelDir, f)).size, 0);
+      expect(await p.locator('#progress').getAttribute('data-downloading')).toBe(`${onDisk}/${onDisk}`);
+      // The fit check's Range requests got whole-file answers (cut short after the header); the
+      // download then fetched each file once, without Range.
+      const weights = log.filter((r) => r.startsWith('GET /models/plain/model.safetensors'));
+      expect(weights.filter((r) => / bytes=/.test(r)).length).toBeGreaterThan(0);
+      expect(weights.filter((r) => !/ bytes=/.test(r))).toEqual(['GET /models/plain/model.safetensors 200']);
+      const { output } = await ask(p, PROMPT);
+      expect(output).toBe(goldenContinuation(8));
+    } finally {
+      await fresh.close();
+      plain.close();
+    }
+  });
+
   test('a storage quota too small for the model is explained in words', async () => {
     const fresh = await (browser as Browser).newContext();
     try {
@@ -330,6 +400,9 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
         /^The browser refused to store .*model\.safetensors: this site's storage quota ran out while caching the model \(its files need 3\.\d MiB\)\. Clear the model cache/,
       );
       await expect.poll(() => p.locator('#cache-info').textContent()).toMatch(/^0 models cached/);
+      // No stale progress ("Checking that the model fits…", "Downloading…") is left beside the error.
+      expect(await p.locator('#progress').isHidden()).toBe(true);
+      expect(await p.locator('#progress-text').textContent()).toBe('');
     } finally {
       await fresh.close();
     }
