@@ -17,7 +17,7 @@ import {
   type AttentionDecodeVariant,
 } from '../src/kernels/attention-decode.js';
 import { DispatchBuilder, runDispatches } from '../src/gpu/dispatch.js';
-import { kvElementBytes, type KvDtype } from '../src/kernels/kv-dtype.js';
+import { kvElementBytes } from '../src/kernels/kv-dtype.js';
 import type { BenchContext } from './kernels.js';
 import { randomF32 } from '../src/kernels/random.js';
 import { BENCH_MODELS } from './shapes.js';
@@ -51,7 +51,7 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
       }
       const q = randomF32(heads * headDim, ctxLen + 2, 1);
       const scale = 1 / Math.sqrt(headDim);
-      const kvDtypes: KvDtype[] = b.ctx.adapter.shaderF16 ? ['f32', 'f16'] : ['f32'];
+      const kvDtypes: ('f32' | 'f16')[] = b.ctx.adapter.shaderF16 ? ['f32', 'f16'] : ['f32'];
       // An f16 cache holds every value rounded to f16: its reference is computed from those.
       const f16 = (x: Float32Array) => encodeFromFloat32('F16', x);
       const round16 = (x: Float32Array) => decodeToFloat32('F16', f16(x));

@@ -5,8 +5,8 @@
 // are never read: their blocks may already be released.
 // GQA: query head h reads KV head h / (heads / kv_heads); K/V are indexed, never repeated.
 // Bindings: params, row_info [m] vec2<u32> (position, block-table offset), block_table u32,
-// q [m, heads·head_dim] f32, k_cache, v_cache ([block][kv_head][16][head_dim] Kv: the prepended
-// KV fragment's f32 or f16, widened to f32 as loaded), out like q.
+// q [m, heads·head_dim] f32, k_cache, v_cache ([block][kv_head][16] token rows of the prepended
+// KV fragment's format, common/kv_*.wgsl, read through its kv_k1 / kv_v1 as f32), out like q.
 // Work: one 64-thread workgroup per (query head, row). Keys go in tiles of 64 (one score per
 // thread), with the online softmax (running max and sum, accumulator rescaled when the max grows);
 // each thread owns head dims t, t+64, t+128, t+192 of the output (head_dim <= 256).
@@ -25,8 +25,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> row_info: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> block_table: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<f32>;
-@group(0) @binding(4) var<storage, read> k_cache: array<Kv>;
-@group(0) @binding(5) var<storage, read> v_cache: array<Kv>;
+@group(0) @binding(4) var<storage, read> k_cache: array<KvCell>;
+@group(0) @binding(5) var<storage, read> v_cache: array<KvCell>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 64u;
@@ -59,9 +59,10 @@ fn reduce_sum(t: u32) -> f32 {
   return red[0];
 }
 
-fn kv_base(bt_off: u32, kv_head: u32, j: u32) -> u32 {
+// Token row of key `j` for `kv_head` (the first argument of the fragment's loads).
+fn kv_row(bt_off: u32, kv_head: u32, j: u32) -> u32 {
   let block = block_table[bt_off + j / BLOCK_TOKENS];
-  return ((block * p.kv_heads + kv_head) * BLOCK_TOKENS + j % BLOCK_TOKENS) * p.head_dim;
+  return (block * p.kv_heads + kv_head) * BLOCK_TOKENS + j % BLOCK_TOKENS;
 }
 
 @compute @workgroup_size(64)
@@ -86,10 +87,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let j = tile + t;
     var s = NEG_BIG;
     if (j < ctx_len) {
-      let kb = kv_base(bt_off, kv_head, j);
+      let kr = kv_row(bt_off, kv_head, j);
       var dot = 0.0;
       for (var d = 0u; d < p.head_dim; d++) {
-        dot += q_sh[d] * f32(k_cache[kb + d]);
+        dot += q_sh[d] * kv_k1(kr, d);
       }
       s = dot * p.scale;
     }
@@ -113,7 +114,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       if (d < p.head_dim) {
         var a = acc[r] * alpha;
         for (var jj = 0u; jj < n_keys; jj++) {
-          a += probs[jj] * f32(v_cache[kv_base(bt_off, kv_head, tile + jj) + d]);
+          a += probs[jj] * kv_v1(kv_row(bt_off, kv_head, tile + jj), d);
         }
         acc[r] = a;
       }

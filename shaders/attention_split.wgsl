@@ -21,8 +21,8 @@
 //     fallback recomputes the row.
 //
 // Bindings: params, row_info [m] vec2<u32>, block_table u32, q [m, heads·head_dim] f32 (as vec4),
-// k_cache, v_cache ([block][kv_head][16][head_dim] Kv, as vec4: f32, or f16 widened to f32 as
-// loaded), partials, flags [m] u32 (read-only in mode 0, atomic in mode 1).
+// k_cache, v_cache ([block][kv_head][16] token rows of the prepended KV fragment's format,
+// common/kv4_*.wgsl or kv_quant.wgsl, read 4 channels at a time through kv_k4 / kv_v4), partials, flags [m] u32 (read-only in mode 0, atomic in mode 1).
 // partials: one record of head_dim/4 + 1 vec4 per (row, query head, split), in that order:
 // vec4(c, l, 0, 0) then o. A split that starts past the row's end writes c = NEG_BIG, l = 0, o = 0.
 //
@@ -61,8 +61,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read> row_info: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> block_table: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> k_cache: array<vec4<Kv>>;
-@group(0) @binding(5) var<storage, read> v_cache: array<vec4<Kv>>;
+@group(0) @binding(4) var<storage, read> k_cache: array<KvCell>;
+@group(0) @binding(5) var<storage, read> v_cache: array<KvCell>;
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>;
 // Binding 7, flags [m] u32, and flag_get / flag_set come from common/attention_flags_read (mode 0)
 // or common/attention_flags_write (mode 1).
@@ -97,9 +97,9 @@ fn stage_blocks(bt_off: u32, t0: u32, n: u32, t: u32) {
   }
 }
 
-// Index (in vec4s) of the tile's token `j`'s K/V row for KV head `g`.
+// Token row (the fragment loads' first argument) of the tile's token `j` for KV head `g`.
 fn kv_row(g: u32, j: u32, hd4: u32) -> u32 {
-  return ((bt_sh[j / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS + j % BLOCK_TOKENS) * hd4;
+  return (bt_sh[j / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS + j % BLOCK_TOKENS;
 }
 
 // Unscaled scores of the K rows at ka..kd (4 tokens, the columns) against the 4 query heads whose
@@ -111,10 +111,10 @@ fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32) -> mat4x4<f32>
     let q1 = q_sh[qb + hd4 + d4];
     let q2 = q_sh[qb + 2u * hd4 + d4];
     let q3 = q_sh[qb + 3u * hd4 + d4];
-    let k0 = vec4<f32>(k_cache[ka + d4]);
-    let k1 = vec4<f32>(k_cache[kb + d4]);
-    let k2 = vec4<f32>(k_cache[kc + d4]);
-    let k3 = vec4<f32>(k_cache[kd + d4]);
+    let k0 = kv_k4(ka, d4);
+    let k1 = kv_k4(kb, d4);
+    let k2 = kv_k4(kc, d4);
+    let k3 = kv_k4(kd, d4);
     s += mat4x4<f32>(
       vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
       vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
@@ -133,8 +133,8 @@ fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
     let q1 = q_sh[qb + hd4 + d4];
     let q2 = q_sh[qb + 2u * hd4 + d4];
     let q3 = q_sh[qb + 3u * hd4 + d4];
-    let k0 = vec4<f32>(k_cache[ka + d4]);
-    let k1 = vec4<f32>(k_cache[kb + d4]);
+    let k0 = kv_k4(ka, d4);
+    let k1 = kv_k4(kb, d4);
     s += mat2x4<f32>(
       vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
       vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
@@ -344,10 +344,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // P·V, block by block (one block-table entry per 16 tokens).
     if (t < hd4) {
       for (var b0 = 0u; b0 < n; b0 += BLOCK_TOKENS) {
-        let base = (bt_sh[b0 / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS * hd4 + t;
+        let base = (bt_sh[b0 / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS;
         let kn = min(BLOCK_TOKENS, n - b0);
         for (var k = 0u; k < kn; k++) {
-          let v = vec4<f32>(v_cache[base + k * hd4]);
+          let v = kv_v4(base + k, t);
           let pa = p_sh[b0 + k];
           acc_a += outer(v, pa);
           l_a += pa;

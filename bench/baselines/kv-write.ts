@@ -2,7 +2,7 @@
 import { linearGrid, packParams } from '../../src/kernels/shader.js';
 import { baselineSource } from './source.js';
 import { type Dispatch, type DispatchBuilder } from '../../src/gpu/dispatch.js';
-import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from '../../src/kernels/kv-dtype.js';
+import { checkKvDtype, kvFragment, kvVariant } from '../../src/kernels/kv-dtype.js';
 
 export function kvWrite(
   b: DispatchBuilder,
@@ -16,7 +16,7 @@ export function kvWrite(
     kvHeads: number;
     headDim: number;
     /** Element type of the cache (default f32; f16 needs shader-f16). */
-    kvDtype?: KvDtype;
+    kvDtype?: 'f32' | 'f16';
   },
 ): Dispatch {
   const kv = a.kvDtype ?? 'f32';

@@ -20,6 +20,7 @@ export interface ChatInput {
    */
   chatTemplateKwargs?: Readonly<Record<string, unknown>>;
 }
+import type { KvDtype } from '../kernels/kv-dtype.js';
 
 /** A generation in progress: async-iterate it for tokens, or await `result()` for everything. */
 export interface GenerationStream extends AsyncIterable<GeneratedToken> {
@@ -38,8 +39,8 @@ export interface KilnEngine {
   /** Tokens of context (prompt + generated). */
   readonly contextLength: number;
   readonly adapter: AdapterSummary;
-  /** Element type of the KV cache ('f16' where the adapter has shader-f16). */
-  readonly kvCacheDtype: 'f16' | 'f32';
+  /** Format of the KV cache ('f16' where the adapter has shader-f16 unless asked otherwise). */
+  readonly kvCacheDtype: KvDtype;
   /** How the projection weights are stored, e.g. "float" or "int4 g32 asym, quantized at load". */
   readonly weightFormat: string;
   /** Without a chat template, chat requests are refused: use plain completion. */

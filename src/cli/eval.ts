@@ -1,14 +1,23 @@
 /** `kiln eval`: teacher-forced perplexity of a text, and KL / top-1 agreement against a reference. */
 import { readFile } from 'node:fs/promises';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import type { Engine } from '../engine/engine.js';
 import { evaluateText } from '../engine/eval.js';
 import { KilnError } from '../errors.js';
 import { createCountProgress } from '../node/progress.js';
+import { KV_CACHE_OPTIONS, type KvCacheOption } from '../engine/options.js';
+import { isQuantKv } from '../kernels/kv-dtype.js';
 import { loadEngine } from './load.js';
 import { addModelOptions, type ModelFlags } from './options.js';
 
-async function cmdEval(o: ModelFlags & { text: string; reference?: string; json?: boolean }): Promise<void> {
+interface EvalFlags extends ModelFlags {
+  text: string;
+  reference?: string;
+  referenceKvCache?: KvCacheOption;
+  json?: boolean;
+}
+
+async function cmdEval(o: EvalFlags): Promise<void> {
   let text: string;
   try {
     text = await readFile(o.text, 'utf8');
@@ -19,6 +28,10 @@ async function cmdEval(o: ModelFlags & { text: string; reference?: string; json?
   let reference: Engine | null = null;
   try {
     if (o.reference) reference = await loadEngine({ ...o, model: o.reference, quant: 'none' }, false);
+    else if (o.referenceKvCache || isCompressed(o.kvCache)) {
+      // The same model with another KV cache (default f16): the quality cost of compressing it.
+      reference = await loadEngine({ ...o, kvCache: o.referenceKvCache ?? 'f16' }, false);
+    }
     const ids = engine.encodePrompt(text);
     const bar = createCountProgress('eval', { enabled: !o.quiet });
     const r = await evaluateText(engine, ids, reference ?? undefined, (done, total) =>
@@ -29,7 +42,11 @@ async function cmdEval(o: ModelFlags & { text: string; reference?: string; json?
       process.stdout.write(JSON.stringify(r) + '\n');
       return;
     }
-    const lines = [`tokens ${r.tokens}`, `perplexity ${r.perplexity.toFixed(4)}`];
+    const lines = [
+      `tokens ${r.tokens}`,
+      `kv cache ${engine.kvCacheDtype}${reference && !o.reference ? ` (reference: ${reference.kvCacheDtype})` : ''}`,
+      `perplexity ${r.perplexity.toFixed(4)}`,
+    ];
     if (r.kl_mean !== null) {
       lines.push(
         `reference perplexity ${(r.reference_perplexity as number).toFixed(4)}`,
@@ -44,6 +61,10 @@ async function cmdEval(o: ModelFlags & { text: string; reference?: string; json?
   }
 }
 
+function isCompressed(kv: KvCacheOption | undefined): boolean {
+  return kv !== undefined && kv !== 'auto' && isQuantKv(kv);
+}
+
 /** `kiln eval`. */
 export function addEvalCommand(program: Command): void {
   addModelOptions(
@@ -53,6 +74,12 @@ export function addEvalCommand(program: Command): void {
   )
     .requiredOption('--text <file>', 'text to evaluate (UTF-8)')
     .option('--reference <dir>', 'reference model (e.g. the float model a quantized one came from)')
+    .addOption(
+      new Option(
+        '--reference-kv-cache <type>',
+        'compare against the same model with this KV cache (default f16 when --kv-cache is compressed and no --reference is given)',
+      ).choices([...KV_CACHE_OPTIONS]),
+    )
     .option('--json', 'print {tokens, perplexity, reference_perplexity, kl_mean, top1_agreement}')
-    .action((o: ModelFlags & { text: string; reference?: string; json?: boolean }) => cmdEval(o));
+    .action((o: EvalFlags) => cmdEval(o));
 }

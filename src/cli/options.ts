@@ -5,6 +5,7 @@
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { ADAPTER_CLASSES, type AdapterClass } from '../tuner/defaults.js';
+import { KV_CACHE_OPTIONS, type KvCacheOption } from '../engine/options.js';
 
 export function intArg(name: string, min: number) {
   return (v: string): number => {
@@ -30,7 +31,7 @@ export interface ModelFlags {
   attention?: 'async' | 'two_pass';
   sampler?: 'gpu' | 'cpu';
   activations?: 'f32' | 'f16';
-  kvCache?: 'auto' | 'f16' | 'f32';
+  kvCache?: KvCacheOption;
   quant?: 'none' | 'q4';
   groupSize?: number;
   quantSym?: boolean;
@@ -89,8 +90,8 @@ export function addModelOptions(cmd: Command): Command {
     .addOption(
       new Option(
         '--kv-cache <type>',
-        'KV cache element type: auto (f16 where the adapter has shader-f16, else f32), f16 or f32',
-      ).choices(['auto', 'f16', 'f32']),
+        'KV cache format: auto (f16 where the adapter has shader-f16, else f32), f16, f32, or compressed: int8, int4, int2 (per-token groups), gear4, gear2 (plus GEAR outliers)',
+      ).choices([...KV_CACHE_OPTIONS]),
     )
     .addOption(
       new Option(

@@ -36,6 +36,7 @@ import { GrammarCompiler, importXgrammar, type XgrammarModule } from './sampling
 import { samplingOf, validateSampling } from './sampling/params.js';
 import { Scheduler, type SchedulerStats } from './scheduler.js';
 import { BackgroundTuning } from './tuning.js';
+import { isQuantKv } from '../kernels/kv-dtype.js';
 
 /** Decode steps whose attention scores calibrate the unified max. */
 const CALIBRATION_STEPS = 8;
@@ -142,6 +143,11 @@ export class Engine implements KilnEngine {
       }
       const kvDtype: KvDtype =
         choices.kvCache === 'auto' ? (ctx.adapter.shaderF16 ? 'f16' : 'f32') : choices.kvCache;
+      if (isQuantKv(kvDtype) && spec.headDim % 4 !== 0) {
+        throw new InvalidRequestError(
+          `kvCache '${kvDtype}' needs head_dim to be a multiple of 4, this model's is ${spec.headDim}; use 'auto', 'f16' or 'f32'`,
+        );
+      }
       // The budget needs the KV element type, known only with the adapter; nothing is allocated yet.
       if (opts.memoryLimitBytes !== undefined) {
         const need = estimateMemory(spec, ckpt, source, kvTokens, kvDtype, prefillChunk);

@@ -9,6 +9,7 @@ import type { Checkpoint } from '../io/safetensors-checkpoint.js';
 import type { ModelSpec } from '../model/spec.js';
 import { weightBytes } from '../weights/loader.js';
 import type { WeightSource } from '../weights/source.js';
+import { isQuantKv } from '../kernels/kv-dtype.js';
 import { BLOCK_TOKENS, kvCacheBytes, type KvDtype } from './kv/cache.js';
 
 /** GPU memory a model will take, by part (what `memoryLimitBytes` is checked against). */
@@ -36,7 +37,8 @@ export function estimateMemory(
     (prefillChunk *
       (3 * spec.hiddenSize +
         2 * spec.numHeads * spec.headDim +
-        2 * spec.numKvHeads * spec.headDim +
+        // qkv's k and v, and a compressed cache's f32 stage of them before kv_quantize.
+        (isQuantKv(kvDtype) ? 4 : 2) * spec.numKvHeads * spec.headDim +
         2 * spec.intermediateSize) +
       2 * spec.vocabSize);
   return { weights, kvCache, activations, total: weights + kvCache + activations };

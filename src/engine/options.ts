@@ -9,6 +9,7 @@ import { ADAPTER_CLASSES, type AdapterClass } from '../tuner/defaults.js';
 import type { LoadProgress } from '../weights/loader.js';
 import type { LoadQuantOptions } from '../weights/select.js';
 import type { XgrammarModule } from './sampling/grammar.js';
+import { KV_DTYPES } from '../kernels/kv-dtype.js';
 
 export interface EngineOptions {
   /**
@@ -67,9 +68,12 @@ export interface EngineOptions {
    * Element type of the KV cache: 'auto' (default) is f16 where the adapter has shader-f16 and f32
    * otherwise; 'f16' (refused without shader-f16) halves the cache's memory and the bytes attention
    * reads, each K/V value rounded once to f16 (11 significant bits); 'f32' stores them exactly.
-   * Attention computes in f32 either way.
+   * Attention computes in f32 either way. Compressed (src/kernels/kv-dtype.ts; head_dim a multiple
+   * of 4): 'int8', 'int4', 'int2' quantize each token row of a KV head on its own (asymmetric,
+   * one f16 scale and min per row); 'gear4', 'gear2' add GEAR's sparse outliers (the 2 largest
+   * |x| of each row kept to f16 precision). Every attention kernel reads them directly.
    */
-  kvCache?: 'auto' | 'f16' | 'f32';
+  kvCache?: KvCacheOption;
   onProgress?: (p: LoadProgress) => void;
   /**
    * Kernel tuning (src/tuner): `true` or options to tune the model's kernels to this adapter. Cached
@@ -100,12 +104,16 @@ export interface EngineTuneOptions {
   warn?: (message: string) => void;
 }
 
+/** What `kvCache` accepts: 'auto' or a KV format. */
+export const KV_CACHE_OPTIONS = ['auto', ...KV_DTYPES] as const;
+export type KvCacheOption = (typeof KV_CACHE_OPTIONS)[number];
+
 /** The enumerated options with their defaults filled in, checked. */
 export interface EngineChoices {
   attentionSoftmax: 'async' | 'two_pass';
   sampling: 'gpu' | 'cpu';
   activations: 'f32' | 'f16';
-  kvCache: 'auto' | 'f16' | 'f32';
+  kvCache: KvCacheOption;
   quant: 'none' | 'q4';
   kernelDefaults: AdapterClass | 'auto';
 }
@@ -120,7 +128,7 @@ export function checkOptions(opts: EngineOptions): EngineChoices {
     attentionSoftmax: oneOf('attentionSoftmax', opts.attentionSoftmax, ['async', 'two_pass'] as const),
     sampling: oneOf('sampling', opts.sampling, ['gpu', 'cpu'] as const),
     activations: oneOf('activations', opts.activations, ['f32', 'f16'] as const),
-    kvCache: oneOf('kvCache', opts.kvCache, ['auto', 'f16', 'f32'] as const),
+    kvCache: oneOf('kvCache', opts.kvCache, KV_CACHE_OPTIONS),
     quant: oneOf('quant', opts.quant, ['none', 'q4'] as const),
     kernelDefaults: oneOf('kernelDefaults', opts.kernelDefaults, ['auto', ...ADAPTER_CLASSES] as const),
   };

@@ -12,8 +12,7 @@ import { storageUsage, type GpuContext } from '../gpu/device.js';
 import { UnsupportedModelError } from '../errors.js';
 import { MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
-import { WGSL } from './wgsl.gen.js';
+import { checkKvDtype, kvPrefix, kvVariant, type KvDtype } from './kv-dtype.js';
 
 export type AttentionDecodeVariant = 'two_pass' | 'async_softmax';
 
@@ -67,7 +66,7 @@ export const ATTENTION_DECODE_LABELS = {
 
 /**
  * The labels of ATTENTION_DECODE_LABELS for a `kvDtype` cache: pass 1 (attention_decode_*) reads
- * the cache and gets the `_kvf16` suffix with f16; the merges read only the f32 partials, so they
+ * the cache and gets the format's suffix (`_kvf16`, `_kvint4`, ...); the merges read only the f32 partials, so they
  * keep their label and their one compiled pipeline.
  */
 export function attentionDecodeLabels(variant: AttentionDecodeVariant, kvDtype: KvDtype): string[] {
@@ -229,7 +228,7 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
     );
   }
   const kv = a.kvDtype ?? 'f32';
-  checkKvDtype(b.ctx, kv);
+  checkKvDtype(b.ctx, kv, a.headDim);
   const isAsync = a.variant === 'async_softmax';
   if (isAsync && !Number.isFinite(a.phi))
     throw new RangeError('attentionDecode: the async_softmax variant needs a finite phi');
@@ -292,5 +291,5 @@ function withMode(mode: number, shader: 'attention_split' | 'attention_merge', k
   const modeLine = `const MODE: u32 = ${mode}u;\n`;
   if (shader === 'attention_merge') return modeLine + shaderSource(shader);
   const flags = mode === MODE.async ? 'common/attention_flags_write' : 'common/attention_flags_read';
-  return `${WGSL[kvFragment(kv)]}\n${modeLine}${shaderSource(shader, flags)}`;
+  return `${kvPrefix(kv, 'vec4')}\n${modeLine}${shaderSource(shader, flags)}`;
 }

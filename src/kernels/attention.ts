@@ -2,7 +2,7 @@
 import { UnsupportedModelError } from '../errors.js';
 import { MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
+import { checkKvDtype, kvPrefix, kvVariant, type KvDtype } from './kv-dtype.js';
 
 /** The kernel keeps q of one head in workgroup memory and 4 output dims per thread. */
 export const ATTENTION_MAX_HEAD_DIM = 256;
@@ -13,7 +13,7 @@ export function attention(
     /** [m] vec2<u32> (position, block-table offset) */ rowInfo: GPUBuffer;
     /** u32 physical block ids */ blockTable: GPUBuffer;
     /** [m, heads·headDim] f32 */ q: GPUBuffer;
-    /** [blocks][kvHeads][16][headDim] kvDtype */ kCache: GPUBuffer;
+    /** [blocks][kvHeads][16] rows of headDim kvDtype values (kv-dtype.ts) */ kCache: GPUBuffer;
     vCache: GPUBuffer;
     /** [m, heads·headDim] f32 */ out: GPUBuffer;
     m: number;
@@ -26,7 +26,7 @@ export function attention(
      * i - window < j <= i; 0 (the default) for full causal attention.
      */
     window?: number;
-    /** Element type of the cache (default f32; f16 needs shader-f16). */
+    /** Format of the cache (default f32; f16 needs shader-f16). */
     kvDtype?: KvDtype;
   },
 ): Dispatch {
@@ -38,10 +38,10 @@ export function attention(
   if (a.m > MAX_GRID || a.heads > MAX_GRID)
     throw new RangeError(`attention: grid ${a.heads}x${a.m} too large`);
   const kv = a.kvDtype ?? 'f32';
-  checkKvDtype(b.ctx, kv);
+  checkKvDtype(b.ctx, kv, a.headDim);
   return b.make(
     kvVariant('attention', kv),
-    () => shaderSource('attention', kvFragment(kv)),
+    () => `${kvPrefix(kv, 'scalar')}\n${shaderSource('attention')}`,
     packParams([
       ['u32', a.heads],
       ['u32', a.kvHeads],

@@ -4,7 +4,7 @@
  */
 import { linearGrid, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import { checkKvDtype, kvFragment, kvVariant, type KvDtype } from './kv-dtype.js';
+import { checkKvDtype, kvFragment, kvVariant } from './kv-dtype.js';
 
 export function ropeKvWrite(
   b: DispatchBuilder,
@@ -20,8 +20,11 @@ export function ropeKvWrite(
     heads: number;
     kvHeads: number;
     headDim: number;
-    /** Element type of the cache (default f32; f16 needs shader-f16). */
-    kvDtype?: KvDtype;
+    /**
+     * Element type of the cache (default f32; f16 needs shader-f16). A quantized cache is written
+     * by kv_quantize from this kernel's f32 rows at the identity slots.
+     */
+    kvDtype?: 'f32' | 'f16';
   },
 ): Dispatch {
   if (a.headDim % 2 !== 0) throw new RangeError(`rope_kv_write: head_dim ${a.headDim} is odd`);

@@ -18,18 +18,31 @@ import { projectionRows, type BlockRecipe, type ProjectionTensors } from './arch
 import { architectureOf } from './registry.js';
 import type { ModelSpec } from './spec.js';
 import { expectedTensors, modelTensors } from './tensors.js';
+import { isQuantKv, type KvDtype, type KvQuantDtype } from '../kernels/kv-dtype.js';
+import { kvRoundTrip } from '../kernels/kv-quant.ref.js';
 
 type Tensor = Float64Array;
 
 export interface ReferenceOptions {
   /**
    * 'f16' rounds K (after RoPE) and V to f16 (through f32, to nearest even) before attention, as
-   * an f16 KV cache stores them; everything else stays float64. Default 'f32': no rounding.
+   * an f16 KV cache stores them; a compressed format (int8, int4, int2, gear4, gear2) replaces each
+   * token row of a KV head by its quantize -> dequantize round trip (kv-quant.ref.ts); everything
+   * else stays float64. Default 'f32': no rounding.
    */
-  kvDtype?: 'f32' | 'f16';
+  kvDtype?: KvDtype;
 }
 
 const roundF16 = (x: number): number => f16BitsToF32(f32ToF16Bits(x));
+
+/** Every headDim-long row of `x` as a compressed KV cache gives it back. */
+function roundTripRows(x: Tensor, headDim: number, dtype: KvQuantDtype): Tensor {
+  const out = new Float64Array(x.length);
+  for (let at = 0; at < x.length; at += headDim) {
+    out.set(kvRoundTrip(x.subarray(at, at + headDim), dtype), at);
+  }
+  return out;
+}
 
 export class ReferenceModel {
   private constructor(
@@ -93,9 +106,13 @@ export class ReferenceModel {
       const q = ropeRef(columns(qkv, m, width, 0, qDim), positions, s.numHeads, s.headDim, invFreq);
       let k = ropeRef(columns(qkv, m, width, qDim, kvDim), positions, s.numKvHeads, s.headDim, invFreq);
       let v = columns(qkv, m, width, qDim + kvDim, kvDim);
-      if (this.opts.kvDtype === 'f16') {
+      const kvDtype = this.opts.kvDtype ?? 'f32';
+      if (kvDtype === 'f16') {
         k = k.map(roundF16);
         v = v.map(roundF16);
+      } else if (isQuantKv(kvDtype)) {
+        k = roundTripRows(k, s.headDim, kvDtype);
+        v = roundTripRows(v, s.headDim, kvDtype);
       }
       const att = attentionRef(
         q,

@@ -29,6 +29,8 @@ import {
 } from './choices.js';
 import { canonicalJson } from './signature.js';
 import { attentionCandidates, floatMatmulCandidates, q4MatmulCandidates } from './space.js';
+import { isQuantKv, type KvDtype } from '../kernels/kv-dtype.js';
+import { encodeKvRows } from '../kernels/kv-quant.ref.js';
 
 /** Inputs of one shape class, on the GPU, and how to record its kernel with a choice. */
 export interface ClassBench {
@@ -76,7 +78,7 @@ export interface AttentionShape {
   heads: number;
   kvHeads: number;
   headDim: number;
-  kvDtype: 'f32' | 'f16';
+  kvDtype: KvDtype;
 }
 
 function upload(ctx: GpuContext, label: string, data: ArrayBufferView, owned: GPUBuffer[]): GPUBuffer {
@@ -186,7 +188,13 @@ function attentionClass(
       const kvElems = blocks * shape.kvHeads * 16 * shape.headDim;
       const cache = (seed: number) => {
         const v = randomF32(kvElems, seed);
-        return upload(c, 'tune.kv', shape.kvDtype === 'f16' ? encodeFromFloat32('F16', v) : v, owned);
+        const dtype = shape.kvDtype;
+        const data = isQuantKv(dtype)
+          ? encodeKvRows(v, dtype, shape.headDim)
+          : dtype === 'f16'
+            ? encodeFromFloat32('F16', v)
+            : v;
+        return upload(c, 'tune.kv', data, owned);
       };
       const kCache = cache(11);
       const vCache = cache(12);

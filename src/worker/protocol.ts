@@ -27,6 +27,7 @@ import type {
   GrammarSpec,
   TuningStatus,
 } from '../api/types.js';
+import type { KvDtype } from '../kernels/kv-dtype.js';
 
 /** Where the worker loads a model from. */
 export type ModelSource =
@@ -71,7 +72,7 @@ export interface EngineInfo {
   modelName: string;
   contextLength: number;
   adapter: AdapterSummary;
-  kvCacheDtype: 'f16' | 'f32';
+  kvCacheDtype: KvDtype;
   weightFormat: string;
   hasChatTemplate: boolean;
   toolCallFormat: ToolFormatName;

@@ -15,6 +15,7 @@ import type {
   GrammarSpec,
   TuningStatus,
 } from '../api/types.js';
+import type { KvDtype } from '../kernels/kv-dtype.js';
 import {
   deserializeError,
   type Endpoint,
@@ -273,7 +274,7 @@ export class WorkerEngine implements KilnEngine {
   get adapter(): AdapterSummary {
     return this.info.adapter;
   }
-  get kvCacheDtype(): 'f16' | 'f32' {
+  get kvCacheDtype(): KvDtype {
     return this.info.kvCacheDtype;
   }
   get weightFormat(): string {

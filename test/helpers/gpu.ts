@@ -2,7 +2,7 @@ import { expect } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { decodeToFloat32, encodeFromFloat32 } from '../../src/io/dtype.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/gpu/dispatch.js';
-import { kvElementBytes, type KvDtype } from '../../src/kernels/kv-dtype.js';
+import { kvElementBytes, type KvFloatDtype as KvDtype } from '../../src/kernels/kv-dtype.js';
 import { tileMatrix, TILE_ROWS, type GpuWeight, type WeightFormat } from '../../src/kernels/tiled.js';
 import { acquireNodeGpu } from '../../src/node/dawn.js';
 

@@ -12,7 +12,7 @@ import {
 } from '../../src/kernels/attention-decode.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/gpu/dispatch.js';
-import type { KvDtype } from '../../src/kernels/kv-dtype.js';
+import type { KvFloatDtype as KvDtype } from '../../src/kernels/kv-dtype.js';
 import { kvWrite } from '../../bench/baselines/kv-write.js';
 import {
   expectClose,

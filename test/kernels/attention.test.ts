@@ -2,7 +2,7 @@ import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { attention } from '../../src/kernels/attention.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
-import type { KvDtype } from '../../src/kernels/kv-dtype.js';
+import type { KvFloatDtype as KvDtype } from '../../src/kernels/kv-dtype.js';
 import { kvWrite } from '../../bench/baselines/kv-write.js';
 import { ropeKvWrite } from '../../src/kernels/rope-kv-write.js';
 import { rope } from '../../bench/baselines/rope.js';

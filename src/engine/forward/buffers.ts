@@ -6,6 +6,7 @@
 import { storageUsage, type GpuContext } from '../../gpu/device.js';
 import { activationBytes } from '../../kernels/activation.js';
 import { isStackedQuantWeight } from '../../kernels/linear.js';
+import { isQuantKv } from '../../kernels/kv-dtype.js';
 import type { ForwardState } from './state.js';
 
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
@@ -25,6 +26,11 @@ export interface StepBuffers {
   /** [m, 2·intermediate] f32 int4 gate/up before SwiGLU (int4 models only) */ gateUp?: GPUBuffer | undefined;
   /** [m, widest permuted K] f32 X gathered by a column permutation (act-order GPTQ only) */
   gathered?: GPUBuffer | undefined;
+  /**
+   * [ceil(m / 16)][kvHeads][16][headDim] f32 K and V of the step's rows at the identity slots,
+   * before kv_quantize writes them into a quantized cache (quantized caches only).
+   */
+  kvStage?: { k: GPUBuffer; v: GPUBuffer } | undefined;
   /** [r, hidden] final-normed logit rows (f16 when activations are f16) */ final: GPUBuffer;
   /** [r, vocab] f32 */ logits: GPUBuffer;
   /** [r] u32 argmax or sampled id of each logit row */ outIds: GPUBuffer;
@@ -71,6 +77,12 @@ export function createStepBuffers(
       permuted.length > 0
         ? f32('act.gathered', m * Math.max(...permuted.map((l) => l.weight.cols)))
         : undefined,
+    kvStage: isQuantKv(model.kv.dtype)
+      ? {
+          k: f32('act.kv_stage.k', Math.ceil(m / 16) * 16 * kvDim),
+          v: f32('act.kv_stage.v', Math.ceil(m / 16) * 16 * kvDim),
+        }
+      : undefined,
     final: act('act.final', r, H),
     logits: f32('act.logits', r * spec.vocabSize),
     outIds: f32('act.out_ids', r),

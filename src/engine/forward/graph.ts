@@ -16,6 +16,8 @@ import { embedGguf } from '../../kernels/embed-gguf.js';
 import { embedQ4 } from '../../kernels/embed-q4.js';
 import { isGgufWeight, isQ4Weight, linear, type LinearArgs } from '../../kernels/linear.js';
 import { rmsnorm } from '../../kernels/rmsnorm.js';
+import { isQuantKv } from '../../kernels/kv-dtype.js';
+import { kvQuantize } from '../../kernels/kv-quantize.js';
 import { ropeKvWrite } from '../../kernels/rope-kv-write.js';
 import type { BlockRecipe, ProjectionRole } from '../../model/architecture.js';
 import { architectureOf } from '../../model/registry.js';
@@ -108,22 +110,51 @@ export function recordGraph(
     );
     tap('qkv', s.xn, H);
     body.push(...project({ x: s.xn, lin: L.qkv, y: s.qkv, m, ...xIn }));
-    body.push(
-      ropeKvWrite(b, {
-        rowInfo: s.rowInfo,
-        slots: s.slots,
-        table: model.ropeTable,
-        qkv: s.qkv,
-        q: s.q,
-        kCache,
-        vCache,
-        m,
-        heads: spec.numHeads,
-        kvHeads: spec.numKvHeads,
-        headDim: spec.headDim,
-        kvDtype: kv.dtype,
-      }),
-    );
+    const kvDims = { m, kvHeads: spec.numKvHeads, headDim: spec.headDim };
+    const dtype = kv.dtype;
+    if (isQuantKv(dtype)) {
+      // A quantized cache: RoPE'd f32 rows to the step's stage (identity slots), then quantized
+      // into the cache at the rows' slots.
+      if (!s.kvStage) throw new RangeError('a quantized KV cache needs the step buffers kvStage');
+      const stage = s.kvStage;
+      body.push(
+        ropeKvWrite(b, {
+          rowInfo: s.rowInfo,
+          slots: model.identityRows,
+          table: model.ropeTable,
+          qkv: s.qkv,
+          q: s.q,
+          kCache: stage.k,
+          vCache: stage.v,
+          heads: spec.numHeads,
+          ...kvDims,
+        }),
+        kvQuantize(b, {
+          slots: s.slots,
+          kStage: stage.k,
+          vStage: stage.v,
+          kCache,
+          vCache,
+          kvDtype: dtype,
+          ...kvDims,
+        }),
+      );
+    } else {
+      body.push(
+        ropeKvWrite(b, {
+          rowInfo: s.rowInfo,
+          slots: s.slots,
+          table: model.ropeTable,
+          qkv: s.qkv,
+          q: s.q,
+          kCache,
+          vCache,
+          heads: spec.numHeads,
+          kvDtype: dtype,
+          ...kvDims,
+        }),
+      );
+    }
     const attnArgs = {
       rowInfo: s.rowInfo,
       blockTable: model.blockTable,

@@ -1,14 +1,15 @@
 /**
  * The paged KV cache (vLLM PagedAttention layout): per layer one K and one V buffer of
- * [numBlocks][kvHeads][BLOCK_TOKENS][headDim] elements of the cache's dtype (f32, or f16 where
- * the adapter has shader-f16: half the memory and attention bandwidth). This class owns only the
+ * [numBlocks][kvHeads][BLOCK_TOKENS] token rows of the cache's format (src/kernels/kv-dtype.ts:
+ * headDim f32 values, f16 where the adapter has shader-f16, or a compressed int8/int4/int2/GEAR
+ * row). A block is a fixed number of bytes in every format, so copies and sharing are the same. This class owns only the
  * buffers: which sequence holds which block (ref counts, prefix sharing, copy-on-write, eviction)
  * is the BlockManager's (block-manager.ts). A token at position p of a sequence lives in slot
  * blockTable[p / 16] · 16 + p % 16.
  */
 import { DeviceMemoryError } from '../../errors.js';
 import { formatBytes, storageUsage, type GpuContext } from '../../gpu/device.js';
-import { checkKvDtype, kvElementBytes, type KvDtype } from '../../kernels/kv-dtype.js';
+import { checkKvDtype, kvRowBytes, type KvDtype } from '../../kernels/kv-dtype.js';
 import type { ModelSpec } from '../../model/spec.js';
 
 export type { KvDtype };
@@ -17,7 +18,7 @@ export const BLOCK_TOKENS = 16;
 
 /** Bytes of one block of one layer's K (or V) buffer in a `dtype` cache. */
 export function kvBlockBytes(spec: ModelSpec, dtype: KvDtype = 'f32'): number {
-  return spec.numKvHeads * BLOCK_TOKENS * spec.headDim * kvElementBytes(dtype);
+  return spec.numKvHeads * BLOCK_TOKENS * kvRowBytes(dtype, spec.headDim);
 }
 
 /** Bytes of K and V for `tokens` tokens across all layers (rounded up to whole blocks). */
@@ -26,7 +27,7 @@ export function kvCacheBytes(spec: ModelSpec, tokens: number, dtype: KvDtype = '
 }
 
 export class PagedKvCache {
-  /** Per layer: K [numBlocks][kvHeads][16][headDim] of `dtype`. */
+  /** Per layer: K [numBlocks][kvHeads][16] rows of `dtype`. */
   readonly k: GPUBuffer[] = [];
   /** Per layer: V, same layout as K. */
   readonly v: GPUBuffer[] = [];
@@ -39,7 +40,7 @@ export class PagedKvCache {
   ) {}
 
   /**
-   * Allocates a pool of `numBlocks` blocks per layer of `dtype` elements (default f32; f16 needs
+   * Allocates a pool of `numBlocks` blocks per layer in format `dtype` (default f32; f16 needs
    * shader-f16); errors say what was needed.
    */
   static async create(
@@ -48,7 +49,7 @@ export class PagedKvCache {
     numBlocks: number,
     dtype: KvDtype = 'f32',
   ): Promise<PagedKvCache> {
-    checkKvDtype(ctx, dtype);
+    checkKvDtype(ctx, dtype, spec.headDim);
     const cache = new PagedKvCache(ctx, numBlocks, dtype);
     const layerBytes = numBlocks * kvBlockBytes(spec, dtype);
     const limit = ctx.limits.maxStorageBufferBindingSize;

@@ -1,0 +1,12 @@
+// KV-cache fragment, vec4 view: f32 K and V in cells of 4 channels (split-K decode attention, whose
+// loads of whole vec4s are what lavapipe and GPUs stream best). Loads as in kv_f32.wgsl.
+alias Kv = f32;
+alias KvCell = vec4<f32>;
+
+fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
+  return k_cache[row * (p.head_dim / 4u) + d4];
+}
+
+fn kv_v4(row: u32, d4: u32) -> vec4<f32> {
+  return v_cache[row * (p.head_dim / 4u) + d4];
+}

@@ -1,0 +1,306 @@
+import { describe, expect, test } from 'vitest';
+import type { GpuContext } from '../../src/gpu/device.js';
+import { attention } from '../../src/kernels/attention.js';
+import {
+  AttentionDecodeScratch,
+  attentionDecode,
+  type AttentionDecodeVariant,
+} from '../../src/kernels/attention-decode.js';
+import { attentionRef } from '../../src/kernels/attention.ref.js';
+import { kvQuantParams, kvRowBytes, type KvQuantDtype } from '../../src/kernels/kv-dtype.js';
+import { decodeKvRow, dequantizeKvRow, kvCode, quantizeKvRow } from '../../src/kernels/kv-quant.ref.js';
+import { kvQuantize } from '../../src/kernels/kv-quantize.js';
+import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
+import { DispatchBuilder, runDispatches } from '../../src/gpu/dispatch.js';
+import {
+  expectClose,
+  randomF32,
+  readF32,
+  readU32,
+  run,
+  shuffledBlocks,
+  testGpu,
+  upload,
+} from '../helpers/gpu.js';
+
+const BLOCK = 16;
+const FORMATS: KvQuantDtype[] = ['int8', 'int4', 'int2', 'gear4', 'gear2'];
+
+/**
+ * K rows like a real model's keys: uniform in [-2, 2) plus a few outlier channels (every 13th,
+ * scaled 8x), the structure that makes per-token key quantization lossy; V uniform in [-1, 1).
+ */
+function kvData(tokens: number, kvHeads: number, headDim: number, seed: number) {
+  const k = randomF32(tokens * kvHeads * headDim, seed, 2);
+  for (let i = 0; i < k.length; i++) if ((i % headDim) % 13 === 5) k[i] = (k[i] as number) * 8;
+  const v = randomF32(tokens * kvHeads * headDim, seed + 1);
+  return { k, v };
+}
+
+interface QuantCache {
+  kCache: GPUBuffer;
+  vCache: GPUBuffer;
+  table: number[];
+  blockTable: GPUBuffer;
+  /** The cache's rows decoded in float64, in token order [tokens, kvHeads·headDim]. */
+  k: Float64Array;
+  v: Float64Array;
+  /** The decoded rows (token-major, head-minor) as words say, for the quantizer checks. */
+  rowsK: ReturnType<typeof decodeKvRow>[];
+  rowsV: ReturnType<typeof decodeKvRow>[];
+}
+
+/**
+ * Quantizes `k`, `v` ([tokens, kvHeads·headDim]) into shuffled blocks of a `dtype` cache with
+ * kv_quantize, `chunk` rows per dispatch (its stage holds them at the identity slots, as
+ * rope_kv_write leaves them), then reads the words back and decodes them with the float64 twin.
+ */
+async function fillQuant(
+  c: GpuContext,
+  k: Float32Array,
+  v: Float32Array,
+  tokens: number,
+  kvHeads: number,
+  headDim: number,
+  dtype: KvQuantDtype,
+  chunk = 256,
+): Promise<QuantCache> {
+  const blocks = Math.ceil(tokens / BLOCK);
+  const table = shuffledBlocks(blocks, tokens + headDim);
+  const rowBytes = kvRowBytes(dtype, headDim);
+  const cacheBytes = blocks * kvHeads * BLOCK * rowBytes;
+  const kCache = upload(c, new Uint8Array(cacheBytes));
+  const vCache = upload(c, new Uint8Array(cacheBytes));
+  const kvDim = kvHeads * headDim;
+  for (let t0 = 0; t0 < tokens; t0 += chunk) {
+    const m = Math.min(chunk, tokens - t0);
+    const stage = (x: Float32Array) => {
+      const s = new Float32Array(Math.ceil(m / BLOCK) * BLOCK * kvDim);
+      for (let r = 0; r < m; r++) {
+        for (let h = 0; h < kvHeads; h++) {
+          const at = ((Math.floor(r / BLOCK) * kvHeads + h) * BLOCK + (r % BLOCK)) * headDim;
+          s.set(x.subarray((t0 + r) * kvDim + h * headDim, (t0 + r) * kvDim + (h + 1) * headDim), at);
+        }
+      }
+      return upload(c, s);
+    };
+    const slots = Uint32Array.from({ length: m }, (_, r) => {
+      const p = t0 + r;
+      return (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK);
+    });
+    run(c, (b) =>
+      kvQuantize(b, {
+        slots: upload(c, slots),
+        kStage: stage(k),
+        vStage: stage(v),
+        kCache,
+        vCache,
+        m,
+        kvHeads,
+        headDim,
+        kvDtype: dtype,
+      }),
+    );
+  }
+  const rw = rowBytes / 4;
+  const decodeAll = async (buf: GPUBuffer) => {
+    const words = await readU32(c, buf, cacheBytes / 4);
+    const dense = new Float64Array(tokens * kvDim);
+    const rows: ReturnType<typeof decodeKvRow>[] = [];
+    for (let p = 0; p < tokens; p++) {
+      for (let h = 0; h < kvHeads; h++) {
+        const row = ((table[Math.floor(p / BLOCK)] as number) * kvHeads + h) * BLOCK + (p % BLOCK);
+        const q = decodeKvRow(words.subarray(row * rw, (row + 1) * rw), dtype, headDim);
+        rows.push(q);
+        dense.set(dequantizeKvRow(q), p * kvDim + h * headDim);
+      }
+    }
+    return { dense, rows };
+  };
+  const dk = await decodeAll(kCache);
+  const dv = await decodeAll(vCache);
+  return {
+    kCache,
+    vCache,
+    table,
+    blockTable: upload(c, Uint32Array.from(table)),
+    k: dk.dense,
+    v: dv.dense,
+    rowsK: dk.rows,
+    rowsV: dv.rows,
+  };
+}
+
+const f16Ulp = (x: number) => {
+  const h = f32ToF16Bits(x) & 0x7fff;
+  return Math.abs(f16BitsToF32(h + 1) - f16BitsToF32(h));
+};
+
+describe('kv_quantize vs its float64 twin', () => {
+  // Rows 1, 7, 129 (one dispatch of 129 and dispatches of 50: stages that start mid-block), head
+  // dims 4 (one word, a row smaller than a vec4 of outliers... of codes), 12, 64, 256.
+  const cases = [
+    { tokens: 1, kvHeads: 1, headDim: 4, chunk: 256 },
+    { tokens: 7, kvHeads: 3, headDim: 12, chunk: 256 },
+    { tokens: 129, kvHeads: 2, headDim: 64, chunk: 50 },
+    { tokens: 33, kvHeads: 1, headDim: 256, chunk: 256 },
+  ];
+  for (const dtype of FORMATS) {
+    for (const { tokens, kvHeads, headDim, chunk } of cases) {
+      test(`${dtype} rows=${tokens} kvHeads=${kvHeads} headDim=${headDim}`, async () => {
+        const c = await testGpu();
+        const { k, v } = kvData(tokens, kvHeads, headDim, tokens + headDim);
+        const qc = await fillQuant(c, k, v, tokens, kvHeads, headDim, dtype, chunk);
+        const { bits, outliers } = kvQuantParams(dtype);
+        let nearTies = 0;
+        for (const [x, rows] of [
+          [k, qc.rowsK],
+          [v, qc.rowsV],
+        ] as const) {
+          rows.forEach((got, i) => {
+            const row = x.subarray(i * headDim, (i + 1) * headDim);
+            const want = quantizeKvRow(row, dtype);
+            // The same outlier channels (|x| distinct here), in the same order.
+            expect(got.outliers.map((o) => o.ch)).toEqual(want.outliers.map((o) => o.ch));
+            // (scale, min): the kernel divides in f32 before rounding to f16, the twin in
+            // float64: at most one f16 ulp apart.
+            expect(Math.abs(got.scale - want.scale)).toBeLessThanOrEqual(f16Ulp(want.scale));
+            expect(Math.abs(got.min - want.min)).toBeLessThanOrEqual(f16Ulp(want.min));
+            // Codes are the rule applied with the stored (scale, min), except where (x - min) /
+            // scale lies within f32's rounding (1e-4 of a level) of a half-way point.
+            for (let d = 0; d < headDim; d++) {
+              const xd = row[d] as number;
+              const exact = got.scale > 0 ? (xd - got.min) / got.scale : 0;
+              const code = kvCode(xd, got.scale, got.min, bits);
+              if (got.codes[d] !== code) {
+                expect(Math.abs(Math.abs(exact % 1) - 0.5)).toBeLessThan(1e-4);
+                expect(Math.abs((got.codes[d] as number) - code)).toBe(1);
+                nearTies++;
+              }
+            }
+            // What the row gives back: within half a level of x for every channel the range
+            // covers; an outlier within its f16 residual's rounding (2^-11 relative, or the
+            // whole residual below f16's smallest normal 2^-14: adapters may flush f16
+            // subnormals, lavapipe does), plus the f32 arithmetic of code · scale + min.
+            const deq = dequantizeKvRow(got);
+            const outCh = new Set(got.outliers.map((o) => o.ch));
+            for (let d = 0; d < headDim; d++) {
+              const err = Math.abs((deq[d] as number) - (row[d] as number));
+              if (outCh.has(d)) {
+                const r = got.outliers.find((o) => o.ch === d)?.resid ?? 0;
+                expect(err).toBeLessThanOrEqual(Math.max(Math.abs(r) * 2 ** -11, 2 ** -14) + 1e-6);
+              } else {
+                // f16 rounding of min may put x up to half an ulp below the range: clamped.
+                expect(err).toBeLessThanOrEqual(got.scale / 2 + f16Ulp(got.min) + 1e-6);
+              }
+            }
+            expect(got.outliers.length).toBe(outliers);
+          });
+        }
+        // Ties are rare (random data): no more than a few in the whole cache.
+        expect(nearTies).toBeLessThan(4);
+      });
+    }
+  }
+});
+
+/**
+ * Attention tolerance: the kernels read exactly the values the float64 decoding gives (code ·
+ * scale + min + residual, each one f32 rounding: 6e-8 relative), so the error budget is that of
+ * f32 attention over float data (attention-decode.test.ts: 2e-5 absolute for q in [-3, 3), v in
+ * [-1, 1)). Keys here reach |16| in outlier channels, scores |x| ≲ 60: the score error grows to
+ * ~3e-6, still within the same 2e-5 (observed below 1e-6).
+ */
+const ATOL = 2e-5;
+
+describe('attention over a quantized cache vs attentionRef on the decoded cache', () => {
+  // ctx 1, 7, 129, 4097; GQA 1..8; head dims 8, 64, 128; windows; each format.
+  const cases = [
+    { ctx: 1, heads: 2, kvHeads: 2, headDim: 8, chunk: 16, window: 0 },
+    { ctx: 7, heads: 8, kvHeads: 2, headDim: 64, chunk: 16, window: 0 },
+    { ctx: 129, heads: 6, kvHeads: 2, headDim: 128, chunk: 48, window: 0 },
+    { ctx: 129, heads: 4, kvHeads: 1, headDim: 64, chunk: 16, window: 7 },
+    { ctx: 4097, heads: 4, kvHeads: 1, headDim: 64, chunk: 512, window: 0 },
+  ];
+  for (const dtype of FORMATS) {
+    for (const { ctx, heads, kvHeads, headDim, chunk, window } of cases) {
+      if (ctx === 4097 && dtype !== 'int4' && dtype !== 'gear2') continue;
+      test(`${dtype} ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim} window=${window}`, async () => {
+        const c = await testGpu();
+        const { k, v } = kvData(ctx, kvHeads, headDim, ctx * 3 + headDim);
+        const qc = await fillQuant(c, k, v, ctx, kvHeads, headDim, dtype);
+        const positions = [...new Set([ctx - 1, Math.floor(ctx / 2), 0])];
+        const q = randomF32(positions.length * heads * headDim, ctx + 5, 3);
+        const scale = 1 / Math.sqrt(headDim);
+        const want = attentionRef(q, qc.k, qc.v, positions, heads, kvHeads, headDim, scale, window);
+        const common = {
+          rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+          blockTable: qc.blockTable,
+          q: upload(c, q),
+          kCache: qc.kCache,
+          vCache: qc.vCache,
+          m: positions.length,
+          heads,
+          kvHeads,
+          headDim,
+          scale,
+          window,
+          kvDtype: dtype,
+        };
+        // Prefill kernel.
+        const out = upload(c, new Float32Array(q.length));
+        run(c, (b) => attention(b, { ...common, out }));
+        expectClose(await readF32(c, out, q.length), want, { atol: ATOL });
+        // Split-K decode: exact, and async softmax with phi = 0 (inside these scores' range).
+        for (const variant of ['two_pass', 'async_softmax'] as AttentionDecodeVariant[]) {
+          const maxContext = ctx + 40;
+          const scratch = new AttentionDecodeScratch(c, {
+            rows: positions.length,
+            heads,
+            headDim,
+            maxContext,
+            chunk,
+          });
+          const o2 = upload(c, new Float32Array(q.length));
+          const b = new DispatchBuilder(c);
+          runDispatches(
+            c,
+            attentionDecode(b, {
+              ...common,
+              out: o2,
+              maxContext,
+              chunk,
+              variant,
+              ...(variant === 'async_softmax' ? { phi: 0 } : {}),
+              scratch,
+            }),
+          );
+          expectClose(await readF32(c, o2, q.length), want, { atol: ATOL });
+          b.destroy();
+          scratch.destroy();
+        }
+      });
+    }
+  }
+});
+
+describe('compression error', () => {
+  // GEAR's sparse part must lower the error at the same bits on keys with outlier channels: the
+  // mean squared error of the round trip, over the same rows.
+  test('gear4 < int4 and gear2 < int2 on keys with outlier channels', () => {
+    const headDim = 64;
+    const { k } = kvData(64, 1, headDim, 99);
+    const mse = (dtype: KvQuantDtype) => {
+      let s = 0;
+      for (let r = 0; r < 64; r++) {
+        const row = k.subarray(r * headDim, (r + 1) * headDim);
+        const deq = dequantizeKvRow(quantizeKvRow(row, dtype));
+        for (let d = 0; d < headDim; d++) s += ((deq[d] as number) - (row[d] as number)) ** 2;
+      }
+      return s / k.length;
+    };
+    expect(mse('gear4')).toBeLessThan(mse('int4'));
+    expect(mse('gear2')).toBeLessThan(mse('int2'));
+    expect(mse('int8')).toBeLessThan(mse('int4'));
+  });
+});
