@@ -17,7 +17,7 @@ import {
   type AttentionDecodeVariant,
 } from '../src/kernels/attention-decode.js';
 import { DispatchBuilder, runDispatches } from '../src/gpu/dispatch.js';
-import { kvElementBytes } from '../src/kernels/kv-dtype.js';
+import { kvElementBytes, type KvFloatDtype as KvDtype } from '../src/kernels/kv-dtype.js';
 import type { BenchContext } from './kernels.js';
 import { randomF32 } from '../src/kernels/random.js';
 import { BENCH_MODELS } from './shapes.js';
