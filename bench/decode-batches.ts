@@ -15,6 +15,13 @@ export interface DecodeBenchRow {
   decode_tokens_per_s_aggregate: number;
   decode_tokens_per_s_per_request: number;
   wall_s: number;
+  /** Steps of the timed run (prefill chunks included), wall ms per step. */
+  steps: number;
+  wall_ms_per_step: number;
+  /** GPU ms per step (timestamps around each step's forward pass); null without timestamp-query. */
+  gpu_ms_per_step: number | null;
+  /** gpu_ms_per_step / wall_ms_per_step: the share of a step the GPU is busy. */
+  gpu_busy_ratio: number | null;
 }
 
 /**
@@ -42,8 +49,13 @@ export async function benchDecode(
     // Warm-up: the same shapes once (pipelines and plans), different prompts (no prefix hits).
     await Promise.all(ids(1).map((p) => engine.generate(p, { ...opts, maxTokens: 2 }).result()));
     const t0 = performance.now();
-    const results = await Promise.all(ids(2).map((p) => engine.generate(p, opts).result()));
+    const m = await engine.measureSteps(() =>
+      Promise.all(ids(2).map((p) => engine.generate(p, opts).result())),
+    );
+    const results = m.result;
     const wall = (performance.now() - t0) / 1000;
+    const wallPerStep = m.wallMs / Math.max(1, m.steps);
+    const gpuPerStep = m.gpuMs !== null && m.stampedSteps > 0 ? m.gpuMs / m.stampedSteps : null;
     const s = summarize(engine, results, t0, wall);
     rows.push({
       batch: b,
@@ -52,6 +64,10 @@ export async function benchDecode(
       decode_tokens_per_s_aggregate: s.decode_tokens_per_s_aggregate,
       decode_tokens_per_s_per_request: round(s.decode_tokens_per_s_aggregate / b),
       wall_s: round(wall),
+      steps: m.steps,
+      wall_ms_per_step: round(wallPerStep),
+      gpu_ms_per_step: gpuPerStep === null ? null : round(gpuPerStep),
+      gpu_busy_ratio: gpuPerStep === null ? null : round(gpuPerStep / wallPerStep),
     });
   }
   return rows;

@@ -30,11 +30,15 @@ async function cmdBenchDecode(
       );
       return;
     }
-    process.stdout.write('batch  aggregate tok/s  per request  vs first\n');
+    process.stdout.write(
+      'batch  aggregate tok/s  per request  vs first  wall ms/step  GPU ms/step  GPU busy\n',
+    );
     for (const r of rows) {
       const ratio = base > 0 ? (r.decode_tokens_per_s_aggregate / base).toFixed(2) + 'x' : '-';
+      const gpu = r.gpu_ms_per_step === null ? '-' : r.gpu_ms_per_step.toFixed(2);
+      const busy = r.gpu_busy_ratio === null ? '-' : r.gpu_busy_ratio.toFixed(2);
       process.stdout.write(
-        `${String(r.batch).padStart(5)}  ${r.decode_tokens_per_s_aggregate.toFixed(2).padStart(15)}  ${r.decode_tokens_per_s_per_request.toFixed(2).padStart(11)}  ${ratio.padStart(9)}\n`,
+        `${String(r.batch).padStart(5)}  ${r.decode_tokens_per_s_aggregate.toFixed(2).padStart(15)}  ${r.decode_tokens_per_s_per_request.toFixed(2).padStart(11)}  ${ratio.padStart(9)}  ${r.wall_ms_per_step.toFixed(2).padStart(12)}  ${gpu.padStart(11)}  ${busy.padStart(8)}\n`,
       );
     }
   } finally {

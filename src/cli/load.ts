@@ -30,6 +30,7 @@ export async function loadEngine(o: ModelFlags, background = true): Promise<Engi
       ...(o.kvCache ? { kvCache: o.kvCache } : {}),
       ...(o.quant ? { quant: o.quant } : {}),
       ...(o.kernelDefaults ? { kernelDefaults: o.kernelDefaults } : {}),
+      ...(o.pipelineDepth ? { pipelineDepth: o.pipelineDepth } : {}),
       quantOptions: {
         ...(o.groupSize ? { groupSize: o.groupSize as Q4GroupSize } : {}),
         ...(o.quantSym ? { symmetric: true } : {}),

@@ -37,6 +37,8 @@ export interface ModelFlags {
   quantSym?: boolean;
   quantLmHead?: boolean;
   quiet?: boolean;
+  /** Decode steps in flight (1-3). */
+  pipelineDepth?: number;
   /** Row of the per-adapter-class kernel defaults (default auto). */
   kernelDefaults?: AdapterClass | 'auto';
   /** false with --no-tune */
@@ -106,6 +108,11 @@ export function addModelOptions(cmd: Command): Command {
     )
     .option('--quant-sym', 'symmetric int4 for --quant q4 (default: asymmetric zero points)')
     .option('--quant-lm-head', 'quantize the LM head too with --quant q4')
+    .addOption(
+      new Option('--pipeline-depth <n>', 'decode steps kept in flight (1 = one at a time; default 2)')
+        .choices(['1', '2', '3'])
+        .argParser(Number),
+    )
     .addOption(
       new Option(
         '--kernel-defaults <class>',

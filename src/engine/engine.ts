@@ -26,6 +26,7 @@ import { destroyWeights, loadWeights, validateCheckpoint, type ModelWeights } fr
 import { openModelFiles } from '../weights/model-files.js';
 import type { WeightSource } from '../weights/source.js';
 import { ForwardModel } from './forward/model.js';
+import { StepGpuClock } from './forward/step-clock.js';
 import { captureLinearInputs, profileStep, runStep, warmAsyncAttention } from './forward/step.js';
 import { Generation, type GenerationHost } from './generation.js';
 import { BlockManager } from './kv/block-manager.js';
@@ -70,6 +71,7 @@ export class Engine implements KilnEngine {
     private readonly modelLocation: string,
     gpuSampling: boolean,
     private readonly weightSource: WeightSource,
+    pipelineDepth: number,
     /** The row of kernel defaults in use and its choices for this model's classes. */
     readonly kernelDefaults: { adapterClass: AdapterClass; choices: KernelChoices },
     loadXgrammar: () => Promise<XgrammarModule>,
@@ -79,6 +81,7 @@ export class Engine implements KilnEngine {
       tokenBudget: prefillChunk,
       contextLength,
       gpuSampling,
+      pipelineDepth,
     });
     this.grammar = new GrammarCompiler(tokenizer, spec.vocabSize, this.eosTokenIds, loadXgrammar);
     this.toolCallFormat = detectToolFormat(tokenizer.chatTemplateText);
@@ -191,6 +194,7 @@ export class Engine implements KilnEngine {
         opts.model.location,
         choices.sampling === 'gpu',
         source,
+        opts.pipelineDepth ?? 2,
         { adapterClass: defaults.adapterClass, choices: defaultTable },
         opts.loadXgrammar ?? importXgrammar,
       );
@@ -234,6 +238,31 @@ export class Engine implements KilnEngine {
         warmAsyncAttention(this.forward, input),
       );
     });
+  }
+
+  /**
+   * Runs `work` (requests of the caller's) and measures its steps: how many ran, their wall time,
+   * and their GPU time from timestamps around each step's forward pass (null without the
+   * timestamp-query feature). For benchmarks: `kiln bench decode` reports GPU ms against wall ms
+   * per step, which is how much of a step the GPU is busy.
+   */
+  async measureSteps<T>(
+    work: () => Promise<T>,
+  ): Promise<{ result: T; steps: number; wallMs: number; gpuMs: number | null; stampedSteps: number }> {
+    const clock = this.ctx.adapter.timestampQuery ? new StepGpuClock(this.ctx) : null;
+    this.forward.stepClock = clock;
+    const steps0 = this.scheduler.stats().steps;
+    const t0 = performance.now();
+    try {
+      const result = await work();
+      const wallMs = performance.now() - t0;
+      const steps = this.scheduler.stats().steps - steps0;
+      const g = clock ? await clock.read() : null;
+      return { result, steps, wallMs, gpuMs: g ? g.gpuMs : null, stampedSteps: g ? g.steps : 0 };
+    } finally {
+      this.forward.stepClock = null;
+      clock?.destroy();
+    }
   }
 
   /** Running and waiting requests, KV blocks, prefix-cache hit rate, preemptions. */

@@ -90,6 +90,13 @@ export interface EngineOptions {
    * 'gpu-integrated', else 'generic', the kernels' own shape rules); naming a class forces its row.
    */
   kernelDefaults?: AdapterClass | 'auto';
+  /**
+   * Decode steps kept in flight (1-3, default 2): a batch of decoding sequences submits its next
+   * step before the previous step's ids are read back, the ids feeding the next embedding on the
+   * GPU, so the readback's latency and the CPU's work on a step overlap the GPU's. 1 runs one
+   * step at a time. The output is the same either way.
+   */
+  pipelineDepth?: number;
 }
 
 export interface EngineTuneOptions {
@@ -124,6 +131,10 @@ export function checkOptions(opts: EngineOptions): EngineChoices {
   positiveInteger('prefillChunkTokens', opts.prefillChunkTokens);
   positiveInteger('memoryLimitBytes', opts.memoryLimitBytes);
   positiveInteger('kvCacheTokens', opts.kvCacheTokens);
+  const d = opts.pipelineDepth;
+  if (d !== undefined && !(Number.isInteger(d) && d >= 1 && d <= 3)) {
+    throw new InvalidRequestError(`pipelineDepth must be 1, 2 or 3, got ${d}`);
+  }
   return {
     attentionSoftmax: oneOf('attentionSoftmax', opts.attentionSoftmax, ['async', 'two_pass'] as const),
     sampling: oneOf('sampling', opts.sampling, ['gpu', 'cpu'] as const),

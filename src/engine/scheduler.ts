@@ -18,7 +18,7 @@
 import type { FinishReason, LogitAdjustments, SamplingParams, TokenLogprobs } from '../api/types.js';
 import { InvalidRequestError, KilnError } from '../errors.js';
 import type { ForwardModel, StepInput } from './forward/model.js';
-import { runStep } from './forward/step.js';
+import { runStep, submitDecodeStep } from './forward/step.js';
 import { BlockManager, OutOfBlocksError, type BlockCopy } from './kv/block-manager.js';
 import { BLOCK_TOKENS, kvBlockBytes, type PagedKvCache } from './kv/cache.js';
 import type { RowAdjust, RowSampling } from './sampling/gpu.js';
@@ -45,6 +45,12 @@ export interface ScheduledRequest {
     id: number,
     logprob?: Omit<TokenLogprobs, 'token' | 'top'> & { top: { id: number; logprob: number }[] },
   ) => void;
+  /**
+   * false: every step of this sequence needs CPU state computed from its previous token, so it
+   * never runs ahead of its ids: batches holding it run one step at a time (pipeline depth 1).
+   * Sequences with a grammar, logit edits or logprobs always do. Default true.
+   */
+  pipeline?: boolean;
 }
 
 export interface ScheduledOutcome {
@@ -68,6 +74,8 @@ export interface SchedulerStats {
   prefixCacheHitRate: number;
   preemptions: number;
   steps: number;
+  /** Decode steps submitted before their input ids were read back (pipelined decode). */
+  aheadSteps: number;
 }
 
 interface Seq {
@@ -83,6 +91,11 @@ interface Seq {
   firstTokenAt: number | null;
   cachedPromptTokens: number;
   preemptions: number;
+  /**
+   * Positions appended ahead of their token (pipelined decode): slots reserved for steps in flight
+   * whose input id is still on the GPU. Their token ids are set as the ids arrive.
+   */
+  reserved: number;
   /** Set by `cancel` (a consumer that stopped reading) or the request's abort signal. */
   cancelled: boolean;
   finished: boolean;
@@ -108,6 +121,12 @@ export interface SchedulerOptions {
   contextLength: number;
   /** Draw non-greedy tokens on the GPU (one id read back) or from read-back logits. */
   gpuSampling: boolean;
+  /**
+   * Decode steps in flight at once (1-3; default 2): a batch of decoding sequences submits its
+   * next steps before the ids of the previous one are read, the ids feeding the next embedding on
+   * the GPU (see `decodeBurst`). 1 runs one step at a time.
+   */
+  pipelineDepth?: number;
 }
 
 /**
@@ -134,11 +153,14 @@ export class Scheduler {
   private inStep = false;
   private preemptionCount = 0;
   private steps = 0;
+  private aheadSteps = 0;
   private failure: unknown = null;
   /** The turns of steps and holds on the GPU state, in arrival order. */
   private turns: Promise<void> = Promise.resolve();
   /** Resolved when the last request ends (see `whenIdle`). */
   private idleWaiters: (() => void)[] = [];
+  /** Turns asked for and not yet given: a pipelined burst yields to them. */
+  private turnWaiters = 0;
 
   constructor(
     private readonly forward: ForwardModel,
@@ -152,7 +174,12 @@ export class Scheduler {
     const prev = this.turns;
     let release!: () => void;
     this.turns = new Promise<void>((r) => (release = r));
-    await prev;
+    this.turnWaiters++;
+    try {
+      await prev;
+    } finally {
+      this.turnWaiters--;
+    }
     return release;
   }
 
@@ -257,6 +284,7 @@ export class Scheduler {
         arrival: this.arrivals++,
         tokens: [...req.prompt],
         computed: 0,
+        reserved: 0,
         produced: 0,
         sampler: new SequenceSampler(
           req.sampling,
@@ -305,6 +333,7 @@ export class Scheduler {
       prefixCacheHitRate: b.hitRate,
       preemptions: this.preemptionCount,
       steps: this.steps,
+      aheadSteps: this.aheadSteps,
     };
   }
 
@@ -363,6 +392,7 @@ export class Scheduler {
   private preempt(s: Seq): void {
     this.blocks.free(s.id);
     s.computed = 0;
+    s.reserved = 0;
     s.preemptions++;
     this.preemptionCount++;
     this.running.splice(this.running.indexOf(s), 1);
@@ -443,6 +473,10 @@ export class Scheduler {
       }
     }
     if (work.length === 0) return;
+    if (work.length === this.running.length && this.pipelinable(work)) {
+      await this.decodeBurst(work.map((w) => w.s));
+      return;
+    }
 
     const input: StepRows = {
       tokens: [],
@@ -539,5 +573,165 @@ export class Scheduler {
       }
       if (this.running.includes(s)) this.grow(s, token);
     });
+  }
+
+  /**
+   * Whether this step may start a pipelined burst: every running sequence decodes (one row each),
+   * none waits to be admitted, attention is calibrated (calibration reads each step back), and
+   * every row's next input is the id its previous step drew: greedy or drawn on the GPU without a
+   * repetition penalty (the penalty needs the latest ids on the CPU), with no grammar mask, logit
+   * edits or logprobs (computed on the CPU from the ids so far), and no sequence asked for depth 1
+   * (`ScheduledRequest.pipeline`).
+   */
+  private pipelinable(work: readonly { s: Seq; n: number }[]): boolean {
+    if ((this.opts.pipelineDepth ?? 2) < 2 || this.waiting.length > 0) return false;
+    if (this.forward.calibration?.active) return false;
+    return work.every(
+      ({ s, n }) =>
+        n === 1 &&
+        s.req.pipeline !== false &&
+        !s.sampler.adjusts &&
+        s.sampler.logprobs === null &&
+        (s.sampler.greedy || (this.opts.gpuSampling && s.sampler.params.repetitionPenalty === 1)),
+    );
+  }
+
+  /**
+   * Pipelined decode of a fixed batch: up to `pipelineDepth` steps in flight. Each step after the
+   * first reserves the next KV slot of every sequence (its token id still unknown to the CPU) and
+   * takes its input ids from the previous step's output on the GPU; ids come back through a ring
+   * of readback buffers and are handled in order, as one-at-a-time steps would handle them. When a
+   * sequence ends (EOS, max tokens, context, abort), a request arrives, or other work waits for
+   * the GPU, no further step is submitted: the steps in flight are drained, the ended sequences'
+   * extra rows discarded (their blocks are already free: anything written there later is queued
+   * after those rows), and the next step is planned afresh.
+   */
+  private async decodeBurst(seqs: Seq[]): Promise<void> {
+    const depth = Math.min(3, Math.max(1, this.opts.pipelineDepth ?? 2));
+    const read = seqs.every((s) => s.sampler.greedy) ? 'ids' : 'sample';
+    const inFlight: Promise<Uint32Array>[] = [this.submitDecode(seqs, read, false)];
+    let stop = false;
+    for (;;) {
+      while (!stop && inFlight.length < depth && this.mayRunAhead(seqs)) {
+        inFlight.push(this.submitDecode(seqs, read, true));
+      }
+      const ids = await (inFlight.shift() as Promise<Uint32Array>);
+      if (this.absorbDecode(seqs, ids)) stop = true;
+      if (this.waiting.length > 0 || this.turnWaiters > 0) stop = true;
+      // Nothing in flight: the ids just handled are on the CPU, and the next step is planned
+      // afresh by the loop (a new burst if nothing changed).
+      if (inFlight.length === 0) return;
+    }
+  }
+
+  /**
+   * Whether every sequence of the burst can take one more step ahead: none ended or cancelled,
+   * each still short of its max tokens and the context counting the steps in flight, and blocks
+   * to reserve the slots.
+   */
+  private mayRunAhead(seqs: readonly Seq[]): boolean {
+    if (this.waiting.length > 0 || this.turnWaiters > 0) return false;
+    let blocks = 0;
+    for (const s of seqs) {
+      if (s.finished || s.cancelled || s.req.signal?.aborted) return false;
+      // After the steps in flight, this one would produce token produced + reserved + 2.
+      if (s.produced + s.reserved + 1 >= s.req.maxTokens) return false;
+      if (s.tokens.length + s.reserved + 1 >= this.opts.contextLength) return false;
+      blocks += this.blocks.blocksNeeded(s.id, 1);
+    }
+    return blocks <= this.blocks.availableBlocks;
+  }
+
+  /**
+   * Writes and submits one decode step of the burst. `ahead`: the step runs before the previous
+   * step's ids are known; each row's position is the next one, its slot reserved now, its id
+   * copied on the GPU.
+   */
+  private submitDecode(seqs: readonly Seq[], read: 'ids' | 'sample', ahead: boolean): Promise<Uint32Array> {
+    const input: StepRows = {
+      tokens: [],
+      positions: [],
+      slots: [],
+      blockTableOffsets: [],
+      blockTable: [],
+      logitRows: [],
+    };
+    seqs.forEach((s, i) => {
+      if (ahead) {
+        this.copyBlocks(this.blocks.appendSlots(s.id, [0]).copies);
+        s.reserved++;
+      }
+      const pos = s.tokens.length - 1 + s.reserved;
+      const offset = input.blockTable.length;
+      input.blockTable.push(...this.blocks.blockTable(s.id));
+      // An id still on the GPU is written as 0 and replaced there before the forward pass.
+      input.tokens.push(ahead ? 0 : (s.tokens[pos] as number));
+      input.positions.push(pos);
+      input.slots.push(this.blocks.slotFor(s.id, pos));
+      input.blockTableOffsets.push(offset);
+      input.logitRows.push(i);
+    });
+    this.steps++;
+    if (ahead) this.aheadSteps++;
+    // One uniform per non-greedy draw, from the request's own generator, in step order.
+    const sampling = read === 'sample' ? seqs.map((s) => s.sampler.gpuRow(s.tokens)) : undefined;
+    const ids = submitDecodeStep(this.forward, input, read, {
+      chained: ahead,
+      ...(sampling ? { sampling } : {}),
+    });
+    // A step still in flight when an earlier one fails is never awaited: its failure is the same.
+    ids.catch(() => undefined);
+    return ids;
+  }
+
+  /**
+   * Handles the ids of one burst step, as `step` handles a step's ids; a sequence that ended at an
+   * earlier step of the burst is skipped (its row was extra). True when a sequence ended.
+   */
+  private absorbDecode(seqs: readonly Seq[], ids: Uint32Array): boolean {
+    let ended = false;
+    const live = seqs.filter((s) => !s.finished && this.running.includes(s));
+    for (const s of live) {
+      s.computed += 1;
+      this.blocks.markComputed(s.id, s.computed);
+    }
+    seqs.forEach((s, i) => {
+      if (!live.includes(s) || s.finished) return;
+      if (s.cancelled || s.req.signal?.aborted) {
+        this.finish(s, 'abort');
+        ended = true;
+        return;
+      }
+      const token = ids[i] as number;
+      s.firstTokenAt ??= performance.now();
+      if (s.req.eos.has(token)) {
+        this.finish(s, 'stop');
+        ended = true;
+        return;
+      }
+      s.tokens.push(token);
+      s.produced++;
+      // No grammar here (such sequences are never pipelined): accept only keeps the sampler's
+      // state as an unpipelined step would.
+      const open = s.sampler.accept(token);
+      s.req.onToken(token);
+      if (!open) {
+        this.finish(s, 'stop');
+        ended = true;
+        return;
+      }
+      if (s.produced >= s.req.maxTokens || s.tokens.length >= this.opts.contextLength) {
+        this.finish(s, 'length');
+        ended = true;
+        return;
+      }
+      if (!this.running.includes(s)) return;
+      if (s.reserved > 0) {
+        // Its slot was reserved by the step in flight that reads this token.
+        s.reserved--;
+        this.blocks.setToken(s.id, s.tokens.length - 1, token);
+      } else this.grow(s, token);
+    });
+    return ended;
   }
 }

@@ -4,7 +4,7 @@
  * and every request still completes correctly, a shared prefix is computed once, and a long prompt
  * arriving while others decode is prefilled in chunks between their tokens.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -164,4 +164,105 @@ describe('continuous batching', () => {
       chunked.dispose();
     }
   }, 300_000);
+});
+
+describe('pipelined decode', () => {
+  // Depth 1 is the reference (one step at a time, ids read before the next step is written). The
+  // three engines run the same requests in the same order, so their attention calibrations (the
+  // unified max, set from the first decode steps) are the same too.
+  let serial: Engine;
+  let two: Engine;
+  let deep: Engine;
+  beforeAll(async () => {
+    serial = await createEngine({ model: dir, pipelineDepth: 1 });
+    two = await createEngine({ model: dir });
+    deep = await createEngine({ model: dir, pipelineDepth: 3 });
+  }, 120_000);
+  afterAll(() => {
+    serial?.dispose();
+    two?.dispose();
+    deep?.dispose();
+  });
+
+  /** Runs the same requests on each engine, all at once; their results and the engines' stats. */
+  async function both(opts: (i: number) => GenerateOptions, n = PROMPTS.length) {
+    const run = (e: Engine) =>
+      Promise.all(PROMPTS.slice(0, n).map((p, i) => e.generate(p, opts(i)).result()));
+    return { a: await run(serial), b: await run(two), c: await run(deep) };
+  }
+
+  test('greedy, batched, with EOS and staggered max tokens: the same ids and finish reasons at depths 1, 2, 3', async () => {
+    const before = { b: two.stats().aheadSteps, c: deep.stats().aheadSteps, a: serial.stats().aheadSteps };
+    const { a, b, c } = await both((i) => ({ maxTokens: 20 + 23 * i, temperature: 0 }));
+    for (const other of [b, c]) {
+      other.forEach((r, i) => {
+        expect(r.tokenIds).toEqual(a[i]?.tokenIds);
+        expect(r.finishReason).toBe(a[i]?.finishReason);
+      });
+    }
+    // Sequences end one by one (at their max tokens, some at EOS) while the others go on.
+    expect(new Set(a.map((r) => r.tokenIds.length)).size).toBeGreaterThan(4);
+    expect(serial.stats().aheadSteps).toBe(before.a);
+    expect(two.stats().aheadSteps).toBeGreaterThan(before.b);
+    expect(deep.stats().aheadSteps).toBeGreaterThan(before.c);
+    // Every extra step's KV slots went back with its sequence.
+    for (const e of [serial, two, deep]) {
+      const s = e.stats();
+      expect(s.running + s.waiting).toBe(0);
+      expect(s.blocksUsed).toBe(0);
+    }
+  }, 600_000);
+
+  test('alone: the golden 200 greedy ids at every depth', async () => {
+    const golden = (
+      JSON.parse(readFileSync(sharedModel('babyllama-tok105', 'reference_greedy.json'), 'utf8')) as {
+        greedy_ids_after_bos: number[];
+      }
+    ).greedy_ids_after_bos.slice(0, 200);
+    for (const e of [serial, two, deep])
+      expect((await e.generate([1], GREEDY).result()).tokenIds).toEqual(golden);
+  }, 300_000);
+
+  test('seeded sampling (GPU draws, with and without a repetition penalty): the same ids at every depth', async () => {
+    const { a, b, c } = await both((i) => ({
+      maxTokens: 30 + 7 * i,
+      temperature: 0.9,
+      topP: 0.95,
+      seed: 7 + i,
+      // The penalty needs the latest ids on the CPU: those sequences run one step at a time.
+      ...(i % 3 === 0 ? { repetitionPenalty: 1.3 } : {}),
+    }));
+    for (const other of [b, c]) other.forEach((r, i) => expect(r.tokenIds).toEqual(a[i]?.tokenIds));
+  }, 600_000);
+
+  test('stop strings and aborts end a sequence at the same token; the others go on', async () => {
+    const stopAt = (e: Engine) =>
+      e.generate([1], { maxTokens: 120, temperature: 0, stop: [' the'] }).result();
+    const ref = await stopAt(serial);
+    expect(ref.finishReason).toBe('stop');
+    for (const e of [two, deep]) {
+      const r = await stopAt(e);
+      expect(r.text).toBe(ref.text);
+      expect(r.finishReason).toBe('stop');
+    }
+    const otherRef = await serial
+      .generate(PROMPTS[1] as number[], { maxTokens: 60, temperature: 0, ignoreEos: true })
+      .result();
+    for (const e of [two, deep]) {
+      const ctl = new AbortController();
+      const seen: (number | null)[] = [];
+      const cut = e.generate([1], { maxTokens: 200, temperature: 0, ignoreEos: true, signal: ctl.signal });
+      const other = e.generate(PROMPTS[1] as number[], { maxTokens: 60, temperature: 0, ignoreEos: true });
+      for await (const t of cut) {
+        seen.push(t.id);
+        if (seen.length === 25) ctl.abort();
+      }
+      const r = await cut.result();
+      expect(r.finishReason).toBe('abort');
+      expect(r.tokenIds.length).toBeGreaterThanOrEqual(25);
+      expect(r.tokenIds.length).toBeLessThan(200);
+      expect((await other.result()).tokenIds).toEqual(otherRef.tokenIds);
+      expect(e.stats().blocksUsed).toBe(0);
+    }
+  }, 600_000);
 });

@@ -12,6 +12,7 @@ import type { TuneTarget } from '../../tuner/classes.js';
 import type { ModelWeights } from '../../weights/loader.js';
 import { BLOCK_TOKENS, type PagedKvCache } from '../kv/cache.js';
 import { Calibration } from './calibration.js';
+import type { StepGpuClock } from './step-clock.js';
 import { StepPlan } from './plan.js';
 import type { ForwardState } from './state.js';
 
@@ -46,6 +47,8 @@ export class ForwardModel implements ForwardState {
   readonly attentionPhi: (number | null)[];
   /** Observes the first decode steps' scores to set attentionPhi; null once done (or never). */
   calibration: Calibration | null;
+  /** Stamps every step's GPU time while set (benchmarks: Engine.measureSteps). */
+  stepClock: StepGpuClock | null = null;
   private kernelChoices = new KernelChoices();
   /** Plans get the GPU sampling stage (set at the first sampled request). */
   private sampling = false;

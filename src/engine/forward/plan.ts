@@ -17,6 +17,9 @@ import { createStepBuffers, type StepBuffers } from './buffers.js';
 import { recordGraph, type RecordedGraph } from './graph.js';
 import type { ForwardState } from './state.js';
 
+/** Readback buffers per plan for pipelined decode: the scheduler keeps at most 3 steps in flight. */
+export const PIPELINE_RING = 4;
+
 export class StepPlan {
   readonly bufs: StepBuffers;
   readonly graph: RecordedGraph;
@@ -30,6 +33,9 @@ export class StepPlan {
   adjust: GpuLogitAdjust | null = null;
   private readonly owned: GPUBuffer[] = [];
   private readonly builder: DispatchBuilder;
+  /** Mappable id buffers of pipelined steps, one per step in flight (made on first use). */
+  private readonly ring: GPUBuffer[] = [];
+  private ringNext = 0;
 
   constructor(
     private readonly ctx: GpuContext,
@@ -100,6 +106,29 @@ export class StepPlan {
       { logits: this.bufs.logits, vocab: this.model.spec.vocabSize },
       (b) => (this.owned.push(b), b),
     );
+  }
+
+  /**
+   * The next buffer of the readback ring: a step in flight keeps its buffer mapped-pending until
+   * its ids are read, so the next step copies into another one (PIPELINE_RING buffers cover the
+   * deepest pipeline the scheduler runs, with one to spare).
+   */
+  nextReadback(): GPUBuffer {
+    const i = this.ringNext;
+    this.ringNext = (i + 1) % PIPELINE_RING;
+    let b = this.ring[i];
+    if (!b) {
+      b = this.ctx.createBuffer(
+        `readback.ids.${i}`,
+        Math.max(4, this.r * 4),
+        GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      );
+      this.ring[i] = b;
+      this.owned.push(b);
+    }
+    if (b.mapState !== 'unmapped')
+      throw new RangeError('pipelined readback ring overrun: a step in flight still holds this buffer');
+    return b;
   }
 
   destroy(): void {

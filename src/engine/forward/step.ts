@@ -62,7 +62,8 @@ export async function runStep(
     cal.active &&
     plan.graph.scoreCapture.length > 0 &&
     read !== 'none';
-  let pass = enc.beginComputePass({ label: 'kiln.forward' });
+  const stamp = capture ? undefined : fm.stepClock?.passWrites();
+  let pass = enc.beginComputePass({ label: 'kiln.forward', ...(stamp ? { timestampWrites: stamp } : {}) });
   if (capture) pass = cal.encode(enc, pass, plan);
   else encodeDispatches(pass, plan.graph.body);
   if (read !== 'none') encodeDispatches(pass, plan.graph.head);
@@ -123,6 +124,53 @@ export async function runStep(
   // An error raised by this step arrives as an event; do not hand back what it produced.
   ctx.assertAlive();
   return logits ? new Float32Array(data) : new Uint32Array(data);
+}
+
+/**
+ * Submits a decode step and returns its ids' readback without waiting for it, so the next step
+ * can be written and submitted while this one runs (pipelined decode). `chained`: the step's
+ * token ids are the previous step's output ids, copied on the GPU before its forward pass (the
+ * previous step ran the same plan: one row and one logit row per sequence, in the same order), so
+ * the CPU need not know them. Each step reads back through its own buffer of the plan's ring.
+ * No calibration capture: steps are pipelined only once attention is calibrated.
+ */
+export function submitDecodeStep(
+  fm: ForwardModel,
+  input: StepInput,
+  read: 'ids' | 'sample',
+  o: { sampling?: readonly RowSampling[]; chained: boolean },
+): Promise<Uint32Array> {
+  const { ctx } = fm;
+  const r = input.logitRows.length;
+  if (r !== input.tokens.length) throw new RangeError('a pipelined step has one logit row per row');
+  const plan = fm.writeInputs(input);
+  const enc = ctx.device.createCommandEncoder({ label: 'kiln.step' });
+  if (o.chained) enc.copyBufferToBuffer(plan.bufs.outIds, 0, plan.bufs.ids, 0, r * 4);
+  const stamp = fm.stepClock?.passWrites();
+  const pass = enc.beginComputePass({ label: 'kiln.forward', ...(stamp ? { timestampWrites: stamp } : {}) });
+  encodeDispatches(pass, plan.graph.body);
+  encodeDispatches(pass, plan.graph.head);
+  if (read === 'ids') encodeDispatches(pass, [plan.graph.argmax]);
+  else {
+    if (!o.sampling || !plan.sampling) throw new RangeError("a 'sample' step needs sampling");
+    encodeDispatches(pass, plan.sampling.prepare(o.sampling));
+  }
+  pass.end();
+  const dst = plan.nextReadback();
+  enc.copyBufferToBuffer(plan.bufs.outIds, 0, dst, 0, r * 4);
+  ctx.device.queue.submit([enc.finish()]);
+  return dst.mapAsync(GPUMapMode.READ, 0, r * 4).then(
+    () => {
+      const ids = new Uint32Array(dst.getMappedRange(0, r * 4).slice(0));
+      dst.unmap();
+      ctx.assertAlive();
+      return ids;
+    },
+    (e: unknown) => {
+      ctx.assertAlive();
+      throw e;
+    },
+  );
 }
 
 /**

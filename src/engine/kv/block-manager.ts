@@ -300,6 +300,25 @@ export class BlockManager {
   }
 
   /**
+   * Sets the token id of a position appended ahead of its token (pipelined decode reserves the
+   * next step's slot while the id that fills it is still on the GPU). Only positions not yet
+   * computed: a computed position may already be hashed into the prefix table.
+   */
+  setToken(seq: number, position: number, token: number): void {
+    const s = this.get(seq);
+    if (!Number.isSafeInteger(position) || position < s.computed || position >= s.tokens.length)
+      throw new RangeError(
+        `cannot set the token at ${position}: sequence ${seq} has ${s.tokens.length} positions, ${s.computed} computed`,
+      );
+    s.tokens[position] = token;
+  }
+
+  /** Blocks an allocation may take now (free, or cached and evictable). */
+  get availableBlocks(): number {
+    return this.available();
+  }
+
+  /**
    * Declares the KV of positions [0, upTo) of `seq` written. Full blocks among them are registered
    * in the prefix hash table (they become shareable, and stay cached after `free`). Registration
    * waits for this call, not `appendSlots`, so a block whose KV was never written (a step that
