@@ -396,6 +396,49 @@ describe('kiln tune', () => {
   }, 900_000);
 });
 
+describe('kiln bench decode', () => {
+  it('--json reports per batch size wall ms, GPU ms per step and their ratio', async () => {
+    const r = await kiln(
+      [
+        'bench',
+        'decode',
+        '--model',
+        baby,
+        '--batch',
+        '1,2',
+        '--tokens',
+        '8',
+        '--prompt-tokens',
+        '4',
+        '--json',
+      ],
+      { timeoutMs: 300_000 },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as {
+      adapter: { timestampQuery: boolean };
+      rows: {
+        batch: number;
+        steps: number;
+        wall_ms_per_step: number;
+        gpu_ms_per_step: number | null;
+        gpu_busy_ratio: number | null;
+      }[];
+    };
+    expect(out.rows.map((row) => row.batch)).toEqual([1, 2]);
+    for (const row of out.rows) {
+      expect(row.steps).toBeGreaterThan(0);
+      expect(row.wall_ms_per_step).toBeGreaterThan(0);
+      if (!out.adapter.timestampQuery) {
+        expect(row.gpu_ms_per_step).toBeNull();
+        continue;
+      }
+      expect(row.gpu_ms_per_step).toBeGreaterThan(0);
+      expect(row.gpu_busy_ratio).toBeCloseTo((row.gpu_ms_per_step as number) / row.wall_ms_per_step, 1);
+    }
+  }, 300_000);
+});
+
 describe('kiln run / models / help', () => {
   it('without --json streams the text to stdout and a summary to stderr', async () => {
     // --no-tune: whether a tuning line follows depends on the cache (see "kiln tune" above).

@@ -7,8 +7,8 @@
  */
 import type { GpuContext } from '../../gpu/device.js';
 
-/** Pairs of timestamps the set holds (a benchmark's timed run is far shorter). */
-const CAPACITY = 4096;
+/** Pairs of timestamps the set holds (WebGPU allows 4096 queries per set; a timed run is shorter). */
+const CAPACITY = 2048;
 
 export class StepGpuClock {
   private readonly querySet: GPUQuerySet;
