@@ -5,6 +5,7 @@
 import { writeFileSync } from 'node:fs';
 import { benchKernels, type BenchRow } from './kernels.js';
 import { attentionSuite } from './attention.js';
+import { matmulGgufSuite } from './matmul-gguf.js';
 import { matmulQ4Suite } from './matmul-q4.js';
 import { acquireNodeGpu } from '../src/node/dawn.js';
 
@@ -24,7 +25,7 @@ export async function cmdBenchKernels(o: { json?: string; quick?: boolean }): Pr
     );
     const report = await benchKernels(ctx, {
       quick: o.quick ?? false,
-      extra: [matmulQ4Suite, attentionSuite],
+      extra: [matmulQ4Suite, matmulGgufSuite, attentionSuite],
       onRow: (r) =>
         out.write(
           `${r.kernel.padEnd(18)} ${r.variant.padEnd(34)} ${r.ms.toFixed(3).padStart(9)} ${r.gbps.toFixed(2).padStart(8)} ${r.gflops.toFixed(2).padStart(8)} ${r.roofline_fraction.toFixed(2).padStart(6)} ${r.max_rel_err.toExponential(1).padStart(9)} ${r.ok ? 'ok' : 'NO'}  ${shapeText(r.shape)}\n`,

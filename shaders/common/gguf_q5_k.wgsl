@@ -7,33 +7,36 @@ const BW: u32 = 44u;
 const DPLANE: bool = false;
 const NCH: u32 = 32u;
 
+// Per 64-element group g: (d·sc, dmin·m) of pairs 2g and 2g + 1, decoded once per block with
+// vector ops (pairs j < 4 from the low six bits of bytes j and j + 4; pairs j ≥ 4 from the nibbles
+// of byte j + 4 under the top two bits of bytes j − 4 and j).
 struct Head {
-  d: f32,
-  dmin: f32,
-  s0: u32,
-  s1: u32,
-  s2: u32,
+  p0: vec4<f32>,
+  p1: vec4<f32>,
+  p2: vec4<f32>,
+  p3: vec4<f32>,
 }
 
 fn gguf_head(wb: u32, d: f32) -> Head {
   let dm = unpack2x16float(wd(wb, 0u));
-  return Head(dm.x, dm.y, wd(wb, 1u), wd(wb, 2u), wd(wb, 3u));
+  let b0 = bytes4(wd(wb, 1u));
+  let b1 = bytes4(wd(wb, 2u));
+  let b2 = bytes4(wd(wb, 3u));
+  let lo_sc = vec4<f32>(b0 & vec4<u32>(63u)) * dm.x;
+  let lo_m = vec4<f32>(b1 & vec4<u32>(63u)) * dm.y;
+  let hi_sc = vec4<f32>((b2 & vec4<u32>(15u)) | ((b0 >> vec4<u32>(6u)) << vec4<u32>(4u))) * dm.x;
+  let hi_m = vec4<f32>((b2 >> vec4<u32>(4u)) | ((b1 >> vec4<u32>(6u)) << vec4<u32>(4u))) * dm.y;
+  return Head(
+    vec4<f32>(lo_sc.x, lo_m.x, lo_sc.y, lo_m.y),
+    vec4<f32>(lo_sc.z, lo_m.z, lo_sc.w, lo_m.w),
+    vec4<f32>(hi_sc.x, hi_m.x, hi_sc.y, hi_m.y),
+    vec4<f32>(hi_sc.z, hi_m.z, hi_sc.w, hi_m.w),
+  );
 }
 
-// Byte k of the 12 scale bytes.
-fn k4_byte(h: Head, k: u32) -> u32 {
-  let w = select(select(h.s2, h.s1, k < 8u), h.s0, k < 4u);
-  return (w >> ((k & 3u) * 8u)) & 255u;
-}
-
-// (d·sc, dmin·m) of pair j: j < 4 from the low six bits of bytes j and j + 4; else the nibbles of
-// byte j + 4 under the top two bits of bytes j − 4 and j.
-fn k4_scale_min(h: Head, j: u32) -> vec2<f32> {
-  let a = k4_byte(h, j + 4u);
-  let lo = k4_byte(h, j & 3u);
-  let sc = select((a & 15u) | ((lo >> 6u) << 4u), lo & 63u, j < 4u);
-  let m = select((a >> 4u) | ((k4_byte(h, j) >> 6u) << 4u), a & 63u, j < 4u);
-  return vec2<f32>(h.d * f32(sc), h.dmin * f32(m));
+// (d·sc, dmin·m, d·sc′, dmin·m′) of group g's two pairs.
+fn k4_group(h: Head, g: u32) -> vec4<f32> {
+  return select(select(h.p3, h.p2, g == 2u), select(h.p1, h.p0, g == 0u), g < 2u);
 }
 
 fn gguf_xoff(c: u32) -> vec2<u32> {
@@ -47,7 +50,6 @@ fn gguf_dq(wb: u32, h: Head, c: u32) -> Dq {
   let qh = bytes4(wd(wb, 4u + (c & 7u)));
   let lo = (q & vec4<u32>(15u)) | (((qh >> vec4<u32>(2u * g)) & vec4<u32>(1u)) << vec4<u32>(4u));
   let hi = (q >> vec4<u32>(4u)) | (((qh >> vec4<u32>(2u * g + 1u)) & vec4<u32>(1u)) << vec4<u32>(4u));
-  let a = k4_scale_min(h, 2u * g);
-  let b = k4_scale_min(h, 2u * g + 1u);
-  return Dq(vec4<f32>(lo) * a.x - a.y, vec4<f32>(hi) * b.x - b.y);
+  let s = k4_group(h, g);
+  return Dq(vec4<f32>(lo) * s.x - s.y, vec4<f32>(hi) * s.z - s.w);
 }

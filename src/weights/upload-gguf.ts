@@ -4,11 +4,13 @@
  * src/kernels/matmul-gguf.ts reads. A weight is a stack of pieces (a fused projection: q, k, v or
  * gate, up, each in its own format as the file stores it), and each piece is split by whole
  * 8-row tiles so that every part fits maxStorageBufferBindingSize. `uploadGgufMatrix` is the
- * loader's path (guarded, tracked allocations); `uploadGgufWeight` the plain one (tests, benchmarks).
+ * loader's path (guarded, tracked allocations; Q4_0 becomes Kiln int4, exactly); `uploadGgufWeight`
+ * the plain one (tests, benchmarks), always blocks.
  */
 import { DeviceMemoryError } from '../errors.js';
 import { formatBytes, storageUsage, type GpuContext } from '../gpu/device.js';
 import type { GgufGpuWeight, GgufWeightPart } from '../kernels/matmul-gguf.js';
+import type { Q4GpuWeight } from '../kernels/matmul-q4.js';
 import {
   ggufBlockLayout,
   ggufPackedBytes,
@@ -17,7 +19,9 @@ import {
   type PackedGguf,
 } from '../quant/gguf-pack.js';
 import type { LoadContext } from './source.js';
-import { writeQ4Bytes } from './upload-q4.js';
+import { uploadQ4Matrix, writeQ4Bytes } from './upload-q4.js';
+import { q4_0ToQ4Matrix } from '../quant/gguf-q4.js';
+import { stackQ4 } from '../quant/q4.js';
 
 /** One tensor of a stack: `rows` rows of the weight's columns, as the file stores them. */
 export interface GgufPiece {
@@ -80,8 +84,24 @@ function weightOf(
   return { kind: 'gguf', name, rows: pieces.reduce((s, p) => s + p.rows, 0), cols, parts };
 }
 
-/** Packs and uploads a stack of block tensors for the loader (guarded, tracked buffers). */
+/**
+ * Uploads a stack of block tensors for the loader (guarded, tracked buffers). A stack of Q4_0
+ * pieces only is converted exactly to Kiln's int4 (src/quant/gguf-q4.ts) and runs on matmul_q4;
+ * anything else stays in its GGUF formats for matmul_gguf.
+ */
 export async function uploadGgufMatrix(
+  lc: LoadContext,
+  name: string,
+  pieces: readonly GgufPiece[],
+  cols: number,
+): Promise<GgufGpuWeight | Q4GpuWeight> {
+  if (pieces.length > 0 && pieces.every((p) => p.type === 'Q4_0')) {
+    return uploadQ4Matrix(lc, name, stackQ4(pieces.map((p) => q4_0ToQ4Matrix(p.bytes, p.rows, cols))));
+  }
+  return uploadBlocks(lc, name, pieces, cols);
+}
+
+async function uploadBlocks(
   lc: LoadContext,
   name: string,
   pieces: readonly GgufPiece[],

@@ -10,6 +10,8 @@ import { InvalidModelFileError, UnsupportedModelError } from '../../src/errors.j
 import { ggufTypeByName } from '../../src/io/gguf-types.js';
 import { GGUF_CODEC_TYPES, dequantizeGguf, quantizeGguf } from '../../src/quant/gguf-blocks.js';
 import { IQ4_LEVELS } from '../../src/quant/gguf-iq4.js';
+import { q4_0ToQ4Matrix } from '../../src/quant/gguf-q4.js';
+import { dequantize, packQ4 } from '../../src/quant/q4.js';
 
 const F16_ONE = [0x00, 0x3c];
 const F16_HALF = [0x00, 0x38];
@@ -302,6 +304,23 @@ describe('round trips', () => {
     spike[5] = -3;
     expect(dequantizeGguf('Q8_0', quantizeGguf('Q8_0', spike), 32)[5]).toBeCloseTo(-3, 3);
     expect(dequantizeGguf('Q4_0', quantizeGguf('Q4_0', spike), 32)[5]).toBe(-3);
+  });
+});
+
+describe('Q4_0 as Kiln int4', () => {
+  it('converts exactly: the int4 matrix decodes to the Q4_0 values, bit for bit', () => {
+    const rows = 7;
+    const cols = 96;
+    const v = new Float32Array(rows * cols).map((_, i) => Math.sin(i * 0.37) * (1 + (i % 11)));
+    const bytes = quantizeGguf('Q4_0', v);
+    const q = q4_0ToQ4Matrix(bytes, rows, cols);
+    expect(q.format).toEqual({ groupSize: 32, symmetric: true, scaleType: 'f16' });
+    const want = dequantizeGguf('Q4_0', bytes, rows * cols);
+    const got = dequantize(q);
+    for (let i = 0; i < want.length; i++) expect(got[i]).toBe(want[i]);
+    // And it packs (every scale is an f16 value).
+    expect(() => packQ4(q)).not.toThrow();
+    expect(() => q4_0ToQ4Matrix(bytes.subarray(1), rows, cols)).toThrow(InvalidModelFileError);
   });
 });
 

@@ -14,7 +14,7 @@ import { ForwardModel } from '../../src/engine/forward/model.js';
 import { runStep } from '../../src/engine/forward/step.js';
 import { decodeToFloat32 } from '../../src/io/dtype.js';
 import { openCheckpoint, type Checkpoint } from '../../src/io/safetensors-checkpoint.js';
-import { isGgufWeight } from '../../src/kernels/linear.js';
+import { isGgufWeight, isQ4Weight, type MatrixWeight } from '../../src/kernels/linear.js';
 import type { ModelTensors } from '../../src/model/architecture.js';
 import { ReferenceModel } from '../../src/model/reference.js';
 import type { ModelSpec } from '../../src/model/spec.js';
@@ -45,7 +45,10 @@ afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
-/** The block format of each tensor: every format at least once, fused projections mixed. */
+/**
+ * The block format of each tensor: every format at least once, fused projections mixed; layer 1's
+ * o_proj is Q4_0 alone, which loads as Kiln int4 (an exact conversion).
+ */
 function typeOf(name: string, t: ModelTensors): string {
   if (name === t.embed) return 'Q8_0';
   if (name === headTensor(t)) return 'Q6_K';
@@ -54,10 +57,10 @@ function typeOf(name: string, t: ModelTensors): string {
     q_proj: ['Q4_K', 'Q2_K'],
     k_proj: ['Q5_K', 'IQ4_XS'],
     v_proj: ['Q6_K', 'IQ4_NL'],
-    o_proj: ['Q8_0', 'Q5_0'],
+    o_proj: ['Q8_0', 'Q4_0'],
     gate_proj: ['Q4_0', 'Q5_1'],
     up_proj: ['Q4_1', 'Q4_K'],
-    down_proj: ['Q3_K', 'Q6_K'],
+    down_proj: ['Q3_K', 'Q5_0'],
   };
   const role = Object.keys(byRole).find((r) => name.includes(`.${r}.`));
   if (!role) throw new Error(`no format for ${name}`);
@@ -162,6 +165,8 @@ describe('GGUF block weights in the forward pass', () => {
         const q = await quantizeAll(ckpt, spec);
         const weights = await loadWeights(ctx, spec, ckpt, blockSource(q));
         expect(isGgufWeight(weights.embed) && isGgufWeight(weights.lmHead)).toBe(true);
+        expect(isQ4Weight(weights.layers[1]?.o.weight as MatrixWeight)).toBe(true);
+        expect(isGgufWeight(weights.layers[0]?.gateUp.weight as MatrixWeight)).toBe(true);
         const kv = await PagedKvCache.create(ctx, spec, 4, 'f32');
         const fm = new ForwardModel(ctx, spec, weights, kv, PROMPT.length, 0, 'f32', 4 * BLOCK_TOKENS);
         const rows = PROMPT.map((_, i) => i);
