@@ -79,3 +79,40 @@ export function hubFileUrl(endpoint: string, repo: string, revision: string, fil
 export function hubApiUrl(endpoint: string, repo: string, revision: string): string {
   return `${trimEndpoint(endpoint)}/api/models/${repo}/revision/${encodeURIComponent(revision)}?blobs=true`;
 }
+
+/** A Hub id naming one GGUF file of a repository by its quantization tag (`org/name:Q4_K_M`). */
+export interface HubGgufId extends HubId {
+  /** The tag as given ('Q4_K_M', 'q8_0', 'F16'); matched case-insensitively. */
+  tag: string;
+}
+
+const GGUF_TAG = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+/**
+ * Parses `org/name:TAG` or `org/name@revision:TAG` (as Ollama and llama.cpp's `-hf` name a GGUF
+ * file of a repository). Git refs cannot contain ':', so the last ':' always starts the tag.
+ * Returns null for anything else (a plain Hub id included).
+ */
+export function parseGgufHubId(s: string): HubGgufId | null {
+  const colon = s.lastIndexOf(':');
+  if (colon < 0) return null;
+  const tag = s.slice(colon + 1);
+  if (!GGUF_TAG.test(tag)) return null;
+  const id = parseHubId(s.slice(0, colon));
+  return id === null ? null : { ...id, tag };
+}
+
+/**
+ * The GGUF files of a repository listing that a tag names: top-level `*.gguf` files whose name
+ * holds the tag as a whole word (`Llama-3.2-1B-Instruct-Q4_K_M.gguf` for Q4_K_M, not for Q4_K),
+ * case-insensitively; split files (`-00001-of-00003.gguf`) are left out.
+ */
+export function ggufFilesForTag(names: Iterable<string>, tag: string): string[] {
+  const t = tag.toLowerCase();
+  return [...names].filter((n) => {
+    if (n.includes('/') || n.includes('\\') || !/\.gguf$/i.test(n)) return false;
+    if (/-\d{5}-of-\d{5}\.gguf$/i.test(n)) return false;
+    // Tags sit between '-' or '.' separators: name-Q4_K_M.gguf, name.Q4_K_M.gguf.
+    return n.slice(0, -'.gguf'.length).toLowerCase().split(/[-.]/).includes(t);
+  });
+}

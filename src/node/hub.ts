@@ -7,7 +7,15 @@
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { DownloadError, KilnError } from '../errors.js';
-import { isCommitHash, parseHubId, type HubId } from '../io/hub-id.js';
+import {
+  ggufFilesForTag,
+  isCommitHash,
+  parseGgufHubId,
+  parseHubId,
+  type HubGgufId,
+  type HubId,
+} from '../io/hub-id.js';
+import { isGgufFileName } from '../io/gguf-model-dir.js';
 import { isJsonObject } from '../io/json.js';
 import { INDEX_FILE, isShardFileName, SHARD_NAME_RULE } from '../io/safetensors-checkpoint.js';
 import {
@@ -115,6 +123,8 @@ function parseOrThrow(id: string): HubId {
  * and skipping files already present. Returns the local model folder.
  */
 export async function pullModel(id: string, opts: PullOptions = {}): Promise<string> {
+  const gguf = parseGgufHubId(id);
+  if (gguf) return pullGguf(gguf, opts);
   const ctx = hubContext(parseOrThrow(id), opts);
   const cacheDir = opts.cacheDir ?? kilnCacheDir();
   const info = await fetchRepoInfo(ctx);
@@ -158,12 +168,70 @@ export async function pullModel(id: string, opts: PullOptions = {}): Promise<str
   return dir;
 }
 
+/** The cache folder of one GGUF tag of a repository at a commit (or revision). */
+function ggufDir(cacheDir: string, id: HubGgufId, commitOrRevision: string): string {
+  return join(repoDir(cacheDir, id.repo), commitOrRevision, `gguf-${id.tag.toUpperCase()}`);
+}
+
+/**
+ * Downloads the one GGUF file of a repository that `id.tag` names (verified like any Hub file)
+ * into its own cache folder, and returns the file's path.
+ */
+async function pullGguf(id: HubGgufId, opts: PullOptions): Promise<string> {
+  const ctx = hubContext(id, opts);
+  const cacheDir = opts.cacheDir ?? kilnCacheDir();
+  const info = await fetchRepoInfo(ctx);
+  const matches = ggufFilesForTag(info.siblings.keys(), id.tag);
+  const where = `${id.repo}@${id.revision}`;
+  if (matches.length !== 1) {
+    const all = [...info.siblings.keys()].filter((n) => /\.gguf$/i.test(n));
+    throw new DownloadError(
+      matches.length === 0
+        ? `${where} has no GGUF file tagged ${id.tag}` +
+            (all.length > 0 ? ` (its GGUF files: ${all.slice(0, 12).join(', ')})` : ' (it has no GGUF files)')
+        : `${where}: the tag ${id.tag} names several GGUF files (${matches.join(', ')}); name one by a longer tag`,
+    );
+  }
+  const file = info.siblings.get(matches[0] as string) as Sibling;
+  const commit = isCommitHash(id.revision) ? id.revision : info.commit;
+  const dir = ggufDir(cacheDir, id, commit ?? encodeURIComponent(id.revision));
+  await mkdir(dir, { recursive: true });
+  const recorded = await readJsonFile(join(dir, VERIFIED_RECORD));
+  const record: VerifiedRecord = isJsonObject(recorded) ? (recorded as VerifiedRecord) : {};
+  const dl = new Downloader(ctx, dir, record, opts.onProgress, file.size ?? 0);
+  const size = await dl.ensure(file);
+  const marker: CompleteMarker = {
+    repo: id.repo,
+    revision: id.revision,
+    commit,
+    files: [file.sha256 ? { name: file.name, size, sha256: file.sha256 } : { name: file.name, size }],
+    completedAt: new Date().toISOString(),
+  };
+  await writeFileAtomic(join(dir, COMPLETE_MARKER), JSON.stringify(marker, null, 2) + '\n');
+  if (commit && commit !== id.revision) {
+    const ref = refPath(cacheDir, id);
+    await mkdir(join(ref, '..'), { recursive: true });
+    await writeFileAtomic(ref, commit + '\n');
+  }
+  return join(dir, file.name);
+}
+
+/** The GGUF file a complete GGUF cache folder holds, or null. */
+async function cachedGgufFile(dir: string): Promise<string | null> {
+  if (!(await isCompleteDir(dir))) return null;
+  const marker = await readJsonFile(join(dir, COMPLETE_MARKER));
+  const files = isJsonObject(marker) && Array.isArray(marker.files) ? (marker.files as unknown[]) : [];
+  const first = files[0];
+  return isJsonObject(first) && typeof first.name === 'string' ? join(dir, first.name) : null;
+}
+
 /**
  * The cached, complete folder of a Hub id, or null. Reads only the local cache (no network): a branch
  * or tag resolves through the commit recorded when it was last pulled.
  */
 export async function findCachedModel(id: string, opts: { cacheDir?: string } = {}): Promise<string | null> {
-  const parsed = parseOrThrow(id);
+  const gguf = parseGgufHubId(id);
+  const parsed = gguf ?? parseOrThrow(id);
   const cacheDir = opts.cacheDir ?? kilnCacheDir();
   const base = repoDir(cacheDir, parsed.repo);
   const candidates: string[] = [];
@@ -177,18 +245,25 @@ export async function findCachedModel(id: string, opts: { cacheDir?: string } = 
     if (ref && isCommitHash(ref)) candidates.push(join(base, ref));
     candidates.push(join(base, encodeURIComponent(parsed.revision)));
   }
-  for (const dir of candidates) if (await isCompleteDir(dir)) return dir;
+  for (const dir of candidates) {
+    if (gguf) {
+      const file = await cachedGgufFile(join(dir, `gguf-${gguf.tag.toUpperCase()}`));
+      if (file) return file;
+    } else if (await isCompleteDir(dir)) return dir;
+  }
   return null;
 }
 
 /**
- * Turns a CLI model argument into a local folder: an existing directory is used as is; a Hub id
- * (`org/name[@revision]`) uses its complete cached folder when there is one (so it works offline) and
+ * Turns a CLI model argument into a local folder or GGUF file: an existing directory or `*.gguf`
+ * file is used as is; a Hub id (`org/name[@revision]`, or `org/name[@revision]:TAG` for the GGUF
+ * file that tag names) uses its complete cached copy when there is one (so it works offline) and
  * pulls it otherwise. Anything else is a {@link KilnError}.
  */
 export async function resolveModel(arg: string, opts: PullOptions = {}): Promise<string> {
   const local = await stat(arg).catch(() => null);
   if (local?.isDirectory()) return resolve(arg);
+  if (local && isGgufFileName(arg)) return resolve(arg);
   if (local)
     throw new KilnError(
       `"${arg}" is a file; a model is a folder (config.json, tokenizer.json, *.safetensors)`,
@@ -197,10 +272,10 @@ export async function resolveModel(arg: string, opts: PullOptions = {}): Promise
   if (isAbsolute(arg) || /^\.{1,2}([/\\]|$)|^~/.test(arg)) {
     throw new KilnError(`model folder ${arg} does not exist`);
   }
-  if (parseHubId(arg)) {
+  if (parseHubId(arg) || parseGgufHubId(arg)) {
     return (await findCachedModel(arg, opts)) ?? (await pullModel(arg, opts));
   }
   throw new KilnError(
-    `"${arg}" is neither a model folder nor a Hugging Face Hub id (org/name or org/name@revision)`,
+    `"${arg}" is neither a model folder nor a Hugging Face Hub id (org/name, org/name@revision, or org/name:Q4_K_M for a GGUF file)`,
   );
 }

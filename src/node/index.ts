@@ -41,14 +41,15 @@ export async function resolveModelArg(arg: string, pull?: PullOptions): Promise<
 }
 
 /**
- * A model argument opened as a ModelDir: a local GGUF file (`*.gguf`) as its folder plus its name,
- * anything else as {@link resolveModelArg} resolves it (a folder, an alias, a Hub id).
+ * A model argument opened as a ModelDir: what {@link resolveModelArg} resolves it to (a folder, an
+ * alias, a Hub id), a GGUF file (local, or a Hub id's `:TAG`) as its folder plus its name.
  */
 export async function openModelArg(arg: string, pull?: PullOptions): Promise<ModelDir> {
-  if (isGgufFileName(arg) && existsSync(arg) && statSync(arg).isFile()) {
-    return ggufModelDir(openLocalModelDir(dirname(arg)), basename(arg));
+  const path = await resolveModelArg(arg, pull);
+  if (isGgufFileName(path) && statSync(path).isFile()) {
+    return ggufModelDir(openLocalModelDir(dirname(path)), basename(path));
   }
-  return openLocalModelDir(await resolveModelArg(arg, pull));
+  return openLocalModelDir(path);
 }
 
 /** Loads a model on Dawn (unless `device` or `gpu` is given) and returns a ready engine. */
