@@ -42,6 +42,11 @@ export interface LogitAdjustments {
   presencePenalty?: number;
   /** Subtracted once per occurrence in the generated tokens (OpenAI's frequency_penalty). */
   frequencyPenalty?: number;
+  /**
+   * In [0, 1]: drops tokens whose probability (at the request's temperature) is below minP times
+   * the most likely token's, before top-k / top-p (0 = off; no effect on greedy decoding).
+   */
+  minP?: number;
 }
 
 export interface GenerateOptions extends Partial<SamplingParams>, LogitAdjustments {

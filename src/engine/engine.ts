@@ -433,6 +433,10 @@ export class Engine implements KilnEngine {
     // Bad requests fail here, at the call, not later when the result is consumed.
     this.validatePrompt(ids);
     validateSampling(samplingOf(opts));
+    const minP = opts.minP;
+    if (minP !== undefined && !(minP >= 0 && minP <= 1)) {
+      throw new InvalidRequestError(`minP is ${minP}; expected a number in [0, 1]`);
+    }
     const m = opts.maxTokens;
     if (m !== undefined && (!Number.isInteger(m) || m < 0)) {
       throw new InvalidRequestError(`maxTokens is ${m}; expected an integer >= 0`);

@@ -60,6 +60,7 @@ export async function* generateTokens(
       ...(opts.logitBias ? { logitBias: opts.logitBias } : {}),
       ...(opts.presencePenalty ? { presencePenalty: opts.presencePenalty } : {}),
       ...(opts.frequencyPenalty ? { frequencyPenalty: opts.frequencyPenalty } : {}),
+      ...(opts.minP ? { minP: opts.minP } : {}),
     },
     matcher,
     logprobs: opts.logprobs ?? null,

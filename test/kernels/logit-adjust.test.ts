@@ -2,7 +2,7 @@
  * logit_adjust against its float64 twin: per-row edits (unique ids, some beyond the vocabulary,
  * which the kernel skips) and masks on some rows, at vocabulary sizes 1, 7, 129 and 4097. The kernel
  * adds in f32: each edited logit must equal the twin's float64 sum rounded to f32 (one rounding),
- * masked ones -Infinity, everything else untouched, bit for bit.
+ * masked ones -Infinity, everything else untouched, bit for bit; one row also gets a min-p cut.
  */
 import { expect, test } from 'vitest';
 import { logitAdjustRef } from '../../src/kernels/logit-adjust.ref.js';
@@ -30,7 +30,11 @@ test.each([1, 7, 129, 4097])('logit_adjust matches its float64 twin at n = %i', 
       masks.push(m);
     }
   }
+  // Row 2 also gets a min-p cut (T = 0.8, min_p = 0.05); the others none (-Infinity).
+  const offsets = [-Infinity, -Infinity, Math.fround(0.8 * Math.log(0.05))];
   const rowData = new Uint32Array(rows * 4);
+  const rowF = new Float32Array(rowData.buffer);
+  offsets.forEach((o, r) => (rowF[4 * r + 3] = o));
   const editBytes = new ArrayBuffer(Math.max(8, edits.reduce((a, e) => a + e.size, 0) * ADJUST_EDIT_BYTES));
   const eu = new Uint32Array(editBytes);
   const ef = new Float32Array(editBytes);
@@ -67,9 +71,16 @@ test.each([1, 7, 129, 4097])('logit_adjust matches its float64 twin at n = %i', 
     const want = Float64Array.from(logits.subarray(r * n, (r + 1) * n));
     // The edits as the kernel reads them (f32), summed in float64, then rounded once.
     const e32 = new Map([...(edits[r] as Map<number, number>)].map(([id, v]) => [id, Math.fround(v)]));
-    logitAdjustRef(want, { edits: e32, mask: masks[r] ?? null });
+    logitAdjustRef(want, { edits: e32, mask: masks[r] ?? null, minPOffset: offsets[r] as number });
+    // The kernel forms max + offset in f32: a logit within a few ulp of that cut may fall either way.
+    const kept = Array.from(want).filter((v) => v > -Infinity);
+    const cut = Math.max(...kept) + (offsets[r] as number);
     for (let i = 0; i < n; i++) {
-      expect(got[r * n + i], `row ${r} id ${i}`).toBe(Math.fround(want[i] as number));
+      const w = want[i] as number;
+      if (Number.isFinite(offsets[r] as number) && Math.abs(w - cut) < 1e-5 * Math.max(1, Math.abs(cut)))
+        continue;
+      expect(got[r * n + i], `row ${r} id ${i}`).toBe(Math.fround(w));
     }
+    if (r === 2 && n > 1) expect(kept.length).toBeLessThan(n);
   }
 });

@@ -463,6 +463,30 @@ describe('logit bias, penalties and logprobs', () => {
     expect(r.tokenIds).not.toContain(banned);
   }, 120_000);
 
+  test('min_p draws the same tokens on the GPU and the CPU sampling paths, and changes the draw', async () => {
+    const cpu = await createEngine({ model: dir, sampling: 'cpu' });
+    try {
+      const opts = { maxTokens: 24, temperature: 1.3, seed: 11, minP: 0.2 };
+      const gpuIds = (await engine.generate(PROMPT, opts).result()).tokenIds;
+      const cpuIds = (await cpu.generate(PROMPT, opts).result()).tokenIds;
+      expect(gpuIds).toEqual(cpuIds);
+      const without = (await engine.generate(PROMPT, { ...opts, minP: 0 }).result()).tokenIds;
+      expect(without).not.toEqual(gpuIds);
+      const r = await client.completions.create({
+        model: MODEL,
+        prompt: PROMPT,
+        max_tokens: 24,
+        temperature: 1.3,
+        seed: 11,
+        // @ts-expect-error min_p is an extension (vLLM, llama.cpp), not in the client's types
+        min_p: 0.2,
+      });
+      expect(r.choices[0]?.text).toBe(engine.tokenizer.decode(gpuIds));
+    } finally {
+      cpu.dispose();
+    }
+  }, 120_000);
+
   test('chat logprobs with top_logprobs; completions logprobs', async () => {
     const r = await client.chat.completions.create({
       model: MODEL,

@@ -109,6 +109,7 @@ function generateOptions(req: CompletionFields, maxTokens: number): GenerateOpti
     ...(req.top_p != null ? { topP: req.top_p } : {}),
     ...(req.top_k != null ? { topK: req.top_k } : {}),
     ...(req.repetition_penalty != null ? { repetitionPenalty: req.repetition_penalty } : {}),
+    ...(req.min_p ? { minP: req.min_p } : {}),
     ...(req.presence_penalty ? { presencePenalty: req.presence_penalty } : {}),
     ...(req.frequency_penalty ? { frequencyPenalty: req.frequency_penalty } : {}),
     ...(bias.length > 0 ? { logitBias: Object.fromEntries(bias.map(([k, v]) => [Number(k), v])) } : {}),

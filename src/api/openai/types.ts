@@ -71,6 +71,8 @@ export interface CompletionFields {
   top_k?: number | null;
   /** Not in OpenAI's API; as in vLLM and llama.cpp's server (HF's CTRL-style penalty). */
   repetition_penalty?: number | null;
+  /** Not in OpenAI's API; as in vLLM and llama.cpp's server: drops tokens below min_p times the top probability. */
+  min_p?: number | null;
   /** In [-2, 2]: subtracted once from the logit of every token already generated. */
   presence_penalty?: number | null;
   /** In [-2, 2]: subtracted from a token's logit once per time it was generated. */

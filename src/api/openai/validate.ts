@@ -53,6 +53,7 @@ const COMMON_FIELDS = [
   'top_p',
   'top_k',
   'repetition_penalty',
+  'min_p',
   'presence_penalty',
   'frequency_penalty',
   'logit_bias',
@@ -188,6 +189,7 @@ function checkCommon(c: Checker, body: JsonObject, o: ValidateOptions): void {
   c.number('top_p', 0, 1, { openMin: true });
   c.number('top_k', 0, Infinity, { integer: true });
   c.number('repetition_penalty', 0, Infinity, { openMin: true });
+  c.number('min_p', 0, 1);
   c.number('presence_penalty', -2, 2);
   c.number('frequency_penalty', -2, 2);
   const bias = c.object('logit_bias');

@@ -79,10 +79,12 @@ export class GpuSampling {
 /** The most logit-bias entries a request may give (the edit buffer holds these plus its context). */
 export const MAX_LOGIT_BIAS = 1024;
 
-/** One logit row's edits (unique ids -> added) and grammar mask (null: none). */
+/** One logit row's edits (unique ids -> added), grammar mask (null: none) and min-p cut. */
 export interface RowAdjust {
   edits: ReadonlyMap<number, number>;
   mask: Int32Array | null;
+  /** T·ln(min_p); absent or -Infinity: no cut. */
+  minPOffset?: number;
 }
 
 /**
@@ -132,6 +134,8 @@ export class GpuLogitAdjust {
     const queue = this.ctx.device.queue;
     const data = this.rowData;
     data.fill(0);
+    const f = new Float32Array(data.buffer);
+    for (let i = 0; i < rows.length; i++) f[4 * i + 3] = rows[i]?.minPOffset ?? -Infinity;
     let start = 0;
     let maskRows = 0;
     const editData: number[] = [];

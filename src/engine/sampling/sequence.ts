@@ -22,6 +22,8 @@ export class SequenceSampler {
   /** The request edits logits (bias, presence / frequency penalties or a grammar). */
   readonly adjusts: boolean;
   private readonly rng: Rng;
+  /** T·ln(min_p) when min-p is on. */
+  private readonly minPOffset: number | null;
   /** Times each generated token was drawn (the presence / frequency penalties). */
   private readonly counts = new Map<number, number>();
 
@@ -36,8 +38,11 @@ export class SequenceSampler {
     this.greedy = isPlainGreedy(params);
     this.rng = new Rng(seed);
     const a = adjustments;
+    this.minPOffset =
+      (a.minP ?? 0) > 0 && params.temperature > 0 ? params.temperature * Math.log(a.minP as number) : null;
     this.adjusts =
       matcher !== null ||
+      this.minPOffset !== null ||
       (a.logitBias !== undefined && Object.keys(a.logitBias).length > 0) ||
       (a.presencePenalty ?? 0) !== 0 ||
       (a.frequencyPenalty ?? 0) !== 0;
@@ -67,7 +72,11 @@ export class SequenceSampler {
     if (presence !== 0 || frequency !== 0) {
       for (const [id, n] of this.counts) edits.set(id, (edits.get(id) ?? 0) - presence - frequency * n);
     }
-    return { edits, mask: this.matcher ? await this.matcher.mask() : null };
+    return {
+      edits,
+      mask: this.matcher ? await this.matcher.mask() : null,
+      ...(this.minPOffset !== null ? { minPOffset: this.minPOffset } : {}),
+    };
   }
 
   /**
