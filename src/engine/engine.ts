@@ -270,6 +270,11 @@ export class Engine implements KilnEngine {
     return this.scheduler.stats();
   }
 
+  /** GPU buffers alive on the device and the bytes of the long-lived ones (weights, KV cache). */
+  gpuStats(): { liveBuffers: number; allocatedBytes: number } {
+    return { liveBuffers: this.ctx.liveBuffers, allocatedBytes: this.ctx.allocatedBytes };
+  }
+
   /**
    * Where one decode step's GPU time goes at a given context length: every dispatch timed on its
    * own (GPU timestamps where the adapter has them), summed by kernel variant. For benchmarks;

@@ -117,6 +117,7 @@ export class GpuContext {
   private destroyed = false;
   /** Bytes of long-lived buffers (weights, KV cache) allocated through `createBuffer`. */
   allocatedBytes = 0;
+  private live = 0;
 
   private readonly onUncapturedError = (ev: Event) => {
     const err = (ev as GPUUncapturedErrorEvent).error;
@@ -131,6 +132,7 @@ export class GpuContext {
     /** Held so Dawn's instance is not garbage-collected while the device lives. */
     private readonly keepAlive?: unknown,
   ) {
+    this.countBuffers(device);
     this.pipelines = new PipelineCache(device);
     this.buffers = new BufferPool(device);
     // On its own device, Kiln's kernels should never raise errors; if one does (a driver bug, a
@@ -141,6 +143,38 @@ export class GpuContext {
       if (this.destroyed) return;
       this.lostMessage = `the GPU device was lost (${info.reason}${info.message ? `: ${info.message}` : ''}); reload the model to continue`;
     });
+  }
+
+  /**
+   * Counts every buffer made on the device, by any room (plans, KV, weights, staging), until it is
+   * destroyed or collected: a server that leaks GPU objects shows it as growth (the soak test
+   * samples it through /metrics).
+   */
+  private countBuffers(device: GPUDevice): void {
+    const create = device.createBuffer.bind(device);
+    const collected = new FinalizationRegistry<{ destroyed: boolean }>((state) => {
+      if (!state.destroyed) this.live--;
+    });
+    device.createBuffer = (descriptor: GPUBufferDescriptor): GPUBuffer => {
+      const buffer = create(descriptor);
+      const state = { destroyed: false };
+      this.live++;
+      collected.register(buffer, state);
+      const destroy = buffer.destroy.bind(buffer);
+      buffer.destroy = () => {
+        if (!state.destroyed) {
+          state.destroyed = true;
+          this.live--;
+        }
+        destroy();
+      };
+      return buffer;
+    };
+  }
+
+  /** GPU buffers alive on this device (made, and neither destroyed nor garbage-collected). */
+  get liveBuffers(): number {
+    return this.live;
   }
 
   get limits(): GPUSupportedLimits {

@@ -22,8 +22,11 @@ import type { SchedulerStats } from '../engine/scheduler.js';
 import { InvalidRequestError, KilnError } from '../errors.js';
 
 export interface ServeOptions {
-  /** The engine, and its scheduler's figures for /metrics. */
-  engine: KilnEngine & { stats(): SchedulerStats };
+  /** The engine, and its scheduler's (and, if it has them, its GPU's) figures for /metrics. */
+  engine: KilnEngine & {
+    stats(): SchedulerStats;
+    gpuStats?(): { liveBuffers: number; allocatedBytes: number };
+  };
   /** The id clients name in `model` (and /v1/models lists). */
   modelId: string;
   host?: string;
@@ -203,6 +206,25 @@ function toHttpError(e: unknown, log: (line: string) => void): HttpError {
   return new HttpError(500, 'internal server error', 'server_error');
 }
 
+/** Memory gauges of the server process and its GPU device, for spotting leaks over time. */
+function processGauges(gpu: { liveBuffers: number; allocatedBytes: number } | undefined): string[] {
+  const mem = process.memoryUsage();
+  return [
+    '# TYPE process_resident_memory_bytes gauge',
+    `process_resident_memory_bytes ${mem.rss}`,
+    '# TYPE nodejs_heap_used_bytes gauge',
+    `nodejs_heap_used_bytes ${mem.heapUsed}`,
+    ...(gpu
+      ? [
+          '# TYPE kiln_gpu_buffers gauge',
+          `kiln_gpu_buffers ${gpu.liveBuffers}`,
+          '# TYPE kiln_gpu_allocated_bytes gauge',
+          `kiln_gpu_allocated_bytes ${gpu.allocatedBytes}`,
+        ]
+      : []),
+  ];
+}
+
 export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const { engine, modelId } = opts;
   const log = opts.log ?? (() => undefined);
@@ -353,6 +375,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       `kiln_prefix_cache_hit_rate ${s.prefixCacheHitRate}`,
       '# TYPE kiln_generation_tokens_per_second gauge',
       `kiln_generation_tokens_per_second ${metrics.rate()}`,
+      ...processGauges(engine.gpuStats?.()),
     ];
     void reply.header('content-type', 'text/plain; version=0.0.4').send(lines.join('\n') + '\n');
   });
