@@ -56,6 +56,8 @@ for (const target of targets) {
     const r = await runFuzz(target, {
       seed,
       numRuns: runs,
+      // A valid request may generate up to the whole context (max_tokens null): seconds, not hangs.
+      caseTimeoutMs: target.name.startsWith('HTTP') ? 60_000 : 10_000,
       ...(minutes ? { timeLimitMs: Number(minutes) * 60_000 } : {}),
     });
     console.log(JSON.stringify({ ...r, slowestMs: Math.round(r.slowestMs), wallMs: Math.round(r.wallMs) }));
