@@ -1,7 +1,8 @@
 /**
  * `kiln tokenize` end to end (bin/kiln.js over dist/, built by `npm test`): llama.cpp's vocab
  * fixtures through the CLI for every GGUF vocab in ../shared/gguf-vocab, a Hugging Face folder,
- * BOS with and without --no-special, and a hostile GGUF file ending in one `kiln:` line.
+ * BOS with and without --no-special, and a hostile GGUF file ending in one `kiln:` line; and
+ * `kiln run --model file.gguf` giving the ids of the folder the file was written from.
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -11,6 +12,8 @@ import { promisify } from 'node:util';
 import { afterAll, describe, expect, it } from 'vitest';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 import { KilnTokenizer } from '../../src/io/tokenizer.js';
+import { writeTestModel } from '../helpers/checkpoints.js';
+import { writeGgufFromFolder } from '../helpers/gguf.js';
 import { repoRoot } from '../helpers/shared.js';
 
 const KILN = join(repoRoot, 'bin', 'kiln.js');
@@ -22,7 +25,9 @@ async function kiln(args: string[]): Promise<{ code: number; stdout: string; std
   try {
     const { stdout, stderr } = await promisify(execFile)(process.execPath, [KILN, ...args], {
       cwd: repoRoot,
-      timeout: 60_000,
+      timeout: 120_000,
+      // Never the real Hub.
+      env: { ...process.env, HF_ENDPOINT: 'http://127.0.0.1:9', HF_TOKEN: '' },
     });
     return { code: 0, stdout, stderr };
   } catch (e) {
@@ -100,4 +105,32 @@ describe('kiln tokenize', () => {
       /^kiln: .*bad\.gguf: the length of array metadata tokenizer\.ggml\.tokens is 50257, but .* \(truncated or corrupt\)$/,
     );
   });
+});
+
+describe('kiln run --model file.gguf', () => {
+  it('prints the greedy ids of the folder the file was written from', async () => {
+    const folder = join(tmp, 'model');
+    writeTestModel(folder, { architecture: 'LlamaForCausalLM', kvHeads: 2 });
+    const file = await writeGgufFromFolder(folder);
+    const run = async (model: string) => {
+      const r = await kiln([
+        'run',
+        '--model',
+        model,
+        '--prompt',
+        'Once upon a time',
+        '--max-tokens',
+        '10',
+        '--json',
+        '--quiet',
+        '--no-tune',
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as { token_ids: number[]; prompt_token_ids: number[]; weights?: string };
+    };
+    const [a, b] = [await run(folder), await run(file)];
+    expect(a.token_ids.length).toBe(10);
+    expect(b.prompt_token_ids).toEqual(a.prompt_token_ids);
+    expect(b.token_ids).toEqual(a.token_ids);
+  }, 240_000);
 });
