@@ -9,6 +9,7 @@ import { DeviceMemoryError, GpuDeviceError } from '../errors.js';
 import { formatBytes } from '../gpu/device.js';
 import { blobModelDir } from '../io/blob-model-dir.js';
 import type { ModelDir } from '../io/byte-source.js';
+import { ggufModelDir, isGgufFileName } from '../io/gguf-model-dir.js';
 import { httpModelDir } from '../io/http-model-dir.js';
 import { ModelCache } from '../io/model-cache.js';
 import { createEngine, type Engine } from '../engine/engine.js';
@@ -116,6 +117,18 @@ async function requestAdapter(): Promise<GPUAdapter> {
   return adapter;
 }
 
+/** The folder URL and file name of a URL whose path names a `.gguf` file, else null. */
+function ggufFileOfUrl(url: string): { base: string; file: string } | null {
+  const u = new URL(url);
+  const slash = u.pathname.lastIndexOf('/');
+  const file = decodeURIComponent(u.pathname.slice(slash + 1));
+  if (!isGgufFileName(file)) return null;
+  u.pathname = u.pathname.slice(0, slash + 1);
+  u.search = '';
+  u.hash = '';
+  return { base: u.href, file };
+}
+
 /** Loads a model as the app does (see the file's comment); progress is byte-accurate per phase. */
 export async function loadEngine(
   opts: LoadOptions,
@@ -126,9 +139,20 @@ export async function loadEngine(
   let dir: ModelDir;
   let fromCache = false;
   onProgress({ phase: 'checking', item: 'config.json', loadedBytes: 0, totalBytes: 0 });
+  const ggufUrl = src.kind === 'url' ? ggufFileOfUrl(src.url) : null;
   if (src.kind === 'files') {
     dir = blobModelDir(src.name, new Map(src.files.map((f) => [f.path, f.blob])));
+    // A picked folder holding a GGUF file and no config.json is that GGUF model.
+    const gguf = src.files.map((f) => f.path).filter(isGgufFileName);
+    if (gguf.length === 1 && !src.files.some((f) => f.path === 'config.json')) {
+      dir = ggufModelDir(dir, gguf[0] as string);
+    }
     await checkFits(dir, adapter, opts, false);
+  } else if (ggufUrl) {
+    // A GGUF file is read in place over Range requests (the header, then each tensor once); the
+    // Cache API keeps model folders.
+    dir = ggufModelDir(httpModelDir(ggufUrl.base), ggufUrl.file);
+    await checkFits(dir, adapter, opts, true);
   } else {
     // Without the Cache API (an insecure context) the model still loads, straight from the network.
     const cache = opts.cache === false ? null : await ModelCache.open().catch(() => null);

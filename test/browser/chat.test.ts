@@ -15,6 +15,7 @@ import {
   mkdtempSync,
   readFileSync,
   readdirSync,
+  renameSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -28,6 +29,7 @@ import { build } from 'vite';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { KilnTokenizer } from '../../src/io/tokenizer.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
+import { writeGgufFromFolder } from '../helpers/gguf.js';
 import { createEngine } from '../../src/node/index.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 import { repoRoot, sharedModel } from '../helpers/shared.js';
@@ -47,6 +49,8 @@ let tmp = '';
 let modelDir = '';
 /** The same model with a chat template added to its tokenizer_config.json. */
 let chatModelDir = '';
+/** The same model as one GGUF file (model.gguf). */
+let ggufModelFolder = '';
 let server: ChildProcess | null = null;
 let baseUrl = '';
 let webRoot = '';
@@ -217,7 +221,10 @@ beforeAll(async () => {
   greedy = ref.greedy_ids_after_bos;
   const golden = readFileSync(sharedModel('babyllama-tok105', 'greedy_t0_n256.runc.txt'), 'utf8');
   expect(golden.startsWith(PROMPT + goldenContinuation(MAX_TOKENS))).toBe(true);
-  baseUrl = await startServer(webRoot, [modelDir, chatModelDir]);
+  ggufModelFolder = join(tmp, 'babyllama-gguf');
+  mkdirSync(ggufModelFolder);
+  renameSync(await writeGgufFromFolder(modelDir, 'model.gguf'), join(ggufModelFolder, 'model.gguf'));
+  baseUrl = await startServer(webRoot, [modelDir, chatModelDir, ggufModelFolder]);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -319,6 +326,19 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
     } finally {
       await context.unroute(isModel);
     }
+  });
+
+  test('loads a GGUF file by URL, read in place over Range requests, and streams the golden continuation', async () => {
+    const mark = requests.length;
+    await page.goto(
+      `${baseUrl}?model=/models/babyllama-gguf/model.gguf&temperature=0&max_tokens=${MAX_TOKENS}`,
+    );
+    await waitReady(page);
+    const { output } = await ask(page, PROMPT);
+    expect(output).toBe(goldenContinuation(MAX_TOKENS));
+    const reads = modelRequests(mark).filter((r) => r.startsWith('GET /models/babyllama-gguf/model.gguf'));
+    expect(reads.length).toBeGreaterThan(1);
+    expect(reads.every((r) => / 206 /.test(r))).toBe(true);
   });
 
   test('JSON mode: the worker constrains the reply with xgrammar, as the library does in Node', async () => {
