@@ -47,6 +47,8 @@ export interface TuneClass {
   kernel: KernelChoice['kernel'];
   /** The M bucket (matmuls) or row bucket (decode attention). */
   bucket: string;
+  /** A matmul's weight rows (the defaults table picks by them). */
+  rows?: number;
   /** Lower runs first. */
   priority: number;
   candidates: KernelChoice[];
@@ -121,6 +123,7 @@ export function linearClass(
     key: matmulClassKey(full, m, q4 ? 'f32' : xFormat),
     kernel: q4 ? 'matmul_q4' : 'matmul',
     bucket: mc.name,
+    rows: full.rows,
     priority,
     candidates: isQ4Weight(full)
       ? q4MatmulCandidates(ctx, full, mc.name)

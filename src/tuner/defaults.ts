@@ -17,10 +17,14 @@ import { canonicalJson } from './signature.js';
 export const ADAPTER_CLASSES = ['cpu', 'generic', 'gpu-discrete', 'gpu-integrated'] as const;
 export type AdapterClass = (typeof ADAPTER_CLASSES)[number];
 
-/** One row: choices by kernel and bucket; what is left out keeps the kernel's shape rule. */
+/**
+ * One row: choices by kernel and bucket; what is left out keeps the kernel's shape rule. A float
+ * matmul bucket may list variants by weight rows (the first whose `maxRows` holds the class's rows;
+ * none: any height), since the LM head's 100k+ rows want other tiles than a layer's projections.
+ */
 export interface DefaultsRow {
-  matmul: Partial<Record<MClass, MatmulVariant>>;
-  matmulQ4: Partial<Record<MClass, Q4Variant>>;
+  matmul: Partial<Record<MClass, MatmulVariant | { maxRows?: number; variant: MatmulVariant }[]>>;
+  matmulQ4: Partial<Record<MClass, Q4Variant | { maxRows?: number; variant: Q4Variant }[]>>;
   /**
    * Decode attention's tokens per split by row bucket ('1', '2-4', '5-32'): the context bucket
    * over `splits`, at least `min` (a multiple of the 16-token block).
@@ -33,8 +37,12 @@ export interface DefaultsRow {
  * winner over the kernel's rule at the class):
  * - cpu (lavapipe, Mesa 25.0, 2 cores): float M = 1 classes are won by the one-row GEMM tile at
  *   every Qwen2.5-0.5B and BabyLlama shape (q/k/v 1.74-2.20x, o 2.03-2.35x, gate/up 1.91-2.22x,
- *   down 1.99-2.41x, the bf16 LM head 2.29x); int4 M = 1 by 4 rows per thread, X through subgroups,
- *   16 threads (n896 k896 1.41x, n1152 k896 1.04x, n896 k4864 1.36x; gate/up already at 4 rows);
+ *   down 1.99-2.41x), with 32 threads (16 won on BabyLlama's 128-wide layers, within 5% of 32);
+ *   the bf16 LM head (151936 rows) by the same tile on 64 threads (2.29x; its 100k+ rows make
+ *   many workgroups, and 32 threads ran it 1.27x slower in one profiled step); int4 M = 1 by 4 rows per thread, X through subgroups,
+ *   16 threads up to 2047 rows (n896 k896 1.41x, n1152 k896 1.04x; n896 k4864 1.36x with 32),
+ *   64 threads above (gate/up's 9728 rows kept the rule's 64: 1.00x; with 16 threads the whole
+ *   int4 decode step ran 0.5-0.7x of the tuned one in alternating runs);
  *   decode attention for one row by 8 splits of the context, at least 128 tokens each (512 at a
  *   4096 context: 1.33x; BabyLlama at 256: 128-token splits, 2.85x over 64). SwiftShader is a
  *   CPU adapter too (its subgroups are narrower, so the subgroup variants are not candidates there).
@@ -47,9 +55,20 @@ export interface DefaultsRow {
  */
 export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
   cpu: {
-    matmul: { '1': { path: 'gemm', tm: 1, tn: 4, wg: 32 } },
+    matmul: {
+      '1': [
+        { maxRows: 32767, variant: { path: 'gemm', tm: 1, tn: 4, wg: 32 } },
+        { variant: { path: 'gemm', tm: 1, tn: 4, wg: 64 } },
+      ],
+    },
     matmulQ4: {
-      '1': { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32', workgroupSize: 16 },
+      '1': [
+        {
+          maxRows: 2047,
+          variant: { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32', workgroupSize: 16 },
+        },
+        { variant: { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32' } },
+      ],
     },
     attentionChunk: { '1': { splits: 8, min: 128 } },
   },
@@ -82,20 +101,23 @@ export function adapterClassOf(
   return 'generic';
 }
 
+/** The first variant whose `maxRows` holds `rows` (none: any height). */
+function bySize<V>(rules: readonly { maxRows?: number; variant: V }[], rows = 0): V | undefined {
+  return rules.find((r) => r.maxRows === undefined || rows <= r.maxRows)?.variant;
+}
+
 /** The row's choice for a class, if the row has one. */
-function rowChoice(
-  row: DefaultsRow,
-  kernel: KernelChoice['kernel'],
-  bucket: string,
-  context: number,
-): KernelChoice | undefined {
+function rowChoice(row: DefaultsRow, cls: DefaultableClass, context: number): KernelChoice | undefined {
+  const { kernel, bucket } = cls;
   if (kernel === 'matmul') {
     const v = row.matmul[bucket as MClass];
-    return v ? { kernel, variant: v } : undefined;
+    const variant = Array.isArray(v) ? bySize(v, cls.rows) : v;
+    return variant ? { kernel, variant } : undefined;
   }
   if (kernel === 'matmul_q4') {
     const v = row.matmulQ4[bucket as MClass];
-    return v ? { kernel, variant: v } : undefined;
+    const variant = Array.isArray(v) ? bySize(v, cls.rows) : v;
+    return variant ? { kernel, variant } : undefined;
   }
   const a = row.attentionChunk[bucket];
   if (!a) return undefined;
@@ -109,6 +131,8 @@ export interface DefaultableClass {
   kernel: KernelChoice['kernel'];
   /** The M bucket, or decode attention's row bucket. */
   bucket: string;
+  /** A matmul's weight rows. */
+  rows?: number;
   candidates: KernelChoice[];
 }
 
@@ -124,7 +148,7 @@ export function defaultChoices(
 ): KernelChoices {
   const out = new KernelChoices();
   for (const cls of classes) {
-    const c = rowChoice(row, cls.kernel, cls.bucket, context);
+    const c = rowChoice(row, cls, context);
     if (!c) continue;
     const json = canonicalJson(c);
     if (cls.candidates.some((k) => canonicalJson(k) === json)) out.set(cls.key, c);

@@ -50,7 +50,7 @@ describe('default choices', () => {
     const row = KERNEL_DEFAULTS.cpu;
     const got = defaultChoices(
       [
-        cls('a m1', '1', [{ kernel: 'matmul', variant: {} }, flat, gemm]),
+        { ...cls('a m1', '1', [{ kernel: 'matmul', variant: {} }, flat, gemm]), rows: 896 },
         // An adapter without subgroups has no GEMM candidates: the rule stays.
         cls('b m1', '1', [{ kernel: 'matmul', variant: {} }, flat]),
         // No row entry for this bucket.
@@ -63,6 +63,51 @@ describe('default choices', () => {
     expect(got.get('b m1')).toBeUndefined();
     expect(got.get('c m2-4')).toBeUndefined();
     expect(got.size).toBe(1);
+  });
+
+  it('picks by weight rows where the row lists sizes (the LM head and gate/up want 64 threads)', () => {
+    const q4 = (v: object): KernelChoice => ({ kernel: 'matmul_q4', variant: v });
+    const small = { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32', workgroupSize: 16 };
+    const large = { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32' };
+    const wide = { path: 'gemm', tm: 1, tn: 4, wg: 64 } as const;
+    const got = defaultChoices(
+      [
+        {
+          key: 'q 896',
+          kernel: 'matmul_q4',
+          bucket: '1',
+          rows: 896,
+          candidates: [q4({}), q4(small), q4(large)],
+        },
+        {
+          key: 'q 9728',
+          kernel: 'matmul_q4',
+          bucket: '1',
+          rows: 9728,
+          candidates: [q4({}), q4(small), q4(large)],
+        },
+        {
+          key: 'head',
+          kernel: 'matmul',
+          bucket: '1',
+          rows: 151936,
+          candidates: [gemm, { kernel: 'matmul', variant: wide }],
+        },
+        {
+          key: 'o',
+          kernel: 'matmul',
+          bucket: '1',
+          rows: 896,
+          candidates: [gemm, { kernel: 'matmul', variant: wide }],
+        },
+      ],
+      KERNEL_DEFAULTS.cpu,
+      4096,
+    );
+    expect(got.get('q 896')).toEqual(q4(small));
+    expect(got.get('q 9728')).toEqual(q4(large));
+    expect(got.get('head')).toEqual({ kernel: 'matmul', variant: wide });
+    expect(got.get('o')).toEqual(gemm);
   });
 
   it('sizes attention splits from the context bucket, within the candidates', () => {
