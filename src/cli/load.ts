@@ -31,6 +31,9 @@ export async function loadEngine(o: ModelFlags, background = true): Promise<Engi
       ...(o.quant ? { quant: o.quant } : {}),
       ...(o.kernelDefaults ? { kernelDefaults: o.kernelDefaults } : {}),
       ...(o.pipelineDepth ? { pipelineDepth: o.pipelineDepth } : {}),
+      ...(o.speculative
+        ? { speculative: { method: o.speculative, ...(o.maxDraft ? { maxDraft: o.maxDraft } : {}) } }
+        : {}),
       quantOptions: {
         ...(o.groupSize ? { groupSize: o.groupSize as Q4GroupSize } : {}),
         ...(o.quantSym ? { symmetric: true } : {}),

@@ -39,6 +39,9 @@ export interface ModelFlags {
   quiet?: boolean;
   /** Decode steps in flight (1-3). */
   pipelineDepth?: number;
+  /** Speculative decoding of greedy requests: where guesses come from, and how many per step. */
+  speculative?: 'recycling' | 'lookup' | 'both';
+  maxDraft?: number;
   /** Row of the per-adapter-class kernel defaults (default auto). */
   kernelDefaults?: AdapterClass | 'auto';
   /** false with --no-tune */
@@ -112,6 +115,17 @@ export function addModelOptions(cmd: Command): Command {
       new Option('--pipeline-depth <n>', 'decode steps kept in flight (1 = one at a time; default 2)')
         .choices(['1', '2', '3'])
         .argParser(Number),
+    )
+    .addOption(
+      new Option(
+        '--speculative <method>',
+        'speculative decoding of greedy requests, output unchanged: guesses from prompt n-gram lookup, recycled successors, or both',
+      ).choices(['recycling', 'lookup', 'both']),
+    )
+    .option(
+      '--max-draft <n>',
+      'most guessed tokens verified per step with --speculative (1-16, default 4)',
+      intArg('--max-draft', 1),
     )
     .addOption(
       new Option(

@@ -36,6 +36,7 @@ import { checkOptions, type EngineOptions } from './options.js';
 import { GrammarCompiler, importXgrammar, type XgrammarModule } from './sampling/grammar.js';
 import { samplingOf, validateSampling } from './sampling/params.js';
 import { Scheduler, type SchedulerStats } from './scheduler.js';
+import type { SpeculativeOptions } from './speculative.js';
 import { BackgroundTuning } from './tuning.js';
 import { isQuantKv } from '../kernels/kv-dtype.js';
 
@@ -72,6 +73,7 @@ export class Engine implements KilnEngine {
     gpuSampling: boolean,
     private readonly weightSource: WeightSource,
     pipelineDepth: number,
+    speculative: Required<SpeculativeOptions> | null,
     /** The row of kernel defaults in use and its choices for this model's classes. */
     readonly kernelDefaults: { adapterClass: AdapterClass; choices: KernelChoices },
     loadXgrammar: () => Promise<XgrammarModule>,
@@ -82,6 +84,7 @@ export class Engine implements KilnEngine {
       contextLength,
       gpuSampling,
       pipelineDepth,
+      speculative,
     });
     this.grammar = new GrammarCompiler(tokenizer, spec.vocabSize, this.eosTokenIds, loadXgrammar);
     this.toolCallFormat = detectToolFormat(tokenizer.chatTemplateText);
@@ -195,6 +198,7 @@ export class Engine implements KilnEngine {
         choices.sampling === 'gpu',
         source,
         opts.pipelineDepth ?? 2,
+        choices.speculative,
         { adapterClass: defaults.adapterClass, choices: defaultTable },
         opts.loadXgrammar ?? importXgrammar,
       );

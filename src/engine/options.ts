@@ -10,6 +10,7 @@ import type { LoadProgress } from '../weights/loader.js';
 import type { LoadQuantOptions } from '../weights/select.js';
 import type { XgrammarModule } from './sampling/grammar.js';
 import { KV_DTYPES } from '../kernels/kv-dtype.js';
+import { checkSpeculative, type SpeculativeOptions } from './speculative.js';
 
 export interface EngineOptions {
   /**
@@ -97,6 +98,15 @@ export interface EngineOptions {
    * step at a time. The output is the same either way.
    */
   pipelineDepth?: number;
+  /**
+   * Speculative decoding without a draft model, for greedy requests without logit edits, grammar
+   * or logprobs (others decode plainly): each step verifies up to `maxDraft` guessed tokens of a
+   * sequence (src/engine/speculative.ts: prompt n-gram 'lookup', recycled successors
+   * 'recycling', or 'both') in the same forward pass and keeps those equal to the model's own
+   * greedy choices, so the output is unchanged. It switches itself off for a sequence whose
+   * guesses are rarely accepted. Off by default.
+   */
+  speculative?: SpeculativeOptions;
 }
 
 export interface EngineTuneOptions {
@@ -123,6 +133,7 @@ export interface EngineChoices {
   kvCache: KvCacheOption;
   quant: 'none' | 'q4';
   kernelDefaults: AdapterClass | 'auto';
+  speculative: Required<SpeculativeOptions> | null;
 }
 
 /** Checks every option that can be checked without the model or the adapter. */
@@ -142,6 +153,7 @@ export function checkOptions(opts: EngineOptions): EngineChoices {
     kvCache: oneOf('kvCache', opts.kvCache, KV_CACHE_OPTIONS),
     quant: oneOf('quant', opts.quant, ['none', 'q4'] as const),
     kernelDefaults: oneOf('kernelDefaults', opts.kernelDefaults, ['auto', ...ADAPTER_CLASSES] as const),
+    speculative: checkSpeculative(opts.speculative),
   };
 }
 

@@ -24,6 +24,7 @@ import { BLOCK_TOKENS, kvBlockBytes, type PagedKvCache } from './kv/cache.js';
 import type { RowAdjust, RowSampling } from './sampling/gpu.js';
 import type { TokenMatcher } from './sampling/grammar.js';
 import { SequenceSampler } from './sampling/sequence.js';
+import { Speculator, type SpeculativeOptions } from './speculative.js';
 
 export interface ScheduledRequest {
   prompt: readonly number[];
@@ -76,6 +77,13 @@ export interface SchedulerStats {
   steps: number;
   /** Decode steps submitted before their input ids were read back (pipelined decode). */
   aheadSteps: number;
+  /**
+   * Speculative decoding: sequence-steps that verified guesses, the guesses verified and those
+   * accepted (each step also yields the model's own next token).
+   */
+  speculativeSteps: number;
+  draftedTokens: number;
+  acceptedTokens: number;
 }
 
 interface Seq {
@@ -96,6 +104,8 @@ interface Seq {
    * whose input id is still on the GPU. Their token ids are set as the ids arrive.
    */
   reserved: number;
+  /** Guesses the next tokens (speculative decoding of a greedy sequence); null: plain decode. */
+  readonly spec: Speculator | null;
   /** Set by `cancel` (a consumer that stopped reading) or the request's abort signal. */
   cancelled: boolean;
   finished: boolean;
@@ -127,6 +137,11 @@ export interface SchedulerOptions {
    * the GPU (see `decodeBurst`). 1 runs one step at a time.
    */
   pipelineDepth?: number;
+  /**
+   * Speculative decoding of plain greedy sequences (no logit edits, grammar or logprobs): each
+   * step verifies a sequence's guessed tokens as extra rows (see `step`). Null: off.
+   */
+  speculative?: Required<SpeculativeOptions> | null;
 }
 
 /**
@@ -154,6 +169,9 @@ export class Scheduler {
   private preemptionCount = 0;
   private steps = 0;
   private aheadSteps = 0;
+  private specSteps = 0;
+  private drafted = 0;
+  private accepted = 0;
   private failure: unknown = null;
   /** The turns of steps and holds on the GPU state, in arrival order. */
   private turns: Promise<void> = Promise.resolve();
@@ -277,6 +295,14 @@ export class Scheduler {
       );
     }
     let seq!: Seq;
+    const sampler = new SequenceSampler(
+      req.sampling,
+      req.seed,
+      req.adjust,
+      req.matcher ?? null,
+      req.logprobs ?? null,
+    );
+    const speculative = this.opts.speculative;
     const done = new Promise<ScheduledOutcome>((resolve, reject) => {
       seq = {
         id: this.nextId++,
@@ -286,13 +312,11 @@ export class Scheduler {
         computed: 0,
         reserved: 0,
         produced: 0,
-        sampler: new SequenceSampler(
-          req.sampling,
-          req.seed,
-          req.adjust,
-          req.matcher ?? null,
-          req.logprobs ?? null,
-        ),
+        sampler,
+        spec:
+          speculative && sampler.greedy && !sampler.adjusts && sampler.logprobs === null
+            ? new Speculator(speculative)
+            : null,
         firstTokenAt: null,
         cachedPromptTokens: 0,
         preemptions: 0,
@@ -334,6 +358,9 @@ export class Scheduler {
       preemptions: this.preemptionCount,
       steps: this.steps,
       aheadSteps: this.aheadSteps,
+      speculativeSteps: this.specSteps,
+      draftedTokens: this.drafted,
+      acceptedTokens: this.accepted,
     };
   }
 
@@ -455,13 +482,19 @@ export class Scheduler {
     this.admit();
     if (this.running.length === 0) return;
     const budget = this.opts.tokenBudget;
-    const work: { s: Seq; n: number }[] = [];
+    const work: { s: Seq; n: number; draft?: number[] }[] = [];
     let used = 0;
-    // Decodes first (each one row), then prefill chunks in arrival order.
+    // Guesses are verified only in steps that read argmax ids for every row (all greedy) and once
+    // attention is calibrated (its capture expects one row per decoding sequence).
+    const guessing =
+      !this.forward.calibration?.active &&
+      this.running.every((s) => s.sampler.greedy && !s.sampler.adjusts && s.sampler.logprobs === null);
+    // Decodes first (each one row, plus its guesses), then prefill chunks in arrival order.
     for (const s of this.running) {
       if (s.tokens.length - s.computed === 1 && used < budget) {
-        work.push({ s, n: 1 });
-        used++;
+        const draft = guessing ? this.guess(s, budget - used - 1) : [];
+        work.push({ s, n: 1 + draft.length, ...(draft.length > 0 ? { draft } : {}) });
+        used += 1 + draft.length;
       }
     }
     for (const s of this.running) {
@@ -487,17 +520,25 @@ export class Scheduler {
       logitRows: [],
     };
     const sampled: Seq[] = [];
-    for (const { s, n } of work) {
+    // Each sampled sequence's first logit row (a speculative one has one per row).
+    const firstRow: number[] = [];
+    for (const { s, n, draft } of work) {
       const offset = input.blockTable.length;
       input.blockTable.push(...this.blocks.blockTable(s.id));
+      if (draft) {
+        firstRow.push(input.logitRows.length);
+        sampled.push(s);
+      }
       for (let i = 0; i < n; i++) {
         const pos = s.computed + i;
-        input.tokens.push(s.tokens[pos] as number);
+        if (draft) input.logitRows.push(input.tokens.length);
+        input.tokens.push(i === 0 || !draft ? (s.tokens[pos] as number) : (draft[i - 1] as number));
         input.positions.push(pos);
         input.slots.push(this.blocks.slotFor(s.id, pos));
         input.blockTableOffsets.push(offset);
       }
-      if (s.computed + n === s.tokens.length) {
+      if (!draft && s.computed + n === s.tokens.length) {
+        firstRow.push(input.logitRows.length);
         input.logitRows.push(input.tokens.length - 1);
         sampled.push(s);
       }
@@ -526,8 +567,29 @@ export class Scheduler {
       logits = await runStep(this.forward, input, 'logits');
       await edits();
     }
-    for (const { s, n } of work) {
-      s.computed += n;
+    // A verifying sequence's rows: its last token and its guesses, and how many were accepted.
+    const verified = new Map<Seq, { rows: number[]; accepted: number }>();
+    for (const { s, n, draft } of work) {
+      if (draft) {
+        const row0 = firstRow[sampled.indexOf(s)] as number;
+        const got = ids as ArrayLike<number>;
+        let a = 0;
+        while (a < draft.length && draft[a] === got[row0 + a]) a++;
+        const rows = [s.tokens[s.computed] as number, ...draft];
+        s.spec?.record(
+          rows,
+          rows.map((_, i) => got[row0 + i] as number),
+          a,
+        );
+        this.specSteps++;
+        this.drafted += draft.length;
+        this.accepted += a;
+        verified.set(s, { rows, accepted: a });
+        // The rejected guesses' slots go back; the accepted ones hold the KV of the tokens the
+        // model chose (equal ids), so they count as computed.
+        this.blocks.truncate(s.id, s.computed + 1 + a);
+        s.computed += 1 + a;
+      } else s.computed += n;
       this.blocks.markComputed(s.id, s.computed);
     }
     const V = this.forward.spec.vocabSize;
@@ -535,6 +597,11 @@ export class Scheduler {
       // Cancelled while the step ran (an abort, a consumer that stopped): its token is dropped.
       if (s.cancelled || s.req.signal?.aborted) {
         this.finish(s, 'abort');
+        return;
+      }
+      const v = verified.get(s);
+      if (v) {
+        this.absorbVerified(s, ids as ArrayLike<number>, firstRow[i] as number, v.accepted);
         return;
       }
       // A grammar that allows no token at all (its next character is not in this vocabulary, and
@@ -546,7 +613,7 @@ export class Scheduler {
       }
       let token: number;
       let logprob: Parameters<ScheduledRequest['onToken']>[1];
-      if (ids) token = ids[i] as number;
+      if (ids) token = ids[firstRow[i] as number] as number;
       else {
         const row = (logits as Float32Array).subarray(i * V, (i + 1) * V);
         const drawn = s.sampler.cpu(row, s.tokens, adjusts[i] ?? null);
@@ -576,6 +643,54 @@ export class Scheduler {
   }
 
   /**
+   * Reserves KV slots for `s`'s guesses (at most `room` rows, and never past its max tokens or
+   * the context) and returns them; none when the pool has no free blocks for them (a guess never
+   * preempts anyone).
+   */
+  private guess(s: Seq, room: number): number[] {
+    if (!s.spec || s.spec.off) return [];
+    const limit = Math.min(
+      room,
+      s.req.maxTokens - s.produced - 1,
+      this.opts.contextLength - s.tokens.length - 1,
+    );
+    const draft = s.spec.draft(s.tokens, limit);
+    if (draft.length === 0 || !this.blocks.canAppend(s.id, draft.length)) return [];
+    this.copyBlocks(this.blocks.appendSlots(s.id, draft).copies);
+    return draft;
+  }
+
+  /**
+   * Hands on a verifying sequence's tokens: the model's choices after its last token and after
+   * each accepted guess (the rows [row0, row0 + accepted]), as one-token steps would have, each
+   * checked for EOS, max tokens and the context. The accepted guesses' slots are already in place;
+   * the last token gets a new one.
+   */
+  private absorbVerified(s: Seq, ids: ArrayLike<number>, row0: number, accepted: number): void {
+    for (let r = 0; r <= accepted; r++) {
+      const token = ids[row0 + r] as number;
+      s.firstTokenAt ??= performance.now();
+      if (s.req.eos.has(token)) {
+        this.finish(s, 'stop');
+        return;
+      }
+      s.tokens.push(token);
+      s.produced++;
+      const open = s.sampler.accept(token);
+      s.req.onToken(token);
+      if (!open) {
+        this.finish(s, 'stop');
+        return;
+      }
+      if (s.produced >= s.req.maxTokens || s.tokens.length >= this.opts.contextLength) {
+        this.finish(s, 'length');
+        return;
+      }
+      if (r === accepted && this.running.includes(s)) this.grow(s, token);
+    }
+  }
+
+  /**
    * Whether this step may start a pipelined burst: every running sequence decodes (one row each),
    * none waits to be admitted, attention is calibrated (calibration reads each step back), and
    * every row's next input is the id its previous step drew: greedy or drawn on the GPU without a
@@ -590,6 +705,7 @@ export class Scheduler {
       ({ s, n }) =>
         n === 1 &&
         s.req.pipeline !== false &&
+        (s.spec === null || s.spec.off) &&
         !s.sampler.adjusts &&
         s.sampler.logprobs === null &&
         (s.sampler.greedy || (this.opts.gpuSampling && s.sampler.params.repetitionPenalty === 1)),

@@ -313,6 +313,21 @@ export class BlockManager {
     s.tokens[position] = token;
   }
 
+  /**
+   * Drops positions [length, end) of `seq` (slots appended for speculative guesses the model
+   * rejected) and returns the blocks that held only them. Only positions not yet computed: a
+   * computed position may already be hashed into the prefix table.
+   */
+  truncate(seq: number, length: number): void {
+    const s = this.get(seq);
+    if (!Number.isSafeInteger(length) || length < Math.max(1, s.computed) || length > s.tokens.length)
+      throw new RangeError(
+        `cannot truncate sequence ${seq} to ${length}: it has ${s.tokens.length} positions, ${s.computed} computed`,
+      );
+    s.tokens.length = length;
+    while (s.table.length > this.blocksFor(length)) this.release(s.table.pop() as number);
+  }
+
   /** Blocks an allocation may take now (free, or cached and evictable). */
   get availableBlocks(): number {
     return this.available();

@@ -1,0 +1,133 @@
+/**
+ * Draft-free speculative decoding, per sequence: guesses the next tokens from what the sequence
+ * already holds, so one forward pass can verify several (the scheduler runs the guesses as extra
+ * rows and keeps the longest prefix the model itself would have chosen). Two sources:
+ *
+ * - prompt lookup: the longest recent n-gram (up to 3 tokens) ending the sequence that occurred
+ *   earlier in it (prompt + generated); its continuation there is the draft.
+ * - recycling (after Token Recycling): for each token id, the successors the model chose after it
+ *   in this sequence, most recent first, up to `SUCCESSORS` of them. Every verified row yields one
+ *   (the row's argmax), rejected guesses included. The paper recycles the top-k of each row's
+ *   logits; Kiln's greedy steps read back only the argmax ids, so the store holds top-1 choices
+ *   seen in context, collected on the CPU from ids already read: the sequence's own bigrams
+ *   (prompt and generated) and every verified row's choice.
+ *
+ * Greedy only: a guess is accepted exactly when it equals the model's argmax, so the output is the
+ * output of plain decoding.
+ */
+import { InvalidRequestError } from '../errors.js';
+
+export interface SpeculativeOptions {
+  /** Where guesses come from: recycled successors, prompt n-gram lookup, or lookup then recycling. */
+  method: 'recycling' | 'lookup' | 'both';
+  /** Most guessed tokens verified per step (1-16, default 4). */
+  maxDraft?: number;
+}
+
+/** Successors kept per token id. */
+const SUCCESSORS = 4;
+/** Longest n-gram matched by prompt lookup. */
+const MAX_NGRAM = 3;
+/** Verifying steps judged before deciding whether speculation pays. */
+const TRIAL_STEPS = 16;
+/**
+ * Accepted guesses per verifying step below which speculation switches off for the sequence: each
+ * guessed row costs work, and a step that accepts nothing produced one token for all of it.
+ */
+const MIN_ACCEPTED = 0.5;
+
+export function checkSpeculative(o: SpeculativeOptions | undefined): Required<SpeculativeOptions> | null {
+  if (o === undefined) return null;
+  if (!['recycling', 'lookup', 'both'].includes(o.method)) {
+    throw new InvalidRequestError(
+      `speculative.method must be 'recycling', 'lookup' or 'both', got ${String(o.method)}`,
+    );
+  }
+  const d = o.maxDraft ?? 4;
+  if (!(Number.isInteger(d) && d >= 1 && d <= 16)) {
+    throw new InvalidRequestError(`speculative.maxDraft must be an integer from 1 to 16, got ${d}`);
+  }
+  return { method: o.method, maxDraft: d };
+}
+
+export class Speculator {
+  /** Successors of each token id, most recent first. */
+  private readonly next = new Map<number, number[]>();
+  /** Positions of the sequence whose successor is in the store. */
+  private learned = 0;
+  /** Verifying steps and the guesses they accepted, over the sequence's life. */
+  steps = 0;
+  accepted = 0;
+  drafted = 0;
+  /** Switched off: it did not pay (the sequence decodes plainly, and may pipeline, from then on). */
+  off = false;
+
+  constructor(private readonly opts: Required<SpeculativeOptions>) {}
+
+  /** Up to `limit` guessed tokens to follow `tokens` (the sequence so far). */
+  draft(tokens: readonly number[], limit: number): number[] {
+    const n = Math.min(limit, this.opts.maxDraft);
+    if (this.off || n <= 0 || tokens.length === 0) return [];
+    // Every bigram of the sequence (prompt and generated) not yet seen.
+    for (; this.learned + 1 < tokens.length; this.learned++) {
+      this.remember(tokens[this.learned] as number, tokens[this.learned + 1] as number);
+    }
+    const m = this.opts.method;
+    const found = m === 'recycling' ? [] : lookup(tokens, n);
+    if (found.length > 0 || m === 'lookup') return found;
+    const out: number[] = [];
+    let t = tokens[tokens.length - 1] as number;
+    while (out.length < n) {
+      const s = this.next.get(t);
+      if (!s) break;
+      t = s[0] as number;
+      out.push(t);
+    }
+    return out;
+  }
+
+  /**
+   * Takes a verifying step's outcome: `rows` the tokens of its rows (the sequence's last token then
+   * the guesses), `ids` the model's argmax after each row, `accepted` the guesses kept.
+   */
+  record(rows: readonly number[], ids: readonly number[], accepted: number): void {
+    rows.forEach((t, i) => this.remember(t, ids[i] as number));
+    this.steps++;
+    this.drafted += rows.length - 1;
+    this.accepted += accepted;
+    if (this.steps >= TRIAL_STEPS && this.accepted / this.steps < MIN_ACCEPTED) this.off = true;
+  }
+
+  private remember(token: number, successor: number): void {
+    const s = this.next.get(token);
+    if (!s) {
+      this.next.set(token, [successor]);
+      return;
+    }
+    const at = s.indexOf(successor);
+    if (at === 0) return;
+    if (at > 0) s.splice(at, 1);
+    s.unshift(successor);
+    if (s.length > SUCCESSORS) s.pop();
+  }
+}
+
+/**
+ * The continuation, up to `n` tokens, of the latest earlier occurrence of the longest n-gram
+ * (MAX_NGRAM down to 1 tokens) that ends `tokens`; empty when none occurs.
+ */
+export function lookup(tokens: readonly number[], n: number): number[] {
+  const len = tokens.length;
+  for (let g = Math.min(MAX_NGRAM, len - 1); g >= 1; g--) {
+    // Latest start first: recent text predicts the continuation best.
+    for (let start = len - g - 1; start >= 0; start--) {
+      let same = true;
+      for (let k = 0; k < g && same; k++) same = tokens[start + k] === tokens[len - g + k];
+      if (!same) continue;
+      const from = start + g;
+      const end = Math.min(from + n, len);
+      if (end > from) return tokens.slice(from, end) as number[];
+    }
+  }
+  return [];
+}

@@ -1,0 +1,153 @@
+/**
+ * Speculative decoding (src/engine/speculative.ts, the scheduler's verifying steps): the drafting
+ * rules on their own, the block manager's truncation of rejected slots, and on BabyLlama (a real
+ * trained model) the same greedy ids as plain decoding, alone and batched, with every KV block
+ * back in the pool afterwards; and on a prompt that the continuation copies, prompt lookup
+ * accepting more than one guess per verifying step by the engine's own counters.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { InvalidRequestError } from '../../src/errors.js';
+import { BlockManager } from '../../src/engine/kv/block-manager.js';
+import { Speculator, checkSpeculative, lookup } from '../../src/engine/speculative.js';
+import { convertLlama2cToFolder } from '../../src/node/convert.js';
+import { createEngine } from '../../src/node/index.js';
+import type { Engine } from '../../src/engine/engine.js';
+import type { GenerateOptions } from '../../src/api/types.js';
+import { sharedModel } from '../helpers/shared.js';
+
+describe('drafting', () => {
+  test('lookup continues the latest earlier occurrence of the longest ending n-gram', () => {
+    // "5 6 7" ends the sequence and occurs at 1..3 followed by 8 9; "6 7" alone also at 10..11.
+    const t = [4, 5, 6, 7, 8, 9, 1, 6, 7, 2, 6, 7, 3, 5, 6, 7];
+    expect(lookup(t, 3)).toEqual([8, 9, 1]);
+    // Only a 1-gram match: the latest earlier 7 is followed by 3.
+    expect(lookup([7, 3, 1, 7, 9, 7], 2)).toEqual([9, 7]);
+    // The continuation stops at the end of the sequence.
+    expect(lookup([1, 2, 1], 4)).toEqual([2, 1]);
+    expect(lookup([1, 2, 3], 4)).toEqual([]);
+    expect(lookup([1], 4)).toEqual([]);
+  });
+
+  test('recycling chains the most recent successors, learnt from the sequence and the verified rows', () => {
+    const s = new Speculator({ method: 'recycling', maxDraft: 3 });
+    // The sequence's bigrams 1→2, 2→3, 3→2: from the last 2, the chain cycles.
+    expect(s.draft([1, 2, 3, 2], 8)).toEqual([3, 2, 3]);
+    // 2→4 is newer than 2→3; 4 has no successor yet.
+    expect(s.draft([1, 2, 3, 2, 4], 8)).toEqual([]);
+    // A verified step: rows [4, 7], the model chose 5 after 4 and 6 after 7.
+    s.record([4, 7], [5, 6], 0);
+    expect(s.draft([1, 2, 3, 2, 4], 8)).toEqual([5]);
+    expect(s.draft([1, 2, 3, 2, 4, 2], 2)).toEqual([4, 2]);
+    expect(s.steps).toBe(1);
+  });
+
+  test('both: lookup first, recycling when no n-gram matches; it switches off when guesses fail', () => {
+    const s = new Speculator({ method: 'both', maxDraft: 4 });
+    expect(s.draft([1, 2, 3, 1, 2], 4)).toEqual([3, 1, 2]);
+    // No n-gram ending [.., 8, 5] occurs earlier, and the store has no successor of 5.
+    expect(s.draft([1, 2, 3, 1, 2, 8, 5], 4)).toEqual([]);
+    expect(s.draft([1, 2, 3, 1, 2, 8, 5, 2], 4)).toEqual([8, 5, 2]);
+    for (let i = 0; i < 16; i++) s.record([1, 2], [9, 9], 0);
+    expect(s.off).toBe(true);
+    expect(s.draft([1, 2, 3, 1, 2], 4)).toEqual([]);
+  });
+
+  test('options are checked by name', () => {
+    expect(checkSpeculative(undefined)).toBeNull();
+    expect(checkSpeculative({ method: 'lookup' })).toEqual({ method: 'lookup', maxDraft: 4 });
+    expect(() => checkSpeculative({ method: 'tree' as 'lookup' })).toThrow(InvalidRequestError);
+    expect(() => checkSpeculative({ method: 'both', maxDraft: 0 })).toThrow(/speculative.maxDraft/);
+    expect(() => checkSpeculative({ method: 'both', maxDraft: 2.5 })).toThrow(/speculative.maxDraft/);
+  });
+
+  test('truncate returns the blocks that held only rejected slots', () => {
+    const b = new BlockManager({ numBlocks: 8, blockSize: 4 });
+    b.admit(1, [1, 2, 3]);
+    b.markComputed(1, 3);
+    b.appendSlots(1, [4, 5, 6, 7, 8, 9]); // 9 positions: 3 blocks
+    expect(b.stats().freeBlocks).toBe(5);
+    b.truncate(1, 5);
+    expect(b.numTokens(1)).toBe(5);
+    expect(b.stats().freeBlocks).toBe(6);
+    expect(() => b.truncate(1, 2)).toThrow(RangeError);
+    b.checkInvariants();
+  });
+});
+
+describe('on BabyLlama', () => {
+  let dir = '';
+  let plain: Engine;
+  const spec: Record<'recycling' | 'lookup' | 'both', Engine | null> = {
+    recycling: null,
+    lookup: null,
+    both: null,
+  };
+  const GREEDY: GenerateOptions = { maxTokens: 200, temperature: 0, ignoreEos: true };
+  let golden: number[] = [];
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kiln-spec-'));
+    await convertLlama2cToFolder(sharedModel('babyllama-tok105', 'model5000.bin'), {
+      outDir: dir,
+      tokenizer: sharedModel('babyllama-tok105', 'tok105.model'),
+    });
+    golden = (
+      JSON.parse(readFileSync(sharedModel('babyllama-tok105', 'reference_greedy.json'), 'utf8')) as {
+        greedy_ids_after_bos: number[];
+      }
+    ).greedy_ids_after_bos.slice(0, 200);
+    plain = await createEngine({ model: dir });
+    for (const m of ['recycling', 'lookup', 'both'] as const)
+      spec[m] = await createEngine({ model: dir, speculative: { method: m, maxDraft: 4 } });
+  }, 300_000);
+
+  afterAll(() => {
+    plain?.dispose();
+    for (const e of Object.values(spec)) e?.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('alone: the golden 200 greedy ids with every method', async () => {
+    expect((await plain.generate([1], GREEDY).result()).tokenIds).toEqual(golden);
+    for (const e of Object.values(spec)) {
+      const before = (e as Engine).stats();
+      expect((await (e as Engine).generate([1], GREEDY).result()).tokenIds).toEqual(golden);
+      const after = (e as Engine).stats();
+      expect(after.speculativeSteps).toBeGreaterThan(before.speculativeSteps);
+      expect(after.blocksUsed).toBe(0);
+    }
+  }, 600_000);
+
+  test('batched: two sequences give the ids each gives without speculation', async () => {
+    const prompts = [[1], [1, 40, 12, 9, 3, 27]];
+    const opts: GenerateOptions = { maxTokens: 120, temperature: 0, ignoreEos: true };
+    const ref = await Promise.all(prompts.map((p) => plain.generate(p, opts).result()));
+    for (const e of Object.values(spec)) {
+      const got = await Promise.all(prompts.map((p) => (e as Engine).generate(p, opts).result()));
+      got.forEach((r, i) => expect(r.tokenIds).toEqual(ref[i]?.tokenIds));
+      expect((e as Engine).stats().blocksUsed).toBe(0);
+    }
+  }, 600_000);
+
+  test('a continuation that copies its prompt: lookup accepts more than one guess per verifying step', async () => {
+    // A story (the model's own greedy text), then its opening again: the model goes on to retell
+    // it word for word (checked: the ids equal plain decoding's, which copy golden[10..110]).
+    const prompt = [1, ...golden.slice(0, 120), ...golden.slice(0, 10)];
+    const opts: GenerateOptions = { maxTokens: 100, temperature: 0, ignoreEos: true };
+    const ref = await plain.generate(prompt, opts).result();
+    const e = spec.lookup as Engine;
+    const before = e.stats();
+    const got = await e.generate(prompt, opts).result();
+    expect(got.tokenIds).toEqual(ref.tokenIds);
+    expect(ref.tokenIds).toEqual(golden.slice(10, 110));
+    const after = e.stats();
+    const steps = after.speculativeSteps - before.speculativeSteps;
+    const accepted = after.acceptedTokens - before.acceptedTokens;
+    expect(steps).toBeGreaterThan(0);
+    expect(accepted / steps).toBeGreaterThan(1);
+    expect(after.blocksUsed).toBe(0);
+  }, 600_000);
+});
