@@ -2,6 +2,7 @@
  * The engine that the model options describe, loaded with download and load progress bars and
  * with background kernel tuning cached per adapter (warnings on stderr).
  */
+import { InvalidArgumentError } from 'commander';
 import type { Engine } from '../engine/engine.js';
 import type { Q4GroupSize } from '../quant/q4.js';
 import type { LoadProgress } from '../weights/loader.js';
@@ -17,6 +18,9 @@ import type { ModelFlags } from './options.js';
  * it serves. Long-lived ones (serve, chat) tune while no request runs.
  */
 export async function loadEngine(o: ModelFlags, background = true): Promise<Engine> {
+  if (o.maxDraft !== undefined && !o.speculative) {
+    throw new InvalidArgumentError('--max-draft needs --speculative');
+  }
   const pullBar = createByteProgress('download', { enabled: !o.quiet });
   const loadBar = createByteProgress('loading', { enabled: !o.quiet });
   try {

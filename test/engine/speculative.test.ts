@@ -126,8 +126,10 @@ describe('on BabyLlama', () => {
     const opts: GenerateOptions = { maxTokens: 120, temperature: 0, ignoreEos: true };
     const ref = await Promise.all(prompts.map((p) => plain.generate(p, opts).result()));
     for (const e of Object.values(spec)) {
+      const before = (e as Engine).stats().speculativeSteps;
       const got = await Promise.all(prompts.map((p) => (e as Engine).generate(p, opts).result()));
       got.forEach((r, i) => expect(r.tokenIds).toEqual(ref[i]?.tokenIds));
+      expect((e as Engine).stats().speculativeSteps).toBeGreaterThan(before);
       expect((e as Engine).stats().blocksUsed).toBe(0);
     }
   }, 600_000);
