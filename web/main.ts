@@ -118,6 +118,16 @@ function showProgress(p: LoadProgress): void {
   else setStatus(`loading ${pct}`, 'busy');
 }
 
+/** The planner's choice: bytes by part, and why the context or KV pool was cut, if it was. */
+function memoryPlanText(e: KilnEngine): string {
+  const p = e.memoryPlan;
+  if (!p) return 'none';
+  const parts =
+    `weights ${formatBytes(p.weights)}, KV ${formatBytes(p.kvCache)} (${p.kvTokens} tokens), ` +
+    `activations ${formatBytes(p.activations)}, scratch ${formatBytes(p.scratch)}`;
+  return p.note ? `${parts}. ${p.note}` : parts;
+}
+
 /** Hides the progress bar and its text, so a failed load leaves no stale "Checking…" behind. */
 function clearProgress(): void {
   ui.progress.hidden = true;
@@ -132,6 +142,7 @@ function showModelInfo(e: KilnEngine, fromCache: boolean): void {
     ['Weights', e.weightFormat],
     ['Context', `${e.contextLength} tokens`],
     ['GPU memory', formatBytes(e.gpuMemoryBytes)],
+    ['Memory plan', memoryPlanText(e), 'memory-plan'],
     ['Loaded', `in ${(e.loadMs / 1000).toFixed(1)} s, ${fromCache ? 'from the cache' : 'from the network'}`],
     ['Kernels', tuningText(e), 'tuning'],
   ];

@@ -8,7 +8,14 @@ import type { AdapterSummary } from '../gpu/device.js';
 import type { ChatMessage } from '../io/tokenizer.js';
 import type { ToolFormatName } from './openai/tools.js';
 import type { OpenAiChatApi, OpenAiCompletionsApi } from './openai/types.js';
-import type { GenerateOptions, GenerateResult, GeneratedToken, GrammarSpec, TuningStatus } from './types.js';
+import type {
+  GenerateOptions,
+  GenerateResult,
+  GeneratedToken,
+  GrammarSpec,
+  MemoryPlan,
+  TuningStatus,
+} from './types.js';
 
 /** A conversation for the chat template, with the functions the model may call. */
 export interface ChatInput {
@@ -51,6 +58,8 @@ export interface KilnEngine {
   readonly loadMs: number;
   /** Bytes of GPU buffers the engine holds. */
   readonly gpuMemoryBytes: number;
+  /** The memory plan chosen at load (context, KV pool, bytes by part, why anything was cut). */
+  readonly memoryPlan: MemoryPlan | null;
   /** Where background kernel tuning stands ('off' unless the engine was loaded with `tune`). */
   readonly tuningStatus: TuningStatus;
   /** Settles once background tuning is over, with the final status. */

@@ -135,3 +135,26 @@ export interface TuningStatus {
   /** Slices background tuning has run (each while no request was running). */
   slices?: number;
 }
+
+/** What the engine's memory planner chose before anything was allocated, by part (bytes), and why. */
+export interface MemoryPlan {
+  /** The context asked for (or the default), and the one chosen. */
+  requestedContext: number;
+  contextLength: number;
+  /** KV pool: tokens and 16-token blocks per layer. */
+  kvTokens: number;
+  kvBlocks: number;
+  weights: number;
+  kvCache: number;
+  /** One prefill chunk's hidden states. */
+  activations: number;
+  /** The logits rows of a step (LM head output and the sampler's copy). */
+  scratch: number;
+  total: number;
+  /** The budget planned against (--memory-limit, a browser's memory hint), or null for none. */
+  budgetBytes: number | null;
+  /** The largest buffer one layer's K or V may take (min of maxBufferSize and the binding limit). */
+  bindingBytes: number;
+  /** Why the context or pool is smaller than asked; null when nothing was cut. */
+  note: string | null;
+}

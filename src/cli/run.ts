@@ -85,6 +85,7 @@ function runJson(engine: Engine, r: GenerateResult) {
     adapter: engine.adapter,
     kernel_defaults: engine.kernelDefaults.adapterClass,
     weights: engine.weightFormat,
+    memory_plan: engine.memoryPlan,
   };
 }
 

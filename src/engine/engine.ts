@@ -9,8 +9,8 @@ import type { ChatInput, KilnEngine } from '../api/engine-api.js';
 import { OpenAiChat, OpenAiCompletions } from '../api/openai/openai.js';
 import { detectToolFormat, type ToolFormatName } from '../api/openai/tools.js';
 import type { GenerateOptions, GrammarSpec, TuningStatus } from '../api/types.js';
-import { InvalidRequestError, KilnError, UnsupportedModelError } from '../errors.js';
-import { acquireGpu, type AdapterSummary, type GpuContext } from '../gpu/device.js';
+import { DeviceMemoryError, InvalidRequestError, KilnError, UnsupportedModelError } from '../errors.js';
+import { acquireGpu, formatBytes, type AdapterSummary, type GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
 import { KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
 import { ATTENTION_MAX_HEAD_DIM } from '../kernels/attention.js';
@@ -30,8 +30,8 @@ import { StepGpuClock } from './forward/step-clock.js';
 import { captureLinearInputs, profileStep, runStep, warmAsyncAttention } from './forward/step.js';
 import { Generation, type GenerationHost } from './generation.js';
 import { BlockManager } from './kv/block-manager.js';
-import { BLOCK_TOKENS, kvBlockBytes, PagedKvCache, type KvDtype } from './kv/cache.js';
-import { checkBudget, defaultKvTokens, estimateMemory } from './memory.js';
+import { BLOCK_TOKENS, PagedKvCache, type KvDtype } from './kv/cache.js';
+import { planMemory, type MemoryPlan } from './memory.js';
 import { checkOptions, type EngineOptions } from './options.js';
 import { GrammarCompiler, importXgrammar, type XgrammarModule } from './sampling/grammar.js';
 import { samplingOf, validateSampling } from './sampling/params.js';
@@ -50,6 +50,8 @@ export class Engine implements KilnEngine {
   readonly completions: OpenAiCompletions;
   /** Milliseconds spent in createEngine (config, tokenizer, weights, KV cache). */
   loadMs = 0;
+  /** What the memory planner chose at load: context, KV pool, bytes by part, and why. */
+  memoryPlan: MemoryPlan | null = null;
   private disposed = false;
   private readonly background = new BackgroundTuning();
   /** Batches every generate() call running at once into shared forward steps. */
@@ -121,8 +123,7 @@ export class Engine implements KilnEngine {
         "activations 'f16' applies to float weights; int4 models read f32 activations (use 'f32')",
       );
     }
-    const contextLength = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
-    const prefillChunk = Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength);
+    const requestedContext = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
     const ckpt = await files.openCheckpoint();
     let ctx: GpuContext | null = null;
     let weights: ModelWeights | null = null;
@@ -130,7 +131,6 @@ export class Engine implements KilnEngine {
     let forward: ForwardModel | null = null;
     try {
       validateCheckpoint(spec, ckpt, source);
-      const kvTokens = opts.kvCacheTokens ?? defaultKvTokens(spec, contextLength);
       ctx = await acquireGpu({
         ...(opts.device ? { device: opts.device } : {}),
         ...(opts.gpu ? { gpu: opts.gpu } : {}),
@@ -154,18 +154,44 @@ export class Engine implements KilnEngine {
           `kvCache '${kvDtype}' needs head_dim to be a multiple of 4, this model's is ${spec.headDim}; use 'auto', 'f16' or 'f32'`,
         );
       }
-      // The budget needs the KV element type, known only with the adapter; nothing is allocated yet.
-      if (opts.memoryLimitBytes !== undefined) {
-        const need = estimateMemory(spec, ckpt, source, kvTokens, kvDtype, prefillChunk);
-        checkBudget(need, kvTokens, opts.memoryLimitBytes);
+      // The plan needs the KV element type and the limits, known only with the adapter; nothing
+      // is allocated yet. A probe under an error scope then checks the device can hold it all.
+      const cap = (limit: number, c: number | undefined) => Math.min(limit, c ?? Infinity);
+      const planInput = {
+        spec,
+        ckpt,
+        source,
+        kvDtype,
+        requestedContext,
+        prefillChunkTokens: opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK,
+        ...(opts.kvCacheTokens !== undefined ? { kvTokens: opts.kvCacheTokens } : {}),
+        limits: {
+          maxBufferSize: cap(ctx.limits.maxBufferSize, opts.limits?.maxBufferSize),
+          maxStorageBufferBindingSize: cap(
+            ctx.limits.maxStorageBufferBindingSize,
+            opts.limits?.maxStorageBufferBindingSize,
+          ),
+        },
+      };
+      let plan = planMemory({
+        ...planInput,
+        ...(opts.memoryLimitBytes !== undefined ? { budgetBytes: opts.memoryLimitBytes } : {}),
+      });
+      for (let tries = 0; !(await ctx.probeAllocation(plan.total)); tries++) {
+        // The device refused the whole plan at once: plan again for three quarters of it.
+        if (tries === 3) {
+          throw new DeviceMemoryError(
+            `this device could not allocate ${formatBytes(plan.total)} (weights ${formatBytes(plan.weights)}) even after shrinking the KV cache`,
+          );
+        }
+        const budgetBytes = Math.floor(plan.total * 0.75);
+        plan = planMemory({ ...planInput, budgetBytes });
+        plan.note = `${plan.note ?? ''}${plan.note ? '; ' : ''}an allocation probe failed, so the plan was cut to ${formatBytes(budgetBytes)}`;
       }
+      const contextLength = plan.contextLength;
+      const prefillChunk = Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength);
       weights = await loadWeights(ctx, spec, ckpt, source, opts.onProgress);
-      const perLayer = Math.floor(ctx.limits.maxStorageBufferBindingSize / kvBlockBytes(spec, kvDtype));
-      const kvBlocks = Math.max(
-        Math.ceil(contextLength / BLOCK_TOKENS),
-        Math.min(perLayer, Math.ceil(kvTokens / BLOCK_TOKENS)),
-      );
-      kv = await PagedKvCache.create(ctx, spec, kvBlocks, kvDtype);
+      kv = await PagedKvCache.create(ctx, spec, plan.kvBlocks, kvDtype);
       const calibration = choices.attentionSoftmax === 'async' ? CALIBRATION_STEPS : 0;
       forward = new ForwardModel(
         ctx,
@@ -202,6 +228,7 @@ export class Engine implements KilnEngine {
         { adapterClass: defaults.adapterClass, choices: defaultTable },
         opts.loadXgrammar ?? importXgrammar,
       );
+      engine.memoryPlan = plan;
       const tune = opts.tune === true ? {} : opts.tune || null;
       // Cached choices apply before the warm-up, so it compiles the pipelines requests will use.
       if (tune) await engine.background.applyCached((o) => engine.tune(o), tune);

@@ -10,7 +10,10 @@ import type { ModelSpec } from '../model/spec.js';
 import { weightBytes } from '../weights/loader.js';
 import type { WeightSource } from '../weights/source.js';
 import { isQuantKv } from '../kernels/kv-dtype.js';
-import { BLOCK_TOKENS, kvCacheBytes, type KvDtype } from './kv/cache.js';
+import type { MemoryPlan } from '../api/types.js';
+import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, type KvDtype } from './kv/cache.js';
+
+export type { MemoryPlan };
 
 /** GPU memory a model will take, by part (what `memoryLimitBytes` is checked against). */
 export interface MemoryEstimate {
@@ -44,15 +47,6 @@ export function estimateMemory(
   return { weights, kvCache, activations, total: weights + kvCache + activations };
 }
 
-/** Refuses a model whose estimate is over the caller's memory limit, saying what it needs. */
-export function checkBudget(m: MemoryEstimate, kvTokens: number, limit: number): void {
-  if (m.total > limit) {
-    throw new DeviceMemoryError(
-      `the model needs ${formatBytes(m.total)} of GPU memory (weights ${formatBytes(m.weights)}, KV cache for ${kvTokens} tokens ${formatBytes(m.kvCache)}, activations ${formatBytes(m.activations)}), over the memory limit of ${formatBytes(limit)}`,
-    );
-  }
-}
-
 /**
  * Default KV pool: what 256 MiB of f32 K/V holds, whatever the cache's type (an f16 cache keeps
  * the same tokens in half the memory), and at least one full context; capped by the caller.
@@ -60,4 +54,96 @@ export function checkBudget(m: MemoryEstimate, kvTokens: number, limit: number):
 export function defaultKvTokens(spec: ModelSpec, contextLength: number): number {
   const perToken = kvCacheBytes(spec, BLOCK_TOKENS, 'f32') / BLOCK_TOKENS;
   return Math.max(contextLength, Math.floor((256 * 2 ** 20) / perToken));
+}
+
+export interface PlanInput {
+  spec: ModelSpec;
+  ckpt: Checkpoint;
+  source: WeightSource;
+  kvDtype: KvDtype;
+  requestedContext: number;
+  prefillChunkTokens: number;
+  /** The caller's KV pool in tokens; default {@link defaultKvTokens}. */
+  kvTokens?: number;
+  limits: { maxBufferSize: number; maxStorageBufferBindingSize: number };
+  budgetBytes?: number;
+}
+
+/**
+ * Chooses the context and the KV pool before loading: one layer's K (or V) for the whole pool must
+ * fit one buffer binding, and weights + KV + activations + scratch must fit the budget. The pool
+ * shrinks first (down to one context), then the context (to whole blocks); a model whose weights
+ * leave no room for one block is refused with what it needs.
+ */
+export function planMemory(p: PlanInput): MemoryPlan {
+  const { spec, kvDtype } = p;
+  const blockBytes = kvBlockBytes(spec, kvDtype);
+  const bindingBytes = Math.min(p.limits.maxBufferSize, p.limits.maxStorageBufferBindingSize);
+  const perLayerBlocks = Math.floor(bindingBytes / blockBytes);
+  const notes: string[] = [];
+  let context = p.requestedContext;
+  if (perLayerBlocks * BLOCK_TOKENS < context) {
+    context = perLayerBlocks * BLOCK_TOKENS;
+    notes.push(
+      `one layer's KV cache must fit one buffer binding (${formatBytes(bindingBytes)}), which holds ${context} tokens`,
+    );
+  }
+  const sized = (ctx: number, blocks: number): MemoryPlan => {
+    const chunk = Math.min(p.prefillChunkTokens, ctx);
+    const e = estimateMemory(spec, p.ckpt, p.source, blocks * BLOCK_TOKENS, kvDtype, chunk);
+    const scratch = 4 * 2 * spec.vocabSize;
+    return {
+      requestedContext: p.requestedContext,
+      contextLength: ctx,
+      kvTokens: blocks * BLOCK_TOKENS,
+      kvBlocks: blocks,
+      weights: e.weights,
+      kvCache: e.kvCache,
+      activations: e.activations - scratch,
+      scratch,
+      total: e.total,
+      budgetBytes: p.budgetBytes ?? null,
+      bindingBytes,
+      note: null,
+    };
+  };
+  const wanted = p.kvTokens ?? defaultKvTokens(spec, context);
+  const minBlocks = (ctx: number) => Math.ceil(ctx / BLOCK_TOKENS);
+  let blocks = Math.max(minBlocks(context), Math.min(perLayerBlocks, Math.ceil(wanted / BLOCK_TOKENS)));
+  let plan = sized(context, blocks);
+  const budget = p.budgetBytes;
+  if (budget !== undefined && plan.total > budget) {
+    const allLayersBlock = blockBytes * 2 * spec.numLayers;
+    const fixed = plan.total - plan.kvCache;
+    const fit = Math.floor((budget - fixed) / allLayersBlock);
+    if (fit >= minBlocks(context)) {
+      blocks = fit;
+      notes.push(
+        `the KV pool was cut to ${fit * BLOCK_TOKENS} tokens to fit the memory limit of ${formatBytes(budget)}`,
+      );
+    } else {
+      // The largest context whose plan fits (the prefill chunk, and so the activations, shrink
+      // with it): total grows with the context, so a binary search over whole blocks finds it.
+      let lo = 0;
+      let hi = minBlocks(context) - 1;
+      while (lo < hi) {
+        const mid = Math.ceil((lo + hi) / 2);
+        if (sized(mid * BLOCK_TOKENS, mid).total <= budget) lo = mid;
+        else hi = mid - 1;
+      }
+      if (lo === 0) {
+        const one = sized(BLOCK_TOKENS, 1);
+        throw new DeviceMemoryError(
+          `the model needs ${formatBytes(one.total)} of GPU memory even with a 16-token context (weights ${formatBytes(one.weights)}, KV cache ${formatBytes(one.kvCache)}, activations ${formatBytes(one.activations + one.scratch)}), over the memory limit of ${formatBytes(budget)}`,
+        );
+      }
+      blocks = lo;
+      notes.push(
+        `the context was cut from ${context} to ${lo * BLOCK_TOKENS} tokens to fit the memory limit of ${formatBytes(budget)}`,
+      );
+      context = lo * BLOCK_TOKENS;
+    }
+    plan = sized(context, blocks);
+  }
+  return { ...plan, note: notes.length > 0 ? notes.join('; ') : null };
 }

@@ -31,8 +31,18 @@ export interface EngineOptions {
   contextLength?: number;
   /** Prompt tokens per prefill step (bounds activation memory and the length of one submit). */
   prefillChunkTokens?: number;
-  /** Refuse to load when weights + KV cache + activations would exceed this many bytes. */
+  /**
+   * GPU memory budget in bytes for weights + KV cache + activations + scratch: the planner
+   * (engine/memory.ts) shrinks the KV pool, then the context, to fit, and refuses a model whose
+   * weights leave no room for one KV block. `Engine.memoryPlan` says what it chose.
+   */
   memoryLimitBytes?: number;
+  /**
+   * Caps on the adapter's limits for planning, as a smaller adapter would report them (a phone's
+   * 128 MiB bindings); a device cannot be requested below WebGPU's defaults, so this is how such
+   * an adapter is planned for on a larger one.
+   */
+  limits?: { maxStorageBufferBindingSize?: number; maxBufferSize?: number };
   /**
    * Decode attention's softmax: 'async' (default) is FlashDecoding++'s unified max, with phi per
    * layer calibrated on the first decode steps (which run the exact kernel meanwhile) and an
@@ -141,6 +151,8 @@ export function checkOptions(opts: EngineOptions): EngineChoices {
   positiveInteger('contextLength', opts.contextLength);
   positiveInteger('prefillChunkTokens', opts.prefillChunkTokens);
   positiveInteger('memoryLimitBytes', opts.memoryLimitBytes);
+  positiveInteger('limits.maxStorageBufferBindingSize', opts.limits?.maxStorageBufferBindingSize);
+  positiveInteger('limits.maxBufferSize', opts.limits?.maxBufferSize);
   positiveInteger('kvCacheTokens', opts.kvCacheTokens);
   const d = opts.pipelineDepth;
   if (d !== undefined && !(Number.isInteger(d) && d >= 1 && d <= 3)) {

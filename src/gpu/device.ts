@@ -206,6 +206,25 @@ export class GpuContext {
     return buffer;
   }
 
+  /**
+   * Whether the device can hold `bytes` more right now: buffers of up to maxBufferSize (256 MiB at
+   * most each) are made under an out-of-memory error scope and destroyed at once. WebGPU reports no
+   * free memory, so this is the one way to ask before loading.
+   */
+  async probeAllocation(bytes: number): Promise<boolean> {
+    this.assertAlive();
+    const piece = Math.max(4, Math.min(this.limits.maxBufferSize, 256 * 2 ** 20));
+    const made: GPUBuffer[] = [];
+    this.device.pushErrorScope('out-of-memory');
+    for (let left = bytes; left > 0; left -= piece) {
+      const size = Math.ceil(Math.min(piece, left) / 4) * 4;
+      made.push(this.device.createBuffer({ label: 'kiln.probe', size, usage: GPUBufferUsage.STORAGE }));
+    }
+    const error = await this.device.popErrorScope();
+    for (const b of made) b.destroy();
+    return error === null;
+  }
+
   /** Frees a buffer made by `createBuffer`. */
   destroyBuffer(buffer: GPUBuffer): void {
     this.allocatedBytes -= buffer.size;

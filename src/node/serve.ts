@@ -318,7 +318,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     ),
   );
 
-  app.get('/health', async () => ({ status: 'ok', model: modelId }));
+  app.get('/health', async () => ({ status: 'ok', model: modelId, memory_plan: engine.memoryPlan }));
   const started = Math.floor(Date.now() / 1000);
   app.get('/v1/models', async () => ({
     object: 'list',

@@ -30,6 +30,7 @@ function engineInfo(engine: Engine, fromCache: boolean): EngineInfo {
     toolCallFormat: engine.toolCallFormat,
     loadMs: engine.loadMs,
     gpuMemoryBytes: engine.gpuMemoryBytes,
+    memoryPlan: engine.memoryPlan,
     fromCache,
     tuning: engine.tuningStatus,
   };

@@ -25,6 +25,7 @@ import type {
   GenerateResult,
   GeneratedToken,
   GrammarSpec,
+  MemoryPlan,
   TuningStatus,
 } from '../api/types.js';
 import type { KvDtype } from '../kernels/kv-dtype.js';
@@ -78,6 +79,7 @@ export interface EngineInfo {
   toolCallFormat: ToolFormatName;
   loadMs: number;
   gpuMemoryBytes: number;
+  memoryPlan: MemoryPlan | null;
   /** True when every file came from the cache (no network). */
   fromCache: boolean;
   tuning: TuningStatus;

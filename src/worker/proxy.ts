@@ -13,6 +13,7 @@ import type {
   GenerateResult,
   GeneratedToken,
   GrammarSpec,
+  MemoryPlan,
   TuningStatus,
 } from '../api/types.js';
 import type { KvDtype } from '../kernels/kv-dtype.js';
@@ -289,6 +290,9 @@ export class WorkerEngine implements KilnEngine {
   /** As of the last finished request (the worker reports it with each). */
   get gpuMemoryBytes(): number {
     return this.memory;
+  }
+  get memoryPlan(): MemoryPlan | null {
+    return this.info.memoryPlan;
   }
   /** True when the model came from the browser's cache, with no network. */
   get fromCache(): boolean {
