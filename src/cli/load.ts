@@ -2,8 +2,8 @@
  * The engine that the model options describe, loaded with download and load progress bars and
  * with background kernel tuning cached per adapter (warnings on stderr).
  */
-import { InvalidArgumentError } from 'commander';
 import type { Engine } from '../engine/engine.js';
+import { InvalidRequestError } from '../errors.js';
 import type { Q4GroupSize } from '../quant/q4.js';
 import type { LoadProgress } from '../weights/loader.js';
 import type { PullProgress } from '../node/hub-client.js';
@@ -19,7 +19,7 @@ import type { ModelFlags } from './options.js';
  */
 export async function loadEngine(o: ModelFlags, background = true): Promise<Engine> {
   if (o.maxDraft !== undefined && !o.speculative) {
-    throw new InvalidArgumentError('--max-draft needs --speculative');
+    throw new InvalidRequestError('--max-draft needs --speculative');
   }
   const pullBar = createByteProgress('download', { enabled: !o.quiet });
   const loadBar = createByteProgress('loading', { enabled: !o.quiet });
