@@ -22,6 +22,7 @@ import type { ChatMessageParam as ChatMessage } from '../src/api/openai/types.js
 import type { KilnEngine } from '../src/api/engine-api.js';
 import type { LoadProgress, ModelSource } from '../src/worker/protocol.js';
 import { WorkerEngine } from '../src/worker/proxy.js';
+import { KV_CACHE_OPTIONS } from '../src/engine/options.js';
 
 const HUB = 'https://huggingface.co';
 
@@ -41,6 +42,12 @@ ui.system.value = params.get('system') ?? '';
 ui.jsonMode.checked = params.get('json') === '1';
 const contextParam = numberParam('context', 0, (v) => Number.isInteger(v) && v > 0);
 const memoryLimitMiB = numberParam('memory_limit_mib', 0, (v) => v > 0);
+/**
+ * `?kv=int4` (or int8, int2, gear4, gear2, f16, f32) picks the KV cache format; a compressed one
+ * fits a longer context in the same GPU memory. Default: auto.
+ */
+const kvParam = params.get('kv');
+const kvCache = KV_CACHE_OPTIONS.find((k) => k === kvParam);
 /** `?tune=0` turns background kernel tuning off. */
 const tuneKernels = params.get('tune') !== '0';
 
@@ -186,6 +193,7 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
         ...(contextParam ? { contextLength: contextParam } : {}),
         ...(memoryLimitMiB ? { memoryLimitBytes: Math.floor(memoryLimitMiB * 2 ** 20) } : {}),
         tune: tuneKernels,
+        ...(kvCache ? { kvCache } : {}),
         onProgress: showProgress,
       },
       () => worker.terminate(),

@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import type { Engine } from '../engine/engine.js';
 import { evaluateText } from '../engine/eval.js';
-import { KilnError } from '../errors.js';
+import { InvalidRequestError, KilnError } from '../errors.js';
 import { createCountProgress } from '../node/progress.js';
 import { KV_CACHE_OPTIONS, type KvCacheOption } from '../engine/options.js';
 import { isQuantKv } from '../kernels/kv-dtype.js';
@@ -11,18 +11,28 @@ import { loadEngine } from './load.js';
 import { addModelOptions, type ModelFlags } from './options.js';
 
 interface EvalFlags extends ModelFlags {
-  text: string;
+  text?: string;
+  generated?: string;
   reference?: string;
   referenceKvCache?: KvCacheOption;
   json?: boolean;
 }
 
 async function cmdEval(o: EvalFlags): Promise<void> {
-  let text: string;
-  try {
-    text = await readFile(o.text, 'utf8');
-  } catch (e) {
-    throw new KilnError(`cannot read the text ${o.text}: ${(e as Error).message}`, { cause: e });
+  if ((o.text === undefined) === (o.generated === undefined)) {
+    throw new InvalidRequestError('kiln eval needs exactly one of --text FILE and --generated N');
+  }
+  let text: string | null = null;
+  if (o.text !== undefined) {
+    try {
+      text = await readFile(o.text, 'utf8');
+    } catch (e) {
+      throw new KilnError(`cannot read the text ${o.text}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+  const generated = o.generated === undefined ? 0 : Number(o.generated);
+  if (o.generated !== undefined && !(Number.isSafeInteger(generated) && generated >= 2)) {
+    throw new InvalidRequestError(`--generated must be an integer of at least 2, got ${o.generated}`);
   }
   const engine = await loadEngine(o, false);
   let reference: Engine | null = null;
@@ -32,7 +42,10 @@ async function cmdEval(o: EvalFlags): Promise<void> {
       // The same model with another KV cache (default f16): the quality cost of compressing it.
       reference = await loadEngine({ ...o, kvCache: o.referenceKvCache ?? 'f16' }, false);
     }
-    const ids = engine.encodePrompt(text);
+    // The text, or the greedy continuation of BOS by the reference (else the model itself): a
+    // model's own text, which needs no tokenizer (llama2.c checkpoints without a SentencePiece
+    // model), up to the context.
+    const ids = text !== null ? engine.encodePrompt(text) : await ownText(reference ?? engine, generated);
     const bar = createCountProgress('eval', { enabled: !o.quiet });
     const r = await evaluateText(engine, ids, reference ?? undefined, (done, total) =>
       bar.update(done, total),
@@ -61,6 +74,13 @@ async function cmdEval(o: EvalFlags): Promise<void> {
   }
 }
 
+async function ownText(e: Engine, tokens: number): Promise<number[]> {
+  const bos = e.spec.bosTokenId ?? 1;
+  const n = Math.min(tokens, e.contextLength) - 1;
+  const r = await e.generate([bos], { maxTokens: n, temperature: 0, ignoreEos: true }).result();
+  return [bos, ...r.tokenIds];
+}
+
 function isCompressed(kv: KvCacheOption | undefined): boolean {
   return kv !== undefined && kv !== 'auto' && isQuantKv(kv);
 }
@@ -72,7 +92,11 @@ export function addEvalCommand(program: Command): void {
       .command('eval')
       .description('teacher-forced perplexity of a text, and KL / top-1 agreement against a reference model'),
   )
-    .requiredOption('--text <file>', 'text to evaluate (UTF-8)')
+    .option('--text <file>', 'text to evaluate (UTF-8)')
+    .option(
+      '--generated <tokens>',
+      'evaluate on the greedy continuation of BOS (this many tokens, at most the context) that the reference (else the model) generates',
+    )
     .option('--reference <dir>', 'reference model (e.g. the float model a quantized one came from)')
     .addOption(
       new Option(

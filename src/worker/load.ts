@@ -71,7 +71,12 @@ async function checkFits(
     const quant = files.weightSource('none');
     validateCheckpoint(spec, ckpt, quant);
     const context = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
-    const kvDtype = adapter.features.has('shader-f16') ? 'f16' : 'f32';
+    const kvDtype =
+      opts.kvCache && opts.kvCache !== 'auto'
+        ? opts.kvCache
+        : adapter.features.has('shader-f16')
+          ? 'f16'
+          : 'f32';
     const est = estimateMemory(
       spec,
       ckpt,
@@ -180,6 +185,7 @@ export async function loadEngine(
     contextLength,
     prefillChunkTokens: Math.min(PREFILL_CHUNK, contextLength),
     kvCacheTokens: KV_CONTEXTS * contextLength,
+    ...(opts.kvCache ? { kvCache: opts.kvCache } : {}),
     ...(budget ? { memoryLimitBytes: Math.floor(budget.bytes) } : {}),
     tune:
       opts.tune === false || !('indexedDB' in globalThis)

@@ -29,6 +29,7 @@ import type {
   TuningStatus,
 } from '../api/types.js';
 import type { KvDtype } from '../kernels/kv-dtype.js';
+import type { KvCacheOption } from '../engine/options.js';
 
 /** Where the worker loads a model from. */
 export type ModelSource =
@@ -53,6 +54,11 @@ export interface LoadOptions {
    * IndexedDB per adapter, so only the first visit on a device pays for it.
    */
   tune?: boolean;
+  /**
+   * KV cache format (EngineOptions.kvCache): 'auto' (default: f16 with shader-f16), or a
+   * compressed one ('int4', 'gear4', ...) for longer contexts in the same memory.
+   */
+  kvCache?: KvCacheOption;
 }
 
 /**

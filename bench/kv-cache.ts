@@ -1,0 +1,81 @@
+/**
+ * Decode speed per KV-cache format at long contexts, on a synthetic model at a real shape (int4
+ * weights and LM head, as `bench:decode --quant q4 --quant-lm-head`):
+ *   npm run bench:kv -- [shape] [--layers N] [--contexts 1024,4096] [--formats f16,int8,...]
+ *     [--tokens N] [--rounds N]
+ * For each context, one engine per format holds a prompt of (context - tokens) ids, then the
+ * formats decode `tokens` greedy tokens each in alternating rounds (f16 first in every round), so
+ * drift on a shared machine favours none; the best round of each is kept. Prints one JSON line per
+ * (context, format) with decode tokens/s and its ratio to f16, plus the KV bytes per token per layer.
+ */
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { kvBlockBytes } from '../src/engine/kv/cache.js';
+import type { KvDtype } from '../src/kernels/kv-dtype.js';
+import type { Engine } from '../src/engine/engine.js';
+import { createEngine } from '../src/node/index.js';
+import { syntheticModel } from './synthetic.js';
+
+function flag(name: string, fallback: string): string {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? (process.argv[i + 1] ?? fallback) : fallback;
+}
+
+const shape = process.argv[2] && !process.argv[2].startsWith('--') ? process.argv[2] : 'llama-3.2-1b';
+const layers = Number(flag('--layers', '2'));
+const contexts = flag('--contexts', '1024,4096').split(',').map(Number);
+const formats = flag('--formats', 'f16,int8,int4,int2,gear4,gear2').split(',') as KvDtype[];
+const tokens = Number(flag('--tokens', '8'));
+const rounds = Number(flag('--rounds', '2'));
+const root = process.env.KILN_BENCH_DIR ?? join(tmpdir(), 'kiln-bench');
+const dir = await syntheticModel(root, shape, 'BF16', layers);
+
+for (const context of contexts) {
+  // Each round's prompt differs from its first block on: no prefix-cache hits, every round
+  // prefills the same way.
+  const prompt = (round: number) => [
+    1,
+    ...Array.from({ length: context - tokens - 1 }, (_, i) => 3 + ((i * 37 + round) % 256)),
+  ];
+  const engines: Engine[] = [];
+  for (const kvCache of formats) {
+    engines.push(
+      await createEngine({
+        model: dir,
+        contextLength: context + 16,
+        kvCacheTokens: context + 16,
+        quant: 'q4',
+        quantOptions: { lmHead: true },
+        kvCache,
+      }),
+    );
+  }
+  const best = formats.map(() => 0);
+  for (let round = 0; round < rounds; round++) {
+    for (const [i, e] of engines.entries()) {
+      const r = await e
+        .generate(prompt(round), { maxTokens: tokens, temperature: 0, ignoreEos: true })
+        .result();
+      best[i] = Math.max(best[i] as number, r.timings.decodeTokensPerS);
+    }
+  }
+  const f16 = best[formats.indexOf('f16')] ?? NaN;
+  for (const [i, kvCache] of formats.entries()) {
+    const e = engines[i] as Engine;
+    console.log(
+      JSON.stringify({
+        bench: 'kv-cache',
+        shape,
+        layers,
+        adapter: e.adapter.description,
+        context,
+        kv_cache: kvCache,
+        kv_bytes_per_token_per_layer: (2 * kvBlockBytes(e.spec, kvCache)) / 16,
+        decode_tokens_per_s: Math.round((best[i] as number) * 100) / 100,
+        vs_f16: Math.round(((best[i] as number) / f16) * 1000) / 1000,
+      }),
+    );
+  }
+  for (const e of engines) e.dispose();
+}
+process.exit(0);
