@@ -4,6 +4,7 @@ import { formatBytes } from '../../src/gpu/device.js';
 import { parseModelConfig } from '../../src/model/config.js';
 import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache } from '../../src/engine/kv/cache.js';
 import type { ModelSpec } from '../../src/model/spec.js';
+import type { KvDtype } from '../../src/kernels/kv-dtype.js';
 import { testGpu } from '../helpers/gpu.js';
 
 function spec(o: { layers?: number; heads?: number; kvHeads?: number; headDim?: number } = {}): ModelSpec {
@@ -50,6 +51,28 @@ describe('sizes', () => {
     expect(kvBlockBytes(s, 'f32')).toBe(kvBlockBytes(s));
     expect(kvCacheBytes(s, 17, 'f16')).toBe(2 * kvBlockBytes(s, 'f16') * 2 * 3);
     expect(kvCacheBytes(s, 17, 'f16') * 2).toBe(kvCacheBytes(s, 17));
+  });
+
+  test('compressed rows: packed codes + an f16 (scale, min) word (+ 2 outlier words for GEAR)', () => {
+    // Llama-3.2-1B's attention: 16 layers, 8 KV heads of 64.
+    const s = spec({ layers: 16, heads: 32, kvHeads: 8, headDim: 64 });
+    const perTokenPerLayer = (kv: KvDtype) => (2 * kvBlockBytes(s, kv)) / BLOCK_TOKENS;
+    expect(perTokenPerLayer('f16')).toBe(2 * 8 * 64 * 2);
+    expect(perTokenPerLayer('int8')).toBe(2 * 8 * (64 + 4));
+    expect(perTokenPerLayer('int4')).toBe(2 * 8 * (32 + 4));
+    expect(perTokenPerLayer('int2')).toBe(2 * 8 * (16 + 4));
+    expect(perTokenPerLayer('gear4')).toBe(2 * 8 * (32 + 4 + 8));
+    expect(perTokenPerLayer('gear2')).toBe(2 * 8 * (16 + 4 + 8));
+    // The longest context a 64 MiB KV budget holds (whole blocks): 4 bits at least 3.5x f16.
+    const fits = (kv: KvDtype) => {
+      let blocks = 0;
+      while (kvCacheBytes(s, (blocks + 1) * BLOCK_TOKENS, kv) <= 64 * 2 ** 20) blocks++;
+      return blocks * BLOCK_TOKENS;
+    };
+    expect(fits('f16')).toBe(2048);
+    expect(fits('int4') / fits('f16')).toBeGreaterThanOrEqual(3.5);
+    // A head_dim whose codes do not fill a word pads the row to whole words (int2, 12 channels).
+    expect(kvBlockBytes(spec({ headDim: 12, kvHeads: 1 }), 'int2')).toBe(16 * 4 * 2);
   });
 
   test('create allocates buffers of the dtype it is given (f32 by default)', async () => {

@@ -440,6 +440,31 @@ describe('kiln bench decode', () => {
 });
 
 describe('kiln run / models / help', () => {
+  it('eval --kv-cache int8 --generated: the quality cost against the same model with f16 KV', async () => {
+    const r = await kiln([
+      'eval',
+      '--model',
+      baby,
+      '--kv-cache',
+      'int8',
+      '--generated',
+      '64',
+      '--json',
+      '--quiet',
+    ]);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout) as { tokens: number; kl_mean: number; top1_agreement: number };
+    expect(j.tokens).toBe(63);
+    // int8 rows move the logits a little (BabyLlama on 256 tokens: KL 5.5e-5, README), never
+    // nothing: a KL of exactly 0 would mean both engines read the same cache.
+    expect(j.kl_mean).toBeGreaterThan(0);
+    expect(j.kl_mean).toBeLessThan(1e-2);
+    expect(j.top1_agreement).toBeGreaterThan(0.9);
+    const both = await kiln(['eval', '--model', baby, '--generated', '8', '--text', 'x.txt']);
+    expect(both.code).not.toBe(0);
+    expect(both.stderr).toMatch(/exactly one of --text FILE and --generated N/);
+  });
+
   it('without --json streams the text to stdout and a summary to stderr', async () => {
     // --no-tune: whether a tuning line follows depends on the cache (see "kiln tune" above).
     const r = await kiln(['run', '--model', baby, '--prompt', '', '--max-tokens', '30', '--no-tune']);
