@@ -19,6 +19,8 @@ struct Params {
   scale: f32,
   // Sliding-window length of this layer, 0 for full attention.
   window: u32,
+  // > 0: scores become softcap · tanh(score / softcap) (Gemma 2's attn_logit_softcapping).
+  softcap: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -93,6 +95,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         dot += q_sh[d] * kv_k1(kr, d);
       }
       s = dot * p.scale;
+      if (p.softcap > 0.0) {
+        // tanh as 1 − 2 / (e^(2y) + 1): saturates instead of overflowing for large |y|.
+        s = p.softcap * (1.0 - 2.0 / (exp(2.0 * s / p.softcap) + 1.0));
+      }
     }
     red[t] = s;
     workgroupBarrier();

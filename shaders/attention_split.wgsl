@@ -55,6 +55,8 @@ struct Params {
   check_flag: u32,
   // Sliding-window length of this layer, 0 for full attention.
   window: u32,
+  // > 0: scores become softcap · tanh(score / softcap) (Gemma 2's attn_logit_softcapping).
+  softcap: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -126,6 +128,23 @@ fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32) -> mat4x4<f32>
 }
 
 // scores4 for 2 tokens: the tail of a tile, where 4 per thread would mostly redo the last token.
+// Soft-capping of scaled scores, cap · tanh(x / cap), with tanh as 1 − 2 / (e^(2y) + 1), which
+// saturates to ±1 instead of overflowing for large |y|; cap 0 leaves x as it is.
+fn softcap(x: vec4<f32>) -> vec4<f32> {
+  if (p.softcap <= 0.0) {
+    return x;
+  }
+  return p.softcap * (1.0 - 2.0 / (exp(2.0 * x / p.softcap) + 1.0));
+}
+
+fn capped4(x: mat4x4<f32>) -> mat4x4<f32> {
+  return mat4x4<f32>(softcap(x[0]), softcap(x[1]), softcap(x[2]), softcap(x[3]));
+}
+
+fn capped2(x: mat2x4<f32>) -> mat2x4<f32> {
+  return mat2x4<f32>(softcap(x[0]), softcap(x[1]));
+}
+
 fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
   var s = mat2x4<f32>();
   for (var d4 = 0u; d4 < hd4; d4++) {
@@ -282,7 +301,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var hb = 0u; hb < blocks; hb++) {
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
-          let x = scores4(ka, kb, kc, kd, hb * qb_b, hd4) * p.scale;
+          let x = capped4(scores4(ka, kb, kc, kd, hb * qb_b, hd4) * p.scale);
           take(ja, n, x[0], hb * tile_b, live, t0 + ja < lo, &lm, &overflow);
           take(jb, n, x[1], hb * tile_b, live, t0 + jb < lo, &lm, &overflow);
           take(jc, n, x[2], hb * tile_b, live, t0 + jc < lo, &lm, &overflow);
@@ -298,7 +317,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var hb = 0u; hb < blocks; hb++) {
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
-          let x = scores2(ka, kb, hb * qb_b, hd4) * p.scale;
+          let x = capped2(scores2(ka, kb, hb * qb_b, hd4) * p.scale);
           take(ja, n, x[0], hb * tile_b, live, t0 + ja < lo, &lm, &overflow);
           take(jb, n, x[1], hb * tile_b, live, t0 + jb < lo, &lm, &overflow);
           if (hb == 0u) {

@@ -1,6 +1,7 @@
 // embed_{f32,f16,bf16}: out[m, :] = E[ids[m], :] for the token ids that fall in this weight part
 // (rows row_start .. row_start + rows of the embedding table, which may be the tied LM head, so
-// it is stored in the tiled matrix layout of common/tiled.wgsl). Prepended with a weight fragment.
+// it is stored in the tiled matrix layout of common/tiled.wgsl), times `scale` (1, or Gemma's
+// √hidden already rounded to the table's dtype). Prepended with a weight fragment.
 // Bindings: params, weights (tiled vec4<u32> words), ids [m] u32, out [m, hidden] f32.
 // Work: x covers hidden in 64-wide workgroups, y is the token row.
 
@@ -10,6 +11,7 @@ struct Params {
   row_start: u32,
   rows: u32,
   kw: u32,
+  scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,5 +31,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     return;
   }
   let w = weights[tiled_word(id - p.row_start, j / EPW, p.kw)];
-  out[m * p.hidden + j] = word_elem(w, j % EPW);
+  out[m * p.hidden + j] = word_elem(w, j % EPW) * p.scale;
 }

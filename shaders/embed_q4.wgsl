@@ -20,6 +20,8 @@ struct Params {
   gs: u32,
   // bit 0: asymmetric (zero points); bit 1: f16 scales
   flags: u32,
+  // the embedding multiplier (1, or Gemma's √hidden rounded to the original table's dtype)
+  embed_scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -77,6 +79,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let r = (vec4<u32>(codes) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u);
   let zf = vec4<f32>(f32(z));
   let at = (row * p.hidden + k) / 4u;
-  out[at] = (vec4<f32>(q) - zf) * s;
-  out[at + 1u] = (vec4<f32>(r) - zf) * s;
+  out[at] = (vec4<f32>(q) - zf) * s * p.embed_scale;
+  out[at + 1u] = (vec4<f32>(r) - zf) * s * p.embed_scale;
 }

@@ -1,4 +1,4 @@
-// matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_swiglu]: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias)
+// matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_swiglu|_geglu]: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias)
 // for the rows n of one weight part (big tensors are split across buffers by output rows), the
 // flat GEMM of FlashDecoding++ shaped for decode: M is padded only to MT (1, 4 or 8) rows.
 // Prepended with an activation fragment (common/act_*.wgsl: the element type Act of x), a weight
@@ -18,12 +18,14 @@
 //
 // SWIGLU: the weight is gate and up fused with their 8-row tiles interleaved (gate tile j, then up
 // tile j), thread rows pair up as (gate u, up u) and the epilogue writes silu(gate) · up for unit
-// u: the MLP's activation never round-trips through memory. Bias (if any) is [gate; up].
+// u: the MLP's activation never round-trips through memory. Bias (if any) is [gate; up]. GELU (the
+// _geglu variants, Gemma) takes the tanh approximation of GELU of the gate instead of silu.
 
 override MT: u32 = 1u;
 override R: u32 = 4u;
 override XV: u32 = 512u;
 override SWIGLU: bool = false;
+override GELU: bool = false;
 const WG: u32 = 64u;
 
 // Words of a weight row per staged chunk of X.

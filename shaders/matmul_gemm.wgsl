@@ -7,6 +7,7 @@
 //   TM      rows of X per workgroup (every thread computes all of them),
 //   TN      weight rows per thread (n, n + WG, ...; SWIGLU: TN / 2 gate/up pairs),
 //   SWIGLU  gate and up fused with interleaved tiles (see shaders/matmul.wgsl),
+//   GELU    the fused gate's activation is tanh-GELU (GeGLU) instead of silu,
 //   WG      threads per workgroup (64 by default; a multiple of 8, so that every group of 8 lanes
 //           broadcasts X within one subgroup),
 // as `const`s, so that every loop over TM, TN and the 8 elements of a step has a constant trip

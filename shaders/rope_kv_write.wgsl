@@ -6,10 +6,14 @@
 // unfused baseline bench/baselines/rope.wgsl; the cache layout is kv_write's (the baseline beside
 // it): [block][kv_head][16][head_dim] Kv (prepended KV fragment: f32, or f16 rounded once from the
 // f32 result).
-// Bindings: params, row_info [m] (x = position), slots [m] u32, table [positions][half] vec2<f32>,
-// qkv, q_out, k_cache, v_cache.
+// Only the first rot_dim elements of a q or k head rotate (rotate-half within them: Phi-3's
+// partial_rotary_factor); the rest are copied, and rot_dim = 0 copies all (SmolLM3's NoPE layers).
+// Bindings: params, row_info [m] (x = position), slots [m] u32, table [positions][rot_dim / 2]
+// vec2<f32>, qkv, q_out, k_cache, v_cache.
 // Work: one thread per (row, head slot, i < head_dim / 2), head slots being the query heads, then
-// the kv heads of k, then those of v; linearized over a 2-D grid.
+// the kv heads of k, then those of v; linearized over a 2-D grid. For q and k, threads
+// i < rot_dim / 2 rotate the pair (i, i + rot_dim / 2) and the others copy two neighbours past
+// rot_dim; for v every thread copies (i, i + head_dim / 2).
 
 struct Params {
   m: u32,
@@ -17,6 +21,7 @@ struct Params {
   kv_heads: u32,
   head_dim: u32,
   grid_x: u32,
+  rot_dim: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -42,26 +47,39 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let s = (idx / half) % slots_per_row;
   let row = idx / (half * slots_per_row);
   let src = row * slots_per_row * p.head_dim + s * p.head_dim;
-  let a = qkv[src + i];
-  let b = qkv[src + i + half];
   if (s >= p.heads + p.kv_heads) {
     // v: copied as is.
     let dst = cache_index(row, s - p.heads - p.kv_heads);
-    v_cache[dst + i] = Kv(a);
-    v_cache[dst + i + half] = Kv(b);
+    v_cache[dst + i] = Kv(qkv[src + i]);
+    v_cache[dst + i + half] = Kv(qkv[src + i + half]);
     return;
   }
-  let cs = table[row_info[row].x * half + i];
-  let ra = a * cs.x - b * cs.y;
-  let rb = b * cs.x + a * cs.y;
+  // The two elements this thread writes, e0 and e1, and their values.
+  let rh = p.rot_dim / 2u;
+  var e0 = p.rot_dim + 2u * (i - rh);
+  var e1 = e0 + 1u;
+  var ra = 0.0;
+  var rb = 0.0;
+  if (i < rh) {
+    e0 = i;
+    e1 = i + rh;
+    let a = qkv[src + e0];
+    let b = qkv[src + e1];
+    let cs = table[row_info[row].x * rh + i];
+    ra = a * cs.x - b * cs.y;
+    rb = b * cs.x + a * cs.y;
+  } else {
+    ra = qkv[src + e0];
+    rb = qkv[src + e1];
+  }
   if (s < p.heads) {
     let dst = row * p.heads * p.head_dim + s * p.head_dim;
-    q_out[dst + i] = ra;
-    q_out[dst + i + half] = rb;
+    q_out[dst + e0] = ra;
+    q_out[dst + e1] = rb;
   } else {
     let dst = cache_index(row, s - p.heads);
-    k_cache[dst + i] = Kv(ra);
-    k_cache[dst + i + half] = Kv(rb);
+    k_cache[dst + e0] = Kv(ra);
+    k_cache[dst + e1] = Kv(rb);
   }
 }
 

@@ -2,6 +2,8 @@
 // activation after an int4 gate_up matmul, whose weight is [gate; up] stacked by rows (so each row
 // of its output holds the W gate values, then the W up values). The float matmul fuses this into
 // its epilogue instead (interleaved tiles); the int4 kernel keeps one plain row layout.
+// geglu_stacked (GELU, a const the variant prepends; Gemma): gelu_tanh(gu[r, j]) · gu[r, W + j],
+// GELU's tanh approximation as in common/matmul_epilogue.wgsl.
 // Bindings: params, gu [m, 2W] f32, out [m, W] f32. One thread per output element, 2-D grid.
 
 struct Params {
@@ -24,5 +26,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let r = i / p.width;
   let j = i - r * p.width;
   let g = gu[r * 2u * p.width + j];
-  out[i] = g / (1.0 + exp(-g)) * gu[(r * 2u + 1u) * p.width + j];
+  var act: f32;
+  if (GELU) {
+    let y = 0.7978845608028654 * (g + 0.044715 * g * g * g);
+    act = 0.5 * g * (2.0 - 2.0 / (exp(2.0 * y) + 1.0));
+  } else {
+    act = g / (1.0 + exp(-g));
+  }
+  out[i] = act * gu[(r * 2u + 1u) * p.width + j];
 }

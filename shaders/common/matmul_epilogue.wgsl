@@ -1,7 +1,7 @@
 // What the two float matmul kernels (matmul.wgsl, matmul_gemm.wgsl) share around their inner
 // loops: the uniform and bindings (src/kernels/matmul.ts packs both kernels' Params alike), which
 // storage row a thread-row reads, and how an output element is written. Each kernel declares
-// SWIGLU (an override in matmul.wgsl, a const in matmul_gemm.wgsl) and WG, its threads per
+// SWIGLU and GELU (overrides in matmul.wgsl, consts in matmul_gemm.wgsl) and WG, its threads per
 // workgroup (64 in matmul.wgsl, a variant's const in matmul_gemm.wgsl); the activation fragment
 // declares Act.
 
@@ -38,8 +38,8 @@ fn weight_row(first: u32, r: u32) -> u32 {
 }
 
 // Y[row, col] from its accumulated dot product `a` (SWIGLU: the gate's, with `b` the up's): plus
-// the bias (flags bit 0; [gate; up] for SWIGLU), then silu(gate) · up, then plus the old Y (flags
-// bit 1, the fused residual add).
+// the bias (flags bit 0; [gate; up] for SWIGLU), then silu(gate) · up (GELU: gelu_tanh(gate) · up),
+// then plus the old Y (flags bit 1, the fused residual add).
 fn store_y(row: u32, col: u32, a: f32, b: f32) {
   let idx = row * p.n_total + col;
   var v: f32;
@@ -50,7 +50,11 @@ fn store_y(row: u32, col: u32, a: f32, b: f32) {
       g += bias[col];
       u += bias[p.n_total + col];
     }
-    v = g / (1.0 + exp(-g)) * u;
+    if (GELU) {
+      v = gelu_tanh(g) * u;
+    } else {
+      v = g / (1.0 + exp(-g)) * u;
+    }
   } else {
     v = a;
     if ((p.flags & 1u) != 0u) {
@@ -61,4 +65,12 @@ fn store_y(row: u32, col: u32, a: f32, b: f32) {
     v += y[idx];
   }
   y[idx] = v;
+}
+
+// GELU's tanh approximation (PyTorch's gelu(approximate="tanh")):
+// 0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³))), tanh as 1 − 2 / (e^(2y) + 1), which saturates
+// instead of overflowing for large |y|.
+fn gelu_tanh(z: f32) -> f32 {
+  let y = 0.7978845608028654 * (z + 0.044715 * z * z * z);
+  return 0.5 * z * (2.0 - 2.0 / (exp(2.0 * y) + 1.0));
 }

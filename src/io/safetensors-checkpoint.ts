@@ -25,10 +25,12 @@ export interface Checkpoint {
   /**
    * The tensor in consecutive pieces of at most `maxChunkBytes`; every piece but the last is a
    * multiple of 8 bytes (when `maxChunkBytes` >= 8) so it stays element- and writeBuffer-aligned.
+   * `from` (default 0) starts at that byte of the tensor (a row range of a fused tensor).
    */
   readTensorChunks(
     info: TensorInfo,
     maxChunkBytes: number,
+    from?: number,
   ): AsyncIterable<{ offset: number; bytes: Uint8Array }>;
   close(): Promise<void>;
 }
@@ -110,13 +112,17 @@ class OpenCheckpoint implements Checkpoint {
   async *readTensorChunks(
     info: TensorInfo,
     maxChunkBytes: number,
+    from = 0,
   ): AsyncIterable<{ offset: number; bytes: Uint8Array }> {
     if (!Number.isSafeInteger(maxChunkBytes) || maxChunkBytes <= 0) {
       throw new KilnError(`maxChunkBytes is ${maxChunkBytes}, expected a positive integer`);
     }
+    if (!Number.isSafeInteger(from) || from < 0 || from > info.byteLength) {
+      throw new KilnError(`from is ${from}, expected a byte offset within tensor ${info.name}`);
+    }
     const src = this.source(info);
     const step = maxChunkBytes >= 8 ? maxChunkBytes - (maxChunkBytes % 8) : maxChunkBytes;
-    for (let offset = 0; offset < info.byteLength; offset += step) {
+    for (let offset = from; offset < info.byteLength; offset += step) {
       const length = Math.min(step, info.byteLength - offset);
       yield { offset, bytes: await src.read(info.fileOffset + offset, length) };
     }

@@ -171,6 +171,8 @@ export interface AttentionDecodeArgs {
    * window's first block, so those past it are empty and keys before it are never read.
    */
   window?: number;
+  /** > 0: scores soft-capped to softcap · tanh(score / softcap) (Gemma 2). */
+  softcap?: number;
   /** Longest context the recorded dispatches serve: sizes the split grid. */
   maxContext: number;
   /** Tokens per split: a positive multiple of 16 (see pickDecodeChunk). */
@@ -248,6 +250,7 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
       ['f32', isAsync ? (a.phi as number) : 0],
       ['u32', checkFlag],
       ['u32', a.window ?? 0],
+      ['f32', a.softcap ?? 0],
     ]);
   const mergeParams = packParams([
     ['u32', a.heads],

@@ -13,6 +13,8 @@ export function attentionRef(
   headDim: number,
   scale: number,
   window = 0,
+  /** > 0: scores become softcap · tanh(score / softcap) before the softmax (Gemma 2). */
+  softcap = 0,
 ): Float64Array {
   const out = new Float64Array(positions.length * heads * headDim);
   const rep = heads / kvHeads;
@@ -28,7 +30,7 @@ export function attentionRef(
         let s = 0;
         for (let d = 0; d < headDim; d++)
           s += (q[qb + d] as number) * (k[j * kvDim + kh * headDim + d] as number);
-        scores[j] = s * scale;
+        scores[j] = softcap > 0 ? softcap * Math.tanh((s * scale) / softcap) : s * scale;
         max = Math.max(max, scores[j] as number);
       }
       let sum = 0;

@@ -26,6 +26,8 @@ export function attention(
      * i - window < j <= i; 0 (the default) for full causal attention.
      */
     window?: number;
+    /** > 0: scores soft-capped to softcap · tanh(score / softcap) (Gemma 2). */
+    softcap?: number;
     /** Format of the cache (default f32; f16 needs shader-f16). */
     kvDtype?: KvDtype;
   },
@@ -48,6 +50,7 @@ export function attention(
       ['u32', a.headDim],
       ['f32', a.scale],
       ['u32', a.window ?? 0],
+      ['f32', a.softcap ?? 0],
     ]),
     [a.rowInfo, a.blockTable, a.q, a.kCache, a.vCache, a.out],
     [a.heads, a.m, 1],

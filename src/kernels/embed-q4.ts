@@ -10,7 +10,13 @@ import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 
 export function embedQ4(
   b: DispatchBuilder,
-  a: { table: Q4GpuWeight; /** [m] u32 */ ids: GPUBuffer; /** [m, cols] f32 */ out: GPUBuffer; m: number },
+  a: {
+    table: Q4GpuWeight;
+    /** [m] u32 */ ids: GPUBuffer;
+    /** [m, cols] f32 */ out: GPUBuffer;
+    m: number;
+    /** multiplier, default 1 */ scale?: number;
+  },
 ): Dispatch[] {
   const t = a.table;
   const f = t.format;
@@ -33,6 +39,7 @@ export function embedQ4(
         ['u32', t.cols / f.groupSize],
         ['u32', f.groupSize],
         ['u32', flags],
+        ['f32', a.scale ?? 1],
       ]),
       // Symmetric tables have no zeros; the scales stand in (read-only bindings may alias).
       [part.words, part.scales, part.zeros ?? part.scales, a.ids, a.out],

@@ -5,7 +5,13 @@ import { weightFragment, wordsPerRow, type GpuWeight } from './tiled.js';
 
 export function embed(
   b: DispatchBuilder,
-  a: { table: GpuWeight; /** [m] u32 */ ids: GPUBuffer; /** [m, cols] f32 */ out: GPUBuffer; m: number },
+  a: {
+    table: GpuWeight;
+    /** [m] u32 */ ids: GPUBuffer;
+    /** [m, cols] f32 */ out: GPUBuffer;
+    m: number;
+    /** multiplier, default 1 */ scale?: number;
+  },
 ): Dispatch[] {
   if (a.m > MAX_GRID) throw new RangeError(`embed: ${a.m} rows exceed one dispatch`);
   const variant = `embed_${a.table.format}`;
@@ -19,6 +25,7 @@ export function embed(
         ['u32', part.rowStart],
         ['u32', part.rows],
         ['u32', wordsPerRow(a.table.cols, a.table.format)],
+        ['f32', a.scale ?? 1],
       ]),
       [part.buffer, a.ids, a.out],
       [Math.ceil(a.table.cols / 64), a.m, 1],

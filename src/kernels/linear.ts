@@ -7,7 +7,7 @@
 import type { ActivationFormat } from './activation.js';
 import { linearGrid, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import { matmul, type MatmulVariant } from './matmul.js';
+import { matmul, type GateActivation, type MatmulVariant } from './matmul.js';
 import { matmulGguf, type GgufGpuWeight } from './matmul-gguf.js';
 import { matmulQ4, type Q4GpuWeight, type Q4Variant } from './matmul-q4.js';
 import type { GpuWeight } from './tiled.js';
@@ -63,8 +63,10 @@ export interface LinearArgs {
   /** [m, out] f32 (SwiGLU: [m, units]). */
   y: GPUBuffer;
   m: number;
-  /** silu(gate) · up of the gate/up projection. */
+  /** silu(gate) · up of the gate/up projection (with `gate` 'gelu-tanh': GeGLU). */
   swiglu?: boolean;
+  /** The gate's activation when `swiglu` (default silu). */
+  gate?: GateActivation;
   accumulate?: boolean;
   placeholder: GPUBuffer;
   /** Element type of x (float weights only; the int4 kernel reads f32). */
@@ -98,6 +100,7 @@ export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
       accumulate: a.accumulate,
       placeholder: a.placeholder,
       variant: a.choices?.matmul(w, a.m, a.xFormat),
+      ...(a.gate ? { gate: a.gate } : {}),
     });
   }
   if ((a.xFormat ?? 'f32') !== 'f32')
@@ -141,7 +144,7 @@ export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
       ...tuned,
     }),
   );
-  out.push(swigluStacked(b, { gateUp, out: a.y, m: a.m, width: w.rows / 2 }));
+  out.push(swigluStacked(b, { gateUp, out: a.y, m: a.m, width: w.rows / 2, gate: a.gate }));
   return out;
 }
 
@@ -158,20 +161,24 @@ function linearGguf(b: DispatchBuilder, a: LinearArgs, w: GgufGpuWeight): Dispat
   if (w.rows % 2 !== 0) throw new RangeError(`${w.name}: ${w.rows} rows are not [gate; up]`);
   return [
     ...matmulGguf(b, { ...common, y: gateUp }),
-    swigluStacked(b, { gateUp, out: a.y, m: a.m, width: w.rows / 2 }),
+    swigluStacked(b, { gateUp, out: a.y, m: a.m, width: w.rows / 2, gate: a.gate }),
   ];
 }
 
-/** out[r, j] = silu(gateUp[r, j]) · gateUp[r, width + j]; see shaders/swiglu_stacked.wgsl. */
+/**
+ * out[r, j] = silu(gateUp[r, j]) · gateUp[r, width + j] (swiglu_stacked), or with gate 'gelu-tanh'
+ * gelu_tanh(...) · ... (geglu_stacked); see shaders/swiglu_stacked.wgsl.
+ */
 export function swigluStacked(
   b: DispatchBuilder,
-  a: { gateUp: GPUBuffer; out: GPUBuffer; m: number; width: number },
+  a: { gateUp: GPUBuffer; out: GPUBuffer; m: number; width: number; gate?: GateActivation | undefined },
 ): Dispatch {
   const count = a.m * a.width;
   const { gridX, grid } = linearGrid(count);
+  const gelu = a.gate === 'gelu-tanh';
   return b.make(
-    'swiglu_stacked',
-    () => shaderSource('swiglu_stacked'),
+    gelu ? 'geglu_stacked' : 'swiglu_stacked',
+    () => `const GELU: bool = ${gelu};\n${shaderSource('swiglu_stacked')}`,
     packParams([
       ['u32', count],
       ['u32', a.width],

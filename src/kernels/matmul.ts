@@ -1,8 +1,8 @@
 /**
  * Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]) over the tiled weight layout, by one of two kernels:
- * - matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_xf16][_swiglu]: the flat GEMM / GEMV of
+ * - matmul_{f32,f16,bf16}_m{MT}r{R}x{XV}[_xf16][_swiglu|_geglu]: the flat GEMM / GEMV of
  *   shaders/matmul.wgsl (decode-shaped M: X padded to 1, 4 or 8 rows, staged in workgroup memory);
- * - matmul_{f32,f16,bf16}_gemm_t{TM}x{TN}[_w{WG}][_xf16][_swiglu]: the register-blocked GEMM of
+ * - matmul_{f32,f16,bf16}_gemm_t{TM}x{TN}[_w{WG}][_xf16][_swiglu|_geglu]: the register-blocked GEMM of
  *   shaders/matmul_gemm.wgsl for large M (prefill chunks), each thread a TM × TN block of Y, X
  *   broadcast across subgroup lanes (needs subgroups of at least 8 lanes); WG threads per
  *   workgroup when not the default 64. TM = 1 (one row of X per thread) and other thread counts
@@ -35,6 +35,17 @@ export interface MatmulArgs {
   xFormat?: ActivationFormat;
   /** Force a variant (benchmarks and tests); by default chosen from the shape. */
   variant?: MatmulVariant;
+  /** The gate's activation of a SWIGLU-fused weight: silu (SwiGLU, default) or tanh-GELU (GeGLU). */
+  gate?: GateActivation;
+}
+
+/** The activation of the gated MLP's gate: silu (SwiGLU) or the tanh approximation of GELU (GeGLU). */
+export type GateActivation = 'silu' | 'gelu-tanh';
+
+/** The variant suffix of a fused gate/up weight's epilogue. */
+function gateSuffix(w: Pick<GpuWeight, 'fused'>, gate: GateActivation): string {
+  if (w.fused !== 'swiglu') return '';
+  return gate === 'gelu-tanh' ? '_geglu' : '_swiglu';
 }
 
 /**
@@ -107,9 +118,10 @@ export function matmulVariantName(
   r: MatmulRowsPerThread,
   xv: number,
   xFormat: ActivationFormat = 'f32',
+  gate: GateActivation = 'silu',
 ): string {
   const x = xFormat === 'f16' ? '_xf16' : '';
-  return `matmul_${w.format}_m${mt}r${r}x${xv}${x}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
+  return `matmul_${w.format}_m${mt}r${r}x${xv}${x}${gateSuffix(w, gate)}`;
 }
 
 /**
@@ -186,18 +198,27 @@ export function gemmVariantName(
   tn: GemmRowsPerThread,
   xFormat: ActivationFormat = 'f32',
   wg: GemmWorkgroupSize = WG,
+  gate: GateActivation = 'silu',
 ): string {
   const x = xFormat === 'f16' ? '_xf16' : '';
   const threads = wg === WG ? '' : `_w${wg}`;
-  return `matmul_${w.format}_gemm_t${tm}x${tn}${threads}${x}${w.fused === 'swiglu' ? '_swiglu' : ''}`;
+  return `matmul_${w.format}_gemm_t${tm}x${tn}${threads}${x}${gateSuffix(w, gate)}`;
 }
 
-function gemmSource(w: GpuWeight, tm: number, tn: number, wg: number, xFormat: ActivationFormat): string {
+function gemmSource(
+  w: GpuWeight,
+  tm: number,
+  tn: number,
+  wg: number,
+  xFormat: ActivationFormat,
+  gate: GateActivation,
+): string {
   const consts = [
     `const TM: u32 = ${tm}u;`,
     `const TN: u32 = ${tn}u;`,
     `const WG: u32 = ${wg}u;`,
     `const SWIGLU: bool = ${w.fused === 'swiglu' ? 'true' : 'false'};`,
+    `const GELU: bool = ${gate === 'gelu-tanh' ? 'true' : 'false'};`,
   ];
   return hoistEnables([
     shaderSource(
@@ -250,7 +271,8 @@ function matmulGemm(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat
     throw new RangeError(
       `matmul GEMM: tile ${tm}x${tn}, ${wg} threads (rows of X 1, 4, 8, 16; rows per thread 2, 4, 8; threads 16, 32, 64, 128)`,
     );
-  const variant = gemmVariantName(a.weight, tm, tn, xFormat, wg);
+  const gate = a.gate ?? 'silu';
+  const variant = gemmVariantName(a.weight, tm, tn, xFormat, wg, gate);
   if (mTiles > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
   const perThread = swiglu ? tn / 2 : tn;
   return a.weight.parts.map((part) => {
@@ -259,7 +281,7 @@ function matmulGemm(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat
     const params = partParams(a, part, gridY);
     return b.make(
       variant,
-      () => gemmSource(a.weight, tm, tn, wg, xFormat),
+      () => gemmSource(a.weight, tm, tn, wg, xFormat, gate),
       params,
       [part.buffer, a.x, a.y, a.bias ?? a.placeholder],
       // M tiles fastest: the workgroups that read the same weight rows run back to back.
@@ -275,11 +297,12 @@ function matmulFlat(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat
   const r = a.variant?.r ?? pickRowsPerThread(maxPartRows, swiglu);
   if (swiglu && r === 1) throw new RangeError('a SWIGLU-fused matmul needs an even rows-per-thread');
   const xv = stagedVec4s(b.ctx, mt, a.weight.cols);
-  const variant = matmulVariantName(a.weight, mt, r, xv, xFormat);
+  const gate = a.gate ?? 'silu';
+  const variant = matmulVariantName(a.weight, mt, r, xv, xFormat, gate);
   const zGroups = Math.ceil(a.m / mt);
   if (zGroups > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
   const perThread = swiglu ? r / 2 : r;
-  const constants = { MT: mt, R: r, XV: xv, SWIGLU: swiglu ? 1 : 0 };
+  const constants = { MT: mt, R: r, XV: xv, SWIGLU: swiglu ? 1 : 0, GELU: gate === 'gelu-tanh' ? 1 : 0 };
   return a.weight.parts.map((part) => {
     const groups = Math.ceil(part.rows / (WG * perThread));
     const gridX = Math.min(groups, MAX_GRID);

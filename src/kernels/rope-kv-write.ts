@@ -11,7 +11,7 @@ export function ropeKvWrite(
   a: {
     /** [m] vec2<u32> (position, block-table offset) */ rowInfo: GPUBuffer;
     /** [m] u32: physical block · 16 + offset */ slots: GPUBuffer;
-    /** [positions][headDim / 2] vec2<f32> (cos, sin), from ropeTable */ table: GPUBuffer;
+    /** [positions][rotaryDim / 2] vec2<f32> (cos, sin), from ropeTable */ table: GPUBuffer;
     /** [m, (heads + 2·kvHeads)·headDim] f32: the fused projection's output */ qkv: GPUBuffer;
     /** [m, heads·headDim] f32 */ q: GPUBuffer;
     /** [blocks][kvHeads][16][headDim] kvDtype */ kCache: GPUBuffer;
@@ -20,6 +20,8 @@ export function ropeKvWrite(
     heads: number;
     kvHeads: number;
     headDim: number;
+    /** Leading elements of each q/k head that rotate (default headDim; 0: none). */
+    rotaryDim?: number;
     /**
      * Element type of the cache (default f32; f16 needs shader-f16). A quantized cache is written
      * by kv_quantize from this kernel's f32 rows at the identity slots.
@@ -28,6 +30,9 @@ export function ropeKvWrite(
   },
 ): Dispatch {
   if (a.headDim % 2 !== 0) throw new RangeError(`rope_kv_write: head_dim ${a.headDim} is odd`);
+  const rot = a.rotaryDim ?? a.headDim;
+  if (rot % 2 !== 0 || rot < 0 || rot > a.headDim)
+    throw new RangeError(`rope_kv_write: rotary dim ${rot} (an even number up to head_dim ${a.headDim})`);
   const kv = a.kvDtype ?? 'f32';
   checkKvDtype(b.ctx, kv);
   const { gridX, grid } = linearGrid((a.m * (a.heads + 2 * a.kvHeads) * a.headDim) / 2);
@@ -40,6 +45,7 @@ export function ropeKvWrite(
       ['u32', a.kvHeads],
       ['u32', a.headDim],
       ['u32', gridX],
+      ['u32', rot],
     ]),
     [a.rowInfo, a.slots, a.table, a.qkv, a.q, a.kCache, a.vCache],
     grid,

@@ -5,7 +5,7 @@
  * these declarations, so an architecture whose ops exist is one file plus a registry row.
  */
 import type { Fields } from './fields.js';
-import type { ModelSpec } from './spec.js';
+import type { ModelSpec, RopeScaling } from './spec.js';
 
 export interface Architecture {
   /** Registry key, stored in ModelSpec.architecture; config.json's model_type. */
@@ -23,6 +23,7 @@ export interface Architecture {
 /** What the common parser has already read when it asks the architecture for its own fields. */
 export interface ArchConfigBase {
   numLayers: number;
+  headDim: number;
 }
 
 /** The per-architecture rules of config.json. */
@@ -36,6 +37,23 @@ export interface ArchConfig {
    * (windows.ts) builds it from `layer_types` or a rule.
    */
   layerWindows?: readonly number[] | undefined;
+  /** Per layer, whether it applies RoPE (SmolLM3's `no_rope_layers`); undefined: all do. */
+  ropeLayers?: boolean[] | undefined;
+  /**
+   * RoPE of the sliding layers (a window in layerWindows) when it differs from the global one
+   * (Gemma 3's `rope_local_base_freq`, unscaled); undefined: the same as the global layers.
+   */
+  localRope?: { theta: number; scaling: RopeScaling } | undefined;
+  /** Overrides of the global RoPE when the architecture reads it from its own fields (Gemma 3 v5). */
+  globalRope?: { theta: number; scaling: RopeScaling } | undefined;
+  /** Rotated elements per head (Phi-3's `partial_rotary_factor`); undefined: the whole head. */
+  rotaryDim?: number | undefined;
+  /** Attention score scale (Gemma's `query_pre_attn_scalar`^-½); undefined: head_dim^-½. */
+  attentionScale?: number | undefined;
+  /** tanh soft-capping of attention scores (Gemma 2's `attn_logit_softcapping`). */
+  attnLogitSoftcap?: number | undefined;
+  /** tanh soft-capping of the final logits (Gemma 2's `final_logit_softcapping`). */
+  finalLogitSoftcap?: number | undefined;
 }
 
 /**
@@ -44,12 +62,28 @@ export interface ArchConfig {
  * kernels implement; a new choice is a new member here plus its case in both.
  */
 export interface BlockRecipe {
-  /** 'rmsnorm-pre': RMSNorm(x)·w before attention and before the MLP, each branch added back to x. */
-  norm: 'rmsnorm-pre';
-  /** 'rope': rotate-half rotary embedding of q and k in every layer. */
+  /**
+   * 'rmsnorm-pre': RMSNorm(x)·w before attention and before the MLP, each branch added back to x.
+   * 'rmsnorm-sandwich' (Gemma 2/3): also an RMSNorm on each branch's output before it is added
+   * (`post_attention_layernorm`, `post_feedforward_layernorm`): four norms per layer.
+   */
+  norm: 'rmsnorm-pre' | 'rmsnorm-sandwich';
+  /**
+   * How every RMSNorm weight scales: 'w' (Llama) or 'one-plus-w' (Gemma: the stored weight is
+   * centred on 0 and the norm multiplies by (1 + w), in f32).
+   */
+  normWeight: 'w' | 'one-plus-w';
+  /** 'rmsnorm-head': an RMSNorm over each q and k head ([head_dim] weights) before RoPE (Qwen3, Gemma 3). */
+  qkNorm: 'none' | 'rmsnorm-head';
+  /**
+   * 'rope': rotate-half rotary embedding of q and k; which layers rotate, how many elements and
+   * with which frequencies is the ModelSpec's (layerRope, rotaryDim, localRopeTheta).
+   */
   positions: 'rope';
-  /** 'swiglu': down(silu(gate(x)) · up(x)). */
-  mlp: 'swiglu';
+  /** 'swiglu': down(silu(gate(x)) · up(x)); 'geglu-tanh': down(gelu_tanh(gate(x)) · up(x)) (Gemma). */
+  mlp: 'swiglu' | 'geglu-tanh';
+  /** 'sqrt-hidden': embeddings multiplied by √hidden rounded to the embedding dtype (Gemma). */
+  embedScale: 'none' | 'sqrt-hidden';
 }
 
 /** The four matmuls of a block: q/k/v stacked, the output projection, gate/up stacked, down. */
@@ -63,8 +97,8 @@ export interface ProjectionTensors {
   layer: number;
   /**
    * Checkpoint tensor prefixes stacked by rows: `${prefix}.weight` is [rows, cols] and, with
-   * `bias`, `${prefix}.bias` is [rows]. gateUp has exactly two, gate then up (the SwiGLU epilogue
-   * pairs row j of each).
+   * `bias`, `${prefix}.bias` is [rows]. gateUp has two, gate then up (the gated epilogue pairs row
+   * j of each), or one stored [gate; up] (Phi-3's `gate_up_proj`).
    */
   sources: readonly { prefix: string; rows: number }[];
   cols: number;
@@ -73,7 +107,11 @@ export interface ProjectionTensors {
 
 export interface LayerTensors {
   /** [hidden] */ inputNorm: string;
-  /** [hidden] */ postNorm: string;
+  /** [hidden] the norm before the MLP */ postNorm: string;
+  /** [head_dim] per-head norms of q and k (qkNorm 'rmsnorm-head') */ qNorm?: string;
+  kNorm?: string;
+  /** [hidden] norms of the attention and MLP outputs (norm 'rmsnorm-sandwich') */ attnOutNorm?: string;
+  mlpOutNorm?: string;
   qkv: ProjectionTensors;
   o: ProjectionTensors;
   gateUp: ProjectionTensors;

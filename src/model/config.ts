@@ -9,50 +9,13 @@ import { describeValue, isJsonObject, type JsonObject } from '../io/json.js';
 import { Fields, MAX_LAYERS } from './fields.js';
 import type { Architecture } from './architecture.js';
 import { architectureForClass, architectureNamed, supportedClasses } from './registry.js';
-import type { ModelSpec, RopeScaling } from './spec.js';
+import { parseRopeScaling } from './rope-config.js';
+import type { LayerRope, ModelSpec, RopeScaling } from './spec.js';
 
 function fileLabel(file: string, location: string | undefined): string {
   return location === undefined ? file : `${file} in ${location}`;
 }
 
-function parseRopeScaling(f: Fields, architecture: string): RopeScaling {
-  // transformers v5 moved these into `rope_parameters`; older configs use `rope_scaling`.
-  const field = f.unset('rope_scaling') && !f.unset('rope_parameters') ? 'rope_parameters' : 'rope_scaling';
-  if (f.unset(field)) return { type: 'none' };
-  const rs = f.raw(field);
-  if (!isJsonObject(rs)) f.invalid(field, rs, 'null or an object');
-  const r: Fields = new Fields(f.label, rs, `${field}.`);
-  const typeField = r.unset('rope_type') ? 'type' : 'rope_type';
-  const type = rs[typeField];
-  if (typeof type !== 'string') r.invalid('rope_type', type, 'a string such as "linear" or "llama3"');
-  switch (type) {
-    case 'default':
-      return { type: 'none' };
-    case 'linear':
-      return { type: 'linear', factor: r.positiveNumber('factor') };
-    case 'llama3': {
-      const s: RopeScaling = {
-        type: 'llama3',
-        factor: r.positiveNumber('factor'),
-        lowFreqFactor: r.positiveNumber('low_freq_factor'),
-        highFreqFactor: r.positiveNumber('high_freq_factor'),
-        originalMaxPositionEmbeddings: r.positiveInt('original_max_position_embeddings'),
-      };
-      // The smoothing step divides by (high - low); equal factors would make it 0/0.
-      if (s.highFreqFactor <= s.lowFreqFactor) {
-        r.invalid('high_freq_factor', s.highFreqFactor, `a value above low_freq_factor (${s.lowFreqFactor})`);
-      }
-      return s;
-    }
-    default:
-      f.unsupported(
-        `${field}.${typeField} ${JSON.stringify(type)} is not supported for ${architecture} ` +
-          '(supported: default, linear, llama3)',
-      );
-  }
-}
-
-/**
 /** quant_method values whose checkpoints src/weights can load. */
 const QUANT_METHODS: readonly string[] = ['kiln', 'gptq', 'awq'];
 
@@ -67,6 +30,7 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
     throw new InvalidModelFileError(`${label} is ${describeValue(config)}, expected a JSON object`);
   }
   const f: Fields = new Fields(label, config);
+  refuseUnsupportedFeatures(f);
 
   let arch: Architecture | undefined;
   let hfArchitecture: string;
@@ -90,12 +54,19 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
     arch = architectureForClass(hfArchitecture);
   }
   if (!arch) {
+    const mt =
+      typeof config.model_type === 'string' ? ` (model_type ${JSON.stringify(config.model_type)})` : '';
     f.unsupported(
-      `architectures[0] ${JSON.stringify(hfArchitecture)} is not supported ` +
+      `architectures[0] ${JSON.stringify(hfArchitecture)}${mt} is not supported ` +
         `(supported: ${supportedClasses().join(', ')})`,
     );
   }
   const architecture = arch.name;
+  if (typeof config.model_type === 'string' && !architectureNamed(config.model_type)) {
+    f.unsupported(
+      `model_type ${JSON.stringify(config.model_type)} is not supported (architectures[0] is ${hfArchitecture})`,
+    );
+  }
   if (!f.unset('model_type') && config.model_type !== architecture) {
     f.invalid(
       'model_type',
@@ -118,9 +89,12 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
     }
   }
 
-  const hiddenAct = f.unset('hidden_act') ? 'silu' : config.hidden_act;
-  if (hiddenAct !== 'silu')
-    f.unsupported(`hidden_act ${describeValue(hiddenAct)} is not supported (expected "silu")`);
+  // A gated-GELU block (Gemma) checks its own activation field in its architecture file.
+  if (arch.block.mlp === 'swiglu') {
+    const hiddenAct = f.unset('hidden_act') ? 'silu' : config.hidden_act;
+    if (hiddenAct !== 'silu')
+      f.unsupported(`hidden_act ${describeValue(hiddenAct)} is not supported (expected "silu")`);
+  }
 
   const vocabSize = f.positiveInt('vocab_size');
   const hiddenSize = f.positiveInt('hidden_size');
@@ -152,11 +126,11 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   else if (isJsonObject(ropeParams) && ropeParams.rope_theta !== undefined) {
     ropeTheta = new Fields(label, ropeParams, 'rope_parameters.').positiveNumber('rope_theta');
   }
-  const ropeScaling = parseRopeScaling(f, architecture);
 
   const maxPositionEmbeddings = f.positiveInt('max_position_embeddings');
-  // The architecture's own fields: projection biases and the attention window of each layer.
-  const ac = arch.config(f, { numLayers });
+  // The architecture's own fields: projection biases, the attention window of each layer, its
+  // RoPE variants.
+  const ac = arch.config(f, { numLayers, headDim });
   const layerWindows = [...(ac.layerWindows ?? new Array<number>(numLayers).fill(0))];
   if (layerWindows.length !== numLayers || !layerWindows.every((w) => Number.isSafeInteger(w) && w >= 0)) {
     throw new InvalidModelFileError(
@@ -164,6 +138,24 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
     );
   }
   const { qkvBias, oBias, mlpBias } = ac;
+  const rotaryDim = ac.rotaryDim ?? headDim;
+  if (rotaryDim % 2 !== 0 || rotaryDim > headDim)
+    f.invalid('partial_rotary_factor', config.partial_rotary_factor, 'a fraction of head_dim that is even');
+  let ropeScaling: RopeScaling;
+  if (ac.globalRope) {
+    ropeTheta = ac.globalRope.theta;
+    ropeScaling = ac.globalRope.scaling;
+  } else ropeScaling = parseRopeScaling(f, architecture, rotaryDim);
+  const layerRope: LayerRope[] | undefined =
+    ac.ropeLayers || ac.localRope
+      ? Array.from({ length: numLayers }, (_, l) =>
+          ac.ropeLayers?.[l] === false
+            ? 'none'
+            : ac.localRope && (layerWindows[l] ?? 0) > 0
+              ? 'local'
+              : 'global',
+        )
+      : undefined;
 
   const tieWordEmbeddings = f.bool('tie_word_embeddings', false);
 
@@ -204,7 +196,37 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
     bosTokenId,
     eosTokenIds,
     quantizationConfig,
+    layerRope,
+    localRopeTheta: ac.localRope?.theta,
+    rotaryDim: ac.rotaryDim,
+    attentionScale: ac.attentionScale,
+    attnLogitSoftcap: ac.attnLogitSoftcap,
+    finalLogitSoftcap: ac.finalLogitSoftcap,
   };
+}
+
+/**
+ * Config fields of features the engine does not implement, refused before anything else is read
+ * (and so before any weight is loaded), naming the field: mixture-of-experts layers and vision
+ * towers.
+ */
+function refuseUnsupportedFeatures(f: Fields): void {
+  for (const field of ['vision_config', 'vision_tower', 'audio_config']) {
+    if (!f.unset(field)) {
+      f.unsupported(
+        `${field} is set: this checkpoint has a vision/audio tower, which Kiln does not run ` +
+          '(text-only decoders only; use the text model of the family, e.g. Gemma3ForCausalLM)',
+      );
+    }
+  }
+  for (const field of ['num_experts', 'num_local_experts', 'n_routed_experts', 'moe_num_experts']) {
+    const v = f.raw(field);
+    if (v !== undefined && v !== null && v !== 0) {
+      f.unsupported(
+        `${field} is ${describeValue(v)}: mixture-of-experts layers are not supported (dense decoders only)`,
+      );
+    }
+  }
 }
 
 /** Reads config.json and the optional generation_config.json of a model folder into a ModelSpec. */

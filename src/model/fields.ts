@@ -22,7 +22,7 @@ export class Fields {
   constructor(
     readonly label: string,
     private readonly obj: JsonObject,
-    private readonly prefix = '',
+    readonly prefix = '',
   ) {}
 
   invalid(field: string, value: unknown, expected: string): never {
@@ -98,5 +98,10 @@ export class Fields {
       }
     }
     return list as number[];
+  }
+
+  /** A finite number, or undefined when absent or null. */
+  optionalPositiveNumber(field: string): number | undefined {
+    return this.unset(field) ? undefined : this.positiveNumber(field);
   }
 }

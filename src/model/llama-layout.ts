@@ -7,7 +7,14 @@
 import type { BlockRecipe, ModelTensors, ProjectionRole, ProjectionTensors } from './architecture.js';
 import type { ModelSpec } from './spec.js';
 
-export const LLAMA_BLOCK: BlockRecipe = { norm: 'rmsnorm-pre', positions: 'rope', mlp: 'swiglu' };
+export const LLAMA_BLOCK: BlockRecipe = {
+  norm: 'rmsnorm-pre',
+  normWeight: 'w',
+  qkNorm: 'none',
+  positions: 'rope',
+  mlp: 'swiglu',
+  embedScale: 'none',
+};
 
 export function llamaTensors(spec: ModelSpec): ModelTensors {
   const { hiddenSize: h, intermediateSize: inter, numHeads, numKvHeads, headDim } = spec;
@@ -66,5 +73,17 @@ export function llamaTensors(spec: ModelSpec): ModelTensors {
     }),
     finalNorm: 'model.norm.weight',
     lmHead: spec.tieWordEmbeddings ? null : 'lm_head',
+  };
+}
+
+/** The layout plus the per-head q/k norms `self_attn.q_norm` / `k_norm` (Qwen3, Gemma 3). */
+export function withQkNorm(t: ModelTensors): ModelTensors {
+  return {
+    ...t,
+    layers: t.layers.map((L, i) => ({
+      ...L,
+      qNorm: `model.layers.${i}.self_attn.q_norm.weight`,
+      kNorm: `model.layers.${i}.self_attn.k_norm.weight`,
+    })),
   };
 }

@@ -12,14 +12,17 @@ import { attentionRef } from '../kernels/attention.ref.js';
 import { embedRef } from '../kernels/embed.ref.js';
 import { matmulRef } from '../kernels/matmul.ref.js';
 import { rmsnormRef } from '../kernels/rmsnorm.ref.js';
-import { ropeInvFreq, ropeRef } from '../kernels/rope.ref.js';
-import { swigluRef } from '../kernels/swiglu.ref.js';
+import { qkNormRef } from '../kernels/qk-norm.ref.js';
+import { ropeRef, type RopeAngles } from '../kernels/rope.ref.js';
+import { softcapRef } from '../kernels/softcap.ref.js';
+import { gegluRef, swigluRef } from '../kernels/swiglu.ref.js';
 import { projectionRows, type BlockRecipe, type ProjectionTensors } from './architecture.js';
 import { architectureOf } from './registry.js';
-import type { ModelSpec } from './spec.js';
-import { expectedTensors, modelTensors } from './tensors.js';
 import { isQuantKv, type KvDtype, type KvQuantDtype } from '../kernels/kv-dtype.js';
 import { kvRoundTrip } from '../kernels/kv-quant.ref.js';
+import { ropeOfKind } from './rope.js';
+import { attentionScale, layerRope, type ModelSpec } from './spec.js';
+import { embeddingScale, expectedTensors, modelTensors } from './tensors.js';
 
 type Tensor = Float64Array;
 
@@ -31,7 +34,28 @@ export interface ReferenceOptions {
    * else stays float64. Default 'f32': no rounding.
    */
   kvDtype?: KvDtype;
+  /**
+   * Features switched off, to show each one matters (tests): the reference then computes the
+   * model without it. Never set for a real comparison.
+   */
+  ablate?: readonly Ablation[];
 }
+
+/** A modelling feature the reference can leave out (see ReferenceOptions.ablate). */
+export type Ablation =
+  | 'qk-norm'
+  | 'one-plus-w'
+  | 'embed-scale'
+  | 'geglu'
+  | 'sandwich-norms'
+  | 'attention-scale'
+  | 'attn-softcap'
+  | 'final-softcap'
+  | 'local-rope'
+  | 'nope-layers'
+  | 'partial-rotary'
+  | 'longrope-switch'
+  | 'longrope-attention-factor';
 
 const roundF16 = (x: number): number => f16BitsToF32(f32ToF16Bits(x));
 
@@ -45,24 +69,72 @@ function roundTripRows(x: Tensor, headDim: number, dtype: KvQuantDtype): Tensor 
 }
 
 export class ReferenceModel {
-  private constructor(
-    readonly spec: ModelSpec,
-    private readonly t: Map<string, Tensor>,
-    private readonly opts: ReferenceOptions = {},
-  ) {}
-
   static async load(spec: ModelSpec, ckpt: Checkpoint, opts: ReferenceOptions = {}): Promise<ReferenceModel> {
     const t = new Map<string, Tensor>();
     for (const name of expectedTensors(spec).keys()) {
       const info = ckpt.get(name);
       t.set(name, Float64Array.from(decodeToFloat32(info.dtype, await ckpt.readTensor(info))));
     }
-    return new ReferenceModel(spec, t, opts);
+    return new ReferenceModel(spec, t, opts, embeddingScale(spec, modelTensors(spec), ckpt));
   }
+
+  private constructor(
+    readonly spec: ModelSpec,
+    private readonly t: Map<string, Tensor>,
+    private readonly opts: ReferenceOptions = {},
+    /** Multiplier of the embeddings (Gemma's √hidden in the table's dtype). */
+    private readonly embedScale = 1,
+  ) {}
 
   /** The same weights with other options (no copy). */
   with(opts: ReferenceOptions): ReferenceModel {
-    return new ReferenceModel(this.spec, this.t, opts);
+    return new ReferenceModel(this.spec, this.t, opts, this.embedScale);
+  }
+
+  private off(a: Ablation): boolean {
+    return this.opts.ablate?.includes(a) ?? false;
+  }
+
+  /** A norm weight as the block applies it: w, or (Gemma) 1 + w. */
+  private normW(name: string): Tensor {
+    const w = this.w(name);
+    if (architectureOf(this.spec).block.normWeight === 'w' || this.off('one-plus-w')) return w;
+    return w.map((v) => 1 + v);
+  }
+
+  /** The rotation of layer `l`, with any RoPE ablation applied. */
+  private rope(l: number): RopeAngles {
+    const s = this.spec;
+    let kind = layerRope(s, l);
+    if (kind === 'none' && this.off('nope-layers')) kind = 'global';
+    if (kind === 'local' && this.off('local-rope')) kind = 'global';
+    let spec = s;
+    if (this.off('partial-rotary')) {
+      // The whole head rotates; LongRoPE factor lists grow to the new length (their last value).
+      const pad = (f: readonly number[]) =>
+        Array.from({ length: s.headDim / 2 }, (_, i) => f[Math.min(i, f.length - 1)] as number);
+      const r = s.ropeScaling;
+      spec = {
+        ...spec,
+        rotaryDim: undefined,
+        ropeScaling:
+          r.type === 'longrope'
+            ? { ...r, shortFactor: pad(r.shortFactor), longFactor: pad(r.longFactor) }
+            : r,
+      };
+    }
+    const sc = spec.ropeScaling;
+    if (sc.type === 'longrope' && (this.off('longrope-switch') || this.off('longrope-attention-factor'))) {
+      spec = {
+        ...spec,
+        ropeScaling: {
+          ...sc,
+          ...(this.off('longrope-switch') ? { longFactor: sc.shortFactor } : {}),
+          ...(this.off('longrope-attention-factor') ? { attentionFactor: 1 } : {}),
+        },
+      };
+    }
+    return ropeOfKind(spec, kind);
   }
 
   private w(name: string): Tensor {
@@ -88,23 +160,38 @@ export class ReferenceModel {
   /** Logits [tokens.length, vocab] for every position of `tokens` (a full causal pass). */
   forward(tokens: readonly number[]): Float64Array[] {
     const s = this.spec;
-    checkBlock(architectureOf(s).block);
+    const recipe = architectureOf(s).block;
+    checkBlock(recipe);
     const names = modelTensors(s);
     const m = tokens.length;
     const H = s.hiddenSize;
+    const eps = s.rmsNormEps;
     const qDim = s.numHeads * s.headDim;
     const kvDim = s.numKvHeads * s.headDim;
     const positions = tokens.map((_, i) => i);
-    const invFreq = ropeInvFreq(s.headDim, s.ropeTheta, s.ropeScaling);
-    let x = embedRef(this.w(names.embed), H, tokens);
-    for (const [l, L] of names.layers.entries()) {
-      // Attention: RMSNorm, q/k/v, RoPE on q and k, causal GQA attention (within the layer's
-      // sliding window, if any), o, residual.
-      const xn = rmsnormRef(x, this.w(L.inputNorm), m, H, s.rmsNormEps);
-      const qkv = this.project(xn, m, L.qkv);
+    const sandwich = recipe.norm === 'rmsnorm-sandwich' && !this.off('sandwich-norms');
+    const scale = this.off('attention-scale') ? 1 / Math.sqrt(s.headDim) : attentionScale(s);
+    const attnCap = this.off('attn-softcap') ? 0 : (s.attnLogitSoftcap ?? 0);
+    const embedScale = this.off('embed-scale') ? 1 : this.embedScale;
+    let x = embedRef(this.w(names.embed), H, tokens, embedScale);
+    /** Adds a branch's output to the stream, through its own norm in a sandwich block. */
+    const addBranch = (out: Tensor, norm: string | undefined) => {
+      const y = sandwich && norm !== undefined ? rmsnormRef(out, this.normW(norm), m, H, eps) : out;
+      x = x.map((xi, i) => xi + (y[i] as number));
+    };
+    names.layers.forEach((L, l) => {
+      // Attention: RMSNorm, q/k/v, (q/k head norms), RoPE on q and k, causal GQA attention, o,
+      // (its norm), residual.
+      const xn = rmsnormRef(x, this.normW(L.inputNorm), m, H, eps);
+      let qkv = this.project(xn, m, L.qkv);
+      if (recipe.qkNorm === 'rmsnorm-head' && !this.off('qk-norm')) {
+        const [qn, kn] = [L.qNorm, L.kNorm] as [string, string];
+        qkv = qkNormRef(qkv, m, s.numHeads, s.numKvHeads, s.headDim, this.normW(qn), this.normW(kn), eps);
+      }
       const width = qDim + 2 * kvDim;
-      const q = ropeRef(columns(qkv, m, width, 0, qDim), positions, s.numHeads, s.headDim, invFreq);
-      let k = ropeRef(columns(qkv, m, width, qDim, kvDim), positions, s.numKvHeads, s.headDim, invFreq);
+      const rope = this.rope(l);
+      const q = ropeRef(columns(qkv, m, width, 0, qDim), positions, s.numHeads, s.headDim, rope);
+      let k = ropeRef(columns(qkv, m, width, qDim, kvDim), positions, s.numKvHeads, s.headDim, rope);
       let v = columns(qkv, m, width, qDim + kvDim, kvDim);
       const kvDtype = this.opts.kvDtype ?? 'f32';
       if (kvDtype === 'f16') {
@@ -122,22 +209,23 @@ export class ReferenceModel {
         s.numHeads,
         s.numKvHeads,
         s.headDim,
-        1 / Math.sqrt(s.headDim),
+        scale,
         s.layerWindows[l] ?? 0,
+        attnCap,
       );
-      const o = this.project(att, m, L.o);
-      x = x.map((xi, i) => xi + (o[i] as number));
-      // MLP: RMSNorm, silu(gate) · up, down, residual.
-      const hn = rmsnormRef(x, this.w(L.postNorm), m, H, s.rmsNormEps);
+      addBranch(this.project(att, m, L.o), L.attnOutNorm);
+      // MLP: RMSNorm, silu(gate) · up (GeGLU: gelu_tanh(gate) · up), down, (its norm), residual.
+      const hn = rmsnormRef(x, this.normW(L.postNorm), m, H, eps);
       const I = s.intermediateSize;
       const gu = this.project(hn, m, L.gateUp);
-      const act = swigluRef(columns(gu, m, 2 * I, 0, I), columns(gu, m, 2 * I, I, I));
-      const down = this.project(act, m, L.down);
-      x = x.map((xi, i) => xi + (down[i] as number));
-    }
-    const fin = rmsnormRef(x, this.w(names.finalNorm), m, H, s.rmsNormEps);
+      const geglu = recipe.mlp === 'geglu-tanh' && !this.off('geglu');
+      const act = (geglu ? gegluRef : swigluRef)(columns(gu, m, 2 * I, 0, I), columns(gu, m, 2 * I, I, I));
+      addBranch(this.project(act, m, L.down), L.mlpOutNorm);
+    });
+    const fin = rmsnormRef(x, this.normW(names.finalNorm), m, H, eps);
     const head = this.w(names.lmHead === null ? names.embed : `${names.lmHead}.weight`);
-    const logits = matmulRef(fin, head, m, s.vocabSize, H);
+    let logits = matmulRef(fin, head, m, s.vocabSize, H);
+    if (s.finalLogitSoftcap && !this.off('final-softcap')) logits = softcapRef(logits, s.finalLogitSoftcap);
     return positions.map((p) => logits.subarray(p * s.vocabSize, (p + 1) * s.vocabSize));
   }
 
@@ -166,7 +254,14 @@ function columns(y: Tensor, m: number, width: number, from: number, n: number): 
 
 /** The recipe this reference implements; a new recipe choice needs its case here first. */
 function checkBlock(b: BlockRecipe): void {
-  if (b.norm !== 'rmsnorm-pre' || b.positions !== 'rope' || b.mlp !== 'swiglu') {
+  if (
+    !['rmsnorm-pre', 'rmsnorm-sandwich'].includes(b.norm) ||
+    !['w', 'one-plus-w'].includes(b.normWeight) ||
+    !['none', 'rmsnorm-head'].includes(b.qkNorm) ||
+    b.positions !== 'rope' ||
+    !['swiglu', 'geglu-tanh'].includes(b.mlp) ||
+    !['none', 'sqrt-hidden'].includes(b.embedScale)
+  ) {
     throw new Error(`reference model: block ${JSON.stringify(b)} is not implemented`);
   }
 }

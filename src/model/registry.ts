@@ -4,12 +4,26 @@
  */
 import { UnsupportedModelError } from '../errors.js';
 import type { Architecture } from './architecture.js';
+import { gemma2 } from './arch/gemma2.js';
+import { gemma3 } from './arch/gemma3.js';
 import { llama } from './arch/llama.js';
 import { mistral } from './arch/mistral.js';
+import { phi3 } from './arch/phi3.js';
 import { qwen2 } from './arch/qwen2.js';
+import { qwen3 } from './arch/qwen3.js';
+import { smollm3 } from './arch/smollm3.js';
 import type { ModelSpec } from './spec.js';
 
-export const ARCHITECTURES: readonly Architecture[] = [llama, mistral, qwen2];
+export const ARCHITECTURES: readonly Architecture[] = [
+  llama,
+  mistral,
+  qwen2,
+  qwen3,
+  smollm3,
+  phi3,
+  gemma2,
+  gemma3,
+];
 
 /** The architecture implementing a config.json `architectures[0]` class, if any. */
 export function architectureForClass(hfClass: string): Architecture | undefined {

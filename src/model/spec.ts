@@ -44,4 +44,31 @@ export interface ModelSpec {
    * GPTQ or AWQ; src/weights picks the source that reads it), null for a float checkpoint.
    */
   quantizationConfig: Record<string, unknown> | null;
+  /**
+   * Per layer, the RoPE it applies: 'global' (ropeTheta and ropeScaling), 'local' (localRopeTheta,
+   * unscaled: Gemma 3's sliding layers) or 'none' (SmolLM3's NoPE layers). Absent: all 'global'.
+   */
+  layerRope?: LayerRope[] | undefined;
+  /** RoPE base of the 'local' layers. */
+  localRopeTheta?: number | undefined;
+  /** Leading elements of each q/k head that RoPE rotates (Phi-3); absent: headDim. */
+  rotaryDim?: number | undefined;
+  /** Attention score scale; absent: 1 / sqrt(headDim). */
+  attentionScale?: number | undefined;
+  /** Attention scores become cap · tanh(score / cap) (Gemma 2). */
+  attnLogitSoftcap?: number | undefined;
+  /** Logits become cap · tanh(logit / cap) (Gemma 2). */
+  finalLogitSoftcap?: number | undefined;
+}
+
+export type LayerRope = 'global' | 'local' | 'none';
+
+/** The RoPE of layer `l`. */
+export function layerRope(spec: ModelSpec, l: number): LayerRope {
+  return spec.layerRope?.[l] ?? 'global';
+}
+
+/** The attention score scale of the spec. */
+export function attentionScale(spec: ModelSpec): number {
+  return spec.attentionScale ?? 1 / Math.sqrt(spec.headDim);
 }

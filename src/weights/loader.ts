@@ -11,7 +11,13 @@ import type { TensorInfo } from '../io/safetensors.js';
 import { isGgufWeight, isQ4Weight, type Linear, type MatrixWeight } from '../kernels/linear.js';
 import type { ModelTensors, ProjectionTensors } from '../model/architecture.js';
 import type { ModelSpec } from '../model/spec.js';
-import { expectedTensors, modelTensors } from '../model/tensors.js';
+import {
+  embeddingScale,
+  expectedTensors,
+  modelTensors,
+  normTensors,
+  normWeightValues,
+} from '../model/tensors.js';
 import type { LoadContext, WeightSource } from './source.js';
 import { q4Buffers } from './upload-q4.js';
 import { ggufBuffers } from './upload-gguf.js';
@@ -27,6 +33,11 @@ export interface LayerWeights {
   /** q, k and v stacked: [(heads + 2·kvHeads)·headDim, hidden], one matmul per step */ qkv: LinearWeights;
   /** [hidden, heads·headDim] */ o: LinearWeights;
   /** [hidden] f32 */ postNorm: GPUBuffer;
+  /** [headDim] f32 per-head q and k norms (recipe qkNorm 'rmsnorm-head') */ qNorm?: GPUBuffer | undefined;
+  kNorm?: GPUBuffer | undefined;
+  /** [hidden] f32 norms of the attention and MLP outputs (recipe norm 'rmsnorm-sandwich') */
+  attnOutNorm?: GPUBuffer | undefined;
+  mlpOutNorm?: GPUBuffer | undefined;
   /** gate and up fused for the SwiGLU epilogue: [intermediate] units of [hidden] */ gateUp: LinearWeights;
   /** [hidden, intermediate] */ down: LinearWeights;
 }
@@ -40,6 +51,8 @@ export interface ModelWeights {
   layers: LayerWeights[];
   /** [hidden] f32 */ finalNorm: GPUBuffer;
   /** [vocab, hidden]; the same object as `embed` when embeddings are tied and float */ lmHead: MatrixWeight;
+  /** Multiplier of the gathered embeddings (1, or Gemma's √hidden in the table's dtype). */
+  embedScale: number;
 }
 
 export interface LoadProgress {
@@ -58,14 +71,12 @@ function floatTensors(spec: ModelSpec, t: ModelTensors, source: WeightSource): M
   const all = expectedTensors(spec);
   const want = new Set(source.floatTensors(spec, t));
   if (!source.headServesEmbeddings && !source.embedTable) want.add(t.embed);
+  for (const n of normTensors(t)) want.add(n);
   for (const L of t.layers) {
-    want.add(L.inputNorm);
-    want.add(L.postNorm);
     for (const p of [L.qkv, L.o, L.gateUp, L.down]) {
       if (p.bias) for (const s of p.sources) want.add(`${s.prefix}.bias`);
     }
   }
-  want.add(t.finalNorm);
   if (!source.ownsHead && t.lmHead !== null) want.add(`${t.lmHead}.weight`);
   return new Map([...all].filter(([name]) => want.has(name)));
 }
@@ -144,6 +155,9 @@ export async function loadWeights(
       ),
     };
   };
+  // RMSNorm weights as the kernels multiply by them ((1 + w) for Gemma).
+  const norm = (name: string) => uploadVector(lc, [name], (w) => normWeightValues(spec, w));
+  const optionalNorm = async (name: string | undefined) => (name === undefined ? undefined : norm(name));
   try {
     let embed: MatrixWeight | null = source.headServesEmbeddings
       ? null
@@ -153,21 +167,25 @@ export async function loadWeights(
     const layers: LayerWeights[] = [];
     for (const L of t.layers) {
       layers.push({
-        inputNorm: await uploadVector(lc, [L.inputNorm]),
+        inputNorm: await norm(L.inputNorm),
         qkv: await linear(L.qkv),
+        qNorm: await optionalNorm(L.qNorm),
+        kNorm: await optionalNorm(L.kNorm),
         o: await linear(L.o),
-        postNorm: await uploadVector(lc, [L.postNorm]),
+        attnOutNorm: await optionalNorm(L.attnOutNorm),
+        postNorm: await norm(L.postNorm),
         gateUp: await linear(L.gateUp),
         down: await linear(L.down),
+        mlpOutNorm: await optionalNorm(L.mlpOutNorm),
       });
     }
-    const finalNorm = await uploadVector(lc, [t.finalNorm]);
+    const finalNorm = await norm(t.finalNorm);
     let lmHead: MatrixWeight;
     if (source.ownsHead) lmHead = await source.lmHead(lc, t);
     else if (t.lmHead === null) lmHead = embed as MatrixWeight;
     else lmHead = await uploadMatrix(lc, `${t.lmHead}.weight`, [`${t.lmHead}.weight`]);
     embed ??= lmHead;
-    return { embed, layers, finalNorm, lmHead };
+    return { embed, layers, finalNorm, lmHead, embedScale: embeddingScale(spec, t, ckpt) };
   } catch (e) {
     for (const b of created) ctx.destroyBuffer(b);
     throw e;
@@ -196,8 +214,7 @@ export function destroyWeights(ctx: GpuContext, w: ModelWeights): void {
   freeMatrix(w.lmHead);
   free(w.finalNorm);
   for (const l of w.layers) {
-    free(l.inputNorm);
-    free(l.postNorm);
+    for (const n of [l.inputNorm, l.postNorm, l.qNorm, l.kNorm, l.attnOutNorm, l.mlpOutNorm]) free(n);
     [l.qkv, l.o, l.gateUp, l.down].forEach(freeLinear);
   }
 }

@@ -43,7 +43,7 @@ export function floatTensorBytes(shape: readonly number[], dtype: SafetensorsDty
 }
 
 /** Hands out a tensor's bytes a whole number of rows at a time, reading it in bounded chunks. */
-class RowReader {
+class RowReader implements RowSource {
   private readonly chunks: AsyncIterator<{ bytes: Uint8Array }>;
   private buf: Uint8Array = new Uint8Array(0);
   readonly rowBytes: number;
@@ -53,10 +53,13 @@ class RowReader {
     ckpt: Checkpoint,
     readonly info: TensorInfo,
     private readonly tick: (info: TensorInfo, bytes: number) => void,
+    /** The first row read (a row range of a fused tensor); rows counts from there. */
+    firstRow = 0,
   ) {
-    this.rows = info.shape[0] as number;
-    this.rowBytes = info.byteLength / this.rows;
-    this.chunks = ckpt.readTensorChunks(info, CHUNK_BYTES)[Symbol.asyncIterator]();
+    const all = info.shape[0] as number;
+    this.rowBytes = info.byteLength / all;
+    this.rows = all - firstRow;
+    this.chunks = ckpt.readTensorChunks(info, CHUNK_BYTES, firstRow * this.rowBytes)[Symbol.asyncIterator]();
   }
 
   /** The next `n` rows, row-major. */
@@ -77,11 +80,33 @@ class RowReader {
   }
 }
 
+/** What the tile packer takes rows from. */
+interface RowSource {
+  readonly rowBytes: number;
+  readonly rows: number;
+  take(n: number): Promise<Uint8Array>;
+}
+
+/** The first `rows` rows of a reader (the gate half of a stored [gate; up]). */
+class ReadLimit implements RowSource {
+  constructor(
+    private readonly reader: RowReader,
+    readonly rows: number,
+  ) {}
+  get rowBytes(): number {
+    return this.reader.rowBytes;
+  }
+  take(n: number): Promise<Uint8Array> {
+    return this.reader.take(n);
+  }
+}
+
 /**
  * Uploads the checkpoint matrices `tensors` as one GPU weight `name` in the tiled layout, split
  * by whole tiles across buffers that each fit maxStorageBufferBindingSize.
  *   - `stack`: stacked by rows (q, k, v fused into one projection);
- *   - `swiglu`: exactly two tensors, gate and up, their tiles interleaved for the fused epilogue.
+ *   - `swiglu`: gate and up, their tiles interleaved for the fused epilogue: two tensors, or one
+ *     stored [gate; up] (Phi-3's gate_up_proj), read as its two row halves.
  * All tensors must share one dtype and column count. `track` receives each buffer made.
  */
 export async function uploadMatrix(
@@ -104,10 +129,18 @@ export async function uploadMatrix(
     }
   }
   const fused = mode === 'swiglu' ? ('swiglu' as const) : undefined;
-  if (fused && (infos.length !== 2 || infos[0]?.shape[0] !== infos[1]?.shape[0])) {
+  const stacked = fused !== undefined && infos.length === 1;
+  if (stacked && (first.shape[0] as number) % 2 !== 0) {
+    throw new UnsupportedModelError(`${name}: ${first.name} has ${first.shape[0]} rows, not [gate; up]`);
+  }
+  if (fused && !stacked && (infos.length !== 2 || infos[0]?.shape[0] !== infos[1]?.shape[0])) {
     throw new UnsupportedModelError(`${name}: gate and up projections must have the same shape`);
   }
-  const rows = fused ? (first.shape[0] as number) : infos.reduce((a, t) => a + (t.shape[0] as number), 0);
+  const rows = stacked
+    ? (first.shape[0] as number) / 2
+    : fused
+      ? (first.shape[0] as number)
+      : infos.reduce((a, t) => a + (t.shape[0] as number), 0);
   const limit = ctx.limits.maxStorageBufferBindingSize;
   const per = rowsPerPart(rows, cols, format, limit, fused);
   if (per === 0) {
@@ -125,7 +158,12 @@ export async function uploadMatrix(
     parts.push({ buffer, rowStart: r, rows: n });
   }
 
-  const readers = infos.map((info) => new RowReader(ckpt, info, (i, b) => lc.tick(i, b)));
+  const tick = (i: TensorInfo, b: number) => lc.tick(i, b);
+  // A stored [gate; up] is read as two row ranges (the gate's reader stops within a chunk of the
+  // middle).
+  const readers: RowSource[] = stacked
+    ? [new ReadLimit(new RowReader(ckpt, first, tick), rows), new RowReader(ckpt, first, tick, rows)]
+    : infos.map((info) => new RowReader(ckpt, info, tick));
   const rowBytes = readers[0]?.rowBytes as number;
   const tb = tileBytes(cols, format);
   const queue = ctx.device.queue;
@@ -158,7 +196,7 @@ export async function uploadMatrix(
       bytes.subarray(i * rowBytes, (i + 1) * rowBytes),
     );
   if (fused) {
-    const [gate, up] = readers as [RowReader, RowReader];
+    const [gate, up] = readers as [RowSource, RowSource];
     for (let r = 0; r < rows; r += TILE_ROWS) {
       const n = Math.min(TILE_ROWS, rows - r);
       emit(packTile(split(await gate.take(n)), cols, format), r);
@@ -172,9 +210,9 @@ export async function uploadMatrix(
       const n = Math.min(TILE_ROWS, rows - r);
       const tileRows: Uint8Array[] = [];
       while (tileRows.length < n) {
-        while (left === 0) left = (readers[++reader] as RowReader).rows;
+        while (left === 0) left = (readers[++reader] as RowSource).rows;
         const take = Math.min(left, n - tileRows.length);
-        tileRows.push(...split(await (readers[reader] as RowReader).take(take)));
+        tileRows.push(...split(await (readers[reader] as RowSource).take(take)));
         left -= take;
       }
       emit(packTile(tileRows, cols, format), r);
@@ -191,13 +229,18 @@ export async function uploadMatrix(
  * Norm weights and biases: small, so decoded to f32 on the CPU (one kernel format for them);
  * several tensors are concatenated (the biases of a fused projection).
  */
-export async function uploadVector(lc: LoadContext, tensors: readonly string[]): Promise<GPUBuffer> {
+export async function uploadVector(
+  lc: LoadContext,
+  tensors: readonly string[],
+  /** Applied to each decoded tensor (a norm's (1 + w)). */
+  transform: (v: Float32Array) => Float32Array = (v) => v,
+): Promise<GPUBuffer> {
   const { ctx, ckpt } = lc;
   const decoded: Float32Array[] = [];
   for (const name of tensors) {
     const info = ckpt.get(name);
     const raw = await ckpt.readTensor(info);
-    decoded.push(decodeToFloat32(info.dtype, raw));
+    decoded.push(transform(decodeToFloat32(info.dtype, raw)));
     lc.tick(info, raw.length);
   }
   const values = new Float32Array(decoded.reduce((a, d) => a + d.length, 0));

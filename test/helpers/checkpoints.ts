@@ -14,12 +14,13 @@ import {
 import { convertSentencePiece } from '../../src/io/sentencepiece.js';
 import { parseModelConfig } from '../../src/model/config.js';
 import type { ModelSpec } from '../../src/model/spec.js';
-import { expectedTensors, modelTensors } from '../../src/model/tensors.js';
+import { architectureOf } from '../../src/model/registry.js';
+import { expectedTensors, modelTensors, normTensors } from '../../src/model/tensors.js';
 import { randomF32 } from './random.js';
 import { sharedModel } from './shared.js';
 
 export interface TestModelOptions {
-  architecture?: 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
+  architecture?: keyof typeof MODEL_TYPES;
   hidden?: number;
   intermediate?: number;
   layers?: number;
@@ -43,13 +44,28 @@ export interface TestModelOptions {
   config?: Record<string, unknown>;
 }
 
-/** Writes the model into `dir` and returns its parsed spec. */
+/** config.json's model_type of each class these helpers write. */
+export const MODEL_TYPES = {
+  LlamaForCausalLM: 'llama',
+  MistralForCausalLM: 'mistral',
+  Qwen2ForCausalLM: 'qwen2',
+  Qwen3ForCausalLM: 'qwen3',
+  SmolLM3ForCausalLM: 'smollm3',
+  Phi3ForCausalLM: 'phi3',
+  Gemma2ForCausalLM: 'gemma2',
+  Gemma3ForCausalLM: 'gemma3_text',
+} as const;
+
+/**
+ * Writes the model into `dir` and returns its parsed spec. Keys of `config` set to undefined are
+ * left out of config.json (JSON.stringify drops them), for architectures whose configs lack them.
+ */
 export function writeTestModel(dir: string, o: TestModelOptions = {}): ModelSpec {
   mkdirSync(dir, { recursive: true });
   const arch = o.architecture ?? 'LlamaForCausalLM';
   const config: Record<string, unknown> = {
     architectures: [arch],
-    model_type: { LlamaForCausalLM: 'llama', MistralForCausalLM: 'mistral', Qwen2ForCausalLM: 'qwen2' }[arch],
+    model_type: MODEL_TYPES[arch],
     hidden_size: o.hidden ?? 64,
     intermediate_size: o.intermediate ?? 96,
     num_hidden_layers: o.layers ?? 2,
@@ -80,17 +96,20 @@ export function writeTestModel(dir: string, o: TestModelOptions = {}): ModelSpec
   const dtype = o.dtype ?? 'F32';
   let seed = o.seed ?? 1;
   const names = modelTensors(spec);
+  const norms = normTensors(names);
+  // Gemma's norms multiply by (1 + w): its stored weights sit near 0, not near 1.
+  const normOffset = architectureOf(spec).block.normWeight === 'one-plus-w' ? 0 : 1;
   const tensors: TensorToWrite[] = [];
   for (const [name, shape] of expectedTensors(spec)) {
     const n = shape.reduce((a, b) => a * b, 1);
-    const isNorm = name.endsWith('layernorm.weight') || name === 'model.norm.weight';
+    const isNorm = norms.has(name);
     const scale = isNorm
       ? 0.2
       : name.endsWith('.bias')
         ? 0.1
         : weightScale(name, shape[shape.length - 1] as number, names.embed, `${names.lmHead}.weight`);
     const v = randomF32(n, seed++, scale);
-    if (isNorm) for (let i = 0; i < n; i++) v[i] = (v[i] as number) + 1;
+    if (isNorm) for (let i = 0; i < n; i++) v[i] = (v[i] as number) + normOffset;
     tensors.push({ name, dtype, shape, data: encodeFromFloat32(dtype, v) });
   }
   const shards = o.shards ?? 1;
@@ -125,6 +144,6 @@ export function writeTestModel(dir: string, o: TestModelOptions = {}): ModelSpec
 function weightScale(name: string, fanIn: number, embed: string, lmHead: string): number {
   if (name === embed) return 0.1;
   const gain =
-    name === lmHead || /\.(q|k)_proj\.weight$/.test(name) || /\.down_proj\.weight$/.test(name) ? 3 : 1;
+    name === lmHead || /\.(q|k|qkv)_proj\.weight$/.test(name) || /\.down_proj\.weight$/.test(name) ? 3 : 1;
   return gain / Math.sqrt(fanIn);
 }

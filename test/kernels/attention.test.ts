@@ -6,7 +6,7 @@ import type { KvFloatDtype as KvDtype } from '../../src/kernels/kv-dtype.js';
 import { kvWrite } from '../../bench/baselines/kv-write.js';
 import { ropeKvWrite } from '../../src/kernels/rope-kv-write.js';
 import { rope } from '../../bench/baselines/rope.js';
-import { ropeInvFreq, ropeRef, ropeTable } from '../../src/kernels/rope.ref.js';
+import { ropeAngles, ropeInvFreq, ropeRef, ropeTable, NO_ROPE } from '../../src/kernels/rope.ref.js';
 import {
   expectClose,
   kvBuffer,
@@ -384,6 +384,78 @@ describe('rope_kv_write (RoPE on q and k + the paged KV write, fused after the q
       }
       // v is copied, rounded as kv_write rounds it.
       expect(gotV).toEqual([...kvRounded(Float32Array.from(wantV), kvDtype)]);
+    });
+  }
+});
+
+describe('rope_kv_write with partial rotation, NoPE layers and LongRoPE', () => {
+  // Phi-3's partial_rotary_factor (rotary dims 6 of 8, 96 of 128: the tail is copied), SmolLM3's
+  // NoPE layers (rotary dim 0: q and k copied), and LongRoPE, whose short/long factors switch at
+  // original_max_position_embeddings (here 16, crossed by the rows) with the attention factor on
+  // cos and sin. Awkward positions around the switch and a far one.
+  const longrope = (half: number) =>
+    ({
+      type: 'longrope',
+      shortFactor: Array.from({ length: half }, (_, i) => 1 + i * 0.37),
+      longFactor: Array.from({ length: half }, (_, i) => 2 + i * 1.9),
+      originalMaxPositionEmbeddings: 16,
+      attentionFactor: 1.19,
+    }) as const;
+  const cases = [
+    { name: 'rotary 6 of 8', headDim: 8, rope: ropeAngles(6, 10000, { type: 'none' }) },
+    { name: 'rotary 96 of 128', headDim: 128, rope: ropeAngles(96, 10000, { type: 'none' }) },
+    { name: 'NoPE', headDim: 8, rope: NO_ROPE },
+    { name: 'LongRoPE, rotary 12 of 16', headDim: 16, rope: ropeAngles(12, 10000, longrope(6)) },
+    { name: 'LongRoPE, full', headDim: 8, rope: ropeAngles(8, 500, longrope(4)) },
+  ];
+  for (const { name, headDim, rope: angles } of cases) {
+    test(`${name} (headDim ${headDim})`, async () => {
+      const c = await testGpu();
+      const heads = 3;
+      const kvHeads = 1;
+      const positions = [0, 1, 7, 15, 16, 17, 129];
+      const m = positions.length;
+      const qDim = heads * headDim;
+      const kvDim = kvHeads * headDim;
+      const width = qDim + 2 * kvDim;
+      const qkv = randomF32(m * width, headDim + 7, 2);
+      const blocks = Math.ceil(130 / BLOCK);
+      const table = shuffledBlocks(blocks, headDim);
+      const slots = positions.map((p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK));
+      const kCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
+      const vCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
+      const q = upload(c, new Float32Array(m * qDim));
+      run(c, (b) =>
+        ropeKvWrite(b, {
+          rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+          slots: upload(c, Uint32Array.from(slots)),
+          table: upload(c, ropeTable(angles, 130)),
+          qkv: upload(c, qkv),
+          q,
+          kCache,
+          vCache,
+          m,
+          heads,
+          kvHeads,
+          headDim,
+          rotaryDim: angles.rotaryDim,
+        }),
+      );
+      const part = (from: number, n: number) =>
+        Float64Array.from(
+          positions.flatMap((_, r) => Array.from(qkv.subarray(r * width + from, r * width + from + n))),
+        );
+      const wantQ = ropeRef(part(0, qDim), positions, heads, headDim, angles);
+      const wantK = ropeRef(part(qDim, kvDim), positions, kvHeads, headDim, angles);
+      // As above, scaled by the attention factor (≤ 1.19): ≤ 4 ulp of 1.19 · |x| ≤ 2.
+      const tol = { atol: 4 * 2 ** -24 * 2 * 1.19 };
+      expectClose(await readF32(c, q, m * qDim), wantQ, tol);
+      const kc = await readKv(c, kCache, blocks * kvDim * BLOCK, 'f32');
+      expectClose(gather(kc, slots, kvHeads, headDim), wantK, tol);
+      // The unrotated tail is the input, bit for bit.
+      const gotQ = await readF32(c, q, m * qDim);
+      for (let r = 0; r < m; r++)
+        for (let e = angles.rotaryDim; e < headDim; e++) expect(gotQ[r * qDim + e]).toBe(qkv[r * width + e]);
     });
   }
 });

@@ -7,6 +7,7 @@ import { storageUsage, type GpuContext } from '../../gpu/device.js';
 import { activationBytes } from '../../kernels/activation.js';
 import { isStackedQuantWeight } from '../../kernels/linear.js';
 import { isQuantKv } from '../../kernels/kv-dtype.js';
+import { architectureOf } from '../../model/registry.js';
 import type { ForwardState } from './state.js';
 
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
@@ -23,6 +24,8 @@ export interface StepBuffers {
   /** [m, qDim] f32 rotated q */ q: GPUBuffer;
   /** [m, qDim] f32 attention output */ attn: GPUBuffer;
   /** [m, intermediate] f32 silu(gate)·up */ mlp: GPUBuffer;
+  /** [m, hidden] f32 a branch's output before its norm (sandwich-norm blocks only) */
+  branch?: GPUBuffer | undefined;
   /** [m, 2·intermediate] f32 int4 gate/up before SwiGLU (int4 models only) */ gateUp?: GPUBuffer | undefined;
   /** [m, widest permuted K] f32 X gathered by a column permutation (act-order GPTQ only) */
   gathered?: GPUBuffer | undefined;
@@ -70,6 +73,7 @@ export function createStepBuffers(
     q: f32('act.q', m * qDim),
     attn: f32('act.attn', m * qDim),
     mlp: f32('act.mlp', m * I),
+    branch: architectureOf(spec).block.norm === 'rmsnorm-sandwich' ? f32('act.branch', m * H) : undefined,
     gateUp: weights.layers.some((L) => isStackedQuantWeight(L.gateUp.weight))
       ? f32('act.gate_up', m * 2 * I)
       : undefined,

@@ -1,9 +1,11 @@
 /**
  * The forward graph of one step shape, recorded once from the model's block recipe (its
  * architecture file, src/model/arch/) into dispatch lists the step replays:
- *   embed -> per layer [rmsnorm -> qkv (one fused matmul, +bias) -> rope(q, k) + KV-cache write
- *   -> attention (within the layer's sliding window) -> o (+residual) -> rmsnorm -> gate·up with the SwiGLU epilogue -> down (+residual)]
- *   -> (head) final rmsnorm of the rows that need logits -> lm head -> (argmax)
+ *   embed (×scale) -> per layer [rmsnorm -> qkv (one fused matmul, +bias) -> (q/k head norms)
+ *   -> rope(q, k) + KV-cache write -> attention (within the layer's sliding window) -> o
+ *   (+residual, or a sandwich norm that adds it)
+ *   -> rmsnorm -> gate·up with the SwiGLU/GeGLU epilogue -> down (+residual, or its norm)]
+ *   -> (head) final rmsnorm of the rows that need logits -> lm head -> (softcap) -> (argmax)
  * Decode-shaped steps run split-K attention, exact until the layer's unified max (phi) of the
  * async softmax is calibrated.
  */
@@ -18,9 +20,12 @@ import { isGgufWeight, isQ4Weight, linear, type LinearArgs } from '../../kernels
 import { rmsnorm } from '../../kernels/rmsnorm.js';
 import { isQuantKv } from '../../kernels/kv-dtype.js';
 import { kvQuantize } from '../../kernels/kv-quantize.js';
+import { qkNorm } from '../../kernels/qk-norm.js';
 import { ropeKvWrite } from '../../kernels/rope-kv-write.js';
+import { softcap } from '../../kernels/softcap.js';
 import type { BlockRecipe, ProjectionRole } from '../../model/architecture.js';
 import { architectureOf } from '../../model/registry.js';
+import { attentionScale, layerRope } from '../../model/spec.js';
 import type { StepBuffers } from './buffers.js';
 import type { ForwardState } from './state.js';
 
@@ -48,7 +53,14 @@ export interface RecordedGraph {
 
 /** The recipe this graph implements; a new recipe choice needs its case here. */
 function checkBlock(b: BlockRecipe, arch: string): void {
-  if (b.norm !== 'rmsnorm-pre' || b.positions !== 'rope' || b.mlp !== 'swiglu') {
+  if (
+    !['rmsnorm-pre', 'rmsnorm-sandwich'].includes(b.norm) ||
+    !['w', 'one-plus-w'].includes(b.normWeight) ||
+    !['none', 'rmsnorm-head'].includes(b.qkNorm) ||
+    b.positions !== 'rope' ||
+    !['swiglu', 'geglu-tanh'].includes(b.mlp) ||
+    !['none', 'sqrt-hidden'].includes(b.embedScale)
+  ) {
     throw new RangeError(`the forward graph does not implement ${arch}'s block ${JSON.stringify(b)}`);
   }
 }
@@ -68,7 +80,13 @@ export function recordGraph(
 ): RecordedGraph {
   const { m, r, decode } = shape;
   const { spec, weights, kv } = model;
-  checkBlock(architectureOf(spec).block, spec.architecture);
+  const recipe = architectureOf(spec).block;
+  checkBlock(recipe, spec.architecture);
+  const sandwich = recipe.norm === 'rmsnorm-sandwich';
+  const gate = recipe.mlp === 'geglu-tanh' ? ('gelu-tanh' as const) : ('silu' as const);
+  const branch = s.branch;
+  if (sandwich && !branch) throw new RangeError('a sandwich-norm block needs the branch buffer');
+  // (1 + w) norm weights were added at load (weights/loader.ts): every norm below is plain.
   const H = spec.hiddenSize;
   const qDim = spec.numHeads * spec.headDim;
   const I = spec.intermediateSize;
@@ -81,12 +99,14 @@ export function recordGraph(
   const scoreCapture: RecordedGraph['scoreCapture'] = [];
   const linearInputs: LinearInputTap[] = [];
   const table = weights.embed;
+  if (isGgufWeight(table) && weights.embedScale !== 1)
+    throw new RangeError('a GGUF embedding table has no embedding scale (Gemma is not read from GGUF)');
   body.push(
     ...(isGgufWeight(table)
       ? embedGguf(b, { table, ids: s.ids, out: s.x, m, placeholder: model.placeholder })
       : isQ4Weight(table)
-        ? embedQ4(b, { table, ids: s.ids, out: s.x, m })
-        : embed(b, { table, ids: s.ids, out: s.x, m })),
+        ? embedQ4(b, { table, ids: s.ids, out: s.x, m, scale: weights.embedScale })
+        : embed(b, { table, ids: s.ids, out: s.x, m, scale: weights.embedScale })),
   );
   const normOut = { out: model.activations };
   const xIn = { xFormat: model.activations };
@@ -110,6 +130,22 @@ export function recordGraph(
     );
     tap('qkv', s.xn, H);
     body.push(...project({ x: s.xn, lin: L.qkv, y: s.qkv, m, ...xIn }));
+    if (recipe.qkNorm === 'rmsnorm-head') {
+      if (!L.qNorm || !L.kNorm) throw new RangeError(`layer ${l}: the q/k norm weights are not loaded`);
+      body.push(
+        qkNorm(b, {
+          qkv: s.qkv,
+          qWeight: L.qNorm,
+          kWeight: L.kNorm,
+          m,
+          heads: spec.numHeads,
+          kvHeads: spec.numKvHeads,
+          headDim: spec.headDim,
+          eps,
+        }),
+      );
+    }
+    const rotaryDim = layerRope(spec, l) === 'none' ? 0 : (spec.rotaryDim ?? spec.headDim);
     const kvDims = { m, kvHeads: spec.numKvHeads, headDim: spec.headDim };
     const dtype = kv.dtype;
     if (isQuantKv(dtype)) {
@@ -121,7 +157,8 @@ export function recordGraph(
         ropeKvWrite(b, {
           rowInfo: s.rowInfo,
           slots: model.identityRows,
-          table: model.ropeTable,
+          table: model.layerRopeTables[l] as GPUBuffer,
+          rotaryDim,
           qkv: s.qkv,
           q: s.q,
           kCache: stage.k,
@@ -144,7 +181,8 @@ export function recordGraph(
         ropeKvWrite(b, {
           rowInfo: s.rowInfo,
           slots: s.slots,
-          table: model.ropeTable,
+          table: model.layerRopeTables[l] as GPUBuffer,
+          rotaryDim,
           qkv: s.qkv,
           q: s.q,
           kCache,
@@ -166,8 +204,9 @@ export function recordGraph(
       heads: spec.numHeads,
       kvHeads: spec.numKvHeads,
       headDim: spec.headDim,
-      scale: 1 / Math.sqrt(spec.headDim),
+      scale: attentionScale(spec),
       window: spec.layerWindows[l] ?? 0,
+      ...(spec.attnLogitSoftcap ? { softcap: spec.attnLogitSoftcap } : {}),
       kvDtype: kv.dtype,
     };
     if (decode) {
@@ -184,8 +223,28 @@ export function recordGraph(
       if (phi === null) scoreCapture.push({ layer: l, after: body.length });
       body.push(...calls);
     } else body.push(attention(b, attnArgs));
+    // A branch's output goes straight into the residual stream, or (sandwich) through its own
+    // norm, which adds it.
+    const addBranch = (norm: GPUBuffer | undefined, what: string) => {
+      if (!norm) throw new RangeError(`layer ${l}: the ${what} norm weight is not loaded`);
+      body.push(
+        rmsnorm(b, {
+          x: branch as GPUBuffer,
+          weight: norm,
+          rows: model.identityRows,
+          y: s.x,
+          m,
+          hidden: H,
+          eps,
+          add: true,
+        }),
+      );
+    };
     tap('o', s.attn, qDim);
-    body.push(...project({ x: s.attn, lin: L.o, y: s.x, m, accumulate: true }));
+    if (sandwich) {
+      body.push(...project({ x: s.attn, lin: L.o, y: branch as GPUBuffer, m }));
+      addBranch(L.attnOutNorm, 'attention-output');
+    } else body.push(...project({ x: s.attn, lin: L.o, y: s.x, m, accumulate: true }));
     // MLP.
     body.push(
       rmsnorm(b, {
@@ -200,9 +259,12 @@ export function recordGraph(
       }),
     );
     tap('gateUp', s.xn, H);
-    body.push(...project({ x: s.xn, lin: L.gateUp, y: s.mlp, m, swiglu: true, ...xIn }));
+    body.push(...project({ x: s.xn, lin: L.gateUp, y: s.mlp, m, swiglu: true, gate, ...xIn }));
     tap('down', s.mlp, I);
-    body.push(...project({ x: s.mlp, lin: L.down, y: s.x, m, accumulate: true }));
+    if (sandwich) {
+      body.push(...project({ x: s.mlp, lin: L.down, y: branch as GPUBuffer, m }));
+      addBranch(L.mlpOutNorm, 'MLP-output');
+    } else body.push(...project({ x: s.mlp, lin: L.down, y: s.x, m, accumulate: true }));
   });
   const head = [
     rmsnorm(b, {
@@ -222,6 +284,9 @@ export function recordGraph(
       m: r,
       xFormat: model.activations,
     }),
+    ...(spec.finalLogitSoftcap
+      ? [softcap(b, { x: s.logits, count: r * spec.vocabSize, cap: spec.finalLogitSoftcap })]
+      : []),
   ];
   return {
     body,

@@ -5,8 +5,9 @@
  */
 import type { GpuContext } from '../../gpu/device.js';
 import { checkActivationFormat, type ActivationFormat } from '../../kernels/activation.js';
-import { ropeInvFreq, ropeTable } from '../../kernels/rope.ref.js';
-import type { ModelSpec } from '../../model/spec.js';
+import { ropeTable } from '../../kernels/rope.ref.js';
+import { ropeOfKind } from '../../model/rope.js';
+import { layerRope, type LayerRope, type ModelSpec } from '../../model/spec.js';
 import { KernelChoices } from '../../tuner/choices.js';
 import type { TuneTarget } from '../../tuner/classes.js';
 import type { ModelWeights } from '../../weights/loader.js';
@@ -33,6 +34,9 @@ const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
 
 export class ForwardModel implements ForwardState {
   readonly ropeTable: GPUBuffer;
+  readonly layerRopeTables: readonly GPUBuffer[];
+  /** One table per RoPE kind the layers use. */
+  private readonly ropeTables = new Map<LayerRope, GPUBuffer>();
   readonly identityRows: GPUBuffer;
   /**
    * Room for `maxRows` sequences of `contextLength` tokens (shared prefix blocks appear once per
@@ -77,10 +81,18 @@ export class ForwardModel implements ForwardState {
       calibrationSteps > 0
         ? new Calibration(ctx, spec.numLayers, spec.numHeads, spec.headDim, calibrationSteps)
         : null;
-    const inv = ropeInvFreq(spec.headDim, spec.ropeTheta, spec.ropeScaling);
-    const table = ropeTable(inv, contextLength);
-    this.ropeTable = ctx.createBuffer('rope.table', table.byteLength, USAGE_IN());
-    ctx.device.queue.writeBuffer(this.ropeTable, 0, table);
+    const tableOf = (kind: LayerRope): GPUBuffer => {
+      let buf = this.ropeTables.get(kind);
+      if (!buf) {
+        const table = ropeTable(ropeOfKind(spec, kind), kind === 'none' ? 0 : contextLength);
+        buf = ctx.createBuffer(`rope.table.${kind}`, table.byteLength, USAGE_IN());
+        ctx.device.queue.writeBuffer(buf, 0, table);
+        this.ropeTables.set(kind, buf);
+      }
+      return buf;
+    };
+    this.ropeTable = tableOf('global');
+    this.layerRopeTables = Array.from({ length: spec.numLayers }, (_, l) => tableOf(layerRope(spec, l)));
     const rows = Uint32Array.from({ length: maxRows }, (_, i) => i);
     this.identityRows = ctx.createBuffer('rows.identity', rows.byteLength, USAGE_IN());
     ctx.device.queue.writeBuffer(this.identityRows, 0, rows);
@@ -232,7 +244,7 @@ export class ForwardModel implements ForwardState {
   destroy(): void {
     this.calibration?.destroy();
     this.dropPlans(() => true);
-    for (const b of [this.ropeTable, this.identityRows, this.blockTable, this.placeholder])
+    for (const b of [...this.ropeTables.values(), this.identityRows, this.blockTable, this.placeholder])
       this.ctx.destroyBuffer(b);
   }
 }

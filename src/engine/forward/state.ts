@@ -18,7 +18,9 @@ export interface ForwardState {
   readonly activations: ActivationFormat;
   /** Longest sequence (prompt + generated) a step serves. */
   readonly contextLength: number;
-  /** [contextLength][headDim / 2] vec2<f32> (cos, sin) */ readonly ropeTable: GPUBuffer;
+  /** [contextLength][rotaryDim / 2] vec2<f32> (cos, sin) of the global RoPE */ readonly ropeTable: GPUBuffer;
+  /** Each layer's RoPE table (the global one, Gemma 3's local one, or a NoPE layer's placeholder). */
+  readonly layerRopeTables: readonly GPUBuffer[];
   /** [maxRows] u32 = 0, 1, 2, ... (rmsnorm's row map inside layers) */ readonly identityRows: GPUBuffer;
   /** The concatenated block tables of a step's sequences, rewritten each step. */ readonly blockTable: GPUBuffer;
   /** Bound where a kernel has no bias. */ readonly placeholder: GPUBuffer;
