@@ -29,7 +29,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   var act: f32;
   if (GELU) {
     let y = 0.7978845608028654 * (g + 0.044715 * g * g * g);
-    act = 0.5 * g * (2.0 - 2.0 / (exp(2.0 * y) + 1.0));
+    act = g / (1.0 + exp(-2.0 * y));
   } else {
     act = g / (1.0 + exp(-g));
   }

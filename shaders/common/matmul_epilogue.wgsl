@@ -68,9 +68,9 @@ fn store_y(row: u32, col: u32, a: f32, b: f32) {
 }
 
 // GELU's tanh approximation (PyTorch's gelu(approximate="tanh")):
-// 0.5·z·(1 + tanh(√(2/π)·(z + 0.044715·z³))), tanh as 1 − 2 / (e^(2y) + 1), which saturates
-// instead of overflowing for large |y|.
+// 0.5·z·(1 + tanh(y)), y = √(2/π)·(z + 0.044715·z³), computed as z / (1 + e^(−2y)) (the same
+// value: 0.5·(1 + tanh(y)) is sigmoid(2y)), which neither cancels for negative z nor overflows.
 fn gelu_tanh(z: f32) -> f32 {
   let y = 0.7978845608028654 * (z + 0.044715 * z * z * z);
-  return 0.5 * z * (2.0 - 2.0 / (exp(2.0 * y) + 1.0));
+  return z / (1.0 + exp(-2.0 * y));
 }

@@ -119,6 +119,8 @@ interface Call {
   phi?: number;
   /** Sliding window (0 or absent: full attention). */
   window?: number;
+  /** Gemma 2's attention-logit soft-cap (0 or absent: none). */
+  softcap?: number;
 }
 
 /**
@@ -158,6 +160,7 @@ async function decode(
     variant: call.variant,
     ...(call.phi === undefined ? {} : { phi: call.phi }),
     ...(call.window === undefined ? {} : { window: call.window }),
+    ...(call.softcap === undefined ? {} : { softcap: call.softcap }),
     scratch,
     kvDtype: kv.dtype,
   });
@@ -186,6 +189,7 @@ function reference(kv: Cache, call: Call): Float64Array {
     kv.headDim,
     1 / Math.sqrt(kv.headDim),
     call.window ?? 0,
+    call.softcap ?? 0,
   );
 }
 
@@ -294,6 +298,33 @@ describe('attention_decode (split-K) vs attentionRef', () => {
     const diff = Math.max(...(r.outs[0] as Float32Array).map((x, i) => Math.abs(x - (full[i] as number))));
     expect(diff).toBeGreaterThan(100 * ATOL);
   });
+
+  // Gemma 2's soft-capping: cap 5 squeezes these scores (|x| ≲ 20) hard, so a kernel ignoring it
+  // is far off; head_dim 256 (Gemma's) and 256 / 2 with 4 heads per KV head. Same tolerance: the
+  // cap is 1-Lipschitz and its tanh (from exp) adds a few ulps of the cap.
+  for (const { ctx, heads, kvHeads, headDim, chunk } of [
+    { ctx: 7, heads: 2, kvHeads: 1, headDim: 256, chunk: 16 },
+    { ctx: 129, heads: 4, kvHeads: 1, headDim: 64, chunk: 48 },
+    { ctx: 4097, heads: 8, kvHeads: 4, headDim: 256, chunk: 512 },
+  ]) {
+    test(`soft-capped scores (cap 5) ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
+      const c = await testGpu();
+      const kv = fillCache(c, ctx, kvHeads, headDim, ctx + 3);
+      const positions = [...new Set([ctx - 1, Math.floor(ctx / 2)])];
+      const q = randomF32(positions.length * heads * headDim, ctx + 9, 3);
+      const call = { heads, positions, q, chunk, maxContext: ctx + 20, softcap: 5 };
+      const want = reference(kv, { ...call, variant: 'two_pass' });
+      const uncapped = reference(kv, { ...call, variant: 'two_pass', softcap: 0 });
+      let d = 0;
+      want.forEach((v, i) => (d = Math.max(d, Math.abs(v - (uncapped[i] as number)))));
+      expect(d).toBeGreaterThan(100 * ATOL);
+      const exact = await decode(c, kv, { ...call, variant: 'two_pass' });
+      expectClose(exact.outs[0] as Float32Array, want, { atol: ATOL });
+      const asy = await decode(c, kv, { ...call, variant: 'async_softmax', phi: 0 }, [2]);
+      expect([...(asy.flags[0] as Uint32Array)]).toEqual(positions.map(() => 0));
+      expectClose(asy.outs[0] as Float32Array, want, { atol: ATOL });
+    });
+  }
 
   test('the result does not depend on the number of splits', async () => {
     const c = await testGpu();

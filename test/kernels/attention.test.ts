@@ -125,6 +125,63 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
     });
   }
 
+  test('soft-capped scores (Gemma 2: cap · tanh(score / cap)), head_dim 256, ctx 129', async () => {
+    const c = await testGpu();
+    const [ctx, heads, kvHeads, headDim, cap] = [129, 4, 2, 256, 5];
+    const kvDim = kvHeads * headDim;
+    const blocks = Math.ceil(ctx / BLOCK);
+    const table = shuffledBlocks(blocks, 77);
+    const k = randomF32(ctx * kvDim, 78, 2);
+    const v = randomF32(ctx * kvDim, 79);
+    const kCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
+    const vCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
+    const slots = Array.from(
+      { length: ctx },
+      (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
+    );
+    run(c, (b) =>
+      kvWrite(b, {
+        slots: upload(c, Uint32Array.from(slots)),
+        k: upload(c, k),
+        v: upload(c, v),
+        kCache,
+        vCache,
+        m: ctx,
+        kvHeads,
+        headDim,
+      }),
+    );
+    const positions = [ctx - 1, 0, 64, 100];
+    const q = randomF32(positions.length * heads * headDim, 80, 3);
+    const out = upload(c, new Float32Array(q.length));
+    const scale = 1 / Math.sqrt(headDim);
+    run(c, (b) =>
+      attention(b, {
+        rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+        blockTable: upload(c, Uint32Array.from(table)),
+        q: upload(c, q),
+        kCache,
+        vCache,
+        out,
+        m: positions.length,
+        heads,
+        kvHeads,
+        headDim,
+        scale,
+        softcap: cap,
+      }),
+    );
+    const want = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale, 0, cap);
+    const plain = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale);
+    let d = 0;
+    want.forEach((x, i) => (d = Math.max(d, Math.abs(x - (plain[i] as number)))));
+    // The cap matters here (scores up to ~20 squeezed into ±5)...
+    expect(d).toBeGreaterThan(1e-2);
+    // ...and the kernel follows it: the bound above, plus the cap's tanh from exp (a few ulps of 5).
+    const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8 + 8 * 5 * 2 ** -24;
+    expectClose(await readF32(c, out, q.length), want, { atol });
+  });
+
   test('large logits (q scaled by 100) stay finite and exact', async () => {
     const c = await testGpu();
     const [ctx, heads, kvHeads, headDim] = [70, 2, 1, 32];

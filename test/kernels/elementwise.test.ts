@@ -8,7 +8,12 @@ import { rmsnorm } from '../../src/kernels/rmsnorm.js';
 import { rmsnormFused } from '../../bench/baselines/rmsnorm-fused.js';
 import { rmsnormRef } from '../../src/kernels/rmsnorm.ref.js';
 import { swiglu } from '../../bench/baselines/swiglu.js';
-import { swigluRef } from '../../src/kernels/swiglu.ref.js';
+import { gegluRef, swigluRef } from '../../src/kernels/swiglu.ref.js';
+import { swigluStacked } from '../../src/kernels/linear.js';
+import { qkNorm } from '../../src/kernels/qk-norm.js';
+import { qkNormRef } from '../../src/kernels/qk-norm.ref.js';
+import { softcap } from '../../src/kernels/softcap.js';
+import { softcapRef } from '../../src/kernels/softcap.ref.js';
 import type { WeightFormat } from '../../src/kernels/tiled.js';
 import {
   expectClose,
@@ -142,6 +147,135 @@ describe('argmax', () => {
       const got = Array.from(await readU32(c, ids, rows));
       const want = [0, 1, 2].map((r) => argmaxRef(logits.subarray(r * n, (r + 1) * n)));
       expect(got).toEqual(want);
+    });
+  }
+});
+
+describe('embed with a scale (Gemma: √hidden rounded to the table dtype)', () => {
+  for (const cols of SIZES) {
+    test(`bf16 cols=${cols}, scale √48 in bf16`, async () => {
+      const c = await testGpu();
+      const rows = 13;
+      const { weight, seen } = uploadWeight(c, randomF32(rows * cols, cols + 3), rows, cols, 'bf16', 8);
+      const ids = [0, 12, 5, 6, 11, 0, 7];
+      const out = upload(c, new Float32Array(ids.length * cols));
+      const scale = 6.9375;
+      run(c, (b) =>
+        embed(b, { table: weight, ids: upload(c, Uint32Array.from(ids)), out, m: ids.length, scale }),
+      );
+      // One f32 product of exact values: half an ulp.
+      expectClose(await readF32(c, out, ids.length * cols), embedRef(seen, cols, ids, scale), {
+        atol: 0,
+        rtol: U,
+      });
+    });
+  }
+});
+
+describe('rmsnorm_add (Gemma: a branch output normed and added to the residual stream)', () => {
+  for (const hidden of SIZES) {
+    test(`hidden=${hidden}`, async () => {
+      const c = await testGpu();
+      const m = 3;
+      const branch = randomF32(m * hidden, hidden + 11, 3);
+      const w = randomF32(hidden, hidden + 12, 2);
+      const x0 = randomF32(m * hidden, hidden + 13, 4);
+      const x = upload(c, x0);
+      run(c, (b) =>
+        rmsnorm(b, {
+          x: upload(c, branch),
+          weight: upload(c, w),
+          rows: upload(c, Uint32Array.from([0, 1, 2])),
+          y: x,
+          m,
+          hidden,
+          eps: 1e-6,
+          add: true,
+        }),
+      );
+      const normed = rmsnormRef(branch, w, m, hidden, 1e-6);
+      const want = Array.from(x0, (v, i) => v + (normed[i] as number));
+      // The norm's error (relative to |normed| ≤ 2·√hidden·… bounded per element by normRtol) plus
+      // the add's rounding (u of the sum).
+      const got = await readF32(c, x, m * hidden);
+      for (let i = 0; i < want.length; i++) {
+        const err = Math.abs((got[i] as number) - (want[i] as number));
+        expect(err).toBeLessThanOrEqual(
+          Math.abs(normed[i] as number) * normRtol(hidden) + Math.abs(want[i] as number) * U + 1e-30,
+        );
+      }
+    });
+  }
+});
+
+describe('qk_norm (per-head RMSNorm of q and k in the fused qkv rows; v untouched)', () => {
+  for (const [m, heads, kvHeads, headDim] of [
+    [1, 1, 1, 2],
+    [7, 4, 2, 8],
+    [3, 3, 1, 129 + 1],
+    [2, 2, 1, 256],
+  ] as const) {
+    test(`m=${m} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
+      const c = await testGpu();
+      const width = (heads + 2 * kvHeads) * headDim;
+      const qkv = randomF32(m * width, headDim + m, 3);
+      const qw = randomF32(headDim, headDim + 1, 2);
+      const kw = randomF32(headDim, headDim + 2, 2);
+      const buf = upload(c, qkv);
+      run(c, (b) =>
+        qkNorm(b, {
+          qkv: buf,
+          qWeight: upload(c, qw),
+          kWeight: upload(c, kw),
+          m,
+          heads,
+          kvHeads,
+          headDim,
+          eps: 1e-6,
+        }),
+      );
+      const got = await readF32(c, buf, m * width);
+      const want = qkNormRef(qkv, m, heads, kvHeads, headDim, qw, kw, 1e-6);
+      expectClose(got, want, { atol: 0, rtol: normRtol(headDim) });
+      // v is not touched: bit-equal.
+      for (let r = 0; r < m; r++)
+        for (let e = (heads + kvHeads) * headDim; e < width; e++)
+          expect(got[r * width + e]).toBe(qkv[r * width + e]);
+    });
+  }
+});
+
+describe('softcap (Gemma 2 final logits: cap · tanh(x / cap))', () => {
+  for (const n of SIZES) {
+    test(`count=${n}, values up to ±1000 (saturated) and tiny ones`, async () => {
+      const c = await testGpu();
+      const x = randomF32(n, n + 9, 1000);
+      if (n > 2) x[1] = 1e-7;
+      const buf = upload(c, x);
+      run(c, (b) => softcap(b, { x: buf, count: n, cap: 30 }));
+      // tanh from exp (a few ulp) and 1 − 2/(e+1): absolute error ≤ ~4u of the cap near 0, where
+      // the cancellation happens; relative a few ulps elsewhere.
+      expectClose(await readF32(c, buf, n), softcapRef(x, 30), { atol: 8 * U * 30, rtol: 8 * U });
+    });
+  }
+});
+
+describe('geglu_stacked (the int4 path: gelu_tanh(gate) · up over [gate; up] rows)', () => {
+  for (const n of SIZES) {
+    test(`width=${n}`, async () => {
+      const c = await testGpu();
+      const m = 2;
+      const gu = randomF32(m * 2 * n, n + 21, 6);
+      const out = upload(c, new Float32Array(m * n));
+      run(c, (b) => swigluStacked(b, { gateUp: upload(c, gu), out, m, width: n, gate: 'gelu-tanh' }));
+      const g: number[] = [];
+      const u: number[] = [];
+      for (let r = 0; r < m; r++) {
+        g.push(...gu.subarray(r * 2 * n, r * 2 * n + n));
+        u.push(...gu.subarray(r * 2 * n + n, (r + 1) * 2 * n));
+      }
+      // As swiglu: exp to a few ulp, a handful of roundings.
+      expectClose(await readF32(c, out, m * n), gegluRef(g, u), { atol: 1e-6, rtol: 1e-5 });
     });
   }
 });

@@ -9,6 +9,7 @@ import {
   matmul,
   type GemmRowsOfX,
   type GemmRowsPerThread,
+  type GateActivation,
   type GemmWorkgroupSize,
   type MatmulArgs,
   type MatmulVariant,
@@ -16,7 +17,7 @@ import {
   type MatmulRowsPerThread,
 } from '../../src/kernels/matmul.js';
 import { matmulRef } from '../../src/kernels/matmul.ref.js';
-import { swigluRef } from '../../src/kernels/swiglu.ref.js';
+import { gegluRef, swigluRef } from '../../src/kernels/swiglu.ref.js';
 import type { WeightFormat } from '../../src/kernels/tiled.js';
 import type { GpuContext } from '../../src/gpu/device.js';
 import type { DispatchBuilder } from '../../src/gpu/dispatch.js';
@@ -93,14 +94,23 @@ async function checkMatmul(c: GpuContext, t: MatmulCase): Promise<void> {
 }
 
 /**
- * The SwiGLU epilogue, y = silu(x·gateᵀ + bg) · (x·upᵀ + bu) with gate and up fused in one weight,
- * checked against the float64 reference: the products' error (bounded as above, relative to g and
- * u) is scaled by at most max(|silu'|) ≈ 1.1 and |u| or |silu(g)|; the exp and division add a few
+ * The SwiGLU epilogue, y = silu(x·gateᵀ + bg) · (x·upᵀ + bu) with gate and up fused in one weight
+ * (with `gate` 'gelu-tanh' the GeGLU one, gelu_tanh(g) · u), checked against the float64
+ * reference: the products' error (bounded as above, relative to g and u) is scaled by at most
+ * max(|silu'|) ≈ 1.1 (max |gelu_tanh'| ≈ 1.13) and |u| or |act(g)|; the exp and division add a few
  * ulps.
  */
 async function checkSwiglu(
   c: GpuContext,
-  t: { format: WeightFormat; m: number; units: number; k: number; parts: number; variant: MatmulVariant },
+  t: {
+    format: WeightFormat;
+    m: number;
+    units: number;
+    k: number;
+    parts: number;
+    variant: MatmulVariant;
+    gate?: GateActivation;
+  },
 ): Promise<void> {
   const { m, units, k } = t;
   const x = randomF32(m * k, 21 + k);
@@ -117,6 +127,7 @@ async function checkSwiglu(
       bias: upload(c, bias),
       placeholder: upload(c, new Float32Array(1)),
       variant: t.variant,
+      ...(t.gate ? { gate: t.gate } : {}),
     }),
   );
   const g = matmulRef(x, seen.subarray(0, units * k), m, units, k, bias.subarray(0, units));
@@ -124,9 +135,10 @@ async function checkSwiglu(
   const e = bound(x, seen, m, 2 * units, k, 1);
   let tol = 0;
   for (let i = 0; i < g.length; i++) {
-    tol = Math.max(tol, 1.1 * e * (Math.abs(u[i] as number) + Math.abs(g[i] as number) + e));
+    tol = Math.max(tol, 1.13 * e * (Math.abs(u[i] as number) + Math.abs(g[i] as number) + e));
   }
-  expectClose(await readF32(c, y, m * units), swigluRef(g, u), { atol: tol, rtol: 8 * 2 ** -24 });
+  const want = t.gate === 'gelu-tanh' ? gegluRef(g, u) : swigluRef(g, u);
+  expectClose(await readF32(c, y, m * units), want, { atol: tol, rtol: 8 * 2 ** -24 });
 }
 
 const FORMATS: WeightFormat[] = ['f32', 'f16', 'bf16'];
@@ -185,6 +197,8 @@ describe('matmul (flat kernel)', () => {
   ] as const) {
     test(`swiglu-fused gate/up m=${m} units=${units} k=${k} parts of ${parts}`, async () =>
       checkSwiglu(await testGpu(), { format: 'bf16', m, units, k, parts, variant: FLAT }));
+    test(`GeGLU (tanh-GELU gate) m=${m} units=${units} k=${k} parts of ${parts}`, async () =>
+      checkSwiglu(await testGpu(), { format: 'f32', m, units, k, parts, variant: FLAT, gate: 'gelu-tanh' }));
   }
 });
 
@@ -317,6 +331,15 @@ describe('matmul GEMM (large M: register-blocked, X broadcast across subgroup la
   ] as const) {
     test(`swiglu-fused gate/up ${format} m=${m} units=${units} k=${k} parts of ${parts} t${tm}x${tn} ${wg} threads`, () =>
       gemmCase((c) => checkSwiglu(c, { format, m, units, k, parts, variant: { tm, tn, wg } })));
+  }
+  for (const [m, units, k] of [
+    [17, 7, 129],
+    [33, 130, 33],
+  ] as const) {
+    test(`GeGLU gate/up bf16 m=${m} units=${units} k=${k} (the _geglu GEMM variant)`, () =>
+      gemmCase((c) =>
+        checkSwiglu(c, { format: 'bf16', m, units, k, parts: 64, variant: GEMM, gate: 'gelu-tanh' }),
+      ));
   }
 });
 

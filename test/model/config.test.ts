@@ -314,7 +314,7 @@ describe('parseModelConfig: errors name the field and value', () => {
       'an unknown architecture',
       { ...tinyLlama, architectures: ['GPT2LMHeadModel'] },
       undefined,
-      /architectures\[0\] "GPT2LMHeadModel" is not supported/,
+      /architectures\[0\] "GPT2LMHeadModel" \(model_type "llama"\) is not supported/,
       UnsupportedModelError,
     ],
     [
@@ -416,10 +416,10 @@ describe('parseModelConfig: errors name the field and value', () => {
       UnsupportedModelError,
     ],
     [
-      'longrope scaling',
-      { ...tinyLlama, rope_scaling: { rope_type: 'longrope' } },
+      'yarn scaling',
+      { ...tinyLlama, rope_scaling: { rope_type: 'yarn', factor: 4 } },
       undefined,
-      /"longrope" is not supported/,
+      /"yarn" is not supported/,
       UnsupportedModelError,
     ],
     [
@@ -588,5 +588,246 @@ describe('loadModelSpec', () => {
     await expect(loadModelSpec(openLocalModelDir(broken))).rejects.toThrow(
       `config.json in ${broken}: num_attention_heads is "many", expected a positive integer`,
     );
+  });
+});
+
+// Abridged copies of the published config.json files of the 2026 small models.
+const qwen3_06b = {
+  architectures: ['Qwen3ForCausalLM'],
+  attention_bias: false,
+  attention_dropout: 0.0,
+  bos_token_id: 151643,
+  eos_token_id: 151645,
+  head_dim: 128,
+  hidden_act: 'silu',
+  hidden_size: 1024,
+  intermediate_size: 3072,
+  max_position_embeddings: 40960,
+  max_window_layers: 28,
+  model_type: 'qwen3',
+  num_attention_heads: 16,
+  num_hidden_layers: 28,
+  num_key_value_heads: 8,
+  rms_norm_eps: 1e-6,
+  rope_scaling: null,
+  rope_theta: 1000000,
+  sliding_window: null,
+  tie_word_embeddings: true,
+  torch_dtype: 'bfloat16',
+  use_sliding_window: false,
+  vocab_size: 151936,
+};
+
+const gemma3_1b = {
+  architectures: ['Gemma3ForCausalLM'],
+  attention_bias: false,
+  attn_logit_softcapping: null,
+  bos_token_id: 2,
+  eos_token_id: [1, 106],
+  final_logit_softcapping: null,
+  head_dim: 256,
+  hidden_activation: 'gelu_pytorch_tanh',
+  hidden_size: 1152,
+  intermediate_size: 6912,
+  max_position_embeddings: 32768,
+  model_type: 'gemma3_text',
+  num_attention_heads: 4,
+  num_hidden_layers: 26,
+  num_key_value_heads: 1,
+  query_pre_attn_scalar: 256,
+  rms_norm_eps: 1e-6,
+  rope_local_base_freq: 10000,
+  rope_scaling: null,
+  rope_theta: 1000000,
+  sliding_window: 512,
+  sliding_window_pattern: 6,
+  torch_dtype: 'bfloat16',
+  vocab_size: 262144,
+};
+
+const phi4mini = {
+  architectures: ['Phi3ForCausalLM'],
+  bos_token_id: 199999,
+  eos_token_id: 199999,
+  hidden_act: 'silu',
+  hidden_size: 3072,
+  intermediate_size: 8192,
+  max_position_embeddings: 131072,
+  model_type: 'phi3',
+  num_attention_heads: 24,
+  num_hidden_layers: 32,
+  num_key_value_heads: 8,
+  original_max_position_embeddings: 4096,
+  partial_rotary_factor: 0.75,
+  rms_norm_eps: 1e-5,
+  rope_scaling: {
+    long_factor: Array.from({ length: 48 }, (_, i) => 1 + i),
+    short_factor: Array.from({ length: 48 }, () => 1),
+    type: 'longrope',
+  },
+  rope_theta: 10000.0,
+  sliding_window: 262144,
+  tie_word_embeddings: true,
+  vocab_size: 200064,
+};
+
+describe('parseModelConfig: Qwen3, SmolLM3, Phi-3, Gemma 2, Gemma 3', () => {
+  it('reads Qwen3-0.6B: explicit head_dim, tied, no window', () => {
+    const s = parseModelConfig(qwen3_06b);
+    expect([s.architecture, s.headDim, s.tieWordEmbeddings, s.qkvBias, s.maxPositionEmbeddings]).toEqual([
+      'qwen3',
+      128,
+      true,
+      false,
+      40960,
+    ]);
+  });
+
+  it('reads SmolLM3 NoPE layers from no_rope_layers, or every 4th by default', () => {
+    const base = {
+      ...qwen3_06b,
+      architectures: ['SmolLM3ForCausalLM'],
+      model_type: 'smollm3',
+      num_hidden_layers: 8,
+    };
+    expect(parseModelConfig({ ...base, no_rope_layers: [1, 0, 1, 1, 1, 1, 1, 0] }).layerRope).toEqual([
+      'global',
+      'none',
+      'global',
+      'global',
+      'global',
+      'global',
+      'global',
+      'none',
+    ]);
+    expect(parseModelConfig(base).layerRope).toEqual([
+      'global',
+      'global',
+      'global',
+      'none',
+      'global',
+      'global',
+      'global',
+      'none',
+    ]);
+  });
+
+  it('reads Phi-4-mini: partial rotary 96 of 128, LongRoPE with the attention factor of 131072 / 4096', () => {
+    const s = parseModelConfig(phi4mini);
+    expect(s.rotaryDim).toBe(96);
+    const r = s.ropeScaling;
+    if (r.type !== 'longrope') throw new Error(r.type);
+    expect(r.originalMaxPositionEmbeddings).toBe(4096);
+    expect(r.attentionFactor).toBeCloseTo(Math.sqrt(1 + Math.log(32) / Math.log(4096)), 15);
+    expect(r.longFactor).toHaveLength(48);
+    // The window (262144) is beyond the context: no clamp.
+    expect(s.maxPositionEmbeddings).toBe(131072);
+  });
+
+  it('reads Phi-3\'s older "su" rope type as longrope, and refuses factor lists of the wrong length', () => {
+    const su = {
+      ...phi4mini,
+      partial_rotary_factor: undefined,
+      num_attention_heads: 32,
+      num_key_value_heads: 32,
+    };
+    const half = 3072 / 32 / 2;
+    const rs = { long_factor: Array(half).fill(2), short_factor: Array(half).fill(1), type: 'su' };
+    expect(parseModelConfig({ ...su, rope_scaling: rs }).ropeScaling.type).toBe('longrope');
+    expect(() =>
+      parseModelConfig({ ...su, rope_scaling: { ...rs, type: 'longrope', long_factor: [1] } }),
+    ).toThrow(/rope_scaling.long_factor is \[1\], expected a list of 48 positive numbers/);
+  });
+
+  it('reads gemma-3-1b: 5 sliding layers of every 6 on the local RoPE, query_pre_attn_scalar, no caps', () => {
+    const s = parseModelConfig(gemma3_1b);
+    expect(s.layerRope?.slice(0, 12)).toEqual([
+      ...Array(5).fill('local'),
+      'global',
+      ...Array(5).fill('local'),
+      'global',
+    ]);
+    expect([
+      s.localRopeTheta,
+      s.ropeTheta,
+      s.attentionScale,
+      s.attnLogitSoftcap,
+      s.finalLogitSoftcap,
+    ]).toEqual([10000, 1000000, 1 / 16, undefined, undefined]);
+  });
+
+  it('reads Gemma 3 saved by transformers v5 (rope_parameters per layer type, layer_types)', () => {
+    const v5 = {
+      ...gemma3_1b,
+      rope_local_base_freq: undefined,
+      rope_scaling: undefined,
+      rope_theta: undefined,
+      sliding_window_pattern: undefined,
+      layer_types: ['sliding_attention', 'full_attention'],
+      num_hidden_layers: 2,
+      rope_parameters: {
+        full_attention: { rope_type: 'linear', factor: 8.0, rope_theta: 1000000 },
+        sliding_attention: { rope_type: 'default', rope_theta: 10000 },
+      },
+    };
+    const s = parseModelConfig(v5);
+    expect([s.layerRope, s.localRopeTheta, s.ropeTheta, s.ropeScaling]).toEqual([
+      ['local', 'global'],
+      10000,
+      1000000,
+      { type: 'linear', factor: 8 },
+    ]);
+  });
+
+  it('reads gemma-2-2b: alternating sliding layers, both soft-caps, GeGLU named by hidden_activation', () => {
+    const g2 = {
+      ...gemma3_1b,
+      architectures: ['Gemma2ForCausalLM'],
+      model_type: 'gemma2',
+      attn_logit_softcapping: 50.0,
+      final_logit_softcapping: 30.0,
+      hidden_act: 'gelu_pytorch_tanh',
+      rope_local_base_freq: undefined,
+      sliding_window_pattern: undefined,
+      sliding_window: 4096,
+      max_position_embeddings: 8192,
+    };
+    const s = parseModelConfig(g2);
+    expect([s.attnLogitSoftcap, s.finalLogitSoftcap, s.layerRope]).toEqual([50, 30, undefined]);
+    expect(() => parseModelConfig({ ...g2, hidden_activation: 'gelu' })).toThrow(
+      new UnsupportedModelError(
+        'config.json: hidden_activation "gelu" is not supported (expected "gelu_pytorch_tanh", the tanh approximation Gemma uses)',
+      ),
+    );
+  });
+
+  it('refuses a vision tower, MoE layers and an unknown model_type, naming the field', () => {
+    const gemma3mm = {
+      architectures: ['Gemma3ForConditionalGeneration'],
+      model_type: 'gemma3',
+      text_config: gemma3_1b,
+      vision_config: { model_type: 'siglip_vision_model' },
+    };
+    expect(() => parseModelConfig(gemma3mm)).toThrow(UnsupportedModelError);
+    expect(() => parseModelConfig(gemma3mm)).toThrow(/vision_config is set: this checkpoint has a vision/);
+    const moe = {
+      ...qwen3_06b,
+      architectures: ['Qwen3MoeForCausalLM'],
+      model_type: 'qwen3_moe',
+      num_experts: 128,
+    };
+    expect(() => parseModelConfig(moe)).toThrow(
+      /num_experts is 128: mixture-of-experts layers are not supported/,
+    );
+    const mixtral = { ...tinyLlama, num_local_experts: 8 };
+    expect(() => parseModelConfig(mixtral)).toThrow(/num_local_experts is 8: mixture-of-experts/);
+    expect(() => parseModelConfig({ ...qwen3_06b, model_type: 'qwen3_next' })).toThrow(
+      new UnsupportedModelError(
+        'config.json: model_type "qwen3_next" is not supported (architectures[0] is Qwen3ForCausalLM)',
+      ),
+    );
+    expect(() =>
+      parseModelConfig({ ...qwen3_06b, architectures: ['Olmo2ForCausalLM'], model_type: 'olmo2' }),
+    ).toThrow(/architectures\[0\] "Olmo2ForCausalLM" \(model_type "olmo2"\) is not supported/);
   });
 });
