@@ -122,6 +122,7 @@ class OpenGgufCheckpoint implements GgufCheckpoint {
   async *readTensorChunks(
     info: TensorInfo,
     maxChunkBytes: number,
+    from = 0,
   ): AsyncIterable<{ offset: number; bytes: Uint8Array }> {
     if (!Number.isSafeInteger(maxChunkBytes) || maxChunkBytes <= 0) {
       throw new KilnError(`maxChunkBytes is ${maxChunkBytes}, expected a positive integer`);
@@ -130,8 +131,17 @@ class OpenGgufCheckpoint implements GgufCheckpoint {
     const perm = this.permutation.get(info.name);
     // A permuted tensor is read in whole heads, since its rows move only within their head.
     const unit = perm === undefined ? 8 : perm * this.rowBytes(info);
+    if (
+      !Number.isSafeInteger(from) ||
+      from < 0 ||
+      from > info.byteLength ||
+      (perm !== undefined && from % unit !== 0)
+    )
+      throw new KilnError(
+        `from is ${from}, expected a byte offset within tensor ${info.name} (whole heads if permuted)`,
+      );
     const step = Math.max(unit, maxChunkBytes - (maxChunkBytes % unit));
-    for (let offset = 0; offset < info.byteLength; offset += step) {
+    for (let offset = from; offset < info.byteLength; offset += step) {
       const length = Math.min(step, info.byteLength - offset);
       const bytes = await this.src.read(info.fileOffset + offset, length);
       yield { offset, bytes: perm === undefined ? bytes : unpermuteHeads(bytes, this.rowBytes(info), perm) };
