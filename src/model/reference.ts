@@ -55,7 +55,8 @@ export type Ablation =
   | 'nope-layers'
   | 'partial-rotary'
   | 'longrope-switch'
-  | 'longrope-attention-factor';
+  | 'longrope-attention-factor'
+  | 'sliding-window';
 
 const roundF16 = (x: number): number => f16BitsToF32(f32ToF16Bits(x));
 
@@ -210,7 +211,7 @@ export class ReferenceModel {
         s.numKvHeads,
         s.headDim,
         scale,
-        s.layerWindows[l] ?? 0,
+        this.off('sliding-window') ? 0 : (s.layerWindows[l] ?? 0),
         attnCap,
       );
       addBranch(this.project(att, m, L.o), L.attnOutNorm);

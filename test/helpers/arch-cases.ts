@@ -162,8 +162,8 @@ export const ARCH_CASES: ArchCase[] = [
   {
     // gemma-2-2b-it's config.json, scaled down: head_dim 32, query_pre_attn_scalar 24 (≠ head_dim),
     // soft-capping of attention scores (5, low enough to bite at these sizes) and final logits (8),
-    // sliding layers 0 (window 128, over the whole context here), tied.
-    name: 'Gemma 2 ((1 + w) norms ×4, √hidden, GeGLU, query_pre_attn_scalar, both soft-caps)',
+    // a sliding window of 12 on layer 0 (shorter than the 20-token prompt + 64 generated), tied.
+    name: 'Gemma 2 ((1 + w) norms ×4, √hidden, GeGLU, query_pre_attn_scalar, soft-caps, window 12)',
     opts: {
       architecture: 'Gemma2ForCausalLM',
       hidden: 48,
@@ -186,7 +186,7 @@ export const ARCH_CASES: ArchCase[] = [
         pad_token_id: 0,
         query_pre_attn_scalar: 24,
         rms_norm_eps: 1e-6,
-        sliding_window: 128,
+        sliding_window: 12,
         torch_dtype: 'float32',
         transformers_version: '4.42.4',
       },
@@ -199,17 +199,19 @@ export const ARCH_CASES: ArchCase[] = [
       'attention-scale',
       'attn-softcap',
       'final-softcap',
+      'sliding-window',
     ],
     check: (s) => {
       expect([s.architecture, s.attnLogitSoftcap, s.finalLogitSoftcap]).toEqual(['gemma2', 5, 8]);
+      expect(s.layerWindows).toEqual([12, 0]);
       expect(s.attentionScale).toBeCloseTo(24 ** -0.5, 15);
     },
   },
   {
-    // gemma-3-1b-it's config.json, scaled down: q/k norms, sliding_window_pattern 2 (layer 0
-    // sliding with the local RoPE base 10000, layer 1 global with rope_theta 1e6 and linear
+    // gemma-3-1b-it's config.json, scaled down: q/k norms, sliding_window_pattern 2 (layer 0 slides,
+    // window 10, with the local RoPE base 10000; layer 1 is global with rope_theta 1e6 and linear
     // scaling ×8, as the 4B's global layers), head_dim 32, bf16 weights (√48 rounds to bf16 6.9375).
-    name: 'Gemma 3 text (q/k norm, local/global RoPE, linear scaling, bf16)',
+    name: 'Gemma 3 text (q/k norm, local/global RoPE, window 10, linear scaling, bf16)',
     opts: {
       architecture: 'Gemma3ForCausalLM',
       hidden: 48,
@@ -235,13 +237,21 @@ export const ARCH_CASES: ArchCase[] = [
         query_pre_attn_scalar: 32,
         rms_norm_eps: 1e-6,
         rope_local_base_freq: 10000,
-        sliding_window: 128,
+        sliding_window: 10,
         sliding_window_pattern: 2,
         torch_dtype: 'bfloat16',
         transformers_version: '4.50.0.dev0',
       },
     },
-    features: ['qk-norm', 'one-plus-w', 'embed-scale', 'geglu', 'sandwich-norms', 'local-rope'],
+    features: [
+      'qk-norm',
+      'one-plus-w',
+      'embed-scale',
+      'geglu',
+      'sandwich-norms',
+      'local-rope',
+      'sliding-window',
+    ],
     check: (s) => {
       expect([s.architecture, s.layerRope, s.localRopeTheta]).toEqual([
         'gemma3_text',
@@ -249,6 +259,7 @@ export const ARCH_CASES: ArchCase[] = [
         10000,
       ]);
       expect(s.ropeScaling).toEqual({ type: 'linear', factor: 8 });
+      expect(s.layerWindows).toEqual([10, 0]);
     },
   },
 ];
