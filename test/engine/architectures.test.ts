@@ -76,14 +76,23 @@ describe('batching and prefix caching per architecture', () => {
           expect(want.length).toBeGreaterThanOrEqual(8);
           expect(together[i]?.tokenIds.slice(0, want.length)).toEqual(want);
         });
-        // A request sharing the first 2 full KV blocks (32 tokens) of an earlier one.
+        // A request sharing the first 2 full KV blocks (32 tokens) of an earlier one; its own tail is
+        // the first of a few whose reference continuation has no near-tie in its first 8 steps.
         const long = prompt(40, 3);
         await engine.generate(long, GREEDY).result();
-        const shared = [...long.slice(0, 34), 50, 60];
-        const r = await engine.generate(shared, GREEDY).result();
+        const tails = [
+          [50, 60],
+          [70, 11],
+          [23, 90],
+          [5, 44],
+          [81, 17],
+        ];
+        const candidates = tails.map((t) => [...long.slice(0, 34), ...t]);
+        const shared = candidates.find((c) => referenceIds(ref, c).length >= 8);
+        expect(shared, 'a tail without an early near-tie').toBeDefined();
+        const r = await engine.generate(shared as number[], GREEDY).result();
         expect(r.cachedPromptTokens).toBe(32);
-        const want = referenceIds(ref, shared);
-        expect(want.length).toBeGreaterThanOrEqual(8);
+        const want = referenceIds(ref, shared as number[]);
         expect(r.tokenIds.slice(0, want.length)).toEqual(want);
       } finally {
         engine.dispose();
@@ -100,8 +109,9 @@ describe('the kernel tuner with GeGLU (Gemma 2)', () => {
     const { dir, ref } = await setup(gemma2.opts);
     const engine = await createEngine({ model: dir, kvCache: 'f32' });
     try {
-      const { report } = await engine.tune({ budgetMs: 20_000, store: new MemoryTuneStore() });
-      expect(report.classes.length).toBeGreaterThan(0);
+      // A budget long enough for some classes on a loaded CPU adapter.
+      const { report } = await engine.tune({ budgetMs: 180_000, store: new MemoryTuneStore() });
+      expect(report.classes.filter((c) => !c.cached).length).toBeGreaterThan(0);
       const p = prompt(20, 5);
       const want = referenceIds(ref, p);
       const r = await engine.generate(p, GREEDY).result();
