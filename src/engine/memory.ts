@@ -6,6 +6,7 @@
 import { DeviceMemoryError } from '../errors.js';
 import { formatBytes } from '../gpu/device.js';
 import type { Checkpoint } from '../io/safetensors-checkpoint.js';
+import { architectureOf } from '../model/registry.js';
 import type { ModelSpec } from '../model/spec.js';
 import { weightBytes } from '../weights/loader.js';
 import type { WeightSource } from '../weights/source.js';
@@ -38,7 +39,8 @@ export function estimateMemory(
   const activations =
     4 *
     (prefillChunk *
-      (3 * spec.hiddenSize +
+      // x, xn, final; a sandwich-norm block's branch output (Gemma) is one more row of hidden.
+      ((architectureOf(spec).block.norm === 'rmsnorm-sandwich' ? 4 : 3) * spec.hiddenSize +
         2 * spec.numHeads * spec.headDim +
         // qkv's k and v, and a compressed cache's f32 stage of them before kv_quantize.
         (isQuantKv(kvDtype) ? 4 : 2) * spec.numKvHeads * spec.headDim +
