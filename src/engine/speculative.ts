@@ -53,6 +53,12 @@ export function checkSpeculative(o: SpeculativeOptions | undefined): Required<Sp
 export class Speculator {
   /** Successors of each token id, most recent first. */
   private readonly next = new Map<number, number[]>();
+  /**
+   * Guesses to draft next: one more than the last step accepted (at most maxDraft), so a sequence
+   * whose guesses fail verifies short drafts (each guessed row costs work) and one that copies
+   * grows to the full length. Starts at 2.
+   */
+  private length = 2;
   /** Positions of the sequence whose successor is in the store. */
   private learned = 0;
   /** Verifying steps and the guesses they accepted, over the sequence's life. */
@@ -66,7 +72,7 @@ export class Speculator {
 
   /** Up to `limit` guessed tokens to follow `tokens` (the sequence so far). */
   draft(tokens: readonly number[], limit: number): number[] {
-    const n = Math.min(limit, this.opts.maxDraft);
+    const n = Math.min(limit, this.opts.maxDraft, this.length);
     if (this.off || n <= 0 || tokens.length === 0) return [];
     // Every bigram of the sequence (prompt and generated) not yet seen.
     for (; this.learned + 1 < tokens.length; this.learned++) {
@@ -95,6 +101,7 @@ export class Speculator {
     this.steps++;
     this.drafted += rows.length - 1;
     this.accepted += accepted;
+    this.length = accepted + 1;
     if (this.steps >= TRIAL_STEPS && this.accepted / this.steps < MIN_ACCEPTED) this.off = true;
   }
 

@@ -33,24 +33,31 @@ describe('drafting', () => {
 
   test('recycling chains the most recent successors, learnt from the sequence and the verified rows', () => {
     const s = new Speculator({ method: 'recycling', maxDraft: 3 });
-    // The sequence's bigrams 1→2, 2→3, 3→2: from the last 2, the chain cycles.
-    expect(s.draft([1, 2, 3, 2], 8)).toEqual([3, 2, 3]);
+    // The sequence's bigrams 1→2, 2→3, 3→2: from the last 2, the chain cycles (2 guesses at first).
+    expect(s.draft([1, 2, 3, 2], 8)).toEqual([3, 2]);
     // 2→4 is newer than 2→3; 4 has no successor yet.
     expect(s.draft([1, 2, 3, 2, 4], 8)).toEqual([]);
     // A verified step: rows [4, 7], the model chose 5 after 4 and 6 after 7.
     s.record([4, 7], [5, 6], 0);
     expect(s.draft([1, 2, 3, 2, 4], 8)).toEqual([5]);
-    expect(s.draft([1, 2, 3, 2, 4, 2], 2)).toEqual([4, 2]);
-    expect(s.steps).toBe(1);
+    // Nothing was accepted: one guess next; all accepted: one more each time, up to maxDraft.
+    expect(s.draft([1, 2, 3, 2, 4, 2], 8)).toEqual([4]);
+    s.record([2, 4], [4, 2], 1);
+    expect(s.draft([1, 2, 3, 2, 4, 2], 8)).toEqual([4, 2]);
+    s.record([2, 4, 2], [4, 2, 4], 2);
+    s.record([2, 4, 2, 4], [4, 2, 4, 2], 3);
+    expect(s.draft([1, 2, 3, 2, 4, 2], 8)).toEqual([4, 2, 4]);
+    expect(s.steps).toBe(4);
   });
 
   test('both: lookup first, recycling when no n-gram matches; it switches off when guesses fail', () => {
     const s = new Speculator({ method: 'both', maxDraft: 4 });
+    s.record([2, 3, 1], [3, 1, 2], 2);
     expect(s.draft([1, 2, 3, 1, 2], 4)).toEqual([3, 1, 2]);
     // No n-gram ending [.., 8, 5] occurs earlier, and the store has no successor of 5.
     expect(s.draft([1, 2, 3, 1, 2, 8, 5], 4)).toEqual([]);
     expect(s.draft([1, 2, 3, 1, 2, 8, 5, 2], 4)).toEqual([8, 5, 2]);
-    for (let i = 0; i < 16; i++) s.record([1, 2], [9, 9], 0);
+    for (let i = 0; i < 15; i++) s.record([1, 2], [9, 9], 0);
     expect(s.off).toBe(true);
     expect(s.draft([1, 2, 3, 1, 2], 4)).toEqual([]);
   });
