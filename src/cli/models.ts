@@ -16,7 +16,7 @@ export function addModelsCommand(program: Command): void {
       for (const e of CATALOG) {
         const size = `${(e.sizeBytes / 1e9).toFixed(2)} GB`;
         process.stdout.write(
-          `${(e.aliases[0] ?? e.id).padEnd(16)} ${e.id.padEnd(38)} ${e.architecture.padEnd(7)} ${e.dtype} ${size.padStart(8)}${e.gated ? '  (gated: needs HF_TOKEN)' : ''}\n`,
+          `${(e.aliases[0] ?? e.id).padEnd(16)} ${e.id.padEnd(38)} ${e.architecture.padEnd(11)} ${e.dtype} ${size.padStart(8)}${e.gated ? '  (gated: needs HF_TOKEN)' : ''}\n`,
         );
       }
     });

@@ -12,6 +12,7 @@ import {
 } from '../../src/model/catalog.js';
 import { isCommitHash, parseHubId } from '../../src/io/hub-id.js';
 import { repoRoot } from '../helpers/shared.js';
+import { ARCHITECTURES } from '../../src/model/registry.js';
 import { catalogMemory, slidingKvBytes } from '../../bench/catalog-memory.js';
 import type { ModelSpec } from '../../src/model/spec.js';
 
@@ -26,13 +27,21 @@ describe('model catalog', () => {
       'meta-llama/Llama-3.2-3B-Instruct',
       'HuggingFaceTB/SmolLM2-1.7B-Instruct',
       'Qwen/Qwen2.5-1.5B-Instruct',
+      'Qwen/Qwen3-0.6B',
+      'Qwen/Qwen3-1.7B',
+      'google/gemma-3-270m-it',
+      'google/gemma-3-1b-it',
+      'google/gemma-2-2b-it',
+      'microsoft/Phi-3.5-mini-instruct',
+      'microsoft/Phi-4-mini-instruct',
+      'HuggingFaceTB/SmolLM3-3B',
     ]);
   });
 
   it.each(CATALOG.map((e) => [e.id, e] as const))('%s has valid, consistent fields', (_id, e) => {
     expect(parseHubId(catalogHubId(e))).toEqual({ repo: e.id, revision: e.revision });
     expect(e.revision === 'main' || isCommitHash(e.revision)).toBe(true);
-    expect(['llama', 'mistral', 'qwen2']).toContain(e.architecture);
+    expect(ARCHITECTURES.map((x) => x.name)).toContain(e.architecture);
     expect(['f32', 'f16', 'bf16']).toContain(e.dtype);
     for (const n of [
       e.parameters,
@@ -64,10 +73,13 @@ describe('model catalog', () => {
     expect(findCatalogEntry(`${e.id}@main`)).toBe(e);
   });
 
-  it('marks the Llama 3.2 models as gated and pins every model', () => {
+  it('marks the Llama 3.2 and Gemma models as gated and pins every model', () => {
     expect(CATALOG.filter((e) => e.gated).map((e) => e.id)).toEqual([
       'meta-llama/Llama-3.2-1B-Instruct',
       'meta-llama/Llama-3.2-3B-Instruct',
+      'google/gemma-3-270m-it',
+      'google/gemma-3-1b-it',
+      'google/gemma-2-2b-it',
     ]);
     expect(CATALOG.every(isPinned)).toBe(true);
   });
