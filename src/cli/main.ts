@@ -3,7 +3,7 @@
  * guarded against a closed pipe, and error handling. Errors print one line on stderr and exit
  * non-zero (with --verbose, the stack too); `run --json` prints exactly one JSON object on stdout.
  */
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { KilnError } from '../errors.js';
 import { KILN_VERSION as VERSION } from '../version.js';
 import { addBenchCommand } from './bench.js';
@@ -67,6 +67,12 @@ export async function main(argv: string[]): Promise<number> {
     // A command that finished but failed a check (e.g. a benchmark row) set process.exitCode.
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
+    // An InvalidArgumentError thrown by a command's own checks reaches here unprinted (commander
+    // prints only what its parsers reject, re-thrown as a plain CommanderError).
+    if (e instanceof InvalidArgumentError) {
+      process.stderr.write(`kiln: error: ${e.message}\n`);
+      return e.exitCode;
+    }
     if (e instanceof CommanderError) {
       // Help and version exit 0; usage errors were already printed by commander.
       return e.exitCode;

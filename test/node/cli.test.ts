@@ -721,7 +721,10 @@ describe('hostile inputs: one `kiln:` line naming the problem, no stack unless -
       [['--top-p', '2'], /--top-p must be in \(0, 1\]/],
       [['--max-tokens', 'lots'], /--max-tokens must be an integer/],
       [['--context', '0'], /--context must be an integer >= 1/],
-      [['--kv-cache', 'f8'], /--kv-cache .*Allowed choices are auto, f16, f32/],
+      [
+        ['--kv-cache', 'f8'],
+        /--kv-cache .*Allowed choices are auto, f32, f16, int8, int4, int2, gear4, gear2/,
+      ],
       [['--tune-budget', '-1'], /--tune-budget must be a number of seconds >= 0/],
     ];
     const results = await Promise.all(cases.map(([flags]) => kiln(runArgs(tiny, ...flags))));
@@ -734,6 +737,10 @@ describe('hostile inputs: one `kiln:` line naming the problem, no stack unless -
       expect(r.lines[0]).toMatch(/^error: option .* is invalid/);
       expect(r.lines[0]).toMatch(cases[i]![1]);
     });
+    // A command's own check (not a flag parser) is printed too, as one usage line.
+    const noPrompt = await kiln(['run', '--model', tiny]);
+    expect(noPrompt.code).toBe(1);
+    expect(noPrompt.lines).toEqual(['kiln: error: give exactly one of --prompt and --prompts-file']);
     const dtype = await kiln(['convert', 'llama2c', 'x.bin', '--out', fresh('x'), '--dtype', 'f8']);
     expect(dtype.code).not.toBe(0);
     expect(dtype.stderr).toMatch(/f8.*Allowed choices are f32, f16, bf16/);

@@ -425,15 +425,25 @@ describe('the packed tarball, installed into an empty project', () => {
     const chunks = outputs.flatMap((o) =>
       'output' in o ? o.output.filter((c): c is Rollup.OutputChunk => c.type === 'chunk') : [],
     );
-    const modules = chunks.flatMap((c) => c.moduleIds);
-    expect(warnings.filter((m) => /externalized|node:/.test(m))).toEqual([]);
+    // xgrammar's WebAssembly glue (its own chunk, loaded on the first constrained request) probes
+    // Node behind environment checks a browser never passes; its `url` / `module` imports become
+    // Vite's empty browser stubs, imported by it alone. Everything else must be clean.
+    const isXgrammar = (id: string) => /[\\/]@mlc-ai[\\/]web-xgrammar[\\/]/.test(id);
+    const ours = chunks.filter(
+      (c) => !c.moduleIds.some(isXgrammar) && !c.moduleIds.every((m) => m.includes('browser-external')),
+    );
+    expect(ours.length).toBeGreaterThan(0);
+    const modules = ours.flatMap((c) => c.moduleIds);
+    expect(
+      warnings.filter((m) => /externalized|node:/.test(m) && !m.includes('@mlc-ai/web-xgrammar')),
+    ).toEqual([]);
     // The engine came through the installed package's "." export, not this repository's src/.
     expect(modules).toContain(join(installed, 'dist', 'src', 'index.js'));
     expect(modules.filter((m) => m.startsWith(repoRoot + sep))).toEqual([]);
     expect(
       modules.filter((m) => /browser-external|[\\/]node_modules[\\/](webgpu|fastify|commander)[\\/]/.test(m)),
     ).toEqual([]);
-    const code = chunks.map((c) => c.code).join('\n');
+    const code = ours.map((c) => c.code).join('\n');
     expect(code).toContain(pkg.version);
     expect(code).toMatch(/navigator\.gpu/);
     expect(code).not.toMatch(/["'`]node:[\w/]+["'`]|__vite-browser-external|\brequire\(/);

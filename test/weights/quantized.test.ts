@@ -159,6 +159,32 @@ describe('int4 quantized at load (--quant q4)', () => {
     }
   });
 
+  test('an int4 LM head under chunked prefill: chunks without logit rows skip the head', async () => {
+    // The prompt spans three 8-token chunks; only the last needs logits. Greedy ids must not depend
+    // on the chunking (the same engine rules with one chunk for the whole prompt).
+    const dir = tempDir();
+    writeTestModel(dir, { seed: 7 });
+    const prompt = [...PROMPT, ...PROMPT.slice(0, 8)];
+    const ids: number[][] = [];
+    for (const prefillChunkTokens of [8, 256]) {
+      const engine = await createEngine({
+        model: dir,
+        kvCache: 'f32',
+        quant: 'q4',
+        quantOptions: { lmHead: true },
+        prefillChunkTokens,
+      });
+      try {
+        const r = await engine.generate(prompt, { maxTokens: 6, temperature: 0, ignoreEos: true }).result();
+        ids.push(r.tokenIds);
+      } finally {
+        engine.dispose();
+      }
+    }
+    expect(ids[0]).toHaveLength(6);
+    expect(ids[0]).toEqual(ids[1]);
+  });
+
   test('a group size that does not divide K is refused, naming both', async () => {
     const dir = tempDir();
     writeTestModel(dir, { seed: 3 });

@@ -266,28 +266,32 @@ export function recordGraph(
       addBranch(L.mlpOutNorm, 'MLP-output');
     } else body.push(...project({ x: s.mlp, lin: L.down, y: s.x, m, accumulate: true }));
   });
-  const head = [
-    rmsnorm(b, {
-      x: s.x,
-      weight: weights.finalNorm,
-      rows: s.logitRows,
-      y: s.final,
-      m: r,
-      hidden: H,
-      eps,
-      out: model.activations,
-    }),
-    ...project({
-      x: s.final,
-      lin: { weight: weights.lmHead },
-      y: s.logits,
-      m: r,
-      xFormat: model.activations,
-    }),
-    ...(spec.finalLogitSoftcap
-      ? [softcap(b, { x: s.logits, count: r * spec.vocabSize, cap: spec.finalLogitSoftcap })]
-      : []),
-  ];
+  // A prefill chunk that needs no logits has r = 0: no head at all (an empty int4 GEMV is an error).
+  const head =
+    r === 0
+      ? []
+      : [
+          rmsnorm(b, {
+            x: s.x,
+            weight: weights.finalNorm,
+            rows: s.logitRows,
+            y: s.final,
+            m: r,
+            hidden: H,
+            eps,
+            out: model.activations,
+          }),
+          ...project({
+            x: s.final,
+            lin: { weight: weights.lmHead },
+            y: s.logits,
+            m: r,
+            xFormat: model.activations,
+          }),
+          ...(spec.finalLogitSoftcap
+            ? [softcap(b, { x: s.logits, count: r * spec.vocabSize, cap: spec.finalLogitSoftcap })]
+            : []),
+        ];
   return {
     body,
     head,
