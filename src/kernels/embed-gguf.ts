@@ -6,7 +6,7 @@
  */
 import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
 import { ggufBlockLayout } from '../quant/gguf-pack.js';
-import { ggufFragment, type GgufGpuWeight } from './matmul-gguf.js';
+import { ggufFragments, type GgufGpuWeight } from './matmul-gguf.js';
 import { MAX_GRID, packParams, shaderSource } from './shader.js';
 
 export function embedGguf(
@@ -30,7 +30,7 @@ export function embedGguf(
     }
     return b.make(
       `embed_gguf_${part.type.toLowerCase()}`,
-      () => shaderSource('embed_gguf', 'common/gguf_block', ggufFragment(part.type)),
+      () => shaderSource('embed_gguf', 'common/gguf_block', ...ggufFragments(part.type)),
       packParams([
         ['u32', a.m],
         ['u32', t.cols],

@@ -82,9 +82,13 @@ export function chooseGgufTiling(
   return { rowsPerGroup, rowsPerThread: 1 };
 }
 
-/** The format fragment that decodes `type`'s blocks (shaders/common/gguf_<type>.wgsl). */
-export function ggufFragment(type: GgufKernelType): ShaderName {
-  return `common/gguf_${type.toLowerCase()}` as ShaderName;
+/**
+ * The fragments that decode `type`'s blocks: shaders/common/gguf_<type>.wgsl, after the scale-pair
+ * decoding Q4_K and Q5_K share.
+ */
+export function ggufFragments(type: GgufKernelType): ShaderName[] {
+  const own = `common/gguf_${type.toLowerCase()}` as ShaderName;
+  return type === 'Q4_K' || type === 'Q5_K' ? ['common/gguf_k_scales', own] : [own];
 }
 
 export function ggufVariantName(type: GgufKernelType, mt: number, r: number, wg = WG): string {
@@ -95,7 +99,7 @@ function variantSource(type: GgufKernelType, mt: number, r: number, wg: number):
   const consts = [`const WG: u32 = ${wg}u;`, `const R: u32 = ${r}u;`, `const MT: u32 = ${mt}u;`];
   return hoistEnables([
     consts.join('\n'),
-    shaderSource('matmul_gguf', 'common/gguf_block', ggufFragment(type)),
+    shaderSource('matmul_gguf', 'common/gguf_block', ...ggufFragments(type)),
   ]);
 }
 
