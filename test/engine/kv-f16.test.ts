@@ -165,7 +165,9 @@ describe('the kvCache option', () => {
     }
     const err = await createEngine({ model: dir, kvCache: 'bf16' as 'f16' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(InvalidRequestError);
-    expect((err as Error).message).toBe("kvCache must be 'auto' or 'f32' or 'f16' or 'int8' or 'int4' or 'int2' or 'gear4' or 'gear2', got bf16");
+    expect((err as Error).message).toBe(
+      "kvCache must be 'auto' or 'f32' or 'f16' or 'int8' or 'int4' or 'int2' or 'gear4' or 'gear2', got bf16",
+    );
   });
 
   test("without shader-f16: 'f16' is an InvalidRequestError, 'auto' runs an f32 cache", async () => {
