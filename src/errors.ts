@@ -28,6 +28,21 @@ export class InvalidRequestError extends KilnError {
 /** No adapter, a device that could not be created, or a device lost while in use. */
 export class GpuDeviceError extends KilnError {
   override name = 'GpuDeviceError';
+  /**
+   * True when the device was lost and the engine is getting a new one: the same request, sent
+   * again, runs once it has (a server answers 503 with Retry-After).
+   */
+  retriable = false;
+
+  /** The error of a request cut off by a device loss the engine recovers from. */
+  static lostRetriable(reason: string, options?: { cause?: unknown }): GpuDeviceError {
+    const e = new GpuDeviceError(
+      `the GPU device was lost (${reason}) and Kiln is recovering it; the request can be retried`,
+      options,
+    );
+    e.retriable = true;
+    return e;
+  }
 }
 
 /** The model (or one of its tensors) does not fit the device's limits. */

@@ -9,7 +9,13 @@ import type { ChatInput, KilnEngine } from '../api/engine-api.js';
 import { OpenAiChat, OpenAiCompletions } from '../api/openai/openai.js';
 import { detectToolFormat, type ToolFormatName } from '../api/openai/tools.js';
 import type { GenerateOptions, GrammarSpec, TuningStatus } from '../api/types.js';
-import { DeviceMemoryError, InvalidRequestError, KilnError, UnsupportedModelError } from '../errors.js';
+import {
+  DeviceMemoryError,
+  GpuDeviceError,
+  InvalidRequestError,
+  KilnError,
+  UnsupportedModelError,
+} from '../errors.js';
 import { acquireGpu, formatBytes, type AdapterSummary, type GpuContext } from '../gpu/device.js';
 import { GpuTimer } from '../gpu/timer.js';
 import { KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
@@ -23,7 +29,7 @@ import type { KernelChoices } from '../tuner/choices.js';
 import { modelTuneClasses } from '../tuner/classes.js';
 import { defaultChoices, defaultsRowFor, type AdapterClass } from '../tuner/defaults.js';
 import { destroyWeights, loadWeights, validateCheckpoint, type ModelWeights } from '../weights/loader.js';
-import { openModelFiles } from '../weights/model-files.js';
+import { openModelFiles, type ModelFiles } from '../weights/model-files.js';
 import type { WeightSource } from '../weights/source.js';
 import { ForwardModel } from './forward/model.js';
 import { StepGpuClock } from './forward/step-clock.js';
@@ -35,7 +41,7 @@ import { planMemory, type MemoryPlan } from './memory.js';
 import { checkOptions, type EngineOptions } from './options.js';
 import { GrammarCompiler, importXgrammar, type XgrammarModule } from './sampling/grammar.js';
 import { samplingOf, validateSampling } from './sampling/params.js';
-import { Scheduler, type SchedulerStats } from './scheduler.js';
+import { Scheduler, type SchedulerOptions, type SchedulerStats } from './scheduler.js';
 import type { SpeculativeOptions } from './speculative.js';
 import { BackgroundTuning } from './tuning.js';
 import { isQuantKv } from '../kernels/kv-dtype.js';
@@ -44,6 +50,26 @@ import { isQuantKv } from '../kernels/kv-dtype.js';
 const CALIBRATION_STEPS = 8;
 const DEFAULT_CONTEXT = 4096;
 const DEFAULT_PREFILL_CHUNK = 256;
+/**
+ * How long a failed step waits for `device.lost` to settle before deciding the failure was not a
+ * loss: Dawn reports the failed readback and the loss in either order, within one event poll.
+ */
+const LOST_SETTLE_MS = 1000;
+
+/**
+ * What the engine keeps to rebuild its GPU state on a new device after a loss: the opened model
+ * files (weights are read again from them, never downloaded again) and the choices made at load.
+ */
+interface Rebuild {
+  files: ModelFiles;
+  source: WeightSource;
+  kvDtype: KvDtype;
+  kvBlocks: number;
+  calibration: number;
+  activations: 'f32' | 'f16';
+  /** A new GPU context, or null when the engine cannot get one (an injected device, no factory). */
+  acquire: (() => Promise<GpuContext>) | null;
+}
 
 export class Engine implements KilnEngine {
   readonly chat: { readonly completions: OpenAiChat };
@@ -55,7 +81,14 @@ export class Engine implements KilnEngine {
   private disposed = false;
   private readonly background = new BackgroundTuning();
   /** Batches every generate() call running at once into shared forward steps. */
-  private readonly scheduler: Scheduler;
+  private scheduler: Scheduler;
+  private readonly schedulerOptions: SchedulerOptions;
+  /** Set at load: how to rebuild after a device loss. */
+  private rebuild: Rebuild | null = null;
+  /** Settles when a recovery from a device loss is over; null when none runs. */
+  private recovery: Promise<void> | null = null;
+  /** Why the engine cannot run any more (a recovery that failed). */
+  private broken: unknown = null;
   /** What each Generation runs on. */
   private readonly host: GenerationHost;
   /** Constrained decoding's grammars, compiled against this model's vocabulary. */
@@ -66,10 +99,10 @@ export class Engine implements KilnEngine {
     readonly spec: ModelSpec,
     readonly tokenizer: KilnTokenizer,
     readonly contextLength: number,
-    private readonly ctx: GpuContext,
-    private readonly weights: ModelWeights,
-    private readonly kv: PagedKvCache,
-    private readonly forward: ForwardModel,
+    private ctx: GpuContext,
+    private weights: ModelWeights,
+    private kv: PagedKvCache,
+    private forward: ForwardModel,
     private readonly prefillChunk: number,
     private readonly modelLocation: string,
     gpuSampling: boolean,
@@ -80,18 +113,18 @@ export class Engine implements KilnEngine {
     readonly kernelDefaults: { adapterClass: AdapterClass; choices: KernelChoices },
     loadXgrammar: () => Promise<XgrammarModule>,
   ) {
-    const blocks = new BlockManager({ numBlocks: kv.numBlocks, blockSize: BLOCK_TOKENS });
-    this.scheduler = new Scheduler(forward, kv, blocks, {
+    this.schedulerOptions = {
       tokenBudget: prefillChunk,
       contextLength,
       gpuSampling,
       pipelineDepth,
       speculative,
-    });
+    };
+    this.scheduler = this.makeScheduler();
     this.grammar = new GrammarCompiler(tokenizer, spec.vocabSize, this.eosTokenIds, loadXgrammar);
     this.toolCallFormat = detectToolFormat(tokenizer.chatTemplateText);
     this.host = {
-      scheduler: this.scheduler,
+      ready: () => this.ready(),
       tokenizer,
       contextLength,
       eosTokenIds: this.eosTokenIds,
@@ -229,6 +262,22 @@ export class Engine implements KilnEngine {
         opts.loadXgrammar ?? importXgrammar,
       );
       engine.memoryPlan = plan;
+      const keepAlive = opts.keepAlive;
+      const recoverDevice = opts.recoverDevice;
+      engine.rebuild = {
+        files,
+        source,
+        kvDtype,
+        kvBlocks: plan.kvBlocks,
+        calibration,
+        activations: choices.activations,
+        acquire: recoverDevice
+          ? async () => acquireGpu({ device: await recoverDevice(), keepAlive })
+          : opts.device
+            ? null
+            : () => acquireGpu({ ...(opts.gpu ? { gpu: opts.gpu } : {}), keepAlive }),
+      };
+      engine.watchDevice(ctx);
       const tune = opts.tune === true ? {} : opts.tune || null;
       // Cached choices apply before the warm-up, so it compiles the pipelines requests will use.
       if (tune) await engine.background.applyCached((o) => engine.tune(o), tune);
@@ -252,6 +301,115 @@ export class Engine implements KilnEngine {
     } finally {
       await ckpt.close();
     }
+  }
+
+  private makeScheduler(): Scheduler {
+    const ctx = this.ctx;
+    const blocks = new BlockManager({ numBlocks: this.kv.numBlocks, blockSize: BLOCK_TOKENS });
+    return new Scheduler(this.forward, this.kv, blocks, {
+      ...this.schedulerOptions,
+      explainFailure: (e) => this.explainFailure(ctx, e),
+    });
+  }
+
+  /** A failed step on a device that was lost, and that the engine recovers from, is retriable. */
+  private async explainFailure(ctx: GpuContext, e: unknown): Promise<unknown> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const lost = await Promise.race([
+      ctx.device.lost,
+      new Promise<null>((r) => (timer = setTimeout(() => r(null), LOST_SETTLE_MS))),
+    ]);
+    clearTimeout(timer);
+    if (!lost || this.disposed || !this.rebuild?.acquire) return e;
+    return GpuDeviceError.lostRetriable(lost.reason + (lost.message ? `: ${lost.message}` : ''), {
+      cause: e,
+    });
+  }
+
+  /** Starts a recovery when `ctx`'s device is lost while the engine runs on it. */
+  private watchDevice(ctx: GpuContext): void {
+    void ctx.device.lost.then(() => {
+      if (this.disposed || ctx !== this.ctx || !this.rebuild?.acquire) return;
+      this.recovery = this.recover().then(
+        () => {
+          this.recovery = null;
+        },
+        (e: unknown) => {
+          this.recovery = null;
+          this.broken = new GpuDeviceError(
+            `the GPU device was lost and could not be recovered: ${(e as Error)?.message ?? String(e)}`,
+            { cause: e },
+          );
+        },
+      );
+    });
+  }
+
+  /**
+   * Rebuilds everything that lived on the lost device on a new one: weights read again from the
+   * model files, the KV cache, the forward plans with the kernel choices in use (tuned ones
+   * included), the scheduler and its samplers, then the warm-up. Requests wait for it (`ready`).
+   */
+  private async recover(): Promise<void> {
+    const rb = this.rebuild;
+    if (!rb?.acquire) throw new GpuDeviceError('this engine cannot get a new device');
+    const choices = this.forward.choices;
+    // What lived on the old device is gone with it; freeing it releases the JS side.
+    this.forward.destroy();
+    this.kv.destroy();
+    destroyWeights(this.ctx, this.weights);
+    this.ctx.close();
+    const ckpt = await rb.files.openCheckpoint();
+    let ctx: GpuContext | null = null;
+    let weights: ModelWeights | null = null;
+    let kv: PagedKvCache | null = null;
+    try {
+      ctx = await rb.acquire();
+      weights = await loadWeights(ctx, this.spec, ckpt, rb.source);
+      kv = await PagedKvCache.create(ctx, this.spec, rb.kvBlocks, rb.kvDtype);
+      const forward = new ForwardModel(
+        ctx,
+        this.spec,
+        weights,
+        kv,
+        this.prefillChunk,
+        rb.calibration,
+        rb.activations,
+        this.contextLength,
+      );
+      forward.setChoices(choices);
+      if (this.disposed) {
+        forward.destroy();
+        throw new KilnError('the engine was disposed while recovering');
+      }
+      this.ctx = ctx;
+      this.weights = weights;
+      this.kv = kv;
+      this.forward = forward;
+    } catch (e) {
+      kv?.destroy();
+      if (ctx && weights) destroyWeights(ctx, weights);
+      ctx?.close();
+      throw e;
+    } finally {
+      await ckpt.close();
+    }
+    this.scheduler = this.makeScheduler();
+    this.watchDevice(this.ctx);
+    await this.warmUp();
+  }
+
+  /** Whether the engine is rebuilding its GPU state after a device loss. */
+  get recovering(): boolean {
+    return this.recovery !== null;
+  }
+
+  /** The scheduler, once any recovery is over; fails if the engine cannot run any more. */
+  private async ready(): Promise<Scheduler> {
+    while (this.recovery) await this.recovery;
+    if (this.broken) throw this.broken;
+    if (this.disposed) throw new KilnError('the engine has been disposed');
+    return this.scheduler;
   }
 
   /**
@@ -315,7 +473,7 @@ export class Engine implements KilnEngine {
     if (!Number.isInteger(context) || context < 1 || context > this.contextLength) {
       throw new InvalidRequestError(`context ${context} is outside 1..${this.contextLength}`);
     }
-    return this.scheduler.exclusive(async (hold) => {
+    return (await this.ready()).exclusive(async (hold) => {
       const timer = new GpuTimer(this.ctx);
       try {
         return await profileStep(this.forward, hold.input([0], context - 1), timer);
@@ -507,7 +665,7 @@ export class Engine implements KilnEngine {
     ids: readonly number[],
   ): AsyncGenerator<{ start: number; rows: number; logits: Float32Array }> {
     this.validatePrompt(ids);
-    const hold = await this.scheduler.hold();
+    const hold = await (await this.ready()).hold();
     // The logits of one step live in one storage binding: with a 150k vocabulary, 256 rows of f32
     // logits would exceed the default 128 MiB, so steps here take as many rows as fit.
     const fit = Math.floor(this.ctx.limits.maxStorageBufferBindingSize / (this.spec.vocabSize * 4));
@@ -534,7 +692,7 @@ export class Engine implements KilnEngine {
    */
   async captureLinearInputs(ids: readonly number[]): Promise<Record<ProjectionRole, Float32Array>[]> {
     this.validatePrompt(ids);
-    const chunks = await this.scheduler.exclusive(async (hold) => {
+    const chunks = await (await this.ready()).exclusive(async (hold) => {
       const out: Record<ProjectionRole, Float32Array>[][] = [];
       for (let start = 0; start < ids.length; start += this.prefillChunk) {
         const chunk = ids.slice(start, Math.min(ids.length, start + this.prefillChunk));

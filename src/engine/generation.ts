@@ -11,15 +11,16 @@ import type {
   TokenLogprobs,
 } from '../api/types.js';
 import type { GrammarCompiler } from './sampling/grammar.js';
-import { KilnError } from '../errors.js';
+import { GpuDeviceError, KilnError } from '../errors.js';
 import { IncrementalDecoder, type KilnTokenizer } from '../io/tokenizer.js';
 import { samplingOf } from './sampling/params.js';
-import type { ScheduledOutcome, Scheduler } from './scheduler.js';
+import type { ScheduledOutcome, ScheduledRequest, Scheduler } from './scheduler.js';
 import { StopMatcher } from './stop.js';
 
 /** What a generation runs on. */
 export interface GenerationHost {
-  readonly scheduler: Scheduler;
+  /** The scheduler to submit to, once the engine has one that runs (after a device recovery). */
+  ready(): Promise<Scheduler>;
   readonly tokenizer: KilnTokenizer;
   readonly contextLength: number;
   /** Ids that end generation unless `ignoreEos`. */
@@ -49,7 +50,7 @@ export async function* generateTokens(
   let wake: (() => void) | null = null;
   const matcher = opts.grammar ? await host.grammar.matcher(opts.grammar) : null;
   const tokenText = (id: number) => host.tokenizer.decode([id]);
-  const job = host.scheduler.submit({
+  const request: ScheduledRequest = {
     prompt: promptIds,
     maxTokens,
     sampling: samplingOf(opts),
@@ -75,23 +76,34 @@ export async function* generateTokens(
       });
       wake?.();
     },
-  });
+  };
   let ended = false;
   let stopped = false;
   let outcome: ScheduledOutcome | null = null;
   let failure: unknown = null;
-  job.done.then(
-    (o) => {
-      outcome = o;
-      ended = true;
-      wake?.();
-    },
-    (e: unknown) => {
-      failure = e;
-      ended = true;
-      wake?.();
-    },
-  );
+  const start = async () => {
+    const job = (await host.ready()).submit(request);
+    job.done.then(
+      (o) => {
+        outcome = o;
+        ended = true;
+        wake?.();
+      },
+      (e: unknown) => {
+        failure = e;
+        ended = true;
+        wake?.();
+      },
+    );
+    return job;
+  };
+  // A request that had shown nothing when the device was lost runs again once the engine has
+  // recovered (it waited, or was queued): only one cut off mid-answer fails, with a retriable error.
+  const unseen = () => out.tokenIds.length === 0 && queue.length === 0;
+  let job = await start().catch(async (e: unknown) => {
+    if (!isRetriable(e)) throw e;
+    return start();
+  });
   const emit = (text: string): string => {
     if (!stops) return text;
     const m = stops.push(text);
@@ -106,6 +118,12 @@ export async function* generateTokens(
         const text = emit(decoder.push(id));
         out.text += text;
         yield logprob ? { id, text, logprob } : { id, text };
+      }
+      if (ended && !stopped && failure && isRetriable(failure) && unseen()) {
+        ended = false;
+        failure = null;
+        job = await start();
+        continue;
       }
       if (ended || stopped) break;
       await new Promise<void>((r) => (wake = r));
@@ -203,4 +221,8 @@ export class Generation implements AsyncIterable<GeneratedToken> {
     }
     return this.finished as Promise<GenerateResult>;
   }
+}
+
+function isRetriable(e: unknown): boolean {
+  return e instanceof GpuDeviceError && e.retriable;
 }

@@ -23,6 +23,12 @@ export interface EngineOptions {
   model: ModelDir;
   /** An existing device to run on (not destroyed by `dispose()`). */
   device?: GPUDevice;
+  /**
+   * Gives a new device after `device` is lost, so the engine can recover (see `recovering`);
+   * without it a lost injected device ends the engine. Its devices are the caller's too. An
+   * engine that acquired its own device gets a new one from `gpu` by itself.
+   */
+  recoverDevice?: () => Promise<GPUDevice>;
   /** The WebGPU entry point (default `navigator.gpu`). */
   gpu?: GPU;
   /** Referenced for the engine's lifetime (Dawn's instance in Node). */

@@ -142,6 +142,11 @@ export interface SchedulerOptions {
    * step verifies a sequence's guessed tokens as extra rows (see `step`). Null: off.
    */
   speculative?: Required<SpeculativeOptions> | null;
+  /**
+   * Says what a failed step means for its requests (the engine turns a lost device it recovers
+   * from into a retriable error); the result is what they, and later submits, are rejected with.
+   */
+  explainFailure?: (e: unknown) => Promise<unknown>;
 }
 
 /**
@@ -384,8 +389,9 @@ export class Scheduler {
       }
     } catch (e) {
       // A device error ends every request: the GPU state is no longer trustworthy.
-      this.failure = e;
-      for (const s of [...this.running, ...this.waiting]) s.reject(e);
+      const err = this.opts.explainFailure ? await this.opts.explainFailure(e) : e;
+      this.failure = err;
+      for (const s of [...this.running, ...this.waiting]) s.reject(err);
       this.running.length = 0;
       this.waiting.length = 0;
     } finally {

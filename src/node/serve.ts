@@ -19,13 +19,15 @@ import {
   validateCompletionRequest,
 } from '../api/openai/validate.js';
 import type { SchedulerStats } from '../engine/scheduler.js';
-import { InvalidRequestError, KilnError } from '../errors.js';
+import { GpuDeviceError, InvalidRequestError, KilnError } from '../errors.js';
 
 export interface ServeOptions {
   /** The engine, and its scheduler's (and, if it has them, its GPU's) figures for /metrics. */
   engine: KilnEngine & {
     stats(): SchedulerStats;
     gpuStats?(): { liveBuffers: number; allocatedBytes: number };
+    /** True while the engine rebuilds its GPU state after a device loss (requests get 503). */
+    readonly recovering?: boolean;
   };
   /** The id clients name in `model` (and /v1/models lists). */
   modelId: string;
@@ -69,6 +71,12 @@ export class HttpError extends Error {
     super(message);
   }
 }
+
+/** Seconds a client is asked to wait while the engine recovers from a device loss. */
+const RECOVERY_RETRY_AFTER_S = 2;
+
+const recoveringError = (message: string) =>
+  new HttpError(503, message, 'server_error', null, 'device_recovering');
 
 const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
   new HttpError(400, message, 'invalid_request_error', param, code);
@@ -176,6 +184,7 @@ class Gate {
 function sendError(reply: FastifyReply, e: HttpError): void {
   // A full queue drains within about a request's time; ask clients to come back in a second.
   if (e.status === 429) void reply.header('retry-after', '1');
+  if (e.status === 503) void reply.header('retry-after', String(RECOVERY_RETRY_AFTER_S));
   void reply
     .code(e.status)
     .header('content-type', 'application/json')
@@ -187,6 +196,7 @@ function toHttpError(e: unknown, log: (line: string) => void): HttpError {
   if (e instanceof HttpError) return e;
   if (e instanceof OpenAiRequestError) return badRequest(e.message, e.param, e.code);
   if (e instanceof InvalidRequestError) return badRequest(e.message);
+  if (e instanceof GpuDeviceError && e.retriable) return recoveringError(e.message);
   const f = e as { statusCode?: number; code?: string; message?: string };
   if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE')
     return new HttpError(413, 'request body too large', 'invalid_request_error', null, 'request_too_large');
@@ -287,17 +297,25 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         return reply;
       }
     }
-    if (!expectedAuth || !req.url.startsWith('/v1/')) return;
-    const given = Buffer.from(req.headers.authorization ?? '');
-    // Constant time: how much of the key matched must not show in the response time.
-    const ok = given.length === expectedAuth.length && timingSafeEqual(given, expectedAuth);
-    if (!ok) {
-      throw new HttpError(
-        401,
-        'invalid API key (send Authorization: Bearer <key>)',
-        'authentication_error',
-        null,
-        'invalid_api_key',
+    if (!req.url.startsWith('/v1/')) return;
+    if (expectedAuth) {
+      const given = Buffer.from(req.headers.authorization ?? '');
+      // Constant time: how much of the key matched must not show in the response time.
+      const ok = given.length === expectedAuth.length && timingSafeEqual(given, expectedAuth);
+      if (!ok) {
+        throw new HttpError(
+          401,
+          'invalid API key (send Authorization: Bearer <key>)',
+          'authentication_error',
+          null,
+          'invalid_api_key',
+        );
+      }
+    }
+    // While the device is rebuilt nothing can generate: say so at once rather than hold the client.
+    if (req.method === 'POST' && engine.recovering) {
+      throw recoveringError(
+        'the GPU device was lost and the server is recovering it; retry after the Retry-After seconds',
       );
     }
   });
@@ -318,7 +336,11 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     ),
   );
 
-  app.get('/health', async () => ({ status: 'ok', model: modelId, memory_plan: engine.memoryPlan }));
+  app.get('/health', async () => ({
+    status: engine.recovering ? 'recovering' : 'ok',
+    model: modelId,
+    memory_plan: engine.memoryPlan,
+  }));
   const started = Math.floor(Date.now() / 1000);
   app.get('/v1/models', async () => ({
     object: 'list',

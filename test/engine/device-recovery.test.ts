@@ -1,0 +1,98 @@
+/**
+ * Device-loss recovery on BabyLlama (Dawn on this machine's adapter): the device is destroyed
+ * mid-generation, that request ends with a retriable GpuDeviceError, the engine gets a new device
+ * from its factory, reloads the weights from the folder, and the next request gives the golden ids.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import { GpuDeviceError } from '../../src/errors.js';
+import { convertLlama2cToFolder } from '../../src/node/convert.js';
+import { dawnGpu } from '../../src/node/dawn.js';
+import { createEngine } from '../../src/node/index.js';
+import { sharedModel } from '../helpers/shared.js';
+
+let dir = '';
+let golden: number[] = [];
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'kiln-recover-'));
+  await convertLlama2cToFolder(sharedModel('babyllama-tok105', 'model5000.bin'), {
+    outDir: dir,
+    tokenizer: sharedModel('babyllama-tok105', 'tok105.model'),
+  });
+  golden = (
+    JSON.parse(readFileSync(sharedModel('babyllama-tok105', 'reference_greedy.json'), 'utf8')) as {
+      greedy_ids_after_bos: number[];
+    }
+  ).greedy_ids_after_bos.slice(0, 40);
+  expect(golden).toHaveLength(40);
+}, 120_000);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+test('a device destroyed mid-generation: retriable error, recovery on a new device, golden ids after', async () => {
+  const devices: GPUDevice[] = [];
+  const newDevice = async (): Promise<GPUDevice> => {
+    const adapter = await dawnGpu().requestAdapter();
+    const device = (await adapter?.requestDevice()) as GPUDevice;
+    devices.push(device);
+    return device;
+  };
+  const first = await newDevice();
+  const engine = await createEngine({ model: dir, device: first, recoverDevice: newDevice });
+  const greedy = { maxTokens: 40, temperature: 0, ignoreEos: true };
+  try {
+    expect((await engine.generate([1], greedy).result()).tokenIds).toEqual(golden);
+
+    const seen: number[] = [];
+    const err = await (async () => {
+      for await (const t of engine.generate([1], { ...greedy, maxTokens: 200 })) {
+        seen.push(t.id);
+        if (seen.length === 3) first.destroy();
+      }
+    })().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(GpuDeviceError);
+    expect((err as GpuDeviceError).retriable).toBe(true);
+    expect((err as Error).message).toMatch(/GPU device was lost .*request can be retried/);
+    // The tokens shown before the loss were the right ones, and not passed off as an answer.
+    expect(seen.length).toBeLessThan(200);
+    expect(seen).toEqual(golden.slice(0, seen.length));
+
+    // Asked at once (the recovery may still run): it waits for the new device and runs there.
+    const after = await engine.generate([1], greedy).result();
+    expect(after.tokenIds).toEqual(golden);
+    expect(engine.recovering).toBe(false);
+    expect(devices).toHaveLength(2);
+    // Greedy again, now also through the prefix cache of the rebuilt KV pool.
+    expect((await engine.generate([1], greedy).result()).tokenIds).toEqual(golden);
+  } finally {
+    engine.dispose();
+    for (const d of devices) d.destroy();
+  }
+}, 180_000);
+
+test('an injected device lost without a factory still ends the engine with a non-retriable error', async () => {
+  const adapter = await dawnGpu().requestAdapter();
+  const device = (await adapter?.requestDevice()) as GPUDevice;
+  const engine = await createEngine({ model: dir, device });
+  try {
+    const err = await (async () => {
+      let n = 0;
+      for await (const _ of engine.generate([1], { maxTokens: 200, temperature: 0, ignoreEos: true })) {
+        if (++n === 2) device.destroy();
+      }
+    })().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(GpuDeviceError);
+    expect((err as GpuDeviceError).retriable).toBe(false);
+    expect(engine.recovering).toBe(false);
+  } finally {
+    engine.dispose();
+  }
+}, 120_000);
