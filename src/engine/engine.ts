@@ -273,9 +273,9 @@ export class Engine implements KilnEngine {
         activations: choices.activations,
         acquire: recoverDevice
           ? async () => acquireGpu({ device: await recoverDevice(), keepAlive })
-          : opts.device
-            ? null
-            : () => acquireGpu({ ...(opts.gpu ? { gpu: opts.gpu } : {}), keepAlive }),
+          : !opts.device && opts.recoverOnLoss
+            ? () => acquireGpu({ ...(opts.gpu ? { gpu: opts.gpu } : {}), keepAlive })
+            : null,
       };
       engine.watchDevice(ctx);
       const tune = opts.tune === true ? {} : opts.tune || null;
@@ -692,7 +692,9 @@ export class Engine implements KilnEngine {
    */
   async captureLinearInputs(ids: readonly number[]): Promise<Record<ProjectionRole, Float32Array>[]> {
     this.validatePrompt(ids);
-    const chunks = await (await this.ready()).exclusive(async (hold) => {
+    const chunks = await (
+      await this.ready()
+    ).exclusive(async (hold) => {
       const out: Record<ProjectionRole, Float32Array>[][] = [];
       for (let start = 0; start < ids.length; start += this.prefillChunk) {
         const chunk = ids.slice(start, Math.min(ids.length, start + this.prefillChunk));

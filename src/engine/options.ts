@@ -25,10 +25,15 @@ export interface EngineOptions {
   device?: GPUDevice;
   /**
    * Gives a new device after `device` is lost, so the engine can recover (see `recovering`);
-   * without it a lost injected device ends the engine. Its devices are the caller's too. An
-   * engine that acquired its own device gets a new one from `gpu` by itself.
+   * without it a lost injected device ends the engine. Its devices are the caller's too.
    */
   recoverDevice?: () => Promise<GPUDevice>;
+  /**
+   * When the engine acquired its own device (no `device`) and it is lost, get a new one from `gpu`
+   * and rebuild on it, reading the weights again from `model`: only for a model that reads no
+   * network (the Node entry turns it on; default false).
+   */
+  recoverOnLoss?: boolean;
   /** The WebGPU entry point (default `navigator.gpu`). */
   gpu?: GPU;
   /** Referenced for the engine's lifetime (Dawn's instance in Node). */

@@ -58,6 +58,8 @@ export async function createEngine(opts: NodeEngineOptions): Promise<Engine> {
   const gpu = opts.device || opts.gpu ? opts.gpu : dawnGpu();
   return createCoreEngine({
     loadXgrammar: loadXgrammarNode,
+    // A lost device is recovered from when the weights can be read again from local files.
+    recoverOnLoss: typeof opts.model === 'string',
     ...opts,
     model,
     ...(gpu ? { gpu, keepAlive: gpu } : {}),
