@@ -50,12 +50,20 @@ afterAll(async () => {
 
 const health = async () =>
   ((await (await fetch(`${server.url}/health`)).json()) as { status: string }).status;
-const complete = () =>
+const complete = (maxTokens = 24) =>
   fetch(`${server.url}/v1/completions`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'babyllama', prompt: PROMPT, max_tokens: 24, temperature: 0 }),
+    body: JSON.stringify({ model: 'babyllama', prompt: PROMPT, max_tokens: maxTokens, temperature: 0 }),
   });
+
+async function untilHealthy(): Promise<void> {
+  const t0 = Date.now();
+  while ((await health()) !== 'ok' && Date.now() - t0 < 60_000) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  expect(await health()).toBe('ok');
+}
 
 test('503 with Retry-After and /health "recovering" during recovery, 200 and golden text after', async () => {
   expect(await health()).toBe('ok');
@@ -85,4 +93,49 @@ test('503 with Retry-After and /health "recovering" during recovery, 200 and gol
   expect(text.length).toBeGreaterThan(0);
   expect(golden.startsWith(text)).toBe(true);
   expect(devices).toHaveLength(2);
+}, 120_000);
+
+test('a stream cut off by a device loss ends with a device_recovering error event, the next request 200', async () => {
+  await untilHealthy();
+  const device = devices.at(-1) as GPUDevice;
+  const res = await fetch(`${server.url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model: 'babyllama',
+      prompt: PROMPT,
+      max_tokens: 230,
+      temperature: 0,
+      stream: true,
+    }),
+  });
+  expect(res.status).toBe(200);
+  const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+  const decoder = new TextDecoder();
+  let text = '';
+  let destroyed = false;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    text += decoder.decode(value, { stream: true });
+    // Destroyed once the first tokens have reached the client: the answer is cut off mid-way.
+    if (!destroyed && text.includes('"text"')) {
+      destroyed = true;
+      device.destroy();
+    }
+  }
+  expect(destroyed).toBe(true);
+  const events = text
+    .split('\n\n')
+    .filter((e) => e.startsWith('data: {'))
+    .map((e) => JSON.parse(e.slice(6)) as { error?: { code: string; message: string } });
+  const last = events.at(-1);
+  expect(last?.error?.code).toBe('device_recovering');
+  expect(last?.error?.message).toMatch(/device was lost .*request can be retried/);
+  expect(text).not.toContain('[DONE]');
+  await untilHealthy();
+  const after = await complete();
+  expect(after.status).toBe(200);
+  const answer = ((await after.json()) as { choices: { text: string }[] }).choices[0]?.text ?? '';
+  expect(golden.startsWith(answer) && answer.length > 0).toBe(true);
 }, 120_000);
