@@ -571,7 +571,10 @@ export class Engine implements KilnEngine {
     return this.ctx.allocatedBytes;
   }
 
-  /** Settles when the GPU device goes away (reason 'destroyed' after `dispose()`). */
+  /**
+   * Settles when the current GPU device goes away (reason 'destroyed' after `dispose()`). An engine
+   * that recovers (`recovering`) goes on with a new device, whose loss this then reports.
+   */
   get deviceLost(): Promise<GPUDeviceLostInfo> {
     return this.ctx.device.lost;
   }
