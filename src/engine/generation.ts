@@ -111,8 +111,11 @@ export async function* generateTokens(
     return m.emit;
   };
   try {
+    // Once the caller aborts, ids that were already read back (a pipelined burst can hold several)
+    // are dropped, not yielded: the stream ends at the token the caller last saw.
+    const aborted = () => opts.signal?.aborted === true;
     while (!stopped) {
-      while (queue.length > 0 && !stopped) {
+      while (queue.length > 0 && !stopped && !aborted()) {
         const { id, logprob } = queue.shift() as { id: number; logprob: TokenLogprobs | undefined };
         out.tokenIds.push(id);
         const text = emit(decoder.push(id));
@@ -137,7 +140,9 @@ export async function* generateTokens(
     if (failure) throw failure;
     const o = outcome as ScheduledOutcome | null;
     if (o) {
-      finish = stopped ? 'stop' : o.finishReason;
+      // Ids the caller never saw because it aborted first make this an abort, even if the request
+      // had already run to its end on the GPU.
+      finish = stopped ? 'stop' : queue.length > 0 && aborted() ? 'abort' : o.finishReason;
       // A request that ended before its first token (aborted while waiting) ran nothing.
       if (o.firstTokenAt !== null) {
         out.timings.prefillMs = o.firstTokenAt - o.submittedAt;

@@ -331,11 +331,18 @@ describe('stopping', () => {
     const controller = new AbortController();
     const gen = engine.generate(PROMPT, { ...GREEDY, signal: controller.signal });
     let n = 0;
+    const seen: number[] = [];
     for await (const t of gen) {
-      if (t.id !== null && ++n === 3) controller.abort();
+      if (t.id !== null) seen.push(t.id);
+      if (t.id !== null && ++n === 3) {
+        // A slow consumer: later ids are read back (queued) before it aborts; none may follow.
+        await new Promise((r) => setTimeout(r, 300));
+        controller.abort();
+      }
     }
     const r = await gen.result();
     expect(r.finishReason).toBe('abort');
+    expect(seen).toHaveLength(3);
     expect(r.tokenIds).toEqual((await ids(engine, PROMPT, GREEDY)).slice(0, 3));
   });
 
