@@ -73,6 +73,9 @@ export interface SchedulerStats {
   blocksCached: number;
   peakBlocksUsed: number;
   prefixCacheHitRate: number;
+  /** Prompt tokens looked up in the prefix cache, and those found there (the rate's terms). */
+  prefixQueriedTokens: number;
+  prefixHitTokens: number;
   preemptions: number;
   steps: number;
   /** Decode steps submitted before their input ids were read back (pipelined decode). */
@@ -360,6 +363,8 @@ export class Scheduler {
       blocksCached: b.cachedBlocks,
       peakBlocksUsed: b.peakUsedBlocks,
       prefixCacheHitRate: b.hitRate,
+      prefixQueriedTokens: b.queriedTokens,
+      prefixHitTokens: b.hitTokens,
       preemptions: this.preemptionCount,
       steps: this.steps,
       aheadSteps: this.aheadSteps,

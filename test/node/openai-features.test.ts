@@ -21,6 +21,7 @@ import { zodResponseFormat } from 'openai/helpers/zod';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { z } from 'zod';
 import type { Engine } from '../../src/engine/engine.js';
+import { DEFAULT_BLOCK_SIZE } from '../../src/engine/kv/block-manager.js';
 import { logitAdjustRef } from '../../src/kernels/logit-adjust.ref.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { createEngine } from '../../src/node/index.js';
@@ -143,6 +144,28 @@ describe('compatibility', () => {
     const m = await client.models.retrieve(MODEL);
     expect(m.id).toBe(MODEL);
     await expect(client.models.retrieve('gpt-9')).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+  });
+
+  test('n choices of one prompt share its KV blocks (the prefix cache serves all but the first)', async () => {
+    // A fresh engine: nothing else has filled its prefix cache.
+    const own = await createEngine({ model: dir });
+    try {
+      const prompt = 'Once upon a time there was a little girl named Lily. She liked to play';
+      const L = (await own.tokenize(prompt)).length;
+      const n = 3;
+      const before = own.stats();
+      const r = await own.completions.create({ prompt, n, max_tokens: 6, temperature: 0 });
+      const after = own.stats();
+      expect(r.choices.map((c) => c.text)).toEqual(Array(n).fill(r.choices[0]?.text));
+      // Choices 2..n find the first choice's full 16-token prompt blocks cached (at least one
+      // prompt token is always computed, hence L - 1).
+      const cached = (n - 1) * Math.floor((L - 1) / DEFAULT_BLOCK_SIZE) * DEFAULT_BLOCK_SIZE;
+      expect(cached).toBeGreaterThan(0);
+      expect(after.prefixQueriedTokens - before.prefixQueriedTokens).toBe(n * L);
+      expect(after.prefixHitTokens - before.prefixHitTokens).toBe(cached);
+    } finally {
+      own.dispose();
+    }
   });
 
   test('refusals read as sentences naming the field', async () => {
