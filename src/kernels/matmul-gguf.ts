@@ -7,6 +7,7 @@
  * e.g. `matmul_gguf_q4_k_m1r4`: format, MT, R (and `_w<threads>` off the default 64).
  */
 import type { GgufKernelType } from '../quant/gguf-pack.js';
+import { chooseQ4Tiling } from './matmul-q4.js';
 import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
 import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
 import type { ShaderName } from './wgsl.gen.js';
@@ -63,23 +64,16 @@ export interface MatmulGgufArgs {
 export type GgufVariant = Partial<Pick<MatmulGgufArgs, 'rowsPerGroup' | 'rowsPerThread' | 'workgroupSize'>>;
 
 const WG = 64;
-/** Aim for at least this many workgroups per dispatch, so that every core (or SM) gets work. */
-const MIN_GROUPS = 8;
-
 /**
- * MT = 1 for decode, else 4 (X rows padded only that far); R = the most rows per thread (up to 4:
- * each X load serves R rows) that still leaves MIN_GROUPS workgroups. The same rule as
- * chooseQ4Tiling, for the same reasons (one thread per row, X read per chunk).
+ * MT = 1 for decode, else 4; R = the most rows per thread that still leaves enough workgroups. The
+ * int4 kernel's rule (chooseQ4Tiling), for the same reasons: one thread per row, X read per chunk,
+ * the same 64-thread workgroups.
  */
 export function chooseGgufTiling(
   m: number,
   n: number,
 ): { rowsPerGroup: GgufRowsPerGroup; rowsPerThread: GgufRowsPerThread } {
-  const rowsPerGroup: GgufRowsPerGroup = m <= 1 ? 1 : 4;
-  for (const r of [4, 2, 1] as const) {
-    if (Math.ceil(n / (WG * r)) >= MIN_GROUPS) return { rowsPerGroup, rowsPerThread: r };
-  }
-  return { rowsPerGroup, rowsPerThread: 1 };
+  return chooseQ4Tiling(m, n);
 }
 
 /**
