@@ -1,0 +1,203 @@
+/**
+ * The scheduler's sequences and their KV blocks: the waiting and running lists, admission (with
+ * prefix-cache reuse), growth by one slot per token (preempting the newest sequence when the pool
+ * is full), preemption, the end of a sequence, and the rules every drawn token goes through (EOS,
+ * grammar completion, max tokens, context). The plain step, the pipelined burst
+ * (`pipeline.ts`) and speculative verification (`verify.ts`) all hand their tokens on here, so a
+ * token is treated the same whichever way it was produced.
+ */
+import type { FinishReason } from '../../api/types.js';
+import { KilnError } from '../../errors.js';
+import type { ForwardModel, StepInput } from '../forward/model.js';
+import { OutOfBlocksError, type BlockCopy, type BlockManager } from '../kv/block-manager.js';
+import { kvBlockBytes, type PagedKvCache } from '../kv/cache.js';
+import type { SequenceSampler } from '../sampling/sequence.js';
+import type { Speculator } from '../speculative.js';
+import type { ScheduledOutcome, ScheduledRequest, SchedulerOptions } from './types.js';
+
+export interface Seq {
+  readonly id: number;
+  readonly req: ScheduledRequest;
+  readonly arrival: number;
+  /** Prompt, then every generated token. */
+  readonly tokens: number[];
+  /** Tokens whose KV is in the cache. */
+  computed: number;
+  produced: number;
+  readonly sampler: SequenceSampler;
+  firstTokenAt: number | null;
+  cachedPromptTokens: number;
+  preemptions: number;
+  /**
+   * Positions appended ahead of their token (pipelined decode): slots reserved for steps in flight
+   * whose input id is still on the GPU. Their token ids are set as the ids arrive.
+   */
+  reserved: number;
+  /** Guesses the next tokens (speculative decoding of a greedy sequence); null: plain decode. */
+  readonly spec: Speculator | null;
+  /** Set by `cancel` (a consumer that stopped reading) or the request's abort signal. */
+  cancelled: boolean;
+  finished: boolean;
+  readonly resolve: (o: ScheduledOutcome) => void;
+  readonly reject: (e: unknown) => void;
+  readonly submittedAt: number;
+}
+
+/** A step's inputs, built row by row. */
+export interface StepRows extends StepInput {
+  tokens: number[];
+  positions: number[];
+  slots: number[];
+  blockTableOffsets: number[];
+  blockTable: number[];
+  logitRows: number[];
+}
+
+export function emptyRows(): StepRows {
+  return { tokens: [], positions: [], slots: [], blockTableOffsets: [], blockTable: [], logitRows: [] };
+}
+
+/** The scheduler's counters (see SchedulerStats). */
+export interface StepCounts {
+  preemptions: number;
+  steps: number;
+  aheadSteps: number;
+  specSteps: number;
+  drafted: number;
+  accepted: number;
+}
+
+export class Batch {
+  readonly waiting: Seq[] = [];
+  readonly running: Seq[] = [];
+  readonly counts: StepCounts = {
+    preemptions: 0,
+    steps: 0,
+    aheadSteps: 0,
+    specSteps: 0,
+    drafted: 0,
+    accepted: 0,
+  };
+
+  constructor(
+    readonly forward: ForwardModel,
+    readonly kv: PagedKvCache,
+    readonly blocks: BlockManager,
+    readonly opts: SchedulerOptions,
+    /** Turns on the GPU state asked for and not yet given (see Turns). */
+    private readonly turnWaiters: () => number,
+  ) {}
+
+  /** A request waits to be admitted or other work waits for the GPU: a pipelined burst yields. */
+  othersWaiting(): boolean {
+    return this.waiting.length > 0 || this.turnWaiters() > 0;
+  }
+
+  finish(s: Seq, reason: FinishReason): void {
+    if (s.finished) return;
+    s.finished = true;
+    if (this.blocks.has(s.id)) this.blocks.free(s.id);
+    s.sampler.dispose();
+    const drop = (list: Seq[]) => {
+      const i = list.indexOf(s);
+      if (i >= 0) list.splice(i, 1);
+    };
+    drop(this.running);
+    drop(this.waiting);
+    s.resolve({
+      finishReason: reason,
+      submittedAt: s.submittedAt,
+      firstTokenAt: s.firstTokenAt,
+      finishedAt: performance.now(),
+      cachedPromptTokens: s.cachedPromptTokens,
+      preemptions: s.preemptions,
+    });
+  }
+
+  /**
+   * Hands on a token drawn for `s` (logprob: its alternatives, when asked for): ends the sequence
+   * on EOS (not emitted), else appends and emits it, then ends it when its grammar is complete
+   * (only end-of-sequence could follow), at its max tokens or at the context. True when the
+   * sequence goes on (the token still needs a KV slot: `grow`, or a slot reserved ahead).
+   */
+  emit(s: Seq, token: number, logprob?: Parameters<ScheduledRequest['onToken']>[1]): boolean {
+    s.firstTokenAt ??= performance.now();
+    if (s.req.eos.has(token)) {
+      this.finish(s, 'stop');
+      return false;
+    }
+    s.tokens.push(token);
+    s.produced++;
+    const open = s.sampler.accept(token);
+    s.req.onToken(token, logprob);
+    if (!open) {
+      this.finish(s, 'stop');
+      return false;
+    }
+    if (s.produced >= s.req.maxTokens || s.tokens.length >= this.opts.contextLength) {
+      this.finish(s, 'length');
+      return false;
+    }
+    return true;
+  }
+
+  /** Frees a running sequence's blocks; it is recomputed from its tokens when readmitted. */
+  preempt(s: Seq): void {
+    this.blocks.free(s.id);
+    s.computed = 0;
+    s.reserved = 0;
+    s.preemptions++;
+    this.counts.preemptions++;
+    this.running.splice(this.running.indexOf(s), 1);
+    // Back in line by arrival, ahead of everything that came after it.
+    const at = this.waiting.findIndex((w) => w.arrival > s.arrival);
+    this.waiting.splice(at < 0 ? this.waiting.length : at, 0, s);
+  }
+
+  /** Copies blocks (every layer's K and V) before the next step writes into them. */
+  copyBlocks(copies: readonly BlockCopy[]): void {
+    if (copies.length === 0) return;
+    const bytes = kvBlockBytes(this.forward.spec, this.kv.dtype);
+    const enc = this.forward.ctx.device.createCommandEncoder({ label: 'kiln.kv_copy' });
+    for (const c of copies) {
+      for (const layer of [...this.kv.k, ...this.kv.v]) {
+        enc.copyBufferToBuffer(layer, c.src * bytes, layer, c.dst * bytes, bytes);
+      }
+    }
+    this.forward.ctx.device.queue.submit([enc.finish()]);
+  }
+
+  /** Gives `token` (just appended to s.tokens) a KV slot, preempting the newest sequences if needed. */
+  grow(s: Seq, token: number): void {
+    for (;;) {
+      try {
+        this.copyBlocks(this.blocks.appendSlots(s.id, [token]).copies);
+        return;
+      } catch (e) {
+        if (!(e instanceof OutOfBlocksError)) throw e;
+        const victim = this.running.reduce((a, b) => (b.arrival > a.arrival ? b : a));
+        this.preempt(victim);
+        if (victim === s) return;
+      }
+    }
+  }
+
+  admit(): void {
+    while (this.waiting.length > 0) {
+      const s = this.waiting[0] as Seq;
+      if (!this.blocks.canAdmit(s.tokens)) {
+        if (this.running.length === 0) {
+          throw new KilnError(
+            `internal: sequence of ${s.tokens.length} tokens cannot be admitted to an empty pool`,
+          );
+        }
+        return;
+      }
+      const a = this.blocks.admit(s.id, s.tokens);
+      s.computed = a.cachedTokens;
+      if (s.preemptions === 0) s.cachedPromptTokens = a.cachedTokens;
+      this.waiting.shift();
+      this.running.push(s);
+    }
+  }
+}
