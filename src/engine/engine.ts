@@ -9,67 +9,45 @@ import type { ChatInput, KilnEngine } from '../api/engine-api.js';
 import { OpenAiChat, OpenAiCompletions } from '../api/openai/openai.js';
 import { detectToolFormat, type ToolFormatName } from '../api/openai/tools.js';
 import type { GenerateOptions, GrammarSpec, TuningStatus } from '../api/types.js';
-import {
-  DeviceMemoryError,
-  GpuDeviceError,
-  InvalidRequestError,
-  KilnError,
-  UnsupportedModelError,
-} from '../errors.js';
-import { acquireGpu, formatBytes, type AdapterSummary, type GpuContext } from '../gpu/device.js';
-import { GpuTimer } from '../gpu/timer.js';
-import { KilnTokenizer, type ChatMessage } from '../io/tokenizer.js';
-import { ATTENTION_MAX_HEAD_DIM } from '../kernels/attention.js';
+import { GpuDeviceError, InvalidRequestError, KilnError } from '../errors.js';
+import { acquireGpu, type AdapterSummary, type GpuContext } from '../gpu/device.js';
+import type { ChatMessage, KilnTokenizer } from '../io/tokenizer.js';
 import type { ProjectionRole } from '../model/architecture.js';
 import type { ModelSpec } from '../model/spec.js';
-import type { Slice } from '../tuner/measure.js';
 import type { TuneOptions, TuneReport, TuneResult } from '../tuner/tuner.js';
-import { tuneModel } from '../tuner/tuner.js';
 import type { KernelChoices } from '../tuner/choices.js';
 import { modelTuneClasses } from '../tuner/classes.js';
 import { defaultChoices, defaultsRowFor, type AdapterClass } from '../tuner/defaults.js';
-import { destroyWeights, loadWeights, validateCheckpoint, type ModelWeights } from '../weights/loader.js';
-import { openModelFiles, type ModelFiles } from '../weights/model-files.js';
+import { validateCheckpoint } from '../weights/loader.js';
+import { openModelFiles } from '../weights/model-files.js';
 import type { WeightSource } from '../weights/source.js';
-import { ForwardModel } from './forward/model.js';
+import type { ForwardModel } from './forward/model.js';
 import { StepGpuClock } from './forward/step-clock.js';
-import { captureLinearInputs, profileStep, runStep, warmAsyncAttention } from './forward/step.js';
+import { runStep, warmAsyncAttention } from './forward/step.js';
 import { Generation, type GenerationHost } from './generation.js';
+import { buildForward, destroyGpuState } from './gpu-state.js';
+import { heldLinearInputs, heldLogitChunks, heldProfile } from './held-work.js';
 import { BlockManager } from './kv/block-manager.js';
-import { BLOCK_TOKENS, PagedKvCache, type KvDtype } from './kv/cache.js';
-import { planMemory, type MemoryPlan } from './memory.js';
+import { BLOCK_TOKENS, type KvDtype } from './kv/cache.js';
+import {
+  checkActivations,
+  checkModel,
+  checkTokenizer,
+  DEFAULT_PREFILL_CHUNK,
+  planOnDevice,
+  resolveKvDtype,
+} from './load.js';
+import type { MemoryPlan } from './memory.js';
 import { checkOptions, type EngineOptions } from './options.js';
+import { explainFailure, rebuildForward, Recovery, type Rebuild } from './recovery.js';
+import { checkGenerateOptions, checkPrompt } from './requests.js';
 import { GrammarCompiler, importXgrammar, type XgrammarModule } from './sampling/grammar.js';
-import { samplingOf, validateSampling } from './sampling/params.js';
 import { Scheduler, type SchedulerOptions, type SchedulerStats } from './scheduler.js';
 import type { SpeculativeOptions } from './speculative.js';
-import { BackgroundTuning } from './tuning.js';
-import { isQuantKv } from '../kernels/kv-dtype.js';
+import { BackgroundTuning, runTuning } from './tuning.js';
 
 /** Decode steps whose attention scores calibrate the unified max. */
 const CALIBRATION_STEPS = 8;
-const DEFAULT_CONTEXT = 4096;
-const DEFAULT_PREFILL_CHUNK = 256;
-/**
- * How long a failed step waits for `device.lost` to settle before deciding the failure was not a
- * loss: Dawn reports the failed readback and the loss in either order, within one event poll.
- */
-const LOST_SETTLE_MS = 1000;
-
-/**
- * What the engine keeps to rebuild its GPU state on a new device after a loss: the opened model
- * files (weights are read again from them, never downloaded again) and the choices made at load.
- */
-interface Rebuild {
-  files: ModelFiles;
-  source: WeightSource;
-  kvDtype: KvDtype;
-  kvBlocks: number;
-  calibration: number;
-  activations: 'f32' | 'f16';
-  /** A new GPU context, or null when the engine cannot get one (an injected device, no factory). */
-  acquire: (() => Promise<GpuContext>) | null;
-}
 
 export class Engine implements KilnEngine {
   readonly chat: { readonly completions: OpenAiChat };
@@ -85,10 +63,7 @@ export class Engine implements KilnEngine {
   private readonly schedulerOptions: SchedulerOptions;
   /** Set at load: how to rebuild after a device loss. */
   private rebuild: Rebuild | null = null;
-  /** Settles when a recovery from a device loss is over; null when none runs. */
-  private recovery: Promise<void> | null = null;
-  /** Why the engine cannot run any more (a recovery that failed). */
-  private broken: unknown = null;
+  private readonly recovery = new Recovery();
   /** What each Generation runs on. */
   private readonly host: GenerationHost;
   /** Constrained decoding's grammars, compiled against this model's vocabulary. */
@@ -99,9 +74,7 @@ export class Engine implements KilnEngine {
     readonly spec: ModelSpec,
     readonly tokenizer: KilnTokenizer,
     readonly contextLength: number,
-    private ctx: GpuContext,
-    private weights: ModelWeights,
-    private kv: PagedKvCache,
+    /** The GPU state: the forward model over the weights and KV cache on its device. */
     private forward: ForwardModel,
     private readonly prefillChunk: number,
     private readonly modelLocation: string,
@@ -138,29 +111,14 @@ export class Engine implements KilnEngine {
     const t0 = performance.now();
     const files = await openModelFiles(opts.model);
     const spec = files.spec;
-    if (spec.headDim > ATTENTION_MAX_HEAD_DIM) {
-      throw new UnsupportedModelError(
-        `config.json in ${opts.model.location}: head_dim ${spec.headDim} is over the ${ATTENTION_MAX_HEAD_DIM} Kiln's attention kernel supports`,
-      );
-    }
+    checkModel(spec, opts.model.location);
     const tokenizer = await files.tokenizer();
-    if (tokenizer.vocabSize > spec.vocabSize) {
-      throw new KilnError(
-        `the tokenizer in ${opts.model.location} has ${tokenizer.vocabSize} tokens but config.json's vocab_size is ${spec.vocabSize}`,
-      );
-    }
+    checkTokenizer(spec, tokenizer, opts.model.location);
     const choices = checkOptions(opts);
     const source = files.weightSource(choices.quant, opts.quantOptions);
-    if (choices.activations === 'f16' && source.int4) {
-      throw new InvalidRequestError(
-        "activations 'f16' applies to float weights; int4 models read f32 activations (use 'f32')",
-      );
-    }
-    const requestedContext = Math.min(spec.maxPositionEmbeddings, opts.contextLength ?? DEFAULT_CONTEXT);
+    checkActivations(choices, source);
     const ckpt = await files.openCheckpoint();
     let ctx: GpuContext | null = null;
-    let weights: ModelWeights | null = null;
-    let kv: PagedKvCache | null = null;
     let forward: ForwardModel | null = null;
     try {
       validateCheckpoint(spec, ckpt, source);
@@ -169,73 +127,19 @@ export class Engine implements KilnEngine {
         ...(opts.gpu ? { gpu: opts.gpu } : {}),
         keepAlive: opts.keepAlive,
       });
-      const adapterName = ctx.adapter.description || ctx.adapter.device;
-      if (choices.activations === 'f16' && !ctx.adapter.shaderF16) {
-        throw new InvalidRequestError(
-          `activations 'f16' needs the shader-f16 feature, which this adapter (${adapterName}) lacks; use 'f32'`,
-        );
-      }
-      if (choices.kvCache === 'f16' && !ctx.adapter.shaderF16) {
-        throw new InvalidRequestError(
-          `kvCache 'f16' needs the shader-f16 feature, which this adapter (${adapterName}) lacks; use 'auto' or 'f32'`,
-        );
-      }
-      const kvDtype: KvDtype =
-        choices.kvCache === 'auto' ? (ctx.adapter.shaderF16 ? 'f16' : 'f32') : choices.kvCache;
-      if (isQuantKv(kvDtype) && spec.headDim % 4 !== 0) {
-        throw new InvalidRequestError(
-          `kvCache '${kvDtype}' needs head_dim to be a multiple of 4, this model's is ${spec.headDim}; use 'auto', 'f16' or 'f32'`,
-        );
-      }
-      // The plan needs the KV element type and the limits, known only with the adapter; nothing
-      // is allocated yet. A probe under an error scope then checks the device can hold it all.
-      const cap = (limit: number, c: number | undefined) => Math.min(limit, c ?? Infinity);
-      const planInput = {
-        spec,
-        ckpt,
+      const kvDtype = resolveKvDtype(choices, ctx, spec);
+      const plan = await planOnDevice(ctx, opts, spec, ckpt, source, kvDtype);
+      const contextLength = plan.contextLength;
+      const recipe = {
         source,
         kvDtype,
-        requestedContext,
-        prefillChunkTokens: opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK,
-        ...(opts.kvCacheTokens !== undefined ? { kvTokens: opts.kvCacheTokens } : {}),
-        limits: {
-          maxBufferSize: cap(ctx.limits.maxBufferSize, opts.limits?.maxBufferSize),
-          maxStorageBufferBindingSize: cap(
-            ctx.limits.maxStorageBufferBindingSize,
-            opts.limits?.maxStorageBufferBindingSize,
-          ),
-        },
-      };
-      let plan = planMemory({
-        ...planInput,
-        ...(opts.memoryLimitBytes !== undefined ? { budgetBytes: opts.memoryLimitBytes } : {}),
-      });
-      for (let tries = 0; !(await ctx.probeAllocation(plan.total)); tries++) {
-        // The device refused the whole plan at once: plan again for three quarters of it.
-        if (tries === 3) {
-          throw new DeviceMemoryError(
-            `this device could not allocate ${formatBytes(plan.total)} (weights ${formatBytes(plan.weights)}) even after shrinking the KV cache`,
-          );
-        }
-        const budgetBytes = Math.floor(plan.total * 0.75);
-        plan = planMemory({ ...planInput, budgetBytes });
-        plan.note = `${plan.note ?? ''}${plan.note ? '; ' : ''}an allocation probe failed, so the plan was cut to ${formatBytes(budgetBytes)}`;
-      }
-      const contextLength = plan.contextLength;
-      const prefillChunk = Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength);
-      weights = await loadWeights(ctx, spec, ckpt, source, opts.onProgress);
-      kv = await PagedKvCache.create(ctx, spec, plan.kvBlocks, kvDtype);
-      const calibration = choices.attentionSoftmax === 'async' ? CALIBRATION_STEPS : 0;
-      forward = new ForwardModel(
-        ctx,
-        spec,
-        weights,
-        kv,
-        prefillChunk,
-        calibration,
-        choices.activations,
+        kvBlocks: plan.kvBlocks,
+        calibration: choices.attentionSoftmax === 'async' ? CALIBRATION_STEPS : 0,
+        activations: choices.activations,
+        prefillChunk: Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength),
         contextLength,
-      );
+      };
+      forward = await buildForward(ctx, spec, ckpt, recipe, opts.onProgress);
       // The untuned kernels: this adapter class's row of defaults (tuning starts from them).
       const defaults = defaultsRowFor(choices.kernelDefaults, ctx.adapter);
       const defaultTable = defaultChoices(
@@ -248,11 +152,8 @@ export class Engine implements KilnEngine {
         spec,
         tokenizer,
         contextLength,
-        ctx,
-        weights,
-        kv,
         forward,
-        prefillChunk,
+        recipe.prefillChunk,
         opts.model.location,
         choices.sampling === 'gpu',
         source,
@@ -265,12 +166,8 @@ export class Engine implements KilnEngine {
       const keepAlive = opts.keepAlive;
       const recoverDevice = opts.recoverDevice;
       engine.rebuild = {
+        ...recipe,
         files,
-        source,
-        kvDtype,
-        kvBlocks: plan.kvBlocks,
-        calibration,
-        activations: choices.activations,
         acquire: recoverDevice
           ? async () => acquireGpu({ device: await recoverDevice(), keepAlive })
           : !opts.device && opts.recoverOnLoss
@@ -293,36 +190,27 @@ export class Engine implements KilnEngine {
       return engine;
     } catch (e) {
       // Free what was made: on a caller's device it would otherwise stay allocated.
-      forward?.destroy();
-      kv?.destroy();
-      if (ctx && weights) destroyWeights(ctx, weights);
-      ctx?.close();
+      if (forward) destroyGpuState(forward);
+      else ctx?.close();
       throw e;
     } finally {
       await ckpt.close();
     }
   }
 
-  private makeScheduler(): Scheduler {
-    const ctx = this.ctx;
-    const blocks = new BlockManager({ numBlocks: this.kv.numBlocks, blockSize: BLOCK_TOKENS });
-    return new Scheduler(this.forward, this.kv, blocks, {
-      ...this.schedulerOptions,
-      explainFailure: (e) => this.explainFailure(ctx, e),
-    });
+  private get ctx(): GpuContext {
+    return this.forward.ctx;
   }
 
-  /** A failed step on a device that was lost, and that the engine recovers from, is retriable. */
-  private async explainFailure(ctx: GpuContext, e: unknown): Promise<unknown> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const lost = await Promise.race([
-      ctx.device.lost,
-      new Promise<null>((r) => (timer = setTimeout(() => r(null), LOST_SETTLE_MS))),
-    ]);
-    clearTimeout(timer);
-    if (!lost || this.disposed || !this.rebuild?.acquire) return e;
-    return GpuDeviceError.lostRetriable(lost.reason + (lost.message ? `: ${lost.message}` : ''), {
-      cause: e,
+  private makeScheduler(): Scheduler {
+    const ctx = this.ctx;
+    const kv = this.forward.kv;
+    const blocks = new BlockManager({ numBlocks: kv.numBlocks, blockSize: BLOCK_TOKENS });
+    // A failed step on a device that was lost, and that the engine recovers from, is retriable.
+    const recovers = () => !this.disposed && !!this.rebuild?.acquire;
+    return new Scheduler(this.forward, kv, blocks, {
+      ...this.schedulerOptions,
+      explainFailure: (e) => explainFailure(ctx, e, recovers),
     });
   }
 
@@ -330,70 +218,21 @@ export class Engine implements KilnEngine {
   private watchDevice(ctx: GpuContext): void {
     void ctx.device.lost.then(() => {
       if (this.disposed || ctx !== this.ctx || !this.rebuild?.acquire) return;
-      this.recovery = this.recover().then(
-        () => {
-          this.recovery = null;
-        },
-        (e: unknown) => {
-          this.recovery = null;
-          this.broken = new GpuDeviceError(
-            `the GPU device was lost and could not be recovered: ${(e as Error)?.message ?? String(e)}`,
-            { cause: e },
-          );
-        },
-      );
+      this.recovery.start(() => this.recover());
     });
   }
 
   /**
-   * Rebuilds everything that lived on the lost device on a new one: weights read again from the
-   * model files, the KV cache, the forward plans with the kernel choices in use (tuned ones
-   * included), the scheduler and its samplers, then the warm-up. Requests wait for it (`ready`).
+   * Rebuilds everything that lived on the lost device on a new one (recovery.ts), then the
+   * scheduler and its samplers, then the warm-up. Requests wait for it (`ready`).
    */
   private async recover(): Promise<void> {
     const rb = this.rebuild;
     if (!rb?.acquire) throw new GpuDeviceError('this engine cannot get a new device');
     const choices = this.forward.choices;
     // What lived on the old device is gone with it; freeing it releases the JS side.
-    this.forward.destroy();
-    this.kv.destroy();
-    destroyWeights(this.ctx, this.weights);
-    this.ctx.close();
-    const ckpt = await rb.files.openCheckpoint();
-    let ctx: GpuContext | null = null;
-    let weights: ModelWeights | null = null;
-    let kv: PagedKvCache | null = null;
-    try {
-      ctx = await rb.acquire();
-      weights = await loadWeights(ctx, this.spec, ckpt, rb.source);
-      kv = await PagedKvCache.create(ctx, this.spec, rb.kvBlocks, rb.kvDtype);
-      const forward = new ForwardModel(
-        ctx,
-        this.spec,
-        weights,
-        kv,
-        this.prefillChunk,
-        rb.calibration,
-        rb.activations,
-        this.contextLength,
-      );
-      forward.setChoices(choices);
-      if (this.disposed) {
-        forward.destroy();
-        throw new KilnError('the engine was disposed while recovering');
-      }
-      this.ctx = ctx;
-      this.weights = weights;
-      this.kv = kv;
-      this.forward = forward;
-    } catch (e) {
-      kv?.destroy();
-      if (ctx && weights) destroyWeights(ctx, weights);
-      ctx?.close();
-      throw e;
-    } finally {
-      await ckpt.close();
-    }
+    destroyGpuState(this.forward);
+    this.forward = await rebuildForward(rb, this.spec, choices, () => this.disposed);
     this.scheduler = this.makeScheduler();
     this.watchDevice(this.ctx);
     await this.warmUp();
@@ -401,13 +240,12 @@ export class Engine implements KilnEngine {
 
   /** Whether the engine is rebuilding its GPU state after a device loss. */
   get recovering(): boolean {
-    return this.recovery !== null;
+    return this.recovery.active;
   }
 
   /** The scheduler, once any recovery is over; fails if the engine cannot run any more. */
   private async ready(): Promise<Scheduler> {
-    while (this.recovery) await this.recovery;
-    if (this.broken) throw this.broken;
+    await this.recovery.settled();
     if (this.disposed) throw new KilnError('the engine has been disposed');
     return this.scheduler;
   }
@@ -473,14 +311,7 @@ export class Engine implements KilnEngine {
     if (!Number.isInteger(context) || context < 1 || context > this.contextLength) {
       throw new InvalidRequestError(`context ${context} is outside 1..${this.contextLength}`);
     }
-    return (await this.ready()).exclusive(async (hold) => {
-      const timer = new GpuTimer(this.ctx);
-      try {
-        return await profileStep(this.forward, hold.input([0], context - 1), timer);
-      } finally {
-        timer.destroy();
-      }
-    });
+    return (await this.ready()).exclusive((hold) => heldProfile(this.ctx, this.forward, hold, context));
   }
 
   /**
@@ -492,40 +323,14 @@ export class Engine implements KilnEngine {
     return this.runTuning(opts, false);
   }
 
-  /**
-   * Tuning in slices (a compile batch, an output check, a timing round) that hold the GPU state:
-   * in the foreground they take turns with steps; in the background they run only while no request
-   * runs, one pipeline compiled per slice, and the budget counts only the time spent in them.
-   */
-  private async runTuning(opts: TuneOptions, background: boolean): Promise<TuneResult> {
-    if (this.disposed) throw new KilnError('the engine has been disposed');
-    const guard = async <T>(work: () => Promise<T>): Promise<T> => {
-      if (this.disposed) throw new KilnError('the engine has been disposed');
-      return work();
-    };
-    let waited = 0;
-    const hold: Slice = background
-      ? (work) => {
-          const asked = performance.now();
-          return this.scheduler.whenIdleExclusive(async () => {
-            const start = performance.now();
-            waited += start - asked;
-            try {
-              return await guard(work);
-            } finally {
-              this.background.noteSlice(performance.now() - start);
-            }
-          });
-        }
-      : (work) => this.scheduler.exclusive(() => guard(work));
-    const result = await tuneModel(this.forward.tuneTarget(), {
-      ...opts,
-      hold,
+  private runTuning(opts: TuneOptions, background: boolean): Promise<TuneResult> {
+    const host = {
+      scheduler: () => this.scheduler,
+      forward: () => this.forward,
+      disposed: () => this.disposed,
       defaults: this.kernelDefaults.choices,
-      ...(background ? { clock: () => performance.now() - waited, compileBatch: 1 } : {}),
-    });
-    await this.scheduler.exclusive(() => guard(async () => this.forward.setChoices(result.choices)));
-    return result;
+    };
+    return runTuning(host, this.background, opts, background);
   }
 
   /**
@@ -548,7 +353,7 @@ export class Engine implements KilnEngine {
 
   /** Element type of the KV cache (EngineOptions.kvCache, 'auto' resolved for this adapter). */
   get kvCacheDtype(): KvDtype {
-    return this.kv.dtype;
+    return this.forward.kv.dtype;
   }
 
   /** How the projection weights are stored on the GPU, e.g. "int4 g32 asym, quantized at load". */
@@ -628,21 +433,8 @@ export class Engine implements KilnEngine {
     if (this.disposed) throw new KilnError('the engine has been disposed');
     const ids = this.encodePrompt(prompt, opts.addSpecialTokens ?? true);
     // Bad requests fail here, at the call, not later when the result is consumed.
-    this.validatePrompt(ids);
-    validateSampling(samplingOf(opts));
-    const minP = opts.minP;
-    if (minP !== undefined && !(minP >= 0 && minP <= 1)) {
-      throw new InvalidRequestError(`minP is ${minP}; expected a number in [0, 1]`);
-    }
-    const m = opts.maxTokens;
-    if (m !== undefined && (!Number.isInteger(m) || m < 0)) {
-      throw new InvalidRequestError(`maxTokens is ${m}; expected an integer >= 0`);
-    }
-    if (opts.stop !== undefined) {
-      if (!Array.isArray(opts.stop) || opts.stop.some((s) => typeof s !== 'string' || s.length === 0)) {
-        throw new InvalidRequestError('stop must be a list of non-empty strings');
-      }
-    }
+    checkPrompt(ids, this.contextLength, this.spec);
+    checkGenerateOptions(opts);
     return new Generation(this.host, ids, opts);
   }
 
@@ -667,25 +459,9 @@ export class Engine implements KilnEngine {
   async *logitChunks(
     ids: readonly number[],
   ): AsyncGenerator<{ start: number; rows: number; logits: Float32Array }> {
-    this.validatePrompt(ids);
+    checkPrompt(ids, this.contextLength, this.spec);
     const hold = await (await this.ready()).hold();
-    // The logits of one step live in one storage binding: with a 150k vocabulary, 256 rows of f32
-    // logits would exceed the default 128 MiB, so steps here take as many rows as fit.
-    const fit = Math.floor(this.ctx.limits.maxStorageBufferBindingSize / (this.spec.vocabSize * 4));
-    const step = Math.max(1, Math.min(this.prefillChunk, fit));
-    try {
-      for (let start = 0; start < ids.length; start += step) {
-        const chunk = ids.slice(start, Math.min(ids.length, start + step));
-        const input = hold.input(
-          chunk,
-          start,
-          chunk.map((_, i) => i),
-        );
-        yield { start, rows: chunk.length, logits: await runStep(this.forward, input, 'logits') };
-      }
-    } finally {
-      hold.release();
-    }
+    yield* heldLogitChunks(this.forward, hold, ids, this.prefillChunk);
   }
 
   /**
@@ -694,53 +470,10 @@ export class Engine implements KilnEngine {
    * quantizers (src/quant).
    */
   async captureLinearInputs(ids: readonly number[]): Promise<Record<ProjectionRole, Float32Array>[]> {
-    this.validatePrompt(ids);
-    const chunks = await (
-      await this.ready()
-    ).exclusive(async (hold) => {
-      const out: Record<ProjectionRole, Float32Array>[][] = [];
-      for (let start = 0; start < ids.length; start += this.prefillChunk) {
-        const chunk = ids.slice(start, Math.min(ids.length, start + this.prefillChunk));
-        out.push(await captureLinearInputs(this.forward, hold.input(chunk, start)));
-      }
-      return out;
-    });
-    return Array.from({ length: this.spec.numLayers }, (_, l) => {
-      const join = (proj: ProjectionRole) => {
-        const parts = chunks.map((c) => (c[l] as Record<ProjectionRole, Float32Array>)[proj]);
-        const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-        let at = 0;
-        for (const p of parts) {
-          out.set(p, at);
-          at += p.length;
-        }
-        return out;
-      };
-      return { qkv: join('qkv'), o: join('o'), gateUp: join('gateUp'), down: join('down') };
-    });
-  }
-
-  private validatePrompt(ids: readonly number[]): void {
-    if (ids.length === 0) {
-      throw new InvalidRequestError(
-        'the prompt is empty and the tokenizer adds no BOS token: give at least one token',
-      );
-    }
-    if (ids.length > this.contextLength) {
-      throw new InvalidRequestError(
-        `the prompt is ${ids.length} tokens, longer than the context of ${this.contextLength} tokens` +
-          (this.contextLength < this.spec.maxPositionEmbeddings
-            ? ` (the model allows ${this.spec.maxPositionEmbeddings}; raise contextLength / --context)`
-            : ` (max_position_embeddings of the model)`),
-      );
-    }
-    for (const id of ids) {
-      if (!Number.isInteger(id) || id < 0 || id >= this.spec.vocabSize) {
-        throw new InvalidRequestError(
-          `token id ${id} is outside the vocabulary (0..${this.spec.vocabSize - 1})`,
-        );
-      }
-    }
+    checkPrompt(ids, this.contextLength, this.spec);
+    return (await this.ready()).exclusive((hold) =>
+      heldLinearInputs(this.forward, hold, ids, this.prefillChunk),
+    );
   }
 
   /** Frees the GPU memory (and the device, unless it was passed in). */
@@ -748,10 +481,7 @@ export class Engine implements KilnEngine {
     if (this.disposed) return;
     this.disposed = true;
     this.background.stop();
-    this.forward.destroy();
-    this.kv.destroy();
-    destroyWeights(this.ctx, this.weights);
-    this.ctx.close();
+    destroyGpuState(this.forward);
   }
 }
 

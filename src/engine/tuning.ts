@@ -1,13 +1,18 @@
 /**
  * Kernel tuning as the engine runs it at load (EngineOptions.tune): the cached choices of this
  * adapter apply before the warm-up, and the classes left are tuned in the background, in short
- * slices that run only while no request runs (Engine.runTuning), within a budget of tuning time.
+ * slices that run only while no request runs (`runTuning`), within a budget of tuning time.
  * This keeps the status the browser app shows and the promise that settles when the engine runs
- * the winners.
+ * the winners, and runs a tuning (foreground or background) in slices that hold the GPU state.
  */
 import type { TuningStatus } from '../api/types.js';
-import type { TuneOptions, TuneReport, TuneResult } from '../tuner/tuner.js';
+import { KilnError } from '../errors.js';
+import type { KernelChoices } from '../tuner/choices.js';
+import type { Slice } from '../tuner/measure.js';
+import { tuneModel, type TuneOptions, type TuneReport, type TuneResult } from '../tuner/tuner.js';
+import type { ForwardModel } from './forward/model.js';
 import type { EngineTuneOptions } from './options.js';
+import type { Scheduler } from './scheduler.js';
 
 const DEFAULT_TUNE_BUDGET_MS = 5000;
 
@@ -82,4 +87,55 @@ export class BackgroundTuning {
   stop(): void {
     this.abort.abort();
   }
+}
+
+/** What a tuning run needs of the engine, read at each use (a recovery replaces them). */
+export interface TuningHost {
+  scheduler(): Scheduler;
+  forward(): ForwardModel;
+  disposed(): boolean;
+  /** The untuned kernel choices tuning starts from. */
+  defaults: KernelChoices;
+}
+
+/**
+ * Tuning in slices (a compile batch, an output check, a timing round) that hold the GPU state:
+ * in the foreground they take turns with steps; in the background they run only while no request
+ * runs, one pipeline compiled per slice, and the budget counts only the time spent in them. The
+ * engine then runs the chosen kernels.
+ */
+export async function runTuning(
+  host: TuningHost,
+  tuning: BackgroundTuning,
+  opts: TuneOptions,
+  background: boolean,
+): Promise<TuneResult> {
+  if (host.disposed()) throw new KilnError('the engine has been disposed');
+  const guard = async <T>(work: () => Promise<T>): Promise<T> => {
+    if (host.disposed()) throw new KilnError('the engine has been disposed');
+    return work();
+  };
+  let waited = 0;
+  const hold: Slice = background
+    ? (work) => {
+        const asked = performance.now();
+        return host.scheduler().whenIdleExclusive(async () => {
+          const start = performance.now();
+          waited += start - asked;
+          try {
+            return await guard(work);
+          } finally {
+            tuning.noteSlice(performance.now() - start);
+          }
+        });
+      }
+    : (work) => host.scheduler().exclusive(() => guard(work));
+  const result = await tuneModel(host.forward().tuneTarget(), {
+    ...opts,
+    hold,
+    defaults: host.defaults,
+    ...(background ? { clock: () => performance.now() - waited, compileBatch: 1 } : {}),
+  });
+  await host.scheduler().exclusive(() => guard(async () => host.forward().setChoices(result.choices)));
+  return result;
 }
