@@ -17,121 +17,32 @@
  * can be written is a partial last block shared by `fork`, which `appendSlots` copies first
  * (copy-on-write).
  *
- * One data structure in one file, past 500 lines: every method moves blocks between the three
- * states above under the same invariants, which `checkInvariants` checks together.
+ * The prefix hash table (which block holds which prefix) is prefix-index.ts; the types of the
+ * answers and the out-of-blocks error are block-types.ts (re-exported here).
  */
-import { InvalidRequestError, KilnError } from '../../errors.js';
+import { InvalidRequestError } from '../../errors.js';
+import {
+  OutOfBlocksError,
+  type Admission,
+  type Append,
+  type BlockCopy,
+  type BlockManagerOptions,
+  type BlockManagerStats,
+} from './block-types.js';
+import { defaultBlockHash, PrefixIndex, sameTokens, type BlockContent } from './prefix-index.js';
+
+export {
+  OutOfBlocksError,
+  type Admission,
+  type Append,
+  type BlockCopy,
+  type BlockManagerOptions,
+  type BlockManagerStats,
+} from './block-types.js';
+export { defaultBlockHash, type BlockHashFn } from './prefix-index.js';
 
 /** Tokens per block; the same 16 as BLOCK_TOKENS in cache.ts (not imported: that file is GPU code). */
 export const DEFAULT_BLOCK_SIZE = 16;
-
-/** Parent hash of a sequence's first block. */
-const ROOT_HASH = 0;
-
-/**
- * Hash of one full block given its parent block's hash (ROOT_HASH for the first block), so a
- * block's hash covers its whole prefix. Must be deterministic; collisions cost a cache miss, never
- * wrong sharing, because every hit is verified against the stored tokens and parent.
- */
-export type BlockHashFn = (parentHash: number, tokens: readonly number[]) => number;
-
-/**
- * A 53-bit non-cryptographic chain hash: two 32-bit multiply-rotate lanes (cyrb53's mix) seeded
- * with the two halves of the parent hash, so a number fits the hash exactly and can key a Map.
- * Not collision-resistant against an adversary; that is acceptable because hits are verified.
- */
-export function defaultBlockHash(parentHash: number, tokens: readonly number[]): number {
-  let h1 = 0xdeadbeef ^ (parentHash >>> 0);
-  let h2 = 0x41c6ce57 ^ Math.floor(parentHash / 0x100000000);
-  for (const t of tokens) {
-    h1 = Math.imul(h1 ^ t, 2654435761);
-    h2 = Math.imul(h2 ^ t, 1597334677);
-    // Multiplication only carries upward; the rotation feeds high bits back into the low ones.
-    h1 = (h1 << 13) | (h1 >>> 19);
-    h2 = (h2 << 17) | (h2 >>> 15);
-  }
-  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507);
-  h1 ^= Math.imul(h2 ^ (h2 >>> 13), 3266489909);
-  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507);
-  h2 ^= Math.imul(h1 ^ (h1 >>> 13), 3266489909);
-  return 0x100000000 * (h2 & 0x1fffff) + (h1 >>> 0);
-}
-
-/**
- * Not enough free or evictable blocks right now. Nothing was changed; the scheduler can preempt a
- * sequence (free it) and retry, or wait.
- */
-export class OutOfBlocksError extends KilnError {
-  override name = 'OutOfBlocksError';
-  constructor(
-    readonly needed: number,
-    readonly available: number,
-  ) {
-    super(`out of KV cache blocks: ${needed} needed, ${available} free or evictable`);
-  }
-}
-
-/** Copy physical block `src` to `dst` (every layer's K and V) before this step's writes. */
-export interface BlockCopy {
-  readonly src: number;
-  readonly dst: number;
-}
-
-export interface Admission {
-  /** Leading prompt tokens whose KV is already in the cache: a multiple of the block size. */
-  readonly cachedTokens: number;
-  /** Slot of every prompt position in [cachedTokens, promptLength): where their KV must be written. */
-  readonly slots: number[];
-}
-
-export interface Append {
-  /** Slot of each appended token, in order. */
-  readonly slots: number[];
-  /** Copy-on-write copies to run before writing `slots` (at most one per append). */
-  readonly copies: BlockCopy[];
-}
-
-export interface BlockManagerStats {
-  readonly totalBlocks: number;
-  /** Blocks holding nothing. */
-  readonly freeBlocks: number;
-  /** Blocks referenced by at least one sequence. */
-  readonly usedBlocks: number;
-  /** Unreferenced blocks kept for prefix hits (evictable). */
-  readonly cachedBlocks: number;
-  /** freeBlocks + cachedBlocks: what an allocation may take. */
-  readonly availableBlocks: number;
-  /** Blocks listed in the prefix hash table, in use or cached. */
-  readonly hashedBlocks: number;
-  readonly peakUsedBlocks: number;
-  /** Prompt tokens passed to successful `admit` calls. */
-  readonly queriedTokens: number;
-  /** Of those, tokens served from the prefix cache. */
-  readonly hitTokens: number;
-  /** hitTokens / queriedTokens (0 before any admission). */
-  readonly hitRate: number;
-  /** Cached blocks dropped from the hash table to make room. */
-  readonly evictions: number;
-}
-
-export interface BlockManagerOptions {
-  numBlocks: number;
-  /** Tokens per block (default 16). */
-  blockSize?: number;
-  /** Override the block hash (tests force collisions with it). */
-  hashBlock?: BlockHashFn;
-}
-
-/**
- * The identity of a full block's contents: its tokens and, through `parent`, everything before
- * them. Hits compare these objects, not hashes, so two different prefixes can never be taken for
- * one another, whatever the hash does.
- */
-interface BlockContent {
-  readonly hash: number;
-  readonly tokens: readonly number[];
-  readonly parent: BlockContent | null;
-}
 
 interface Sequence {
   /** Physical block of each logical block; only the last may be partially filled. */
@@ -147,21 +58,17 @@ interface Sequence {
 export class BlockManager {
   readonly numBlocks: number;
   readonly blockSize: number;
-  private readonly hashBlock: BlockHashFn;
   private readonly refCount: Uint32Array;
-  /** What each block holds while it is listed in `hashTable`, else null. */
-  private readonly content: (BlockContent | null)[];
+  /** Which full blocks hold which prefix (the prefix cache's hash table). */
+  private readonly index: PrefixIndex;
   /** Free blocks; popped from the end (so block 0 is handed out first). */
   private readonly freeList: number[] = [];
   /** Cached blocks, least recently used first (a Set iterates in insertion order, deletes in O(1)). */
   private readonly lru = new Set<number>();
-  /** Chain hash → the one block registered under it. */
-  private readonly hashTable = new Map<number, number>();
   private readonly seqs = new Map<number, Sequence>();
   private peakUsed = 0;
   private queried = 0;
   private hits = 0;
-  private evictions = 0;
 
   constructor(options: BlockManagerOptions) {
     const { numBlocks, blockSize = DEFAULT_BLOCK_SIZE, hashBlock = defaultBlockHash } = options;
@@ -171,9 +78,8 @@ export class BlockManager {
       throw new RangeError(`blockSize must be a positive integer, got ${blockSize}`);
     this.numBlocks = numBlocks;
     this.blockSize = blockSize;
-    this.hashBlock = hashBlock;
     this.refCount = new Uint32Array(numBlocks);
-    this.content = new Array<BlockContent | null>(numBlocks).fill(null);
+    this.index = new PrefixIndex(numBlocks, blockSize, hashBlock);
     for (let b = numBlocks - 1; b >= 0; b--) this.freeList.push(b);
   }
 
@@ -206,7 +112,7 @@ export class BlockManager {
   /** Leading tokens of this prompt that `admit` would find cached now (no side effects). */
   cachedPrefixLength(tokenIds: readonly number[]): number {
     checkTokens(tokenIds);
-    return this.lookup(tokenIds).blocks.length * this.blockSize;
+    return this.index.lookup(tokenIds).blocks.length * this.blockSize;
   }
 
   /**
@@ -390,12 +296,12 @@ export class BlockManager {
       usedBlocks: this.numBlocks - free - cached,
       cachedBlocks: cached,
       availableBlocks: free + cached,
-      hashedBlocks: this.hashTable.size,
+      hashedBlocks: this.index.size,
       peakUsedBlocks: this.peakUsed,
       queriedTokens: this.queried,
       hitTokens: this.hits,
       hitRate: this.queried > 0 ? this.hits / this.queried : 0,
-      evictions: this.evictions,
+      evictions: this.index.evictions,
     };
   }
 
@@ -429,7 +335,7 @@ export class BlockManager {
         if (!Number.isInteger(b) || b < 0 || b >= this.numBlocks) fail(`sequence ${id} holds block ${b}`);
         refs[b] = (refs[b] ?? 0) + 1;
         const tokens = s.tokens.slice(k * B, (k + 1) * B);
-        const c = this.content[b];
+        const c = this.index.contentOf(b);
         if (c && !sameTokens(c.tokens, tokens))
           fail(`hashed block ${b} does not hold sequence ${id}'s tokens of block ${k} (or is partial there)`);
         const first = seen.get(b);
@@ -445,21 +351,12 @@ export class BlockManager {
       if (rc !== refs[b]) fail(`block ${b} has refcount ${rc} but ${refs[b]} table entries`);
       const states = (free.has(b) ? 1 : 0) + (this.lru.has(b) ? 1 : 0) + (rc > 0 ? 1 : 0);
       if (states !== 1) fail(`block ${b} is in ${states} of the states free, cached, in use`);
-      const c = this.content[b];
+      const c = this.index.contentOf(b);
       if (free.has(b) && c) fail(`free block ${b} is still hashed`);
       if (this.lru.has(b) && !c) fail(`cached block ${b} holds no hashed content`);
-      if (c && this.hashTable.get(c.hash) !== b) fail(`block ${b}'s content is not in the hash table`);
+      if (c && this.index.holder(c.hash) !== b) fail(`block ${b}'s content is not in the hash table`);
     }
-    for (const [hash, b] of this.hashTable) {
-      const c = this.content[b];
-      if (!c || c.hash !== hash)
-        fail(`hash table entry ${hash} points to block ${b}, which holds other content`);
-      else {
-        if (c.tokens.length !== B) fail(`hashed block ${b} is not full`);
-        if (this.hashBlock(c.parent?.hash ?? ROOT_HASH, c.tokens) !== hash)
-          fail(`hashed block ${b}'s hash does not match its tokens and parent`);
-      }
-    }
+    this.index.checkEntries(fail);
     if (this.peakUsed < this.numBlocks - free.size - this.lru.size) fail('peak used is below current use');
   }
 
@@ -514,35 +411,10 @@ export class BlockManager {
     if (tokenIds.length === 0) throw new RangeError('a prompt needs at least one token');
     const total = this.blocksFor(tokenIds.length);
     this.checkFits(total, `a prompt of ${tokenIds.length} tokens`);
-    const hit = this.lookup(tokenIds);
+    const hit = this.index.lookup(tokenIds);
     // Cached hits are revived rather than allocated, so they do not count as available.
     const revived = hit.blocks.filter((b) => this.refCount[b] === 0).length;
     return { hit, fresh: total - hit.blocks.length, available: this.available() - revived };
-  }
-
-  /** The longest chain of registered full blocks matching the prompt, capped (see `admit`). */
-  private lookup(tokenIds: readonly number[]): { blocks: number[]; chain: BlockContent[] } {
-    const blocks: number[] = [];
-    const chain: BlockContent[] = [];
-    const B = this.blockSize;
-    const maxBlocks = Math.floor((tokenIds.length - 1) / B);
-    let parent: BlockContent | null = null;
-    for (let k = 0; k < maxBlocks; k++) {
-      const tokens = tokenIds.slice(k * B, (k + 1) * B);
-      const b = this.hashTable.get(this.hashBlock(parent?.hash ?? ROOT_HASH, tokens));
-      const c: BlockContent | null = b === undefined ? null : this.match(b, parent, tokens);
-      if (b === undefined || !c) break;
-      blocks.push(b);
-      chain.push(c);
-      parent = c;
-    }
-    return { blocks, chain };
-  }
-
-  /** The block's content if it is exactly these tokens after exactly this prefix (hash hits are verified here). */
-  private match(b: number, parent: BlockContent | null, tokens: readonly number[]): BlockContent | null {
-    const c = this.content[b];
-    return c && c.parent === parent && sameTokens(c.tokens, tokens) ? c : null;
   }
 
   /** Registers full computed block k of `s` in the hash table, or adopts the identical registered one. */
@@ -550,9 +422,9 @@ export class BlockManager {
     const B = this.blockSize;
     const parent = s.chain[k - 1] ?? null;
     const tokens = s.tokens.slice(k * B, (k + 1) * B);
-    const hash = this.hashBlock(parent?.hash ?? ROOT_HASH, tokens);
-    let holder = this.hashTable.get(hash);
-    const existing = holder === undefined ? null : this.match(holder, parent, tokens);
+    const hash = this.index.hashOf(parent, tokens);
+    let holder = this.index.holder(hash);
+    const existing = holder === undefined ? null : this.index.match(holder, parent, tokens);
     if (existing) {
       // Same content already registered (another sequence computed it too, or this block itself
       // after a fork): reuse its identity so later blocks chain to it; this copy stays unhashed.
@@ -566,17 +438,14 @@ export class BlockManager {
     // keeps the key, and this block is simply not shared.
     if (holder !== undefined && this.refCount[holder] === 0) {
       this.lru.delete(holder);
-      this.unhash(holder);
+      this.index.unhash(holder);
       this.freeList.push(holder);
       holder = undefined;
     }
     const block = s.table[k] as number;
     // A block already hashed under another identity (sharers that committed it with different
     // prefix objects) keeps its entry.
-    if (holder === undefined && this.content[block] === null) {
-      this.content[block] = content;
-      this.hashTable.set(hash, block);
-    }
+    if (holder === undefined && this.index.contentOf(block) === null) this.index.register(block, content);
   }
 
   /** A block from the free list, else the least recently used cached block. Callers check availability. */
@@ -586,19 +455,11 @@ export class BlockManager {
       b = this.lru.values().next().value;
       if (b === undefined) throw new Error('BlockManager: allocate with no available block'); // a bug here
       this.lru.delete(b);
-      this.unhash(b);
+      this.index.unhash(b);
     }
     this.refCount[b] = 1;
     this.notePeak();
     return b;
-  }
-
-  private unhash(b: number): void {
-    const c = this.content[b];
-    if (!c) return;
-    this.hashTable.delete(c.hash);
-    this.content[b] = null;
-    this.evictions++;
   }
 
   private retain(b: number): void {
@@ -612,7 +473,7 @@ export class BlockManager {
     const rc = (this.refCount[b] as number) - 1;
     this.refCount[b] = rc;
     if (rc > 0) return;
-    if (this.content[b]) this.lru.add(b);
+    if (this.index.contentOf(b)) this.lru.add(b);
     else this.freeList.push(b);
   }
 
@@ -625,10 +486,4 @@ function checkTokens(tokenIds: readonly number[]): void {
   for (const t of tokenIds)
     if (!Number.isInteger(t) || t < 0 || t > 0xffffffff)
       throw new RangeError(`token ids must be integers in [0, 2^32), got ${t}`);
-}
-
-function sameTokens(a: readonly number[], b: readonly number[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
