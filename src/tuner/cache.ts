@@ -3,7 +3,9 @@
  * the timings that justified it. Stored as JSON text through a TuneStore (a file in Node, IndexedDB
  * in the browser, memory in tests). Nothing read back is trusted blindly: text that does not parse,
  * another format, a foreign signature or a malformed entry is ignored with a warning, and the tuner
- * further accepts an entry only if its choice is one of the class's current candidates.
+ * further accepts an entry only if its choice is one of the class's current candidates and it was
+ * timed against the class's current default (a changed defaults row, or a forced one, makes the
+ * old speedup meaningless: the winner might now be slower than the default).
  */
 import type { KernelChoice } from './choices.js';
 import { canonicalJson, signatureId, type AdapterSignature } from './signature.js';
@@ -37,13 +39,16 @@ export interface TunedClass {
   /** Pipeline label(s) of the winner and of the default, e.g. "matmul_bf16_gemm_t4x2". */
   best_variant: string;
   default_variant: string;
+  /** The default the winner was timed against (candidate 0 of the class when it was tuned). */
+  default_choice: KernelChoice;
   default_ms: number;
   best_ms: number;
   candidates_tried: number;
 }
 
 const FORMAT = 'kiln-tuning';
-const VERSION = 1;
+/** 2: entries carry default_choice (version 1 entries cannot say what they beat). */
+const VERSION = 2;
 
 interface TuneFile {
   format: typeof FORMAT;
@@ -69,6 +74,7 @@ function validEntry(v: unknown): v is TunedClass {
     isObject(v) &&
     typeof v.kernel === 'string' &&
     validChoice(v.choice) &&
+    validChoice(v.default_choice) &&
     typeof v.best_variant === 'string' &&
     typeof v.default_variant === 'string' &&
     positive(v.default_ms) &&

@@ -243,6 +243,7 @@ export async function tuneClass(
       choice: win.choice,
       best_variant: win.name,
       default_variant: (eligible[0] as (typeof eligible)[number]).name,
+      default_choice: cls.candidates[0] as KernelChoice,
       default_ms: defaultMs,
       best_ms: bestMs,
       candidates_tried: live.length,
@@ -313,13 +314,18 @@ export async function tuneModel(target: TuneTarget, opts: TuneOptions = {}): Pro
     if (hit) {
       // Trust a cached choice only if this Kiln could have chosen it for this class.
       const known = cls.candidates.some((c) => canonicalJson(c) === canonicalJson(hit.choice));
-      if (known && hit.kernel === cls.kernel) {
+      const sameDefault = canonicalJson(hit.default_choice) === canonicalJson(cls.candidates[0]);
+      if (known && sameDefault && hit.kernel === cls.kernel) {
         done.set(cls.key, hit);
         reports.push(report(cls.key, hit, true));
         opts.onClass?.(reports[reports.length - 1] as TuneClassReport);
         continue;
       }
-      warn(`tuning cache: the choice for "${cls.key}" is not in this version's search space; retuning`);
+      warn(
+        known
+          ? `tuning cache: "${cls.key}" was timed against another default (the kernel defaults changed); retuning`
+          : `tuning cache: the choice for "${cls.key}" is not in this version's search space; retuning`,
+      );
       stored.delete(cls.key);
     }
     todo.push(cls);

@@ -173,6 +173,7 @@ describe('cache', () => {
     choice: { kernel: 'matmul', variant: { path: 'gemm', tm: 4, tn: 2 } },
     best_variant: 'matmul_bf16_gemm_t4x2',
     default_variant: 'matmul_bf16_m1r4x256',
+    default_choice: { kernel: 'matmul', variant: { path: 'flat', mt: 1, r: 4 } },
     default_ms: 2,
     best_ms: 1,
     candidates_tried: 6,
@@ -203,10 +204,15 @@ describe('cache', () => {
     expect((await load('{"format": "kiln-tun')).size).toBe(0);
     expect(warnings[0]).toMatch(/not valid JSON/);
     expect((await load('{"format": "other", "version": 1, "classes": {}}')).size).toBe(0);
-    expect(warnings[0]).toMatch(/not a kiln-tuning v1 file/);
+    expect(warnings[0]).toMatch(/not a kiln-tuning v2 file/);
+    // Version 1 entries did not record the default they beat: ignored, retuned.
+    expect(
+      (await load(JSON.stringify({ format: 'kiln-tuning', version: 1, signature: sig, classes: {} }))).size,
+    ).toBe(0);
+    expect(warnings[0]).toMatch(/not a kiln-tuning v2 file/);
     const foreign = {
       format: 'kiln-tuning',
-      version: 1,
+      version: 2,
       signature: { ...sig, kiln: '0.0.0' },
       classes: { k: entry },
     };
@@ -214,18 +220,19 @@ describe('cache', () => {
     expect(warnings[0]).toMatch(/another adapter or Kiln version/);
     const mixed = {
       format: 'kiln-tuning',
-      version: 1,
+      version: 2,
       signature: sig,
       classes: {
         good: entry,
         negative: { ...entry, best_ms: -1 },
         nochoice: { ...entry, choice: { kernel: 'rm -rf' } },
+        nodefault: { ...entry, default_choice: undefined },
         string: 'matmul',
       },
     };
     const got = await load(JSON.stringify(mixed));
     expect([...got.keys()]).toEqual(['good']);
-    expect(warnings).toHaveLength(3);
+    expect(warnings).toHaveLength(4);
   });
 
   it('file store: atomic write, read back, missing file is empty', async () => {
@@ -266,6 +273,7 @@ describe('a tuned BabyLlama', () => {
   it('tunes in the background, runs the winners, keeps the golden ids; a second engine reuses the cache', async () => {
     const store = new MemoryTuneStore();
     const warnings: string[] = [];
+    let engineClass: string | undefined;
     // Four-token prefill chunks keep the classes to M = 1 and 2-4 (the test's time).
     const opts = {
       model: dir,
@@ -284,6 +292,7 @@ describe('a tuned BabyLlama', () => {
       }
       // On a CPU adapter the defaults are the 'cpu' row's: the one-row GEMM tile at M = 1 is what
       // candidates were timed against.
+      engineClass = engine.kernelDefaults.adapterClass;
       if (engine.kernelDefaults.adapterClass === 'cpu' && engine.adapter.subgroups) {
         const m1 = (report?.classes ?? []).filter(
           (cl) => cl.kernel === 'matmul' && cl.shape_class.endsWith(' m1'),
@@ -315,6 +324,20 @@ describe('a tuned BabyLlama', () => {
       expect(r.tokenIds).toEqual(golden.greedy_ids_after_bos.slice(0, 200));
     } finally {
       again.dispose();
+    }
+
+    // Another defaults row (forced here) gives some classes another default: their cached winners
+    // were never timed against it, so they are retuned (skipped at budget 0), the others kept.
+    const forced = await createEngine({ model: dir, prefillChunkTokens: 4, kernelDefaults: 'generic' });
+    try {
+      warnings.length = 0;
+      const { report } = await forced.tune({ budgetMs: 0, store, warn: (m) => warnings.push(m) });
+      const changed = warnings.filter((w) => /timed against another default/.test(w));
+      expect(report.skipped.length).toBe(changed.length);
+      expect(report.classes.length + report.skipped.length).toBeGreaterThanOrEqual(10);
+      if (engineClass === 'cpu' && forced.adapter.subgroups) expect(changed.length).toBeGreaterThan(0);
+    } finally {
+      forced.dispose();
     }
   }, 600_000);
 
@@ -401,6 +424,7 @@ describe('a tuned BabyLlama', () => {
             choice: { kernel: 'matmul', variant: { path: 'gemm', tm: 32 as 16, tn: 2 } },
             best_variant: 'x',
             default_variant: 'y',
+            default_choice: { kernel: 'matmul', variant: { path: 'gemm', tm: 4, tn: 2 } },
             default_ms: 1,
             best_ms: 0.5,
             candidates_tried: 1,
