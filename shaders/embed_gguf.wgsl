@@ -1,4 +1,4 @@
-// embed_gguf: out[m, :] = W[ids[m], :] decoded from a GGUF block table (token_embd kept in its
+// embed_gguf: out[m, :] = W[ids[m], :] · scale decoded from a GGUF block table (token_embd kept in its
 // file format: the same layout and format fragment as matmul_gguf, see src/quant/gguf-pack.ts),
 // for the token ids that fall in this part (rows row_start .. row_start + rows). Each weight is
 // formed in f32 exactly as matmul_gguf forms it.
@@ -6,13 +6,15 @@
 // Bindings: params, qw (block words tiled by 8 rows), dplane (f16 d per block; a placeholder
 // without DPLANE), ids [m] u32, out [m, hidden] f32 as vec4s.
 // Work: a thread owns one chunk of 8 weights (block t / NCH, chunk t % NCH); x covers the row's
-// chunks in 64-wide workgroups, y is the token row.
+// chunks in 64-wide workgroups, y is the token row. `scale` is 1, or Gemma's √hidden (one f32
+// product per weight, as embed.wgsl applies it).
 
 struct Params {
   m: u32,
   hidden: u32,
   row_start: u32,
   rows: u32,
+  scale: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,6 +47,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let w = gguf_dq(wb, gguf_head(wb, d), c);
   let o = gguf_xoff(c);
   let base = m * (p.hidden / 4u) + b * (BK / 4u);
-  out[base + o.x] = w.lo;
-  out[base + o.y] = w.hi;
+  out[base + o.x] = w.lo * p.scale;
+  out[base + o.y] = w.hi * p.scale;
 }

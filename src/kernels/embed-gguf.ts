@@ -1,7 +1,7 @@
 /**
- * embed_gguf: out[m, :] = W[ids[m], :] decoded from a GGUF block table (a GGUF model's
+ * embed_gguf: out[m, :] = W[ids[m], :] · scale decoded from a GGUF block table (a GGUF model's
  * token_embd, kept quantized, or its tied LM head); see shaders/embed_gguf.wgsl. Same interface as
- * `embed`: one dispatch per part, each writing the rows of the ids that fall in its row range;
+ * `embed` (the scale is Gemma's √hidden, 1 otherwise): one dispatch per part, each writing the rows of the ids that fall in its row range;
  * one variant per block format (`embed_gguf_<type>`).
  */
 import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
@@ -18,6 +18,7 @@ export function embedGguf(
     m: number;
     /** Bound where a part has no d plane. */
     placeholder: GPUBuffer;
+    /** multiplier, default 1 */ scale?: number;
   },
 ): Dispatch[] {
   const t = a.table;
@@ -36,6 +37,7 @@ export function embedGguf(
         ['u32', t.cols],
         ['u32', part.rowStart],
         ['u32', part.rows],
+        ['f32', a.scale ?? 1],
       ]),
       [part.words, part.dplane ?? a.placeholder, a.ids, a.out],
       [Math.ceil(chunks / 64), a.m, 1],

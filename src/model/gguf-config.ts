@@ -8,27 +8,12 @@
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
 import type { GgufHeader, GgufTensorInfo } from '../io/gguf.js';
 import { parseModelConfig } from './config.js';
+import { GGUF_ARCHITECTURES, type GgufArchitecture, type GgufArchKeys } from './gguf-archs.js';
 import { architectureForClass } from './registry.js';
 import type { ModelSpec } from './spec.js';
 
-/**
- * GGUF architectures and the transformers classes they were converted from. An entry whose class
- * is not registered (src/model/registry.ts) is refused with the class named.
- */
-const GGUF_ARCHITECTURES: Readonly<Record<string, { hfClass: string; permutedQk: boolean }>> = {
-  // llama.cpp's converter interleaves the rotary halves of q and k rows for Llama-family models
-  // (its Llama kernels rotate adjacent pairs); every other family keeps transformers' order.
-  llama: { hfClass: 'LlamaForCausalLM', permutedQk: true },
-  mistral: { hfClass: 'MistralForCausalLM', permutedQk: true },
-  qwen2: { hfClass: 'Qwen2ForCausalLM', permutedQk: false },
-  qwen3: { hfClass: 'Qwen3ForCausalLM', permutedQk: false },
-  gemma2: { hfClass: 'Gemma2ForCausalLM', permutedQk: false },
-  gemma3: { hfClass: 'Gemma3ForCausalLM', permutedQk: false },
-  phi3: { hfClass: 'Phi3ForCausalLM', permutedQk: false },
-};
-
-/** The GGUF architecture of a file and whether its q/k rows are permuted (see above). */
-export function ggufArchitecture(h: GgufHeader): { name: string; hfClass: string; permutedQk: boolean } {
+/** The GGUF architecture of a file and its rules (gguf-archs.ts). */
+export function ggufArchitecture(h: GgufHeader): GgufArchitecture & { name: string } {
   const name = h.metadata.string('general.architecture');
   const a = Object.hasOwn(GGUF_ARCHITECTURES, name) ? GGUF_ARCHITECTURES[name] : undefined;
   if (a === undefined) {
@@ -65,9 +50,13 @@ function dim(h: GgufHeader, tensor: string, d: number): number | undefined {
 /**
  * The config.json (and generation_config.json ids) transformers would hold for this GGUF file,
  * from its metadata and, where GGUF stores no key (vocabulary size, biases, tied embeddings), from
- * its tensor table.
+ * its tensor table; the architecture's own keys through its rules (gguf-archs.ts). `longrope`:
+ * the factors of the tensors rope_factors_long/short, which {@link ggufModelSpec} reads.
  */
-export function ggufConfigJson(h: GgufHeader): Record<string, unknown> {
+export function ggufConfigJson(
+  h: GgufHeader,
+  longrope: { long: number[]; short: number[] } | null = null,
+): Record<string, unknown> {
   const m = h.metadata;
   const arch = ggufArchitecture(h);
   const k = (key: string) => `${arch.name}.${key}`;
@@ -77,10 +66,11 @@ export function ggufConfigJson(h: GgufHeader): Record<string, unknown> {
   };
   const heads = m.uint(k('attention.head_count'));
   const hidden = m.uint(k('embedding_length'));
+  const numLayers = m.uint(k('block_count'));
   const embedRows = dim(h, 'token_embd.weight', 1);
   const vocab =
     m.optionalUint(k('vocab_size')) ?? embedRows ?? m.optionalStringArray('tokenizer.ggml.tokens')?.length;
-  const headDim = m.optionalUint(k('attention.key_length')) ?? (heads > 0 ? hidden / heads : undefined);
+  const headDim = m.optionalUint(k('attention.key_length')) ?? (heads > 0 ? hidden / heads : 0);
   const valueDim = m.optionalUint(k('attention.value_length'));
   if (valueDim !== undefined && valueDim !== headDim) {
     throw new UnsupportedModelError(
@@ -88,9 +78,10 @@ export function ggufConfigJson(h: GgufHeader): Record<string, unknown> {
     );
   }
   const ropeDims = m.optionalUint(k('rope.dimension_count'));
-  if (ropeDims !== undefined && ropeDims !== headDim) {
+  // Phi-3's rules read a partial rotary count; every other architecture rotates whole heads.
+  if (arch.name !== 'phi3' && ropeDims !== undefined && ropeDims !== headDim) {
     throw new UnsupportedModelError(
-      `${h.file}: ${k('rope.dimension_count')} is ${ropeDims} but the head size is ${String(headDim)}; partial rotary embeddings are not supported`,
+      `${h.file}: ${k('rope.dimension_count')} is ${ropeDims} but the head size is ${String(headDim)}; partial rotary embeddings are not supported for ${arch.name}`,
     );
   }
   const config: Record<string, unknown> = {
@@ -98,7 +89,7 @@ export function ggufConfigJson(h: GgufHeader): Record<string, unknown> {
     vocab_size: vocab,
     hidden_size: hidden,
     intermediate_size: m.uint(k('feed_forward_length')),
-    num_hidden_layers: m.uint(k('block_count')),
+    num_hidden_layers: numLayers,
     num_attention_heads: heads,
     num_key_value_heads: m.optionalUint(k('attention.head_count_kv')) ?? heads,
     head_dim: headDim,
@@ -116,39 +107,79 @@ export function ggufConfigJson(h: GgufHeader): Record<string, unknown> {
       ),
     ],
   };
-  if (arch.name === 'llama') {
-    config['attention_bias'] = h.tensors.has('blk.0.attn_q.bias');
-    config['mlp_bias'] = h.tensors.has('blk.0.ffn_up.bias');
-  }
-  const window = m.optionalUint(k('attention.sliding_window'));
-  if (arch.name === 'mistral') config['sliding_window'] = window ?? null;
-  else if (window !== undefined && (arch.name === 'qwen2' || arch.name === 'qwen3')) {
-    config['use_sliding_window'] = true;
-    config['sliding_window'] = window;
-  } else if (window !== undefined) config['sliding_window'] = window;
-
   const scaling = m.optionalString(k('rope.scaling.type'));
-  if (scaling !== undefined && scaling !== 'none') {
-    const factor = num(k('rope.scaling.factor'));
-    config['rope_scaling'] = { rope_type: scaling, factor };
+  if (scaling === 'linear') {
+    config['rope_scaling'] = { rope_type: 'linear', factor: num(k('rope.scaling.factor')) };
+  } else if (scaling !== undefined && scaling !== 'none' && !(scaling === 'longrope' && longrope)) {
+    throw new UnsupportedModelError(
+      `${h.file}: metadata ${k('rope.scaling.type')} ${JSON.stringify(scaling)} is not supported (supported: none, linear${arch.name === 'phi3' ? ', longrope with rope_factors_long/short' : ''})`,
+    );
+  }
+  if (longrope && arch.name !== 'phi3') {
+    throw new UnsupportedModelError(
+      `${h.file}: tensors rope_factors_long/short (LongRoPE) are read for phi3 only, not ${arch.name}`,
+    );
+  }
+  const keys: GgufArchKeys = {
+    h,
+    arch: arch.name,
+    key: k,
+    num: (key) => num(k(key)),
+    uint: (key) => m.optionalUint(k(key)),
+    numLayers,
+    hidden,
+    heads,
+    headDim,
+    longrope,
+  };
+  for (const [key, v] of Object.entries(arch.config?.(keys) ?? {})) {
+    if (v === undefined) delete config[key];
+    else config[key] = v;
   }
   return config;
 }
 
-/**
- * The per-frequency RoPE divisors a file stores as the tensor rope_freqs.weight (Llama 3.1-style
- * scaling, which llama.cpp's converter evaluates and writes instead of its parameters): where to
- * read them, or null when the file has none.
- */
-export function ggufRopeFactorsTensor(h: GgufHeader, headDim: number): GgufTensorInfo | null {
-  const t = h.tensors.get('rope_freqs.weight');
-  if (!t) return null;
-  if (t.type.name !== 'F32' || t.dims.length !== 1 || t.dims[0] !== headDim / 2) {
+/** The factors of a 1-D F32 tensor of `length` elements (RoPE factors), checked positive. */
+async function factorTensor(
+  h: GgufHeader,
+  t: GgufTensorInfo,
+  length: number | undefined,
+  readTensor: (t: GgufTensorInfo) => Promise<Uint8Array>,
+): Promise<number[]> {
+  if (t.type.name !== 'F32' || t.dims.length !== 1 || (length !== undefined && t.dims[0] !== length)) {
     throw new InvalidModelFileError(
-      `${h.file}: tensor rope_freqs.weight is ${t.type.name} [${t.dims.join(', ')}], expected F32 [${headDim / 2}]`,
+      `${h.file}: tensor ${t.name} is ${t.type.name} [${t.dims.join(', ')}], expected F32 [${length ?? 'n'}]`,
     );
   }
-  return t;
+  const b = await readTensor(t);
+  const factors = Array.from(new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)));
+  if (!factors.every((f) => Number.isFinite(f) && f > 0)) {
+    throw new InvalidModelFileError(
+      `${h.file}: tensor ${t.name} holds a factor that is not a positive number`,
+    );
+  }
+  return factors;
+}
+
+/** LongRoPE's factor tensors (Phi-3), both or neither, as the config's long/short factor lists. */
+async function ggufLongRope(
+  h: GgufHeader,
+  readTensor: (t: GgufTensorInfo) => Promise<Uint8Array>,
+): Promise<{ long: number[]; short: number[] } | null> {
+  const long = h.tensors.get('rope_factors_long.weight');
+  const short = h.tensors.get('rope_factors_short.weight');
+  if (!long && !short) return null;
+  if (!long || !short) {
+    throw new InvalidModelFileError(
+      `${h.file}: tensor ${long ? 'rope_factors_short.weight' : 'rope_factors_long.weight'} is missing beside ${long ? long.name : short?.name}`,
+    );
+  }
+  // Written as f32 from config.json's decimals, read back as those decimals (like the f32 keys);
+  // the architecture's config rules check the length against the rotated dims.
+  return {
+    long: (await factorTensor(h, long, undefined, readTensor)).map(f32Decimal),
+    short: (await factorTensor(h, short, long.dims[0], readTensor)).map(f32Decimal),
+  };
 }
 
 /**
@@ -159,32 +190,42 @@ export async function ggufModelSpec(
   h: GgufHeader,
   readTensor: (t: GgufTensorInfo) => Promise<Uint8Array>,
 ): Promise<ModelSpec> {
-  const config = ggufConfigJson(h);
+  const config = ggufConfigJson(h, await ggufLongRope(h, readTensor));
   const spec = parseModelConfig(config, undefined, `${h.file} (its GGUF metadata)`);
-  const rf = ggufRopeFactorsTensor(h, spec.headDim);
+  // Llama 3.1-style scaling, which llama.cpp's converter evaluates and stores as divisors.
+  const rf = h.tensors.get('rope_freqs.weight');
   if (rf) {
     if (spec.ropeScaling.type !== 'none') {
       throw new UnsupportedModelError(
         `${h.file}: rope_freqs.weight together with ${spec.ropeScaling.type} RoPE scaling`,
       );
     }
-    const b = await readTensor(rf);
-    const factors = Array.from(new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)));
-    if (!factors.every((f) => Number.isFinite(f) && f > 0)) {
-      throw new InvalidModelFileError(
-        `${h.file}: tensor rope_freqs.weight holds a factor that is not a positive number`,
-      );
-    }
-    spec.ropeScaling = { type: 'factors', factors };
+    spec.ropeScaling = { type: 'factors', factors: await factorTensor(h, rf, spec.headDim / 2, readTensor) };
   }
   return spec;
 }
 
+/** GGUF's names of the layer parts of Llama's layout (transformers' module path -> GGUF). */
+const LLAMA_PARTS: Readonly<Record<string, string>> = {
+  input_layernorm: 'attn_norm',
+  post_attention_layernorm: 'ffn_norm',
+  'self_attn.q_proj': 'attn_q',
+  'self_attn.k_proj': 'attn_k',
+  'self_attn.v_proj': 'attn_v',
+  'self_attn.o_proj': 'attn_output',
+  'self_attn.q_norm': 'attn_q_norm',
+  'self_attn.k_norm': 'attn_k_norm',
+  'mlp.gate_proj': 'ffn_gate',
+  'mlp.up_proj': 'ffn_up',
+  'mlp.down_proj': 'ffn_down',
+};
+
 /**
- * The GGUF name of a transformers checkpoint tensor (`model.layers.3.self_attn.q_proj.weight` ->
- * `blk.3.attn_q.weight`), or undefined for a name GGUF has no counterpart for.
+ * The GGUF name of a transformers checkpoint tensor in a file of GGUF architecture `arch`
+ * (`model.layers.3.self_attn.q_proj.weight` -> `blk.3.attn_q.weight`), or undefined for a name
+ * GGUF has no counterpart for.
  */
-export function ggufTensorName(hfName: string): string | undefined {
+export function ggufTensorName(arch: string, hfName: string): string | undefined {
   const fixed: Record<string, string> = {
     'model.embed_tokens.weight': 'token_embd.weight',
     'model.norm.weight': 'output_norm.weight',
@@ -194,19 +235,8 @@ export function ggufTensorName(hfName: string): string | undefined {
   const m = /^model\.layers\.(\d+)\.(.+)\.(weight|bias)$/.exec(hfName);
   if (!m) return undefined;
   const [, layer, part, kind] = m as unknown as [string, string, string, string];
-  const parts: Record<string, string> = {
-    input_layernorm: 'attn_norm',
-    post_attention_layernorm: 'ffn_norm',
-    'self_attn.q_proj': 'attn_q',
-    'self_attn.k_proj': 'attn_k',
-    'self_attn.v_proj': 'attn_v',
-    'self_attn.o_proj': 'attn_output',
-    'self_attn.q_norm': 'attn_q_norm',
-    'self_attn.k_norm': 'attn_k_norm',
-    'mlp.gate_proj': 'ffn_gate',
-    'mlp.up_proj': 'ffn_up',
-    'mlp.down_proj': 'ffn_down',
-  };
+  const own = Object.hasOwn(GGUF_ARCHITECTURES, arch) ? GGUF_ARCHITECTURES[arch]?.parts : undefined;
+  const parts = { ...LLAMA_PARTS, ...own };
   const g = Object.hasOwn(parts, part) ? parts[part] : undefined;
   return g === undefined ? undefined : `blk.${layer}.${g}.${kind}`;
 }

@@ -9,13 +9,13 @@
  */
 import { KilnError, UnsupportedModelError } from '../errors.js';
 import type { ByteSource } from '../io/byte-source.js';
-import type { SafetensorsDtype } from '../io/dtype.js';
+import { decodeToFloat32, type SafetensorsDtype } from '../io/dtype.js';
 import type { GgufHeader, GgufTensorInfo } from '../io/gguf.js';
 import type { Checkpoint } from '../io/safetensors-checkpoint.js';
 import type { TensorInfo } from '../io/safetensors.js';
-import { ggufRowPermutation, ggufTensorName } from '../model/gguf-config.js';
+import { ggufArchitecture, ggufRowPermutation, ggufTensorName } from '../model/gguf-config.js';
 import type { ModelSpec } from '../model/spec.js';
-import { expectedTensors } from '../model/tensors.js';
+import { expectedTensors, modelTensors, normTensors } from '../model/tensors.js';
 
 /** GGUF element types that are safetensors dtypes byte for byte. */
 const FLOAT_TYPES: Readonly<Record<string, SafetensorsDtype>> = { F32: 'F32', F16: 'F16', BF16: 'BF16' };
@@ -43,11 +43,22 @@ function unpermuteHeads(bytes: Uint8Array, rowBytes: number, headDim: number): U
   return out;
 }
 
+/**
+ * transformers' w of Gemma norm weights the converter stored as x = w + 1 (rounded to the
+ * checkpoint's dtype): x - 1, exact in float64 and, for x in [0.5, 2] (every real norm weight we
+ * know of), exact in f32 too, so the (1 + w) the loader and the reference form in f32 is x itself.
+ */
+export function gemmaNormValues(stored: Float32Array): Float32Array {
+  return Float32Array.from(stored, (x) => x - 1);
+}
+
 class OpenGgufCheckpoint implements GgufCheckpoint {
   readonly metadata: Readonly<Record<string, string>> = {};
   private closed = false;
   private readonly ggufOf = new Map<string, GgufTensorInfo>();
   private readonly permutation = new Map<string, number>();
+  /** Norm weights stored as w + 1 (Gemma), presented as F32 w: their file dtype. */
+  private readonly plusOne = new Map<string, SafetensorsDtype>();
 
   constructor(
     readonly gguf: GgufHeader,
@@ -55,14 +66,33 @@ class OpenGgufCheckpoint implements GgufCheckpoint {
     spec: ModelSpec,
     readonly tensors: Map<string, TensorInfo>,
   ) {
+    const arch = ggufArchitecture(gguf);
+    const norms = arch.normsPlusOne ? normTensors(modelTensors(spec)) : new Set<string>();
     for (const name of expectedTensors(spec).keys()) {
-      const g = ggufTensorName(name);
+      const g = ggufTensorName(arch.name, name);
       const t = g === undefined ? undefined : gguf.tensors.get(g);
       if (g === undefined || t === undefined) continue;
       this.ggufOf.set(name, t);
       const perm = ggufRowPermutation(gguf, spec, g);
       if (perm > 0) this.permutation.set(name, perm);
       const dtype = Object.hasOwn(FLOAT_TYPES, t.type.name) ? FLOAT_TYPES[t.type.name] : undefined;
+      if (norms.has(name)) {
+        if (dtype === undefined) {
+          throw new UnsupportedModelError(
+            `tensor ${t.name} in ${gguf.file} is ${t.type.name}; a norm weight must be F32, F16 or BF16`,
+          );
+        }
+        this.plusOne.set(name, dtype);
+        tensors.set(name, {
+          name,
+          dtype: 'F32',
+          shape: [...t.dims].reverse(),
+          byteLength: t.elements * 4,
+          fileOffset: t.fileOffset,
+          file: src.name,
+        });
+        continue;
+      }
       const rows = t.elements / (t.dims[0] as number);
       tensors.set(name, {
         name,
@@ -87,7 +117,7 @@ class OpenGgufCheckpoint implements GgufCheckpoint {
   get(name: string): TensorInfo {
     const info = this.tensors.get(name);
     if (info) return info;
-    const gname = ggufTensorName(name);
+    const gname = ggufTensorName(ggufArchitecture(this.gguf).name, name);
     throw new UnsupportedModelError(
       `missing tensor ${gname ?? name}${gname ? ` (${name})` : ''} in ${this.location}`,
     );
@@ -111,9 +141,18 @@ class OpenGgufCheckpoint implements GgufCheckpoint {
     return info.byteLength / (info.shape[0] ?? 1);
   }
 
+  /** A norm stored as w + 1, read whole and presented as F32 w. */
+  private async readPlusOne(info: TensorInfo, fileDtype: SafetensorsDtype): Promise<Uint8Array> {
+    const t = this.ggufOf.get(info.name) as GgufTensorInfo;
+    const stored = decodeToFloat32(fileDtype, await this.src.read(t.fileOffset, t.byteLength));
+    return new Uint8Array(gemmaNormValues(stored).buffer);
+  }
+
   async readTensor(info: TensorInfo): Promise<Uint8Array> {
     this.check(info);
     if (info.byteLength === 0) return new Uint8Array(0);
+    const plusOne = this.plusOne.get(info.name);
+    if (plusOne !== undefined) return this.readPlusOne(info, plusOne);
     const bytes = await this.src.read(info.fileOffset, info.byteLength);
     const perm = this.permutation.get(info.name);
     return perm === undefined ? bytes : unpermuteHeads(bytes, this.rowBytes(info), perm);
@@ -128,6 +167,18 @@ class OpenGgufCheckpoint implements GgufCheckpoint {
       throw new KilnError(`maxChunkBytes is ${maxChunkBytes}, expected a positive integer`);
     }
     this.check(info);
+    const plusOne = this.plusOne.get(info.name);
+    if (plusOne !== undefined) {
+      // Norm weights are one row of hidden (or head_dim) values: converted whole, then chunked.
+      if (!Number.isSafeInteger(from) || from < 0 || from > info.byteLength || from % 4 !== 0)
+        throw new KilnError(`from is ${from}, expected a byte offset within tensor ${info.name}`);
+      const all = await this.readPlusOne(info, plusOne);
+      const step = Math.max(4, maxChunkBytes - (maxChunkBytes % 4));
+      for (let offset = from; offset < all.byteLength; offset += step) {
+        yield { offset, bytes: all.subarray(offset, Math.min(all.byteLength, offset + step)) };
+      }
+      return;
+    }
     const perm = this.permutation.get(info.name);
     // A permuted tensor is read in whole heads, since its rows move only within their head.
     const unit = perm === undefined ? 8 : perm * this.rowBytes(info);

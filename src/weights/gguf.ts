@@ -30,9 +30,14 @@ import { floatTensorBytes, uploadMatrix } from './upload.js';
 const FLOAT_TYPES: ReadonlySet<string> = new Set(['F32', 'F16', 'BF16']);
 const KERNEL_TYPES: ReadonlySet<string> = new Set(GGUF_KERNEL_TYPES);
 
+/** The GGUF name of a transformers tensor name in this file. */
+function ggufName(h: GgufHeader, name: string): string | undefined {
+  return ggufTensorName(h.metadata.string('general.architecture'), name);
+}
+
 /** The GGUF tensor behind a transformers tensor name, or undefined. */
 function ggufOf(h: GgufHeader, name: string): GgufTensorInfo | undefined {
-  const g = ggufTensorName(name);
+  const g = ggufName(h, name);
   return g === undefined ? undefined : h.tensors.get(g);
 }
 
@@ -97,7 +102,7 @@ function ggufBlockSource(h: GgufHeader, spec: ModelSpec): WeightSource {
     if (kinds.every(Boolean)) blockProjections.add(p.name);
     else if (kinds.some(Boolean)) {
       const desc = p.sources.map(
-        (s) => `${ggufTensorName(`${s.prefix}.weight`)} ${ggufOf(h, `${s.prefix}.weight`)?.type.name}`,
+        (s) => `${ggufName(h, `${s.prefix}.weight`)} ${ggufOf(h, `${s.prefix}.weight`)?.type.name}`,
       );
       throw new UnsupportedModelError(
         `${h.file}: projection ${p.name} stacks block and float tensors (${desc.join(', ')}); Kiln stacks one or the other`,
@@ -115,7 +120,7 @@ function ggufBlockSource(h: GgufHeader, spec: ModelSpec): WeightSource {
   };
   const piece = (name: string, rows: number): Omit<GgufPiece, 'bytes'> => {
     const g = ggufOf(h, name);
-    if (!g) throw new UnsupportedModelError(`missing tensor ${ggufTensorName(name) ?? name} in ${h.file}`);
+    if (!g) throw new UnsupportedModelError(`missing tensor ${ggufName(h, name) ?? name} in ${h.file}`);
     return { type: g.type.name, rows };
   };
   const stack = async (
@@ -154,7 +159,7 @@ function ggufBlockSource(h: GgufHeader, spec: ModelSpec): WeightSource {
         const g = ggufOf(h, name);
         const want = shapes.get(name);
         if (!g || !want)
-          throw new UnsupportedModelError(`missing tensor ${ggufTensorName(name) ?? name} in ${h.file}`);
+          throw new UnsupportedModelError(`missing tensor ${ggufName(h, name) ?? name} in ${h.file}`);
         if (g.dims.length !== 2 || g.dims[0] !== want[0] || g.dims[1] !== want[1]) {
           throw new UnsupportedModelError(
             `tensor ${g.name} in ${h.file} is ${g.type.name} [${g.dims.join(', ')}], but the metadata implies [${want.join(', ')}]`,

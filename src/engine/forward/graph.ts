@@ -99,11 +99,16 @@ export function recordGraph(
   const scoreCapture: RecordedGraph['scoreCapture'] = [];
   const linearInputs: LinearInputTap[] = [];
   const table = weights.embed;
-  if (isGgufWeight(table) && weights.embedScale !== 1)
-    throw new RangeError('a GGUF embedding table has no embedding scale (Gemma is not read from GGUF)');
   body.push(
     ...(isGgufWeight(table)
-      ? embedGguf(b, { table, ids: s.ids, out: s.x, m, placeholder: model.placeholder })
+      ? embedGguf(b, {
+          table,
+          ids: s.ids,
+          out: s.x,
+          m,
+          placeholder: model.placeholder,
+          scale: weights.embedScale,
+        })
       : isQ4Weight(table)
         ? embedQ4(b, { table, ids: s.ids, out: s.x, m, scale: weights.embedScale })
         : embed(b, { table, ids: s.ids, out: s.x, m, scale: weights.embedScale })),
