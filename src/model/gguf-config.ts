@@ -59,6 +59,11 @@ export function ggufConfigJson(
 ): Record<string, unknown> {
   const m = h.metadata;
   const arch = ggufArchitecture(h);
+  if (longrope && arch.name !== 'phi3') {
+    throw new UnsupportedModelError(
+      `${h.file}: tensors rope_factors_long/short (LongRoPE) are read for phi3 only, not ${arch.name}`,
+    );
+  }
   const k = (key: string) => `${arch.name}.${key}`;
   const num = (key: string) => {
     const v = m.optionalNumber(key);
@@ -113,11 +118,6 @@ export function ggufConfigJson(
   } else if (scaling !== undefined && scaling !== 'none' && !(scaling === 'longrope' && longrope)) {
     throw new UnsupportedModelError(
       `${h.file}: metadata ${k('rope.scaling.type')} ${JSON.stringify(scaling)} is not supported (supported: none, linear${arch.name === 'phi3' ? ', longrope with rope_factors_long/short' : ''})`,
-    );
-  }
-  if (longrope && arch.name !== 'phi3') {
-    throw new UnsupportedModelError(
-      `${h.file}: tensors rope_factors_long/short (LongRoPE) are read for phi3 only, not ${arch.name}`,
     );
   }
   const keys: GgufArchKeys = {

@@ -15,7 +15,7 @@ import type { GgufValue } from '../../src/io/gguf.js';
 import { ggufTypeByName } from '../../src/io/gguf-types.js';
 import { ropeInvFreq } from '../../src/kernels/rope.ref.js';
 import { encodeGguf, gv, type GgufTensorToWrite } from '../../src/io/gguf-writer.js';
-import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
+import { openCheckpoint, type Checkpoint } from '../../src/io/safetensors-checkpoint.js';
 import { parseSentencePieceModel } from '../../src/io/sentencepiece.js';
 import { loadModelSpec } from '../../src/model/config.js';
 import { ggufTensorName } from '../../src/model/gguf-config.js';
@@ -229,4 +229,31 @@ export async function writeGgufFromFolder(
   const path = join(folder, file);
   writeFileSync(path, encodeGguf({ metadata, tensors }));
   return path;
+}
+
+/**
+ * The checkpoint `ckpt` with the `replaced` tensors reading as the given f32 values of the shapes
+ * the model `spec` expects (a GGUF checkpoint's block tensors are U8 rows of blocks).
+ */
+export function overlayCheckpoint(
+  ckpt: Checkpoint,
+  spec: ModelSpec,
+  replaced: Map<string, Float32Array>,
+): Checkpoint {
+  const shapes = expectedTensors(spec);
+  const tensors = new Map(ckpt.tensors);
+  for (const [name, v] of replaced) {
+    const shape = shapes.get(name) ?? ckpt.get(name).shape;
+    tensors.set(name, { ...ckpt.get(name), dtype: 'F32', shape: [...shape], byteLength: v.byteLength });
+  }
+  return {
+    ...ckpt,
+    tensors,
+    get: (name) => tensors.get(name) ?? ckpt.get(name),
+    has: (name) => tensors.has(name),
+    readTensor: async (info) => {
+      const v = replaced.get(info.name);
+      return v ? new Uint8Array(v.buffer.slice(0)) : ckpt.readTensor(info);
+    },
+  };
 }

@@ -12,7 +12,6 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseGgufHeader } from '../../src/io/gguf.js';
 import { ggufTypeByName } from '../../src/io/gguf-types.js';
 import { encodeGguf } from '../../src/io/gguf-writer.js';
-import type { Checkpoint } from '../../src/io/safetensors-checkpoint.js';
 import { ReferenceModel } from '../../src/model/reference.js';
 import { ropeInvFreq } from '../../src/kernels/rope.ref.js';
 import { expectClose } from '../helpers/gpu.js';
@@ -23,7 +22,7 @@ import { expectedTensors } from '../../src/model/tensors.js';
 import { createEngine, openLocalModelDir, openModelArg } from '../../src/node/index.js';
 import { openModelFiles } from '../../src/weights/model-files.js';
 import { writeTestModel, type TestModelOptions } from '../helpers/checkpoints.js';
-import { writeGgufFromFolder } from '../helpers/gguf.js';
+import { overlayCheckpoint, writeGgufFromFolder } from '../helpers/gguf.js';
 
 const root = mkdtempSync(join(tmpdir(), 'kiln-gguf-weights-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -153,23 +152,6 @@ describe('GGUF files on the GPU', () => {
   }
 });
 
-/** The checkpoint `ckpt` with the `replaced` tensors reading as the given f32 values. */
-function overlay(ckpt: Checkpoint, replaced: Map<string, Float32Array>): Checkpoint {
-  const tensors = new Map(ckpt.tensors);
-  for (const [name, v] of replaced)
-    tensors.set(name, { ...ckpt.get(name), dtype: 'F32', byteLength: v.byteLength });
-  return {
-    ...ckpt,
-    tensors,
-    get: (name) => tensors.get(name) ?? ckpt.get(name),
-    has: (name) => tensors.has(name),
-    readTensor: async (info) => {
-      const v = replaced.get(info.name);
-      return v ? new Uint8Array(v.buffer.slice(0)) : ckpt.readTensor(info);
-    },
-  };
-}
-
 /**
  * Block-quantized GGUF files through the whole engine (file -> reader -> source -> matmul_gguf /
  * embed_gguf) against the float64 reference model over the values the blocks decode to. The
@@ -235,7 +217,7 @@ describe('block-quantized GGUF files on the GPU', () => {
       }
       const ckpt = await openCheckpoint(openLocalModelDir(folder));
       try {
-        const ref = await ReferenceModel.load(spec, overlay(ckpt, decoded));
+        const ref = await ReferenceModel.load(spec, overlayCheckpoint(ckpt, spec, decoded));
         const want = ref.forward(PROMPT);
         want.forEach((row, i) => expectClose(logits[i] as Float32Array, row, { atol: LOGIT_ATOL }));
       } finally {
