@@ -109,11 +109,17 @@ function strftimeNow(format: string): string {
 export class ChatTemplate {
   private readonly template: Template;
   private readonly maxSteps: number;
+  /**
+   * The template reads a message's own `tools` field (Phi-4-mini: the system message carries the
+   * tools as JSON text) rather than, or beside, the `tools` variable.
+   */
+  readonly readsMessageTools: boolean;
 
   /** `maxSteps` lowers the step budget (tests); it defaults to {@link MAX_TEMPLATE_STEPS}. */
   constructor(text: string, opts: { maxSteps?: number } = {}) {
     this.template = new Template(text);
     this.maxSteps = Math.min(opts.maxSteps ?? MAX_TEMPLATE_STEPS, MAX_TEMPLATE_STEPS);
+    this.readsMessageTools = /message\s*(?:\[\s*['"]tools['"]\s*\]|\.tools\b)/.test(text);
   }
 
   /**
@@ -141,4 +147,24 @@ export class ChatTemplate {
     const out = new BoundedInterpreter(env, this.maxSteps).run(this.template.parsed).value;
     return typeof out === 'string' ? out : String(out);
   }
+}
+
+/**
+ * The conversation as a template that reads tools from the system message expects it (Phi-4-mini,
+ * as its model card shows): the functions' JSON text (name, description, parameters, without
+ * OpenAI's `{type: "function"}` wrapper) in the first system message's `tools`, a system message
+ * with no text added in front when the conversation has none.
+ */
+export function withToolsInSystemMessage<M extends { role: string }>(
+  messages: readonly M[],
+  tools: readonly unknown[],
+): (M | { role: 'system'; content: string; tools: string })[] {
+  const functions = tools.map((t) =>
+    typeof t === 'object' && t !== null && 'function' in t ? (t as { function: unknown }).function : t,
+  );
+  const text = JSON.stringify(functions);
+  const copy = messages.map((m) => ({ ...m }));
+  const first = copy[0];
+  if (first?.role === 'system') return [{ ...first, tools: text }, ...copy.slice(1)];
+  return [{ role: 'system', content: '', tools: text }, ...copy];
 }

@@ -6,7 +6,7 @@
 import { Tokenizer } from '@huggingface/tokenizers';
 import { InvalidModelFileError, InvalidRequestError, UnsupportedModelError } from '../errors.js';
 import { readJson, type ModelDir } from './byte-source.js';
-import { ChatTemplate, TemplateLimitError } from './chat-template.js';
+import { ChatTemplate, TemplateLimitError, withToolsInSystemMessage } from './chat-template.js';
 import { isJsonObject } from './json.js';
 import { convertSentencePiece } from './sentencepiece.js';
 
@@ -410,7 +410,10 @@ export class KilnTokenizer {
     try {
       return template.render({
         ...kwargs,
-        messages: messages.map((m) => ({ ...m })),
+        messages:
+          template.readsMessageTools && options.tools && options.tools.length > 0
+            ? withToolsInSystemMessage(messages, options.tools)
+            : messages.map((m) => ({ ...m })),
         ...(options.tools && options.tools.length > 0 ? { tools: options.tools } : {}),
         add_generation_prompt: options.addGenerationPrompt ?? true,
         bos_token: this.config.bosToken ?? '',

@@ -3,7 +3,9 @@
  * same code `kiln serve` and the browser run): tiny random models carrying the Qwen3 tokenizer and
  * its own template (tools built in), the Llama 3 tokenizer with the Llama 3.1 JSON tool-calling
  * template and the Mistral tokenizer with the Mistral tool-calling template (both as vLLM
- * publishes them, embedded below with their source). The tools must reach the prompt, a forced
+ * publishes them, embedded below with their source), and the Llama 3 tokenizer under two
+ * Phi-4-mini conventions (its own template's logic: tools as JSON text in the system message; and
+ * a vLLM-style template asking for `functools[...]`). The tools must reach the prompt, a forced
  * call (tool_choice required or named: constrained decoding) must come back as `tool_calls` whose
  * arguments validate, and the call plus a tool result must render as history for the next turn.
  */
@@ -148,6 +150,30 @@ const LLAMA31_JSON_TOOLS = `{{- bos_token }}
 const MISTRAL_TOOLS =
   "{{ bos_token }}{% set user_messages = messages | selectattr('role', 'equalto', 'user') | list %}{% for message in messages %}{% if message['role'] == 'user' %}{% if message == user_messages[-1] %}{% if tools %}{{ '[AVAILABLE_TOOLS]'+ tools|string + '[/AVAILABLE_TOOLS]' }}{% endif %}{{ '[INST]' + message['content'] + '[/INST]' }}{% else %}{{ '[INST]' + message['content'] + '[/INST]' }}{% endif %}{% elif message['role'] == 'assistant' and message['tool_calls'] and message['tool_calls']|length > 0 %}{{ '[TOOL_CALLS]' + message['content']|string + eos_token }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + ' ' + eos_token }}{% elif message['role'] == 'tool' %}{{ '[TOOL_RESULTS]' + message['content']|string + '[/TOOL_RESULTS]' }}{% endif %}{% endfor %}";
 
+// The logic of Phi-4-mini-instruct's own chat template (microsoft/Phi-4-mini-instruct,
+// tokenizer_config.json), written out here: a system message may carry `tools` (JSON text), shown
+// in a <|tool|> block; every turn is <|role|>text<|end|>; the model answers calls with
+// <|tool_call|>[...]<|/tool_call|> (special tokens of its vocabulary).
+const PHI4_MINI = [
+  '{% for message in messages %}',
+  "{% if message['role'] == 'system' and 'tools' in message and message['tools'] is not none %}",
+  "{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + message['tools'] + '<|/tool|>' + '<|end|>' }}",
+  "{% else %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}",
+  "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}",
+].join('');
+
+// A template in the convention vLLM serves Phi-4-mini with: the tools in the system prompt, which
+// asks for calls as functools[{"name": ..., "arguments": ...}, ...]; calls in history written back
+// in that form.
+const PHI4_FUNCTOOLS = [
+  '<|system|>You may call functions. Write calls as functools[{"name": ..., "arguments": {...}}].',
+  '{% for t in tools %}{{ t | tojson }}{% endfor %}<|end|>',
+  '{% for m in messages %}<|{{ m.role }}|>',
+  '{% if m.tool_calls %}functools[{% for c in m.tool_calls %}{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}{% if not loop.last %}, {% endif %}{% endfor %}]',
+  '{% else %}{{ m.content }}{% endif %}<|end|>{% endfor %}',
+  '{% if add_generation_prompt %}<|assistant|>{% endif %}',
+].join('');
+
 const dirs: string[] = [];
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
@@ -232,6 +258,22 @@ const CASES = [
     template: MISTRAL_TOOLS,
     format: 'mistral',
   },
+  {
+    name: 'Phi-4-mini (its own template)',
+    tokenizer: 'llama3',
+    vocab: 128256,
+    eos: 128009,
+    template: PHI4_MINI,
+    format: 'phi4',
+  },
+  {
+    name: 'Phi-4-mini (functools)',
+    tokenizer: 'llama3',
+    vocab: 128256,
+    eos: 128009,
+    template: PHI4_FUNCTOOLS,
+    format: 'functools',
+  },
 ] as const;
 
 describe.each(CASES)('$name', (c) => {
@@ -243,6 +285,9 @@ describe.each(CASES)('$name', (c) => {
       // The tools reach the prompt.
       const ids = await engine.tokenize({ messages: [{ role: 'user', content: 'x' }], tools: [weather] });
       expect(engine.tokenizer.decode(ids)).toContain('get_weather');
+      // Phi-4-mini's template takes them from the system message (one is added when none is sent).
+      if (c.format === 'phi4')
+        expect(engine.tokenizer.decode(ids)).toContain('<|system|><|tool|>[{"name":"get_weather"');
       for (const toolChoice of ['required', { type: 'function', function: { name: 'get_time' } }] as const) {
         const r = await engine.chat.completions.create({
           messages,

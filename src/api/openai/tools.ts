@@ -6,12 +6,15 @@
  *   Hermes, and the format used for models whose template defines none);
  * - llama3: a bare `{"name": ..., "parameters": {...}}`, optionally after `<|python_tag|>` (Llama 3.1+);
  * - mistral: `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`;
- * - phi4: `<|tool_call|>[{"name": ..., "arguments": {...}}]<|/tool_call|>` (Phi-4-mini).
+ * - phi4: `<|tool_call|>[{"name": ..., "arguments": {...}}]<|/tool_call|>` (Phi-4-mini with its own
+ *   template, which takes the tools as JSON text in the system message: see io/message-tools.ts);
+ * - functools: `functools[{"name": ..., "arguments": {...}}, ...]` (Phi-4-mini with the tool
+ *   template vLLM publishes for it, whose system prompt asks for this marker).
  */
 import type { GrammarSpec } from '../types.js';
 import type { ToolCall, ToolParam } from './types.js';
 
-export type ToolFormatName = 'hermes' | 'llama3' | 'mistral' | 'phi4';
+export type ToolFormatName = 'hermes' | 'llama3' | 'mistral' | 'phi4' | 'functools';
 
 export interface ToolFormat {
   readonly name: ToolFormatName;
@@ -33,14 +36,16 @@ export interface ParsedCall {
 export function detectToolFormat(template: string | null): ToolFormatName {
   if (template !== null) {
     if (template.includes('[TOOL_CALLS]')) return 'mistral';
-    if (template.includes('<|tool_call|>')) return 'phi4';
+    if (template.includes('functools[')) return 'functools';
+    // Phi-4-mini's own template shows no call, only the <|tool|> block its tools go in.
+    if (template.includes('<|tool_call|>') || template.includes('<|tool|>')) return 'phi4';
     if (template.includes('<|python_tag|>') || template.includes('"parameters": ')) return 'llama3';
   }
   return 'hermes';
 }
 
 export function toolFormatOf(name: ToolFormatName): ToolFormat {
-  return { hermes: HERMES, llama3: LLAMA3, mistral: MISTRAL, phi4: PHI4 }[name];
+  return { hermes: HERMES, llama3: LLAMA3, mistral: MISTRAL, phi4: PHI4, functools: FUNCTOOLS }[name];
 }
 
 /** The JSON Schema of one call object of any of `tools`. */
@@ -147,6 +152,14 @@ const PHI4: ToolFormat = {
       '<|/tool_call|>',
     ),
   parse: listAfter('<|tool_call|>', '<|/tool_call|>'),
+};
+
+const FUNCTOOLS: ToolFormat = {
+  name: 'functools',
+  opener: 'functools[',
+  grammar: (tools) =>
+    wrapped('functools', { type: 'array', items: callSchema(tools, 'arguments'), minItems: 1 }, ''),
+  parse: listAfter('functools', ''),
 };
 
 const LLAMA3: ToolFormat = {
