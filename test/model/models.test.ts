@@ -365,7 +365,7 @@ describe('weights split across buffers', () => {
     expect(m.spec.vocabSize * m.spec.hiddenSize * 4).toBe(2 * limit);
     const engine = await createEngine({ model: m.dir, device, contextLength: 64, ...F32_KV });
     try {
-      const w = (engine as unknown as { weights: ModelWeights }).weights;
+      const w = (engine as unknown as { forward: { weights: ModelWeights } }).forward.weights;
       const layer = w.layers[0] as ModelWeights['layers'][number];
       const parts = [w.lmHead, w.embed, layer.gateUp.weight, layer.down.weight, layer.qkv.weight].map(
         (x) => x.parts.length,
