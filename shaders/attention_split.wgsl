@@ -10,6 +10,9 @@
 // with x_j = q_h·k_j·scale, and the constant c it used; attention_merge combines the splits.
 //
 // Variants (the wrapper prefixes a KV fragment, common/kv_*.wgsl, then `const MODE: u32 = ...;`):
+//   0 with p.direct = 1 (attention_decode_single_pass): the whole context is one split, so its
+//     partial is the answer: o / l goes straight to `out` and no merge runs (one dispatch per layer
+//     instead of 2 or 4). The record is still written: calibration reads its (c, l).
 //   0 exact (attention_decode_two_pass): c = m_s, the chunk's max (online softmax over the tiles
 //     of the chunk). With p.check_flag = 1 it is the async chain's exact fallback
 //     (attention_decode_async_softmax_fallback): only rows whose flag is set are computed, every
@@ -22,7 +25,8 @@
 //
 // Bindings: params, row_info [m] vec2<u32>, block_table u32, q [m, heads·head_dim] f32 (as vec4),
 // k_cache, v_cache ([block][kv_head][16] token rows of the prepended KV fragment's format,
-// common/kv4_*.wgsl or kv_quant.wgsl, read 4 channels at a time through kv_k4 / kv_v4), partials, flags [m] u32 (read-only in mode 0, atomic in mode 1).
+// common/kv4_*.wgsl or kv_quant.wgsl, read 4 channels at a time through kv_k4 / kv_v4), partials, flags [m] u32 (read-only in mode 0, atomic in mode 1),
+// out [m, heads·head_dim] f32 (as vec4; written only with p.direct).
 // partials: one record of head_dim/4 + 1 vec4 per (row, query head, split), in that order:
 // vec4(c, l, 0, 0) then o. A split that starts past the row's end writes c = NEG_BIG, l = 0, o = 0.
 //
@@ -57,6 +61,8 @@ struct Params {
   window: u32,
   // > 0: scores become softcap · tanh(score / softcap) (Gemma 2's attn_logit_softcapping).
   softcap: f32,
+  // 1: one split, write the normalised output to `out` (exact mode only).
+  direct: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,6 +72,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read> k_cache: array<KvCell>;
 @group(0) @binding(5) var<storage, read> v_cache: array<KvCell>;
 @group(0) @binding(6) var<storage, read_write> partials: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> out: array<vec4<f32>>;
 // Binding 7, flags [m] u32, and flag_get / flag_set come from common/attention_flags_read (mode 0)
 // or common/attention_flags_write (mode 1).
 
@@ -203,11 +210,15 @@ fn outer(v: vec4<f32>, pr: vec4<f32>) -> mat4x4<f32> {
   return mat4x4<f32>(v * pr.x, v * pr.y, v * pr.z, v * pr.w);
 }
 
-// Writes one head's partial record: thread t holds vec4s t and t + half; thread 0 the header.
-fn put(rec: u32, t: u32, o: vec4<f32>, c: f32, l: f32) {
+// Writes one head's partial record (thread t holds vec4 t of o, thread 0 the header) and, in a
+// single pass, that head's output vec4 t at out[o_at].
+fn put(rec: u32, o_at: u32, t: u32, o: vec4<f32>, c: f32, l: f32) {
   partials[rec + 1u + t] = o;
   if (t == 0u) {
     partials[rec] = vec4<f32>(c, l, 0.0, 0.0);
+  }
+  if (p.direct != 0u) {
+    out[o_at] = o / l;
   }
 }
 
@@ -388,27 +399,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     m_b = vec4<f32>(p.phi);
   }
   if (t < hd4) {
-    put(rec0, t, acc_a[0], m_a.x, l_a.x);
+    // out[row, g·n_rep + h] at out0 + h · hd4.
+    let out0 = (row * p.heads + g * n_rep) * hd4 + t;
+    put(rec0, out0, t, acc_a[0], m_a.x, l_a.x);
     if (n_rep > 1u) {
-      put(rec0 + head_stride, t, acc_a[1], m_a.y, l_a.y);
+      put(rec0 + head_stride, out0 + 1u * hd4, t, acc_a[1], m_a.y, l_a.y);
     }
     if (n_rep > 2u) {
-      put(rec0 + 2u * head_stride, t, acc_a[2], m_a.z, l_a.z);
+      put(rec0 + 2u * head_stride, out0 + 2u * hd4, t, acc_a[2], m_a.z, l_a.z);
     }
     if (n_rep > 3u) {
-      put(rec0 + 3u * head_stride, t, acc_a[3], m_a.w, l_a.w);
+      put(rec0 + 3u * head_stride, out0 + 3u * hd4, t, acc_a[3], m_a.w, l_a.w);
     }
     if (n_rep > 4u) {
-      put(rec0 + 4u * head_stride, t, acc_b[0], m_b.x, l_b.x);
+      put(rec0 + 4u * head_stride, out0 + 4u * hd4, t, acc_b[0], m_b.x, l_b.x);
     }
     if (n_rep > 5u) {
-      put(rec0 + 5u * head_stride, t, acc_b[1], m_b.y, l_b.y);
+      put(rec0 + 5u * head_stride, out0 + 5u * hd4, t, acc_b[1], m_b.y, l_b.y);
     }
     if (n_rep > 6u) {
-      put(rec0 + 6u * head_stride, t, acc_b[2], m_b.z, l_b.z);
+      put(rec0 + 6u * head_stride, out0 + 6u * hd4, t, acc_b[2], m_b.z, l_b.z);
     }
     if (n_rep > 7u) {
-      put(rec0 + 7u * head_stride, t, acc_b[3], m_b.w, l_b.w);
+      put(rec0 + 7u * head_stride, out0 + 7u * hd4, t, acc_b[3], m_b.w, l_b.w);
     }
   }
 }

@@ -5,6 +5,9 @@
  *   'async_softmax' FlashDecoding++'s unified max: every split subtracts the same `phi`, so the
  *                   merge is a plain sum; rows that leave the safe window are flagged on the GPU
  *                   and recomputed exactly by two more dispatches that exit at once when unflagged.
+ * With one split (the plan's whole context in one chunk) both record a single dispatch,
+ * 'attention_decode_single_pass': the exact pass 1 writes the normalised output itself, with no
+ * merge and no fallback (on a CPU adapter each dispatch costs a fixed ~0.2 ms).
  * The general `attention` kernel stays the prefill path; this one is for a few rows over long
  * contexts, where one workgroup per (query head, row) leaves most of the GPU idle.
  */
@@ -64,15 +67,21 @@ export const ATTENTION_DECODE_LABELS = {
   ],
 } as const satisfies Record<AttentionDecodeVariant, readonly string[]>;
 
+/** The one dispatch of either variant when the context fits one split (f32 cache label). */
+export const ATTENTION_DECODE_SINGLE_PASS_LABEL = 'attention_decode_single_pass';
+
 /**
  * The labels of ATTENTION_DECODE_LABELS for a `kvDtype` cache: pass 1 (attention_decode_*) reads
  * the cache and gets the format's suffix (`_kvf16`, `_kvint4`, ...); the merges read only the f32 partials, so they
  * keep their label and their one compiled pipeline.
  */
-export function attentionDecodeLabels(variant: AttentionDecodeVariant, kvDtype: KvDtype): string[] {
-  return ATTENTION_DECODE_LABELS[variant].map((l) =>
-    l.startsWith('attention_decode_') ? kvVariant(l, kvDtype) : l,
-  );
+export function attentionDecodeLabels(
+  variant: AttentionDecodeVariant,
+  kvDtype: KvDtype,
+  splits = 2,
+): string[] {
+  const labels = splits === 1 ? [ATTENTION_DECODE_SINGLE_PASS_LABEL] : ATTENTION_DECODE_LABELS[variant];
+  return labels.map((l) => (l.startsWith('attention_decode_') ? kvVariant(l, kvDtype) : l));
 }
 
 /** Number of splits (pass-1 workgroups along x) for a context of up to `maxContext` tokens. */
@@ -197,8 +206,9 @@ export function supportsAttentionDecode(heads: number, kvHeads: number, headDim:
 
 /**
  * Records one decode attention call: 2 dispatches for 'two_pass', 4 for 'async_softmax' (pass 1,
- * merge, then the exact fallback pass 1 and merge, which do nothing for unflagged rows). They must
- * run in order, all of them, in one pass or consecutive ones.
+ * merge, then the exact fallback pass 1 and merge, which do nothing for unflagged rows), 1 for
+ * either when maxContext fits one chunk (the exact single pass). They must run in order, all of
+ * them, in one pass or consecutive ones.
  */
 export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dispatch[] {
   const nRep = a.heads / a.kvHeads;
@@ -238,7 +248,7 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
   // 64 threads so the score loop has no ragged pass except at the end of a chunk.
   const tile = Math.floor(P_CAP / headBlocks / WG) * WG;
 
-  const splitParams = (checkFlag: number): ArrayBuffer =>
+  const splitParams = (checkFlag: number, direct = 0): ArrayBuffer =>
     packParams([
       ['u32', a.heads],
       ['u32', a.kvHeads],
@@ -251,6 +261,7 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
       ['u32', checkFlag],
       ['u32', a.window ?? 0],
       ['f32', a.softcap ?? 0],
+      ['u32', direct],
     ]);
   const mergeParams = packParams([
     ['u32', a.heads],
@@ -258,20 +269,25 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
     ['u32', splits],
     ['u32', 0],
   ]);
-  const splitBuffers = [a.rowInfo, a.blockTable, a.q, a.kCache, a.vCache, s.partials, s.flags];
+  const splitBuffers = [a.rowInfo, a.blockTable, a.q, a.kCache, a.vCache, s.partials, s.flags, a.out];
   const mergeBuffers = [s.partials, a.out, s.flags];
   const splitGrid = [splits, a.kvHeads, a.m] as const;
-  const pass1 = (label: string, mode: number, checkFlag: number): Dispatch =>
+  const pass1 = (label: string, mode: number, checkFlag: number, direct = 0): Dispatch =>
     b.make(
       label,
       () => withMode(mode, 'attention_split', kv),
-      splitParams(checkFlag),
+      splitParams(checkFlag, direct),
       splitBuffers,
       splitGrid,
     );
   const merge = (label: string, mode: number, grid: readonly [number, number, number]): Dispatch =>
     b.make(label, () => withMode(mode, 'attention_merge', kv), mergeParams, mergeBuffers, grid);
 
+  if (splits === 1) {
+    // The single split's exact partial is the answer (same compiled shader as the exact pass 1).
+    const [l] = attentionDecodeLabels(a.variant, kv, 1) as [string];
+    return [pass1(l, MODE.exact, 0, 1)];
+  }
   if (!isAsync) {
     const [l1, l2] = attentionDecodeLabels('two_pass', kv) as [string, string];
     return [pass1(l1, MODE.exact, 0), merge(l2, MODE.exact, [a.heads, a.m, 1])];

@@ -495,6 +495,101 @@ describe('attention_decode (split-K) vs attentionRef', () => {
   });
 });
 
+describe('attention_decode in one split (single pass: no merge, no fallback)', () => {
+  // maxContext within one chunk: both variants record one dispatch that writes the output itself.
+  // ctx 1, 7, 129, 4097 (ragged blocks; 4097 tokens are 9 tiles of 512 at GQA 4, 17 of 256 at 7),
+  // GQA 1, 4, 7 (7: a zero-padded second head block), head dims 16 to 128, f32 and f16 caches,
+  // sliding windows with every block before the window poisoned, Gemma 2's soft-cap. Same ATOL:
+  // the arithmetic is the exact pass 1's, divided once.
+  const cases = [
+    { ctx: 1, heads: 4, kvHeads: 4, headDim: 64, maxContext: 16, window: 0, softcap: 0 },
+    { ctx: 7, heads: 8, kvHeads: 2, headDim: 128, maxContext: 7, window: 0, softcap: 0 },
+    { ctx: 7, heads: 7, kvHeads: 1, headDim: 16, maxContext: 64, window: 3, softcap: 0 },
+    { ctx: 129, heads: 14, kvHeads: 2, headDim: 64, maxContext: 129, window: 0, softcap: 0 },
+    { ctx: 129, heads: 7, kvHeads: 1, headDim: 64, maxContext: 256, window: 0, softcap: 5 },
+    { ctx: 300, heads: 14, kvHeads: 2, headDim: 64, maxContext: 304, window: 100, softcap: 0 },
+    { ctx: 4097, heads: 4, kvHeads: 1, headDim: 64, maxContext: 4097, window: 0, softcap: 0 },
+    { ctx: 4097, heads: 7, kvHeads: 1, headDim: 64, maxContext: 4097, window: 512, softcap: 0 },
+  ];
+  for (const { ctx, heads, kvHeads, headDim, maxContext, window, softcap } of cases) {
+    const chunk = Math.ceil(maxContext / BLOCK) * BLOCK;
+    test(`ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim} window=${window} softcap=${softcap}`, async () => {
+      const c = await testGpu();
+      for (const dtype of ['f32', 'f16'] as const) {
+        if (dtype === 'f16' && !c.adapter.shaderF16) continue;
+        const kv = fillCache(c, ctx, kvHeads, headDim, ctx + heads + window, dtype);
+        const positions = [...new Set([ctx - 1, Math.floor(ctx / 2)])];
+        const firstKey = Math.min(...positions.map((p) => (window > 0 ? Math.max(0, p - window + 1) : 0)));
+        const poisoned = Math.floor(firstKey / BLOCK);
+        poisonBlocks(c, kv, 0, poisoned);
+        const q = randomF32(positions.length * heads * headDim, ctx + 13, 3);
+        const base = { heads, positions, q, chunk, maxContext, window, softcap };
+        const want = reference(kv, { ...base, variant: 'two_pass' });
+        const label = dtype === 'f16' ? 'attention_decode_single_pass_kvf16' : 'attention_decode_single_pass';
+        const exact = await decode(c, kv, { ...base, variant: 'two_pass' });
+        expect(exact.labels).toEqual([label]);
+        expectClose(exact.outs[0] as Float32Array, want, { atol: ATOL });
+        // The async variant's one split is the same exact pass: phi (even one that would flag
+        // every row) is not used, no flag is raised.
+        for (const phi of [0, -100]) {
+          const asy = await decode(c, kv, { ...base, variant: 'async_softmax', phi });
+          expect(asy.labels).toEqual([label]);
+          expect([...(asy.flags[0] as Uint32Array)]).toEqual(positions.map(() => 0));
+          expect(asy.outs[0]).toEqual(exact.outs[0]);
+        }
+        if (poisoned > 0) {
+          const full = await decode(c, kv, { ...base, window: 0, variant: 'two_pass' });
+          expect((full.outs[0] as Float32Array).some(Number.isNaN)).toBe(true);
+        }
+      }
+    });
+  }
+
+  test('the record calibration reads is still written: c = the head max score, l = its sum', async () => {
+    const c = await testGpu();
+    const [ctx, heads, kvHeads, headDim] = [129, 4, 1, 64];
+    const kv = fillCache(c, ctx, kvHeads, headDim, 77);
+    const q = randomF32(heads * headDim, 78, 3);
+    const scratch = new AttentionDecodeScratch(c, { rows: 1, heads, headDim, maxContext: ctx, chunk: 144 });
+    const b = new DispatchBuilder(c);
+    const ds = attentionDecode(b, {
+      rowInfo: upload(c, Uint32Array.from([ctx - 1, 0])),
+      blockTable: kv.blockTable,
+      q: upload(c, q),
+      kCache: kv.kCache,
+      vCache: kv.vCache,
+      out: upload(c, new Float32Array(q.length)),
+      m: 1,
+      heads,
+      kvHeads,
+      headDim,
+      scale: 1 / Math.sqrt(headDim),
+      maxContext: ctx,
+      chunk: 144,
+      variant: 'two_pass',
+      scratch,
+    });
+    expect(ds.length).toBe(1);
+    runDispatches(c, ds);
+    const rec = await readF32(c, scratch.partials, heads * (headDim + 4));
+    for (let h = 0; h < heads; h++) {
+      const x = Array.from({ length: ctx }, (_, j) => {
+        let d = 0;
+        for (let i = 0; i < headDim; i++)
+          d += (q[h * headDim + i] as number) * (kv.k[j * headDim + i] as number);
+        return d / Math.sqrt(headDim);
+      });
+      const max = Math.max(...x);
+      const sum = x.reduce((a, v) => a + Math.exp(v - max), 0);
+      // f32 scores (see ATOL) and a sum of 129 terms in [0, 1].
+      expect(Math.abs((rec[h * (headDim + 4)] as number) - max)).toBeLessThan(1e-4);
+      expect(Math.abs((rec[h * (headDim + 4) + 1] as number) - sum) / sum).toBeLessThan(1e-5);
+    }
+    b.destroy();
+    scratch.destroy();
+  });
+});
+
 describe('attention_decode over an f16 KV cache vs attentionRef of the f16-rounded K/V', () => {
   // ctx 1, 7, 129, 4097 (ragged blocks, several tiles), GQA 1/3/4/8 (3: a zero-padded head block),
   // head dims 64 to 256, splits past the end. The reference is computed from the very K/V values
@@ -551,6 +646,7 @@ describe('attention_decode over an f16 KV cache vs attentionRef of the f16-round
 
   test('labels: pass 1 reads the cache and gets _kvf16; the merges read only partials', () => {
     expect(attentionDecodeLabels('two_pass', 'f32')).toEqual([...ATTENTION_DECODE_LABELS.two_pass]);
+    expect(attentionDecodeLabels('async_softmax', 'f16', 1)).toEqual(['attention_decode_single_pass_kvf16']);
     expect(attentionDecodeLabels('async_softmax', 'f16')).toEqual([
       'attention_decode_async_softmax_kvf16',
       'attention_merge_async_softmax',

@@ -251,15 +251,21 @@ describe('attention over a quantized cache vs attentionRef on the decoded cache'
         const out = upload(c, new Float32Array(q.length));
         run(c, (b) => attention(b, { ...common, out }));
         expectClose(await readF32(c, out, q.length), want, { atol: ATOL });
-        // Split-K decode: exact, and async softmax with phi = 0 (inside these scores' range).
-        for (const variant of ['two_pass', 'async_softmax'] as AttentionDecodeVariant[]) {
-          const maxContext = ctx + 40;
+        // Split-K decode: exact, and async softmax with phi = 0 (inside these scores' range), then
+        // the whole context in one split (the single pass).
+        const maxContext = ctx + 40;
+        const oneSplit = Math.ceil(maxContext / 16) * 16;
+        for (const [variant, ch] of [
+          ['two_pass', chunk],
+          ['async_softmax', chunk],
+          ['two_pass', oneSplit],
+        ] as [AttentionDecodeVariant, number][]) {
           const scratch = new AttentionDecodeScratch(c, {
             rows: positions.length,
             heads,
             headDim,
             maxContext,
-            chunk,
+            chunk: ch,
           });
           const o2 = upload(c, new Float32Array(q.length));
           const b = new DispatchBuilder(c);
@@ -269,7 +275,7 @@ describe('attention over a quantized cache vs attentionRef on the decoded cache'
               ...common,
               out: o2,
               maxContext,
-              chunk,
+              chunk: ch,
               variant,
               ...(variant === 'async_softmax' ? { phi: 0 } : {}),
               scratch,
