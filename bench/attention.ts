@@ -5,7 +5,8 @@
  * an f16 one (variants `*_kvf16`), each checked against the float64 reference of the K/V the cache
  * holds. Contexts past 512 add rows with Gemma 3's 512-token sliding window (shape `window`), timed
  * in the same rounds: the splits before the window read nothing, which is where a sliding layer's
- * decode attention saves its time.
+ * decode attention saves its time. `single_pass` rows run the whole context in one split (one
+ * dispatch, no merge: what the cpu row of the kernel defaults picks up to a 1024-token context).
  */
 import { decodeToFloat32, encodeFromFloat32 } from '../src/io/dtype.js';
 import { attentionRef } from '../src/kernels/attention.ref.js';
@@ -84,18 +85,30 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
         chunk,
       });
       const builder = new DispatchBuilder(b.ctx);
+      const oneSplit = Math.ceil(ctxLen / BLOCK) * BLOCK;
       const variants = windows.flatMap((window) =>
         kvDtypes.flatMap((kvDtype) =>
-          (['two_pass', 'async_softmax'] as AttentionDecodeVariant[]).map((softmax) => ({
+          (
+            [
+              ['two_pass', chunk],
+              ['async_softmax', chunk],
+              ['two_pass', oneSplit],
+            ] as [AttentionDecodeVariant, number][]
+          ).map(([softmax, ch]) => ({
             softmax,
             kvDtype,
             window,
-            // The pass-1 label (= pipeline) without its kernel prefix: two_pass, async_softmax_kvf16, ...
-            name: (attentionDecodeLabels(softmax, kvDtype)[0] as string).replace('attention_decode_', ''),
+            chunk: ch,
+            // The pass-1 label (= pipeline) without its kernel prefix: two_pass, async_softmax_kvf16,
+            // single_pass, ...
+            name: (attentionDecodeLabels(softmax, kvDtype, ch === oneSplit ? 1 : 2)[0] as string).replace(
+              'attention_decode_',
+              '',
+            ),
           })),
         ),
       );
-      const dispatches = variants.map(({ softmax, kvDtype, window }) =>
+      const dispatches = variants.map(({ softmax, kvDtype, window, chunk: ch }) =>
         attentionDecode(builder, {
           ...bufs,
           ...caches[kvDtype],
@@ -106,7 +119,7 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
           headDim,
           scale,
           maxContext: ctxLen,
-          chunk,
+          chunk: ch,
           variant: softmax,
           phi,
           window,
@@ -123,7 +136,7 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
         }
       }
       for (let v = 0; v < variants.length; v++) {
-        const { name, kvDtype, window } = variants[v] as (typeof variants)[number];
+        const { name, kvDtype, window, chunk: ch } = variants[v] as (typeof variants)[number];
         // Correctness of this variant's result (each variant writes the whole output).
         runDispatches(b.ctx, dispatches[v] ?? []);
         const out = await b.readF32(bufs.out, heads * headDim);
@@ -146,7 +159,7 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
             heads,
             kv_heads: kvHeads,
             head_dim: headDim,
-            chunk,
+            chunk: ch,
           },
           ms: best[v] as number,
           bytes: 2 * keys * kvDim * kvElementBytes(kvDtype) + 2 * heads * headDim * 4,

@@ -27,9 +27,10 @@ export interface DefaultsRow {
   matmulQ4: Partial<Record<MClass, Q4Variant | { maxRows?: number; variant: Q4Variant }[]>>;
   /**
    * Decode attention's tokens per split by row bucket ('1', '2-4', '5-32'): the context bucket
-   * over `splits`, at least `min` (a multiple of the 16-token block).
+   * over `splits`, at least `min` (a multiple of the 16-token block); up to a context bucket of
+   * `oneSplitUpTo`, the whole bucket in one split (the single-pass kernel: one dispatch, no merge).
    */
-  attentionChunk: Partial<Record<string, { splits: number; min: number }>>;
+  attentionChunk: Partial<Record<string, { splits: number; min: number; oneSplitUpTo?: number }>>;
 }
 
 /**
@@ -44,7 +45,11 @@ export interface DefaultsRow {
  *   64 threads above (gate/up's 9728 rows kept the rule's 64: 1.00x; with 16 threads the whole
  *   int4 decode step ran 0.5-0.7x of the tuned one in alternating runs);
  *   decode attention for one row by 8 splits of the context, at least 128 tokens each (512 at a
- *   4096 context: 1.33x; BabyLlama at 256: 128-token splits, 2.85x over 64). SwiftShader is a
+ *   4096 context: 1.33x; BabyLlama at 256: 128-token splits, 2.85x over 64), and up to a
+ *   1024-token context bucket in one split, the single-pass kernel (at 1024, best of 3 alternating
+ *   rounds, single pass vs 128-token splits with the async softmax: Llama-3.2-1B heads f32 2.23 vs
+ *   2.88 ms, f16 2.06 vs 2.24; Qwen2.5-0.5B f32 0.94 vs 1.00, f16 0.90 vs 0.96; BabyLlama's
+ *   decode step 59 -> 44 dispatches). SwiftShader is a
  *   CPU adapter too (its subgroups are narrower, so the subgroup variants are not candidates there).
  * - generic (an adapter Kiln cannot place): the kernels' own rules, the untuned engine as it was.
  * - gpu-discrete (NVIDIA H100, Dawn over Vulkan): at M = 1 the flat GEMV with 1 row per thread
@@ -70,7 +75,7 @@ export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
         { variant: { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32' } },
       ],
     },
-    attentionChunk: { '1': { splits: 8, min: 128 } },
+    attentionChunk: { '1': { splits: 8, min: 128, oneSplitUpTo: 1024 } },
   },
   generic: { matmul: {}, matmulQ4: {}, attentionChunk: {} },
   'gpu-discrete': {
@@ -121,6 +126,8 @@ function rowChoice(row: DefaultsRow, cls: DefaultableClass, context: number): Ke
   }
   const a = row.attentionChunk[bucket];
   if (!a) return undefined;
+  if (a.oneSplitUpTo !== undefined && contextBucket(context) <= a.oneSplitUpTo)
+    return { kernel, chunk: contextBucket(context) };
   const fromContext = 2 ** Math.floor(Math.log2(contextBucket(context) / a.splits));
   return { kernel, chunk: a.splits === 1 ? a.min : Math.max(a.min, fromContext) };
 }

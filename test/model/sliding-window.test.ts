@@ -105,7 +105,8 @@ describe('sliding-window attention: engine vs float64 reference past the window'
       const got = await engine.logits(all);
       const ref94 = ref.forward(all);
       got.forEach((row, p) => expectClose(row, ref94[p] as Float64Array, { atol: LOGIT_ATOL }));
-      // Greedy: prefill then 64 decode steps (split-K, async softmax after calibration).
+      // Greedy: prefill then 64 decode steps (decode attention: split-K with the async softmax
+      // after calibration, or the single pass where the context fits one split).
       const r = await engine.generate(prompt, { maxTokens: STEPS, ignoreEos: true }).result();
       expect(r.tokenIds).toEqual(want.ids);
     } finally {

@@ -116,10 +116,13 @@ describe('default choices', () => {
     const row = KERNEL_DEFAULTS.cpu;
     const at = (context: number, candidates: number[]) =>
       defaultChoices([cls('att', '1', chunks(candidates), 'attention_decode')], row, context).get('att');
-    // 8 splits of the bucket, at least 128 tokens each.
+    // 8 splits of the bucket, at least 128 tokens each, above a 1024-token bucket.
     expect(at(4096, [128, 64, 256, 512, 1024, 2048])).toEqual({ kernel: 'attention_decode', chunk: 512 });
-    expect(at(256, [64, 128, 256])).toEqual({ kernel: 'attention_decode', chunk: 128 });
-    expect(at(100, [64, 128, 256])).toEqual({ kernel: 'attention_decode', chunk: 128 });
+    expect(at(2048, [128, 64, 256, 512, 1024, 2048])).toEqual({ kernel: 'attention_decode', chunk: 256 });
+    // Up to 1024, the whole bucket in one split (the single pass).
+    expect(at(1024, [128, 64, 256, 512, 1024])).toEqual({ kernel: 'attention_decode', chunk: 1024 });
+    expect(at(256, [64, 128, 256])).toEqual({ kernel: 'attention_decode', chunk: 256 });
+    expect(at(100, [64, 128, 256])).toEqual({ kernel: 'attention_decode', chunk: 256 });
     // A chunk that is not a candidate (longer than the context allows) is not forced.
     expect(at(4096, [64, 128, 256])).toBeUndefined();
     expect(
