@@ -21,8 +21,9 @@
  * verification's glue) and `types.ts` (the public types, re-exported here).
  */
 import { InvalidRequestError } from '../errors.js';
+import type { RowLogprobs } from '../kernels/logprobs.js';
 import type { ForwardModel } from './forward/model.js';
-import { runStep } from './forward/step.js';
+import { runSampledStep, runStep } from './forward/step.js';
 import type { BlockManager } from './kv/block-manager.js';
 import { BLOCK_TOKENS, type PagedKvCache } from './kv/cache.js';
 import type { RowAdjust, RowSampling } from './sampling/gpu.js';
@@ -171,6 +172,7 @@ export class Scheduler {
     // Sampled requests draw on the GPU: every plan gets the sampling stage from now on.
     if (!seq.sampler.greedy && this.opts.gpuSampling) this.forward.enableSampling();
     if (seq.sampler.adjusts) this.forward.enableAdjust();
+    if (seq.sampler.logprobs !== null) this.forward.enableLogprobs();
     this.waiting.push(seq);
     req.signal?.addEventListener('abort', () => this.cancelNow(seq), { once: true });
     this.kick();
@@ -306,24 +308,31 @@ export class Scheduler {
     this.batch.counts.steps++;
     let ids: ArrayLike<number> | null = null;
     let logits: Float32Array | null = null;
+    let logprobs: readonly (RowLogprobs | null)[] | null = null;
     // Each constrained row's edits and mask: the grammar matchers run on the CPU while the GPU
     // runs the step's forward pass (runStep calls this after submitting it).
     let adjusts: readonly (RowAdjust | null)[] = sampled.map(() => null);
     const edits = async () => (adjusts = await Promise.all(sampled.map((s) => s.sampler.rowAdjust())));
     const adjust = sampled.some((s) => s.sampler.adjusts) ? { adjust: edits } : {};
+    // Logprobs come from the logprobs kernel, after the argmax or draw, per logit row.
+    const asked = input.logitRows.map((): number | null => null);
+    sampled.forEach((s, i) => (asked[firstRow[i] as number] = s.sampler.logprobs));
+    const withLogprobs = asked.some((k) => k !== null) ? { logprobs: asked } : {};
     if (sampled.length === 0) {
       await runStep(this.forward, input, 'none');
-    } else if (sampled.some((s) => s.sampler.logprobs !== null)) {
-      // Logprobs need the whole distribution: this step's rows are drawn on the CPU (same rules).
-      logits = await runStep(this.forward, input, 'logits');
-      await edits();
     } else if (sampled.every((s) => s.sampler.greedy)) {
-      ids = await runStep(this.forward, input, 'ids', adjust);
+      ({ ids, logprobs } = await runSampledStep(this.forward, input, 'ids', { ...adjust, ...withLogprobs }));
     } else if (this.opts.gpuSampling) {
       // One uniform per non-greedy draw, from the request's own generator (as when alone).
       const sampling: RowSampling[] = sampled.map((s) => s.sampler.gpuRow(s.tokens));
-      ids = await runStep(this.forward, input, 'sample', { sampling, ...adjust });
+      ({ ids, logprobs } = await runSampledStep(this.forward, input, 'sample', {
+        sampling,
+        ...adjust,
+        ...withLogprobs,
+      }));
     } else {
+      // CPU sampling (EngineOptions.sampling 'cpu'): the rows are drawn, and their logprobs
+      // computed, on the CPU from the read-back logits.
       logits = await runStep(this.forward, input, 'logits');
       await edits();
     }
@@ -357,8 +366,11 @@ export class Scheduler {
       }
       let token: number;
       let logprob: Parameters<ScheduledRequest['onToken']>[1];
-      if (ids) token = ids[firstRow[i] as number] as number;
-      else {
+      if (ids) {
+        token = ids[firstRow[i] as number] as number;
+        const lp = logprobs?.[firstRow[i] as number];
+        if (lp) logprob = { logprob: lp.logprob, top: lp.top };
+      } else {
         const row = (logits as Float32Array).subarray(i * V, (i + 1) * V);
         const drawn = s.sampler.cpu(row, s.tokens, adjusts[i] ?? null);
         token = drawn.id;

@@ -57,6 +57,7 @@ export class ForwardModel implements ForwardState {
   /** Plans get the GPU sampling stage (set at the first sampled request). */
   private sampling = false;
   private adjusting = false;
+  private logprobs = false;
 
   constructor(
     readonly ctx: GpuContext,
@@ -119,6 +120,7 @@ export class ForwardModel implements ForwardState {
     p = new StepPlan(this.ctx, this, m, r);
     if (this.sampling) p.enableSampling();
     if (this.adjusting) p.enableAdjust();
+    if (this.logprobs) p.enableLogprobs();
     this.plans.set(key, p);
     if (this.plans.size > ForwardModel.MAX_PLANS) {
       for (const [k, old] of this.plans) {
@@ -185,6 +187,13 @@ export class ForwardModel implements ForwardState {
     if (this.adjusting) return;
     this.adjusting = true;
     for (const p of this.plans.values()) p.enableAdjust();
+  }
+
+  /** Gives every plan, now and later, the logprobs stage (first request that asks for logprobs). */
+  enableLogprobs(): void {
+    if (this.logprobs) return;
+    this.logprobs = true;
+    for (const p of this.plans.values()) p.enableLogprobs();
   }
 
   /**

@@ -12,7 +12,8 @@ import {
   pickDecodeChunk,
   supportsAttentionDecode,
 } from '../../kernels/attention-decode.js';
-import { GpuLogitAdjust, GpuSampling } from '../sampling/gpu.js';
+import { LOGPROBS_ROW_BYTES } from '../../kernels/logprobs.js';
+import { GpuLogitAdjust, GpuLogprobs, GpuSampling } from '../sampling/gpu.js';
 import { createStepBuffers, type StepBuffers } from './buffers.js';
 import { recordGraph, type RecordedGraph } from './graph.js';
 import type { ForwardState } from './state.js';
@@ -31,6 +32,8 @@ export class StepPlan {
   sampling: GpuSampling | null = null;
   /** Logit bias, penalties and grammar masks; made by `enableAdjust`. */
   adjust: GpuLogitAdjust | null = null;
+  /** Logprobs of the chosen ids; made by `enableLogprobs`. */
+  logprobs: GpuLogprobs | null = null;
   private readonly owned: GPUBuffer[] = [];
   private readonly builder: DispatchBuilder;
   /** Mappable id buffers of pipelined steps, one per step in flight (made on first use). */
@@ -108,10 +111,23 @@ export class StepPlan {
     );
   }
 
+  /** Makes the logprobs stage (once). */
+  enableLogprobs(): void {
+    if (this.r === 0) return;
+    this.logprobs ??= new GpuLogprobs(
+      this.ctx,
+      this.builder,
+      this.r,
+      { logits: this.bufs.logits, ids: this.bufs.outIds, vocab: this.model.spec.vocabSize },
+      (b) => (this.owned.push(b), b),
+    );
+  }
+
   /**
    * The next buffer of the readback ring: a step in flight keeps its buffer mapped-pending until
    * its ids are read, so the next step copies into another one (PIPELINE_RING buffers cover the
-   * deepest pipeline the scheduler runs, with one to spare).
+   * deepest pipeline the scheduler runs, with one to spare). Each holds the step's ids, then its
+   * logprobs rows (LOGPROBS_ROW_BYTES per logit row) when it has any.
    */
   nextReadback(): GPUBuffer {
     const i = this.ringNext;
@@ -120,7 +136,7 @@ export class StepPlan {
     if (!b) {
       b = this.ctx.createBuffer(
         `readback.ids.${i}`,
-        Math.max(4, this.r * 4),
+        Math.max(4, this.r * (4 + LOGPROBS_ROW_BYTES)),
         GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       );
       this.ring[i] = b;

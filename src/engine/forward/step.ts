@@ -8,6 +8,7 @@
 import { encodeDispatches, type Dispatch } from '../../gpu/dispatch.js';
 import type { GpuTimer } from '../../gpu/timer.js';
 import type { ProjectionRole } from '../../model/architecture.js';
+import { LOGPROBS_ROW_BYTES, unpackLogprobs, type RowLogprobs } from '../../kernels/logprobs.js';
 import type { RowAdjust, RowSampling } from '../sampling/gpu.js';
 import type { ForwardModel, StepInput } from './model.js';
 import { StepPlan } from './plan.js';
@@ -29,6 +30,46 @@ export interface StepOptions {
   adjust?: readonly (RowAdjust | null)[] | (() => Promise<readonly (RowAdjust | null)[]>);
   /** Let this step feed the attention calibration (false for synthetic steps like warm-up). */
   calibrate?: boolean;
+  /**
+   * Logprobs per logit row ('ids' and 'sample' steps): the alternatives asked (0..20), or null. The
+   * logprobs kernel runs after the argmax or draw, on the logits it chose from, and its rows come
+   * back with the ids (see runSampledStep).
+   */
+  logprobs?: readonly (number | null)[];
+}
+
+/** A step's chosen ids and, where asked, their logprobs. */
+export interface SampledStep {
+  ids: Uint32Array;
+  /** One entry per logit row (null where not asked); null when no row asked. */
+  logprobs: (RowLogprobs | null)[] | null;
+}
+
+/** Whether any row asks for logprobs. */
+const asksLogprobs = (rows: readonly (number | null)[] | undefined): rows is readonly (number | null)[] =>
+  rows !== undefined && rows.some((k) => k !== null);
+
+/** Splits an ids readback (ids, then logprobs rows when asked) into a SampledStep. */
+function sampledStep(
+  data: ArrayBuffer,
+  r: number,
+  rows: readonly (number | null)[] | undefined,
+): SampledStep {
+  return {
+    ids: new Uint32Array(data, 0, r),
+    logprobs: asksLogprobs(rows) ? unpackLogprobs(data.slice(r * 4), rows) : null,
+  };
+}
+
+/** Runs an 'ids' or 'sample' step and returns its ids with the logprobs its rows asked for. */
+export async function runSampledStep(
+  fm: ForwardModel,
+  input: StepInput,
+  read: 'ids' | 'sample',
+  o: StepOptions = {},
+): Promise<SampledStep> {
+  const data = (await execute(fm, input, read, o)) as ArrayBuffer;
+  return sampledStep(data, input.logitRows.length, o.logprobs);
 }
 
 export async function runStep(
@@ -50,6 +91,19 @@ export async function runStep(
   read: StepReadback,
   o: StepOptions = {},
 ): Promise<Uint32Array | Float32Array | null> {
+  const data = await execute(fm, input, read, o);
+  if (data === null) return null;
+  if (read === 'logits') return new Float32Array(data);
+  return new Uint32Array(data, 0, input.logitRows.length);
+}
+
+/** One step: what `read` asks for, as the bytes read back (null for 'none'). */
+async function execute(
+  fm: ForwardModel,
+  input: StepInput,
+  read: StepReadback,
+  o: StepOptions,
+): Promise<ArrayBuffer | null> {
   const { ctx, spec } = fm;
   const r = input.logitRows.length;
   const plan = fm.writeInputs(input);
@@ -98,6 +152,11 @@ export async function runStep(
     adjust();
     encodeDispatches(pass, [draw ?? (penalty as Dispatch)]);
   }
+  const withLogprobs = (read === 'ids' || read === 'sample') && asksLogprobs(o.logprobs);
+  if (withLogprobs) {
+    if (!plan.logprobs) throw new RangeError('a logprobs step before the stage was enabled');
+    encodeDispatches(pass, [plan.logprobs.prepare(o.logprobs as readonly (number | null)[])]);
+  }
   pass.end();
   if (read === 'none') {
     queue.submit([enc.finish()]);
@@ -106,8 +165,12 @@ export async function runStep(
   const logits = read === 'logits';
   const src = logits ? plan.bufs.logits : plan.bufs.outIds;
   const dst = logits ? plan.bufs.logitsReadback : plan.bufs.idsReadback;
-  const bytes = logits ? r * spec.vocabSize * 4 : r * 4;
+  let bytes = logits ? r * spec.vocabSize * 4 : r * 4;
   tailEnc.copyBufferToBuffer(src, 0, dst, 0, bytes);
+  if (withLogprobs && plan.logprobs) {
+    tailEnc.copyBufferToBuffer(plan.logprobs.out, 0, dst, bytes, r * LOGPROBS_ROW_BYTES);
+    bytes += r * LOGPROBS_ROW_BYTES;
+  }
   queue.submit([tailEnc.finish()]);
   try {
     await dst.mapAsync(GPUMapMode.READ, 0, bytes);
@@ -123,7 +186,7 @@ export async function runStep(
   }
   // An error raised by this step arrives as an event; do not hand back what it produced.
   ctx.assertAlive();
-  return logits ? new Float32Array(data) : new Uint32Array(data);
+  return data;
 }
 
 /**
@@ -138,8 +201,8 @@ export function submitDecodeStep(
   fm: ForwardModel,
   input: StepInput,
   read: 'ids' | 'sample',
-  o: { sampling?: readonly RowSampling[]; chained: boolean },
-): Promise<Uint32Array> {
+  o: { sampling?: readonly RowSampling[]; logprobs?: readonly (number | null)[]; chained: boolean },
+): Promise<SampledStep> {
   const { ctx } = fm;
   const r = input.logitRows.length;
   if (r !== input.tokens.length) throw new RangeError('a pipelined step has one logit row per row');
@@ -155,16 +218,24 @@ export function submitDecodeStep(
     if (!o.sampling || !plan.sampling) throw new RangeError("a 'sample' step needs sampling");
     encodeDispatches(pass, plan.sampling.prepare(o.sampling));
   }
+  const withLogprobs = asksLogprobs(o.logprobs);
+  if (withLogprobs) {
+    if (!plan.logprobs) throw new RangeError('a logprobs step before the stage was enabled');
+    encodeDispatches(pass, [plan.logprobs.prepare(o.logprobs as readonly (number | null)[])]);
+  }
   pass.end();
   const dst = plan.nextReadback();
   enc.copyBufferToBuffer(plan.bufs.outIds, 0, dst, 0, r * 4);
+  const bytes = r * 4 + (withLogprobs ? r * LOGPROBS_ROW_BYTES : 0);
+  if (withLogprobs && plan.logprobs)
+    enc.copyBufferToBuffer(plan.logprobs.out, 0, dst, r * 4, r * LOGPROBS_ROW_BYTES);
   ctx.device.queue.submit([enc.finish()]);
-  return dst.mapAsync(GPUMapMode.READ, 0, r * 4).then(
+  return dst.mapAsync(GPUMapMode.READ, 0, bytes).then(
     () => {
-      const ids = new Uint32Array(dst.getMappedRange(0, r * 4).slice(0));
+      const data = dst.getMappedRange(0, bytes).slice(0);
       dst.unmap();
       ctx.assertAlive();
-      return ids;
+      return sampledStep(data, r, o.logprobs);
     },
     (e: unknown) => {
       ctx.assertAlive();

@@ -19,6 +19,7 @@ import {
   type PenaltyRow,
   type SampleRowParams,
 } from '../../kernels/sample.js';
+import { LOGPROBS_ROW_BYTES, logprobs, packLogprobsWant } from '../../kernels/logprobs.js';
 
 /** How one logit row is drawn on the GPU. */
 export interface RowSampling extends SampleRowParams {
@@ -166,6 +167,46 @@ export class GpuLogitAdjust {
       }
       queue.writeBuffer(this.edits, 0, buf);
     }
+    return this.dispatch;
+  }
+}
+
+/**
+ * The logprobs stage of a plan: after argmax or the draw, each row that asks gets its log-sum-exp,
+ * chosen token's logprob and alternatives written to `out` (LOGPROBS_ROW_BYTES per logit row), read
+ * back with the ids. Built on the first request that asks for logprobs.
+ */
+export class GpuLogprobs {
+  /** [rows] x LOGPROBS_ROW_BYTES: what the step copies back after its ids. */
+  readonly out: GPUBuffer;
+  private readonly want: GPUBuffer;
+  private readonly wantData: Uint32Array;
+  private readonly dispatch: Dispatch;
+
+  constructor(
+    private readonly ctx: GpuContext,
+    b: DispatchBuilder,
+    private readonly rows: number,
+    io: { /** [rows, vocab] f32 */ logits: GPUBuffer; /** [rows] u32 */ ids: GPUBuffer; vocab: number },
+    own: (b: GPUBuffer) => GPUBuffer,
+  ) {
+    this.want = own(ctx.createBuffer('logprobs.want', rows * 4, USAGE_IN()));
+    this.out = own(
+      ctx.createBuffer(
+        'logprobs.out',
+        rows * LOGPROBS_ROW_BYTES,
+        GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
+      ),
+    );
+    this.wantData = new Uint32Array(rows);
+    this.dispatch = logprobs(b, { ...io, want: this.want, out: this.out, rows, n: io.vocab });
+  }
+
+  /** Writes which rows ask for how many alternatives (null: none) and returns the dispatch. */
+  prepare(rows: readonly (number | null)[]): Dispatch {
+    if (rows.length !== this.rows)
+      throw new RangeError(`logprobs for ${rows.length} rows, plan has ${this.rows}`);
+    this.ctx.device.queue.writeBuffer(this.want, 0, packLogprobsWant(rows, this.wantData));
     return this.dispatch;
   }
 }

@@ -6,10 +6,13 @@
  *
  * Edits come in the order both paths apply them: the repetition penalty, then the logit bias and
  * the presence / frequency penalties (one additive edit per token id), then the grammar's mask,
- * then argmax or the draw.
+ * then argmax or the draw, then (when asked) the logprobs of that row as it stands: at temperature
+ * 1, after every edit (min-p included), so they describe the distribution the token was chosen
+ * from before temperature and top-k / top-p (shaders/logprobs.wgsl, its twin logprobs.ref.ts).
  */
 import type { LogitAdjustments, SamplingParams, TokenLogprobs } from '../../api/types.js';
 import { logitAdjustRef } from '../../kernels/logit-adjust.ref.js';
+import { logprobsRef } from '../../kernels/logprobs.ref.js';
 import { applyRepetitionPenalty, sampleToken } from './cpu.js';
 import type { RowAdjust, RowSampling } from './gpu.js';
 import type { TokenMatcher } from './grammar.js';
@@ -32,7 +35,7 @@ export class SequenceSampler {
     seed: number,
     private readonly adjustments: LogitAdjustments = {},
     private readonly matcher: TokenMatcher | null = null,
-    /** Alternatives reported per token (null: no logprobs; they need the logits on the CPU). */
+    /** Alternatives reported per token (null: no logprobs), by the logprobs kernel after the draw. */
     readonly logprobs: number | null = null,
   ) {
     this.greedy = isPlainGreedy(params);
@@ -91,7 +94,8 @@ export class SequenceSampler {
 
   /**
    * The next token drawn on the CPU from a read-back logits row (modified in place), with its
-   * logprobs when the request asks for them.
+   * logprobs when the request asks for them: the CPU sampling path only (EngineOptions.sampling
+   * 'cpu'), where the row is on the CPU anyway; GPU steps get them from the logprobs kernel.
    */
   cpu(
     logits: Float32Array,
@@ -105,39 +109,14 @@ export class SequenceSampler {
     applyRepetitionPenalty(logits, context, p.repetitionPenalty);
     // Into a Float32Array each sum rounds to f32, as the kernel's.
     if (adjust) logitAdjustRef(logits, adjust);
-    const lp = this.logprobs !== null ? logSoftmaxTop(logits, this.logprobs) : null;
     const id = sampleToken(logits, { ...p, repetitionPenalty: 1 }, this.rng, context);
-    if (!lp) return { id };
-    return { id, logprob: { logprob: lp.logprobOf(id), top: lp.top } };
+    if (this.logprobs === null) return { id };
+    // The logprobs kernel's float64 twin: the same numbers the GPU path reports.
+    const lp = logprobsRef(logits, this.logprobs, id);
+    return { id, logprob: { logprob: lp.logprob, top: lp.top } };
   }
 
   dispose(): void {
     this.matcher?.dispose();
   }
-}
-
-/** log-softmax of a logits row (float64): the `k` best ids with their logprobs, and any id's. */
-function logSoftmaxTop(
-  logits: Float32Array,
-  k: number,
-): { top: { id: number; logprob: number }[]; logprobOf: (id: number) => number } {
-  let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if ((logits[i] as number) > max) max = logits[i] as number;
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += Math.exp((logits[i] as number) - max);
-  const lse = max + Math.log(sum);
-  const top: { id: number; logprob: number }[] = [];
-  if (k > 0) {
-    // A small insertion list: k <= 20.
-    for (let i = 0; i < logits.length; i++) {
-      const v = logits[i] as number;
-      if (top.length === k && v <= (top[k - 1] as { logprob: number }).logprob) continue;
-      let at = top.length;
-      while (at > 0 && (top[at - 1] as { logprob: number }).logprob < v) at--;
-      top.splice(at, 0, { id: i, logprob: v });
-      if (top.length > k) top.pop();
-    }
-    for (const t of top) t.logprob -= lse;
-  }
-  return { top, logprobOf: (id) => (logits[id] as number) - lse };
 }

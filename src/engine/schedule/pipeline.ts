@@ -5,16 +5,17 @@
  * it may start, the KV slots reserved ahead of their tokens, the ring of steps in flight and the
  * in-order hand-off of their ids to the Batch.
  */
-import { submitDecodeStep } from '../forward/step.js';
+import { submitDecodeStep, type SampledStep } from '../forward/step.js';
 import { emptyRows, type Batch, type Seq } from './batch.js';
 
 /**
  * Whether this step may start a pipelined burst: every running sequence decodes (one row each),
  * none waits to be admitted, attention is calibrated (calibration reads each step back), and
  * every row's next input is the id its previous step drew: greedy or drawn on the GPU without a
- * repetition penalty (the penalty needs the latest ids on the CPU), with no grammar mask, logit
- * edits or logprobs (computed on the CPU from the ids so far), and no sequence asked for depth 1
- * (`ScheduledRequest.pipeline`).
+ * repetition penalty (the penalty needs the latest ids on the CPU), with no grammar mask or logit
+ * edits (computed on the CPU from the ids so far), and no sequence asked for depth 1
+ * (`ScheduledRequest.pipeline`). Logprobs do not stop a burst: the logprobs kernel runs in each
+ * step and its rows come back with the ids, through the same readback ring.
  */
 export function pipelinable(b: Batch, work: readonly { s: Seq; n: number }[]): boolean {
   if ((b.opts.pipelineDepth ?? 2) < 2 || b.waiting.length > 0) return false;
@@ -25,7 +26,6 @@ export function pipelinable(b: Batch, work: readonly { s: Seq; n: number }[]): b
       s.req.pipeline !== false &&
       (s.spec === null || s.spec.off) &&
       !s.sampler.adjusts &&
-      s.sampler.logprobs === null &&
       (s.sampler.greedy || (b.opts.gpuSampling && s.sampler.params.repetitionPenalty === 1)),
   );
 }
@@ -43,14 +43,14 @@ export function pipelinable(b: Batch, work: readonly { s: Seq; n: number }[]): b
 export async function decodeBurst(b: Batch, seqs: Seq[]): Promise<void> {
   const depth = Math.min(3, Math.max(1, b.opts.pipelineDepth ?? 2));
   const read = seqs.every((s) => s.sampler.greedy) ? 'ids' : 'sample';
-  const inFlight: Promise<Uint32Array>[] = [submitDecode(b, seqs, read, false)];
+  const inFlight: Promise<SampledStep>[] = [submitDecode(b, seqs, read, false)];
   let stop = false;
   for (;;) {
     while (!stop && inFlight.length < depth && mayRunAhead(b, seqs)) {
       inFlight.push(submitDecode(b, seqs, read, true));
     }
-    const ids = await (inFlight.shift() as Promise<Uint32Array>);
-    if (absorbDecode(b, seqs, ids)) stop = true;
+    const step = await (inFlight.shift() as Promise<SampledStep>);
+    if (absorbDecode(b, seqs, step)) stop = true;
     if (b.othersWaiting()) stop = true;
     // Nothing in flight: the ids just handled are on the CPU, and the next step is planned
     // afresh by the loop (a new burst if nothing changed).
@@ -86,7 +86,7 @@ function submitDecode(
   seqs: readonly Seq[],
   read: 'ids' | 'sample',
   ahead: boolean,
-): Promise<Uint32Array> {
+): Promise<SampledStep> {
   const input = emptyRows();
   seqs.forEach((s, i) => {
     if (ahead) {
@@ -107,20 +107,22 @@ function submitDecode(
   if (ahead) b.counts.aheadSteps++;
   // One uniform per non-greedy draw, from the request's own generator, in step order.
   const sampling = read === 'sample' ? seqs.map((s) => s.sampler.gpuRow(s.tokens)) : undefined;
-  const ids = submitDecodeStep(b.forward, input, read, {
+  const logprobs = seqs.map((s) => s.sampler.logprobs);
+  const step = submitDecodeStep(b.forward, input, read, {
     chained: ahead,
     ...(sampling ? { sampling } : {}),
+    ...(logprobs.some((k) => k !== null) ? { logprobs } : {}),
   });
   // A step still in flight when an earlier one fails is never awaited: its failure is the same.
-  ids.catch(() => undefined);
-  return ids;
+  step.catch(() => undefined);
+  return step;
 }
 
 /**
  * Handles the ids of one burst step, as a plain step handles its ids; a sequence that ended at an
  * earlier step of the burst is skipped (its row was extra). True when a sequence ended.
  */
-function absorbDecode(b: Batch, seqs: readonly Seq[], ids: Uint32Array): boolean {
+function absorbDecode(b: Batch, seqs: readonly Seq[], { ids, logprobs }: SampledStep): boolean {
   let ended = false;
   const live = seqs.filter((s) => !s.finished && b.running.includes(s));
   for (const s of live) {
@@ -137,7 +139,8 @@ function absorbDecode(b: Batch, seqs: readonly Seq[], ids: Uint32Array): boolean
     const token = ids[i] as number;
     // No grammar here (such sequences are never pipelined): emit's accept only keeps the
     // sampler's state as an unpipelined step would.
-    if (!b.emit(s, token)) {
+    const lp = logprobs?.[i];
+    if (!b.emit(s, token, lp ? { logprob: lp.logprob, top: lp.top } : undefined)) {
       ended = true;
       return;
     }

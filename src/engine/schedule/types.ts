@@ -22,7 +22,7 @@ export interface ScheduledRequest {
   adjust?: LogitAdjustments;
   /** Constrained decoding: the sequence's grammar matcher (disposed when it ends). */
   matcher?: TokenMatcher | null;
-  /** Report logprobs with this many alternatives (their steps read the logits back). */
+  /** Report logprobs with this many alternatives (0..20; the logprobs kernel computes them). */
   logprobs?: number | null;
   /** Each generated token, as soon as it is drawn. */
   onToken: (
@@ -32,7 +32,7 @@ export interface ScheduledRequest {
   /**
    * false: every step of this sequence needs CPU state computed from its previous token, so it
    * never runs ahead of its ids: batches holding it run one step at a time (pipeline depth 1).
-   * Sequences with a grammar, logit edits or logprobs always do. Default true.
+   * Sequences with a grammar or logit edits always do. Default true.
    */
   pipeline?: boolean;
 }
