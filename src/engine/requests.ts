@@ -1,10 +1,11 @@
 /**
  * The checks a generate() call makes at the call, so a bad request fails there (naming the field)
  * and not later when its result is consumed: the prompt's ids against the context and the
- * vocabulary, and the generation options (sampling, min-p, max tokens, stop strings).
+ * vocabulary, and the generation options (sampling, min-p, logprobs, max tokens, stop strings).
  */
 import type { GenerateOptions } from '../api/types.js';
 import { InvalidRequestError } from '../errors.js';
+import { LOGPROBS_MAX_TOP } from '../kernels/logprobs.js';
 import type { ModelSpec } from '../model/spec.js';
 import { samplingOf, validateSampling } from './sampling/params.js';
 
@@ -36,6 +37,10 @@ export function checkGenerateOptions(opts: GenerateOptions): void {
   const minP = opts.minP;
   if (minP !== undefined && !(minP >= 0 && minP <= 1)) {
     throw new InvalidRequestError(`minP is ${minP}; expected a number in [0, 1]`);
+  }
+  const lp = opts.logprobs;
+  if (lp !== undefined && (!Number.isInteger(lp) || lp < 0 || lp > LOGPROBS_MAX_TOP)) {
+    throw new InvalidRequestError(`logprobs is ${lp}; expected an integer in [0, ${LOGPROBS_MAX_TOP}]`);
   }
   const m = opts.maxTokens;
   if (m !== undefined && (!Number.isInteger(m) || m < 0)) {

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { GenerateOptions, TokenLogprobs } from '../../src/api/types.js';
 import type { Engine } from '../../src/engine/engine.js';
+import { InvalidRequestError } from '../../src/errors.js';
 import { logitAdjustRef } from '../../src/kernels/logit-adjust.ref.js';
 import { logprobsRef } from '../../src/kernels/logprobs.ref.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
@@ -177,6 +178,13 @@ describe('logprobs on the GPU path', () => {
     expect((await collect(engine, PROMPT, plain)).ids).toEqual(run.ids);
     await expectTwin(PROMPT, run, opts);
   }, 300_000);
+
+  test('logprobs out of range is refused at the call, naming the field', () => {
+    for (const bad of [21, -1, 2.5]) {
+      expect(() => engine.generate([1], { logprobs: bad })).toThrow(InvalidRequestError);
+      expect(() => engine.generate([1], { logprobs: bad })).toThrow(/logprobs is/);
+    }
+  });
 
   test('the CPU sampling path: the same tokens and logprobs (the float64 twin)', async () => {
     const cpu = await createEngine({ model: dir, ...EXACT, sampling: 'cpu' });
