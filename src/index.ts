@@ -47,7 +47,7 @@ export { IndexedDbTuneStore } from './tuner/indexeddb-store.js';
 export { KernelChoices, type KernelChoice } from './tuner/choices.js';
 export { geomeanSpeedup, type TuneReport, type TuneClassReport, type TuneOptions } from './tuner/tuner.js';
 export { KILN_VERSION } from './version.js';
-export { WorkerEngine, type WorkerEngineOptions } from './worker/proxy.js';
+export { WorkerEngine, type RecoveryEvent, type WorkerEngineOptions } from './worker/proxy.js';
 export { serveEngine } from './worker/handler.js';
 export { loadEngine } from './worker/load.js';
 export type { EngineInfo, LoadOptions, LoadProgress, ModelSource } from './worker/protocol.js';

@@ -19,7 +19,7 @@ import { pickedFolderFiles } from '../src/io/blob-model-dir.js';
 import { hubFileUrl, parseHubId } from '../src/io/hub-id.js';
 import { clearModelCache, ModelCache } from '../src/io/model-cache.js';
 import type { ChatMessageParam as ChatMessage } from '../src/api/openai/types.js';
-import type { KilnEngine } from '../src/api/engine-api.js';
+import type { DeviceLoss, KilnEngine } from '../src/api/engine-api.js';
 import type { LoadProgress, ModelSource } from '../src/worker/protocol.js';
 import { WorkerEngine } from '../src/worker/proxy.js';
 import { KV_CACHE_OPTIONS } from '../src/engine/options.js';
@@ -71,6 +71,8 @@ let loading = false;
 let generation: AbortController | null = null;
 let turns: Turn[] = [];
 let lost = false;
+/** The worker's engine is rebuilding on a new GPU device after a loss (see WorkerEngine.recovering). */
+let recovering = false;
 
 type StatusState = 'idle' | 'busy' | 'ready' | 'error';
 
@@ -176,6 +178,7 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
   disposeEngine();
   loading = true;
   lost = false;
+  recovering = false;
   ui.banner.hidden = true;
   ui.modelInfo.replaceChildren();
   ui.chatTitle.textContent = title;
@@ -199,16 +202,45 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
       () => worker.terminate(),
     );
     engine = e;
+    const fromCache = e.fromCache;
+    const lossText = (loss: DeviceLoss) =>
+      `The GPU device was lost (${loss.reason}${loss.message ? `: ${loss.message.replace(/\.$/, '')}` : ''}). `;
+    // A loss the worker recovers from: the weights go onto a new device from the cache or the
+    // picked files (never the network) while the page stays; a reply it cut off ends with a
+    // retriable error, and a message sent meanwhile waits and then runs.
+    e.onRecovery((ev) => {
+      if (engine !== e) return;
+      recovering = ev.state === 'recovering';
+      if (ev.state === 'recovering') {
+        setStatus('recovering', 'busy');
+        const from = source.kind === 'files' ? 'the picked files' : 'the browser’s cache';
+        showBanner(
+          `${lossText(ev.loss)}Recovering: loading the model onto a new device from ${from}.`,
+          false,
+        );
+      } else {
+        ui.banner.hidden = true;
+        if (generation) setStatus('generating', 'busy');
+        else setStatus('ready', 'ready');
+        showModelInfo(e, fromCache);
+      }
+      refreshControls();
+    });
     void e.deviceLost.then((loss) => {
       if (engine !== e) return;
       lost = true;
+      recovering = false;
       generation?.abort();
       setStatus('device lost', 'error');
       clearProgress();
+      // Picked files cannot come back with a page reload: the folder must be opened again.
+      const picked = source.kind === 'files';
       showBanner(
-        `The GPU device was lost (${loss.reason}${loss.message ? `: ${loss.message.replace(/\.$/, '')}` : ''}). ` +
-          'The model must be loaded again; reload the page to continue.',
-        true,
+        lossText(loss) +
+          (picked
+            ? 'Open the model folder again to continue.'
+            : 'The model must be loaded again; reload the page to continue.'),
+        !picked,
       );
       refreshControls();
     });
@@ -216,7 +248,6 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
       ? 'Chat (the model’s chat template)'
       : 'Plain completion: this model has no chat template, so it continues your text';
     ui.progress.hidden = true;
-    const fromCache = e instanceof WorkerEngine && e.fromCache;
     showModelInfo(e, fromCache);
     // The Kernels row changes when background tuning ends (while this engine is still the one).
     void e.whenTuned().then(() => {
@@ -360,7 +391,8 @@ async function send(): Promise<void> {
   const ac = new AbortController();
   generation = ac;
   refreshControls();
-  setStatus('generating', 'busy');
+  // While the engine recovers the request waits in the worker: the status says why.
+  if (!recovering) setStatus('generating', 'busy');
   const sampling = {
     temperature: Number(ui.temperature.value),
     topP: Number(ui.topP.value),
@@ -436,13 +468,13 @@ async function send(): Promise<void> {
         r.finishReason,
       );
     }
-    if (!lost) setStatus('ready', 'ready');
+    if (!lost && !recovering) setStatus('ready', 'ready');
   } catch (err) {
     const note = document.createElement('div');
     note.className = 'meta error';
     note.textContent = errorText(err);
     body.after(note);
-    if (!lost) setStatus('ready', 'ready');
+    if (!lost && !recovering) setStatus('ready', 'ready');
   } finally {
     turns.push({ role: 'assistant', content: reply });
     out.dataset.done = 'true';

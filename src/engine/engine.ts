@@ -243,6 +243,14 @@ export class Engine implements KilnEngine {
     return this.recovery.active;
   }
 
+  /**
+   * Settles once the recovery under way (if any) is over; rejects with why the engine cannot run
+   * any more when it failed (or the engine was disposed).
+   */
+  async whenRecovered(): Promise<void> {
+    await this.ready();
+  }
+
   /** The scheduler, once any recovery is over; fails if the engine cannot run any more. */
   private async ready(): Promise<Scheduler> {
     await this.recovery.settled();

@@ -1,12 +1,13 @@
 /**
  * The Web Worker side: owns one Engine and answers WorkerRequests with WorkerEvents. Requests run
  * concurrently (an `abort` must get through while a generation streams), and each ends with exactly
- * one final event (`loaded`, `result`, `tokens`, `disposed` or `error`). A lost GPU
- * device is reported once, unprompted, as `device-lost`.
+ * one final event (`loaded`, `result`, `tokens`, `disposed` or `error`). A lost GPU device is
+ * reported unprompted: `recovering` then `recovered` when the engine rebuilds on a new device from
+ * the cached or picked files, else (or when that fails) `device-lost`, after which it is gone.
  */
 import { KilnError } from '../errors.js';
 import type { Engine } from '../engine/engine.js';
-import { loadEngine } from './load.js';
+import { loadEngine, type LoadedEngine } from './load.js';
 import {
   serializeError,
   type Endpoint,
@@ -55,6 +56,41 @@ export function serveEngine(endpoint: Endpoint<WorkerRequest, WorkerEvent>): voi
     e?.dispose();
   };
 
+  /** Reports the losses of `current`'s device while it is the engine in use, and its recoveries. */
+  const watchDevice = (current: Engine, recoverFrom: LoadedEngine['recoverFrom']) => {
+    void current.deviceLost.then(async (info) => {
+      // dispose() destroys the device too; only a loss of the engine in use is news.
+      if (engine !== current) return;
+      const lost = { reason: info.reason, message: info.message };
+      if (!current.recovering) {
+        engine = null;
+        post({ type: 'device-lost', ...lost });
+        return;
+      }
+      post({ type: 'recovering', ...lost });
+      try {
+        await current.whenRecovered();
+      } catch (e) {
+        if (engine !== current) return;
+        engine = null;
+        const why = (e instanceof Error ? e.message : String(e)).replace(/\.$/, '');
+        post({
+          type: 'device-lost',
+          ...lost,
+          message:
+            recoverFrom === 'files'
+              ? `${why}. The picked files could not be read again (changed or removed since?): pick the model folder again`
+              : why,
+        });
+        return;
+      }
+      if (engine !== current) return;
+      post({ type: 'recovered', adapter: current.adapter, gpuMemoryBytes: current.gpuMemoryBytes });
+      // The new device can be lost in turn.
+      watchDevice(current, recoverFrom);
+    });
+  };
+
   const throttled = (id: number) => {
     let last = 0;
     let phase = '';
@@ -76,12 +112,7 @@ export function serveEngine(endpoint: Endpoint<WorkerRequest, WorkerEvent>): voi
         const loaded = await loadEngine(req.options, throttled(req.id));
         const current = loaded.engine;
         engine = current;
-        void current.deviceLost.then((info) => {
-          // dispose() destroys the device too; only a loss of the engine in use is news.
-          if (engine !== current) return;
-          engine = null;
-          post({ type: 'device-lost', reason: info.reason, message: info.message });
-        });
+        watchDevice(current, loaded.recoverFrom);
         post({ type: 'loaded', id: req.id, info: engineInfo(current, loaded.fromCache) });
         if (current.tuningStatus.state === 'running') {
           void current.whenTuned().then((status) => {

@@ -3,7 +3,7 @@
  * safetensors headers alone (a few small Range requests), then fetch the files into the Cache API
  * (or reuse them from there with no network at all), then build the engine from the cached copy.
  * Runs wherever WebGPU and the Cache API do: in the Web Worker (src/worker/handler.ts) or on a
- * page's main thread.
+ * page's main thread. A lost GPU device is recovered from the cached or picked files (recoverFrom).
  */
 import { DeviceMemoryError, GpuDeviceError } from '../errors.js';
 import { formatBytes } from '../gpu/device.js';
@@ -37,6 +37,12 @@ export interface LoadedEngine {
   engine: Engine;
   /** True when every file came from the cache. */
   fromCache: boolean;
+  /**
+   * Where the weights are read again from when the GPU device is lost (the engine then rebuilds on
+   * a new device): the Cache API's copy, the picked files, or nowhere (a model read over the
+   * network, which recovery never downloads again: it must be loaded again).
+   */
+  recoverFrom: 'cache' | 'files' | null;
 }
 
 /** The memory budget: the caller's, else a small device's reported memory, else none. */
@@ -143,6 +149,7 @@ export async function loadEngine(
   const src = opts.source;
   let dir: ModelDir;
   let fromCache = false;
+  let recoverFrom: LoadedEngine['recoverFrom'] = null;
   onProgress({ phase: 'checking', item: 'config.json', loadedBytes: 0, totalBytes: 0 });
   const ggufUrl = src.kind === 'url' ? ggufFileOfUrl(src.url) : null;
   if (src.kind === 'files') {
@@ -152,6 +159,7 @@ export async function loadEngine(
     if (gguf.length === 1 && !src.files.some((f) => f.path === 'config.json')) {
       dir = ggufModelDir(dir, gguf[0] as string);
     }
+    recoverFrom = 'files';
     await checkFits(dir, adapter, opts, false);
   } else if (ggufUrl) {
     // A GGUF file is read in place over Range requests (the header, then each tensor once); the
@@ -165,6 +173,7 @@ export async function loadEngine(
     if (stored) {
       dir = stored.dir;
       fromCache = true;
+      recoverFrom = 'cache';
       await checkFits(dir, adapter, opts, false);
     } else {
       await checkFits(httpModelDir(src.url), adapter, opts, true);
@@ -173,6 +182,7 @@ export async function loadEngine(
         dir = await cache.download(plan, {
           onProgress: (p) => onProgress({ phase: 'downloading', item: p.file, ...p }),
         });
+        recoverFrom = 'cache';
       } else dir = httpModelDir(src.url);
     }
   }
@@ -187,6 +197,9 @@ export async function loadEngine(
     kvCacheTokens: KV_CONTEXTS * contextLength,
     ...(opts.kvCache ? { kvCache: opts.kvCache } : {}),
     ...(budget ? { memoryLimitBytes: Math.floor(budget.bytes) } : {}),
+    // The engine owns its device; on a loss it gets a new one and reads the weights again from
+    // `dir`, which must then be local bytes (the cache or the picked files), never the network.
+    recoverOnLoss: recoverFrom !== null,
     tune:
       opts.tune === false || !('indexedDB' in globalThis)
         ? false
@@ -199,5 +212,5 @@ export async function loadEngine(
         totalBytes: p.totalBytes,
       }),
   });
-  return { engine, fromCache };
+  return { engine, fromCache, recoverFrom };
 }

@@ -114,6 +114,8 @@ export type WorkerRequest =
 export interface SerializedError {
   name: string;
   message: string;
+  /** A GpuDeviceError of a request cut off by a device loss the engine recovers from. */
+  retriable?: boolean;
 }
 
 /** Worker -> page. */
@@ -128,7 +130,18 @@ export type WorkerEvent =
   | { type: 'error'; id: number; error: SerializedError }
   /** Not an answer: background kernel tuning of the loaded engine is over. */
   | { type: 'tuned'; status: TuningStatus }
-  /** Not an answer: the GPU device went away while the engine was in use. */
+  /**
+   * Not an answer: the GPU device went away and the engine is rebuilding on a new one, reading the
+   * weights again from the cache or the picked files. Requests sent meanwhile wait for it; the
+   * ones it cut off ended with a retriable GpuDeviceError.
+   */
+  | { type: 'recovering'; reason: GPUDeviceLostReason; message: string }
+  /** Not an answer: the recovery is over and the engine runs on its new device. */
+  | { type: 'recovered'; adapter: AdapterSummary; gpuMemoryBytes: number }
+  /**
+   * Not an answer: the GPU device went away while the engine was in use and the engine cannot go
+   * on (nothing local to rebuild from, or the rebuild failed: `message` says why).
+   */
   | { type: 'device-lost'; reason: GPUDeviceLostReason; message: string };
 
 /** One side of the channel: a Worker on the page, the worker's global scope inside it. */
@@ -138,6 +151,8 @@ export interface Endpoint<In, Out> {
 }
 
 export function serializeError(e: unknown): SerializedError {
+  if (e instanceof GpuDeviceError && e.retriable)
+    return { name: e.name, message: e.message, retriable: true };
   if (e instanceof Error) return { name: e.name, message: e.message };
   return { name: 'Error', message: String(e) };
 }
@@ -156,7 +171,11 @@ const ERROR_CLASSES: Record<string, new (message: string) => Error> = {
 /** Rebuilds an error as its Kiln class (so `instanceof` works on the page), else a plain Error. */
 export function deserializeError(e: SerializedError): Error {
   const Class = ERROR_CLASSES[e.name];
-  if (Class) return new Class(e.message);
+  if (Class) {
+    const err = new Class(e.message);
+    if (e.retriable && err instanceof GpuDeviceError) err.retriable = true;
+    return err;
+  }
   const err = new Error(e.message);
   err.name = e.name;
   return err;

@@ -29,6 +29,9 @@ import {
 
 type Listener = (ev: WorkerEvent) => void;
 
+/** A device loss the worker's engine recovers from: it starts, then it is over. */
+export type RecoveryEvent = { state: 'recovering'; loss: DeviceLoss } | { state: 'recovered' };
+
 /** Routes a worker's events to the request that each answers. */
 class Connection {
   private nextId = 1;
@@ -39,14 +42,33 @@ class Connection {
   readonly lost: Promise<DeviceLoss>;
   /** Called with the final status when the worker's background tuning ends. */
   onTuned: ((status: TuningStatus) => void) | null = null;
+  /** The loss being recovered from, while the worker's engine rebuilds on a new device. */
+  recovering: DeviceLoss | null = null;
+  /** Called when a recovery starts and when it is over (after `onRecovered`). */
+  readonly recoveryListeners: ((ev: RecoveryEvent) => void)[] = [];
+  /** Takes the new device's adapter and memory when a recovery is over. */
+  onRecovered: ((adapter: AdapterSummary, gpuMemoryBytes: number) => void) | null = null;
 
   constructor(readonly endpoint: Endpoint<WorkerEvent, WorkerRequest>) {
     this.lost = new Promise((resolve) => (this.onLoss = resolve));
     endpoint.addEventListener('message', (ev) => {
       const msg = ev.data;
       if (msg.type === 'device-lost') {
+        this.recovering = null;
         this.loss = { reason: msg.reason, message: msg.message };
         this.onLoss?.(this.loss);
+        return;
+      }
+      if (msg.type === 'recovering') {
+        const loss = { reason: msg.reason, message: msg.message };
+        this.recovering = loss;
+        for (const l of this.recoveryListeners) l({ state: 'recovering', loss });
+        return;
+      }
+      if (msg.type === 'recovered') {
+        this.recovering = null;
+        this.onRecovered?.(msg.adapter, msg.gpuMemoryBytes);
+        for (const l of this.recoveryListeners) l({ state: 'recovered' });
         return;
       }
       if (msg.type === 'tuned') {
@@ -205,6 +227,7 @@ export class WorkerEngine implements KilnEngine {
   readonly chat: { readonly completions: OpenAiChat };
   readonly completions: OpenAiCompletions;
   private memory: number;
+  private adapterSummary: AdapterSummary;
 
   private constructor(
     private readonly conn: Connection,
@@ -212,6 +235,11 @@ export class WorkerEngine implements KilnEngine {
     private readonly terminate: (() => void) | null,
   ) {
     this.memory = info.gpuMemoryBytes;
+    this.adapterSummary = info.adapter;
+    conn.onRecovered = (adapter, bytes) => {
+      this.adapterSummary = adapter;
+      this.memory = bytes;
+    };
     this.chat = { completions: new OpenAiChat(this) };
     this.completions = new OpenAiCompletions(this);
     this.tuning = info.tuning;
@@ -273,7 +301,7 @@ export class WorkerEngine implements KilnEngine {
     return this.info.contextLength;
   }
   get adapter(): AdapterSummary {
-    return this.info.adapter;
+    return this.adapterSummary;
   }
   get kvCacheDtype(): KvDtype {
     return this.info.kvCacheDtype;
@@ -298,8 +326,25 @@ export class WorkerEngine implements KilnEngine {
   get fromCache(): boolean {
     return this.info.fromCache;
   }
+  /**
+   * Settles when the GPU device is lost for good: the engine cannot rebuild (a model read over the
+   * network) or its rebuild failed. A loss it recovers from is reported to `onRecovery` instead.
+   */
   get deviceLost(): Promise<DeviceLoss> {
     return this.conn.lost;
+  }
+
+  /**
+   * Whether the worker's engine is rebuilding on a new GPU device after a loss (weights read again
+   * from the cache or the picked files). Requests sent meanwhile run once it is over.
+   */
+  get recovering(): boolean {
+    return this.conn.recovering !== null;
+  }
+
+  /** Calls `listener` when a device loss the engine recovers from starts and when it is over. */
+  onRecovery(listener: (ev: RecoveryEvent) => void): void {
+    this.conn.recoveryListeners.push(listener);
   }
 
   /** @internal */

@@ -18,6 +18,7 @@ import {
   renameSync,
   rmSync,
   statSync,
+  utimesSync,
   writeFileSync,
 } from 'node:fs';
 import { createServer } from 'node:http';
@@ -190,6 +191,43 @@ function modelRequests(from = 0): string[] {
   return requests.slice(from).filter((r) => / \/models\//.test(r));
 }
 
+/**
+ * A real GPU device loss: Chromium's GPU process is crashed (CDP Browser.crashGpuProcess), as a
+ * driver reset or a GPU hang would do; every device in it is lost with reason 'unknown' and the
+ * browser starts a new GPU process, from which a worker can request a new adapter and device at
+ * once. Two launch flags keep that true over this file's several crashes: Chromium blocks WebGPU
+ * for a site whose page used the GPU during a second crash (--disable-domain-blocking-for-3d-apis)
+ * and gives up on the GPU process after its third (--disable-gpu-process-crash-limit). This is
+ * preferred over device.destroy() from a test hook: it needs nothing in the app, and it loses the
+ * device the way users lose it.
+ */
+async function crashGpuProcess(): Promise<void> {
+  const cdp = await (browser as Browser).newBrowserCDPSession();
+  try {
+    await cdp.send('Browser.crashGpuProcess');
+  } finally {
+    await cdp.detach();
+  }
+}
+
+/** Starts recording every text the status shows (read back with recordedStatuses). */
+async function recordStatuses(p: Page): Promise<void> {
+  await p.evaluate(() => {
+    const w = window as unknown as { __statuses: string[] };
+    w.__statuses = [];
+    const status = document.querySelector('[data-testid="status"]') as HTMLElement;
+    new MutationObserver(() => w.__statuses.push(status.textContent ?? '')).observe(status, {
+      subtree: true,
+      childList: true,
+      characterData: true,
+    });
+  });
+}
+
+function recordedStatuses(p: Page): Promise<string[]> {
+  return p.evaluate(() => (window as unknown as { __statuses: string[] }).__statuses);
+}
+
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`no Chromium at ${CHROMIUM}: run \`npm run setup\` (installs Debian's chromium)`);
@@ -228,7 +266,12 @@ beforeAll(async () => {
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: ['--enable-unsafe-webgpu'],
+    // See crashGpuProcess: the device-loss tests crash the GPU process more than once.
+    args: [
+      '--enable-unsafe-webgpu',
+      '--disable-domain-blocking-for-3d-apis',
+      '--disable-gpu-process-crash-limit',
+    ],
   });
   context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   page = await context.newPage();
@@ -449,15 +492,115 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
     }
   });
 
-  test('a lost GPU device shows a message and a reload button', async () => {
-    // Crashing Chromium's GPU process loses every device, as a driver reset would. (Last: the
-    // browser's GPU process is not the same afterwards.)
-    const cdp = await (browser as Browser).newBrowserCDPSession();
-    await cdp.send('Browser.crashGpuProcess');
+  test('a lost GPU device: the app recovers from the cache without a page reload, and answers again', async () => {
+    // The loss is real: Chromium's GPU process is crashed, as a driver reset or a GPU hang would
+    // do, and every device in it is lost (reason 'unknown'). See crashGpuProcess for why the
+    // browser can give the page a new device afterwards.
+    await page.goto(`${baseUrl}?model=/models/babyllama/&temperature=0&max_tokens=200&tune=0`);
+    await waitReady(page);
+    expect(await page.locator('#model-info').textContent()).toContain('from the cache');
+    const mark = requests.length;
+    // Recovery reads the weights from the Cache API: the model is out of the network's reach.
+    const isModel = (url: URL) => url.pathname.startsWith('/models/');
+    await context.route(isModel, (route) => route.abort('internetdisconnected'));
+    try {
+      await recordStatuses(page);
+      await page.getByTestId('prompt').fill(PROMPT);
+      await page.getByTestId('send').click();
+      await page.waitForFunction(
+        () => (document.querySelector('[data-testid="output"]')?.textContent?.length ?? 0) >= 2,
+      );
+      await crashGpuProcess();
+      // The reply in flight ends with a retriable error in the chat while the worker rebuilds.
+      // A message sent right then (in the same task: no worker message can come between) waits
+      // in the worker and runs after the recovery.
+      const sent = await page.evaluate(
+        async (args) => {
+          const done = () => document.querySelector('[data-testid="output"][data-done="true"]');
+          while (!done()) await new Promise((r) => setTimeout(r, 5));
+          const note = done()?.closest('.bubble')?.querySelector('.meta.error')?.textContent ?? null;
+          const status = document.querySelector('[data-testid="status"]')?.textContent ?? '';
+          (document.getElementById('new-chat') as HTMLButtonElement).click();
+          (document.getElementById('max-tokens') as HTMLInputElement).value = String(args.maxTokens);
+          (document.querySelector('[data-testid="prompt"]') as HTMLTextAreaElement).value = args.prompt;
+          (document.querySelector('[data-testid="send"]') as HTMLButtonElement).click();
+          return { note, status };
+        },
+        { prompt: PROMPT, maxTokens: MAX_TOKENS },
+      );
+      expect(sent.note).toMatch(
+        /GPU device was lost \(unknown.*\) and Kiln is recovering it; the request can be retried/,
+      );
+      expect(sent.status).toBe('recovering');
+      expect(await page.locator('#banner-text').textContent()).toMatch(
+        /GPU device was lost .*Recovering: loading the model onto a new device from the browser’s cache/,
+      );
+      await page.waitForSelector('[data-testid="output"][data-done="true"]', { timeout: LOAD_TIMEOUT });
+      // The queued message got BabyLlama's golden continuation from the rebuilt engine.
+      expect(await page.getByTestId('output').textContent()).toBe(goldenContinuation(MAX_TOKENS));
+      expect(await page.getByTestId('status').textContent()).toBe('ready');
+      // Recorded since before the crash: the window (and so the page) is the same, never reloaded.
+      const statuses = await recordedStatuses(page);
+      expect(statuses.indexOf('recovering')).toBeGreaterThan(-1);
+      expect(statuses.lastIndexOf('ready')).toBeGreaterThan(statuses.indexOf('recovering'));
+      expect(await page.locator('#banner').isHidden()).toBe(true);
+      // The model was never requested again.
+      expect(modelRequests(mark)).toEqual([]);
+
+      // It goes on: a second turn on the new device continues the conversation.
+      await page.locator('#max-tokens').fill('4');
+      const next = await ask(page, 'The end.');
+      expect(next.output.length).toBeGreaterThan(0);
+      await page.screenshot({ path: join(SCREENSHOTS, 'device-recovered.png') });
+    } finally {
+      await context.unroute(isModel);
+    }
+  });
+
+  test('a picked folder: recovery reads the picked files again; once they changed, the app asks for the folder again', async () => {
+    const picked = join(tmp, 'picked-babyllama');
+    cpSync(modelDir, picked, { recursive: true });
+    await page.goto(`${baseUrl}?temperature=0&max_tokens=8&tune=0`);
+    await page.locator('#folder-input').setInputFiles(picked);
+    await waitReady(page);
+    await recordStatuses(page);
+    await crashGpuProcess();
+    await expect.poll(() => recordedStatuses(page), { timeout: LOAD_TIMEOUT }).toContain('recovering');
+    await expect
+      .poll(() => page.getByTestId('status').textContent(), { timeout: LOAD_TIMEOUT })
+      .toBe('ready');
+    expect((await ask(page, PROMPT)).output).toBe(goldenContinuation(8));
+
+    // A picked file is a snapshot: once it changed on disk the browser refuses to read it, so the
+    // next recovery cannot rebuild and the app says what to do (a reload would not help).
+    const weights = join(picked, 'model.safetensors');
+    writeFileSync(weights, readFileSync(weights));
+    const later = new Date(Date.now() + 60_000);
+    utimesSync(weights, later, later);
+    await crashGpuProcess();
+    await expect
+      .poll(() => page.getByTestId('status').textContent(), { timeout: LOAD_TIMEOUT })
+      .toBe('device lost');
+    expect(await page.locator('#banner-text').textContent()).toMatch(
+      /could not be recovered: .*pick the model folder again.*Open the model folder again to continue\.$/,
+    );
+    expect(await page.locator('#reload').isVisible()).toBe(false);
+    expect(await page.getByTestId('send').isDisabled()).toBe(true);
+    expect(await page.locator('#open-folder').isDisabled()).toBe(false);
+  });
+
+  test('a lost GPU device with a model read over the network: a message and a reload button', async () => {
+    // A GGUF file by URL is read in place over Range requests: recovering would download it
+    // again, which recovery never does.
+    await page.goto(`${baseUrl}?model=/models/babyllama-gguf/model.gguf&temperature=0&max_tokens=8&tune=0`);
+    await waitReady(page);
+    await crashGpuProcess();
     await expect
       .poll(() => page.getByTestId('status').textContent(), { timeout: 20_000 })
       .toBe('device lost');
-    expect(await page.locator('#banner-text').textContent()).toMatch(/GPU device was lost/);
+    expect(await page.locator('#banner-text').textContent()).toMatch(
+      /GPU device was lost .*reload the page to continue/,
+    );
     expect(await page.locator('#reload').isVisible()).toBe(true);
     expect(await page.getByTestId('send').isDisabled()).toBe(true);
     await page.screenshot({ path: join(SCREENSHOTS, 'device-lost.png') });
