@@ -123,9 +123,50 @@ test('an engine that acquired its own device gets a new one from its GPU entry p
   try {
     expect(made).toHaveLength(1);
     (made[0] as GPUDevice).destroy();
+    await expect.poll(() => engine.recovering).toBe(true);
     // Sent right after the loss: it waits for the recovery and runs on the new device.
-    expect((await engine.generate([1], greedy).result()).tokenIds).toEqual(golden);
+    const next = engine.generate([1], greedy).result();
+    await engine.whenRecovered();
+    expect(engine.recovering).toBe(false);
+    expect((await next).tokenIds).toEqual(golden);
     expect(made).toHaveLength(2);
+  } finally {
+    engine.dispose();
+  }
+}, 120_000);
+
+test('a recovery that cannot get a new device: whenRecovered and later requests fail with why', async () => {
+  // The first adapter is Dawn's; after the loss the entry point finds none, as a browser does
+  // once it has given up on its GPU process.
+  const dawn = dawnGpu();
+  const made: GPUDevice[] = [];
+  let adapters = 0;
+  const gpu = {
+    requestAdapter: async (o?: GPURequestAdapterOptions) => {
+      if (adapters++ > 0) return null;
+      const a = (await dawn.requestAdapter(o)) as GPUAdapter;
+      return {
+        features: a.features,
+        limits: a.limits,
+        info: a.info,
+        requestDevice: async (d?: GPUDeviceDescriptor) => {
+          const device = await a.requestDevice(d);
+          made.push(device);
+          return device;
+        },
+      };
+    },
+  } as unknown as GPU;
+  const engine = await createEngine({ model: dir, gpu });
+  try {
+    await engine.whenRecovered();
+    (made[0] as GPUDevice).destroy();
+    await expect.poll(() => engine.recovering).toBe(true);
+    const failed = /GPU device was lost and could not be recovered: no WebGPU adapter found/;
+    await expect(engine.whenRecovered()).rejects.toThrow(failed);
+    expect(engine.recovering).toBe(false);
+    await expect(engine.generate([1], { maxTokens: 4 }).result()).rejects.toThrow(failed);
+    expect(adapters).toBe(2);
   } finally {
     engine.dispose();
   }
