@@ -507,8 +507,11 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
       await recordStatuses(page);
       await page.getByTestId('prompt').fill(PROMPT);
       await page.getByTestId('send').click();
+      // The first reply compiles the prefill kernels: slow on a loaded machine.
       await page.waitForFunction(
         () => (document.querySelector('[data-testid="output"]')?.textContent?.length ?? 0) >= 2,
+        null,
+        { timeout: LOAD_TIMEOUT },
       );
       await crashGpuProcess();
       // The reply in flight ends with a retriable error in the chat while the worker rebuilds.
