@@ -15,7 +15,8 @@ import { startServer } from '../src/node/serve.js';
 import { loadFuzzData } from './fuzz/data.js';
 import { httpTarget } from './fuzz/http.js';
 import { runFuzz } from './fuzz/run.js';
-import { fileTargets, type FuzzTarget } from './fuzz/targets.js';
+import type { FuzzTarget } from './fuzz/harness.js';
+import { fileTargets } from './fuzz/targets.js';
 
 function flag(name: string): string | undefined {
   const i = process.argv.indexOf(name);

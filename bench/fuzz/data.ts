@@ -1,7 +1,7 @@
 /** Reads the real files the fuzz targets start from, beside the project in ../shared. */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { FuzzData } from './targets.js';
+import type { FuzzData } from './harness.js';
 
 /** `shared` is the shared data folder (models/, tokenizers/). */
 export function loadFuzzData(shared: string): FuzzData {

@@ -6,7 +6,7 @@
  * answer or a dropped connection fails it.
  */
 import fc from 'fast-check';
-import type { FuzzTarget } from './targets.js';
+import type { FuzzTarget } from './harness.js';
 import { mutatedBytes, mutatedJson, mutatedText } from './mutate.js';
 
 interface HttpInput {

@@ -1,6 +1,6 @@
 /** Runs one fuzz target under fast-check with a seed, tallying how its cases ended. */
 import fc from 'fast-check';
-import type { FuzzTarget, Outcome } from './targets.js';
+import type { FuzzTarget, Outcome } from './harness.js';
 
 export interface FuzzReport {
   target: string;

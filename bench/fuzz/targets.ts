@@ -5,12 +5,10 @@
  * class with a message; any other exception is a crash. Reads go through a ByteSource that fails
  * the case when a parser reads more than twice the file, so a hostile size cannot turn into an
  * unbounded allocation. `npm test` runs a few hundred cases per target with fixed seeds
- * (test/fuzz/); `npm run bench:fuzz` runs many more.
+ * (test/fuzz/); `npm run bench:fuzz` runs many more. The harness (outcomes, bounded sources) is
+ * harness.ts.
  */
 import fc from 'fast-check';
-import { KilnError } from '../../src/errors.js';
-import { blobModelDir } from '../../src/io/blob-model-dir.js';
-import type { ByteSource, ModelDir } from '../../src/io/byte-source.js';
 import { DTYPE_BYTES, SAFETENSORS_DTYPES, type SafetensorsDtype } from '../../src/io/dtype.js';
 import { convertLlama2c } from '../../src/io/llama2c.js';
 import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
@@ -20,93 +18,8 @@ import { convertSentencePiece } from '../../src/io/sentencepiece.js';
 import { KilnTokenizer, type ChatMessage } from '../../src/io/tokenizer.js';
 import { loadModelSpec } from '../../src/model/config.js';
 import { parseQuantConfig } from '../../src/quant/import-config.js';
+import { boundedDir, bytesSource, check, outcome, type FuzzData, type FuzzTarget } from './harness.js';
 import { hostileJsonValue, mutatedBytes, mutatedJson, mutatedText } from './mutate.js';
-
-/** How a case ended: 'ok', or the name of the Kiln error class it was refused with. */
-export type Outcome = string;
-
-/** A parser under fuzzing: inputs and the run of one case. */
-export interface FuzzTarget<T = unknown> {
-  readonly name: string;
-  readonly input: fc.Arbitrary<T>;
-  /** Resolves to the outcome; rejects (a non-Kiln error) on a crash or a broken promise. */
-  run(input: T): Promise<Outcome>;
-}
-
-/** Real files the targets start from (read by the caller: the core of a target needs no fs). */
-export interface FuzzData {
-  /** The tok105 SentencePiece model (BabyLlama's tokenizer). */
-  tokenizerModel: Uint8Array;
-  /** Real chat templates (Llama 3, Qwen3, Gemma 3). */
-  chatTemplates: string[];
-}
-
-/** A broken promise of a parser that returned normally (not a Kiln error: the case fails). */
-class FuzzViolation extends Error {
-  override name = 'FuzzViolation';
-}
-
-function check(cond: boolean, what: string): void {
-  if (!cond) throw new FuzzViolation(what);
-}
-
-async function outcome(fn: () => Promise<void>): Promise<Outcome> {
-  try {
-    await fn();
-    return 'ok';
-  } catch (e) {
-    if (e instanceof KilnError && !(e instanceof FuzzViolation)) {
-      check(e.message.length > 0, `${e.name} without a message`);
-      return e.name;
-    }
-    throw e;
-  }
-}
-
-/** A ModelDir over in-memory files whose reads are counted against twice each file's size. */
-function boundedDir(files: Record<string, Uint8Array | string>): ModelDir {
-  const blobs = new Map<string, Blob>();
-  for (const [k, v] of Object.entries(files)) blobs.set(k, new Blob([v as BlobPart]));
-  const inner = blobModelDir('fuzz', blobs);
-  return {
-    location: inner.location,
-    exists: (f) => inner.exists(f),
-    readText: (f) => inner.readText(f),
-    async open(f) {
-      return bounded(await inner.open(f));
-    },
-  };
-}
-
-function bounded(src: ByteSource): ByteSource {
-  let total = 0;
-  return {
-    name: src.name,
-    size: src.size,
-    async read(offset, length) {
-      total += length;
-      if (total > 2 * src.size + 1024) {
-        throw new FuzzViolation(`${src.name}: read ${total} bytes of a ${src.size}-byte file`);
-      }
-      return src.read(offset, length);
-    },
-    close: () => src.close(),
-  };
-}
-
-function bytesSource(name: string, bytes: Uint8Array): ByteSource {
-  const blob = new Blob([bytes as BlobPart]);
-  return bounded({
-    name,
-    size: blob.size,
-    async read(offset, length) {
-      // The same checks as every real source (blob-model-dir.ts), through a one-file dir.
-      const dir = blobModelDir('fuzz', new Map([[name, blob]]));
-      return (await dir.open(name)).read(offset, length);
-    },
-    close: async () => undefined,
-  });
-}
 
 const utf8 = new TextEncoder();
 

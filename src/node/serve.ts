@@ -5,7 +5,8 @@
  * a concurrency gate (up to `maxConcurrent` requests generate at once, batched by the engine; up to
  * `maxQueue` more wait; beyond that 429 with Retry-After), metrics and shutdown. Errors are
  * OpenAI-shaped ({"error": {"message", "type", "param", "code"}}) and a 500 never carries a stack.
- * A client that disconnects cancels its request, which frees its KV blocks.
+ * A client that disconnects cancels its request, which frees its KV blocks. The errors and their
+ * mapping are http-errors.ts.
  */
 import { timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
@@ -13,13 +14,11 @@ import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import type { KilnEngine } from '../api/engine-api.js';
 import { OpenAiChat, OpenAiCompletions } from '../api/openai/openai.js';
 import type { CompletionObserver } from '../api/openai/types.js';
-import {
-  OpenAiRequestError,
-  validateChatRequest,
-  validateCompletionRequest,
-} from '../api/openai/validate.js';
+import { validateChatRequest, validateCompletionRequest } from '../api/openai/validate.js';
 import type { SchedulerStats } from '../engine/scheduler.js';
-import { GpuDeviceError, InvalidRequestError, KilnError } from '../errors.js';
+import { badRequest, HttpError, recoveringError, sendError, toHttpError } from './http-errors.js';
+
+export { HttpError } from './http-errors.js';
 
 export interface ServeOptions {
   /** The engine, and its scheduler's (and, if it has them, its GPU's) figures for /metrics. */
@@ -58,28 +57,6 @@ export interface RunningServer {
   /** Stops accepting; in-flight requests finish, or are cancelled after `graceMs`. */
   close(graceMs?: number): Promise<void>;
 }
-
-/** An error with its HTTP status and OpenAI error fields. */
-export class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-    readonly type: string,
-    readonly param: string | null = null,
-    readonly code: string | null = null,
-  ) {
-    super(message);
-  }
-}
-
-/** Seconds a client is asked to wait while the engine recovers from a device loss. */
-const RECOVERY_RETRY_AFTER_S = 2;
-
-const recoveringError = (message: string) =>
-  new HttpError(503, message, 'server_error', null, 'device_recovering');
-
-const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
-  new HttpError(400, message, 'invalid_request_error', param, code);
 
 /** True for loopback addresses and names. */
 function isLoopback(host: string): boolean {
@@ -179,41 +156,6 @@ class Gate {
       this.waiters.shift()?.();
     };
   }
-}
-
-function sendError(reply: FastifyReply, e: HttpError): void {
-  // A full queue drains within about a request's time; ask clients to come back in a second.
-  if (e.status === 429) void reply.header('retry-after', '1');
-  if (e.status === 503) void reply.header('retry-after', String(RECOVERY_RETRY_AFTER_S));
-  void reply
-    .code(e.status)
-    .header('content-type', 'application/json')
-    .send({ error: { message: e.message, type: e.type, param: e.param, code: e.code } });
-}
-
-/** Maps anything thrown to an HttpError; unexpected errors become a 500 without details. */
-function toHttpError(e: unknown, log: (line: string) => void): HttpError {
-  if (e instanceof HttpError) return e;
-  if (e instanceof OpenAiRequestError) return badRequest(e.message, e.param, e.code);
-  if (e instanceof InvalidRequestError) return badRequest(e.message);
-  if (e instanceof GpuDeviceError && e.retriable) return recoveringError(e.message);
-  const f = e as { statusCode?: number; code?: string; message?: string };
-  if (f.code === 'FST_ERR_CTP_BODY_TOO_LARGE')
-    return new HttpError(413, 'request body too large', 'invalid_request_error', null, 'request_too_large');
-  if (f.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
-    return new HttpError(
-      415,
-      'the request body must be JSON (Content-Type: application/json)',
-      'invalid_request_error',
-      null,
-      'unsupported_media_type',
-    );
-  }
-  if (f.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return badRequest(f.message ?? 'bad body');
-  if (f.statusCode === 400) return badRequest(f.message ?? 'malformed request');
-  if (e instanceof KilnError) log(`request failed: ${e.message}`);
-  else log(`internal error: ${(e as Error)?.message ?? String(e)}`);
-  return new HttpError(500, 'internal server error', 'server_error');
 }
 
 /** Memory gauges of the server process and its GPU device, for spotting leaks over time. */
