@@ -10,7 +10,8 @@
  */
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
 import type { ModelDir } from './byte-source.js';
-import { parseGgufHeader, type GgufMetadata } from './gguf.js';
+import type { GgufMetadata } from './gguf.js';
+import { openGguf } from './gguf-split.js';
 import { isGgufModelDir } from './gguf-model-dir.js';
 import {
   PieceType,
@@ -261,10 +262,11 @@ export function ggufTokenizer(meta: GgufMetadata): KilnTokenizer {
  */
 export async function loadModelTokenizer(dir: ModelDir): Promise<KilnTokenizer> {
   if (!isGgufModelDir(dir)) return KilnTokenizer.load(dir);
-  const src = await dir.open(dir.ggufFile);
+  // The first shard of a split model holds the metadata; openGguf checks the shards agree.
+  const { header, source } = await openGguf(dir, dir.ggufFile);
   try {
-    return ggufTokenizer((await parseGgufHeader(src)).metadata);
+    return ggufTokenizer(header.metadata);
   } finally {
-    await src.close();
+    await source.close();
   }
 }

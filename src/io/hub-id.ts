@@ -105,14 +105,16 @@ export function parseGgufHubId(s: string): HubGgufId | null {
 /**
  * The GGUF files of a repository listing that a tag names: top-level `*.gguf` files whose name
  * holds the tag as a whole word (`Llama-3.2-1B-Instruct-Q4_K_M.gguf` for Q4_K_M, not for Q4_K),
- * case-insensitively; split files (`-00001-of-00003.gguf`) are left out.
+ * case-insensitively; of a split model (`-00001-of-00003.gguf`), its first shard, which opens it.
  */
 export function ggufFilesForTag(names: Iterable<string>, tag: string): string[] {
   const t = tag.toLowerCase();
   return [...names].filter((n) => {
     if (n.includes('/') || n.includes('\\') || !/\.gguf$/i.test(n)) return false;
-    if (/-\d{5}-of-\d{5}\.gguf$/i.test(n)) return false;
+    const shard = /-(\d{5})-of-\d{5}\.gguf$/i.exec(n);
+    if (shard && shard[1] !== '00001') return false;
+    const stem = shard ? n.slice(0, shard.index) : n.slice(0, -'.gguf'.length);
     // Tags sit between '-' or '.' separators: name-Q4_K_M.gguf, name.Q4_K_M.gguf.
-    return n.slice(0, -'.gguf'.length).toLowerCase().split(/[-.]/).includes(t);
+    return stem.toLowerCase().split(/[-.]/).includes(t);
   });
 }

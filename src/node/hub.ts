@@ -16,6 +16,7 @@ import {
   type HubId,
 } from '../io/hub-id.js';
 import { isGgufFileName } from '../io/gguf-model-dir.js';
+import { ggufShardName } from '../io/gguf-split.js';
 import { isJsonObject } from '../io/json.js';
 import { INDEX_FILE, isShardFileName, SHARD_NAME_RULE } from '../io/safetensors-checkpoint.js';
 import {
@@ -174,8 +175,9 @@ function ggufDir(cacheDir: string, id: HubGgufId, commitOrRevision: string): str
 }
 
 /**
- * Downloads the one GGUF file of a repository that `id.tag` names (verified like any Hub file)
- * into its own cache folder, and returns the file's path.
+ * Downloads the one GGUF file of a repository that `id.tag` names (verified like any Hub file), or
+ * every shard of the split model whose first shard it names, into its own cache folder, and
+ * returns the (first) file's path.
  */
 async function pullGguf(id: HubGgufId, opts: PullOptions): Promise<string> {
   const ctx = hubContext(id, opts);
@@ -192,19 +194,36 @@ async function pullGguf(id: HubGgufId, opts: PullOptions): Promise<string> {
         : `${where}: the tag ${id.tag} names several GGUF files (${matches.join(', ')}); name one by a longer tag`,
     );
   }
-  const file = info.siblings.get(matches[0] as string) as Sibling;
+  // A split model's first shard brings its others (gguf-split's names), all in the listing.
+  const first = matches[0] as string;
+  const split = /^(.*)-00001-of-(\d{5})\.gguf$/i.exec(first);
+  const names = split
+    ? Array.from({ length: Number(split[2]) }, (_, i) =>
+        ggufShardName(split[1] as string, i, Number(split[2])),
+      )
+    : [first];
+  const missing = names.filter((n) => !info.siblings.has(n));
+  if (missing.length > 0) {
+    throw new DownloadError(`${where}: the split GGUF model ${first} lacks shard ${missing.join(', ')}`);
+  }
+  const files = names.map((n) => info.siblings.get(n) as Sibling);
   const commit = isCommitHash(id.revision) ? id.revision : info.commit;
   const dir = ggufDir(cacheDir, id, commit ?? encodeURIComponent(id.revision));
   await mkdir(dir, { recursive: true });
   const recorded = await readJsonFile(join(dir, VERIFIED_RECORD));
   const record: VerifiedRecord = isJsonObject(recorded) ? (recorded as VerifiedRecord) : {};
-  const dl = new Downloader(ctx, dir, record, opts.onProgress, file.size ?? 0);
-  const size = await dl.ensure(file);
+  const total = files.reduce((a, f) => a + (f.size ?? 0), 0);
+  const dl = new Downloader(ctx, dir, record, opts.onProgress, total);
+  const done: CompleteMarker['files'] = [];
+  for (const file of files) {
+    const size = await dl.ensure(file);
+    done.push(file.sha256 ? { name: file.name, size, sha256: file.sha256 } : { name: file.name, size });
+  }
   const marker: CompleteMarker = {
     repo: id.repo,
     revision: id.revision,
     commit,
-    files: [file.sha256 ? { name: file.name, size, sha256: file.sha256 } : { name: file.name, size }],
+    files: done,
     completedAt: new Date().toISOString(),
   };
   await writeFileAtomic(join(dir, COMPLETE_MARKER), JSON.stringify(marker, null, 2) + '\n');
@@ -213,10 +232,10 @@ async function pullGguf(id: HubGgufId, opts: PullOptions): Promise<string> {
     await mkdir(join(ref, '..'), { recursive: true });
     await writeFileAtomic(ref, commit + '\n');
   }
-  return join(dir, file.name);
+  return join(dir, first);
 }
 
-/** The GGUF file a complete GGUF cache folder holds, or null. */
+/** The GGUF file (a split model's first shard) a complete GGUF cache folder holds, or null. */
 async function cachedGgufFile(dir: string): Promise<string | null> {
   if (!(await isCompleteDir(dir))) return null;
   const marker = await readJsonFile(join(dir, COMPLETE_MARKER));

@@ -5,7 +5,8 @@
  * and the WeightSource that loads it, so the engine and the browser loader do not ask which.
  */
 import type { ModelDir } from '../io/byte-source.js';
-import { parseGgufHeader, type GgufHeader } from '../io/gguf.js';
+import type { GgufHeader } from '../io/gguf.js';
+import { openGguf, reopenGguf } from '../io/gguf-split.js';
 import { isGgufModelDir } from '../io/gguf-model-dir.js';
 import { ggufTokenizer, loadModelTokenizer } from '../io/gguf-tokenizer.js';
 import type { KilnTokenizer } from '../io/tokenizer.js';
@@ -32,20 +33,19 @@ export interface ModelFiles {
 /** Reads a model's spec (and, for GGUF, its header once) from a folder or a GGUF model dir. */
 export async function openModelFiles(dir: ModelDir): Promise<ModelFiles> {
   if (isGgufModelDir(dir)) {
-    const src = await dir.open(dir.ggufFile);
-    let header: GgufHeader;
+    // A split model (`*-00001-of-0000N.gguf`) is opened from its first shard as one file.
+    const { header, source, shards } = await openGguf(dir, dir.ggufFile);
     let spec: ModelSpec;
     try {
-      header = await parseGgufHeader(src);
-      spec = await ggufModelSpec(header, (t) => src.read(t.fileOffset, t.byteLength));
+      spec = await ggufModelSpec(header, (t) => source.read(t.fileOffset, t.byteLength));
     } finally {
-      await src.close();
+      await source.close();
     }
     return {
       spec,
       gguf: header,
       tokenizer: () => Promise.resolve(ggufTokenizer(header.metadata)),
-      openCheckpoint: async () => ggufCheckpoint(header, await dir.open(dir.ggufFile), spec),
+      openCheckpoint: async () => ggufCheckpoint(header, await reopenGguf(dir, shards), spec),
       weightSource: (quant, opts) => ggufWeightSource(header, spec, quant, opts),
     };
   }

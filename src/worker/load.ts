@@ -10,6 +10,7 @@ import { formatBytes } from '../gpu/device.js';
 import { blobModelDir } from '../io/blob-model-dir.js';
 import type { ModelDir } from '../io/byte-source.js';
 import { ggufModelDir, isGgufFileName } from '../io/gguf-model-dir.js';
+import { isLaterGgufShard } from '../io/gguf-split.js';
 import { httpModelDir } from '../io/http-model-dir.js';
 import { ModelCache } from '../io/model-cache.js';
 import { createEngine, type Engine } from '../engine/engine.js';
@@ -154,8 +155,12 @@ export async function loadEngine(
   const ggufUrl = src.kind === 'url' ? ggufFileOfUrl(src.url) : null;
   if (src.kind === 'files') {
     dir = blobModelDir(src.name, new Map(src.files.map((f) => [f.path, f.blob])));
-    // A picked folder holding a GGUF file and no config.json is that GGUF model.
-    const gguf = src.files.map((f) => f.path).filter(isGgufFileName);
+    // A picked folder holding a GGUF file (or the shards of one split model, opened from the
+    // first) and no config.json is that GGUF model.
+    const gguf = src.files
+      .map((f) => f.path)
+      .filter(isGgufFileName)
+      .filter((p) => !isLaterGgufShard(p));
     if (gguf.length === 1 && !src.files.some((f) => f.path === 'config.json')) {
       dir = ggufModelDir(dir, gguf[0] as string);
     }

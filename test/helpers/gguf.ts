@@ -9,9 +9,9 @@
  * (a Gemma query_pre_attn_scalar or window pattern other than llama.cpp's implied ones) is refused.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { decodeToFloat32, encodeFromFloat32, type SafetensorsDtype } from '../../src/io/dtype.js';
-import type { GgufValue } from '../../src/io/gguf.js';
+import { parseGgufHeader, type GgufValue } from '../../src/io/gguf.js';
 import { ggufTypeByName } from '../../src/io/gguf-types.js';
 import { ropeInvFreq } from '../../src/kernels/rope.ref.js';
 import { encodeGguf, gv, type GgufTensorToWrite } from '../../src/io/gguf-writer.js';
@@ -256,4 +256,53 @@ export function overlayCheckpoint(
       return v ? new Uint8Array(v.buffer.slice(0)) : ckpt.readTensor(info);
     },
   };
+}
+
+/** What {@link splitGguf} changes to make hostile splits: per shard (0-based), keys set or removed. */
+export interface SplitOptions {
+  /** Metadata of shard `no` after the split keys are set (undefined removes a key). */
+  meta?: (no: number) => Record<string, GgufValue | undefined>;
+  /** Tensor names to write into a later shard as well (a duplicate). */
+  duplicate?: string[];
+}
+
+/**
+ * Splits the GGUF file at `path` into `count` shards beside it as llama.cpp's gguf-split does:
+ * `<prefix>-0000i-of-0000n.gguf`, tensors in file order in contiguous groups, every metadata key in
+ * the first shard and only `split.no` (u16), `split.count` (u16) and `split.tensors.count` (i32) in
+ * the others. Returns the shard paths.
+ */
+export async function splitGguf(path: string, count: number, o: SplitOptions = {}): Promise<string[]> {
+  const dir = dirname(path);
+  const src = await openLocalModelDir(dir).open(basename(path));
+  const h = await parseGgufHeader(src);
+  const all: GgufTensorToWrite[] = [];
+  for (const t of h.tensors.values()) {
+    all.push({ name: t.name, type: t.type, dims: t.dims, data: await src.read(t.fileOffset, t.byteLength) });
+  }
+  await src.close();
+  const prefix = basename(path).replace(/\.gguf$/i, '');
+  const per = Math.ceil(all.length / count);
+  const out: string[] = [];
+  for (let no = 0; no < count; no++) {
+    const split: [string, GgufValue][] = [
+      ['split.no', { type: 'u16', value: no }],
+      ['split.count', { type: 'u16', value: count }],
+      ['split.tensors.count', { type: 'i32', value: all.length }],
+    ];
+    const entries = new Map<string, GgufValue>(no === 0 ? [...h.metadata.entries, ...split] : split);
+    for (const [k, v] of Object.entries(o.meta?.(no) ?? {})) {
+      if (v === undefined) entries.delete(k);
+      else entries.set(k, v);
+    }
+    const tensors = all.slice(no * per, (no + 1) * per);
+    if (no > 0) tensors.push(...all.filter((t) => o.duplicate?.includes(t.name)));
+    const file = join(
+      dir,
+      `${prefix}-${String(no + 1).padStart(5, '0')}-of-${String(count).padStart(5, '0')}.gguf`,
+    );
+    writeFileSync(file, encodeGguf({ metadata: [...entries], tensors }));
+    out.push(file);
+  }
+  return out;
 }

@@ -15,7 +15,7 @@ import { ggufFilesForTag, parseGgufHubId } from '../../src/io/hub-id.js';
 import { findCachedModel, pullModel } from '../../src/node/hub.js';
 import { createEngine, openModelArg } from '../../src/node/index.js';
 import { writeTestModel } from '../helpers/checkpoints.js';
-import { writeGgufFromFolder } from '../helpers/gguf.js';
+import { splitGguf, writeGgufFromFolder } from '../helpers/gguf.js';
 import { LocalHub } from '../helpers/local-hub.js';
 import { repoRoot } from '../helpers/shared.js';
 
@@ -28,7 +28,9 @@ beforeAll(async () => {
   cacheDir = await mkdtemp(join(tmpdir(), 'kiln-hub-gguf-'));
   folder = join(cacheDir, 'src-model');
   writeTestModel(folder, {});
-  const model = readFileSync(await writeGgufFromFolder(folder));
+  const modelPath = await writeGgufFromFolder(folder);
+  const model = readFileSync(modelPath);
+  const shards = (await splitGguf(modelPath, 2)).map((p) => readFileSync(p));
   hub = new LocalHub();
   hub.repos.set('org/vocab-GGUF', {
     files: new Map([
@@ -43,6 +45,13 @@ beforeAll(async () => {
     files: new Map([
       ['tiny-F32.gguf', { data: model, lfs: true }],
       ['tiny-f32-copy.F32.gguf', { data: model, lfs: true }],
+    ]),
+  });
+  hub.repos.set('org/split-GGUF', {
+    files: new Map([
+      ['tiny-F32-00001-of-00002.gguf', { data: shards[0]!, lfs: true }],
+      ['tiny-F32-00002-of-00002.gguf', { data: shards[1]!, lfs: true }],
+      ['tiny-Q8_0-00001-of-00002.gguf', { data: shards[0]!, lfs: true }],
     ]),
   });
   await hub.start();
@@ -65,9 +74,12 @@ describe('GGUF Hub ids', () => {
       'a.Q4_K_S.gguf',
       'a-q4_k.gguf',
       'sub/a-Q4_K_M.gguf',
-      'a-Q4_K_M-00001-of-00002.gguf',
+      'b-Q5_K_M-00001-of-00002.gguf',
+      'b-Q5_K_M-00002-of-00002.gguf',
     ];
     expect(ggufFilesForTag(names, 'q4_k_m')).toEqual(['a-Q4_K_M.gguf']);
+    // A split model is named by its first shard.
+    expect(ggufFilesForTag(names, 'Q5_K_M')).toEqual(['b-Q5_K_M-00001-of-00002.gguf']);
     expect(ggufFilesForTag(names, 'Q4_K')).toEqual(['a-q4_k.gguf']);
     expect(ggufFilesForTag(names, 'Q2_K')).toEqual([]);
   });
@@ -106,6 +118,31 @@ describe('GGUF Hub ids', () => {
     const prompt = [1, 12, 40, 7, 99];
     const a = await createEngine({ model: folder });
     const b = await createEngine({ model: 'org/tiny-GGUF:F32', pull: { endpoint: hub.url, cacheDir } });
+    try {
+      expect(await b.logits(prompt)).toEqual(await a.logits(prompt));
+    } finally {
+      a.dispose();
+      b.dispose();
+    }
+  }, 120_000);
+
+  it('a split model downloads every shard and runs from its first', async () => {
+    const opts = { endpoint: hub.url, cacheDir };
+    const before = hub.fileRequests().length;
+    const path = await pullModel('org/split-GGUF:F32', opts);
+    expect(path.endsWith('tiny-F32-00001-of-00002.gguf')).toBe(true);
+    expect(
+      hub
+        .fileRequests()
+        .slice(before)
+        .map((r) => r.path.split('/').pop()),
+    ).toEqual(['tiny-F32-00001-of-00002.gguf', 'tiny-F32-00002-of-00002.gguf']);
+    await expect(pullModel('org/split-GGUF:Q8_0', opts)).rejects.toThrow(
+      /the split GGUF model tiny-Q8_0-00001-of-00002.gguf lacks shard tiny-Q8_0-00002-of-00002.gguf/,
+    );
+    const prompt = [1, 12, 40, 7, 99];
+    const a = await createEngine({ model: folder });
+    const b = await createEngine({ model: 'org/split-GGUF:F32', pull: opts });
     try {
       expect(await b.logits(prompt)).toEqual(await a.logits(prompt));
     } finally {
