@@ -7,16 +7,13 @@
 //   0 exact (attention_merge_two_pass): the formula above; empty splits carry c = NEG_BIG, l = 0.
 //   1 async softmax (attention_merge_async_softmax): every c_s is the same phi, so the weights are
 //     all 1 and the merge is a plain sum. A row whose total sum leaves [UNDERFLOW_MIN, f32 max]
-//     (phi far above the scores, or a non-finite sum) gets flags[m] set for the exact fallback.
-//   2 exact fallback (attention_merge_async_softmax_fallback): one workgroup per row, merging all
-//     its heads exactly when flags[m] is set. It is the last dispatch of the async chain and the
-//     only reader of flags[m] in it, so it also clears the flag for the next call: no clear
-//     dispatch, and no race (the async pass 1 of the next call runs in a later dispatch).
+//     (phi far above the scores, or a non-finite sum) gets flags[m] set for the exact fallback,
+//     attention_split's mode 2, which recomputes the row and clears the flag.
 //
 // Bindings: params, partials (records of head_dim/4 + 1 vec4: vec4(c, l, 0, 0) then o), out,
-// flags [m] atomic u32 (modes 1 and 2).
+// flags [m] atomic u32 (mode 1).
 // Work: thread t < head_dim/4 owns output dims 4t..4t+3 and walks the splits; the split headers
-// are uniform loads. No barriers (mode 2: one, to read the flag uniformly).
+// are uniform loads. No barriers.
 
 struct Params {
   heads: u32,
@@ -37,8 +34,6 @@ const WG: u32 = 64u;
 // tokens) of the result.
 const UNDERFLOW_MIN: f32 = 8.8e-27;
 const F32_MAX: f32 = 3.4028234e38;
-
-var<workgroup> flag_sh: u32;
 
 fn merge_head(row: u32, h: u32, t: u32) {
   let hd4 = p.head_dim / 4u;
@@ -75,22 +70,6 @@ fn merge_head(row: u32, h: u32, t: u32) {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let hd4 = p.head_dim / 4u;
   let row = wid.y;
-  if (MODE == 2u) {
-    if (t == 0u) {
-      flag_sh = atomicLoad(&flags[row]);
-    }
-    let flagged = workgroupUniformLoad(&flag_sh);
-    if (t == 0u) {
-      atomicStore(&flags[row], 0u);
-    }
-    if (flagged == 0u || t >= hd4) {
-      return;
-    }
-    for (var h = 0u; h < p.heads; h++) {
-      merge_head(row, h, t);
-    }
-    return;
-  }
   if (t < hd4) {
     merge_head(row, wid.x, t);
   }

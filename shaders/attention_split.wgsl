@@ -14,19 +14,21 @@
 //     partial is the answer: o / l goes straight to `out` and no merge runs (one dispatch per layer
 //     instead of 2 or 4). The record is still written: calibration reads its (c, l).
 //   0 exact (attention_decode_two_pass): c = m_s, the chunk's max (online softmax over the tiles
-//     of the chunk). With p.check_flag = 1 it is the async chain's exact fallback
-//     (attention_decode_async_softmax_fallback): only rows whose flag is set are computed, every
-//     other workgroup reads the flag and returns at once (no CPU readback). Same code for both,
-//     so the driver compiles it once.
+//     of the chunk).
 //   1 async softmax (attention_decode_async_softmax, FlashDecoding++'s unified max): c = phi, a
 //     per-call constant, so there is no max reduction at all. A score with x - phi > OVERFLOW_B
 //     sets flags[m] (atomicOr); its exponent is clamped so nothing turns into inf/NaN, and the
 //     fallback recomputes the row.
+//   2 the async chain's exact fallback (attention_decode_async_softmax_fallback), its last
+//     dispatch: one workgroup per row takes its flag (reads and clears it: the only reader in this
+//     dispatch, and the next call's async pass runs in a later one) and returns at once if it was
+//     clear (no CPU readback); a flagged row is recomputed exactly over its whole context, KV head
+//     after KV head, straight into `out` (no merge).
 //
 // Bindings: params, row_info [m] vec2<u32>, block_table u32, q [m, heads·head_dim] f32 (as vec4),
 // k_cache, v_cache ([block][kv_head][16] token rows of the prepended KV fragment's format,
 // common/kv4_*.wgsl or kv_quant.wgsl, read 4 channels at a time through kv_k4 / kv_v4), partials, flags [m] u32 (read-only in mode 0, atomic in mode 1),
-// out [m, heads·head_dim] f32 (as vec4; written only with p.direct).
+// out [m, heads·head_dim] f32 (as vec4; written with p.direct and in mode 2).
 // partials: one record of head_dim/4 + 1 vec4 per (row, query head, split), in that order:
 // vec4(c, l, 0, 0) then o. A split that starts past the row's end writes c = NEG_BIG, l = 0, o = 0.
 //
@@ -55,8 +57,6 @@ struct Params {
   splits: u32,
   tile: u32,
   phi: f32,
-  // Exact modes: 1 for the async chain's fallback (skip rows whose flag is clear).
-  check_flag: u32,
   // Sliding-window length of this layer, 0 for full attention.
   window: u32,
   // > 0: scores become softcap · tanh(score / softcap) (Gemma 2's attn_logit_softcapping).
@@ -213,20 +213,42 @@ fn outer(v: vec4<f32>, pr: vec4<f32>) -> mat4x4<f32> {
 // Writes one head's partial record (thread t holds vec4 t of o, thread 0 the header) and, in a
 // single pass, that head's output vec4 t at out[o_at].
 fn put(rec: u32, o_at: u32, t: u32, o: vec4<f32>, c: f32, l: f32) {
-  partials[rec + 1u + t] = o;
-  if (t == 0u) {
-    partials[rec] = vec4<f32>(c, l, 0.0, 0.0);
+  if (MODE != 2u) {
+    partials[rec + 1u + t] = o;
+    if (t == 0u) {
+      partials[rec] = vec4<f32>(c, l, 0.0, 0.0);
+    }
   }
-  if (p.direct != 0u) {
+  if (p.direct != 0u || MODE == 2u) {
     out[o_at] = o / l;
   }
 }
 
+var<workgroup> flag_sh: u32;
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-  let split = wid.x;
-  let g = wid.y;
-  let row = wid.z;
+  if (MODE == 2u) {
+    if (t == 0u) {
+      flag_sh = flag_take(wid.z);
+    }
+    if (workgroupUniformLoad(&flag_sh) == 0u) {
+      return;
+    }
+    for (var g = 0u; g < p.kv_heads; g++) {
+      if (g > 0u) {
+        // The previous head's P·V must be done with p_sh and bt_sh, its put with q_sh.
+        workgroupBarrier();
+      }
+      attend(0u, g, wid.z, t);
+    }
+    return;
+  }
+  attend(wid.x, wid.y, wid.z, t);
+}
+
+// Split `split` of row `row` for KV head `g` (mode 2: the whole context as one split).
+fn attend(split: u32, g: u32, row: u32, t: u32) {
   let hd4 = p.head_dim / 4u;
   let n_rep = p.heads / p.kv_heads;
   // Query heads go in blocks of 4: A = heads 0..3, B = heads 4..7 when n_rep > 4.
@@ -237,16 +259,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let bt_off = info.y;
   let lo = select(0u, ctx_len - p.window, p.window != 0u && ctx_len > p.window);
   let c0 = lo - lo % BLOCK_TOKENS + split * p.chunk;
-  let c1 = min(c0 + p.chunk, ctx_len);
+  let c1 = select(min(c0 + p.chunk, ctx_len), ctx_len, MODE == 2u);
   let rec_len = hd4 + 1u;
   // Record of (row, head g·n_rep + h, split) = rec0 + h · head_stride.
   let head_stride = p.splits * rec_len;
   let rec0 = ((row * p.heads + g * n_rep) * p.splits + split) * rec_len;
-
-  if (MODE == 0u && p.check_flag != 0u && flag_get(row) == 0u) {
-    // The async chain's fallback, for a row the async pass got right: nothing to do.
-    return;
-  }
 
   if (c0 >= ctx_len) {
     // A split past the sequence end: an empty partial, so the merge may read every split.

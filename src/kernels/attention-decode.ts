@@ -4,7 +4,8 @@
  *   'two_pass'      exact: each split keeps its own max, the merge rescales (FlashDecoding).
  *   'async_softmax' FlashDecoding++'s unified max: every split subtracts the same `phi`, so the
  *                   merge is a plain sum; rows that leave the safe window are flagged on the GPU
- *                   and recomputed exactly by two more dispatches that exit at once when unflagged.
+ *                   and recomputed exactly by one more dispatch (a workgroup per row that exits
+ *                   at once when its row is unflagged).
  * With one split (the plan's whole context in one chunk) both record a single dispatch,
  * 'attention_decode_single_pass': the exact pass 1 writes the normalised output itself, with no
  * merge and no fallback (on a CPU adapter each dispatch costs a fixed ~0.2 ms).
@@ -47,9 +48,11 @@ const BLOCK_TOKENS = 16;
 const MIN_CHUNK = 64;
 
 /**
- * Shader modes (the `MODE` constant prefixed to both WGSL files). Pass 1 has no mode 2: its
- * fallback is mode 0 with `check_flag` set in the uniforms, so both labels share one compiled
- * shader (Dawn and the driver's cache dedupe identical code: on lavapipe a compile takes seconds).
+ * Shader modes (the `MODE` constant prefixed to both WGSL files). The merge has modes 0 and 1;
+ * mode 2 is attention_split's exact fallback of the async chain (one workgroup per row, every KV
+ * head, the whole context, straight into the output). The single pass is mode 0 with `direct` set
+ * in the uniforms, so it shares the exact pass 1's compiled shader (Dawn and the driver's cache
+ * dedupe identical code: on lavapipe a compile takes seconds).
  */
 const MODE = { exact: 0, async: 1, fallback: 2 } as const;
 
@@ -63,7 +66,6 @@ export const ATTENTION_DECODE_LABELS = {
     'attention_decode_async_softmax',
     'attention_merge_async_softmax',
     'attention_decode_async_softmax_fallback',
-    'attention_merge_async_softmax_fallback',
   ],
 } as const satisfies Record<AttentionDecodeVariant, readonly string[]>;
 
@@ -205,8 +207,8 @@ export function supportsAttentionDecode(heads: number, kvHeads: number, headDim:
 }
 
 /**
- * Records one decode attention call: 2 dispatches for 'two_pass', 4 for 'async_softmax' (pass 1,
- * merge, then the exact fallback pass 1 and merge, which do nothing for unflagged rows), 1 for
+ * Records one decode attention call: 2 dispatches for 'two_pass', 3 for 'async_softmax' (pass 1,
+ * merge, then the exact fallback, which does nothing for unflagged rows), 1 for
  * either when maxContext fits one chunk (the exact single pass). They must run in order, all of
  * them, in one pass or consecutive ones.
  */
@@ -248,7 +250,7 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
   // 64 threads so the score loop has no ragged pass except at the end of a chunk.
   const tile = Math.floor(P_CAP / headBlocks / WG) * WG;
 
-  const splitParams = (checkFlag: number, direct = 0): ArrayBuffer =>
+  const splitParams = (direct: number): ArrayBuffer =>
     packParams([
       ['u32', a.heads],
       ['u32', a.kvHeads],
@@ -258,7 +260,6 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
       ['u32', splits],
       ['u32', tile],
       ['f32', isAsync ? (a.phi as number) : 0],
-      ['u32', checkFlag],
       ['u32', a.window ?? 0],
       ['f32', a.softcap ?? 0],
       ['u32', direct],
@@ -271,34 +272,31 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
   ]);
   const splitBuffers = [a.rowInfo, a.blockTable, a.q, a.kCache, a.vCache, s.partials, s.flags, a.out];
   const mergeBuffers = [s.partials, a.out, s.flags];
-  const splitGrid = [splits, a.kvHeads, a.m] as const;
-  const pass1 = (label: string, mode: number, checkFlag: number, direct = 0): Dispatch =>
-    b.make(
-      label,
-      () => withMode(mode, 'attention_split', kv),
-      splitParams(checkFlag, direct),
-      splitBuffers,
-      splitGrid,
-    );
+  const pass1 = (
+    label: string,
+    mode: number,
+    direct = 0,
+    grid: readonly [number, number, number] = [splits, a.kvHeads, a.m],
+  ): Dispatch =>
+    b.make(label, () => withMode(mode, 'attention_split', kv), splitParams(direct), splitBuffers, grid);
   const merge = (label: string, mode: number, grid: readonly [number, number, number]): Dispatch =>
     b.make(label, () => withMode(mode, 'attention_merge', kv), mergeParams, mergeBuffers, grid);
 
   if (splits === 1) {
     // The single split's exact partial is the answer (same compiled shader as the exact pass 1).
     const [l] = attentionDecodeLabels(a.variant, kv, 1) as [string];
-    return [pass1(l, MODE.exact, 0, 1)];
+    return [pass1(l, MODE.exact, 1)];
   }
   if (!isAsync) {
     const [l1, l2] = attentionDecodeLabels('two_pass', kv) as [string, string];
-    return [pass1(l1, MODE.exact, 0), merge(l2, MODE.exact, [a.heads, a.m, 1])];
+    return [pass1(l1, MODE.exact), merge(l2, MODE.exact, [a.heads, a.m, 1])];
   }
-  const [l1, l2, l3, l4] = attentionDecodeLabels('async_softmax', kv) as [string, string, string, string];
+  const [l1, l2, l3] = attentionDecodeLabels('async_softmax', kv) as [string, string, string];
   return [
-    pass1(l1, MODE.async, 0),
+    pass1(l1, MODE.async),
     merge(l2, MODE.async, [a.heads, a.m, 1]),
-    pass1(l3, MODE.exact, 1),
-    // One workgroup per row: it alone reads the row's flag in this dispatch, so it may clear it.
-    merge(l4, MODE.fallback, [1, a.m, 1]),
+    // One workgroup per row: it alone takes the row's flag in this dispatch, so it may clear it.
+    pass1(l3, MODE.fallback, 0, [1, 1, a.m]),
   ];
 }
 
@@ -309,6 +307,6 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
 function withMode(mode: number, shader: 'attention_split' | 'attention_merge', kv: KvDtype): string {
   const modeLine = `const MODE: u32 = ${mode}u;\n`;
   if (shader === 'attention_merge') return modeLine + shaderSource(shader);
-  const flags = mode === MODE.async ? 'common/attention_flags_write' : 'common/attention_flags_read';
+  const flags = mode === MODE.exact ? 'common/attention_flags_read' : 'common/attention_flags_write';
   return `${kvPrefix(kv, 'vec4')}\n${modeLine}${shaderSource(shader, flags)}`;
 }
