@@ -41,13 +41,7 @@ import type {
 import { absorbVerified, guess, verifyGuesses } from './schedule/verify.js';
 import { Speculator } from './speculative.js';
 
-export type {
-  Hold,
-  ScheduledOutcome,
-  ScheduledRequest,
-  SchedulerOptions,
-  SchedulerStats,
-} from './schedule/types.js';
+export type * from './schedule/types.js';
 
 export class Scheduler {
   private nextId = 1;

@@ -31,14 +31,7 @@ import {
 } from './block-types.js';
 import { defaultBlockHash, PrefixIndex, sameTokens, type BlockContent } from './prefix-index.js';
 
-export {
-  OutOfBlocksError,
-  type Admission,
-  type Append,
-  type BlockCopy,
-  type BlockManagerOptions,
-  type BlockManagerStats,
-} from './block-types.js';
+export * from './block-types.js';
 export { defaultBlockHash, type BlockHashFn } from './prefix-index.js';
 
 /** Tokens per block; the same 16 as BLOCK_TOKENS in cache.ts (not imported: that file is GPU code). */
