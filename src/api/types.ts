@@ -53,9 +53,10 @@ export interface GenerateOptions extends Partial<SamplingParams>, LogitAdjustmen
   /** The output follows this grammar (see GrammarSpec). */
   grammar?: GrammarSpec;
   /**
-   * Report each token's log probability and this many most likely alternatives (0: the chosen
-   * token's only): the log-softmax of the logits the token was chosen from (after bias, penalties
-   * and the grammar's mask, before temperature).
+   * Report each token's log probability and this many most likely alternatives (0 to 20; 0: the
+   * chosen token's only): the log-softmax of the logits the token was chosen from (after bias,
+   * penalties and the grammar's mask, before temperature). Alternatives rank by logit, ties by
+   * lower id; tokens with no probability (masked) are not listed.
    */
   logprobs?: number;
   /** Most tokens to generate (default: up to the context length). */

@@ -1,7 +1,8 @@
 /**
  * Running steps on a ForwardModel. A step writes its inputs (model.ts), encodes its plan into ONE
  * command buffer and, unless it reads nothing back, waits for one id per logit row (argmax, or the
- * GPU sampler's draw) or the logits. A step that reads nothing (a prefill chunk before the last)
+ * GPU sampler's draw), with the logprobs rows of the logit rows that ask, or the logits. A step
+ * that reads nothing (a prefill chunk before the last)
  * skips the LM head and is only queued: the queue keeps steps in order, so the next step's
  * writes cannot overtake it.
  */
@@ -48,6 +49,18 @@ export interface SampledStep {
 /** Whether any row asks for logprobs. */
 const asksLogprobs = (rows: readonly (number | null)[] | undefined): rows is readonly (number | null)[] =>
   rows !== undefined && rows.some((k) => k !== null);
+
+/** Encodes the logprobs pass (after the argmax or draw) when a row asks; whether it did. */
+function encodeLogprobs(
+  pass: GPUComputePassEncoder,
+  plan: StepPlan,
+  rows: readonly (number | null)[] | undefined,
+): boolean {
+  if (!asksLogprobs(rows)) return false;
+  if (!plan.logprobs) throw new RangeError('a logprobs step before the stage was enabled');
+  encodeDispatches(pass, [plan.logprobs.prepare(rows)]);
+  return true;
+}
 
 /** Splits an ids readback (ids, then logprobs rows when asked) into a SampledStep. */
 function sampledStep(
@@ -152,11 +165,7 @@ async function execute(
     adjust();
     encodeDispatches(pass, [draw ?? (penalty as Dispatch)]);
   }
-  const withLogprobs = (read === 'ids' || read === 'sample') && asksLogprobs(o.logprobs);
-  if (withLogprobs) {
-    if (!plan.logprobs) throw new RangeError('a logprobs step before the stage was enabled');
-    encodeDispatches(pass, [plan.logprobs.prepare(o.logprobs as readonly (number | null)[])]);
-  }
+  const withLogprobs = (read === 'ids' || read === 'sample') && encodeLogprobs(pass, plan, o.logprobs);
   pass.end();
   if (read === 'none') {
     queue.submit([enc.finish()]);
@@ -218,11 +227,7 @@ export function submitDecodeStep(
     if (!o.sampling || !plan.sampling) throw new RangeError("a 'sample' step needs sampling");
     encodeDispatches(pass, plan.sampling.prepare(o.sampling));
   }
-  const withLogprobs = asksLogprobs(o.logprobs);
-  if (withLogprobs) {
-    if (!plan.logprobs) throw new RangeError('a logprobs step before the stage was enabled');
-    encodeDispatches(pass, [plan.logprobs.prepare(o.logprobs as readonly (number | null)[])]);
-  }
+  const withLogprobs = encodeLogprobs(pass, plan, o.logprobs);
   pass.end();
   const dst = plan.nextReadback();
   enc.copyBufferToBuffer(plan.bufs.outIds, 0, dst, 0, r * 4);

@@ -1,8 +1,9 @@
 /**
  * The GPU end of a sampled step: after the LM head, the repetition penalty (when a row has one)
  * and the `sample` kernel draw one id per logit row into the step's outIds, so a sampled decode
- * step reads back 4 bytes per sequence instead of the logits. One stage per step plan, its inputs
- * rewritten every sampled step.
+ * step reads back 4 bytes per sequence instead of the logits; the logit_adjust stage edits the
+ * logits before, and the logprobs stage summarises them after (176 bytes per row that asks). One of
+ * each per step plan, made when first needed, its inputs rewritten every step.
  */
 import type { GpuContext } from '../../gpu/device.js';
 import type { Dispatch, DispatchBuilder } from '../../gpu/dispatch.js';
