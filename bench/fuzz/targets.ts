@@ -18,6 +18,7 @@ import { convertSentencePiece } from '../../src/io/sentencepiece.js';
 import { KilnTokenizer, type ChatMessage } from '../../src/io/tokenizer.js';
 import { loadModelSpec } from '../../src/model/config.js';
 import { parseQuantConfig } from '../../src/quant/import-config.js';
+import { ggufModelTarget } from './gguf-targets.js';
 import { boundedDir, bytesSource, check, outcome, type FuzzData, type FuzzTarget } from './harness.js';
 import { hostileJsonValue, mutatedBytes, mutatedJson, mutatedText } from './mutate.js';
 
@@ -421,5 +422,6 @@ export function fileTargets(data: FuzzData): FuzzTarget[] {
     tokenizerTarget(data),
     sentencePieceTarget(data),
     llama2cTarget,
+    ggufModelTarget,
   ] as FuzzTarget[];
 }

@@ -8,6 +8,7 @@
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
 import type { GgufHeader, GgufTensorInfo } from '../io/gguf.js';
 import { parseModelConfig } from './config.js';
+import { MAX_LAYERS } from './fields.js';
 import { GGUF_ARCHITECTURES, type GgufArchitecture, type GgufArchKeys } from './gguf-archs.js';
 import { architectureForClass } from './registry.js';
 import type { ModelSpec } from './spec.js';
@@ -71,7 +72,8 @@ export function ggufConfigJson(
   };
   const heads = m.uint(k('attention.head_count'));
   const hidden = m.uint(k('embedding_length'));
-  const numLayers = m.uint(k('block_count'));
+  // Capped as config.json's num_hidden_layers is, before any per-layer list is built from it.
+  const numLayers = m.uint(k('block_count'), MAX_LAYERS);
   const embedRows = dim(h, 'token_embd.weight', 1);
   const vocab =
     m.optionalUint(k('vocab_size')) ?? embedRows ?? m.optionalStringArray('tokenizer.ggml.tokens')?.length;
