@@ -10,6 +10,7 @@ import type { GpuContext } from '../gpu/device.js';
 import type { Q4Format } from '../quant/q4.js';
 import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
+import { matmulQ4Gemv, type Q4Gemv } from './matmul-q4-gemv.js';
 
 export interface Q4WeightPart {
   /** Codes (PackedQ4.words). */
@@ -74,6 +75,11 @@ export interface MatmulQ4Args {
   dequant?: Q4Dequant;
   /** Threads per workgroup (default 64; the variant name gains `_w<threads>` otherwise). */
   workgroupSize?: Q4WorkgroupSize;
+  /**
+   * M = 1 only: run matmul_q4_gemv with this shape instead (rowsPerGroup, rowsPerThread,
+   * workgroupBytes, dequant and workgroupSize do not apply; `subgroups` picks its X path).
+   */
+  gemv?: Q4Gemv;
 }
 
 export type Q4WorkgroupSize = 16 | 32 | 64 | 128;
@@ -82,7 +88,7 @@ export type Q4WorkgroupSize = 16 | 32 | 64 | 128;
 export type Q4Variant = Partial<
   Pick<
     MatmulQ4Args,
-    'rowsPerGroup' | 'rowsPerThread' | 'subgroups' | 'workgroupBytes' | 'dequant' | 'workgroupSize'
+    'rowsPerGroup' | 'rowsPerThread' | 'subgroups' | 'workgroupBytes' | 'dequant' | 'workgroupSize' | 'gemv'
   >
 >;
 
@@ -198,6 +204,13 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
   }
   if (w.cols % f.groupSize !== 0) {
     throw new RangeError(`matmul_q4: K (${w.cols}) is not a multiple of the group size (${f.groupSize})`);
+  }
+  if (a.gemv) {
+    if (a.m !== 1) throw new RangeError(`matmul_q4: the gemv path takes one row of X, not ${a.m}`);
+    const sg = a.subgroups ?? q4SubgroupsUsable(b.ctx);
+    if (sg && !q4SubgroupsUsable(b.ctx))
+      throw new RangeError('matmul_q4: this device has no subgroups of 8+ lanes');
+    return matmulQ4Gemv(b, { ...a, shape: a.gemv, subgroups: sg });
   }
   const tiling = chooseQ4Tiling(a.m, w.rows);
   const mt = a.rowsPerGroup ?? tiling.rowsPerGroup;
