@@ -3,10 +3,13 @@
  * weights quantized (round-to-nearest) from seeded data, checked against the float64 product of
  * the dequantized weights, and timed against the same bandwidth figure as the float kernels.
  * Where the adapter has shader-f16, the Llama MLP shapes also get f16-dequant rows (variant label
- * ending in `_h`) next to f32-dequant rows at M = 1 and 16.
+ * ending in `_h`) next to f32-dequant rows at M = 1 and 16. At M = 1 the one-row kernel
+ * matmul_q4_gemv adds rows for its CPU shape (4 rows per thread, 16 threads, subgroup X; where the
+ * adapter has subgroups) and its GPU shape (K split in 8 slices of 128 threads).
  */
 import { DispatchBuilder, type Dispatch } from '../src/gpu/dispatch.js';
-import { matmulQ4, type Q4Dequant } from '../src/kernels/matmul-q4.js';
+import { matmulQ4, q4SubgroupsUsable, type Q4Dequant } from '../src/kernels/matmul-q4.js';
+import type { Q4Gemv } from '../src/kernels/matmul-q4-gemv.js';
 import { dequantize, quantizeRtn, type Q4Format } from '../src/quant/q4.js';
 import { uploadQ4Weight } from '../src/weights/upload-q4.js';
 import { checkedColumns, matmulError, type BenchContext } from './kernels.js';
@@ -34,7 +37,15 @@ export async function matmulQ4Suite(b: BenchContext): Promise<void> {
         const weightBytes =
           (part?.words.size ?? 0) + (part?.scales.size ?? 0) + (part?.zeros ? part.zeros.size : 0);
         for (const buf of [part?.words, part?.scales, part?.zeros]) if (buf) b.adopt(buf);
-        const cases: { m: number; dequant: Q4Dequant }[] = ms.map((m) => ({ m, dequant: 'f32' }));
+        const cases: { m: number; dequant: Q4Dequant; gemv?: Q4Gemv; subgroups?: boolean }[] = ms.map(
+          (m) => ({
+            m,
+            dequant: 'f32',
+          }),
+        );
+        if (q4SubgroupsUsable(b.ctx))
+          cases.push({ m: 1, dequant: 'f32', gemv: { tn: 4, wg: 16 }, subgroups: true });
+        cases.push({ m: 1, dequant: 'f32', gemv: { tn: 1, wg: 128, ks: 8 }, subgroups: false });
         // The f16 ("0x6400 magic") dequant next to the f32 one at M = 1 and 16 on the Llama MLP
         // shapes (the largest matrices), in the first format, where the adapter has shader-f16.
         if (
@@ -48,13 +59,13 @@ export async function matmulQ4Suite(b: BenchContext): Promise<void> {
             cases.push({ m, dequant: 'f16' });
           }
         }
-        for (const { m, dequant } of cases) {
+        for (const { m, dequant, gemv, subgroups } of cases) {
           const x = randomF32(m * lin.k, m + 3);
           const xb = b.upload(x);
           const y = b.buffer(m * lin.n * 4);
           const ph = b.buffer(16);
           const builder = new DispatchBuilder(b.ctx);
-          const d = matmulQ4(builder, { x: xb, weight, y, m, placeholder: ph, dequant });
+          const d = matmulQ4(builder, { x: xb, weight, y, m, placeholder: ph, dequant, gemv, subgroups });
           const label = (d[0] as Dispatch).label;
           const t = await b.time(label, d);
           const out = await b.readF32(y, m * lin.n);

@@ -9,7 +9,8 @@
  *   blocked GEMM (rows of X per thread TM, down to 1 for decode; weight rows per thread TN; threads
  *   per workgroup), whose subgroup broadcast is the "subgroup vs workgroup-memory" choice;
  * - int4 matmul: MT, R, X through subgroups or staged (double-buffered) in workgroup memory of
- *   8/16/32 KiB (the K-tile), f32 or f16 dequant, threads per workgroup (subgroup path);
+ *   8/16/32 KiB (the K-tile), f32 or f16 dequant, threads per workgroup (subgroup path); at M = 1
+ *   also the one-row kernel matmul_q4_gemv (rows per thread, threads, K slices per workgroup);
  * - split-K decode attention: tokens per split (the split-K factor).
  */
 import type { GpuContext } from '../gpu/device.js';
@@ -21,6 +22,7 @@ import {
   type MatmulVariant,
 } from '../kernels/matmul.js';
 import { q4SubgroupsUsable, type Q4GpuWeight, type Q4Variant } from '../kernels/matmul-q4.js';
+import type { Q4Gemv } from '../kernels/matmul-q4-gemv.js';
 import type { GpuWeight } from '../kernels/tiled.js';
 import { contextBucket, type KernelChoice, type MClass } from './choices.js';
 
@@ -92,8 +94,32 @@ export function q4MatmulCandidates(ctx: GpuContext, _w: Q4GpuWeight, mClass: MCl
       }
     }
   }
+  if (mClass === '1') {
+    // matmul_q4_gemv. With subgroup X, all of K per thread (the CPU adapter's shape: on lavapipe
+    // at matmul_q4's speed, 8-16 threads well ahead of 32-64). K split in 4-16 slices of a
+    // workgroup, X loaded directly: the GPU's shape (more threads than rows; not measured here).
+    if (sgOk) for (const [tn, wg] of GEMV_SG) v.push({ gemv: { tn, wg }, subgroups: true });
+    const threads = ctx.limits.maxComputeInvocationsPerWorkgroup;
+    for (const [tn, wg, ks] of GEMV_SPLIT)
+      if (wg <= threads) v.push({ gemv: { tn, wg, ks }, subgroups: false });
+  }
   return v.map((variant) => ({ kernel: 'matmul_q4', variant }));
 }
+
+/** matmul_q4_gemv candidates: [rows per thread, threads] with subgroup X ... */
+const GEMV_SG: readonly [Q4Gemv['tn'], Q4Gemv['wg']][] = [
+  [2, 16],
+  [4, 8],
+  [4, 16],
+  [8, 16],
+];
+/** ... and [rows per thread, threads, K slices] with X loaded directly. */
+const GEMV_SPLIT: readonly [Q4Gemv['tn'], Q4Gemv['wg'], NonNullable<Q4Gemv['ks']>][] = [
+  [1, 64, 4],
+  [1, 128, 8],
+  [2, 128, 8],
+  [1, 256, 16],
+];
 
 /** Tokens per split: multiples of the 16-token block, no longer than the context bucket. */
 export function attentionCandidates(defaultChunk: number, maxContext: number): KernelChoice[] {

@@ -6,6 +6,7 @@ import { DispatchBuilder } from '../../src/gpu/dispatch.js';
 import { matmulRef } from '../../src/kernels/matmul.ref.js';
 import { dequantize, quantizeRtn, type Q4Format } from '../../src/quant/q4.js';
 import { uploadQ4Weight } from '../../src/weights/upload-q4.js';
+import { q4MatmulCandidates } from '../../src/tuner/space.js';
 import { randomF32, readF32, run, testGpu, upload } from '../helpers/gpu.js';
 import { bound, expectWithin, FORMATS, fmtName, marlinError } from '../helpers/q4-check.js';
 
@@ -111,6 +112,25 @@ describe('matmul_q4_gemv', () => {
       await check(c, { n: 37, k: 256, format: g32s, gemv, subgroups, accumulate: true });
       await check(c, { n: 100, k: 64, format: g32a, gemv, subgroups, rowsPerPart: 24, bias: true });
     }
+  });
+
+  test("every matmul_q4_gemv candidate of the tuner's M = 1 space builds here and matches", async () => {
+    const c = await testGpu();
+    const q = quantizeRtn(randomF32(8 * 96, 2), 8, 96, g32a);
+    const weight = uploadQ4Weight(c, 'w', q);
+    const gemvs = q4MatmulCandidates(c, weight, '1').flatMap((k) =>
+      k.kernel === 'matmul_q4' && k.variant.gemv ? [k.variant] : [],
+    );
+    expect(gemvs.filter((v) => (v.gemv?.ks ?? 1) > 1).length).toBeGreaterThan(0);
+    if (q4SubgroupsUsable(c)) expect(gemvs.some((v) => v.subgroups)).toBe(true);
+    for (const v of gemvs) {
+      if (!v.gemv) continue;
+      await check(c, { n: 45, k: 96, format: g32a, gemv: v.gemv, subgroups: v.subgroups ?? false });
+    }
+    // Not offered for several rows of X.
+    expect(q4MatmulCandidates(c, weight, '2-4').some((k) => k.kernel === 'matmul_q4' && k.variant.gemv)).toBe(
+      false,
+    );
   });
 
   test('the variant name carries every choice (label, cache key, bench row)', async () => {
