@@ -24,7 +24,7 @@
 //
 // Measured on lavapipe (2 shared cores, min of 15 alternating rounds, g32 sym f16 scales): with
 // KS = 1 and subgroup X it runs at matmul_q4's M = 1 speed (TN 4, WG 16: 2048 x 8192 2.14 vs
-// 2.13 ms, 9728 x 896 1.24 vs 1.17, 3072 x 2048 0.85 vs 0.84), WG 8 or 16 well ahead of 32 or 64
+// 2.13 ms, 9728 x 896 1.24 vs 1.17, 3072 x 2048 0.86 vs 0.84), WG 8 or 16 well ahead of 32 or 64
 // (2.1 vs 3.0 ms), TN 2 / 4 / 8 within 10%. There the kernel is bound by the dequant arithmetic:
 // replacing mask, convert and multiply-add by one multiply-add per word ran 1.3-2.4x faster,
 // while making the weight or X loads uniform (no per-lane load loop) changed nothing; unrolling

@@ -43,7 +43,11 @@ export interface DefaultsRow {
  *   many workgroups, and 32 threads ran it 1.27x slower in one profiled step); int4 M = 1 by 4 rows per thread, X through subgroups,
  *   16 threads up to 2047 rows (n896 k896 1.41x, n1152 k896 1.04x; n896 k4864 1.36x with 32),
  *   64 threads above (gate/up's 9728 rows kept the rule's 64: 1.00x; with 16 threads the whole
- *   int4 decode step ran 0.5-0.7x of the tuned one in alternating runs);
+ *   int4 decode step ran 0.5-0.7x of the tuned one in alternating runs); the one-row kernel
+ *   matmul_q4_gemv (4 rows per thread, 16 threads, X through subgroups) ran at that choice's speed
+ *   (g32 sym f16 scales, min of 15 alternating rounds at load ~16: 2048x8192 2.14 vs 2.13 ms,
+ *   9728x896 1.24 vs 1.17, 3072x2048 0.86 vs 0.84), so the row keeps matmul_q4 (the tuner may
+ *   still pick a gemv shape per class);
  *   decode attention for one row by 8 splits of the context, at least 128 tokens each (512 at a
  *   4096 context: 1.33x; BabyLlama at 256: 128-token splits, 2.85x over 64), and up to a
  *   1024-token context bucket in one split, the single-pass kernel (at 1024, best of 3 alternating
@@ -54,7 +58,8 @@ export interface DefaultsRow {
  * - generic (an adapter Kiln cannot place): the kernels' own rules, the untuned engine as it was.
  * - gpu-discrete (NVIDIA H100, Dawn over Vulkan): at M = 1 the flat GEMV with 1 row per thread
  *   (1.21-1.27x; more workgroups to fill 132 SMs), int4 1 row per thread, split-K attention with
- *   128-token splits at 2-32 rows (2.5-3.9x).
+ *   128-token splits at 2-32 rows (2.5-3.9x). The int4 K-split shapes of matmul_q4_gemv (4-16
+ *   slices per workgroup) are tuner candidates, not yet measured on a GPU, so not in this row.
  * - gpu-integrated: the discrete row's M = 1 choices (fewer cores, same reason: rows per thread
  *   trade X reuse for workgroups, and a GPU has workgroup slots to spare); not measured here.
  */
