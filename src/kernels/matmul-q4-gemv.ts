@@ -9,7 +9,7 @@ import type { GpuContext } from '../gpu/device.js';
 import type { Q4Format } from '../quant/q4.js';
 import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import type { Q4GpuWeight } from './matmul-q4.js';
+import type { Q4GpuWeight } from './q4-weight.js';
 
 /** The compile-time shape of a matmul_q4_gemv variant. */
 export interface Q4Gemv {

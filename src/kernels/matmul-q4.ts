@@ -11,27 +11,9 @@ import type { Q4Format } from '../quant/q4.js';
 import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { matmulQ4Gemv, type Q4Gemv } from './matmul-q4-gemv.js';
+import type { Q4GpuWeight } from './q4-weight.js';
 
-export interface Q4WeightPart {
-  /** Codes (PackedQ4.words). */
-  words: GPUBuffer;
-  /** Scales (PackedQ4.scales). */
-  scales: GPUBuffer;
-  /** Zero points (PackedQ4.zeros); asymmetric formats only. */
-  zeros?: GPUBuffer | undefined;
-  /** First row of the matrix stored in this part. */
-  rowStart: number;
-  rows: number;
-}
-
-/** An int4 weight on the GPU: [rows, cols], split by rows into parts (each packed on its own). */
-export interface Q4GpuWeight {
-  name: string;
-  format: Q4Format;
-  rows: number;
-  cols: number;
-  parts: Q4WeightPart[];
-}
+export type { Q4GpuWeight, Q4WeightPart } from './q4-weight.js';
 
 /** Rows of X per workgroup (MT in the shader). */
 export type Q4RowsPerGroup = 1 | 4 | 8;
