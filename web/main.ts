@@ -10,8 +10,10 @@ import {
   adapterName,
   baseStats,
   describeProgress,
+  deviceLossText,
   errorText,
   f16Text,
+  memoryPlanText,
   statsLine,
   tuningText,
 } from './text.js';
@@ -19,7 +21,7 @@ import { pickedFolderFiles } from '../src/io/blob-model-dir.js';
 import { hubFileUrl, parseHubId } from '../src/io/hub-id.js';
 import { clearModelCache, ModelCache } from '../src/io/model-cache.js';
 import type { ChatMessageParam as ChatMessage } from '../src/api/openai/types.js';
-import type { DeviceLoss, KilnEngine } from '../src/api/engine-api.js';
+import type { KilnEngine } from '../src/api/engine-api.js';
 import type { LoadProgress, ModelSource } from '../src/worker/protocol.js';
 import { WorkerEngine } from '../src/worker/proxy.js';
 import { KV_CACHE_OPTIONS } from '../src/engine/options.js';
@@ -127,16 +129,6 @@ function showProgress(p: LoadProgress): void {
   else setStatus(`loading ${pct}`, 'busy');
 }
 
-/** The planner's choice: bytes by part, and why the context or KV pool was cut, if it was. */
-function memoryPlanText(e: KilnEngine): string {
-  const p = e.memoryPlan;
-  if (!p) return 'none';
-  const parts =
-    `weights ${formatBytes(p.weights)}, KV ${formatBytes(p.kvCache)} (${p.kvTokens} tokens), ` +
-    `activations ${formatBytes(p.activations)}, scratch ${formatBytes(p.scratch)}`;
-  return p.note ? `${parts}. ${p.note}` : parts;
-}
-
 /** Hides the progress bar and its text, so a failed load leaves no stale "Checking…" behind. */
 function clearProgress(): void {
   ui.progress.hidden = true;
@@ -203,8 +195,6 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
     );
     engine = e;
     const fromCache = e.fromCache;
-    const lossText = (loss: DeviceLoss) =>
-      `The GPU device was lost (${loss.reason}${loss.message ? `: ${loss.message.replace(/\.$/, '')}` : ''}). `;
     // A loss the worker recovers from: the weights go onto a new device from the cache or the
     // picked files (never the network) while the page stays; a reply it cut off ends with a
     // retriable error, and a message sent meanwhile waits and then runs.
@@ -215,7 +205,7 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
         setStatus('recovering', 'busy');
         const from = source.kind === 'files' ? 'the picked files' : 'the browser’s cache';
         showBanner(
-          `${lossText(ev.loss)}Recovering: loading the model onto a new device from ${from}.`,
+          `${deviceLossText(ev.loss)}Recovering: loading the model onto a new device from ${from}.`,
           false,
         );
       } else {
@@ -236,7 +226,7 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
       // Picked files cannot come back with a page reload: the folder must be opened again.
       const picked = source.kind === 'files';
       showBanner(
-        lossText(loss) +
+        deviceLossText(loss) +
           (picked
             ? 'Open the model folder again to continue.'
             : 'The model must be loaded again; reload the page to continue.'),

@@ -2,12 +2,27 @@
  * What the page says about the engine and its work: load progress, the adapter, precision and
  * tuning rows, and the stats line under a reply. Text only; main.ts puts it on the page.
  */
-import type { KilnEngine } from '../src/api/engine-api.js';
+import type { DeviceLoss, KilnEngine } from '../src/api/engine-api.js';
 import { formatBytes } from '../src/gpu/device.js';
 import type { LoadProgress } from '../src/worker/protocol.js';
 
 export function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
+}
+
+/** The start of what the banner says when the GPU device is lost; what to do follows it. */
+export function deviceLossText(loss: DeviceLoss): string {
+  return `The GPU device was lost (${loss.reason}${loss.message ? `: ${loss.message.replace(/\.$/, '')}` : ''}). `;
+}
+
+/** The planner's choice: bytes by part, and why the context or KV pool was cut, if it was. */
+export function memoryPlanText(e: KilnEngine): string {
+  const p = e.memoryPlan;
+  if (!p) return 'none';
+  const parts =
+    `weights ${formatBytes(p.weights)}, KV ${formatBytes(p.kvCache)} (${p.kvTokens} tokens), ` +
+    `activations ${formatBytes(p.activations)}, scratch ${formatBytes(p.scratch)}`;
+  return p.note ? `${parts}. ${p.note}` : parts;
 }
 
 export function describeProgress(p: LoadProgress): string {
