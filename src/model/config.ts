@@ -10,6 +10,7 @@ import { Fields, MAX_LAYERS } from './fields.js';
 import type { Architecture } from './architecture.js';
 import { architectureForClass, architectureNamed, supportedClasses } from './registry.js';
 import { parseRopeScaling } from './rope-config.js';
+import { textDecoderConfig } from './text-config.js';
 import type { LayerRope, ModelSpec, RopeScaling } from './spec.js';
 
 function fileLabel(file: string, location: string | undefined): string {
@@ -28,6 +29,13 @@ export function parseModelConfig(config: unknown, generationConfig?: unknown, lo
   const label = fileLabel('config.json', location);
   if (!isJsonObject(config)) {
     throw new InvalidModelFileError(`${label} is ${describeValue(config)}, expected a JSON object`);
+  }
+  // A multimodal checkpoint whose text decoder Kiln runs (its vision tower ignored): read on as
+  // the decoder's own config.
+  const decoder = textDecoderConfig(new Fields(label, config), config);
+  if (decoder) {
+    const spec = parseModelConfig(decoder.config, generationConfig, location);
+    return { ...spec, hfArchitecture: decoder.hfArchitecture, tensorPrefix: decoder.tensorPrefix };
   }
   const f: Fields = new Fields(label, config);
   refuseUnsupportedFeatures(f);
@@ -215,7 +223,7 @@ function refuseUnsupportedFeatures(f: Fields): void {
     if (!f.unset(field)) {
       f.unsupported(
         `${field} is set: this checkpoint has a vision/audio tower, which Kiln does not run ` +
-          '(text-only decoders only; use the text model of the family, e.g. Gemma3ForCausalLM)',
+          '(text-only decoders only, and the text decoder of Gemma3ForConditionalGeneration)',
       );
     }
   }

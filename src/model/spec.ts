@@ -59,6 +59,12 @@ export interface ModelSpec {
   attnLogitSoftcap?: number | undefined;
   /** Logits become cap · tanh(logit / cap) (Gemma 2). */
   finalLogitSoftcap?: number | undefined;
+  /**
+   * Prefix of every tensor name of the text decoder inside a multimodal checkpoint
+   * ('language_model.' for Gemma3ForConditionalGeneration: model/text-config.ts); absent: the names
+   * as the architecture file gives them.
+   */
+  tensorPrefix?: string | undefined;
 }
 
 export type LayerRope = 'global' | 'local' | 'none';

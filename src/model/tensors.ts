@@ -2,14 +2,47 @@
  * A model's checkpoint tensors, from its architecture's declaration (src/model/arch/): the one
  * place loaders, the reference model, the quantizer and test fixtures get names and shapes from.
  */
-import type { ModelTensors } from './architecture.js';
+import type { LayerTensors, ModelTensors, ProjectionTensors } from './architecture.js';
 import { decodeToFloat32, encodeFromFloat32, type SafetensorsDtype } from '../io/dtype.js';
 import type { Checkpoint } from '../io/safetensors-checkpoint.js';
 import { architectureOf } from './registry.js';
 import type { ModelSpec } from './spec.js';
 
 export function modelTensors(spec: ModelSpec): ModelTensors {
-  return architectureOf(spec).tensors(spec);
+  const t = architectureOf(spec).tensors(spec);
+  const prefix = spec.tensorPrefix;
+  if (prefix === undefined || prefix === '') return t;
+  const p = (name: string) => prefix + name;
+  const proj = (x: ProjectionTensors): ProjectionTensors => ({
+    ...x,
+    name: p(x.name),
+    sources: x.sources.map((s) => ({ ...s, prefix: p(s.prefix) })),
+  });
+  const opt = (name: string | undefined) => (name === undefined ? undefined : p(name));
+  return {
+    embed: p(t.embed),
+    finalNorm: p(t.finalNorm),
+    lmHead: t.lmHead === null ? null : p(t.lmHead),
+    layers: t.layers.map((L): LayerTensors => {
+      const out: LayerTensors = {
+        inputNorm: p(L.inputNorm),
+        postNorm: p(L.postNorm),
+        qkv: proj(L.qkv),
+        o: proj(L.o),
+        gateUp: proj(L.gateUp),
+        down: proj(L.down),
+      };
+      const qNorm = opt(L.qNorm);
+      const kNorm = opt(L.kNorm);
+      const attnOutNorm = opt(L.attnOutNorm);
+      const mlpOutNorm = opt(L.mlpOutNorm);
+      if (qNorm !== undefined) out.qNorm = qNorm;
+      if (kNorm !== undefined) out.kNorm = kNorm;
+      if (attnOutNorm !== undefined) out.attnOutNorm = attnOutNorm;
+      if (mlpOutNorm !== undefined) out.mlpOutNorm = mlpOutNorm;
+      return out;
+    }),
+  };
 }
 
 /**

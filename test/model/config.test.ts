@@ -802,14 +802,16 @@ describe('parseModelConfig: Qwen3, SmolLM3, Phi-3, Gemma 2, Gemma 3', () => {
   });
 
   it('refuses a vision tower, MoE layers and an unknown model_type, naming the field', () => {
-    const gemma3mm = {
-      architectures: ['Gemma3ForConditionalGeneration'],
-      model_type: 'gemma3',
+    // Gemma3ForConditionalGeneration runs its text decoder (gemma3-multimodal.test.ts); PaliGemma's
+    // Gemma decoder is not read through text_config, so its tower refuses it.
+    const paligemma = {
+      architectures: ['PaliGemmaForConditionalGeneration'],
+      model_type: 'paligemma',
       text_config: gemma3_1b,
       vision_config: { model_type: 'siglip_vision_model' },
     };
-    expect(() => parseModelConfig(gemma3mm)).toThrow(UnsupportedModelError);
-    expect(() => parseModelConfig(gemma3mm)).toThrow(/vision_config is set: this checkpoint has a vision/);
+    expect(() => parseModelConfig(paligemma)).toThrow(UnsupportedModelError);
+    expect(() => parseModelConfig(paligemma)).toThrow(/vision_config is set: this checkpoint has a vision/);
     const moe = {
       ...qwen3_06b,
       architectures: ['Qwen3MoeForCausalLM'],

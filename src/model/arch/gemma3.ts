@@ -5,8 +5,8 @@
  * default 6, or as `layer_types` says) rotate with base `rope_local_base_freq` (10000) unscaled,
  * full-attention layers with `rope_theta` and `rope_scaling` (linear in the 4B and larger). Saved
  * by transformers v5, both sit in `rope_parameters` per layer type instead. Soft-capping is off
- * unless the config sets it. The multimodal Gemma3ForConditionalGeneration config (a
- * `vision_config`) is refused by the config parser before this file is asked.
+ * unless the config sets it. The multimodal Gemma3ForConditionalGeneration (4B and larger) reaches
+ * this file through its `text_config` (model/text-config.ts), its vision tower ignored.
  */
 import type { Architecture } from '../architecture.js';
 import { Fields } from '../fields.js';
