@@ -120,8 +120,8 @@ export interface EngineOptions {
    */
   pipelineDepth?: number;
   /**
-   * Speculative decoding without a draft model, for greedy requests without logit edits, grammar
-   * or logprobs (others decode plainly): each step verifies up to `maxDraft` guessed tokens of a
+   * Speculative decoding without a draft model, for greedy requests without logit edits or grammar
+   * (logprobs allowed: each verified row gets its own; others decode plainly): each step verifies up to `maxDraft` guessed tokens of a
    * sequence (src/engine/speculative.ts: prompt n-gram 'lookup', recycled successors
    * 'recycling', or 'both') in the same forward pass and keeps those equal to the model's own
    * greedy choices, so the output is unchanged. It switches itself off for a sequence whose

@@ -149,10 +149,7 @@ export class Scheduler {
         reserved: 0,
         produced: 0,
         sampler,
-        spec:
-          speculative && sampler.greedy && !sampler.adjusts && sampler.logprobs === null
-            ? new Speculator(speculative)
-            : null,
+        spec: speculative && sampler.greedy && !sampler.adjusts ? new Speculator(speculative) : null,
         firstTokenAt: null,
         cachedPromptTokens: 0,
         preemptions: 0,
@@ -247,8 +244,7 @@ export class Scheduler {
     // Guesses are verified only in steps that read argmax ids for every row (all greedy) and once
     // attention is calibrated (its capture expects one row per decoding sequence).
     const guessing =
-      !this.forward.calibration?.active &&
-      this.running.every((s) => s.sampler.greedy && !s.sampler.adjusts && s.sampler.logprobs === null);
+      !this.forward.calibration?.active && this.running.every((s) => s.sampler.greedy && !s.sampler.adjusts);
     // Decodes first (each one row, plus its guesses), then prefill chunks in arrival order.
     for (const s of this.running) {
       if (s.tokens.length - s.computed === 1 && used < budget) {
@@ -310,7 +306,12 @@ export class Scheduler {
     const adjust = sampled.some((s) => s.sampler.adjusts) ? { adjust: edits } : {};
     // Logprobs come from the logprobs kernel, after the argmax or draw, per logit row.
     const asked = input.logitRows.map((): number | null => null);
-    sampled.forEach((s, i) => (asked[firstRow[i] as number] = s.sampler.logprobs));
+    // A verifying sequence asks on each of its rows: every accepted one hands on a token.
+    for (const { s, n, draft } of work) {
+      const i = sampled.indexOf(s);
+      if (i < 0) continue;
+      for (let r = 0; r < (draft ? n : 1); r++) asked[(firstRow[i] as number) + r] = s.sampler.logprobs;
+    }
     const withLogprobs = asked.some((k) => k !== null) ? { logprobs: asked } : {};
     if (sampled.length === 0) {
       await runStep(this.forward, input, 'none');
@@ -348,7 +349,7 @@ export class Scheduler {
       }
       const accepted = verified.get(s);
       if (accepted !== undefined) {
-        absorbVerified(this.batch, s, ids as ArrayLike<number>, firstRow[i] as number, accepted);
+        absorbVerified(this.batch, s, ids as ArrayLike<number>, logprobs, firstRow[i] as number, accepted);
         return;
       }
       // A grammar that allows no token at all (its next character is not in this vocabulary, and

@@ -5,7 +5,8 @@
  * - every reported logprob and alternative equals the kernel's float64 twin on the teacher-forced
  *   logits of the same tokens (after the same logit bias and penalties) within TOL;
  * - seeded sampling gives the same tokens with logprobs on and off, alone and batched with a
- *   request that asks none, and the CPU sampling path reports the same logprobs (the twin).
+ *   request that asks none, and the CPU sampling path reports the same logprobs (the twin);
+ * - speculative decoding keeps serving greedy requests with logprobs (each verified row its own).
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -177,6 +178,28 @@ describe('logprobs on the GPU path', () => {
     const { logprobs: _, ...plain } = opts;
     expect((await collect(engine, PROMPT, plain)).ids).toEqual(run.ids);
     await expectTwin(PROMPT, run, opts);
+  }, 300_000);
+
+  test("speculative decoding with logprobs: the golden ids, guesses accepted, each token its own row's logprobs", async () => {
+    const spec = await createEngine({ model: dir, ...EXACT, speculative: { method: 'both', maxDraft: 4 } });
+    try {
+      const opts: GenerateOptions = { maxTokens: 200, temperature: 0, ignoreEos: true, logprobs: 3 };
+      expect((await collect(spec, [1], opts)).ids).toEqual(golden);
+      // A prompt that holds the continuation: prompt lookup guesses it, and most tokens come from
+      // verify rows (as in the speculative tests, the ids are golden[10..110]).
+      const prompt = [1, ...golden.slice(0, 120), ...golden.slice(0, 10)];
+      const before = spec.stats().acceptedTokens;
+      const run = await collect(spec, prompt, { ...opts, maxTokens: 100 });
+      expect(run.ids).toEqual(golden.slice(10, 110));
+      const accepted = spec.stats().acceptedTokens - before;
+      expect(accepted).toBeGreaterThan(50);
+      const worst = await expectTwin(prompt, run, opts);
+      console.log(
+        `speculative greedy, 100 tokens (${accepted} guesses accepted): largest difference from the twin ${worst.toExponential(2)}`,
+      );
+    } finally {
+      spec.dispose();
+    }
   }, 300_000);
 
   test('logprobs out of range is refused at the call, naming the field', () => {

@@ -86,7 +86,7 @@ export interface SchedulerOptions {
    */
   pipelineDepth?: number;
   /**
-   * Speculative decoding of plain greedy sequences (no logit edits, grammar or logprobs): each
+   * Speculative decoding of plain greedy sequences (no logit edits or grammar): each
    * step verifies a sequence's guessed tokens as extra rows (see `step`). Null: off.
    */
   speculative?: Required<SpeculativeOptions> | null;

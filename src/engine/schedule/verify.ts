@@ -5,6 +5,7 @@
  * choices are handed on as one-token steps would have produced them. The guessing itself is
  * `speculative.ts`; this file is the glue between it and the scheduler's step.
  */
+import type { RowLogprobs } from '../../kernels/logprobs.js';
 import type { Batch, Seq } from './batch.js';
 
 /**
@@ -52,19 +53,22 @@ export function verifyGuesses(
 /**
  * Hands on a verifying sequence's tokens: the model's choices after its last token and after
  * each accepted guess (the rows [row0, row0 + accepted]), as one-token steps would have, each
- * checked for EOS, max tokens and the context. The accepted guesses' slots are already in place;
- * the last token gets a new one.
+ * checked for EOS, max tokens and the context, each with the logprobs of its row when asked (a row
+ * after accepted guesses holds the logits a one-token step would have computed). The accepted
+ * guesses' slots are already in place; the last token gets a new one.
  */
 export function absorbVerified(
   b: Batch,
   s: Seq,
   ids: ArrayLike<number>,
+  logprobs: readonly (RowLogprobs | null)[] | null,
   row0: number,
   accepted: number,
 ): void {
   for (let r = 0; r <= accepted; r++) {
     const token = ids[row0 + r] as number;
-    if (!b.emit(s, token)) return;
+    const lp = logprobs?.[row0 + r];
+    if (!b.emit(s, token, lp ? { logprob: lp.logprob, top: lp.top } : undefined)) return;
     if (r === accepted && b.running.includes(s)) b.grow(s, token);
   }
 }
