@@ -496,9 +496,12 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
     // The loss is real: Chromium's GPU process is crashed, as a driver reset or a GPU hang would
     // do, and every device in it is lost (reason 'unknown'). See crashGpuProcess for why the
     // browser can give the page a new device afterwards.
-    await page.goto(`${baseUrl}?model=/models/babyllama/&temperature=0&max_tokens=200&tune=0`);
+    await page.goto(`${baseUrl}?model=/models/babyllama/&temperature=0&max_tokens=200`);
     await waitReady(page);
     expect(await page.locator('#model-info').textContent()).toContain('from the cache');
+    // Kernel choices tuned by the first test came back from IndexedDB: the rebuild carries them.
+    const tuning = (await page.getByTestId('tuning').textContent()) ?? '';
+    expect(Number(/(\d+) (?:from cache|classes cached)/.exec(tuning)?.[1])).toBeGreaterThan(0);
     const mark = requests.length;
     // Recovery reads the weights from the Cache API: the model is out of the network's reach.
     const isModel = (url: URL) => url.pathname.startsWith('/models/');
