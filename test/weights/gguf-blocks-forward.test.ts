@@ -30,6 +30,7 @@ import {
 } from '../../src/weights/source.js';
 import { ggufStackBytes, uploadGgufMatrix, type GgufPiece } from '../../src/weights/upload-gguf.js';
 import { writeTestModel } from '../helpers/checkpoints.js';
+import { overlayCheckpoint } from '../helpers/gguf.js';
 import { expectClose, testGpu } from '../helpers/gpu.js';
 
 /**
@@ -121,23 +122,6 @@ function blockSource(q: Awaited<ReturnType<typeof quantizeAll>>): WeightSource {
   };
 }
 
-/** A checkpoint view whose `replaced` tensors read as the given f32 values. */
-function overlay(ckpt: Checkpoint, replaced: Map<string, Float32Array>): Checkpoint {
-  const tensors = new Map(ckpt.tensors);
-  for (const [name, v] of replaced)
-    tensors.set(name, { ...ckpt.get(name), dtype: 'F32', byteLength: v.byteLength });
-  return {
-    ...ckpt,
-    tensors,
-    get: (name) => tensors.get(name) ?? ckpt.get(name),
-    has: (name) => tensors.has(name),
-    readTensor: async (info) => {
-      const v = replaced.get(info.name);
-      return v ? new Uint8Array(v.buffer.slice(0)) : ckpt.readTensor(info);
-    },
-  };
-}
-
 describe('GGUF block weights in the forward pass', () => {
   test.each([
     ['Llama, untied head', { seed: 51 }],
@@ -187,7 +171,7 @@ describe('GGUF block weights in the forward pass', () => {
         destroyWeights(ctx, weights);
         const ref = await ReferenceModel.load(
           spec,
-          overlay(ckpt, new Map([...q].map(([name, e]) => [name, e.values]))),
+          overlayCheckpoint(ckpt, spec, new Map([...q].map(([name, e]) => [name, e.values]))),
         );
         const want = ref.forward(PROMPT);
         const V = spec.vocabSize;

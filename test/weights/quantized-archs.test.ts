@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { decodeToFloat32 } from '../../src/io/dtype.js';
-import { openCheckpoint, type Checkpoint } from '../../src/io/safetensors-checkpoint.js';
+import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
 import type { ModelSpec } from '../../src/model/spec.js';
 import { modelTensors } from '../../src/model/tensors.js';
 import { ReferenceModel } from '../../src/model/reference.js';
@@ -20,6 +20,7 @@ import { quantizeModel } from '../../src/node/quantize.js';
 import { dequantize, quantizeRtn, type Q4Format } from '../../src/quant/q4.js';
 import { ARCH_CASES } from '../helpers/arch-cases.js';
 import { writeTestModel } from '../helpers/checkpoints.js';
+import { overlayCheckpoint } from '../helpers/gguf.js';
 import { expectClose } from '../helpers/gpu.js';
 
 /** As test/weights/quantized.test.ts (justified there): the f32-arithmetic budget of the float path. */
@@ -50,20 +51,7 @@ async function int4Reference(dir: string, spec: ModelSpec): Promise<ReferenceMod
           const w = decodeToFloat32(info.dtype, await ckpt.readTensor(info));
           replaced.set(info.name, dequantize(quantizeRtn(w, rows, cols, ASYM32)));
         }
-    const tensors = new Map(ckpt.tensors);
-    for (const [name, v] of replaced)
-      tensors.set(name, { ...ckpt.get(name), dtype: 'F32', byteLength: v.byteLength });
-    const view: Checkpoint = {
-      ...ckpt,
-      tensors,
-      get: (name) => tensors.get(name) ?? ckpt.get(name),
-      has: (name) => tensors.has(name),
-      readTensor: async (info) => {
-        const v = replaced.get(info.name);
-        return v ? new Uint8Array(v.buffer.slice(0)) : ckpt.readTensor(info);
-      },
-    };
-    return await ReferenceModel.load(spec, view);
+    return await ReferenceModel.load(spec, overlayCheckpoint(ckpt, spec, replaced));
   } finally {
     await ckpt.close();
   }

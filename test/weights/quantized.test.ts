@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { decodeToFloat32, f32ToF16Bits } from '../../src/io/dtype.js';
-import { openCheckpoint, type Checkpoint } from '../../src/io/safetensors-checkpoint.js';
+import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
 import { encodeSafetensors, type TensorToWrite } from '../../src/io/safetensors-writer.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 import { createEngine } from '../../src/node/index.js';
@@ -21,6 +21,7 @@ import { modelTensors } from '../../src/model/tensors.js';
 import { ReferenceModel } from '../../src/model/reference.js';
 import { expectedTensors } from '../../src/model/tensors.js';
 import { writeTestModel, type TestModelOptions } from '../helpers/checkpoints.js';
+import { overlayCheckpoint } from '../helpers/gguf.js';
 import { expectClose } from '../helpers/gpu.js';
 import { sharedModel } from '../helpers/shared.js';
 
@@ -50,25 +51,6 @@ function projections(spec: ModelSpec): string[] {
   return modelTensors(spec).layers.flatMap((L) =>
     [L.qkv, L.o, L.gateUp, L.down].flatMap((p) => p.sources.map((s) => `${s.prefix}.weight`)),
   );
-}
-
-/** A checkpoint view whose `replaced` tensors read as the given f32 values. */
-function overlay(ckpt: Checkpoint, replaced: Map<string, Float32Array>): Checkpoint {
-  const tensors = new Map(ckpt.tensors);
-  for (const [name, v] of replaced) {
-    const info = ckpt.get(name);
-    tensors.set(name, { ...info, dtype: 'F32', byteLength: v.byteLength });
-  }
-  return {
-    ...ckpt,
-    tensors,
-    get: (name) => tensors.get(name) ?? ckpt.get(name),
-    has: (name) => tensors.has(name),
-    readTensor: async (info) => {
-      const v = replaced.get(info.name);
-      return v ? new Uint8Array(v.buffer.slice(0)) : ckpt.readTensor(info);
-    },
-  };
 }
 
 /** The RTN int4 matrices of a float folder's projections (and the LM head source when asked). */
@@ -103,7 +85,7 @@ async function referenceFor(dir: string, spec: ModelSpec, q: Map<string, Q4Matri
   try {
     const replaced = new Map<string, Float32Array>();
     for (const [name, m] of q) replaced.set(name, deq(m));
-    return await ReferenceModel.load(spec, overlay(ckpt, replaced));
+    return await ReferenceModel.load(spec, overlayCheckpoint(ckpt, spec, replaced));
   } finally {
     await ckpt.close();
   }
