@@ -38,11 +38,11 @@ export function checkTokenizer(spec: ModelSpec, tokenizer: KilnTokenizer, locati
   }
 }
 
-/** Refuses f16 activations for int4 weights (their kernels read f32). */
+/** Refuses f16 activations for quantized weights (their kernels read f32). */
 export function checkActivations(choices: EngineChoices, source: WeightSource): void {
-  if (choices.activations === 'f16' && source.int4) {
+  if (choices.activations === 'f16' && source.quantized) {
     throw new InvalidRequestError(
-      "activations 'f16' applies to float weights; int4 models read f32 activations (use 'f32')",
+      "activations 'f16' applies to float weights; quantized models (int4, GGUF blocks) read f32 activations (use 'f32')",
     );
   }
 }

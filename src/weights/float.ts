@@ -7,7 +7,7 @@ import { floatTensorBytes, uploadMatrix } from './upload.js';
 
 export const floatSource: WeightSource = {
   description: 'float',
-  int4: false,
+  quantized: false,
   headServesEmbeddings: false,
   ownsHead: false,
   floatTensors: (_spec, t) => projectionWeights(t),

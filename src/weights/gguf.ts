@@ -141,7 +141,7 @@ function ggufBlockSource(h: GgufHeader, spec: ModelSpec): WeightSource {
   const names = [...blocks(h, spec)];
   return {
     description: `gguf ${names.join(', ')} blocks`,
-    int4: true,
+    quantized: true,
     headServesEmbeddings: tiedBlocks,
     ownsHead: headBlocks,
     floatTensors: (_spec, tt) =>

@@ -59,7 +59,7 @@ export function importedSource(config: ImportedQuantConfig): WeightSource {
   };
   return {
     description: `int4 g${config.groupSize}, ${config.method} checkpoint`,
-    int4: true,
+    quantized: true,
     headServesEmbeddings: false,
     ownsHead: head,
     floatTensors: () => [],

@@ -32,7 +32,7 @@ export function kilnSource(format: Q4Format, lmHead: boolean, tied: boolean): We
     uploadKilnQ4(lc, prefix, rows, cols, format);
   return {
     description: `int4 g${f.groupSize} ${f.symmetric ? 'sym' : 'asym'}${lmHead ? ' (+lm_head)' : ''}, kiln checkpoint`,
-    int4: true,
+    quantized: true,
     headServesEmbeddings: lmHead && tied,
     ownsHead: lmHead,
     floatTensors: () => [],

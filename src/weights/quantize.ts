@@ -33,7 +33,7 @@ export function quantizeSource(format: Q4Format, lmHead: boolean, tied: boolean)
   const f = format;
   return {
     description: `int4 g${f.groupSize} ${f.symmetric ? 'sym' : 'asym'}${lmHead ? ' (+lm_head)' : ''}, quantized at load`,
-    int4: true,
+    quantized: true,
     headServesEmbeddings: lmHead && tied,
     ownsHead: lmHead,
     floatTensors: (_spec, t) => [...projectionWeights(t), ...(lmHead ? [headTensor(t)] : [])],

@@ -27,14 +27,16 @@ export interface LoadContext {
 export interface WeightSource {
   /** How the projections are stored, e.g. "int4 g32 asym, quantized at load" (`kiln run --json`). */
   readonly description: string;
-  /** The projections are int4: their matmuls read f32 activations. */
-  readonly int4: boolean;
   /**
-   * The LM head this source loads (int4) is tied to the embeddings and also serves as their
-   * table (gathered by embed_q4): no float embedding table is read.
+   * The projections are quantized (int4, or GGUF blocks): their matmuls read f32 activations.
+   */
+  readonly quantized: boolean;
+  /**
+   * The LM head this source loads (quantized) is tied to the embeddings and also serves as their
+   * table (gathered by embed_q4 or embed_gguf): no float embedding table is read.
    */
   readonly headServesEmbeddings: boolean;
-  /** This source loads the LM head (int4); otherwise the loader reads it in float. */
+  /** This source loads the LM head (quantized); otherwise the loader reads it in float. */
   readonly ownsHead: boolean;
   /**
    * Float checkpoint tensors this source reads itself (projection weights it stores or quantizes,

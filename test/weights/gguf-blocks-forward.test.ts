@@ -103,7 +103,7 @@ function blockSource(q: Awaited<ReturnType<typeof quantizeAll>>): WeightSource {
   };
   return {
     description: 'gguf blocks (test)',
-    int4: true,
+    quantized: true,
     headServesEmbeddings: false,
     ownsHead: true,
     floatTensors: () => [],

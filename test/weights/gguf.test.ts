@@ -21,6 +21,8 @@ import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
 import { expectedTensors } from '../../src/model/tensors.js';
 import { createEngine, openLocalModelDir, openModelArg } from '../../src/node/index.js';
 import { openModelFiles } from '../../src/weights/model-files.js';
+import { checkActivations } from '../../src/engine/load.js';
+import { checkOptions } from '../../src/engine/options.js';
 import { writeTestModel, type TestModelOptions } from '../helpers/checkpoints.js';
 import { overlayCheckpoint, writeGgufFromFolder } from '../helpers/gguf.js';
 
@@ -100,8 +102,14 @@ describe('GGUF files as models (CPU side)', () => {
     const q8 = await writeGgufFromFolder(folder, 'q8.gguf', {
       typeOf: (n) => (n.endsWith('mlp.down_proj.weight') ? 'Q8_0' : undefined),
     });
-    const files = await openModelFiles(await openModelArg(q8));
+    const q8Dir = await openModelArg(q8);
+    const files = await openModelFiles(q8Dir);
     expect(files.weightSource('none').description).toBe('gguf Q8_0 blocks');
+    // Block weights are quantized: their matmuls read f32 activations, so f16 ones are refused.
+    expect(files.weightSource('none').quantized).toBe(true);
+    expect(() =>
+      checkActivations(checkOptions({ model: q8Dir, activations: 'f16' }), files.weightSource('none')),
+    ).toThrow(/activations 'f16' applies to float weights; quantized models \(int4, GGUF blocks\) read f32/);
     expect(() => files.weightSource('q4')).toThrow(
       /q8.gguf is already quantized \(Q8_0\); --quant q4 applies to float weights/,
     );
