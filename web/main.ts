@@ -2,7 +2,7 @@
  * The chat page. Everything heavy runs in the engine's Web Worker (WorkerEngine): this thread only
  * renders. Query parameters (stable, tests rely on them): `model` (a Hub id `org/name[@rev]` or a
  * folder URL; relative URLs start with `/` or `.`), `revision`, `temperature`, `top_p`,
- * `max_tokens`, `system`, `context`, `memory_limit_mib`, `json` (1: JSON mode).
+ * `max_tokens`, `system`, `context`, `memory_limit_mib`, `json` (1: JSON mode), `kv`, `tune`, `cache`.
  */
 import { formatBytes } from '../src/gpu/device.js';
 import { ui } from './elements.js';
@@ -52,6 +52,11 @@ const kvParam = params.get('kv');
 const kvCache = KV_CACHE_OPTIONS.find((k) => k === kvParam);
 /** `?tune=0` turns background kernel tuning off. */
 const tuneKernels = params.get('tune') !== '0';
+/**
+ * `?cache=0` reads a model by URL from the network without storing it in the browser (a GGUF file
+ * in place over Range requests): nothing fills the site's storage, but each load downloads again.
+ */
+const useCache = params.get('cache') !== '0';
 
 const showSliders = () => {
   ui.temperatureValue.value = Number(ui.temperature.value).toFixed(2);
@@ -188,6 +193,7 @@ async function loadModel(source: ModelSource, title: string): Promise<void> {
         ...(contextParam ? { contextLength: contextParam } : {}),
         ...(memoryLimitMiB ? { memoryLimitBytes: Math.floor(memoryLimitMiB * 2 ** 20) } : {}),
         tune: tuneKernels,
+        cache: useCache,
         ...(kvCache ? { kvCache } : {}),
         onProgress: showProgress,
       },

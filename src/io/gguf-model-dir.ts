@@ -16,6 +16,21 @@ export function isGgufFileName(name: string): boolean {
   return /\.gguf$/i.test(name);
 }
 
+/**
+ * The folder URL (with its trailing slash, no query) and the file name of a URL whose path names a
+ * `.gguf` file, else null (a model folder's URL).
+ */
+export function ggufFileOfUrl(url: string): { base: string; file: string } | null {
+  const u = new URL(url);
+  const slash = u.pathname.lastIndexOf('/');
+  const file = decodeURIComponent(u.pathname.slice(slash + 1));
+  if (!isGgufFileName(file)) return null;
+  u.pathname = u.pathname.slice(0, slash + 1);
+  u.search = '';
+  u.hash = '';
+  return { base: u.href, file };
+}
+
 /** The GGUF file `file` of the folder `dir`, as a model. */
 export function ggufModelDir(dir: ModelDir, file: string): GgufModelDir {
   return {

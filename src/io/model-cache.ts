@@ -1,6 +1,8 @@
 /**
- * A browser-side cache of model folders in the Cache API, keyed by the folder's URL and revision.
- * `plan()` lists the files the engine will read and their sizes (HEAD requests; no weights move),
+ * A browser-side cache of models in the Cache API, keyed by the model's URL and revision: a model
+ * folder's URL, or a GGUF file's (with its other shards when it is the first of a split model).
+ * `plan()` lists the files the engine will read and their sizes (HEAD requests, or the GGUF
+ * headers read with Range requests; no weights move),
  * `download()` streams the missing ones into the cache with byte-accurate progress, and `cached()`
  * gives the stored folder back as a ModelDir without touching the network, so a reload works
  * offline. The Cache API exists in windows and workers of secure contexts (https, localhost); in
@@ -9,6 +11,8 @@
 import { DownloadError, InvalidModelFileError, KilnError } from '../errors.js';
 import { blobModelDir } from './blob-model-dir.js';
 import type { ModelDir } from './byte-source.js';
+import { ggufFileOfUrl, ggufModelDir } from './gguf-model-dir.js';
+import { openGguf } from './gguf-split.js';
 import { httpModelDir } from './http-model-dir.js';
 import { INDEX_FILE, isShardFileName, SHARD_NAME_RULE, SINGLE_FILE } from './safetensors-checkpoint.js';
 
@@ -41,8 +45,9 @@ export interface ModelFile {
   size: number;
 }
 
-/** What the cache records once every file of a folder is stored. */
+/** What the cache records once every file of a model is stored. */
 export interface ModelManifest {
+  /** The model's URL: its folder, or its GGUF file. */
   url: string;
   revision: string;
   files: ModelFile[];
@@ -80,18 +85,32 @@ export interface ModelCacheInit {
   storage?: StorageManager | null;
 }
 
-/** Where the folder's files live: a trailing slash so file names resolve inside it. */
-function folderUrl(url: string): string {
-  return url.endsWith('/') ? url : `${url}/`;
+/**
+ * Where a model's files live (a folder URL with a trailing slash, so file names resolve inside it)
+ * and, for a GGUF model, the file the model is opened from.
+ */
+function modelLocation(url: string): { folder: string; gguf: string | null } {
+  const gguf = ggufFileOfUrl(url);
+  if (gguf) return { folder: gguf.base, gguf: gguf.file };
+  return { folder: url.endsWith('/') ? url : `${url}/`, gguf: null };
 }
 
+function filePath(file: string): string {
+  return file.split('/').map(encodeURIComponent).join('/');
+}
+
+/**
+ * A file's key: its URL in the model's folder, so a folder and the GGUF files in it (the same
+ * bytes under the same name and revision) share what is stored.
+ */
 function fileKey(url: string, revision: string, file: string): string {
-  const path = file.split('/').map(encodeURIComponent).join('/');
-  return `${folderUrl(url)}${path}?kiln-revision=${encodeURIComponent(revision)}`;
+  return `${modelLocation(url).folder}${filePath(file)}?kiln-revision=${encodeURIComponent(revision)}`;
 }
 
+/** One manifest per folder, and one per GGUF file in it (a folder may hold several quantizations). */
 function manifestKey(url: string, revision: string): string {
-  return `${folderUrl(url)}?kiln-manifest=${encodeURIComponent(revision)}`;
+  const { folder, gguf } = modelLocation(url);
+  return `${folder}${gguf === null ? '' : filePath(gguf)}?kiln-manifest=${encodeURIComponent(revision)}`;
 }
 
 /** Stored beside each file's bytes, so sizes are known without reading the bodies. */
@@ -149,8 +168,8 @@ export class ModelCache {
   }
 
   /**
-   * The stored copy of a folder as a ModelDir, or null when it is not (completely) stored. Reads
-   * only the cache: no request goes to the network.
+   * The stored copy of a model as a ModelDir (a GgufModelDir for a GGUF file's URL), or null when
+   * it is not (completely) stored. Reads only the cache: no request goes to the network.
    */
   async cached(url: string, revision: string): Promise<{ manifest: ModelManifest; dir: ModelDir } | null> {
     const stored = await this.cache.match(manifestKey(url, revision));
@@ -168,7 +187,9 @@ export class ModelCache {
       if (!blob) return null;
       files.set(f.name, blob);
     }
-    return { manifest, dir: blobModelDir(url, files) };
+    const { folder, gguf } = modelLocation(url);
+    const dir = blobModelDir(folder, files);
+    return { manifest, dir: gguf === null ? dir : ggufModelDir(dir, gguf) };
   }
 
   /** A stored file's bytes, or null when missing or not whole. */
@@ -181,12 +202,21 @@ export class ModelCache {
   }
 
   /**
-   * Lists the folder's files over the network (HEAD, or a one-byte Range GET) with their sizes,
-   * without downloading any weights: config and tokenizer files, chat templates, and
-   * model.safetensors or the shards its index lists.
+   * Lists the model's files over the network with their sizes, without downloading any weights:
+   * for a folder (HEAD, or a one-byte Range GET) config and tokenizer files, chat templates, and
+   * model.safetensors or the shards its index lists; for a GGUF file, the file and the other
+   * shards its header names, each header read and checked as the engine will read it.
    */
   async plan(url: string, revision: string): Promise<DownloadPlan> {
-    const net = httpModelDir(url, { fetch: this.fetchFn });
+    const { folder, gguf } = modelLocation(url);
+    const net = httpModelDir(folder, { fetch: this.fetchFn });
+    const files = gguf === null ? await this.folderFiles(url, net) : await ggufFiles(net, gguf);
+    const cached = new Set<string>();
+    for (const f of files) if (await this.storedBlob(url, revision, f)) cached.add(f.name);
+    return { url, revision, files, totalBytes: files.reduce((s, f) => s + f.size, 0), cached };
+  }
+
+  private async folderFiles(url: string, net: ModelDir): Promise<ModelFile[]> {
     const present = await Promise.all(SIDE_FILES.map(async (f) => ((await net.exists(f)) ? f : null)));
     const names: string[] = present.filter((f): f is (typeof SIDE_FILES)[number] => f !== null);
     if (!names.includes('config.json')) {
@@ -202,16 +232,13 @@ export class ModelCache {
     } else {
       throw new InvalidModelFileError(`no checkpoint in ${url}: looked for ${SINGLE_FILE} and ${INDEX_FILE}`);
     }
-    const files = await Promise.all(
+    return Promise.all(
       names.map(async (name) => {
         const src = await net.open(name);
         await src.close();
         return { name, size: src.size };
       }),
     );
-    const cached = new Set<string>();
-    for (const f of files) if (await this.storedBlob(url, revision, f)) cached.add(f.name);
-    return { url, revision, files, totalBytes: files.reduce((s, f) => s + f.size, 0), cached };
   }
 
   /**
@@ -231,7 +258,7 @@ export class ModelCache {
       opts.onProgress?.({ file, loadedBytes: loaded, totalBytes: plan.totalBytes });
     report(missing[0]?.name ?? '');
     for (const f of missing) {
-      const url = `${folderUrl(plan.url)}${f.name.split('/').map(encodeURIComponent).join('/')}`;
+      const url = `${modelLocation(plan.url).folder}${filePath(f.name)}`;
       let res: Response;
       try {
         res = await this.fetchFn(url, opts.signal ? { signal: opts.signal } : {});
@@ -333,6 +360,13 @@ export class ModelCache {
       );
     }
   }
+}
+
+/** A GGUF model's files: `file`, and the later shards when it is the first of a split model. */
+async function ggufFiles(net: ModelDir, file: string): Promise<ModelFile[]> {
+  const { source, shards } = await openGguf(net, file);
+  await source.close();
+  return shards;
 }
 
 /** The shard names listed by a model.safetensors.index.json (validated as plain file names). */

@@ -1,6 +1,6 @@
 /**
  * How the browser app loads a model: check that it fits the device from config.json and the
- * safetensors headers alone (a few small Range requests), then fetch the files into the Cache API
+ * safetensors headers (or the GGUF header) alone (a few small Range requests), then fetch the files into the Cache API
  * (or reuse them from there with no network at all), then build the engine from the cached copy.
  * Runs wherever WebGPU and the Cache API do: in the Web Worker (src/worker/handler.ts) or on a
  * page's main thread. A lost GPU device is recovered from the cached or picked files (recoverFrom).
@@ -9,7 +9,7 @@ import { DeviceMemoryError, GpuDeviceError } from '../errors.js';
 import { formatBytes } from '../gpu/device.js';
 import { blobModelDir } from '../io/blob-model-dir.js';
 import type { ModelDir } from '../io/byte-source.js';
-import { ggufModelDir, isGgufFileName } from '../io/gguf-model-dir.js';
+import { ggufFileOfUrl, ggufModelDir, isGgufFileName } from '../io/gguf-model-dir.js';
 import { isLaterGgufShard } from '../io/gguf-split.js';
 import { httpModelDir } from '../io/http-model-dir.js';
 import { ModelCache } from '../io/model-cache.js';
@@ -129,18 +129,6 @@ async function requestAdapter(): Promise<GPUAdapter> {
   return adapter;
 }
 
-/** The folder URL and file name of a URL whose path names a `.gguf` file, else null. */
-function ggufFileOfUrl(url: string): { base: string; file: string } | null {
-  const u = new URL(url);
-  const slash = u.pathname.lastIndexOf('/');
-  const file = decodeURIComponent(u.pathname.slice(slash + 1));
-  if (!isGgufFileName(file)) return null;
-  u.pathname = u.pathname.slice(0, slash + 1);
-  u.search = '';
-  u.hash = '';
-  return { base: u.href, file };
-}
-
 /** Loads a model as the app does (see the file's comment); progress is byte-accurate per phase. */
 export async function loadEngine(
   opts: LoadOptions,
@@ -152,7 +140,6 @@ export async function loadEngine(
   let fromCache = false;
   let recoverFrom: LoadedEngine['recoverFrom'] = null;
   onProgress({ phase: 'checking', item: 'config.json', loadedBytes: 0, totalBytes: 0 });
-  const ggufUrl = src.kind === 'url' ? ggufFileOfUrl(src.url) : null;
   if (src.kind === 'files') {
     dir = blobModelDir(src.name, new Map(src.files.map((f) => [f.path, f.blob])));
     // A picked folder holding a GGUF file (or the shards of one split model, opened from the
@@ -166,11 +153,6 @@ export async function loadEngine(
     }
     recoverFrom = 'files';
     await checkFits(dir, adapter, opts, false);
-  } else if (ggufUrl) {
-    // A GGUF file is read in place over Range requests (the header, then each tensor once); the
-    // Cache API keeps model folders.
-    dir = ggufModelDir(httpModelDir(ggufUrl.base), ggufUrl.file);
-    await checkFits(dir, adapter, opts, true);
   } else {
     // Without the Cache API (an insecure context) the model still loads, straight from the network.
     const cache = opts.cache === false ? null : await ModelCache.open().catch(() => null);
@@ -181,14 +163,18 @@ export async function loadEngine(
       recoverFrom = 'cache';
       await checkFits(dir, adapter, opts, false);
     } else {
-      await checkFits(httpModelDir(src.url), adapter, opts, true);
+      // A model folder, or a GGUF file (with its other shards when split); without the cache, a
+      // GGUF file is read in place over Range requests (the header, then each tensor once).
+      const gguf = ggufFileOfUrl(src.url);
+      const net = gguf ? ggufModelDir(httpModelDir(gguf.base), gguf.file) : httpModelDir(src.url);
+      await checkFits(net, adapter, opts, true);
       if (cache) {
         const plan = await cache.plan(src.url, src.revision);
         dir = await cache.download(plan, {
           onProgress: (p) => onProgress({ phase: 'downloading', item: p.file, ...p }),
         });
         recoverFrom = 'cache';
-      } else dir = httpModelDir(src.url);
+      } else dir = net;
     }
   }
   const context = opts.contextLength;

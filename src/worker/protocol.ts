@@ -33,7 +33,10 @@ import type { KvCacheOption } from '../engine/options.js';
 
 /** Where the worker loads a model from. */
 export type ModelSource =
-  /** A Hugging Face-layout folder over HTTP (Range requests), cached in the Cache API. */
+  /**
+   * A Hugging Face-layout folder, or a GGUF file (`.../name.gguf`, the first shard of a split
+   * one), over HTTP (Range requests), cached in the Cache API.
+   */
   | { kind: 'url'; url: string; revision: string }
   /** Files the user picked (a local folder), read in place. */
   | { kind: 'files'; name: string; files: { path: string; blob: Blob }[] };
@@ -47,7 +50,11 @@ export interface LoadOptions {
    * weights. Default: the device memory the browser reports, when it reports under 8 GiB.
    */
   memoryLimitBytes?: number;
-  /** Store URL models in the Cache API and reuse them (default true). */
+  /**
+   * Store URL models in the Cache API and reuse them (default true). Without it a model is read
+   * over the network on every load, and a lost GPU device is not recovered (that would download it
+   * again).
+   */
   cache?: boolean;
   /**
    * Tune the kernels to this adapter in the background (default true): choices are cached in

@@ -30,7 +30,7 @@ import { build } from 'vite';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { KilnTokenizer } from '../../src/io/tokenizer.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
-import { writeGgufFromFolder } from '../helpers/gguf.js';
+import { splitGguf, writeGgufFromFolder } from '../helpers/gguf.js';
 import { createEngine } from '../../src/node/index.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
 import { repoRoot, sharedModel } from '../helpers/shared.js';
@@ -52,6 +52,8 @@ let modelDir = '';
 let chatModelDir = '';
 /** The same model as one GGUF file (model.gguf). */
 let ggufModelFolder = '';
+/** The same GGUF file split in three shards (model-0000i-of-00003.gguf). */
+let splitGgufFolder = '';
 let server: ChildProcess | null = null;
 let baseUrl = '';
 let webRoot = '';
@@ -262,6 +264,11 @@ beforeAll(async () => {
   ggufModelFolder = join(tmp, 'babyllama-gguf');
   mkdirSync(ggufModelFolder);
   renameSync(await writeGgufFromFolder(modelDir, 'model.gguf'), join(ggufModelFolder, 'model.gguf'));
+  splitGgufFolder = join(tmp, 'babyllama-split');
+  mkdirSync(splitGgufFolder);
+  cpSync(join(ggufModelFolder, 'model.gguf'), join(splitGgufFolder, 'model.gguf'));
+  await splitGguf(join(splitGgufFolder, 'model.gguf'), 3);
+  rmSync(join(splitGgufFolder, 'model.gguf'));
   baseUrl = await startServer(webRoot, [modelDir, chatModelDir, ggufModelFolder]);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -371,17 +378,30 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
     }
   });
 
-  test('loads a GGUF file by URL, read in place over Range requests, and streams the golden continuation', async () => {
+  test('loads a GGUF file by URL into the cache, then again with no request for it, and streams the golden continuation', async () => {
+    const url = `${baseUrl}?model=/models/babyllama-gguf/model.gguf&temperature=0&max_tokens=${MAX_TOKENS}`;
+    const gguf = (r: string) => r.startsWith('GET /models/babyllama-gguf/model.gguf');
     const mark = requests.length;
-    await page.goto(
-      `${baseUrl}?model=/models/babyllama-gguf/model.gguf&temperature=0&max_tokens=${MAX_TOKENS}`,
-    );
+    await page.goto(url);
     await waitReady(page);
+    expect(await page.locator('#model-info').textContent()).toContain('from the network');
+    const size = statSync(join(ggufModelFolder, 'model.gguf')).size;
+    expect(await page.locator('#progress').getAttribute('data-downloading')).toBe(`${size}/${size}`);
+    // The header was read with Range requests (the fit check, then the plan's shard list), then
+    // the file was downloaded once, whole, into the cache: the engine read the cached copy.
+    const reads = modelRequests(mark).filter(gguf);
+    expect(reads.filter((r) => / 206 bytes=\d+-\d+$/.test(r)).length).toBeGreaterThan(0);
+    expect(reads.filter((r) => !/ bytes=/.test(r))).toEqual(['GET /models/babyllama-gguf/model.gguf 200']);
+    await expect.poll(() => page.locator('#cache-info').textContent()).toMatch(/^2 models cached/);
+
+    // A second load reads the cached copy: the server sees no request for the file at all.
+    const again = requests.length;
+    await page.goto(url);
+    await waitReady(page);
+    expect(await page.locator('#model-info').textContent()).toContain('from the cache');
     const { output } = await ask(page, PROMPT);
     expect(output).toBe(goldenContinuation(MAX_TOKENS));
-    const reads = modelRequests(mark).filter((r) => r.startsWith('GET /models/babyllama-gguf/model.gguf'));
-    expect(reads.length).toBeGreaterThan(1);
-    expect(reads.every((r) => / 206 /.test(r))).toBe(true);
+    expect(modelRequests(again).filter((r) => r.includes('.gguf'))).toEqual([]);
   });
 
   test('JSON mode: the worker constrains the reply with xgrammar, as the library does in Node', async () => {
@@ -440,6 +460,37 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
       expect(weights.filter((r) => !/ bytes=/.test(r))).toEqual(['GET /models/plain/model.safetensors 200']);
       const { output } = await ask(p, PROMPT);
       expect(output).toBe(goldenContinuation(8));
+    } finally {
+      await fresh.close();
+      plain.close();
+    }
+  });
+
+  test('a split GGUF model from a server without Range support: every shard cached once, a reload reads none', async () => {
+    const log: string[] = [];
+    const plain = await startRangelessServer(webRoot, splitGgufFolder, log);
+    const fresh = await (browser as Browser).newContext();
+    const shards = readdirSync(splitGgufFolder).sort();
+    expect(shards).toEqual([1, 2, 3].map((i) => `model-0000${i}-of-00003.gguf`));
+    try {
+      const p = await fresh.newPage();
+      const url = `${plain.url}?model=/models/plain/${shards[0]}&temperature=0&max_tokens=8&tune=0`;
+      await p.goto(url);
+      await waitReady(p);
+      const total = shards.reduce((s, f) => s + statSync(join(splitGgufFolder, f)).size, 0);
+      expect(await p.locator('#progress').getAttribute('data-downloading')).toBe(`${total}/${total}`);
+      // The headers' Range requests got whole-file answers (cut short); then each shard was
+      // fetched once, without Range.
+      expect(log.filter((r) => / bytes=/.test(r)).length).toBeGreaterThan(0);
+      expect(log.filter((r) => r.startsWith('GET /models/') && !/ bytes=/.test(r))).toEqual(
+        shards.map((f) => `GET /models/plain/${f} 200`),
+      );
+      const mark = log.length;
+      await p.goto(url);
+      await waitReady(p);
+      expect(await p.locator('#model-info').textContent()).toContain('from the cache');
+      expect((await ask(p, PROMPT)).output).toBe(goldenContinuation(8));
+      expect(log.slice(mark).filter((r) => r.includes('/models/'))).toEqual([]);
     } finally {
       await fresh.close();
       plain.close();
@@ -596,10 +647,17 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
   });
 
   test('a lost GPU device with a model read over the network: a message and a reload button', async () => {
-    // A GGUF file by URL is read in place over Range requests: recovering would download it
-    // again, which recovery never does.
-    await page.goto(`${baseUrl}?model=/models/babyllama-gguf/model.gguf&temperature=0&max_tokens=8&tune=0`);
+    // Without the cache (?cache=0) a GGUF file by URL is read in place over Range requests:
+    // recovering would download it again, which recovery never does.
+    const mark = requests.length;
+    await page.goto(
+      `${baseUrl}?model=/models/babyllama-gguf/model.gguf&temperature=0&max_tokens=8&tune=0&cache=0`,
+    );
     await waitReady(page);
+    expect(await page.locator('#model-info').textContent()).toContain('from the network');
+    const reads = modelRequests(mark).filter((r) => r.startsWith('GET /models/babyllama-gguf/model.gguf'));
+    expect(reads.length).toBeGreaterThan(1);
+    expect(reads.every((r) => / 206 bytes=/.test(r))).toBe(true);
     await crashGpuProcess();
     await expect
       .poll(() => page.getByTestId('status').textContent(), { timeout: 20_000 })
