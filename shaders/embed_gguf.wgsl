@@ -38,7 +38,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let n = id - p.row_start;
   let b = t / NCH;
   let c = t % NCH;
-  let wb = ((n >> 3u) * nb * BW + b * BW) * 8u + (n & 7u);
+  let wb = gguf_wbase(n, b, nb);
   var d = 0.0;
   if (DPLANE) {
     let pair = unpack2x16float(dplane[((n >> 3u) * ((nb + 1u) / 2u) + (b >> 1u)) * 8u + (n & 7u)]);

@@ -14,8 +14,8 @@
 //   (the vec4 indices, within the block, of the X those two vec4s multiply). A fragment reads
 //   word w of the block at `wb` with `wd(wb, w)`.
 //
-// Bindings: params (uniform); qw: block words, tiled by 8 rows: word w of block b of row n at
-// ((n/8)·NB·BW + b·BW + w)·8 + n%8 (NB blocks per row); dplane: f16 d of (n, b) in half b%2 of u32
+// Bindings: params (uniform); qw: block words, tiled by 8 rows (gguf_wbase and wd in
+// common/gguf_block.wgsl; NB blocks per row); dplane: f16 d of (n, b) in half b%2 of u32
 // ((n/8)·⌈NB/2⌉ + b/2)·8 + n%8 (a placeholder without DPLANE); x [m, k] f32; y [m, n_total] f32;
 // bias [n_total] f32 (a placeholder when flags bit 0 is clear).
 //
@@ -56,7 +56,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   var db: array<u32, R>;
   for (var r = 0u; r < R; r++) {
     let nr = min(n0 + r * WG, last_row);
-    rb[r] = (nr >> 3u) * nb * BW * 8u + (nr & 7u);
+    rb[r] = gguf_wbase(nr, 0u, nb);
     db[r] = (nr >> 3u) * ((nb + 1u) / 2u) * 8u + (nr & 7u);
   }
   // X rows past M read row M − 1 (their results are not written).

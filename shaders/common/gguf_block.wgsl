@@ -1,6 +1,6 @@
 // What the GGUF format fragments (common/gguf_<type>.wgsl) read blocks with; shared by matmul_gguf
-// and embed_gguf, each of which declares the `qw` binding (block words tiled by 8 rows, see
-// src/quant/gguf-pack.ts).
+// and embed_gguf, each of which declares the `qw` binding as u32s (block words tiled by 8 rows, by
+// 16-byte words where BW is a multiple of 4, see src/quant/gguf-pack.ts).
 
 // Chunk c of a block: 8 weights as two vec4s, multiplied by X at gguf_xoff(c).
 struct Dq {
@@ -8,8 +8,21 @@ struct Dq {
   hi: vec4<f32>,
 }
 
-// Word w of the block whose word 0 is at `wb` (the 8 rows of a tile interleave word by word).
+// The u32 index of word 0 of block b of row n (nb blocks per row).
+fn gguf_wbase(n: u32, b: u32, nb: u32) -> u32 {
+  let tile = ((n >> 3u) * nb * BW + b * BW) * 8u;
+  if (BW % 4u == 0u) {
+    return tile + (n & 7u) * 4u;
+  }
+  return tile + (n & 7u);
+}
+
+// Word w of the block whose word 0 is at `wb` (the 8 rows of a tile interleave by 16-byte words
+// or by words).
 fn wd(wb: u32, w: u32) -> u32 {
+  if (BW % 4u == 0u) {
+    return qw[wb + (w >> 2u) * 32u + (w & 3u)];
+  }
   return qw[wb + w * 8u];
 }
 

@@ -1,13 +1,17 @@
 /**
  * matmul_gguf: Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]) with W kept in a GGUF block format on the
- * GPU (layout: src/quant/gguf-pack.ts; kernel: shaders/matmul_gguf.wgsl plus the format's
- * fragment shaders/common/gguf_<type>.wgsl). One kernel serves decode (M = 1) and the batched GEMM
- * (MT rows of X per workgroup, every decoded weight used MT times). One dispatch per weight part.
- * The variant name (pipeline label, cache key, benchmark row) carries every compile-time choice,
- * e.g. `matmul_gguf_q4_k_m1r4`: format, MT, R (and `_w<threads>` off the default 64).
+ * GPU (layout: src/quant/gguf-pack.ts). Two kernels, by format: the formats whose blocks tile by
+ * 16 bytes (Q4_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K) run shaders/matmul_gguf_vec4.wgsl with
+ * shaders/common/gguf_vec4_<type>.wgsl (16-byte weight loads, X broadcast through subgroups where
+ * the adapter has them), the others shaders/matmul_gguf.wgsl with shaders/common/gguf_<type>.wgsl
+ * (a u32 per 8 weights, X per lane). Each serves decode (MT = 1: one row of X per workgroup) and
+ * the batched GEMM (MT rows of X per workgroup, every decoded weight used MT times). One dispatch
+ * per weight part. The variant name (pipeline label, cache key, benchmark row) carries every
+ * compile-time choice, e.g. `matmul_gguf_vec4_q4_k_m1r4_sg`: kernel, format, MT, R, X through
+ * subgroups (`_sg`) and `_w<threads>` off the default 64.
  */
-import type { GgufKernelType } from '../quant/gguf-pack.js';
-import { chooseQ4Tiling } from './matmul-q4.js';
+import { ggufBlockLayout, type GgufKernelType } from '../quant/gguf-pack.js';
+import { chooseQ4Tiling, q4SubgroupsUsable } from './matmul-q4.js';
 import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
 import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
 import type { ShaderName } from './wgsl.gen.js';
@@ -39,7 +43,7 @@ export interface GgufGpuWeight {
 
 export type GgufRowsPerGroup = 1 | 4 | 8;
 export type GgufRowsPerThread = 1 | 2 | 4;
-export type GgufWorkgroupSize = 32 | 64 | 128;
+export type GgufWorkgroupSize = 16 | 32 | 64 | 128;
 
 export interface MatmulGgufArgs {
   /** [m, weight.cols] f32 */
@@ -58,10 +62,23 @@ export interface MatmulGgufArgs {
   rowsPerGroup?: GgufRowsPerGroup;
   rowsPerThread?: GgufRowsPerThread;
   workgroupSize?: GgufWorkgroupSize;
+  /**
+   * 16-byte formats: read X's 8 vec4s per 32-element step one per lane and broadcast them across
+   * subgroup lanes, instead of every lane loading all 8. Default: when `q4SubgroupsUsable` (the
+   * same need: subgroups of 8+ lanes). Ignored by the other formats' kernel.
+   */
+  subgroups?: boolean;
 }
 
 /** The variant fields a caller may force for a shape class. */
-export type GgufVariant = Partial<Pick<MatmulGgufArgs, 'rowsPerGroup' | 'rowsPerThread' | 'workgroupSize'>>;
+export type GgufVariant = Partial<
+  Pick<MatmulGgufArgs, 'rowsPerGroup' | 'rowsPerThread' | 'workgroupSize' | 'subgroups'>
+>;
+
+/** Whether `type`'s blocks run the 16-byte kernel (their words tile by 16 bytes). */
+export function ggufVec4Kernel(type: GgufKernelType): boolean {
+  return ggufBlockLayout(type).vec4;
+}
 
 const WG = 64;
 /**
@@ -82,19 +99,30 @@ export function chooseGgufTiling(
  */
 export function ggufFragments(type: GgufKernelType): ShaderName[] {
   const own = `common/gguf_${type.toLowerCase()}` as ShaderName;
-  return type === 'Q4_K' || type === 'Q5_K' ? ['common/gguf_k_scales', own] : [own];
+  return type === 'Q4_K' || type === 'Q5_K' ? ['common/gguf_k_pairs', 'common/gguf_k_scales', own] : [own];
 }
 
-export function ggufVariantName(type: GgufKernelType, mt: number, r: number, wg = WG): string {
-  return `matmul_gguf_${type.toLowerCase()}_m${mt}r${r}${wg === WG ? '' : `_w${wg}`}`;
+export function ggufVariantName(type: GgufKernelType, mt: number, r: number, wg = WG, sg = false): string {
+  const w = wg === WG ? '' : `_w${wg}`;
+  if (!ggufVec4Kernel(type)) return `matmul_gguf_${type.toLowerCase()}_m${mt}r${r}${w}`;
+  return `matmul_gguf_vec4_${type.toLowerCase()}_m${mt}r${r}${sg ? '_sg' : ''}${w}`;
 }
 
-function variantSource(type: GgufKernelType, mt: number, r: number, wg: number): string {
+function variantSource(type: GgufKernelType, mt: number, r: number, wg: number, sg: boolean): string {
   const consts = [`const WG: u32 = ${wg}u;`, `const R: u32 = ${r}u;`, `const MT: u32 = ${mt}u;`];
-  return hoistEnables([
-    consts.join('\n'),
-    shaderSource('matmul_gguf', 'common/gguf_block', ...ggufFragments(type)),
-  ]);
+  if (!ggufVec4Kernel(type)) {
+    return hoistEnables([
+      consts.join('\n'),
+      shaderSource('matmul_gguf', 'common/gguf_block', ...ggufFragments(type)),
+    ]);
+  }
+  const own = `common/gguf_vec4_${type.toLowerCase()}` as ShaderName;
+  const fragments: ShaderName[] = [
+    sg ? 'common/gguf_x_subgroup' : 'common/gguf_x_direct',
+    ...(type === 'Q4_K' || type === 'Q5_K' ? (['common/gguf_k_pairs'] as const) : []),
+    own,
+  ];
+  return hoistEnables([consts.join('\n'), shaderSource('matmul_gguf_vec4', ...fragments)]);
 }
 
 export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
@@ -104,14 +132,20 @@ export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
   const mt = a.rowsPerGroup ?? tiling.rowsPerGroup;
   const r = a.rowsPerThread ?? tiling.rowsPerThread;
   const wg = a.workgroupSize ?? WG;
-  if (![1, 4, 8].includes(mt) || ![1, 2, 4].includes(r) || ![32, 64, 128].includes(wg)) {
-    throw new RangeError(`matmul_gguf: MT ${mt} (1, 4, 8), R ${r} (1, 2, 4), ${wg} threads (32, 64, 128)`);
+  if (![1, 4, 8].includes(mt) || ![1, 2, 4].includes(r) || ![16, 32, 64, 128].includes(wg)) {
+    throw new RangeError(
+      `matmul_gguf: MT ${mt} (1, 4, 8), R ${r} (1, 2, 4), ${wg} threads (16, 32, 64, 128)`,
+    );
   }
+  const sgOk = q4SubgroupsUsable(b.ctx);
+  const sg = a.subgroups ?? sgOk;
+  if (sg && !sgOk) throw new RangeError('matmul_gguf: this device has no subgroups of 8+ lanes');
   const zGroups = Math.ceil(a.m / mt);
   if (zGroups > MAX_GRID) throw new RangeError(`matmul_gguf: ${a.m} rows exceed one dispatch`);
   const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
   return w.parts.map((part) => {
-    const variant = ggufVariantName(part.type, mt, r, wg);
+    const vec4 = ggufVec4Kernel(part.type);
+    const variant = ggufVariantName(part.type, mt, r, wg, vec4 && sg);
     const tiles = Math.ceil(part.rows / (wg * r));
     const gridX = Math.min(tiles, MAX_GRID);
     const params = packParams([
@@ -125,7 +159,7 @@ export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
     ]);
     return b.make(
       variant,
-      () => variantSource(part.type, mt, r, wg),
+      () => variantSource(part.type, mt, r, wg, vec4 && sg),
       params,
       [part.words, part.dplane ?? a.placeholder, a.x, a.y, a.bias ?? a.placeholder],
       [gridX, Math.ceil(tiles / gridX), zGroups],

@@ -4,9 +4,13 @@
  * u32s, so each block is split in two planes:
  *   - words: the block's bytes without its one f16 super-scale d where that field is what breaks
  *     the alignment (Q4_0, Q5_0, Q8_0, IQ4_NL at byte 0; Q3_K, Q6_K at the end), else the whole
- *     block, as little-endian u32s (BW per block). Words are tiled by 8 rows: word w of block b of
- *     row n at ((n/8)·NB·BW + b·BW + w)·8 + n%8, so the 8 lanes that own a tile's 8 rows read 32
- *     contiguous bytes together (as src/quant/q4.ts tiles int4 words).
+ *     block, as little-endian u32s (BW per block). Words are tiled by 8 rows, so the 8 lanes that
+ *     own a tile's 8 rows read contiguous bytes together (as src/quant/q4.ts tiles int4 words):
+ *       - where BW is a multiple of 4 (Q4_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K: the formats of the
+ *         16-byte kernel, shaders/matmul_gguf_vec4.wgsl), by 16-byte words: u32 w of block b of
+ *         row n is component w%4 of vec4 ((n/8)·NB·BW/4 + b·BW/4 + w/4)·8 + n%8, so each lane
+ *         loads 4 words of its row at once and a tile's 8 lanes read 128 contiguous bytes;
+ *       - else by u32: word w of block b of row n at ((n/8)·NB·BW + b·BW + w)·8 + n%8.
  *   - dplane (those six formats only): the f16 d of (row n, block b) in half b%2 of u32
  *     ((n/8)·⌈NB/2⌉ + b/2)·8 + n%8.
  * The bytes on the GPU equal the file's (plus the tile padding of the last 8 rows); the kernel,
@@ -26,6 +30,8 @@ export interface GgufBlockLayout {
   dAt: number | null;
   /** Chunks of 8 elements the kernel walks per block. */
   chunks: number;
+  /** Tiled by 16-byte words (BW a multiple of 4), read by the 16-byte kernel. */
+  vec4: boolean;
 }
 
 /** The block types that have a GPU kernel (the float types go to the float matmul). */
@@ -67,7 +73,8 @@ export function ggufBlockLayout(type: string): GgufBlockLayout {
   }
   const dAt = D_AT[type] ?? null;
   const bytes = info.blockBytes - (dAt === null ? 0 : 2);
-  return { info, blockWords: bytes / 4, dAt, chunks: info.blockElems / 8 };
+  const blockWords = bytes / 4;
+  return { info, blockWords, dAt, chunks: info.blockElems / 8, vec4: blockWords % 4 === 0 };
 }
 
 /** A [rows, cols] block matrix in the GPU layout. */
@@ -118,15 +125,18 @@ export function packGguf(type: string, bytes: Uint8Array, rows: number, cols: nu
   const words = new Uint32Array(paddedRows * nb * BW);
   const dplane = L.dAt === null ? undefined : new Uint32Array(paddedRows * Math.ceil(nb / 2));
   const skip = L.dAt === 0 ? 2 : 0;
+  // Where u32 w of a block goes, relative to the block's word 0 of lane 0.
+  const at = (w: number) => (L.vec4 ? (w >> 2) * 4 * GGUF_TILE_ROWS + (w & 3) : w * GGUF_TILE_ROWS);
+  const laneStride = L.vec4 ? 4 : 1;
   for (let n = 0; n < rows; n++) {
     const tile = Math.floor(n / GGUF_TILE_ROWS) * nb * BW;
     const lane = n % GGUF_TILE_ROWS;
     for (let b = 0; b < nb; b++) {
       const src = (n * nb + b) * info.blockBytes;
-      const dst = (tile + b * BW) * GGUF_TILE_ROWS + lane;
+      const dst = (tile + b * BW) * GGUF_TILE_ROWS + lane * laneStride;
       for (let w = 0; w < BW; w++) {
         const o = src + skip + 4 * w;
-        words[dst + w * GGUF_TILE_ROWS] =
+        words[dst + at(w)] =
           ((bytes[o] as number) |
             ((bytes[o + 1] as number) << 8) |
             ((bytes[o + 2] as number) << 16) |

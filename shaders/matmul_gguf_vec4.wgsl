@@ -1,0 +1,171 @@
+// matmul_gguf_vec4: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias[col_offset + n]) for the
+// rows n of one part of a weight in a GGUF block format whose words tile by 16 bytes (Q4_0, Q8_0,
+// IQ4_NL, Q4_K, Q5_K, Q6_K; src/quant/gguf-pack.ts), decoded in registers, never in memory. The
+// other formats run shaders/matmul_gguf.wgsl.
+//
+// Module constants prepended by src/kernels/matmul-gguf.ts (the pipeline label names them all):
+//   WG threads per workgroup; R output rows per thread (rows n0 + WG·r, so the 8 lanes of a SIMD
+//   group stay on one 8-row tile and read 128 contiguous bytes per 16-byte load); MT rows of X per
+//   workgroup (every decoded code is used MT times).
+// Prepended with an X fragment (common/gguf_x_subgroup.wgsl: each lane loads one vec4 of a step's
+// 8 and broadcasts it through the subgroup; common/gguf_x_direct.wgsl: each lane loads all 8; both
+// define x_init and x_step) and a format fragment, common/gguf_vec4_<type>.wgsl, which defines:
+//   BK elements per block, BV 16-byte words per block, DPLANE (the block's f16 d lives in the
+//   `dplane` binding), NG groups per block of GS steps of 32 elements, HAS_MIN (blocks subtract an
+//   offset times Σx), `struct Head` and `gv_head(vb, d)` (what the block's groups share: scales,
+//   high bits; loaded and decoded once per block), `struct Grp` and `gv_group(vb, g)` (the 16-byte
+//   words group g's codes come from), `gv_codes(h, w, g, s, i)` (elements 32·(g·GS + s) + 4i..+3
+//   of the block as exact small integers in f32) and `gv_scales(h, g, s)` (a0, a1, b: the step
+//   adds a0·Σ_{i<4} codes·x + a1·Σ_{i≥4} codes·x + b·Σx). A fragment reads 16-byte word i of the
+//   block at `vb` with `qv(vb, i)`.
+//
+// Bindings: params (uniform); qw: block words as vec4s, 16-byte word v of block b of row n at
+// ((n/8)·NB·BV + b·BV + v)·8 + n%8 (NB blocks per row); dplane: f16 d of (n, b) in half b%2 of u32
+// ((n/8)·⌈NB/2⌉ + b/2)·8 + n%8 (a placeholder without DPLANE); x [m, k] f32; y [m, n_total] f32;
+// bias [n_total] f32 (a placeholder when flags bit 0 is clear).
+//
+// Work per 32-element step and thread: X's 8 vec4s per row of X (one load per lane and 8
+// broadcasts on the subgroup path), then per output row the codes (shift, mask, convert: no scale
+// multiply per weight), two vec4 multiply-add chains and three scalar multiply-adds into the
+// accumulator. Every product and sum is f32 and the codes and scales are exact, so per weight at
+// most 4 (chain) + 2 (horizontal add) + 1 roundings happen before the accumulator, which takes 3
+// per step; the bound of test/kernels/matmul-gguf.test.ts (K/8 + 10 roundings) holds.
+// Measured on lavapipe, where each lane's load is a separate scalar load inside a loop: the old
+// kernel (shaders/matmul_gguf.wgsl) made 3 loads per 8 weights (a u32 of codes and two vec4s of
+// X); this one makes about one 16-byte load per 32 weights plus one per step for X.
+
+struct Params {
+  m: u32,
+  // rows of this part
+  n_part: u32,
+  k: u32,
+  // row stride of y (all parts)
+  n_total: u32,
+  col_offset: u32,
+  grid_x: u32,
+  // bit 0: add bias; bit 1: accumulate into y (residual add)
+  flags: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> qw: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> dplane: array<u32>;
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+
+// 16-byte word i of the block whose word 0 is at `vb` (a tile's 8 rows interleave by 16 bytes).
+fn qv(vb: u32, i: u32) -> vec4<u32> {
+  return qw[vb + i * 8u];
+}
+
+// The four bytes of a word as a vec4 (byte i in lane i).
+fn bytes4(w: u32) -> vec4<u32> {
+  return (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u);
+}
+
+fn hsum(v: vec4<f32>) -> f32 {
+  return (v.x + v.y) + (v.z + v.w);
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+  x_init();
+  let tile = wid.y * p.grid_x + wid.x;
+  let n0 = tile * (WG * R) + t;
+  let m0 = wid.z * MT;
+  let nb = p.k / BK;
+  let kv = p.k / 4u;
+  // Rows past the part read its last padded row (never written), so the loop needs no guard.
+  let last_row = ((p.n_part + 7u) / 8u) * 8u - 1u;
+  var rb: array<u32, R>;
+  var db: array<u32, R>;
+  for (var r = 0u; r < R; r++) {
+    let nr = min(n0 + r * WG, last_row);
+    rb[r] = (nr >> 3u) * nb * BV * 8u + (nr & 7u);
+    db[r] = (nr >> 3u) * ((nb + 1u) / 2u) * 8u + (nr & 7u);
+  }
+  // X rows past M read row M − 1 (their results are not written).
+  var xr: array<u32, MT>;
+  for (var m = 0u; m < MT; m++) {
+    xr[m] = min(m0 + m, p.m - 1u) * kv;
+  }
+  var acc: array<array<f32, MT>, R>;
+  for (var r = 0u; r < R; r++) {
+    for (var m = 0u; m < MT; m++) {
+      acc[r][m] = 0.0;
+    }
+  }
+  for (var b = 0u; b < nb; b++) {
+    var hd: array<Head, R>;
+    var vb: array<u32, R>;
+    for (var r = 0u; r < R; r++) {
+      vb[r] = rb[r] + b * BV * 8u;
+      var d = 0.0;
+      if (DPLANE) {
+        let pair = unpack2x16float(dplane[db[r] + (b >> 1u) * 8u]);
+        d = select(pair.x, pair.y, (b & 1u) == 1u);
+      }
+      hd[r] = gv_head(vb[r], d);
+    }
+    for (var g = 0u; g < NG; g++) {
+      var gw: array<Grp, R>;
+      for (var r = 0u; r < R; r++) {
+        gw[r] = gv_group(vb[r], g);
+      }
+      for (var s = 0u; s < GS; s++) {
+        let xo = b * (BK / 4u) + (g * GS + s) * 8u;
+        var xs: array<array<vec4<f32>, 8>, MT>;
+        var sx: array<f32, MT>;
+        for (var m = 0u; m < MT; m++) {
+          xs[m] = x_step(xr[m] + xo);
+          sx[m] = 0.0;
+          if (HAS_MIN) {
+            let v = xs[m];
+            sx[m] = hsum(((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])));
+          }
+        }
+        for (var r = 0u; r < R; r++) {
+          let sc = gv_scales(hd[r], g, s);
+          var q: array<vec4<f32>, 8>;
+          for (var i = 0u; i < 8u; i++) {
+            q[i] = gv_codes(hd[r], gw[r], g, s, i);
+          }
+          for (var m = 0u; m < MT; m++) {
+            var lo = q[0] * xs[m][0];
+            var hi = q[4] * xs[m][4];
+            for (var i = 1u; i < 4u; i++) {
+              lo = fma(q[i], xs[m][i], lo);
+              hi = fma(q[4u + i], xs[m][4u + i], hi);
+            }
+            var a = fma(sc.x, hsum(lo), acc[r][m]);
+            a = fma(sc.y, hsum(hi), a);
+            if (HAS_MIN) {
+              a = fma(sc.z, sx[m], a);
+            }
+            acc[r][m] = a;
+          }
+        }
+      }
+    }
+  }
+  for (var r = 0u; r < R; r++) {
+    let n = n0 + r * WG;
+    if (n < p.n_part) {
+      let col = p.col_offset + n;
+      for (var m = 0u; m < MT; m++) {
+        if (m0 + m < p.m) {
+          let idx = (m0 + m) * p.n_total + col;
+          var v = acc[r][m];
+          if ((p.flags & 1u) != 0u) {
+            v += bias[col];
+          }
+          if ((p.flags & 2u) != 0u) {
+            v += y[idx];
+          }
+          y[idx] = v;
+        }
+      }
+    }
+  }
+}
