@@ -11,13 +11,15 @@
 // 8 and broadcasts it through the subgroup; common/gguf_x_direct.wgsl: each lane loads all 8; both
 // define x_init and x_step) and a format fragment, common/gguf_vec4_<type>.wgsl, which defines:
 //   BK elements per block, BV 16-byte words per block, DPLANE (the block's f16 d lives in the
-//   `dplane` binding), NG groups per block of GS steps of 32 elements, HAS_MIN (blocks subtract an
-//   offset times Σx), `struct Head` and `gv_head(vb, d)` (what the block's groups share: scales,
+//   `dplane` binding), NG groups per block of GS steps of 32 elements, HAS_MIN (codes carry an
+//   offset, applied through Σx), `struct Head` and `gv_head(vb, d)` (what the block's groups share: scales,
 //   high bits; loaded and decoded once per block), `struct Grp` and `gv_group(vb, g)` (the 16-byte
 //   words group g's codes come from), `gv_codes(h, w, g, s, i)` (elements 32·(g·GS + s) + 4i..+3
-//   of the block as exact small integers in f32) and `gv_scales(h, g, s)` (a0, a1, b: the step
-//   adds a0·Σ_{i<4} codes·x + a1·Σ_{i≥4} codes·x + b·Σx). A fragment reads 16-byte word i of the
-//   block at `vb` with `qv(vb, i)`.
+//   of the block as exact small non-negative integers in f32, straight from the bits) and
+//   `gv_scales(h, g, s)` (a0, a1, b0, b1: the step adds a0·Σ_{i<4} codes·x + a1·Σ_{i≥4} codes·x
+//   + b0·Σ_{i<4} x + b1·Σ_{i≥4} x, so an offset such as Q4_0's −8 or Q4_K's −dmin·m costs one
+//   multiply-add per step instead of one subtraction per weight). A fragment reads 16-byte word i
+//   of the block at `vb` with `qv(vb, i)`, and bit fields of a word's bytes with `bits4`.
 //
 // Bindings: params (uniform); qw: block words as vec4s, 16-byte word v of block b of row n at
 // ((n/8)·NB·BV + b·BV + v)·8 + n%8 (NB blocks per row); dplane: f16 d of (n, b) in half b%2 of u32
@@ -26,10 +28,11 @@
 //
 // Work per 32-element step and thread: X's 8 vec4s per row of X (one load per lane and 8
 // broadcasts on the subgroup path), then per output row the codes (shift, mask, convert: no scale
-// multiply per weight), two vec4 multiply-add chains and three scalar multiply-adds into the
-// accumulator. Every product and sum is f32 and the codes and scales are exact, so per weight at
-// most 4 (chain) + 2 (horizontal add) + 1 roundings happen before the accumulator, which takes 3
-// per step; the bound of test/kernels/matmul-gguf.test.ts (K/8 + 10 roundings) holds.
+// multiply per weight), two vec4 multiply-add chains and four scalar multiply-adds into the
+// accumulator. Every product and sum is f32 and the codes and scales are exact, so per term at
+// most 4 (chain, or Σx's adds) + 2 (horizontal add) + 1 roundings happen before the accumulator,
+// which takes 4 per step; the bound of test/kernels/matmul-gguf.test.ts (K/8 + 10 roundings over
+// terms of at most 3·max|w| of the block) holds.
 // Measured on lavapipe, where each lane's load is a separate scalar load inside a loop: the old
 // kernel (shaders/matmul_gguf.wgsl) made 3 loads per 8 weights (a u32 of codes and two vec4s of
 // X); this one makes about one 16-byte load per 32 weights plus one per step for X.
@@ -59,9 +62,10 @@ fn qv(vb: u32, i: u32) -> vec4<u32> {
   return qw[vb + i * 8u];
 }
 
-// The four bytes of a word as a vec4 (byte i in lane i).
-fn bytes4(w: u32) -> vec4<u32> {
-  return (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u);
+// Bits sh.. sh + width of each of the four bytes of w (byte i in lane i; mask = 2^width − 1): one
+// vector shift and one AND.
+fn bits4(w: u32, sh: u32, mask: u32) -> vec4<u32> {
+  return (vec4<u32>(w) >> (vec4<u32>(0u, 8u, 16u, 24u) + sh)) & vec4<u32>(mask);
 }
 
 fn hsum(v: vec4<f32>) -> f32 {
@@ -116,32 +120,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       for (var s = 0u; s < GS; s++) {
         let xo = b * (BK / 4u) + (g * GS + s) * 8u;
         var xs: array<array<vec4<f32>, 8>, MT>;
-        var sx: array<f32, MT>;
+        // Σx over vec4s 0..3 and 4..7 of the step, per row of X.
+        var sx: array<vec2<f32>, MT>;
         for (var m = 0u; m < MT; m++) {
           xs[m] = x_step(xr[m] + xo);
-          sx[m] = 0.0;
+          sx[m] = vec2<f32>(0.0);
           if (HAS_MIN) {
             let v = xs[m];
-            sx[m] = hsum(((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])));
+            sx[m] = vec2<f32>(hsum((v[0] + v[1]) + (v[2] + v[3])), hsum((v[4] + v[5]) + (v[6] + v[7])));
           }
         }
         for (var r = 0u; r < R; r++) {
           let sc = gv_scales(hd[r], g, s);
-          var q: array<vec4<f32>, 8>;
-          for (var i = 0u; i < 8u; i++) {
-            q[i] = gv_codes(hd[r], gw[r], g, s, i);
-          }
+          // Written out: the vec4 index must be a constant (a local array indexed by a loop
+          // variable may live in memory on llvmpipe if the loop is not unrolled).
+          let q0 = gv_codes(hd[r], gw[r], g, s, 0u);
+          let q1 = gv_codes(hd[r], gw[r], g, s, 1u);
+          let q2 = gv_codes(hd[r], gw[r], g, s, 2u);
+          let q3 = gv_codes(hd[r], gw[r], g, s, 3u);
+          let q4 = gv_codes(hd[r], gw[r], g, s, 4u);
+          let q5 = gv_codes(hd[r], gw[r], g, s, 5u);
+          let q6 = gv_codes(hd[r], gw[r], g, s, 6u);
+          let q7 = gv_codes(hd[r], gw[r], g, s, 7u);
           for (var m = 0u; m < MT; m++) {
-            var lo = q[0] * xs[m][0];
-            var hi = q[4] * xs[m][4];
-            for (var i = 1u; i < 4u; i++) {
-              lo = fma(q[i], xs[m][i], lo);
-              hi = fma(q[4u + i], xs[m][4u + i], hi);
-            }
+            let xm = xs[m];
+            let lo = fma(q3, xm[3], fma(q2, xm[2], fma(q1, xm[1], q0 * xm[0])));
+            let hi = fma(q7, xm[7], fma(q6, xm[6], fma(q5, xm[5], q4 * xm[4])));
             var a = fma(sc.x, hsum(lo), acc[r][m]);
             a = fma(sc.y, hsum(hi), a);
             if (HAS_MIN) {
-              a = fma(sc.z, sx[m], a);
+              a = fma(sc.z, sx[m].x, a);
+              a = fma(sc.w, sx[m].y, a);
             }
             acc[r][m] = a;
           }

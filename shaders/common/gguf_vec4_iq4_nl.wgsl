@@ -28,10 +28,10 @@ fn gv_group(vb: u32, g: u32) -> Grp {
 }
 
 fn gv_codes(h: Head, w: Grp, g: u32, s: u32, i: u32) -> vec4<f32> {
-  let q = (bytes4(w.w[i & 3u]) >> vec4<u32>(4u * (i >> 2u))) & vec4<u32>(15u);
+  let q = bits4(w.w[i & 3u], 4u * (i >> 2u), 15u);
   return vec4<f32>(IQ4_T[q.x], IQ4_T[q.y], IQ4_T[q.z], IQ4_T[q.w]);
 }
 
-fn gv_scales(h: Head, g: u32, s: u32) -> vec3<f32> {
-  return vec3<f32>(h.d, h.d, 0.0);
+fn gv_scales(h: Head, g: u32, s: u32) -> vec4<f32> {
+  return vec4<f32>(h.d, h.d, 0.0, 0.0);
 }

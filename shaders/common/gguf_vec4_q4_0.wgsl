@@ -1,12 +1,12 @@
 // Format fragment of matmul_gguf_vec4 (see shaders/matmul_gguf_vec4.wgsl for the interface): Q4_0,
-// (q − 8)·d. One 16-byte word: the 16 nibble bytes (d in the d plane); vec4 i < 4 of the block is
+// (q − 8)·d (the −8 goes through Σx). One 16-byte word: the 16 nibble bytes (d in the d plane); vec4 i < 4 of the block is
 // the low nibbles of u32 i, vec4 4 + i its high nibbles.
 const BK: u32 = 32u;
 const BV: u32 = 1u;
 const DPLANE: bool = true;
 const NG: u32 = 1u;
 const GS: u32 = 1u;
-const HAS_MIN: bool = false;
+const HAS_MIN: bool = true;
 
 struct Head {
   d: f32,
@@ -25,9 +25,9 @@ fn gv_group(vb: u32, g: u32) -> Grp {
 }
 
 fn gv_codes(h: Head, w: Grp, g: u32, s: u32, i: u32) -> vec4<f32> {
-  return vec4<f32>((bytes4(w.w[i & 3u]) >> vec4<u32>(4u * (i >> 2u))) & vec4<u32>(15u)) - 8.0;
+  return vec4<f32>(bits4(w.w[i & 3u], 4u * (i >> 2u), 15u));
 }
 
-fn gv_scales(h: Head, g: u32, s: u32) -> vec3<f32> {
-  return vec3<f32>(h.d, h.d, 0.0);
+fn gv_scales(h: Head, g: u32, s: u32) -> vec4<f32> {
+  return vec4<f32>(h.d, h.d, -8.0 * h.d, -8.0 * h.d);
 }

@@ -33,13 +33,14 @@ fn gv_group(vb: u32, g: u32) -> Grp {
 fn gv_codes(h: Head, w: Grp, g: u32, s: u32, i: u32) -> vec4<f32> {
   let u = select(w.b, w.a, i < 4u)[i & 3u];
   let hb = select(h.h1, h.h0, i < 4u)[i & 3u];
-  let lo = (bytes4(u) >> vec4<u32>(4u * s)) & vec4<u32>(15u);
-  let hi = (bytes4(hb) >> vec4<u32>(2u * g + s)) & vec4<u32>(1u);
+  let lo = bits4(u, 4u * s, 15u);
+  let hi = bits4(hb, 2u * g + s, 1u);
   return vec4<f32>(lo | (hi << vec4<u32>(4u)));
 }
 
-fn gv_scales(h: Head, g: u32, s: u32) -> vec3<f32> {
+fn gv_scales(h: Head, g: u32, s: u32) -> vec4<f32> {
   let pr = k_pair_group(h.kp, g);
   let a = select(pr.z, pr.x, s == 0u);
-  return vec3<f32>(a, a, -select(pr.w, pr.y, s == 0u));
+  let b = -select(pr.w, pr.y, s == 0u);
+  return vec4<f32>(a, a, b, b);
 }

@@ -31,6 +31,6 @@ fn gv_codes(h: Head, w: Grp, g: u32, s: u32, i: u32) -> vec4<f32> {
   return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(u) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
-fn gv_scales(h: Head, g: u32, s: u32) -> vec3<f32> {
-  return vec3<f32>(h.d, h.d, 0.0);
+fn gv_scales(h: Head, g: u32, s: u32) -> vec4<f32> {
+  return vec4<f32>(h.d, h.d, 0.0, 0.0);
 }
