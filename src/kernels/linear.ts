@@ -8,7 +8,7 @@ import type { ActivationFormat } from './activation.js';
 import { linearGrid, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { matmul, type GateActivation, type MatmulVariant } from './matmul.js';
-import { matmulGguf, type GgufGpuWeight } from './matmul-gguf.js';
+import { matmulGguf, type GgufGpuWeight, type GgufVariant } from './matmul-gguf.js';
 import { matmulQ4, type Q4GpuWeight, type Q4Variant } from './matmul-q4.js';
 import type { GpuWeight } from './tiled.js';
 
@@ -35,6 +35,7 @@ export function isStackedQuantWeight(w: MatrixWeight): w is Q4GpuWeight | GgufGp
 export interface LinearVariants {
   matmul(w: GpuWeight, m: number, xFormat?: ActivationFormat): MatmulVariant | undefined;
   matmulQ4(w: Q4GpuWeight, m: number): Q4Variant | undefined;
+  matmulGguf(w: GgufGpuWeight, m: number): GgufVariant | undefined;
 }
 
 export interface Linear {
@@ -153,7 +154,14 @@ function linearGguf(b: DispatchBuilder, a: LinearArgs, w: GgufGpuWeight): Dispat
   if ((a.xFormat ?? 'f32') !== 'f32')
     throw new RangeError(`${w.name}: the GGUF matmul reads f32 activations`);
   if (a.lin.perm) throw new RangeError(`${w.name}: a column permutation applies to int4 weights only`);
-  const common = { x: a.x, weight: w, bias: a.lin.bias, m: a.m, placeholder: a.placeholder };
+  const common = {
+    x: a.x,
+    weight: w,
+    bias: a.lin.bias,
+    m: a.m,
+    placeholder: a.placeholder,
+    ...a.choices?.matmulGguf(w, a.m),
+  };
   if (!a.swiglu) return matmulGguf(b, { ...common, y: a.y, accumulate: a.accumulate });
   if (a.accumulate) throw new RangeError(`${w.name}: a SwiGLU projection cannot accumulate`);
   const gateUp = a.scratch?.gateUp;

@@ -12,6 +12,7 @@ import type { ActivationFormat } from '../kernels/activation.js';
 import type { KvDtype } from '../kernels/kv-dtype.js';
 import type { MatmulVariant } from '../kernels/matmul.js';
 import type { Q4GpuWeight, Q4Variant } from '../kernels/matmul-q4.js';
+import type { GgufGpuWeight, GgufVariant } from '../kernels/matmul-gguf.js';
 import type { GpuWeight } from '../kernels/tiled.js';
 import type { LinearVariants } from '../kernels/linear.js';
 
@@ -19,6 +20,7 @@ import type { LinearVariants } from '../kernels/linear.js';
 export type KernelChoice =
   | { kernel: 'matmul'; variant: MatmulVariant }
   | { kernel: 'matmul_q4'; variant: Q4Variant }
+  | { kernel: 'matmul_gguf'; variant: GgufVariant }
   | { kernel: 'attention_decode'; chunk: number };
 
 /** Buckets of M (rows of X): decode, small batches, batched decode, prefill chunks. */
@@ -48,10 +50,22 @@ export function contextBucket(maxContext: number): number {
 
 type FloatWeightKey = Pick<GpuWeight, 'format' | 'fused' | 'rows' | 'cols'>;
 type Q4WeightKey = Pick<Q4GpuWeight, 'format' | 'rows' | 'cols'>;
+type GgufWeightKey = Pick<GgufGpuWeight, 'kind' | 'parts' | 'rows' | 'cols'>;
 
-/** The weight part of a matmul class key, e.g. `matmul_bf16_swiglu n9728 k896` or `matmul_q4_g32_asym_f16s ...`. */
-export function matmulWeightKey(w: FloatWeightKey | Q4WeightKey, xFormat: ActivationFormat = 'f32'): string {
-  if (typeof w.format === 'object') {
+/**
+ * The weight part of a matmul class key, e.g. `matmul_bf16_swiglu n9728 k896`,
+ * `matmul_q4_g32_asym_f16s ...` or `matmul_gguf_q4_k+q6_k ...` (a GGUF weight's block formats in
+ * row order).
+ */
+export function matmulWeightKey(
+  w: FloatWeightKey | Q4WeightKey | GgufWeightKey,
+  xFormat: ActivationFormat = 'f32',
+): string {
+  if ('kind' in w && w.kind === 'gguf') {
+    const types = [...new Set(w.parts.map((p) => p.type.toLowerCase()))].join('+');
+    return `matmul_gguf_${types} n${w.rows} k${w.cols}`;
+  }
+  if ('format' in w && typeof w.format === 'object') {
     const f = w.format;
     return `matmul_q4_g${f.groupSize}_${f.symmetric ? 'sym' : 'asym'}_${f.scaleType}s n${w.rows} k${w.cols}`;
   }
@@ -61,7 +75,7 @@ export function matmulWeightKey(w: FloatWeightKey | Q4WeightKey, xFormat: Activa
 }
 
 export function matmulClassKey(
-  w: FloatWeightKey | Q4WeightKey,
+  w: FloatWeightKey | Q4WeightKey | GgufWeightKey,
   m: number,
   xFormat?: ActivationFormat,
 ): string {
@@ -112,6 +126,11 @@ export class KernelChoices implements LinearVariants {
   matmulQ4(w: Q4GpuWeight, m: number): Q4Variant | undefined {
     const c = this.table.get(matmulClassKey(w, m));
     return c?.kernel === 'matmul_q4' ? c.variant : undefined;
+  }
+
+  matmulGguf(w: GgufGpuWeight, m: number): GgufVariant | undefined {
+    const c = this.table.get(matmulClassKey(w, m));
+    return c?.kernel === 'matmul_gguf' ? c.variant : undefined;
   }
 
   attentionChunk(s: AttentionShapeKey, rows: number, maxContext: number): number | undefined {

@@ -16,6 +16,7 @@ import {
 } from '../kernels/attention-decode.js';
 import { isGgufWeight, isQ4Weight, linear, type Linear } from '../kernels/linear.js';
 import type { Q4GpuWeight } from '../kernels/matmul-q4.js';
+import type { GgufGpuWeight } from '../kernels/matmul-gguf.js';
 import { randomF32 } from '../kernels/random.js';
 import type { GpuWeight } from '../kernels/tiled.js';
 import {
@@ -28,7 +29,12 @@ import {
   type KernelChoice,
 } from './choices.js';
 import { canonicalJson } from './signature.js';
-import { attentionCandidates, floatMatmulCandidates, q4MatmulCandidates } from './space.js';
+import {
+  attentionCandidates,
+  floatMatmulCandidates,
+  ggufMatmulCandidates,
+  q4MatmulCandidates,
+} from './space.js';
 import { isQuantKv, type KvDtype } from '../kernels/kv-dtype.js';
 import { encodeKvRows } from '../kernels/kv-quant.ref.js';
 
@@ -100,7 +106,7 @@ function upload(ctx: GpuContext, label: string, data: ArrayBufferView, owned: GP
 export const TIMED_ROWS_MAX = 32768;
 
 /** `w` cut to its first TIMED_ROWS_MAX rows, where they lie in its first part (tiles are 8 rows). */
-export function timedSlice<W extends GpuWeight | Q4GpuWeight>(w: W): W {
+export function timedSlice<W extends GpuWeight | Q4GpuWeight | GgufGpuWeight>(w: W): W {
   const first = w.parts[0];
   if (w.rows <= TIMED_ROWS_MAX || !first || first.rows < TIMED_ROWS_MAX) return w;
   return { ...w, rows: TIMED_ROWS_MAX, parts: [{ ...first, rows: TIMED_ROWS_MAX }] };
@@ -116,18 +122,20 @@ export function linearClass(
   xFormat: 'f32' | 'f16',
 ): TuneClass {
   const full = lin.weight;
-  if (isGgufWeight(full)) throw new RangeError(`${full.name}: matmul_gguf has no tuned variants`);
-  const q4 = isQ4Weight(full);
+  // int4 and GGUF blocks: f32 activations, SwiGLU as a separate pass over a stacked [gate; up].
+  const q4 = isQ4Weight(full) || isGgufWeight(full);
   const m = mc.rep;
   return {
     key: matmulClassKey(full, m, q4 ? 'f32' : xFormat),
-    kernel: q4 ? 'matmul_q4' : 'matmul',
+    kernel: isGgufWeight(full) ? 'matmul_gguf' : q4 ? 'matmul_q4' : 'matmul',
     bucket: mc.name,
     rows: full.rows,
     priority,
-    candidates: isQ4Weight(full)
-      ? q4MatmulCandidates(ctx, full, mc.name)
-      : floatMatmulCandidates(ctx, full, mc.name),
+    candidates: isGgufWeight(full)
+      ? ggufMatmulCandidates(ctx, full, mc.name)
+      : isQ4Weight(full)
+        ? q4MatmulCandidates(ctx, full, mc.name)
+        : floatMatmulCandidates(ctx, full, mc.name),
     prepare(c) {
       const owned: GPUBuffer[] = [];
       const w = timedSlice(full);
@@ -294,8 +302,6 @@ function unorderedClasses(target: TuneTarget): TuneClass[] {
     projections.forEach((p, pi) => {
       // The LM head runs once per sequence in a step: decode-sized M only.
       if (p.head && mc.rep > 16) return;
-      // GGUF block matmuls run their shape-based default (no variants to tune yet).
-      if (isGgufWeight(p.lin.weight)) return;
       const cls = linearClass(target.ctx, p.lin, p.swiglu, mc, ci * 10 + pi, p.xFormat);
       if (seen.has(cls.key)) return;
       seen.add(cls.key);

@@ -10,6 +10,7 @@
 import type { AdapterSummary } from '../gpu/device.js';
 import type { MatmulVariant } from '../kernels/matmul.js';
 import type { Q4Variant } from '../kernels/matmul-q4.js';
+import type { GgufVariant } from '../kernels/matmul-gguf.js';
 import { contextBucket, KernelChoices, type KernelChoice, type MClass } from './choices.js';
 import { canonicalJson } from './signature.js';
 
@@ -25,6 +26,7 @@ export type AdapterClass = (typeof ADAPTER_CLASSES)[number];
 export interface DefaultsRow {
   matmul: Partial<Record<MClass, MatmulVariant | { maxRows?: number; variant: MatmulVariant }[]>>;
   matmulQ4: Partial<Record<MClass, Q4Variant | { maxRows?: number; variant: Q4Variant }[]>>;
+  matmulGguf: Partial<Record<MClass, GgufVariant | { maxRows?: number; variant: GgufVariant }[]>>;
   /**
    * Decode attention's tokens per split by row bucket ('1', '2-4', '5-32'): the context bucket
    * over `splits`, at least `min` (a multiple of the 16-token block); up to a context bucket of
@@ -80,17 +82,20 @@ export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
         { variant: { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32' } },
       ],
     },
+    matmulGguf: {},
     attentionChunk: { '1': { splits: 8, min: 128, oneSplitUpTo: 1024 } },
   },
-  generic: { matmul: {}, matmulQ4: {}, attentionChunk: {} },
+  generic: { matmul: {}, matmulQ4: {}, matmulGguf: {}, attentionChunk: {} },
   'gpu-discrete': {
     matmul: { '1': { path: 'flat', mt: 1, r: 1 } },
     matmulQ4: { '1': { rowsPerGroup: 1, rowsPerThread: 1, subgroups: true, dequant: 'f32' } },
+    matmulGguf: {},
     attentionChunk: { '2-4': { splits: 1, min: 128 }, '5-32': { splits: 1, min: 128 } },
   },
   'gpu-integrated': {
     matmul: { '1': { path: 'flat', mt: 1, r: 1 } },
     matmulQ4: { '1': { rowsPerGroup: 1, rowsPerThread: 1, subgroups: true, dequant: 'f32' } },
+    matmulGguf: {},
     attentionChunk: {},
   },
 };
@@ -126,6 +131,11 @@ function rowChoice(row: DefaultsRow, cls: DefaultableClass, context: number): Ke
   }
   if (kernel === 'matmul_q4') {
     const v = row.matmulQ4[bucket as MClass];
+    const variant = Array.isArray(v) ? bySize(v, cls.rows) : v;
+    return variant ? { kernel, variant } : undefined;
+  }
+  if (kernel === 'matmul_gguf') {
+    const v = row.matmulGguf[bucket as MClass];
     const variant = Array.isArray(v) ? bySize(v, cls.rows) : v;
     return variant ? { kernel, variant } : undefined;
   }

@@ -11,6 +11,8 @@
  * - int4 matmul: MT, R, X through subgroups or staged (double-buffered) in workgroup memory of
  *   8/16/32 KiB (the K-tile), f32 or f16 dequant, threads per workgroup (subgroup path); at M = 1
  *   also the one-row kernel matmul_q4_gemv (rows per thread, threads, K slices per workgroup);
+ * - GGUF block matmul: MT, R, threads per workgroup, and for the 16-byte formats X through
+ *   subgroups or loaded per lane;
  * - split-K decode attention: tokens per split (the split-K factor).
  */
 import type { GpuContext } from '../gpu/device.js';
@@ -23,6 +25,7 @@ import {
 } from '../kernels/matmul.js';
 import { q4SubgroupsUsable, type Q4GpuWeight, type Q4Variant } from '../kernels/matmul-q4.js';
 import type { Q4Gemv } from '../kernels/matmul-q4-gemv.js';
+import { ggufVec4Kernel, type GgufGpuWeight, type GgufVariant } from '../kernels/matmul-gguf.js';
 import type { GpuWeight } from '../kernels/tiled.js';
 import { contextBucket, type KernelChoice, type MClass } from './choices.js';
 
@@ -120,6 +123,35 @@ const GEMV_SPLIT: readonly [Q4Gemv['tn'], Q4Gemv['wg'], NonNullable<Q4Gemv['ks']
   [2, 128, 8],
   [1, 256, 16],
 ];
+export function ggufMatmulCandidates(ctx: GpuContext, w: GgufGpuWeight, mClass: MClass): KernelChoice[] {
+  // X through subgroups is a choice only where a part runs the 16-byte kernel.
+  const sgs = w.parts.some((p) => ggufVec4Kernel(p.type))
+    ? q4SubgroupsUsable(ctx)
+      ? [true, false]
+      : [false]
+    : [undefined];
+  const v: GgufVariant[] = [{}];
+  const mts: (1 | 4 | 8)[] = mClass === '1' ? [1] : [4, 8];
+  const rs: (1 | 2 | 4)[] = mClass === '1' ? [1, 2, 4] : [2, 4];
+  for (const subgroups of sgs) {
+    for (const rowsPerGroup of mts) {
+      for (const rowsPerThread of rs) {
+        // Fewer threads make more, smaller workgroups (what a CPU adapter balances over its cores,
+        // as for the int4 kernel); more suit a GPU's wide cores.
+        for (const workgroupSize of [16, 32, 64, 128] as const) {
+          if (subgroups === false && workgroupSize !== 64) continue;
+          v.push({
+            rowsPerGroup,
+            rowsPerThread,
+            workgroupSize,
+            ...(subgroups === undefined ? {} : { subgroups }),
+          });
+        }
+      }
+    }
+  }
+  return v.map((variant) => ({ kernel: 'matmul_gguf', variant }));
+}
 
 /** Tokens per split: multiples of the 16-token block, no longer than the context bucket. */
 export function attentionCandidates(defaultChunk: number, maxContext: number): KernelChoice[] {

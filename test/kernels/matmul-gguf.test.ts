@@ -6,7 +6,13 @@
 import { describe, expect, test } from 'vitest';
 import { DispatchBuilder, runDispatches } from '../../src/gpu/dispatch.js';
 import { embedGguf } from '../../src/kernels/embed-gguf.js';
-import { matmulGguf, type MatmulGgufArgs } from '../../src/kernels/matmul-gguf.js';
+import {
+  ggufVec4Kernel,
+  matmulGguf,
+  type GgufVariant,
+  type MatmulGgufArgs,
+} from '../../src/kernels/matmul-gguf.js';
+import { q4SubgroupsUsable } from '../../src/kernels/matmul-q4.js';
 import { matmulGgufRef } from '../../src/kernels/matmul-gguf.ref.js';
 import { dequantizeGguf, quantizeGguf } from '../../src/quant/gguf-blocks.js';
 import { ggufBlockLayout, GGUF_KERNEL_TYPES, packGguf } from '../../src/quant/gguf-pack.js';
@@ -83,7 +89,16 @@ function checkClose(what: string, got: Float32Array, want: Float64Array, tol: Fl
   }
 }
 
-async function check(type: string, c: Case, seed: number): Promise<void> {
+/**
+ * Runs the case once per variant (the weight, X and the reference made once) and returns the
+ * pipeline labels that ran.
+ */
+async function check(
+  type: string,
+  c: Case,
+  seed: number,
+  variants: readonly GgufVariant[] = [{}],
+): Promise<string[]> {
   const ctx = await testGpu();
   const bytes = quantizeGguf(type, weights(c.n, c.k, seed));
   const x = randomF32(c.m * c.k, seed + 1, 1);
@@ -91,25 +106,33 @@ async function check(type: string, c: Case, seed: number): Promise<void> {
   const y0 = c.accumulate ? randomF32(c.m * c.n, seed + 3, 1) : undefined;
   const weight = uploadGgufWeight(ctx, `w_${type}`, [{ type, bytes, rows: c.n }], c.k, c.rowsPerPart);
   const xb = upload(ctx, x);
-  const yb = upload(ctx, y0 ?? new Float32Array(c.m * c.n));
   const bb = bias ? upload(ctx, bias) : undefined;
   const ph = upload(ctx, new Float32Array(4));
-  const builder = new DispatchBuilder(ctx);
-  const args: MatmulGgufArgs = {
-    x: xb,
-    weight,
-    y: yb,
-    m: c.m,
-    bias: bb,
-    accumulate: c.accumulate,
-    placeholder: ph,
-  };
-  runDispatches(ctx, matmulGguf(builder, args));
-  builder.destroy();
-  const got = await readF32(ctx, yb, c.m * c.n);
   const want = matmulGgufRef(type, bytes, c.n, c.k, x, c.m, { bias, y0 });
   const tol = tolerance(type, dequantizeGguf(type, bytes, c.n * c.k), c.n, c.k, x, c.m, { bias, y0 });
-  checkClose(`${type} ${JSON.stringify(c)}`, got, want, tol);
+  const labels: string[] = [];
+  for (const variant of variants) {
+    const yb = upload(ctx, y0 ?? new Float32Array(c.m * c.n));
+    const builder = new DispatchBuilder(ctx);
+    const args: MatmulGgufArgs = {
+      x: xb,
+      weight,
+      y: yb,
+      m: c.m,
+      bias: bb,
+      accumulate: c.accumulate,
+      placeholder: ph,
+      ...variant,
+    };
+    const dispatches = matmulGguf(builder, args);
+    runDispatches(ctx, dispatches);
+    builder.destroy();
+    const got = await readF32(ctx, yb, c.m * c.n);
+    const label = dispatches[0]?.label ?? '';
+    checkClose(`${label} ${JSON.stringify(c)}`, got, want, tol);
+    labels.push(label);
+  }
+  return labels;
 }
 
 describe('matmul_gguf', () => {
@@ -122,6 +145,37 @@ describe('matmul_gguf', () => {
       await check(type, { m: 7, n: 129, k: 17 * bk, bias: true }, 14);
       await check(type, { m: 129, n: 7, k: 2 * bk, accumulate: true }, 15);
     }, 120_000);
+  }
+
+  // Every compile-time choice of the 16-byte kernel (X through subgroups or per lane, MT, R,
+  // threads) in every format it serves, at N = 1, 7, 129, 4097 rows and M = 1, 5, 16.
+  for (const type of GGUF_KERNEL_TYPES.filter((t) => ggufVec4Kernel(t))) {
+    const bk = ggufBlockLayout(type).info.blockElems;
+    test(`${type}, 16-byte kernel: every variant at N 1, 7, 129, 4097 and M 1, 5, 16`, async () => {
+      const sg = q4SubgroupsUsable(await testGpu());
+      // Every MT (1, 4, 8), R (1, 2, 4) and thread count (16, 32, 64, 128) at least once, on both
+      // X paths where the adapter has subgroups.
+      const variants: GgufVariant[] = [
+        { subgroups: false, rowsPerGroup: 1, rowsPerThread: 4, workgroupSize: 16 },
+        { subgroups: false, rowsPerGroup: 8, rowsPerThread: 2, workgroupSize: 128 },
+      ];
+      if (sg) {
+        variants.push(
+          { subgroups: true, rowsPerGroup: 1, rowsPerThread: 1, workgroupSize: 32 },
+          { subgroups: true, rowsPerGroup: 4, rowsPerThread: 4 },
+          { subgroups: true, rowsPerGroup: 8, rowsPerThread: 2, workgroupSize: 16 },
+        );
+      }
+      const labels = new Set<string>([
+        ...(await check(type, { m: 1, n: 4097, k: bk }, 50, variants)),
+        ...(await check(type, { m: 5, n: 7, k: 3 * bk, bias: true }, 60, variants)),
+        ...(await check(type, { m: 16, n: 129, k: 2 * bk, accumulate: true }, 70, variants)),
+        ...(await check(type, { m: 16, n: 1, k: bk }, 80, variants)),
+      ]);
+      // Each variant compiled its own pipeline (the label names every choice).
+      expect(labels.size).toBe(variants.length);
+      expect([...labels].every((l) => l.startsWith(`matmul_gguf_vec4_${type.toLowerCase()}_`))).toBe(true);
+    }, 300_000);
   }
 
   test('a weight in parts (16-row slices of 129 rows) equals the reference', async () => {
