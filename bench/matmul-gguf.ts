@@ -36,7 +36,7 @@ export async function matmulGgufSuite(b: BenchContext): Promise<void> {
         const weight = uploadGgufWeight(b.ctx, 'bench', [{ type, bytes, rows: lin.n }], lin.k);
         let weightBytes = 0;
         for (const p of weight.parts) {
-          for (const buf of [p.words, p.dplane]) {
+          for (const buf of [p.words, p.dplane, p.hplane]) {
             if (buf) {
               b.adopt(buf);
               weightBytes += buf.size;

@@ -4,7 +4,8 @@
 // formed in f32 exactly as matmul_gguf forms it.
 // Prepended: common/gguf_block.wgsl and the format fragment (one pipeline per format).
 // Bindings: params, qw (block words tiled by 8 rows), dplane (f16 d per block; a placeholder
-// without DPLANE), ids [m] u32, out [m, hidden] f32 as vec4s.
+// without DPLANE), ids [m] u32, out [m, hidden] f32 as vec4s, hplane (a u32 per block; a
+// placeholder without HPLANE).
 // Work: a thread owns one chunk of 8 weights (block t / NCH, chunk t % NCH); x covers the row's
 // chunks in 64-wide workgroups, y is the token row. `scale` is 1, or Gemma's √hidden (one f32
 // product per weight, as embed.wgsl applies it).
@@ -22,6 +23,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> dplane: array<u32>;
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> hplane: array<u32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -44,7 +46,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let pair = unpack2x16float(dplane[((n >> 3u) * ((nb + 1u) / 2u) + (b >> 1u)) * 8u + (n & 7u)]);
     d = select(pair.x, pair.y, (b & 1u) == 1u);
   }
-  let w = gguf_dq(wb, gguf_head(wb, d), c);
+  let w = gguf_dq(wb, gguf_head(wb, d, gguf_hword(n, b, nb)), c);
   let o = gguf_xoff(c);
   let base = m * (p.hidden / 4u) + b * (BK / 4u);
   out[base + o.x] = w.lo * p.scale;

@@ -9,7 +9,8 @@
 // And with common/gguf_block.wgsl (Dq, wd, bytes4) and one format fragment, shaders/common/gguf_<type>.wgsl, which defines:
 //   BK elements per block, BW u32 words per block in `qw`, DPLANE (the block's f16 d lives in the
 //   `dplane` binding), NCH chunks of 8 elements per block, `struct Head` and
-//   `gguf_head(wb, d) -> Head` (what a block's chunks share: scales, offsets, high bits),
+//   HPLANE (a u32 of the block, `hw`, lives in the `hplane` binding),
+//   `gguf_head(wb, d, hw) -> Head` (what a block's chunks share: scales, offsets, high bits),
 //   `gguf_dq(wb, h, c) -> Dq` (chunk c's 8 weights as two vec4s) and `gguf_xoff(c) -> vec2<u32>`
 //   (the vec4 indices, within the block, of the X those two vec4s multiply). A fragment reads
 //   word w of the block at `wb` with `wd(wb, w)`.
@@ -17,7 +18,8 @@
 // Bindings: params (uniform); qw: block words, tiled by 8 rows (gguf_wbase and wd in
 // common/gguf_block.wgsl; NB blocks per row); dplane: f16 d of (n, b) in half b%2 of u32
 // ((n/8)·⌈NB/2⌉ + b/2)·8 + n%8 (a placeholder without DPLANE); x [m, k] f32; y [m, n_total] f32;
-// bias [n_total] f32 (a placeholder when flags bit 0 is clear).
+// bias [n_total] f32 (a placeholder when flags bit 0 is clear); hplane: the u32 of (n, b) at
+// ((n/8)·NB + b)·8 + n%8 (a placeholder without HPLANE).
 //
 // Every weight is formed in f32 from the block's exact small integers and f16/six-bit scales, and
 // every product and sum is f32: per chunk two 4-element dots, added into one accumulator per
@@ -42,6 +44,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read> hplane: array<u32>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
@@ -54,8 +57,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let last_row = ((p.n_part + 7u) / 8u) * 8u - 1u;
   var rb: array<u32, R>;
   var db: array<u32, R>;
+  var rn: array<u32, R>;
   for (var r = 0u; r < R; r++) {
     let nr = min(n0 + r * WG, last_row);
+    rn[r] = nr;
     rb[r] = gguf_wbase(nr, 0u, nb);
     db[r] = (nr >> 3u) * ((nb + 1u) / 2u) * 8u + (nr & 7u);
   }
@@ -80,7 +85,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let pair = unpack2x16float(dplane[db[r] + (b >> 1u) * 8u]);
         d = select(pair.x, pair.y, (b & 1u) == 1u);
       }
-      hd[r] = gguf_head(wb[r], d);
+      hd[r] = gguf_head(wb[r], d, gguf_hword(rn[r], b, nb));
     }
     let xb = b * (BK / 4u);
     for (var c = 0u; c < NCH; c++) {

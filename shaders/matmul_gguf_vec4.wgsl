@@ -1,7 +1,7 @@
 // matmul_gguf_vec4: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias[col_offset + n]) for the
-// rows n of one part of a weight in a GGUF block format whose words tile by 16 bytes (Q4_0, Q8_0,
-// IQ4_NL, Q4_K, Q5_K, Q6_K; src/quant/gguf-pack.ts), decoded in registers, never in memory. The
-// other formats run shaders/matmul_gguf.wgsl.
+// rows n of one part of a weight in a GGUF block format whose words tile by 16 bytes (Q4_0, Q4_1,
+// Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K; src/quant/gguf-pack.ts), decoded in registers, never in
+// memory. The other formats run shaders/matmul_gguf.wgsl.
 //
 // Module constants prepended by src/kernels/matmul-gguf.ts (the pipeline label names them all):
 //   WG threads per workgroup; R output rows per thread (rows n0 + WG·r, so the 8 lanes of a SIMD
@@ -11,8 +11,8 @@
 // 8 and broadcasts it through the subgroup; common/gguf_x_direct.wgsl: each lane loads all 8; both
 // define x_init and x_step) and a format fragment, common/gguf_vec4_<type>.wgsl, which defines:
 //   BK elements per block, BV 16-byte words per block, DPLANE (the block's f16 d lives in the
-//   `dplane` binding), NG groups per block of GS steps of 32 elements, HAS_MIN (codes carry an
-//   offset, applied through Σx), `struct Head` and `gv_head(vb, d)` (what the block's groups share: scales,
+//   `dplane` binding), HPLANE (a u32 of the block, `hw`, lives in the `hplane` binding), NG groups per block of GS steps of 32 elements, HAS_MIN (codes carry an
+//   offset, applied through Σx), `struct Head` and `gv_head(vb, d, hw)` (what the block's groups share: scales,
 //   high bits; loaded and decoded once per block), `struct Grp` and `gv_group(vb, g)` (the 16-byte
 //   words group g's codes come from), `gv_codes(h, w, g, s, i)` (elements 32·(g·GS + s) + 4i..+3
 //   of the block as exact small non-negative integers in f32, straight from the bits) and
@@ -24,7 +24,8 @@
 // Bindings: params (uniform); qw: block words as vec4s, 16-byte word v of block b of row n at
 // ((n/8)·NB·BV + b·BV + v)·8 + n%8 (NB blocks per row); dplane: f16 d of (n, b) in half b%2 of u32
 // ((n/8)·⌈NB/2⌉ + b/2)·8 + n%8 (a placeholder without DPLANE); x [m, k] f32; y [m, n_total] f32;
-// bias [n_total] f32 (a placeholder when flags bit 0 is clear).
+// bias [n_total] f32 (a placeholder when flags bit 0 is clear); hplane: the u32 of (n, b) at
+// ((n/8)·NB + b)·8 + n%8 (a placeholder without HPLANE).
 //
 // Work per 32-element step and thread: X's 8 vec4s per row of X (one load per lane and 8
 // broadcasts on the subgroup path), then per output row the codes (shift, mask, convert: no scale
@@ -56,6 +57,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read> hplane: array<u32>;
 
 // 16-byte word i of the block whose word 0 is at `vb` (a tile's 8 rows interleave by 16 bytes).
 fn qv(vb: u32, i: u32) -> vec4<u32> {
@@ -84,10 +86,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let last_row = ((p.n_part + 7u) / 8u) * 8u - 1u;
   var rb: array<u32, R>;
   var db: array<u32, R>;
+  var hb: array<u32, R>;
   for (var r = 0u; r < R; r++) {
     let nr = min(n0 + r * WG, last_row);
     rb[r] = (nr >> 3u) * nb * BV * 8u + (nr & 7u);
     db[r] = (nr >> 3u) * ((nb + 1u) / 2u) * 8u + (nr & 7u);
+    hb[r] = (nr >> 3u) * nb * 8u + (nr & 7u);
   }
   // X rows past M read row M − 1 (their results are not written).
   var xr: array<u32, MT>;
@@ -110,7 +114,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let pair = unpack2x16float(dplane[db[r] + (b >> 1u) * 8u]);
         d = select(pair.x, pair.y, (b & 1u) == 1u);
       }
-      hd[r] = gv_head(vb[r], d);
+      var hw = 0u;
+      if (HPLANE) {
+        hw = hplane[hb[r] + b * 8u];
+      }
+      hd[r] = gv_head(vb[r], d, hw);
     }
     for (var g = 0u; g < NG; g++) {
       var gw: array<Grp, R>;

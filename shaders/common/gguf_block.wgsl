@@ -17,6 +17,14 @@ fn gguf_wbase(n: u32, b: u32, nb: u32) -> u32 {
   return tile + (n & 7u);
 }
 
+// The h-plane word of block b of row n (formats with HPLANE; 0 otherwise).
+fn gguf_hword(n: u32, b: u32, nb: u32) -> u32 {
+  if (HPLANE) {
+    return hplane[((n >> 3u) * nb + b) * 8u + (n & 7u)];
+  }
+  return 0u;
+}
+
 // Word w of the block whose word 0 is at `wb` (the 8 rows of a tile interleave by 16-byte words
 // or by words).
 fn wd(wb: u32, w: u32) -> u32 {

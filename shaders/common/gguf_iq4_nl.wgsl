@@ -3,6 +3,7 @@
 const BK: u32 = 32u;
 const BW: u32 = 4u;
 const DPLANE: bool = true;
+const HPLANE: bool = false;
 const NCH: u32 = 4u;
 
 var<private> IQ4_T: array<f32, 16> = array<f32, 16>(
@@ -17,7 +18,7 @@ struct Head {
   d: f32,
 }
 
-fn gguf_head(wb: u32, d: f32) -> Head {
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
   return Head(d);
 }
 

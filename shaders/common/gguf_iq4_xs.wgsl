@@ -4,6 +4,7 @@
 const BK: u32 = 256u;
 const BW: u32 = 34u;
 const DPLANE: bool = false;
+const HPLANE: bool = false;
 const NCH: u32 = 32u;
 
 var<private> IQ4_T: array<f32, 16> = array<f32, 16>(
@@ -20,7 +21,7 @@ struct Head {
   sl: u32,
 }
 
-fn gguf_head(wb: u32, d: f32) -> Head {
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
   let w0 = wd(wb, 0u);
   return Head(unpack2x16float(w0).x, w0 >> 16u, wd(wb, 1u));
 }

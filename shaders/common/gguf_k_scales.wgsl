@@ -3,7 +3,7 @@
 
 alias Head = KPairs;
 
-fn gguf_head(wb: u32, d: f32) -> Head {
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
   return k_pairs(wd(wb, 0u), wd(wb, 1u), wd(wb, 2u), wd(wb, 3u));
 }
 

@@ -5,6 +5,7 @@
 const BK: u32 = 256u;
 const BW: u32 = 21u;
 const DPLANE: bool = false;
+const HPLANE: bool = false;
 const NCH: u32 = 32u;
 
 struct Head {
@@ -12,7 +13,7 @@ struct Head {
   dmin: f32,
 }
 
-fn gguf_head(wb: u32, d: f32) -> Head {
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
   let dm = unpack2x16float(wd(wb, 20u));
   return Head(dm.x, dm.y);
 }

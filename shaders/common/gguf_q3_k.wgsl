@@ -5,6 +5,7 @@
 const BK: u32 = 256u;
 const BW: u32 = 27u;
 const DPLANE: bool = true;
+const HPLANE: bool = false;
 const NCH: u32 = 32u;
 
 struct Head {
@@ -14,7 +15,7 @@ struct Head {
   s2: u32,
 }
 
-fn gguf_head(wb: u32, d: f32) -> Head {
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
   return Head(d, wd(wb, 24u), wd(wb, 25u), wd(wb, 26u));
 }
 

@@ -1,8 +1,9 @@
 // Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q4_1, q·d + m.
-// Words: d | m << 16, then the 16 nibble bytes (chunks as in gguf_q4_0).
+// d | m << 16 in the h plane; words: the 16 nibble bytes (chunks as in gguf_q4_0).
 const BK: u32 = 32u;
-const BW: u32 = 5u;
+const BW: u32 = 4u;
 const DPLANE: bool = false;
+const HPLANE: bool = true;
 const NCH: u32 = 4u;
 
 struct Head {
@@ -10,13 +11,13 @@ struct Head {
   m: f32,
 }
 
-fn gguf_head(wb: u32, d: f32) -> Head {
-  let dm = unpack2x16float(wd(wb, 0u));
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
+  let dm = unpack2x16float(hw);
   return Head(dm.x, dm.y);
 }
 
 fn gguf_dq(wb: u32, h: Head, c: u32) -> Dq {
-  let q = bytes4(wd(wb, 1u + c));
+  let q = bytes4(wd(wb, c));
   return Dq(vec4<f32>(q & vec4<u32>(15u)) * h.d + h.m, vec4<f32>(q >> vec4<u32>(4u)) * h.d + h.m);
 }
 

@@ -1,9 +1,10 @@
 // Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q5_0, (q − 16)·d.
-// Words: the u32 of fifth bits (bit i for element i), then the 16 nibble bytes (d in the d plane);
-// chunks as in gguf_q4_0.
+// The u32 of fifth bits (bit i for element i) in the h plane, d in the d plane; words: the 16
+// nibble bytes; chunks as in gguf_q4_0.
 const BK: u32 = 32u;
-const BW: u32 = 5u;
+const BW: u32 = 4u;
 const DPLANE: bool = true;
+const HPLANE: bool = true;
 const NCH: u32 = 4u;
 
 struct Head {
@@ -11,12 +12,12 @@ struct Head {
   qh: u32,
 }
 
-fn gguf_head(wb: u32, d: f32) -> Head {
-  return Head(d, wd(wb, 0u));
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
+  return Head(d, hw);
 }
 
 fn gguf_dq(wb: u32, h: Head, c: u32) -> Dq {
-  let q = bytes4(wd(wb, 1u + c));
+  let q = bytes4(wd(wb, c));
   let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * c;
   let lo = (q & vec4<u32>(15u)) | (((vec4<u32>(h.qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
   let hi = (q >> vec4<u32>(4u)) | (((vec4<u32>(h.qh) >> (sh + 16u)) & vec4<u32>(1u)) << vec4<u32>(4u));

@@ -3,6 +3,7 @@
 const BK: u32 = 32u;
 const BW: u32 = 6u;
 const DPLANE: bool = false;
+const HPLANE: bool = false;
 const NCH: u32 = 4u;
 
 struct Head {
@@ -11,7 +12,7 @@ struct Head {
   qh: u32,
 }
 
-fn gguf_head(wb: u32, d: f32) -> Head {
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
   let dm = unpack2x16float(wd(wb, 0u));
   return Head(dm.x, dm.y, wd(wb, 1u));
 }

@@ -5,6 +5,7 @@
 const BK: u32 = 256u;
 const BW: u32 = 44u;
 const DPLANE: bool = false;
+const HPLANE: bool = false;
 const NCH: u32 = 32u;
 
 // Scale pairs and chunk offsets: shaders/common/gguf_k_scales.wgsl.

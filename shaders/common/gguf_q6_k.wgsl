@@ -6,6 +6,7 @@
 const BK: u32 = 256u;
 const BW: u32 = 52u;
 const DPLANE: bool = true;
+const HPLANE: bool = false;
 const NCH: u32 = 32u;
 
 struct Head {
@@ -16,7 +17,7 @@ struct Head {
   s3: u32,
 }
 
-fn gguf_head(wb: u32, d: f32) -> Head {
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
   return Head(d, wd(wb, 48u), wd(wb, 49u), wd(wb, 50u), wd(wb, 51u));
 }
 

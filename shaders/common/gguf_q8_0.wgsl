@@ -3,13 +3,14 @@
 const BK: u32 = 32u;
 const BW: u32 = 8u;
 const DPLANE: bool = true;
+const HPLANE: bool = false;
 const NCH: u32 = 4u;
 
 struct Head {
   d: f32,
 }
 
-fn gguf_head(wb: u32, d: f32) -> Head {
+fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
   return Head(d);
 }
 

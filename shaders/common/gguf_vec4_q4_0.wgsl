@@ -4,6 +4,7 @@
 const BK: u32 = 32u;
 const BV: u32 = 1u;
 const DPLANE: bool = true;
+const HPLANE: bool = false;
 const NG: u32 = 1u;
 const GS: u32 = 1u;
 const HAS_MIN: bool = true;
@@ -16,7 +17,7 @@ struct Grp {
   w: vec4<u32>,
 }
 
-fn gv_head(vb: u32, d: f32) -> Head {
+fn gv_head(vb: u32, d: f32, hw: u32) -> Head {
   return Head(d);
 }
 

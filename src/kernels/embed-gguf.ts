@@ -16,7 +16,7 @@ export function embedGguf(
     /** [m] u32 */ ids: GPUBuffer;
     /** [m, cols] f32 */ out: GPUBuffer;
     m: number;
-    /** Bound where a part has no d plane. */
+    /** Bound where a part has no d plane or h plane. */
     placeholder: GPUBuffer;
     /** multiplier, default 1 */ scale?: number;
   },
@@ -39,7 +39,7 @@ export function embedGguf(
         ['u32', part.rows],
         ['f32', a.scale ?? 1],
       ]),
-      [part.words, part.dplane ?? a.placeholder, a.ids, a.out],
+      [part.words, part.dplane ?? a.placeholder, a.ids, a.out, part.hplane ?? a.placeholder],
       [Math.ceil(chunks / 64), a.m, 1],
     );
   });

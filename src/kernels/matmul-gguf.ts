@@ -1,7 +1,7 @@
 /**
  * matmul_gguf: Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]) with W kept in a GGUF block format on the
  * GPU (layout: src/quant/gguf-pack.ts). Two kernels, by format: the formats whose blocks tile by
- * 16 bytes (Q4_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K) run shaders/matmul_gguf_vec4.wgsl with
+ * 16 bytes (Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K) run shaders/matmul_gguf_vec4.wgsl with
  * shaders/common/gguf_vec4_<type>.wgsl (16-byte weight loads, X broadcast through subgroups where
  * the adapter has them), the others shaders/matmul_gguf.wgsl with shaders/common/gguf_<type>.wgsl
  * (a u32 per 8 weights, X per lane). Each serves decode (MT = 1: one row of X per workgroup) and
@@ -23,6 +23,8 @@ export interface GgufWeightPart {
   words: GPUBuffer;
   /** The d plane, for formats that have one (PackedGguf.dplane). */
   dplane?: GPUBuffer | undefined;
+  /** The h plane, for formats that have one (PackedGguf.hplane). */
+  hplane?: GPUBuffer | undefined;
   /** First row of the matrix stored in this part. */
   rowStart: number;
   rows: number;
@@ -56,7 +58,7 @@ export interface MatmulGgufArgs {
   bias?: GPUBuffer | undefined;
   /** Add into y instead of overwriting it (fuses the residual add). */
   accumulate?: boolean;
-  /** Bound where there is no bias or no d plane (bindings cannot be empty). */
+  /** Bound where there is no bias, d plane or h plane (bindings cannot be empty). */
   placeholder: GPUBuffer;
   /** Override the shape-based choice (benchmarks, tuner). */
   rowsPerGroup?: GgufRowsPerGroup;
@@ -161,7 +163,14 @@ export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
       variant,
       () => variantSource(part.type, mt, r, wg, vec4 && sg),
       params,
-      [part.words, part.dplane ?? a.placeholder, a.x, a.y, a.bias ?? a.placeholder],
+      [
+        part.words,
+        part.dplane ?? a.placeholder,
+        a.x,
+        a.y,
+        a.bias ?? a.placeholder,
+        part.hplane ?? a.placeholder,
+      ],
       [gridX, Math.ceil(tiles / gridX), zGroups],
     );
   });

@@ -1,20 +1,23 @@
 /**
  * The GPU layout of a GGUF block matrix, an exact re-layout of the file's bytes (no value changes):
  * ggml blocks of 18, 22, 34, 110 or 210 bytes are not 4-byte aligned, and WGSL reads storage in
- * u32s, so each block is split in two planes:
+ * u32s, so each block is split in two or three planes:
  *   - words: the block's bytes without its one f16 super-scale d where that field is what breaks
- *     the alignment (Q4_0, Q5_0, Q8_0, IQ4_NL at byte 0; Q3_K, Q6_K at the end), else the whole
- *     block, as little-endian u32s (BW per block). Words are tiled by 8 rows, so the 8 lanes that
+ *     the alignment (Q4_0, Q5_0, Q8_0, IQ4_NL at byte 0; Q3_K, Q6_K at the end) and without its
+ *     h-plane field (below), as little-endian u32s (BW per block). Words are tiled by 8 rows, so the 8 lanes that
  *     own a tile's 8 rows read contiguous bytes together (as src/quant/q4.ts tiles int4 words):
- *       - where BW is a multiple of 4 (Q4_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K: the formats of the
- *         16-byte kernel, shaders/matmul_gguf_vec4.wgsl), by 16-byte words: u32 w of block b of
+ *       - where BW is a multiple of 4 (Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K: the
+ *         formats of the 16-byte kernel, shaders/matmul_gguf_vec4.wgsl), by 16-byte words: u32 w of block b of
  *         row n is component w%4 of vec4 ((n/8)·NB·BW/4 + b·BW/4 + w/4)·8 + n%8, so each lane
  *         loads 4 words of its row at once and a tile's 8 lanes read 128 contiguous bytes;
  *       - else by u32: word w of block b of row n at ((n/8)·NB·BW + b·BW + w)·8 + n%8.
  *   - dplane (those six formats only): the f16 d of (row n, block b) in half b%2 of u32
  *     ((n/8)·⌈NB/2⌉ + b/2)·8 + n%8.
+ *   - hplane (Q5_0: the u32 of fifth bits; Q4_1: d | m << 16): the block's one u32 field that
+ *     keeps the rest from tiling by 16 bytes, at ((n/8)·NB + b)·8 + n%8.
  * The bytes on the GPU equal the file's (plus the tile padding of the last 8 rows); the kernel,
- * shaders/matmul_gguf.wgsl with a fragment per format, decodes the blocks in registers.
+ * shaders/matmul_gguf_vec4.wgsl or shaders/matmul_gguf.wgsl with a fragment per format, decodes
+ * the blocks in registers.
  */
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
 import { ggufTensorBytes, ggufTypeByName, type GgufTypeInfo } from '../io/gguf-types.js';
@@ -28,6 +31,8 @@ export interface GgufBlockLayout {
   blockWords: number;
   /** Byte offset of the f16 moved to the d plane, or null when the block is already aligned. */
   dAt: number | null;
+  /** Byte offset of the u32 moved to the h plane (right after the d plane's f16, or at 0), or null. */
+  hAt: number | null;
   /** Chunks of 8 elements the kernel walks per block. */
   chunks: number;
   /** Tiled by 16-byte words (BW a multiple of 4), read by the 16-byte kernel. */
@@ -60,6 +65,8 @@ const D_AT: Partial<Record<GgufKernelType, number>> = {
   Q6_K: 208,
 };
 
+const H_AT: Partial<Record<GgufKernelType, number>> = { Q5_0: 2, Q4_1: 0 };
+
 export function isGgufKernelType(name: string): name is GgufKernelType {
   return (GGUF_KERNEL_TYPES as readonly string[]).includes(name);
 }
@@ -72,9 +79,10 @@ export function ggufBlockLayout(type: string): GgufBlockLayout {
     );
   }
   const dAt = D_AT[type] ?? null;
-  const bytes = info.blockBytes - (dAt === null ? 0 : 2);
+  const hAt = H_AT[type] ?? null;
+  const bytes = info.blockBytes - (dAt === null ? 0 : 2) - (hAt === null ? 0 : 4);
   const blockWords = bytes / 4;
-  return { info, blockWords, dAt, chunks: info.blockElems / 8, vec4: blockWords % 4 === 0 };
+  return { info, blockWords, dAt, hAt, chunks: info.blockElems / 8, vec4: blockWords % 4 === 0 };
 }
 
 /** A [rows, cols] block matrix in the GPU layout. */
@@ -88,6 +96,8 @@ export interface PackedGguf {
   words: Uint32Array;
   /** The d plane, for the formats whose blocks are not 4-byte aligned. */
   dplane?: Uint32Array;
+  /** The h plane (Q5_0, Q4_1). */
+  hplane?: Uint32Array;
 }
 
 /** GPU bytes of a [rows, cols] matrix of `type` (both planes, tile-padded). */
@@ -95,7 +105,11 @@ export function ggufPackedBytes(type: string, rows: number, cols: number): numbe
   const L = ggufBlockLayout(type);
   const nb = cols / L.info.blockElems;
   const padded = Math.ceil(rows / GGUF_TILE_ROWS) * GGUF_TILE_ROWS;
-  return padded * nb * L.blockWords * 4 + (L.dAt === null ? 0 : padded * Math.ceil(nb / 2) * 4);
+  return (
+    padded * nb * L.blockWords * 4 +
+    (L.dAt === null ? 0 : padded * Math.ceil(nb / 2) * 4) +
+    (L.hAt === null ? 0 : padded * nb * 4)
+  );
 }
 
 /**
@@ -124,7 +138,15 @@ export function packGguf(type: string, bytes: Uint8Array, rows: number, cols: nu
   const paddedRows = Math.ceil(rows / GGUF_TILE_ROWS) * GGUF_TILE_ROWS;
   const words = new Uint32Array(paddedRows * nb * BW);
   const dplane = L.dAt === null ? undefined : new Uint32Array(paddedRows * Math.ceil(nb / 2));
-  const skip = L.dAt === 0 ? 2 : 0;
+  const hplane = L.hAt === null ? undefined : new Uint32Array(paddedRows * nb);
+  // The planes' fields open the block (d, then the h word), so the words are the bytes after them.
+  const skip = (L.dAt === 0 ? 2 : 0) + (L.hAt === null ? 0 : 4);
+  const u32At = (o: number) =>
+    ((bytes[o] as number) |
+      ((bytes[o + 1] as number) << 8) |
+      ((bytes[o + 2] as number) << 16) |
+      ((bytes[o + 3] as number) << 24)) >>>
+    0;
   // Where u32 w of a block goes, relative to the block's word 0 of lane 0.
   const at = (w: number) => (L.vec4 ? (w >> 2) * 4 * GGUF_TILE_ROWS + (w & 3) : w * GGUF_TILE_ROWS);
   const laneStride = L.vec4 ? 4 : 1;
@@ -136,12 +158,10 @@ export function packGguf(type: string, bytes: Uint8Array, rows: number, cols: nu
       const dst = (tile + b * BW) * GGUF_TILE_ROWS + lane * laneStride;
       for (let w = 0; w < BW; w++) {
         const o = src + skip + 4 * w;
-        words[dst + at(w)] =
-          ((bytes[o] as number) |
-            ((bytes[o + 1] as number) << 8) |
-            ((bytes[o + 2] as number) << 16) |
-            ((bytes[o + 3] as number) << 24)) >>>
-          0;
+        words[dst + at(w)] = u32At(o);
+      }
+      if (hplane && L.hAt !== null) {
+        hplane[(Math.floor(n / GGUF_TILE_ROWS) * nb + b) * GGUF_TILE_ROWS + lane] = u32At(src + L.hAt);
       }
       if (dplane && L.dAt !== null) {
         const h = (bytes[src + L.dAt] as number) | ((bytes[src + L.dAt + 1] as number) << 8);
@@ -152,5 +172,6 @@ export function packGguf(type: string, bytes: Uint8Array, rows: number, cols: nu
   }
   const out: PackedGguf = { type: type as GgufKernelType, rows, cols, paddedRows, blocksPerRow: nb, words };
   if (dplane) out.dplane = dplane;
+  if (hplane) out.hplane = hplane;
   return out;
 }

@@ -123,7 +123,8 @@ async function uploadBlocks(
     };
     const words = await put('gguf_words', packed.words);
     const dplane = packed.dplane ? await put('gguf_d', packed.dplane) : undefined;
-    parts.push({ type: packed.type, words, dplane, rowStart, rows: packed.rows });
+    const hplane = packed.hplane ? await put('gguf_h', packed.hplane) : undefined;
+    parts.push({ type: packed.type, words, dplane, hplane, rowStart, rows: packed.rows });
   }
   ctx.assertAlive();
   return weightOf(name, pieces, cols, parts);
@@ -150,6 +151,7 @@ export function uploadGgufWeight(
       type: packed.type,
       words: put('gguf_words', packed.words),
       dplane: packed.dplane ? put('gguf_d', packed.dplane) : undefined,
+      hplane: packed.hplane ? put('gguf_h', packed.hplane) : undefined,
       rowStart,
       rows: packed.rows,
     }),
@@ -159,5 +161,5 @@ export function uploadGgufWeight(
 
 /** Every buffer of an uploaded block weight. */
 export function ggufBuffers(w: GgufGpuWeight): GPUBuffer[] {
-  return w.parts.flatMap((p) => (p.dplane ? [p.words, p.dplane] : [p.words]));
+  return w.parts.flatMap((p) => [p.words, ...(p.dplane ? [p.dplane] : []), ...(p.hplane ? [p.hplane] : [])]);
 }

@@ -263,7 +263,7 @@ describe('matmul_gguf', () => {
     }
   }, 120_000);
 
-  test('the layout moves only the unaligned f16 d into its own plane (an exact re-layout)', () => {
+  test('the layout moves only the unaligned f16 d (and Q5_0 / Q4_1 one u32) into planes of their own (an exact re-layout)', () => {
     const v = randomF32(9 * 64, 5, 1);
     const bytes = quantizeGguf('Q8_0', v);
     const p = packGguf('Q8_0', bytes, 9, 64);
@@ -280,6 +280,35 @@ describe('matmul_gguf', () => {
     );
     const d = p.dplane?.[(1 * 1 + 0) * 8 + 0] ?? 0;
     expect(d >>> 16).toBe((bytes[src] as number) | ((bytes[src + 1] as number) << 8));
+    // Lane 3 (row 11), block 1, u32 5 (file bytes 2 + 20..): component 1 of 16-byte word 1, the
+    // 8 lanes of a tile interleaved by 16 bytes.
+    const src11 = (11 * 2 + 1) * 34 + 2 + 20;
+    const u32 = (o: number) =>
+      ((bytes[o] as number) |
+        ((bytes[o + 1] as number) << 8) |
+        ((bytes[o + 2] as number) << 16) |
+        ((bytes[o + 3] as number) << 24)) >>>
+      0;
+    expect(p.words[((1 * 2 * 2 + 1 * 2 + 1) * 8 + 3) * 4 + 1]).toBe(u32(src11));
+    // Q5_0 (22-byte blocks: d, the u32 of fifth bits, 16 nibble bytes): the fifth bits go to the
+    // h plane, the nibbles stay one 16-byte word.
+    const q5 = quantizeGguf('Q5_0', v);
+    const p5 = packGguf('Q5_0', q5, 9, 64);
+    const b5 = (8 * 2 + 1) * 22;
+    expect(p5.hplane?.[(1 * 2 + 1) * 8 + 0]).toBe(
+      ((q5[b5 + 2] as number) |
+        ((q5[b5 + 3] as number) << 8) |
+        ((q5[b5 + 4] as number) << 16) |
+        ((q5[b5 + 5] as number) << 24)) >>>
+        0,
+    );
+    expect(p5.words[((1 * 2 + 1) * 8 + 0) * 4 + 2]).toBe(
+      ((q5[b5 + 14] as number) |
+        ((q5[b5 + 15] as number) << 8) |
+        ((q5[b5 + 16] as number) << 16) |
+        ((q5[b5 + 17] as number) << 24)) >>>
+        0,
+    );
     expect(() => packGguf('Q4_K', bytes, 1, 100)).toThrow(/whole 256-element blocks/);
     expect(() => packGguf('F16', bytes, 1, 32)).toThrow(/no block matmul/);
   });
