@@ -1,8 +1,10 @@
 /**
- * matmul_gguf rows of `kiln bench kernels`: the GGUF block kernel in the formats int4-class and
- * 8-bit GGUF files use most (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0) at the benchmark models' layer shapes
- * whose K is whole blocks, M = 1 (decode) and 16, timed against the same bandwidth figure as every
- * other row (compare with the matmul_q4 rows at the same shapes). Weights: a seeded 64-row tile
+ * matmul_gguf rows of `kiln bench kernels`: the GGUF block kernels in the formats int4-class and
+ * 8-bit GGUF files use most (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, and Q5_0, which llama.cpp's Q4_K_M
+ * writes where a row is not whole 256-element blocks, e.g. Qwen2.5-0.5B's 896 columns) at the
+ * benchmark models' layer shapes whose K is whole blocks, M = 1 (decode) and 16, in quick runs
+ * too, timed against the same bandwidth figure as every other row (compare with the matmul_q4
+ * rows at the same shapes). Weights: a seeded 64-row tile
  * quantized by the round-to-nearest quantizer, repeated down the rows (the kernel's traffic does
  * not depend on the values; quantizing whole 16k-row matrices on the CPU would dominate the run).
  */
@@ -18,8 +20,8 @@ import { BENCH_MODELS } from './shapes.js';
 const TILE_ROWS = 64;
 
 export async function matmulGgufSuite(b: BenchContext): Promise<void> {
-  const ms = b.opts.quick ? [1] : [1, 16];
-  const types = b.opts.quick ? ['Q4_K'] : ['Q4_K', 'Q5_K', 'Q6_K', 'Q8_0', 'Q4_0'];
+  const ms = [1, 16];
+  const types = ['Q4_K', 'Q5_K', 'Q6_K', 'Q8_0', 'Q4_0', 'Q5_0'];
   for (const model of BENCH_MODELS) {
     for (const lin of model.linears) {
       for (const type of types) {

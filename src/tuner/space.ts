@@ -137,13 +137,14 @@ export function ggufMatmulCandidates(ctx: GpuContext, w: GgufGpuWeight, mClass: 
     for (const rowsPerGroup of mts) {
       for (const rowsPerThread of rs) {
         // Fewer threads make more, smaller workgroups (what a CPU adapter balances over its cores,
-        // as for the int4 kernel); more suit a GPU's wide cores.
+        // as for the int4 kernel); more suit a GPU's wide cores. 64 is the kernel's default and
+        // left out of the variant, as the int4 candidates do.
         for (const workgroupSize of [16, 32, 64, 128] as const) {
           if (subgroups === false && workgroupSize !== 64) continue;
           v.push({
             rowsPerGroup,
             rowsPerThread,
-            workgroupSize,
+            ...(workgroupSize === 64 ? {} : { workgroupSize }),
             ...(subgroups === undefined ? {} : { subgroups }),
           });
         }

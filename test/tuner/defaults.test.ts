@@ -4,7 +4,12 @@
  * context).
  */
 import { describe, expect, it } from 'vitest';
+import { q4SubgroupsUsable } from '../../src/kernels/matmul-q4.js';
+import { quantizeGguf } from '../../src/quant/gguf-blocks.js';
 import type { KernelChoice } from '../../src/tuner/choices.js';
+import { ggufMatmulCandidates } from '../../src/tuner/space.js';
+import { uploadGgufWeight } from '../../src/weights/upload-gguf.js';
+import { randomF32, testGpu } from '../helpers/gpu.js';
 import {
   adapterClassOf,
   defaultChoices,
@@ -129,5 +134,43 @@ describe('default choices', () => {
       defaultChoices([cls('att', '1', chunks([512]), 'attention_decode')], KERNEL_DEFAULTS.generic, 4096)
         .size,
     ).toBe(0);
+  });
+
+  it("takes the cpu row's GGUF block choices where the 16-byte kernel and subgroups are candidates", async () => {
+    const ctx = await testGpu();
+    const k = 512;
+    const weight = uploadGgufWeight(
+      ctx,
+      'w',
+      [
+        { type: 'Q4_K', rows: 16, bytes: quantizeGguf('Q4_K', randomF32(16 * k, 1, 1)) },
+        { type: 'Q6_K', rows: 8, bytes: quantizeGguf('Q6_K', randomF32(8 * k, 2, 1)) },
+      ],
+      k,
+    );
+    const classes: DefaultableClass[] = (['1', '5-16', '2-4'] as const).map((bucket) => ({
+      key: bucket,
+      kernel: 'matmul_gguf',
+      bucket,
+      rows: weight.rows,
+      candidates: ggufMatmulCandidates(ctx, weight, bucket),
+    }));
+    const got = defaultChoices(classes, KERNEL_DEFAULTS.cpu, 4096);
+    if (q4SubgroupsUsable(ctx)) {
+      expect(got.get('1')).toEqual({
+        kernel: 'matmul_gguf',
+        variant: { rowsPerGroup: 1, rowsPerThread: 2, workgroupSize: 32, subgroups: true },
+      });
+      expect(got.get('5-16')).toEqual({
+        kernel: 'matmul_gguf',
+        variant: { rowsPerGroup: 4, rowsPerThread: 2, subgroups: true },
+      });
+    } else {
+      // Without subgroups the row's variants are not candidates: the kernel's rule stays.
+      expect(got.get('1')).toBeUndefined();
+    }
+    // No row entry for 2-4.
+    expect(got.get('2-4')).toBeUndefined();
+    for (const p of weight.parts) for (const b of [p.words, p.dplane]) if (b) ctx.destroyBuffer(b);
   });
 });
