@@ -20,7 +20,6 @@ import { isGgufWeight, isQ4Weight, linear, type LinearArgs } from '../../kernels
 import { rmsnorm } from '../../kernels/rmsnorm.js';
 import { isQuantKv } from '../../kernels/kv-dtype.js';
 import { kvQuantize } from '../../kernels/kv-quantize.js';
-import { qkNorm } from '../../kernels/qk-norm.js';
 import { ropeKvWrite } from '../../kernels/rope-kv-write.js';
 import { softcap } from '../../kernels/softcap.js';
 import type { BlockRecipe, ProjectionRole } from '../../model/architecture.js';
@@ -135,21 +134,14 @@ export function recordGraph(
     );
     tap('qkv', s.xn, H);
     body.push(...project({ x: s.xn, lin: L.qkv, y: s.qkv, m, ...xIn }));
+    // Qwen3's and Gemma 3's per-head q/k RMSNorm runs inside the RoPE + KV-write kernel
+    // (rope_kv_write_qknorm) rather than as its own qk_norm dispatch before it.
+    let norm: { qWeight: GPUBuffer; kWeight: GPUBuffer; eps: number } | undefined;
     if (recipe.qkNorm === 'rmsnorm-head') {
       if (!L.qNorm || !L.kNorm) throw new RangeError(`layer ${l}: the q/k norm weights are not loaded`);
-      body.push(
-        qkNorm(b, {
-          qkv: s.qkv,
-          qWeight: L.qNorm,
-          kWeight: L.kNorm,
-          m,
-          heads: spec.numHeads,
-          kvHeads: spec.numKvHeads,
-          headDim: spec.headDim,
-          eps,
-        }),
-      );
+      norm = { qWeight: L.qNorm, kWeight: L.kNorm, eps };
     }
+    const qkNorm = norm ? { qkNorm: norm } : {};
     const rotaryDim = layerRope(spec, l) === 'none' ? 0 : (spec.rotaryDim ?? spec.headDim);
     const kvDims = { m, kvHeads: spec.numKvHeads, headDim: spec.headDim };
     const dtype = kv.dtype;
@@ -170,6 +162,7 @@ export function recordGraph(
           vCache: stage.v,
           heads: spec.numHeads,
           ...kvDims,
+          ...qkNorm,
         }),
         kvQuantize(b, {
           slots: s.slots,
@@ -195,6 +188,7 @@ export function recordGraph(
           heads: spec.numHeads,
           kvDtype: dtype,
           ...kvDims,
+          ...qkNorm,
         }),
       );
     }
