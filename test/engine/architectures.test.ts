@@ -125,10 +125,11 @@ describe('the kernel tuner with GeGLU (Gemma 2)', () => {
 describe('models the engine cannot run are refused before any weight is read', () => {
   test.each([
     [
+      // (Gemma3ForConditionalGeneration runs its text decoder: test/model/gemma3-multimodal.test.ts.)
       'a vision tower',
       {
-        architectures: ['Gemma3ForConditionalGeneration'],
-        model_type: 'gemma3',
+        architectures: ['LlavaForConditionalGeneration'],
+        model_type: 'llava',
         vision_config: {},
         text_config: {},
       },
