@@ -119,7 +119,7 @@ export function addModelOptions(cmd: Command): Command {
     .addOption(
       new Option(
         '--speculative <method>',
-        'speculative decoding of greedy requests, output unchanged: guesses from prompt n-gram lookup, recycled successors, or both',
+        'speculative decoding (greedy output unchanged, sampled output distributed the same): guesses from prompt n-gram lookup, recycled successors, or both',
       ).choices(['recycling', 'lookup', 'both']),
     )
     .option(

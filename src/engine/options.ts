@@ -120,12 +120,14 @@ export interface EngineOptions {
    */
   pipelineDepth?: number;
   /**
-   * Speculative decoding without a draft model, for greedy requests without logit edits or grammar
-   * (logprobs allowed: each verified row gets its own; others decode plainly): each step verifies up to `maxDraft` guessed tokens of a
-   * sequence (src/engine/speculative.ts: prompt n-gram 'lookup', recycled successors
-   * 'recycling', or 'both') in the same forward pass and keeps those equal to the model's own
-   * greedy choices, so the output is unchanged. It switches itself off for a sequence whose
-   * guesses are rarely accepted. Off by default.
+   * Speculative decoding without a draft model, for requests without a grammar (those decode
+   * plainly): each step verifies up to `maxDraft` guessed tokens of a sequence
+   * (src/engine/speculative.ts: prompt n-gram 'lookup', recycled successors 'recycling', or
+   * 'both') in the same forward pass and keeps those equal to the model's own choices (argmax, or
+   * each row's own draw: the speculative-sampling rule, src/engine/schedule/verify.ts), so greedy
+   * output is unchanged and sampled output keeps its distribution; logprobs are allowed (each
+   * verified row gets its own). It switches itself off for a sequence whose guesses are rarely
+   * accepted. Off by default.
    */
   speculative?: SpeculativeOptions;
 }

@@ -149,7 +149,7 @@ export class Scheduler {
         reserved: 0,
         produced: 0,
         sampler,
-        spec: speculative && sampler.greedy && !sampler.adjusts ? new Speculator(speculative) : null,
+        spec: speculative && !sampler.constrained ? new Speculator(speculative) : null,
         firstTokenAt: null,
         cachedPromptTokens: 0,
         preemptions: 0,
@@ -241,10 +241,9 @@ export class Scheduler {
     const budget = this.opts.tokenBudget;
     const work: { s: Seq; n: number; draft?: number[] }[] = [];
     let used = 0;
-    // Guesses are verified only in steps that read argmax ids for every row (all greedy) and once
-    // attention is calibrated (its capture expects one row per decoding sequence).
-    const guessing =
-      !this.forward.calibration?.active && this.running.every((s) => s.sampler.greedy && !s.sampler.adjusts);
+    // Guesses are verified once attention is calibrated (its capture expects one row per decoding
+    // sequence).
+    const guessing = !this.forward.calibration?.active;
     // Decodes first (each one row, plus its guesses), then prefill chunks in arrival order.
     for (const s of this.running) {
       if (s.tokens.length - s.computed === 1 && used < budget) {
@@ -274,6 +273,9 @@ export class Scheduler {
     const sampled: Seq[] = [];
     // Each sampled sequence's first logit row (a speculative one has one per row).
     const firstRow: number[] = [];
+    // Each logit row's sequence and the guesses before it in the step: a row is drawn as the
+    // sequence's next token would be after them (speculative sampling, see verify.ts).
+    const rowOf: { s: Seq; before: readonly number[] }[] = [];
     for (const { s, n, draft } of work) {
       const offset = input.blockTable.length;
       input.blockTable.push(...this.blocks.blockTable(s.id));
@@ -283,7 +285,10 @@ export class Scheduler {
       }
       for (let i = 0; i < n; i++) {
         const pos = s.computed + i;
-        if (draft) input.logitRows.push(input.tokens.length);
+        if (draft) {
+          input.logitRows.push(input.tokens.length);
+          rowOf.push({ s, before: draft.slice(0, i) });
+        }
         input.tokens.push(i === 0 || !draft ? (s.tokens[pos] as number) : (draft[i - 1] as number));
         input.positions.push(pos);
         input.slots.push(this.blocks.slotFor(s.id, pos));
@@ -292,17 +297,22 @@ export class Scheduler {
       if (!draft && s.computed + n === s.tokens.length) {
         firstRow.push(input.logitRows.length);
         input.logitRows.push(input.tokens.length - 1);
+        rowOf.push({ s, before: [] });
         sampled.push(s);
       }
     }
+    const context = (r: { s: Seq; before: readonly number[] }) =>
+      r.before.length === 0 ? r.s.tokens : [...r.s.tokens, ...r.before];
     this.batch.counts.steps++;
+    // One id per logit row (argmax or draw), with its logprobs where asked.
     let ids: ArrayLike<number> | null = null;
-    let logits: Float32Array | null = null;
     let logprobs: readonly (RowLogprobs | null)[] | null = null;
-    // Each constrained row's edits and mask: the grammar matchers run on the CPU while the GPU
-    // runs the step's forward pass (runStep calls this after submitting it).
-    let adjusts: readonly (RowAdjust | null)[] = sampled.map(() => null);
-    const edits = async () => (adjusts = await Promise.all(sampled.map((s) => s.sampler.rowAdjust())));
+    const cpuLogprobs: Parameters<ScheduledRequest['onToken']>[1][] = [];
+    // Each logit row's edits and mask: the grammar matchers run on the CPU while the GPU runs the
+    // step's forward pass (runStep calls this after submitting it).
+    let adjusts: readonly (RowAdjust | null)[] = rowOf.map(() => null);
+    const edits = async () =>
+      (adjusts = await Promise.all(rowOf.map((r) => r.s.sampler.rowAdjust(r.before))));
     const adjust = sampled.some((s) => s.sampler.adjusts) ? { adjust: edits } : {};
     // Logprobs come from the logprobs kernel, after the argmax or draw, per logit row.
     const asked = input.logitRows.map((): number | null => null);
@@ -318,8 +328,8 @@ export class Scheduler {
     } else if (sampled.every((s) => s.sampler.greedy)) {
       ({ ids, logprobs } = await runSampledStep(this.forward, input, 'ids', { ...adjust, ...withLogprobs }));
     } else if (this.opts.gpuSampling) {
-      // One uniform per non-greedy draw, from the request's own generator (as when alone).
-      const sampling: RowSampling[] = sampled.map((s) => s.sampler.gpuRow(s.tokens));
+      // One uniform per non-greedy row, from the request's own generator (as when alone).
+      const sampling: RowSampling[] = rowOf.map((r) => r.s.sampler.gpuRow(context(r)));
       ({ ids, logprobs } = await runSampledStep(this.forward, input, 'sample', {
         sampling,
         ...adjust,
@@ -328,8 +338,19 @@ export class Scheduler {
     } else {
       // CPU sampling (EngineOptions.sampling 'cpu'): the rows are drawn, and their logprobs
       // computed, on the CPU from the read-back logits.
-      logits = await runStep(this.forward, input, 'logits');
+      const logits = await runStep(this.forward, input, 'logits');
       await edits();
+      const V = this.forward.spec.vocabSize;
+      const drawn = new Uint32Array(rowOf.length);
+      rowOf.forEach((r, j) => {
+        // A row whose grammar allows nothing is not drawn (the sequence stops below).
+        const mask = adjusts[j]?.mask;
+        if (mask && !mask.some((w) => w !== 0)) return;
+        const d = r.s.sampler.cpu(logits.subarray(j * V, (j + 1) * V), context(r), adjusts[j] ?? null);
+        drawn[j] = d.id;
+        cpuLogprobs[j] = d.logprob;
+      });
+      ids = drawn;
     }
     // A verifying sequence's accepted guesses.
     const verified = new Map<Seq, number>();
@@ -340,37 +361,28 @@ export class Scheduler {
       } else s.computed += n;
       this.blocks.markComputed(s.id, s.computed);
     }
-    const V = this.forward.spec.vocabSize;
     sampled.forEach((s, i) => {
       // Cancelled while the step ran (an abort, a consumer that stopped): its token is dropped.
       if (s.cancelled || s.req.signal?.aborted) {
         this.batch.finish(s, 'abort');
         return;
       }
+      const row = firstRow[i] as number;
       const accepted = verified.get(s);
       if (accepted !== undefined) {
-        absorbVerified(this.batch, s, ids as ArrayLike<number>, logprobs, firstRow[i] as number, accepted);
+        absorbVerified(this.batch, s, ids as ArrayLike<number>, logprobs ?? cpuLogprobs, row, accepted);
         return;
       }
       // A grammar that allows no token at all (its next character is not in this vocabulary, and
       // it cannot end here) ends the sequence rather than emit a token it forbade.
-      const mask = adjusts[i]?.mask;
+      const mask = adjusts[row]?.mask;
       if (mask && !mask.some((w) => w !== 0)) {
         this.batch.finish(s, 'stop');
         return;
       }
-      let token: number;
-      let logprob: Parameters<ScheduledRequest['onToken']>[1];
-      if (ids) {
-        token = ids[firstRow[i] as number] as number;
-        const lp = logprobs?.[firstRow[i] as number];
-        if (lp) logprob = { logprob: lp.logprob, top: lp.top };
-      } else {
-        const row = (logits as Float32Array).subarray(i * V, (i + 1) * V);
-        const drawn = s.sampler.cpu(row, s.tokens, adjusts[i] ?? null);
-        token = drawn.id;
-        logprob = drawn.logprob;
-      }
+      const token = (ids as ArrayLike<number>)[row] as number;
+      const lp = logprobs?.[row];
+      const logprob = lp ? { logprob: lp.logprob, top: lp.top } : cpuLogprobs[row];
       if (this.batch.emit(s, token, logprob) && this.running.includes(s)) this.batch.grow(s, token);
     });
   }

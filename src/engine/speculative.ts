@@ -12,8 +12,10 @@
  *   seen in context, collected on the CPU from ids already read: the sequence's own bigrams
  *   (prompt and generated) and every verified row's choice.
  *
- * Greedy only: a guess is accepted exactly when it equals the model's argmax, so the output is the
- * output of plain decoding.
+ * Lossless: a guess is accepted exactly when it equals the model's argmax, so greedy output is the
+ * output of plain decoding; under sampling, when it equals the row's own draw, which keeps the
+ * output distribution that of plain sampling (schedule/verify.ts). Not with a grammar (its matcher
+ * cannot be rewound past rejected guesses).
  */
 import { InvalidRequestError } from '../errors.js';
 

@@ -24,6 +24,8 @@ export class SequenceSampler {
   readonly greedy: boolean;
   /** The request edits logits (bias, presence / frequency penalties or a grammar). */
   readonly adjusts: boolean;
+  /** A grammar constrains the tokens (its matcher's state moves only with accepted tokens). */
+  readonly constrained: boolean;
   private readonly rng: Rng;
   /** T·ln(min_p) when min-p is on. */
   private readonly minPOffset: number | null;
@@ -43,6 +45,7 @@ export class SequenceSampler {
     const a = adjustments;
     this.minPOffset =
       (a.minP ?? 0) > 0 && params.temperature > 0 ? params.temperature * Math.log(a.minP as number) : null;
+    this.constrained = matcher !== null;
     this.adjusts =
       matcher !== null ||
       this.minPOffset !== null ||
@@ -51,7 +54,10 @@ export class SequenceSampler {
       (a.frequencyPenalty ?? 0) !== 0;
   }
 
-  /** This request's row of a GPU-sampled step: a uniform drawn for it unless its temperature is 0. */
+  /**
+   * This request's row of a GPU-sampled step: a uniform drawn for it unless its temperature is 0.
+   * A speculative step takes one per row (the last token's and each guess's), drawn in row order.
+   */
   gpuRow(context: readonly number[]): RowSampling {
     const p = this.params;
     return {
@@ -64,8 +70,12 @@ export class SequenceSampler {
     };
   }
 
-  /** The edits and mask of the next token (null when the request has none). */
-  async rowAdjust(): Promise<RowAdjust | null> {
+  /**
+   * The edits and mask of the next token (null when the request has none); `after`: tokens assumed
+   * drawn before it (a speculative row's earlier guesses, counted by the presence / frequency
+   * penalties; never given with a grammar, whose matcher moves only with accepted tokens).
+   */
+  async rowAdjust(after: readonly number[] = []): Promise<RowAdjust | null> {
     if (!this.adjusts) return null;
     const edits = new Map<number, number>();
     const a = this.adjustments;
@@ -73,7 +83,9 @@ export class SequenceSampler {
     const presence = a.presencePenalty ?? 0;
     const frequency = a.frequencyPenalty ?? 0;
     if (presence !== 0 || frequency !== 0) {
-      for (const [id, n] of this.counts) edits.set(id, (edits.get(id) ?? 0) - presence - frequency * n);
+      const counts = new Map(this.counts);
+      for (const id of after) counts.set(id, (counts.get(id) ?? 0) + 1);
+      for (const [id, n] of counts) edits.set(id, (edits.get(id) ?? 0) - presence - frequency * n);
     }
     return {
       edits,

@@ -1,9 +1,23 @@
 /**
- * Speculative decoding's part of a step: a plain greedy sequence's guessed tokens (from its
- * Speculator) get KV slots and run as extra rows with a logit row each; the guesses are accepted
- * while they equal the model's argmax ids, the rejected ones' slots go back, and the model's
- * choices are handed on as one-token steps would have produced them. The guessing itself is
- * `speculative.ts`; this file is the glue between it and the scheduler's step.
+ * Speculative decoding's part of a step: a sequence's guessed tokens (from its Speculator) get KV
+ * slots and run as extra rows with a logit row each; each row's id is chosen as the sequence's
+ * next token would be after the guesses before it (argmax, or a draw with the request's own
+ * settings and a uniform of its own), and the guesses are accepted while they equal those ids.
+ * The rejected ones' slots go back, and the model's choices are handed on as one-token steps
+ * would have produced them. The guessing itself is `speculative.ts`; this file is the glue
+ * between it and the scheduler's step.
+ *
+ * Under sampling this is the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023)
+ * for a deterministic draft: the draft puts all its mass on its guess x, so x is accepted with
+ * probability min(1, p(x) / 1) = p(x), and a rejection draws from p with x removed and
+ * renormalised. A draw y ~ p from the row, accepted when y = x, does both at once: P(y = x) = p(x),
+ * and given y != x, y is distributed as that residual. The row after the last accepted guess (or
+ * after the last token) is a plain draw from p. Every emitted token is therefore a draw from the
+ * distribution plain sampling would use at that position (the same temperature, top-k, top-p,
+ * min-p and penalties, the penalties counting the guesses before the row), and the whole rule
+ * runs in the GPU sampler with one uniform per row: only the ids come back, as for greedy rows.
+ * Its tokens are not those plain sampling draws with the same seed (the uniforms are spent on
+ * more rows), only distributed the same.
  */
 import type { RowLogprobs } from '../../kernels/logprobs.js';
 import type { Batch, Seq } from './batch.js';
@@ -61,7 +75,7 @@ export function absorbVerified(
   b: Batch,
   s: Seq,
   ids: ArrayLike<number>,
-  logprobs: readonly (RowLogprobs | null)[] | null,
+  logprobs: readonly (Pick<RowLogprobs, 'logprob' | 'top'> | null | undefined)[] | null,
   row0: number,
   accepted: number,
 ): void {
