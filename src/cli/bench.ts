@@ -5,16 +5,24 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { cmdBenchKernels } from '../../bench/commands.js';
 import { benchDecode } from '../../bench/decode-batches.js';
+import { benchSpeculative } from '../../bench/decode-speculative.js';
 import { loadEngine } from './load.js';
 import { addModelOptions, intArg, type ModelFlags } from './options.js';
 
-async function cmdBenchDecode(
-  o: ModelFlags & { batch: string; promptTokens: number; tokens: number; json?: boolean },
-): Promise<void> {
+type DecodeFlags = ModelFlags & {
+  batch: string;
+  promptTokens: number;
+  tokens: number;
+  rounds: number;
+  json?: boolean;
+};
+
+async function cmdBenchDecode(o: DecodeFlags): Promise<void> {
   const batches = o.batch.split(',').map((b) => Number(b.trim()));
   if (batches.some((b) => !Number.isInteger(b) || b < 1)) {
     throw new InvalidArgumentError(`--batch ${o.batch}: expected positive integers separated by commas`);
   }
+  if (o.speculative) return cmdBenchSpeculative(o, batches);
   const engine = await loadEngine(o, false);
   try {
     const rows = await benchDecode(engine, batches, o.promptTokens, o.tokens);
@@ -46,6 +54,46 @@ async function cmdBenchDecode(
   }
 }
 
+/**
+ * `kiln bench decode --speculative`: a plain engine and a speculative one, loaded side by side
+ * (twice the model's memory), their rounds alternated per batch size.
+ */
+async function cmdBenchSpeculative(o: DecodeFlags, batches: readonly number[]): Promise<void> {
+  const { speculative: _s, maxDraft: _d, ...plainFlags } = o;
+  const plain = await loadEngine(plainFlags, false);
+  try {
+    const spec = await loadEngine(o, false);
+    try {
+      const rows = [];
+      for (const batch of batches) {
+        rows.push(
+          await benchSpeculative(plain, spec, {
+            batch,
+            promptTokens: o.promptTokens,
+            tokens: o.tokens,
+            rounds: o.rounds,
+          }),
+        );
+      }
+      if (o.json) {
+        const head = { model: spec.modelName, adapter: spec.adapter, weights: spec.weightFormat };
+        process.stdout.write(JSON.stringify({ ...head, speculative: o.speculative, rows }) + '\n');
+        return;
+      }
+      process.stdout.write('batch  plain tok/s  speculative tok/s  speedup  accepted/step  drafted/step\n');
+      for (const r of rows) {
+        process.stdout.write(
+          `${String(r.batch).padStart(5)}  ${r.plain_tokens_per_s.toFixed(2).padStart(11)}  ${r.speculative_tokens_per_s.toFixed(2).padStart(17)}  ${(r.speedup.toFixed(2) + 'x').padStart(7)}  ${r.accepted_per_verifying_step.toFixed(2).padStart(13)}  ${r.drafted_per_verifying_step.toFixed(2).padStart(12)}\n`,
+        );
+      }
+    } finally {
+      spec.dispose();
+    }
+  } finally {
+    plain.dispose();
+  }
+}
+
 /** `kiln bench` and its subcommands. */
 export function addBenchCommand(program: Command): void {
   const bench = program.command('bench').description('benchmarks');
@@ -66,8 +114,12 @@ export function addBenchCommand(program: Command): void {
     .option('--batch <sizes>', 'comma-separated batch sizes', '1,4,16')
     .option('--prompt-tokens <n>', 'prompt tokens per request', intArg('--prompt-tokens', 1), 16)
     .option('--tokens <n>', 'tokens generated per request', intArg('--tokens', 2), 32)
+    .option(
+      '--rounds <n>',
+      'with --speculative: plain and speculative rounds alternated per batch size (medians reported)',
+      intArg('--rounds', 1),
+      3,
+    )
     .option('--json', 'print one JSON object')
-    .action((o: ModelFlags & { batch: string; promptTokens: number; tokens: number; json?: boolean }) =>
-      cmdBenchDecode(o),
-    );
+    .action((o: DecodeFlags) => cmdBenchDecode(o));
 }

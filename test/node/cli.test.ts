@@ -445,6 +445,51 @@ describe('kiln bench decode', () => {
   }, 300_000);
 });
 
+describe('kiln bench decode --speculative', () => {
+  it('--json reports plain and speculative rates, their ratio and the accepted guesses per step', async () => {
+    const args = [
+      'bench',
+      'decode',
+      '--model',
+      baby,
+      '--batch',
+      '1',
+      '--tokens',
+      '24',
+      '--prompt-tokens',
+      '4',
+    ];
+    const r = await kiln([...args, '--speculative', 'both', '--rounds', '2', '--json'], {
+      timeoutMs: 300_000,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as {
+      speculative: string;
+      rows: {
+        batch: number;
+        rounds: number;
+        plain_tokens_per_s: number;
+        speculative_tokens_per_s: number;
+        speedup: number;
+        verifying_steps: number;
+        drafted_per_verifying_step: number;
+        accepted_per_verifying_step: number;
+      }[];
+    };
+    expect(out.speculative).toBe('both');
+    const row = out.rows[0];
+    expect(row?.batch).toBe(1);
+    expect(row?.rounds).toBe(2);
+    expect(row?.plain_tokens_per_s).toBeGreaterThan(0);
+    expect(row?.speculative_tokens_per_s).toBeGreaterThan(0);
+    expect(row?.verifying_steps).toBeGreaterThan(0);
+    expect(row?.drafted_per_verifying_step).toBeGreaterThanOrEqual(1);
+    expect(row?.accepted_per_verifying_step).toBeLessThanOrEqual(row?.drafted_per_verifying_step as number);
+    // The ratio reported is of the rates measured in the same run (a median of per-round ratios).
+    expect(row?.speedup).toBeGreaterThan(0);
+  }, 300_000);
+});
+
 describe('kiln run / models / help', () => {
   it('eval --kv-cache int8 --generated: the quality cost against the same model with f16 KV', async () => {
     const r = await kiln([

@@ -370,6 +370,48 @@ describe('kiln serve as a process', () => {
   }, 120_000);
 });
 
+describe('kiln serve --speculative', () => {
+  test('serves the golden greedy text with speculation on', async () => {
+    const { spawn } = await import('node:child_process');
+    const { homedir } = await import('node:os');
+    const { repoRoot } = await import('../helpers/shared.js');
+    const cache = join(tmpdir(), `kiln-serve-spec-cache-${process.pid}`);
+    const args = ['bin/kiln.js', 'serve', '--model', dir, '--served-model-name', MODEL, '--port', '0'];
+    const child = spawn(process.execPath, [...args, '--speculative', 'both', '--no-tune', '-q'], {
+      cwd: repoRoot,
+      stdio: 'pipe',
+      env: {
+        ...process.env,
+        XDG_RUNTIME_DIR: '/tmp',
+        XDG_CACHE_HOME: cache,
+        MESA_SHADER_CACHE_DIR:
+          process.env.MESA_SHADER_CACHE_DIR ?? process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'),
+      },
+    });
+    let stderr = '';
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        const m = /on (http:\/\/\S+)/.exec(stderr);
+        if (m) resolve(m[1] as string);
+      });
+      child.on('exit', () => reject(new Error(`exited early: ${stderr}`)));
+    });
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    try {
+      const c = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const r = await c.completions.create({ model: MODEL, prompt: PROMPT, max_tokens: 60, temperature: 0 });
+      const text = r.choices[0]?.text ?? '';
+      expect(text.length).toBeGreaterThan(40);
+      expect(golden.startsWith(text)).toBe(true);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+    rmSync(cache, { recursive: true, force: true });
+  }, 180_000);
+});
+
 describe('StopMatcher', () => {
   test('holds back a possible stop prefix and cuts at the earliest stop', () => {
     const m = new StopMatcher(['END', 'xy']);
