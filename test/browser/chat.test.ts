@@ -378,7 +378,7 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
     }
   });
 
-  test('loads a GGUF file by URL into the cache, then again with no request for it, and streams the golden continuation', async () => {
+  test('loads a GGUF file by URL into the cache, then again with no request for it, streams the golden continuation, recovers a lost device from the cache', async () => {
     const url = `${baseUrl}?model=/models/babyllama-gguf/model.gguf&temperature=0&max_tokens=${MAX_TOKENS}`;
     const gguf = (r: string) => r.startsWith('GET /models/babyllama-gguf/model.gguf');
     const mark = requests.length;
@@ -401,6 +401,17 @@ describe('the chat app in headless Chromium (SwiftShader, f32 path)', { timeout:
     expect(await page.locator('#model-info').textContent()).toContain('from the cache');
     const { output } = await ask(page, PROMPT);
     expect(output).toBe(goldenContinuation(MAX_TOKENS));
+
+    // A lost device is recovered from the cached copy (recoverFrom 'cache'), no page reload.
+    await recordStatuses(page);
+    await crashGpuProcess();
+    await expect.poll(() => recordedStatuses(page), { timeout: LOAD_TIMEOUT }).toContain('recovering');
+    await expect
+      .poll(() => page.getByTestId('status').textContent(), { timeout: LOAD_TIMEOUT })
+      .toBe('ready');
+    await page.locator('#new-chat').click();
+    await page.locator('#max-tokens').fill('8');
+    expect((await ask(page, PROMPT)).output).toBe(goldenContinuation(8));
     expect(modelRequests(again).filter((r) => r.includes('.gguf'))).toEqual([]);
   });
 
