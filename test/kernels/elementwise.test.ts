@@ -10,7 +10,7 @@ import { rmsnormRef } from '../../src/kernels/rmsnorm.ref.js';
 import { swiglu } from '../../bench/baselines/swiglu.js';
 import { gegluRef, swigluRef } from '../../src/kernels/swiglu.ref.js';
 import { swigluStacked } from '../../src/kernels/linear.js';
-import { qkNorm } from '../../src/kernels/qk-norm.js';
+import { qkNorm } from '../../bench/baselines/qk-norm.js';
 import { qkNormRef } from '../../src/kernels/qk-norm.ref.js';
 import { softcap } from '../../src/kernels/softcap.js';
 import { softcapRef } from '../../src/kernels/softcap.ref.js';

@@ -7,7 +7,7 @@
 import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import type { KvFloatDtype } from '../../src/kernels/kv-dtype.js';
-import { qkNorm } from '../../src/kernels/qk-norm.js';
+import { qkNorm } from '../../bench/baselines/qk-norm.js';
 import { qkNormRef } from '../../src/kernels/qk-norm.ref.js';
 import { ropeKvWrite } from '../../src/kernels/rope-kv-write.js';
 import { ropeKvWriteQkNormRef } from '../../src/kernels/rope-kv-write-qknorm.ref.js';

@@ -1,6 +1,11 @@
-/** qk_norm: per-head RMSNorm of q and k, in place in the fused qkv rows; see shaders/qk_norm.wgsl. */
-import { MAX_GRID, packParams, shaderSource } from './shader.js';
-import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
+/**
+ * qk_norm: per-head RMSNorm of q and k, in place in the fused qkv rows; see qk_norm.wgsl beside
+ * this file. The engine folds it into rope_kv_write (rope_kv_write_qknorm); this unfused pair is
+ * the baseline the fused kernel is tested and timed against.
+ */
+import { MAX_GRID, packParams } from '../../src/kernels/shader.js';
+import { baselineSource } from './source.js';
+import { type Dispatch, type DispatchBuilder } from '../../src/gpu/dispatch.js';
 
 export function qkNorm(
   b: DispatchBuilder,
@@ -19,7 +24,7 @@ export function qkNorm(
   if (a.m > MAX_GRID || slots > MAX_GRID) throw new RangeError(`qk_norm: grid ${slots}x${a.m} too large`);
   return b.make(
     'qk_norm',
-    () => shaderSource('qk_norm'),
+    () => baselineSource('qk_norm'),
     packParams([
       ['u32', a.heads],
       ['u32', a.kvHeads],
