@@ -50,12 +50,13 @@ export interface DefaultsRow {
  *   (g32 sym f16 scales, min of 15 alternating rounds at load ~16: 2048x8192 2.14 vs 2.13 ms,
  *   9728x896 1.24 vs 1.17, 3072x2048 0.86 vs 0.84), so the row keeps matmul_q4 (the tuner may
  *   still pick a gemv shape per class);
- *   GGUF blocks (16-byte kernel, X through subgroups) at M = 1 by 2 rows per thread on 32 threads
- *   (median of 3 alternating rounds of 11 variants, load average 24 on 2 cores: Qwen2.5-0.5B
- *   gate_up in Q5_0 0.84 ms vs the rule's 4 rows per thread 2.50, qkv Q5_0 0.22 vs 0.22, down
- *   Q4_K 0.70 vs 0.69; 2 rows per thread was in the top 3 at every shape) and at M = 16 by 4 rows
- *   of X, 2 rows per thread (2 rounds: gate_up Q5_0 80 ms vs 174 for R = 4, down Q4_K 94-106 vs
- *   152; weak evidence under that load, the tuner revisits it);
+ *   GGUF blocks (16-byte kernel, X through subgroups) at M = 16 by 4 rows of X, 2 rows per
+ *   thread (2 alternating rounds at load average 24 on 2 cores: Qwen2.5-0.5B gate_up in Q5_0
+ *   80 ms vs 174 for R = 4, down Q4_K 94-106 vs 152; weak evidence under that load). At M = 1 the
+ *   kernel's rule stays: 2 rows per thread on 32 threads won alone (gate_up Q5_0 0.84 ms vs the
+ *   rule's 2.50; down Q4_K 0.70 vs 0.69) but the whole decode step of a 4-layer Qwen2.5-0.5B-shaped
+ *   Q4_K_M-style file ran at 3.57 and 6.26 tokens/s with it against 7.16 and 6.28 under the rule
+ *   (alternating runs), as 16 threads did for int4;
  *   decode attention for one row by 8 splits of the context, at least 128 tokens each (512 at a
  *   4096 context: 1.33x; BabyLlama at 256: 128-token splits, 2.85x over 64), and up to a
  *   1024-token context bucket in one split, the single-pass kernel (at 1024, best of 3 alternating
@@ -88,10 +89,7 @@ export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
         { variant: { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32' } },
       ],
     },
-    matmulGguf: {
-      '1': { rowsPerGroup: 1, rowsPerThread: 2, workgroupSize: 32, subgroups: true },
-      '5-16': { rowsPerGroup: 4, rowsPerThread: 2, subgroups: true },
-    },
+    matmulGguf: { '5-16': { rowsPerGroup: 4, rowsPerThread: 2, subgroups: true } },
     attentionChunk: { '1': { splits: 8, min: 128, oneSplitUpTo: 1024 } },
   },
   generic: { matmul: {}, matmulQ4: {}, matmulGguf: {}, attentionChunk: {} },

@@ -156,20 +156,17 @@ describe('default choices', () => {
       candidates: ggufMatmulCandidates(ctx, weight, bucket),
     }));
     const got = defaultChoices(classes, KERNEL_DEFAULTS.cpu, 4096);
+    // No row entry at M = 1 (the kernel's rule) nor 2-4.
+    expect(got.get('1')).toBeUndefined();
     if (q4SubgroupsUsable(ctx)) {
-      expect(got.get('1')).toEqual({
-        kernel: 'matmul_gguf',
-        variant: { rowsPerGroup: 1, rowsPerThread: 2, workgroupSize: 32, subgroups: true },
-      });
       expect(got.get('5-16')).toEqual({
         kernel: 'matmul_gguf',
         variant: { rowsPerGroup: 4, rowsPerThread: 2, subgroups: true },
       });
     } else {
-      // Without subgroups the row's variants are not candidates: the kernel's rule stays.
-      expect(got.get('1')).toBeUndefined();
+      // Without subgroups the row's variant is not a candidate: the kernel's rule stays.
+      expect(got.get('5-16')).toBeUndefined();
     }
-    // No row entry for 2-4.
     expect(got.get('2-4')).toBeUndefined();
     for (const p of weight.parts) for (const b of [p.words, p.dplane]) if (b) ctx.destroyBuffer(b);
   });
