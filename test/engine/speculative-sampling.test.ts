@@ -7,6 +7,11 @@
  * tokens' distributions (the 2nd comes from a verifying step's first row, the 3rd and 4th from
  * rows after accepted guesses, or from the next step after a rejection).
  *
+ * The two engines draw with disjoint seeds, so the samples are independent (with the same seed the
+ * tokens coincide up to a sequence's first rejection: row i spends the uniform plain decoding
+ * spends on that token). Here 2040 guesses drafted, 1888 accepted; chi-square 10.1, 12.8 and 14.7
+ * on 7, 8 and 18 degrees of freedom (critical 24.5, 26.3, 42.4).
+ *
  * Significance: each test at alpha = 0.001 (three tests: at most 0.003 of falsely failing for a
  * correct rule). The test is not flaky: the seeds are fixed, the GPU sampler draws each row from
  * the request's seeded generator, so every run draws the same tokens and computes the same
@@ -57,12 +62,12 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function draws(e: Engine, opts: GenerateOptions): Promise<number[][]> {
+async function draws(e: Engine, opts: GenerateOptions, firstSeed: number): Promise<number[][]> {
   // The prompt's full KV blocks computed once, so every draw takes them from the prefix cache.
   await e.generate(prompt, { maxTokens: 1, temperature: 0 }).result();
   const out: number[][] = [];
   for (let first = 0; first < DRAWS; first += CONCURRENT) {
-    const seeds = Array.from({ length: Math.min(CONCURRENT, DRAWS - first) }, (_, i) => 1 + first + i);
+    const seeds = Array.from({ length: Math.min(CONCURRENT, DRAWS - first) }, (_, i) => firstSeed + first + i);
     const got = await Promise.all(seeds.map((seed) => e.generate(prompt, { ...opts, seed }).result()));
     out.push(...got.map((r) => r.tokenIds));
   }
@@ -120,9 +125,9 @@ test('sampling: the same token distributions with and without speculation (chi-s
     ignoreEos: true,
   };
   const before = spec.stats();
-  const withSpec = await draws(spec, opts);
+  const withSpec = await draws(spec, opts, 1);
   const after = spec.stats();
-  const without = await draws(plain, opts);
+  const without = await draws(plain, opts, 1 + DRAWS);
   const drafted = after.draftedTokens - before.draftedTokens;
   const accepted = after.acceptedTokens - before.acceptedTokens;
   const tests = [1, 2, 3].map((k) =>
@@ -142,7 +147,7 @@ test('sampling: the same token distributions with and without speculation (chi-s
   // these seeds 2040 drafted, 1888 accepted).
   expect(after.speculativeSteps - before.speculativeSteps, report).toBeGreaterThan(DRAWS / 2);
   expect(accepted, report).toBeGreaterThan(drafted / 2);
-  expect(drafted - accepted, report).toBeGreaterThan(100);
+  expect(drafted - accepted, report).toBeGreaterThan(50);
   for (const r of tests) {
     expect(r.df).toBeGreaterThan(1);
     expect(r.stat, report).toBeLessThan(r.critical);
