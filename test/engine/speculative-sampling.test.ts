@@ -67,7 +67,10 @@ async function draws(e: Engine, opts: GenerateOptions, firstSeed: number): Promi
   await e.generate(prompt, { maxTokens: 1, temperature: 0 }).result();
   const out: number[][] = [];
   for (let first = 0; first < DRAWS; first += CONCURRENT) {
-    const seeds = Array.from({ length: Math.min(CONCURRENT, DRAWS - first) }, (_, i) => firstSeed + first + i);
+    const seeds = Array.from(
+      { length: Math.min(CONCURRENT, DRAWS - first) },
+      (_, i) => firstSeed + first + i,
+    );
     const got = await Promise.all(seeds.map((seed) => e.generate(prompt, { ...opts, seed }).result()));
     out.push(...got.map((r) => r.tokenIds));
   }
