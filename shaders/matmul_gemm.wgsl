@@ -38,10 +38,17 @@
 // products as ((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)).
 //
 // Bindings: params, weights, x [m, k] Act, y [m, n_total] f32, bias f32 (a placeholder when flags
-// bit 0 is clear), declared with Params in common/matmul_epilogue.wgsl.
+// bit 0 is clear), declared with Params in common/matmul_epilogue.wgsl; with the RMSNorm folded in
+// (variant suffix `_rms`, TM = 1, f32 X: the raw residual rows), the norm weight [k] f32 at binding
+// 5 (common/rms_fold.wgsl; common/rms_none.wgsl otherwise).
 
 // Weight words per step of 8 k: one 16-bit word or two f32 words.
 const SW: u32 = 8u / EPW;
+
+// Element i of X as f32 (the folded RMSNorm's prologue reads it).
+fn x_elem(i: u32) -> f32 {
+  return f32(x[i]);
+}
 
 // The 8 weights of a step (k .. k + 7) from its word(s), as f32.
 fn unpack8(w0: vec4<u32>, w1: vec4<u32>) -> array<f32, 8> {
@@ -75,6 +82,8 @@ fn main(
   @builtin(local_invocation_index) t: u32,
   @builtin(subgroup_invocation_id) sg_lane: u32,
 ) {
+  // The folded RMSNorm's mean square of this workgroup's row (TM = 1; a no-op without it).
+  rms_begin(min(wid.x * TM, p.m - 1u));
   let lane = sg_lane & 7u;
   let group = wid.z * p.grid + wid.y;
   let per_thread = select(TN, TN / 2u, SWIGLU);
@@ -108,7 +117,7 @@ fn main(
     let kc = min(kk, p.k - 1u);
     var xs: array<array<f32, 8>, TM>;
     for (var mm = 0u; mm < TM; mm++) {
-      xs[mm] = broadcast8(select(0.0, f32(x[xrow[mm] + kc]), in_k));
+      xs[mm] = broadcast8(select(0.0, rms_apply(f32(x[xrow[mm] + kc]), kc), in_k));
     }
     for (var r = 0u; r < TN; r++) {
       let w0 = weights[wbase[r] + i * 8u];

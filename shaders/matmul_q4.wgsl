@@ -17,7 +17,10 @@
 // nibble first); scales: f32 at ((n/8)·G + g)·8 + n%8, or f16 with groups 2j, 2j+1 of row n in u32
 // ((n/8)·⌈G/2⌉ + j)·8 + n%8; zeros: groups 8j..8j+7 of row n in the nibbles of u32
 // ((n/8)·⌈G/8⌉ + j)·8 + n%8 (a placeholder when symmetric); x [m, k] f32; y [m, n_total] f32;
-// bias [n_total] f32 (a placeholder when flags bit 0 is clear).
+// bias [n_total] f32 (a placeholder when flags bit 0 is clear); with the RMSNorm folded in (variant
+// suffix `_rms`: MT = 1 and the subgroup X path, X the raw residual rows), the norm weight [k] f32
+// at binding 7 (common/rms_fold.wgsl, which the X fragment's `x_lane` applies; common/rms_none.wgsl
+// otherwise).
 //
 // Prepended with an X fragment that says where X comes from (x_init, x_stage, x_sync, x_lane,
 // x_lane_sum, x_pair0..3, x_group_sum): common/q4_x_plain.wgsl stages X in workgroup memory,
@@ -68,6 +71,8 @@ struct Params {
   flags: u32,
   // GS / 4
   gv: u32,
+  // the folded RMSNorm's epsilon (common/rms_fold.wgsl; unused otherwise)
+  norm_eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -87,6 +92,11 @@ const XHALF: u32 = MT * XC;
 // faster at M = 1) when R·MT is small, else a scalar of dots (fewer registers, nothing spills).
 const VACC: bool = R * MT <= 4u;
 
+// Element i of X (the folded RMSNorm's prologue reads it).
+fn x_elem(i: u32) -> f32 {
+  return x[i >> 2u][i & 3u];
+}
+
 // Two vec4s of codes from one u32 (k..k+3 and k+4..k+7), from the dequant fragment's `dq`.
 struct Dq {
   lo: vec4<f32>,
@@ -98,6 +108,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let tile = wid.y * p.grid_x + wid.x;
   let n0 = tile * (WG * R) + t;
   let m0 = wid.z * MT;
+  // The folded RMSNorm's mean square of row m0 (MT = 1, subgroup X; a no-op without it).
+  rms_begin(min(m0, p.m - 1u));
   x_init(m0);
   let kw = p.k / 32u;
   let groups = p.k / GS;

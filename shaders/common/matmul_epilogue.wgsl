@@ -19,6 +19,8 @@ struct Params {
   grid: u32,
   // bit 0: add bias; bit 1: accumulate into y (residual add)
   flags: u32,
+  // the folded RMSNorm's epsilon (common/rms_fold.wgsl; unused otherwise)
+  norm_eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -34,7 +34,7 @@ fn x_sync() {}
 
 // This lane's vec4 of the 8 that word `word` of row m of X covers.
 fn x_lane(m: u32, word: u32) -> vec4<f32> {
-  return x[x_row[m] + word * 8u] * X_SCALE;
+  return rms_apply4(x[x_row[m] + word * 8u], (x_lane_id + word * 8u) * 4u) * X_SCALE;
 }
 
 // Σx of the word's 32 values (each of lanes 0..7 holds 4; wider subgroups hold copies).

@@ -136,6 +136,7 @@ export class Engine implements KilnEngine {
         kvBlocks: plan.kvBlocks,
         calibration: choices.attentionSoftmax === 'async' ? CALIBRATION_STEPS : 0,
         activations: choices.activations,
+        foldNorms: choices.normFold === 'fold',
         prefillChunk: Math.min(opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK, contextLength),
         contextLength,
       };

@@ -19,6 +19,8 @@ export interface GpuRecipe {
   /** Decode steps that calibrate async softmax (0: off). */
   calibration: number;
   activations: 'f32' | 'f16';
+  /** One-row steps fold each RMSNorm into the following matmul where its kernel can. */
+  foldNorms: boolean;
   prefillChunk: number;
   contextLength: number;
 }
@@ -39,7 +41,7 @@ export async function buildForward(
   try {
     weights = await loadWeights(ctx, spec, ckpt, r.source, onProgress);
     kv = await PagedKvCache.create(ctx, spec, r.kvBlocks, r.kvDtype);
-    return new ForwardModel(
+    const forward = new ForwardModel(
       ctx,
       spec,
       weights,
@@ -49,6 +51,8 @@ export async function buildForward(
       r.activations,
       r.contextLength,
     );
+    forward.setFoldNorms(r.foldNorms);
+    return forward;
   } catch (e) {
     kv?.destroy();
     if (weights) destroyWeights(ctx, weights);

@@ -113,6 +113,13 @@ export interface EngineOptions {
    */
   kernelDefaults?: AdapterClass | 'auto';
   /**
+   * RMSNorm before the qkv, gate/up and LM-head matmuls in one-row (decode) steps: 'fold' (default)
+   * normalizes X in the matmul's prologue where the chosen kernel has one (the one-row GEMM tile,
+   * matmul_q4 at one row on subgroups; one dispatch fewer each), 'separate' always runs rmsnorm
+   * first. Same output up to f32 rounding of the mean square (src/kernels/rms-fold.ts).
+   */
+  normFold?: 'fold' | 'separate';
+  /**
    * Decode steps kept in flight (1-3, default 2): a batch of decoding sequences submits its next
    * step before the previous step's ids are read back, the ids feeding the next embedding on the
    * GPU, so the readback's latency and the CPU's work on a step overlap the GPU's. 1 runs one
@@ -156,6 +163,7 @@ export interface EngineChoices {
   kvCache: KvCacheOption;
   quant: 'none' | 'q4';
   kernelDefaults: AdapterClass | 'auto';
+  normFold: 'fold' | 'separate';
   speculative: Required<SpeculativeOptions> | null;
 }
 
@@ -178,6 +186,7 @@ export function checkOptions(opts: EngineOptions): EngineChoices {
     kvCache: oneOf('kvCache', opts.kvCache, KV_CACHE_OPTIONS),
     quant: oneOf('quant', opts.quant, ['none', 'q4'] as const),
     kernelDefaults: oneOf('kernelDefaults', opts.kernelDefaults, ['auto', ...ADAPTER_CLASSES] as const),
+    normFold: oneOf('normFold', opts.normFold, ['fold', 'separate'] as const),
     speculative: checkSpeculative(opts.speculative),
   };
 }

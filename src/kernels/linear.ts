@@ -2,14 +2,16 @@
  * One projection of the forward pass, Y (+)= X · Wᵀ (+ bias), whatever W's storage: the float
  * matmul (tiled f32/f16/bf16, SwiGLU in its epilogue), the int4 matmul, which may first gather
  * X's columns (GPTQ act-order), or the GGUF block matmul; the last two apply SwiGLU as a separate
- * pass over their stacked [gate; up] output.
+ * pass over their stacked [gate; up] output. Where the chosen kernel has the prologue
+ * (`linearFoldsNorm`), the RMSNorm before the projection runs inside it (src/kernels/rms-fold.ts).
  */
 import type { ActivationFormat } from './activation.js';
 import { linearGrid, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import { matmul, type GateActivation, type MatmulVariant } from './matmul.js';
+import { matmul, matmulFoldsNorm, type GateActivation, type MatmulVariant } from './matmul.js';
 import { matmulGguf, type GgufGpuWeight, type GgufVariant } from './matmul-gguf.js';
-import { matmulQ4, type Q4GpuWeight, type Q4Variant } from './matmul-q4.js';
+import { matmulQ4, q4FoldsNorm, type Q4GpuWeight, type Q4Variant } from './matmul-q4.js';
+import type { RmsFold } from './rms-fold.js';
 import type { GpuWeight } from './tiled.js';
 
 /** A projection matrix on the GPU: float (tiled), int4, or GGUF blocks. */
@@ -75,6 +77,26 @@ export interface LinearArgs {
   scratch?: LinearScratch;
   /** Tuned variants by shape class (the kernel's shape-based default where a class has none). */
   choices?: LinearVariants | undefined;
+  /**
+   * RMSNorm X's rows in the matmul's prologue (x is then the raw f32 residual stream); only where
+   * `linearFoldsNorm` holds.
+   */
+  norm?: RmsFold | undefined;
+}
+
+/**
+ * Whether this projection's kernel (as chosen for its shape) can fold the RMSNorm before it: the
+ * float GEMM's one-row tile or matmul_q4 at one row of X on subgroups, with X in f32 (not through
+ * a column permutation).
+ */
+export function linearFoldsNorm(
+  ctx: DispatchBuilder['ctx'],
+  a: Pick<LinearArgs, 'lin' | 'm' | 'xFormat' | 'choices'>,
+): boolean {
+  const w = a.lin.weight;
+  if (isGgufWeight(w) || (a.xFormat ?? 'f32') !== 'f32') return false;
+  if (!isQ4Weight(w)) return matmulFoldsNorm(ctx, a.m, a.choices?.matmul(w, a.m, a.xFormat), a.xFormat);
+  return !a.lin.perm && q4FoldsNorm(ctx, a.m, a.choices?.matmulQ4(w, a.m));
 }
 
 /** Units (SwiGLU) or output rows of a projection. */
@@ -85,6 +107,8 @@ export function linearOutputs(lin: Linear, swiglu: boolean): number {
 
 export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
   const w = a.lin.weight;
+  if (a.norm && !linearFoldsNorm(b.ctx, a))
+    throw new RangeError(`${w.name}: this projection's kernel cannot fold the RMSNorm before it`);
   if (isGgufWeight(w)) return linearGguf(b, a, w);
   if (!isQ4Weight(w)) {
     if (a.lin.perm) throw new RangeError(`${w.name}: a column permutation applies to int4 weights only`);
@@ -102,6 +126,7 @@ export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
       placeholder: a.placeholder,
       variant: a.choices?.matmul(w, a.m, a.xFormat),
       ...(a.gate ? { gate: a.gate } : {}),
+      norm: a.norm,
     });
   }
   if ((a.xFormat ?? 'f32') !== 'f32')
@@ -126,6 +151,7 @@ export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
         accumulate: a.accumulate,
         placeholder: a.placeholder,
         ...tuned,
+        norm: a.norm,
       }),
     );
     return out;
@@ -143,6 +169,7 @@ export function linear(b: DispatchBuilder, a: LinearArgs): Dispatch[] {
       m: a.m,
       placeholder: a.placeholder,
       ...tuned,
+      norm: a.norm,
     }),
   );
   out.push(swigluStacked(b, { gateUp, out: a.y, m: a.m, width: w.rows / 2, gate: a.gate }));

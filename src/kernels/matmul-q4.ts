@@ -12,6 +12,7 @@ import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { matmulQ4Gemv, type Q4Gemv } from './matmul-q4-gemv.js';
 import type { Q4GpuWeight } from './q4-weight.js';
+import { RMS_FOLD_SUFFIX, rmsBindingConst, rmsFragment, type RmsFold } from './rms-fold.js';
 
 export type { Q4GpuWeight, Q4WeightPart } from './q4-weight.js';
 
@@ -62,6 +63,11 @@ export interface MatmulQ4Args {
    * workgroupBytes, dequant and workgroupSize do not apply; `subgroups` picks its X path).
    */
   gemv?: Q4Gemv;
+  /**
+   * Norm X's rows first (x is then the raw residual stream): the RMSNorm folded into the prologue
+   * (src/kernels/rms-fold.ts). Only where `q4FoldsNorm` says the kernel can.
+   */
+  norm?: RmsFold | undefined;
 }
 
 export type Q4WorkgroupSize = 16 | 32 | 64 | 128;
@@ -140,6 +146,16 @@ export function q4ChunkVec4s(format: Q4Format, rowsPerGroup: number, bytes: numb
   return xc;
 }
 
+/**
+ * Whether matmul_q4 with these choices runs the RMSNorm prologue: one row of X per workgroup
+ * (MT = 1, the M = 1 default) on the subgroup X path, not the gemv kernel.
+ */
+export function q4FoldsNorm(ctx: GpuContext, m: number, v: Q4Variant | undefined): boolean {
+  if (v?.gemv) return false;
+  if (!(v?.subgroups ?? q4SubgroupsUsable(ctx)) || !q4SubgroupsUsable(ctx)) return false;
+  return (v?.rowsPerGroup ?? chooseQ4Tiling(m, 1).rowsPerGroup) === 1;
+}
+
 interface Q4Shape {
   mt: number;
   r: number;
@@ -147,15 +163,17 @@ interface Q4Shape {
   sg: boolean;
   dq: Q4Dequant;
   wg: number;
+  rms: boolean;
 }
 
 function variantName(f: Q4Format, v: Q4Shape): string {
   const sym = f.symmetric ? 'sym' : 'asym';
-  const suffix = `${v.sg ? '_sg' : ''}${v.dq === 'f16' ? '_h' : ''}${v.wg === WG ? '' : `_w${v.wg}`}`;
+  const rms = v.rms ? RMS_FOLD_SUFFIX : '';
+  const suffix = `${v.sg ? '_sg' : ''}${v.dq === 'f16' ? '_h' : ''}${v.wg === WG ? '' : `_w${v.wg}`}${rms}`;
   return `matmul_q4_g${f.groupSize}_${sym}_${f.scaleType}s_m${v.mt}r${v.r}_xc${v.xc}${suffix}`;
 }
 
-function variantSource(f: Q4Format, { mt, r, xc, sg, dq, wg }: Q4Shape): string {
+function variantSource(f: Q4Format, { mt, r, xc, sg, dq, wg, rms }: Q4Shape): string {
   const consts = [
     `const WG: u32 = ${wg}u;`,
     `const R: u32 = ${r}u;`,
@@ -164,10 +182,12 @@ function variantSource(f: Q4Format, { mt, r, xc, sg, dq, wg }: Q4Shape): string 
     `const ASYM: bool = ${f.symmetric ? 'false' : 'true'};`,
     `const F16S: bool = ${f.scaleType === 'f16' ? 'true' : 'false'};`,
     `const XC: u32 = ${xc}u;`,
+    ...(rms ? [rmsBindingConst(7)] : []),
   ];
   return hoistEnables([
     shaderSource(sg ? 'common/q4_x_subgroup' : 'common/q4_x_plain'),
     shaderSource(dq === 'f16' ? 'common/q4_dequant_f16' : 'common/q4_dequant_f32'),
+    shaderSource(rmsFragment(rms)),
     consts.join('\n'),
     shaderSource('matmul_q4'),
   ]);
@@ -187,6 +207,8 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
   if (w.cols % f.groupSize !== 0) {
     throw new RangeError(`matmul_q4: K (${w.cols}) is not a multiple of the group size (${f.groupSize})`);
   }
+  if (a.norm && (a.gemv || !(a.subgroups ?? q4SubgroupsUsable(b.ctx)) || (a.rowsPerGroup ?? chooseQ4Tiling(a.m, 1).rowsPerGroup) !== 1))
+    throw new RangeError('matmul_q4: a folded RMSNorm needs one row of X per workgroup on the subgroup X path');
   if (a.gemv) {
     if (a.m !== 1) throw new RangeError(`matmul_q4: the gemv path takes one row of X, not ${a.m}`);
     const sg = a.subgroups ?? q4SubgroupsUsable(b.ctx);
@@ -213,7 +235,8 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
   if (![16, 32, 64, 128].includes(wg)) throw new RangeError(`matmul_q4: ${wg} threads (16, 32, 64, 128)`);
   // The subgroup path reads X directly, so its "chunk" is only a loop split and uses no memory.
   const xc = sg ? SUBGROUP_CHUNK_VEC4S : q4ChunkVec4s(f, mt, bytes);
-  const shape: Q4Shape = { mt, r, xc, sg, dq, wg };
+  const norm = a.norm;
+  const shape: Q4Shape = { mt, r, xc, sg, dq, wg, rms: !!norm };
   const variant = variantName(f, shape);
   const zGroups = Math.ceil(a.m / mt);
   if (zGroups > MAX_GRID) throw new RangeError(`${variant}: ${a.m} rows exceed one dispatch`);
@@ -231,12 +254,21 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
       ['u32', gridX],
       ['u32', flags],
       ['u32', f.groupSize / 4],
+      ['f32', norm?.eps ?? 0],
     ]);
     return b.make(
       variant,
       () => variantSource(f, shape),
       params,
-      [part.words, part.scales, part.zeros ?? a.placeholder, a.x, a.y, a.bias ?? a.placeholder],
+      [
+        part.words,
+        part.scales,
+        part.zeros ?? a.placeholder,
+        a.x,
+        a.y,
+        a.bias ?? a.placeholder,
+        ...(norm ? [norm.weight] : []),
+      ],
       [gridX, Math.ceil(tiles / gridX), zGroups],
     );
   });

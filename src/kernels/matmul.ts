@@ -17,6 +17,7 @@ import { activationFragment, checkActivationFormat, type ActivationFormat } from
 import { hoistEnables, MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { weightFragment, wordsPerRow, type GpuWeight } from './tiled.js';
+import { RMS_FOLD_SUFFIX, rmsBindingConst, rmsFragment, type RmsFold } from './rms-fold.js';
 
 export interface MatmulArgs {
   /** [m, weight.cols] f32 */
@@ -37,6 +38,11 @@ export interface MatmulArgs {
   variant?: MatmulVariant;
   /** The gate's activation of a SWIGLU-fused weight: silu (SwiGLU, default) or tanh-GELU (GeGLU). */
   gate?: GateActivation;
+  /**
+   * Norm X's rows first (x is then the raw f32 residual stream): the RMSNorm folded into the
+   * prologue (src/kernels/rms-fold.ts). Only where `matmulFoldsNorm` says the kernel can.
+   */
+  norm?: RmsFold | undefined;
 }
 
 /** The activation of the gated MLP's gate: silu (SwiGLU) or the tanh approximation of GELU (GeGLU). */
@@ -199,10 +205,27 @@ export function gemmVariantName(
   xFormat: ActivationFormat = 'f32',
   wg: GemmWorkgroupSize = WG,
   gate: GateActivation = 'silu',
+  norm = false,
 ): string {
   const x = xFormat === 'f16' ? '_xf16' : '';
   const threads = wg === WG ? '' : `_w${wg}`;
-  return `matmul_${w.format}_gemm_t${tm}x${tn}${threads}${x}${gateSuffix(w, gate)}`;
+  const rms = norm ? RMS_FOLD_SUFFIX : '';
+  return `matmul_${w.format}_gemm_t${tm}x${tn}${threads}${x}${gateSuffix(w, gate)}${rms}`;
+}
+
+/**
+ * Whether this matmul (shape, forced variant, X format) runs a kernel with the RMSNorm prologue:
+ * the GEMM with one row of X per workgroup (TM = 1, what the CPU adapters' defaults pick at M = 1)
+ * reading f32 X.
+ */
+export function matmulFoldsNorm(
+  ctx: GpuContext,
+  m: number,
+  variant: MatmulVariant | undefined,
+  xFormat: ActivationFormat = 'f32',
+): boolean {
+  if (xFormat !== 'f32' || pickMatmulPath(ctx, m, variant) !== 'gemm') return false;
+  return (variant?.tm ?? pickGemmRowsOfX(m)) === 1;
 }
 
 function gemmSource(
@@ -212,6 +235,7 @@ function gemmSource(
   wg: number,
   xFormat: ActivationFormat,
   gate: GateActivation,
+  norm: RmsFold | undefined,
 ): string {
   const consts = [
     `const TM: u32 = ${tm}u;`,
@@ -219,6 +243,7 @@ function gemmSource(
     `const WG: u32 = ${wg}u;`,
     `const SWIGLU: bool = ${w.fused === 'swiglu' ? 'true' : 'false'};`,
     `const GELU: bool = ${gate === 'gelu-tanh' ? 'true' : 'false'};`,
+    ...(norm ? [rmsBindingConst(5)] : []),
   ];
   return hoistEnables([
     shaderSource(
@@ -227,6 +252,7 @@ function gemmSource(
       activationFragment(xFormat),
       weightFragment(w.format),
       'common/matmul_epilogue',
+      rmsFragment(!!norm),
     ),
     consts.join('\n'),
     shaderSource('matmul_gemm'),
@@ -238,6 +264,8 @@ export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
   checkActivationFormat(b.ctx, xFormat);
   if (a.accumulate && a.weight.fused === 'swiglu')
     throw new RangeError('a SWIGLU-fused matmul cannot accumulate');
+  if (a.norm && !matmulFoldsNorm(b.ctx, a.m, a.variant, xFormat))
+    throw new RangeError('matmul: a folded RMSNorm needs the GEMM with one row of X per tile (tm 1) and f32 X');
   return pickMatmulPath(b.ctx, a.m, a.variant) === 'gemm'
     ? matmulGemm(b, a, xFormat)
     : matmulFlat(b, a, xFormat);
@@ -256,6 +284,7 @@ function partParams(a: MatmulArgs, part: GpuWeight['parts'][number], grid: numbe
     ['u32', part.rowStart],
     ['u32', grid],
     ['u32', (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0)],
+    ['f32', a.norm?.eps ?? 0],
   ]);
 }
 
@@ -272,7 +301,8 @@ function matmulGemm(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat
       `matmul GEMM: tile ${tm}x${tn}, ${wg} threads (rows of X 1, 4, 8, 16; rows per thread 2, 4, 8; threads 16, 32, 64, 128)`,
     );
   const gate = a.gate ?? 'silu';
-  const variant = gemmVariantName(a.weight, tm, tn, xFormat, wg, gate);
+  const norm = a.norm;
+  const variant = gemmVariantName(a.weight, tm, tn, xFormat, wg, gate, !!norm);
   if (mTiles > MAX_GRID) throw new GpuDeviceError(`${variant}: ${a.m} rows exceed one dispatch`);
   const perThread = swiglu ? tn / 2 : tn;
   return a.weight.parts.map((part) => {
@@ -281,9 +311,9 @@ function matmulGemm(b: DispatchBuilder, a: MatmulArgs, xFormat: ActivationFormat
     const params = partParams(a, part, gridY);
     return b.make(
       variant,
-      () => gemmSource(a.weight, tm, tn, wg, xFormat, gate),
+      () => gemmSource(a.weight, tm, tn, wg, xFormat, gate, norm),
       params,
-      [part.buffer, a.x, a.y, a.bias ?? a.placeholder],
+      [part.buffer, a.x, a.y, a.bias ?? a.placeholder, ...(norm ? [norm.weight] : [])],
       // M tiles fastest: the workgroups that read the same weight rows run back to back.
       [mTiles, gridY, Math.ceil(groups / gridY)],
     );

@@ -6,6 +6,8 @@
  *   (+residual, or a sandwich norm that adds it)
  *   -> rmsnorm -> gate·up with the SwiGLU/GeGLU epilogue -> down (+residual, or its norm)]
  *   -> (head) final rmsnorm of the rows that need logits -> lm head -> (softcap) -> (argmax)
+ * In one-row steps each rmsnorm before qkv, gate·up and the LM head is folded into that matmul's
+ * prologue where its chosen kernel has one (src/kernels/rms-fold.ts): one dispatch fewer each.
  * Decode-shaped steps run split-K attention, exact until the layer's unified max (phi) of the
  * async softmax is calibrated.
  */
@@ -16,7 +18,13 @@ import { attentionDecode, type AttentionDecodeScratch } from '../../kernels/atte
 import { embed } from '../../kernels/embed.js';
 import { embedGguf } from '../../kernels/embed-gguf.js';
 import { embedQ4 } from '../../kernels/embed-q4.js';
-import { isGgufWeight, isQ4Weight, linear, type LinearArgs } from '../../kernels/linear.js';
+import {
+  isGgufWeight,
+  isQ4Weight,
+  linear,
+  linearFoldsNorm,
+  type LinearArgs,
+} from '../../kernels/linear.js';
 import { rmsnorm } from '../../kernels/rmsnorm.js';
 import { isQuantKv } from '../../kernels/kv-dtype.js';
 import { kvQuantize } from '../../kernels/kv-quantize.js';
@@ -46,8 +54,13 @@ export interface RecordedGraph {
   argmax: Dispatch;
   /** Exact split-K attention of each layer: where calibration copies its split maxima out. */
   scoreCapture: { layer: number; after: number }[];
-  /** Every projection's input (quantizers calibrate on these activations). */
+  /**
+   * Every projection's input (quantizers calibrate on these activations); a projection with its
+   * RMSNorm folded in has no materialized input, and no tap.
+   */
   linearInputs: LinearInputTap[];
+  /** Some RMSNorm is folded into its matmul (then linearInputs lacks those projections). */
+  foldsNorms: boolean;
 }
 
 /** The recipe this graph implements; a new recipe choice needs its case here. */
@@ -95,6 +108,40 @@ export function recordGraph(
   const project = (a: Omit<LinearArgs, 'placeholder' | 'scratch' | 'choices'>): Dispatch[] =>
     linear(b, { ...a, placeholder: model.placeholder, scratch, choices: model.choices });
   const body: Dispatch[] = [];
+  // One-row steps: X is one cache-resident row, and the rmsnorm dispatch costs more than the norm.
+  const tryFold = model.foldNorms && m === 1;
+  let foldsNorms = false;
+  /**
+   * rmsnorm of the residual rows `rows` into `into`, then the projection reading it; or, where the
+   * projection's kernel can, the projection norming the residual itself.
+   */
+  const normed = (
+    out: Dispatch[],
+    norm: { weight: GPUBuffer; rows: GPUBuffer; into: GPUBuffer; m: number },
+    a: Omit<LinearArgs, 'placeholder' | 'scratch' | 'choices' | 'x' | 'm'>,
+    onNormed?: () => void,
+  ): void => {
+    const args = { ...a, m: norm.m };
+    if (tryFold && norm.m === 1 && linearFoldsNorm(b.ctx, { ...args, choices: model.choices })) {
+      foldsNorms = true;
+      out.push(...project({ ...args, x: s.x, norm: { weight: norm.weight, eps } }));
+      return;
+    }
+    out.push(
+      rmsnorm(b, {
+        x: s.x,
+        weight: norm.weight,
+        rows: norm.rows,
+        y: norm.into,
+        m: norm.m,
+        hidden: H,
+        eps,
+        ...normOut,
+      }),
+    );
+    onNormed?.();
+    out.push(...project({ ...args, x: norm.into }));
+  };
   const scoreCapture: RecordedGraph['scoreCapture'] = [];
   const linearInputs: LinearInputTap[] = [];
   const table = weights.embed;
@@ -120,20 +167,8 @@ export function recordGraph(
     const tap = (proj: ProjectionRole, buffer: GPUBuffer, cols: number) =>
       linearInputs.push({ layer: l, proj, after: body.length - 1, buffer, cols });
     // Attention.
-    body.push(
-      rmsnorm(b, {
-        x: s.x,
-        weight: L.inputNorm,
-        rows: model.identityRows,
-        y: s.xn,
-        m,
-        hidden: H,
-        eps,
-        ...normOut,
-      }),
-    );
-    tap('qkv', s.xn, H);
-    body.push(...project({ x: s.xn, lin: L.qkv, y: s.qkv, m, ...xIn }));
+    const layerNorm = (weight: GPUBuffer) => ({ weight, rows: model.identityRows, into: s.xn, m });
+    normed(body, layerNorm(L.inputNorm), { lin: L.qkv, y: s.qkv, ...xIn }, () => tap('qkv', s.xn, H));
     // Qwen3's and Gemma 3's per-head q/k RMSNorm runs inside the RoPE + KV-write kernel
     // (rope_kv_write_qknorm) rather than as its own qk_norm dispatch before it.
     let norm: { qWeight: GPUBuffer; kWeight: GPUBuffer; eps: number } | undefined;
@@ -245,20 +280,9 @@ export function recordGraph(
       addBranch(L.attnOutNorm, 'attention-output');
     } else body.push(...project({ x: s.attn, lin: L.o, y: s.x, m, accumulate: true }));
     // MLP.
-    body.push(
-      rmsnorm(b, {
-        x: s.x,
-        weight: L.postNorm,
-        rows: model.identityRows,
-        y: s.xn,
-        m,
-        hidden: H,
-        eps,
-        ...normOut,
-      }),
+    normed(body, layerNorm(L.postNorm), { lin: L.gateUp, y: s.mlp, swiglu: true, gate, ...xIn }, () =>
+      tap('gateUp', s.xn, H),
     );
-    tap('gateUp', s.xn, H);
-    body.push(...project({ x: s.xn, lin: L.gateUp, y: s.mlp, m, swiglu: true, gate, ...xIn }));
     tap('down', s.mlp, I);
     if (sandwich) {
       body.push(...project({ x: s.mlp, lin: L.down, y: branch as GPUBuffer, m }));
@@ -266,36 +290,21 @@ export function recordGraph(
     } else body.push(...project({ x: s.mlp, lin: L.down, y: s.x, m, accumulate: true }));
   });
   // A prefill chunk that needs no logits has r = 0: no head at all (an empty int4 GEMV is an error).
-  const head =
-    r === 0
-      ? []
-      : [
-          rmsnorm(b, {
-            x: s.x,
-            weight: weights.finalNorm,
-            rows: s.logitRows,
-            y: s.final,
-            m: r,
-            hidden: H,
-            eps,
-            out: model.activations,
-          }),
-          ...project({
-            x: s.final,
-            lin: { weight: weights.lmHead },
-            y: s.logits,
-            m: r,
-            xFormat: model.activations,
-          }),
-          ...(spec.finalLogitSoftcap
-            ? [softcap(b, { x: s.logits, count: r * spec.vocabSize, cap: spec.finalLogitSoftcap })]
-            : []),
-        ];
+  // A prefill chunk that needs no logits has r = 0: no head at all (an empty int4 GEMV is an error).
+  // In a one-row step the logit row is row 0, which a folded norm reads.
+  const head: Dispatch[] = [];
+  if (r > 0) {
+    const final = { weight: weights.finalNorm, rows: s.logitRows, into: s.final, m: r };
+    normed(head, final, { lin: { weight: weights.lmHead }, y: s.logits, ...xIn });
+    if (spec.finalLogitSoftcap)
+      head.push(softcap(b, { x: s.logits, count: r * spec.vocabSize, cap: spec.finalLogitSoftcap }));
+  }
   return {
     body,
     head,
     argmax: argmax(b, { logits: s.logits, ids: s.outIds, rows: r, n: spec.vocabSize }),
     scoreCapture,
     linearInputs,
+    foldsNorms,
   };
 }

@@ -54,6 +54,7 @@ export class ForwardModel implements ForwardState {
   /** Stamps every step's GPU time while set (benchmarks: Engine.measureSteps). */
   stepClock: StepGpuClock | null = null;
   private kernelChoices = new KernelChoices();
+  private normFolding = true;
   /** Plans get the GPU sampling stage (set at the first sampled request). */
   private sampling = false;
   private adjusting = false;
@@ -105,6 +106,21 @@ export class ForwardModel implements ForwardState {
 
   get choices(): KernelChoices {
     return this.kernelChoices;
+  }
+
+  /**
+   * Whether one-row steps fold each RMSNorm into the matmul that reads it, where the chosen kernel
+   * has the prologue (src/kernels/rms-fold.ts); false keeps the separate rmsnorm dispatches.
+   */
+  get foldNorms(): boolean {
+    return this.normFolding;
+  }
+
+  /** Switches the RMSNorm folding (plans are re-recorded at their next step). Call between steps. */
+  setFoldNorms(on: boolean): void {
+    if (on === this.normFolding) return;
+    this.normFolding = on;
+    this.dropPlans(() => true);
   }
 
   /** The plan of a step shape, made (and recorded) the first time it is needed. */

@@ -26,6 +26,8 @@ export interface ForwardState {
   /** Bound where a kernel has no bias. */ readonly placeholder: GPUBuffer;
   /** Tuned kernel variants by shape class (empty: the kernels' own defaults). */
   readonly choices: KernelChoices;
+  /** One-row steps fold each RMSNorm into the following matmul where its kernel can. */
+  readonly foldNorms: boolean;
   /**
    * FlashDecoding++'s unified max per layer for decode attention; null = the exact two-pass
    * softmax (until calibration sets it, or always with attentionSoftmax 'two_pass').

@@ -283,6 +283,10 @@ export async function captureLinearInputs(
   if (fm.activations !== 'f32') throw new RangeError('capturing projection inputs needs f32 activations');
   const m = input.tokens.length;
   const plan = fm.writeInputs(input);
+  if (plan.graph.foldsNorms)
+    throw new RangeError(
+      "capturing projection inputs of a one-row step needs the separate rmsnorm (normFold 'separate')",
+    );
   const enc = ctx.device.createCommandEncoder({ label: 'kiln.capture' });
   const reads: { layer: number; proj: ProjectionRole; buf: GPUBuffer; bytes: number }[] = [];
   let from = 0;
