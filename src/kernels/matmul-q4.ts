@@ -207,8 +207,15 @@ export function matmulQ4(b: DispatchBuilder, a: MatmulQ4Args): Dispatch[] {
   if (w.cols % f.groupSize !== 0) {
     throw new RangeError(`matmul_q4: K (${w.cols}) is not a multiple of the group size (${f.groupSize})`);
   }
-  if (a.norm && (a.gemv || !(a.subgroups ?? q4SubgroupsUsable(b.ctx)) || (a.rowsPerGroup ?? chooseQ4Tiling(a.m, 1).rowsPerGroup) !== 1))
-    throw new RangeError('matmul_q4: a folded RMSNorm needs one row of X per workgroup on the subgroup X path');
+  if (
+    a.norm &&
+    (a.gemv ||
+      !(a.subgroups ?? q4SubgroupsUsable(b.ctx)) ||
+      (a.rowsPerGroup ?? chooseQ4Tiling(a.m, 1).rowsPerGroup) !== 1)
+  )
+    throw new RangeError(
+      'matmul_q4: a folded RMSNorm needs one row of X per workgroup on the subgroup X path',
+    );
   if (a.gemv) {
     if (a.m !== 1) throw new RangeError(`matmul_q4: the gemv path takes one row of X, not ${a.m}`);
     const sg = a.subgroups ?? q4SubgroupsUsable(b.ctx);

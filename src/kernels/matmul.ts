@@ -265,7 +265,9 @@ export function matmul(b: DispatchBuilder, a: MatmulArgs): Dispatch[] {
   if (a.accumulate && a.weight.fused === 'swiglu')
     throw new RangeError('a SWIGLU-fused matmul cannot accumulate');
   if (a.norm && !matmulFoldsNorm(b.ctx, a.m, a.variant, xFormat))
-    throw new RangeError('matmul: a folded RMSNorm needs the GEMM with one row of X per tile (tm 1) and f32 X');
+    throw new RangeError(
+      'matmul: a folded RMSNorm needs the GEMM with one row of X per tile (tm 1) and f32 X',
+    );
   return pickMatmulPath(b.ctx, a.m, a.variant) === 'gemm'
     ? matmulGemm(b, a, xFormat)
     : matmulFlat(b, a, xFormat);

@@ -42,7 +42,10 @@ describe('RMSNorm folded into the matmul prologue', () => {
         const profile = await engine.profileDecode(64);
         counts[normFold] = profile.reduce((n, p) => n + p.count, 0);
         folded[normFold] = profile.filter((p) => p.label.endsWith('_rms')).reduce((n, p) => n + p.count, 0);
-        expect(profile.some((p) => p.label === 'rmsnorm'), normFold).toBe(normFold === 'separate');
+        expect(
+          profile.some((p) => p.label === 'rmsnorm'),
+          normFold,
+        ).toBe(normFold === 'separate');
       } finally {
         engine.dispose();
       }

@@ -18,13 +18,7 @@ import { attentionDecode, type AttentionDecodeScratch } from '../../kernels/atte
 import { embed } from '../../kernels/embed.js';
 import { embedGguf } from '../../kernels/embed-gguf.js';
 import { embedQ4 } from '../../kernels/embed-q4.js';
-import {
-  isGgufWeight,
-  isQ4Weight,
-  linear,
-  linearFoldsNorm,
-  type LinearArgs,
-} from '../../kernels/linear.js';
+import { isGgufWeight, isQ4Weight, linear, linearFoldsNorm, type LinearArgs } from '../../kernels/linear.js';
 import { rmsnorm } from '../../kernels/rmsnorm.js';
 import { isQuantKv } from '../../kernels/kv-dtype.js';
 import { kvQuantize } from '../../kernels/kv-quantize.js';
