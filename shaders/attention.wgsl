@@ -74,6 +74,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   let info = row_info[row];
   let ctx_len = info.x + 1u;
   let bt_off = info.y;
+  // Low-rank KV formats leave out the factors of the row's own block (its future rows shaped them).
+  kv_own_block = block_table[bt_off + info.x / BLOCK_TOKENS];
   let lo = select(0u, ctx_len - p.window, p.window != 0u && ctx_len > p.window);
   let kv_head = head / (p.heads / p.kv_heads);
   let q_base = (row * p.heads + head) * p.head_dim;

@@ -257,6 +257,8 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
   let info = row_info[row];
   let ctx_len = info.x + 1u;
   let bt_off = info.y;
+  // Low-rank KV formats leave out the factors of the row's own block (its future rows shaped them).
+  kv_own_block = block_table[bt_off + info.x / BLOCK_TOKENS];
   let lo = select(0u, ctx_len - p.window, p.window != 0u && ctx_len > p.window);
   let c0 = lo - lo % BLOCK_TOKENS + split * p.chunk;
   let c1 = select(min(c0 + p.chunk, ctx_len), ctx_len, MODE == 2u);

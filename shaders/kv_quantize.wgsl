@@ -1,5 +1,5 @@
 // kv_quantize: writes one step's K and V rows into a quantized paged KV cache (prefixed with
-// common/kv_quant.wgsl after KV_BITS and KV_OUTLIERS; the format is in src/kernels/kv-dtype.ts).
+// common/kv_quant.wgsl after KV_BITS, KV_OUTLIERS and KV_RANK; the format is in src/kernels/kv-dtype.ts).
 // rope_kv_write has put the rows, RoPE applied to k, as f32 in k_stage / v_stage with the cache's
 // own layout over the identity slots ([row / 16][kv_head][row % 16][head_dim]); this kernel
 // quantizes each (row, kv head) of K and of V into its slot's row of the cache:
@@ -7,7 +7,8 @@
 //      (the lowest channel among equals), taken out of the range;
 //   2. (scale, min) = ((max - min) / (2^bits - 1), min) over the other channels, rounded to f16;
 //   3. code = clamp(round((x - min) / scale), 0, 2^bits - 1) for every channel (0 if scale is 0);
-//   4. each outlier's residual x - (code · scale + min), rounded to f16, beside its channel.
+//   4. each outlier's residual x - (code · scale + min), rounded to f16, beside its channel;
+//   5. low-rank formats: the (block, KV head)'s factors are zeroed (kv_lowrank follows).
 // Bindings: params, slots [m] u32, k_stage, v_stage (f32), k_cache, v_cache (u32 words).
 // Work: one thread per (row, kv head, K or V), linearized over a 2-D grid: a row is small
 // (head_dim <= 256 values) and quantizing it needs all of it.
@@ -86,7 +87,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 
   let slot = slots[row];
   let cw = kvq_code_words();
-  let dst = ((slot / BLOCK_TOKENS * p.kv_heads + head) * BLOCK_TOKENS + slot % BLOCK_TOKENS) * kvq_row_words();
+  let cache_row = (slot / BLOCK_TOKENS * p.kv_heads + head) * BLOCK_TOKENS + slot % BLOCK_TOKENS;
+  let dst = kvq_row_base(cache_row);
+  // A block that changes loses its low-rank factors; kv_lowrank, next, recomputes them when this
+  // step wrote the whole block. (Every writer of the block stores the same zeros.)
+  let f = kvq_factor_base(cache_row);
+  for (var w = 0u; w < KV_RANK * (BLOCK_TOKENS + n) / 2u; w++) {
+    store(is_v, f + w, 0u);
+  }
   let per_word = 32u / KV_BITS;
   for (var w = 0u; w < cw; w++) {
     var word = 0u;

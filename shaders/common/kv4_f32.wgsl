@@ -3,6 +3,9 @@
 alias Kv = f32;
 alias KvCell = vec4<f32>;
 
+// Set by the attention kernels for the low-rank formats (kv_quant.wgsl); unused here.
+var<private> kv_own_block: u32 = 0xffffffffu;
+
 fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
   return k_cache[row * (p.head_dim / 4u) + d4];
 }

@@ -6,6 +6,9 @@ enable f16;
 alias Kv = f16;
 alias KvCell = f16;
 
+// Set by the attention kernels for the low-rank formats (kv_quant.wgsl); unused here.
+var<private> kv_own_block: u32 = 0xffffffffu;
+
 fn kv_k1(row: u32, d: u32) -> f32 {
   return f32(k_cache[row * p.head_dim + d]);
 }

@@ -3,6 +3,9 @@
 alias Kv = f32;
 alias KvCell = f32;
 
+// Set by the attention kernels for the low-rank formats (kv_quant.wgsl); unused here.
+var<private> kv_own_block: u32 = 0xffffffffu;
+
 fn kv_k1(row: u32, d: u32) -> f32 {
   return k_cache[row * p.head_dim + d];
 }

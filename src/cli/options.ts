@@ -95,7 +95,7 @@ export function addModelOptions(cmd: Command): Command {
     .addOption(
       new Option(
         '--kv-cache <type>',
-        'KV cache format: auto (f16 where the adapter has shader-f16, else f32), f16, f32, or compressed: int8, int4, int2 (per-token groups), gear4, gear2 (plus GEAR outliers)',
+        'KV cache format: auto (f16 where the adapter has shader-f16, else f32), f16, f32, or compressed: int8, int4, int2 (per-token groups), gear4, gear2 (plus GEAR outliers), int4lr, int2lr, gear4lr, gear2lr (plus GEAR low-rank error factors)',
       ).choices([...KV_CACHE_OPTIONS]),
     )
     .addOption(

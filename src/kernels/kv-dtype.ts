@@ -9,11 +9,18 @@
  *   (KIVI) are what GEAR's sparse part catches (below).
  * - 'gear4', 'gear2': GEAR's quantization plus its sparse part: the KV_OUTLIERS largest |x| of
  *   each row are left out of the row's range and stored as (channel, f16 residual) so that code +
- *   residual gives them back to f16 precision. GEAR's low-rank part is not implemented.
- * Quantized rows are u32 words in the paged layout [block][kv_head][16][row words]: the packed
- * codes (element d at word d·bits/32, bits (d·bits) % 32, padded to a whole word), then the
- * (scale, min) word, then the outlier words (channel in the low 16 bits, residual f16 above;
- * channel 0xffff for none). Every kernel that reads or writes the cache is prefixed with the
+ *   residual gives them back to f16 precision.
+ * - 'int4lr', 'int2lr', 'gear4lr', 'gear2lr': the same rows plus GEAR's low-rank part, per
+ *   16-token block and KV head: E ≈ A·B with A 16 x KV_RANK and B KV_RANK x head_dim (f16), E
+ *   the block's quantization error after the outliers (kv_lowrank, power iteration). A block gets
+ *   factors only when one step writes all 16 of its rows (a prefill chunk); a query adds A·B only
+ *   for blocks before its own one (rows after it are its future). Ablation formats: see README.
+ * Quantized rows are u32 words in the paged layout [block][kv_head]{[16][row words], factors}:
+ * the packed codes (element d at word d·bits/32, bits (d·bits) % 32, padded to a whole word),
+ * then the (scale, min) word, then the outlier words (channel in the low 16 bits, residual f16
+ * above; channel 0xffff for none); after the 16 rows of a (block, KV head) its factor words (low-
+ * rank formats only): A as [16][KV_RANK] f16, then B as [KV_RANK][head_dim] f16, zero while the
+ * block has none. Every kernel that reads or writes the cache is prefixed with the
  * format's fragment (shaders/common/kv_*.wgsl): `alias KvCell` for the bindings and the loads
  * kv_k1/kv_v1 (one element) and kv_k4/kv_v4 (4 channels) by token row; quantized formats are
  * written by kv_quantize from rope_kv_write's f32 rows. A format's pipeline labels end in
@@ -23,7 +30,19 @@ import { UnsupportedModelError } from '../errors.js';
 import type { GpuContext } from '../gpu/device.js';
 import { WGSL, type ShaderName } from './wgsl.gen.js';
 
-export const KV_DTYPES = ['f32', 'f16', 'int8', 'int4', 'int2', 'gear4', 'gear2'] as const;
+export const KV_DTYPES = [
+  'f32',
+  'f16',
+  'int8',
+  'int4',
+  'int2',
+  'gear4',
+  'gear2',
+  'int4lr',
+  'int2lr',
+  'gear4lr',
+  'gear2lr',
+] as const;
 export type KvDtype = (typeof KV_DTYPES)[number];
 export type KvFloatDtype = 'f32' | 'f16';
 export type KvQuantDtype = Exclude<KvDtype, KvFloatDtype>;
@@ -35,20 +54,40 @@ export function isQuantKv(dtype: KvDtype): dtype is KvQuantDtype {
   return dtype !== 'f32' && dtype !== 'f16';
 }
 
-/** Bits per code and outliers per row of a quantized format. */
-export function kvQuantParams(dtype: KvQuantDtype): { bits: 8 | 4 | 2; outliers: number } {
+/**
+ * Rank of the low-rank formats' per-block error factors. 2 (GEAR uses 2-4 per head over the whole
+ * context): a block is only 16 tokens, and the factors cost KV_RANK · (16 + head_dim) f16 per
+ * block and KV head, 20 bytes per token per KV head of K (and of V) at head_dim 64.
+ */
+export const KV_RANK = 2;
+
+/** Bits per code, outliers per row and low-rank factors per block of a quantized format. */
+export function kvQuantParams(dtype: KvQuantDtype): { bits: 8 | 4 | 2; outliers: number; rank: number } {
   switch (dtype) {
     case 'int8':
-      return { bits: 8, outliers: 0 };
+      return { bits: 8, outliers: 0, rank: 0 };
     case 'int4':
-      return { bits: 4, outliers: 0 };
+      return { bits: 4, outliers: 0, rank: 0 };
     case 'int2':
-      return { bits: 2, outliers: 0 };
+      return { bits: 2, outliers: 0, rank: 0 };
     case 'gear4':
-      return { bits: 4, outliers: KV_OUTLIERS };
+      return { bits: 4, outliers: KV_OUTLIERS, rank: 0 };
     case 'gear2':
-      return { bits: 2, outliers: KV_OUTLIERS };
+      return { bits: 2, outliers: KV_OUTLIERS, rank: 0 };
+    case 'int4lr':
+      return { bits: 4, outliers: 0, rank: KV_RANK };
+    case 'int2lr':
+      return { bits: 2, outliers: 0, rank: KV_RANK };
+    case 'gear4lr':
+      return { bits: 4, outliers: KV_OUTLIERS, rank: KV_RANK };
+    case 'gear2lr':
+      return { bits: 2, outliers: KV_OUTLIERS, rank: KV_RANK };
   }
+}
+
+/** Words of one (block, KV head)'s low-rank factors: A 16 x rank and B rank x headDim, f16. */
+export function kvFactorWords(rank: number, headDim: number): number {
+  return (rank * (16 + headDim)) / 2;
 }
 
 /** Words of packed codes in one quantized row of `headDim` values. */
@@ -65,6 +104,15 @@ export function kvRowBytes(dtype: KvDtype, headDim: number): number {
 }
 
 /**
+ * Bytes of one (block, KV head) of K (or V): its 16 token rows and, in a low-rank format, the
+ * block's factors.
+ */
+export function kvGroupBytes(dtype: KvDtype, headDim: number): number {
+  const rows = 16 * kvRowBytes(dtype, headDim);
+  return isQuantKv(dtype) ? rows + 4 * kvFactorWords(kvQuantParams(dtype).rank, headDim) : rows;
+}
+
+/**
  * The WGSL prefix of a kernel reading or writing a `dtype` cache: the format's fragment (first:
  * the f16 one opens with `enable f16`). `vec4` asks for the float formats' vec4 cells (the split-K
  * decode kernel's view); quantized cells are u32 words in both views.
@@ -74,8 +122,8 @@ export function kvPrefix(dtype: KvDtype, view: 'scalar' | 'vec4'): string {
     const name: ShaderName = view === 'vec4' ? `common/kv4_${dtype}` : `common/kv_${dtype}`;
     return WGSL[name];
   }
-  const { bits, outliers } = kvQuantParams(dtype);
-  return `const KV_BITS: u32 = ${bits}u;\nconst KV_OUTLIERS: u32 = ${outliers}u;\n${WGSL['common/kv_quant']}`;
+  const { bits, outliers, rank } = kvQuantParams(dtype);
+  return `const KV_BITS: u32 = ${bits}u;\nconst KV_OUTLIERS: u32 = ${outliers}u;\nconst KV_RANK: u32 = ${rank}u;\n${WGSL['common/kv_quant']}`;
 }
 
 /** The float formats' scalar fragment alone (the baselines that only move f32/f16 data). */

@@ -5,7 +5,7 @@
  * kernel stores them; codes are rounded half to even, as WGSL's round().
  */
 import { f16BitsToF32, f32ToF16Bits } from '../io/dtype.js';
-import { kvCodeWords, kvQuantParams, type KvQuantDtype } from './kv-dtype.js';
+import { kvCodeWords, kvFactorWords, kvQuantParams, type KvQuantDtype } from './kv-dtype.js';
 
 export interface QuantRow {
   codes: Uint8Array;
@@ -122,16 +122,22 @@ export function decodeKvRow(words: Uint32Array, dtype: KvQuantDtype, headDim: nu
   };
 }
 
-/** Rows of `headDim` values (any count) quantized and packed as a `dtype` cache stores them. */
+/**
+ * Rows of `headDim` values quantized and packed as a `dtype` cache stores them, in the cache's
+ * layout ([block][kv head] groups of 16 rows: a multiple of 16 rows for the low-rank formats,
+ * whose groups end with their factors, left zero here: no low-rank part).
+ */
 export function encodeKvRows(x: ArrayLike<number>, dtype: KvQuantDtype, headDim: number): Uint32Array {
   const rows = Math.floor(x.length / headDim);
-  const { bits, outliers } = kvQuantParams(dtype);
+  const { bits, outliers, rank } = kvQuantParams(dtype);
   const rw = kvCodeWords(bits, headDim) + 1 + outliers;
-  const out = new Uint32Array(rows * rw);
+  const fw = kvFactorWords(rank, headDim);
+  if (fw > 0 && rows % 16 !== 0) throw new RangeError(`encodeKvRows: ${rows} rows is not whole blocks`);
+  const out = new Uint32Array(rows * rw + (rows / 16) * fw);
   const row = new Float64Array(headDim);
   for (let r = 0; r < rows; r++) {
     for (let d = 0; d < headDim; d++) row[d] = x[r * headDim + d] as number;
-    out.set(encodeKvRow(quantizeKvRow(row, dtype), dtype), r * rw);
+    out.set(encodeKvRow(quantizeKvRow(row, dtype), dtype), Math.floor(r / 16) * (16 * rw + fw) + (r % 16) * rw);
   }
   return out;
 }

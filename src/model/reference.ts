@@ -18,7 +18,7 @@ import { softcapRef } from '../kernels/softcap.ref.js';
 import { gegluRef, swigluRef } from '../kernels/swiglu.ref.js';
 import { projectionRows, type BlockRecipe, type ProjectionTensors } from './architecture.js';
 import { architectureOf } from './registry.js';
-import { isQuantKv, type KvDtype, type KvQuantDtype } from '../kernels/kv-dtype.js';
+import { isQuantKv, kvQuantParams, type KvDtype, type KvQuantDtype } from '../kernels/kv-dtype.js';
 import { kvRoundTrip } from '../kernels/kv-quant.ref.js';
 import { ropeOfKind } from './rope.js';
 import { attentionScale, layerRope, type ModelSpec } from './spec.js';
@@ -199,6 +199,10 @@ export class ReferenceModel {
         k = k.map(roundF16);
         v = v.map(roundF16);
       } else if (isQuantKv(kvDtype)) {
+        if (kvQuantParams(kvDtype).rank > 0) {
+          // Their factors depend on which blocks a step wrote whole (kv-lowrank.ref.ts).
+          throw new RangeError(`the reference model has no '${kvDtype}' KV cache (low-rank factors depend on the step's chunking)`);
+        }
         k = roundTripRows(k, s.headDim, kvDtype);
         v = roundTripRows(v, s.headDim, kvDtype);
       }

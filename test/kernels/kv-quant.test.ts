@@ -7,9 +7,17 @@ import {
   type AttentionDecodeVariant,
 } from '../../src/kernels/attention-decode.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
-import { kvQuantParams, kvRowBytes, type KvQuantDtype } from '../../src/kernels/kv-dtype.js';
+import {
+  kvFactorWords,
+  kvGroupBytes,
+  kvQuantParams,
+  kvRowBytes,
+  type KvQuantDtype,
+} from '../../src/kernels/kv-dtype.js';
 import { decodeKvRow, dequantizeKvRow, kvCode, quantizeKvRow } from '../../src/kernels/kv-quant.ref.js';
 import { kvQuantize } from '../../src/kernels/kv-quantize.js';
+import { kvLowrank } from '../../src/kernels/kv-lowrank.js';
+import { lowRankFactors, lowRankProduct } from '../../src/kernels/kv-lowrank.ref.js';
 import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
 import { DispatchBuilder, runDispatches } from '../../src/gpu/dispatch.js';
 import {
@@ -25,6 +33,7 @@ import {
 
 const BLOCK = 16;
 const FORMATS: KvQuantDtype[] = ['int8', 'int4', 'int2', 'gear4', 'gear2'];
+const LOWRANK: KvQuantDtype[] = ['int4lr', 'int2lr', 'gear4lr', 'gear2lr'];
 
 /**
  * K rows like a real model's keys: uniform in [-2, 2) plus a few outlier channels (every 13th,
@@ -48,6 +57,12 @@ interface QuantCache {
   /** The decoded rows (token-major, head-minor) as words say, for the quantizer checks. */
   rowsK: ReturnType<typeof decodeKvRow>[];
   rowsV: ReturnType<typeof decodeKvRow>[];
+  /** Low-rank formats: k, v plus each block's A·B (what a query of a later block reads). */
+  kLr: Float64Array;
+  vLr: Float64Array;
+  /** Low-rank formats: the factors as stored, per (token block, KV head): A [16][rank], B [rank][headDim]. */
+  factorsK: { a: Float64Array; b: Float64Array }[];
+  factorsV: { a: Float64Array; b: Float64Array }[];
 }
 
 /**
@@ -68,7 +83,9 @@ async function fillQuant(
   const blocks = Math.ceil(tokens / BLOCK);
   const table = shuffledBlocks(blocks, tokens + headDim);
   const rowBytes = kvRowBytes(dtype, headDim);
-  const cacheBytes = blocks * kvHeads * BLOCK * rowBytes;
+  const groupBytes = kvGroupBytes(dtype, headDim);
+  const { rank } = kvQuantParams(dtype);
+  const cacheBytes = blocks * kvHeads * groupBytes;
   const kCache = upload(c, new Uint8Array(cacheBytes));
   const vCache = upload(c, new Uint8Array(cacheBytes));
   const kvDim = kvHeads * headDim;
@@ -88,34 +105,58 @@ async function fillQuant(
       const p = t0 + r;
       return (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK);
     });
-    run(c, (b) =>
-      kvQuantize(b, {
-        slots: upload(c, slots),
-        kStage: stage(k),
-        vStage: stage(v),
-        kCache,
-        vCache,
-        m,
-        kvHeads,
-        headDim,
-        kvDtype: dtype,
-      }),
-    );
+    const a = {
+      slots: upload(c, slots),
+      kStage: stage(k),
+      vStage: stage(v),
+      kCache,
+      vCache,
+      m,
+      kvHeads,
+      headDim,
+      kvDtype: dtype,
+    };
+    run(c, (b) => kvQuantize(b, a));
+    if (rank > 0) run(c, (b) => kvLowrank(b, a));
   }
   const rw = rowBytes / 4;
+  const gw = groupBytes / 4;
   const decodeAll = async (buf: GPUBuffer) => {
     const words = await readU32(c, buf, cacheBytes / 4);
     const dense = new Float64Array(tokens * kvDim);
     const rows: ReturnType<typeof decodeKvRow>[] = [];
     for (let p = 0; p < tokens; p++) {
       for (let h = 0; h < kvHeads; h++) {
-        const row = ((table[Math.floor(p / BLOCK)] as number) * kvHeads + h) * BLOCK + (p % BLOCK);
-        const q = decodeKvRow(words.subarray(row * rw, (row + 1) * rw), dtype, headDim);
+        const at = ((table[Math.floor(p / BLOCK)] as number) * kvHeads + h) * gw + (p % BLOCK) * rw;
+        const q = decodeKvRow(words.subarray(at, at + rw), dtype, headDim);
         rows.push(q);
         dense.set(dequantizeKvRow(q), p * kvDim + h * headDim);
       }
     }
-    return { dense, rows };
+    const lr = Float64Array.from(dense);
+    const factors: { a: Float64Array; b: Float64Array }[] = [];
+    if (rank > 0) {
+      const half = (at: number) => {
+        const w = words[Math.floor(at / 2)] as number;
+        return f16BitsToF32(at % 2 === 0 ? w & 0xffff : w >>> 16);
+      };
+      for (let blk = 0; blk < blocks; blk++) {
+        for (let h = 0; h < kvHeads; h++) {
+          const f = 2 * (((table[blk] as number) * kvHeads + h) * gw + BLOCK * rw);
+          const a = Float64Array.from({ length: BLOCK * rank }, (_, i) => half(f + i));
+          const b = Float64Array.from({ length: rank * headDim }, (_, i) => half(f + BLOCK * rank + i));
+          factors.push({ a, b });
+          const ab = lowRankProduct({ a, b }, BLOCK, headDim, rank);
+          for (let t = 0; t < BLOCK && blk * BLOCK + t < tokens; t++) {
+            for (let d = 0; d < headDim; d++) {
+              const i = (blk * BLOCK + t) * kvDim + h * headDim + d;
+              lr[i] = (lr[i] as number) + (ab[t * headDim + d] as number);
+            }
+          }
+        }
+      }
+    }
+    return { dense, rows, lr, factors };
   };
   const dk = await decodeAll(kCache);
   const dv = await decodeAll(vCache);
@@ -128,6 +169,10 @@ async function fillQuant(
     v: dv.dense,
     rowsK: dk.rows,
     rowsV: dv.rows,
+    kLr: dk.lr,
+    vLr: dv.lr,
+    factorsK: dk.factors,
+    factorsV: dv.factors,
   };
 }
 
@@ -145,7 +190,8 @@ describe('kv_quantize vs its float64 twin', () => {
     { tokens: 129, kvHeads: 2, headDim: 64, chunk: 50 },
     { tokens: 33, kvHeads: 1, headDim: 256, chunk: 256 },
   ];
-  for (const dtype of FORMATS) {
+  // The low-rank formats' rows are their base format's, in groups with the factors after them.
+  for (const dtype of [...FORMATS, 'gear4lr', 'int2lr'] as KvQuantDtype[]) {
     for (const { tokens, kvHeads, headDim, chunk } of cases) {
       test(`${dtype} rows=${tokens} kvHeads=${kvHeads} headDim=${headDim}`, async () => {
         const c = await testGpu();
@@ -205,6 +251,46 @@ describe('kv_quantize vs its float64 twin', () => {
 });
 
 /**
+ * attentionRef for a low-rank cache, one query row at a time: a query reads every block before
+ * its own with the block's A·B added, its own block without (kv_own_block in kv_quant.wgsl).
+ */
+function lowRankAttentionRef(
+  qc: QuantCache,
+  q: Float32Array,
+  positions: number[],
+  heads: number,
+  kvHeads: number,
+  headDim: number,
+  scale: number,
+  window: number,
+): Float64Array {
+  const kvDim = kvHeads * headDim;
+  const qDim = heads * headDim;
+  const out = new Float64Array(positions.length * qDim);
+  positions.forEach((pos, r) => {
+    const own = Math.floor(pos / BLOCK) * BLOCK * kvDim;
+    const mix = (lr: Float64Array, plain: Float64Array) => {
+      const x = Float64Array.from(lr);
+      x.set(plain.subarray(own), own);
+      return x;
+    };
+    const o = attentionRef(
+      q.subarray(r * qDim, (r + 1) * qDim),
+      mix(qc.kLr, qc.k),
+      mix(qc.vLr, qc.v),
+      [pos],
+      heads,
+      kvHeads,
+      headDim,
+      scale,
+      window,
+    );
+    out.set(o, r * qDim);
+  });
+  return out;
+}
+
+/**
  * Attention tolerance: the kernels read exactly the values the float64 decoding gives (code ·
  * scale + min + residual, each one f32 rounding: 6e-8 relative), so the error budget is that of
  * f32 attention over float data (attention-decode.test.ts: 2e-5 absolute for q in [-3, 3), v in
@@ -222,9 +308,12 @@ describe('attention over a quantized cache vs attentionRef on the decoded cache'
     { ctx: 129, heads: 4, kvHeads: 1, headDim: 64, chunk: 16, window: 7 },
     { ctx: 4097, heads: 4, kvHeads: 1, headDim: 64, chunk: 512, window: 0 },
   ];
-  for (const dtype of FORMATS) {
+  // Two low-rank formats (every part, and codes + factors) cover the fragment's low-rank loads;
+  // kv_lowrank's test covers the four.
+  for (const dtype of [...FORMATS, 'gear4lr', 'int2lr'] as KvQuantDtype[]) {
     for (const { ctx, heads, kvHeads, headDim, chunk, window } of cases) {
-      if (ctx === 4097 && dtype !== 'int4' && dtype !== 'gear2') continue;
+      if (ctx === 4097 && dtype !== 'int4' && dtype !== 'gear2' && dtype !== 'gear4lr') continue;
+      if (LOWRANK.includes(dtype) && ctx === 1) continue;
       test(`${dtype} ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim} window=${window}`, async () => {
         const c = await testGpu();
         const { k, v } = kvData(ctx, kvHeads, headDim, ctx * 3 + headDim);
@@ -232,7 +321,9 @@ describe('attention over a quantized cache vs attentionRef on the decoded cache'
         const positions = [...new Set([ctx - 1, Math.floor(ctx / 2), 0])];
         const q = randomF32(positions.length * heads * headDim, ctx + 5, 3);
         const scale = 1 / Math.sqrt(headDim);
-        const want = attentionRef(q, qc.k, qc.v, positions, heads, kvHeads, headDim, scale, window);
+        const want = LOWRANK.includes(dtype)
+          ? lowRankAttentionRef(qc, q, positions, heads, kvHeads, headDim, scale, window)
+          : attentionRef(q, qc.k, qc.v, positions, heads, kvHeads, headDim, scale, window);
         const common = {
           rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
           blockTable: qc.blockTable,
@@ -309,4 +400,84 @@ describe('compression error', () => {
     expect(mse('gear2')).toBeLessThan(mse('int2'));
     expect(mse('int8')).toBeLessThan(mse('int4'));
   });
+});
+
+describe('kv_lowrank vs its float64 twin', () => {
+  // Rows 7 (no whole block), 16, 33, 129 in dispatches of 50 (blocks 3 and 6 split between two
+  // steps: no factors), head dims 4, 12, 64, 256.
+  const cases = [
+    { tokens: 7, kvHeads: 1, headDim: 4, chunk: 256 },
+    { tokens: 16, kvHeads: 3, headDim: 12, chunk: 256 },
+    { tokens: 129, kvHeads: 2, headDim: 64, chunk: 50 },
+    { tokens: 33, kvHeads: 1, headDim: 256, chunk: 256 },
+  ];
+  for (const dtype of LOWRANK) {
+    for (const { tokens, kvHeads, headDim, chunk } of cases) {
+      if (headDim === 256 && dtype !== 'gear4lr') continue;
+      test(`${dtype} rows=${tokens} kvHeads=${kvHeads} headDim=${headDim} chunk=${chunk}`, async () => {
+        const c = await testGpu();
+        const { k, v } = kvData(tokens, kvHeads, headDim, tokens * 7 + headDim);
+        const qc = await fillQuant(c, k, v, tokens, kvHeads, headDim, dtype, chunk);
+        const { rank } = kvQuantParams(dtype);
+        const kvDim = kvHeads * headDim;
+        let gain = 0;
+        for (const [x, dense, factors] of [
+          [k, qc.k, qc.factorsK],
+          [v, qc.v, qc.factorsV],
+        ] as const) {
+          factors.forEach((got, i) => {
+            const blk = Math.floor(i / kvHeads);
+            const h = i % kvHeads;
+            const whole = (blk + 1) * BLOCK <= tokens && Math.floor(blk * BLOCK / chunk) === Math.floor((blk * BLOCK + BLOCK - 1) / chunk);
+            if (!whole) {
+              // A block no step wrote whole keeps kv_quantize's zeros.
+              expect([...got.a, ...got.b].every((y) => y === 0)).toBe(true);
+              return;
+            }
+            // The block's error after codes and outliers (the GPU's own rows: the quantizer is
+            // checked above), its float64 factors, and both products.
+            const e = new Float64Array(BLOCK * headDim);
+            for (let t = 0; t < BLOCK; t++) {
+              for (let d = 0; d < headDim; d++) {
+                const at = (blk * BLOCK + t) * kvDim + h * headDim + d;
+                e[t * headDim + d] = (x[at] as number) - (dense[at] as number);
+              }
+            }
+            const want = lowRankFactors(e, BLOCK, headDim, rank);
+            const abGot = lowRankProduct(got, BLOCK, headDim, rank);
+            const abWant = lowRankProduct(want, BLOCK, headDim, rank);
+            }
+            // Tolerance: the kernel iterates in f32 and rounds A and B to f16 like the twin: the
+            // factors come out bit-equal but for an entry near an f16 rounding boundary (one ulp,
+            // 2^-10 relative; its deflation then moves the next factor by as little) and f16
+            // subnormals (below 2^-14), which adapters may flush to 0 (lavapipe does). Per
+            // element: 2^-8 of Σ_j |a_j|·|b_j|, 2^-14 · Σ_j (|a_j| + |b_j|) for a flushed entry,
+            // and 1e-5 of the error's largest entry for the f32 arithmetic.
+            const emax = e.reduce((m, y) => Math.max(m, Math.abs(y)), 0);
+            for (let t = 0; t < BLOCK; t++) {
+              for (let d = 0; d < headDim; d++) {
+                let mag = 0;
+                let flush = 0;
+                for (let j = 0; j < rank; j++) {
+                  const aj = Math.abs(want.a[t * rank + j] as number);
+                  const bj = Math.abs(want.b[j * headDim + d] as number);
+                  mag += aj * bj;
+                  flush += aj + bj;
+                }
+                const diff = Math.abs((abGot[t * headDim + d] as number) - (abWant[t * headDim + d] as number));
+                expect(diff).toBeLessThanOrEqual(mag * 2 ** -8 + flush * 2 ** -14 + 1e-5 * emax);
+              }
+            }
+            // The correction lowers the block's squared error, as much as the twin's does (to 1%).
+            const sq = (ab: Float64Array) => e.reduce((s, y, j) => s + (y - (ab[j] as number)) ** 2, 0);
+            const e2 = e.reduce((s, y) => s + y * y, 0);
+            expect(sq(abGot)).toBeLessThan(e2);
+            expect(Math.abs(sq(abGot) - sq(abWant))).toBeLessThanOrEqual(0.01 * (e2 - sq(abWant)));
+            gain += e2 - sq(abGot);
+          });
+        }
+        expect(gain >= 0).toBe(true);
+      });
+    }
+  }
 });

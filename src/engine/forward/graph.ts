@@ -20,8 +20,9 @@ import { embedGguf } from '../../kernels/embed-gguf.js';
 import { embedQ4 } from '../../kernels/embed-q4.js';
 import { isGgufWeight, isQ4Weight, linear, linearFoldsNorm, type LinearArgs } from '../../kernels/linear.js';
 import { rmsnorm } from '../../kernels/rmsnorm.js';
-import { isQuantKv } from '../../kernels/kv-dtype.js';
+import { isQuantKv, kvQuantParams } from '../../kernels/kv-dtype.js';
 import { kvQuantize } from '../../kernels/kv-quantize.js';
+import { kvLowrank } from '../../kernels/kv-lowrank.js';
 import { ropeKvWrite } from '../../kernels/rope-kv-write.js';
 import { softcap } from '../../kernels/softcap.js';
 import type { BlockRecipe, ProjectionRole } from '../../model/architecture.js';
@@ -203,6 +204,12 @@ export function recordGraph(
           ...kvDims,
         }),
       );
+      if (kvQuantParams(dtype).rank > 0) {
+        // GEAR's low-rank part, for the blocks this step wrote whole.
+        body.push(
+          kvLowrank(b, { slots: s.slots, kStage: stage.k, vStage: stage.v, kCache, vCache, kvDtype: dtype, ...kvDims }),
+        );
+      }
     } else {
       body.push(
         ropeKvWrite(b, {

@@ -9,7 +9,7 @@
  */
 import { DeviceMemoryError } from '../../errors.js';
 import { formatBytes, storageUsage, type GpuContext } from '../../gpu/device.js';
-import { checkKvDtype, kvRowBytes, type KvDtype } from '../../kernels/kv-dtype.js';
+import { checkKvDtype, kvGroupBytes, type KvDtype } from '../../kernels/kv-dtype.js';
 import type { ModelSpec } from '../../model/spec.js';
 
 export type { KvDtype };
@@ -18,7 +18,7 @@ export const BLOCK_TOKENS = 16;
 
 /** Bytes of one block of one layer's K (or V) buffer in a `dtype` cache. */
 export function kvBlockBytes(spec: ModelSpec, dtype: KvDtype = 'f32'): number {
-  return spec.numKvHeads * BLOCK_TOKENS * kvRowBytes(dtype, spec.headDim);
+  return spec.numKvHeads * kvGroupBytes(dtype, spec.headDim);
 }
 
 /** Bytes of K and V for `tokens` tokens across all layers (rounded up to whole blocks). */
