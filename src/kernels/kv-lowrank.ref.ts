@@ -21,7 +21,12 @@ export interface LowRankFactors {
 }
 
 /** Rank-`rank` factors of `e` ([rows][cols]) as kv_lowrank computes them, in float64. */
-export function lowRankFactors(e: ArrayLike<number>, rows: number, cols: number, rank: number): LowRankFactors {
+export function lowRankFactors(
+  e: ArrayLike<number>,
+  rows: number,
+  cols: number,
+  rank: number,
+): LowRankFactors {
   const a = new Float64Array(rows * rank);
   const b = new Float64Array(rank * cols);
   const ej = Float64Array.from(e);
@@ -37,7 +42,10 @@ export function lowRankFactors(e: ArrayLike<number>, rows: number, cols: number,
       }
     }
     if (best > 0) {
-      let v = Float64Array.from({ length: cols }, (_, d) => (ej[bestT * cols + d] as number) / Math.sqrt(best));
+      let v = Float64Array.from(
+        { length: cols },
+        (_, d) => (ej[bestT * cols + d] as number) / Math.sqrt(best),
+      );
       const ev = (vec: Float64Array) =>
         Float64Array.from({ length: rows }, (_, t) => {
           let s = 0;
@@ -62,7 +70,8 @@ export function lowRankFactors(e: ArrayLike<number>, rows: number, cols: number,
     // Deflate with the stored (rounded) factor, as the kernel does.
     for (let t = 0; t < rows; t++) {
       for (let d = 0; d < cols; d++) {
-        ej[t * cols + d] = (ej[t * cols + d] as number) - (a[t * rank + j] as number) * (b[j * cols + d] as number);
+        ej[t * cols + d] =
+          (ej[t * cols + d] as number) - (a[t * rank + j] as number) * (b[j * cols + d] as number);
       }
     }
   }

@@ -137,7 +137,10 @@ export function encodeKvRows(x: ArrayLike<number>, dtype: KvQuantDtype, headDim:
   const row = new Float64Array(headDim);
   for (let r = 0; r < rows; r++) {
     for (let d = 0; d < headDim; d++) row[d] = x[r * headDim + d] as number;
-    out.set(encodeKvRow(quantizeKvRow(row, dtype), dtype), Math.floor(r / 16) * (16 * rw + fw) + (r % 16) * rw);
+    out.set(
+      encodeKvRow(quantizeKvRow(row, dtype), dtype),
+      Math.floor(r / 16) * (16 * rw + fw) + (r % 16) * rw,
+    );
   }
   return out;
 }

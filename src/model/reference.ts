@@ -201,7 +201,9 @@ export class ReferenceModel {
       } else if (isQuantKv(kvDtype)) {
         if (kvQuantParams(kvDtype).rank > 0) {
           // Their factors depend on which blocks a step wrote whole (kv-lowrank.ref.ts).
-          throw new RangeError(`the reference model has no '${kvDtype}' KV cache (low-rank factors depend on the step's chunking)`);
+          throw new RangeError(
+            `the reference model has no '${kvDtype}' KV cache (low-rank factors depend on the step's chunking)`,
+          );
         }
         k = roundTripRows(k, s.headDim, kvDtype);
         v = roundTripRows(v, s.headDim, kvDtype);

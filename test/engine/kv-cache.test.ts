@@ -63,6 +63,12 @@ describe('sizes', () => {
     expect(perTokenPerLayer('int2')).toBe(2 * 8 * (16 + 4));
     expect(perTokenPerLayer('gear4')).toBe(2 * 8 * (32 + 4 + 8));
     expect(perTokenPerLayer('gear2')).toBe(2 * 8 * (16 + 4 + 8));
+    // Low-rank: rank 2 f16 factors per (block, KV head), A 16 x 2 and B 2 x 64, over 16 tokens.
+    const factors = (2 * 2 * (16 + 64)) / 16;
+    expect(perTokenPerLayer('int4lr')).toBe(2 * 8 * (32 + 4 + factors));
+    expect(perTokenPerLayer('gear4lr')).toBe(2 * 8 * (32 + 4 + 8 + factors));
+    expect(perTokenPerLayer('int2lr')).toBe(2 * 8 * (16 + 4 + factors));
+    expect(perTokenPerLayer('gear2lr')).toBe(2 * 8 * (16 + 4 + 8 + factors));
     // The longest context a 64 MiB KV budget holds (whole blocks): 4 bits at least 3.5x f16.
     const fits = (kv: KvDtype) => {
       let blocks = 0;
@@ -71,6 +77,9 @@ describe('sizes', () => {
     };
     expect(fits('f16')).toBe(2048);
     expect(fits('int4') / fits('f16')).toBeGreaterThanOrEqual(3.5);
+    expect([fits('int4lr'), fits('gear4lr'), fits('int2lr'), fits('gear2lr')]).toEqual([
+      4672, 4096, 6544, 5456,
+    ]);
     // A head_dim whose codes do not fill a word pads the row to whole words (int2, 12 channels).
     expect(kvBlockBytes(spec({ headDim: 12, kvHeads: 1 }), 'int2')).toBe(16 * 4 * 2);
   });

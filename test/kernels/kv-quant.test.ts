@@ -428,7 +428,9 @@ describe('kv_lowrank vs its float64 twin', () => {
           factors.forEach((got, i) => {
             const blk = Math.floor(i / kvHeads);
             const h = i % kvHeads;
-            const whole = (blk + 1) * BLOCK <= tokens && Math.floor(blk * BLOCK / chunk) === Math.floor((blk * BLOCK + BLOCK - 1) / chunk);
+            const whole =
+              (blk + 1) * BLOCK <= tokens &&
+              Math.floor((blk * BLOCK) / chunk) === Math.floor((blk * BLOCK + BLOCK - 1) / chunk);
             if (!whole) {
               // A block no step wrote whole keeps kv_quantize's zeros.
               expect([...got.a, ...got.b].every((y) => y === 0)).toBe(true);
@@ -446,7 +448,6 @@ describe('kv_lowrank vs its float64 twin', () => {
             const want = lowRankFactors(e, BLOCK, headDim, rank);
             const abGot = lowRankProduct(got, BLOCK, headDim, rank);
             const abWant = lowRankProduct(want, BLOCK, headDim, rank);
-            }
             // Tolerance: the kernel iterates in f32 and rounds A and B to f16 like the twin: the
             // factors come out bit-equal but for an entry near an f16 rounding boundary (one ulp,
             // 2^-10 relative; its deflation then moves the next factor by as little) and f16
@@ -464,7 +465,9 @@ describe('kv_lowrank vs its float64 twin', () => {
                   mag += aj * bj;
                   flush += aj + bj;
                 }
-                const diff = Math.abs((abGot[t * headDim + d] as number) - (abWant[t * headDim + d] as number));
+                const diff = Math.abs(
+                  (abGot[t * headDim + d] as number) - (abWant[t * headDim + d] as number),
+                );
                 expect(diff).toBeLessThanOrEqual(mag * 2 ** -8 + flush * 2 ** -14 + 1e-5 * emax);
               }
             }

@@ -207,7 +207,15 @@ export function recordGraph(
       if (kvQuantParams(dtype).rank > 0) {
         // GEAR's low-rank part, for the blocks this step wrote whole.
         body.push(
-          kvLowrank(b, { slots: s.slots, kStage: stage.k, vStage: stage.v, kCache, vCache, kvDtype: dtype, ...kvDims }),
+          kvLowrank(b, {
+            slots: s.slots,
+            kStage: stage.k,
+            vStage: stage.v,
+            kCache,
+            vCache,
+            kvDtype: dtype,
+            ...kvDims,
+          }),
         );
       }
     } else {
