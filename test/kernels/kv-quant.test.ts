@@ -8,7 +8,6 @@ import {
 } from '../../src/kernels/attention-decode.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
 import {
-  kvFactorWords,
   kvGroupBytes,
   kvQuantParams,
   kvRowBytes,
