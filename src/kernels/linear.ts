@@ -85,9 +85,8 @@ export interface LinearArgs {
 }
 
 /**
- * Whether this projection's kernel (as chosen for its shape) can fold the RMSNorm before it: the
- * float GEMM's one-row tile or matmul_q4 at one row of X on subgroups, with X in f32 (not through
- * a column permutation).
+ * Whether this projection folds the RMSNorm before it into its kernel (as chosen for its shape):
+ * the float GEMM's one-row tile, with X in f32.
  */
 export function linearFoldsNorm(
   ctx: DispatchBuilder['ctx'],
@@ -95,9 +94,27 @@ export function linearFoldsNorm(
 ): boolean {
   const w = a.lin.weight;
   if (isGgufWeight(w) || (a.xFormat ?? 'f32') !== 'f32') return false;
-  if (!isQ4Weight(w)) return matmulFoldsNorm(ctx, a.m, a.choices?.matmul(w, a.m, a.xFormat), a.xFormat);
-  return !a.lin.perm && q4FoldsNorm(ctx, a.m, a.choices?.matmulQ4(w, a.m));
+  if (!isQ4Weight(w))
+    return (
+      w.rows <= FOLD_MAX_ROWS && matmulFoldsNorm(ctx, a.m, a.choices?.matmul(w, a.m, a.xFormat), a.xFormat)
+    );
+  // matmul_q4's `_rms` variant exists (tested) but is not used: on lavapipe it made the int4 bench
+  // model's decode step slower (GPU time of a profiled step, 8 alternating rounds: median 87.6 ms
+  // folded vs 68.7 separate), its x_lane paying 4 scalar loads of the norm weight per 32 codes.
+  return INT4_FOLD && !a.lin.perm && q4FoldsNorm(ctx, a.m, a.choices?.matmulQ4(w, a.m));
 }
+
+/** Whether int4 projections fold the norm (see linearFoldsNorm). */
+const INT4_FOLD = false;
+
+/**
+ * Most weight rows a folded float projection has: every workgroup repeats the mean square and
+ * loads the norm weight beside X, which pays only while the workgroups are few. Measured on
+ * lavapipe (GPU time of a profiled decode step, alternating rounds): BabyLlama (qkv 256, gate/up
+ * 704, LM head 105 rows) 2.47 ms folded vs 3.12 separate; the int4 bench model with only its bf16
+ * LM head (32768 rows) folded, 73.4 vs 61.6 ms. Between those sizes it is not measured.
+ */
+const FOLD_MAX_ROWS = 2048;
 
 /** Units (SwiGLU) or output rows of a projection. */
 export function linearOutputs(lin: Linear, swiglu: boolean): number {

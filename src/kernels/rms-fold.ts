@@ -2,7 +2,8 @@
  * RMSNorm folded into the prologue of the matmul that reads its output (shaders/common/
  * rms_fold.wgsl): the `_rms` variants of the one-row GEMM tile (matmul_gemm, TM = 1) and of
  * matmul_q4 (MT = 1, subgroup X) read the raw residual row and norm each x[k] as they load it, so
- * a decode step skips the rmsnorm dispatch before qkv, gate/up and the LM head.
+ * a decode step skips the rmsnorm dispatch before qkv, gate/up and the LM head (the graph folds
+ * only into the float GEMM: src/kernels/linear.ts says why not into matmul_q4).
  *
  * Exactness: the normed value is (x · inv) · w[k] with inv = inverseSqrt(ms + eps), the same f32
  * expression as shaders/rmsnorm.wgsl; only the f32 sum of squares runs in another order (per
