@@ -5,23 +5,11 @@
  */
 import { linearGrid, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
-import { checkKvDtype, kvPrefix, kvQuantParams, kvVariant, type KvQuantDtype } from './kv-dtype.js';
-import { KV_QUANTIZE_MAX_HEAD_DIM } from './kv-quantize.js';
+import { checkKvDtype, kvPrefix, kvQuantParams, kvVariant } from './kv-dtype.js';
+import { KV_QUANTIZE_MAX_HEAD_DIM, type KvStoreArgs } from './kv-quantize.js';
 
-export function kvLowrank(
-  b: DispatchBuilder,
-  a: {
-    /** [m] u32: physical block · 16 + offset of each row */ slots: GPUBuffer;
-    /** [ceil(m / 16)][kvHeads][16][headDim] f32: K rows at the identity slots */ kStage: GPUBuffer;
-    vStage: GPUBuffer;
-    /** [blocks][kvHeads]{[16][row words], factors} u32, the rows already written */ kCache: GPUBuffer;
-    vCache: GPUBuffer;
-    m: number;
-    kvHeads: number;
-    headDim: number;
-    kvDtype: KvQuantDtype;
-  },
-): Dispatch {
+/** `a.kCache`/`a.vCache` hold the rows kv_quantize already wrote; the factors go after them. */
+export function kvLowrank(b: DispatchBuilder, a: KvStoreArgs): Dispatch {
   checkKvDtype(b.ctx, a.kvDtype, a.headDim);
   const { rank } = kvQuantParams(a.kvDtype);
   if (rank === 0 || rank % 2 !== 0) {

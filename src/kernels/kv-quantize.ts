@@ -9,20 +9,20 @@ import { checkKvDtype, kvPrefix, kvQuantParams, kvVariant, type KvQuantDtype } f
 /** The kernel keeps one row in private memory. */
 export const KV_QUANTIZE_MAX_HEAD_DIM = 256;
 
-export function kvQuantize(
-  b: DispatchBuilder,
-  a: {
-    /** [m] u32: physical block · 16 + offset of each row */ slots: GPUBuffer;
-    /** [ceil(m / 16)][kvHeads][16][headDim] f32: K rows at the identity slots */ kStage: GPUBuffer;
-    vStage: GPUBuffer;
-    /** [blocks][kvHeads][16][row words] u32 */ kCache: GPUBuffer;
-    vCache: GPUBuffer;
-    m: number;
-    kvHeads: number;
-    headDim: number;
-    kvDtype: KvQuantDtype;
-  },
-): Dispatch {
+/** One step's staged K/V rows and the quantized cache they go into (kv_quantize, kv_lowrank). */
+export interface KvStoreArgs {
+  /** [m] u32: physical block · 16 + offset of each row */ slots: GPUBuffer;
+  /** [ceil(m / 16)][kvHeads][16][headDim] f32: K rows at the identity slots */ kStage: GPUBuffer;
+  vStage: GPUBuffer;
+  /** [blocks][kvHeads]{[16][row words], low-rank factors if the format has them} u32 */ kCache: GPUBuffer;
+  vCache: GPUBuffer;
+  m: number;
+  kvHeads: number;
+  headDim: number;
+  kvDtype: KvQuantDtype;
+}
+
+export function kvQuantize(b: DispatchBuilder, a: KvStoreArgs): Dispatch {
   checkKvDtype(b.ctx, a.kvDtype, a.headDim);
   if (a.headDim > KV_QUANTIZE_MAX_HEAD_DIM) {
     throw new RangeError(`kv_quantize: head_dim ${a.headDim} is over ${KV_QUANTIZE_MAX_HEAD_DIM}`);
