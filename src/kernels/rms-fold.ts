@@ -5,15 +5,13 @@
  * a decode step skips the rmsnorm dispatch before qkv, gate/up and the LM head (the graph folds
  * only into the float GEMM: src/kernels/linear.ts says why not into matmul_q4).
  *
- * Exactness: the normed value is (x · inv) · w[k] with inv = inverseSqrt(ms + eps), the same f32
- * expression as shaders/rmsnorm.wgsl; only the f32 sum of squares runs in another order (per
- * subgroup lane strided by the subgroup width w, then a subgroup sum, vs rmsnorm's 64 strided
- * partials added in sequence). Each order's relative error is at most γ_n = n·u/(1 − n·u) (u = 2⁻²⁴)
- * with n ≤ ⌈K/w⌉ + w (fold) or ⌈K/64⌉ + 64 (rmsnorm), so the two mean squares differ by at most
- * their sum, and through the square root each normed x differs relatively by at most half of it
- * plus a few ulps of the inverse square root and the two products: for K = 4096 and w ≥ 8, about
- * (520 + 128)/2 · 2⁻²⁴ + 4 · 2⁻²³ ≈ 2.0e-5 worst case (typically √n times less). The kernels then
- * compute the same products as the unfused path.
+ * Exactness: bit-equal to rmsnorm followed by the unfused kernel. The normed value is
+ * (x · inv) · w[k] with inv = inverseSqrt(ms + eps), the same f32 expression as
+ * shaders/rmsnorm.wgsl, and the sum of squares runs in rmsnorm's order (its 64 strided partials,
+ * added in sequence; the fold computes them across subgroup lanes and adds them through shuffles).
+ * This matters beyond rounding: a row decoded alone folds and the same row in a batch does not,
+ * and with a quantized KV cache a last-bit difference in K or V can flip a quantization step and
+ * then a greedy id, so any other order makes batched output differ from solo output.
  */
 export interface RmsFold {
   /** [k] f32: the norm weight (with Gemma's (1 + w) already applied at load). */

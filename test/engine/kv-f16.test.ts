@@ -166,7 +166,7 @@ describe('the kvCache option', () => {
     const err = await createEngine({ model: dir, kvCache: 'bf16' as 'f16' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(InvalidRequestError);
     expect((err as Error).message).toBe(
-      "kvCache must be 'auto' or 'f32' or 'f16' or 'int8' or 'int4' or 'int2' or 'gear4' or 'gear2', got bf16",
+      "kvCache must be 'auto' or 'f32' or 'f16' or 'int8' or 'int4' or 'int2' or 'gear4' or 'gear2' or 'int4lr' or 'int2lr' or 'gear4lr' or 'gear2lr', got bf16",
     );
   });
 
