@@ -4,8 +4,8 @@
 // formed in f32 exactly as matmul_gguf forms it.
 // Prepended: common/gguf_block.wgsl and the format fragment (one pipeline per format).
 // Bindings: params, qw (block words tiled by 8 rows), dplane (f16 d per block; a placeholder
-// without DPLANE), ids [m] u32, out [m, hidden] f32 as vec4s, hplane (a u32 per block; a
-// placeholder without HPLANE).
+// without DPLANE), ids [m] u32, out [m, hidden] f32 as vec4s, hplane (HW u32s per block; a
+// placeholder where HW = 0).
 // Work: a thread owns one chunk of 8 weights (block t / NCH, chunk t % NCH); x covers the row's
 // chunks in 64-wide workgroups, y is the token row. `scale` is 1, or Gemma's √hidden (one f32
 // product per weight, as embed.wgsl applies it).
@@ -46,7 +46,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let pair = unpack2x16float(dplane[((n >> 3u) * ((nb + 1u) / 2u) + (b >> 1u)) * 8u + (n & 7u)]);
     d = select(pair.x, pair.y, (b & 1u) == 1u);
   }
-  let w = gguf_dq(wb, gguf_head(wb, d, gguf_hword(n, b, nb)), c);
+  let w = gguf_dq(wb, gguf_head(wb, d, gguf_hwords(n, b, nb)), c);
   let o = gguf_xoff(c);
   let base = m * (p.hidden / 4u) + b * (BK / 4u);
   out[base + o.x] = w.lo * p.scale;

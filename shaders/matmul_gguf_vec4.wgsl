@@ -1,7 +1,6 @@
 // matmul_gguf_vec4: Y[m, col_offset + n] (+)= X[m, :] · W[n, :] (+ bias[col_offset + n]) for the
-// rows n of one part of a weight in a GGUF block format whose words tile by 16 bytes (Q4_0, Q4_1,
-// Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K; src/quant/gguf-pack.ts), decoded in registers, never in
-// memory. The other formats run shaders/matmul_gguf.wgsl.
+// rows n of one part of a weight in a GGUF block format (every format's words tile by 16 bytes,
+// src/quant/gguf-pack.ts), decoded in registers, never in memory.
 //
 // Module constants prepended by src/kernels/matmul-gguf.ts (the pipeline label names them all):
 //   WG threads per workgroup; R output rows per thread (rows n0 + WG·r, so the 8 lanes of a SIMD
@@ -11,11 +10,12 @@
 // 8 and broadcasts it through the subgroup; common/gguf_x_direct.wgsl: each lane loads all 8; both
 // define x_init and x_step) and a format fragment, common/gguf_vec4_<type>.wgsl, which defines:
 //   BK elements per block, BV 16-byte words per block, DPLANE (the block's f16 d lives in the
-//   `dplane` binding), HPLANE (a u32 of the block, `hw`, lives in the `hplane` binding), NG groups per block of GS steps of 32 elements, HAS_MIN (codes carry an
-//   offset, applied through Σx), `struct Head` and `gv_head(vb, d, hw)` (what the block's groups share: scales,
+//   `dplane` binding), HW (u32s of the block in the `hplane` binding, passed as `hv`, zeros past
+//   HW), NG groups per block of GS steps of 32 elements, HAS_MIN (codes carry an
+//   offset, applied through Σx), `struct Head` and `gv_head(vb, d, hv)` (what the block's groups share: scales,
 //   high bits; loaded and decoded once per block), `struct Grp` and `gv_group(vb, g)` (the 16-byte
 //   words group g's codes come from), `gv_codes(h, w, g, s, i)` (elements 32·(g·GS + s) + 4i..+3
-//   of the block as exact small non-negative integers in f32, straight from the bits) and
+//   of the block as exact small integers in f32, straight from the bits or a table) and
 //   `gv_scales(h, g, s)` (a0, a1, b0, b1: the step adds a0·Σ_{i<4} codes·x + a1·Σ_{i≥4} codes·x
 //   + b0·Σ_{i<4} x + b1·Σ_{i≥4} x, so an offset such as Q4_0's −8 or Q4_K's −dmin·m costs one
 //   multiply-add per step instead of one subtraction per weight). A fragment reads 16-byte word i
@@ -24,8 +24,8 @@
 // Bindings: params (uniform); qw: block words as vec4s, 16-byte word v of block b of row n at
 // ((n/8)·NB·BV + b·BV + v)·8 + n%8 (NB blocks per row); dplane: f16 d of (n, b) in half b%2 of u32
 // ((n/8)·⌈NB/2⌉ + b/2)·8 + n%8 (a placeholder without DPLANE); x [m, k] f32; y [m, n_total] f32;
-// bias [n_total] f32 (a placeholder when flags bit 0 is clear); hplane: the u32 of (n, b) at
-// ((n/8)·NB + b)·8 + n%8 (a placeholder without HPLANE).
+// bias [n_total] f32 (a placeholder when flags bit 0 is clear); hplane: u32 j of (n, b) at
+// ((n/8)·NB·HW + b·HW + j)·8 + n%8 (a placeholder where HW = 0).
 //
 // Work per 32-element step and thread: X's 8 vec4s per row of X (one load per lane and 8
 // broadcasts on the subgroup path), then per output row the codes (shift, mask, convert: no scale
@@ -34,9 +34,10 @@
 // most 4 (chain, or Σx's adds) + 2 (horizontal add) + 1 roundings happen before the accumulator,
 // which takes 4 per step; the bound of test/kernels/matmul-gguf.test.ts (K/8 + 10 roundings over
 // terms of at most 3·max|w| of the block) holds.
-// Measured on lavapipe, where each lane's load is a separate scalar load inside a loop: the old
-// kernel (shaders/matmul_gguf.wgsl) made 3 loads per 8 weights (a u32 of codes and two vec4s of
-// X); this one makes about one 16-byte load per 32 weights plus one per step for X.
+// Measured on lavapipe, where each lane's load is a separate scalar load inside a loop: the first
+// kernel (a u32 of codes per 8 weights, gone since every format has a fragment here) made 3 loads
+// per 8 weights (a u32 of codes and two vec4s of X); this one makes about one 16-byte load per 32
+// weights plus one per step for X.
 
 struct Params {
   m: u32,
@@ -91,7 +92,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let nr = min(n0 + r * WG, last_row);
     rb[r] = (nr >> 3u) * nb * BV * 8u + (nr & 7u);
     db[r] = (nr >> 3u) * ((nb + 1u) / 2u) * 8u + (nr & 7u);
-    hb[r] = (nr >> 3u) * nb * 8u + (nr & 7u);
+    hb[r] = (nr >> 3u) * nb * HW * 8u + (nr & 7u);
   }
   // X rows past M read row M − 1 (their results are not written).
   var xr: array<u32, MT>;
@@ -114,11 +115,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let pair = unpack2x16float(dplane[db[r] + (b >> 1u) * 8u]);
         d = select(pair.x, pair.y, (b & 1u) == 1u);
       }
-      var hw = 0u;
-      if (HPLANE) {
-        hw = hplane[hb[r] + b * 8u];
+      var hv = vec4<u32>(0u);
+      for (var j = 0u; j < HW; j++) {
+        hv[j] = hplane[hb[r] + (b * HW + j) * 8u];
       }
-      hd[r] = gv_head(vb[r], d, hw);
+      hd[r] = gv_head(vb[r], d, hv);
     }
     for (var g = 0u; g < NG; g++) {
       var gw: array<Grp, R>;

@@ -1,9 +1,9 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): IQ4_NL, d·T[q] with T ggml's 16 non-linear levels.
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): IQ4_NL, d·T[q] with T ggml's 16 non-linear levels.
 // Words: the 16 nibble bytes (d in the d plane); chunks as in gguf_q4_0.
 const BK: u32 = 32u;
 const BW: u32 = 4u;
 const DPLANE: bool = true;
-const HPLANE: bool = false;
+const HW: u32 = 0u;
 const NCH: u32 = 4u;
 
 var<private> IQ4_T: array<f32, 16> = array<f32, 16>(
@@ -18,7 +18,7 @@ struct Head {
   d: f32,
 }
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
   return Head(d);
 }
 

@@ -1,5 +1,5 @@
 // The (scale, min) pairs of a Q4_K / Q5_K block, shared by both block kernels (common/gguf_k_scales
-// for matmul_gguf and embed_gguf, the 16-byte fragments of matmul_gguf_vec4): the block opens with
+// for embed_gguf, the 16-byte fragments of matmul_gguf_vec4): the block opens with
 // d | dmin << 16 (word 0) and 12 bytes of six-bit (scale, min) pairs (words 1..3).
 
 // Per 64-element group g: (d·sc, dmin·m) of pairs 2g and 2g + 1, decoded once per block with

@@ -1,9 +1,9 @@
-// Shared by the Q4_K and Q5_K format fragments of matmul_gguf and embed_gguf: both blocks open with
+// Shared by the Q4_K and Q5_K format fragments of embed_gguf: both blocks open with
 // the scale pairs of common/gguf_k_pairs.wgsl, and both walk their 256 elements in the same chunks.
 
 alias Head = KPairs;
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
   return k_pairs(wd(wb, 0u), wd(wb, 1u), wd(wb, 2u), wd(wb, 3u));
 }
 

@@ -1,11 +1,11 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q2_K, d·(sc & 15)·q − dmin·(sc >> 4)
-// per sub-block of 16. Words: 16 scale bytes (0..3), 64 bytes of 2-bit codes (4..19), d | dmin << 16
-// (20). Chunk c: half h = c/16, shift pair s = (c/4)%4, quarter q = c%4: code words 4 + 8h + 2q
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): Q2_K, d·(sc & 15)·q − dmin·(sc >> 4)
+// per sub-block of 16. Words: 16 scale bytes (0..3), 64 bytes of 2-bit codes (4..19); d | dmin << 16
+// in the h plane. Chunk c: half h = c/16, shift pair s = (c/4)%4, quarter q = c%4: code words 4 + 8h + 2q
 // and + 1 at bits 2s, elements 128h + 32s + 8q..+7, sub-block 8h + 2s + q/2.
 const BK: u32 = 256u;
-const BW: u32 = 21u;
+const BW: u32 = 20u;
 const DPLANE: bool = false;
-const HPLANE: bool = false;
+const HW: u32 = 1u;
 const NCH: u32 = 32u;
 
 struct Head {
@@ -13,8 +13,8 @@ struct Head {
   dmin: f32,
 }
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
-  let dm = unpack2x16float(wd(wb, 20u));
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
+  let dm = unpack2x16float(hv.x);
   return Head(dm.x, dm.y);
 }
 

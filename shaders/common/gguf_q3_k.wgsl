@@ -1,11 +1,11 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q3_K, d·(scale − 32)·q per sub-block of 16,
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): Q3_K, d·(scale − 32)·q per sub-block of 16,
 // q = the 2-bit code, minus 4 when its mask bit is clear. Words: the 32 mask bytes (0..7), 64 bytes
-// of 2-bit codes (8..23), 12 scale bytes (24..26); d in the d plane. Chunks walk the codes as in
+// of 2-bit codes (8..23); the 12 scale bytes in the h plane, d in the d plane. Chunks walk the codes as in
 // gguf_q2_k; the mask bit of element 128h + 32s + l is bit 4h + s of mask byte l.
 const BK: u32 = 256u;
-const BW: u32 = 27u;
+const BW: u32 = 24u;
 const DPLANE: bool = true;
-const HPLANE: bool = false;
+const HW: u32 = 3u;
 const NCH: u32 = 32u;
 
 struct Head {
@@ -15,8 +15,8 @@ struct Head {
   s2: u32,
 }
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
-  return Head(d, wd(wb, 24u), wd(wb, 25u), wd(wb, 26u));
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
+  return Head(d, hv.x, hv.y, hv.z);
 }
 
 // Six-bit scale i: low nibble from byte i (i < 8) or the high nibble of byte i − 8, top two bits

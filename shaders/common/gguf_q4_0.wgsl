@@ -1,17 +1,17 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q4_0, (q − 8)·d.
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): Q4_0, (q − 8)·d.
 // Words: the 16 nibble bytes (d in the d plane). Chunk c = word c: its low nibbles are elements
 // 4c..4c+3, its high nibbles 16 + 4c..16 + 4c + 3.
 const BK: u32 = 32u;
 const BW: u32 = 4u;
 const DPLANE: bool = true;
-const HPLANE: bool = false;
+const HW: u32 = 0u;
 const NCH: u32 = 4u;
 
 struct Head {
   d: f32,
 }
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
   return Head(d);
 }
 

@@ -1,9 +1,9 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q4_1, q·d + m.
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): Q4_1, q·d + m.
 // d | m << 16 in the h plane; words: the 16 nibble bytes (chunks as in gguf_q4_0).
 const BK: u32 = 32u;
 const BW: u32 = 4u;
 const DPLANE: bool = false;
-const HPLANE: bool = true;
+const HW: u32 = 1u;
 const NCH: u32 = 4u;
 
 struct Head {
@@ -11,8 +11,8 @@ struct Head {
   m: f32,
 }
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
-  let dm = unpack2x16float(hw);
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
+  let dm = unpack2x16float(hv.x);
   return Head(dm.x, dm.y);
 }
 

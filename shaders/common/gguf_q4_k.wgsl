@@ -1,11 +1,11 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q4_K, d·sc·q − dmin·m per sub-block of 32.
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): Q4_K, d·sc·q − dmin·m per sub-block of 32.
 // Words: d | dmin << 16 (0), 12 bytes of six-bit (scale, min) pairs (1..3), 128 nibble bytes
 // (4..35). Chunk c = nibble word 4 + c: group g = c/8; low nibbles are elements 64g + 4(c%8)..
 // (pair 2g), high nibbles 64g + 32 + 4(c%8).. (pair 2g + 1).
 const BK: u32 = 256u;
 const BW: u32 = 36u;
 const DPLANE: bool = false;
-const HPLANE: bool = false;
+const HW: u32 = 0u;
 const NCH: u32 = 32u;
 
 // Scale pairs and chunk offsets: shaders/common/gguf_k_scales.wgsl.

@@ -1,10 +1,10 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q5_0, (q − 16)·d.
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): Q5_0, (q − 16)·d.
 // The u32 of fifth bits (bit i for element i) in the h plane, d in the d plane; words: the 16
 // nibble bytes; chunks as in gguf_q4_0.
 const BK: u32 = 32u;
 const BW: u32 = 4u;
 const DPLANE: bool = true;
-const HPLANE: bool = true;
+const HW: u32 = 1u;
 const NCH: u32 = 4u;
 
 struct Head {
@@ -12,8 +12,8 @@ struct Head {
   qh: u32,
 }
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
-  return Head(d, hw);
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
+  return Head(d, hv.x);
 }
 
 fn gguf_dq(wb: u32, h: Head, c: u32) -> Dq {

@@ -1,9 +1,10 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q5_1, q·d + m.
-// Words: d | m << 16, the u32 of fifth bits, then the 16 nibble bytes; chunks as in gguf_q4_0.
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): Q5_1, q·d + m.
+// Words: the 16 nibble bytes (d | m << 16 and the u32 of fifth bits in the h plane); chunks as in
+// gguf_q4_0.
 const BK: u32 = 32u;
-const BW: u32 = 6u;
+const BW: u32 = 4u;
 const DPLANE: bool = false;
-const HPLANE: bool = false;
+const HW: u32 = 2u;
 const NCH: u32 = 4u;
 
 struct Head {
@@ -12,13 +13,13 @@ struct Head {
   qh: u32,
 }
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
-  let dm = unpack2x16float(wd(wb, 0u));
-  return Head(dm.x, dm.y, wd(wb, 1u));
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
+  let dm = unpack2x16float(hv.x);
+  return Head(dm.x, dm.y, hv.y);
 }
 
 fn gguf_dq(wb: u32, h: Head, c: u32) -> Dq {
-  let q = bytes4(wd(wb, 2u + c));
+  let q = bytes4(wd(wb, c));
   let sh = vec4<u32>(0u, 1u, 2u, 3u) + 4u * c;
   let lo = (q & vec4<u32>(15u)) | (((vec4<u32>(h.qh) >> sh) & vec4<u32>(1u)) << vec4<u32>(4u));
   let hi = (q >> vec4<u32>(4u)) | (((vec4<u32>(h.qh) >> (sh + 16u)) & vec4<u32>(1u)) << vec4<u32>(4u));

@@ -1,4 +1,4 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q6_K, d·scale·(q − 32) per sub-block of 16,
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): Q6_K, d·scale·(q − 32) per sub-block of 16,
 // scale a signed byte. Words: 128 low-nibble bytes (0..31), 64 bytes of 2-bit highs (32..47),
 // 16 scale bytes (48..51); d in the d plane. Chunk c: half h = c/16, quarter t = (c/4)%4,
 // q = c%4: elements 128h + 32t + 8q..+7, low nibbles from words 16h + 8(t%2) + 2q and + 1 (high
@@ -6,7 +6,7 @@
 const BK: u32 = 256u;
 const BW: u32 = 52u;
 const DPLANE: bool = true;
-const HPLANE: bool = false;
+const HW: u32 = 0u;
 const NCH: u32 = 32u;
 
 struct Head {
@@ -17,7 +17,7 @@ struct Head {
   s3: u32,
 }
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
   return Head(d, wd(wb, 48u), wd(wb, 49u), wd(wb, 50u), wd(wb, 51u));
 }
 

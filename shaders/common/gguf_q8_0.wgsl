@@ -1,16 +1,16 @@
-// Format fragment of matmul_gguf (see shaders/matmul_gguf.wgsl for the interface): Q8_0, q·d with q a signed byte.
+// Format fragment of embed_gguf (see shaders/common/gguf_block.wgsl for the interface): Q8_0, q·d with q a signed byte.
 // Words: the 32 bytes (d in the d plane). Chunk c = words 2c and 2c + 1 = elements 8c..8c+7.
 const BK: u32 = 32u;
 const BW: u32 = 8u;
 const DPLANE: bool = true;
-const HPLANE: bool = false;
+const HW: u32 = 0u;
 const NCH: u32 = 4u;
 
 struct Head {
   d: f32,
 }
 
-fn gguf_head(wb: u32, d: f32, hw: u32) -> Head {
+fn gguf_head(wb: u32, d: f32, hv: vec4<u32>) -> Head {
   return Head(d);
 }
 

@@ -3,7 +3,7 @@
 const BK: u32 = 32u;
 const BV: u32 = 1u;
 const DPLANE: bool = true;
-const HPLANE: bool = false;
+const HW: u32 = 0u;
 const NG: u32 = 1u;
 const GS: u32 = 1u;
 const HAS_MIN: bool = false;
@@ -20,7 +20,7 @@ struct Grp {
   w: vec4<u32>,
 }
 
-fn gv_head(vb: u32, d: f32, hw: u32) -> Head {
+fn gv_head(vb: u32, d: f32, hv: vec4<u32>) -> Head {
   return Head(d);
 }
 

@@ -4,7 +4,7 @@
 const BK: u32 = 32u;
 const BV: u32 = 1u;
 const DPLANE: bool = false;
-const HPLANE: bool = true;
+const HW: u32 = 1u;
 const NG: u32 = 1u;
 const GS: u32 = 1u;
 const HAS_MIN: bool = true;
@@ -18,8 +18,8 @@ struct Grp {
   w: vec4<u32>,
 }
 
-fn gv_head(vb: u32, d: f32, hw: u32) -> Head {
-  let dm = unpack2x16float(hw);
+fn gv_head(vb: u32, d: f32, hv: vec4<u32>) -> Head {
+  let dm = unpack2x16float(hv.x);
   return Head(dm.x, dm.y);
 }
 

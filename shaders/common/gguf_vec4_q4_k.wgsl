@@ -5,7 +5,7 @@
 const BK: u32 = 256u;
 const BV: u32 = 9u;
 const DPLANE: bool = false;
-const HPLANE: bool = false;
+const HW: u32 = 0u;
 const NG: u32 = 4u;
 const GS: u32 = 2u;
 const HAS_MIN: bool = true;
@@ -17,7 +17,7 @@ struct Grp {
   b: vec4<u32>,
 }
 
-fn gv_head(vb: u32, d: f32, hw: u32) -> Head {
+fn gv_head(vb: u32, d: f32, hv: vec4<u32>) -> Head {
   let w = qv(vb, 0u);
   return k_pairs(w.x, w.y, w.z, w.w);
 }

@@ -5,7 +5,7 @@
 const BK: u32 = 32u;
 const BV: u32 = 1u;
 const DPLANE: bool = true;
-const HPLANE: bool = true;
+const HW: u32 = 1u;
 const NG: u32 = 1u;
 const GS: u32 = 1u;
 const HAS_MIN: bool = true;
@@ -19,8 +19,8 @@ struct Grp {
   w: vec4<u32>,
 }
 
-fn gv_head(vb: u32, d: f32, hw: u32) -> Head {
-  return Head(d, hw);
+fn gv_head(vb: u32, d: f32, hv: vec4<u32>) -> Head {
+  return Head(d, hv.x);
 }
 
 fn gv_group(vb: u32, g: u32) -> Grp {

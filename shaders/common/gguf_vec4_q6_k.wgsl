@@ -7,7 +7,7 @@
 const BK: u32 = 256u;
 const BV: u32 = 13u;
 const DPLANE: bool = true;
-const HPLANE: bool = false;
+const HW: u32 = 0u;
 const NG: u32 = 2u;
 const GS: u32 = 4u;
 const HAS_MIN: bool = true;
@@ -26,7 +26,7 @@ struct Grp {
   h1: vec4<u32>,
 }
 
-fn gv_head(vb: u32, d: f32, hw: u32) -> Head {
+fn gv_head(vb: u32, d: f32, hv: vec4<u32>) -> Head {
   return Head(d, qv(vb, 12u));
 }
 

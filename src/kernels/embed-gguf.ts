@@ -5,9 +5,19 @@
  * one variant per block format (`embed_gguf_<type>`).
  */
 import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
-import { ggufBlockLayout } from '../quant/gguf-pack.js';
-import { ggufFragments, type GgufGpuWeight } from './matmul-gguf.js';
+import { ggufBlockLayout, type GgufKernelType } from '../quant/gguf-pack.js';
+import type { GgufGpuWeight } from './matmul-gguf.js';
 import { MAX_GRID, packParams, shaderSource } from './shader.js';
+import type { ShaderName } from './wgsl.gen.js';
+
+/**
+ * The fragments that decode one of `type`'s blocks 8 weights at a time (shaders/common/gguf_<type>.wgsl),
+ * after the scale-pair decoding Q4_K and Q5_K share.
+ */
+function ggufFragments(type: GgufKernelType): ShaderName[] {
+  const own = `common/gguf_${type.toLowerCase()}` as ShaderName;
+  return type === 'Q4_K' || type === 'Q5_K' ? ['common/gguf_k_pairs', 'common/gguf_k_scales', own] : [own];
+}
 
 export function embedGguf(
   b: DispatchBuilder,

@@ -1,11 +1,9 @@
 /**
  * matmul_gguf: Y[m, n] (+)= X[m, :] · W[n, :] (+ bias[n]) with W kept in a GGUF block format on the
- * GPU (layout: src/quant/gguf-pack.ts). Two kernels, by format: the formats whose blocks tile by
- * 16 bytes (Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K) run shaders/matmul_gguf_vec4.wgsl with
- * shaders/common/gguf_vec4_<type>.wgsl (16-byte weight loads, X broadcast through subgroups where
- * the adapter has them), the others shaders/matmul_gguf.wgsl with shaders/common/gguf_<type>.wgsl
- * (a u32 per 8 weights, X per lane). Each serves decode (MT = 1: one row of X per workgroup) and
- * the batched GEMM (MT rows of X per workgroup, every decoded weight used MT times). One dispatch
+ * GPU (layout: src/quant/gguf-pack.ts): shaders/matmul_gguf_vec4.wgsl with one fragment per format,
+ * shaders/common/gguf_vec4_<type>.wgsl (16-byte weight loads; X broadcast through subgroups where
+ * the adapter has subgroups of 8+ lanes, else loaded by every lane: the same result, bit for bit).
+ * It serves decode (MT = 1: one row of X per workgroup) and the batched GEMM (MT rows of X per workgroup, every decoded weight used MT times). One dispatch
  * per weight part. The variant name (pipeline label, cache key, benchmark row) carries every
  * compile-time choice, e.g. `matmul_gguf_vec4_q4_k_m1r4_sg`: kernel, format, MT, R, X through
  * subgroups (`_sg`) and `_w<threads>` off the default 64.
@@ -65,9 +63,9 @@ export interface MatmulGgufArgs {
   rowsPerThread?: GgufRowsPerThread;
   workgroupSize?: GgufWorkgroupSize;
   /**
-   * 16-byte formats: read X's 8 vec4s per 32-element step one per lane and broadcast them across
-   * subgroup lanes, instead of every lane loading all 8. Default: when `q4SubgroupsUsable` (the
-   * same need: subgroups of 8+ lanes). Ignored by the other formats' kernel.
+   * Read X's 8 vec4s per 32-element step one per lane and broadcast them across subgroup lanes,
+   * instead of every lane loading all 8. Default: when `q4SubgroupsUsable` (the same need:
+   * subgroups of 8+ lanes).
    */
   subgroups?: boolean;
 }
@@ -76,11 +74,6 @@ export interface MatmulGgufArgs {
 export type GgufVariant = Partial<
   Pick<MatmulGgufArgs, 'rowsPerGroup' | 'rowsPerThread' | 'workgroupSize' | 'subgroups'>
 >;
-
-/** Whether `type`'s blocks run the 16-byte kernel (their words tile by 16 bytes). */
-export function ggufVec4Kernel(type: GgufKernelType): boolean {
-  return ggufBlockLayout(type).vec4;
-}
 
 const WG = 64;
 /**
@@ -95,29 +88,14 @@ export function chooseGgufTiling(
   return chooseQ4Tiling(m, n);
 }
 
-/**
- * The fragments that decode `type`'s blocks: shaders/common/gguf_<type>.wgsl, after the scale-pair
- * decoding Q4_K and Q5_K share.
- */
-export function ggufFragments(type: GgufKernelType): ShaderName[] {
-  const own = `common/gguf_${type.toLowerCase()}` as ShaderName;
-  return type === 'Q4_K' || type === 'Q5_K' ? ['common/gguf_k_pairs', 'common/gguf_k_scales', own] : [own];
-}
-
 export function ggufVariantName(type: GgufKernelType, mt: number, r: number, wg = WG, sg = false): string {
   const w = wg === WG ? '' : `_w${wg}`;
-  if (!ggufVec4Kernel(type)) return `matmul_gguf_${type.toLowerCase()}_m${mt}r${r}${w}`;
   return `matmul_gguf_vec4_${type.toLowerCase()}_m${mt}r${r}${sg ? '_sg' : ''}${w}`;
 }
 
 function variantSource(type: GgufKernelType, mt: number, r: number, wg: number, sg: boolean): string {
   const consts = [`const WG: u32 = ${wg}u;`, `const R: u32 = ${r}u;`, `const MT: u32 = ${mt}u;`];
-  if (!ggufVec4Kernel(type)) {
-    return hoistEnables([
-      consts.join('\n'),
-      shaderSource('matmul_gguf', 'common/gguf_block', ...ggufFragments(type)),
-    ]);
-  }
+  if (!ggufBlockLayout(type).vec4) throw new Error(`matmul_gguf: ${type} blocks do not tile by 16 bytes`);
   const own = `common/gguf_vec4_${type.toLowerCase()}` as ShaderName;
   const fragments: ShaderName[] = [
     sg ? 'common/gguf_x_subgroup' : 'common/gguf_x_direct',
@@ -146,8 +124,7 @@ export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
   if (zGroups > MAX_GRID) throw new RangeError(`matmul_gguf: ${a.m} rows exceed one dispatch`);
   const flags = (a.bias ? 1 : 0) | (a.accumulate ? 2 : 0);
   return w.parts.map((part) => {
-    const vec4 = ggufVec4Kernel(part.type);
-    const variant = ggufVariantName(part.type, mt, r, wg, vec4 && sg);
+    const variant = ggufVariantName(part.type, mt, r, wg, sg);
     const tiles = Math.ceil(part.rows / (wg * r));
     const gridX = Math.min(tiles, MAX_GRID);
     const params = packParams([
@@ -161,7 +138,7 @@ export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
     ]);
     return b.make(
       variant,
-      () => variantSource(part.type, mt, r, wg, vec4 && sg),
+      () => variantSource(part.type, mt, r, wg, sg),
       params,
       [
         part.words,

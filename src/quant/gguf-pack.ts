@@ -4,20 +4,18 @@
  * u32s, so each block is split in two or three planes:
  *   - words: the block's bytes without its one f16 super-scale d where that field is what breaks
  *     the alignment (Q4_0, Q5_0, Q8_0, IQ4_NL at byte 0; Q3_K, Q6_K at the end) and without its
- *     h-plane field (below), as little-endian u32s (BW per block). Words are tiled by 8 rows, so the 8 lanes that
- *     own a tile's 8 rows read contiguous bytes together (as src/quant/q4.ts tiles int4 words):
- *       - where BW is a multiple of 4 (Q4_0, Q4_1, Q5_0, Q8_0, IQ4_NL, Q4_K, Q5_K, Q6_K: the
- *         formats of the 16-byte kernel, shaders/matmul_gguf_vec4.wgsl), by 16-byte words: u32 w of block b of
- *         row n is component w%4 of vec4 ((n/8)·NB·BW/4 + b·BW/4 + w/4)·8 + n%8, so each lane
- *         loads 4 words of its row at once and a tile's 8 lanes read 128 contiguous bytes;
- *       - else by u32: word w of block b of row n at ((n/8)·NB·BW + b·BW + w)·8 + n%8.
+ *     h-plane fields (below), as little-endian u32s (BW per block, a multiple of 4 in every
+ *     format). Words are tiled by 8 rows and by 16-byte words, so the 8 lanes that own a tile's 8
+ *     rows read 128 contiguous bytes together (as src/quant/q4.ts tiles int4 words): u32 w of
+ *     block b of row n is component w%4 of vec4 ((n/8)·NB·BW/4 + b·BW/4 + w/4)·8 + n%8. (A format
+ *     whose BW were not a multiple of 4 would tile by u32: word w at ((n/8)·NB·BW + b·BW + w)·8 +
+ *     n%8; shaders/common/gguf_block.wgsl reads both.)
  *   - dplane (those six formats only): the f16 d of (row n, block b) in half b%2 of u32
  *     ((n/8)·⌈NB/2⌉ + b/2)·8 + n%8.
- *   - hplane (Q5_0: the u32 of fifth bits; Q4_1: d | m << 16): the block's one u32 field that
- *     keeps the rest from tiling by 16 bytes, at ((n/8)·NB + b)·8 + n%8.
+ *   - hplane: the HW u32s of the block that keep the rest from tiling by 16 bytes (H_FIELD below),
+ *     u32 j of (n, b) at ((n/8)·NB·HW + b·HW + j)·8 + n%8.
  * The bytes on the GPU equal the file's (plus the tile padding of the last 8 rows); the kernel,
- * shaders/matmul_gguf_vec4.wgsl or shaders/matmul_gguf.wgsl with a fragment per format, decodes
- * the blocks in registers.
+ * shaders/matmul_gguf_vec4.wgsl with a fragment per format, decodes the blocks in registers.
  */
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
 import { ggufTensorBytes, ggufTypeByName, type GgufTypeInfo } from '../io/gguf-types.js';
@@ -31,8 +29,12 @@ export interface GgufBlockLayout {
   blockWords: number;
   /** Byte offset of the f16 moved to the d plane, or null when the block is already aligned. */
   dAt: number | null;
-  /** Byte offset of the u32 moved to the h plane (right after the d plane's f16, or at 0), or null. */
+  /** Byte offset of the u32s moved to the h plane, or null. */
   hAt: number | null;
+  /** u32s per block in the h plane (0 without one). */
+  hWords: number;
+  /** Byte offset in the block of each words-plane u32 (the bytes left once the planes' fields are out). */
+  wordSrc: readonly number[];
   /** Chunks of 8 elements the kernel walks per block. */
   chunks: number;
   /** Tiled by 16-byte words (BW a multiple of 4), read by the 16-byte kernel. */
@@ -65,7 +67,19 @@ const D_AT: Partial<Record<GgufKernelType, number>> = {
   Q6_K: 208,
 };
 
-const H_AT: Partial<Record<GgufKernelType, number>> = { Q5_0: 2, Q4_1: 0 };
+/**
+ * The h-plane field: `words` u32s from byte `at`, the fields that keep the rest of the block from
+ * tiling by 16 bytes (Q5_0: the fifth bits; Q4_1: d | m; Q5_1: d | m and the fifth bits; Q2_K:
+ * d | dmin; Q3_K: the 12 scale bytes; IQ4_XS: d | scales_h and scales_l).
+ */
+const H_FIELD: Partial<Record<GgufKernelType, { at: number; words: number }>> = {
+  Q5_0: { at: 2, words: 1 },
+  Q4_1: { at: 0, words: 1 },
+  Q5_1: { at: 0, words: 2 },
+  Q2_K: { at: 80, words: 1 },
+  Q3_K: { at: 96, words: 3 },
+  IQ4_XS: { at: 0, words: 2 },
+};
 
 export function isGgufKernelType(name: string): name is GgufKernelType {
   return (GGUF_KERNEL_TYPES as readonly string[]).includes(name);
@@ -79,10 +93,28 @@ export function ggufBlockLayout(type: string): GgufBlockLayout {
     );
   }
   const dAt = D_AT[type] ?? null;
-  const hAt = H_AT[type] ?? null;
-  const bytes = info.blockBytes - (dAt === null ? 0 : 2) - (hAt === null ? 0 : 4);
-  const blockWords = bytes / 4;
-  return { info, blockWords, dAt, hAt, chunks: info.blockElems / 8, vec4: blockWords % 4 === 0 };
+  const h = H_FIELD[type];
+  const hAt = h?.at ?? null;
+  const hWords = h?.words ?? 0;
+  const kept: number[] = [];
+  for (let o = 0; o < info.blockBytes; o++) {
+    const inD = dAt !== null && o >= dAt && o < dAt + 2;
+    const inH = hAt !== null && o >= hAt && o < hAt + 4 * hWords;
+    if (!inD && !inH) kept.push(o);
+  }
+  // Every layout keeps whole runs of 4 contiguous bytes (the fields sit at a block's start or end).
+  const wordSrc = kept.filter((_, i) => i % 4 === 0);
+  const blockWords = wordSrc.length;
+  return {
+    info,
+    blockWords,
+    dAt,
+    hAt,
+    hWords,
+    wordSrc,
+    chunks: info.blockElems / 8,
+    vec4: blockWords % 4 === 0,
+  };
 }
 
 /** A [rows, cols] block matrix in the GPU layout. */
@@ -96,7 +128,7 @@ export interface PackedGguf {
   words: Uint32Array;
   /** The d plane, for the formats whose blocks are not 4-byte aligned. */
   dplane?: Uint32Array;
-  /** The h plane (Q5_0, Q4_1). */
+  /** The h plane (Q5_0, Q4_1, Q5_1, Q2_K, Q3_K, IQ4_XS). */
   hplane?: Uint32Array;
 }
 
@@ -108,7 +140,7 @@ export function ggufPackedBytes(type: string, rows: number, cols: number): numbe
   return (
     padded * nb * L.blockWords * 4 +
     (L.dAt === null ? 0 : padded * Math.ceil(nb / 2) * 4) +
-    (L.hAt === null ? 0 : padded * nb * 4)
+    padded * nb * L.hWords * 4
   );
 }
 
@@ -138,9 +170,8 @@ export function packGguf(type: string, bytes: Uint8Array, rows: number, cols: nu
   const paddedRows = Math.ceil(rows / GGUF_TILE_ROWS) * GGUF_TILE_ROWS;
   const words = new Uint32Array(paddedRows * nb * BW);
   const dplane = L.dAt === null ? undefined : new Uint32Array(paddedRows * Math.ceil(nb / 2));
-  const hplane = L.hAt === null ? undefined : new Uint32Array(paddedRows * nb);
-  // The planes' fields open the block (d, then the h word), so the words are the bytes after them.
-  const skip = (L.dAt === 0 ? 2 : 0) + (L.hAt === null ? 0 : 4);
+  const HW = L.hWords;
+  const hplane = L.hAt === null ? undefined : new Uint32Array(paddedRows * nb * HW);
   const u32At = (o: number) =>
     ((bytes[o] as number) |
       ((bytes[o + 1] as number) << 8) |
@@ -156,12 +187,12 @@ export function packGguf(type: string, bytes: Uint8Array, rows: number, cols: nu
     for (let b = 0; b < nb; b++) {
       const src = (n * nb + b) * info.blockBytes;
       const dst = (tile + b * BW) * GGUF_TILE_ROWS + lane * laneStride;
-      for (let w = 0; w < BW; w++) {
-        const o = src + skip + 4 * w;
-        words[dst + at(w)] = u32At(o);
-      }
+      for (let w = 0; w < BW; w++) words[dst + at(w)] = u32At(src + (L.wordSrc[w] as number));
       if (hplane && L.hAt !== null) {
-        hplane[(Math.floor(n / GGUF_TILE_ROWS) * nb + b) * GGUF_TILE_ROWS + lane] = u32At(src + L.hAt);
+        const hb = (Math.floor(n / GGUF_TILE_ROWS) * nb + b) * HW;
+        for (let j = 0; j < HW; j++) {
+          hplane[(hb + j) * GGUF_TILE_ROWS + lane] = u32At(src + L.hAt + 4 * j);
+        }
       }
       if (dplane && L.dAt !== null) {
         const h = (bytes[src + L.dAt] as number) | ((bytes[src + L.dAt + 1] as number) << 8);

@@ -132,7 +132,7 @@ export function linearClass(
     rows: full.rows,
     priority,
     candidates: isGgufWeight(full)
-      ? ggufMatmulCandidates(ctx, full, mc.name)
+      ? ggufMatmulCandidates(ctx, mc.name)
       : isQ4Weight(full)
         ? q4MatmulCandidates(ctx, full, mc.name)
         : floatMatmulCandidates(ctx, full, mc.name),

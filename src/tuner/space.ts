@@ -25,7 +25,7 @@ import {
 } from '../kernels/matmul.js';
 import { q4SubgroupsUsable, type Q4GpuWeight, type Q4Variant } from '../kernels/matmul-q4.js';
 import type { Q4Gemv } from '../kernels/matmul-q4-gemv.js';
-import { ggufVec4Kernel, type GgufGpuWeight, type GgufVariant } from '../kernels/matmul-gguf.js';
+import type { GgufVariant } from '../kernels/matmul-gguf.js';
 import type { GpuWeight } from '../kernels/tiled.js';
 import { contextBucket, type KernelChoice, type MClass } from './choices.js';
 
@@ -123,13 +123,9 @@ const GEMV_SPLIT: readonly [Q4Gemv['tn'], Q4Gemv['wg'], NonNullable<Q4Gemv['ks']
   [2, 128, 8],
   [1, 256, 16],
 ];
-export function ggufMatmulCandidates(ctx: GpuContext, w: GgufGpuWeight, mClass: MClass): KernelChoice[] {
-  // X through subgroups is a choice only where a part runs the 16-byte kernel.
-  const sgs = w.parts.some((p) => ggufVec4Kernel(p.type))
-    ? q4SubgroupsUsable(ctx)
-      ? [true, false]
-      : [false]
-    : [undefined];
+/** Every GGUF format runs the same kernel, so the candidates depend on the adapter and M only. */
+export function ggufMatmulCandidates(ctx: GpuContext, mClass: MClass): KernelChoice[] {
+  const sgs = q4SubgroupsUsable(ctx) ? [true, false] : [false];
   const v: GgufVariant[] = [{}];
   const mts: (1 | 4 | 8)[] = mClass === '1' ? [1] : [4, 8];
   const rs: (1 | 2 | 4)[] = mClass === '1' ? [1, 2, 4] : [2, 4];
@@ -145,7 +141,7 @@ export function ggufMatmulCandidates(ctx: GpuContext, w: GgufGpuWeight, mClass: 
             rowsPerGroup,
             rowsPerThread,
             ...(workgroupSize === 64 ? {} : { workgroupSize }),
-            ...(subgroups === undefined ? {} : { subgroups }),
+            subgroups,
           });
         }
       }

@@ -6,12 +6,7 @@
 import { describe, expect, test } from 'vitest';
 import { DispatchBuilder, runDispatches } from '../../src/gpu/dispatch.js';
 import { embedGguf } from '../../src/kernels/embed-gguf.js';
-import {
-  ggufVec4Kernel,
-  matmulGguf,
-  type GgufVariant,
-  type MatmulGgufArgs,
-} from '../../src/kernels/matmul-gguf.js';
+import { matmulGguf, type GgufVariant, type MatmulGgufArgs } from '../../src/kernels/matmul-gguf.js';
 import { q4SubgroupsUsable } from '../../src/kernels/matmul-q4.js';
 import { matmulGgufRef } from '../../src/kernels/matmul-gguf.ref.js';
 import { dequantizeGguf, quantizeGguf } from '../../src/quant/gguf-blocks.js';
@@ -147,9 +142,9 @@ describe('matmul_gguf', () => {
     }, 120_000);
   }
 
-  // Every compile-time choice of the 16-byte kernel (X through subgroups or per lane, MT, R,
-  // threads) in every format it serves, at N = 1, 7, 129, 4097 rows and M = 1, 5, 16.
-  for (const type of GGUF_KERNEL_TYPES.filter((t) => ggufVec4Kernel(t))) {
+  // Every compile-time choice of the kernel (X through subgroups or per lane, MT, R, threads) in
+  // every format, at N = 1, 7, 129, 4097 rows and M = 1, 5, 16.
+  for (const type of GGUF_KERNEL_TYPES) {
     const bk = ggufBlockLayout(type).info.blockElems;
     test(`${type}, 16-byte kernel: every variant at N 1, 7, 129, 4097 and M 1, 5, 16`, async () => {
       const sg = q4SubgroupsUsable(await testGpu());
@@ -264,7 +259,51 @@ describe('matmul_gguf', () => {
     }
   }, 120_000);
 
-  test('the layout moves only the unaligned f16 d (and Q5_0 / Q4_1 one u32) into planes of their own (an exact re-layout)', () => {
+  test('every format packs to planes that give back the file bytes exactly (BW a multiple of 4)', () => {
+    const rows = 11;
+    const u32 = (b: Uint8Array, o: number) =>
+      ((b[o] as number) |
+        ((b[o + 1] as number) << 8) |
+        ((b[o + 2] as number) << 16) |
+        ((b[o + 3] as number) << 24)) >>>
+      0;
+    for (const type of GGUF_KERNEL_TYPES) {
+      const L = ggufBlockLayout(type);
+      const { blockElems: be, blockBytes: bb } = L.info;
+      const cols = 3 * be;
+      const bytes = quantizeGguf(type, weights(rows, cols, 7));
+      const p = packGguf(type, bytes, rows, cols);
+      expect(L.blockWords % 4, type).toBe(0);
+      // Bytes accounted for: the words plane, d (2) and the h plane's words.
+      expect(4 * L.blockWords + (L.dAt === null ? 0 : 2) + 4 * L.hWords, type).toBe(bb);
+      const nb = 3;
+      for (let n = 0; n < rows; n++) {
+        const tile = Math.floor(n / 8);
+        const lane = n % 8;
+        for (let b = 0; b < nb; b++) {
+          const src = (n * nb + b) * bb;
+          for (let w = 0; w < L.blockWords; w++) {
+            const at =
+              (((tile * nb * L.blockWords + b * L.blockWords) / 4 + (w >> 2)) * 8 + lane) * 4 + (w & 3);
+            expect(p.words[at], `${type} row ${n} block ${b} word ${w}`).toBe(
+              u32(bytes, src + (L.wordSrc[w] as number)),
+            );
+          }
+          for (let j = 0; j < L.hWords; j++) {
+            const at = ((tile * nb + b) * L.hWords + j) * 8 + lane;
+            expect(p.hplane?.[at], `${type} h word ${j}`).toBe(u32(bytes, src + (L.hAt as number) + 4 * j));
+          }
+          if (L.dAt !== null) {
+            const pair = p.dplane?.[(tile * Math.ceil(nb / 2) + (b >> 1)) * 8 + lane] ?? 0;
+            const d = (bytes[src + L.dAt] as number) | ((bytes[src + L.dAt + 1] as number) << 8);
+            expect((pair >>> (16 * (b & 1))) & 0xffff, `${type} d`).toBe(d);
+          }
+        }
+      }
+    }
+  });
+
+  test('the layout moves only the unaligned f16 d (and Q5_0 one u32) into planes of their own (an exact re-layout)', () => {
     const v = randomF32(9 * 64, 5, 1);
     const bytes = quantizeGguf('Q8_0', v);
     const p = packGguf('Q8_0', bytes, 9, 64);

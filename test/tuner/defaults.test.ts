@@ -153,7 +153,7 @@ describe('default choices', () => {
       kernel: 'matmul_gguf',
       bucket,
       rows: weight.rows,
-      candidates: ggufMatmulCandidates(ctx, weight, bucket),
+      candidates: ggufMatmulCandidates(ctx, bucket),
     }));
     const got = defaultChoices(classes, KERNEL_DEFAULTS.cpu, 4096);
     // No row entry at M = 1 (the kernel's rule) nor 2-4.
