@@ -15,7 +15,7 @@ function shapeText(s: BenchRow['shape']): string {
     .join(' ');
 }
 
-export async function cmdBenchKernels(o: { json?: string; quick?: boolean }): Promise<void> {
+export async function cmdBenchKernels(o: { json?: string; quick?: boolean; only?: string }): Promise<void> {
   const ctx = await acquireNodeGpu();
   try {
     const out = process.stderr;
@@ -25,7 +25,8 @@ export async function cmdBenchKernels(o: { json?: string; quick?: boolean }): Pr
     );
     const report = await benchKernels(ctx, {
       quick: o.quick ?? false,
-      extra: [matmulQ4Suite, matmulGgufSuite, attentionSuite],
+      extra: { matmul_q4: matmulQ4Suite, matmul_gguf: matmulGgufSuite, attention: attentionSuite },
+      ...(o.only ? { only: o.only.split(',').map((s) => s.trim()) } : {}),
       onRow: (r) =>
         out.write(
           `${r.kernel.padEnd(18)} ${r.variant.padEnd(34)} ${r.ms.toFixed(3).padStart(9)} ${r.gbps.toFixed(2).padStart(8)} ${r.gflops.toFixed(2).padStart(8)} ${r.roofline_fraction.toFixed(2).padStart(6)} ${r.max_rel_err.toExponential(1).padStart(9)} ${r.ok ? 'ok' : 'NO'}  ${shapeText(r.shape)}\n`,

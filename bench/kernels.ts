@@ -51,8 +51,13 @@ export interface BenchReport {
 export interface BenchOptions {
   /** Fewer shapes and repetitions (a smoke run). */
   quick?: boolean;
-  /** Extra rows from other kernel families, run after the built-in ones. */
-  extra?: BenchSuite[];
+  /** Extra rows from other kernel families, by name, run after the built-in ones. */
+  extra?: Record<string, BenchSuite>;
+  /**
+   * Run only these suites (names: `matmul`, `rmsnorm`, `argmax` and the extras'); stream_read, the
+   * roofline every row is measured against, always runs.
+   */
+  only?: readonly string[];
   onRow?: (row: BenchRow) => void;
 }
 
@@ -147,8 +152,22 @@ function round(x: number, digits: number): number {
 export async function benchKernels(ctx: GpuContext, opts: BenchOptions = {}): Promise<BenchReport> {
   const b = new BenchContext(ctx, opts);
   try {
+    const suites: Record<string, BenchSuite> = {
+      matmul: matmulSuite,
+      rmsnorm: rmsnormSuite,
+      argmax: argmaxSuite,
+      ...opts.extra,
+    };
+    const unknown = (opts.only ?? []).filter((name) => !(name in suites));
+    if (unknown.length > 0) {
+      throw new RangeError(
+        `bench kernels: no suite ${unknown.join(', ')} (suites: ${Object.keys(suites).join(', ')})`,
+      );
+    }
     b.bandwidthGbps = await measureBandwidth(b);
-    for (const suite of [matmulSuite, rmsnormSuite, argmaxSuite, ...(opts.extra ?? [])]) await suite(b);
+    for (const [name, suite] of Object.entries(suites)) {
+      if (!opts.only || opts.only.includes(name)) await suite(b);
+    }
     return {
       adapter: ctx.adapter,
       timer: b.timer.source,

@@ -104,7 +104,11 @@ export function addBenchCommand(program: Command): void {
     )
     .option('--json <file>', 'write the JSON report to FILE (default: stdout)')
     .option('--quick', 'fewer shapes and repetitions')
-    .action((o: { json?: string; quick?: boolean }) => cmdBenchKernels(o));
+    .option(
+      '--only <suites>',
+      'comma-separated suites to run: matmul, rmsnorm, argmax, matmul_q4, matmul_gguf, attention (stream_read always runs)',
+    )
+    .action((o: { json?: string; quick?: boolean; only?: string }) => cmdBenchKernels(o));
 
   addModelOptions(
     bench
