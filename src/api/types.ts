@@ -145,6 +145,12 @@ export interface MemoryPlan {
   /** KV pool: tokens and 16-token blocks per layer. */
   kvTokens: number;
   kvBlocks: number;
+  /**
+   * Blocks of the sliding-window layers' own pool (each such layer holds this many, the others
+   * kvBlocks): the windows of as many whole-context sequences as the full pool holds; 0 when
+   * every layer keeps every block.
+   */
+  slidingKvBlocks: number;
   weights: number;
   kvCache: number;
   /** One prefill chunk's hidden states. */

@@ -134,6 +134,7 @@ export class Engine implements KilnEngine {
         source,
         kvDtype,
         kvBlocks: plan.kvBlocks,
+        slidingKvBlocks: plan.slidingKvBlocks,
         calibration: choices.attentionSoftmax === 'async' ? CALIBRATION_STEPS : 0,
         activations: choices.activations,
         foldNorms: choices.normFold === 'fold',
@@ -206,7 +207,12 @@ export class Engine implements KilnEngine {
   private makeScheduler(): Scheduler {
     const ctx = this.ctx;
     const kv = this.forward.kv;
-    const blocks = new BlockManager({ numBlocks: kv.numBlocks, blockSize: BLOCK_TOKENS });
+    // A sliding pool keeps no KV of a cached prefix for its layers: no prefix caching beside it.
+    const blocks = new BlockManager({
+      numBlocks: kv.numBlocks,
+      blockSize: BLOCK_TOKENS,
+      prefixCaching: kv.sliding === null,
+    });
     // A failed step on a device that was lost, and that the engine recovers from, is retriable.
     const recovers = () => !this.disposed && !!this.rebuild?.acquire;
     return new Scheduler(this.forward, kv, blocks, {

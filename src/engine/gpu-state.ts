@@ -9,13 +9,16 @@ import type { ModelSpec } from '../model/spec.js';
 import { destroyWeights, loadWeights, type LoadProgress, type ModelWeights } from '../weights/loader.js';
 import type { WeightSource } from '../weights/source.js';
 import { ForwardModel } from './forward/model.js';
-import { PagedKvCache, type KvDtype } from './kv/cache.js';
+import { BLOCK_TOKENS, PagedKvCache, type KvDtype } from './kv/cache.js';
+import { slidingLayout } from './kv/sliding-pool.js';
 
 /** The choices made at load that a rebuild on a new device repeats. */
 export interface GpuRecipe {
   source: WeightSource;
   kvDtype: KvDtype;
   kvBlocks: number;
+  /** Blocks of the sliding layers' own pool (MemoryPlan.slidingKvBlocks); 0: none. */
+  slidingKvBlocks: number;
   /** Decode steps that calibrate async softmax (0: off). */
   calibration: number;
   activations: 'f32' | 'f16';
@@ -40,7 +43,17 @@ export async function buildForward(
   let kv: PagedKvCache | null = null;
   try {
     weights = await loadWeights(ctx, spec, ckpt, r.source, onProgress);
-    kv = await PagedKvCache.create(ctx, spec, r.kvBlocks, r.kvDtype);
+    // The memory plan chose the sliding pool's size for this context and prefill chunk.
+    const layout =
+      r.slidingKvBlocks > 0 ? slidingLayout(spec, r.contextLength, r.prefillChunk, BLOCK_TOKENS) : null;
+    if (r.slidingKvBlocks > 0 && !layout) throw new RangeError('a sliding KV pool was planned for no sliding layer');
+    kv = await PagedKvCache.create(
+      ctx,
+      spec,
+      r.kvBlocks,
+      r.kvDtype,
+      layout ? { layout, blocks: r.slidingKvBlocks } : null,
+    );
     const forward = new ForwardModel(
       ctx,
       spec,

@@ -95,6 +95,7 @@ export async function planOnDevice(
     kvDtype,
     requestedContext,
     prefillChunkTokens: opts.prefillChunkTokens ?? DEFAULT_PREFILL_CHUNK,
+    slidingKv: opts.slidingKv ?? 'release',
     ...(opts.kvCacheTokens !== undefined ? { kvTokens: opts.kvCacheTokens } : {}),
     limits: {
       maxBufferSize: cap(ctx.limits.maxBufferSize, opts.limits?.maxBufferSize),

@@ -12,7 +12,8 @@ import { weightBytes } from '../weights/loader.js';
 import type { WeightSource } from '../weights/source.js';
 import { isQuantKv } from '../kernels/kv-dtype.js';
 import type { MemoryPlan } from '../api/types.js';
-import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, type KvDtype } from './kv/cache.js';
+import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, kvPoolBytes, type KvDtype, type SlidingKv } from './kv/cache.js';
+import { slidingLayout, slidingPoolBlocks } from './kv/sliding-pool.js';
 
 export type { MemoryPlan };
 
@@ -69,6 +70,26 @@ export interface PlanInput {
   kvTokens?: number;
   limits: { maxBufferSize: number; maxStorageBufferBindingSize: number };
   budgetBytes?: number;
+  /**
+   * 'release' (default): sliding-window layers get their own smaller pool (kv/sliding-pool.ts)
+   * where the windows are shorter than the context; 'keep': every layer keeps every block.
+   */
+  slidingKv?: 'release' | 'keep';
+}
+
+/**
+ * The sliding layers' pool beside a full pool of `blocks` at context `ctx` with prefill chunks of
+ * `chunk` rows, or null when every layer keeps every block.
+ */
+export function slidingKvFor(
+  spec: ModelSpec,
+  ctx: number,
+  chunk: number,
+  blocks: number,
+  mode: 'release' | 'keep' = 'release',
+): SlidingKv | null {
+  const layout = mode === 'release' ? slidingLayout(spec, ctx, chunk, BLOCK_TOKENS) : null;
+  return layout ? { layout, blocks: slidingPoolBlocks(layout, blocks, ctx, BLOCK_TOKENS) } : null;
 }
 
 /**
@@ -90,34 +111,52 @@ export function planMemory(p: PlanInput): MemoryPlan {
       `one layer's KV cache must fit one buffer binding (${formatBytes(bindingBytes)}), which holds ${context} tokens`,
     );
   }
-  const sized = (ctx: number, blocks: number): MemoryPlan => {
+  const sized = (ctx: number, blocks: number, dtype: KvDtype = kvDtype): MemoryPlan => {
     const chunk = Math.min(p.prefillChunkTokens, ctx);
-    const e = estimateMemory(spec, p.ckpt, p.source, blocks * BLOCK_TOKENS, kvDtype, chunk);
+    const e = estimateMemory(spec, p.ckpt, p.source, blocks * BLOCK_TOKENS, dtype, chunk);
+    const sliding = slidingKvFor(spec, ctx, chunk, blocks, p.slidingKv);
+    // What the engine allocates: the full pool for full-attention layers, the sliding pool for the others.
+    const kvCache = kvPoolBytes(spec, blocks, dtype, sliding);
     const scratch = 4 * 2 * spec.vocabSize;
     return {
       requestedContext: p.requestedContext,
       contextLength: ctx,
       kvTokens: blocks * BLOCK_TOKENS,
       kvBlocks: blocks,
+      slidingKvBlocks: sliding?.blocks ?? 0,
       weights: e.weights,
-      kvCache: e.kvCache,
+      kvCache,
       activations: e.activations - scratch,
       scratch,
-      total: e.total,
+      total: e.total - e.kvCache + kvCache,
       budgetBytes: p.budgetBytes ?? null,
       bindingBytes,
       note: null,
     };
   };
-  const wanted = p.kvTokens ?? defaultKvTokens(spec, context);
   const minBlocks = (ctx: number) => Math.ceil(ctx / BLOCK_TOKENS);
+  /** The most blocks in [from, perLayerBlocks] whose plan passes `ok` (which holds at `from`). */
+  const most = (from: number, ok: (blocks: number) => boolean): number => {
+    let lo = from;
+    let hi = Math.max(from, perLayerBlocks);
+    while (lo < hi) {
+      const mid = Math.ceil((lo + hi) / 2);
+      if (ok(mid)) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  };
+  // The default pool is a memory size (defaultKvTokens' 256 MiB of f32 K/V): a sliding pool's
+  // smaller layers leave it room for more blocks.
+  const defaultBytes = kvCacheBytes(spec, defaultKvTokens(spec, context), 'f32');
+  const wanted =
+    p.kvTokens ??
+    most(minBlocks(context), (b) => sized(context, b, 'f32').kvCache <= defaultBytes) * BLOCK_TOKENS;
   let blocks = Math.max(minBlocks(context), Math.min(perLayerBlocks, Math.ceil(wanted / BLOCK_TOKENS)));
   let plan = sized(context, blocks);
   const budget = p.budgetBytes;
   if (budget !== undefined && plan.total > budget) {
-    const allLayersBlock = blockBytes * 2 * spec.numLayers;
-    const fixed = plan.total - plan.kvCache;
-    const fit = Math.floor((budget - fixed) / allLayersBlock);
+    const fit = sized(context, minBlocks(context)).total <= budget ? most(minBlocks(context), (b) => sized(context, b).total <= budget) : 0;
     if (fit >= minBlocks(context)) {
       blocks = fit;
       notes.push(

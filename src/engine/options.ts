@@ -127,6 +127,15 @@ export interface EngineOptions {
    */
   pipelineDepth?: number;
   /**
+   * KV of sliding-window layers (Gemma 2/3, Mistral-style windows) where the windows are shorter
+   * than the context: 'release' (default) keeps those layers in a pool of their own whose blocks
+   * go back as the windows move past them (src/engine/kv/sliding-pool.ts), so the same memory
+   * holds longer contexts or more sequences; prefix caching is then off for the model (a cached
+   * prefix would lack the sliding layers' KV). 'keep' keeps every block in every layer, with
+   * prefix caching.
+   */
+  slidingKv?: 'release' | 'keep';
+  /**
    * Speculative decoding without a draft model, for requests without a grammar (those decode
    * plainly): each step verifies up to `maxDraft` guessed tokens of a sequence
    * (src/engine/speculative.ts: prompt n-gram 'lookup', recycled successors 'recycling', or
@@ -164,6 +173,7 @@ export interface EngineChoices {
   quant: 'none' | 'q4';
   kernelDefaults: AdapterClass | 'auto';
   normFold: 'fold' | 'separate';
+  slidingKv: 'release' | 'keep';
   speculative: Required<SpeculativeOptions> | null;
 }
 
@@ -187,6 +197,7 @@ export function checkOptions(opts: EngineOptions): EngineChoices {
     quant: oneOf('quant', opts.quant, ['none', 'q4'] as const),
     kernelDefaults: oneOf('kernelDefaults', opts.kernelDefaults, ['auto', ...ADAPTER_CLASSES] as const),
     normFold: oneOf('normFold', opts.normFold, ['fold', 'separate'] as const),
+    slidingKv: oneOf('slidingKv', opts.slidingKv, ['release', 'keep'] as const),
     speculative: checkSpeculative(opts.speculative),
   };
 }

@@ -72,7 +72,7 @@ export class Scheduler {
   /** Holds the GPU state for exclusive work between steps (see Hold). */
   async hold(): Promise<Hold> {
     const release = await this.turns.take();
-    return makeHold(this.blocks, this.nextId++, release);
+    return makeHold(this.blocks, this.batch.sliding, this.nextId++, release);
   }
 
   /** No request is running or waiting. */
@@ -182,6 +182,7 @@ export class Scheduler {
   stats(): SchedulerStats {
     const b = this.blocks.stats();
     const c = this.batch.counts;
+    const sl = this.batch.sliding?.stats();
     return {
       running: this.running.length,
       waiting: this.waiting.length,
@@ -192,6 +193,10 @@ export class Scheduler {
       prefixCacheHitRate: b.hitRate,
       prefixQueriedTokens: b.queriedTokens,
       prefixHitTokens: b.hitTokens,
+      slidingBlocks: sl?.totalBlocks ?? 0,
+      slidingBlocksUsed: sl?.usedBlocks ?? 0,
+      peakSlidingBlocksUsed: sl?.peakUsedBlocks ?? 0,
+      peakSlidingBlocksPerSequence: sl?.peakSeqBlocks ?? 0,
       preemptions: c.preemptions,
       steps: c.steps,
       aheadSteps: c.aheadSteps,
@@ -279,6 +284,7 @@ export class Scheduler {
     for (const { s, n, draft } of work) {
       const offset = input.blockTable.length;
       input.blockTable.push(...this.blocks.blockTable(s.id));
+      this.batch.addSliding(input, s, s.computed, s.computed + n);
       if (draft) {
         firstRow.push(input.logitRows.length);
         sampled.push(s);

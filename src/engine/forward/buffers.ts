@@ -18,6 +18,8 @@ export interface StepBuffers {
   /** [m] u32 token ids */ ids: GPUBuffer;
   /** [m] vec2<u32> (position, block-table offset) */ rowInfo: GPUBuffer;
   /** [m] u32 KV-cache slot of each row */ slots: GPUBuffer;
+  /** [m] u32 each row's slot in the sliding layers' pool (with a sliding pool only) */
+  slidingSlots?: GPUBuffer | undefined;
   /** [r] u32 the row whose logits each logit row is */ logitRows: GPUBuffer;
   /** [m, hidden] f32 residual stream */ x: GPUBuffer;
   /** [m, hidden] normed rows, the qkv and gate/up matmuls' X (f16 when activations are f16) */ xn: GPUBuffer;
@@ -67,6 +69,7 @@ export function createStepBuffers(
     ids: f32('step.ids', m, USAGE_IN()),
     rowInfo: f32('step.row_info', 2 * m, USAGE_IN()),
     slots: f32('step.slots', m, USAGE_IN()),
+    slidingSlots: model.kv.sliding ? f32('step.slots.sliding', m, USAGE_IN()) : undefined,
     logitRows: f32('step.logit_rows', r, USAGE_IN()),
     x: f32('act.x', m * H),
     xn: act('act.xn', m, H),

@@ -159,6 +159,13 @@ export function recordGraph(
   weights.layers.forEach((L, l) => {
     const kCache = kv.k[l] as GPUBuffer;
     const vCache = kv.v[l] as GPUBuffer;
+    // A sliding layer with a pool of its own (kv/sliding-pool.ts) writes and reads through its
+    // own slots and block table; the rows' positions and table offsets are the same.
+    const sliding = kv.isSliding(l);
+    if (sliding && (!s.slidingSlots || !model.slidingBlockTable))
+      throw new RangeError('a sliding KV pool needs its slots and block table');
+    const slots = sliding ? (s.slidingSlots as GPUBuffer) : s.slots;
+    const blockTable = sliding ? (model.slidingBlockTable as GPUBuffer) : model.blockTable;
     const tap = (proj: ProjectionRole, buffer: GPUBuffer, cols: number) =>
       linearInputs.push({ layer: l, proj, after: body.length - 1, buffer, cols });
     // Attention.
@@ -195,7 +202,7 @@ export function recordGraph(
           ...qkNorm,
         }),
         kvQuantize(b, {
-          slots: s.slots,
+          slots,
           kStage: stage.k,
           vStage: stage.v,
           kCache,
@@ -208,7 +215,7 @@ export function recordGraph(
         // GEAR's low-rank part, for the blocks this step wrote whole.
         body.push(
           kvLowrank(b, {
-            slots: s.slots,
+            slots,
             kStage: stage.k,
             vStage: stage.v,
             kCache,
@@ -222,7 +229,7 @@ export function recordGraph(
       body.push(
         ropeKvWrite(b, {
           rowInfo: s.rowInfo,
-          slots: s.slots,
+          slots,
           table: model.layerRopeTables[l] as GPUBuffer,
           rotaryDim,
           qkv: s.qkv,
@@ -238,7 +245,7 @@ export function recordGraph(
     }
     const attnArgs = {
       rowInfo: s.rowInfo,
-      blockTable: model.blockTable,
+      blockTable,
       q: s.q,
       kCache,
       vCache,

@@ -28,6 +28,12 @@ export interface StepInput {
   blockTable: readonly number[];
   /** The rows whose logits are wanted (e.g. the last prompt row), in output order. */
   logitRows: readonly number[];
+  /**
+   * With a sliding pool (PagedKvCache.sliding): each row's slot in it, and the sequences' sliding
+   * block tables at the same offsets as `blockTable` (entries outside a row's window released).
+   */
+  slidingSlots?: readonly number[];
+  slidingBlockTable?: readonly number[];
 }
 
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
@@ -43,6 +49,8 @@ export class ForwardModel implements ForwardState {
    * sequence).
    */
   readonly blockTable: GPUBuffer;
+  /** The sliding layers' block tables, at the same offsets (null without a sliding pool). */
+  readonly slidingBlockTable: GPUBuffer | null;
   readonly placeholder: GPUBuffer;
   /** CPU staging of the block table, reused every step. */ private readonly blockTableScratch: Uint32Array;
   private readonly plans = new Map<string, StepPlan>();
@@ -100,6 +108,9 @@ export class ForwardModel implements ForwardState {
     ctx.device.queue.writeBuffer(this.identityRows, 0, rows);
     const tableEntries = Math.max(kv.numBlocks, maxRows * Math.ceil(contextLength / BLOCK_TOKENS));
     this.blockTable = ctx.createBuffer('kv.block_table', tableEntries * 4, USAGE_IN());
+    this.slidingBlockTable = kv.sliding
+      ? ctx.createBuffer('kv.block_table.sliding', tableEntries * 4, USAGE_IN())
+      : null;
     this.placeholder = ctx.createBuffer('placeholder', 4, USAGE_IN());
     this.blockTableScratch = new Uint32Array(tableEntries);
   }
@@ -185,6 +196,17 @@ export class ForwardModel implements ForwardState {
     queue.writeBuffer(plan.bufs.slots, 0, slots);
     queue.writeBuffer(plan.bufs.logitRows, 0, logitRows);
     queue.writeBuffer(this.blockTable, 0, bt, 0, Math.max(1, input.blockTable.length));
+    if (this.slidingBlockTable) {
+      const sSlots = input.slidingSlots;
+      const sTable = input.slidingBlockTable;
+      if (!sSlots || !sTable || sSlots.length !== m || sTable.length !== input.blockTable.length)
+        throw new RangeError('a step over a sliding KV pool needs the rows\' sliding slots and block tables');
+      const staged = plan.staging.slidingSlots;
+      for (let i = 0; i < m; i++) staged[i] = sSlots[i] as number;
+      for (let i = 0; i < sTable.length; i++) bt[i] = sTable[i] as number;
+      queue.writeBuffer(plan.bufs.slidingSlots as GPUBuffer, 0, staged);
+      queue.writeBuffer(this.slidingBlockTable, 0, bt, 0, Math.max(1, sTable.length));
+    }
   }
 
   /**
@@ -271,5 +293,6 @@ export class ForwardModel implements ForwardState {
     this.dropPlans(() => true);
     for (const b of [...this.ropeTables.values(), this.identityRows, this.blockTable, this.placeholder])
       this.ctx.destroyBuffer(b);
+    if (this.slidingBlockTable) this.ctx.destroyBuffer(this.slidingBlockTable);
   }
 }

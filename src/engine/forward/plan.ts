@@ -27,7 +27,14 @@ export class StepPlan {
   /** Split-K attention partials, for decode-shaped plans. */
   readonly decode: AttentionDecodeScratch | null = null;
   /** CPU staging of the step inputs, reused every step: [m] ids, [2m] row info, [m] slots, [r] rows. */
-  readonly staging: { ids: Uint32Array; rowInfo: Uint32Array; slots: Uint32Array; logitRows: Uint32Array };
+  readonly staging: {
+    ids: Uint32Array;
+    rowInfo: Uint32Array;
+    slots: Uint32Array;
+    logitRows: Uint32Array;
+    /** [m] slots in the sliding pool (empty without one). */
+    slidingSlots: Uint32Array;
+  };
   /** Draws sampled tokens on the GPU; made by `enableSampling` (its pipeline is slow to compile). */
   sampling: GpuSampling | null = null;
   /** Logit bias, penalties and grammar masks; made by `enableAdjust`. */
@@ -82,6 +89,7 @@ export class StepPlan {
       rowInfo: new Uint32Array(2 * m),
       slots: new Uint32Array(m),
       logitRows: new Uint32Array(r),
+      slidingSlots: new Uint32Array(kv.sliding ? m : 0),
     };
   }
 

@@ -23,6 +23,8 @@ export interface ForwardState {
   readonly layerRopeTables: readonly GPUBuffer[];
   /** [maxRows] u32 = 0, 1, 2, ... (rmsnorm's row map inside layers) */ readonly identityRows: GPUBuffer;
   /** The concatenated block tables of a step's sequences, rewritten each step. */ readonly blockTable: GPUBuffer;
+  /** The same for the sliding layers' pool (same offsets); null without one. */
+  readonly slidingBlockTable: GPUBuffer | null;
   /** Bound where a kernel has no bias. */ readonly placeholder: GPUBuffer;
   /** Tuned kernel variants by shape class (empty: the kernels' own defaults). */
   readonly choices: KernelChoices;

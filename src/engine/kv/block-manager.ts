@@ -60,6 +60,7 @@ export class BlockManager {
   private readonly lru = new Set<number>();
   private readonly seqs = new Map<number, Sequence>();
   private peakUsed = 0;
+  private readonly prefixCaching: boolean;
   private queried = 0;
   private hits = 0;
 
@@ -73,6 +74,7 @@ export class BlockManager {
     this.blockSize = blockSize;
     this.refCount = new Uint32Array(numBlocks);
     this.index = new PrefixIndex(numBlocks, blockSize, hashBlock);
+    this.prefixCaching = options.prefixCaching ?? true;
     for (let b = numBlocks - 1; b >= 0; b--) this.freeList.push(b);
   }
 
@@ -105,7 +107,7 @@ export class BlockManager {
   /** Leading tokens of this prompt that `admit` would find cached now (no side effects). */
   cachedPrefixLength(tokenIds: readonly number[]): number {
     checkTokens(tokenIds);
-    return this.index.lookup(tokenIds).blocks.length * this.blockSize;
+    return this.lookup(tokenIds).blocks.length * this.blockSize;
   }
 
   /**
@@ -404,10 +406,14 @@ export class BlockManager {
     if (tokenIds.length === 0) throw new RangeError('a prompt needs at least one token');
     const total = this.blocksFor(tokenIds.length);
     this.checkFits(total, `a prompt of ${tokenIds.length} tokens`);
-    const hit = this.index.lookup(tokenIds);
+    const hit = this.lookup(tokenIds);
     // Cached hits are revived rather than allocated, so they do not count as available.
     const revived = hit.blocks.filter((b) => this.refCount[b] === 0).length;
     return { hit, fresh: total - hit.blocks.length, available: this.available() - revived };
+  }
+
+  private lookup(tokenIds: readonly number[]): { blocks: number[]; chain: BlockContent[] } {
+    return this.prefixCaching ? this.index.lookup(tokenIds) : { blocks: [], chain: [] };
   }
 
   /** Registers full computed block k of `s` in the hash table, or adopts the identical registered one. */

@@ -70,4 +70,9 @@ export interface BlockManagerOptions {
   blockSize?: number;
   /** Override the block hash (tests force collisions with it). */
   hashBlock?: BlockHashFn;
+  /**
+   * false: no prompt is served from the prefix cache (every prompt is computed whole). Default
+   * true. Off beside a sliding pool, which keeps no KV of a cached prefix for its layers.
+   */
+  prefixCaching?: boolean;
 }

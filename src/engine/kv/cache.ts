@@ -11,6 +11,7 @@ import { DeviceMemoryError } from '../../errors.js';
 import { formatBytes, storageUsage, type GpuContext } from '../../gpu/device.js';
 import { checkKvDtype, kvGroupBytes, type KvDtype } from '../../kernels/kv-dtype.js';
 import type { ModelSpec } from '../../model/spec.js';
+import type { SlidingLayout } from './sliding-pool.js';
 
 export type { KvDtype };
 
@@ -26,8 +27,31 @@ export function kvCacheBytes(spec: ModelSpec, tokens: number, dtype: KvDtype = '
   return Math.ceil(tokens / BLOCK_TOKENS) * kvBlockBytes(spec, dtype) * 2 * spec.numLayers;
 }
 
+/** The sliding layers' own pool (sliding-pool.ts): its layout and blocks per sliding layer. */
+export interface SlidingKv {
+  readonly layout: SlidingLayout;
+  readonly blocks: number;
+}
+
+/**
+ * Bytes of the whole cache: `blocks` per full-attention layer and, with a sliding pool, its
+ * blocks per sliding layer (every layer on `blocks` without one).
+ */
+export function kvPoolBytes(
+  spec: ModelSpec,
+  blocks: number,
+  dtype: KvDtype,
+  sliding: SlidingKv | null = null,
+): number {
+  const block = kvBlockBytes(spec, dtype) * 2;
+  let total = 0;
+  for (let l = 0; l < spec.numLayers; l++)
+    total += (sliding?.layout.layers[l] ? sliding.blocks : blocks) * block;
+  return total;
+}
+
 export class PagedKvCache {
-  /** Per layer: K [numBlocks][kvHeads][16] rows of `dtype`. */
+  /** Per layer: K [numBlocks (or the sliding pool's blocks)][kvHeads][16] rows of `dtype`. */
   readonly k: GPUBuffer[] = [];
   /** Per layer: V, same layout as K. */
   readonly v: GPUBuffer[] = [];
@@ -37,20 +61,31 @@ export class PagedKvCache {
     readonly numBlocks: number,
     /** Element type of K and V: what every kernel touching the cache is compiled for. */
     readonly dtype: KvDtype,
+    /** The sliding layers' pool, or null: every layer's buffers hold `numBlocks` blocks. */
+    readonly sliding: SlidingKv | null,
+    /** Bytes of every layer's K and V buffers together. */
+    readonly bytes: number,
   ) {}
+
+  /** Whether layer `l`'s K/V live in the sliding pool (its own slots and block table). */
+  isSliding(l: number): boolean {
+    return this.sliding?.layout.layers[l] === true;
+  }
 
   /**
    * Allocates a pool of `numBlocks` blocks per layer in format `dtype` (default f32; f16 needs
-   * shader-f16); errors say what was needed.
+   * shader-f16), the sliding layers `sliding.blocks` each when given; errors say what was needed.
    */
   static async create(
     ctx: GpuContext,
     spec: ModelSpec,
     numBlocks: number,
     dtype: KvDtype = 'f32',
+    sliding: SlidingKv | null = null,
   ): Promise<PagedKvCache> {
     checkKvDtype(ctx, dtype, spec.headDim);
-    const cache = new PagedKvCache(ctx, numBlocks, dtype);
+    const bytes = kvPoolBytes(spec, numBlocks, dtype, sliding);
+    const cache = new PagedKvCache(ctx, numBlocks, dtype, sliding, bytes);
     const layerBytes = numBlocks * kvBlockBytes(spec, dtype);
     const limit = ctx.limits.maxStorageBufferBindingSize;
     if (layerBytes > limit) {
@@ -59,10 +94,11 @@ export class PagedKvCache {
       );
     }
     const usage = storageUsage();
-    await ctx.guardAllocation('the KV cache', layerBytes * 2 * spec.numLayers, () => {
+    await ctx.guardAllocation('the KV cache', bytes, () => {
       for (let l = 0; l < spec.numLayers; l++) {
-        cache.k.push(ctx.createBuffer(`kv.k[${l}]`, layerBytes, usage));
-        cache.v.push(ctx.createBuffer(`kv.v[${l}]`, layerBytes, usage));
+        const n = cache.isSliding(l) ? (sliding as SlidingKv).blocks : numBlocks;
+        cache.k.push(ctx.createBuffer(`kv.k[${l}]`, n * kvBlockBytes(spec, dtype), usage));
+        cache.v.push(ctx.createBuffer(`kv.v[${l}]`, n * kvBlockBytes(spec, dtype), usage));
       }
     });
     return cache;

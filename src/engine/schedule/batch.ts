@@ -10,7 +10,8 @@ import type { FinishReason } from '../../api/types.js';
 import { KilnError } from '../../errors.js';
 import type { ForwardModel, StepInput } from '../forward/model.js';
 import { OutOfBlocksError, type BlockCopy, type BlockManager } from '../kv/block-manager.js';
-import { kvBlockBytes, type PagedKvCache } from '../kv/cache.js';
+import { BLOCK_TOKENS, kvBlockBytes, type PagedKvCache } from '../kv/cache.js';
+import { pushSlidingRows, SlidingPool } from '../kv/sliding-pool.js';
 import type { SequenceSampler } from '../sampling/sequence.js';
 import type { Speculator } from '../speculative.js';
 import type { ScheduledOutcome, ScheduledRequest, SchedulerOptions } from './types.js';
@@ -51,10 +52,22 @@ export interface StepRows extends StepInput {
   blockTableOffsets: number[];
   blockTable: number[];
   logitRows: number[];
+  /** Empty without a sliding pool. */
+  slidingSlots: number[];
+  slidingBlockTable: number[];
 }
 
 export function emptyRows(): StepRows {
-  return { tokens: [], positions: [], slots: [], blockTableOffsets: [], blockTable: [], logitRows: [] };
+  return {
+    tokens: [],
+    positions: [],
+    slots: [],
+    blockTableOffsets: [],
+    blockTable: [],
+    logitRows: [],
+    slidingSlots: [],
+    slidingBlockTable: [],
+  };
 }
 
 /** The scheduler's counters (see SchedulerStats). */
@@ -78,6 +91,8 @@ export class Batch {
     drafted: 0,
     accepted: 0,
   };
+  /** The sliding layers' pool (kv/sliding-pool.ts), when the cache has one. */
+  readonly sliding: SlidingPool | null;
 
   constructor(
     readonly forward: ForwardModel,
@@ -86,7 +101,22 @@ export class Batch {
     readonly opts: SchedulerOptions,
     /** Turns on the GPU state asked for and not yet given (see Turns). */
     private readonly turnWaiters: () => number,
-  ) {}
+  ) {
+    this.sliding = kv.sliding ? new SlidingPool(kv.sliding.layout, kv.sliding.blocks, BLOCK_TOKENS) : null;
+  }
+
+  /**
+   * Adds `s`'s rows [from, to) to a step's sliding-pool inputs (nothing without a pool); call after
+   * its full block table was added, which the sliding one pads to.
+   */
+  addSliding(rows: StepRows, s: Seq, from: number, to: number): void {
+    pushSlidingRows(rows, this.sliding, s.id, from, to, this.blocks.blockTable(s.id).length);
+  }
+
+  /** The longest `s` can grow: its sliding-pool reservation is sized for it. */
+  private maxLength(s: Seq): number {
+    return Math.min(s.req.prompt.length + s.req.maxTokens, this.opts.contextLength);
+  }
 
   /** A request waits to be admitted or other work waits for the GPU: a pipelined burst yields. */
   othersWaiting(): boolean {
@@ -97,6 +127,7 @@ export class Batch {
     if (s.finished) return;
     s.finished = true;
     if (this.blocks.has(s.id)) this.blocks.free(s.id);
+    if (this.sliding?.has(s.id)) this.sliding.free(s.id);
     s.sampler.dispose();
     const drop = (list: Seq[]) => {
       const i = list.indexOf(s);
@@ -144,6 +175,7 @@ export class Batch {
   /** Frees a running sequence's blocks; it is recomputed from its tokens when readmitted. */
   preempt(s: Seq): void {
     this.blocks.free(s.id);
+    this.sliding?.free(s.id);
     s.computed = 0;
     s.reserved = 0;
     s.preemptions++;
@@ -160,9 +192,14 @@ export class Batch {
     const bytes = kvBlockBytes(this.forward.spec, this.kv.dtype);
     const enc = this.forward.ctx.device.createCommandEncoder({ label: 'kiln.kv_copy' });
     for (const c of copies) {
-      for (const layer of [...this.kv.k, ...this.kv.v]) {
-        enc.copyBufferToBuffer(layer, c.src * bytes, layer, c.dst * bytes, bytes);
-      }
+      // Full-pool layers only: sliding blocks are never shared (no fork or prefix hit with a sliding
+      // pool), so a copy-on-write never concerns them.
+      this.kv.k.forEach((k, l) => {
+        if (this.kv.isSliding(l)) return;
+        const v = this.kv.v[l] as GPUBuffer;
+        enc.copyBufferToBuffer(k, c.src * bytes, k, c.dst * bytes, bytes);
+        enc.copyBufferToBuffer(v, c.src * bytes, v, c.dst * bytes, bytes);
+      });
     }
     this.forward.ctx.device.queue.submit([enc.finish()]);
   }
@@ -185,7 +222,8 @@ export class Batch {
   admit(): void {
     while (this.waiting.length > 0) {
       const s = this.waiting[0] as Seq;
-      if (!this.blocks.canAdmit(s.tokens)) {
+      const slidingShort = this.sliding !== null && !this.sliding.canReserve(this.maxLength(s));
+      if (slidingShort || !this.blocks.canAdmit(s.tokens)) {
         if (this.running.length === 0) {
           throw new KilnError(
             `internal: sequence of ${s.tokens.length} tokens cannot be admitted to an empty pool`,
@@ -194,6 +232,7 @@ export class Batch {
         return;
       }
       const a = this.blocks.admit(s.id, s.tokens);
+      this.sliding?.reserve(s.id, this.maxLength(s));
       s.computed = a.cachedTokens;
       if (s.preemptions === 0) s.cachedPromptTokens = a.cachedTokens;
       this.waiting.shift();

@@ -96,6 +96,7 @@ function submitDecode(
     const pos = s.tokens.length - 1 + s.reserved;
     const offset = input.blockTable.length;
     input.blockTable.push(...b.blocks.blockTable(s.id));
+    b.addSliding(input, s, pos, pos + 1);
     // An id still on the GPU is written as 0 and replaced there before the forward pass.
     input.tokens.push(ahead ? 0 : (s.tokens[pos] as number));
     input.positions.push(pos);

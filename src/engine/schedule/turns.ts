@@ -5,6 +5,7 @@
  * built here, so exclusive work never builds step inputs itself.
  */
 import type { BlockManager } from '../kv/block-manager.js';
+import { pushSlidingRows, type SlidingPool } from '../kv/sliding-pool.js';
 import type { Hold } from './types.js';
 
 export class Turns {
@@ -31,7 +32,12 @@ export class Turns {
  * The Hold over KV sequence `id` (blocks taken as its inputs ask for them), which frees them and
  * calls `release` (the turn's) once released.
  */
-export function makeHold(blocks: BlockManager, id: number, release: () => void): Hold {
+export function makeHold(
+  blocks: BlockManager,
+  sliding: SlidingPool | null,
+  id: number,
+  release: () => void,
+): Hold {
   let released = false;
   return {
     input: (tokens, start, logitRows) => {
@@ -47,6 +53,10 @@ export function makeHold(blocks: BlockManager, id: number, release: () => void):
           blocks.appendSlots(id, fill.slice(1));
         } else blocks.appendSlots(id, fill);
       }
+      // A hold's length is unknown: it reserves a whole sequence's share of a sliding pool.
+      if (sliding && !sliding.has(id)) sliding.reserve(id, Infinity);
+      const rows = { slidingSlots: [] as number[], slidingBlockTable: [] as number[] };
+      pushSlidingRows(rows, sliding, id, start, end, blocks.blockTable(id).length);
       return {
         tokens,
         positions: tokens.map((_, i) => start + i),
@@ -54,12 +64,14 @@ export function makeHold(blocks: BlockManager, id: number, release: () => void):
         blockTableOffsets: tokens.map(() => 0),
         blockTable: blocks.blockTable(id),
         logitRows: logitRows ?? [tokens.length - 1],
+        ...(sliding ? rows : {}),
       };
     },
     release: () => {
       if (released) return;
       released = true;
       if (blocks.has(id)) blocks.free(id);
+      if (sliding?.has(id)) sliding.free(id);
       release();
     },
   };

@@ -59,6 +59,14 @@ export interface SchedulerStats {
   /** Prompt tokens looked up in the prefix cache, and those found there (the rate's terms). */
   prefixQueriedTokens: number;
   prefixHitTokens: number;
+  /**
+   * The sliding layers' own pool (0s without one): its blocks, those held now, the most held at
+   * once, and the most any one sequence held at once (bounded by its window, not its length).
+   */
+  slidingBlocks: number;
+  slidingBlocksUsed: number;
+  peakSlidingBlocksUsed: number;
+  peakSlidingBlocksPerSequence: number;
   preemptions: number;
   steps: number;
   /** Decode steps submitted before their input ids were read back (pipelined decode). */

@@ -1,0 +1,112 @@
+/**
+ * The sliding layers' KV pool on the CPU (src/engine/kv/sliding-pool.ts): a sequence growing far
+ * past its window holds a bounded number of blocks (its reservation), released blocks are
+ * handed to other sequences, a reservation is refused when the pool is promised out, and the
+ * layout and pool size the memory planner uses follow the window, the prefill chunk and the
+ * context.
+ */
+import { describe, expect, test } from 'vitest';
+import {
+  pushSlidingRows,
+  RELEASED_BLOCK,
+  SlidingPool,
+  slidingLayout,
+  slidingPoolBlocks,
+} from '../../src/engine/kv/sliding-pool.js';
+import { OutOfBlocksError } from '../../src/engine/kv/block-types.js';
+import type { ModelSpec } from '../../src/model/spec.js';
+
+const spec = (layerWindows: number[]) => ({ layerWindows }) as unknown as ModelSpec;
+
+describe('slidingLayout and slidingPoolBlocks', () => {
+  test('Gemma 3 1B shapes at 8k with 256-row chunks', () => {
+    // 26 layers, 5 sliding (512) for each global one.
+    const windows = Array.from({ length: 26 }, (_, l) => ((l + 1) % 6 === 0 ? 0 : 512));
+    const layout = slidingLayout(spec(windows), 8192, 256, 16);
+    expect(layout?.window).toBe(512);
+    // floor((512 + 256 - 2) / 16) + 2 = 49 blocks: a chunk of 256 rows plus the 511 keys before it.
+    expect(layout?.blocksPerSeq).toBe(49);
+    expect(layout?.layers.filter(Boolean).length).toBe(22);
+    // One 8k sequence's full pool (512 blocks) gets one sequence's window; two sequences, two.
+    expect(slidingPoolBlocks(layout!, 512, 8192, 16)).toBe(49);
+    expect(slidingPoolBlocks(layout!, 1024, 8192, 16)).toBe(98);
+    expect(slidingPoolBlocks(layout!, 513, 8192, 16)).toBe(98);
+  });
+
+  test('no pool where it saves nothing', () => {
+    // Windows at or past the context (Phi-3's 262144) are full attention.
+    expect(slidingLayout(spec([262144, 262144]), 4096, 256, 16)).toBeNull();
+    // No window at all.
+    expect(slidingLayout(spec([0, 0]), 4096, 256, 16)).toBeNull();
+    // A window plus a chunk as long as the context: a sequence would hold every block anyway.
+    expect(slidingLayout(spec([12, 0]), 128, 128, 16)).toBeNull();
+    expect(slidingLayout(spec([12, 0]), 128, 16, 16)?.blocksPerSeq).toBe(3);
+  });
+});
+
+describe('SlidingPool', () => {
+  const layout = { layers: [true, false], window: 20, blocksPerSeq: 4 };
+
+  test('a sequence decoding far past its window holds at most its reservation', () => {
+    const pool = new SlidingPool(layout, 8, 16);
+    pool.reserve(1, 1000);
+    // Prefill 0..47 in chunks of 16, then 1000 decode steps one row each.
+    for (let p = 0; p < 48; p += 16) pool.prepare(1, p, p + 16);
+    let most = 0;
+    for (let p = 48; p < 1048; p++) {
+      const table = pool.prepare(1, p, p + 1);
+      pool.checkInvariants();
+      most = Math.max(most, pool.heldBlocks(1));
+      // The window of p (keys p - 19 .. p) is live; everything before its block is released.
+      const lo = Math.floor((p - 19) / 16);
+      for (let k = 0; k < table.length; k++) expect(table[k] === RELEASED_BLOCK).toBe(k < lo);
+      expect(pool.slotFor(1, p) % 16).toBe(p % 16);
+      expect(() => pool.slotFor(1, lo * 16 - 1)).toThrow(/holds no block/);
+    }
+    expect(most).toBeLessThanOrEqual(layout.blocksPerSeq);
+    expect(pool.stats().peakSeqBlocks).toBeLessThanOrEqual(4);
+    pool.free(1);
+    expect(pool.stats()).toMatchObject({ usedBlocks: 0, reservedBlocks: 0 });
+    pool.checkInvariants();
+  });
+
+  test('reservations bound admission; released blocks go to other sequences', () => {
+    const pool = new SlidingPool(layout, 8, 16);
+    pool.reserve(1, 1000);
+    // A short sequence reserves only what its length can use.
+    expect(pool.reservation(20)).toBe(2);
+    pool.reserve(2, 20);
+    expect(pool.canReserve(1000)).toBe(false);
+    expect(pool.canReserve(30)).toBe(true);
+    expect(() => pool.reserve(3, 1000)).toThrow(OutOfBlocksError);
+    pool.prepare(1, 0, 64);
+    expect(pool.heldBlocks(1)).toBe(4);
+    pool.prepare(2, 0, 20);
+    // Sequence 1 moves on: its first blocks come back and sequence 3 (reserved now) gets them.
+    // Keys from 45 on: blocks 2..4 (block 4 new).
+    pool.prepare(1, 64, 65);
+    expect(pool.heldBlocks(1)).toBe(3);
+    pool.free(2);
+    pool.reserve(3, 64);
+    pool.prepare(3, 0, 64);
+    pool.checkInvariants();
+    expect(pool.stats().usedBlocks).toBe(7);
+  });
+
+  test('a truncated step (rejected guesses) gives its blocks back; step rows pad to the full table', () => {
+    const pool = new SlidingPool(layout, 8, 16);
+    pool.reserve(1, 1000);
+    pool.prepare(1, 0, 40); // blocks 0..2
+    pool.prepare(1, 40, 50); // guesses into block 3; keys from 21 on: block 0 released
+    expect(pool.heldBlocks(1)).toBe(3);
+    // Only position 41 was accepted: the next step starts at 42 and ends in block 2.
+    const rows = { slidingSlots: [] as number[], slidingBlockTable: [] as number[] };
+    pushSlidingRows(rows, pool, 1, 42, 44, 5);
+    expect(rows.slidingBlockTable.length).toBe(5);
+    expect(rows.slidingBlockTable.slice(3)).toEqual([RELEASED_BLOCK, RELEASED_BLOCK]);
+    expect(rows.slidingBlockTable[0]).toBe(RELEASED_BLOCK); // keys from 23 on: block 0 is gone
+    expect(rows.slidingSlots.map((s) => s % 16)).toEqual([10, 11]);
+    expect(pool.heldBlocks(1)).toBe(2);
+    pool.checkInvariants();
+  });
+});
