@@ -4,8 +4,10 @@
  * header-only checkpoint of the tensors config.json implies:
  *   npm run bench:memory [-- --context 4096] [--json]
  * KV cache: f16 for one sequence of `--context` tokens (capped at max_position_embeddings), prefill
- * chunk 256; the KV column for Gemma 3 also shows what releasing the blocks no sliding layer can
- * see would leave (not implemented: the engine keeps them).
+ * chunk 256, as the engine's memory planner (planMemory) sizes it with `slidingKv: 'keep'`; for a
+ * model with sliding-window layers shorter than the context, also the planner's KV with the
+ * engine's default `slidingKv: 'release'` (those layers in their own pool of one sequence's
+ * window: src/engine/kv/sliding-pool.ts), the bytes the engine allocates.
  */
 import type { Checkpoint } from '../src/io/safetensors-checkpoint.js';
 import type { TensorInfo } from '../src/io/safetensors.js';
@@ -13,9 +15,9 @@ import { CATALOG, type CatalogEntry } from '../src/model/catalog.js';
 import { parseModelConfig } from '../src/model/config.js';
 import { expectedTensors } from '../src/model/tensors.js';
 import type { ModelSpec } from '../src/model/spec.js';
-import { estimateMemory } from '../src/engine/memory.js';
-import { BLOCK_TOKENS, kvBlockBytes } from '../src/engine/kv/cache.js';
+import { estimateMemory, planMemory } from '../src/engine/memory.js';
 import { weightSourceFor } from '../src/weights/select.js';
+import type { WeightSource } from '../src/weights/source.js';
 
 /**
  * The config.json fields of each catalog model beyond the catalog's own (sizes the catalog does
@@ -154,18 +156,33 @@ export interface MemoryRow {
   kvBytes: number;
   activationBytes: number;
   totalBytes: number;
-  /** KV if the blocks no sliding layer can see were released (sliding-window models only). */
+  /**
+   * KV with the sliding layers' blocks released (the engine's default), where some window is
+   * shorter than the context: the planner's bytes for both pools.
+   */
   kvReleasedBytes?: number;
 }
 
-/** What a sliding layer keeps: the blocks covering its last `window` keys, at most one partial. */
-export function slidingKvBytes(spec: ModelSpec, tokens: number): number {
-  const block = 2 * kvBlockBytes(spec, 'f16');
-  const all = Math.ceil(tokens / BLOCK_TOKENS);
-  return spec.layerWindows.reduce((sum, w) => {
-    const kept = w > 0 ? Math.min(all, Math.ceil((w - 1) / BLOCK_TOKENS) + 1) : all;
-    return sum + kept * block;
-  }, 0);
+/** The engine's KV plan for one sequence of `tokens` f16 tokens, sliding pool or not. */
+function plannedKv(
+  spec: ModelSpec,
+  ckpt: Checkpoint,
+  source: WeightSource,
+  tokens: number,
+  slidingKv: 'release' | 'keep',
+) {
+  return planMemory({
+    spec,
+    ckpt,
+    source,
+    kvDtype: 'f16',
+    requestedContext: tokens,
+    prefillChunkTokens: 256,
+    kvTokens: tokens,
+    // Bindings large enough that nothing is cut: the plan for the model, not for an adapter.
+    limits: { maxBufferSize: 2 ** 40, maxStorageBufferBindingSize: 2 ** 40 },
+    slidingKv,
+  });
 }
 
 export function catalogMemory(context: number): (MemoryRow | { id: string; error: string })[] {
@@ -174,18 +191,20 @@ export function catalogMemory(context: number): (MemoryRow | { id: string; error
       const spec = parseModelConfig(catalogConfig(e));
       const tokens = Math.min(context, spec.maxPositionEmbeddings);
       const source = weightSourceFor(spec, e.id, 'q4');
-      const m = estimateMemory(spec, shapesOnly(spec), source, tokens, 'f16', 256);
+      const ckpt = shapesOnly(spec);
+      const m = estimateMemory(spec, ckpt, source, tokens, 'f16', 256);
+      const kept = plannedKv(spec, ckpt, source, tokens, 'keep');
+      const released = plannedKv(spec, ckpt, source, tokens, 'release');
       const row: MemoryRow = {
         id: e.id,
         architecture: e.architecture,
         context: tokens,
         weightsBytes: m.weights,
-        kvBytes: m.kvCache,
+        kvBytes: kept.kvCache,
         activationBytes: m.activations,
-        totalBytes: m.total,
+        totalBytes: m.total - m.kvCache + kept.kvCache,
       };
-      if (spec.layerWindows.some((w) => w > 0 && w < tokens))
-        row.kvReleasedBytes = slidingKvBytes(spec, tokens);
+      if (released.slidingKvBlocks > 0) row.kvReleasedBytes = released.kvCache;
       return row;
     } catch (err) {
       return { id: e.id, error: err instanceof Error ? err.message : String(err) };

@@ -35,6 +35,7 @@ export async function loadEngine(o: ModelFlags, background = true): Promise<Engi
       ...(o.quant ? { quant: o.quant } : {}),
       ...(o.kernelDefaults ? { kernelDefaults: o.kernelDefaults } : {}),
       ...(o.pipelineDepth ? { pipelineDepth: o.pipelineDepth } : {}),
+      ...(o.slidingKv ? { slidingKv: o.slidingKv } : {}),
       ...(o.speculative
         ? { speculative: { method: o.speculative, ...(o.maxDraft ? { maxDraft: o.maxDraft } : {}) } }
         : {}),

@@ -39,6 +39,8 @@ export interface ModelFlags {
   quiet?: boolean;
   /** Decode steps in flight (1-3). */
   pipelineDepth?: number;
+  /** Sliding-window layers' KV: released as the windows move on (default), or kept. */
+  slidingKv?: 'release' | 'keep';
   /** Speculative decoding of greedy requests: where guesses come from, and how many per step. */
   speculative?: 'recycling' | 'lookup' | 'both';
   maxDraft?: number;
@@ -115,6 +117,12 @@ export function addModelOptions(cmd: Command): Command {
       new Option('--pipeline-depth <n>', 'decode steps kept in flight (1 = one at a time; default 2)')
         .choices(['1', '2', '3'])
         .argParser(Number),
+    )
+    .addOption(
+      new Option(
+        '--sliding-kv <mode>',
+        "sliding-window layers' KV: release (default; their own pool, blocks freed as the windows move on, no prefix caching) or keep (every block, with prefix caching)",
+      ).choices(['release', 'keep']),
     )
     .addOption(
       new Option(

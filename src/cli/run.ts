@@ -86,6 +86,8 @@ function runJson(engine: Engine, r: GenerateResult) {
     kernel_defaults: engine.kernelDefaults.adapterClass,
     weights: engine.weightFormat,
     memory_plan: engine.memoryPlan,
+    kv_cache_bytes: engine.kvCacheBytes,
+    peak_sliding_blocks_per_sequence: engine.stats().peakSlidingBlocksPerSequence,
   };
 }
 

@@ -371,6 +371,14 @@ export class Engine implements KilnEngine {
     return this.forward.kv.dtype;
   }
 
+  /**
+   * Bytes of the KV cache's buffers: every full-attention layer's pool and, with a sliding pool
+   * (EngineOptions.slidingKv), the sliding layers' smaller one (MemoryPlan.kvCache planned them).
+   */
+  get kvCacheBytes(): number {
+    return this.forward.kv.bytes;
+  }
+
   /** How the projection weights are stored on the GPU, e.g. "int4 g32 asym, quantized at load". */
   get weightFormat(): string {
     return this.weightSource.description;

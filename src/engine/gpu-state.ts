@@ -46,7 +46,8 @@ export async function buildForward(
     // The memory plan chose the sliding pool's size for this context and prefill chunk.
     const layout =
       r.slidingKvBlocks > 0 ? slidingLayout(spec, r.contextLength, r.prefillChunk, BLOCK_TOKENS) : null;
-    if (r.slidingKvBlocks > 0 && !layout) throw new RangeError('a sliding KV pool was planned for no sliding layer');
+    if (r.slidingKvBlocks > 0 && !layout)
+      throw new RangeError('a sliding KV pool was planned for no sliding layer');
     kv = await PagedKvCache.create(
       ctx,
       spec,

@@ -12,7 +12,14 @@ import { weightBytes } from '../weights/loader.js';
 import type { WeightSource } from '../weights/source.js';
 import { isQuantKv } from '../kernels/kv-dtype.js';
 import type { MemoryPlan } from '../api/types.js';
-import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, kvPoolBytes, type KvDtype, type SlidingKv } from './kv/cache.js';
+import {
+  BLOCK_TOKENS,
+  kvBlockBytes,
+  kvCacheBytes,
+  kvPoolBytes,
+  type KvDtype,
+  type SlidingKv,
+} from './kv/cache.js';
 import { slidingLayout, slidingPoolBlocks } from './kv/sliding-pool.js';
 
 export type { MemoryPlan };
@@ -156,7 +163,10 @@ export function planMemory(p: PlanInput): MemoryPlan {
   let plan = sized(context, blocks);
   const budget = p.budgetBytes;
   if (budget !== undefined && plan.total > budget) {
-    const fit = sized(context, minBlocks(context)).total <= budget ? most(minBlocks(context), (b) => sized(context, b).total <= budget) : 0;
+    const fit =
+      sized(context, minBlocks(context)).total <= budget
+        ? most(minBlocks(context), (b) => sized(context, b).total <= budget)
+        : 0;
     if (fit >= minBlocks(context)) {
       blocks = fit;
       notes.push(

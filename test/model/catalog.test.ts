@@ -13,8 +13,7 @@ import {
 import { isCommitHash, parseHubId } from '../../src/io/hub-id.js';
 import { repoRoot } from '../helpers/shared.js';
 import { ARCHITECTURES } from '../../src/model/registry.js';
-import { catalogMemory, slidingKvBytes } from '../../bench/catalog-memory.js';
-import type { ModelSpec } from '../../src/model/spec.js';
+import { catalogMemory } from '../../bench/catalog-memory.js';
 
 describe('model catalog', () => {
   it('has the expected models', () => {
@@ -136,18 +135,17 @@ describe('catalog memory (bench/catalog-memory.ts, the figures README lists)', (
     }
   });
 
-  it('sliding layers keep at most the blocks of their window: one partial block beyond W / 16', () => {
-    // Gemma-3-1B's KV shapes: 26 layers, 1 KV head of 256, window 512 on 22 of them (5 of 6).
-    const spec = {
-      numLayers: 26,
-      numKvHeads: 1,
-      headDim: 256,
-      layerWindows: Array.from({ length: 26 }, (_, i) => ((i + 1) % 6 === 0 ? 0 : 512)),
-    } as ModelSpec;
-    // At 8192 tokens in f16: a full layer 512 blocks of 16 KiB (K + V), a sliding one 33.
-    expect(slidingKvBytes(spec, 8192)).toBe(4 * 512 * 16384 + 22 * 33 * 16384);
-    expect(slidingKvBytes(spec, 8192)).toBe(45_449_216);
-    // Shorter than the window: nothing to release.
-    expect(slidingKvBytes(spec, 300)).toBe(26 * 19 * 16384);
+  it('the KV the engine plans with sliding layers released: Gemma-3-1B at 8k', () => {
+    const row = catalogMemory(8192).find((r) => r.id === 'google/gemma-3-1b-it');
+    if (!row || 'error' in row) throw new Error('no Gemma-3-1B row');
+    // 26 layers, 1 KV head of 256, f16: a block of 16 tokens is 16 KiB (K + V) per layer. Every
+    // layer keeping every block: 26 x 512 blocks. Released: the 4 global layers keep 512, the 22
+    // sliding ones (window 512) share a pool of one sequence's floor((512 + 256 - 2) / 16) + 2 = 49.
+    expect(row.kvBytes).toBe(26 * 512 * 16384);
+    expect(row.kvReleasedBytes).toBe(4 * 512 * 16384 + 22 * 49 * 16384);
+    expect(row.kvReleasedBytes).toBe(51_216_384);
+    // Shorter than window + chunk: no sliding pool, nothing released.
+    const short = catalogMemory(512).find((r) => r.id === 'google/gemma-3-1b-it');
+    expect(short && !('error' in short) ? short.kvReleasedBytes : 'error').toBeUndefined();
   });
 });

@@ -200,7 +200,7 @@ export class ForwardModel implements ForwardState {
       const sSlots = input.slidingSlots;
       const sTable = input.slidingBlockTable;
       if (!sSlots || !sTable || sSlots.length !== m || sTable.length !== input.blockTable.length)
-        throw new RangeError('a step over a sliding KV pool needs the rows\' sliding slots and block tables');
+        throw new RangeError("a step over a sliding KV pool needs the rows' sliding slots and block tables");
       const staged = plan.staging.slidingSlots;
       for (let i = 0; i < m; i++) staged[i] = sSlots[i] as number;
       for (let i = 0; i < sTable.length; i++) bt[i] = sTable[i] as number;

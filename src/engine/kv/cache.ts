@@ -63,9 +63,12 @@ export class PagedKvCache {
     readonly dtype: KvDtype,
     /** The sliding layers' pool, or null: every layer's buffers hold `numBlocks` blocks. */
     readonly sliding: SlidingKv | null,
-    /** Bytes of every layer's K and V buffers together. */
-    readonly bytes: number,
   ) {}
+
+  /** Bytes of the K and V buffers allocated, every layer together. */
+  get bytes(): number {
+    return [...this.k, ...this.v].reduce((sum, b) => sum + b.size, 0);
+  }
 
   /** Whether layer `l`'s K/V live in the sliding pool (its own slots and block table). */
   isSliding(l: number): boolean {
@@ -85,7 +88,7 @@ export class PagedKvCache {
   ): Promise<PagedKvCache> {
     checkKvDtype(ctx, dtype, spec.headDim);
     const bytes = kvPoolBytes(spec, numBlocks, dtype, sliding);
-    const cache = new PagedKvCache(ctx, numBlocks, dtype, sliding, bytes);
+    const cache = new PagedKvCache(ctx, numBlocks, dtype, sliding);
     const layerBytes = numBlocks * kvBlockBytes(spec, dtype);
     const limit = ctx.limits.maxStorageBufferBindingSize;
     if (layerBytes > limit) {

@@ -211,15 +211,20 @@ export class SlidingPool {
         held++;
       }
       if (held !== s.held || held > s.reserved)
-        throw new Error(`sliding pool: sequence ${id} holds ${held} blocks (${s.held} counted, ${s.reserved} reserved)`);
+        throw new Error(
+          `sliding pool: sequence ${id} holds ${held} blocks (${s.held} counted, ${s.reserved} reserved)`,
+        );
       reserved += s.reserved;
     }
     if (reserved !== this.reservedTotal || reserved > this.numBlocks)
-      throw new Error(`sliding pool: ${reserved} reserved, ${this.reservedTotal} counted, ${this.numBlocks} in all`);
+      throw new Error(
+        `sliding pool: ${reserved} reserved, ${this.reservedTotal} counted, ${this.numBlocks} in all`,
+      );
     const free = new Set(this.freeList);
     if (free.size !== this.freeList.length) throw new Error('sliding pool: a block is free twice');
     for (let b = 0; b < this.numBlocks; b++)
-      if (free.has(b) === owner.has(b)) throw new Error(`sliding pool: block ${b} is not exactly one of free, held`);
+      if (free.has(b) === owner.has(b))
+        throw new Error(`sliding pool: block ${b} is not exactly one of free, held`);
   }
 
   private get(seq: number): SlidingSeq {
