@@ -122,7 +122,7 @@ export function catalogConfig(e: CatalogEntry): Record<string, unknown> {
 }
 
 /** A checkpoint of headers only: every tensor config.json implies, in `dtype`, no bytes. */
-function shapesOnly(spec: ModelSpec): Checkpoint {
+export function shapesOnly(spec: ModelSpec): Checkpoint {
   const tensors = new Map<string, TensorInfo>();
   for (const [name, shape] of expectedTensors(spec)) {
     const n = shape.reduce((a, b) => a * b, 1);

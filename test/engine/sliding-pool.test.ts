@@ -3,7 +3,7 @@
  * past its window holds a bounded number of blocks (its reservation), released blocks are
  * handed to other sequences, a reservation is refused when the pool is promised out, and the
  * layout and pool size the memory planner uses follow the window, the prefill chunk and the
- * context.
+ * context; the planner, counting the smaller pool, fits more tokens in the same memory.
  */
 import { describe, expect, test } from 'vitest';
 import {
@@ -15,6 +15,11 @@ import {
 } from '../../src/engine/kv/sliding-pool.js';
 import { OutOfBlocksError } from '../../src/engine/kv/block-types.js';
 import type { ModelSpec } from '../../src/model/spec.js';
+import { CATALOG } from '../../src/model/catalog.js';
+import { parseModelConfig } from '../../src/model/config.js';
+import { planMemory } from '../../src/engine/memory.js';
+import { weightSourceFor } from '../../src/weights/select.js';
+import { catalogConfig, shapesOnly } from '../../bench/catalog-memory.js';
 
 const spec = (layerWindows: number[]) => ({ layerWindows }) as unknown as ModelSpec;
 
@@ -108,5 +113,50 @@ describe('SlidingPool', () => {
     expect(rows.slidingSlots.map((s) => s % 16)).toEqual([10, 11]);
     expect(pool.heldBlocks(1)).toBe(2);
     pool.checkInvariants();
+  });
+});
+
+describe('the memory planner counts the sliding pool (Gemma-3-1B shapes, int4, f16 KV)', () => {
+  const entry = CATALOG.find((e) => e.id === 'google/gemma-3-1b-it');
+  if (!entry) throw new Error('no Gemma-3-1B in the catalog');
+  const spec = parseModelConfig(catalogConfig(entry));
+  const ckpt = shapesOnly(spec);
+  const source = weightSourceFor(spec, entry.id, 'q4');
+  const plan = (slidingKv: 'release' | 'keep', requestedContext: number, budgetBytes?: number) =>
+    planMemory({
+      spec,
+      ckpt,
+      source,
+      kvDtype: 'f16',
+      requestedContext,
+      prefillChunkTokens: 256,
+      limits: { maxBufferSize: 2 ** 30, maxStorageBufferBindingSize: 2 ** 30 },
+      slidingKv,
+      ...(budgetBytes !== undefined ? { budgetBytes } : {}),
+    });
+
+  test('the same memory limit holds more tokens, and a context that must be cut without it fits', () => {
+    const keep = plan('keep', 8192, 1.1 * 2 ** 30);
+    const release = plan('release', 8192, 1.1 * 2 ** 30);
+    expect(keep.slidingKvBlocks).toBe(0);
+    expect(release.slidingKvBlocks).toBeGreaterThan(0);
+    for (const p of [keep, release]) expect(p.total).toBeLessThanOrEqual(1.1 * 2 ** 30);
+    // Within a few blocks' bytes of the limit, the released plan holds far more full blocks.
+    expect(release.kvBlocks).toBeGreaterThan(3 * keep.kvBlocks);
+    // 32k tokens in 1.2 GiB: keeping every block (832 MiB of KV) must cut the context; releasing
+    // (128 MiB for the 4 global layers, 17 MiB for the sliding pool) does not.
+    const keep32 = plan('keep', 32768, 1.2 * 2 ** 30);
+    const release32 = plan('release', 32768, 1.2 * 2 ** 30);
+    expect(keep32.contextLength).toBeLessThan(32768);
+    expect(release32.contextLength).toBe(32768);
+  });
+
+  test('the default pool is 256 MiB of f32 K/V either way; released, it holds more tokens', () => {
+    const keep = plan('keep', 4096);
+    const release = plan('release', 4096);
+    // 26 layers x 2 x 256 x 4 bytes a token in f32: 256 MiB is 5041 tokens, 316 blocks (f16 half).
+    expect(keep.kvBlocks).toBe(316);
+    expect(release.kvBlocks).toBeGreaterThan(2 * keep.kvBlocks);
+    expect(release.kvCache).toBeLessThanOrEqual(keep.kvCache);
   });
 });
