@@ -6,7 +6,9 @@
  * layers hold all of them. Greedy ids equal the float64 reference's for 64 steps alone, batched
  * with staggered lengths, with preemption, beside prefix caching (off with a sliding pool, on
  * with `slidingKv: 'keep'`), and with speculative decoding; the sliding pool's blocks per
- * sequence stay within the window's bound while the full pool's grow with the sequence.
+ * sequence stay within the window's bound while the full pool's grow with the sequence. With
+ * f16, int4 and GEAR low-rank KV, seeded sampling and three steps in flight, released and kept
+ * blocks give the same ids bit for bit.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -189,6 +191,49 @@ describe('sliding layers release their KV blocks: greedy ids equal the reference
       } finally {
         spec8.dispose();
       }
+    },
+    600_000,
+  );
+});
+
+describe('released or kept, the same tokens: compressed KV formats, seeded sampling, depth 3', () => {
+  // Released blocks change where a sliding layer's rows live, never their values: with the same
+  // format every kernel computes the same numbers, so the ids are equal bit for bit, sampled ones
+  // included (the same uniforms). The compressed formats write whole rows (kv_quantize) and, for
+  // GEAR's low-rank ones, the factors of blocks a step wrote whole, all through the sliding slots.
+  test.each(['f16', 'int4', 'gear4lr'] as const)(
+    'Gemma 3, %s KV',
+    async (kvCache) => {
+      const dir = mkdtempSync(join(tmpdir(), 'kiln-slide-eq-'));
+      dirs.push(dir);
+      writeTestModel(dir, { ...arch('Gemma3ForCausalLM'), maxPositions: CONTEXT });
+      const base = {
+        model: dir,
+        kvCache,
+        contextLength: CONTEXT,
+        prefillChunkTokens: CHUNK,
+        pipelineDepth: 3,
+      };
+      const requests = [
+        { p: prompt(30, 1), o: GREEDY },
+        { p: prompt(21, 2), o: { maxTokens: STEPS, temperature: 0.8, topK: 20, seed: 7, ignoreEos: true } },
+      ];
+      const ids: number[][][] = [];
+      for (const slidingKv of ['release', 'keep'] as const) {
+        const engine = await createEngine({ ...base, slidingKv });
+        try {
+          const got = await Promise.all(requests.map((r) => engine.generate(r.p, r.o).result()));
+          ids.push(got.map((g) => g.tokenIds));
+          const peak = engine.stats().peakSlidingBlocksPerSequence;
+          // Released: a sliding pool in use, each sequence within its bound; kept: none.
+          if (slidingKv === 'release') expect([peak > 0, peak <= 3]).toEqual([true, true]);
+          else expect(peak).toBe(0);
+        } finally {
+          engine.dispose();
+        }
+      }
+      expect(ids[0]?.[0]?.length).toBe(STEPS);
+      expect(ids[0]).toEqual(ids[1]);
     },
     600_000,
   );
