@@ -17,7 +17,8 @@
  *
  * This file plans and runs steps; the pieces live in `schedule/`: `batch.ts` (the sequences, their
  * blocks, admission, preemption and the rules every token goes through), `turns.ts` (the GPU
- * state's turns and holds), `pipeline.ts` (pipelined decode), `verify.ts` (speculative
+ * state's turns and holds), `pipeline.ts` (pipelined decode; `adjusted-burst.ts` when a row's mask or edits need the
+ * previous id), `verify.ts` (speculative
  * verification's glue) and `types.ts` (the public types, re-exported here).
  */
 import { InvalidRequestError } from '../errors.js';
@@ -29,7 +30,8 @@ import { BLOCK_TOKENS, type PagedKvCache } from './kv/cache.js';
 import type { RowAdjust, RowSampling } from './sampling/gpu.js';
 import { SequenceSampler } from './sampling/sequence.js';
 import { Batch, emptyRows, type Seq } from './schedule/batch.js';
-import { decodeBurst, pipelinable } from './schedule/pipeline.js';
+import { adjustedBurst } from './schedule/adjusted-burst.js';
+import { decodeBurst, needsTail, pipelinable } from './schedule/pipeline.js';
 import { makeHold, Turns } from './schedule/turns.js';
 import type {
   Hold,
@@ -200,6 +202,7 @@ export class Scheduler {
       preemptions: c.preemptions,
       steps: c.steps,
       aheadSteps: c.aheadSteps,
+      adjustedAheadSteps: c.adjustedAheadSteps,
       speculativeSteps: c.specSteps,
       draftedTokens: c.drafted,
       acceptedTokens: c.accepted,
@@ -267,10 +270,8 @@ export class Scheduler {
     }
     if (work.length === 0) return;
     if (work.length === this.running.length && pipelinable(this.batch, work)) {
-      await decodeBurst(
-        this.batch,
-        work.map((w) => w.s),
-      );
+      const seqs = work.map((w) => w.s);
+      await (seqs.some(needsTail) ? adjustedBurst : decodeBurst)(this.batch, seqs);
       return;
     }
 

@@ -212,22 +212,98 @@ export function submitDecodeStep(
   read: 'ids' | 'sample',
   o: { sampling?: readonly RowSampling[]; logprobs?: readonly (number | null)[]; chained: boolean },
 ): Promise<SampledStep> {
-  const { ctx } = fm;
-  const r = input.logitRows.length;
-  if (r !== input.tokens.length) throw new RangeError('a pipelined step has one logit row per row');
-  const plan = fm.writeInputs(input);
-  const enc = ctx.device.createCommandEncoder({ label: 'kiln.step' });
-  if (o.chained) enc.copyBufferToBuffer(plan.bufs.outIds, 0, plan.bufs.ids, 0, r * 4);
-  const stamp = fm.stepClock?.passWrites();
-  const pass = enc.beginComputePass({ label: 'kiln.forward', ...(stamp ? { timestampWrites: stamp } : {}) });
-  encodeDispatches(pass, plan.graph.body);
-  encodeDispatches(pass, plan.graph.head);
+  const { enc, pass, plan } = encodeDecodeForward(fm, input, o.chained);
   if (read === 'ids') encodeDispatches(pass, [plan.graph.argmax]);
   else {
     if (!o.sampling || !plan.sampling) throw new RangeError("a 'sample' step needs sampling");
     encodeDispatches(pass, plan.sampling.prepare(o.sampling));
   }
-  const withLogprobs = encodeLogprobs(pass, plan, o.logprobs);
+  return submitWithReadback(fm, plan, enc, pass, o.logprobs);
+}
+
+/**
+ * The first half of a pipelined decode step whose rows' logit edits (a grammar's mask, logit bias,
+ * penalties) or repetition penalty depend on the id the previous step is still drawing: submits
+ * the forward pass up to the logits (chained as in submitDecodeStep) and returns its plan, so the
+ * GPU computes it while the CPU waits for that id and then computes the edits. `submitDecodeTail`
+ * queues the rest. Queue order keeps every write of the tail's inputs after this forward pass and
+ * the previous tail, and before the next step's forward pass.
+ */
+export function submitDecodeForward(fm: ForwardModel, input: StepInput, chained: boolean): StepPlan {
+  const { enc, pass, plan } = encodeDecodeForward(fm, input, chained);
+  pass.end();
+  fm.ctx.device.queue.submit([enc.finish()]);
+  return plan;
+}
+
+/**
+ * The second half of a step started by submitDecodeForward: the rows' edits and masks
+ * (logit_adjust), argmax or the draw (the repetition penalty before the edits, as in a plain
+ * step), logprobs, and the ids' readback through the plan's ring, as submitDecodeStep returns it.
+ */
+export function submitDecodeTail(
+  fm: ForwardModel,
+  plan: StepPlan,
+  read: 'ids' | 'sample',
+  o: {
+    adjust: readonly (RowAdjust | null)[];
+    sampling?: readonly RowSampling[];
+    logprobs?: readonly (number | null)[];
+  },
+): Promise<SampledStep> {
+  const enc = fm.ctx.device.createCommandEncoder({ label: 'kiln.step_tail' });
+  const pass = enc.beginComputePass({ label: 'kiln.sample' });
+  const adjust = () => {
+    if (!o.adjust.some((a) => a !== null)) return;
+    if (!plan.adjust) throw new RangeError('a logit-adjusting step before the stage was enabled');
+    encodeDispatches(pass, [plan.adjust.prepare(o.adjust)]);
+  };
+  if (read === 'ids') {
+    adjust();
+    encodeDispatches(pass, [plan.graph.argmax]);
+  } else {
+    if (!o.sampling || !plan.sampling) throw new RangeError("a 'sample' step needs sampling");
+    const [penalty, draw] = plan.sampling.prepare(o.sampling);
+    // The repetition penalty (when used) comes before the edits, as in a plain step.
+    if (draw) encodeDispatches(pass, [penalty as Dispatch]);
+    adjust();
+    encodeDispatches(pass, [draw ?? (penalty as Dispatch)]);
+  }
+  return submitWithReadback(fm, plan, enc, pass, o.logprobs);
+}
+
+/** Writes a pipelined decode step's inputs and encodes its forward pass (the pass left open). */
+function encodeDecodeForward(
+  fm: ForwardModel,
+  input: StepInput,
+  chained: boolean,
+): { enc: GPUCommandEncoder; pass: GPUComputePassEncoder; plan: StepPlan } {
+  const r = input.logitRows.length;
+  if (r !== input.tokens.length) throw new RangeError('a pipelined step has one logit row per row');
+  const plan = fm.writeInputs(input);
+  const enc = fm.ctx.device.createCommandEncoder({ label: 'kiln.step' });
+  if (chained) enc.copyBufferToBuffer(plan.bufs.outIds, 0, plan.bufs.ids, 0, r * 4);
+  const stamp = fm.stepClock?.passWrites();
+  const pass = enc.beginComputePass({ label: 'kiln.forward', ...(stamp ? { timestampWrites: stamp } : {}) });
+  encodeDispatches(pass, plan.graph.body);
+  encodeDispatches(pass, plan.graph.head);
+  return { enc, pass, plan };
+}
+
+/**
+ * Encodes the logprobs pass where asked, ends the pass, copies the ids (and logprobs rows) into
+ * the next buffer of the plan's ring, submits, and returns the readback.
+ */
+function submitWithReadback(
+  fm: ForwardModel,
+  plan: StepPlan,
+  enc: GPUCommandEncoder,
+  pass: GPUComputePassEncoder,
+  logprobs: readonly (number | null)[] | undefined,
+): Promise<SampledStep> {
+  const { ctx } = fm;
+  const r = plan.r;
+  const withLogprobs = encodeLogprobs(pass, plan, logprobs);
   pass.end();
   const dst = plan.nextReadback();
   enc.copyBufferToBuffer(plan.bufs.outIds, 0, dst, 0, r * 4);
@@ -240,7 +316,7 @@ export function submitDecodeStep(
       const data = dst.getMappedRange(0, bytes).slice(0);
       dst.unmap();
       ctx.assertAlive();
-      return sampledStep(data, r, o.logprobs);
+      return sampledStep(data, r, logprobs);
     },
     (e: unknown) => {
       ctx.assertAlive();

@@ -75,6 +75,7 @@ export interface StepCounts {
   preemptions: number;
   steps: number;
   aheadSteps: number;
+  adjustedAheadSteps: number;
   specSteps: number;
   drafted: number;
   accepted: number;
@@ -87,6 +88,7 @@ export class Batch {
     preemptions: 0,
     steps: 0,
     aheadSteps: 0,
+    adjustedAheadSteps: 0,
     specSteps: 0,
     drafted: 0,
     accepted: 0,

@@ -6,16 +6,18 @@
  * in-order hand-off of their ids to the Batch.
  */
 import { submitDecodeStep, type SampledStep } from '../forward/step.js';
-import { emptyRows, type Batch, type Seq } from './batch.js';
+import type { RowAdjust } from '../sampling/gpu.js';
+import { emptyRows, type Batch, type Seq, type StepRows } from './batch.js';
 
 /**
  * Whether this step may start a pipelined burst: every running sequence decodes (one row each),
- * none waits to be admitted, attention is calibrated (calibration reads each step back), and
- * every row's next input is the id its previous step drew: greedy or drawn on the GPU without a
- * repetition penalty (the penalty needs the latest ids on the CPU), with no grammar mask or logit
- * edits (computed on the CPU from the ids so far), and no sequence asked for depth 1
- * (`ScheduledRequest.pipeline`). Logprobs do not stop a burst: the logprobs kernel runs in each
- * step and its rows come back with the ids, through the same readback ring.
+ * none waits to be admitted, attention is calibrated (calibration reads each step back), no
+ * sequence asked for depth 1 (`ScheduledRequest.pipeline`) or speculates, and every row's token
+ * is chosen on the GPU (greedy, or drawn there: not CPU sampling). Logprobs do not stop a burst:
+ * the logprobs kernel runs in each step and its rows come back with the ids, through the same
+ * readback ring. Rows whose choice needs CPU state from the previous id (a grammar's mask, logit
+ * bias, presence / frequency penalties, a repetition penalty: `needsTail`) run as an
+ * `adjustedBurst` (adjusted-burst.ts), the others as a `decodeBurst`.
  */
 export function pipelinable(b: Batch, work: readonly { s: Seq; n: number }[]): boolean {
   if ((b.opts.pipelineDepth ?? 2) < 2 || b.waiting.length > 0) return false;
@@ -25,9 +27,18 @@ export function pipelinable(b: Batch, work: readonly { s: Seq; n: number }[]): b
       n === 1 &&
       s.req.pipeline !== false &&
       (s.spec === null || s.spec.off) &&
-      !s.sampler.adjusts &&
-      (s.sampler.greedy || (b.opts.gpuSampling && s.sampler.params.repetitionPenalty === 1)),
+      (s.sampler.greedy || b.opts.gpuSampling),
   );
+}
+
+/**
+ * Whether a sequence's next choice needs CPU state from the id its previous step drew: its logit
+ * edits (a grammar's mask, logit bias, presence / frequency penalties) or a repetition penalty
+ * over its tokens so far. Such rows cannot be written with the step's forward pass ahead of that
+ * id; `adjustedBurst` submits them in a second command buffer once it is known.
+ */
+export function needsTail(s: Seq): boolean {
+  return s.sampler.adjusts || s.sampler.params.repetitionPenalty !== 1;
 }
 
 /**
@@ -63,7 +74,7 @@ export async function decodeBurst(b: Batch, seqs: Seq[]): Promise<void> {
  * each still short of its max tokens and the context counting the steps in flight, and blocks
  * to reserve the slots.
  */
-function mayRunAhead(b: Batch, seqs: readonly Seq[]): boolean {
+export function mayRunAhead(b: Batch, seqs: readonly Seq[]): boolean {
   if (b.othersWaiting()) return false;
   let blocks = 0;
   for (const s of seqs) {
@@ -87,6 +98,26 @@ function submitDecode(
   read: 'ids' | 'sample',
   ahead: boolean,
 ): Promise<SampledStep> {
+  const input = decodeRows(b, seqs, ahead);
+  // One uniform per non-greedy draw, from the request's own generator, in step order.
+  const sampling = read === 'sample' ? seqs.map((s) => s.sampler.gpuRow(s.tokens)) : undefined;
+  const logprobs = seqs.map((s) => s.sampler.logprobs);
+  const step = submitDecodeStep(b.forward, input, read, {
+    chained: ahead,
+    ...(sampling ? { sampling } : {}),
+    ...(logprobs.some((k) => k !== null) ? { logprobs } : {}),
+  });
+  // A step still in flight when an earlier one fails is never awaited: its failure is the same.
+  step.catch(() => undefined);
+  return step;
+}
+
+/**
+ * The rows of one decode step of a burst, one per sequence, counted in the stats. `ahead`: each
+ * sequence's next KV slot is reserved now and its input id (still on the GPU) written as 0, to be
+ * replaced there by the previous step's output before the forward pass.
+ */
+export function decodeRows(b: Batch, seqs: readonly Seq[], ahead: boolean): StepRows {
   const input = emptyRows();
   seqs.forEach((s, i) => {
     if (ahead) {
@@ -106,24 +137,21 @@ function submitDecode(
   });
   b.counts.steps++;
   if (ahead) b.counts.aheadSteps++;
-  // One uniform per non-greedy draw, from the request's own generator, in step order.
-  const sampling = read === 'sample' ? seqs.map((s) => s.sampler.gpuRow(s.tokens)) : undefined;
-  const logprobs = seqs.map((s) => s.sampler.logprobs);
-  const step = submitDecodeStep(b.forward, input, read, {
-    chained: ahead,
-    ...(sampling ? { sampling } : {}),
-    ...(logprobs.some((k) => k !== null) ? { logprobs } : {}),
-  });
-  // A step still in flight when an earlier one fails is never awaited: its failure is the same.
-  step.catch(() => undefined);
-  return step;
+  return input;
 }
 
 /**
  * Handles the ids of one burst step, as a plain step handles its ids; a sequence that ended at an
- * earlier step of the burst is skipped (its row was extra). True when a sequence ended.
+ * earlier step of the burst is skipped (its row was extra). `adjusts`: the rows' edits and masks
+ * of an adjusted burst's step (a row whose grammar allowed nothing ends its sequence, as in a
+ * plain step). True when a sequence ended.
  */
-function absorbDecode(b: Batch, seqs: readonly Seq[], { ids, logprobs }: SampledStep): boolean {
+export function absorbDecode(
+  b: Batch,
+  seqs: readonly Seq[],
+  { ids, logprobs }: SampledStep,
+  adjusts?: readonly (RowAdjust | null)[],
+): boolean {
   let ended = false;
   const live = seqs.filter((s) => !s.finished && b.running.includes(s));
   for (const s of live) {
@@ -137,9 +165,14 @@ function absorbDecode(b: Batch, seqs: readonly Seq[], { ids, logprobs }: Sampled
       ended = true;
       return;
     }
+    const mask = adjusts?.[i]?.mask;
+    if (mask && !mask.some((w) => w !== 0)) {
+      b.finish(s, 'stop');
+      ended = true;
+      return;
+    }
     const token = ids[i] as number;
-    // No grammar here (such sequences are never pipelined): emit's accept only keeps the
-    // sampler's state as an unpipelined step would.
+    // emit advances the sequence's grammar matcher and penalty counts, as after a plain step.
     const lp = logprobs?.[i];
     if (!b.emit(s, token, lp ? { logprob: lp.logprob, top: lp.top } : undefined)) {
       ended = true;

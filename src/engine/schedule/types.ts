@@ -72,6 +72,11 @@ export interface SchedulerStats {
   /** Decode steps submitted before their input ids were read back (pipelined decode). */
   aheadSteps: number;
   /**
+   * Of those, the steps of batches with a grammar mask or logit edits computed on the CPU from the
+   * previous id (adjusted bursts): the forward pass ran while the CPU computed them.
+   */
+  adjustedAheadSteps: number;
+  /**
    * Speculative decoding: sequence-steps that verified guesses, the guesses verified and those
    * accepted (each step also yields the model's own next token).
    */

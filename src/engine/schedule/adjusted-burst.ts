@@ -1,0 +1,84 @@
+/**
+ * Pipelined decode of a batch where some row's choice needs CPU state from the id its previous
+ * step drew (`needsTail`: a grammar's mask, logit bias, presence / frequency penalties, a
+ * repetition penalty). Only the choice depends on that id, not the forward pass (its input id can
+ * stay on the GPU), so each step goes in two submits: the forward pass (`submitDecodeForward`),
+ * queued as soon as the previous step's choice is, and the tail (`submitDecodeTail`: edits, mask,
+ * argmax or draw, logprobs, readback), queued once the previous id has come back and the rows'
+ * masks and edits have been computed from it. The GPU runs step t+1's forward pass while the CPU
+ * reads id t back, advances the matchers and computes mask t+1.
+ *
+ * GPU queue, one step ahead:  F0 T0 F1 | T1 F2 | T2 F3 | ...   (| : the CPU has id t-1 in hand)
+ *
+ * Every choice sees the same logits, edits, masks and uniforms as an unpipelined step would, in
+ * the same order, so the tokens are the same. A sequence that ends (EOS, its grammar complete or
+ * allowing nothing, max tokens, abort) stops the burst as in `decodeBurst`: the forward pass in
+ * flight gets its tail for the rows still live and none when none is; the ended rows' results are
+ * discarded (their blocks are already free: anything written there later is queued after).
+ */
+import { submitDecodeForward, submitDecodeTail, type SampledStep } from '../forward/step.js';
+import type { StepPlan } from '../forward/plan.js';
+import type { RowAdjust, RowSampling } from '../sampling/gpu.js';
+import type { Batch, Seq } from './batch.js';
+import { absorbDecode, decodeRows, mayRunAhead } from './pipeline.js';
+
+/** A submitted tail: its readback, and the rows' edits it applied (for the empty-mask rule). */
+interface Tail {
+  step: Promise<SampledStep>;
+  adjusts: readonly (RowAdjust | null)[];
+}
+
+/** The row of a sequence that ended while its step's forward pass ran: chosen and discarded. */
+const DISCARDED: RowSampling = { temperature: 0, topK: 0, topP: 1, u: 0, repetitionPenalty: 1, context: [] };
+
+export async function adjustedBurst(b: Batch, seqs: Seq[]): Promise<void> {
+  const read = seqs.every((s) => s.sampler.greedy) ? 'ids' : 'sample';
+  let tail = await submitTail(
+    b,
+    seqs,
+    submitDecodeForward(b.forward, decodeRows(b, seqs, false), false),
+    read,
+  );
+  let stop = false;
+  for (;;) {
+    // The next forward pass, its input ids the ones the tail just queued draws.
+    let next: StepPlan | null = null;
+    if (!stop && mayRunAhead(b, seqs)) {
+      next = submitDecodeForward(b.forward, decodeRows(b, seqs, true), true);
+      b.counts.adjustedAheadSteps++;
+    }
+    const step = await tail.step;
+    if (absorbDecode(b, seqs, step, tail.adjusts)) stop = true;
+    if (b.othersWaiting()) stop = true;
+    if (!next || !seqs.some((s) => live(b, s))) return;
+    tail = await submitTail(b, seqs, next, read);
+  }
+}
+
+function live(b: Batch, s: Seq): boolean {
+  return !s.finished && b.running.includes(s);
+}
+
+/**
+ * Computes each live row's edits and mask from its sequence's state (its ids so far are on the
+ * CPU) and its sampling row (a uniform from its generator, in step order), and submits the tail.
+ */
+async function submitTail(
+  b: Batch,
+  seqs: readonly Seq[],
+  plan: StepPlan,
+  read: 'ids' | 'sample',
+): Promise<Tail> {
+  const adjusts = await Promise.all(seqs.map((s) => (live(b, s) ? s.sampler.rowAdjust() : null)));
+  const sampling =
+    read === 'sample' ? seqs.map((s) => (live(b, s) ? s.sampler.gpuRow(s.tokens) : DISCARDED)) : undefined;
+  const logprobs = seqs.map((s) => s.sampler.logprobs);
+  const step = submitDecodeTail(b.forward, plan, read, {
+    adjust: adjusts,
+    ...(sampling ? { sampling } : {}),
+    ...(logprobs.some((k) => k !== null) ? { logprobs } : {}),
+  });
+  // A step still in flight when an earlier one fails is never awaited: its failure is the same.
+  step.catch(() => undefined);
+  return { step, adjusts };
+}
