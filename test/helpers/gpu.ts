@@ -1,10 +1,10 @@
 import { expect } from 'vitest';
-import type { GpuContext } from '../../src/gpu/device.js';
 import { decodeToFloat32, encodeFromFloat32 } from '../../src/io/dtype.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../../src/gpu/dispatch.js';
 import { kvElementBytes, type KvFloatDtype as KvDtype } from '../../src/kernels/kv-dtype.js';
 import { tileMatrix, TILE_ROWS, type GpuWeight, type WeightFormat } from '../../src/kernels/tiled.js';
-import { acquireNodeGpu } from '../../src/node/dawn.js';
+import { acquireGpu, type GpuContext } from '../../src/gpu/device.js';
+import { acquireNodeGpu, dawnGpu } from '../../src/node/dawn.js';
 
 export { randomF32, shuffledBlocks } from './random.js';
 
@@ -14,6 +14,22 @@ let ctx: Promise<GpuContext> | null = null;
 export function testGpu(): Promise<GpuContext> {
   ctx ??= acquireNodeGpu();
   return ctx;
+}
+
+let plain: Promise<GpuContext> | null = null;
+
+/**
+ * A second device from the same adapter with no optional features (no subgroups, shader-f16 or
+ * timestamps) and default limits: the paths an adapter without them takes, forced on this one.
+ */
+export function plainGpu(): Promise<GpuContext> {
+  plain ??= (async () => {
+    const gpu = dawnGpu();
+    const adapter = await gpu.requestAdapter();
+    if (!adapter) throw new Error('no WebGPU adapter');
+    return acquireGpu({ device: await adapter.requestDevice({ label: 'plain' }), keepAlive: gpu });
+  })();
+  return plain;
 }
 
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;

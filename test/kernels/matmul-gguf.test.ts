@@ -12,7 +12,8 @@ import { matmulGgufRef } from '../../src/kernels/matmul-gguf.ref.js';
 import { dequantizeGguf, quantizeGguf } from '../../src/quant/gguf-blocks.js';
 import { ggufBlockLayout, GGUF_KERNEL_TYPES, packGguf } from '../../src/quant/gguf-pack.js';
 import { uploadGgufWeight } from '../../src/weights/upload-gguf.js';
-import { randomF32, readF32, testGpu, upload } from '../helpers/gpu.js';
+import { plainGpu, randomF32, readF32, testGpu, upload } from '../helpers/gpu.js';
+import type { GpuContext } from '../../src/gpu/device.js';
 
 const u = 2 ** -24;
 const gamma = (n: number) => (n * u) / (1 - n * u);
@@ -93,8 +94,9 @@ async function check(
   c: Case,
   seed: number,
   variants: readonly GgufVariant[] = [{}],
+  ctx?: GpuContext,
 ): Promise<string[]> {
-  const ctx = await testGpu();
+  ctx ??= await testGpu();
   const bytes = quantizeGguf(type, weights(c.n, c.k, seed));
   const x = randomF32(c.m * c.k, seed + 1, 1);
   const bias = c.bias ? randomF32(c.n, seed + 2, 1) : undefined;
@@ -173,6 +175,25 @@ describe('matmul_gguf', () => {
       expect([...labels].every((l) => l.startsWith(`matmul_gguf_vec4_${type.toLowerCase()}_`))).toBe(true);
     }, 300_000);
   }
+
+  // The path an adapter without subgroups takes by default, on a device made without them: every
+  // format at M = 1 (MT 1), and the batched tile (MT 4) in Q4_K (its code is shared by the
+  // formats; each is slow to compile on llvmpipe, and the variant test above runs them all).
+  test('an adapter without subgroups runs every format (X loaded per lane)', async () => {
+    const plain = await plainGpu();
+    expect(plain.device.features.has('subgroups')).toBe(false);
+    const labels: string[] = [];
+    for (const type of GGUF_KERNEL_TYPES) {
+      const bk = ggufBlockLayout(type).info.blockElems;
+      labels.push(...(await check(type, { m: 1, n: 129, k: 2 * bk }, 90, [{}], plain)));
+    }
+    labels.push(...(await check('Q4_K', { m: 16, n: 7, k: 256, bias: true }, 91, [{}], plain)));
+    expect(labels.every((l) => l.startsWith('matmul_gguf_vec4_') && !l.includes('_sg'))).toBe(true);
+    // Asking for the subgroup path there is refused by name.
+    await expect(check('Q4_K', { m: 1, n: 8, k: 256 }, 92, [{ subgroups: true }], plain)).rejects.toThrow(
+      /no subgroups/,
+    );
+  }, 300_000);
 
   test('a weight in parts (16-row slices of 129 rows) equals the reference', async () => {
     await check('Q4_K', { m: 7, n: 129, k: 512, rowsPerPart: 16, bias: true }, 21);
