@@ -14,8 +14,8 @@ import { isLaterGgufShard } from '../io/gguf-split.js';
 import { httpModelDir } from '../io/http-model-dir.js';
 import { ModelCache } from '../io/model-cache.js';
 import { createEngine, type Engine } from '../engine/engine.js';
-import { estimateMemory } from '../engine/memory.js';
-import { kvCacheBytes } from '../engine/kv/cache.js';
+import { estimateMemory, slidingKvFor } from '../engine/memory.js';
+import { BLOCK_TOKENS, kvCacheBytes, kvPoolBytes } from '../engine/kv/cache.js';
 import { openModelFiles } from '../weights/model-files.js';
 import { validateCheckpoint } from '../weights/loader.js';
 import { IndexedDbTuneStore } from '../tuner/indexeddb-store.js';
@@ -84,19 +84,17 @@ async function checkFits(
         : adapter.features.has('shader-f16')
           ? 'f16'
           : 'f32';
-    const est = estimateMemory(
-      spec,
-      ckpt,
-      quant,
-      KV_CONTEXTS * context,
-      kvDtype,
-      Math.min(PREFILL_CHUNK, context),
-    );
+    const chunk = Math.min(PREFILL_CHUNK, context);
+    const est = estimateMemory(spec, ckpt, quant, KV_CONTEXTS * context, kvDtype, chunk);
+    // Sliding-window layers keep only their windows, in a pool of their own (kv/sliding-pool.ts).
+    const blocks = Math.ceil((KV_CONTEXTS * context) / BLOCK_TOKENS);
+    const kv = kvPoolBytes(spec, blocks, kvDtype, slidingKvFor(spec, context, chunk, blocks));
+    const total = est.total - est.kvCache + kv;
     const budget = memoryBudget(opts);
-    if (budget && est.total > budget.bytes) {
+    if (budget && total > budget.bytes) {
       throw new DeviceMemoryError(
-        `This model is too big for this device: it needs about ${formatBytes(est.total)} of GPU memory ` +
-          `(weights ${formatBytes(est.weights)}, KV cache ${formatBytes(est.kvCache)}, activations ${formatBytes(est.activations)}), ` +
+        `This model is too big for this device: it needs about ${formatBytes(total)} of GPU memory ` +
+          `(weights ${formatBytes(est.weights)}, KV cache ${formatBytes(kv)}, activations ${formatBytes(est.activations)}), ` +
           `more than ${budget.source} (${formatBytes(budget.bytes)}).${notFetched}`,
       );
     }
