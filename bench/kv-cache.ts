@@ -6,8 +6,12 @@
  *     [--tokens N] [--rounds N]
  * For each context, one engine per format holds a prompt of (context - tokens) ids, then the
  * formats decode `tokens` greedy tokens each in alternating rounds (f16 first in every round), so
- * drift on a shared machine favours none; the median round of each is kept (and every round printed). Prints one JSON line per
- * (context, format) with decode tokens/s and its ratio to f16, plus the KV bytes per token per layer.
+ * drift on a shared machine favours none; the median round of each is kept (and every round
+ * printed). Each round also profiles one decode step at the context's last position, dispatch by
+ * dispatch with GPU timestamps (Engine.profileDecode): its sum is the step's GPU time, its
+ * attention dispatches the format's attention cost, neither counting submission or readback.
+ * Prints one JSON line per (context, format) with decode tokens/s (wall clock) and GPU ms per
+ * step, each with its ratio to f16, plus the KV bytes per token per layer.
  */
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -54,16 +58,25 @@ for (const context of contexts) {
     );
   }
   const runs: number[][] = formats.map(() => []);
+  const gpu: number[][] = formats.map(() => []);
+  const attn: number[][] = formats.map(() => []);
   for (let round = 0; round < rounds; round++) {
     for (const [i, e] of engines.entries()) {
       const r = await e
         .generate(prompt(round), { maxTokens: tokens, temperature: 0, ignoreEos: true })
         .result();
       runs[i]?.push(r.timings.decodeTokensPerS);
+      const prof = await e.profileDecode(context);
+      gpu[i]?.push(prof.reduce((s, p) => s + p.ms, 0));
+      attn[i]?.push(prof.filter((p) => p.label.startsWith('attention')).reduce((s, p) => s + p.ms, 0));
     }
   }
   const best = runs.map(median);
-  const f16 = best[formats.indexOf('f16')] ?? NaN;
+  const gpuMs = gpu.map(median);
+  const attnMs = attn.map(median);
+  const f16i = formats.indexOf('f16');
+  const f16 = best[f16i] ?? NaN;
+  const r2 = (x: number) => Math.round(x * 100) / 100;
   for (const [i, kvCache] of formats.entries()) {
     const e = engines[i] as Engine;
     console.log(
@@ -75,9 +88,13 @@ for (const context of contexts) {
         context,
         kv_cache: kvCache,
         kv_bytes_per_token_per_layer: (2 * kvBlockBytes(e.spec, kvCache)) / 16,
-        decode_tokens_per_s: Math.round((best[i] as number) * 100) / 100,
+        decode_tokens_per_s: r2(best[i] as number),
         vs_f16: Math.round(((best[i] as number) / f16) * 1000) / 1000,
-        rounds: runs[i]?.map((x) => Math.round(x * 100) / 100),
+        gpu_ms_per_step: r2(gpuMs[i] as number),
+        gpu_vs_f16: Math.round(((gpuMs[f16i] as number) / (gpuMs[i] as number)) * 1000) / 1000,
+        attention_gpu_ms: r2(attnMs[i] as number),
+        rounds: runs[i]?.map(r2),
+        gpu_rounds: gpu[i]?.map(r2),
       }),
     );
   }

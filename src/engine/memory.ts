@@ -17,10 +17,12 @@ import {
   kvBlockBytes,
   kvCacheBytes,
   kvPoolBytes,
+  kvWindowBytes,
   type KvDtype,
   type SlidingKv,
 } from './kv/cache.js';
 import { slidingLayout, slidingPoolBlocks } from './kv/sliding-pool.js';
+import { KV_WINDOW_LANES } from './kv/window.js';
 
 export type { MemoryPlan };
 
@@ -43,7 +45,9 @@ export function estimateMemory(
   prefillChunk: number,
 ): MemoryEstimate {
   const weights = weightBytes(spec, ckpt, source);
-  const kvCache = kvCacheBytes(spec, kvTokens, kvDtype);
+  // The low-rank formats' recent window (kv/window.ts) is part of the cache.
+  const kvCache =
+    kvCacheBytes(spec, kvTokens, kvDtype) + spec.numLayers * kvWindowBytes(spec, kvDtype, KV_WINDOW_LANES);
   const activations =
     4 *
     (prefillChunk *

@@ -12,6 +12,7 @@ import { decodeKvRow, dequantizeKvRow, kvCode, quantizeKvRow } from '../../src/k
 import { kvQuantize } from '../../src/kernels/kv-quantize.js';
 import { kvLowrank } from '../../src/kernels/kv-lowrank.js';
 import { lowRankFactors, lowRankProduct } from '../../src/kernels/kv-lowrank.ref.js';
+import { KV_WINDOW_LANES, KvWindow, NO_LANE } from '../../src/engine/kv/window.js';
 import { f16BitsToF32, f32ToF16Bits } from '../../src/io/dtype.js';
 import { DispatchBuilder, runDispatches } from '../../src/gpu/dispatch.js';
 import {
@@ -61,8 +62,10 @@ interface QuantCache {
 
 /**
  * Quantizes `k`, `v` ([tokens, kvHeads·headDim]) into shuffled blocks of a `dtype` cache with
- * kv_quantize, `chunk` rows per dispatch (its stage holds them at the identity slots, as
- * rope_kv_write leaves them), then reads the words back and decodes them with the float64 twin.
+ * kv_quantize (and kv_lowrank), `chunk` rows per dispatch (its stage holds them at the identity
+ * slots, as rope_kv_write leaves them), then reads the words back and decodes them with the
+ * float64 twin. With `window`, the engine's KvWindow gives blocks split between dispatches their
+ * lanes of a recent window (as decode steps get them); without, no row has a lane.
  */
 async function fillQuant(
   c: GpuContext,
@@ -73,7 +76,8 @@ async function fillQuant(
   headDim: number,
   dtype: KvQuantDtype,
   chunk = 256,
-): Promise<QuantCache> {
+  window = false,
+): Promise<QuantCache & { words: { k: Uint32Array; v: Uint32Array } }> {
   const blocks = Math.ceil(tokens / BLOCK);
   const table = shuffledBlocks(blocks, tokens + headDim);
   const rowBytes = kvRowBytes(dtype, headDim);
@@ -83,6 +87,8 @@ async function fillQuant(
   const kCache = upload(c, new Uint8Array(cacheBytes));
   const vCache = upload(c, new Uint8Array(cacheBytes));
   const kvDim = kvHeads * headDim;
+  const lanes = new KvWindow(KV_WINDOW_LANES);
+  const windowBuf = upload(c, new Float32Array(KV_WINDOW_LANES * 2 * kvHeads * BLOCK * headDim));
   for (let t0 = 0; t0 < tokens; t0 += chunk) {
     const m = Math.min(chunk, tokens - t0);
     const stage = (x: Float32Array) => {
@@ -105,6 +111,8 @@ async function fillQuant(
       vStage: stage(v),
       kCache,
       vCache,
+      lanes: upload(c, window ? lanes.assign(slots) : new Uint32Array(m).fill(NO_LANE)),
+      window: windowBuf,
       m,
       kvHeads,
       headDim,
@@ -117,6 +125,7 @@ async function fillQuant(
   const gw = groupBytes / 4;
   const decodeAll = async (buf: GPUBuffer) => {
     const words = await readU32(c, buf, cacheBytes / 4);
+    const all = words;
     const dense = new Float64Array(tokens * kvDim);
     const rows: ReturnType<typeof decodeKvRow>[] = [];
     for (let p = 0; p < tokens; p++) {
@@ -150,7 +159,7 @@ async function fillQuant(
         }
       }
     }
-    return { dense, rows, lr, factors };
+    return { dense, rows, lr, factors, all };
   };
   const dk = await decodeAll(kCache);
   const dv = await decodeAll(vCache);
@@ -167,6 +176,7 @@ async function fillQuant(
     vLr: dv.lr,
     factorsK: dk.factors,
     factorsV: dv.factors,
+    words: { k: dk.all, v: dv.all },
   };
 }
 
@@ -400,20 +410,24 @@ describe('compression error', () => {
 
 describe('kv_lowrank vs its float64 twin', () => {
   // Rows 7 (no whole block), 16, 33, 129 in dispatches of 50 (blocks 3 and 6 split between two
-  // steps: no factors), head dims 4, 12, 64, 256.
+  // steps: factors only from the recent window), 33 one row per dispatch (decode: every block
+  // from the window), head dims 4, 12, 64, 256.
   const cases = [
-    { tokens: 7, kvHeads: 1, headDim: 4, chunk: 256 },
-    { tokens: 16, kvHeads: 3, headDim: 12, chunk: 256 },
-    { tokens: 129, kvHeads: 2, headDim: 64, chunk: 50 },
-    { tokens: 33, kvHeads: 1, headDim: 256, chunk: 256 },
+    { tokens: 7, kvHeads: 1, headDim: 4, chunk: 256, window: true },
+    { tokens: 16, kvHeads: 3, headDim: 12, chunk: 256, window: false },
+    { tokens: 129, kvHeads: 2, headDim: 64, chunk: 50, window: false },
+    { tokens: 129, kvHeads: 2, headDim: 64, chunk: 50, window: true },
+    { tokens: 33, kvHeads: 3, headDim: 12, chunk: 1, window: true },
+    { tokens: 33, kvHeads: 1, headDim: 256, chunk: 256, window: false },
   ];
   for (const dtype of LOWRANK) {
-    for (const { tokens, kvHeads, headDim, chunk } of cases) {
+    for (const { tokens, kvHeads, headDim, chunk, window } of cases) {
       if (headDim === 256 && dtype !== 'gear4lr') continue;
-      test(`${dtype} rows=${tokens} kvHeads=${kvHeads} headDim=${headDim} chunk=${chunk}`, async () => {
+      const name = `${dtype} rows=${tokens} kvHeads=${kvHeads} headDim=${headDim} chunk=${chunk} window=${window}`;
+      test(name, async () => {
         const c = await testGpu();
         const { k, v } = kvData(tokens, kvHeads, headDim, tokens * 7 + headDim);
-        const qc = await fillQuant(c, k, v, tokens, kvHeads, headDim, dtype, chunk);
+        const qc = await fillQuant(c, k, v, tokens, kvHeads, headDim, dtype, chunk, window);
         const { rank } = kvQuantParams(dtype);
         const kvDim = kvHeads * headDim;
         let gain = 0;
@@ -426,9 +440,10 @@ describe('kv_lowrank vs its float64 twin', () => {
             const h = i % kvHeads;
             const whole =
               (blk + 1) * BLOCK <= tokens &&
-              Math.floor((blk * BLOCK) / chunk) === Math.floor((blk * BLOCK + BLOCK - 1) / chunk);
+              (window || Math.floor((blk * BLOCK) / chunk) === Math.floor((blk * BLOCK + BLOCK - 1) / chunk));
             if (!whole) {
-              // A block no step wrote whole keeps kv_quantize's zeros.
+              // A block not yet full, or split between steps without the window, keeps
+              // kv_quantize's zeros.
               expect([...got.a, ...got.b].every((y) => y === 0)).toBe(true);
               return;
             }
@@ -478,5 +493,25 @@ describe('kv_lowrank vs its float64 twin', () => {
         expect(gain >= 0).toBe(true);
       });
     }
+  }
+});
+
+describe('the recent window', () => {
+  // f32 lanes: a block filled row by row (decode) or across two chunks must get the very factors
+  // it gets written whole, so the cache's words are equal, not close.
+  for (const [dtype, chunk] of [
+    ['gear4lr', 1],
+    ['int2lr', 7],
+  ] as const) {
+    test(`${dtype}: blocks filled ${chunk} rows a step = written whole, word for word`, async () => {
+      const c = await testGpu();
+      const tokens = 41;
+      const { k, v } = kvData(tokens, 2, 12, 5);
+      const whole = await fillQuant(c, k, v, tokens, 2, 12, dtype, 256);
+      const split = await fillQuant(c, k, v, tokens, 2, 12, dtype, chunk, true);
+      expect(whole.factorsK.some((f) => f.a.some((y) => y !== 0))).toBe(true);
+      expect([...split.words.k]).toEqual([...whole.words.k]);
+      expect([...split.words.v]).toEqual([...whole.words.v]);
+    });
   }
 });

@@ -34,9 +34,10 @@ export interface StepBuffers {
   gathered?: GPUBuffer | undefined;
   /**
    * [ceil(m / 16)][kvHeads][16][headDim] f32 K and V of the step's rows at the identity slots,
-   * before kv_quantize writes them into a quantized cache (quantized caches only).
+   * before kv_quantize writes them into a quantized cache (quantized caches only), and [m] u32
+   * each row's lane of the recent window (written each step; kv_lowrank reads it).
    */
-  kvStage?: { k: GPUBuffer; v: GPUBuffer } | undefined;
+  kvStage?: { k: GPUBuffer; v: GPUBuffer; lanes: GPUBuffer } | undefined;
   /** [r, hidden] final-normed logit rows (f16 when activations are f16) */ final: GPUBuffer;
   /** [r, vocab] f32 */ logits: GPUBuffer;
   /** [r] u32 argmax or sampled id of each logit row */ outIds: GPUBuffer;
@@ -89,6 +90,7 @@ export function createStepBuffers(
       ? {
           k: f32('act.kv_stage.k', Math.ceil(m / 16) * 16 * kvDim),
           v: f32('act.kv_stage.v', Math.ceil(m / 16) * 16 * kvDim),
+          lanes: f32('step.kv_lanes', m, USAGE_IN()),
         }
       : undefined,
     final: act('act.final', r, H),

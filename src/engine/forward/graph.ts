@@ -212,7 +212,7 @@ export function recordGraph(
         }),
       );
       if (kvQuantParams(dtype).rank > 0) {
-        // GEAR's low-rank part, for the blocks this step wrote whole.
+        // GEAR's low-rank part, for the blocks whose last row this step writes.
         body.push(
           kvLowrank(b, {
             slots,
@@ -220,6 +220,8 @@ export function recordGraph(
             vStage: stage.v,
             kCache,
             vCache,
+            lanes: stage.lanes,
+            window: kv.window[l] as GPUBuffer,
             kvDtype: dtype,
             ...kvDims,
           }),

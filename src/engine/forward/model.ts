@@ -194,6 +194,12 @@ export class ForwardModel implements ForwardState {
     queue.writeBuffer(plan.bufs.ids, 0, ids);
     queue.writeBuffer(plan.bufs.rowInfo, 0, rowInfo);
     queue.writeBuffer(plan.bufs.slots, 0, slots);
+    // The recent window's lanes follow the steps in the order their inputs are written, which is
+    // the order they run.
+    const lanes = this.kv.lanes;
+    if (lanes && plan.bufs.kvStage) {
+      queue.writeBuffer(plan.bufs.kvStage.lanes, 0, lanes.assign(slots.subarray(0, m), plan.staging.lanes));
+    }
     queue.writeBuffer(plan.bufs.logitRows, 0, logitRows);
     queue.writeBuffer(this.blockTable, 0, bt, 0, Math.max(1, input.blockTable.length));
     if (this.slidingBlockTable) {

@@ -26,7 +26,10 @@ export class StepPlan {
   readonly graph: RecordedGraph;
   /** Split-K attention partials, for decode-shaped plans. */
   readonly decode: AttentionDecodeScratch | null = null;
-  /** CPU staging of the step inputs, reused every step: [m] ids, [2m] row info, [m] slots, [r] rows. */
+  /**
+   * CPU staging of the step inputs, reused every step: [m] ids, [2m] row info, [m] slots, [r]
+   * rows, [m] window lanes.
+   */
   readonly staging: {
     ids: Uint32Array;
     rowInfo: Uint32Array;
@@ -34,6 +37,7 @@ export class StepPlan {
     logitRows: Uint32Array;
     /** [m] slots in the sliding pool (empty without one). */
     slidingSlots: Uint32Array;
+    lanes: Uint32Array;
   };
   /** Draws sampled tokens on the GPU; made by `enableSampling` (its pipeline is slow to compile). */
   sampling: GpuSampling | null = null;
@@ -90,6 +94,7 @@ export class StepPlan {
       slots: new Uint32Array(m),
       logitRows: new Uint32Array(r),
       slidingSlots: new Uint32Array(kv.sliding ? m : 0),
+      lanes: new Uint32Array(m),
     };
   }
 

@@ -9,11 +9,13 @@
  */
 import { DeviceMemoryError } from '../../errors.js';
 import { formatBytes, storageUsage, type GpuContext } from '../../gpu/device.js';
-import { checkKvDtype, kvGroupBytes, type KvDtype } from '../../kernels/kv-dtype.js';
+import { checkKvDtype, isQuantKv, kvGroupBytes, kvQuantParams, type KvDtype } from '../../kernels/kv-dtype.js';
 import type { ModelSpec } from '../../model/spec.js';
 import type { SlidingLayout } from './sliding-pool.js';
+import { KV_WINDOW_LANES, KvWindow } from './window.js';
 
 export type { KvDtype };
+
 
 export const BLOCK_TOKENS = 16;
 
@@ -35,7 +37,8 @@ export interface SlidingKv {
 
 /**
  * Bytes of the whole cache: `blocks` per full-attention layer and, with a sliding pool, its
- * blocks per sliding layer (every layer on `blocks` without one).
+ * blocks per sliding layer (every layer on `blocks` without one), and a low-rank format's recent
+ * window.
  */
 export function kvPoolBytes(
   spec: ModelSpec,
@@ -47,7 +50,12 @@ export function kvPoolBytes(
   let total = 0;
   for (let l = 0; l < spec.numLayers; l++)
     total += (sliding?.layout.layers[l] ? sliding.blocks : blocks) * block;
-  return total;
+  return total + spec.numLayers * kvWindowBytes(spec, dtype, KV_WINDOW_LANES);
+
+/** Bytes of one layer's window (window.ts) of a low-rank format: 0 for every other format. */
+export function kvWindowBytes(spec: ModelSpec, dtype: KvDtype, lanes: number): number {
+  if (!isQuantKv(dtype) || kvQuantParams(dtype).rank === 0) return 0;
+  return lanes * 2 * spec.numKvHeads * BLOCK_TOKENS * spec.headDim * 4;
 }
 
 export class PagedKvCache {
@@ -55,6 +63,9 @@ export class PagedKvCache {
   readonly k: GPUBuffer[] = [];
   /** Per layer: V, same layout as K. */
   readonly v: GPUBuffer[] = [];
+  /** Low-rank formats: per layer the recent window's lanes, and which block holds which (window.ts). */
+  readonly window: GPUBuffer[] = [];
+  readonly lanes: KvWindow | null;
 
   private constructor(
     private readonly ctx: GpuContext,
@@ -63,7 +74,9 @@ export class PagedKvCache {
     readonly dtype: KvDtype,
     /** The sliding layers' pool, or null: every layer's buffers hold `numBlocks` blocks. */
     readonly sliding: SlidingKv | null,
-  ) {}
+  ) {
+    this.lanes = isQuantKv(dtype) && kvQuantParams(dtype).rank > 0 ? new KvWindow(KV_WINDOW_LANES) : null;
+  }
 
   /** Bytes of the K and V buffers allocated, every layer together. */
   get bytes(): number {
@@ -97,19 +110,22 @@ export class PagedKvCache {
       );
     }
     const usage = storageUsage();
+    const windowBytes = kvWindowBytes(spec, dtype, KV_WINDOW_LANES);
     await ctx.guardAllocation('the KV cache', bytes, () => {
       for (let l = 0; l < spec.numLayers; l++) {
         const n = cache.isSliding(l) ? (sliding as SlidingKv).blocks : numBlocks;
         cache.k.push(ctx.createBuffer(`kv.k[${l}]`, n * kvBlockBytes(spec, dtype), usage));
         cache.v.push(ctx.createBuffer(`kv.v[${l}]`, n * kvBlockBytes(spec, dtype), usage));
+        if (windowBytes > 0) cache.window.push(ctx.createBuffer(`kv.window[${l}]`, windowBytes, usage));
       }
     });
     return cache;
   }
 
   destroy(): void {
-    for (const b of [...this.k, ...this.v]) this.ctx.destroyBuffer(b);
+    for (const b of [...this.k, ...this.v, ...this.window]) this.ctx.destroyBuffer(b);
     this.k.length = 0;
     this.v.length = 0;
+    this.window.length = 0;
   }
 }

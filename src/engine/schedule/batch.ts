@@ -193,6 +193,8 @@ export class Batch {
     if (copies.length === 0) return;
     const bytes = kvBlockBytes(this.forward.spec, this.kv.dtype);
     const enc = this.forward.ctx.device.createCommandEncoder({ label: 'kiln.kv_copy' });
+    const window = this.kv.lanes;
+    const laneBytes = window ? this.kv.window.map((w) => w.size / window.lanes) : [];
     for (const c of copies) {
       // Full-pool layers only: sliding blocks are never shared (no fork or prefix hit with a sliding
       // pool), so a copy-on-write never concerns them.
@@ -202,6 +204,14 @@ export class Batch {
         enc.copyBufferToBuffer(k, c.src * bytes, k, c.dst * bytes, bytes);
         enc.copyBufferToBuffer(v, c.src * bytes, v, c.dst * bytes, bytes);
       });
+      // The copy's rows so far in the recent window too (low-rank formats), for its factors.
+      const lanes = window?.fork(c.src, c.dst);
+      if (lanes) {
+        this.kv.window.forEach((w, l) => {
+          const n = laneBytes[l] as number;
+          enc.copyBufferToBuffer(w, lanes.from * n, w, lanes.to * n, n);
+        });
+      }
     }
     this.forward.ctx.device.queue.submit([enc.finish()]);
   }
