@@ -90,7 +90,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let cache_row = (slot / BLOCK_TOKENS * p.kv_heads + head) * BLOCK_TOKENS + slot % BLOCK_TOKENS;
   let dst = kvq_row_base(cache_row);
   // A block that changes loses its low-rank factors; kv_lowrank, next, recomputes them when this
-  // step wrote the whole block. (Every writer of the block stores the same zeros.)
+  // step wrote the block's last row. (Every writer of the block stores the same zeros.)
   let f = kvq_factor_base(cache_row);
   for (var w = 0u; w < KV_RANK * (BLOCK_TOKENS + n) / 2u; w++) {
     store(is_v, f + w, 0u);

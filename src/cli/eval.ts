@@ -15,6 +15,7 @@ interface EvalFlags extends ModelFlags {
   generated?: string;
   reference?: string;
   referenceKvCache?: KvCacheOption;
+  rowsPerStep?: string;
   json?: boolean;
 }
 
@@ -34,6 +35,10 @@ async function cmdEval(o: EvalFlags): Promise<void> {
   if (o.generated !== undefined && !(Number.isSafeInteger(generated) && generated >= 2)) {
     throw new InvalidRequestError(`--generated must be an integer of at least 2, got ${o.generated}`);
   }
+  const rowsPerStep = o.rowsPerStep === undefined ? undefined : Number(o.rowsPerStep);
+  if (rowsPerStep !== undefined && !(Number.isSafeInteger(rowsPerStep) && rowsPerStep >= 1)) {
+    throw new InvalidRequestError(`--rows-per-step must be a positive integer, got ${o.rowsPerStep}`);
+  }
   const engine = await loadEngine(o, false);
   let reference: Engine | null = null;
   try {
@@ -47,8 +52,12 @@ async function cmdEval(o: EvalFlags): Promise<void> {
     // model), up to the context.
     const ids = text !== null ? engine.encodePrompt(text) : await ownText(reference ?? engine, generated);
     const bar = createCountProgress('eval', { enabled: !o.quiet });
-    const r = await evaluateText(engine, ids, reference ?? undefined, (done, total) =>
-      bar.update(done, total),
+    const r = await evaluateText(
+      engine,
+      ids,
+      reference ?? undefined,
+      (done, total) => bar.update(done, total),
+      rowsPerStep,
     );
     bar.stop();
     if (o.json) {
@@ -103,6 +112,10 @@ export function addEvalCommand(program: Command): void {
         '--reference-kv-cache <type>',
         'compare against the same model with this KV cache (default f16 when --kv-cache is compressed and no --reference is given)',
       ).choices([...KV_CACHE_OPTIONS]),
+    )
+    .option(
+      '--rows-per-step <n>',
+      'ids read per step (default: the prefill chunk; 1 writes the KV cache one row a step, as decoding does)',
     )
     .option('--json', 'print {tokens, perplexity, reference_perplexity, kl_mean, top1_agreement}')
     .action((o: EvalFlags) => cmdEval(o));

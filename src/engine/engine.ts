@@ -477,14 +477,19 @@ export class Engine implements KilnEngine {
   /**
    * The teacher-forced logits of `ids` a chunk of rows at a time ([rows, vocab] f32 from row
    * `start`), so that long texts over big vocabularies never sit in memory whole (evaluation).
-   * The GPU state is held until the iteration ends or is abandoned.
+   * Each step reads `rowsPerStep` ids (default and at most the prefill chunk; 1 writes the KV
+   * cache as decoding does). The GPU state is held until the iteration ends or is abandoned.
    */
   async *logitChunks(
     ids: readonly number[],
+    rowsPerStep: number = this.prefillChunk,
   ): AsyncGenerator<{ start: number; rows: number; logits: Float32Array }> {
     checkPrompt(ids, this.contextLength, this.spec);
+    if (!Number.isSafeInteger(rowsPerStep) || rowsPerStep < 1) {
+      throw new InvalidRequestError(`rowsPerStep must be a positive integer, got ${rowsPerStep}`);
+    }
     const hold = await (await this.ready()).hold();
-    yield* heldLogitChunks(this.forward, hold, ids, this.prefillChunk);
+    yield* heldLogitChunks(this.forward, hold, ids, Math.min(rowsPerStep, this.prefillChunk));
   }
 
   /**

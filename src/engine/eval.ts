@@ -51,6 +51,8 @@ export async function evaluateText(
   ids: readonly number[],
   reference?: Engine,
   onProgress?: (done: number, total: number) => void,
+  /** Ids read per step (default: the prefill chunk; 1 fills the KV cache as decoding does). */
+  rowsPerStep?: number,
 ): Promise<EvalResult> {
   if (ids.length < 2) throw new InvalidRequestError('the evaluation text needs at least 2 tokens');
   const V = model.spec.vocabSize;
@@ -68,8 +70,8 @@ export async function evaluateText(
   for (let w = 0; w < ids.length - 1; w += window) {
     const part = ids.slice(w, Math.min(ids.length, w + window));
     if (part.length < 2) break;
-    const mine = model.logitChunks(part);
-    const theirs = reference?.logitChunks(part);
+    const mine = model.logitChunks(part, rowsPerStep);
+    const theirs = reference?.logitChunks(part, rowsPerStep);
     try {
       for (;;) {
         const a = await mine.next();

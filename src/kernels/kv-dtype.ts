@@ -12,9 +12,11 @@
  *   residual gives them back to f16 precision.
  * - 'int4lr', 'int2lr', 'gear4lr', 'gear2lr': the same rows plus GEAR's low-rank part, per
  *   16-token block and KV head: E ≈ A·B with A 16 x KV_RANK and B KV_RANK x head_dim (f16), E
- *   the block's quantization error after the outliers (kv_lowrank, power iteration). A block gets
- *   factors only when one step writes all 16 of its rows (a prefill chunk); a query adds A·B only
- *   for blocks before its own one (rows after it are its future). Ablation formats: see README.
+ *   the block's quantization error after the outliers (kv_lowrank, power iteration), computed by
+ *   the step that writes the block's last row, from its f32 rows (a block filled across steps
+ *   keeps them in a lane of the recent window, src/engine/kv/window.ts, until then); a query adds
+ *   A·B only for blocks before its own one (rows after it are its future). Ablation formats: see
+ *   README.
  * Quantized rows are u32 words in the paged layout [block][kv_head]{[16][row words], factors}:
  * the packed codes (element d at word d·bits/32, bits (d·bits) % 32, padded to a whole word),
  * then the (scale, min) word, then the outlier words (channel in the low 16 bits, residual f16

@@ -1,6 +1,7 @@
 /**
  * Compressed KV caches end to end on BabyLlama (a real trained model, head_dim 16):
- * the scheduler's machinery is format-blind, so with an int4 / GEAR cache requests generated
+ * the scheduler's machinery is format-blind, so with an int4 / GEAR cache (gear4lr: with its
+ * recent window, whose lanes follow preemption and copy-on-write) requests generated
  * together give exactly the ids each gives alone, a tiny pool preempts and recomputes correctly,
  * and a shared prefix (copy-on-write blocks of compressed rows) gives the same ids as a cold
  * engine. Quality against f16 is `kiln eval`'s (README); kernels are tested in
@@ -43,7 +44,7 @@ async function alone(e: Engine, prompts: number[][], opts: GenerateOptions): Pro
   return out;
 }
 
-describe.each(['int4', 'gear2'] as const)('%s KV cache', (kvCache) => {
+describe.each(['int4', 'gear2', 'gear4lr'] as const)('%s KV cache', (kvCache) => {
   test('the engine reports the format and blocks are smaller than f16 ones', async () => {
     const e = await createEngine({ model: dir, kvCache, contextLength: 64, kvCacheTokens: 64 });
     try {

@@ -9,13 +9,18 @@
  */
 import { DeviceMemoryError } from '../../errors.js';
 import { formatBytes, storageUsage, type GpuContext } from '../../gpu/device.js';
-import { checkKvDtype, isQuantKv, kvGroupBytes, kvQuantParams, type KvDtype } from '../../kernels/kv-dtype.js';
+import {
+  checkKvDtype,
+  isQuantKv,
+  kvGroupBytes,
+  kvQuantParams,
+  type KvDtype,
+} from '../../kernels/kv-dtype.js';
 import type { ModelSpec } from '../../model/spec.js';
 import type { SlidingLayout } from './sliding-pool.js';
 import { KV_WINDOW_LANES, KvWindow } from './window.js';
 
 export type { KvDtype };
-
 
 export const BLOCK_TOKENS = 16;
 

@@ -49,7 +49,7 @@ export class KvWindow {
     this.free.push(...this.done);
     this.done = [];
     const touched = new Set<number>();
-    for (let i = 0; i < slots.length; ) {
+    for (let i = 0; i < slots.length;) {
       // A run: consecutive rows of one block at consecutive offsets (one sequence's rows).
       const s0 = slots[i] as number;
       const block = Math.floor(s0 / BLOCK_TOKENS);
