@@ -3,13 +3,15 @@
  * projections, as `bench:decode --quant q4`; the LM head stays bf16: an int4 head fails on prompts
  * longer than one prefill chunk, whose earlier chunks have no logit rows):
  *   npm run bench:kv -- [shape] [--layers N] [--contexts 1024,4096] [--formats f16,int8,...]
- *     [--tokens N] [--rounds N]
+ *     [--tokens N] [--rounds N] [--profile-only]
  * For each context, one engine per format holds a prompt of (context - tokens) ids, then the
  * formats decode `tokens` greedy tokens each in alternating rounds (f16 first in every round), so
  * drift on a shared machine favours none; the median round of each is kept (and every round
  * printed). Each round also profiles one decode step at the context's last position, dispatch by
  * dispatch with GPU timestamps (Engine.profileDecode): its sum is the step's GPU time, its
  * attention dispatches the format's attention cost, neither counting submission or readback.
+ * `--profile-only` skips the prompts and the timed decoding (the profiled step does the same work
+ * whatever the cache holds): GPU figures only, in seconds rather than minutes at long contexts.
  * Prints one JSON line per (context, format) with decode tokens/s (wall clock) and GPU ms per
  * step, each with its ratio to f16, plus the KV bytes per token per layer.
  */
@@ -32,6 +34,7 @@ const contexts = flag('--contexts', '1024,4096').split(',').map(Number);
 const formats = flag('--formats', 'f16,int8,int4,int2,gear4,gear2').split(',') as KvDtype[];
 const tokens = Number(flag('--tokens', '8'));
 const rounds = Number(flag('--rounds', '5'));
+const profileOnly = process.argv.includes('--profile-only');
 const root = process.env.KILN_BENCH_DIR ?? join(tmpdir(), 'kiln-bench');
 const dir = await syntheticModel(root, shape, 'BF16', layers);
 
@@ -62,16 +65,18 @@ for (const context of contexts) {
   const attn: number[][] = formats.map(() => []);
   for (let round = 0; round < rounds; round++) {
     for (const [i, e] of engines.entries()) {
-      const r = await e
-        .generate(prompt(round), { maxTokens: tokens, temperature: 0, ignoreEos: true })
-        .result();
-      runs[i]?.push(r.timings.decodeTokensPerS);
+      if (!profileOnly) {
+        const r = await e
+          .generate(prompt(round), { maxTokens: tokens, temperature: 0, ignoreEos: true })
+          .result();
+        runs[i]?.push(r.timings.decodeTokensPerS);
+      }
       const prof = await e.profileDecode(context);
       gpu[i]?.push(prof.reduce((s, p) => s + p.ms, 0));
       attn[i]?.push(prof.filter((p) => p.label.startsWith('attention')).reduce((s, p) => s + p.ms, 0));
     }
   }
-  const best = runs.map(median);
+  const best = runs.map((r) => (r.length > 0 ? median(r) : NaN));
   const gpuMs = gpu.map(median);
   const attnMs = attn.map(median);
   const f16i = formats.indexOf('f16');
