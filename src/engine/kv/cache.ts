@@ -56,6 +56,7 @@ export function kvPoolBytes(
   for (let l = 0; l < spec.numLayers; l++)
     total += (sliding?.layout.layers[l] ? sliding.blocks : blocks) * block;
   return total + spec.numLayers * kvWindowBytes(spec, dtype, KV_WINDOW_LANES);
+}
 
 /** Bytes of one layer's window (window.ts) of a low-rank format: 0 for every other format. */
 export function kvWindowBytes(spec: ModelSpec, dtype: KvDtype, lanes: number): number {
