@@ -115,15 +115,20 @@ fn kv_row(g: u32, j: u32, hd4: u32) -> u32 {
 // q starts at q_sh[qb] (the lanes).
 fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32) -> mat4x4<f32> {
   var s = mat4x4<f32>();
+  // A compressed row's shared words (scale, outliers, factors) once per row, not per 4 channels.
+  let ra = kv_k_row(ka);
+  let rb = kv_k_row(kb);
+  let rc = kv_k_row(kc);
+  let rd = kv_k_row(kd);
   for (var d4 = 0u; d4 < hd4; d4++) {
     let q0 = q_sh[qb + d4];
     let q1 = q_sh[qb + hd4 + d4];
     let q2 = q_sh[qb + 2u * hd4 + d4];
     let q3 = q_sh[qb + 3u * hd4 + d4];
-    let k0 = kv_k4(ka, d4);
-    let k1 = kv_k4(kb, d4);
-    let k2 = kv_k4(kc, d4);
-    let k3 = kv_k4(kd, d4);
+    let k0 = kv_k4r(ra, d4);
+    let k1 = kv_k4r(rb, d4);
+    let k2 = kv_k4r(rc, d4);
+    let k3 = kv_k4r(rd, d4);
     s += mat4x4<f32>(
       vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
       vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
@@ -154,13 +159,15 @@ fn capped2(x: mat2x4<f32>) -> mat2x4<f32> {
 
 fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
   var s = mat2x4<f32>();
+  let ra = kv_k_row(ka);
+  let rb = kv_k_row(kb);
   for (var d4 = 0u; d4 < hd4; d4++) {
     let q0 = q_sh[qb + d4];
     let q1 = q_sh[qb + hd4 + d4];
     let q2 = q_sh[qb + 2u * hd4 + d4];
     let q3 = q_sh[qb + 3u * hd4 + d4];
-    let k0 = kv_k4(ka, d4);
-    let k1 = kv_k4(kb, d4);
+    let k0 = kv_k4r(ra, d4);
+    let k1 = kv_k4r(rb, d4);
     s += mat2x4<f32>(
       vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
       vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
@@ -395,8 +402,10 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
       for (var b0 = 0u; b0 < n; b0 += BLOCK_TOKENS) {
         let base = (bt_sh[b0 / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS;
         let kn = min(BLOCK_TOKENS, n - b0);
+        // A compressed block's words shared by its rows' channels 4t..4t+3 (low-rank B), once.
+        let blk = kv_v_blk(base, t);
         for (var k = 0u; k < kn; k++) {
-          let v = kv_v4(base + k, t);
+          let v = kv_v4b(blk, base + k, t);
           let pa = p_sh[b0 + k];
           acc_a += outer(v, pa);
           l_a += pa;

@@ -13,3 +13,24 @@ fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
 fn kv_v4(row: u32, d4: u32) -> vec4<f32> {
   return v_cache[row * (p.head_dim / 4u) + d4];
 }
+
+// Split-K attention's per-row and per-block views (kv_quant.wgsl reads a row's or a block's shared
+// words once through them); a float row has none: the row index itself.
+alias KvRow = u32;
+alias KvBlk = u32;
+
+fn kv_k_row(row: u32) -> KvRow {
+  return row;
+}
+
+fn kv_k4r(r: KvRow, d4: u32) -> vec4<f32> {
+  return kv_k4(r, d4);
+}
+
+fn kv_v_blk(row0: u32, d4: u32) -> KvBlk {
+  return row0;
+}
+
+fn kv_v4b(blk: KvBlk, row: u32, d4: u32) -> vec4<f32> {
+  return kv_v4(row, d4);
+}

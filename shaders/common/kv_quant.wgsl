@@ -81,42 +81,93 @@ fn kvq_b_word(j: u32, d: u32) -> u32 {
   return (KVQ_BLOCK * KV_RANK + j * p.head_dim + d) / 2u;
 }
 
-fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
-  let cw = kvq_code_words();
+// A K row's words that every 4-channel load of it needs, read once (split-K attention's scores
+// read a row 4 channels at a time over head_dim / 4 steps): its first word, (scale, min), the
+// outlier words (0xffffffff: none, a channel no load matches) and, where its block's factors
+// apply, A[t][0..1] and the factor base (0xffffffff: none). The low-rank formats have rank 2.
+struct KvRow {
+  base: u32,
+  sm: vec2<f32>,
+  o: vec4<u32>,
+  a: vec2<f32>,
+  f: u32,
+}
+
+const KVQ_NONE: u32 = 0xffffffffu;
+
+fn kv_k_row(row: u32) -> KvRow {
   let r = kvq_row_base(row);
-  var x = kvq_dequant4(k_cache[r + (4u * d4 * KV_BITS) / 32u], d4, unpack2x16float(k_cache[r + cw]));
-  for (var o = 0u; o < KV_OUTLIERS; o++) {
-    x += kvq_patch4(k_cache[r + cw + 1u + o], d4);
+  let cw = kvq_code_words();
+  var o = vec4<u32>(KVQ_NONE);
+  for (var i = 0u; i < KV_OUTLIERS; i++) {
+    o[i] = k_cache[r + cw + 1u + i];
   }
+  var a = vec2<f32>(0.0);
+  var f = KVQ_NONE;
   if (kvq_lowrank_on(row)) {
-    let f = kvq_factor_base(row);
-    let t = row % KVQ_BLOCK;
+    f = kvq_factor_base(row);
+    a = unpack2x16float(k_cache[f + kvq_a_word(row % KVQ_BLOCK, 0u)]);
+  }
+  return KvRow(r, unpack2x16float(k_cache[r + cw]), o, a, f);
+}
+
+fn kv_k4r(r: KvRow, d4: u32) -> vec4<f32> {
+  var x = kvq_dequant4(k_cache[r.base + (4u * d4 * KV_BITS) / 32u], d4, r.sm);
+  for (var o = 0u; o < KV_OUTLIERS; o++) {
+    x += kvq_patch4(r.o[o], d4);
+  }
+  if (KV_RANK > 0u && r.f != KVQ_NONE) {
     for (var j = 0u; j < KV_RANK; j++) {
-      let a = unpack2x16float(k_cache[f + kvq_a_word(t, j)])[j % 2u];
-      let b = kvq_b_word(j, 4u * d4);
-      x += a * vec4<f32>(unpack2x16float(k_cache[f + b]), unpack2x16float(k_cache[f + b + 1u]));
+      let b = r.f + kvq_b_word(j, 4u * d4);
+      x += r.a[j] * vec4<f32>(unpack2x16float(k_cache[b]), unpack2x16float(k_cache[b + 1u]));
     }
   }
   return x;
 }
 
-fn kv_v4(row: u32, d4: u32) -> vec4<f32> {
+fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
+  return kv_k4r(kv_k_row(row), d4);
+}
+
+// B[0..1][4·d4..4·d4+3] of one (block, KV head) of V (split-K attention's P·V reads a block's
+// rows 4 channels per thread: their factor words are the same for all 16), and the factor base
+// (0xffffffff: the block's factors do not apply).
+struct KvBlk {
+  b0: vec4<f32>,
+  b1: vec4<f32>,
+  f: u32,
+}
+
+// `row0`: the block's first row for the KV head.
+fn kv_v_blk(row0: u32, d4: u32) -> KvBlk {
+  var blk = KvBlk(vec4<f32>(0.0), vec4<f32>(0.0), KVQ_NONE);
+  if (kvq_lowrank_on(row0)) {
+    blk.f = kvq_factor_base(row0);
+    let b0 = blk.f + kvq_b_word(0u, 4u * d4);
+    let b1 = blk.f + kvq_b_word(1u, 4u * d4);
+    blk.b0 = vec4<f32>(unpack2x16float(v_cache[b0]), unpack2x16float(v_cache[b0 + 1u]));
+    blk.b1 = vec4<f32>(unpack2x16float(v_cache[b1]), unpack2x16float(v_cache[b1 + 1u]));
+  }
+  return blk;
+}
+
+// kv_v4 of a row of the block `blk` was read for.
+fn kv_v4b(blk: KvBlk, row: u32, d4: u32) -> vec4<f32> {
   let cw = kvq_code_words();
   let r = kvq_row_base(row);
   var x = kvq_dequant4(v_cache[r + (4u * d4 * KV_BITS) / 32u], d4, unpack2x16float(v_cache[r + cw]));
   for (var o = 0u; o < KV_OUTLIERS; o++) {
     x += kvq_patch4(v_cache[r + cw + 1u + o], d4);
   }
-  if (kvq_lowrank_on(row)) {
-    let f = kvq_factor_base(row);
-    let t = row % KVQ_BLOCK;
-    for (var j = 0u; j < KV_RANK; j++) {
-      let a = unpack2x16float(v_cache[f + kvq_a_word(t, j)])[j % 2u];
-      let b = kvq_b_word(j, 4u * d4);
-      x += a * vec4<f32>(unpack2x16float(v_cache[f + b]), unpack2x16float(v_cache[f + b + 1u]));
-    }
+  if (KV_RANK > 0u && blk.f != KVQ_NONE) {
+    let a = unpack2x16float(v_cache[blk.f + kvq_a_word(row % KVQ_BLOCK, 0u)]);
+    x += a.x * blk.b0 + a.y * blk.b1;
   }
   return x;
+}
+
+fn kv_v4(row: u32, d4: u32) -> vec4<f32> {
+  return kv_v4b(kv_v_blk(row - row % KVQ_BLOCK, d4), row, d4);
 }
 
 fn kv_k1(row: u32, d: u32) -> f32 {
