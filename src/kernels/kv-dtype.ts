@@ -24,7 +24,9 @@
  * rank formats only): A as [16][KV_RANK] f16, then B as [KV_RANK][head_dim] f16, zero while the
  * block has none. Every kernel that reads or writes the cache is prefixed with the
  * format's fragment (shaders/common/kv_*.wgsl): `alias KvCell` for the bindings and the loads
- * kv_k1/kv_v1 (one element) and kv_k4/kv_v4 (4 channels) by token row; quantized formats are
+ * kv_k1/kv_v1 (one element) and kv_k4/kv_v4 (4 channels) by token row, and split-K attention's
+ * kv_k_row + kv_k4r and kv_v_blk + kv_v4b, which read a compressed row's (scale, min), outliers
+ * and A once per row and a block's B once per block (rank 2 there); quantized formats are
  * written by kv_quantize from rope_kv_write's f32 rows. A format's pipeline labels end in
  * `_kv<format>` (none for f32).
  */
