@@ -16,6 +16,10 @@
  * output of plain decoding; under sampling, when it equals the row's own draw, which keeps the
  * output distribution that of plain sampling (schedule/verify.ts). Not with a grammar (its matcher
  * cannot be rewound past rejected guesses).
+ *
+ * Never much slower than plain decoding: a verifying step runs unpipelined and computes a row per
+ * guess, so speculation probes (a few verifying steps) and rests (plain pipelined decode, for
+ * 32 tokens doubling to 512) while its guesses are not accepted often enough to pay for that.
  */
 import { InvalidRequestError } from '../errors.js';
 
@@ -30,13 +34,26 @@ export interface SpeculativeOptions {
 const SUCCESSORS = 4;
 /** Longest n-gram matched by prompt lookup. */
 const MAX_NGRAM = 3;
-/** Verifying steps judged before deciding whether speculation pays. */
-const TRIAL_STEPS = 16;
 /**
- * Accepted guesses per verifying step below which speculation switches off for the sequence: each
- * guessed row costs work, and a step that accepts nothing produced one token for all of it.
+ * Verifying steps of a probe: speculation is judged over this many steps (or 2 that accepted
+ * nothing), then either goes on (it paid) or rests.
+ */
+const PROBE_STEPS = 4;
+/**
+ * Accepted guesses per verifying step below which a probe did not pay: each guessed row costs
+ * work, and a verifying step runs unpipelined, so a step that accepts nothing produced one token
+ * for more than a pipelined step costs.
  */
 const MIN_ACCEPTED = 0.5;
+/**
+ * Tokens a sequence decodes plainly (pipelined) after a probe that did not pay, before the next
+ * probe: FIRST_REST, doubling after each probe that fails again up to MAX_REST, back to
+ * FIRST_REST after one that pays. A sequence whose guesses never pay spends at most a few
+ * unpipelined steps per MAX_REST tokens on them; one that starts copying (a quoted passage) is
+ * found again within its rest.
+ */
+const FIRST_REST = 32;
+const MAX_REST = 512;
 
 export function checkSpeculative(o: SpeculativeOptions | undefined): Required<SpeculativeOptions> | null {
   if (o === undefined) return null;
@@ -67,15 +84,22 @@ export class Speculator {
   steps = 0;
   accepted = 0;
   drafted = 0;
-  /** Switched off: it did not pay (the sequence decodes plainly, and may pipeline, from then on). */
-  off = false;
+  /** The current probe's verifying steps and the guesses they accepted. */
+  private probeSteps = 0;
+  private probeAccepted = 0;
+  /** Tokens of the next rest, and the sequence length before which the current rest lasts. */
+  private rest = FIRST_REST;
+  private restUntil = 0;
+  /** The sequence length at the last draft (a rest starts from there). */
+  private at = 0;
 
   constructor(private readonly opts: Required<SpeculativeOptions>) {}
 
   /** Up to `limit` guessed tokens to follow `tokens` (the sequence so far). */
   draft(tokens: readonly number[], limit: number): number[] {
     const n = Math.min(limit, this.opts.maxDraft, this.length);
-    if (this.off || n <= 0 || tokens.length === 0) return [];
+    if (this.resting(tokens) || n <= 0 || tokens.length === 0) return [];
+    this.at = tokens.length;
     // Every bigram of the sequence (prompt and generated) not yet seen.
     for (; this.learned + 1 < tokens.length; this.learned++) {
       this.remember(tokens[this.learned] as number, tokens[this.learned + 1] as number);
@@ -104,7 +128,31 @@ export class Speculator {
     this.drafted += rows.length - 1;
     this.accepted += accepted;
     this.length = accepted + 1;
-    if (this.steps >= TRIAL_STEPS && this.accepted / this.steps < MIN_ACCEPTED) this.off = true;
+    this.probeSteps++;
+    this.probeAccepted += accepted;
+    const failed =
+      (this.probeSteps >= 2 && this.probeAccepted === 0) ||
+      (this.probeSteps >= PROBE_STEPS && this.probeAccepted / this.probeSteps < MIN_ACCEPTED);
+    if (failed) {
+      this.restUntil = this.at + this.rest;
+      this.rest = Math.min(MAX_REST, this.rest * 2);
+    } else if (this.probeSteps < PROBE_STEPS) return;
+    else this.rest = FIRST_REST;
+    this.probeSteps = 0;
+    this.probeAccepted = 0;
+  }
+
+  /** Between probes: guesses did not pay lately, so the sequence decodes plainly (pipelined). */
+  resting(tokens: readonly number[]): boolean {
+    return tokens.length < this.restUntil;
+  }
+
+  /**
+   * Whether a step after `tokens` would verify guesses: a pipelined burst stops for it, so a
+   * sequence pipelines while it rests or has nothing to guess.
+   */
+  wants(tokens: readonly number[]): boolean {
+    return this.draft(tokens, 1).length > 0;
   }
 
   private remember(token: number, successor: number): void {

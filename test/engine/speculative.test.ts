@@ -50,16 +50,36 @@ describe('drafting', () => {
     expect(s.steps).toBe(4);
   });
 
-  test('both: lookup first, recycling when no n-gram matches; it switches off when guesses fail', () => {
+  test('both: lookup first, recycling when no n-gram matches; it rests when guesses fail', () => {
     const s = new Speculator({ method: 'both', maxDraft: 4 });
     s.record([2, 3, 1], [3, 1, 2], 2);
     expect(s.draft([1, 2, 3, 1, 2], 4)).toEqual([3, 1, 2]);
     // No n-gram ending [.., 8, 5] occurs earlier, and the store has no successor of 5.
     expect(s.draft([1, 2, 3, 1, 2, 8, 5], 4)).toEqual([]);
     expect(s.draft([1, 2, 3, 1, 2, 8, 5, 2], 4)).toEqual([8, 5, 2]);
-    for (let i = 0; i < 15; i++) s.record([1, 2], [9, 9], 0);
-    expect(s.off).toBe(true);
-    expect(s.draft([1, 2, 3, 1, 2], 4)).toEqual([]);
+  });
+
+  test('a probe that does not pay rests: plain decoding for 32 tokens, doubling, reset once it pays', () => {
+    const s = new Speculator({ method: 'recycling', maxDraft: 4 });
+    const at = (n: number) => Array.from({ length: n }, (_, i) => [1, 2, 3][i % 3] as number);
+    // A probe of 2 verifying steps that accept nothing, after a draft at length 8.
+    expect(s.draft(at(8), 4)).toEqual([3, 1]);
+    s.record([3, 1, 2], [9, 9, 9], 0);
+    expect(s.resting(at(9))).toBe(false);
+    s.record([3, 1, 2], [9, 9, 9], 0);
+    expect(s.resting(at(39))).toBe(true);
+    expect(s.draft(at(39), 4)).toEqual([]);
+    expect(s.wants(at(39))).toBe(false);
+    expect(s.wants(at(40))).toBe(true);
+    // The next failed probe (its last draft at 40) rests twice as long.
+    s.record([3, 1, 2], [9, 9, 9], 0);
+    s.record([3, 1, 2], [9, 9, 9], 0);
+    expect(s.resting(at(40 + 63))).toBe(true);
+    expect(s.resting(at(40 + 64))).toBe(false);
+    // A probe that accepts one guess per step (of 4 steps) pays: speculation goes on.
+    for (let i = 0; i < 4; i++) s.record([3, 1, 2], [1, 2, 3], 1);
+    expect(s.wants(at(104))).toBe(true);
+    expect(s.steps).toBe(8);
   });
 
   test('options are checked by name', () => {

@@ -12,12 +12,14 @@ import { emptyRows, type Batch, type Seq, type StepRows } from './batch.js';
 /**
  * Whether this step may start a pipelined burst: every running sequence decodes (one row each),
  * none waits to be admitted, attention is calibrated (calibration reads each step back), no
- * sequence asked for depth 1 (`ScheduledRequest.pipeline`) or speculates, and every row's token
- * is chosen on the GPU (greedy, or drawn there: not CPU sampling). Logprobs do not stop a burst:
- * the logprobs kernel runs in each step and its rows come back with the ids, through the same
- * readback ring. Rows whose choice needs CPU state from the previous id (a grammar's mask, logit
- * bias, presence / frequency penalties, a repetition penalty: `needsTail`) run as an
- * `adjustedBurst` (adjusted-burst.ts), the others as a `decodeBurst`.
+ * sequence asked for depth 1 (`ScheduledRequest.pipeline`), and every row's token is chosen on
+ * the GPU (greedy, or drawn there: not CPU sampling). Logprobs do not stop a burst: the logprobs
+ * kernel runs in each step and its rows come back with the ids, through the same readback ring.
+ * Rows whose choice needs CPU state from the previous id (a grammar's mask, logit bias, presence /
+ * frequency penalties, a repetition penalty: `needsTail`) run as an `adjustedBurst`
+ * (adjusted-burst.ts), the others as a `decodeBurst`. A speculative sequence with no guesses this
+ * step (resting, or nothing to guess) pipelines too; the burst stops once it has guesses to verify
+ * (`mayRunAhead`).
  */
 export function pipelinable(b: Batch, work: readonly { s: Seq; n: number }[]): boolean {
   if ((b.opts.pipelineDepth ?? 2) < 2 || b.waiting.length > 0) return false;
@@ -26,7 +28,6 @@ export function pipelinable(b: Batch, work: readonly { s: Seq; n: number }[]): b
     ({ s, n }) =>
       n === 1 &&
       s.req.pipeline !== false &&
-      (s.spec === null || s.spec.off) &&
       (s.sampler.greedy || b.opts.gpuSampling),
   );
 }
@@ -79,6 +80,8 @@ export function mayRunAhead(b: Batch, seqs: readonly Seq[]): boolean {
   let blocks = 0;
   for (const s of seqs) {
     if (s.finished || s.cancelled || s.req.signal?.aborted) return false;
+    // Guesses to verify: the steps in flight drain and the next step verifies them.
+    if (s.spec?.wants(s.tokens)) return false;
     // After the steps in flight, this one would produce token produced + reserved + 2.
     if (s.produced + s.reserved + 1 >= s.req.maxTokens) return false;
     if (s.tokens.length + s.reserved + 1 >= b.opts.contextLength) return false;

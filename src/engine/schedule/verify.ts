@@ -28,7 +28,7 @@ import type { Batch, Seq } from './batch.js';
  * preempts anyone).
  */
 export function guess(b: Batch, s: Seq, room: number): number[] {
-  if (!s.spec || s.spec.off) return [];
+  if (!s.spec) return [];
   const limit = Math.min(room, s.req.maxTokens - s.produced - 1, b.opts.contextLength - s.tokens.length - 1);
   const draft = s.spec.draft(s.tokens, limit);
   if (draft.length === 0 || !b.blocks.canAppend(s.id, draft.length)) return [];
