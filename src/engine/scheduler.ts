@@ -40,7 +40,7 @@ import type {
   SchedulerOptions,
   SchedulerStats,
 } from './schedule/types.js';
-import { absorbVerified, guess, verifyGuesses } from './schedule/verify.js';
+import { absorbVerified, guess, offerRecycled, verifyGuesses } from './schedule/verify.js';
 import { Speculator } from './speculative.js';
 
 export type * from './schedule/types.js';
@@ -69,6 +69,8 @@ export class Scheduler {
     this.batch = new Batch(forward, kv, blocks, opts, () => this.turns.waiters);
     this.waiting = this.batch.waiting;
     this.running = this.batch.running;
+    // Token Recycling's table on the GPU, learning from every step (forward/recycle.ts).
+    if (opts.speculative && opts.speculative.method !== 'lookup') forward.enableRecycling();
   }
 
   /** Holds the GPU state for exclusive work between steps (see Hold). */
@@ -314,6 +316,7 @@ export class Scheduler {
     // One id per logit row (argmax or draw), with its logprobs where asked.
     let ids: ArrayLike<number> | null = null;
     let logprobs: readonly (RowLogprobs | null)[] | null = null;
+    let drafts: readonly (readonly number[])[] | null = null;
     const cpuLogprobs: Parameters<ScheduledRequest['onToken']>[1][] = [];
     // Each logit row's edits and mask: the grammar matchers run on the CPU while the GPU runs the
     // step's forward pass (runStep calls this after submitting it).
@@ -333,11 +336,14 @@ export class Scheduler {
     if (sampled.length === 0) {
       await runStep(this.forward, input, 'none');
     } else if (sampled.every((s) => s.sampler.greedy)) {
-      ({ ids, logprobs } = await runSampledStep(this.forward, input, 'ids', { ...adjust, ...withLogprobs }));
+      ({ ids, logprobs, drafts } = await runSampledStep(this.forward, input, 'ids', {
+        ...adjust,
+        ...withLogprobs,
+      }));
     } else if (this.opts.gpuSampling) {
       // One uniform per non-greedy row, from the request's own generator (as when alone).
       const sampling: RowSampling[] = rowOf.map((r) => r.s.sampler.gpuRow(context(r)));
-      ({ ids, logprobs } = await runSampledStep(this.forward, input, 'sample', {
+      ({ ids, logprobs, drafts } = await runSampledStep(this.forward, input, 'sample', {
         sampling,
         ...adjust,
         ...withLogprobs,
@@ -377,7 +383,15 @@ export class Scheduler {
       const row = firstRow[i] as number;
       const accepted = verified.get(s);
       if (accepted !== undefined) {
-        absorbVerified(this.batch, s, ids as ArrayLike<number>, logprobs ?? cpuLogprobs, row, accepted);
+        absorbVerified(
+          this.batch,
+          s,
+          ids as ArrayLike<number>,
+          logprobs ?? cpuLogprobs,
+          row,
+          accepted,
+          drafts,
+        );
         return;
       }
       // A grammar that allows no token at all (its next character is not in this vocabulary, and
@@ -391,6 +405,7 @@ export class Scheduler {
       const lp = logprobs?.[row];
       const logprob = lp ? { logprob: lp.logprob, top: lp.top } : cpuLogprobs[row];
       if (this.batch.emit(s, token, logprob) && this.running.includes(s)) this.batch.grow(s, token);
+      offerRecycled(s, drafts, row);
     });
   }
 }

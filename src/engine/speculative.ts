@@ -5,12 +5,14 @@
  *
  * - prompt lookup: the longest recent n-gram (up to 3 tokens) ending the sequence that occurred
  *   earlier in it (prompt + generated); its continuation there is the draft.
- * - recycling (after Token Recycling): for each token id, the successors the model chose after it
- *   in this sequence, most recent first, up to `SUCCESSORS` of them. Every verified row yields one
- *   (the row's argmax), rejected guesses included. The paper recycles the top-k of each row's
- *   logits; Kiln's greedy steps read back only the argmax ids, so the store holds top-1 choices
- *   seen in context, collected on the CPU from ids already read: the sequence's own bigrams
- *   (prompt and generated) and every verified row's choice.
+ * - recycling (Token Recycling, Luo et al. 2024): the engine's adjacency table on the GPU (each
+ *   token id's top-k ids from the logits the last time it was an input, updated every step without
+ *   reading logits back, forward/recycle.ts) gives a chain of guesses built on the GPU from each
+ *   step's chosen id, which comes back with the ids (`offer`). Where no such guesses exist (CPU
+ *   sampling reads logits instead), a CPU store stands in: for each token id, the successors the
+ *   model chose after it in this sequence, most recent first, up to `SUCCESSORS` of them, learnt
+ *   from the sequence's bigrams and every verified row's choice. The paper verifies a token tree
+ *   built from the top-k; Kiln verifies a chain (the top-1 path), as attention has no tree mask.
  *
  * Lossless: a guess is accepted exactly when it equals the model's argmax, so greedy output is the
  * output of plain decoding; under sampling, when it equals the row's own draw, which keeps the
@@ -92,6 +94,8 @@ export class Speculator {
   private restUntil = 0;
   /** The sequence length at the last draft (a rest starts from there). */
   private at = 0;
+  /** Guesses from the GPU's recycling table to follow the sequence at `length` tokens. */
+  private recycled: { guesses: readonly number[]; length: number } | null = null;
 
   constructor(private readonly opts: Required<SpeculativeOptions>) {}
 
@@ -107,6 +111,8 @@ export class Speculator {
     const m = this.opts.method;
     const found = m === 'recycling' ? [] : lookup(tokens, n);
     if (found.length > 0 || m === 'lookup') return found;
+    const r = this.recycled;
+    if (r && r.length === tokens.length && r.guesses.length > 0) return r.guesses.slice(0, n);
     const out: number[] = [];
     let t = tokens[tokens.length - 1] as number;
     while (out.length < n) {
@@ -140,6 +146,14 @@ export class Speculator {
     else this.rest = FIRST_REST;
     this.probeSteps = 0;
     this.probeAccepted = 0;
+  }
+
+  /**
+   * Takes the guesses the GPU built from the engine's recycling table (forward/recycle.ts) to
+   * follow the sequence once it holds `length` tokens; drafting prefers them to the CPU store.
+   */
+  offer(guesses: readonly number[], length: number): void {
+    this.recycled = { guesses, length };
   }
 
   /** Between probes: guesses did not pay lately, so the sequence decodes plainly (pipelined). */

@@ -82,6 +82,19 @@ describe('drafting', () => {
     expect(s.steps).toBe(8);
   });
 
+  test('recycling prefers the guesses the GPU table offers for the current length', () => {
+    const s = new Speculator({ method: 'recycling', maxDraft: 3 });
+    // The CPU store alone: 1→2, 2→3, 3→2.
+    expect(s.draft([1, 2, 3, 2], 8)).toEqual([3, 2]);
+    // Guesses built on the GPU to follow the 4-token sequence: taken (up to the draft length).
+    s.offer([7, 8, 9, 10], 4);
+    expect(s.draft([1, 2, 3, 2], 8)).toEqual([7, 8]);
+    // Offered for another length (stale): the CPU store again; none offered: the same.
+    expect(s.draft([1, 2, 3, 2, 3], 8)).toEqual([2, 3]);
+    s.offer([], 5);
+    expect(s.draft([1, 2, 3, 2, 3], 8)).toEqual([2, 3]);
+  });
+
   test('options are checked by name', () => {
     expect(checkSpeculative(undefined)).toBeNull();
     expect(checkSpeculative({ method: 'lookup' })).toEqual({ method: 'lookup', maxDraft: 4 });

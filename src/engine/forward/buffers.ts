@@ -9,6 +9,7 @@ import { isStackedQuantWeight } from '../../kernels/linear.js';
 import { isQuantKv } from '../../kernels/kv-dtype.js';
 import { LOGPROBS_ROW_BYTES } from '../../kernels/logprobs.js';
 import { architectureOf } from '../../model/registry.js';
+import { RECYCLE_ROW_BYTES } from './recycle.js';
 import type { ForwardState } from './state.js';
 
 const USAGE_IN = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
@@ -41,7 +42,7 @@ export interface StepBuffers {
   /** [r, hidden] final-normed logit rows (f16 when activations are f16) */ final: GPUBuffer;
   /** [r, vocab] f32 */ logits: GPUBuffer;
   /** [r] u32 argmax or sampled id of each logit row */ outIds: GPUBuffer;
-  /** [r] u32 ids, then [r] x LOGPROBS_ROW_BYTES logprobs rows; mappable */ idsReadback: GPUBuffer;
+  /** [r] u32 ids, then [r] x LOGPROBS_ROW_BYTES logprobs rows, then [r] x RECYCLE_ROW_BYTES guesses; mappable */ idsReadback: GPUBuffer;
   /** [r, vocab] f32, mappable */ logitsReadback: GPUBuffer;
 }
 
@@ -96,7 +97,7 @@ export function createStepBuffers(
     final: act('act.final', r, H),
     logits: f32('act.logits', r * spec.vocabSize),
     outIds: f32('act.out_ids', r),
-    idsReadback: buffer('readback.ids', r * (4 + LOGPROBS_ROW_BYTES), USAGE_READ()),
+    idsReadback: buffer('readback.ids', r * (4 + LOGPROBS_ROW_BYTES + RECYCLE_ROW_BYTES), USAGE_READ()),
     logitsReadback: buffer('readback.logits', r * spec.vocabSize * 4, USAGE_READ()),
   };
 }

@@ -15,6 +15,7 @@ import { BLOCK_TOKENS, type PagedKvCache } from '../kv/cache.js';
 import { Calibration } from './calibration.js';
 import type { StepGpuClock } from './step-clock.js';
 import { StepPlan } from './plan.js';
+import { createRecycleTable } from './recycle.js';
 import type { ForwardState } from './state.js';
 
 /** What one step computes: `tokens[i]` at `positions[i]`, K/V written to `slots[i]`. */
@@ -67,6 +68,8 @@ export class ForwardModel implements ForwardState {
   private sampling = false;
   private adjusting = false;
   private logprobs = false;
+  /** Token Recycling's table ([vocab, RECYCLE_K] u32), once enabled. */
+  private recycleTable: GPUBuffer | null = null;
 
   constructor(
     readonly ctx: GpuContext,
@@ -148,6 +151,7 @@ export class ForwardModel implements ForwardState {
     if (this.sampling) p.enableSampling();
     if (this.adjusting) p.enableAdjust();
     if (this.logprobs) p.enableLogprobs();
+    if (this.recycleTable) p.enableRecycling(this.recycleTable);
     this.plans.set(key, p);
     if (this.plans.size > ForwardModel.MAX_PLANS) {
       for (const [k, old] of this.plans) {
@@ -241,6 +245,16 @@ export class ForwardModel implements ForwardState {
   }
 
   /**
+   * Gives every plan, now and later, Token Recycling's stage (forward/recycle.ts): the table update
+   * from each step's logits and the guesses built from it (an engine with recycling speculation).
+   */
+  enableRecycling(): void {
+    if (this.recycleTable) return;
+    this.recycleTable = createRecycleTable(this.ctx, this.spec.vocabSize);
+    for (const p of this.plans.values()) p.enableRecycling(this.recycleTable);
+  }
+
+  /**
    * Switches to newly tuned kernels: recorded plans are dropped and re-recorded at their next
    * step with `choices`. Call between steps (nothing of a dropped plan may still be in flight).
    */
@@ -300,5 +314,6 @@ export class ForwardModel implements ForwardState {
     for (const b of [...this.ropeTables.values(), this.identityRows, this.blockTable, this.placeholder])
       this.ctx.destroyBuffer(b);
     if (this.slidingBlockTable) this.ctx.destroyBuffer(this.slidingBlockTable);
+    if (this.recycleTable) this.ctx.destroyBuffer(this.recycleTable);
   }
 }

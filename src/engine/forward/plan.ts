@@ -15,6 +15,7 @@ import {
 import { LOGPROBS_ROW_BYTES } from '../../kernels/logprobs.js';
 import { GpuLogitAdjust, GpuLogprobs, GpuSampling } from '../sampling/gpu.js';
 import { createStepBuffers, type StepBuffers } from './buffers.js';
+import { RECYCLE_ROW_BYTES, RecycleStage } from './recycle.js';
 import { recordGraph, type RecordedGraph } from './graph.js';
 import type { ForwardState } from './state.js';
 
@@ -45,6 +46,8 @@ export class StepPlan {
   adjust: GpuLogitAdjust | null = null;
   /** Logprobs of the chosen ids; made by `enableLogprobs`. */
   logprobs: GpuLogprobs | null = null;
+  /** Token Recycling's table update and guesses; made by `enableRecycling`. */
+  recycle: RecycleStage | null = null;
   private readonly owned: GPUBuffer[] = [];
   private readonly builder: DispatchBuilder;
   /** Mappable id buffers of pipelined steps, one per step in flight (made on first use). */
@@ -136,11 +139,31 @@ export class StepPlan {
     );
   }
 
+  /** Makes the Token Recycling stage over the engine's `table` (once). */
+  enableRecycling(table: GPUBuffer): void {
+    if (this.r === 0) return;
+    this.recycle ??= new RecycleStage(
+      this.ctx,
+      this.builder,
+      this.r,
+      {
+        table,
+        logits: this.bufs.logits,
+        inputIds: this.bufs.ids,
+        logitRows: this.bufs.logitRows,
+        outIds: this.bufs.outIds,
+        vocab: this.model.spec.vocabSize,
+      },
+      (b) => (this.owned.push(b), b),
+    );
+  }
+
   /**
    * The next buffer of the readback ring: a step in flight keeps its buffer mapped-pending until
    * its ids are read, so the next step copies into another one (PIPELINE_RING buffers cover the
    * deepest pipeline the scheduler runs, with one to spare). Each holds the step's ids, then its
-   * logprobs rows (LOGPROBS_ROW_BYTES per logit row) when it has any.
+   * logprobs rows (LOGPROBS_ROW_BYTES per logit row) when it has any, then its recycled guesses
+   * (RECYCLE_ROW_BYTES per logit row) when it has the stage.
    */
   nextReadback(): GPUBuffer {
     const i = this.ringNext;
@@ -149,7 +172,7 @@ export class StepPlan {
     if (!b) {
       b = this.ctx.createBuffer(
         `readback.ids.${i}`,
-        Math.max(4, this.r * (4 + LOGPROBS_ROW_BYTES)),
+        Math.max(4, this.r * (4 + LOGPROBS_ROW_BYTES + RECYCLE_ROW_BYTES)),
         GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       );
       this.ring[i] = b;

@@ -13,6 +13,7 @@ import { LOGPROBS_ROW_BYTES, unpackLogprobs, type RowLogprobs } from '../../kern
 import type { RowAdjust, RowSampling } from '../sampling/gpu.js';
 import type { ForwardModel, StepInput } from './model.js';
 import { StepPlan } from './plan.js';
+import { RECYCLE_ROW_BYTES, unpackDrafts } from './recycle.js';
 
 /**
  * What a step copies back: one argmax id per logit row ('ids'), one sampled id per logit row
@@ -44,6 +45,11 @@ export interface SampledStep {
   ids: Uint32Array;
   /** One entry per logit row (null where not asked); null when no row asked. */
   logprobs: (RowLogprobs | null)[] | null;
+  /**
+   * Token Recycling's guesses to follow each logit row's id (forward/recycle.ts), when the plan
+   * has the stage; else null.
+   */
+  drafts: number[][] | null;
 }
 
 /** Whether any row asks for logprobs. */
@@ -62,16 +68,34 @@ function encodeLogprobs(
   return true;
 }
 
-/** Splits an ids readback (ids, then logprobs rows when asked) into a SampledStep. */
+/**
+ * Splits an ids readback (ids, then logprobs rows when asked, then recycled guesses when
+ * `drafts`) into a SampledStep.
+ */
 function sampledStep(
   data: ArrayBuffer,
   r: number,
   rows: readonly (number | null)[] | undefined,
+  drafts: boolean,
 ): SampledStep {
+  const lp = asksLogprobs(rows);
+  const at = r * 4 + (lp ? r * LOGPROBS_ROW_BYTES : 0);
   return {
     ids: new Uint32Array(data, 0, r),
-    logprobs: asksLogprobs(rows) ? unpackLogprobs(data.slice(r * 4), rows) : null,
+    logprobs: lp ? unpackLogprobs(data.slice(r * 4, at), rows) : null,
+    drafts: drafts ? unpackDrafts(data, at, r) : null,
   };
+}
+
+/**
+ * Copies the recycled guesses (when the plan has the stage and the step reads ids) to `dst` at
+ * `bytes`; the bytes read back after it.
+ */
+function copyDrafts(enc: GPUCommandEncoder, plan: StepPlan, dst: GPUBuffer, bytes: number): number {
+  if (!plan.recycle) return bytes;
+  const n = plan.r * RECYCLE_ROW_BYTES;
+  enc.copyBufferToBuffer(plan.recycle.out, 0, dst, bytes, n);
+  return bytes + n;
 }
 
 /** Runs an 'ids' or 'sample' step and returns its ids with the logprobs its rows asked for. */
@@ -81,8 +105,8 @@ export async function runSampledStep(
   read: 'ids' | 'sample',
   o: StepOptions = {},
 ): Promise<SampledStep> {
-  const data = (await execute(fm, input, read, o)) as ArrayBuffer;
-  return sampledStep(data, input.logitRows.length, o.logprobs);
+  const { data, plan } = await execute(fm, input, read, o);
+  return sampledStep(data as ArrayBuffer, input.logitRows.length, o.logprobs, plan.recycle !== null);
 }
 
 export async function runStep(
@@ -104,19 +128,19 @@ export async function runStep(
   read: StepReadback,
   o: StepOptions = {},
 ): Promise<Uint32Array | Float32Array | null> {
-  const data = await execute(fm, input, read, o);
+  const { data } = await execute(fm, input, read, o);
   if (data === null) return null;
   if (read === 'logits') return new Float32Array(data);
   return new Uint32Array(data, 0, input.logitRows.length);
 }
 
-/** One step: what `read` asks for, as the bytes read back (null for 'none'). */
+/** One step: what `read` asks for, as the bytes read back (null for 'none'), and its plan. */
 async function execute(
   fm: ForwardModel,
   input: StepInput,
   read: StepReadback,
   o: StepOptions,
-): Promise<ArrayBuffer | null> {
+): Promise<{ data: ArrayBuffer | null; plan: StepPlan }> {
   const { ctx, spec } = fm;
   const r = input.logitRows.length;
   const plan = fm.writeInputs(input);
@@ -134,6 +158,9 @@ async function execute(
   if (capture) pass = cal.encode(enc, pass, plan);
   else encodeDispatches(pass, plan.graph.body);
   if (read !== 'none') encodeDispatches(pass, plan.graph.head);
+  // Token Recycling's table learns from the model's own logits, before any edit.
+  const recycle = plan.recycle && (read === 'ids' || read === 'sample') ? plan.recycle : null;
+  if (recycle) encodeDispatches(pass, [recycle.update]);
   let tailEnc = enc;
   let adjustRows: readonly (RowAdjust | null)[] | undefined;
   if (typeof o.adjust === 'function') {
@@ -166,10 +193,11 @@ async function execute(
     encodeDispatches(pass, [draw ?? (penalty as Dispatch)]);
   }
   const withLogprobs = (read === 'ids' || read === 'sample') && encodeLogprobs(pass, plan, o.logprobs);
+  if (recycle) encodeDispatches(pass, [recycle.draft]);
   pass.end();
   if (read === 'none') {
     queue.submit([enc.finish()]);
-    return null;
+    return { data: null, plan };
   }
   const logits = read === 'logits';
   const src = logits ? plan.bufs.logits : plan.bufs.outIds;
@@ -180,6 +208,7 @@ async function execute(
     tailEnc.copyBufferToBuffer(plan.logprobs.out, 0, dst, bytes, r * LOGPROBS_ROW_BYTES);
     bytes += r * LOGPROBS_ROW_BYTES;
   }
+  if (recycle) bytes = copyDrafts(tailEnc, plan, dst, bytes);
   queue.submit([tailEnc.finish()]);
   try {
     await dst.mapAsync(GPUMapMode.READ, 0, bytes);
@@ -195,7 +224,7 @@ async function execute(
   }
   // An error raised by this step arrives as an event; do not hand back what it produced.
   ctx.assertAlive();
-  return data;
+  return { data, plan };
 }
 
 /**
@@ -287,6 +316,7 @@ function encodeDecodeForward(
   const pass = enc.beginComputePass({ label: 'kiln.forward', ...(stamp ? { timestampWrites: stamp } : {}) });
   encodeDispatches(pass, plan.graph.body);
   encodeDispatches(pass, plan.graph.head);
+  if (plan.recycle) encodeDispatches(pass, [plan.recycle.update]);
   return { enc, pass, plan };
 }
 
@@ -304,19 +334,21 @@ function submitWithReadback(
   const { ctx } = fm;
   const r = plan.r;
   const withLogprobs = encodeLogprobs(pass, plan, logprobs);
+  if (plan.recycle) encodeDispatches(pass, [plan.recycle.draft]);
   pass.end();
   const dst = plan.nextReadback();
   enc.copyBufferToBuffer(plan.bufs.outIds, 0, dst, 0, r * 4);
-  const bytes = r * 4 + (withLogprobs ? r * LOGPROBS_ROW_BYTES : 0);
+  let bytes = r * 4 + (withLogprobs ? r * LOGPROBS_ROW_BYTES : 0);
   if (withLogprobs && plan.logprobs)
     enc.copyBufferToBuffer(plan.logprobs.out, 0, dst, r * 4, r * LOGPROBS_ROW_BYTES);
+  bytes = copyDrafts(enc, plan, dst, bytes);
   ctx.device.queue.submit([enc.finish()]);
   return dst.mapAsync(GPUMapMode.READ, 0, bytes).then(
     () => {
       const data = dst.getMappedRange(0, bytes).slice(0);
       dst.unmap();
       ctx.assertAlive();
-      return sampledStep(data, r, logprobs);
+      return sampledStep(data, r, logprobs, plan.recycle !== null);
     },
     (e: unknown) => {
       ctx.assertAlive();

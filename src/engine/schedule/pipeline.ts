@@ -8,6 +8,7 @@
 import { submitDecodeStep, type SampledStep } from '../forward/step.js';
 import type { RowAdjust } from '../sampling/gpu.js';
 import { emptyRows, type Batch, type Seq, type StepRows } from './batch.js';
+import { offerRecycled } from './verify.js';
 
 /**
  * Whether this step may start a pipelined burst: every running sequence decodes (one row each),
@@ -152,7 +153,7 @@ export function decodeRows(b: Batch, seqs: readonly Seq[], ahead: boolean): Step
 export function absorbDecode(
   b: Batch,
   seqs: readonly Seq[],
-  { ids, logprobs }: SampledStep,
+  { ids, logprobs, drafts }: SampledStep,
   adjusts?: readonly (RowAdjust | null)[],
 ): boolean {
   let ended = false;
@@ -182,6 +183,7 @@ export function absorbDecode(
       return;
     }
     if (!b.running.includes(s)) return;
+    offerRecycled(s, drafts, i);
     if (s.reserved > 0) {
       // Its slot was reserved by the step in flight that reads this token.
       s.reserved--;

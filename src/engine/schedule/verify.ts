@@ -78,6 +78,7 @@ export function absorbVerified(
   logprobs: readonly (Pick<RowLogprobs, 'logprob' | 'top'> | null | undefined)[] | null,
   row0: number,
   accepted: number,
+  drafts: readonly (readonly number[])[] | null,
 ): void {
   for (let r = 0; r <= accepted; r++) {
     const token = ids[row0 + r] as number;
@@ -85,4 +86,13 @@ export function absorbVerified(
     if (!b.emit(s, token, lp ? { logprob: lp.logprob, top: lp.top } : undefined)) return;
     if (r === accepted && b.running.includes(s)) b.grow(s, token);
   }
+  offerRecycled(s, drafts, row0 + accepted);
+}
+
+/**
+ * Hands `s` the guesses the GPU built from the recycling table after logit row `row`, whose id
+ * the sequence has just taken (forward/recycle.ts); nothing without the stage.
+ */
+export function offerRecycled(s: Seq, drafts: readonly (readonly number[])[] | null, row: number): void {
+  if (drafts && s.spec) s.spec.offer(drafts[row] ?? [], s.tokens.length);
 }
