@@ -40,6 +40,7 @@ import type {
   SchedulerOptions,
   SchedulerStats,
 } from './schedule/types.js';
+import { SpecClock } from './schedule/spec-clock.js';
 import { absorbVerified, guess, offerRecycled, verifyGuesses } from './schedule/verify.js';
 import { Speculator } from './speculative.js';
 
@@ -57,6 +58,8 @@ export class Scheduler {
   /** Resolved when the last request ends (see `whenIdle`). */
   private idleWaiters: (() => void)[] = [];
   private readonly batch: Batch;
+  /** Speculation's wall-time account: verifying steps against plain pipelined decode. */
+  private readonly specClock = new SpecClock();
   private readonly waiting: Seq[];
   private readonly running: Seq[];
 
@@ -153,7 +156,7 @@ export class Scheduler {
         reserved: 0,
         produced: 0,
         sampler,
-        spec: speculative && !sampler.constrained ? new Speculator(speculative) : null,
+        spec: speculative && !sampler.constrained ? new Speculator(speculative, this.specClock) : null,
         firstTokenAt: null,
         cachedPromptTokens: 0,
         preemptions: 0,
@@ -271,12 +274,19 @@ export class Scheduler {
       }
     }
     if (work.length === 0) return;
+    const t0 = performance.now();
+    const produced = (seqs: readonly Seq[]) => seqs.reduce((a, s) => a + s.produced, 0);
     if (work.length === this.running.length && pipelinable(this.batch, work)) {
       const seqs = work.map((w) => w.s);
+      const before = produced(seqs);
       await (seqs.some(needsTail) ? adjustedBurst : decodeBurst)(this.batch, seqs);
+      if (seqs.some((s) => s.spec))
+        this.specClock.add('plain', performance.now() - t0, produced(seqs) - before);
       return;
     }
 
+    const stepSeqs = work.map((w) => w.s);
+    const before = produced(stepSeqs);
     const input = emptyRows();
     const sampled: Seq[] = [];
     // Each sampled sequence's first logit row (a speculative one has one per row).
@@ -407,5 +417,6 @@ export class Scheduler {
       if (this.batch.emit(s, token, logprob) && this.running.includes(s)) this.batch.grow(s, token);
       offerRecycled(s, drafts, row);
     });
+    if (verified.size > 0) this.specClock.add('spec', performance.now() - t0, produced(stepSeqs) - before);
   }
 }

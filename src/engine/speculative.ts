@@ -21,9 +21,12 @@
  *
  * Never much slower than plain decoding: a verifying step runs unpipelined and computes a row per
  * guess, so speculation probes (a few verifying steps) and rests (plain pipelined decode, for
- * 32 tokens doubling to 512) while its guesses are not accepted often enough to pay for that.
+ * 32 tokens doubling to 512) while its guesses are not accepted often enough to pay for that, or
+ * while the engine's verifying steps produce tokens more slowly in wall time than its plain
+ * pipelined steps (schedule/spec-clock.ts).
  */
 import { InvalidRequestError } from '../errors.js';
+import type { SpecClock } from './schedule/spec-clock.js';
 
 export interface SpeculativeOptions {
   /** Where guesses come from: recycled successors, prompt n-gram lookup, or lookup then recycling. */
@@ -55,6 +58,8 @@ const MIN_ACCEPTED = 0.5;
  * found again within its rest.
  */
 const FIRST_REST = 32;
+/** Tokens decoded plainly before the first probe while the engine has not timed plain decoding. */
+const FIRST_PLAIN = 8;
 const MAX_REST = 512;
 
 export function checkSpeculative(o: SpeculativeOptions | undefined): Required<SpeculativeOptions> | null {
@@ -97,11 +102,18 @@ export class Speculator {
   /** Guesses from the GPU's recycling table to follow the sequence at `length` tokens. */
   private recycled: { guesses: readonly number[]; length: number } | null = null;
 
-  constructor(private readonly opts: Required<SpeculativeOptions>) {}
+  constructor(
+    private readonly opts: Required<SpeculativeOptions>,
+    /** The engine's wall-time account of verifying against plain steps (none: acceptance only). */
+    private readonly clock: SpecClock | null = null,
+  ) {}
 
   /** Up to `limit` guessed tokens to follow `tokens` (the sequence so far). */
   draft(tokens: readonly number[], limit: number): number[] {
     const n = Math.min(limit, this.opts.maxDraft, this.length);
+    // Until plain decoding has been timed, a first rest times it (on this engine's first request).
+    if (this.clock && !this.clock.knowsPlain && this.restUntil === 0)
+      this.restUntil = tokens.length + FIRST_PLAIN;
     if (this.resting(tokens) || n <= 0 || tokens.length === 0) return [];
     this.at = tokens.length;
     // Every bigram of the sequence (prompt and generated) not yet seen.
@@ -137,7 +149,7 @@ export class Speculator {
     this.probeSteps++;
     this.probeAccepted += accepted;
     const failed =
-      (this.probeSteps >= 2 && this.probeAccepted === 0) ||
+      (this.probeSteps >= 2 && (this.probeAccepted === 0 || this.clock?.slower() === true)) ||
       (this.probeSteps >= PROBE_STEPS && this.probeAccepted / this.probeSteps < MIN_ACCEPTED);
     if (failed) {
       this.restUntil = this.at + this.rest;

@@ -26,10 +26,7 @@ export function pipelinable(b: Batch, work: readonly { s: Seq; n: number }[]): b
   if ((b.opts.pipelineDepth ?? 2) < 2 || b.waiting.length > 0) return false;
   if (b.forward.calibration?.active) return false;
   return work.every(
-    ({ s, n }) =>
-      n === 1 &&
-      s.req.pipeline !== false &&
-      (s.sampler.greedy || b.opts.gpuSampling),
+    ({ s, n }) => n === 1 && s.req.pipeline !== false && (s.sampler.greedy || b.opts.gpuSampling),
   );
 }
 

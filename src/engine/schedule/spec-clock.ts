@@ -1,0 +1,36 @@
+/**
+ * Whether speculation pays on this engine, in wall time: the tokens per millisecond of its
+ * verifying steps against those of plain pipelined decode, each a decaying sum over recent steps
+ * (all sequences of a step together). A verifying step runs unpipelined and computes a row per
+ * guess, so what it costs against a pipelined step depends on the device (on a CPU adapter every
+ * row costs nearly a full row's work; on a GPU a decode step is bound by reading the weights):
+ * measured, not assumed.
+ */
+
+/** Weight of the older steps at each new one: about the last 10 steps count. */
+const DECAY = 0.9;
+/** Tokens each side needs (decayed) before the comparison is trusted. */
+const MIN_TOKENS = 4;
+
+export class SpecClock {
+  private readonly plain = { ms: 0, tokens: 0 };
+  private readonly spec = { ms: 0, tokens: 0 };
+
+  /** Adds a step (or a pipelined burst) of `ms` wall time that produced `tokens`. */
+  add(kind: 'plain' | 'spec', ms: number, tokens: number): void {
+    const a = kind === 'plain' ? this.plain : this.spec;
+    a.ms = a.ms * DECAY + ms;
+    a.tokens = a.tokens * DECAY + tokens;
+  }
+
+  /** Plain decoding has been timed. */
+  get knowsPlain(): boolean {
+    return this.plain.tokens >= MIN_TOKENS;
+  }
+
+  /** Verifying steps produced tokens more slowly than plain decoding lately; null: not known yet. */
+  slower(): boolean | null {
+    if (!this.knowsPlain || this.spec.tokens < MIN_TOKENS) return null;
+    return this.spec.tokens * this.plain.ms < this.plain.tokens * this.spec.ms;
+  }
+}
