@@ -156,7 +156,10 @@ export class Scheduler {
         reserved: 0,
         produced: 0,
         sampler,
-        spec: speculative && !sampler.constrained ? new Speculator(speculative, this.specClock) : null,
+        spec:
+          speculative && !sampler.constrained
+            ? new Speculator(speculative, speculative.timed && sampler.greedy ? this.specClock : null)
+            : null,
         firstTokenAt: null,
         cachedPromptTokens: 0,
         preemptions: 0,

@@ -33,6 +33,14 @@ export interface SpeculativeOptions {
   method: 'recycling' | 'lookup' | 'both';
   /** Most guessed tokens verified per step (1-16, default 4). */
   maxDraft?: number;
+  /**
+   * Greedy sequences also rest while this engine's verifying steps produce tokens more slowly in
+   * wall time than its plain pipelined steps (default true). False: judged by accepted guesses
+   * only, so which steps verify depends on the ids alone (reproducible runs, tests). Sampled
+   * sequences are judged by accepted guesses only either way: which rows draw depends on it, so a
+   * seed gives the same tokens run after run.
+   */
+  timed?: boolean;
 }
 
 /** Successors kept per token id. */
@@ -73,7 +81,10 @@ export function checkSpeculative(o: SpeculativeOptions | undefined): Required<Sp
   if (!(Number.isInteger(d) && d >= 1 && d <= 16)) {
     throw new InvalidRequestError(`speculative.maxDraft must be an integer from 1 to 16, got ${d}`);
   }
-  return { method: o.method, maxDraft: d };
+  if (o.timed !== undefined && typeof o.timed !== 'boolean') {
+    throw new InvalidRequestError(`speculative.timed must be a boolean, got ${String(o.timed)}`);
+  }
+  return { method: o.method, maxDraft: d, timed: o.timed ?? true };
 }
 
 export class Speculator {

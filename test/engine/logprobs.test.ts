@@ -181,7 +181,11 @@ describe('logprobs on the GPU path', () => {
   }, 300_000);
 
   test("speculative decoding with logprobs: the golden ids, guesses accepted, each token its own row's logprobs", async () => {
-    const spec = await createEngine({ model: dir, ...EXACT, speculative: { method: 'both', maxDraft: 4 } });
+    const spec = await createEngine({
+      model: dir,
+      ...EXACT,
+      speculative: { method: 'both', maxDraft: 4, timed: false },
+    });
     try {
       const opts: GenerateOptions = { maxTokens: 200, temperature: 0, ignoreEos: true, logprobs: 3 };
       expect((await collect(spec, [1], opts)).ids).toEqual(golden);

@@ -179,7 +179,10 @@ describe('sliding layers release their KV blocks: greedy ids equal the reference
       }
 
       // Speculative decoding (guesses verified as extra rows, rejected slots truncated).
-      const spec8 = await createEngine({ ...base, speculative: { method: 'both', maxDraft: 4 } });
+      const spec8 = await createEngine({
+        ...base,
+        speculative: { method: 'both', maxDraft: 4, timed: false },
+      });
       try {
         for (const x of [alone, c]) {
           const r = await spec8.generate(x.p, GREEDY).result();

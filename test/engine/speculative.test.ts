@@ -32,7 +32,7 @@ describe('drafting', () => {
   });
 
   test('recycling chains the most recent successors, learnt from the sequence and the verified rows', () => {
-    const s = new Speculator({ method: 'recycling', maxDraft: 3 });
+    const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false });
     // The sequence's bigrams 1→2, 2→3, 3→2: from the last 2, the chain cycles (2 guesses at first).
     expect(s.draft([1, 2, 3, 2], 8)).toEqual([3, 2]);
     // 2→4 is newer than 2→3; 4 has no successor yet.
@@ -51,7 +51,7 @@ describe('drafting', () => {
   });
 
   test('both: lookup first, recycling when no n-gram matches; it rests when guesses fail', () => {
-    const s = new Speculator({ method: 'both', maxDraft: 4 });
+    const s = new Speculator({ method: 'both', maxDraft: 4, timed: false });
     s.record([2, 3, 1], [3, 1, 2], 2);
     expect(s.draft([1, 2, 3, 1, 2], 4)).toEqual([3, 1, 2]);
     // No n-gram ending [.., 8, 5] occurs earlier, and the store has no successor of 5.
@@ -60,7 +60,7 @@ describe('drafting', () => {
   });
 
   test('a probe that does not pay rests: plain decoding for 32 tokens, doubling, reset once it pays', () => {
-    const s = new Speculator({ method: 'recycling', maxDraft: 4 });
+    const s = new Speculator({ method: 'recycling', maxDraft: 4, timed: false });
     const at = (n: number) => Array.from({ length: n }, (_, i) => [1, 2, 3][i % 3] as number);
     // A probe of 2 verifying steps that accept nothing, after a draft at length 8.
     expect(s.draft(at(8), 4)).toEqual([3, 1]);
@@ -83,7 +83,7 @@ describe('drafting', () => {
   });
 
   test('recycling prefers the guesses the GPU table offers for the current length', () => {
-    const s = new Speculator({ method: 'recycling', maxDraft: 3 });
+    const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false });
     // The CPU store alone: 1→2, 2→3, 3→2.
     expect(s.draft([1, 2, 3, 2], 8)).toEqual([3, 2]);
     // Guesses built on the GPU to follow the 4-token sequence: taken (up to the draft length).
@@ -97,7 +97,10 @@ describe('drafting', () => {
 
   test('options are checked by name', () => {
     expect(checkSpeculative(undefined)).toBeNull();
-    expect(checkSpeculative({ method: 'lookup' })).toEqual({ method: 'lookup', maxDraft: 4 });
+    expect(checkSpeculative({ method: 'lookup' })).toEqual({ method: 'lookup', maxDraft: 4, timed: true });
+    expect(() => checkSpeculative({ method: 'lookup', timed: 1 as unknown as boolean })).toThrow(
+      /speculative.timed/,
+    );
     expect(() => checkSpeculative({ method: 'tree' as 'lookup' })).toThrow(InvalidRequestError);
     expect(() => checkSpeculative({ method: 'both', maxDraft: 0 })).toThrow(/speculative.maxDraft/);
     expect(() => checkSpeculative({ method: 'both', maxDraft: 2.5 })).toThrow(/speculative.maxDraft/);
@@ -141,7 +144,7 @@ describe('on BabyLlama', () => {
     ).greedy_ids_after_bos.slice(0, 200);
     plain = await createEngine({ model: dir });
     for (const m of ['recycling', 'lookup', 'both'] as const)
-      spec[m] = await createEngine({ model: dir, speculative: { method: m, maxDraft: 4 } });
+      spec[m] = await createEngine({ model: dir, speculative: { method: m, maxDraft: 4, timed: false } });
   }, 300_000);
 
   afterAll(() => {
