@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { InvalidRequestError } from '../../src/errors.js';
 import { BlockManager } from '../../src/engine/kv/block-manager.js';
+import { SpecClock } from '../../src/engine/schedule/spec-clock.js';
 import { Speculator, checkSpeculative, lookup } from '../../src/engine/speculative.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { createEngine } from '../../src/node/index.js';
@@ -93,6 +94,33 @@ describe('drafting', () => {
     expect(s.draft([1, 2, 3, 2, 3], 8)).toEqual([2, 3]);
     s.offer([], 5);
     expect(s.draft([1, 2, 3, 2, 3], 8)).toEqual([2, 3]);
+  });
+
+  test('timed: a greedy sequence rests when verifying steps are slower in wall time than plain ones', () => {
+    const clock = new SpecClock();
+    expect(clock.slower()).toBeNull();
+    const s = new Speculator({ method: 'recycling', maxDraft: 4, timed: true }, clock);
+    const at = (n: number) => Array.from({ length: n }, (_, i) => [1, 2, 3][i % 3] as number);
+    // Plain decoding not timed yet: the first 8 tokens from the first draft decode plainly.
+    expect(s.draft(at(10), 4)).toEqual([]);
+    expect(s.wants(at(17))).toBe(false);
+    // Plain: 8 tokens in 8 ms. Verifying: 3 tokens per 6 ms step, slower; 2 accepted per step
+    // would pay by acceptance alone, but after 2 steps the clock says rest.
+    clock.add('plain', 8, 8);
+    expect(s.draft(at(18), 4)).toEqual([1, 2]);
+    clock.add('spec', 6, 3);
+    s.record([3, 1, 2], [1, 2, 9], 2);
+    clock.add('spec', 6, 3);
+    expect(clock.slower()).toBe(true);
+    s.record([3, 1, 2], [1, 2, 9], 2);
+    expect(s.resting(at(18 + 31))).toBe(true);
+    // Faster verifying steps: the next probe goes on.
+    clock.add('spec', 1, 40);
+    expect(clock.slower()).toBe(false);
+    expect(s.draft(at(50), 4).length).toBeGreaterThan(0);
+    s.record([2, 3, 1], [3, 1, 9], 1);
+    s.record([2, 3, 1], [3, 1, 9], 1);
+    expect(s.resting(at(51))).toBe(false);
   });
 
   test('options are checked by name', () => {
