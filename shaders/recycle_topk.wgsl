@@ -8,9 +8,11 @@
 // table row) writes nothing.
 // Bindings: params, logits [rows, n] f32, ids [m] u32 (the step's input tokens), logit_rows [rows]
 // u32 (the row whose logits each logit row is), table [n, k] u32.
-// Work: one 256-thread workgroup per logit row. Each thread keeps the best K_MAX of its strided
-// share of the row, sorted, in private memory (one pass over the logits); then k rounds each take
-// the best of the 256 list heads by a tree reduction, and the winner's head moves on.
+// Work: one 128-thread workgroup per logit row. Each thread keeps the best K_MAX of its strided
+// share of the row, sorted, in private memory (one pass over the logits) and stages them in
+// workgroup memory; then one thread merges the 128 sorted lists (k rounds over the list heads).
+// One barrier: on lavapipe (a CPU) barriers dominate a tree reduction per round, and the merge is
+// at most k · 128 comparisons.
 
 struct Params {
   n: u32,
@@ -24,21 +26,20 @@ struct Params {
 @group(0) @binding(3) var<storage, read> logit_rows: array<u32>;
 @group(0) @binding(4) var<storage, read_write> table: array<u32>;
 
-const WG: u32 = 256u;
+const WG: u32 = 128u;
 const K_MAX: u32 = 8u;
 const NONE: u32 = 0xffffffffu;
 const LOWEST: f32 = -3.4028234663852886e38;
 
-var<workgroup> head_v: array<f32, WG>;
-var<workgroup> head_i: array<u32, WG>;
-var<workgroup> head_t: array<u32, WG>;
+var<workgroup> cand_v: array<f32, 1024>; // WG * K_MAX
+var<workgroup> cand_i: array<u32, 1024>;
 var<workgroup> skip: u32;
 
 fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
   return v > bv || (v == bv && i < bi);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let r = wid.x;
   let tok = ids[logit_rows[r]];
@@ -63,10 +64,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     bv[j] = LOWEST;
     bi[j] = NONE;
   }
+  // The list's last entry, kept in registers: most values fail this test, and a private array
+  // lives in memory on lavapipe.
+  var last_v = LOWEST;
+  var last_i = NONE;
   for (var i = t; i < p.n; i += WG) {
     let v = logits[base + i];
     // v == v is false only for NaN; -inf never beats LOWEST.
-    if (v == v && better(v, i, bv[K_MAX - 1u], bi[K_MAX - 1u])) {
+    if (v == v && better(v, i, last_v, last_i)) {
       var j = K_MAX - 1u;
       loop {
         if (j == 0u || !better(v, i, bv[j - 1u], bi[j - 1u])) {
@@ -78,29 +83,39 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
       }
       bv[j] = v;
       bi[j] = i;
+      last_v = bv[K_MAX - 1u];
+      last_i = bi[K_MAX - 1u];
     }
   }
-  var h = 0u;
+  for (var j = 0u; j < K_MAX; j++) {
+    cand_v[t * K_MAX + j] = bv[j];
+    cand_i[t * K_MAX + j] = bi[j];
+  }
+  workgroupBarrier();
+  if (t != 0u) {
+    return;
+  }
+  // Thread 0 merges: each round takes the best list head and moves that list on.
+  var head: array<u32, WG>;
   for (var j = 0u; j < p.k; j++) {
-    head_v[t] = select(LOWEST, bv[min(h, K_MAX - 1u)], h < K_MAX);
-    head_i[t] = select(NONE, bi[min(h, K_MAX - 1u)], h < K_MAX);
-    head_t[t] = t;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-      if (t < s && better(head_v[t + s], head_i[t + s], head_v[t], head_i[t])) {
-        head_v[t] = head_v[t + s];
-        head_i[t] = head_i[t + s];
-        head_t[t] = head_t[t + s];
+    var best_v = LOWEST;
+    var best_i = NONE;
+    var best_l = 0u;
+    for (var l = 0u; l < WG; l++) {
+      let h = head[l];
+      if (h < K_MAX) {
+        let v = cand_v[l * K_MAX + h];
+        let i = cand_i[l * K_MAX + h];
+        if (better(v, i, best_v, best_i)) {
+          best_v = v;
+          best_i = i;
+          best_l = l;
+        }
       }
-      workgroupBarrier();
     }
-    let won = head_i[0];
-    if (t == 0u) {
-      table[tok * p.k + j] = won;
+    table[tok * p.k + j] = best_i;
+    if (best_i != NONE) {
+      head[best_l]++;
     }
-    if (won != NONE && head_t[0] == t) {
-      h++;
-    }
-    workgroupBarrier();
   }
 }
