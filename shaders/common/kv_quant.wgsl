@@ -83,12 +83,14 @@ fn kvq_b_word(j: u32, d: u32) -> u32 {
 
 // A K row's words that every 4-channel load of it needs, read once (split-K attention's scores
 // read a row 4 channels at a time over head_dim / 4 steps): its first word, (scale, min), the
-// outlier words (0xffffffff: none, a channel no load matches) and, where its block's factors
-// apply, A[t][0..1] and the factor base (0xffffffff: none). The low-rank formats have rank 2.
+// outliers' channels (0xffffffff: none, a channel no load matches) and residuals and, where its
+// block's factors apply, A[t][0..1] and the factor base (0xffffffff: none). The low-rank formats
+// have rank 2.
 struct KvRow {
   base: u32,
   sm: vec2<f32>,
-  o: vec4<u32>,
+  oc: vec4<u32>,
+  ores: vec4<f32>,
   a: vec2<f32>,
   f: u32,
 }
@@ -98,9 +100,12 @@ const KVQ_NONE: u32 = 0xffffffffu;
 fn kv_k_row(row: u32) -> KvRow {
   let r = kvq_row_base(row);
   let cw = kvq_code_words();
-  var o = vec4<u32>(KVQ_NONE);
+  var oc = vec4<u32>(KVQ_NONE);
+  var ores = vec4<f32>(0.0);
   for (var i = 0u; i < KV_OUTLIERS; i++) {
-    o[i] = k_cache[r + cw + 1u + i];
+    let w = k_cache[r + cw + 1u + i];
+    oc[i] = w & 0xffffu;
+    ores[i] = unpack2x16float(w >> 16u).x;
   }
   var a = vec2<f32>(0.0);
   var f = KVQ_NONE;
@@ -108,13 +113,14 @@ fn kv_k_row(row: u32) -> KvRow {
     f = kvq_factor_base(row);
     a = unpack2x16float(k_cache[f + kvq_a_word(row % KVQ_BLOCK, 0u)]);
   }
-  return KvRow(r, unpack2x16float(k_cache[r + cw]), o, a, f);
+  return KvRow(r, unpack2x16float(k_cache[r + cw]), oc, ores, a, f);
 }
 
 fn kv_k4r(r: KvRow, d4: u32) -> vec4<f32> {
   var x = kvq_dequant4(k_cache[r.base + (4u * d4 * KV_BITS) / 32u], d4, r.sm);
+  let ch = vec4<u32>(4u * d4) + vec4<u32>(0u, 1u, 2u, 3u);
   for (var o = 0u; o < KV_OUTLIERS; o++) {
-    x += kvq_patch4(r.o[o], d4);
+    x += select(vec4<f32>(0.0), vec4<f32>(r.ores[o]), vec4<u32>(r.oc[o]) == ch);
   }
   if (KV_RANK > 0u && r.f != KVQ_NONE) {
     for (var j = 0u; j < KV_RANK; j++) {
