@@ -59,7 +59,7 @@ export class Scheduler {
   private idleWaiters: (() => void)[] = [];
   private readonly batch: Batch;
   /** Speculation's wall-time account: verifying steps against plain pipelined decode. */
-  private readonly specClock = new SpecClock();
+  private readonly specClock = new SpecClock(() => this.batch.counts.steps);
   private readonly waiting: Seq[];
   private readonly running: Seq[];
 

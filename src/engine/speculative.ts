@@ -159,14 +159,25 @@ export class Speculator {
     this.length = accepted + 1;
     this.probeSteps++;
     this.probeAccepted += accepted;
+    if (this.clock && this.probeSteps >= 2 && this.clock.slower() === true) {
+      // Slower in wall time: every greedy sequence of the engine rests together, so the next
+      // probe verifies them in the same steps.
+      this.clock.restAll();
+      this.probeSteps = 0;
+      this.probeAccepted = 0;
+      return;
+    }
     const failed =
-      (this.probeSteps >= 2 && (this.probeAccepted === 0 || this.clock?.slower() === true)) ||
+      (this.probeSteps >= 2 && this.probeAccepted === 0) ||
       (this.probeSteps >= PROBE_STEPS && this.probeAccepted / this.probeSteps < MIN_ACCEPTED);
     if (failed) {
       this.restUntil = this.at + this.rest;
       this.rest = Math.min(MAX_REST, this.rest * 2);
     } else if (this.probeSteps < PROBE_STEPS) return;
-    else this.rest = FIRST_REST;
+    else {
+      this.rest = FIRST_REST;
+      this.clock?.paid();
+    }
     this.probeSteps = 0;
     this.probeAccepted = 0;
   }
@@ -181,7 +192,7 @@ export class Speculator {
 
   /** Between probes: guesses did not pay lately, so the sequence decodes plainly (pipelined). */
   resting(tokens: readonly number[]): boolean {
-    return tokens.length < this.restUntil;
+    return tokens.length < this.restUntil || (this.clock?.resting ?? false);
   }
 
   /**

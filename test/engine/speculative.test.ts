@@ -96,16 +96,19 @@ describe('drafting', () => {
     expect(s.draft([1, 2, 3, 2, 3], 8)).toEqual([2, 3]);
   });
 
-  test('timed: a greedy sequence rests when verifying steps are slower in wall time than plain ones', () => {
-    const clock = new SpecClock();
+  test('timed: greedy sequences rest together while verifying is slower in wall time than plain steps', () => {
+    let steps = 0;
+    const clock = new SpecClock(() => steps);
     expect(clock.slower()).toBeNull();
     const s = new Speculator({ method: 'recycling', maxDraft: 4, timed: true }, clock);
+    const other = new Speculator({ method: 'recycling', maxDraft: 4, timed: true }, clock);
     const at = (n: number) => Array.from({ length: n }, (_, i) => [1, 2, 3][i % 3] as number);
     // Plain decoding not timed yet: the first 8 tokens from the first draft decode plainly.
     expect(s.draft(at(10), 4)).toEqual([]);
     expect(s.wants(at(17))).toBe(false);
     // Plain: 8 tokens in 8 ms. Verifying: 3 tokens per 6 ms step, slower; 2 accepted per step
-    // would pay by acceptance alone, but after 2 steps the clock says rest.
+    // would pay by acceptance alone, but after 2 steps the clock rests every sequence for 32
+    // steps of the engine.
     clock.add('plain', 8, 8);
     expect(s.draft(at(18), 4)).toEqual([1, 2]);
     clock.add('spec', 6, 3);
@@ -113,7 +116,11 @@ describe('drafting', () => {
     clock.add('spec', 6, 3);
     expect(clock.slower()).toBe(true);
     s.record([3, 1, 2], [1, 2, 9], 2);
-    expect(s.resting(at(18 + 31))).toBe(true);
+    steps = 31;
+    expect(s.resting(at(20))).toBe(true);
+    expect(other.wants(at(40))).toBe(false);
+    steps = 32;
+    expect(other.wants(at(40))).toBe(true);
     // Faster verifying steps: the next probe goes on.
     clock.add('spec', 1, 40);
     expect(clock.slower()).toBe(false);

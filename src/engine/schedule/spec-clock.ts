@@ -11,10 +11,38 @@
 const DECAY = 0.9;
 /** Tokens each side needs (decayed) before the comparison is trusted. */
 const MIN_TOKENS = 4;
+/**
+ * Steps of the engine that every greedy sequence decodes plainly after a probe found verifying
+ * slower: FIRST_REST, doubling after each such probe up to MAX_REST, back to FIRST_REST after a
+ * probe that pays.
+ */
+const FIRST_REST = 32;
+const MAX_REST = 512;
 
 export class SpecClock {
   private readonly plain = { ms: 0, tokens: 0 };
   private readonly spec = { ms: 0, tokens: 0 };
+  private rest = FIRST_REST;
+  private restUntil = 0;
+
+  /** `steps`: the engine's steps so far (pipelined ones counted as they are submitted). */
+  constructor(private readonly steps: () => number = () => 0) {}
+
+  /** Every greedy sequence rests (a probe found verifying slower). */
+  restAll(): void {
+    this.restUntil = this.steps() + this.rest;
+    this.rest = Math.min(MAX_REST, this.rest * 2);
+  }
+
+  /** A probe paid: the next rest is short again. */
+  paid(): void {
+    this.rest = FIRST_REST;
+  }
+
+  /** Within a rest of every greedy sequence. */
+  get resting(): boolean {
+    return this.steps() < this.restUntil;
+  }
 
   /** Adds a step (or a pipelined burst) of `ms` wall time that produced `tokens`. */
   add(kind: 'plain' | 'spec', ms: number, tokens: number): void {
