@@ -134,6 +134,9 @@ console.log(
     ratio_of_medians: Number((median(constrained) / median(plain)).toFixed(3)),
     // Each constrained run over the plain run just before it: robust to load that drifts slowly.
     median_pair_ratio: Number(median(constrained.map((c, i) => c / (plain[i] as number))).toFixed(3)),
+    // Constrained decode steps whose forward pass ran while the CPU computed their mask (the
+    // adjusted burst of schedule/adjusted-burst.ts); 0 would mean they ran one at a time.
+    adjusted_ahead_steps: engine.stats().adjustedAheadSteps,
     mask,
   }),
 );
