@@ -32,7 +32,8 @@ export interface ScheduledRequest {
   /**
    * false: every step of this sequence needs CPU state computed from its previous token, so it
    * never runs ahead of its ids: batches holding it run one step at a time (pipeline depth 1).
-   * Sequences with a grammar or logit edits always do. Default true.
+   * Default true. (A grammar's mask and logit edits need the previous id only for the choice,
+   * not the forward pass: such sequences pipeline as adjusted bursts, schedule/adjusted-burst.ts.)
    */
   pipeline?: boolean;
 }
