@@ -251,26 +251,46 @@ export function submitDecodeStep(
 }
 
 /**
- * The first half of a pipelined decode step whose rows' logit edits (a grammar's mask, logit bias,
- * penalties) or repetition penalty depend on the id the previous step is still drawing: submits
- * the forward pass up to the logits (chained as in submitDecodeStep) and returns its plan, so the
- * GPU computes it while the CPU waits for that id and then computes the edits. `submitDecodeTail`
- * queues the rest. Queue order keeps every write of the tail's inputs after this forward pass and
- * the previous tail, and before the next step's forward pass.
+ * A pipelined decode step whose rows' logit edits (a grammar's mask, logit bias, penalties) or
+ * repetition penalty depend on the id the previous step is still drawing goes in two halves: its
+ * forward pass up to the logits (chained as in submitDecodeStep), queued before that id is read
+ * back, so the GPU computes it while the CPU waits for the id and then computes the edits; and
+ * its tail (`encodeDecodeTail`), queued once they are known. Each tail is submitted in one command
+ * buffer with the next step's forward pass (`submitDecodeForward` given it), or alone
+ * (`submitDecodeTail`): one submit per step. Queue order keeps the writes of a tail's inputs after
+ * its own forward pass, and the next forward pass's id copy after the tail's draw.
  */
-export function submitDecodeForward(fm: ForwardModel, input: StepInput, chained: boolean): StepPlan {
-  const { enc, pass, plan } = encodeDecodeForward(fm, input, chained);
+export interface DecodeTail {
+  readonly enc: GPUCommandEncoder;
+  /** Starts the ids' readback: call once the encoder has been submitted. */
+  readonly readback: () => Promise<SampledStep>;
+}
+
+/** Submits a decode step's forward pass, after `tail` in the same command buffer if given. */
+export function submitDecodeForward(
+  fm: ForwardModel,
+  input: StepInput,
+  chained: boolean,
+  tail?: DecodeTail,
+): StepPlan {
+  const { enc, pass, plan } = encodeDecodeForward(fm, input, chained, tail?.enc);
   pass.end();
   fm.ctx.device.queue.submit([enc.finish()]);
   return plan;
 }
 
+/** Submits a tail alone (no step follows it). */
+export function submitDecodeTail(fm: ForwardModel, tail: DecodeTail): void {
+  fm.ctx.device.queue.submit([tail.enc.finish()]);
+}
+
 /**
- * The second half of a step started by submitDecodeForward: the rows' edits and masks
+ * Encodes the second half of a step whose forward pass `plan` ran: the rows' edits and masks
  * (logit_adjust), argmax or the draw (the repetition penalty before the edits, as in a plain
- * step), logprobs, and the ids' readback through the plan's ring, as submitDecodeStep returns it.
+ * step), logprobs, and the copy of the ids into the plan's ring; their readback as
+ * submitDecodeStep returns it.
  */
-export function submitDecodeTail(
+export function encodeDecodeTail(
   fm: ForwardModel,
   plan: StepPlan,
   read: 'ids' | 'sample',
@@ -279,8 +299,8 @@ export function submitDecodeTail(
     sampling?: readonly RowSampling[];
     logprobs?: readonly (number | null)[];
   },
-): Promise<SampledStep> {
-  const enc = fm.ctx.device.createCommandEncoder({ label: 'kiln.step_tail' });
+): DecodeTail {
+  const enc = fm.ctx.device.createCommandEncoder({ label: 'kiln.step' });
   const pass = enc.beginComputePass({ label: 'kiln.sample' });
   const adjust = () => {
     if (!o.adjust.some((a) => a !== null)) return;
@@ -298,7 +318,8 @@ export function submitDecodeTail(
     adjust();
     encodeDispatches(pass, [draw ?? (penalty as Dispatch)]);
   }
-  return submitWithReadback(fm, plan, enc, pass, o.logprobs);
+  const copy = encodeReadback(plan, enc, pass, o.logprobs);
+  return { enc, readback: () => mapReadback(fm, plan, copy, o.logprobs) };
 }
 
 /** Writes a pipelined decode step's inputs and encodes its forward pass (the pass left open). */
@@ -306,11 +327,12 @@ function encodeDecodeForward(
   fm: ForwardModel,
   input: StepInput,
   chained: boolean,
+  after?: GPUCommandEncoder,
 ): { enc: GPUCommandEncoder; pass: GPUComputePassEncoder; plan: StepPlan } {
   const r = input.logitRows.length;
   if (r !== input.tokens.length) throw new RangeError('a pipelined step has one logit row per row');
   const plan = fm.writeInputs(input);
-  const enc = fm.ctx.device.createCommandEncoder({ label: 'kiln.step' });
+  const enc = after ?? fm.ctx.device.createCommandEncoder({ label: 'kiln.step' });
   if (chained) enc.copyBufferToBuffer(plan.bufs.outIds, 0, plan.bufs.ids, 0, r * 4);
   const stamp = fm.stepClock?.passWrites();
   const pass = enc.beginComputePass({ label: 'kiln.forward', ...(stamp ? { timestampWrites: stamp } : {}) });
@@ -320,18 +342,22 @@ function encodeDecodeForward(
   return { enc, pass, plan };
 }
 
+/** A pipelined step's readback buffer and the bytes copied into it. */
+interface RingCopy {
+  dst: GPUBuffer;
+  bytes: number;
+}
+
 /**
- * Encodes the logprobs pass where asked, ends the pass, copies the ids (and logprobs rows) into
- * the next buffer of the plan's ring, submits, and returns the readback.
+ * Encodes the logprobs pass where asked (and the recycled guesses' draft), ends the pass and
+ * copies the ids (logprobs rows, guesses) into the next buffer of the plan's ring.
  */
-function submitWithReadback(
-  fm: ForwardModel,
+function encodeReadback(
   plan: StepPlan,
   enc: GPUCommandEncoder,
   pass: GPUComputePassEncoder,
   logprobs: readonly (number | null)[] | undefined,
-): Promise<SampledStep> {
-  const { ctx } = fm;
+): RingCopy {
   const r = plan.r;
   const withLogprobs = encodeLogprobs(pass, plan, logprobs);
   if (plan.recycle) encodeDispatches(pass, [plan.recycle.draft]);
@@ -342,7 +368,18 @@ function submitWithReadback(
   if (withLogprobs && plan.logprobs)
     enc.copyBufferToBuffer(plan.logprobs.out, 0, dst, r * 4, r * LOGPROBS_ROW_BYTES);
   bytes = copyDrafts(enc, plan, dst, bytes);
-  ctx.device.queue.submit([enc.finish()]);
+  return { dst, bytes };
+}
+
+/** Maps a submitted ring copy and hands its ids (logprobs, recycled guesses) back. */
+function mapReadback(
+  fm: ForwardModel,
+  plan: StepPlan,
+  { dst, bytes }: RingCopy,
+  logprobs: readonly (number | null)[] | undefined,
+): Promise<SampledStep> {
+  const { ctx } = fm;
+  const r = plan.r;
   return dst.mapAsync(GPUMapMode.READ, 0, bytes).then(
     () => {
       const data = dst.getMappedRange(0, bytes).slice(0);
@@ -355,6 +392,19 @@ function submitWithReadback(
       throw e;
     },
   );
+}
+
+/** Ends a pipelined step's pass, copies its ids into the ring, submits and reads them back. */
+function submitWithReadback(
+  fm: ForwardModel,
+  plan: StepPlan,
+  enc: GPUCommandEncoder,
+  pass: GPUComputePassEncoder,
+  logprobs: readonly (number | null)[] | undefined,
+): Promise<SampledStep> {
+  const copy = encodeReadback(plan, enc, pass, logprobs);
+  fm.ctx.device.queue.submit([enc.finish()]);
+  return mapReadback(fm, plan, copy, logprobs);
 }
 
 /**

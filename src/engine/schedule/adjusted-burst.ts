@@ -2,13 +2,13 @@
  * Pipelined decode of a batch where some row's choice needs CPU state from the id its previous
  * step drew (`needsTail`: a grammar's mask, logit bias, presence / frequency penalties, a
  * repetition penalty). Only the choice depends on that id, not the forward pass (its input id can
- * stay on the GPU), so each step goes in two submits: the forward pass (`submitDecodeForward`),
- * queued as soon as the previous step's choice is, and the tail (`submitDecodeTail`: edits, mask,
- * argmax or draw, logprobs, readback), queued once the previous id has come back and the rows'
- * masks and edits have been computed from it. The GPU runs step t+1's forward pass while the CPU
- * reads id t back, advances the matchers and computes mask t+1.
+ * stay on the GPU), so each step goes in two halves: the forward pass, queued at once, and the
+ * tail (edits, mask, argmax or draw, logprobs, readback: `encodeDecodeTail`), encoded once the
+ * previous id has come back and the rows' masks and edits have been computed from it, and
+ * submitted in one command buffer with the next step's forward pass. The GPU runs step t+1's
+ * forward pass while the CPU reads id t back, advances the matchers and computes mask t+1.
  *
- * GPU queue, one step ahead:  F0 T0 F1 | T1 F2 | T2 F3 | ...   (| : the CPU has id t-1 in hand)
+ * Submits, one step ahead:  [F0] [T0 F1] | [T1 F2] | [T2 F3] ...   (| : id t-1 read back)
  *
  * Every choice sees the same logits, edits, masks and uniforms as an unpipelined step would, in
  * the same order, so the tokens are the same. A sequence that ends (EOS, its grammar complete or
@@ -16,15 +16,21 @@
  * flight gets its tail for the rows still live and none when none is; the ended rows' results are
  * discarded (their blocks are already free: anything written there later is queued after).
  */
-import { submitDecodeForward, submitDecodeTail, type SampledStep } from '../forward/step.js';
+import {
+  encodeDecodeTail,
+  submitDecodeForward,
+  submitDecodeTail,
+  type DecodeTail,
+  type SampledStep,
+} from '../forward/step.js';
 import type { StepPlan } from '../forward/plan.js';
 import type { RowAdjust, RowSampling } from '../sampling/gpu.js';
 import type { Batch, Seq } from './batch.js';
 import { absorbDecode, decodeRows, mayRunAhead } from './pipeline.js';
 
-/** A submitted tail: its readback, and the rows' edits it applied (for the empty-mask rule). */
+/** An encoded tail, and the rows' edits it applies (for the empty-mask rule). */
 interface Tail {
-  step: Promise<SampledStep>;
+  encoded: DecodeTail;
   adjusts: readonly (RowAdjust | null)[];
 }
 
@@ -33,25 +39,21 @@ const DISCARDED: RowSampling = { temperature: 0, topK: 0, topP: 1, u: 0, repetit
 
 export async function adjustedBurst(b: Batch, seqs: Seq[]): Promise<void> {
   const read = seqs.every((s) => s.sampler.greedy) ? 'ids' : 'sample';
-  let tail = await submitTail(
-    b,
-    seqs,
-    submitDecodeForward(b.forward, decodeRows(b, seqs, false), false),
-    read,
-  );
+  const first = submitDecodeForward(b.forward, decodeRows(b, seqs, false), false);
+  let tail = await encodeTail(b, seqs, first, read);
   let stop = false;
   for (;;) {
-    // The next forward pass, its input ids the ones the tail just queued draws.
+    // The tail goes with the next forward pass, whose input ids are the ones the tail draws.
     let next: StepPlan | null = null;
     if (!stop && mayRunAhead(b, seqs)) {
-      next = submitDecodeForward(b.forward, decodeRows(b, seqs, true), true);
+      next = submitDecodeForward(b.forward, decodeRows(b, seqs, true), true, tail.encoded);
       b.counts.adjustedAheadSteps++;
-    }
-    const step = await tail.step;
+    } else submitDecodeTail(b.forward, tail.encoded);
+    const step: SampledStep = await tail.encoded.readback();
     if (absorbDecode(b, seqs, step, tail.adjusts)) stop = true;
     if (b.othersWaiting()) stop = true;
     if (!next || !seqs.some((s) => live(b, s))) return;
-    tail = await submitTail(b, seqs, next, read);
+    tail = await encodeTail(b, seqs, next, read);
   }
 }
 
@@ -61,9 +63,9 @@ function live(b: Batch, s: Seq): boolean {
 
 /**
  * Computes each live row's edits and mask from its sequence's state (its ids so far are on the
- * CPU) and its sampling row (a uniform from its generator, in step order), and submits the tail.
+ * CPU) and its sampling row (a uniform from its generator, in step order), and encodes the tail.
  */
-async function submitTail(
+async function encodeTail(
   b: Batch,
   seqs: readonly Seq[],
   plan: StepPlan,
@@ -73,12 +75,10 @@ async function submitTail(
   const sampling =
     read === 'sample' ? seqs.map((s) => (live(b, s) ? s.sampler.gpuRow(s.tokens) : DISCARDED)) : undefined;
   const logprobs = seqs.map((s) => s.sampler.logprobs);
-  const step = submitDecodeTail(b.forward, plan, read, {
+  const encoded = encodeDecodeTail(b.forward, plan, read, {
     adjust: adjusts,
     ...(sampling ? { sampling } : {}),
     ...(logprobs.some((k) => k !== null) ? { logprobs } : {}),
   });
-  // A step still in flight when an earlier one fails is never awaited: its failure is the same.
-  step.catch(() => undefined);
-  return { step, adjusts };
+  return { encoded, adjusts };
 }
