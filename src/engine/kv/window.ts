@@ -119,12 +119,4 @@ export class KvWindow {
     this.held.delete(block);
     this.free.push(lane);
   }
-
-  /** Forgets every lane (the cache's contents are gone, as after a device loss). */
-  reset(): void {
-    this.held.clear();
-    this.done = [];
-    this.free.length = 0;
-    for (let l = this.lanes - 1; l >= 0; l--) this.free.push(l);
-  }
 }
