@@ -157,6 +157,39 @@ fn capped2(x: mat2x4<f32>) -> mat2x4<f32> {
   return mat2x4<f32>(softcap(x[0]), softcap(x[1]));
 }
 
+// Scores of 2 tokens for both head blocks (n_rep > 4): each K load serves 8 heads, where two
+// scores2 calls would load every K cell twice.
+struct Scores2x2 {
+  a: mat2x4<f32>,
+  b: mat2x4<f32>,
+}
+
+fn scores2x2(ka: u32, kb: u32, hd4: u32) -> Scores2x2 {
+  var sa = mat2x4<f32>();
+  var sb = mat2x4<f32>();
+  for (var d4 = 0u; d4 < hd4; d4++) {
+    let k0 = kv_k4(ka, d4);
+    let k1 = kv_k4(kb, d4);
+    let q0 = q_sh[d4];
+    let q1 = q_sh[hd4 + d4];
+    let q2 = q_sh[2u * hd4 + d4];
+    let q3 = q_sh[3u * hd4 + d4];
+    sa += mat2x4<f32>(
+      vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
+      vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
+    );
+    let q4 = q_sh[4u * hd4 + d4];
+    let q5 = q_sh[5u * hd4 + d4];
+    let q6 = q_sh[6u * hd4 + d4];
+    let q7 = q_sh[7u * hd4 + d4];
+    sb += mat2x4<f32>(
+      vec4<f32>(dot(q4, k0), dot(q5, k0), dot(q6, k0), dot(q7, k0)),
+      vec4<f32>(dot(q4, k1), dot(q5, k1), dot(q6, k1), dot(q7, k1)),
+    );
+  }
+  return Scores2x2(sa, sb);
+}
+
 fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
   var s = mat2x4<f32>();
   let ra = kv_k_row(ka);
@@ -329,8 +362,16 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
       let jb = ja + WG;
       let ka = kv_row(g, min(ja, n - 1u), hd4);
       let kb = kv_row(g, min(jb, n - 1u), hd4);
-      // Head blocks in a loop (not unrolled by hand) to keep lavapipe's compile time down.
-      if (n - j0 > 2u * WG) {
+      if (two) {
+        let sc = scores2x2(ka, kb, hd4);
+        let xa = capped2(sc.a * p.scale);
+        let xb = capped2(sc.b * p.scale);
+        take(ja, n, xa[0], 0u, live_a, t0 + ja < lo, &lm_a, &overflow);
+        take(jb, n, xa[1], 0u, live_a, t0 + jb < lo, &lm_a, &overflow);
+        take(ja, n, xb[0], tile_b, live_b, t0 + ja < lo, &lm_b, &overflow);
+        take(jb, n, xb[1], tile_b, live_b, t0 + jb < lo, &lm_b, &overflow);
+        j0 += 2u * WG;
+      } else if (n - j0 > 2u * WG) {
         let jc = jb + WG;
         let jd = jc + WG;
         let kc = kv_row(g, min(jc, n - 1u), hd4);
@@ -374,12 +415,19 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
       red[t] = lm_a;
       red[WG + t] = lm_b;
       workgroupBarrier();
-      var mt_a = m_a;
-      var mt_b = m_b;
-      for (var i = 0u; i < WG; i++) {
-        mt_a = max(mt_a, red[i]);
-        mt_b = max(mt_b, red[WG + i]);
+      if (t < 8u) {
+        var ra = red[8u * t];
+        var rb = red[WG + 8u * t];
+        for (var i = 1u; i < 8u; i++) {
+          ra = max(ra, red[8u * t + i]);
+          rb = max(rb, red[WG + 8u * t + i]);
+        }
+        red8[t] = ra;
+        red8[8u + t] = rb;
       }
+      workgroupBarrier();
+      let mt_a = max(m_a, max8(0u));
+      let mt_b = max(m_b, max8(8u));
       let al_a = exp(m_a - mt_a);
       let al_b = exp(m_b - mt_b);
       m_a = mt_a;

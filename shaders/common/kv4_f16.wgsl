@@ -1,17 +1,22 @@
-// KV-cache fragment, vec4 view: f16 K and V in cells of 4 channels, widened to f32 as loaded.
-enable f16;
-alias Kv = f16;
-alias KvCell = vec4<f16>;
+// KV-cache fragment, vec4 view: f16 K and V, 4 channels per cell read as two u32 words of f16
+// pairs and widened with unpack2x16float. On lavapipe a per-lane load is a gather, one per
+// component and lane, and 16-bit components have no gather instruction: two 32-bit gathers per
+// cell instead of four 16-bit ones. (Same bytes as a vec4<f16> cell; needs no `enable f16`.)
+alias KvCell = vec2<u32>;
 
 // Set by the attention kernels for the low-rank formats (kv_quant.wgsl); unused here.
 var<private> kv_own_block: u32 = 0xffffffffu;
 
+fn kv_unpack4(c: vec2<u32>) -> vec4<f32> {
+  return vec4<f32>(unpack2x16float(c.x), unpack2x16float(c.y));
+}
+
 fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
-  return vec4<f32>(k_cache[row * (p.head_dim / 4u) + d4]);
+  return kv_unpack4(k_cache[row * (p.head_dim / 4u) + d4]);
 }
 
 fn kv_v4(row: u32, d4: u32) -> vec4<f32> {
-  return vec4<f32>(v_cache[row * (p.head_dim / 4u) + d4]);
+  return kv_unpack4(v_cache[row * (p.head_dim / 4u) + d4]);
 }
 
 // Split-K attention's per-row and per-block views (kv_quant.wgsl reads a row's or a block's shared
