@@ -41,7 +41,8 @@
 // (their probabilities fit workgroup memory):
 //   scores: one thread per token reads that token's contiguous K row in vec4s and dots it with the
 //     query heads staged in workgroup memory; each thread takes 4 (or, near the end of a tile,
-//     2) tokens per step so every q load serves 32 (16) tokens of a SIMD group;
+//     2) tokens per step so every q load serves 32 (16) tokens of a SIMD group; with two head
+//     blocks (n_rep > 4) it takes 2 tokens for both blocks at once, so each K load serves 8 heads;
 //   P·V: thread t < head_dim/8 owns output dims 4t..4t+3 and 4t+hd/2..4t+hd/2+3 of every head
 //     and walks the tile's tokens block by block: one V load serves all the group's heads, and
 //     one probability load serves 8 dims.
