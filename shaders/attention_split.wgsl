@@ -166,11 +166,13 @@ struct Scores2x2 {
 }
 
 fn scores2x2(ka: u32, kb: u32, hd4: u32) -> Scores2x2 {
+  let ra = kv_k_row(ka);
+  let rb = kv_k_row(kb);
   var sa = mat2x4<f32>();
   var sb = mat2x4<f32>();
   for (var d4 = 0u; d4 < hd4; d4++) {
-    let k0 = kv_k4(ka, d4);
-    let k1 = kv_k4(kb, d4);
+    let k0 = kv_k4r(ra, d4);
+    let k1 = kv_k4r(rb, d4);
     let q0 = q_sh[d4];
     let q1 = q_sh[hd4 + d4];
     let q2 = q_sh[2u * hd4 + d4];
