@@ -17,7 +17,7 @@ const MIN_TOKENS = 4;
  * probe that pays.
  */
 const FIRST_REST = 32;
-const MAX_REST = 512;
+const MAX_REST = 128;
 
 export class SpecClock {
   private readonly plain = { ms: 0, tokens: 0 };
@@ -28,10 +28,16 @@ export class SpecClock {
   /** `steps`: the engine's steps so far (pipelined ones counted as they are submitted). */
   constructor(private readonly steps: () => number = () => 0) {}
 
-  /** Every greedy sequence rests (a probe found verifying slower). */
+  /**
+   * Every greedy sequence rests (a probe found verifying slower). The verifying steps' account
+   * starts afresh, so the next probe is judged by its own steps (a request that copies its prompt
+   * is not held back by the guesses of one that did not).
+   */
   restAll(): void {
     this.restUntil = this.steps() + this.rest;
     this.rest = Math.min(MAX_REST, this.rest * 2);
+    this.spec.ms = 0;
+    this.spec.tokens = 0;
   }
 
   /** A probe paid: the next rest is short again. */
