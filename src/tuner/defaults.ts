@@ -56,7 +56,10 @@ export interface DefaultsRow {
  *   kernel's rule stays: 2 rows per thread on 32 threads won alone (gate_up Q5_0 0.84 ms vs the
  *   rule's 2.50; down Q4_K 0.70 vs 0.69) but the whole decode step of a 4-layer Qwen2.5-0.5B-shaped
  *   Q4_K_M-style file ran at 3.57 and 6.26 tokens/s with it against 7.16 and 6.28 under the rule
- *   (alternating runs), as 16 threads did for int4;
+ *   (alternating runs), as 16 threads did for int4; rechecked on the same file at load 3-4: a
+ *   60 s tune kept the rule at gate_up Q5_0 (9728 x 896, 1.17 ms, 15 candidates), Q6_K down and
+ *   qkv (o 896 x 896 R = 2: 0.20 vs 0.24 ms), and the decode step (3 alternating rounds, median
+ *   tokens/s) ran 13.4 under the rule, 11.6 with R = 2 on 32 threads, 7.4 with int4's row;
  *   decode attention for one row by 8 splits of the context, at least 128 tokens each (512 at a
  *   4096 context: 1.33x; BabyLlama at 256: 128-token splits, 2.85x over 64), and up to a
  *   1024-token context bucket in one split, the single-pass kernel (at 1024, best of 3 alternating
