@@ -255,10 +255,10 @@ export function submitDecodeStep(
  * repetition penalty depend on the id the previous step is still drawing goes in two halves: its
  * forward pass up to the logits (chained as in submitDecodeStep), queued before that id is read
  * back, so the GPU computes it while the CPU waits for the id and then computes the edits; and
- * its tail (`encodeDecodeTail`), queued once they are known. Each tail is submitted in one command
- * buffer with the next step's forward pass (`submitDecodeForward` given it), or alone
- * (`submitDecodeTail`): one submit per step. Queue order keeps the writes of a tail's inputs after
- * its own forward pass, and the next forward pass's id copy after the tail's draw.
+ * its tail (`encodeDecodeTail`), queued once they are known, in its own submit with its readback
+ * started before the next step's forward pass is submitted (a mapping waits for all work
+ * submitted before it). Queue order keeps the writes of a tail's inputs after its own forward
+ * pass, and the next forward pass's id copy after the tail's draw.
  */
 export interface DecodeTail {
   readonly enc: GPUCommandEncoder;
@@ -266,20 +266,15 @@ export interface DecodeTail {
   readonly readback: () => Promise<SampledStep>;
 }
 
-/** Submits a decode step's forward pass, after `tail` in the same command buffer if given. */
-export function submitDecodeForward(
-  fm: ForwardModel,
-  input: StepInput,
-  chained: boolean,
-  tail?: DecodeTail,
-): StepPlan {
-  const { enc, pass, plan } = encodeDecodeForward(fm, input, chained, tail?.enc);
+/** Submits a decode step's forward pass (chained as in submitDecodeStep). */
+export function submitDecodeForward(fm: ForwardModel, input: StepInput, chained: boolean): StepPlan {
+  const { enc, pass, plan } = encodeDecodeForward(fm, input, chained);
   pass.end();
   fm.ctx.device.queue.submit([enc.finish()]);
   return plan;
 }
 
-/** Submits a tail alone (no step follows it). */
+/** Submits a tail (then start its readback, before submitting anything else). */
 export function submitDecodeTail(fm: ForwardModel, tail: DecodeTail): void {
   fm.ctx.device.queue.submit([tail.enc.finish()]);
 }
@@ -327,12 +322,11 @@ function encodeDecodeForward(
   fm: ForwardModel,
   input: StepInput,
   chained: boolean,
-  after?: GPUCommandEncoder,
 ): { enc: GPUCommandEncoder; pass: GPUComputePassEncoder; plan: StepPlan } {
   const r = input.logitRows.length;
   if (r !== input.tokens.length) throw new RangeError('a pipelined step has one logit row per row');
   const plan = fm.writeInputs(input);
-  const enc = after ?? fm.ctx.device.createCommandEncoder({ label: 'kiln.step' });
+  const enc = fm.ctx.device.createCommandEncoder({ label: 'kiln.step' });
   if (chained) enc.copyBufferToBuffer(plan.bufs.outIds, 0, plan.bufs.ids, 0, r * 4);
   const stamp = fm.stepClock?.passWrites();
   const pass = enc.beginComputePass({ label: 'kiln.forward', ...(stamp ? { timestampWrites: stamp } : {}) });

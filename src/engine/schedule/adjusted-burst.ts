@@ -2,13 +2,15 @@
  * Pipelined decode of a batch where some row's choice needs CPU state from the id its previous
  * step drew (`needsTail`: a grammar's mask, logit bias, presence / frequency penalties, a
  * repetition penalty). Only the choice depends on that id, not the forward pass (its input id can
- * stay on the GPU), so each step goes in two halves: the forward pass, queued at once, and the
+ * stay on the GPU), so each step goes in two halves: the forward pass, submitted at once, and the
  * tail (edits, mask, argmax or draw, logprobs, readback: `encodeDecodeTail`), encoded once the
- * previous id has come back and the rows' masks and edits have been computed from it, and
- * submitted in one command buffer with the next step's forward pass. The GPU runs step t+1's
- * forward pass while the CPU reads id t back, advances the matchers and computes mask t+1.
+ * previous id has come back and the rows' masks and edits have been computed from it, then
+ * submitted with its readback started before the next step's forward pass is submitted (a
+ * mapping waits for everything submitted before it: in one submit with the next forward pass,
+ * the id would come back only after that pass). The GPU runs step t+1's forward pass while the
+ * CPU reads id t back, advances the matchers and computes mask t+1.
  *
- * Submits, one step ahead:  [F0] [T0 F1] | [T1 F2] | [T2 F3] ...   (| : id t-1 read back)
+ * Submits, one step ahead:  F0 T0 F1 | T1 F2 | T2 F3 ...   (| : id t-1 read back)
  *
  * Every choice sees the same logits, edits, masks and uniforms as an unpipelined step would, in
  * the same order, so the tokens are the same. A sequence that ends (EOS, its grammar complete or
@@ -43,13 +45,19 @@ export async function adjustedBurst(b: Batch, seqs: Seq[]): Promise<void> {
   let tail = await encodeTail(b, seqs, first, read);
   let stop = false;
   for (;;) {
-    // The tail goes with the next forward pass, whose input ids are the ones the tail draws.
+    // The tail goes alone and its readback starts at once: a mapping waits for everything
+    // submitted before it, so the next forward pass is submitted after, not with it.
+    submitDecodeTail(b.forward, tail.encoded);
+    const pending = tail.encoded.readback();
+    // A readback still pending when an earlier step fails is never awaited: its failure is the same.
+    pending.catch(() => undefined);
+    // The next forward pass, its input ids the ones the tail just queued draws.
     let next: StepPlan | null = null;
     if (!stop && mayRunAhead(b, seqs)) {
-      next = submitDecodeForward(b.forward, decodeRows(b, seqs, true), true, tail.encoded);
+      next = submitDecodeForward(b.forward, decodeRows(b, seqs, true), true);
       b.counts.adjustedAheadSteps++;
-    } else submitDecodeTail(b.forward, tail.encoded);
-    const step: SampledStep = await tail.encoded.readback();
+    }
+    const step: SampledStep = await pending;
     if (absorbDecode(b, seqs, step, tail.adjusts)) stop = true;
     if (b.othersWaiting()) stop = true;
     if (!next || !seqs.some((s) => live(b, s))) return;
