@@ -192,7 +192,9 @@ export class Speculator {
 
   /** Between probes: guesses did not pay lately, so the sequence decodes plainly (pipelined). */
   resting(tokens: readonly number[]): boolean {
-    return tokens.length < this.restUntil || (this.clock?.resting ?? false);
+    // The engine-wide rest holds sequences that have probed: a new one probes once first (its
+    // request may copy its prompt where the others' guesses failed).
+    return tokens.length < this.restUntil || (this.steps > 0 && (this.clock?.resting ?? false));
   }
 
   /**

@@ -118,6 +118,9 @@ describe('drafting', () => {
     s.record([3, 1, 2], [1, 2, 9], 2);
     steps = 31;
     expect(s.resting(at(20))).toBe(true);
+    // A sequence that has not probed yet probes once; one that has rests with the others.
+    expect(other.wants(at(40))).toBe(true);
+    other.record([1, 2], [2, 3], 1);
     expect(other.wants(at(40))).toBe(false);
     steps = 32;
     expect(other.wants(at(40))).toBe(true);
