@@ -11,10 +11,6 @@ const NG: u32 = 8u;
 const GS: u32 = 1u;
 const HAS_MIN: bool = false;
 
-var<private> IQ4_T: array<f32, 16> = array<f32, 16>(
-  -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0,
-);
-
 struct Head {
   d: f32,
   sh: u32,
@@ -35,7 +31,7 @@ fn gv_group(vb: u32, g: u32) -> Grp {
 
 fn gv_codes(h: Head, w: Grp, g: u32, s: u32, i: u32) -> vec4<f32> {
   let q = bits4(w.w[i & 3u], 4u * (i >> 2u), 15u);
-  return vec4<f32>(IQ4_T[q.x], IQ4_T[q.y], IQ4_T[q.z], IQ4_T[q.w]);
+  return iq4_levels(q);
 }
 
 fn gv_scales(h: Head, g: u32, s: u32) -> vec4<f32> {

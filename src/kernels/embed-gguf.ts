@@ -6,17 +6,21 @@
  */
 import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
 import { ggufBlockLayout, type GgufKernelType } from '../quant/gguf-pack.js';
-import type { GgufGpuWeight } from './matmul-gguf.js';
+import { ggufSharedFragments, type GgufGpuWeight } from './matmul-gguf.js';
 import { MAX_GRID, packParams, shaderSource } from './shader.js';
 import type { ShaderName } from './wgsl.gen.js';
 
 /**
  * The fragments that decode one of `type`'s blocks 8 weights at a time (shaders/common/gguf_<type>.wgsl),
- * after the scale-pair decoding Q4_K and Q5_K share.
+ * after what the format shares with others: the scale pairs of Q4_K and Q5_K, the IQ4 levels.
  */
 function ggufFragments(type: GgufKernelType): ShaderName[] {
   const own = `common/gguf_${type.toLowerCase()}` as ShaderName;
-  return type === 'Q4_K' || type === 'Q5_K' ? ['common/gguf_k_pairs', 'common/gguf_k_scales', own] : [own];
+  return [
+    ...ggufSharedFragments(type),
+    ...(type === 'Q4_K' || type === 'Q5_K' ? (['common/gguf_k_scales'] as const) : []),
+    own,
+  ];
 }
 
 export function embedGguf(

@@ -99,7 +99,7 @@ function variantSource(type: GgufKernelType, mt: number, r: number, wg: number, 
   const own = `common/gguf_vec4_${type.toLowerCase()}` as ShaderName;
   const fragments: ShaderName[] = [
     sg ? 'common/gguf_x_subgroup' : 'common/gguf_x_direct',
-    ...(type === 'Q4_K' || type === 'Q5_K' ? (['common/gguf_k_pairs'] as const) : []),
+    ...ggufSharedFragments(type),
     own,
   ];
   return hoistEnables([consts.join('\n'), shaderSource('matmul_gguf_vec4', ...fragments)]);
@@ -151,4 +151,11 @@ export function matmulGguf(b: DispatchBuilder, a: MatmulGgufArgs): Dispatch[] {
       [gridX, Math.ceil(tiles / gridX), zGroups],
     );
   });
+}
+
+/** The fragments a format's own fragment builds on, in embed_gguf and matmul_gguf_vec4 alike. */
+export function ggufSharedFragments(type: GgufKernelType): ShaderName[] {
+  if (type === 'Q4_K' || type === 'Q5_K') return ['common/gguf_k_pairs'];
+  if (type === 'IQ4_NL' || type === 'IQ4_XS') return ['common/gguf_iq4_levels'];
+  return [];
 }
