@@ -1,7 +1,7 @@
 /**
  * GGUF blocks against Kiln int4 at decode, on the same synthetic model, in one process:
  *   npm run bench:build && node dist/dev/bench/decode-gguf.js [--layers N] [--rounds N]
- *     [--tokens N] [--context N]
+ *     [--tokens N] [--context N] [--file-type Q4_K_M|Q4_0]
  * Writes the synthetic Qwen2.5-0.5B-shaped model (bench/synthetic.ts) as a GGUF file typed the way
  * llama.cpp's Q4_K_M types it (Q4_K matrices; Q6_K for attn_v and ffn_down in the layers its
  * `use_more_bits` picks; where a row is not whole 256-element blocks, as Qwen's 896 columns, its
@@ -10,6 +10,8 @@
  * to int4 g32 at load) for several rounds: decode tokens/s (wall clock) and the GPU time of one
  * decode step (each dispatch timestamped on its own: `Engine.profileDecode`), and prints the
  * medians, their ratios and each format's kernel times. One JSON line at the end.
+ * `--file-type Q4_0` types every layer matrix Q4_0 instead, as llama.cpp's Q4_0 files do (the
+ * 4.5-bit format Kiln uploads as its own int4, exactly), the head kept bf16 as above.
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -36,6 +38,9 @@ const layers = Number(flag('--layers', '4'));
 const rounds = Number(flag('--rounds', '4'));
 const tokens = Number(flag('--tokens', '24'));
 const context = Number(flag('--context', '64'));
+const fileType = flag('--file-type', 'Q4_K_M');
+if (fileType !== 'Q4_K_M' && fileType !== 'Q4_0')
+  throw new Error(`--file-type: Q4_K_M or Q4_0, not ${fileType}`);
 const root = process.env.KILN_BENCH_DIR ?? join(tmpdir(), 'kiln-bench');
 
 /** llama.cpp's Q4_K_M choice for a GGUF tensor of `cols` columns in layer `layer` of `n`. */
@@ -47,8 +52,8 @@ function q4km(name: string, cols: number, layer: number, n: number): string {
   return want === 'Q6_K' ? 'Q8_0' : 'Q5_0';
 }
 
-async function writeQ4KM(dir: string): Promise<{ path: string; types: Record<string, number> }> {
-  const path = join(dir, 'q4_k_m.gguf');
+async function writeGgufFile(dir: string): Promise<{ path: string; types: Record<string, number> }> {
+  const path = join(dir, `${fileType.toLowerCase()}.gguf`);
   const model = openLocalModelDir(dir);
   const spec = await loadModelSpec(model);
   const types: Record<string, number> = {};
@@ -65,7 +70,7 @@ async function writeQ4KM(dir: string): Promise<{ path: string; types: Record<str
       let type = 'BF16';
       let data: Uint8Array;
       if (shape.length === 2 && layer >= 0) {
-        type = q4km(g, shape[1] as number, layer, spec.numLayers);
+        type = fileType === 'Q4_0' ? 'Q4_0' : q4km(g, shape[1] as number, layer, spec.numLayers);
         data = quantizeGguf(type, values);
       } else if (shape.length === 1) {
         type = 'F32';
@@ -96,7 +101,7 @@ async function writeQ4KM(dir: string): Promise<{ path: string; types: Record<str
   const k = (key: string) => `qwen2.${key}`;
   const metadata: [string, GgufValue][] = [
     ['general.architecture', gv.str('qwen2')],
-    ['general.name', gv.str('kiln bench q4_k_m')],
+    ['general.name', gv.str(`kiln bench ${fileType.toLowerCase()}`)],
     [k('context_length'), gv.u32(spec.maxPositionEmbeddings)],
     [k('embedding_length'), gv.u32(spec.hiddenSize)],
     [k('block_count'), gv.u32(spec.numLayers)],
@@ -125,7 +130,7 @@ const median = (xs: number[]) => {
 };
 
 const dir = await syntheticModel(root, 'qwen2.5-0.5b', 'BF16', layers);
-const gguf = await writeQ4KM(dir);
+const gguf = await writeGgufFile(dir);
 const engines: [string, Engine][] = [
   ['gguf', await createEngine({ model: gguf.path, contextLength: context + tokens + 16 })],
   ['int4', await createEngine({ model: dir, contextLength: context + tokens + 16, quant: 'q4' })],
@@ -177,6 +182,7 @@ console.log(
   JSON.stringify({
     bench: 'decode-gguf',
     shape: 'qwen2.5-0.5b',
+    file_type: fileType,
     layers,
     context,
     tokens,
