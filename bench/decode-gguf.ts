@@ -22,7 +22,7 @@ import { ggufTypeByName } from '../src/io/gguf-types.js';
 import { encodeGguf, gv, type GgufTensorToWrite } from '../src/io/gguf-writer.js';
 import { openCheckpoint } from '../src/io/safetensors-checkpoint.js';
 import { loadModelSpec } from '../src/model/config.js';
-import { ggufTensorName } from '../src/model/gguf-config.js';
+import { ggufHyperParameters, ggufTensorName } from '../src/model/gguf-config.js';
 import { expectedTensors } from '../src/model/tensors.js';
 import { openLocalModelDir } from '../src/node/fs-model-dir.js';
 import { createEngine, type Engine } from '../src/node/index.js';
@@ -98,18 +98,10 @@ async function writeGgufFile(dir: string): Promise<{ path: string; types: Record
             ? `<0x${(i - 3).toString(16).toUpperCase().padStart(2, '0')}>`
             : `▁t${i}`,
   );
-  const k = (key: string) => `qwen2.${key}`;
   const metadata: [string, GgufValue][] = [
     ['general.architecture', gv.str('qwen2')],
     ['general.name', gv.str(`kiln bench ${fileType.toLowerCase()}`)],
-    [k('context_length'), gv.u32(spec.maxPositionEmbeddings)],
-    [k('embedding_length'), gv.u32(spec.hiddenSize)],
-    [k('block_count'), gv.u32(spec.numLayers)],
-    [k('feed_forward_length'), gv.u32(spec.intermediateSize)],
-    [k('attention.head_count'), gv.u32(spec.numHeads)],
-    [k('attention.head_count_kv'), gv.u32(spec.numKvHeads)],
-    [k('rope.freq_base'), gv.f32(spec.ropeTheta)],
-    [k('attention.layer_norm_rms_epsilon'), gv.f32(spec.rmsNormEps)],
+    ...ggufHyperParameters('qwen2', spec),
     ['tokenizer.ggml.model', gv.str('llama')],
     ['tokenizer.ggml.tokens', gv.strs(pieces)],
     ['tokenizer.ggml.scores', gv.f32s(pieces.map(() => 0))],

@@ -6,7 +6,8 @@
  * architecture's checkpoint names, and which of them llama.cpp's converter row-permuted.
  */
 import { InvalidModelFileError, UnsupportedModelError } from '../errors.js';
-import type { GgufHeader, GgufTensorInfo } from '../io/gguf.js';
+import type { GgufHeader, GgufTensorInfo, GgufValue } from '../io/gguf.js';
+import { gv } from '../io/gguf-writer.js';
 import { parseModelConfig } from './config.js';
 import { MAX_LAYERS } from './fields.js';
 import { GGUF_ARCHITECTURES, type GgufArchitecture, type GgufArchKeys } from './gguf-archs.js';
@@ -255,4 +256,28 @@ export function ggufRowPermutation(h: GgufHeader, spec: ModelSpec, ggufName: str
     throw new InvalidModelFileError(`${h.file}: head size ${spec.headDim} is odd; RoPE needs pairs`);
   }
   return spec.headDim;
+}
+
+/**
+ * The hyper-parameter keys a GGUF writer stores for `spec` under architecture `arch`, as llama.cpp's
+ * converter does (what `ggufConfigJson` reads back): Gemma 2 keeps its RoPE base implicit and
+ * Gemma 3 its vocabulary size (the token list gives it). Architecture-specific keys (windows,
+ * soft-caps, scaling) are the writer's to add.
+ */
+export function ggufHyperParameters(arch: string, spec: ModelSpec): [string, GgufValue][] {
+  const k = (key: string) => `${arch}.${key}`;
+  return [
+    [k('context_length'), gv.u32(spec.maxPositionEmbeddings)],
+    [k('embedding_length'), gv.u32(spec.hiddenSize)],
+    [k('block_count'), gv.u32(spec.numLayers)],
+    [k('feed_forward_length'), gv.u32(spec.intermediateSize)],
+    [k('attention.head_count'), gv.u32(spec.numHeads)],
+    [k('attention.head_count_kv'), gv.u32(spec.numKvHeads)],
+    [k('attention.key_length'), gv.u32(spec.headDim)],
+    [k('attention.value_length'), gv.u32(spec.headDim)],
+    [k('rope.dimension_count'), gv.u32(spec.rotaryDim ?? spec.headDim)],
+    ...(arch === 'gemma2' ? [] : [[k('rope.freq_base'), gv.f32(spec.ropeTheta)] as [string, GgufValue]]),
+    [k('attention.layer_norm_rms_epsilon'), gv.f32(spec.rmsNormEps)],
+    ...(arch === 'gemma3' ? [] : [[k('vocab_size'), gv.u32(spec.vocabSize)] as [string, GgufValue]]),
+  ];
 }

@@ -18,7 +18,7 @@ import { encodeGguf, gv, type GgufTensorToWrite } from '../../src/io/gguf-writer
 import { openCheckpoint, type Checkpoint } from '../../src/io/safetensors-checkpoint.js';
 import { parseSentencePieceModel } from '../../src/io/sentencepiece.js';
 import { loadModelSpec } from '../../src/model/config.js';
-import { ggufTensorName } from '../../src/model/gguf-config.js';
+import { ggufHyperParameters, ggufTensorName } from '../../src/model/gguf-config.js';
 import type { ModelSpec } from '../../src/model/spec.js';
 import { expectedTensors, modelTensors, normTensors } from '../../src/model/tensors.js';
 import { openLocalModelDir } from '../../src/node/fs-model-dir.js';
@@ -166,18 +166,7 @@ export async function writeGgufFromFolder(
   const metadata: [string, GgufValue][] = [
     ['general.architecture', gv.str(arch)],
     ['general.name', gv.str('kiln test model')],
-    [k('context_length'), gv.u32(spec.maxPositionEmbeddings)],
-    [k('embedding_length'), gv.u32(spec.hiddenSize)],
-    [k('block_count'), gv.u32(spec.numLayers)],
-    [k('feed_forward_length'), gv.u32(spec.intermediateSize)],
-    [k('attention.head_count'), gv.u32(spec.numHeads)],
-    [k('attention.head_count_kv'), gv.u32(spec.numKvHeads)],
-    [k('attention.key_length'), gv.u32(spec.headDim)],
-    [k('attention.value_length'), gv.u32(spec.headDim)],
-    [k('rope.dimension_count'), gv.u32(spec.rotaryDim ?? spec.headDim)],
-    ...(arch === 'gemma2' ? [] : [[k('rope.freq_base'), gv.f32(spec.ropeTheta)] as [string, GgufValue]]),
-    [k('attention.layer_norm_rms_epsilon'), gv.f32(spec.rmsNormEps)],
-    ...(arch === 'gemma3' ? [] : [[k('vocab_size'), gv.u32(spec.vocabSize)] as [string, GgufValue]]),
+    ...ggufHyperParameters(arch, spec),
     ...archMetadata(arch, spec, k),
     ['tokenizer.ggml.model', gv.str('llama')],
     ['tokenizer.ggml.tokens', gv.strs(sp.pieces.map((p) => p.piece))],
