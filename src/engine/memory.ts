@@ -16,6 +16,7 @@ import {
   BLOCK_TOKENS,
   kvBlockBytes,
   kvCacheBytes,
+  kvLayerBlocks,
   kvPoolBytes,
   kvWindowBytes,
   type KvDtype,
@@ -104,20 +105,43 @@ export function slidingKvFor(
 }
 
 /**
- * Chooses the context and the KV pool before loading: one layer's K (or V) for the whole pool must
- * fit one buffer binding, and weights + KV + activations + scratch must fit the budget. The pool
- * shrinks first (down to one context), then the context (to whole blocks); a model whose weights
- * leave no room for one block is refused with what it needs.
+ * Chooses the context and the KV pool before loading: each buffer a layer's K (or V) really gets
+ * must fit one buffer binding (the full pool's, or for a model whose every layer slides, only the
+ * sliding pool's), as must the block table, and weights + KV + activations + scratch must fit the
+ * budget. The pool shrinks first (down to one context), then the context (to whole blocks); a
+ * model whose weights leave no room for one block is refused with what it needs.
  */
 export function planMemory(p: PlanInput): MemoryPlan {
   const { spec, kvDtype } = p;
   const blockBytes = kvBlockBytes(spec, kvDtype);
   const bindingBytes = Math.min(p.limits.maxBufferSize, p.limits.maxStorageBufferBindingSize);
-  const perLayerBlocks = Math.floor(bindingBytes / blockBytes);
+  const minBlocks = (ctx: number) => Math.ceil(ctx / BLOCK_TOKENS);
+  const slidingAt = (ctx: number, blocks: number) =>
+    slidingKvFor(spec, ctx, Math.min(p.prefillChunkTokens, ctx), blocks, p.slidingKv);
+  // Whether every buffer a pool of `blocks` at context `ctx` allocates fits a binding: the largest
+  // layer's K (or V), and the block table of 4 bytes a block. Monotone in the blocks at one
+  // context, and in the context with one context's blocks: neither shrinks a buffer.
+  const binds = (ctx: number, blocks: number) =>
+    kvLayerBlocks(spec, blocks, slidingAt(ctx, blocks)) * blockBytes <= bindingBytes &&
+    blocks * 4 <= bindingBytes;
+  /** The largest n in [lo, hi] with ok(n), given ok(lo). */
+  const largest = (lo: number, hi: number, ok: (n: number) => boolean): number => {
+    while (lo < hi) {
+      const mid = Math.ceil((lo + hi) / 2);
+      if (ok(mid)) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  };
   const notes: string[] = [];
   let context = p.requestedContext;
-  if (perLayerBlocks * BLOCK_TOKENS < context) {
-    context = perLayerBlocks * BLOCK_TOKENS;
+  if (!binds(context, minBlocks(context))) {
+    context = BLOCK_TOKENS * largest(0, minBlocks(context) - 1, (c) => c === 0 || binds(c * BLOCK_TOKENS, c));
+    if (context === 0) {
+      throw new DeviceMemoryError(
+        `one 16-token block of one layer's KV cache needs ${formatBytes(blockBytes)}, over the largest buffer binding (${formatBytes(bindingBytes)})`,
+      );
+    }
     notes.push(
       `one layer's KV cache must fit one buffer binding (${formatBytes(bindingBytes)}), which holds ${context} tokens`,
     );
@@ -125,7 +149,7 @@ export function planMemory(p: PlanInput): MemoryPlan {
   const sized = (ctx: number, blocks: number, dtype: KvDtype = kvDtype): MemoryPlan => {
     const chunk = Math.min(p.prefillChunkTokens, ctx);
     const e = estimateMemory(spec, p.ckpt, p.source, blocks * BLOCK_TOKENS, dtype, chunk);
-    const sliding = slidingKvFor(spec, ctx, chunk, blocks, p.slidingKv);
+    const sliding = slidingAt(ctx, blocks);
     // What the engine allocates: the full pool for full-attention layers, the sliding pool for the others.
     const kvCache = kvPoolBytes(spec, blocks, dtype, sliding);
     const scratch = 4 * 2 * spec.vocabSize;
@@ -145,25 +169,19 @@ export function planMemory(p: PlanInput): MemoryPlan {
       note: null,
     };
   };
-  const minBlocks = (ctx: number) => Math.ceil(ctx / BLOCK_TOKENS);
-  /** The most blocks in [from, perLayerBlocks] whose plan passes `ok` (which holds at `from`). */
-  const most = (from: number, ok: (blocks: number) => boolean): number => {
-    let lo = from;
-    let hi = Math.max(from, perLayerBlocks);
-    while (lo < hi) {
-      const mid = Math.ceil((lo + hi) / 2);
-      if (ok(mid)) lo = mid;
-      else hi = mid - 1;
-    }
-    return lo;
-  };
+  /** The most blocks a pool at `ctx` may have: every buffer it allocates fits a binding. */
+  const maxBlocks = (ctx: number) =>
+    largest(minBlocks(ctx), Math.floor(bindingBytes / 4), (b) => binds(ctx, b));
+  /** The most blocks in [from, maxBlocks(context)] whose plan passes `ok` (which holds at `from`). */
+  const most = (from: number, ok: (blocks: number) => boolean): number =>
+    largest(from, Math.max(from, maxBlocks(context)), ok);
   // The default pool is a memory size (defaultKvTokens' 256 MiB of f32 K/V): a sliding pool's
   // smaller layers leave it room for more blocks.
   const defaultBytes = kvCacheBytes(spec, defaultKvTokens(spec, context), 'f32');
   const wanted =
     p.kvTokens ??
     most(minBlocks(context), (b) => sized(context, b, 'f32').kvCache <= defaultBytes) * BLOCK_TOKENS;
-  let blocks = Math.max(minBlocks(context), Math.min(perLayerBlocks, Math.ceil(wanted / BLOCK_TOKENS)));
+  let blocks = Math.max(minBlocks(context), Math.min(maxBlocks(context), Math.ceil(wanted / BLOCK_TOKENS)));
   let plan = sized(context, blocks);
   const budget = p.budgetBytes;
   if (budget !== undefined && plan.total > budget) {

@@ -15,7 +15,7 @@ import { httpModelDir } from '../io/http-model-dir.js';
 import { ModelCache } from '../io/model-cache.js';
 import { createEngine, type Engine } from '../engine/engine.js';
 import { estimateMemory, slidingKvFor } from '../engine/memory.js';
-import { BLOCK_TOKENS, kvCacheBytes, kvPoolBytes } from '../engine/kv/cache.js';
+import { BLOCK_TOKENS, kvBlockBytes, kvLayerBlocks, kvPoolBytes } from '../engine/kv/cache.js';
 import { openModelFiles } from '../weights/model-files.js';
 import { validateCheckpoint } from '../weights/loader.js';
 import { IndexedDbTuneStore } from '../tuner/indexeddb-store.js';
@@ -98,7 +98,12 @@ async function checkFits(
           `more than ${budget.source} (${formatBytes(budget.bytes)}).${notFetched}`,
       );
     }
-    const layerKv = kvCacheBytes(spec, context, kvDtype) / (2 * spec.numLayers);
+    // The largest buffer one layer's K gets for one context: a model whose every layer slides
+    // allocates only its sliding pool.
+    const ctxBlocks = Math.ceil(context / BLOCK_TOKENS);
+    const layerKv =
+      kvLayerBlocks(spec, ctxBlocks, slidingKvFor(spec, context, chunk, ctxBlocks)) *
+      kvBlockBytes(spec, kvDtype);
     const binding = adapter.limits.maxStorageBufferBindingSize;
     if (layerKv > binding) {
       throw new DeviceMemoryError(

@@ -4,6 +4,7 @@ import { formatBytes } from '../../src/gpu/device.js';
 import { parseModelConfig } from '../../src/model/config.js';
 import { BLOCK_TOKENS, kvBlockBytes, kvCacheBytes, PagedKvCache } from '../../src/engine/kv/cache.js';
 import type { ModelSpec } from '../../src/model/spec.js';
+import { slidingLayout } from '../../src/engine/kv/sliding-pool.js';
 import type { KvDtype } from '../../src/kernels/kv-dtype.js';
 import { testGpu } from '../helpers/gpu.js';
 
@@ -123,6 +124,81 @@ describe('device limits', () => {
     expect(msg).toContain(`for ${(fit + 1) * 16} tokens`);
     expect(msg).toContain(formatBytes((fit + 1) * kvBlockBytes(s)));
     expect(msg).toMatch(/shorter context/);
+  });
+
+  test('with a sliding pool, the limit applies to the buffers allocated: an all-sliding model has no full-size one', async () => {
+    const ctx = await testGpu();
+    const limit = ctx.limits.maxStorageBufferBindingSize;
+    // 128 KiB per block, as above; a window of 64 keys, 16-row steps: 6 blocks per sequence.
+    const windowed = (config: Record<string, unknown>) =>
+      parseModelConfig({
+        vocab_size: 128,
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_hidden_layers: 2,
+        num_attention_heads: 8,
+        num_key_value_heads: 8,
+        head_dim: 256,
+        max_position_embeddings: 2 ** 20,
+        rms_norm_eps: 1e-5,
+        ...config,
+      });
+    const mistral = windowed({
+      architectures: ['MistralForCausalLM'],
+      model_type: 'mistral',
+      sliding_window: 64,
+    });
+    // Qwen2's max_window_layers 1: layer 0 keeps every block, layer 1 slides.
+    const qwen2 = windowed({
+      architectures: ['Qwen2ForCausalLM'],
+      model_type: 'qwen2',
+      use_sliding_window: true,
+      sliding_window: 64,
+      max_window_layers: 1,
+    });
+    const block = kvBlockBytes(mistral);
+    expect(kvBlockBytes(qwen2)).toBe(block);
+    const fit = Math.floor(limit / block);
+    const context = (fit + 1) * BLOCK_TOKENS;
+    const layout = (s: ModelSpec) => {
+      const l = slidingLayout(s, context, 16, BLOCK_TOKENS);
+      if (!l) throw new Error('no sliding layout');
+      return l;
+    };
+    expect(layout(mistral).layers).toEqual([true, true]);
+    expect(layout(qwen2).layers).toEqual([false, true]);
+    expect(layout(mistral).blocksPerSeq).toBe(6);
+
+    // A whole context's full pool (fit + 1 blocks) would be over the limit; Mistral allocates
+    // only its sliding pool, 6 blocks per layer.
+    const before = ctx.allocatedBytes;
+    const c = await PagedKvCache.create(ctx, mistral, fit + 1, 'f32', { layout: layout(mistral), blocks: 6 });
+    caches.push(c);
+    for (const b of [...c.k, ...c.v]) expect(b.size).toBe(6 * block);
+    expect(ctx.allocatedBytes - before).toBe(2 * 2 * 6 * block);
+
+    // Qwen2's layer 0 keeps the full pool: still refused, naming the limit and what was needed.
+    const mixed = await PagedKvCache.create(ctx, qwen2, fit + 1, 'f32', {
+      layout: layout(qwen2),
+      blocks: 6,
+    }).catch((e: unknown) => e);
+    expect(mixed).toBeInstanceOf(DeviceMemoryError);
+    expect((mixed as Error).message).toContain(
+      `for ${context} tokens needs ${formatBytes((fit + 1) * block)}`,
+    );
+    expect((mixed as Error).message).toContain(`maxStorageBufferBindingSize (${formatBytes(limit)})`);
+
+    // The sliding pool's own buffers are checked too.
+    const over = await PagedKvCache.create(ctx, mistral, fit + 2, 'f32', {
+      layout: layout(mistral),
+      blocks: fit + 1,
+    }).catch((e: unknown) => e);
+    expect(over).toBeInstanceOf(DeviceMemoryError);
+    const msg = (over as Error).message;
+    expect(msg).toContain(`sliding-window layers' KV pool of ${context} tokens`);
+    expect(msg).toContain(`needs ${formatBytes((fit + 1) * block)} per layer`);
+    expect(msg).toContain(`maxStorageBufferBindingSize (${formatBytes(limit)})`);
+    expect(ctx.allocatedBytes - before).toBe(2 * 2 * 6 * block);
   });
 
   test('destroy frees the buffers', async () => {

@@ -241,3 +241,36 @@ describe('released or kept, the same tokens: compressed KV formats, seeded sampl
     600_000,
   );
 });
+
+test('an all-sliding model under a binding too small for a full-context layer keeps its context (only its sliding pool is allocated)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-slide-bind-'));
+  dirs.push(dir);
+  const mistral = cases.find((c) => c.name.startsWith('Mistral'));
+  if (!mistral) throw new Error('no Mistral case');
+  const spec = writeTestModel(dir, { ...mistral.opts, maxPositions: CONTEXT });
+  const ckpt = await openCheckpoint(openLocalModelDir(dir));
+  const ref = await ReferenceModel.load(spec, ckpt).finally(() => ckpt.close());
+  const [x] = prompts(ref, [30]) as [{ p: number[]; ids: number[] }];
+  // Window 20, 16-row chunks: 4 sliding blocks a sequence; a binding of 4 blocks holds those but
+  // not the 8 blocks of a 128-token context that a full-attention layer would need.
+  const block = kvBlockBytes(spec, 'f32');
+  const engine = await createEngine({
+    model: dir,
+    kvCache: 'f32',
+    contextLength: CONTEXT,
+    prefillChunkTokens: CHUNK,
+    limits: { maxStorageBufferBindingSize: 4 * block },
+  });
+  try {
+    const plan = engine.memoryPlan as MemoryPlan;
+    expect([plan.contextLength, plan.note, plan.slidingKvBlocks]).toEqual([CONTEXT, null, 4]);
+    // One whole context's block ids (a second sequence's window would need 8 sliding blocks).
+    expect(plan.kvBlocks).toBe(CONTEXT / 16);
+    expect(engine.kvCacheBytes).toBe(2 * 2 * 4 * block);
+    const r = await engine.generate(x.p, GREEDY).result();
+    expect(r.tokenIds).toEqual(x.ids);
+    expect(engine.stats().peakSlidingBlocksPerSequence).toBeLessThanOrEqual(4);
+  } finally {
+    engine.dispose();
+  }
+}, 600_000);

@@ -18,6 +18,7 @@ import type { ModelSpec } from '../../src/model/spec.js';
 import { CATALOG } from '../../src/model/catalog.js';
 import { parseModelConfig } from '../../src/model/config.js';
 import { planMemory } from '../../src/engine/memory.js';
+import { DeviceMemoryError } from '../../src/errors.js';
 import { weightSourceFor } from '../../src/weights/select.js';
 import { catalogConfig, shapesOnly } from '../../bench/catalog-memory.js';
 
@@ -158,5 +159,106 @@ describe('the memory planner counts the sliding pool (Gemma-3-1B shapes, int4, f
     expect(keep.kvBlocks).toBe(316);
     expect(release.kvBlocks).toBeGreaterThan(2 * keep.kvBlocks);
     expect(release.kvCache).toBeLessThanOrEqual(keep.kvCache);
+  });
+});
+
+describe('the binding limit applies to the KV buffers allocated', () => {
+  // Mistral-7B-v0.1's shapes: every layer slides (window 4096), 8 KV heads of 128. An f32 cache (an
+  // adapter without shader-f16) is 64 KiB a block, so a 64 MiB binding holds 1024 blocks, half of
+  // a 32k context: the full pool the model never allocates would not fit one binding, its
+  // sliding pool (273 blocks a sequence with 256-row chunks) does.
+  const mistral = parseModelConfig({
+    architectures: ['MistralForCausalLM'],
+    model_type: 'mistral',
+    vocab_size: 32000,
+    hidden_size: 4096,
+    intermediate_size: 14336,
+    num_hidden_layers: 32,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    max_position_embeddings: 32768,
+    rms_norm_eps: 1e-5,
+    sliding_window: 4096,
+  });
+  const gemmaEntry = CATALOG.find((e) => e.id === 'google/gemma-3-1b-it');
+  if (!gemmaEntry) throw new Error('no Gemma-3-1B in the catalog');
+  const gemma = parseModelConfig(catalogConfig(gemmaEntry));
+  const MiB = 2 ** 20;
+  const plan = (
+    spec: ModelSpec,
+    o: {
+      binding: number;
+      kv?: 'f32' | 'f16';
+      ctx?: number;
+      slidingKv?: 'release' | 'keep';
+      kvTokens?: number;
+    },
+  ) =>
+    planMemory({
+      spec,
+      ckpt: shapesOnly(spec),
+      source: weightSourceFor(spec, 'shapes', 'q4'),
+      kvDtype: o.kv ?? 'f32',
+      requestedContext: o.ctx ?? 32768,
+      prefillChunkTokens: 256,
+      limits: { maxBufferSize: 2 ** 32, maxStorageBufferBindingSize: o.binding },
+      slidingKv: o.slidingKv ?? 'release',
+      ...(o.kvTokens !== undefined ? { kvTokens: o.kvTokens } : {}),
+    });
+  const block = 8 * 128 * 4 * 16;
+
+  test('an all-sliding model keeps its context: only its sliding pool must fit a binding', () => {
+    const p = plan(mistral, { binding: 64 * MiB });
+    expect(p.contextLength).toBe(32768);
+    expect(p.note).toBeNull();
+    // The full pool is logical only (block ids): over the binding, and never allocated.
+    expect(p.kvBlocks * block).toBeGreaterThan(64 * MiB);
+    // The sliding pool holds the windows of as many whole contexts as fit one binding: 3 x 273.
+    expect(p.slidingKvBlocks).toBe(3 * 273);
+    expect(p.slidingKvBlocks * block).toBeLessThanOrEqual(64 * MiB);
+    expect((p.slidingKvBlocks + 273) * block).toBeGreaterThan(64 * MiB);
+    expect(p.kvBlocks).toBe(3 * 2048);
+    // A pool asked for (one context) is given as asked.
+    const one = plan(mistral, { binding: 64 * MiB, kvTokens: 32768 });
+    expect([one.contextLength, one.kvBlocks, one.slidingKvBlocks, one.note]).toEqual([
+      32768,
+      2048,
+      273,
+      null,
+    ]);
+    // ... and more than fits one binding is cut to what does.
+    const many = plan(mistral, { binding: 64 * MiB, kvTokens: 10 * 32768 });
+    expect([many.kvBlocks, many.slidingKvBlocks]).toEqual([3 * 2048, 3 * 273]);
+  });
+
+  test('layers that keep every block are still checked on the full pool, and so is the sliding pool', () => {
+    // 'keep': every Mistral layer holds the whole pool, so 1024 blocks (16384 tokens) it is.
+    const keep = plan(mistral, { binding: 64 * MiB, slidingKv: 'keep' });
+    expect([keep.contextLength, keep.kvBlocks, keep.slidingKvBlocks]).toEqual([16384, 1024, 0]);
+    expect(keep.note).toBe(
+      "one layer's KV cache must fit one buffer binding (64.0 MiB), which holds 16384 tokens",
+    );
+    // Gemma-3-1B (4 global layers, f16: 8 KiB a block): an 8 MiB binding holds 1024 blocks.
+    const mixed = plan(gemma, { binding: 8 * MiB, kv: 'f16' });
+    expect([mixed.contextLength, mixed.kvBlocks]).toEqual([16384, 1024]);
+    expect(mixed.slidingKvBlocks).toBeGreaterThan(0);
+    expect(mixed.note).toBe(
+      "one layer's KV cache must fit one buffer binding (8.00 MiB), which holds 16384 tokens",
+    );
+    // A 16 MiB binding (256 blocks) holds less than one Mistral sequence's sliding window (273):
+    // the context is cut until a layer's buffer fits, here 4096 tokens (the window is no longer
+    // shorter than the context, so every layer keeps its 256 blocks).
+    const small = plan(mistral, { binding: 16 * MiB });
+    expect([small.contextLength, small.kvBlocks, small.slidingKvBlocks]).toEqual([4096, 256, 0]);
+    expect(small.note).toBe(
+      "one layer's KV cache must fit one buffer binding (16.0 MiB), which holds 4096 tokens",
+    );
+  });
+
+  test('a binding smaller than one block is refused, naming the limit and the need', () => {
+    expect(() => plan(mistral, { binding: 32 * 1024 })).toThrow(DeviceMemoryError);
+    expect(() => plan(mistral, { binding: 32 * 1024 })).toThrow(
+      "one 16-token block of one layer's KV cache needs 64.0 KiB, over the largest buffer binding (32.0 KiB)",
+    );
   });
 });

@@ -58,6 +58,18 @@ export function kvPoolBytes(
   return total + spec.numLayers * kvWindowBytes(spec, dtype, KV_WINDOW_LANES);
 }
 
+/**
+ * Blocks of the largest K (or V) buffer one layer is given: `blocks` where some layer keeps the
+ * full pool, else the sliding pool's (a model whose every layer slides allocates no full-size
+ * buffer). What must fit one storage binding.
+ */
+export function kvLayerBlocks(spec: ModelSpec, blocks: number, sliding: SlidingKv | null = null): number {
+  let most = 0;
+  for (let l = 0; l < spec.numLayers; l++)
+    most = Math.max(most, sliding?.layout.layers[l] ? sliding.blocks : blocks);
+  return most;
+}
+
 /** Bytes of one layer's window (window.ts) of a low-rank format: 0 for every other format. */
 export function kvWindowBytes(spec: ModelSpec, dtype: KvDtype, lanes: number): number {
   if (!isQuantKv(dtype) || kvQuantParams(dtype).rank === 0) return 0;
@@ -108,11 +120,19 @@ export class PagedKvCache {
     checkKvDtype(ctx, dtype, spec.headDim);
     const bytes = kvPoolBytes(spec, numBlocks, dtype, sliding);
     const cache = new PagedKvCache(ctx, numBlocks, dtype, sliding);
-    const layerBytes = numBlocks * kvBlockBytes(spec, dtype);
+    // Each layer's K (and V) is one binding: the full pool's where a layer keeps every block, the
+    // sliding pool's where it slides (an all-sliding model has no full-size buffer to check).
     const limit = ctx.limits.maxStorageBufferBindingSize;
-    if (layerBytes > limit) {
+    const blockBytes = kvBlockBytes(spec, dtype);
+    const keepsFull = Array.from({ length: spec.numLayers }, (_, l) => !cache.isSliding(l)).includes(true);
+    if (keepsFull && numBlocks * blockBytes > limit) {
       throw new DeviceMemoryError(
-        `the KV cache for ${numBlocks * BLOCK_TOKENS} tokens needs ${formatBytes(layerBytes)} per layer for K (and as much for V), over this device's maxStorageBufferBindingSize (${formatBytes(limit)}); use a shorter context length`,
+        `the KV cache for ${numBlocks * BLOCK_TOKENS} tokens needs ${formatBytes(numBlocks * blockBytes)} per layer for K (and as much for V), over this device's maxStorageBufferBindingSize (${formatBytes(limit)}); use a shorter context length`,
+      );
+    }
+    if (sliding && sliding.blocks * blockBytes > limit) {
+      throw new DeviceMemoryError(
+        `the sliding-window layers' KV pool of ${sliding.blocks * BLOCK_TOKENS} tokens needs ${formatBytes(sliding.blocks * blockBytes)} per layer for K (and as much for V), over this device's maxStorageBufferBindingSize (${formatBytes(limit)}); use fewer KV cache tokens or a shorter prefill chunk`,
       );
     }
     const usage = storageUsage();
@@ -120,8 +140,8 @@ export class PagedKvCache {
     await ctx.guardAllocation('the KV cache', bytes, () => {
       for (let l = 0; l < spec.numLayers; l++) {
         const n = cache.isSliding(l) ? (sliding as SlidingKv).blocks : numBlocks;
-        cache.k.push(ctx.createBuffer(`kv.k[${l}]`, n * kvBlockBytes(spec, dtype), usage));
-        cache.v.push(ctx.createBuffer(`kv.v[${l}]`, n * kvBlockBytes(spec, dtype), usage));
+        cache.k.push(ctx.createBuffer(`kv.k[${l}]`, n * blockBytes, usage));
+        cache.v.push(ctx.createBuffer(`kv.v[${l}]`, n * blockBytes, usage));
         if (windowBytes > 0) cache.window.push(ctx.createBuffer(`kv.window[${l}]`, windowBytes, usage));
       }
     });
