@@ -14,7 +14,8 @@ import { ggufTypeByName } from '../../src/io/gguf-types.js';
 import { encodeGguf } from '../../src/io/gguf-writer.js';
 import { ReferenceModel } from '../../src/model/reference.js';
 import { ropeInvFreq } from '../../src/kernels/rope.ref.js';
-import { expectClose } from '../helpers/gpu.js';
+import { expectClose, plainGpu, testGpu } from '../helpers/gpu.js';
+import { q4SubgroupsUsable } from '../../src/kernels/matmul-q4.js';
 import { UnsupportedModelError } from '../../src/errors.js';
 import { ggufModelDir } from '../../src/io/gguf-model-dir.js';
 import { openCheckpoint } from '../../src/io/safetensors-checkpoint.js';
@@ -235,4 +236,114 @@ describe('block-quantized GGUF files on the GPU', () => {
       expect(decoded.has('model.layers.0.input_layernorm.weight')).toBe(false);
     }, 240_000);
   }
+});
+
+/**
+ * The whole engine on a device made without subgroups, where matmul_gguf_vec4 takes its per-lane
+ * X fragment (common/gguf_x_direct.wgsl: every lane loads the step's 8 vec4s of X itself) instead
+ * of the subgroup broadcast. Two formats keep the compile short on llvmpipe: Q4_K for every
+ * projection (a K-quant: per-block head of 6-bit scales and mins, 8 groups) and Q8_0 for the
+ * embedding table and the untied LM head (a 32-element block with its f16 d in the d-plane; the
+ * head runs matmul_gguf_vec4_q8_0, the table embed_gguf). Tolerance: the 1e-4 f32-arithmetic
+ * budget of the block tests above; the per-lane fragment multiplies the same X values in the same
+ * order as the broadcast, so that budget holds unchanged. Greedy ids: the reference's, asserted
+ * only where every step's top two reference logits are more than 2 x 1e-4 apart, so logits each
+ * within 1e-4 of the reference cannot swap them; and the subgroup device's.
+ */
+describe('a block-quantized GGUF file on a device without subgroups', () => {
+  const LOGIT_ATOL = 1e-4;
+  const PROMPT = [1, 17, 45, 3, 88, 23, 61, 9];
+  const STEPS = 8;
+
+  /** The labels of the shader modules made on `device` while `f` runs. */
+  async function modulesMade<T>(device: GPUDevice, f: () => Promise<T>): Promise<[T, Set<string>]> {
+    const labels = new Set<string>();
+    const make = device.createShaderModule.bind(device);
+    device.createShaderModule = (desc: GPUShaderModuleDescriptor) => {
+      labels.add(desc.label ?? '');
+      return make(desc);
+    };
+    try {
+      return [await f(), labels];
+    } finally {
+      device.createShaderModule = make;
+    }
+  }
+
+  it('Q4_K projections, Q8_0 table and head: logits equal the float64 reference, greedy ids the reference and the subgroup device', async () => {
+    const folder = join(root, `p${n++}`);
+    const spec = writeTestModel(folder, {
+      hidden: 256,
+      intermediate: 256,
+      heads: 4,
+      kvHeads: 2,
+      layers: 2,
+      seed: 64,
+    });
+    const decoded = new Map<string, Float32Array>();
+    const file = await writeGgufFromFolder(folder, 'plain.gguf', {
+      typeOf: (name) =>
+        name === 'model.embed_tokens.weight' || name === 'lm_head.weight'
+          ? 'Q8_0'
+          : name.endsWith('_proj.weight')
+            ? 'Q4_K'
+            : undefined,
+      onDecoded: (name, v) => decoded.set(name, v),
+    });
+    expect(decoded.get('lm_head.weight')).toBeDefined();
+
+    const ckpt = await openCheckpoint(openLocalModelDir(folder));
+    let want: Float64Array[];
+    const wantIds: number[] = [];
+    try {
+      const ref = await ReferenceModel.load(spec, overlayCheckpoint(ckpt, spec, decoded));
+      want = ref.forward(PROMPT);
+      const ctx = [...PROMPT];
+      for (let s = 0; s < STEPS; s++) {
+        const last = ref.forward(ctx).at(-1) as Float64Array;
+        const order = [...last.keys()].sort((a, b) => (last[b] as number) - (last[a] as number));
+        const [best, second] = order as [number, number];
+        expect((last[best] as number) - (last[second] as number)).toBeGreaterThan(2 * LOGIT_ATOL);
+        wantIds.push(best);
+        ctx.push(best);
+      }
+    } finally {
+      await ckpt.close();
+    }
+
+    const run = async (device: GPUDevice) =>
+      modulesMade(device, async () => {
+        // An f32 KV cache: the reference keeps K/V exact (the plain device has no f16 anyway).
+        const engine = await createEngine({ model: file, kvCache: 'f32', device });
+        try {
+          const logits = await engine.logits(PROMPT);
+          const opts = { maxTokens: STEPS, temperature: 0, ignoreEos: true };
+          const ids = (await engine.generate(PROMPT, opts).result()).tokenIds;
+          return { logits, ids };
+        } finally {
+          engine.dispose();
+        }
+      });
+
+    const plain = await plainGpu();
+    expect(plain.device.features.has('subgroups')).toBe(false);
+    const [p, plainModules] = await run(plain.device);
+    const gguf = [...plainModules].filter((l) => l.startsWith('matmul_gguf_vec4_'));
+    // Both formats' matmuls ran, every one on the per-lane path.
+    expect(gguf.some((l) => l.startsWith('matmul_gguf_vec4_q4_k_'))).toBe(true);
+    expect(gguf.some((l) => l.startsWith('matmul_gguf_vec4_q8_0_'))).toBe(true);
+    expect(gguf.filter((l) => l.includes('_sg'))).toEqual([]);
+    want.forEach((row, i) => expectClose(p.logits[i] as Float32Array, row, { atol: LOGIT_ATOL }));
+    expect(p.ids).toEqual(wantIds);
+
+    // The same file on the test device (subgroups where the adapter has them).
+    const sub = await testGpu();
+    const [s, subModules] = await run(sub.device);
+    if (q4SubgroupsUsable(sub))
+      expect([...subModules].some((l) => l.startsWith('matmul_gguf_vec4_q4_k_') && l.includes('_sg'))).toBe(
+        true,
+      );
+    want.forEach((row, i) => expectClose(s.logits[i] as Float32Array, row, { atol: LOGIT_ATOL }));
+    expect(s.ids).toEqual(p.ids);
+  }, 600_000);
 });
