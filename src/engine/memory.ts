@@ -63,12 +63,13 @@ export function estimateMemory(
 }
 
 /**
- * Default KV pool: what 256 MiB of f32 K/V holds, whatever the cache's type (an f16 cache keeps
- * the same tokens in half the memory), and at least one full context; capped by the caller.
+ * Default KV pool: the blocks that hold what 256 MiB of f32 K/V holds, whatever the cache's type
+ * (an f16 cache keeps the same tokens in half the memory), or one full context's allocation
+ * where that is more; capped by the caller.
  */
-export function defaultKvTokens(spec: ModelSpec, contextLength: number): number {
+function defaultKvF32Bytes(spec: ModelSpec): number {
   const perToken = kvCacheBytes(spec, BLOCK_TOKENS, 'f32') / BLOCK_TOKENS;
-  return Math.max(contextLength, Math.floor((256 * 2 ** 20) / perToken));
+  return kvCacheBytes(spec, Math.floor((256 * 2 ** 20) / perToken), 'f32');
 }
 
 export interface PlanInput {
@@ -78,7 +79,7 @@ export interface PlanInput {
   kvDtype: KvDtype;
   requestedContext: number;
   prefillChunkTokens: number;
-  /** The caller's KV pool in tokens; default {@link defaultKvTokens}. */
+  /** The caller's KV pool in tokens; default {@link defaultKvF32Bytes}. */
   kvTokens?: number;
   limits: { maxBufferSize: number; maxStorageBufferBindingSize: number };
   budgetBytes?: number;
@@ -175,9 +176,11 @@ export function planMemory(p: PlanInput): MemoryPlan {
   /** The most blocks in [from, maxBlocks(context)] whose plan passes `ok` (which holds at `from`). */
   const most = (from: number, ok: (blocks: number) => boolean): number =>
     largest(from, Math.max(from, maxBlocks(context)), ok);
-  // The default pool is a memory size (defaultKvTokens' 256 MiB of f32 K/V): a sliding pool's
-  // smaller layers leave it room for more blocks.
-  const defaultBytes = kvCacheBytes(spec, defaultKvTokens(spec, context), 'f32');
+  // The default pool is a memory size: a sliding pool's smaller layers leave it room for more
+  // blocks. Its floor is one whole context as the engine allocates it (full layers' blocks plus
+  // the sliding pool's), not as if every layer kept every block, which would buy a sliding model
+  // many contexts' worth of windows it was never asked for.
+  const defaultBytes = Math.max(defaultKvF32Bytes(spec), sized(context, minBlocks(context), 'f32').kvCache);
   const wanted =
     p.kvTokens ??
     most(minBlocks(context), (b) => sized(context, b, 'f32').kvCache <= defaultBytes) * BLOCK_TOKENS;

@@ -82,8 +82,8 @@ export interface EngineOptions {
   quantOptions?: LoadQuantOptions;
   /**
    * Tokens of KV cache shared by all sequences (16-token blocks). Default: what 256 MiB of f32 K/V
-   * holds (128 MiB with an f16 cache), at least one full context, at most one storage binding per
-   * layer.
+   * holds (128 MiB with an f16 cache) or one full context as allocated (a sliding model's windows
+   * count, not the blocks it releases) where that is more, at most one storage binding per layer.
    */
   kvCacheTokens?: number;
   /**

@@ -160,6 +160,17 @@ describe('the memory planner counts the sliding pool (Gemma-3-1B shapes, int4, f
     expect(release.kvBlocks).toBeGreaterThan(2 * keep.kvBlocks);
     expect(release.kvCache).toBeLessThanOrEqual(keep.kvCache);
   });
+
+  test('past 256 MiB the default pool is one whole context as the engine allocates it', () => {
+    // At 32k, one context kept in every layer is 1.6 GiB of f32 K/V: keep gets exactly that. The
+    // released allocation of one context (4 global layers' blocks plus the sliding pool) is far
+    // smaller, and the default buys that one context, not as many as the kept size would hold.
+    const keep = plan('keep', 32768);
+    const release = plan('release', 32768);
+    expect(keep.kvBlocks).toBe(2048);
+    expect(release.kvBlocks).toBe(2048);
+    expect(release.kvCache).toBeLessThan(keep.kvCache / 4);
+  });
 });
 
 describe('the binding limit applies to the KV buffers allocated', () => {
@@ -213,11 +224,10 @@ describe('the binding limit applies to the KV buffers allocated', () => {
     expect(p.note).toBeNull();
     // The full pool is logical only (block ids): over the binding, and never allocated.
     expect(p.kvBlocks * block).toBeGreaterThan(64 * MiB);
-    // The sliding pool holds the windows of as many whole contexts as fit one binding: 3 x 273.
-    expect(p.slidingKvBlocks).toBe(3 * 273);
-    expect(p.slidingKvBlocks * block).toBeLessThanOrEqual(64 * MiB);
-    expect((p.slidingKvBlocks + 273) * block).toBeGreaterThan(64 * MiB);
-    expect(p.kvBlocks).toBe(3 * 2048);
+    // The default pool is one whole context as allocated (273 sliding blocks a layer, 1.1 GiB of
+    // f32 K/V, over the 256 MiB default): not the three contexts' windows that one binding holds,
+    // which a floor counted as if every layer kept every block would buy.
+    expect([p.kvBlocks, p.slidingKvBlocks]).toEqual([2048, 273]);
     // A pool asked for (one context) is given as asked.
     const one = plan(mistral, { binding: 64 * MiB, kvTokens: 32768 });
     expect([one.contextLength, one.kvBlocks, one.slidingKvBlocks, one.note]).toEqual([
