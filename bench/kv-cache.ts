@@ -100,6 +100,7 @@ for (const context of contexts) {
         attention_gpu_ms: r2(attnMs[i] as number),
         rounds: runs[i]?.map(r2),
         gpu_rounds: gpu[i]?.map(r2),
+        attention_rounds: attn[i]?.map(r2),
       }),
     );
   }

@@ -95,6 +95,10 @@ var<workgroup> q_sh: array<vec4<f32>, Q_CAP>;
 var<workgroup> p_sh: array<vec4<f32>, P_CAP>;
 // Physical blocks of the current tile: one load per block instead of one per token and lane.
 var<workgroup> bt_sh: array<u32, TILE_BLOCKS>;
+// Low-rank KV formats: B·q of each block of the tile, [head block][block][rank] (rank 2), lanes
+// the block's 4 query heads: a key's low-rank term is then A[t]·(B·q), 2 MACs per head.
+const BQ_CAP: u32 = 64u; // P_CAP / BLOCK_TOKENS · 2
+var<workgroup> bq_sh: array<vec4<f32>, BQ_CAP>;
 // Exact modes: per-thread maxima of the tile's scores [block][thread], then per 8 threads.
 var<workgroup> red: array<vec4<f32>, 128>; // 2 * WG
 var<workgroup> red8: array<vec4<f32>, 16>; // 2 * 8
@@ -107,14 +111,71 @@ fn stage_blocks(bt_off: u32, t0: u32, n: u32, t: u32) {
   }
 }
 
+// Low-rank formats: stages bq_sh for the tile of `n` tokens from t0, thread t taking block t with
+// both ranks (each q load serves 2 ranks; 32 threads at most: fewer SIMD groups on lavapipe). q and
+// the block table come from global memory (q of a head past n_rep is zero) so that this shares
+// stage_blocks' barrier, before the first tile too.
+fn stage_bq(bt_off: u32, t0: u32, n: u32, g: u32, q0: u32, n_rep: u32, hd4: u32, blocks: u32,
+            t: u32) {
+  if (t >= (n + BLOCK_TOKENS - 1u) / BLOCK_TOKENS) {
+    return;
+  }
+  let f = kv_k_fac((block_table[bt_off + t0 / BLOCK_TOKENS + t] * p.kv_heads + g) * BLOCK_TOKENS);
+  for (var hb = 0u; hb < blocks; hb++) {
+    var s0 = vec4<f32>(0.0);
+    var s1 = vec4<f32>(0.0);
+    if (f != 0xffffffffu) {
+      let qh = q0 + 4u * hb * hd4;
+      for (var d4 = 0u; d4 < hd4; d4++) {
+        let b0 = kv_k_b4(f, 0u, d4);
+        let b1 = kv_k_b4(f, 1u, d4);
+        let qa = q[qh + d4];
+        let qb = q[qh + hd4 + d4];
+        let qc = q[qh + 2u * hd4 + d4];
+        let qd = q[qh + 3u * hd4 + d4];
+        s0 += vec4<f32>(dot(qa, b0), dot(qb, b0), dot(qc, b0), dot(qd, b0));
+        s1 += vec4<f32>(dot(qa, b1), dot(qb, b1), dot(qc, b1), dot(qd, b1));
+      }
+      let live = vec4<u32>(4u * hb) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_rep);
+      s0 = select(vec4<f32>(0.0), s0, live);
+      s1 = select(vec4<f32>(0.0), s1, live);
+    }
+    let i = (hb * p.tile / BLOCK_TOKENS + t) * 2u;
+    bq_sh[i] = s0;
+    bq_sh[i + 1u] = s1;
+  }
+}
+
+// bq_sh index of the tile's token j (clamped to the tile) for head block hb.
+fn bq_at(hb: u32, j: u32, n: u32) -> u32 {
+  return ((hb * p.tile + min(j, n - 1u)) / BLOCK_TOKENS) * 2u;
+}
+
+// A key's low-rank score term for 4 query heads, from its block's B·q (b0, b1: ranks 0 and 1).
+fn lr_score(r: KvRow, b0: vec4<f32>, b1: vec4<f32>) -> vec4<f32> {
+  let a = kv_k_a(r);
+  return a.x * b0 + a.y * b1;
+}
+
+// Token i of the `k` a thread scores in the step from j0. Low-rank formats: adjacent tokens (k
+// divides 16, so they share a block and one B·q fetch; a lane past the tile's end redoes its last
+// token, which lies in the same group of k); other formats: WG apart, so a SIMD group reads
+// adjacent rows.
+fn tok(j0: u32, t: u32, k: u32, i: u32) -> u32 {
+  if (KV_RANK > 0u) {
+    return j0 + k * t + i;
+  }
+  return j0 + t + i * WG;
+}
+
 // Token row (the fragment loads' first argument) of the tile's token `j` for KV head `g`.
 fn kv_row(g: u32, j: u32, hd4: u32) -> u32 {
   return (bt_sh[j / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS + j % BLOCK_TOKENS;
 }
 
 // Unscaled scores of the K rows at ka..kd (4 tokens, the columns) against the 4 query heads whose
-// q starts at q_sh[qb] (the lanes).
-fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32) -> mat4x4<f32> {
+// q starts at q_sh[qb] (the lanes); li: the tokens' bq_sh index (low-rank formats: one block).
+fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32, li: u32) -> mat4x4<f32> {
   var s = mat4x4<f32>();
   // A compressed row's shared words (scale, outliers, factors) once per row, not per 4 channels.
   let ra = kv_k_row(ka);
@@ -136,6 +197,12 @@ fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32) -> mat4x4<f32>
       vec4<f32>(dot(q0, k2), dot(q1, k2), dot(q2, k2), dot(q3, k2)),
       vec4<f32>(dot(q0, k3), dot(q1, k3), dot(q2, k3), dot(q3, k3)),
     );
+  }
+  if (KV_RANK > 0u) {
+    let b0 = bq_sh[li];
+    let b1 = bq_sh[li + 1u];
+    s += mat4x4<f32>(lr_score(ra, b0, b1), lr_score(rb, b0, b1), lr_score(rc, b0, b1),
+                     lr_score(rd, b0, b1));
   }
   return s;
 }
@@ -165,7 +232,7 @@ struct Scores2x2 {
   b: mat2x4<f32>,
 }
 
-fn scores2x2(ka: u32, kb: u32, hd4: u32) -> Scores2x2 {
+fn scores2x2(ka: u32, kb: u32, hd4: u32, li: vec2<u32>) -> Scores2x2 {
   let ra = kv_k_row(ka);
   let rb = kv_k_row(kb);
   var sa = mat2x4<f32>();
@@ -190,10 +257,19 @@ fn scores2x2(ka: u32, kb: u32, hd4: u32) -> Scores2x2 {
       vec4<f32>(dot(q4, k1), dot(q5, k1), dot(q6, k1), dot(q7, k1)),
     );
   }
+  if (KV_RANK > 0u) {
+    // li: the tokens' bq_sh index for head block A, then for B.
+    let a0 = bq_sh[li.x];
+    let a1 = bq_sh[li.x + 1u];
+    let b0 = bq_sh[li.y];
+    let b1 = bq_sh[li.y + 1u];
+    sa += mat2x4<f32>(lr_score(ra, a0, a1), lr_score(rb, a0, a1));
+    sb += mat2x4<f32>(lr_score(ra, b0, b1), lr_score(rb, b0, b1));
+  }
   return Scores2x2(sa, sb);
 }
 
-fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
+fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32, li: u32) -> mat2x4<f32> {
   var s = mat2x4<f32>();
   let ra = kv_k_row(ka);
   let rb = kv_k_row(kb);
@@ -208,6 +284,11 @@ fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
       vec4<f32>(dot(q0, k0), dot(q1, k0), dot(q2, k0), dot(q3, k0)),
       vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
     );
+  }
+  if (KV_RANK > 0u) {
+    let b0 = bq_sh[li];
+    let b1 = bq_sh[li + 1u];
+    s += mat2x4<f32>(lr_score(ra, b0, b1), lr_score(rb, b0, b1));
   }
   return s;
 }
@@ -327,6 +408,9 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
     q_sh[i] = select(vec4<f32>(0.0), q[q0 + i], i / hd4 < n_rep);
   }
   stage_blocks(bt_off, c0, min(p.tile, c1 - c0), t);
+  if (KV_RANK > 0u) {
+    stage_bq(bt_off, c0, min(p.tile, c1 - c0), g, q0, n_rep, hd4, blocks, t);
+  }
   workgroupBarrier();
 
   let live_a = vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(n_rep);
@@ -349,6 +433,9 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
       // The previous tile's P·V must be done with p_sh and bt_sh before they are rewritten.
       workgroupBarrier();
       stage_blocks(bt_off, t0, n, t);
+      if (KV_RANK > 0u) {
+        stage_bq(bt_off, t0, n, g, q0, n_rep, hd4, blocks, t);
+      }
       workgroupBarrier();
     }
 
@@ -361,12 +448,15 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
       if (j0 >= n) {
         break;
       }
-      let ja = j0 + t;
-      let jb = ja + WG;
+      // Tokens per thread in this step: 4 while more than 2·WG remain of the tile (one head
+      // block), else 2.
+      let k = select(2u, 4u, !two && n - j0 > 2u * WG);
+      let ja = tok(j0, t, k, 0u);
+      let jb = tok(j0, t, k, 1u);
       let ka = kv_row(g, min(ja, n - 1u), hd4);
       let kb = kv_row(g, min(jb, n - 1u), hd4);
       if (two) {
-        let sc = scores2x2(ka, kb, hd4);
+        let sc = scores2x2(ka, kb, hd4, vec2<u32>(bq_at(0u, ja, n), bq_at(1u, ja, n)));
         let xa = capped2(sc.a * p.scale);
         let xb = capped2(sc.b * p.scale);
         take(ja, n, xa[0], 0u, live_a, t0 + ja < lo, &lm_a, &overflow);
@@ -374,15 +464,15 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
         take(ja, n, xb[0], tile_b, live_b, t0 + ja < lo, &lm_b, &overflow);
         take(jb, n, xb[1], tile_b, live_b, t0 + jb < lo, &lm_b, &overflow);
         j0 += 2u * WG;
-      } else if (n - j0 > 2u * WG) {
-        let jc = jb + WG;
-        let jd = jc + WG;
+      } else if (k == 4u) {
+        let jc = tok(j0, t, k, 2u);
+        let jd = tok(j0, t, k, 3u);
         let kc = kv_row(g, min(jc, n - 1u), hd4);
         let kd = kv_row(g, min(jd, n - 1u), hd4);
         for (var hb = 0u; hb < blocks; hb++) {
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
-          let x = capped4(scores4(ka, kb, kc, kd, hb * qb_b, hd4) * p.scale);
+          let x = capped4(scores4(ka, kb, kc, kd, hb * qb_b, hd4, bq_at(hb, ja, n)) * p.scale);
           take(ja, n, x[0], hb * tile_b, live, t0 + ja < lo, &lm, &overflow);
           take(jb, n, x[1], hb * tile_b, live, t0 + jb < lo, &lm, &overflow);
           take(jc, n, x[2], hb * tile_b, live, t0 + jc < lo, &lm, &overflow);
@@ -398,7 +488,7 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
         for (var hb = 0u; hb < blocks; hb++) {
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
-          let x = capped2(scores2(ka, kb, hb * qb_b, hd4) * p.scale);
+          let x = capped2(scores2(ka, kb, hb * qb_b, hd4, bq_at(hb, ja, n)) * p.scale);
           take(ja, n, x[0], hb * tile_b, live, t0 + ja < lo, &lm, &overflow);
           take(jb, n, x[1], hb * tile_b, live, t0 + jb < lo, &lm, &overflow);
           if (hb == 0u) {
@@ -455,15 +545,39 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
         let kn = min(BLOCK_TOKENS, n - b0);
         // A compressed block's words shared by its rows' channels 4t..4t+3 (low-rank B), once.
         let blk = kv_v_blk(base, t);
+        // Low-rank formats: Σ_k p_k · A[k][j] per rank j (lanes: heads), then one rank-2 update
+        // of the accumulators with the block's B.
+        var ua0 = vec4<f32>(0.0);
+        var ua1 = vec4<f32>(0.0);
+        var ub0 = vec4<f32>(0.0);
+        var ub1 = vec4<f32>(0.0);
         for (var k = 0u; k < kn; k++) {
           let v = kv_v4b(blk, base + k, t);
           let pa = p_sh[b0 + k];
           acc_a += outer(v, pa);
           l_a += pa;
+          var ar = vec2<f32>(0.0);
+          if (KV_RANK > 0u) {
+            ar = kv_v_a(base + k);
+            ua0 += pa * ar.x;
+            ua1 += pa * ar.y;
+          }
           if (two) {
             let pb = p_sh[tile_b + b0 + k];
             acc_b += outer(v, pb);
             l_b += pb;
+            if (KV_RANK > 0u) {
+              ub0 += pb * ar.x;
+              ub1 += pb * ar.y;
+            }
+          }
+        }
+        if (KV_RANK > 0u) {
+          let vb0 = kv_v_b(blk, 0u);
+          let vb1 = kv_v_b(blk, 1u);
+          acc_a += outer(vb0, ua0) + outer(vb1, ua1);
+          if (two) {
+            acc_b += outer(vb0, ub0) + outer(vb1, ub1);
           }
         }
       }

@@ -84,15 +84,16 @@ fn kvq_b_word(j: u32, d: u32) -> u32 {
 // A K row's words that every 4-channel load of it needs, read once (split-K attention's scores
 // read a row 4 channels at a time over head_dim / 4 steps): its first word, (scale, min), the
 // outliers' channels (0xffffffff: none, a channel no load matches) and residuals and, where its
-// block's factors apply, A[t][0..1] and the factor base (0xffffffff: none). The low-rank formats
-// have rank 2.
+// block's factors apply, A[t][0..1] (zero where they do not). kv_k4r leaves the low-rank term out:
+// split-K adds it per block, q·(A[t]·B) = A[t]·(B·q), with B·q once per (block, query head) from
+// kv_k_fac / kv_k_b4 and A[t] from kv_k_a, so a key costs KV_RANK MACs instead of B's words per 4
+// channels. The split-K views have rank 2.
 struct KvRow {
   base: u32,
   sm: vec2<f32>,
   oc: vec4<u32>,
   ores: vec4<f32>,
   a: vec2<f32>,
-  f: u32,
 }
 
 const KVQ_NONE: u32 = 0xffffffffu;
@@ -108,56 +109,86 @@ fn kv_k_row(row: u32) -> KvRow {
     ores[i] = unpack2x16float(w >> 16u).x;
   }
   var a = vec2<f32>(0.0);
-  var f = KVQ_NONE;
   if (kvq_lowrank_on(row)) {
-    f = kvq_factor_base(row);
-    a = unpack2x16float(k_cache[f + kvq_a_word(row % KVQ_BLOCK, 0u)]);
+    a = unpack2x16float(k_cache[kvq_factor_base(row) + kvq_a_word(row % KVQ_BLOCK, 0u)]);
   }
-  return KvRow(r, unpack2x16float(k_cache[r + cw]), oc, ores, a, f);
+  return KvRow(r, unpack2x16float(k_cache[r + cw]), oc, ores, a);
 }
 
+// Channels 4·d4..4·d4+3 of the row: codes and outliers, without the low-rank term.
 fn kv_k4r(r: KvRow, d4: u32) -> vec4<f32> {
   var x = kvq_dequant4(k_cache[r.base + (4u * d4 * KV_BITS) / 32u], d4, r.sm);
   let ch = vec4<u32>(4u * d4) + vec4<u32>(0u, 1u, 2u, 3u);
   for (var o = 0u; o < KV_OUTLIERS; o++) {
     x += select(vec4<f32>(0.0), vec4<f32>(r.ores[o]), vec4<u32>(r.oc[o]) == ch);
   }
-  if (KV_RANK > 0u && r.f != KVQ_NONE) {
-    for (var j = 0u; j < KV_RANK; j++) {
-      let b = r.f + kvq_b_word(j, 4u * d4);
-      x += r.a[j] * vec4<f32>(unpack2x16float(k_cache[b]), unpack2x16float(k_cache[b + 1u]));
+  return x;
+}
+
+fn kv_k_a(r: KvRow) -> vec2<f32> {
+  return r.a;
+}
+
+// Factor base of the K (block, KV head) whose first row is `row0`, KVQ_NONE where its factors do
+// not apply (the query's own block).
+fn kv_k_fac(row0: u32) -> u32 {
+  return select(KVQ_NONE, kvq_factor_base(row0), kvq_lowrank_on(row0));
+}
+
+// B[j][4·d4..4·d4+3] of the K factors at base `f`.
+fn kv_k_b4(f: u32, j: u32, d4: u32) -> vec4<f32> {
+  let b = f + kvq_b_word(j, 4u * d4);
+  return vec4<f32>(unpack2x16float(k_cache[b]), unpack2x16float(k_cache[b + 1u]));
+}
+
+// The whole element, low-rank term included (for kernels that read single rows).
+fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
+  let r = kv_k_row(row);
+  var x = kv_k4r(r, d4);
+  if (KV_RANK > 0u) {
+    let f = kv_k_fac(row - row % KVQ_BLOCK);
+    if (f != KVQ_NONE) {
+      x += r.a.x * kv_k_b4(f, 0u, d4) + r.a.y * kv_k_b4(f, 1u, d4);
     }
   }
   return x;
 }
 
-fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
-  return kv_k4r(kv_k_row(row), d4);
-}
-
 // B[0..1][4·d4..4·d4+3] of one (block, KV head) of V (split-K attention's P·V reads a block's
-// rows 4 channels per thread: their factor words are the same for all 16), and the factor base
-// (0xffffffff: the block's factors do not apply).
+// rows 4 channels per thread: their factor words are the same for all 16), zero where the block's
+// factors do not apply. kv_v4b leaves the low-rank term out: P·V adds it per block,
+// Σ_t p_t·A[t]·B = (Σ_t p_t·A[t])·B, from kv_v_a per row and kv_v_b once per block.
 struct KvBlk {
   b0: vec4<f32>,
   b1: vec4<f32>,
-  f: u32,
 }
 
 // `row0`: the block's first row for the KV head.
 fn kv_v_blk(row0: u32, d4: u32) -> KvBlk {
-  var blk = KvBlk(vec4<f32>(0.0), vec4<f32>(0.0), KVQ_NONE);
+  var blk = KvBlk(vec4<f32>(0.0), vec4<f32>(0.0));
   if (kvq_lowrank_on(row0)) {
-    blk.f = kvq_factor_base(row0);
-    let b0 = blk.f + kvq_b_word(0u, 4u * d4);
-    let b1 = blk.f + kvq_b_word(1u, 4u * d4);
+    let f = kvq_factor_base(row0);
+    let b0 = f + kvq_b_word(0u, 4u * d4);
+    let b1 = f + kvq_b_word(1u, 4u * d4);
     blk.b0 = vec4<f32>(unpack2x16float(v_cache[b0]), unpack2x16float(v_cache[b0 + 1u]));
     blk.b1 = vec4<f32>(unpack2x16float(v_cache[b1]), unpack2x16float(v_cache[b1 + 1u]));
   }
   return blk;
 }
 
-// kv_v4 of a row of the block `blk` was read for.
+fn kv_v_b(blk: KvBlk, j: u32) -> vec4<f32> {
+  return select(blk.b1, blk.b0, j == 0u);
+}
+
+// A[t][0..1] of a V row, zero where its block's factors do not apply.
+fn kv_v_a(row: u32) -> vec2<f32> {
+  if (!kvq_lowrank_on(row)) {
+    return vec2<f32>(0.0);
+  }
+  return unpack2x16float(v_cache[kvq_factor_base(row) + kvq_a_word(row % KVQ_BLOCK, 0u)]);
+}
+
+// Channels 4·d4..4·d4+3 of a V row of the block `blk` was read for: codes and outliers.
 fn kv_v4b(blk: KvBlk, row: u32, d4: u32) -> vec4<f32> {
   let cw = kvq_code_words();
   let r = kvq_row_base(row);
@@ -165,15 +196,17 @@ fn kv_v4b(blk: KvBlk, row: u32, d4: u32) -> vec4<f32> {
   for (var o = 0u; o < KV_OUTLIERS; o++) {
     x += kvq_patch4(v_cache[r + cw + 1u + o], d4);
   }
-  if (KV_RANK > 0u && blk.f != KVQ_NONE) {
-    let a = unpack2x16float(v_cache[blk.f + kvq_a_word(row % KVQ_BLOCK, 0u)]);
-    x += a.x * blk.b0 + a.y * blk.b1;
-  }
   return x;
 }
 
 fn kv_v4(row: u32, d4: u32) -> vec4<f32> {
-  return kv_v4b(kv_v_blk(row - row % KVQ_BLOCK, d4), row, d4);
+  let blk = kv_v_blk(row - row % KVQ_BLOCK, d4);
+  var x = kv_v4b(blk, row, d4);
+  if (KV_RANK > 0u) {
+    let a = kv_v_a(row);
+    x += a.x * blk.b0 + a.y * blk.b1;
+  }
+  return x;
 }
 
 fn kv_k1(row: u32, d: u32) -> f32 {

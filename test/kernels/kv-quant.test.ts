@@ -304,12 +304,15 @@ function lowRankAttentionRef(
 const ATOL = 2e-5;
 
 describe('attention over a quantized cache vs attentionRef on the decoded cache', () => {
-  // ctx 1, 7, 129, 4097; GQA 1..8; head dims 8, 64, 128; windows; each format.
+  // ctx 1, 7, 129, 4097; GQA 1..8 (one and two head blocks in split-K); head dims 8, 64, 128;
+  // windows; each format.
   const cases = [
     { ctx: 1, heads: 2, kvHeads: 2, headDim: 8, chunk: 16, window: 0 },
     { ctx: 7, heads: 8, kvHeads: 2, headDim: 64, chunk: 16, window: 0 },
     { ctx: 129, heads: 6, kvHeads: 2, headDim: 128, chunk: 48, window: 0 },
     { ctx: 129, heads: 4, kvHeads: 1, headDim: 64, chunk: 16, window: 7 },
+    // Two head blocks (GQA 8): split-K scores 2 tokens for 8 heads per K load.
+    { ctx: 129, heads: 8, kvHeads: 1, headDim: 64, chunk: 64, window: 0 },
     { ctx: 4097, heads: 4, kvHeads: 1, headDim: 64, chunk: 512, window: 0 },
   ];
   // Two low-rank formats (every part, and codes + factors) cover the fragment's low-rank loads;
