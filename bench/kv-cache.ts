@@ -3,7 +3,9 @@
  * projections, as `bench:decode --quant q4`; the LM head stays bf16: an int4 head fails on prompts
  * longer than one prefill chunk, whose earlier chunks have no logit rows):
  *   npm run bench:kv -- [shape] [--layers N] [--contexts 1024,4096] [--formats f16,int8,...]
- *     [--tokens N] [--rounds N] [--profile-only]
+ *     [--tokens N] [--rounds N] [--profile-only] [--model DIR]
+ * (`--model DIR`: a model directory instead of the synthetic shape, loaded as it is, e.g. an int4
+ * checkpoint from `kiln quantize`.)
  * For each context, one engine per format holds a prompt of (context - tokens) ids, then the
  * formats decode `tokens` greedy tokens each in alternating rounds (f16 first in every round), so
  * drift on a shared machine favours none; the median round of each is kept (and every round
@@ -16,7 +18,7 @@
  * step, each with its ratio to f16, plus the KV bytes per token per layer.
  */
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { kvBlockBytes } from '../src/engine/kv/cache.js';
 import type { KvDtype } from '../src/kernels/kv-dtype.js';
 import type { Engine } from '../src/engine/engine.js';
@@ -36,7 +38,8 @@ const tokens = Number(flag('--tokens', '8'));
 const rounds = Number(flag('--rounds', '5'));
 const profileOnly = process.argv.includes('--profile-only');
 const root = process.env.KILN_BENCH_DIR ?? join(tmpdir(), 'kiln-bench');
-const dir = await syntheticModel(root, shape, 'BF16', layers);
+const modelDir = process.argv.includes('--model') ? flag('--model', '') : undefined;
+const dir = modelDir ?? (await syntheticModel(root, shape, 'BF16', layers));
 
 for (const context of contexts) {
   // Rounds share the prompt but for its last 16 ids: the prefix cache serves the rest (its blocks
@@ -54,8 +57,7 @@ for (const context of contexts) {
         model: dir,
         contextLength: context + 16,
         kvCacheTokens: context + 16,
-        quant: 'q4',
-        quantOptions: { lmHead: false },
+        ...(modelDir === undefined ? { quant: 'q4' as const, quantOptions: { lmHead: false } } : {}),
         kvCache,
       }),
     );
@@ -87,8 +89,8 @@ for (const context of contexts) {
     console.log(
       JSON.stringify({
         bench: 'kv-cache',
-        shape,
-        layers,
+        shape: modelDir === undefined ? shape : basename(modelDir),
+        layers: e.spec.numLayers,
         adapter: e.adapter.description,
         context,
         kv_cache: kvCache,

@@ -43,9 +43,13 @@
 //     query heads staged in workgroup memory; each thread takes 4 (or, near the end of a tile,
 //     2) tokens per step so every q load serves 32 (16) tokens of a SIMD group; with two head
 //     blocks (n_rep > 4) it takes 2 tokens for both blocks at once, so each K load serves 8 heads;
-//   P·V: thread t < head_dim/8 owns output dims 4t..4t+3 and 4t+hd/2..4t+hd/2+3 of every head
-//     and walks the tile's tokens block by block: one V load serves all the group's heads, and
-//     one probability load serves 8 dims.
+//   P·V: thread t < head_dim/4 owns output dims 4t..4t+3 of every head and walks the tile's
+//     tokens block by block: one V load serves all the group's heads.
+//   Low-rank KV formats (GEAR's per-block error factors E ≈ A·B, A per token, B per channel) add
+//     them per block, never per element: while the tile's blocks are staged, thread b computes
+//     B·q of block b for every query head (bq_sh), and a key's score gains A[t]·(B·q), 2 MACs per
+//     head (its 4 tokens are adjacent there, one block, so one bq_sh fetch serves them); P·V sums
+//     Σ_t p_t·A[t] per block (2 accumulators per head) and adds (Σ_t p_t·A[t])·B once per block.
 // Barriers: 1 to stage q; per tile: async 1, exact 3 (tile max in two stages, probabilities);
 // +2 between the tiles of a chunk.
 
@@ -558,7 +562,7 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
           l_a += pa;
           var ar = vec2<f32>(0.0);
           if (KV_RANK > 0u) {
-            ar = kv_v_a(base + k);
+            ar = kv_v_a(blk, k);
             ua0 += pa * ar.x;
             ua1 += pa * ar.y;
           }

@@ -49,7 +49,7 @@ fn kv_v4b(blk: KvBlk, row: u32, d4: u32) -> vec4<f32> {
   return kv_v4(row, d4);
 }
 
-fn kv_v_a(row: u32) -> vec2<f32> {
+fn kv_v_a(blk: KvBlk, t: u32) -> vec2<f32> {
   return vec2<f32>(0.0);
 }
 

@@ -161,13 +161,16 @@ fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
 struct KvBlk {
   b0: vec4<f32>,
   b1: vec4<f32>,
+  // The factor base, KVQ_NONE where the block's factors do not apply.
+  f: u32,
 }
 
 // `row0`: the block's first row for the KV head.
 fn kv_v_blk(row0: u32, d4: u32) -> KvBlk {
-  var blk = KvBlk(vec4<f32>(0.0), vec4<f32>(0.0));
+  var blk = KvBlk(vec4<f32>(0.0), vec4<f32>(0.0), KVQ_NONE);
   if (kvq_lowrank_on(row0)) {
     let f = kvq_factor_base(row0);
+    blk.f = f;
     let b0 = f + kvq_b_word(0u, 4u * d4);
     let b1 = f + kvq_b_word(1u, 4u * d4);
     blk.b0 = vec4<f32>(unpack2x16float(v_cache[b0]), unpack2x16float(v_cache[b0 + 1u]));
@@ -180,12 +183,12 @@ fn kv_v_b(blk: KvBlk, j: u32) -> vec4<f32> {
   return select(blk.b1, blk.b0, j == 0u);
 }
 
-// A[t][0..1] of a V row, zero where its block's factors do not apply.
-fn kv_v_a(row: u32) -> vec2<f32> {
-  if (!kvq_lowrank_on(row)) {
+// A[t][0..1] of row t of the block `blk` was read for, zero where its factors do not apply.
+fn kv_v_a(blk: KvBlk, t: u32) -> vec2<f32> {
+  if (blk.f == KVQ_NONE) {
     return vec2<f32>(0.0);
   }
-  return unpack2x16float(v_cache[kvq_factor_base(row) + kvq_a_word(row % KVQ_BLOCK, 0u)]);
+  return unpack2x16float(v_cache[blk.f + kvq_a_word(t, 0u)]);
 }
 
 // Channels 4·d4..4·d4+3 of a V row of the block `blk` was read for: codes and outliers.
@@ -203,7 +206,7 @@ fn kv_v4(row: u32, d4: u32) -> vec4<f32> {
   let blk = kv_v_blk(row - row % KVQ_BLOCK, d4);
   var x = kv_v4b(blk, row, d4);
   if (KV_RANK > 0u) {
-    let a = kv_v_a(row);
+    let a = kv_v_a(blk, row % KVQ_BLOCK);
     x += a.x * blk.b0 + a.y * blk.b1;
   }
   return x;
