@@ -8,6 +8,7 @@
  * decode attention saves its time. `single_pass` rows run the whole context in one split (one
  * dispatch, no merge: what the cpu row of the kernel defaults picks up to a 1024-token context).
  */
+import { plainRowInfo } from '../src/kernels/row-info.js';
 import { decodeToFloat32, encodeFromFloat32 } from '../src/io/dtype.js';
 import { attentionRef } from '../src/kernels/attention.ref.js';
 import {
@@ -68,7 +69,7 @@ export async function attentionSuite(b: BenchContext): Promise<void> {
           : { kCache: b.buffer(4), vCache: b.buffer(4) },
       };
       const bufs = {
-        rowInfo: b.upload(Uint32Array.from([ctxLen - 1, 0])),
+        rowInfo: b.upload(plainRowInfo([ctxLen - 1])),
         blockTable: b.upload(table),
         q: b.upload(q),
         out: b.buffer(heads * headDim * 4),

@@ -2,9 +2,10 @@
 // (prefill rows and decode rows alike). Row m attends to its sequence's tokens lo..row_info[m].x
 // (its own position, inclusive), found through the block table starting at row_info[m].y; lo is 0,
 // or with a sliding window (p.window > 0) the oldest of the last `window` tokens. Keys before lo
-// are never read: their blocks may already be released.
+// are never read: their blocks may already be released. A token tree's rows see their ancestors
+// only (row_info's tree base and mask, common/attention_rows.wgsl).
 // GQA: query head h reads KV head h / (heads / kv_heads); K/V are indexed, never repeated.
-// Bindings: params, row_info [m] vec2<u32> (position, block-table offset), block_table u32,
+// Bindings: params, row_info [m] vec4<u32> (common/attention_rows.wgsl), block_table u32,
 // q [m, heads·head_dim] f32, k_cache, v_cache ([block][kv_head][16] token rows of the prepended
 // KV fragment's format, common/kv_*.wgsl, read through its kv_k1 / kv_v1 as f32), out like q.
 // Work: one 64-thread workgroup per (query head, row). Keys go in tiles of 64 (one score per
@@ -24,7 +25,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> row_info: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> block_table: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<f32>;
 @group(0) @binding(4) var<storage, read> k_cache: array<KvCell>;
@@ -71,12 +71,12 @@ fn kv_row(bt_off: u32, kv_head: u32, j: u32) -> u32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) {
   let head = wid.x;
   let row = wid.y;
-  let info = row_info[row];
-  let ctx_len = info.x + 1u;
-  let bt_off = info.y;
+  let keys = row_keys(row, p.window);
+  let ctx_len = keys.end;
+  let bt_off = row_info[row].y;
   // Low-rank KV formats leave out the factors of the row's own block (its future rows shaped them).
-  kv_own_block = block_table[bt_off + info.x / BLOCK_TOKENS];
-  let lo = select(0u, ctx_len - p.window, p.window != 0u && ctx_len > p.window);
+  kv_own_block = block_table[bt_off + (ctx_len - 1u) / BLOCK_TOKENS];
+  let lo = keys.lo;
   let kv_head = head / (p.heads / p.kv_heads);
   let q_base = (row * p.heads + head) * p.head_dim;
   for (var d = t; d < p.head_dim; d += WG) {
@@ -90,7 +90,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
   for (var tile = lo; tile < ctx_len; tile += WG) {
     let j = tile + t;
     var s = NEG_BIG;
-    if (j < ctx_len) {
+    let seen = j < ctx_len && !key_hidden(keys, j);
+    if (seen) {
       let kr = kv_row(bt_off, kv_head, j);
       var dot = 0.0;
       for (var d = 0u; d < p.head_dim; d++) {
@@ -107,7 +108,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let m_new = max(m_run, reduce_max(t));
     workgroupBarrier();
     var pr = 0.0;
-    if (j < ctx_len) {
+    if (seen) {
       pr = exp(s - m_new);
     }
     probs[t] = pr;

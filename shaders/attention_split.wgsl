@@ -25,7 +25,8 @@
 //     clear (no CPU readback); a flagged row is recomputed exactly over its whole context, KV head
 //     after KV head, straight into `out` (no merge).
 //
-// Bindings: params, row_info [m] vec2<u32>, block_table u32, q [m, heads·head_dim] f32 (as vec4),
+// Bindings: params, row_info [m] vec4<u32> (common/attention_rows.wgsl: a token tree's rows see
+// their ancestors only), block_table u32, q [m, heads·head_dim] f32 (as vec4),
 // k_cache, v_cache ([block][kv_head][16] token rows of the prepended KV fragment's format,
 // common/kv4_*.wgsl or kv_quant.wgsl, read 4 channels at a time through kv_k4 / kv_v4), partials, flags [m] u32 (read-only in mode 0, atomic in mode 1),
 // out [m, heads·head_dim] f32 (as vec4; written with p.direct and in mode 2).
@@ -71,7 +72,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> row_info: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read> block_table: array<u32>;
 @group(0) @binding(3) var<storage, read> q: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> k_cache: array<KvCell>;
@@ -300,9 +300,10 @@ fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32, li: u32) -> mat2x4<f32> {
 // Takes the scaled scores x of token j (>= n: a lane redoing the tile's last token) for the head
 // block whose probabilities start at p_sh[base]. Async: stores e^(x - phi) and checks the window;
 // exact: stores x and tracks the lane's max (a redone token cannot change a max). A `masked`
-// token (before the sliding window) scores NEG_BIG: probability 0, no overflow, no max. Every
-// tile keeps an unmasked token (masking ends within the first block and a tile spans whole ones
-// up to the row's own position), so its max stays finite.
+// token (before the sliding window, or a token tree's slot off the row's path) scores NEG_BIG:
+// probability 0, no overflow, no max. A tile (or split) whose keys are all masked gets the max
+// NEG_BIG and probabilities e^0 = 1, which the next tile's rescale e^(NEG_BIG - max) (or the
+// merge's weight) zeroes: the row's own key, always seen, is in the last tile of the last split.
 fn take(j: u32, n: u32, x_in: vec4<f32>, base: u32, live: vec4<bool>, masked: bool,
         lm: ptr<function, vec4<f32>>, overflow: ptr<function, bool>) {
   let x = select(x_in, vec4<f32>(NEG_BIG), masked);
@@ -382,12 +383,12 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
   // Query heads go in blocks of 4: A = heads 0..3, B = heads 4..7 when n_rep > 4.
   let two = n_rep > 4u;
   let blocks = select(1u, 2u, two);
-  let info = row_info[row];
-  let ctx_len = info.x + 1u;
-  let bt_off = info.y;
+  let keys = row_keys(row, p.window);
+  let ctx_len = keys.end;
+  let bt_off = row_info[row].y;
   // Low-rank KV formats leave out the factors of the row's own block (its future rows shaped them).
-  kv_own_block = block_table[bt_off + info.x / BLOCK_TOKENS];
-  let lo = select(0u, ctx_len - p.window, p.window != 0u && ctx_len > p.window);
+  kv_own_block = block_table[bt_off + (ctx_len - 1u) / BLOCK_TOKENS];
+  let lo = keys.lo;
   let c0 = lo - lo % BLOCK_TOKENS + split * p.chunk;
   let c1 = select(min(c0 + p.chunk, ctx_len), ctx_len, MODE == 2u);
   let rec_len = hd4 + 1u;
@@ -463,10 +464,10 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
         let sc = scores2x2(ka, kb, hd4, vec2<u32>(bq_at(0u, ja, n), bq_at(1u, ja, n)));
         let xa = capped2(sc.a * p.scale);
         let xb = capped2(sc.b * p.scale);
-        take(ja, n, xa[0], 0u, live_a, t0 + ja < lo, &lm_a, &overflow);
-        take(jb, n, xa[1], 0u, live_a, t0 + jb < lo, &lm_a, &overflow);
-        take(ja, n, xb[0], tile_b, live_b, t0 + ja < lo, &lm_b, &overflow);
-        take(jb, n, xb[1], tile_b, live_b, t0 + jb < lo, &lm_b, &overflow);
+        take(ja, n, xa[0], 0u, live_a, key_hidden(keys, t0 + min(ja, n - 1u)), &lm_a, &overflow);
+        take(jb, n, xa[1], 0u, live_a, key_hidden(keys, t0 + min(jb, n - 1u)), &lm_a, &overflow);
+        take(ja, n, xb[0], tile_b, live_b, key_hidden(keys, t0 + min(ja, n - 1u)), &lm_b, &overflow);
+        take(jb, n, xb[1], tile_b, live_b, key_hidden(keys, t0 + min(jb, n - 1u)), &lm_b, &overflow);
         j0 += 2u * WG;
       } else if (k == 4u) {
         let jc = tok(j0, t, k, 2u);
@@ -477,10 +478,10 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
           let x = capped4(scores4(ka, kb, kc, kd, hb * qb_b, hd4, bq_at(hb, ja, n)) * p.scale);
-          take(ja, n, x[0], hb * tile_b, live, t0 + ja < lo, &lm, &overflow);
-          take(jb, n, x[1], hb * tile_b, live, t0 + jb < lo, &lm, &overflow);
-          take(jc, n, x[2], hb * tile_b, live, t0 + jc < lo, &lm, &overflow);
-          take(jd, n, x[3], hb * tile_b, live, t0 + jd < lo, &lm, &overflow);
+          take(ja, n, x[0], hb * tile_b, live, key_hidden(keys, t0 + min(ja, n - 1u)), &lm, &overflow);
+          take(jb, n, x[1], hb * tile_b, live, key_hidden(keys, t0 + min(jb, n - 1u)), &lm, &overflow);
+          take(jc, n, x[2], hb * tile_b, live, key_hidden(keys, t0 + min(jc, n - 1u)), &lm, &overflow);
+          take(jd, n, x[3], hb * tile_b, live, key_hidden(keys, t0 + min(jd, n - 1u)), &lm, &overflow);
           if (hb == 0u) {
             lm_a = lm;
           } else {
@@ -493,8 +494,8 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
           let x = capped2(scores2(ka, kb, hb * qb_b, hd4, bq_at(hb, ja, n)) * p.scale);
-          take(ja, n, x[0], hb * tile_b, live, t0 + ja < lo, &lm, &overflow);
-          take(jb, n, x[1], hb * tile_b, live, t0 + jb < lo, &lm, &overflow);
+          take(ja, n, x[0], hb * tile_b, live, key_hidden(keys, t0 + min(ja, n - 1u)), &lm, &overflow);
+          take(jb, n, x[1], hb * tile_b, live, key_hidden(keys, t0 + min(jb, n - 1u)), &lm, &overflow);
           if (hb == 0u) {
             lm_a = lm;
           } else {

@@ -21,7 +21,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> row_info: array<vec2<u32>>;
+@group(0) @binding(1) var<storage, read> row_info: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> slots: array<u32>;
 @group(0) @binding(3) var<storage, read> table: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read> qkv: array<f32>;

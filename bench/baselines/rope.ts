@@ -6,7 +6,7 @@ import { type Dispatch, type DispatchBuilder } from '../../src/gpu/dispatch.js';
 export function rope(
   b: DispatchBuilder,
   a: {
-    /** [m] vec2<u32> (position, block-table offset) */ rowInfo: GPUBuffer;
+    /** [m] vec4<u32> (src/kernels/row-info.ts) */ rowInfo: GPUBuffer;
     /** [positions][headDim / 2] vec2<f32> (cos, sin), from ropeTable */ table: GPUBuffer;
     /** [m, heads·headDim] f32, rotated in place */ x: GPUBuffer;
     m: number;

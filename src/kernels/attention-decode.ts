@@ -158,7 +158,7 @@ export class AttentionDecodeScratch {
 }
 
 export interface AttentionDecodeArgs {
-  /** [m] vec2<u32> (position, block-table offset); positions must be < maxContext. */
+  /** [m] vec4<u32> (row-info.ts); every slot a row sees must be < maxContext. */
   rowInfo: GPUBuffer;
   /** u32 physical block ids */
   blockTable: GPUBuffer;
@@ -308,5 +308,5 @@ function withMode(mode: number, shader: 'attention_split' | 'attention_merge', k
   const modeLine = `const MODE: u32 = ${mode}u;\n`;
   if (shader === 'attention_merge') return modeLine + shaderSource(shader);
   const flags = mode === MODE.exact ? 'common/attention_flags_read' : 'common/attention_flags_write';
-  return `${kvPrefix(kv, 'vec4')}\n${modeLine}${shaderSource(shader, flags)}`;
+  return `${kvPrefix(kv, 'vec4')}\n${modeLine}${shaderSource(shader, flags, 'common/attention_rows')}`;
 }

@@ -10,7 +10,8 @@ export const ATTENTION_MAX_HEAD_DIM = 256;
 export function attention(
   b: DispatchBuilder,
   a: {
-    /** [m] vec2<u32> (position, block-table offset) */ rowInfo: GPUBuffer;
+    /** [m] vec4<u32> (row-info.ts: position, block-table offset, tree base, tree mask) */
+    rowInfo: GPUBuffer;
     /** u32 physical block ids */ blockTable: GPUBuffer;
     /** [m, heads·headDim] f32 */ q: GPUBuffer;
     /** [blocks][kvHeads][16] rows of headDim kvDtype values (kv-dtype.ts) */ kCache: GPUBuffer;
@@ -43,7 +44,7 @@ export function attention(
   checkKvDtype(b.ctx, kv, a.headDim);
   return b.make(
     kvVariant('attention', kv),
-    () => `${kvPrefix(kv, 'scalar')}\n${shaderSource('attention')}`,
+    () => `${kvPrefix(kv, 'scalar')}\n${shaderSource('attention', 'common/attention_rows')}`,
     packParams([
       ['u32', a.heads],
       ['u32', a.kvHeads],

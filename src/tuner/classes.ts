@@ -4,6 +4,7 @@
  * LM head at decode-sized buckets, and split-K decode attention at each row bucket, with their
  * candidate variants (space.ts) and inputs built on the GPU on demand.
  */
+import { plainRowInfo } from '../kernels/row-info.js';
 import { storageUsage, type GpuContext } from '../gpu/device.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { encodeFromFloat32 } from '../io/dtype.js';
@@ -213,7 +214,7 @@ function attentionClass(
       const rowInfo = upload(
         c,
         'tune.row_info',
-        Uint32Array.from({ length: 2 * rows }, (_, i) => (i % 2 === 0 ? maxContext - 1 : 0)),
+        plainRowInfo(Array.from({ length: rows }, () => maxContext - 1)),
         owned,
       );
       const table = upload(

@@ -1,3 +1,5 @@
+import { plainRowInfo, ROW_INFO_WORDS, writeRowInfo } from '../../src/kernels/row-info.js';
+import { tokenTree } from '../helpers/tree.js';
 import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import {
@@ -121,6 +123,17 @@ interface Call {
   window?: number;
   /** Gemma 2's attention-logit soft-cap (0 or absent: none). */
   softcap?: number;
+  /** Token-tree rows (row-info.ts): row r sees slots < base and the mask's slots from base. */
+  tree?: ({ base: number; mask: number } | undefined)[];
+}
+
+function rowInfoOf(call: Call): Uint32Array {
+  const out = new Uint32Array(ROW_INFO_WORDS * call.positions.length);
+  call.positions.forEach((position, i) => {
+    const t = call.tree?.[i];
+    writeRowInfo(out, i, { position, tableOffset: 0, ...(t ? { treeBase: t.base, treeMask: t.mask } : {}) });
+  });
+  return out;
 }
 
 /**
@@ -144,7 +157,7 @@ async function decode(
   const out = upload(c, new Float32Array(call.q.length));
   const b = new DispatchBuilder(c);
   const ds: Dispatch[] = attentionDecode(b, {
-    rowInfo: upload(c, Uint32Array.from(call.positions.flatMap((p) => [p, 0]))),
+    rowInfo: upload(c, rowInfoOf(call)),
     blockTable: kv.blockTable,
     q: upload(c, call.q),
     kCache: kv.kCache,
@@ -190,6 +203,7 @@ function reference(kv: Cache, call: Call): Float64Array {
     1 / Math.sqrt(kv.headDim),
     call.window ?? 0,
     call.softcap ?? 0,
+    call.tree,
   );
 }
 
@@ -508,6 +522,63 @@ describe('attention_decode (split-K) vs attentionRef', () => {
   });
 });
 
+describe('attention_decode over token-tree rows (speculative verification) vs attentionRef', () => {
+  // A tree of n nodes after `committed` keys: node i at slot committed + i, position committed - 1
+  // + its depth, seeing the committed keys and its ancestors (random parents, BFS order). The
+  // root row (the last committed key) is plain. Trees of 1, 7 and 32 nodes (bit 31 of the mask),
+  // over 1, 7, 129 and 4097 committed keys, with the exact, async and single-pass variants, and
+  // windows that cut through the committed keys and through a tree path.
+  const cases = [
+    { committed: 1, nodes: 7, heads: 4, kvHeads: 4, headDim: 64, chunk: 16, window: 0 },
+    { committed: 7, nodes: 32, heads: 8, kvHeads: 2, headDim: 128, chunk: 16, window: 0 },
+    { committed: 129, nodes: 1, heads: 6, kvHeads: 2, headDim: 64, chunk: 48, window: 0 },
+    { committed: 129, nodes: 32, heads: 4, kvHeads: 1, headDim: 16, chunk: 64, window: 0 },
+    { committed: 4097, nodes: 13, heads: 4, kvHeads: 1, headDim: 64, chunk: 1536, window: 0 },
+    { committed: 129, nodes: 32, heads: 4, kvHeads: 2, headDim: 64, chunk: 48, window: 40 },
+    { committed: 60, nodes: 32, heads: 2, kvHeads: 1, headDim: 16, chunk: 16, window: 3 },
+  ];
+  for (const { committed, nodes, heads, kvHeads, headDim, chunk, window } of cases) {
+    test(`${nodes} nodes after ${committed} keys, heads=${heads}/${kvHeads} headDim=${headDim} chunk=${chunk} window=${window}`, async () => {
+      const c = await testGpu();
+      const ctx = committed + nodes;
+      const kv = fillCache(c, ctx, kvHeads, headDim, ctx * 3 + nodes);
+      const t = tokenTree(nodes, committed + nodes);
+      const positions = [committed - 1, ...t.depth.map((d) => committed - 1 + d)];
+      const tree = [undefined, ...t.mask.map((mask) => ({ base: committed, mask }))];
+      const q = randomF32(positions.length * heads * headDim, ctx + 5, 3);
+      const base = { heads, positions, q, chunk, window, tree };
+      for (const maxContext of [ctx + 20, chunk >= ctx ? ctx : 0].filter((x) => x > 0)) {
+        const want = reference(kv, { ...base, variant: 'two_pass', maxContext });
+        const exact = await decode(c, kv, { ...base, variant: 'two_pass', maxContext });
+        expectClose(exact.outs[0] as Float32Array, want, { atol: ATOL });
+        const asy = await decode(c, kv, { ...base, variant: 'async_softmax', phi: 0, maxContext }, [2]);
+        expectClose(asy.outs[0] as Float32Array, want, { atol: ATOL });
+        const fb = await decode(c, kv, { ...base, variant: 'async_softmax', phi: -100, maxContext });
+        expectClose(fb.outs[0] as Float32Array, want, { atol: ATOL });
+      }
+      // The mask matters: the same rows as a plain causal chain (every slot up to the node's own)
+      // give another result wherever a node has a non-ancestor before it.
+      if (t.mask.some((m, i) => m !== 2 ** (i + 1) - 1)) {
+        const chain = reference(kv, {
+          ...base,
+          tree: undefined,
+          positions: positions.map((_, i) => committed - 1 + i),
+          variant: 'two_pass',
+          maxContext: ctx + 20,
+        });
+        const got = await decode(c, kv, { ...base, variant: 'two_pass', maxContext: ctx + 20 });
+        expect(maxDiff(got.outs[0] as Float32Array, chain)).toBeGreaterThan(1e-3);
+      }
+    });
+  }
+});
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0;
+  for (let i = 0; i < a.length; i++) d = Math.max(d, Math.abs((a[i] as number) - (b[i] as number)));
+  return d;
+}
+
 describe('attention_decode in one split (single pass: no merge, no fallback)', () => {
   // maxContext within one chunk: both variants record one dispatch that writes the output itself.
   // ctx 1, 7, 129, 4097 (ragged blocks; 4097 tokens are 9 tiles of 512 at GQA 4, 17 of 256 at 7),
@@ -566,7 +637,7 @@ describe('attention_decode in one split (single pass: no merge, no fallback)', (
     const scratch = new AttentionDecodeScratch(c, { rows: 1, heads, headDim, maxContext: ctx, chunk: 144 });
     const b = new DispatchBuilder(c);
     const ds = attentionDecode(b, {
-      rowInfo: upload(c, Uint32Array.from([ctx - 1, 0])),
+      rowInfo: upload(c, plainRowInfo([ctx - 1])),
       blockTable: kv.blockTable,
       q: upload(c, q),
       kCache: kv.kCache,

@@ -1,3 +1,5 @@
+import { plainRowInfo, ROW_INFO_WORDS, writeRowInfo } from '../../src/kernels/row-info.js';
+import { tokenTree } from '../helpers/tree.js';
 import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { attention } from '../../src/kernels/attention.js';
@@ -88,7 +90,7 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
       expect(gather(await readKv(c, vCache, elems, kvDtype), slots, kvHeads, headDim)).toEqual([...vSeen]);
       const positions = [...new Set([ctx - 1, 0, Math.floor(ctx / 2), Math.max(0, ctx - 2)])];
       const q = randomF32(positions.length * heads * headDim, ctx + 2, 3);
-      const rowInfo = Uint32Array.from(positions.flatMap((p) => [p, 0]));
+      const rowInfo = plainRowInfo(positions);
       const out = upload(c, new Float32Array(q.length));
       const scale = 1 / Math.sqrt(headDim);
       run(c, (b) => {
@@ -157,7 +159,7 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
     const scale = 1 / Math.sqrt(headDim);
     run(c, (b) =>
       attention(b, {
-        rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+        rowInfo: upload(c, plainRowInfo(positions)),
         blockTable: upload(c, Uint32Array.from(table)),
         q: upload(c, q),
         kCache,
@@ -181,6 +183,80 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
     const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8 + 8 * 5 * 2 ** -24;
     expectClose(await readF32(c, out, q.length), want, { atol });
   });
+
+  // Token-tree rows (speculative verification, kernels/row-info.ts): node i of an n-node tree after
+  // `committed` keys sits at slot committed + i, position committed - 1 + its depth, and sees the
+  // committed keys and its ancestors only; also under a window that cuts through a tree path.
+  for (const [committed, nodes, window] of [
+    [1, 7, 0],
+    [129, 32, 0],
+    [7, 32, 4],
+    [4097, 5, 0],
+  ] as const) {
+    test(`token tree of ${nodes} nodes after ${committed} keys, window ${window}`, async () => {
+      const c = await testGpu();
+      const [heads, kvHeads, headDim] = [4, 2, 64];
+      const ctx = committed + nodes;
+      const kvDim = kvHeads * headDim;
+      const blocks = Math.ceil(ctx / BLOCK);
+      const table = shuffledBlocks(blocks, ctx);
+      const k = randomF32(ctx * kvDim, ctx + 1, 2);
+      const v = randomF32(ctx * kvDim, ctx + 2);
+      const kCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
+      const vCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
+      const slots = Array.from(
+        { length: ctx },
+        (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
+      );
+      run(c, (b) =>
+        kvWrite(b, {
+          slots: upload(c, Uint32Array.from(slots)),
+          k: upload(c, k),
+          v: upload(c, v),
+          kCache,
+          vCache,
+          m: ctx,
+          kvHeads,
+          headDim,
+        }),
+      );
+      const t = tokenTree(nodes, ctx);
+      const positions = [committed - 1, ...t.depth.map((d) => committed - 1 + d)];
+      const tree = [undefined, ...t.mask.map((mask) => ({ base: committed, mask }))];
+      const rowInfo = new Uint32Array(ROW_INFO_WORDS * positions.length);
+      positions.forEach((position, i) => {
+        const r = tree[i];
+        writeRowInfo(rowInfo, i, {
+          position,
+          tableOffset: 0,
+          ...(r ? { treeBase: r.base, treeMask: r.mask } : {}),
+        });
+      });
+      const q = randomF32(positions.length * heads * headDim, ctx + 3, 3);
+      const out = upload(c, new Float32Array(q.length));
+      const scale = 1 / Math.sqrt(headDim);
+      run(c, (b) =>
+        attention(b, {
+          rowInfo: upload(c, rowInfo),
+          blockTable: upload(c, Uint32Array.from(table)),
+          q: upload(c, q),
+          kCache,
+          vCache,
+          out,
+          m: positions.length,
+          heads,
+          kvHeads,
+          headDim,
+          scale,
+          window,
+        }),
+      );
+      const want = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale, window, 0, tree);
+      // The bound of the first test of this file (f32 scores, exp, a per-tile rescale).
+      const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8;
+      expectClose(await readF32(c, out, q.length), want, { atol });
+    });
+  }
 
   test('large logits (q scaled by 100) stay finite and exact', async () => {
     const c = await testGpu();
@@ -211,7 +287,7 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
     const out = upload(c, new Float32Array(q.length));
     run(c, (b) =>
       attention(b, {
-        rowInfo: upload(c, Uint32Array.from([ctx - 1, 0])),
+        rowInfo: upload(c, plainRowInfo([ctx - 1])),
         blockTable: upload(c, Uint32Array.from(table)),
         q: upload(c, q),
         kCache,
@@ -294,7 +370,7 @@ describe('attention with a sliding window (prefill rows)', () => {
         const out = upload(c, new Float32Array(q.length));
         run(c, (b) =>
           attention(b, {
-            rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+            rowInfo: upload(c, plainRowInfo(positions)),
             blockTable: upload(c, Uint32Array.from(table)),
             q: upload(c, q),
             kCache,
@@ -355,7 +431,7 @@ describe('rope (rotate-half, float64 cos/sin table)', () => {
         const buf = upload(c, x);
         run(c, (b) =>
           rope(b, {
-            rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+            rowInfo: upload(c, plainRowInfo(positions)),
             table: upload(c, ropeTable(inv, maxPos)),
             x: buf,
             m: positions.length,
@@ -400,7 +476,7 @@ describe('rope_kv_write (RoPE on q and k + the paged KV write, fused after the q
       const q = upload(c, new Float32Array(m * qDim));
       run(c, (b) => {
         const d = ropeKvWrite(b, {
-          rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+          rowInfo: upload(c, plainRowInfo(positions)),
           slots: upload(c, Uint32Array.from(slots)),
           table: upload(c, ropeTable(inv, 4098)),
           qkv: upload(c, qkv),
@@ -484,7 +560,7 @@ describe('rope_kv_write with partial rotation, NoPE layers and LongRoPE', () => 
       const q = upload(c, new Float32Array(m * qDim));
       run(c, (b) =>
         ropeKvWrite(b, {
-          rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+          rowInfo: upload(c, plainRowInfo(positions)),
           slots: upload(c, Uint32Array.from(slots)),
           table: upload(c, ropeTable(angles, 130)),
           qkv: upload(c, qkv),

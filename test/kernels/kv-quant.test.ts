@@ -1,3 +1,4 @@
+import { plainRowInfo } from '../../src/kernels/row-info.js';
 import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { attention } from '../../src/kernels/attention.js';
@@ -334,7 +335,7 @@ describe('attention over a quantized cache vs attentionRef on the decoded cache'
           ? lowRankAttentionRef(qc, q, positions, heads, kvHeads, headDim, scale, window)
           : attentionRef(q, qc.k, qc.v, positions, heads, kvHeads, headDim, scale, window);
         const common = {
-          rowInfo: upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0]))),
+          rowInfo: upload(c, plainRowInfo(positions)),
           blockTable: qc.blockTable,
           q: upload(c, q),
           kCache: qc.kCache,

@@ -4,6 +4,7 @@
  * seven query heads, 1, 7 and 129 rows; and bit-equal to the unfused pair it replaces (qk_norm,
  * then rope_kv_write), which the engine ran before.
  */
+import { plainRowInfo } from '../../src/kernels/row-info.js';
 import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import type { KvFloatDtype } from '../../src/kernels/kv-dtype.js';
@@ -83,7 +84,7 @@ describe('rope_kv_write_qknorm', () => {
       const slots = positions.map((_, r) => (order[Math.floor(r / BLOCK)] as number) * BLOCK + (r % BLOCK));
       const angles = ropeAngles(rotaryDim, 1_000_000, { type: 'none' });
       const table = upload(c, ropeTable(angles, POSITIONS));
-      const rowInfo = upload(c, Uint32Array.from(positions.flatMap((p) => [p, 0])));
+      const rowInfo = upload(c, plainRowInfo(positions));
       const slotBuf = upload(c, Uint32Array.from(slots));
       const qW = upload(c, qw);
       const kW = upload(c, kw);

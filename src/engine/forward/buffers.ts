@@ -3,6 +3,7 @@
  * RunState: the step's inputs, the activations every layer reuses, and the read-back buffers.
  * Made once per StepPlan; a step only writes the inputs.
  */
+import { ROW_INFO_WORDS } from '../../kernels/row-info.js';
 import { storageUsage, type GpuContext } from '../../gpu/device.js';
 import { activationBytes } from '../../kernels/activation.js';
 import { isStackedQuantWeight } from '../../kernels/linear.js';
@@ -17,7 +18,7 @@ const USAGE_READ = () => GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST;
 
 export interface StepBuffers {
   /** [m] u32 token ids */ ids: GPUBuffer;
-  /** [m] vec2<u32> (position, block-table offset) */ rowInfo: GPUBuffer;
+  /** [m] vec4<u32> (kernels/row-info.ts) */ rowInfo: GPUBuffer;
   /** [m] u32 KV-cache slot of each row */ slots: GPUBuffer;
   /** [m] u32 each row's slot in the sliding layers' pool (with a sliding pool only) */
   slidingSlots?: GPUBuffer | undefined;
@@ -69,7 +70,7 @@ export function createStepBuffers(
   const permuted = linears.filter((l) => l.perm);
   return {
     ids: f32('step.ids', m, USAGE_IN()),
-    rowInfo: f32('step.row_info', 2 * m, USAGE_IN()),
+    rowInfo: f32('step.row_info', ROW_INFO_WORDS * m, USAGE_IN()),
     slots: f32('step.slots', m, USAGE_IN()),
     slidingSlots: model.kv.sliding ? f32('step.slots.sliding', m, USAGE_IN()) : undefined,
     logitRows: f32('step.logit_rows', r, USAGE_IN()),

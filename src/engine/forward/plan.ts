@@ -13,6 +13,7 @@ import {
   supportsAttentionDecode,
 } from '../../kernels/attention-decode.js';
 import { LOGPROBS_ROW_BYTES } from '../../kernels/logprobs.js';
+import { ROW_INFO_WORDS } from '../../kernels/row-info.js';
 import { GpuLogitAdjust, GpuLogprobs, GpuSampling } from '../sampling/gpu.js';
 import { createStepBuffers, type StepBuffers } from './buffers.js';
 import { RECYCLE_ROW_BYTES, RecycleStage } from './recycle.js';
@@ -28,7 +29,7 @@ export class StepPlan {
   /** Split-K attention partials, for decode-shaped plans. */
   readonly decode: AttentionDecodeScratch | null = null;
   /**
-   * CPU staging of the step inputs, reused every step: [m] ids, [2m] row info, [m] slots, [r]
+   * CPU staging of the step inputs, reused every step: [m] ids, [4m] row info, [m] slots, [r]
    * rows, [m] window lanes.
    */
   readonly staging: {
@@ -93,7 +94,7 @@ export class StepPlan {
     this.graph = recordGraph(this.builder, model, this.bufs, { m, r, decode: this.decode, phi });
     this.staging = {
       ids: new Uint32Array(m),
-      rowInfo: new Uint32Array(2 * m),
+      rowInfo: new Uint32Array(ROW_INFO_WORDS * m),
       slots: new Uint32Array(m),
       logitRows: new Uint32Array(r),
       slidingSlots: new Uint32Array(kv.sliding ? m : 0),
