@@ -59,7 +59,7 @@ async function cmdBenchDecode(o: DecodeFlags): Promise<void> {
  * (twice the model's memory), their rounds alternated per batch size.
  */
 async function cmdBenchSpeculative(o: DecodeFlags, batches: readonly number[]): Promise<void> {
-  const { speculative: _s, maxDraft: _d, ...plainFlags } = o;
+  const { speculative: _s, maxDraft: _d, chainDrafts: _c, ...plainFlags } = o;
   const plain = await loadEngine(plainFlags, false);
   try {
     const spec = await loadEngine(o, false);

@@ -21,6 +21,7 @@ export async function loadEngine(o: ModelFlags, background = true): Promise<Engi
   if (o.maxDraft !== undefined && !o.speculative) {
     throw new InvalidRequestError('--max-draft needs --speculative');
   }
+  if (o.chainDrafts && !o.speculative) throw new InvalidRequestError('--chain-drafts needs --speculative');
   const pullBar = createByteProgress('download', { enabled: !o.quiet });
   const loadBar = createByteProgress('loading', { enabled: !o.quiet });
   try {
@@ -37,7 +38,13 @@ export async function loadEngine(o: ModelFlags, background = true): Promise<Engi
       ...(o.pipelineDepth ? { pipelineDepth: o.pipelineDepth } : {}),
       ...(o.slidingKv ? { slidingKv: o.slidingKv } : {}),
       ...(o.speculative
-        ? { speculative: { method: o.speculative, ...(o.maxDraft ? { maxDraft: o.maxDraft } : {}) } }
+        ? {
+            speculative: {
+              method: o.speculative,
+              ...(o.maxDraft ? { maxDraft: o.maxDraft } : {}),
+              ...(o.chainDrafts ? { tree: false } : {}),
+            },
+          }
         : {}),
       quantOptions: {
         ...(o.groupSize ? { groupSize: o.groupSize as Q4GroupSize } : {}),

@@ -44,6 +44,7 @@ export interface ModelFlags {
   /** Speculative decoding of greedy requests: where guesses come from, and how many per step. */
   speculative?: 'recycling' | 'lookup' | 'both';
   maxDraft?: number;
+  chainDrafts?: boolean;
   /** Row of the per-adapter-class kernel defaults (default auto). */
   kernelDefaults?: AdapterClass | 'auto';
   /** false with --no-tune */
@@ -132,9 +133,10 @@ export function addModelOptions(cmd: Command): Command {
     )
     .option(
       '--max-draft <n>',
-      'most guessed tokens verified per step with --speculative (1-16, default 4)',
+      'deepest guess verified per step with --speculative (1-16, default 4)',
       intArg('--max-draft', 1),
     )
+    .option('--chain-drafts', 'with --speculative: verify a chain of guesses per step, not a token tree')
     .addOption(
       new Option(
         '--kernel-defaults <class>',

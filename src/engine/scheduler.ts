@@ -41,7 +41,8 @@ import type {
   SchedulerStats,
 } from './schedule/types.js';
 import { SpecClock } from './schedule/spec-clock.js';
-import { absorbVerified, guess, offerRecycled, verifyGuesses } from './schedule/verify.js';
+import { absorbVerified, guess, offerRecycled, pushTreeRows, verifyGuesses } from './schedule/verify.js';
+import type { TokenTree } from './token-tree.js';
 import { Speculator } from './speculative.js';
 
 export type * from './schedule/types.js';
@@ -255,7 +256,7 @@ export class Scheduler {
     this.batch.admit();
     if (this.running.length === 0) return;
     const budget = this.opts.tokenBudget;
-    const work: { s: Seq; n: number; draft?: number[] }[] = [];
+    const work: { s: Seq; n: number; draft?: TokenTree }[] = [];
     let used = 0;
     // Guesses are verified once attention is calibrated (its capture expects one row per decoding
     // sequence).
@@ -263,9 +264,10 @@ export class Scheduler {
     // Decodes first (each one row, plus its guesses), then prefill chunks in arrival order.
     for (const s of this.running) {
       if (s.tokens.length - s.computed === 1 && used < budget) {
-        const draft = guessing ? guess(this.batch, s, budget - used - 1) : [];
-        work.push({ s, n: 1 + draft.length, ...(draft.length > 0 ? { draft } : {}) });
-        used += 1 + draft.length;
+        const draft = guessing ? guess(this.batch, s, budget - used - 1) : null;
+        const n = 1 + (draft?.tokens.length ?? 0);
+        work.push({ s, n, ...(draft && n > 1 ? { draft } : {}) });
+        used += n;
       }
     }
     for (const s of this.running) {
@@ -304,19 +306,17 @@ export class Scheduler {
       if (draft) {
         firstRow.push(input.logitRows.length);
         sampled.push(s);
+        for (const before of pushTreeRows(this.batch, input, s, draft, offset)) rowOf.push({ s, before });
+        continue;
       }
       for (let i = 0; i < n; i++) {
         const pos = s.computed + i;
-        if (draft) {
-          input.logitRows.push(input.tokens.length);
-          rowOf.push({ s, before: draft.slice(0, i) });
-        }
-        input.tokens.push(i === 0 || !draft ? (s.tokens[pos] as number) : (draft[i - 1] as number));
+        input.tokens.push(s.tokens[pos] as number);
         input.positions.push(pos);
         input.slots.push(this.blocks.slotFor(s.id, pos));
         input.blockTableOffsets.push(offset);
       }
-      if (!draft && s.computed + n === s.tokens.length) {
+      if (s.computed + n === s.tokens.length) {
         firstRow.push(input.logitRows.length);
         input.logitRows.push(input.tokens.length - 1);
         rowOf.push({ s, before: [] });
@@ -379,7 +379,7 @@ export class Scheduler {
       ids = drawn;
     }
     // A verifying sequence's accepted guesses.
-    const verified = new Map<Seq, number>();
+    const verified = new Map<Seq, number[]>();
     for (const { s, n, draft } of work) {
       if (draft) {
         const row0 = firstRow[sampled.indexOf(s)] as number;
@@ -394,17 +394,9 @@ export class Scheduler {
         return;
       }
       const row = firstRow[i] as number;
-      const accepted = verified.get(s);
-      if (accepted !== undefined) {
-        absorbVerified(
-          this.batch,
-          s,
-          ids as ArrayLike<number>,
-          logprobs ?? cpuLogprobs,
-          row,
-          accepted,
-          drafts,
-        );
+      const rows = verified.get(s);
+      if (rows !== undefined) {
+        absorbVerified(this.batch, s, ids as ArrayLike<number>, logprobs ?? cpuLogprobs, rows, drafts);
         return;
       }
       // A grammar that allows no token at all (its next character is not in this vocabulary, and

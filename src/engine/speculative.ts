@@ -11,8 +11,10 @@
  *   step's chosen id, which comes back with the ids (`offer`). Where no such guesses exist (CPU
  *   sampling reads logits instead), a CPU store stands in: for each token id, the successors the
  *   model chose after it in this sequence, most recent first, up to `SUCCESSORS` of them, learnt
- *   from the sequence's bigrams and every verified row's choice. The paper verifies a token tree
- *   built from the top-k; Kiln verifies a chain (the top-1 path), as attention has no tree mask.
+ *   from the sequence's bigrams and every verified row's choice. As in the paper, the GPU's guesses
+ *   are a token tree (recycling's static shape, token-tree.ts: several candidates per level, the
+ *   top-1 path deepest), verified in one pass with a tree attention mask; where the KV cache
+ *   cannot take a tree (compressed formats, a sliding pool: `trees` false), its top-1 path.
  *
  * Lossless: a guess is accepted exactly when it equals the model's argmax, so greedy output is the
  * output of plain decoding; under sampling, when it equals the row's own draw, which keeps the
@@ -26,12 +28,17 @@
  * pipelined steps (schedule/spec-clock.ts).
  */
 import { InvalidRequestError } from '../errors.js';
+import { RECYCLE_NONE } from '../kernels/recycle-topk.js';
 import type { SpecClock } from './schedule/spec-clock.js';
+import { chainTree, fromShape, spine, type TokenTree } from './token-tree.js';
 
 export interface SpeculativeOptions {
   /** Where guesses come from: recycled successors, prompt n-gram lookup, or lookup then recycling. */
   method: 'recycling' | 'lookup' | 'both';
-  /** Most guessed tokens verified per step (1-16, default 4). */
+  /**
+   * Deepest guess verified per step, i.e. most guesses accepted per step (1-16, default 4); a
+   * token tree has at most TREE_NODES nodes within that depth.
+   */
   maxDraft?: number;
   /**
    * Greedy sequences also rest while this engine's verifying steps produce tokens more slowly in
@@ -41,10 +48,20 @@ export interface SpeculativeOptions {
    * seed gives the same tokens run after run.
    */
   timed?: boolean;
+  /**
+   * Recycled guesses as a token tree verified in one pass with a tree attention mask (default
+   * true, where the KV cache allows: f32/f16 without a sliding pool); false: their top-1 chain.
+   */
+  tree?: boolean;
 }
 
 /** Successors kept per token id. */
 const SUCCESSORS = 4;
+/**
+ * Most nodes of a recycled token tree a step verifies per sequence (each a row of the forward
+ * pass; the first nodes of recycling's shape order are its likeliest).
+ */
+export const TREE_NODES = 12;
 /** Longest n-gram matched by prompt lookup. */
 const MAX_NGRAM = 3;
 /**
@@ -84,7 +101,10 @@ export function checkSpeculative(o: SpeculativeOptions | undefined): Required<Sp
   if (o.timed !== undefined && typeof o.timed !== 'boolean') {
     throw new InvalidRequestError(`speculative.timed must be a boolean, got ${String(o.timed)}`);
   }
-  return { method: o.method, maxDraft: d, timed: o.timed ?? true };
+  if (o.tree !== undefined && typeof o.tree !== 'boolean') {
+    throw new InvalidRequestError(`speculative.tree must be a boolean, got ${String(o.tree)}`);
+  }
+  return { method: o.method, maxDraft: d, timed: o.timed ?? true, tree: o.tree ?? true };
 }
 
 export class Speculator {
@@ -119,13 +139,17 @@ export class Speculator {
     private readonly clock: SpecClock | null = null,
   ) {}
 
-  /** Up to `limit` guessed tokens to follow `tokens` (the sequence so far). */
-  draft(tokens: readonly number[], limit: number): number[] {
+  /**
+   * Guesses to follow `tokens` (the sequence so far): at most `limit` nodes; a chain unless
+   * `trees` (the KV cache can verify a token tree) and the GPU's recycled tree is at hand.
+   */
+  draft(tokens: readonly number[], limit: number, trees = false): TokenTree {
+    const none: TokenTree = { tokens: [], parents: [] };
     const n = Math.min(limit, this.opts.maxDraft, this.length);
     // Until plain decoding has been timed, a first rest times it (on this engine's first request).
     if (this.clock && !this.clock.knowsPlain && this.restUntil === 0)
       this.restUntil = tokens.length + FIRST_PLAIN;
-    if (this.resting(tokens) || n <= 0 || tokens.length === 0) return [];
+    if (this.resting(tokens) || n <= 0 || tokens.length === 0) return none;
     this.at = tokens.length;
     // Every bigram of the sequence (prompt and generated) not yet seen.
     for (; this.learned + 1 < tokens.length; this.learned++) {
@@ -133,9 +157,14 @@ export class Speculator {
     }
     const m = this.opts.method;
     const found = m === 'recycling' ? [] : lookup(tokens, n);
-    if (found.length > 0 || m === 'lookup') return found;
+    if (found.length > 0 || m === 'lookup') return chainTree(found);
     const r = this.recycled;
-    if (r && r.length === tokens.length && r.guesses.length > 0) return r.guesses.slice(0, n);
+    if (r && r.length === tokens.length) {
+      // The tree's depth follows the accepted lengths as a chain's length does.
+      const depth = Math.min(this.opts.maxDraft, this.length);
+      const tree = fromShape(r.guesses, RECYCLE_NONE, depth, Math.min(limit, TREE_NODES));
+      if (tree.tokens.length > 0) return trees && this.opts.tree ? tree : chainTree(spine(tree).slice(0, n));
+    }
     const out: number[] = [];
     let t = tokens[tokens.length - 1] as number;
     while (out.length < n) {
@@ -144,12 +173,12 @@ export class Speculator {
       t = s[0] as number;
       out.push(t);
     }
-    return out;
+    return chainTree(out);
   }
 
   /**
    * Takes a verifying step's outcome: `rows` the tokens of its rows (the sequence's last token then
-   * the guesses), `ids` the model's argmax after each row, `accepted` the guesses kept.
+   * the guesses), `ids` the model's choice after each row, `accepted` the guesses kept.
    */
   record(rows: readonly number[], ids: readonly number[], accepted: number): void {
     rows.forEach((t, i) => this.remember(t, ids[i] as number));
@@ -183,8 +212,9 @@ export class Speculator {
   }
 
   /**
-   * Takes the guesses the GPU built from the engine's recycling table (forward/recycle.ts) to
-   * follow the sequence once it holds `length` tokens; drafting prefers them to the CPU store.
+   * Takes the tree the GPU filled from the engine's recycling table (forward/recycle.ts: a token
+   * per node of its shape, RECYCLE_NONE for none) to follow the sequence once it holds `length`
+   * tokens; drafting prefers it to the CPU store.
    */
   offer(guesses: readonly number[], length: number): void {
     this.recycled = { guesses, length };
@@ -202,7 +232,7 @@ export class Speculator {
    * sequence pipelines while it rests or has nothing to guess.
    */
   wants(tokens: readonly number[]): boolean {
-    return this.draft(tokens, 1).length > 0;
+    return this.draft(tokens, 1).tokens.length > 0;
   }
 
   private remember(token: number, successor: number): void {

@@ -1,6 +1,7 @@
 /**
- * CPU twin of recycle_draft: from each chosen id, `depth` guesses, each the first candidate of the
- * table row of the one before; RECYCLE_NONE from the first id without a table row.
+ * CPU twin of recycle_draft: from each chosen id, a token per node of the tree shape (parents in
+ * topological order, -1 the root): candidate `ranks[i]` of the table row of its parent's token
+ * (the chosen id for the root's children); RECYCLE_NONE where the parent has none or no table row.
  */
 const NONE = 0xffffffff;
 
@@ -9,15 +10,15 @@ export function recycleDraftRef(
   table: Uint32Array,
   n: number,
   k: number,
-  depth: number,
+  shape: { parents: readonly number[]; ranks: readonly number[] },
 ): number[] {
   return ids.flatMap((id) => {
     const out: number[] = [];
-    let t = id;
-    for (let j = 0; j < depth; j++) {
-      t = t < n ? (table[t * k] as number) : NONE;
-      out.push(t);
-    }
+    shape.parents.forEach((p, i) => {
+      const pt = p < 0 ? id : (out[p] as number);
+      const rank = Math.min(shape.ranks[i] as number, k - 1);
+      out.push(pt < n ? (table[pt * k + rank] as number) : NONE);
+    });
     return out;
   });
 }

@@ -37,6 +37,8 @@ const Z_999 = 3.0902;
 let dir = '';
 let plain: Engine;
 let spec: Engine;
+/** Recycling's token trees (several candidates per level, verified in one pass). */
+let tree: Engine;
 let prompt: number[] = [];
 
 beforeAll(async () => {
@@ -54,11 +56,13 @@ beforeAll(async () => {
   prompt = [1, ...golden.slice(0, 60), ...golden.slice(0, 10)];
   plain = await createEngine({ model: dir });
   spec = await createEngine({ model: dir, speculative: { method: 'lookup', maxDraft: 4 } });
+  tree = await createEngine({ model: dir, speculative: { method: 'recycling', maxDraft: 4 } });
 }, 300_000);
 
 afterAll(() => {
   plain?.dispose();
   spec?.dispose();
+  tree?.dispose();
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -162,4 +166,41 @@ test('sampling: the same token distributions with and without speculation (chi-s
   );
   expect(shifted.stat).toBeGreaterThan(shifted.critical);
   expect(spec.stats().blocksUsed).toBe(0);
+}, 1_500_000);
+
+test('sampling with token trees: the same token distributions (chi-square, alpha 0.001)', async () => {
+  // Recycling's trees: a node's row is drawn after its path, and the path goes on to the child
+  // equal to the draw (verify.ts). Greedy decoding of the prompt first fills the table.
+  const opts: GenerateOptions = { maxTokens: 4, temperature: 0.8, topK: 20, ignoreEos: true };
+  await tree.generate(prompt, { maxTokens: 40, temperature: 0, ignoreEos: true }).result();
+  const before = tree.stats();
+  const withTree = await draws(tree, opts, 1 + 2 * DRAWS);
+  const after = tree.stats();
+  const without = await draws(plain, opts, 1 + 3 * DRAWS);
+  const steps = after.speculativeSteps - before.speculativeSteps;
+  const drafted = after.draftedTokens - before.draftedTokens;
+  const accepted = after.acceptedTokens - before.acceptedTokens;
+  const tests = [1, 2, 3].map((k) =>
+    chiSquare(
+      withTree.map((t) => t[k] as number),
+      without.map((t) => t[k] as number),
+    ),
+  );
+  const report = `${steps} verifying steps, drafted ${drafted}, accepted ${accepted}; ${tests
+    .map(
+      (r, k) =>
+        `token ${k + 2}: chi-square ${r.stat.toFixed(1)} (df ${r.df}, critical ${r.critical.toFixed(1)})`,
+    )
+    .join('; ')}`;
+  console.log(report);
+  // Trees were verified (more nodes per step than a chain of maxDraft 4 holds), and guesses both
+  // accepted and rejected.
+  expect(steps, report).toBeGreaterThan(DRAWS / 4);
+  expect(drafted / steps, report).toBeGreaterThan(4);
+  expect(accepted, report).toBeGreaterThan(200);
+  for (const r of tests) {
+    expect(r.df).toBeGreaterThan(1);
+    expect(r.stat, report).toBeLessThan(r.critical);
+  }
+  expect(tree.stats().blocksUsed).toBe(0);
 }, 1_500_000);

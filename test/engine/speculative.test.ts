@@ -5,6 +5,7 @@
  * back in the pool afterwards; and on a prompt that the continuation copies, prompt lookup
  * accepting more than one guess per verifying step by the engine's own counters.
  */
+import { RECYCLE_TREE, treeRows } from '../../src/engine/token-tree.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,12 +13,14 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { InvalidRequestError } from '../../src/errors.js';
 import { BlockManager } from '../../src/engine/kv/block-manager.js';
 import { SpecClock } from '../../src/engine/schedule/spec-clock.js';
-import { Speculator, checkSpeculative, lookup } from '../../src/engine/speculative.js';
+import { Speculator, TREE_NODES, checkSpeculative, lookup } from '../../src/engine/speculative.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { createEngine } from '../../src/node/index.js';
 import type { Engine } from '../../src/engine/engine.js';
 import type { GenerateOptions } from '../../src/api/types.js';
 import { sharedModel } from '../helpers/shared.js';
+
+const RECYCLE_TREE_AS_TREE = { tokens: RECYCLE_TREE.parents.map(() => 0), parents: RECYCLE_TREE.parents };
 
 describe('drafting', () => {
   test('lookup continues the latest earlier occurrence of the longest ending n-gram', () => {
@@ -33,43 +36,43 @@ describe('drafting', () => {
   });
 
   test('recycling chains the most recent successors, learnt from the sequence and the verified rows', () => {
-    const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false });
+    const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false, tree: true });
     // The sequence's bigrams 1→2, 2→3, 3→2: from the last 2, the chain cycles (2 guesses at first).
-    expect(s.draft([1, 2, 3, 2], 8)).toEqual([3, 2]);
+    expect(s.draft([1, 2, 3, 2], 8).tokens).toEqual([3, 2]);
     // 2→4 is newer than 2→3; 4 has no successor yet.
-    expect(s.draft([1, 2, 3, 2, 4], 8)).toEqual([]);
+    expect(s.draft([1, 2, 3, 2, 4], 8).tokens).toEqual([]);
     // A verified step: rows [4, 7], the model chose 5 after 4 and 6 after 7.
     s.record([4, 7], [5, 6], 0);
-    expect(s.draft([1, 2, 3, 2, 4], 8)).toEqual([5]);
+    expect(s.draft([1, 2, 3, 2, 4], 8).tokens).toEqual([5]);
     // Nothing was accepted: one guess next; all accepted: one more each time, up to maxDraft.
-    expect(s.draft([1, 2, 3, 2, 4, 2], 8)).toEqual([4]);
+    expect(s.draft([1, 2, 3, 2, 4, 2], 8).tokens).toEqual([4]);
     s.record([2, 4], [4, 2], 1);
-    expect(s.draft([1, 2, 3, 2, 4, 2], 8)).toEqual([4, 2]);
+    expect(s.draft([1, 2, 3, 2, 4, 2], 8).tokens).toEqual([4, 2]);
     s.record([2, 4, 2], [4, 2, 4], 2);
     s.record([2, 4, 2, 4], [4, 2, 4, 2], 3);
-    expect(s.draft([1, 2, 3, 2, 4, 2], 8)).toEqual([4, 2, 4]);
+    expect(s.draft([1, 2, 3, 2, 4, 2], 8).tokens).toEqual([4, 2, 4]);
     expect(s.steps).toBe(4);
   });
 
   test('both: lookup first, recycling when no n-gram matches; it rests when guesses fail', () => {
-    const s = new Speculator({ method: 'both', maxDraft: 4, timed: false });
+    const s = new Speculator({ method: 'both', maxDraft: 4, timed: false, tree: true });
     s.record([2, 3, 1], [3, 1, 2], 2);
-    expect(s.draft([1, 2, 3, 1, 2], 4)).toEqual([3, 1, 2]);
+    expect(s.draft([1, 2, 3, 1, 2], 4).tokens).toEqual([3, 1, 2]);
     // No n-gram ending [.., 8, 5] occurs earlier, and the store has no successor of 5.
-    expect(s.draft([1, 2, 3, 1, 2, 8, 5], 4)).toEqual([]);
-    expect(s.draft([1, 2, 3, 1, 2, 8, 5, 2], 4)).toEqual([8, 5, 2]);
+    expect(s.draft([1, 2, 3, 1, 2, 8, 5], 4).tokens).toEqual([]);
+    expect(s.draft([1, 2, 3, 1, 2, 8, 5, 2], 4).tokens).toEqual([8, 5, 2]);
   });
 
   test('a probe that does not pay rests: plain decoding for 32 tokens, doubling, reset once it pays', () => {
-    const s = new Speculator({ method: 'recycling', maxDraft: 4, timed: false });
+    const s = new Speculator({ method: 'recycling', maxDraft: 4, timed: false, tree: true });
     const at = (n: number) => Array.from({ length: n }, (_, i) => [1, 2, 3][i % 3] as number);
     // A probe of 2 verifying steps that accept nothing, after a draft at length 8.
-    expect(s.draft(at(8), 4)).toEqual([3, 1]);
+    expect(s.draft(at(8), 4).tokens).toEqual([3, 1]);
     s.record([3, 1, 2], [9, 9, 9], 0);
     expect(s.resting(at(9))).toBe(false);
     s.record([3, 1, 2], [9, 9, 9], 0);
     expect(s.resting(at(39))).toBe(true);
-    expect(s.draft(at(39), 4)).toEqual([]);
+    expect(s.draft(at(39), 4).tokens).toEqual([]);
     expect(s.wants(at(39))).toBe(false);
     expect(s.wants(at(40))).toBe(true);
     // The next failed probe (its last draft at 40) rests twice as long.
@@ -84,33 +87,50 @@ describe('drafting', () => {
   });
 
   test('recycling prefers the guesses the GPU table offers for the current length', () => {
-    const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false });
+    const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false, tree: true });
     // The CPU store alone: 1→2, 2→3, 3→2.
-    expect(s.draft([1, 2, 3, 2], 8)).toEqual([3, 2]);
+    expect(s.draft([1, 2, 3, 2], 8).tokens).toEqual([3, 2]);
     // Guesses built on the GPU to follow the 4-token sequence: taken (up to the draft length).
     s.offer([7, 8, 9, 10], 4);
-    expect(s.draft([1, 2, 3, 2], 8)).toEqual([7, 8]);
+    expect(s.draft([1, 2, 3, 2], 8).tokens).toEqual([7, 8]);
     // Offered for another length (stale): the CPU store again; none offered: the same.
-    expect(s.draft([1, 2, 3, 2, 3], 8)).toEqual([2, 3]);
+    expect(s.draft([1, 2, 3, 2, 3], 8).tokens).toEqual([2, 3]);
     s.offer([], 5);
-    expect(s.draft([1, 2, 3, 2, 3], 8)).toEqual([2, 3]);
+    expect(s.draft([1, 2, 3, 2, 3], 8).tokens).toEqual([2, 3]);
+  });
+
+  test('recycling drafts a token tree from the GPU-filled shape where the KV cache takes trees', () => {
+    const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false, tree: true });
+    const filled = RECYCLE_TREE.parents.map((_, i) => 100 + i);
+    s.offer(filled, 4);
+    // Depth follows the accepted lengths (2 at first), at most TREE_NODES nodes, in shape order.
+    const t = s.draft([1, 2, 3, 2], 32, true);
+    const within = RECYCLE_TREE.parents.filter(
+      (_, i) => (treeRows(RECYCLE_TREE_AS_TREE).depth[i] as number) <= 2,
+    );
+    expect(t.tokens.length).toBe(Math.min(TREE_NODES, within.length));
+    expect(treeRows(t).depth.every((d) => d <= 2)).toBe(true);
+    expect(t.parents.every((p, i) => p < i)).toBe(true);
+    // A cache without trees verifies the top-1 path; a step with room for 3 rows gets 3 nodes.
+    expect(s.draft([1, 2, 3, 2], 32, false).tokens).toEqual([100, 101]);
+    expect(s.draft([1, 2, 3, 2], 3, true).tokens).toEqual([100, 101, 102]);
   });
 
   test('timed: greedy sequences rest together while verifying is slower in wall time than plain steps', () => {
     let steps = 0;
     const clock = new SpecClock(() => steps);
     expect(clock.slower()).toBeNull();
-    const s = new Speculator({ method: 'recycling', maxDraft: 4, timed: true }, clock);
-    const other = new Speculator({ method: 'recycling', maxDraft: 4, timed: true }, clock);
+    const s = new Speculator({ method: 'recycling', maxDraft: 4, timed: true, tree: true }, clock);
+    const other = new Speculator({ method: 'recycling', maxDraft: 4, timed: true, tree: true }, clock);
     const at = (n: number) => Array.from({ length: n }, (_, i) => [1, 2, 3][i % 3] as number);
     // Plain decoding not timed yet: the first 8 tokens from the first draft decode plainly.
-    expect(s.draft(at(10), 4)).toEqual([]);
+    expect(s.draft(at(10), 4).tokens).toEqual([]);
     expect(s.wants(at(17))).toBe(false);
     // Plain: 8 tokens in 8 ms. Verifying: 3 tokens per 6 ms step, slower; 2 accepted per step
     // would pay by acceptance alone, but after 2 steps the clock rests every sequence for 32
     // steps of the engine.
     clock.add('plain', 8, 8);
-    expect(s.draft(at(18), 4)).toEqual([1, 2]);
+    expect(s.draft(at(18), 4).tokens).toEqual([1, 2]);
     clock.add('spec', 6, 3);
     s.record([3, 1, 2], [1, 2, 9], 2);
     clock.add('spec', 6, 3);
@@ -127,7 +147,7 @@ describe('drafting', () => {
     // Faster verifying steps: the next probe goes on.
     clock.add('spec', 1, 40);
     expect(clock.slower()).toBe(false);
-    expect(s.draft(at(50), 4).length).toBeGreaterThan(0);
+    expect(s.draft(at(50), 4).tokens.length).toBeGreaterThan(0);
     s.record([2, 3, 1], [3, 1, 9], 1);
     s.record([2, 3, 1], [3, 1, 9], 1);
     expect(s.resting(at(51))).toBe(false);
@@ -135,7 +155,12 @@ describe('drafting', () => {
 
   test('options are checked by name', () => {
     expect(checkSpeculative(undefined)).toBeNull();
-    expect(checkSpeculative({ method: 'lookup' })).toEqual({ method: 'lookup', maxDraft: 4, timed: true });
+    expect(checkSpeculative({ method: 'lookup' })).toEqual({
+      method: 'lookup',
+      maxDraft: 4,
+      timed: true,
+      tree: true,
+    });
     expect(() => checkSpeculative({ method: 'lookup', timed: 1 as unknown as boolean })).toThrow(
       /speculative.timed/,
     );

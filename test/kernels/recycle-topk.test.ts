@@ -7,7 +7,8 @@
  * compared exactly: the kernel only compares f32 values, as the twin does.
  */
 import { describe, expect, test } from 'vitest';
-import { recycleDraft } from '../../src/kernels/recycle-draft.js';
+import { packTreeShape, recycleDraft } from '../../src/kernels/recycle-draft.js';
+import { RECYCLE_TREE } from '../../src/engine/token-tree.js';
 import { recycleDraftRef } from '../../src/kernels/recycle-draft.ref.js';
 import { RECYCLE_NONE, recycleTopk } from '../../src/kernels/recycle-topk.js';
 import { recycleTopkRef } from '../../src/kernels/recycle-topk.ref.js';
@@ -80,11 +81,16 @@ describe('recycle_topk', () => {
 });
 
 /**
- * recycle_draft: chains through the table from each row's chosen id, exactly as its twin, at
- * awkward row counts and vocabulary sizes; a table whose rows partly hold RECYCLE_NONE (never
- * written) ends chains there, and a chosen id past the table gives none.
+ * recycle_draft: fills a tree shape through the table from each row's chosen id, exactly as its
+ * twin, at awkward row counts and vocabulary sizes, for a chain and for recycling's 32-node tree;
+ * a table whose rows partly hold RECYCLE_NONE (never written) ends paths there, and a chosen id
+ * past the table gives none.
  */
 describe('recycle_draft', () => {
+  const shapes = {
+    chain: { parents: [-1, 0, 1, 2, 3], ranks: [0, 0, 0, 0, 0] },
+    tree: RECYCLE_TREE,
+  };
   for (const [rows, n] of [
     [1, 1],
     [7, 7],
@@ -92,30 +98,33 @@ describe('recycle_draft', () => {
     [65, 4097],
     [3, 151669],
   ] as const) {
-    test(`rows=${rows} n=${n}`, async () => {
-      const c = await testGpu();
-      const k = 8;
-      const depth = 5;
-      // Row t's candidates: seeded ids, every 5th row never written.
-      const table = new Uint32Array(n * k).map((_, i) =>
-        Math.floor(i / k) % 5 === 4 ? RECYCLE_NONE : ((i * 2654435761) >>> 0) % n,
-      );
-      const ids = Array.from({ length: rows }, (_, r) => (r === rows - 1 && rows > 1 ? n : (r * 7919) % n));
-      const drafts = upload(c, new Uint32Array(rows * depth));
-      run(c, (b) =>
-        recycleDraft(b, {
-          ids: upload(c, Uint32Array.from(ids)),
-          table: upload(c, table),
-          drafts,
-          rows,
-          n,
-          k,
-          depth,
-        }),
-      );
-      expect(Array.from(await readU32(c, drafts, rows * depth))).toEqual(
-        recycleDraftRef(ids, table, n, k, depth),
-      );
-    });
+    for (const [name, shape] of Object.entries(shapes)) {
+      test(`rows=${rows} n=${n} ${name}`, async () => {
+        const c = await testGpu();
+        const k = 8;
+        const nodes = shape.parents.length;
+        // Row t's candidates: seeded ids, every 5th row never written.
+        const table = new Uint32Array(n * k).map((_, i) =>
+          Math.floor(i / k) % 5 === 4 ? RECYCLE_NONE : ((i * 2654435761) >>> 0) % n,
+        );
+        const ids = Array.from({ length: rows }, (_, r) => (r === rows - 1 && rows > 1 ? n : (r * 7919) % n));
+        const drafts = upload(c, new Uint32Array(rows * nodes));
+        run(c, (b) =>
+          recycleDraft(b, {
+            ids: upload(c, Uint32Array.from(ids)),
+            table: upload(c, table),
+            drafts,
+            shape: upload(c, packTreeShape(shape.parents, shape.ranks)),
+            rows,
+            n,
+            k,
+            nodes,
+          }),
+        );
+        expect(Array.from(await readU32(c, drafts, rows * nodes))).toEqual(
+          recycleDraftRef(ids, table, n, k, shape),
+        );
+      });
+    }
   }
 });

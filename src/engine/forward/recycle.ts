@@ -2,23 +2,23 @@
  * Token Recycling's stage of a step (Luo et al. 2024): the engine's adjacency table, for each
  * token id the RECYCLE_K ids its logits ranked highest the last time it was a step's input, is
  * updated on the GPU from every step's logit rows (recycle_topk, before any logit edit, so it holds
- * the model's own ranking), and a chain of guesses for each logit row is built from it on the GPU
- * (recycle_draft, from the id the row chose) and comes back with the step's ids. No logits are
+ * the model's own ranking), and a token tree of guesses for each logit row (the static shape
+ * RECYCLE_TREE, token-tree.ts) is filled from it on the GPU (recycle_draft, from the id the row
+ * chose) and comes back with the step's ids. No logits are
  * read back. The table is one per engine, shared by every sequence and kept across requests, as
  * in the paper: what the model ranked after a token in one request seeds the guesses of the next.
  * The guesses only propose: verification keeps output exact whatever the table holds.
  */
 import type { GpuContext } from '../../gpu/device.js';
 import type { Dispatch, DispatchBuilder } from '../../gpu/dispatch.js';
-import { recycleDraft } from '../../kernels/recycle-draft.js';
+import { packTreeShape, recycleDraft } from '../../kernels/recycle-draft.js';
 import { RECYCLE_MAX_K, RECYCLE_NONE, recycleTopk } from '../../kernels/recycle-topk.js';
+import { RECYCLE_TREE, RECYCLE_TREE_NODES } from '../token-tree.js';
 
 /** Candidates kept per token id (the paper's k). */
 export const RECYCLE_K = RECYCLE_MAX_K;
-/** Guesses built per logit row: the longest draft a sequence may verify (maxDraft <= 16). */
-export const RECYCLE_DEPTH = 16;
-/** Bytes per logit row of a step's readback that the guesses take. */
-export const RECYCLE_ROW_BYTES = RECYCLE_DEPTH * 4;
+/** Bytes per logit row of a step's readback that the guesses take (a token per tree node). */
+export const RECYCLE_ROW_BYTES = RECYCLE_TREE_NODES * 4;
 
 /** Makes the engine's table: [vocab, RECYCLE_K] u32, every entry RECYCLE_NONE (nothing seen). */
 export function createRecycleTable(ctx: GpuContext, vocab: number): GPUBuffer {
@@ -33,7 +33,7 @@ export function createRecycleTable(ctx: GpuContext, vocab: number): GPUBuffer {
 
 /** A plan's recycling dispatches and the guesses they write. */
 export class RecycleStage {
-  /** [rows, RECYCLE_DEPTH] u32: what the step copies back after its ids and logprobs rows. */
+  /** [rows, RECYCLE_TREE_NODES] u32: what the step copies back after its ids and logprobs rows. */
   readonly out: GPUBuffer;
   /** Updates the table from the logits (after the LM head, before logit edits). */
   readonly update: Dispatch;
@@ -62,6 +62,11 @@ export class RecycleStage {
       ),
     );
     const n = io.vocab;
+    const shape = packTreeShape(RECYCLE_TREE.parents, RECYCLE_TREE.ranks);
+    const shapeBuf = own(
+      ctx.createBuffer('recycle.shape', shape.byteLength, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST),
+    );
+    ctx.device.queue.writeBuffer(shapeBuf, 0, shape);
     this.update = recycleTopk(b, {
       logits: io.logits,
       ids: io.inputIds,
@@ -75,20 +80,22 @@ export class RecycleStage {
       ids: io.outIds,
       table: io.table,
       drafts: this.out,
+      shape: shapeBuf,
       rows,
       n,
       k: RECYCLE_K,
-      depth: RECYCLE_DEPTH,
+      nodes: RECYCLE_TREE_NODES,
     });
   }
 }
 
-/** Each logit row's guesses from a step's readback: the ids up to the first RECYCLE_NONE. */
+/**
+ * Each logit row's filled tree from a step's readback: a token per RECYCLE_TREE node, RECYCLE_NONE
+ * where there is none (token-tree.ts `fromShape` prunes it).
+ */
 export function unpackDrafts(data: ArrayBuffer, offset: number, rows: number): number[][] {
-  const all = new Uint32Array(data, offset, rows * RECYCLE_DEPTH);
-  return Array.from({ length: rows }, (_, r) => {
-    const row = Array.from(all.subarray(r * RECYCLE_DEPTH, (r + 1) * RECYCLE_DEPTH));
-    const end = row.indexOf(RECYCLE_NONE);
-    return end < 0 ? row : row.slice(0, end);
-  });
+  const all = new Uint32Array(data, offset, rows * RECYCLE_TREE_NODES);
+  return Array.from({ length: rows }, (_, r) =>
+    Array.from(all.subarray(r * RECYCLE_TREE_NODES, (r + 1) * RECYCLE_TREE_NODES)),
+  );
 }

@@ -10,6 +10,7 @@ import type { FinishReason } from '../../api/types.js';
 import { KilnError } from '../../errors.js';
 import type { ForwardModel, StepInput } from '../forward/model.js';
 import { OutOfBlocksError, type BlockCopy, type BlockManager } from '../kv/block-manager.js';
+import { isQuantKv, kvGroupBytes } from '../../kernels/kv-dtype.js';
 import { BLOCK_TOKENS, kvBlockBytes, type PagedKvCache } from '../kv/cache.js';
 import { pushSlidingRows, SlidingPool } from '../kv/sliding-pool.js';
 import type { SequenceSampler } from '../sampling/sequence.js';
@@ -55,6 +56,8 @@ export interface StepRows extends StepInput {
   /** Empty without a sliding pool. */
   slidingSlots: number[];
   slidingBlockTable: number[];
+  /** Token-tree rows' masks; rows past its end (and undefined entries) are plain. */
+  tree: ({ base: number; mask: number } | undefined)[];
 }
 
 export function emptyRows(): StepRows {
@@ -67,6 +70,7 @@ export function emptyRows(): StepRows {
     logitRows: [],
     slidingSlots: [],
     slidingBlockTable: [],
+    tree: [],
   };
 }
 
@@ -93,6 +97,8 @@ export class Batch {
     drafted: 0,
     accepted: 0,
   };
+  /** Rows in transit of `moveKv` (grown as needed). */
+  private moveScratch: GPUBuffer | null = null;
   /** The sliding layers' pool (kv/sliding-pool.ts), when the cache has one. */
   readonly sliding: SlidingPool | null;
 
@@ -186,6 +192,54 @@ export class Batch {
     // Back in line by arrival, ahead of everything that came after it.
     const at = this.waiting.findIndex((w) => w.arrival > s.arrival);
     this.waiting.splice(at < 0 ? this.waiting.length : at, 0, s);
+  }
+
+  /**
+   * Whether speculation may verify token trees: a float KV cache (a row moves by a plain copy) and
+   * no sliding pool (whose windows count slots as positions). Otherwise drafts are chains.
+   */
+  get trees(): boolean {
+    return !isQuantKv(this.kv.dtype) && !this.kv.sliding;
+  }
+
+  /**
+   * Moves `s`'s KV rows (every layer's K and V) from position `from` to `to` of each move, in
+   * order, before the next step reads them: a verified tree's accepted nodes to their places on
+   * the path. Float caches only (`trees`).
+   */
+  moveKv(s: Seq, moves: readonly { from: number; to: number }[]): void {
+    if (moves.length === 0) return;
+    const { spec, ctx } = this.forward;
+    const rowBytes = kvGroupBytes(this.kv.dtype, spec.headDim) / BLOCK_TOKENS;
+    const at = (slot: number, h: number) =>
+      ((Math.floor(slot / BLOCK_TOKENS) * spec.numKvHeads + h) * BLOCK_TOKENS + (slot % BLOCK_TOKENS)) *
+      rowBytes;
+    const buffers = [...this.kv.k, ...this.kv.v];
+    // A copy within one buffer is not allowed: every row goes to a scratch buffer, then all back.
+    const bytes = moves.length * buffers.length * spec.numKvHeads * rowBytes;
+    if (!this.moveScratch || this.moveScratch.size < bytes) {
+      if (this.moveScratch) ctx.destroyBuffer(this.moveScratch);
+      this.moveScratch = ctx.createBuffer(
+        'kv.move',
+        bytes,
+        GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      );
+    }
+    const scratch = this.moveScratch;
+    const enc = ctx.device.createCommandEncoder({ label: 'kiln.kv_move' });
+    for (const back of [false, true]) {
+      let o = 0;
+      for (const m of moves) {
+        const slot = this.blocks.slotFor(s.id, back ? m.to : m.from);
+        for (const buf of buffers) {
+          for (let h = 0; h < spec.numKvHeads; h++, o += rowBytes) {
+            if (back) enc.copyBufferToBuffer(scratch, o, buf, at(slot, h), rowBytes);
+            else enc.copyBufferToBuffer(buf, at(slot, h), scratch, o, rowBytes);
+          }
+        }
+      }
+    }
+    ctx.device.queue.submit([enc.finish()]);
   }
 
   /** Copies blocks (every layer's K and V) before the next step writes into them. */
