@@ -140,12 +140,13 @@ export class Speculator {
   ) {}
 
   /**
-   * Guesses to follow `tokens` (the sequence so far): at most `limit` nodes; a chain unless
-   * `trees` (the KV cache can verify a token tree) and the GPU's recycled tree is at hand.
+   * Guesses to follow `tokens` (the sequence so far): at most `limit` nodes, none deeper than
+   * `deepest`; a chain unless `trees` (the KV cache can verify a token tree) and the GPU's
+   * recycled tree is at hand.
    */
-  draft(tokens: readonly number[], limit: number, trees = false): TokenTree {
+  draft(tokens: readonly number[], limit: number, trees = false, deepest = limit): TokenTree {
     const none: TokenTree = { tokens: [], parents: [] };
-    const n = Math.min(limit, this.opts.maxDraft, this.length);
+    const n = Math.min(limit, deepest, this.opts.maxDraft, this.length);
     // Until plain decoding has been timed, a first rest times it (on this engine's first request).
     if (this.clock && !this.clock.knowsPlain && this.restUntil === 0)
       this.restUntil = tokens.length + FIRST_PLAIN;
@@ -161,7 +162,7 @@ export class Speculator {
     const r = this.recycled;
     if (r && r.length === tokens.length) {
       // The tree's depth follows the accepted lengths as a chain's length does.
-      const depth = Math.min(this.opts.maxDraft, this.length);
+      const depth = Math.min(this.opts.maxDraft, this.length, deepest);
       const tree = fromShape(r.guesses, RECYCLE_NONE, depth, Math.min(limit, TREE_NODES));
       if (tree.tokens.length > 0) return trees && this.opts.tree ? tree : chainTree(spine(tree).slice(0, n));
     }

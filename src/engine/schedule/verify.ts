@@ -30,14 +30,14 @@ import type { Batch, Seq, StepRows } from './batch.js';
 const NO_DRAFT: TokenTree = { tokens: [], parents: [] };
 
 /**
- * Reserves KV slots for `s`'s guesses (at most `room` nodes, and never past its max tokens or
- * the context) and returns them; none when the pool has no free blocks for them (a guess never
- * preempts anyone).
+ * Reserves KV slots for `s`'s guesses (at most `room` nodes within the context, and never deeper
+ * than its max tokens allow) and returns them; none when the pool has no free blocks for them (a
+ * guess never preempts anyone).
  */
 export function guess(b: Batch, s: Seq, room: number): TokenTree {
   if (!s.spec) return NO_DRAFT;
-  const limit = Math.min(room, s.req.maxTokens - s.produced - 1, b.opts.contextLength - s.tokens.length - 1);
-  const draft = s.spec.draft(s.tokens, limit, b.trees);
+  const nodes = Math.min(room, b.opts.contextLength - s.tokens.length - 1);
+  const draft = s.spec.draft(s.tokens, nodes, b.trees, s.req.maxTokens - s.produced - 1);
   if (draft.tokens.length === 0 || !b.blocks.canAppend(s.id, draft.tokens.length)) return NO_DRAFT;
   b.copyBlocks(b.blocks.appendSlots(s.id, draft.tokens).copies);
   return draft;
