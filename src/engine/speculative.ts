@@ -55,6 +55,8 @@ export interface SpeculativeOptions {
   tree?: boolean;
 }
 
+/** Depth of a wholly accepted draft after which the next recycled draft is a chain (`wide`). */
+const CHAIN_DEPTH = 3;
 /** Successors kept per token id. */
 const SUCCESSORS = 4;
 /**
@@ -116,6 +118,14 @@ export class Speculator {
    * grows to the full length. Starts at 2.
    */
   private length = 2;
+  /**
+   * Whether the next recycled draft is a tree: unless the last step accepted its whole draft of at
+   * least CHAIN_DEPTH levels (text the table predicts well, e.g. a repeated passage), where the
+   * top-1 chain one level deeper holds what the tree would and the siblings would be rows of work
+   * for nothing. Starts false: a sequence's first verifying step is the cheap chain, and a miss
+   * widens it.
+   */
+  private wide = false;
   /** Positions of the sequence whose successor is in the store. */
   private learned = 0;
   /** Verifying steps and the guesses they accepted, over the sequence's life. */
@@ -164,7 +174,8 @@ export class Speculator {
       // The tree's depth follows the accepted lengths as a chain's length does.
       const depth = Math.min(this.opts.maxDraft, this.length, deepest);
       const tree = fromShape(r.guesses, RECYCLE_NONE, depth, Math.min(limit, TREE_NODES));
-      if (tree.tokens.length > 0) return trees && this.opts.tree ? tree : chainTree(spine(tree).slice(0, n));
+      if (tree.tokens.length > 0)
+        return trees && this.opts.tree && this.wide ? tree : chainTree(spine(tree).slice(0, n));
     }
     const out: number[] = [];
     let t = tokens[tokens.length - 1] as number;
@@ -179,9 +190,11 @@ export class Speculator {
 
   /**
    * Takes a verifying step's outcome: `rows` the tokens of its rows (the sequence's last token then
-   * the guesses), `ids` the model's choice after each row, `accepted` the guesses kept.
+   * the guesses), `ids` the model's choice after each row, `accepted` the guesses kept, `depth`
+   * the draft's deepest level (a chain's length).
    */
-  record(rows: readonly number[], ids: readonly number[], accepted: number): void {
+  record(rows: readonly number[], ids: readonly number[], accepted: number, depth = rows.length - 1): void {
+    this.wide = accepted < depth || depth < CHAIN_DEPTH;
     rows.forEach((t, i) => this.remember(t, ids[i] as number));
     this.steps++;
     this.drafted += rows.length - 1;

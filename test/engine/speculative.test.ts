@@ -102,6 +102,10 @@ describe('drafting', () => {
   test('recycling drafts a token tree from the GPU-filled shape where the KV cache takes trees', () => {
     const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false, tree: true });
     const filled = RECYCLE_TREE.parents.map((_, i) => 100 + i);
+    // The first draft is the chain; after a miss (1 of 2 levels), trees.
+    s.offer(filled, 4);
+    expect(s.draft([1, 2, 3, 2], 32, true).tokens).toEqual([100, 101]);
+    s.record([2, 100, 101], [100, 9, 9], 1, 2);
     s.offer(filled, 4);
     // Depth follows the accepted lengths (2 at first), at most TREE_NODES nodes, in shape order.
     const t = s.draft([1, 2, 3, 2], 32, true);
@@ -114,6 +118,26 @@ describe('drafting', () => {
     // A cache without trees verifies the top-1 path; a step with room for 3 rows gets 3 nodes.
     expect(s.draft([1, 2, 3, 2], 32, false).tokens).toEqual([100, 101]);
     expect(s.draft([1, 2, 3, 2], 3, true).tokens).toEqual([100, 101, 102]);
+  });
+
+  test('after a wholly accepted draft 3 deep the next recycled draft is the chain; after a miss, a tree', () => {
+    const s = new Speculator({ method: 'recycling', maxDraft: 4, timed: false, tree: true });
+    const filled = RECYCLE_TREE.parents.map((_, i) => 100 + i);
+    const seq = [1, 2, 3, 2];
+    // A tree of depth 3 wholly accepted (3 of 3 levels): a chain next, one level deeper.
+    s.record([2, 5, 6, 7, 8], [5, 6, 7, 9, 9], 3, 3);
+    s.offer(filled, 4);
+    const chain = s.draft(seq, 32, true);
+    expect(chain.parents).toEqual([-1, 0, 1, 2]);
+    // A miss: a tree again.
+    s.record([2, 5, 6, 7, 8], [5, 9, 9, 9, 9], 1, 4);
+    s.offer(filled, 4);
+    expect(s.draft(seq, 32, true).tokens.length).toBeGreaterThan(2);
+    expect(s.draft(seq, 32, true).parents.filter((p) => p === -1).length).toBeGreaterThan(1);
+    // Wholly accepted but shallow (2 levels): still a tree.
+    s.record([2, 5, 6], [5, 6, 9], 2, 2);
+    s.offer(filled, 4);
+    expect(s.draft(seq, 32, true).parents.filter((p) => p === -1).length).toBeGreaterThan(1);
   });
 
   test('timed: greedy sequences rest together while verifying is slower in wall time than plain steps', () => {

@@ -98,6 +98,7 @@ export function verifyGuesses(
     rows,
     rows.map((_, i) => got[row0 + i] as number),
     a,
+    Math.max(0, ...treeRows(draft).depth),
   );
   b.counts.specSteps++;
   b.counts.drafted += draft.tokens.length;
