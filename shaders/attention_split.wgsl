@@ -8,6 +8,8 @@
 // (split s, kv head g, row m) writes, for each query head h of g's GQA group, the partial
 //   l_s = Σ_{j in chunk s} e^{x_j - c},   o_s = Σ_{j in chunk s} e^{x_j - c} · v_j   (unnormalised)
 // with x_j = q_h·k_j·scale, and the constant c it used; attention_merge combines the splits.
+// One algorithm in one file, past 500 lines: its modes share one workgroup loop and its workgroup
+// memory, and WGSL has no modules to split them into.
 //
 // Variants (the wrapper prefixes a KV fragment, common/kv_*.wgsl, then `const MODE: u32 = ...;`):
 //   0 with p.direct = 1 (attention_decode_single_pass): the whole context is one split, so its
