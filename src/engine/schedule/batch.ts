@@ -97,7 +97,10 @@ export class Batch {
     drafted: 0,
     accepted: 0,
   };
-  /** Rows in transit of `moveKv` (grown as needed). */
+  /**
+   * Bytes in transit of `moveKv` and `copyBlocks` (grown as needed): WebGPU refuses a copy within
+   * one buffer, so a move or copy inside the pool goes out to this buffer and back.
+   */
   private moveScratch: GPUBuffer | null = null;
   /** The sliding layers' pool (kv/sliding-pool.ts), when the cache has one. */
   readonly sliding: SlidingPool | null;
@@ -216,16 +219,7 @@ export class Batch {
       rowBytes;
     const buffers = [...this.kv.k, ...this.kv.v];
     // A copy within one buffer is not allowed: every row goes to a scratch buffer, then all back.
-    const bytes = moves.length * buffers.length * spec.numKvHeads * rowBytes;
-    if (!this.moveScratch || this.moveScratch.size < bytes) {
-      if (this.moveScratch) ctx.destroyBuffer(this.moveScratch);
-      this.moveScratch = ctx.createBuffer(
-        'kv.move',
-        bytes,
-        GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-      );
-    }
-    const scratch = this.moveScratch;
+    const scratch = this.scratch(moves.length * buffers.length * spec.numKvHeads * rowBytes);
     const enc = ctx.device.createCommandEncoder({ label: 'kiln.kv_move' });
     for (const back of [false, true]) {
       let o = 0;
@@ -246,28 +240,53 @@ export class Batch {
   copyBlocks(copies: readonly BlockCopy[]): void {
     if (copies.length === 0) return;
     const bytes = kvBlockBytes(this.forward.spec, this.kv.dtype);
-    const enc = this.forward.ctx.device.createCommandEncoder({ label: 'kiln.kv_copy' });
     const window = this.kv.lanes;
     const laneBytes = window ? this.kv.window.map((w) => w.size / window.lanes) : [];
+    // Each (buffer, from, to, size) within one buffer, staged through the scratch buffer.
+    const parts: { buf: GPUBuffer; from: number; to: number; size: number }[] = [];
     for (const c of copies) {
       // Full-pool layers only: sliding blocks are never shared (no fork or prefix hit with a sliding
       // pool), so a copy-on-write never concerns them.
       this.kv.k.forEach((k, l) => {
         if (this.kv.isSliding(l)) return;
-        const v = this.kv.v[l] as GPUBuffer;
-        enc.copyBufferToBuffer(k, c.src * bytes, k, c.dst * bytes, bytes);
-        enc.copyBufferToBuffer(v, c.src * bytes, v, c.dst * bytes, bytes);
+        for (const buf of [k, this.kv.v[l] as GPUBuffer]) {
+          parts.push({ buf, from: c.src * bytes, to: c.dst * bytes, size: bytes });
+        }
       });
       // The copy's rows so far in the recent window too (low-rank formats), for its factors.
       const lanes = window?.fork(c.src, c.dst);
       if (lanes) {
-        this.kv.window.forEach((w, l) => {
+        this.kv.window.forEach((buf, l) => {
           const n = laneBytes[l] as number;
-          enc.copyBufferToBuffer(w, lanes.from * n, w, lanes.to * n, n);
+          parts.push({ buf, from: lanes.from * n, to: lanes.to * n, size: n });
         });
       }
     }
+    const scratch = this.scratch(parts.reduce((a, p) => a + p.size, 0));
+    const enc = this.forward.ctx.device.createCommandEncoder({ label: 'kiln.kv_copy' });
+    for (const back of [false, true]) {
+      let o = 0;
+      for (const p of parts) {
+        if (back) enc.copyBufferToBuffer(scratch, o, p.buf, p.to, p.size);
+        else enc.copyBufferToBuffer(p.buf, p.from, scratch, o, p.size);
+        o += p.size;
+      }
+    }
     this.forward.ctx.device.queue.submit([enc.finish()]);
+  }
+
+  /** The scratch buffer of at least `bytes`. */
+  private scratch(bytes: number): GPUBuffer {
+    const { ctx } = this.forward;
+    if (!this.moveScratch || this.moveScratch.size < bytes) {
+      if (this.moveScratch) ctx.destroyBuffer(this.moveScratch);
+      this.moveScratch = ctx.createBuffer(
+        'kv.move',
+        bytes,
+        GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      );
+    }
+    return this.moveScratch;
   }
 
   /** Gives `token` (just appended to s.tokens) a KV slot, preempting the newest sequences if needed. */
