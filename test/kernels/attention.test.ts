@@ -6,6 +6,7 @@ import { attention } from '../../src/kernels/attention.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
 import type { KvFloatDtype as KvDtype } from '../../src/kernels/kv-dtype.js';
 import { kvWrite } from '../../bench/baselines/kv-write.js';
+import { fillCache } from '../helpers/paged-kv.js';
 import { ropeKvWrite } from '../../src/kernels/rope-kv-write.js';
 import { rope } from '../../bench/baselines/rope.js';
 import { ropeAngles, ropeInvFreq, ropeRef, ropeTable, NO_ROPE } from '../../src/kernels/rope.ref.js';
@@ -130,29 +131,7 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
   test('soft-capped scores (Gemma 2: cap · tanh(score / cap)), head_dim 256, ctx 129', async () => {
     const c = await testGpu();
     const [ctx, heads, kvHeads, headDim, cap] = [129, 4, 2, 256, 5];
-    const kvDim = kvHeads * headDim;
-    const blocks = Math.ceil(ctx / BLOCK);
-    const table = shuffledBlocks(blocks, 77);
-    const k = randomF32(ctx * kvDim, 78, 2);
-    const v = randomF32(ctx * kvDim, 79);
-    const kCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
-    const vCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
-    const slots = Array.from(
-      { length: ctx },
-      (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
-    );
-    run(c, (b) =>
-      kvWrite(b, {
-        slots: upload(c, Uint32Array.from(slots)),
-        k: upload(c, k),
-        v: upload(c, v),
-        kCache,
-        vCache,
-        m: ctx,
-        kvHeads,
-        headDim,
-      }),
-    );
+    const { k, v, kCache, vCache, blockTable } = fillCache(c, ctx, kvHeads, headDim, 77);
     const positions = [ctx - 1, 0, 64, 100];
     const q = randomF32(positions.length * heads * headDim, 80, 3);
     const out = upload(c, new Float32Array(q.length));
@@ -160,7 +139,7 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
     run(c, (b) =>
       attention(b, {
         rowInfo: upload(c, plainRowInfo(positions)),
-        blockTable: upload(c, Uint32Array.from(table)),
+        blockTable,
         q: upload(c, q),
         kCache,
         vCache,
@@ -197,29 +176,7 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
       const c = await testGpu();
       const [heads, kvHeads, headDim] = [4, 2, 64];
       const ctx = committed + nodes;
-      const kvDim = kvHeads * headDim;
-      const blocks = Math.ceil(ctx / BLOCK);
-      const table = shuffledBlocks(blocks, ctx);
-      const k = randomF32(ctx * kvDim, ctx + 1, 2);
-      const v = randomF32(ctx * kvDim, ctx + 2);
-      const kCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
-      const vCache = kvBuffer(c, blocks * kvDim * BLOCK, 'f32');
-      const slots = Array.from(
-        { length: ctx },
-        (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
-      );
-      run(c, (b) =>
-        kvWrite(b, {
-          slots: upload(c, Uint32Array.from(slots)),
-          k: upload(c, k),
-          v: upload(c, v),
-          kCache,
-          vCache,
-          m: ctx,
-          kvHeads,
-          headDim,
-        }),
-      );
+      const { k, v, kCache, vCache, blockTable } = fillCache(c, ctx, kvHeads, headDim, ctx);
       const t = tokenTree(nodes, ctx);
       const positions = [committed - 1, ...t.depth.map((d) => committed - 1 + d)];
       const tree = [undefined, ...t.mask.map((mask) => ({ base: committed, mask }))];
@@ -238,7 +195,7 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
       run(c, (b) =>
         attention(b, {
           rowInfo: upload(c, rowInfo),
-          blockTable: upload(c, Uint32Array.from(table)),
+          blockTable,
           q: upload(c, q),
           kCache,
           vCache,
