@@ -11,34 +11,33 @@ export const ROW_INFO_WORDS = 4;
 /** Most nodes of a token tree one row's mask can name. */
 export const TREE_MASK_BITS = 32;
 
-export interface RowKeys {
-  position: number;
-  tableOffset: number;
-  /** Default position + 1 (plain causal). */
-  treeBase?: number;
-  /** Default 0. */
-  treeMask?: number;
+/** A token tree node's keys beyond its committed slots [0, base): base + b for each bit b of mask. */
+export interface TreeKeys {
+  base: number;
+  mask: number;
 }
 
-/** Writes row `i`'s words into `out` (ROW_INFO_WORDS per row). */
-export function writeRowInfo(out: Uint32Array, i: number, r: RowKeys): void {
+/**
+ * Writes row `i`'s words into `out` (ROW_INFO_WORDS per row): plain causal without `tree`. Takes
+ * no options object: the step writes every row of every step through it.
+ */
+export function writeRowInfo(
+  out: Uint32Array,
+  i: number,
+  position: number,
+  tableOffset: number,
+  tree?: TreeKeys,
+): void {
   const o = ROW_INFO_WORDS * i;
-  out[o] = r.position;
-  out[o + 1] = r.tableOffset;
-  out[o + 2] = r.treeBase ?? r.position + 1;
-  out[o + 3] = (r.treeMask ?? 0) >>> 0;
+  out[o] = position;
+  out[o + 1] = tableOffset;
+  out[o + 2] = tree ? tree.base : position + 1;
+  out[o + 3] = tree ? tree.mask >>> 0 : 0;
 }
 
 /** Plain causal rows at `positions`, all at block-table offset `tableOffset`. */
 export function plainRowInfo(positions: readonly number[], tableOffset = 0): Uint32Array {
   const out = new Uint32Array(ROW_INFO_WORDS * positions.length);
-  positions.forEach((position, i) => writeRowInfo(out, i, { position, tableOffset }));
+  positions.forEach((position, i) => writeRowInfo(out, i, position, tableOffset));
   return out;
-}
-
-/** The slot one past the last a row sees (its own), as the shaders compute it. */
-export function rowEnd(r: RowKeys): number {
-  const base = r.treeBase ?? r.position + 1;
-  const mask = (r.treeMask ?? 0) >>> 0;
-  return mask === 0 ? base : base + 32 - Math.clz32(mask);
 }

@@ -52,10 +52,7 @@ interface Call {
 
 function rowInfoOf(call: Call): Uint32Array {
   const out = new Uint32Array(ROW_INFO_WORDS * call.positions.length);
-  call.positions.forEach((position, i) => {
-    const t = call.tree?.[i];
-    writeRowInfo(out, i, { position, tableOffset: 0, ...(t ? { treeBase: t.base, treeMask: t.mask } : {}) });
-  });
+  call.positions.forEach((position, i) => writeRowInfo(out, i, position, 0, call.tree?.[i]));
   return out;
 }
 

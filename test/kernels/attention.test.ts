@@ -181,14 +181,7 @@ describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
       const positions = [committed - 1, ...t.depth.map((d) => committed - 1 + d)];
       const tree = [undefined, ...t.mask.map((mask) => ({ base: committed, mask }))];
       const rowInfo = new Uint32Array(ROW_INFO_WORDS * positions.length);
-      positions.forEach((position, i) => {
-        const r = tree[i];
-        writeRowInfo(rowInfo, i, {
-          position,
-          tableOffset: 0,
-          ...(r ? { treeBase: r.base, treeMask: r.mask } : {}),
-        });
-      });
+      positions.forEach((position, i) => writeRowInfo(rowInfo, i, position, 0, tree[i]));
       const q = randomF32(positions.length * heads * headDim, ctx + 3, 3);
       const out = upload(c, new Float32Array(q.length));
       const scale = 1 / Math.sqrt(headDim);
@@ -287,28 +280,13 @@ describe('attention with a sliding window (prefill rows)', () => {
       const c = await testGpu();
       if (!supported(c, kvDtype)) return;
       const kvDim = kvHeads * headDim;
-      const blocks = Math.ceil(ctx / BLOCK);
-      const table = shuffledBlocks(blocks, ctx + window);
-      const k = randomF32(ctx * kvDim, ctx + 3, 2);
-      const v = randomF32(ctx * kvDim, ctx + 4);
-      const kCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
-      const vCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
-      const slots = Array.from(
-        { length: ctx },
-        (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
-      );
-      run(c, (b) =>
-        kvWrite(b, {
-          slots: upload(c, Uint32Array.from(slots)),
-          k: upload(c, k),
-          v: upload(c, v),
-          kCache,
-          vCache,
-          m: ctx,
-          kvHeads,
-          headDim,
-          kvDtype,
-        }),
+      const { k, v, kCache, vCache, table, blockTable } = fillCache(
+        c,
+        ctx,
+        kvHeads,
+        headDim,
+        ctx + window,
+        kvDtype,
       );
       const positions = [
         ...new Set([ctx - 1, Math.max(0, ctx - 2), ctx - 1 - Math.floor(Math.min(window, ctx) / 2)]),
@@ -328,7 +306,7 @@ describe('attention with a sliding window (prefill rows)', () => {
         run(c, (b) =>
           attention(b, {
             rowInfo: upload(c, plainRowInfo(positions)),
-            blockTable: upload(c, Uint32Array.from(table)),
+            blockTable,
             q: upload(c, q),
             kCache,
             vCache,
@@ -347,17 +325,7 @@ describe('attention with a sliding window (prefill rows)', () => {
       // As the unwindowed cases above: f32 scores and exp, a rescale per 64-key tile, over at most
       // `window` keys.
       const atol = (headDim + window / 64 + 70) * 2 ** -24 * 8;
-      const want = attentionRef(
-        q,
-        kvRounded(k, kvDtype),
-        kvRounded(v, kvDtype),
-        positions,
-        heads,
-        kvHeads,
-        headDim,
-        scale,
-        window,
-      );
+      const want = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale, window);
       expectClose(await attend(window), want, { atol });
       if (poisoned > 0) expect((await attend(0)).some(Number.isNaN)).toBe(true);
     });

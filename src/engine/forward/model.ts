@@ -6,7 +6,7 @@
 import type { GpuContext } from '../../gpu/device.js';
 import { checkActivationFormat, type ActivationFormat } from '../../kernels/activation.js';
 import { ropeTable } from '../../kernels/rope.ref.js';
-import { writeRowInfo } from '../../kernels/row-info.js';
+import { writeRowInfo, type TreeKeys } from '../../kernels/row-info.js';
 import { ropeOfKind } from '../../model/rope.js';
 import { layerRope, type LayerRope, type ModelSpec } from '../../model/spec.js';
 import { KernelChoices } from '../../tuner/choices.js';
@@ -32,7 +32,7 @@ export interface StepInput {
    * Rows of a token tree (speculative decoding): the row sees its sequence's slots [0, base) and
    * base + b for each bit b of mask (kernels/row-info.ts); absent or undefined: plain causal.
    */
-  tree?: readonly ({ base: number; mask: number } | undefined)[];
+  tree?: readonly (TreeKeys | undefined)[];
   /** The rows whose logits are wanted (e.g. the last prompt row), in output order. */
   logitRows: readonly number[];
   /**
@@ -193,12 +193,13 @@ export class ForwardModel implements ForwardState {
     const { ids, rowInfo, slots, logitRows } = plan.staging;
     for (let i = 0; i < m; i++) {
       ids[i] = input.tokens[i] as number;
-      const tree = input.tree?.[i];
-      writeRowInfo(rowInfo, i, {
-        position: input.positions[i] as number,
-        tableOffset: input.blockTableOffsets[i] as number,
-        ...(tree ? { treeBase: tree.base, treeMask: tree.mask } : {}),
-      });
+      writeRowInfo(
+        rowInfo,
+        i,
+        input.positions[i] as number,
+        input.blockTableOffsets[i] as number,
+        input.tree?.[i],
+      );
       slots[i] = input.slots[i] as number;
     }
     for (let i = 0; i < r; i++) logitRows[i] = input.logitRows[i] as number;
