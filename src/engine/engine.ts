@@ -320,13 +320,17 @@ export class Engine implements KilnEngine {
   /**
    * Where one decode step's GPU time goes at a given context length: every dispatch timed on its
    * own (GPU timestamps where the adapter has them), summed by kernel variant. For benchmarks;
-   * the KV contents are whatever the cache holds, which does not change the work done.
+   * the KV contents are whatever the cache holds, which does not change the work done. `rows` > 1
+   * profiles a prefill chunk of that many rows ending at the same position instead.
    */
-  async profileDecode(context: number): Promise<{ label: string; ms: number; count: number }[]> {
+  async profileDecode(context: number, rows = 1): Promise<{ label: string; ms: number; count: number }[]> {
     if (!Number.isInteger(context) || context < 1 || context > this.contextLength) {
       throw new InvalidRequestError(`context ${context} is outside 1..${this.contextLength}`);
     }
-    return (await this.ready()).exclusive((hold) => heldProfile(this.ctx, this.forward, hold, context));
+    if (!Number.isInteger(rows) || rows < 1 || rows > context) {
+      throw new InvalidRequestError(`rows ${rows} is outside 1..${context} (the context)`);
+    }
+    return (await this.ready()).exclusive((hold) => heldProfile(this.ctx, this.forward, hold, context, rows));
   }
 
   /**

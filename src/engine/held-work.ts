@@ -70,16 +70,20 @@ export async function heldLinearInputs(
   });
 }
 
-/** One decode step at position `context - 1`, every dispatch timed on its own, summed by label. */
+/**
+ * One step of `rows` rows ending at position `context - 1` (1: a decode step; more: a prefill
+ * chunk), every dispatch timed on its own, summed by label.
+ */
 export async function heldProfile(
   ctx: GpuContext,
   forward: ForwardModel,
   hold: Hold,
   context: number,
+  rows = 1,
 ): Promise<{ label: string; ms: number; count: number }[]> {
   const timer = new GpuTimer(ctx);
   try {
-    return await profileStep(forward, hold.input([0], context - 1), timer);
+    return await profileStep(forward, hold.input(new Array<number>(rows).fill(0), context - rows), timer);
   } finally {
     timer.destroy();
   }

@@ -7,32 +7,32 @@ import { checkKvDtype, kvPrefix, kvVariant, type KvDtype } from './kv-dtype.js';
 /** The kernel keeps q of one head in workgroup memory and 4 output dims per thread. */
 export const ATTENTION_MAX_HEAD_DIM = 256;
 
-export function attention(
-  b: DispatchBuilder,
-  a: {
-    /** [m] vec4<u32> (row-info.ts: position, block-table offset, tree base, tree mask) */
-    rowInfo: GPUBuffer;
-    /** u32 physical block ids */ blockTable: GPUBuffer;
-    /** [m, heads·headDim] f32 */ q: GPUBuffer;
-    /** [blocks][kvHeads][16] rows of headDim kvDtype values (kv-dtype.ts) */ kCache: GPUBuffer;
-    vCache: GPUBuffer;
-    /** [m, heads·headDim] f32 */ out: GPUBuffer;
-    m: number;
-    heads: number;
-    kvHeads: number;
-    headDim: number;
-    scale: number;
-    /**
-     * Sliding window of this layer (ModelSpec.layerWindows): a row at position i sees keys
-     * i - window < j <= i; 0 (the default) for full causal attention.
-     */
-    window?: number;
-    /** > 0: scores soft-capped to softcap · tanh(score / softcap) (Gemma 2). */
-    softcap?: number;
-    /** Format of the cache (default f32; f16 needs shader-f16). */
-    kvDtype?: KvDtype;
-  },
-): Dispatch {
+/** The arguments of `attention` and of the tiled `attentionPrefill` (attention-prefill.ts). */
+export interface AttentionArgs {
+  /** [m] vec4<u32> (row-info.ts: position, block-table offset, tree base, tree mask) */
+  rowInfo: GPUBuffer;
+  /** u32 physical block ids */ blockTable: GPUBuffer;
+  /** [m, heads·headDim] f32 */ q: GPUBuffer;
+  /** [blocks][kvHeads][16] rows of headDim kvDtype values (kv-dtype.ts) */ kCache: GPUBuffer;
+  vCache: GPUBuffer;
+  /** [m, heads·headDim] f32 */ out: GPUBuffer;
+  m: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  scale: number;
+  /**
+   * Sliding window of this layer (ModelSpec.layerWindows): a row at position i sees keys
+   * i - window < j <= i; 0 (the default) for full causal attention.
+   */
+  window?: number;
+  /** > 0: scores soft-capped to softcap · tanh(score / softcap) (Gemma 2). */
+  softcap?: number;
+  /** Format of the cache (default f32; f16 needs shader-f16). */
+  kvDtype?: KvDtype;
+}
+
+export function attention(b: DispatchBuilder, a: AttentionArgs): Dispatch {
   if (a.headDim > ATTENTION_MAX_HEAD_DIM) {
     throw new UnsupportedModelError(
       `head_dim ${a.headDim} is over the attention kernel's ${ATTENTION_MAX_HEAD_DIM}`,

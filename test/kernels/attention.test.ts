@@ -3,6 +3,7 @@ import { tokenTree } from '../helpers/tree.js';
 import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { attention } from '../../src/kernels/attention.js';
+import { attentionPrefill } from '../../src/kernels/attention-prefill.js';
 import { attentionRef } from '../../src/kernels/attention.ref.js';
 import type { KvFloatDtype as KvDtype } from '../../src/kernels/kv-dtype.js';
 import { kvWrite } from '../../bench/baselines/kv-write.js';
@@ -25,6 +26,15 @@ import {
 
 const BLOCK = 16;
 
+/**
+ * The two kernels of a step's attention over the cache: one workgroup per (head, row), and 16-row
+ * tiles (prefill chunks). Each test below runs both against the same reference.
+ */
+const KERNELS = [
+  { name: 'attention', make: attention },
+  { name: 'attention_prefill', make: attentionPrefill },
+] as const;
+
 /** Whether this adapter can run `dtype` KV kernels (f16 needs shader-f16; lavapipe has it). */
 function supported(c: GpuContext, dtype: KvDtype): boolean {
   return dtype === 'f32' || c.adapter.shaderF16;
@@ -42,271 +52,63 @@ function gather(cache: Float32Array, slots: readonly number[], kvHeads: number, 
   return rows;
 }
 
-describe('kv_write + attention over a paged cache (f32 and f16 K/V)', () => {
-  // Context lengths 1, 7, 129, 4097 (ragged last blocks and tiles), GQA ratios 1, 2, 4, head dims
-  // up to the kernel's 256. Query rows: the last position (decode) plus a few earlier ones (prefill).
-  const cases = [
-    { ctx: 1, heads: 2, kvHeads: 2, headDim: 8 },
-    { ctx: 7, heads: 4, kvHeads: 1, headDim: 64 },
-    { ctx: 129, heads: 4, kvHeads: 2, headDim: 256 },
-    { ctx: 4097, heads: 2, kvHeads: 1, headDim: 16 },
-  ];
-  const runs = (['f32', 'f16'] as const).flatMap((kvDtype) => cases.map((x) => ({ ...x, kvDtype })));
-  for (const { ctx, heads, kvHeads, headDim, kvDtype } of runs) {
-    test(`${kvDtype} KV ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
-      const c = await testGpu();
-      if (!supported(c, kvDtype)) return;
-      const kvDim = kvHeads * headDim;
-      const blocks = Math.ceil(ctx / BLOCK);
-      const table = shuffledBlocks(blocks, ctx);
-      const k = randomF32(ctx * kvDim, ctx, 2);
-      const v = randomF32(ctx * kvDim, ctx + 1);
-      const kCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
-      const vCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
-      const slots = Array.from(
-        { length: ctx },
-        (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
-      );
-      run(c, (b) => {
-        const d = kvWrite(b, {
-          slots: upload(c, Uint32Array.from(slots)),
-          k: upload(c, k),
-          v: upload(c, v),
-          kCache,
-          vCache,
-          m: ctx,
-          kvHeads,
-          headDim,
-          kvDtype,
+for (const kernel of KERNELS) {
+  describe(`kv_write + ${kernel.name} over a paged cache (f32 and f16 K/V)`, () => {
+    // Context lengths 1, 7, 129, 4097 (ragged last blocks and tiles), GQA ratios 1, 2, 4, head dims
+    // up to the kernel's 256. Query rows: the last position (decode) plus a few earlier ones (prefill).
+    const cases = [
+      { ctx: 1, heads: 2, kvHeads: 2, headDim: 8 },
+      { ctx: 7, heads: 4, kvHeads: 1, headDim: 64 },
+      { ctx: 129, heads: 4, kvHeads: 2, headDim: 256 },
+      { ctx: 4097, heads: 2, kvHeads: 1, headDim: 16 },
+    ];
+    const runs = (['f32', 'f16'] as const).flatMap((kvDtype) => cases.map((x) => ({ ...x, kvDtype })));
+    for (const { ctx, heads, kvHeads, headDim, kvDtype } of runs) {
+      test(`${kvDtype} KV ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
+        const c = await testGpu();
+        if (!supported(c, kvDtype)) return;
+        const kvDim = kvHeads * headDim;
+        const blocks = Math.ceil(ctx / BLOCK);
+        const table = shuffledBlocks(blocks, ctx);
+        const k = randomF32(ctx * kvDim, ctx, 2);
+        const v = randomF32(ctx * kvDim, ctx + 1);
+        const kCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
+        const vCache = kvBuffer(c, blocks * kvDim * BLOCK, kvDtype);
+        const slots = Array.from(
+          { length: ctx },
+          (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
+        );
+        run(c, (b) => {
+          const d = kvWrite(b, {
+            slots: upload(c, Uint32Array.from(slots)),
+            k: upload(c, k),
+            v: upload(c, v),
+            kCache,
+            vCache,
+            m: ctx,
+            kvHeads,
+            headDim,
+            kvDtype,
+          });
+          expect(d.label).toBe(kvDtype === 'f16' ? 'kv_write_kvf16' : 'kv_write');
+          return d;
         });
-        expect(d.label).toBe(kvDtype === 'f16' ? 'kv_write_kvf16' : 'kv_write');
-        return d;
-      });
-      // The cache holds every value rounded once to the nearest (even) f16, or as is in f32: bit
-      // for bit what the reference below is computed from.
-      const kSeen = kvRounded(k, kvDtype);
-      const vSeen = kvRounded(v, kvDtype);
-      const elems = blocks * kvDim * BLOCK;
-      expect(gather(await readKv(c, kCache, elems, kvDtype), slots, kvHeads, headDim)).toEqual([...kSeen]);
-      expect(gather(await readKv(c, vCache, elems, kvDtype), slots, kvHeads, headDim)).toEqual([...vSeen]);
-      const positions = [...new Set([ctx - 1, 0, Math.floor(ctx / 2), Math.max(0, ctx - 2)])];
-      const q = randomF32(positions.length * heads * headDim, ctx + 2, 3);
-      const rowInfo = plainRowInfo(positions);
-      const out = upload(c, new Float32Array(q.length));
-      const scale = 1 / Math.sqrt(headDim);
-      run(c, (b) => {
-        const d = attention(b, {
-          rowInfo: upload(c, rowInfo),
-          blockTable: upload(c, Uint32Array.from(table)),
-          q: upload(c, q),
-          kCache,
-          vCache,
-          out,
-          m: positions.length,
-          heads,
-          kvHeads,
-          headDim,
-          scale,
-          kvDtype,
-        });
-        expect(d.label).toBe(kvDtype === 'f16' ? 'attention_kvf16' : 'attention');
-        return d;
-      });
-      // The reference takes the K/V the cache holds (f16-rounded for an f16 cache), so the only
-      // difference left is the kernel's f32 arithmetic, the same for both cache types: f32 scores
-      // (headDim products), exp within a few ulp, and a running sum rescaled once per 64-key tile:
-      // the relative error of the weights is ≲ (headDim + ctx/64 + 70)·2⁻²⁴, and the output is a
-      // convex combination of values in [-1, 1].
-      const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8;
-      expectClose(
-        await readF32(c, out, q.length),
-        attentionRef(q, kSeen, vSeen, positions, heads, kvHeads, headDim, scale),
-        {
-          atol,
-        },
-      );
-    });
-  }
-
-  test('soft-capped scores (Gemma 2: cap · tanh(score / cap)), head_dim 256, ctx 129', async () => {
-    const c = await testGpu();
-    const [ctx, heads, kvHeads, headDim, cap] = [129, 4, 2, 256, 5];
-    const { k, v, kCache, vCache, blockTable } = fillCache(c, ctx, kvHeads, headDim, 77);
-    const positions = [ctx - 1, 0, 64, 100];
-    const q = randomF32(positions.length * heads * headDim, 80, 3);
-    const out = upload(c, new Float32Array(q.length));
-    const scale = 1 / Math.sqrt(headDim);
-    run(c, (b) =>
-      attention(b, {
-        rowInfo: upload(c, plainRowInfo(positions)),
-        blockTable,
-        q: upload(c, q),
-        kCache,
-        vCache,
-        out,
-        m: positions.length,
-        heads,
-        kvHeads,
-        headDim,
-        scale,
-        softcap: cap,
-      }),
-    );
-    const want = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale, 0, cap);
-    const plain = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale);
-    let d = 0;
-    want.forEach((x, i) => (d = Math.max(d, Math.abs(x - (plain[i] as number)))));
-    // The cap matters here (scores up to ~20 squeezed into ±5)...
-    expect(d).toBeGreaterThan(1e-2);
-    // ...and the kernel follows it: the bound above, plus the cap's tanh from exp (a few ulps of 5).
-    const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8 + 8 * 5 * 2 ** -24;
-    expectClose(await readF32(c, out, q.length), want, { atol });
-  });
-
-  // Token-tree rows (speculative verification, kernels/row-info.ts): node i of an n-node tree after
-  // `committed` keys sits at slot committed + i, position committed - 1 + its depth, and sees the
-  // committed keys and its ancestors only; also under a window that cuts through a tree path.
-  for (const [committed, nodes, window] of [
-    [1, 7, 0],
-    [129, 32, 0],
-    [7, 32, 4],
-    [4097, 5, 0],
-  ] as const) {
-    test(`token tree of ${nodes} nodes after ${committed} keys, window ${window}`, async () => {
-      const c = await testGpu();
-      const [heads, kvHeads, headDim] = [4, 2, 64];
-      const ctx = committed + nodes;
-      const { k, v, kCache, vCache, blockTable } = fillCache(c, ctx, kvHeads, headDim, ctx);
-      const t = tokenTree(nodes, ctx);
-      const positions = [committed - 1, ...t.depth.map((d) => committed - 1 + d)];
-      const tree = [undefined, ...t.mask.map((mask) => ({ base: committed, mask }))];
-      const rowInfo = new Uint32Array(ROW_INFO_WORDS * positions.length);
-      positions.forEach((position, i) => writeRowInfo(rowInfo, i, position, 0, tree[i]));
-      const q = randomF32(positions.length * heads * headDim, ctx + 3, 3);
-      const out = upload(c, new Float32Array(q.length));
-      const scale = 1 / Math.sqrt(headDim);
-      run(c, (b) =>
-        attention(b, {
-          rowInfo: upload(c, rowInfo),
-          blockTable,
-          q: upload(c, q),
-          kCache,
-          vCache,
-          out,
-          m: positions.length,
-          heads,
-          kvHeads,
-          headDim,
-          scale,
-          window,
-        }),
-      );
-      const want = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale, window, 0, tree);
-      // The bound of the first test of this file (f32 scores, exp, a per-tile rescale).
-      const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8;
-      expectClose(await readF32(c, out, q.length), want, { atol });
-    });
-  }
-
-  test('large logits (q scaled by 100) stay finite and exact', async () => {
-    const c = await testGpu();
-    const [ctx, heads, kvHeads, headDim] = [70, 2, 1, 32];
-    const kvDim = kvHeads * headDim;
-    const k = randomF32(ctx * kvDim, 9);
-    const v = randomF32(ctx * kvDim, 10);
-    const kCache = upload(c, new Float32Array(5 * BLOCK * kvDim));
-    const vCache = upload(c, new Float32Array(5 * BLOCK * kvDim));
-    const table = [4, 0, 3, 1, 2];
-    const slots = Array.from(
-      { length: ctx },
-      (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
-    );
-    run(c, (b) =>
-      kvWrite(b, {
-        slots: upload(c, Uint32Array.from(slots)),
-        k: upload(c, k),
-        v: upload(c, v),
-        kCache,
-        vCache,
-        m: ctx,
-        kvHeads,
-        headDim,
-      }),
-    );
-    const q = randomF32(heads * headDim, 11, 100);
-    const out = upload(c, new Float32Array(q.length));
-    run(c, (b) =>
-      attention(b, {
-        rowInfo: upload(c, plainRowInfo([ctx - 1])),
-        blockTable: upload(c, Uint32Array.from(table)),
-        q: upload(c, q),
-        kCache,
-        vCache,
-        out,
-        m: 1,
-        heads,
-        kvHeads,
-        headDim,
-        scale: 1 / Math.sqrt(headDim),
-      }),
-    );
-    // Scores of magnitude ~100 lose absolute precision ~100·headDim·2⁻²⁴ before exp, which
-    // multiplies the weights by e^(±that): relative error ~2e-4 on values in [-1, 1].
-    expectClose(
-      await readF32(c, out, q.length),
-      attentionRef(q, k, v, [ctx - 1], heads, kvHeads, headDim, 1 / Math.sqrt(headDim)),
-      {
-        atol: 5e-4,
-      },
-    );
-  });
-});
-
-describe('attention with a sliding window (prefill rows)', () => {
-  // Windows of 1, 7 (inside a block), 16 (a block), 100 and 512 (unaligned, several 64-key tiles)
-  // over contexts 1 to 4097; rows at every kind of position (window start at 0, mid-block, on a
-  // block edge). Blocks wholly before the earliest row's window are filled with NaN: a kernel that
-  // read one would return NaN (checked: full attention over the same cache does).
-  const cases = [
-    { ctx: 1, heads: 2, kvHeads: 1, headDim: 8, window: 1 },
-    { ctx: 129, heads: 4, kvHeads: 2, headDim: 64, window: 7 },
-    { ctx: 129, heads: 2, kvHeads: 2, headDim: 256, window: 16 },
-    { ctx: 300, heads: 4, kvHeads: 1, headDim: 32, window: 100 },
-    { ctx: 4097, heads: 2, kvHeads: 1, headDim: 16, window: 512 },
-  ];
-  const runs = (['f32', 'f16'] as const).flatMap((kvDtype) => cases.map((x) => ({ ...x, kvDtype })));
-  for (const { ctx, heads, kvHeads, headDim, window, kvDtype } of runs) {
-    test(`${kvDtype} KV window=${window} ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
-      const c = await testGpu();
-      if (!supported(c, kvDtype)) return;
-      const kvDim = kvHeads * headDim;
-      const { k, v, kCache, vCache, table, blockTable } = fillCache(
-        c,
-        ctx,
-        kvHeads,
-        headDim,
-        ctx + window,
-        kvDtype,
-      );
-      const positions = [
-        ...new Set([ctx - 1, Math.max(0, ctx - 2), ctx - 1 - Math.floor(Math.min(window, ctx) / 2)]),
-      ];
-      const firstKey = Math.min(...positions.map((p) => Math.max(0, p - window + 1)));
-      const poisoned = Math.floor(firstKey / BLOCK);
-      const blockBytes = kvDim * BLOCK * (kvDtype === 'f16' ? 2 : 4);
-      for (let blk = 0; blk < poisoned; blk++) {
-        const at = (table[blk] as number) * blockBytes;
-        for (const buf of [kCache, vCache])
-          c.device.queue.writeBuffer(buf, at, new Uint8Array(blockBytes).fill(0xff));
-      }
-      const q = randomF32(positions.length * heads * headDim, ctx + 5, 3);
-      const scale = 1 / Math.sqrt(headDim);
-      const attend = async (w: number): Promise<Float32Array> => {
+        // The cache holds every value rounded once to the nearest (even) f16, or as is in f32: bit
+        // for bit what the reference below is computed from.
+        const kSeen = kvRounded(k, kvDtype);
+        const vSeen = kvRounded(v, kvDtype);
+        const elems = blocks * kvDim * BLOCK;
+        expect(gather(await readKv(c, kCache, elems, kvDtype), slots, kvHeads, headDim)).toEqual([...kSeen]);
+        expect(gather(await readKv(c, vCache, elems, kvDtype), slots, kvHeads, headDim)).toEqual([...vSeen]);
+        const positions = [...new Set([ctx - 1, 0, Math.floor(ctx / 2), Math.max(0, ctx - 2)])];
+        const q = randomF32(positions.length * heads * headDim, ctx + 2, 3);
+        const rowInfo = plainRowInfo(positions);
         const out = upload(c, new Float32Array(q.length));
-        run(c, (b) =>
-          attention(b, {
-            rowInfo: upload(c, plainRowInfo(positions)),
-            blockTable,
+        const scale = 1 / Math.sqrt(headDim);
+        run(c, (b) => {
+          const d = kernel.make(b, {
+            rowInfo: upload(c, rowInfo),
+            blockTable: upload(c, Uint32Array.from(table)),
             q: upload(c, q),
             kCache,
             vCache,
@@ -317,17 +119,299 @@ describe('attention with a sliding window (prefill rows)', () => {
             headDim,
             scale,
             kvDtype,
-            window: w,
+          });
+          expect(d.label).toBe(kvDtype === 'f16' ? `${kernel.name}_kvf16` : kernel.name);
+          return d;
+        });
+        // The reference takes the K/V the cache holds (f16-rounded for an f16 cache), so the only
+        // difference left is the kernel's f32 arithmetic, the same for both cache types: f32 scores
+        // (headDim products), exp within a few ulp, and a running sum rescaled once per 64-key tile:
+        // the relative error of the weights is ≲ (headDim + ctx/64 + 70)·2⁻²⁴, and the output is a
+        // convex combination of values in [-1, 1].
+        const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8;
+        expectClose(
+          await readF32(c, out, q.length),
+          attentionRef(q, kSeen, vSeen, positions, heads, kvHeads, headDim, scale),
+          {
+            atol,
+          },
+        );
+      });
+    }
+
+    test('soft-capped scores (Gemma 2: cap · tanh(score / cap)), head_dim 256, ctx 129', async () => {
+      const c = await testGpu();
+      const [ctx, heads, kvHeads, headDim, cap] = [129, 4, 2, 256, 5];
+      const { k, v, kCache, vCache, blockTable } = fillCache(c, ctx, kvHeads, headDim, 77);
+      const positions = [ctx - 1, 0, 64, 100];
+      const q = randomF32(positions.length * heads * headDim, 80, 3);
+      const out = upload(c, new Float32Array(q.length));
+      const scale = 1 / Math.sqrt(headDim);
+      run(c, (b) =>
+        kernel.make(b, {
+          rowInfo: upload(c, plainRowInfo(positions)),
+          blockTable,
+          q: upload(c, q),
+          kCache,
+          vCache,
+          out,
+          m: positions.length,
+          heads,
+          kvHeads,
+          headDim,
+          scale,
+          softcap: cap,
+        }),
+      );
+      const want = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale, 0, cap);
+      const plain = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale);
+      let d = 0;
+      want.forEach((x, i) => (d = Math.max(d, Math.abs(x - (plain[i] as number)))));
+      // The cap matters here (scores up to ~20 squeezed into ±5)...
+      expect(d).toBeGreaterThan(1e-2);
+      // ...and the kernel follows it: the bound above, plus the cap's tanh from exp (a few ulps of 5).
+      const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8 + 8 * 5 * 2 ** -24;
+      expectClose(await readF32(c, out, q.length), want, { atol });
+    });
+
+    // Token-tree rows (speculative verification, kernels/row-info.ts): node i of an n-node tree after
+    // `committed` keys sits at slot committed + i, position committed - 1 + its depth, and sees the
+    // committed keys and its ancestors only; also under a window that cuts through a tree path.
+    for (const [committed, nodes, window] of [
+      [1, 7, 0],
+      [129, 32, 0],
+      [7, 32, 4],
+      [4097, 5, 0],
+    ] as const) {
+      test(`token tree of ${nodes} nodes after ${committed} keys, window ${window}`, async () => {
+        const c = await testGpu();
+        const [heads, kvHeads, headDim] = [4, 2, 64];
+        const ctx = committed + nodes;
+        const { k, v, kCache, vCache, blockTable } = fillCache(c, ctx, kvHeads, headDim, ctx);
+        const t = tokenTree(nodes, ctx);
+        const positions = [committed - 1, ...t.depth.map((d) => committed - 1 + d)];
+        const tree = [undefined, ...t.mask.map((mask) => ({ base: committed, mask }))];
+        const rowInfo = new Uint32Array(ROW_INFO_WORDS * positions.length);
+        positions.forEach((position, i) => writeRowInfo(rowInfo, i, position, 0, tree[i]));
+        const q = randomF32(positions.length * heads * headDim, ctx + 3, 3);
+        const out = upload(c, new Float32Array(q.length));
+        const scale = 1 / Math.sqrt(headDim);
+        run(c, (b) =>
+          kernel.make(b, {
+            rowInfo: upload(c, rowInfo),
+            blockTable,
+            q: upload(c, q),
+            kCache,
+            vCache,
+            out,
+            m: positions.length,
+            heads,
+            kvHeads,
+            headDim,
+            scale,
+            window,
           }),
         );
-        return readF32(c, out, q.length);
+        const want = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale, window, 0, tree);
+        // The bound of the first test of this file (f32 scores, exp, a per-tile rescale).
+        const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8;
+        expectClose(await readF32(c, out, q.length), want, { atol });
+      });
+    }
+
+    test('large logits (q scaled by 100) stay finite and exact', async () => {
+      const c = await testGpu();
+      const [ctx, heads, kvHeads, headDim] = [70, 2, 1, 32];
+      const kvDim = kvHeads * headDim;
+      const k = randomF32(ctx * kvDim, 9);
+      const v = randomF32(ctx * kvDim, 10);
+      const kCache = upload(c, new Float32Array(5 * BLOCK * kvDim));
+      const vCache = upload(c, new Float32Array(5 * BLOCK * kvDim));
+      const table = [4, 0, 3, 1, 2];
+      const slots = Array.from(
+        { length: ctx },
+        (_, p) => (table[Math.floor(p / BLOCK)] as number) * BLOCK + (p % BLOCK),
+      );
+      run(c, (b) =>
+        kvWrite(b, {
+          slots: upload(c, Uint32Array.from(slots)),
+          k: upload(c, k),
+          v: upload(c, v),
+          kCache,
+          vCache,
+          m: ctx,
+          kvHeads,
+          headDim,
+        }),
+      );
+      const q = randomF32(heads * headDim, 11, 100);
+      const out = upload(c, new Float32Array(q.length));
+      run(c, (b) =>
+        kernel.make(b, {
+          rowInfo: upload(c, plainRowInfo([ctx - 1])),
+          blockTable: upload(c, Uint32Array.from(table)),
+          q: upload(c, q),
+          kCache,
+          vCache,
+          out,
+          m: 1,
+          heads,
+          kvHeads,
+          headDim,
+          scale: 1 / Math.sqrt(headDim),
+        }),
+      );
+      // Scores of magnitude ~100 lose absolute precision ~100·headDim·2⁻²⁴ before exp, which
+      // multiplies the weights by e^(±that): relative error ~2e-4 on values in [-1, 1].
+      expectClose(
+        await readF32(c, out, q.length),
+        attentionRef(q, k, v, [ctx - 1], heads, kvHeads, headDim, 1 / Math.sqrt(headDim)),
+        {
+          atol: 5e-4,
+        },
+      );
+    });
+  });
+
+  describe(`${kernel.name} with a sliding window (prefill rows)`, () => {
+    // Windows of 1, 7 (inside a block), 16 (a block), 100 and 512 (unaligned, several 64-key tiles)
+    // over contexts 1 to 4097; rows at every kind of position (window start at 0, mid-block, on a
+    // block edge). Blocks wholly before the earliest row's window are filled with NaN: a kernel that
+    // read one would return NaN (checked: full attention over the same cache does).
+    const cases = [
+      { ctx: 1, heads: 2, kvHeads: 1, headDim: 8, window: 1 },
+      { ctx: 129, heads: 4, kvHeads: 2, headDim: 64, window: 7 },
+      { ctx: 129, heads: 2, kvHeads: 2, headDim: 256, window: 16 },
+      { ctx: 300, heads: 4, kvHeads: 1, headDim: 32, window: 100 },
+      { ctx: 4097, heads: 2, kvHeads: 1, headDim: 16, window: 512 },
+    ];
+    const runs = (['f32', 'f16'] as const).flatMap((kvDtype) => cases.map((x) => ({ ...x, kvDtype })));
+    for (const { ctx, heads, kvHeads, headDim, window, kvDtype } of runs) {
+      test(`${kvDtype} KV window=${window} ctx=${ctx} heads=${heads}/${kvHeads} headDim=${headDim}`, async () => {
+        const c = await testGpu();
+        if (!supported(c, kvDtype)) return;
+        const kvDim = kvHeads * headDim;
+        const { k, v, kCache, vCache, table, blockTable } = fillCache(
+          c,
+          ctx,
+          kvHeads,
+          headDim,
+          ctx + window,
+          kvDtype,
+        );
+        const positions = [
+          ...new Set([ctx - 1, Math.max(0, ctx - 2), ctx - 1 - Math.floor(Math.min(window, ctx) / 2)]),
+        ];
+        const firstKey = Math.min(...positions.map((p) => Math.max(0, p - window + 1)));
+        const poisoned = Math.floor(firstKey / BLOCK);
+        const blockBytes = kvDim * BLOCK * (kvDtype === 'f16' ? 2 : 4);
+        for (let blk = 0; blk < poisoned; blk++) {
+          const at = (table[blk] as number) * blockBytes;
+          for (const buf of [kCache, vCache])
+            c.device.queue.writeBuffer(buf, at, new Uint8Array(blockBytes).fill(0xff));
+        }
+        const q = randomF32(positions.length * heads * headDim, ctx + 5, 3);
+        const scale = 1 / Math.sqrt(headDim);
+        const attend = async (w: number): Promise<Float32Array> => {
+          const out = upload(c, new Float32Array(q.length));
+          run(c, (b) =>
+            kernel.make(b, {
+              rowInfo: upload(c, plainRowInfo(positions)),
+              blockTable,
+              q: upload(c, q),
+              kCache,
+              vCache,
+              out,
+              m: positions.length,
+              heads,
+              kvHeads,
+              headDim,
+              scale,
+              kvDtype,
+              window: w,
+            }),
+          );
+          return readF32(c, out, q.length);
+        };
+        // As the unwindowed cases above: f32 scores and exp, a rescale per 64-key tile, over at most
+        // `window` keys.
+        const atol = (headDim + window / 64 + 70) * 2 ** -24 * 8;
+        const want = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale, window);
+        expectClose(await attend(window), want, { atol });
+        if (poisoned > 0) expect((await attend(0)).some(Number.isNaN)).toBe(true);
+      });
+    }
+  });
+}
+
+describe('attention_prefill: tiles where sequences meet (segments)', () => {
+  // Two sequences over one cache: A's blocks in table order, B's in the reverse order (other K/V
+  // at the same positions). Rows: A 0..6, B 90..127 (a prefill chunk), A 127, B 50 (decode rows
+  // batched in): 47 rows in three 16-row tiles, the first and last holding 2 and 3 segments.
+  // head_dim 64 (one q chunk) and 256 (two), with and without a 40-token window.
+  for (const [headDim, window, kvDtype] of [
+    [64, 0, 'f32'],
+    [256, 0, 'f16'],
+    [64, 40, 'f16'],
+  ] as const) {
+    test(`headDim ${headDim} window ${window} ${kvDtype} KV`, async () => {
+      const c = await testGpu();
+      if (!supported(c, kvDtype)) return;
+      const [ctx, heads, kvHeads] = [128, 4, 2];
+      const kvDim = kvHeads * headDim;
+      const blocks = ctx / BLOCK;
+      const a = fillCache(c, ctx, kvHeads, headDim, 31 + headDim + window, kvDtype);
+      const reversed = (x: Float32Array) => {
+        const y = new Float32Array(x.length);
+        for (let t = 0; t < ctx; t++) {
+          const from = (blocks - 1 - Math.floor(t / BLOCK)) * BLOCK + (t % BLOCK);
+          y.set(x.subarray(from * kvDim, (from + 1) * kvDim), t * kvDim);
+        }
+        return y;
       };
-      // As the unwindowed cases above: f32 scores and exp, a rescale per 64-key tile, over at most
-      // `window` keys.
-      const atol = (headDim + window / 64 + 70) * 2 ** -24 * 8;
-      const want = attentionRef(q, k, v, positions, heads, kvHeads, headDim, scale, window);
-      expectClose(await attend(window), want, { atol });
-      if (poisoned > 0) expect((await attend(0)).some(Number.isNaN)).toBe(true);
+      const seqs = [
+        { k: a.k, v: a.v, offset: 0 },
+        { k: reversed(a.k), v: reversed(a.v), offset: blocks },
+      ];
+      const table = [...a.table, ...[...a.table].reverse()];
+      const rows = [
+        ...Array.from({ length: 7 }, (_, p) => ({ seq: 0, p })),
+        ...Array.from({ length: 38 }, (_, i) => ({ seq: 1, p: 90 + i })),
+        { seq: 0, p: 127 },
+        { seq: 1, p: 50 },
+      ];
+      const rowInfo = new Uint32Array(ROW_INFO_WORDS * rows.length);
+      rows.forEach((r, i) => writeRowInfo(rowInfo, i, r.p, (seqs[r.seq] as (typeof seqs)[0]).offset));
+      const qDim = heads * headDim;
+      const q = randomF32(rows.length * qDim, headDim + window, 3);
+      const scale = 1 / Math.sqrt(headDim);
+      const out = upload(c, new Float32Array(q.length));
+      run(c, (b) =>
+        attentionPrefill(b, {
+          rowInfo: upload(c, rowInfo),
+          blockTable: upload(c, Uint32Array.from(table)),
+          q: upload(c, q),
+          kCache: a.kCache,
+          vCache: a.vCache,
+          out,
+          m: rows.length,
+          heads,
+          kvHeads,
+          headDim,
+          scale,
+          window,
+          kvDtype,
+        }),
+      );
+      const want = new Float64Array(q.length);
+      rows.forEach((r, i) => {
+        const s = seqs[r.seq] as (typeof seqs)[0];
+        const qi = q.subarray(i * qDim, (i + 1) * qDim);
+        want.set(attentionRef(qi, s.k, s.v, [r.p], heads, kvHeads, headDim, scale, window), i * qDim);
+      });
+      // The bound of the first tests of this file.
+      const atol = (headDim + ctx / 64 + 70) * 2 ** -24 * 8;
+      expectClose(await readF32(c, out, q.length), want, { atol });
     });
   }
 });

@@ -2,6 +2,7 @@ import { plainRowInfo } from '../../src/kernels/row-info.js';
 import { describe, expect, test } from 'vitest';
 import type { GpuContext } from '../../src/gpu/device.js';
 import { attention } from '../../src/kernels/attention.js';
+import { attentionPrefill } from '../../src/kernels/attention-prefill.js';
 import {
   AttentionDecodeScratch,
   attentionDecode,
@@ -348,10 +349,13 @@ describe('attention over a quantized cache vs attentionRef on the decoded cache'
           window,
           kvDtype: dtype,
         };
-        // Prefill kernel.
+        // The one-row kernel, then the tiled one.
         const out = upload(c, new Float32Array(q.length));
         run(c, (b) => attention(b, { ...common, out }));
         expectClose(await readF32(c, out, q.length), want, { atol: ATOL });
+        const tiled = upload(c, new Float32Array(q.length));
+        run(c, (b) => attentionPrefill(b, { ...common, out: tiled }));
+        expectClose(await readF32(c, tiled, q.length), want, { atol: ATOL });
         // Split-K decode: exact, and async softmax with phi = 0 (inside these scores' range), then
         // the whole context in one split (the single pass).
         const maxContext = ctx + 40;
@@ -386,6 +390,47 @@ describe('attention over a quantized cache vs attentionRef on the decoded cache'
           b.destroy();
           scratch.destroy();
         }
+      }, 300_000);
+    }
+  }
+});
+
+describe('attention_prefill over a quantized cache: a prefill chunk across blocks', () => {
+  // 29 consecutive rows (positions 100..128: blocks 6, 7 and 8, so the low-rank formats' tiles
+  // split into one segment per own block) and a far row (5) in the same sequence, with and without
+  // a window; head_dim 128 and GQA 2.
+  for (const dtype of ['int4', 'gear2', 'int8', 'gear4lr', 'int2lr'] as KvQuantDtype[]) {
+    for (const window of [0, 20]) {
+      test(`${dtype} window=${window}`, async () => {
+        const c = await testGpu();
+        const [ctx, heads, kvHeads, headDim] = [129, 4, 2, 128];
+        const { k, v } = kvData(ctx, kvHeads, headDim, 7 * headDim + window);
+        const qc = await fillQuant(c, k, v, ctx, kvHeads, headDim, dtype);
+        const positions = [...Array.from({ length: 29 }, (_, i) => 100 + i), 5];
+        const q = randomF32(positions.length * heads * headDim, ctx + window, 3);
+        const scale = 1 / Math.sqrt(headDim);
+        const want = LOWRANK.includes(dtype)
+          ? lowRankAttentionRef(qc, q, positions, heads, kvHeads, headDim, scale, window)
+          : attentionRef(q, qc.k, qc.v, positions, heads, kvHeads, headDim, scale, window);
+        const out = upload(c, new Float32Array(q.length));
+        run(c, (b) =>
+          attentionPrefill(b, {
+            rowInfo: upload(c, plainRowInfo(positions)),
+            blockTable: qc.blockTable,
+            q: upload(c, q),
+            kCache: qc.kCache,
+            vCache: qc.vCache,
+            out,
+            m: positions.length,
+            heads,
+            kvHeads,
+            headDim,
+            scale,
+            window,
+            kvDtype: dtype,
+          }),
+        );
+        expectClose(await readF32(c, out, q.length), want, { atol: ATOL });
       }, 300_000);
     }
   }

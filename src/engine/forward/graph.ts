@@ -14,6 +14,7 @@
 import type { Dispatch, DispatchBuilder } from '../../gpu/dispatch.js';
 import { argmax } from '../../kernels/argmax.js';
 import { attention } from '../../kernels/attention.js';
+import { attentionPrefill, supportsAttentionPrefill } from '../../kernels/attention-prefill.js';
 import { attentionDecode, type AttentionDecodeScratch } from '../../kernels/attention-decode.js';
 import { embed } from '../../kernels/embed.js';
 import { embedGguf } from '../../kernels/embed-gguf.js';
@@ -274,7 +275,8 @@ export function recordGraph(
       // Where calibration copies this layer's split maxima out (after the exact pass 1).
       if (phi === null) scoreCapture.push({ layer: l, after: body.length });
       body.push(...calls);
-    } else body.push(attention(b, attnArgs));
+    } else if (supportsAttentionPrefill(spec.headDim)) body.push(attentionPrefill(b, attnArgs));
+    else body.push(attention(b, attnArgs));
     // A branch's output goes straight into the residual stream, or (sandwich) through its own
     // norm, which adds it.
     const addBranch = (norm: GPUBuffer | undefined, what: string) => {

@@ -67,8 +67,9 @@ export class StepPlan {
     this.builder = new DispatchBuilder(ctx);
     this.bufs = createStepBuffers(ctx, model, m, r, (b) => (this.owned.push(b), b));
     // Decode-shaped steps (a few rows over a long context) use split-K attention; prefill chunks
-    // keep the one-workgroup-per-(head, row) kernel, which already has rows × heads workgroups.
-    // Other shapes (more than 8 query heads per KV head, unusual head_dim) keep it too.
+    // the tiled attention_prefill (16 rows per workgroup, already rows / 16 × heads workgroups).
+    // Other shapes (more than 8 query heads per KV head, unusual head_dim) take it too, or the
+    // one-row attention where head_dim is not a multiple of 4.
     if (
       m <= ATTENTION_DECODE_MAX_ROWS &&
       supportsAttentionDecode(spec.numHeads, spec.numKvHeads, spec.headDim)
