@@ -15,7 +15,8 @@
  * `--profile-only` skips the prompts and the timed decoding (the profiled step does the same work
  * whatever the cache holds): GPU figures only, in seconds rather than minutes at long contexts.
  * Prints one JSON line per (context, format) with decode tokens/s (wall clock) and GPU ms per
- * step, each with its ratio to f16, plus the KV bytes per token per layer.
+ * step, each with its ratio to f16 (for tokens/s also the median of the per-round ratios), plus the
+ * KV bytes per token per layer.
  */
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -97,6 +98,8 @@ for (const context of contexts) {
         kv_bytes_per_token_per_layer: (2 * kvBlockBytes(e.spec, kvCache)) / 16,
         decode_tokens_per_s: r2(best[i] as number),
         vs_f16: Math.round(((best[i] as number) / f16) * 1000) / 1000,
+        // The median of each round's ratio (f16 and this format decode minutes apart at most).
+        vs_f16_paired: paired(runs[i] ?? [], runs[f16i] ?? []),
         gpu_ms_per_step: r2(gpuMs[i] as number),
         gpu_vs_f16: Math.round(((gpuMs[f16i] as number) / (gpuMs[i] as number)) * 1000) / 1000,
         attention_gpu_ms: r2(attnMs[i] as number),
@@ -109,6 +112,11 @@ for (const context of contexts) {
   for (const e of engines) e.dispose();
 }
 process.exit(0);
+
+function paired(xs: number[], f16: number[]): number | null {
+  if (xs.length === 0) return null;
+  return Math.round(median(xs.map((x, r) => x / (f16[r] as number))) * 1000) / 1000;
+}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
