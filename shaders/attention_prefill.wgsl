@@ -115,6 +115,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         rk[i] = row_keys(r, p.window);
       }
     }
+    // Threads whose 4 rows are all outside the segment skip the products (a decode row batched
+    // into a prefill step is a segment of one row: 16 threads work, the other 48 only wait at the
+    // barriers; on lavapipe a SIMD batch of 8 threads shares its rows, so it skips whole).
+    let any_live = live[0] || live[1] || live[2] || live[3];
     if (t < BR) {
       m_sh[t] = NEG_BIG;
       l_sh[t] = 0.0;
@@ -146,25 +150,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           krow_sh[t] = kv_row(bt_off, kv_head, tile + t);
         }
         workgroupBarrier();
-        // This thread's 4 keys (past the tile's end: its last key again, masked below), each
-        // row's shared words (scale, outliers, low-rank weights) read once per chunk.
-        var kr: array<KvRow, 4>;
-        var kf: array<u32, 4>;
-        for (var j = 0u; j < 4u; j++) {
-          let key_row = krow_sh[min(4u * lane + j, n_keys - 1u)];
-          kr[j] = kv_k_row(key_row);
-          kf[j] = kv_k_fac(key_row - key_row % BLOCK_TOKENS);
-        }
-        let nd = min(QC, hd4 - dc);
-        for (var d = 0u; d < nd; d++) {
-          var qv: array<vec4<f32>, 4>;
-          for (var i = 0u; i < 4u; i++) {
-            qv[i] = q_sh[(4u * rg + i) * QC + d];
-          }
+        if (any_live) {
+          // This thread's 4 keys (past the tile's end: its last key again, masked below), each
+          // row's shared words (scale, outliers, low-rank weights) read once per chunk.
+          var kr: array<KvRow, 4>;
+          var kf: array<u32, 4>;
           for (var j = 0u; j < 4u; j++) {
-            let kx = key4(kr[j], kf[j], dc + d);
+            let key_row = krow_sh[min(4u * lane + j, n_keys - 1u)];
+            kr[j] = kv_k_row(key_row);
+            kf[j] = kv_k_fac(key_row - key_row % BLOCK_TOKENS);
+          }
+          let nd = min(QC, hd4 - dc);
+          for (var d = 0u; d < nd; d++) {
+            var qv: array<vec4<f32>, 4>;
             for (var i = 0u; i < 4u; i++) {
-              s[4u * i + j] += dot(qv[i], kx);
+              qv[i] = q_sh[(4u * rg + i) * QC + d];
+            }
+            for (var j = 0u; j < 4u; j++) {
+              let kx = key4(kr[j], kf[j], dc + d);
+              for (var i = 0u; i < 4u; i++) {
+                s[4u * i + j] += dot(qv[i], kx);
+              }
             }
           }
         }
@@ -187,8 +193,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         s_sh[c * 4u + rg] = col;
       }
       workgroupBarrier();
-      // One thread per row: the tile's weights, the running max and sum.
-      if (t < BR) {
+      // One thread per row of the segment: the tile's weights, the running max and sum.
+      if (t < BR && row0 + t >= seg && row0 + t < seg_end) {
         let g = t / 4u;
         let comp = t % 4u;
         let m_old = m_sh[t];
@@ -218,7 +224,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           acc[4u * i + k] *= alpha4[i];
         }
       }
-      for (var c = 0u; c < n_keys; c++) {
+      for (var c = 0u; c < select(0u, n_keys, any_live); c++) {
         let w = s_sh[c * 4u + rg];
         let vr = krow_sh[c];
         for (var k = 0u; k < 4u; k++) {
