@@ -7,8 +7,9 @@
  * (`--model DIR`: a model directory instead of the synthetic shape, loaded as it is, e.g. an int4
  * checkpoint from `kiln quantize`.)
  * For each context, one engine per format holds a prompt of (context - tokens) ids, then the
- * formats decode `tokens` greedy tokens each in alternating rounds (f16 first in every round), so
- * drift on a shared machine favours none; the median round of each is kept (and every round
+ * formats decode `tokens` greedy tokens each in alternating rounds, in the list's order in even
+ * rounds and reversed in odd ones (ABBA), so a drift on a shared machine within a round favours
+ * none (run an even number of rounds); the median round of each is kept (and every round
  * printed). Each round also profiles one decode step at the context's last position, dispatch by
  * dispatch with GPU timestamps (Engine.profileDecode): its sum is the step's GPU time, its
  * attention dispatches the format's attention cost, neither counting submission or readback.
@@ -36,7 +37,7 @@ const layers = Number(flag('--layers', '2'));
 const contexts = flag('--contexts', '1024,4096').split(',').map(Number);
 const formats = flag('--formats', 'f16,int8,int4,int2,gear4,gear2').split(',') as KvDtype[];
 const tokens = Number(flag('--tokens', '8'));
-const rounds = Number(flag('--rounds', '5'));
+const rounds = Number(flag('--rounds', '6'));
 const profileOnly = process.argv.includes('--profile-only');
 const root = process.env.KILN_BENCH_DIR ?? join(tmpdir(), 'kiln-bench');
 const modelDir = process.argv.includes('--model') ? flag('--model', '') : undefined;
@@ -67,7 +68,9 @@ for (const context of contexts) {
   const gpu: number[][] = formats.map(() => []);
   const attn: number[][] = formats.map(() => []);
   for (let round = 0; round < rounds; round++) {
-    for (const [i, e] of engines.entries()) {
+    const order = [...engines.entries()];
+    if (round % 2 === 1) order.reverse();
+    for (const [i, e] of order) {
       if (!profileOnly) {
         const r = await e
           .generate(prompt(round), { maxTokens: tokens, temperature: 0, ignoreEos: true })
