@@ -17,8 +17,11 @@ import { UnsupportedModelError } from '../errors.js';
 import { MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { checkKvDtype, kvPrefix, kvVariant, type KvDtype } from './kv-dtype.js';
+import { attentionLanes } from './attention-lanes.js';
 
 export type AttentionDecodeVariant = 'two_pass' | 'async_softmax';
+/** How the work is cut: split-K workgroups, or one invocation per (row, KV head) (attention-lanes.ts). */
+export type AttentionDecodeForm = 'split' | 'lanes';
 
 /**
  * Query heads per KV head one workgroup serves: two blocks of 4, whose accumulators are named
@@ -119,6 +122,8 @@ export interface AttentionDecodeShape {
   headDim: number;
   maxContext: number;
   chunk: number;
+  /** The form the plan records (sizes nothing; default split-K). */
+  form?: AttentionDecodeForm;
 }
 
 /**
@@ -189,6 +194,11 @@ export interface AttentionDecodeArgs {
   /** Tokens per split: a positive multiple of 16 (see pickDecodeChunk). */
   chunk: number;
   variant: AttentionDecodeVariant;
+  /**
+   * 'lanes': one invocation per (row, KV head) instead of split-K (attention-lanes.ts; exact, one
+   * dispatch; `variant`, `phi` and the chunk's splits do not apply): where `supportsAttentionLanes`.
+   */
+  form?: AttentionDecodeForm;
   /** The unified max of 'async_softmax' (per model or layer, from calibration). */
   phi?: number;
   scratch: AttentionDecodeScratch;
@@ -209,7 +219,7 @@ export function supportsAttentionDecode(heads: number, kvHeads: number, headDim:
 /**
  * Records one decode attention call: 2 dispatches for 'two_pass', 3 for 'async_softmax' (pass 1,
  * merge, then the exact fallback, which does nothing for unflagged rows), 1 for
- * either when maxContext fits one chunk (the exact single pass). They must run in order, all of
+ * either when maxContext fits one chunk (the exact single pass), 1 for the lanes form. They must run in order, all of
  * them, in one pass or consecutive ones.
  */
 export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dispatch[] {
@@ -243,6 +253,7 @@ export function attentionDecode(b: DispatchBuilder, a: AttentionDecodeArgs): Dis
   }
   const kv = a.kvDtype ?? 'f32';
   checkKvDtype(b.ctx, kv, a.headDim);
+  if (a.form === 'lanes') return [attentionLanes(b, { ...a, kvDtype: kv, partials: s.partials, splits })];
   const isAsync = a.variant === 'async_softmax';
   if (isAsync && !Number.isFinite(a.phi))
     throw new RangeError('attentionDecode: the async_softmax variant needs a finite phi');

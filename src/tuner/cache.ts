@@ -65,7 +65,10 @@ const positive = (v: unknown): v is number => typeof v === 'number' && Number.is
 
 function validChoice(v: unknown): v is KernelChoice {
   if (!isObject(v)) return false;
-  if (v.kernel === 'attention_decode') return Number.isInteger(v.chunk) && (v.chunk as number) > 0;
+  if (v.kernel === 'attention_decode')
+    return (
+      Number.isInteger(v.chunk) && (v.chunk as number) > 0 && (v.form === undefined || v.form === 'lanes')
+    );
   return (
     (v.kernel === 'matmul' || v.kernel === 'matmul_q4' || v.kernel === 'matmul_gguf') && isObject(v.variant)
   );

@@ -21,7 +21,13 @@ export type KernelChoice =
   | { kernel: 'matmul'; variant: MatmulVariant }
   | { kernel: 'matmul_q4'; variant: Q4Variant }
   | { kernel: 'matmul_gguf'; variant: GgufVariant }
-  | { kernel: 'attention_decode'; chunk: number };
+  | {
+      kernel: 'attention_decode';
+      /** Tokens per split; the lanes form takes the context bucket (one split of partials). */
+      chunk: number;
+      /** 'lanes': one invocation per (row, KV head) (kernels/attention-lanes.ts); absent: split-K. */
+      form?: 'lanes';
+    };
 
 /** Buckets of M (rows of X): decode, small batches, batched decode, prefill chunks. */
 export const M_CLASSES = [
@@ -133,8 +139,13 @@ export class KernelChoices implements LinearVariants {
     return c?.kernel === 'matmul_gguf' ? c.variant : undefined;
   }
 
-  attentionChunk(s: AttentionShapeKey, rows: number, maxContext: number): number | undefined {
+  /** Decode attention's tokens per split and form for this head shape at `rows` rows, if tuned. */
+  attentionDecode(
+    s: AttentionShapeKey,
+    rows: number,
+    maxContext: number,
+  ): { chunk: number; form: 'split' | 'lanes' } | undefined {
     const c = this.table.get(attentionClassKey(s, rows, maxContext));
-    return c?.kernel === 'attention_decode' ? c.chunk : undefined;
+    return c?.kernel === 'attention_decode' ? { chunk: c.chunk, form: c.form ?? 'split' } : undefined;
   }
 }

@@ -15,6 +15,7 @@ import {
   pickDecodeChunk,
   supportsAttentionDecode,
 } from '../kernels/attention-decode.js';
+import { supportsAttentionLanes } from '../kernels/attention-lanes.js';
 import { isGgufWeight, isQ4Weight, linear, type Linear } from '../kernels/linear.js';
 import type { Q4GpuWeight } from '../kernels/matmul-q4.js';
 import type { GgufGpuWeight } from '../kernels/matmul-gguf.js';
@@ -187,7 +188,8 @@ function attentionClass(
   const { attention: shape, contextLength: maxContext } = target;
   const rows = Math.min(rc.rep, ATTENTION_DECODE_MAX_ROWS);
   const defaultChunk = pickDecodeChunk({ maxContext, kvHeads: shape.kvHeads, rows });
-  const candidates = attentionCandidates(defaultChunk, maxContext);
+  const lanes = supportsAttentionLanes(shape.heads, shape.kvHeads, shape.headDim, shape.kvDtype);
+  const candidates = attentionCandidates(defaultChunk, maxContext, lanes);
   return {
     key: attentionClassKey(shape, rows, maxContext),
     kernel: 'attention_decode',
@@ -256,6 +258,7 @@ function attentionClass(
             chunk: choice.chunk,
             // The chunk suits both softmax variants; the exact one needs no calibrated phi.
             variant: 'two_pass',
+            ...(choice.form ? { form: choice.form } : {}),
             scratch,
           });
         },

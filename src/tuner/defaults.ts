@@ -13,6 +13,7 @@ import type { Q4Variant } from '../kernels/matmul-q4.js';
 import type { GgufVariant } from '../kernels/matmul-gguf.js';
 import { contextBucket, KernelChoices, type KernelChoice, type MClass } from './choices.js';
 import { canonicalJson } from './signature.js';
+import { lanesChoice } from './space.js';
 
 /** Adapter classes with a row of defaults. */
 export const ADAPTER_CLASSES = ['cpu', 'generic', 'gpu-discrete', 'gpu-integrated'] as const;
@@ -31,8 +32,12 @@ export interface DefaultsRow {
    * Decode attention's tokens per split by row bucket ('1', '2-4', '5-32'): the context bucket
    * over `splits`, at least `min` (a multiple of the 16-token block); up to a context bucket of
    * `oneSplitUpTo`, the whole bucket in one split (the single-pass kernel: one dispatch, no merge).
+   * `lanes`: the lanes form first (one invocation per row and KV head, kernels/attention-lanes.ts)
+   * where it serves the head shape, else the splits, or without them the kernel's rule.
    */
-  attentionChunk: Partial<Record<string, { splits: number; min: number; oneSplitUpTo?: number }>>;
+  attentionChunk: Partial<
+    Record<string, { lanes: true } | { splits: number; min: number; oneSplitUpTo?: number; lanes?: boolean }>
+  >;
 }
 
 /**
@@ -65,7 +70,12 @@ export interface DefaultsRow {
  *   1024-token context bucket in one split, the single-pass kernel (at 1024, best of 3 alternating
  *   rounds, single pass vs 128-token splits with the async softmax: Llama-3.2-1B heads f32 2.23 vs
  *   2.88 ms, f16 2.06 vs 2.24; Qwen2.5-0.5B f32 0.94 vs 1.00, f16 0.90 vs 0.96; BabyLlama's
- *   decode step 59 -> 44 dispatches). SwiftShader is a
+ *   decode step 59 -> 44 dispatches); before all of these, at every row bucket, the lanes form
+ *   where it serves the heads (kernels/attention-lanes.ts; GPU ms per call, best of 3 rounds of
+ *   10, f16 cache, heads 8/4: head_dim 16 at context 128, 1 / 4 / 16 rows, 0.064 / 0.276 / 1.047
+ *   in one split, 0.024 / 0.037 / 0.084 lanes; at 4096, 1.06 / 6.66 / 16.3 in 512-token splits,
+ *   0.31 / 1.18 / 3.01 lanes; head_dim 32 at 2048 0.83 / 5.39 / 12.8 split, 0.56 / 1.27 / 2.33
+ *   lanes; head_dim 8 at 512 0.136 / 0.751 / 3.20 one split, 0.040 / 0.075 / 0.273 lanes). SwiftShader is a
  *   CPU adapter too (its subgroups are narrower, so the subgroup variants are not candidates there).
  * - generic (an adapter Kiln cannot place): the kernels' own rules, the untuned engine as it was.
  * - gpu-discrete (NVIDIA H100, Dawn over Vulkan): at M = 1 the flat GEMV with 1 row per thread
@@ -93,7 +103,11 @@ export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
       ],
     },
     matmulGguf: { '5-16': { rowsPerGroup: 4, rowsPerThread: 2, subgroups: true } },
-    attentionChunk: { '1': { splits: 8, min: 128, oneSplitUpTo: 1024 } },
+    attentionChunk: {
+      '1': { splits: 8, min: 128, oneSplitUpTo: 1024, lanes: true },
+      '2-4': { lanes: true },
+      '5-32': { lanes: true },
+    },
   },
   generic: { matmul: {}, matmulQ4: {}, matmulGguf: {}, attentionChunk: {} },
   'gpu-discrete': {
@@ -131,6 +145,14 @@ function bySize<V>(rules: readonly { maxRows?: number; variant: V }[], rows = 0)
   return rules.find((r) => r.maxRows === undefined || rows <= r.maxRows)?.variant;
 }
 
+/** The row's choices for a class, preferred first (the first that is a candidate is the default). */
+function rowChoices(row: DefaultsRow, cls: DefaultableClass, context: number): KernelChoice[] {
+  const a = cls.kernel === 'attention_decode' ? row.attentionChunk[cls.bucket] : undefined;
+  const c = rowChoice(row, cls, context);
+  const all = a?.lanes ? [lanesChoice(context), c] : [c];
+  return all.filter((x): x is KernelChoice => x !== undefined);
+}
+
 /** The row's choice for a class, if the row has one. */
 function rowChoice(row: DefaultsRow, cls: DefaultableClass, context: number): KernelChoice | undefined {
   const { kernel, bucket } = cls;
@@ -150,7 +172,7 @@ function rowChoice(row: DefaultsRow, cls: DefaultableClass, context: number): Ke
     return variant ? { kernel, variant } : undefined;
   }
   const a = row.attentionChunk[bucket];
-  if (!a) return undefined;
+  if (!a || !('splits' in a)) return undefined;
   if (a.oneSplitUpTo !== undefined && contextBucket(context) <= a.oneSplitUpTo)
     return { kernel, chunk: contextBucket(context) };
   const fromContext = 2 ** Math.floor(Math.log2(contextBucket(context) / a.splits));
@@ -180,10 +202,11 @@ export function defaultChoices(
 ): KernelChoices {
   const out = new KernelChoices();
   for (const cls of classes) {
-    const c = rowChoice(row, cls, context);
-    if (!c) continue;
-    const json = canonicalJson(c);
-    if (cls.candidates.some((k) => canonicalJson(k) === json)) out.set(cls.key, c);
+    const c = rowChoices(row, cls, context).find((choice) => {
+      const json = canonicalJson(choice);
+      return cls.candidates.some((k) => canonicalJson(k) === json);
+    });
+    if (c) out.set(cls.key, c);
   }
   return out;
 }

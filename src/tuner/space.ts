@@ -150,12 +150,21 @@ export function ggufMatmulCandidates(ctx: GpuContext, mClass: MClass): KernelCho
   return v.map((variant) => ({ kernel: 'matmul_gguf', variant }));
 }
 
-/** Tokens per split: multiples of the 16-token block, no longer than the context bucket. */
-export function attentionCandidates(defaultChunk: number, maxContext: number): KernelChoice[] {
+/**
+ * Tokens per split: multiples of the 16-token block, no longer than the context bucket; then the
+ * lanes form (one invocation per row and KV head) where `lanes` says it serves the head shape.
+ */
+export function attentionCandidates(defaultChunk: number, maxContext: number, lanes = false): KernelChoice[] {
   const cap = Math.max(64, contextBucket(maxContext));
   const chunks = [
     defaultChunk,
     ...[64, 128, 256, 512, 1024, 2048].filter((c) => c <= cap && c !== defaultChunk),
   ];
-  return chunks.map((chunk) => ({ kernel: 'attention_decode', chunk }));
+  const split: KernelChoice[] = chunks.map((chunk) => ({ kernel: 'attention_decode', chunk }));
+  return lanes ? [...split, lanesChoice(maxContext)] : split;
+}
+
+/** The lanes form's choice: its chunk is the context bucket, so the plan's partials hold one split. */
+export function lanesChoice(maxContext: number): KernelChoice {
+  return { kernel: 'attention_decode', chunk: contextBucket(maxContext), form: 'lanes' };
 }

@@ -179,7 +179,8 @@ export async function tuneClass(
       // Uniform-only knobs (attention's chunk) share pipelines, so the choice is part of the name.
       const choice = cls.candidates[i] as KernelChoice;
       const labels = [...new Set(d.map((x) => x.label))].join('+');
-      const name = choice.kernel === 'attention_decode' ? `${labels} chunk${choice.chunk}` : labels;
+      const name =
+        choice.kernel === 'attention_decode' && !choice.form ? `${labels} chunk${choice.chunk}` : labels;
       if (names.has(name)) return;
       names.add(name);
       live.push({ choice, dispatches: d, name });

@@ -172,6 +172,43 @@ describe('embed with a scale (Gemma: √hidden rounded to the table dtype)', () 
   }
 });
 
+describe("rmsnorm_lanes (one invocation per row) gives rmsnorm's bits", () => {
+  for (const hidden of SIZES) {
+    for (const m of [1, 7, 33]) {
+      test(`hidden=${hidden} rows=${m}, with a row map, plain and add`, async () => {
+        const c = await testGpu();
+        const src = m + 2;
+        const x = randomF32(src * hidden, hidden + m, 3);
+        const w = randomF32(hidden, hidden + 1, 2);
+        const map = Array.from({ length: m }, (_, i) => (i * 5 + 2) % src);
+        const y0 = randomF32(m * hidden, hidden + 2, 4);
+        const args = {
+          x: upload(c, x),
+          weight: upload(c, w),
+          rows: upload(c, Uint32Array.from(map)),
+          m,
+          hidden,
+          eps: 1e-5,
+        };
+        const out: Float32Array[] = [];
+        for (const add of [false, true]) {
+          for (const lanes of [false, true]) {
+            const y = upload(c, y0);
+            run(c, (b) => rmsnorm(b, { ...args, y, add, lanes }));
+            out.push(await readF32(c, y, m * hidden));
+          }
+        }
+        // Same sums in the same order: equal bits, plain and added.
+        expect(out[1]).toEqual(out[0]);
+        expect(out[3]).toEqual(out[2]);
+        const ref = rmsnormRef(x, w, src, hidden, 1e-5);
+        const want = map.flatMap((r) => Array.from(ref.subarray(r * hidden, (r + 1) * hidden)));
+        expectClose(out[1] as Float32Array, want, { atol: 0, rtol: normRtol(hidden) });
+      });
+    }
+  }
+});
+
 describe('rmsnorm_add (Gemma: a branch output normed and added to the residual stream)', () => {
   for (const hidden of SIZES) {
     test(`hidden=${hidden}`, async () => {

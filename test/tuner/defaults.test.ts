@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { q4SubgroupsUsable } from '../../src/kernels/matmul-q4.js';
 import { quantizeGguf } from '../../src/quant/gguf-blocks.js';
 import type { KernelChoice } from '../../src/tuner/choices.js';
-import { ggufMatmulCandidates } from '../../src/tuner/space.js';
+import { ggufMatmulCandidates, lanesChoice } from '../../src/tuner/space.js';
 import { uploadGgufWeight } from '../../src/weights/upload-gguf.js';
 import { randomF32, testGpu } from '../helpers/gpu.js';
 import {
@@ -132,6 +132,30 @@ describe('default choices', () => {
     expect(at(4096, [64, 128, 256])).toBeUndefined();
     expect(
       defaultChoices([cls('att', '1', chunks([512]), 'attention_decode')], KERNEL_DEFAULTS.generic, 4096)
+        .size,
+    ).toBe(0);
+  });
+
+  it('prefers the lanes form at every row bucket on the cpu row where it is a candidate', () => {
+    const split = (ns: number[]): KernelChoice[] =>
+      ns.map((chunk) => ({ kernel: 'attention_decode', chunk }));
+    const row = KERNEL_DEFAULTS.cpu;
+    const at = (bucket: string, context: number, candidates: KernelChoice[]) =>
+      defaultChoices([cls('att', bucket, candidates, 'attention_decode')], row, context).get('att');
+    const withLanes = (context: number) => [...split([64, 128, 256]), lanesChoice(context)];
+    for (const bucket of ['1', '2-4', '5-32'])
+      expect(at(bucket, 256, withLanes(256))).toEqual({
+        kernel: 'attention_decode',
+        chunk: 256,
+        form: 'lanes',
+      });
+    expect(lanesChoice(4000)).toEqual({ kernel: 'attention_decode', chunk: 4096, form: 'lanes' });
+    // A head shape the lanes form does not serve (no lanes candidate): one row keeps the splits'
+    // rule, several rows the kernel's.
+    expect(at('1', 256, split([64, 128, 256]))).toEqual({ kernel: 'attention_decode', chunk: 256 });
+    expect(at('2-4', 256, split([64, 128, 256]))).toBeUndefined();
+    expect(
+      defaultChoices([cls('att', '2-4', withLanes(256), 'attention_decode')], KERNEL_DEFAULTS.generic, 256)
         .size,
     ).toBe(0);
   });

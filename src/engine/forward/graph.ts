@@ -268,6 +268,7 @@ export function recordGraph(
         ...attnArgs,
         maxContext: decode.shape.maxContext,
         chunk: decode.shape.chunk,
+        form: decode.shape.form ?? 'split',
         variant: phi === null ? 'two_pass' : 'async_softmax',
         ...(phi === null ? {} : { phi }),
         scratch: decode,

@@ -81,15 +81,17 @@ export class StepPlan {
         headDim: spec.headDim,
         kvDtype: kv.dtype,
       };
-      const chunk =
-        model.choices.attentionChunk(shape, m, maxContext) ??
-        pickDecodeChunk({ maxContext, kvHeads: spec.numKvHeads, rows: m });
+      const { chunk, form } = model.choices.attentionDecode(shape, m, maxContext) ?? {
+        chunk: pickDecodeChunk({ maxContext, kvHeads: spec.numKvHeads, rows: m }),
+        form: 'split' as const,
+      };
       this.decode = new AttentionDecodeScratch(ctx, {
         rows: m,
         heads: spec.numHeads,
         headDim: spec.headDim,
         maxContext,
         chunk,
+        form,
       });
     }
     this.graph = recordGraph(this.builder, model, this.bufs, { m, r, decode: this.decode, phi });
