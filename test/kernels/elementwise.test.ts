@@ -151,6 +151,37 @@ describe('argmax', () => {
   }
 });
 
+describe("argmax_lanes (one invocation per row) gives argmax's ids", () => {
+  for (const n of SIZES) {
+    test(`n=${n}: 1, 7 and 33 rows with ties, NaN, -inf, -FLT_MAX rows`, async () => {
+      const c = await testGpu();
+      for (const rows of [1, 7, 33]) {
+        const logits = randomF32(rows * n, n + rows);
+        const row = (r: number) => logits.subarray(r * n, (r + 1) * n);
+        if (rows > 1) {
+          row(1).fill(5, Math.floor(n / 2)); // ties at the maximum from the middle on
+          row(1)[0] = NaN;
+        }
+        if (rows > 2) row(2).fill(NaN);
+        if (rows > 3) row(3).fill(-Infinity);
+        if (rows > 4) row(4).fill(-3.4028234663852886e38);
+        if (rows > 5) for (let i = 0; i < n; i += 2) row(5)[i] = NaN;
+        const buf = upload(c, logits);
+        const got: number[][] = [];
+        for (const lanes of [false, true]) {
+          const ids = upload(c, new Uint32Array(rows).fill(7));
+          run(c, (b) => argmax(b, { logits: buf, ids, rows, n, lanes }));
+          got.push(Array.from(await readU32(c, ids, rows)));
+        }
+        expect(got[1]).toEqual(got[0]);
+        // The reference where it defines the answer (a row with a finite value).
+        for (let r = 0; r < rows; r++)
+          if (row(r).some((v) => Number.isFinite(v))) expect(got[1]?.[r]).toBe(argmaxRef(row(r)));
+      }
+    });
+  }
+});
+
 describe('embed with a scale (Gemma: √hidden rounded to the table dtype)', () => {
   for (const cols of SIZES) {
     test(`bf16 cols=${cols}, scale √48 in bf16`, async () => {

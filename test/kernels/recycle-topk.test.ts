@@ -3,7 +3,8 @@
  * twin at awkward vocabulary sizes, up to Qwen3's 151,669: the k best ids of each logit row land
  * in its input token's table row, ties go to the lower id, NaN and -inf never count, a row with
  * fewer counted values than k pads with RECYCLE_NONE, the last of two rows with the same input
- * token writes, and rows of other tokens (or a token past the table) are left alone. Ids are
+ * token writes, and rows of other tokens (or a token past the table) are left alone, in both forms
+ * (a workgroup per row, and recycle_topk_lanes' invocation per row). Ids are
  * compared exactly: the kernel only compares f32 values, as the twin does.
  */
 import { describe, expect, test } from 'vitest';
@@ -41,39 +42,43 @@ describe('recycle_topk', () => {
           for (let i = 0; i < n; i++) logits[2 * n + i] = i % (n >> 2) === 1 ? i : -Infinity;
         }
         const table = new Uint32Array(n * k).map((_, i) => (i * 2654435761) >>> 0);
-        const tableBuf = upload(c, table);
-        run(c, (b) =>
-          recycleTopk(b, {
-            logits: upload(c, logits),
-            ids: upload(c, Uint32Array.from(stepIds)),
-            logitRows: upload(c, Uint32Array.from(logitRows)),
-            table: tableBuf,
-            rows,
-            n,
-            k,
-          }),
-        );
-        const got = await readU32(c, tableBuf, n * k);
-        const want = recycleTopkRef(table, logits, inputTokens, n, k);
-        expect(Array.from(got)).toEqual(Array.from(want));
-        if (n > 20) {
-          expect(Array.from(got.subarray(0, 3))).toEqual([3, 11, n - 1]);
-          // Token 5's row: the 4 finite values, largest first, then RECYCLE_NONE.
-          const quarter = n >> 2;
-          expect(Array.from(got.subarray(5 * k, 5 * k + k))).toEqual(
-            [
-              3 * quarter + 1,
-              2 * quarter + 1,
-              quarter + 1,
-              1,
-              RECYCLE_NONE,
-              RECYCLE_NONE,
-              RECYCLE_NONE,
-              RECYCLE_NONE,
-            ]
-              .filter((x) => x < n || x === RECYCLE_NONE)
-              .slice(0, k),
+        // Both forms: a workgroup per row, and one invocation per row (recycle_topk_lanes).
+        for (const lanes of [false, true]) {
+          const tableBuf = upload(c, table);
+          run(c, (b) =>
+            recycleTopk(b, {
+              logits: upload(c, logits),
+              ids: upload(c, Uint32Array.from(stepIds)),
+              logitRows: upload(c, Uint32Array.from(logitRows)),
+              table: tableBuf,
+              rows,
+              n,
+              k,
+              lanes,
+            }),
           );
+          const got = await readU32(c, tableBuf, n * k);
+          const want = recycleTopkRef(table, logits, inputTokens, n, k);
+          expect(Array.from(got)).toEqual(Array.from(want));
+          if (n > 20) {
+            expect(Array.from(got.subarray(0, 3))).toEqual([3, 11, n - 1]);
+            // Token 5's row: the 4 finite values, largest first, then RECYCLE_NONE.
+            const quarter = n >> 2;
+            expect(Array.from(got.subarray(5 * k, 5 * k + k))).toEqual(
+              [
+                3 * quarter + 1,
+                2 * quarter + 1,
+                quarter + 1,
+                1,
+                RECYCLE_NONE,
+                RECYCLE_NONE,
+                RECYCLE_NONE,
+                RECYCLE_NONE,
+              ]
+                .filter((x) => x < n || x === RECYCLE_NONE)
+                .slice(0, k),
+            );
+          }
         }
       }, 120_000);
     }
