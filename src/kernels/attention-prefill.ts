@@ -7,7 +7,7 @@
 import { MAX_GRID, packParams, shaderSource } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { checkKvDtype, kvPrefix, kvVariant } from './kv-dtype.js';
-import type { AttentionArgs } from './attention.js';
+import { attentionParams, type AttentionArgs } from './attention.js';
 
 /** Query rows per workgroup. */
 export const ATTENTION_PREFILL_ROWS = 16;
@@ -29,15 +29,7 @@ export function attentionPrefill(b: DispatchBuilder, a: AttentionArgs): Dispatch
   return b.make(
     kvVariant('attention_prefill', kv),
     () => `${kvPrefix(kv, 'vec4')}\n${shaderSource('attention_prefill', 'common/attention_rows')}`,
-    packParams([
-      ['u32', a.heads],
-      ['u32', a.kvHeads],
-      ['u32', a.headDim],
-      ['f32', a.scale],
-      ['u32', a.window ?? 0],
-      ['f32', a.softcap ?? 0],
-      ['u32', a.m],
-    ]),
+    packParams([...attentionParams(a), ['u32', a.m]]),
     [a.rowInfo, a.blockTable, a.q, a.kCache, a.vCache, a.out],
     [a.heads, tiles, 1],
   );

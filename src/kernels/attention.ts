@@ -1,6 +1,6 @@
 /** attention: causal GQA attention of each query row over the paged KV cache; see shaders/attention.wgsl. */
 import { UnsupportedModelError } from '../errors.js';
-import { MAX_GRID, packParams, shaderSource } from './shader.js';
+import { MAX_GRID, packParams, shaderSource, type ParamField } from './shader.js';
 import { type Dispatch, type DispatchBuilder } from '../gpu/dispatch.js';
 import { checkKvDtype, kvPrefix, kvVariant, type KvDtype } from './kv-dtype.js';
 
@@ -45,15 +45,20 @@ export function attention(b: DispatchBuilder, a: AttentionArgs): Dispatch {
   return b.make(
     kvVariant('attention', kv),
     () => `${kvPrefix(kv, 'scalar')}\n${shaderSource('attention', 'common/attention_rows')}`,
-    packParams([
-      ['u32', a.heads],
-      ['u32', a.kvHeads],
-      ['u32', a.headDim],
-      ['f32', a.scale],
-      ['u32', a.window ?? 0],
-      ['f32', a.softcap ?? 0],
-    ]),
+    packParams(attentionParams(a)),
     [a.rowInfo, a.blockTable, a.q, a.kCache, a.vCache, a.out],
     [a.heads, a.m, 1],
   );
+}
+
+/** The uniforms both attention kernels open with (attention_prefill appends its row count). */
+export function attentionParams(a: AttentionArgs): ParamField[] {
+  return [
+    ['u32', a.heads],
+    ['u32', a.kvHeads],
+    ['u32', a.headDim],
+    ['f32', a.scale],
+    ['u32', a.window ?? 0],
+    ['f32', a.softcap ?? 0],
+  ];
 }
