@@ -17,7 +17,8 @@
  * whatever the cache holds): GPU figures only, in seconds rather than minutes at long contexts.
  * Prints one JSON line per (context, format) with decode tokens/s (wall clock) and GPU ms per
  * step, each with its ratio to f16 (for tokens/s also the median of the per-round ratios), plus the
- * KV bytes per token per layer.
+ * KV bytes per token per layer. Progress (each engine's prompt, each round) goes to stderr, since a
+ * sitting at 4096 takes most of an hour here.
  */
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -43,6 +44,8 @@ const root = process.env.KILN_BENCH_DIR ?? join(tmpdir(), 'kiln-bench');
 const modelDir = process.argv.includes('--model') ? flag('--model', '') : undefined;
 const dir = modelDir ?? (await syntheticModel(root, shape, 'BF16', layers));
 
+const r2 = (x: number) => Math.round(x * 100) / 100;
+
 for (const context of contexts) {
   // Rounds share the prompt but for its last 16 ids: the prefix cache serves the rest (its blocks
   // were written by the same prefill), so a round costs one block of prefill and its decode reads
@@ -53,6 +56,9 @@ for (const context of contexts) {
     ...Array.from({ length: n }, (_, i) => 3 + ((i * 37 + (i >= n - 16 ? round : 0)) % 256)),
   ];
   const engines: Engine[] = [];
+  const t0 = Date.now();
+  const progress = (what: string) =>
+    console.error(`[kv-cache] context ${context}: ${what} (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
   for (const kvCache of formats) {
     engines.push(
       await createEngine({
@@ -68,6 +74,7 @@ for (const context of contexts) {
   const gpu: number[][] = formats.map(() => []);
   const attn: number[][] = formats.map(() => []);
   for (let round = 0; round < rounds; round++) {
+    progress(`round ${round + 1} of ${rounds}`);
     const order = [...engines.entries()];
     if (round % 2 === 1) order.reverse();
     for (const [i, e] of order) {
@@ -76,6 +83,7 @@ for (const context of contexts) {
           .generate(prompt(round), { maxTokens: tokens, temperature: 0, ignoreEos: true })
           .result();
         runs[i]?.push(r.timings.decodeTokensPerS);
+        if (round === 0) progress(`${formats[i]} prompt held, ${r2(r.timings.decodeTokensPerS)} tokens/s`);
       }
       const prof = await e.profileDecode(context);
       gpu[i]?.push(prof.reduce((s, p) => s + p.ms, 0));
@@ -87,7 +95,6 @@ for (const context of contexts) {
   const attnMs = attn.map(median);
   const f16i = formats.indexOf('f16');
   const f16 = best[f16i] ?? NaN;
-  const r2 = (x: number) => Math.round(x * 100) / 100;
   for (const [i, kvCache] of formats.entries()) {
     const e = engines[i] as Engine;
     console.log(
