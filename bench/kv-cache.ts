@@ -64,7 +64,10 @@ for (const context of contexts) {
       await createEngine({
         model: dir,
         contextLength: context + 16,
-        kvCacheTokens: context + 16,
+        // Room for the profiled step's own context beside the held prompt: in a pool of one
+        // context, the profile's blocks evict the prompt from the prefix cache, and every round
+        // prefills it again (a minute per format at 4096 here).
+        kvCacheTokens: 2 * (context + 16),
         ...(modelDir === undefined ? { quant: 'q4' as const, quantOptions: { lmHead: false } } : {}),
         kvCache,
       }),
