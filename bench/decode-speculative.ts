@@ -31,10 +31,28 @@ export interface SpeculativeBenchRow {
   accepted_per_verifying_step: number;
 }
 
+/** Tokens of the text repeated after it in a copy prompt: the cue the continuation retells from. */
+const COPY_CUE = 10;
+
+/**
+ * A prompt whose continuation copies it, prompt lookup's case (a quoted passage, code being
+ * edited, a document read back): the model's own greedy text of `length` tokens from BOS, then
+ * BOS and the text's first COPY_CUE tokens again, so the greedy continuation is the text once
+ * more. It is the model's greedy text because small models do not retell an arbitrary text they
+ * have read (BabyLlama continues a sampled story after its first tokens with its own words), but
+ * from the same cue write their greedy text again: the continuation copies the prompt either way.
+ */
+export async function copyPrompt(e: Engine, length: number): Promise<number[]> {
+  const opts: GenerateOptions = { maxTokens: length, temperature: 0, ignoreEos: true };
+  const text = (await e.generate([1], opts).result()).tokenIds;
+  return [1, ...text, 1, ...text.slice(0, COPY_CUE)];
+}
+
 /**
  * `batch` requests with distinct prompts of `promptTokens` ids (the first a BOS), `tokens` greedy
  * tokens each, on each engine per round; a warm-up round on each first. A prompt may be given
- * (`prompt(i)` for request i) to bench a task whose continuation copies it.
+ * (`prompt(k)`, k = round * 1000 + request) to bench a task whose continuation copies it
+ * (`copyPrompt`).
  */
 export async function benchSpeculative(
   plain: Engine,

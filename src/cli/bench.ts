@@ -5,7 +5,7 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import { cmdBenchKernels } from '../../bench/commands.js';
 import { benchDecode } from '../../bench/decode-batches.js';
-import { benchSpeculative } from '../../bench/decode-speculative.js';
+import { benchSpeculative, copyPrompt } from '../../bench/decode-speculative.js';
 import { loadEngine } from './load.js';
 import { addModelOptions, intArg, type ModelFlags } from './options.js';
 
@@ -14,6 +14,7 @@ type DecodeFlags = ModelFlags & {
   promptTokens: number;
   tokens: number;
   rounds: number;
+  copy?: boolean;
   json?: boolean;
 };
 
@@ -22,6 +23,7 @@ async function cmdBenchDecode(o: DecodeFlags): Promise<void> {
   if (batches.some((b) => !Number.isInteger(b) || b < 1)) {
     throw new InvalidArgumentError(`--batch ${o.batch}: expected positive integers separated by commas`);
   }
+  if (o.copy && !o.speculative) throw new InvalidArgumentError('--copy is a --speculative task');
   if (o.speculative) return cmdBenchSpeculative(o, batches);
   const engine = await loadEngine(o, false);
   try {
@@ -66,18 +68,24 @@ async function cmdBenchSpeculative(o: DecodeFlags, batches: readonly number[]): 
     try {
       const rows = [];
       for (const batch of batches) {
+        // The copy task's text outlasts the tokens generated, so the continuation copies to the
+        // end. One prompt for every request and round: both engines meet it in the prefix cache.
+        const copy = o.copy ? await copyPrompt(plain, o.tokens + 16) : undefined;
         rows.push(
           await benchSpeculative(plain, spec, {
             batch,
             promptTokens: o.promptTokens,
             tokens: o.tokens,
             rounds: o.rounds,
+            ...(copy ? { prompt: () => copy } : {}),
           }),
         );
       }
       if (o.json) {
         const head = { model: spec.modelName, adapter: spec.adapter, weights: spec.weightFormat };
-        process.stdout.write(JSON.stringify({ ...head, speculative: o.speculative, rows }) + '\n');
+        process.stdout.write(
+          JSON.stringify({ ...head, speculative: o.speculative, task: o.copy ? 'copy' : 'ids', rows }) + '\n',
+        );
         return;
       }
       process.stdout.write('batch  plain tok/s  speculative tok/s  speedup  accepted/step  drafted/step\n');
@@ -123,6 +131,10 @@ export function addBenchCommand(program: Command): void {
       'with --speculative: plain and speculative rounds alternated per batch size (medians reported)',
       intArg('--rounds', 1),
       3,
+    )
+    .option(
+      '--copy',
+      "with --speculative: a copy task, the prompt the model's greedy text from BOS (--tokens + 16 tokens), then BOS and its first 10 tokens again, so the greedy continuation is the text once more (--prompt-tokens unused)",
     )
     .option('--json', 'print one JSON object')
     .action((o: DecodeFlags) => cmdBenchDecode(o));

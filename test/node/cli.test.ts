@@ -488,6 +488,33 @@ describe('kiln bench decode --speculative', () => {
     // The ratio reported is of the rates measured in the same run (a median of per-round ratios).
     expect(row?.speedup).toBeGreaterThan(0);
   }, 300_000);
+
+  it('--copy: a prompt the continuation copies, where prompt lookup accepts most of its guesses', async () => {
+    const args = ['bench', 'decode', '--model', baby, '--batch', '1', '--tokens', '24', '--copy'];
+    const r = await kiln([...args, '--speculative', 'lookup', '--rounds', '1', '--json'], {
+      timeoutMs: 300_000,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as {
+      task: string;
+      rows: { prompt_tokens: number; verifying_steps: number; accepted_per_verifying_step: number }[];
+    };
+    expect(out.task).toBe('copy');
+    const row = out.rows[0];
+    // BOS, 24 + 16 greedy tokens, then BOS and their first 10 again.
+    expect(row?.prompt_tokens).toBe(1 + 40 + 1 + 10);
+    expect(row?.verifying_steps).toBeGreaterThan(0);
+    // The continuation is the prompt's text again, so every n-gram lookup finds its place and
+    // nearly every guess holds (drafts grow 2, 3, 4 deep); the arbitrary-id prompts of the
+    // default task accept well under one per step on this model.
+    expect(row?.accepted_per_verifying_step).toBeGreaterThanOrEqual(2);
+  }, 300_000);
+
+  it('--copy without --speculative is refused', async () => {
+    const r = await kiln(['bench', 'decode', '--model', baby, '--copy']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('--copy is a --speculative task');
+  });
 });
 
 describe('kiln run / models / help', () => {
