@@ -3,7 +3,7 @@
  * already holds, so one forward pass can verify several (the scheduler runs the guesses as extra
  * rows and keeps the longest prefix the model itself would have chosen). Two sources:
  *
- * - prompt lookup: the longest recent n-gram (up to 3 tokens) ending the sequence that occurred
+ * - prompt lookup: the longest n-gram (up to 16 tokens) ending the sequence that occurred
  *   earlier in it (prompt + generated); its continuation there is the draft.
  * - recycling (Token Recycling, Luo et al. 2024): the engine's adjacency table on the GPU (each
  *   token id's top-k ids from the logits the last time it was an input, updated every step without
@@ -64,8 +64,12 @@ const SUCCESSORS = 4;
  * pass; the first nodes of recycling's shape order are its likeliest).
  */
 export const TREE_NODES = 12;
-/** Longest n-gram matched by prompt lookup. */
-const MAX_NGRAM = 3;
+/**
+ * Longest n-gram matched by prompt lookup. Long, because the longest match places a copy best:
+ * with a small vocabulary (BabyLlama's 105 ids are mostly characters) 3-grams recur all over a
+ * text, and the latest of them is often not the passage being copied.
+ */
+const MAX_NGRAM = 16;
 /**
  * Verifying steps of a probe: speculation is judged over this many steps (or 2 that accepted
  * nothing), then either goes on (it paid) or rests.
@@ -115,9 +119,12 @@ export class Speculator {
   /**
    * Guesses to draft next: one more than the last step accepted (at most maxDraft), so a sequence
    * whose guesses fail verifies short drafts (each guessed row costs work) and one that copies
-   * grows to the full length. Starts at 2.
+   * grows to the full length; after a wholly accepted lookup draft, twice its depth (a passage
+   * being copied reaches the full length in a few steps). Starts at 2.
    */
   private length = 2;
+  /** The last draft came from prompt lookup. */
+  private lookedUp = false;
   /**
    * Whether the next recycled draft is a tree: unless the last step accepted its whole draft of at
    * least CHAIN_DEPTH levels (text the table predicts well, e.g. a repeated passage), where the
@@ -168,6 +175,7 @@ export class Speculator {
     }
     const m = this.opts.method;
     const found = m === 'recycling' ? [] : lookup(tokens, n);
+    this.lookedUp = found.length > 0;
     if (found.length > 0 || m === 'lookup') return chainTree(found);
     const r = this.recycled;
     if (r && r.length === tokens.length) {
@@ -199,7 +207,7 @@ export class Speculator {
     this.steps++;
     this.drafted += rows.length - 1;
     this.accepted += accepted;
-    this.length = accepted + 1;
+    this.length = this.lookedUp && accepted === depth ? 2 * depth : accepted + 1;
     this.probeSteps++;
     this.probeAccepted += accepted;
     if (this.clock && this.probeSteps >= 2 && this.clock.slower() === true) {
@@ -264,21 +272,24 @@ export class Speculator {
 }
 
 /**
- * The continuation, up to `n` tokens, of the latest earlier occurrence of the longest n-gram
- * (MAX_NGRAM down to 1 tokens) that ends `tokens`; empty when none occurs.
+ * The continuation, up to `n` tokens, of the earlier occurrence of the longest n-gram (up to
+ * MAX_NGRAM tokens) that ends `tokens`, the latest of the longest; empty when no token of it
+ * occurs earlier. One pass over the sequence: at each earlier position, how many tokens before it
+ * agree with the sequence's end.
  */
 export function lookup(tokens: readonly number[], n: number): number[] {
   const len = tokens.length;
-  for (let g = Math.min(MAX_NGRAM, len - 1); g >= 1; g--) {
-    // Latest start first: recent text predicts the continuation best.
-    for (let start = len - g - 1; start >= 0; start--) {
-      let same = true;
-      for (let k = 0; k < g && same; k++) same = tokens[start + k] === tokens[len - g + k];
-      if (!same) continue;
-      const from = start + g;
-      const end = Math.min(from + n, len);
-      if (end > from) return tokens.slice(from, end) as number[];
+  let best = 0;
+  let from = -1;
+  // `end`: where a candidate occurrence ends and its continuation starts (latest first: recent
+  // text predicts the continuation best among matches as long).
+  for (let end = len - 1; end >= 1 && best < MAX_NGRAM; end--) {
+    let g = 0;
+    while (g < MAX_NGRAM && g < end && tokens[end - 1 - g] === tokens[len - 1 - g]) g++;
+    if (g > best) {
+      best = g;
+      from = end;
     }
   }
-  return [];
+  return from < 0 ? [] : (tokens.slice(from, Math.min(from + n, len)) as number[]);
 }

@@ -33,6 +33,29 @@ describe('drafting', () => {
     expect(lookup([1, 2, 1], 4)).toEqual([2, 1]);
     expect(lookup([1, 2, 3], 4)).toEqual([]);
     expect(lookup([1], 4)).toEqual([]);
+    // Longer than 3: "1 2 3 4 5" occurs at the start, followed by 9; its last 3 tokens alone
+    // occur later, followed by 7. The longest match places the copy.
+    expect(lookup([1, 2, 3, 4, 5, 9, 8, 3, 4, 5, 7, 6, 1, 2, 3, 4, 5], 2)).toEqual([9, 8]);
+    // Matches count up to 16 tokens: the end 1..18 occurs whole at the start (then 81) and as
+    // its last 16 later (then 71); both count 16, so the latest wins.
+    const x = Array.from({ length: 18 }, (_, i) => i + 1);
+    expect(lookup([...x, 81, 82, 99, ...x.slice(2), 71, 72, ...x], 2)).toEqual([71, 72]);
+  });
+
+  test('a wholly accepted lookup draft doubles the next one (up to maxDraft); a miss: accepted + 1', () => {
+    const s = new Speculator({ method: 'lookup', maxDraft: 8, timed: false, tree: true });
+    const text = Array.from({ length: 40 }, (_, i) => 10 + ((i * 7) % 31));
+    const seq = [...text, ...text.slice(0, 4)];
+    const depth = () => s.draft(seq, 16).tokens.length;
+    expect(depth()).toBe(2);
+    s.record([0, 0, 0], [0, 0, 0], 2);
+    expect(depth()).toBe(4);
+    s.record([0, 0, 0, 0, 0], [0, 0, 0, 0, 0], 4);
+    expect(depth()).toBe(8);
+    s.record(new Array<number>(9).fill(0), new Array<number>(9).fill(0), 8);
+    expect(depth()).toBe(8);
+    s.record(new Array<number>(9).fill(0), new Array<number>(9).fill(0), 3);
+    expect(depth()).toBe(4);
   });
 
   test('recycling chains the most recent successors, learnt from the sequence and the verified rows', () => {
