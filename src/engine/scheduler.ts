@@ -41,7 +41,14 @@ import type {
   SchedulerStats,
 } from './schedule/types.js';
 import { SpecClock } from './schedule/spec-clock.js';
-import { absorbVerified, guess, offerRecycled, pushTreeRows, verifyGuesses } from './schedule/verify.js';
+import {
+  absorbVerified,
+  guess,
+  guessShare,
+  offerRecycled,
+  pushTreeRows,
+  verifyGuesses,
+} from './schedule/verify.js';
 import type { TokenTree } from './token-tree.js';
 import { Speculator } from './speculative.js';
 
@@ -261,10 +268,11 @@ export class Scheduler {
     // Guesses are verified once attention is calibrated (its capture expects one row per decoding
     // sequence).
     const guessing = !this.forward.calibration?.active;
+    const share = guessShare(this.running);
     // Decodes first (each one row, plus its guesses), then prefill chunks in arrival order.
     for (const s of this.running) {
       if (s.tokens.length - s.computed === 1 && used < budget) {
-        const draft = guessing ? guess(this.batch, s, budget - used - 1) : null;
+        const draft = guessing ? guess(this.batch, s, Math.min(share, budget - used - 1)) : null;
         const n = 1 + (draft?.tokens.length ?? 0);
         work.push({ s, n, ...(draft && n > 1 ? { draft } : {}) });
         used += n;

@@ -158,8 +158,10 @@ test('sampling: the same token distributions with and without speculation (chi-s
     .join('; ')}`;
   console.log(report);
   // Guesses were verified, and both accepted and rejected (both branches of the rule ran; with
-  // these seeds 2040 drafted, 1888 accepted).
-  expect(after.speculativeSteps - before.speculativeSteps, report).toBeGreaterThan(DRAWS / 2);
+  // these seeds 992 verifying steps, 1929 drafted, 1786 accepted: steps of 17-32 decoding
+  // sequences verify nothing, their rows being all that split-K decode attention serves,
+  // verify.ts guessShare).
+  expect(after.speculativeSteps - before.speculativeSteps, report).toBeGreaterThan(DRAWS / 4);
   expect(accepted, report).toBeGreaterThan(drafted / 2);
   expect(drafted - accepted, report).toBeGreaterThan(50);
   for (const r of tests) {

@@ -13,6 +13,8 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { InvalidRequestError } from '../../src/errors.js';
 import { BlockManager } from '../../src/engine/kv/block-manager.js';
 import { SpecClock } from '../../src/engine/schedule/spec-clock.js';
+import { guessShare } from '../../src/engine/schedule/verify.js';
+import { ATTENTION_DECODE_MAX_ROWS } from '../../src/kernels/attention-decode.js';
 import { Speculator, TREE_NODES, checkSpeculative, lookup } from '../../src/engine/speculative.js';
 import { convertLlama2cToFolder } from '../../src/node/convert.js';
 import { createEngine } from '../../src/node/index.js';
@@ -40,6 +42,22 @@ describe('drafting', () => {
     // its last 16 later (then 71); both count 16, so the latest wins.
     const x = Array.from({ length: 18 }, (_, i) => i + 1);
     expect(lookup([...x, 81, 82, 99, ...x.slice(2), 71, 72, ...x], 2)).toEqual([71, 72]);
+  });
+
+  test('guesses share a decode step within the rows split-K decode attention serves', () => {
+    const decoding = (n: number) => Array.from({ length: n }, () => ({ tokens: [1, 2, 3], computed: 2 }));
+    const prefilling = { tokens: [1, 2, 3, 4], computed: 0 };
+    expect(ATTENTION_DECODE_MAX_ROWS).toBe(32);
+    // One sequence: 31 guesses (maxDraft caps them further); 4: 7 each, 32 rows in all; 32
+    // sequences fill the rows: none.
+    expect(guessShare(decoding(1))).toBe(31);
+    expect(guessShare(decoding(4))).toBe(7);
+    expect(guessShare(decoding(5))).toBe(5);
+    expect(guessShare(decoding(32))).toBe(0);
+    // Steps that run the prefill kernels anyway (more sequences than those rows, or a prefill
+    // chunk beside them): no share, the token budget bounds them.
+    expect(guessShare(decoding(33))).toBe(Infinity);
+    expect(guessShare([...decoding(4), prefilling])).toBe(Infinity);
   });
 
   test('a wholly accepted lookup draft doubles the next one (up to maxDraft); a miss: accepted + 1', () => {
