@@ -222,10 +222,12 @@ describe('drafting', () => {
     expect(checkSpeculative(undefined)).toBeNull();
     expect(checkSpeculative({ method: 'lookup' })).toEqual({
       method: 'lookup',
-      maxDraft: 4,
+      maxDraft: 16,
       timed: true,
       tree: true,
     });
+    expect(checkSpeculative({ method: 'recycling' })?.maxDraft).toBe(4);
+    expect(checkSpeculative({ method: 'both' })?.maxDraft).toBe(4);
     expect(() => checkSpeculative({ method: 'lookup', timed: 1 as unknown as boolean })).toThrow(
       /speculative.timed/,
     );
