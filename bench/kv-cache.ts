@@ -19,11 +19,11 @@
  * step, each with its ratio to f16 (for tokens/s also the median of the per-round ratios), plus the
  * KV bytes per token per layer.
  * `--instances N` loads N engines per format (interleaved: f16, int4, ..., f16, int4, ...) and takes
- * a format's best instance in each round. On a virtual machine, identical engines can sit up to 2x
- * apart for their whole life (where their weights landed in memory, not what they compute: the LM
- * head's streaming matmul varies, attention does not), which one instance per format would charge
- * to the format. Each instance's median is printed too. Progress (each engine's prompt, each round) goes to stderr, since a
- * sitting at 4096 takes most of an hour here.
+ * a format's best instance in each round. On a virtual machine, identical engines can sit up to
+ * 2.4x apart for their whole life (where their memory landed, not what they compute: the LM head's
+ * streaming matmul varies, attention does not), which one instance per format would charge to the
+ * format. Each instance's median is printed too. Progress (each engine's prompt, each round) goes
+ * to stderr: at 4096 each engine's prompt takes about a minute here.
  */
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -45,6 +45,8 @@ const formats = flag('--formats', 'f16,int8,int4,int2,gear4,gear2').split(',') a
 const tokens = Number(flag('--tokens', '8'));
 const rounds = Number(flag('--rounds', '6'));
 const instances = Number(flag('--instances', '1'));
+if (!Number.isInteger(instances) || instances < 1)
+  throw new RangeError(`--instances ${instances}: expected a positive integer`);
 const profileOnly = process.argv.includes('--profile-only');
 const root = process.env.KILN_BENCH_DIR ?? join(tmpdir(), 'kiln-bench');
 const modelDir = process.argv.includes('--model') ? flag('--model', '') : undefined;
@@ -105,7 +107,9 @@ for (const context of contexts) {
   // A format's figure in a round: its best instance (the fastest tokens/s, the least GPU time).
   const own = (i: number) => engines.map((_, k) => k).filter((k) => k % formats.length === i);
   const best = (xs: number[][], i: number, pick: (...v: number[]) => number) =>
-    Array.from({ length: xs[i]?.length ?? 0 }, (_, r) => pick(...own(i).map((k) => xs[k]?.[r] as number)));
+    Array.from({ length: xs[own(i)[0] as number]?.length ?? 0 }, (_, r) =>
+      pick(...own(i).map((k) => xs[k]?.[r] as number)),
+    );
   const perRound = formats.map((_, i) => ({
     runs: best(runs, i, Math.max),
     gpu: best(gpu, i, Math.min),
