@@ -249,8 +249,12 @@ export class Speculator {
   /** Between probes: guesses did not pay lately, so the sequence decodes plainly (pipelined). */
   resting(tokens: readonly number[]): boolean {
     // The engine-wide rest holds sequences that have probed: a new one probes once first (its
-    // request may copy its prompt where the others' guesses failed).
-    return tokens.length < this.restUntil || (this.steps > 0 && (this.clock?.resting ?? false));
+    // request may copy its prompt where the others' guesses failed), unless the engine has
+    // settled on resting (two probes in a row found verifying slower).
+    const engineRest = this.clock?.resting ?? false;
+    return (
+      tokens.length < this.restUntil || (engineRest && (this.steps > 0 || (this.clock?.settled ?? false)))
+    );
   }
 
   /**

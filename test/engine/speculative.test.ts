@@ -216,6 +216,19 @@ describe('drafting', () => {
     s.record([2, 3, 1], [3, 1, 9], 1);
     s.record([2, 3, 1], [3, 1, 9], 1);
     expect(s.resting(at(51))).toBe(false);
+    // Two probes in a row slower: the engine has settled, and a new sequence rests with the rest.
+    const fresh = new Speculator({ method: 'recycling', maxDraft: 4, timed: true, tree: true }, clock);
+    clock.paid();
+    clock.restAll();
+    expect(clock.settled).toBe(false);
+    expect(fresh.wants(at(40))).toBe(true);
+    clock.restAll();
+    expect(clock.settled).toBe(true);
+    expect(fresh.wants(at(40))).toBe(false);
+    // A probe that pays unsettles it.
+    clock.paid();
+    expect(clock.settled).toBe(false);
+    expect(fresh.wants(at(40))).toBe(true);
   });
 
   test('options are checked by name', () => {
