@@ -1,7 +1,7 @@
 /**
  * Decode speed per KV-cache format at long contexts, on a synthetic model at a real shape (int4
- * projections, as `bench:decode --quant q4`; the LM head stays bf16: an int4 head fails on prompts
- * longer than one prefill chunk, whose earlier chunks have no logit rows):
+ * projections, as `bench:decode --quant q4`; the LM head stays bf16, as `kiln quantize` leaves it
+ * by default, so the figures stay comparable with earlier runs):
  *   npm run bench:kv -- [shape] [--layers N] [--contexts 1024,4096] [--formats f16,int8,...]
  *     [--tokens N] [--rounds N] [--instances N] [--profile-only] [--model DIR]
  * (`--model DIR`: a model directory instead of the synthetic shape, loaded as it is, e.g. an int4
