@@ -24,9 +24,9 @@ struct Params {
   kv_heads: u32,
   head_dim: u32,
   scale: f32,
-  m: u32,
   window: u32,
   softcap: f32,
+  m: u32,
   // Splits the partials' records are laid out for (the plan's scratch); record 0 is written.
   splits: u32,
 }

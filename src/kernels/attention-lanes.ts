@@ -7,6 +7,7 @@
  * thread walking a whole context leaves it idle), so only the cpu row of the kernel defaults and
  * the tuner pick this form.
  */
+import { attentionParams } from './attention.js';
 import { packParams, shaderSource, MAX_GRID } from './shader.js';
 import type { Dispatch, DispatchBuilder } from '../gpu/dispatch.js';
 import { isQuantKv, kvPrefix, kvVariant, type KvDtype } from './kv-dtype.js';
@@ -77,16 +78,7 @@ export function attentionLanes(b: DispatchBuilder, a: AttentionLanesArgs): Dispa
     () =>
       `${kvPrefix(kv, 'vec4')}\nconst HD4: u32 = ${a.headDim / 4}u;\nconst NREP: u32 = ${nRep}u;\nconst WG: u32 = ${WG}u;\n` +
       shaderSource('attention_lanes', 'common/attention_rows'),
-    packParams([
-      ['u32', a.heads],
-      ['u32', a.kvHeads],
-      ['u32', a.headDim],
-      ['f32', a.scale],
-      ['u32', a.m],
-      ['u32', a.window ?? 0],
-      ['f32', a.softcap ?? 0],
-      ['u32', a.splits],
-    ]),
+    packParams([...attentionParams(a), ['u32', a.m], ['u32', a.splits]]),
     [a.rowInfo, a.blockTable, a.q, a.kCache, a.vCache, a.partials, a.out],
     [groups, 1, 1],
   );

@@ -51,8 +51,13 @@ export function attention(b: DispatchBuilder, a: AttentionArgs): Dispatch {
   );
 }
 
-/** The uniforms both attention kernels open with (attention_prefill appends its row count). */
-export function attentionParams(a: AttentionArgs): ParamField[] {
+/**
+ * The uniforms the attention kernels open with (attention_prefill appends its row count,
+ * attention_lanes its row count and splits).
+ */
+export function attentionParams(
+  a: Pick<AttentionArgs, 'heads' | 'kvHeads' | 'headDim' | 'scale' | 'window' | 'softcap'>,
+): ParamField[] {
   return [
     ['u32', a.heads],
     ['u32', a.kvHeads],
