@@ -67,12 +67,11 @@ fn own_block(row: u32) -> u32 {
   return block_table[row_info[row].y + (keys.end - 1u) / BLOCK_TOKENS];
 }
 
-// Channels 4·d4.. of a key row: codes and outliers (kv_k4r), plus the low-rank term where the
-// key's block has factors that apply (kv_k_fac: f, else 0xffffffff).
-fn key4(kr: KvRow, f: u32, d4: u32) -> vec4<f32> {
+// Channels 4·d4.. of a key row: codes and outliers (kv_k4r), plus the low-rank term A[t]·B where
+// the key's block has factors that apply (kv_k_fac: f, else 0xffffffff; a: the row's A[t]).
+fn key4(kr: KvRow, f: u32, a: vec2<f32>, d4: u32) -> vec4<f32> {
   var x = kv_k4r(kr, d4);
   if (KV_RANK > 0u && f != 0xffffffffu) {
-    let a = kv_k_a(kr);
     x += a.x * kv_k_b4(f, 0u, d4) + a.y * kv_k_b4(f, 1u, d4);
   }
   return x;
@@ -155,10 +154,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           // row's shared words (scale, outliers, low-rank weights) read once per chunk.
           var kr: array<KvRow, 4>;
           var kf: array<u32, 4>;
+          var ka: array<vec2<f32>, 4>;
           for (var j = 0u; j < 4u; j++) {
             let key_row = krow_sh[min(4u * lane + j, n_keys - 1u)];
             kr[j] = kv_k_row(key_row);
             kf[j] = kv_k_fac(key_row - key_row % BLOCK_TOKENS);
+            ka[j] = vec2<f32>(0.0);
+            if (KV_RANK > 0u && kf[j] != 0xffffffffu) {
+              ka[j] = kv_k_af(kf[j], key_row % BLOCK_TOKENS);
+            }
           }
           let nd = min(QC, hd4 - dc);
           for (var d = 0u; d < nd; d++) {
@@ -167,7 +171,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
               qv[i] = q_sh[(4u * rg + i) * QC + d];
             }
             for (var j = 0u; j < 4u; j++) {
-              let kx = key4(kr[j], kf[j], dc + d);
+              let kx = key4(kr[j], kf[j], ka[j], dc + d);
               for (var i = 0u; i < 4u; i++) {
                 s[4u * i + j] += dot(qv[i], kx);
               }

@@ -49,12 +49,15 @@
 //   P·V: thread t < head_dim/4 owns output dims 4t..4t+3 of every head and walks the tile's
 //     tokens block by block: one V load serves all the group's heads.
 //   Low-rank KV formats (GEAR's per-block error factors E ≈ A·B, A per token, B per channel) add
-//     them per block, never per element: while the tile's blocks are staged, thread b computes
-//     B·q of block b for every query head (bq_sh), and a key's score gains A[t]·(B·q), 2 MACs per
-//     head (its 4 tokens are adjacent there, one block, so one bq_sh fetch serves them); P·V sums
-//     Σ_t p_t·A[t] per block (2 accumulators per head) and adds (Σ_t p_t·A[t])·B once per block.
-// Barriers: 1 to stage q; per tile: async 1, exact 3 (tile max in two stages, probabilities);
-// +2 between the tiles of a chunk.
+//     them per block, never per element, and each factor word is read by one thread: while the
+//     tile's blocks are staged, thread b computes B·q of block b for every query head and then
+//     A[t]·(B·q) for its 16 keys into p_sh, which the key's scorer adds to its codes' dot product
+//     (stage_lr); for V, one thread per block sums Σ_t p_t·A[t] (pa_sh, with the exact modes'
+//     exponentials, so no barrier is added there) and P·V adds (Σ_t p_t·A[t])·B once per block.
+//     (Read per key instead, by each scorer and by each of the head_dim / 4 P·V threads, A and
+//     B·q made attention 1.35x f16's on lavapipe at Qwen2.5-0.5B's heads.)
+// Barriers: 1 to stage q; per tile: async 1 (2 with low-rank V), exact 3 (tile max in two stages,
+// probabilities); +2 between the tiles of a chunk.
 
 struct Params {
   heads: u32,
@@ -101,10 +104,11 @@ var<workgroup> q_sh: array<vec4<f32>, Q_CAP>;
 var<workgroup> p_sh: array<vec4<f32>, P_CAP>;
 // Physical blocks of the current tile: one load per block instead of one per token and lane.
 var<workgroup> bt_sh: array<u32, TILE_BLOCKS>;
-// Low-rank KV formats: B·q of each block of the tile, [head block][block][rank] (rank 2), lanes
-// the block's 4 query heads: a key's low-rank term is then A[t]·(B·q), 2 MACs per head.
-const BQ_CAP: u32 = 64u; // P_CAP / BLOCK_TOKENS · 2
-var<workgroup> bq_sh: array<vec4<f32>, BQ_CAP>;
+// Low-rank KV formats: Σ_k p_k·A[k] of each block of the tile (V's factors), [head block][block]
+// [rank] (rank 2), lanes the head block's 4 query heads: P·V adds it times the block's B, and no
+// P·V thread sums it per channel.
+const PA_CAP: u32 = 64u; // P_CAP / BLOCK_TOKENS · 2
+var<workgroup> pa_sh: array<vec4<f32>, PA_CAP>;
 // Exact modes: per-thread maxima of the tile's scores [block][thread], then per 8 threads.
 var<workgroup> red: array<vec4<f32>, 128>; // 2 * WG
 var<workgroup> red8: array<vec4<f32>, 16>; // 2 * 8
@@ -117,16 +121,20 @@ fn stage_blocks(bt_off: u32, t0: u32, n: u32, t: u32) {
   }
 }
 
-// Low-rank formats: stages bq_sh for the tile of `n` tokens from t0, thread t taking block t with
-// both ranks (each q load serves 2 ranks; 32 threads at most: fewer SIMD groups on lavapipe). q and
-// the block table come from global memory (q of a head past n_rep is zero) so that this shares
-// stage_blocks' barrier, before the first tile too.
-fn stage_bq(bt_off: u32, t0: u32, n: u32, g: u32, q0: u32, n_rep: u32, hd4: u32, blocks: u32,
+// Low-rank formats: the low-rank part of each key's score, A[t]·(B·q) for every query head, for
+// the tile of `n` tokens from t0, staged in p_sh where the key's score goes next ([head block]
+// [token], lanes the head block's 4 heads). Thread t takes block t: B·q of both ranks (each q load
+// serves 2), then A[t]·(B·q) for the block's rows, so scoring a key reads one staged vec4 per head
+// block on top of its codes (no A, no B·q). q and the block table come from global memory (q of a
+// head past n_rep is zero) so that this shares stage_blocks' barrier, before the first tile too.
+fn stage_lr(bt_off: u32, t0: u32, n: u32, g: u32, q0: u32, n_rep: u32, hd4: u32, blocks: u32,
             t: u32) {
-  if (t >= (n + BLOCK_TOKENS - 1u) / BLOCK_TOKENS) {
+  let j0 = t * BLOCK_TOKENS;
+  if (j0 >= n) {
     return;
   }
   let f = kv_k_fac((block_table[bt_off + t0 / BLOCK_TOKENS + t] * p.kv_heads + g) * BLOCK_TOKENS);
+  let kn = min(BLOCK_TOKENS, n - j0);
   for (var hb = 0u; hb < blocks; hb++) {
     var s0 = vec4<f32>(0.0);
     var s1 = vec4<f32>(0.0);
@@ -146,31 +154,69 @@ fn stage_bq(bt_off: u32, t0: u32, n: u32, g: u32, q0: u32, n_rep: u32, hd4: u32,
       s0 = select(vec4<f32>(0.0), s0, live);
       s1 = select(vec4<f32>(0.0), s1, live);
     }
-    let i = (hb * p.tile / BLOCK_TOKENS + t) * 2u;
-    bq_sh[i] = s0;
-    bq_sh[i + 1u] = s1;
+    for (var k = 0u; k < kn; k++) {
+      var x = vec4<f32>(0.0);
+      if (f != 0xffffffffu) {
+        let a = kv_k_af(f, k);
+        x = a.x * s0 + a.y * s1;
+      }
+      p_sh[hb * p.tile + j0 + k] = x;
+    }
   }
 }
 
-// bq_sh index of the tile's token j (clamped to the tile) for head block hb.
-fn bq_at(hb: u32, j: u32, n: u32) -> u32 {
-  return ((hb * p.tile + min(j, n - 1u)) / BLOCK_TOKENS) * 2u;
-}
-
-// A key's low-rank score term for 4 query heads, from its block's B·q (b0, b1: ranks 0 and 1).
-fn lr_score(r: KvRow, b0: vec4<f32>, b1: vec4<f32>) -> vec4<f32> {
-  let a = kv_k_a(r);
-  return a.x * b0 + a.y * b1;
-}
-
-// Token i of the `k` a thread scores in the step from j0. Low-rank formats: adjacent tokens (k
-// divides 16, so they share a block and one B·q fetch; a lane past the tile's end redoes its last
-// token, which lies in the same group of k); other formats: WG apart, so a SIMD group reads
-// adjacent rows.
-fn tok(j0: u32, t: u32, k: u32, i: u32) -> u32 {
-  if (KV_RANK > 0u) {
-    return j0 + k * t + i;
+// Low-rank formats: the staged low-rank score term of the tile's token j for the head block whose
+// scores start at p_sh[base]; 0 for a lane past the tile's end (it redoes the last token, masked,
+// and reads nothing the token's own thread is about to overwrite).
+fn lr_at(base: u32, j: u32, n: u32) -> vec4<f32> {
+  if (KV_RANK == 0u || j >= n) {
+    return vec4<f32>(0.0);
   }
+  return p_sh[base + j];
+}
+
+// pa_sh index of the tile's block that holds token j (< n), for head block hb.
+fn pa_at(hb: u32, j: u32) -> u32 {
+  return ((hb * p.tile + j) / BLOCK_TOKENS) * 2u;
+}
+
+// Low-rank formats, thread t < 32 (one per block and head block of a full tile: tile / 16 blocks per
+// head block, tile · blocks <= P_CAP): Σ_k p_k·A[k] of V's factors over its block's probabilities
+// into pa_sh, after turning them into probabilities first where `m` is given (exact modes: the
+// block's scores minus the head block's max, exponentiated). A block stays with one thread so its
+// 16 A words are read once per head block, not once per row by each of the head_dim / 4 P·V threads.
+fn stage_pa(n: u32, g: u32, t: u32, blocks: u32, exact: bool, m_a: vec4<f32>, m_b: vec4<f32>) {
+  let per = p.tile / BLOCK_TOKENS;
+  let hb = t / per;
+  let j0 = (t % per) * BLOCK_TOKENS;
+  if (hb >= blocks || j0 >= n) {
+    return;
+  }
+  let m = select(m_a, m_b, hb == 1u);
+  let base = hb * p.tile + j0;
+  let f = kv_v_fac((bt_sh[j0 / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS);
+  var u0 = vec4<f32>(0.0);
+  var u1 = vec4<f32>(0.0);
+  for (var k = 0u; k < min(BLOCK_TOKENS, n - j0); k++) {
+    var pr = p_sh[base + k];
+    if (exact) {
+      pr = exp(pr - m);
+      p_sh[base + k] = pr;
+    }
+    if (f != 0xffffffffu) {
+      let a = kv_v_af(f, k);
+      u0 += pr * a.x;
+      u1 += pr * a.y;
+    }
+  }
+  let i = pa_at(hb, j0);
+  pa_sh[i] = u0;
+  pa_sh[i + 1u] = u1;
+}
+
+// Token i of the ones a thread scores in the step from j0: WG apart, so a SIMD group reads adjacent
+// rows.
+fn tok(j0: u32, t: u32, i: u32) -> u32 {
   return j0 + t + i * WG;
 }
 
@@ -180,10 +226,10 @@ fn kv_row(g: u32, j: u32, hd4: u32) -> u32 {
 }
 
 // Unscaled scores of the K rows at ka..kd (4 tokens, the columns) against the 4 query heads whose
-// q starts at q_sh[qb] (the lanes); li: the tokens' bq_sh index (low-rank formats: one block).
-fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32, li: u32) -> mat4x4<f32> {
+// q starts at q_sh[qb] (the lanes); the low-rank formats' term is the caller's (lr_at).
+fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32) -> mat4x4<f32> {
   var s = mat4x4<f32>();
-  // A compressed row's shared words (scale, outliers, factors) once per row, not per 4 channels.
+  // A compressed row's shared words (scale, outliers) once per row, not per 4 channels.
   let ra = kv_k_row(ka);
   let rb = kv_k_row(kb);
   let rc = kv_k_row(kc);
@@ -203,12 +249,6 @@ fn scores4(ka: u32, kb: u32, kc: u32, kd: u32, qb: u32, hd4: u32, li: u32) -> ma
       vec4<f32>(dot(q0, k2), dot(q1, k2), dot(q2, k2), dot(q3, k2)),
       vec4<f32>(dot(q0, k3), dot(q1, k3), dot(q2, k3), dot(q3, k3)),
     );
-  }
-  if (KV_RANK > 0u) {
-    let b0 = bq_sh[li];
-    let b1 = bq_sh[li + 1u];
-    s += mat4x4<f32>(lr_score(ra, b0, b1), lr_score(rb, b0, b1), lr_score(rc, b0, b1),
-                     lr_score(rd, b0, b1));
   }
   return s;
 }
@@ -238,7 +278,7 @@ struct Scores2x2 {
   b: mat2x4<f32>,
 }
 
-fn scores2x2(ka: u32, kb: u32, hd4: u32, li: vec2<u32>) -> Scores2x2 {
+fn scores2x2(ka: u32, kb: u32, hd4: u32) -> Scores2x2 {
   let ra = kv_k_row(ka);
   let rb = kv_k_row(kb);
   var sa = mat2x4<f32>();
@@ -263,19 +303,10 @@ fn scores2x2(ka: u32, kb: u32, hd4: u32, li: vec2<u32>) -> Scores2x2 {
       vec4<f32>(dot(q4, k1), dot(q5, k1), dot(q6, k1), dot(q7, k1)),
     );
   }
-  if (KV_RANK > 0u) {
-    // li: the tokens' bq_sh index for head block A, then for B.
-    let a0 = bq_sh[li.x];
-    let a1 = bq_sh[li.x + 1u];
-    let b0 = bq_sh[li.y];
-    let b1 = bq_sh[li.y + 1u];
-    sa += mat2x4<f32>(lr_score(ra, a0, a1), lr_score(rb, a0, a1));
-    sb += mat2x4<f32>(lr_score(ra, b0, b1), lr_score(rb, b0, b1));
-  }
   return Scores2x2(sa, sb);
 }
 
-fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32, li: u32) -> mat2x4<f32> {
+fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
   var s = mat2x4<f32>();
   let ra = kv_k_row(ka);
   let rb = kv_k_row(kb);
@@ -291,24 +322,20 @@ fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32, li: u32) -> mat2x4<f32> {
       vec4<f32>(dot(q0, k1), dot(q1, k1), dot(q2, k1), dot(q3, k1)),
     );
   }
-  if (KV_RANK > 0u) {
-    let b0 = bq_sh[li];
-    let b1 = bq_sh[li + 1u];
-    s += mat2x4<f32>(lr_score(ra, b0, b1), lr_score(rb, b0, b1));
-  }
   return s;
 }
 
-// Takes the scaled scores x of token j (>= n: a lane redoing the tile's last token) for the head
-// block whose probabilities start at p_sh[base]. Async: stores e^(x - phi) and checks the window;
-// exact: stores x and tracks the lane's max (a redone token cannot change a max). A `masked`
+// Takes the scaled scores x of token j for the head block whose probabilities start at p_sh[base]
+// (j >= n: a lane redoing the tile's last token, without its low-rank term: taken as masked, so it
+// touches no max, flag or store). Async: stores e^(x - phi) and checks the window; exact: stores x
+// and tracks the lane's max. A `masked`
 // token (before the sliding window, or a token tree's slot off the row's path) scores NEG_BIG:
 // probability 0, no overflow, no max. A tile (or split) whose keys are all masked gets the max
 // NEG_BIG and probabilities e^0 = 1, which the next tile's rescale e^(NEG_BIG - max) (or the
 // merge's weight) zeroes: the row's own key, always seen, is in the last tile of the last split.
 fn take(j: u32, n: u32, x_in: vec4<f32>, base: u32, live: vec4<bool>, masked: bool,
         lm: ptr<function, vec4<f32>>, overflow: ptr<function, bool>) {
-  let x = select(x_in, vec4<f32>(NEG_BIG), masked);
+  let x = select(x_in, vec4<f32>(NEG_BIG), masked || j >= n);
   if (MODE == 1u) {
     let e = x - p.phi;
     *overflow = *overflow || any(live & (e > vec4<f32>(OVERFLOW_B)));
@@ -416,7 +443,7 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
   }
   stage_blocks(bt_off, c0, min(p.tile, c1 - c0), t);
   if (KV_RANK > 0u) {
-    stage_bq(bt_off, c0, min(p.tile, c1 - c0), g, q0, n_rep, hd4, blocks, t);
+    stage_lr(bt_off, c0, min(p.tile, c1 - c0), g, q0, n_rep, hd4, blocks, t);
   }
   workgroupBarrier();
 
@@ -441,7 +468,7 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
       workgroupBarrier();
       stage_blocks(bt_off, t0, n, t);
       if (KV_RANK > 0u) {
-        stage_bq(bt_off, t0, n, g, q0, n_rep, hd4, blocks, t);
+        stage_lr(bt_off, t0, n, g, q0, n_rep, hd4, blocks, t);
       }
       workgroupBarrier();
     }
@@ -458,12 +485,16 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
       // Tokens per thread in this step: 4 while more than 2·WG remain of the tile (one head
       // block), else 2.
       let k = select(2u, 4u, !two && n - j0 > 2u * WG);
-      let ja = tok(j0, t, k, 0u);
-      let jb = tok(j0, t, k, 1u);
+      let ja = tok(j0, t, 0u);
+      let jb = tok(j0, t, 1u);
       let ka = kv_row(g, min(ja, n - 1u), hd4);
       let kb = kv_row(g, min(jb, n - 1u), hd4);
       if (two) {
-        let sc = scores2x2(ka, kb, hd4, vec2<u32>(bq_at(0u, ja, n), bq_at(1u, ja, n)));
+        var sc = scores2x2(ka, kb, hd4);
+        if (KV_RANK > 0u) {
+          sc.a += mat2x4<f32>(lr_at(0u, ja, n), lr_at(0u, jb, n));
+          sc.b += mat2x4<f32>(lr_at(tile_b, ja, n), lr_at(tile_b, jb, n));
+        }
         let xa = capped2(sc.a * p.scale);
         let xb = capped2(sc.b * p.scale);
         take(ja, n, xa[0], 0u, live_a, key_hidden(keys, t0 + min(ja, n - 1u)), &lm_a, &overflow);
@@ -472,14 +503,19 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
         take(jb, n, xb[1], tile_b, live_b, key_hidden(keys, t0 + min(jb, n - 1u)), &lm_b, &overflow);
         j0 += 2u * WG;
       } else if (k == 4u) {
-        let jc = tok(j0, t, k, 2u);
-        let jd = tok(j0, t, k, 3u);
+        let jc = tok(j0, t, 2u);
+        let jd = tok(j0, t, 3u);
         let kc = kv_row(g, min(jc, n - 1u), hd4);
         let kd = kv_row(g, min(jd, n - 1u), hd4);
         for (var hb = 0u; hb < blocks; hb++) {
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
-          let x = capped4(scores4(ka, kb, kc, kd, hb * qb_b, hd4, bq_at(hb, ja, n)) * p.scale);
+          var sc = scores4(ka, kb, kc, kd, hb * qb_b, hd4);
+          if (KV_RANK > 0u) {
+            let lb = hb * tile_b;
+            sc += mat4x4<f32>(lr_at(lb, ja, n), lr_at(lb, jb, n), lr_at(lb, jc, n), lr_at(lb, jd, n));
+          }
+          let x = capped4(sc * p.scale);
           take(ja, n, x[0], hb * tile_b, live, key_hidden(keys, t0 + min(ja, n - 1u)), &lm, &overflow);
           take(jb, n, x[1], hb * tile_b, live, key_hidden(keys, t0 + min(jb, n - 1u)), &lm, &overflow);
           take(jc, n, x[2], hb * tile_b, live, key_hidden(keys, t0 + min(jc, n - 1u)), &lm, &overflow);
@@ -495,7 +531,11 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
         for (var hb = 0u; hb < blocks; hb++) {
           let live = select(live_a, live_b, hb == 1u);
           var lm = select(lm_a, lm_b, hb == 1u);
-          let x = capped2(scores2(ka, kb, hb * qb_b, hd4, bq_at(hb, ja, n)) * p.scale);
+          var sc = scores2(ka, kb, hb * qb_b, hd4);
+          if (KV_RANK > 0u) {
+            sc += mat2x4<f32>(lr_at(hb * tile_b, ja, n), lr_at(hb * tile_b, jb, n));
+          }
+          let x = capped2(sc * p.scale);
           take(ja, n, x[0], hb * tile_b, live, key_hidden(keys, t0 + min(ja, n - 1u)), &lm, &overflow);
           take(jb, n, x[1], hb * tile_b, live, key_hidden(keys, t0 + min(jb, n - 1u)), &lm, &overflow);
           if (hb == 0u) {
@@ -536,14 +576,23 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
       acc_b = scale_cols(acc_b, al_b);
       l_a *= al_a;
       l_b *= al_b;
-      for (var j = t; j < n; j += WG) {
-        p_sh[j] = exp(p_sh[j] - m_a);
-        if (two) {
-          p_sh[tile_b + j] = exp(p_sh[tile_b + j] - m_b);
+      if (KV_RANK > 0u) {
+        stage_pa(n, g, t, blocks, true, m_a, m_b);
+      } else {
+        for (var j = t; j < n; j += WG) {
+          p_sh[j] = exp(p_sh[j] - m_a);
+          if (two) {
+            p_sh[tile_b + j] = exp(p_sh[tile_b + j] - m_b);
+          }
         }
       }
     }
     workgroupBarrier();
+    if (MODE == 1u && KV_RANK > 0u) {
+      // The async scores wrote probabilities token by token, across threads: one more barrier.
+      stage_pa(n, g, t, blocks, false, m_a, m_b);
+      workgroupBarrier();
+    }
 
     // P·V, block by block (one block-table entry per 16 tokens).
     if (t < hd4) {
@@ -552,39 +601,26 @@ fn attend(split: u32, g: u32, row: u32, t: u32) {
         let kn = min(BLOCK_TOKENS, n - b0);
         // A compressed block's words shared by its rows' channels 4t..4t+3 (low-rank B), once.
         let blk = kv_v_blk(base, t);
-        // Low-rank formats: Σ_k p_k · A[k][j] per rank j (lanes: heads), then one rank-2 update
-        // of the accumulators with the block's B.
-        var ua0 = vec4<f32>(0.0);
-        var ua1 = vec4<f32>(0.0);
-        var ub0 = vec4<f32>(0.0);
-        var ub1 = vec4<f32>(0.0);
         for (var k = 0u; k < kn; k++) {
           let v = kv_v4b(blk, base + k, t);
           let pa = p_sh[b0 + k];
           acc_a += outer(v, pa);
           l_a += pa;
-          var ar = vec2<f32>(0.0);
-          if (KV_RANK > 0u) {
-            ar = kv_v_a(blk, k);
-            ua0 += pa * ar.x;
-            ua1 += pa * ar.y;
-          }
           if (two) {
             let pb = p_sh[tile_b + b0 + k];
             acc_b += outer(v, pb);
             l_b += pb;
-            if (KV_RANK > 0u) {
-              ub0 += pb * ar.x;
-              ub1 += pb * ar.y;
-            }
           }
         }
         if (KV_RANK > 0u) {
+          // Low-rank formats: one rank-2 update with the block's B and its Σ p·A (pa_sh).
           let vb0 = kv_v_b(blk, 0u);
           let vb1 = kv_v_b(blk, 1u);
-          acc_a += outer(vb0, ua0) + outer(vb1, ua1);
+          let ia = pa_at(0u, b0);
+          acc_a += outer(vb0, pa_sh[ia]) + outer(vb1, pa_sh[ia + 1u]);
           if (two) {
-            acc_b += outer(vb0, ub0) + outer(vb1, ub1);
+            let ib = pa_at(1u, b0);
+            acc_b += outer(vb0, pa_sh[ib]) + outer(vb1, pa_sh[ib + 1u]);
           }
         }
       }

@@ -29,7 +29,7 @@ fn kv_k4r(r: KvRow, d4: u32) -> vec4<f32> {
   return kv_k4(r, d4);
 }
 
-fn kv_k_a(r: KvRow) -> vec2<f32> {
+fn kv_k_af(f: u32, t: u32) -> vec2<f32> {
   return vec2<f32>(0.0);
 }
 
@@ -49,7 +49,11 @@ fn kv_v4b(blk: KvBlk, row: u32, d4: u32) -> vec4<f32> {
   return kv_v4(row, d4);
 }
 
-fn kv_v_a(blk: KvBlk, t: u32) -> vec2<f32> {
+fn kv_v_fac(row0: u32) -> u32 {
+  return 0xffffffffu;
+}
+
+fn kv_v_af(f: u32, t: u32) -> vec2<f32> {
   return vec2<f32>(0.0);
 }
 

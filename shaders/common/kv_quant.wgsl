@@ -83,17 +83,15 @@ fn kvq_b_word(j: u32, d: u32) -> u32 {
 
 // A K row's words that every 4-channel load of it needs, read once (split-K attention's scores
 // read a row 4 channels at a time over head_dim / 4 steps): its first word, (scale, min), the
-// outliers' channels (0xffffffff: none, a channel no load matches) and residuals and, where its
-// block's factors apply, A[t][0..1] (zero where they do not). kv_k4r leaves the low-rank term out:
-// split-K adds it per block, q·(A[t]·B) = A[t]·(B·q), with B·q once per (block, query head) from
-// kv_k_fac / kv_k_b4 and A[t] from kv_k_a, so a key costs KV_RANK MACs instead of B's words per 4
-// channels. The split-K views have rank 2.
+// outliers' channels (0xffffffff: none, a channel no load matches) and residuals. kv_k4r leaves
+// the low-rank term out: the attention kernels add it per key as q·(A[t]·B) = A[t]·(B·q), with B·q
+// once per (block, query head) from kv_k_fac / kv_k_b4 and A[t] from kv_k_af, so a key costs
+// KV_RANK MACs instead of B's words per 4 channels. The split-K views have rank 2.
 struct KvRow {
   base: u32,
   sm: vec2<f32>,
   oc: vec4<u32>,
   ores: vec4<f32>,
-  a: vec2<f32>,
 }
 
 const KVQ_NONE: u32 = 0xffffffffu;
@@ -108,11 +106,7 @@ fn kv_k_row(row: u32) -> KvRow {
     oc[i] = w & 0xffffu;
     ores[i] = unpack2x16float(w >> 16u).x;
   }
-  var a = vec2<f32>(0.0);
-  if (kvq_lowrank_on(row)) {
-    a = unpack2x16float(k_cache[kvq_factor_base(row) + kvq_a_word(row % KVQ_BLOCK, 0u)]);
-  }
-  return KvRow(r, unpack2x16float(k_cache[r + cw]), oc, ores, a);
+  return KvRow(r, unpack2x16float(k_cache[r + cw]), oc, ores);
 }
 
 // Channels 4·d4..4·d4+3 of the row: codes and outliers, without the low-rank term.
@@ -125,14 +119,15 @@ fn kv_k4r(r: KvRow, d4: u32) -> vec4<f32> {
   return x;
 }
 
-fn kv_k_a(r: KvRow) -> vec2<f32> {
-  return r.a;
-}
-
 // Factor base of the K (block, KV head) whose first row is `row0`, KVQ_NONE where its factors do
 // not apply (the query's own block).
 fn kv_k_fac(row0: u32) -> u32 {
   return select(KVQ_NONE, kvq_factor_base(row0), kvq_lowrank_on(row0));
+}
+
+// A[t][0..1] of the K factors at base `f` (not KVQ_NONE).
+fn kv_k_af(f: u32, t: u32) -> vec2<f32> {
+  return unpack2x16float(k_cache[f + kvq_a_word(t, 0u)]);
 }
 
 // B[j][4·d4..4·d4+3] of the K factors at base `f`.
@@ -148,7 +143,8 @@ fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
   if (KV_RANK > 0u) {
     let f = kv_k_fac(row - row % KVQ_BLOCK);
     if (f != KVQ_NONE) {
-      x += r.a.x * kv_k_b4(f, 0u, d4) + r.a.y * kv_k_b4(f, 1u, d4);
+      let a = kv_k_af(f, row % KVQ_BLOCK);
+      x += a.x * kv_k_b4(f, 0u, d4) + a.y * kv_k_b4(f, 1u, d4);
     }
   }
   return x;
@@ -157,7 +153,8 @@ fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
 // B[0..1][4·d4..4·d4+3] of one (block, KV head) of V (split-K attention's P·V reads a block's
 // rows 4 channels per thread: their factor words are the same for all 16), zero where the block's
 // factors do not apply. kv_v4b leaves the low-rank term out: P·V adds it per block,
-// Σ_t p_t·A[t]·B = (Σ_t p_t·A[t])·B, from kv_v_a per row and kv_v_b once per block.
+// Σ_t p_t·A[t]·B = (Σ_t p_t·A[t])·B, with Σ_t p_t·A[t] summed once per block for all channels
+// (kv_v_fac / kv_v_af) and B from kv_v_b.
 struct KvBlk {
   b0: vec4<f32>,
   b1: vec4<f32>,
@@ -183,12 +180,15 @@ fn kv_v_b(blk: KvBlk, j: u32) -> vec4<f32> {
   return select(blk.b1, blk.b0, j == 0u);
 }
 
-// A[t][0..1] of row t of the block `blk` was read for, zero where its factors do not apply.
-fn kv_v_a(blk: KvBlk, t: u32) -> vec2<f32> {
-  if (blk.f == KVQ_NONE) {
-    return vec2<f32>(0.0);
-  }
-  return unpack2x16float(v_cache[blk.f + kvq_a_word(t, 0u)]);
+// Factor base of the V (block, KV head) whose first row is `row0`, KVQ_NONE where its factors do
+// not apply (the query's own block).
+fn kv_v_fac(row0: u32) -> u32 {
+  return select(KVQ_NONE, kvq_factor_base(row0), kvq_lowrank_on(row0));
+}
+
+// A[t][0..1] of the V factors at base `f` (not KVQ_NONE).
+fn kv_v_af(f: u32, t: u32) -> vec2<f32> {
+  return unpack2x16float(v_cache[f + kvq_a_word(t, 0u)]);
 }
 
 // Channels 4·d4..4·d4+3 of a V row of the block `blk` was read for: codes and outliers.
@@ -205,8 +205,8 @@ fn kv_v4b(blk: KvBlk, row: u32, d4: u32) -> vec4<f32> {
 fn kv_v4(row: u32, d4: u32) -> vec4<f32> {
   let blk = kv_v_blk(row - row % KVQ_BLOCK, d4);
   var x = kv_v4b(blk, row, d4);
-  if (KV_RANK > 0u) {
-    let a = kv_v_a(blk, row % KVQ_BLOCK);
+  if (KV_RANK > 0u && blk.f != KVQ_NONE) {
+    let a = kv_v_af(blk.f, row % KVQ_BLOCK);
     x += a.x * blk.b0 + a.y * blk.b1;
   }
   return x;

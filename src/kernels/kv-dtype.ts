@@ -28,7 +28,7 @@
  * kv_k_row + kv_k4r and kv_v_blk + kv_v4b, which read a compressed row's (scale, min), outliers
  * and A once per row and leave the low-rank term to the kernel, which applies it per block as a
  * rank-2 update (B·q per block for keys: kv_k_fac / kv_k_b4 / kv_k_a; Σ p·A per block for values:
- * kv_v_a / kv_v_b); quantized formats are
+ * kv_v_fac / kv_v_af / kv_v_b); quantized formats are
  * written by kv_quantize from rope_kv_write's f32 rows. A format's pipeline labels end in
  * `_kv<format>` (none for f32).
  */

@@ -316,12 +316,17 @@ describe('attention over a quantized cache vs attentionRef on the decoded cache'
     // Two head blocks (GQA 8): split-K scores 2 tokens for 8 heads per K load.
     { ctx: 129, heads: 8, kvHeads: 1, headDim: 64, chunk: 64, window: 0 },
     { ctx: 4097, heads: 4, kvHeads: 1, headDim: 64, chunk: 512, window: 0 },
+    // Two head blocks, the second padded (GQA 7), over tiles of 256 keys: the single pass walks
+    // 3 tiles of one chunk (low-rank formats stage each tile's factor terms anew), in a sliding
+    // window that starts mid-block.
+    { ctx: 600, heads: 7, kvHeads: 1, headDim: 64, chunk: 128, window: 550 },
   ];
   // Two low-rank formats (every part, and codes + factors) cover the fragment's low-rank loads;
   // kv_lowrank's test covers the four.
   for (const dtype of [...FORMATS, 'gear4lr', 'int2lr'] as KvQuantDtype[]) {
     for (const { ctx, heads, kvHeads, headDim, chunk, window } of cases) {
       if (ctx === 4097 && dtype !== 'int4' && dtype !== 'gear2' && dtype !== 'gear4lr') continue;
+      if (ctx === 600 && !LOWRANK.includes(dtype) && dtype !== 'gear4') continue;
       if (LOWRANK.includes(dtype) && ctx === 1) continue;
       // The first case of a format compiles its prefill, split-K and merge pipelines: minutes on
       // a lavapipe shared with other jobs.
