@@ -133,7 +133,7 @@ export function addModelOptions(cmd: Command): Command {
     )
     .option(
       '--max-draft <n>',
-      'deepest guess verified per step with --speculative (1-16; default 16 with lookup, else 4)',
+      'deepest guess verified per step with --speculative (1-16; default 12 with lookup, else 4)',
       intArg('--max-draft', 1),
     )
     .option('--chain-drafts', 'with --speculative: verify a chain of guesses per step, not a token tree')

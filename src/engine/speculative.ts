@@ -36,7 +36,7 @@ export interface SpeculativeOptions {
   /** Where guesses come from: recycled successors, prompt n-gram lookup, or lookup then recycling. */
   method: 'recycling' | 'lookup' | 'both';
   /**
-   * Deepest guess verified per step, i.e. most guesses accepted per step (1-16; default 16 with
+   * Deepest guess verified per step, i.e. most guesses accepted per step (1-16; default 12 with
    * `lookup`, 4 otherwise); a token tree has at most TREE_NODES nodes within that depth. Lookup's
    * chains only grow while wholly accepted (twice as deep each time), so a deep cap costs a
    * sequence that is not copying nothing; recycled guesses deeper than a few levels rarely hold.
@@ -102,9 +102,11 @@ export function checkSpeculative(o: SpeculativeOptions | undefined): Required<Sp
       `speculative.method must be 'recycling', 'lookup' or 'both', got ${String(o.method)}`,
     );
   }
-  // Copy tasks on lavapipe (`kiln bench decode --copy`, BabyLlama and stories260K, batch 1 / 4):
-  // 1.93x / 1.14x and 1.59x / 0.76x of plain decode at 4, 2.89x / 1.67x and 1.71x / 1.74x at 16.
-  const d = o.maxDraft ?? (o.method === 'lookup' ? 16 : 4);
+  // Lookup's 12: on copy tasks at batch 1 (`kiln bench decode --copy`, lavapipe, BabyLlama and
+  // stories260K), 12 ran at 2.14-2.73x of plain decode in every sitting, 16 at 1.47-2.06x: 16
+  // guesses and the sequence's own token make 17 rows, two of the GEMM's 16-row tiles of X (each
+  // reading every weight) for one guess more per step. 15 (16 rows) swung 1.75-2.92x.
+  const d = o.maxDraft ?? (o.method === 'lookup' ? 12 : 4);
   if (!(Number.isInteger(d) && d >= 1 && d <= 16)) {
     throw new InvalidRequestError(`speculative.maxDraft must be an integer from 1 to 16, got ${d}`);
   }

@@ -235,7 +235,7 @@ describe('drafting', () => {
     expect(checkSpeculative(undefined)).toBeNull();
     expect(checkSpeculative({ method: 'lookup' })).toEqual({
       method: 'lookup',
-      maxDraft: 16,
+      maxDraft: 12,
       timed: true,
       tree: true,
     });
