@@ -103,7 +103,7 @@ export function checkSpeculative(o: SpeculativeOptions | undefined): Required<Sp
     );
   }
   // Lookup's 12: on copy tasks at batch 1 (`kiln bench decode --copy`, lavapipe, BabyLlama and
-  // stories260K), 12 ran at 2.14-2.73x of plain decode in every sitting, 16 at 1.47-2.06x: 16
+  // stories260K), 12 beat 16 in all 10 sittings (1.92-2.73x of plain decode, 16 1.47-2.06x): 16
   // guesses and the sequence's own token make 17 rows, two of the GEMM's 16-row tiles of X (each
   // reading every weight) for one guess more per step. 15 (16 rows) swung 1.75-2.92x.
   const d = o.maxDraft ?? (o.method === 'lookup' ? 12 : 4);
