@@ -4,7 +4,7 @@
  *     [--chunk N] [--variant two_pass|async_softmax] [--formats f16,int4,gear4lr,...]
  *     [--rounds 100] [--calls 2]
  * (defaults: Qwen2.5-0.5B's heads, the int4 bench model's, at 4096 with the cpu defaults row's
- * 512-token chunk). One row of keys like a model's (uniform, every 13th channel 8x larger: the
+ * chunk: 512 tokens there). One row of keys like a model's (uniform, every 13th channel 8x larger: the
  * outliers that make per-token keys lossy) is written into each format's cache with the engine's
  * own kernels (kv_quantize, kv_lowrank), then rounds alternate the formats in order and reversed,
  * each timing `--calls` back-to-back calls. Per format: the 10th percentile and the median of the
@@ -17,7 +17,9 @@ import {
   attentionDecode,
   attentionDecodeLabels,
   decodeSplits,
+  pickDecodeChunk,
 } from '../src/kernels/attention-decode.js';
+import { KERNEL_DEFAULTS, defaultAttentionChunk } from '../src/tuner/defaults.js';
 import type { AttentionDecodeVariant } from '../src/kernels/attention-decode.js';
 import { DispatchBuilder, runDispatches, type Dispatch } from '../src/gpu/dispatch.js';
 import {
@@ -57,11 +59,11 @@ const variant = flag('--variant', 'two_pass') as AttentionDecodeVariant;
 if (variant !== 'two_pass' && variant !== 'async_softmax') throw new RangeError(`--variant ${variant}`);
 const formats = flag('--formats', 'f16,int4,gear4,int4lr,gear4lr').split(',') as KvDtype[];
 for (const f of formats) if (!KV_DTYPES.includes(f)) throw new RangeError(`--formats: unknown format ${f}`);
-// The cpu defaults row's chunk for one row (src/tuner/defaults.ts): the whole context up to 1024
-// tokens (one split), else 8 splits of a power of two, at least 128 tokens.
+// The chunk the cpu defaults row gives one decode row at this context (src/tuner/defaults.ts).
 const chunk = intFlag(
   '--chunk',
-  context <= 1024 ? Math.ceil(context / 16) * 16 : Math.max(128, 2 ** Math.floor(Math.log2(context / 8))),
+  defaultAttentionChunk(KERNEL_DEFAULTS.cpu, '1', context) ??
+    pickDecodeChunk({ maxContext: context, kvHeads, rows: 1 }),
 );
 if (chunk % 16 !== 0) throw new RangeError(`--chunk ${chunk}: expected a multiple of 16`);
 

@@ -68,7 +68,7 @@ fn own_block(row: u32) -> u32 {
 }
 
 // Channels 4·d4.. of a key row: codes and outliers (kv_k4r), plus the low-rank term A[t]·B where
-// the key's block has factors that apply (kv_k_fac: f, else 0xffffffff; a: the row's A[t]).
+// the key's block has factors that apply (kv_fac: f, else 0xffffffff; a: the row's A[t]).
 fn key4(kr: KvRow, f: u32, a: vec2<f32>, d4: u32) -> vec4<f32> {
   var x = kv_k4r(kr, d4);
   if (KV_RANK > 0u && f != 0xffffffffu) {
@@ -158,7 +158,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
           for (var j = 0u; j < 4u; j++) {
             let key_row = krow_sh[min(4u * lane + j, n_keys - 1u)];
             kr[j] = kv_k_row(key_row);
-            kf[j] = kv_k_fac(key_row - key_row % BLOCK_TOKENS);
+            kf[j] = kv_fac(key_row - key_row % BLOCK_TOKENS);
             ka[j] = vec2<f32>(0.0);
             if (KV_RANK > 0u && kf[j] != 0xffffffffu) {
               ka[j] = kv_k_af(kf[j], key_row % BLOCK_TOKENS);

@@ -133,7 +133,7 @@ fn stage_lr(bt_off: u32, t0: u32, n: u32, g: u32, q0: u32, n_rep: u32, hd4: u32,
   if (j0 >= n) {
     return;
   }
-  let f = kv_k_fac((block_table[bt_off + t0 / BLOCK_TOKENS + t] * p.kv_heads + g) * BLOCK_TOKENS);
+  let f = kv_fac((block_table[bt_off + t0 / BLOCK_TOKENS + t] * p.kv_heads + g) * BLOCK_TOKENS);
   let kn = min(BLOCK_TOKENS, n - j0);
   for (var hb = 0u; hb < blocks; hb++) {
     var s0 = vec4<f32>(0.0);
@@ -194,7 +194,7 @@ fn stage_pa(n: u32, g: u32, t: u32, blocks: u32, exact: bool, m_a: vec4<f32>, m_
   }
   let m = select(m_a, m_b, hb == 1u);
   let base = hb * p.tile + j0;
-  let f = kv_v_fac((bt_sh[j0 / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS);
+  let f = kv_fac((bt_sh[j0 / BLOCK_TOKENS] * p.kv_heads + g) * BLOCK_TOKENS);
   var u0 = vec4<f32>(0.0);
   var u1 = vec4<f32>(0.0);
   for (var k = 0u; k < min(BLOCK_TOKENS, n - j0); k++) {

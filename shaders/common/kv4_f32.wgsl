@@ -33,7 +33,7 @@ fn kv_k_af(f: u32, t: u32) -> vec2<f32> {
   return vec2<f32>(0.0);
 }
 
-fn kv_k_fac(row0: u32) -> u32 {
+fn kv_fac(row0: u32) -> u32 {
   return 0xffffffffu;
 }
 
@@ -47,10 +47,6 @@ fn kv_v_blk(row0: u32, d4: u32) -> KvBlk {
 
 fn kv_v4b(blk: KvBlk, row: u32, d4: u32) -> vec4<f32> {
   return kv_v4(row, d4);
-}
-
-fn kv_v_fac(row0: u32) -> u32 {
-  return 0xffffffffu;
 }
 
 fn kv_v_af(f: u32, t: u32) -> vec2<f32> {

@@ -85,7 +85,7 @@ fn kvq_b_word(j: u32, d: u32) -> u32 {
 // read a row 4 channels at a time over head_dim / 4 steps): its first word, (scale, min), the
 // outliers' channels (0xffffffff: none, a channel no load matches) and residuals. kv_k4r leaves
 // the low-rank term out: the attention kernels add it per key as q·(A[t]·B) = A[t]·(B·q), with B·q
-// once per (block, query head) from kv_k_fac / kv_k_b4 and A[t] from kv_k_af, so a key costs
+// once per (block, query head) from kv_fac / kv_k_b4 and A[t] from kv_k_af, so a key costs
 // KV_RANK MACs instead of B's words per 4 channels. The split-K views have rank 2.
 struct KvRow {
   base: u32,
@@ -119,9 +119,9 @@ fn kv_k4r(r: KvRow, d4: u32) -> vec4<f32> {
   return x;
 }
 
-// Factor base of the K (block, KV head) whose first row is `row0`, KVQ_NONE where its factors do
-// not apply (the query's own block).
-fn kv_k_fac(row0: u32) -> u32 {
+// Factor base of the (block, KV head) whose first row is `row0`, in K or V (the same layout),
+// KVQ_NONE where its factors do not apply (the query's own block).
+fn kv_fac(row0: u32) -> u32 {
   return select(KVQ_NONE, kvq_factor_base(row0), kvq_lowrank_on(row0));
 }
 
@@ -141,7 +141,7 @@ fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
   let r = kv_k_row(row);
   var x = kv_k4r(r, d4);
   if (KV_RANK > 0u) {
-    let f = kv_k_fac(row - row % KVQ_BLOCK);
+    let f = kv_fac(row - row % KVQ_BLOCK);
     if (f != KVQ_NONE) {
       let a = kv_k_af(f, row % KVQ_BLOCK);
       x += a.x * kv_k_b4(f, 0u, d4) + a.y * kv_k_b4(f, 1u, d4);
@@ -154,7 +154,7 @@ fn kv_k4(row: u32, d4: u32) -> vec4<f32> {
 // rows 4 channels per thread: their factor words are the same for all 16), zero where the block's
 // factors do not apply. kv_v4b leaves the low-rank term out: P·V adds it per block,
 // Σ_t p_t·A[t]·B = (Σ_t p_t·A[t])·B, with Σ_t p_t·A[t] summed once per block for all channels
-// (kv_v_fac / kv_v_af) and B from kv_v_b.
+// (kv_fac / kv_v_af) and B from kv_v_b.
 struct KvBlk {
   b0: vec4<f32>,
   b1: vec4<f32>,
@@ -178,12 +178,6 @@ fn kv_v_blk(row0: u32, d4: u32) -> KvBlk {
 
 fn kv_v_b(blk: KvBlk, j: u32) -> vec4<f32> {
   return select(blk.b1, blk.b0, j == 0u);
-}
-
-// Factor base of the V (block, KV head) whose first row is `row0`, KVQ_NONE where its factors do
-// not apply (the query's own block).
-fn kv_v_fac(row0: u32) -> u32 {
-  return select(KVQ_NONE, kvq_factor_base(row0), kvq_lowrank_on(row0));
 }
 
 // A[t][0..1] of the V factors at base `f` (not KVQ_NONE).

@@ -27,8 +27,8 @@
  * kv_k1/kv_v1 (one element) and kv_k4/kv_v4 (4 channels) by token row, and split-K attention's
  * kv_k_row + kv_k4r and kv_v_blk + kv_v4b, which read a compressed row's (scale, min) and
  * outliers once per row and leave the low-rank term to the kernel, which applies it per block
- * (keys: B·q per block and query head, then A[t]·(B·q) per key, from kv_k_fac / kv_k_b4 /
- * kv_k_af; values: Σ p·A per block, then a rank-2 update with B, from kv_v_fac / kv_v_af /
+ * (keys: B·q per block and query head, then A[t]·(B·q) per key, from kv_fac / kv_k_b4 /
+ * kv_k_af; values: Σ p·A per block, then a rank-2 update with B, from kv_fac / kv_v_af /
  * kv_v_b); quantized formats are written by kv_quantize from rope_kv_write's f32 rows. A format's pipeline labels end in
  * `_kv<format>` (none for f32).
  */

@@ -171,12 +171,20 @@ function rowChoice(row: DefaultsRow, cls: DefaultableClass, context: number): Ke
     const variant = Array.isArray(v) ? bySize(v, cls.rows) : v;
     return variant ? { kernel, variant } : undefined;
   }
+  const chunk = defaultAttentionChunk(row, bucket, context);
+  return chunk === undefined ? undefined : { kernel, chunk };
+}
+
+/**
+ * The row's split-K decode-attention chunk for a row bucket ('1', '2-4', '5-32') at an engine
+ * context, if the row gives splits for it.
+ */
+export function defaultAttentionChunk(row: DefaultsRow, bucket: string, context: number): number | undefined {
   const a = row.attentionChunk[bucket];
   if (!a || !('splits' in a)) return undefined;
-  if (a.oneSplitUpTo !== undefined && contextBucket(context) <= a.oneSplitUpTo)
-    return { kernel, chunk: contextBucket(context) };
+  if (a.oneSplitUpTo !== undefined && contextBucket(context) <= a.oneSplitUpTo) return contextBucket(context);
   const fromContext = 2 ** Math.floor(Math.log2(contextBucket(context) / a.splits));
-  return { kernel, chunk: a.splits === 1 ? a.min : Math.max(a.min, fromContext) };
+  return a.splits === 1 ? a.min : Math.max(a.min, fromContext);
 }
 
 /** What the defaults need of a shape class (tuner/classes.ts's TuneClass has it). */
