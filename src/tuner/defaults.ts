@@ -75,8 +75,21 @@ export interface DefaultsRow {
  *   10, f16 cache, heads 8/4: head_dim 16 at context 128, 1 / 4 / 16 rows, 0.064 / 0.276 / 1.047
  *   in one split, 0.024 / 0.037 / 0.084 lanes; at 4096, 1.06 / 6.66 / 16.3 in 512-token splits,
  *   0.31 / 1.18 / 3.01 lanes; head_dim 32 at 2048 0.83 / 5.39 / 12.8 split, 0.56 / 1.27 / 2.33
- *   lanes; head_dim 8 at 512 0.136 / 0.751 / 3.20 one split, 0.040 / 0.075 / 0.273 lanes). SwiftShader is a
- *   CPU adapter too (its subgroups are narrower, so the subgroup variants are not candidates there).
+ *   lanes; head_dim 8 at 512 0.136 / 0.751 / 3.20 one split, 0.040 / 0.075 / 0.273 lanes);
+ *   at M > 1 (prefill chunks, batched decode, speculative verifying steps) 4 weight rows per thread
+ *   on smaller workgroups, where the kernels' rules take 8 on 64 threads (float GEMM) or as few
+ *   rows per thread as keep 8 workgroups of 64 (int4: 1 at 896 rows). `kiln tune` speedups of the
+ *   row's variant over the rules, Qwen2.5-0.5B's layers: bf16 M 2-4 (4-row tile, 32 threads) q/k/v
+ *   1.42x, o 1.15x, gate/up 1.24x, down 1.28x, LM head 1.18x; M 5-16 (16-row tile, 32 threads) q/k/v
+ *   1.79x, o 1.51x, down 1.44x, gate/up 1.09x, LM head 1.33x; M 17+ (16 threads) q/k/v 1.88x, o
+ *   1.61x, down 1.44x; int4 (g32 asym, 4 rows of X per group, 32 threads up to 2047 rows, 64 above)
+ *   M 2-4 o 2.57x, down 2.69x, q/k/v 1.25x, M 5-16 o 2.80x, down 3.64x, M 17+ o 3.51x, down 3.60x,
+ *   gate/up's 9728 rows the rule's tiling on 64 threads (1.00x); BabyLlama's f32 layers 1.0-3.3x.
+ *   Retuned from this row (every candidate, the rules included, against it in the same rounds), it
+ *   won 13 of 16 bf16 and 15 of 16 int4 classes; the rest 1.06-1.25x (gate/up, the LM head) but for
+ *   down at M 5-16 (16 threads, 1.83x; the first tune had 128 threads ahead there); BabyLlama's
+ *   128-row layers kept 2 rows per thread at M 2-4 (1.1-1.2x). SwiftShader is a CPU adapter too
+ *   (its subgroups are narrower, so the subgroup variants are not candidates there).
  * - generic (an adapter Kiln cannot place): the kernels' own rules, the untuned engine as it was.
  * - gpu-discrete (NVIDIA H100, Dawn over Vulkan): at M = 1 the flat GEMV with 1 row per thread
  *   (1.21-1.27x; more workgroups to fill 132 SMs), int4 1 row per thread, split-K attention with
@@ -85,6 +98,15 @@ export interface DefaultsRow {
  * - gpu-integrated: the discrete row's M = 1 choices (fewer cores, same reason: rows per thread
  *   trade X reuse for workgroups, and a GPU has workgroup slots to spare); not measured here.
  */
+/** The cpu row's int4 choice at every M > 1 bucket (4 rows of X per group, 4 rows per thread). */
+const Q4_CPU_ROWS: { maxRows?: number; variant: Q4Variant }[] = [
+  {
+    maxRows: 2047,
+    variant: { rowsPerGroup: 4, rowsPerThread: 4, subgroups: true, dequant: 'f32', workgroupSize: 32 },
+  },
+  { variant: { rowsPerGroup: 4, rowsPerThread: 4, subgroups: true, dequant: 'f32' } },
+];
+
 export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
   cpu: {
     matmul: {
@@ -92,6 +114,9 @@ export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
         { maxRows: 32767, variant: { path: 'gemm', tm: 1, tn: 4, wg: 32 } },
         { variant: { path: 'gemm', tm: 1, tn: 4, wg: 64 } },
       ],
+      '2-4': { path: 'gemm', tm: 4, tn: 4, wg: 32 },
+      '5-16': { path: 'gemm', tm: 16, tn: 4, wg: 32 },
+      '17+': { path: 'gemm', tm: 16, tn: 4, wg: 16 },
     },
     matmulQ4: {
       '1': [
@@ -101,6 +126,9 @@ export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
         },
         { variant: { rowsPerGroup: 1, rowsPerThread: 4, subgroups: true, dequant: 'f32' } },
       ],
+      '2-4': Q4_CPU_ROWS,
+      '5-16': Q4_CPU_ROWS,
+      '17+': Q4_CPU_ROWS,
     },
     matmulGguf: { '5-16': { rowsPerGroup: 4, rowsPerThread: 2, subgroups: true } },
     attentionChunk: {

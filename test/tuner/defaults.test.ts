@@ -4,12 +4,20 @@
  * context).
  */
 import { describe, expect, it } from 'vitest';
+import { gemmUsable } from '../../src/kernels/matmul.js';
 import { q4SubgroupsUsable } from '../../src/kernels/matmul-q4.js';
 import { quantizeGguf } from '../../src/quant/gguf-blocks.js';
-import type { KernelChoice } from '../../src/tuner/choices.js';
-import { ggufMatmulCandidates, lanesChoice } from '../../src/tuner/space.js';
+import { quantizeRtn } from '../../src/quant/q4.js';
+import type { KernelChoice, MClass } from '../../src/tuner/choices.js';
+import {
+  floatMatmulCandidates,
+  ggufMatmulCandidates,
+  lanesChoice,
+  q4MatmulCandidates,
+} from '../../src/tuner/space.js';
 import { uploadGgufWeight } from '../../src/weights/upload-gguf.js';
-import { randomF32, testGpu } from '../helpers/gpu.js';
+import { q4Buffers, uploadQ4Weight } from '../../src/weights/upload-q4.js';
+import { randomF32, testGpu, uploadWeight } from '../helpers/gpu.js';
 import {
   adapterClassOf,
   defaultChoices,
@@ -58,7 +66,7 @@ describe('default choices', () => {
         { ...cls('a m1', '1', [{ kernel: 'matmul', variant: {} }, flat, gemm]), rows: 896 },
         // An adapter without subgroups has no GEMM candidates: the rule stays.
         cls('b m1', '1', [{ kernel: 'matmul', variant: {} }, flat]),
-        // No row entry for this bucket.
+        // The row's 2-4 choice (a 4-row tile) is not among these candidates.
         cls('c m2-4', '2-4', [{ kernel: 'matmul', variant: {} }, gemm]),
       ],
       row,
@@ -113,6 +121,57 @@ describe('default choices', () => {
     expect(got.get('q 9728')).toEqual(q4(large));
     expect(got.get('head')).toEqual({ kernel: 'matmul', variant: wide });
     expect(got.get('o')).toEqual(gemm);
+  });
+
+  it("gives every M > 1 bucket a float and an int4 choice from the tuner's own space", async () => {
+    // A row entry that is not a candidate is silently dropped (the kernel's rule runs): this pins
+    // the cpu row's several-row choices to variants the tuner can build and time here.
+    const ctx = await testGpu();
+    const float = uploadWeight(ctx, randomF32(16 * 64, 3), 16, 64, 'f32').weight;
+    const q4 = uploadQ4Weight(
+      ctx,
+      'w',
+      quantizeRtn(randomF32(16 * 64, 4), 16, 64, { groupSize: 32, symmetric: false, scaleType: 'f32' }),
+    );
+    const buckets = ['2-4', '5-16', '17+'] as const satisfies readonly MClass[];
+    const classes: DefaultableClass[] = buckets.flatMap((bucket) => [
+      {
+        key: `f ${bucket}`,
+        kernel: 'matmul',
+        bucket,
+        rows: 896,
+        candidates: floatMatmulCandidates(ctx, float, bucket),
+      },
+      ...[896, 9728].map((rows) => ({
+        key: `q ${rows} ${bucket}`,
+        kernel: 'matmul_q4' as const,
+        bucket,
+        rows,
+        candidates: q4MatmulCandidates(ctx, q4, bucket),
+      })),
+    ]);
+    const got = defaultChoices(classes, KERNEL_DEFAULTS.cpu, 4096);
+    const tiles = { '2-4': [4, 32], '5-16': [16, 32], '17+': [16, 16] } as const;
+    const q4Choice = (workgroupSize?: 32): KernelChoice => ({
+      kernel: 'matmul_q4',
+      variant: {
+        rowsPerGroup: 4,
+        rowsPerThread: 4,
+        subgroups: true,
+        dequant: 'f32',
+        ...(workgroupSize ? { workgroupSize } : {}),
+      },
+    });
+    for (const bucket of buckets) {
+      const [tm, wg] = tiles[bucket];
+      expect(got.get(`f ${bucket}`)).toEqual(
+        gemmUsable(ctx) ? { kernel: 'matmul', variant: { path: 'gemm', tm, tn: 4, wg } } : undefined,
+      );
+      const sg = q4SubgroupsUsable(ctx);
+      expect(got.get(`q 896 ${bucket}`)).toEqual(sg ? q4Choice(32) : undefined);
+      expect(got.get(`q 9728 ${bucket}`)).toEqual(sg ? q4Choice() : undefined);
+    }
+    for (const b of [...q4Buffers(q4), ...float.parts.map((p) => p.buffer)]) ctx.destroyBuffer(b);
   });
 
   it('sizes attention splits from the context bucket, within the candidates', () => {
