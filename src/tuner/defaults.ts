@@ -80,8 +80,11 @@ export interface DefaultsRow {
  *   on smaller workgroups, where the kernels' rules take 8 on 64 threads (float GEMM) or as few
  *   rows per thread as keep 8 workgroups of 64 (int4: 1 at 896 rows). `kiln tune` speedups of the
  *   row's variant over the rules, Qwen2.5-0.5B's layers: bf16 M 2-4 (4-row tile, 32 threads) q/k/v
- *   1.42x, o 1.15x, gate/up 1.24x, down 1.28x, LM head 1.18x; M 5-16 (16-row tile, 32 threads) q/k/v
- *   1.79x, o 1.51x, down 1.44x, gate/up 1.09x, LM head 1.33x; M 17+ (16 threads) q/k/v 1.88x, o
+ *   1.42x, o 1.15x, gate/up 1.24x, down 1.28x, LM head 1.18x; M 5-16 (32 threads; timed at 16 rows,
+ *   the 16-row tile) q/k/v 1.79x, o 1.51x, down 1.44x, gate/up 1.09x, LM head 1.33x, and at 5 and 8
+ *   rows the step's own 8-row tile (GPU ms of a step's matmuls, `bench:profile --rows 5|8`, two
+ *   alternating rounds: the layers' 8 rows per thread on 64 threads 16-18, 4 on 32 20-25, with the
+ *   16-row tile 24-29; gate/up 38-40, 26-30, 44-49); M 17+ (16 threads) q/k/v 1.88x, o
  *   1.61x, down 1.44x; int4 (g32 asym, 4 rows of X per group, 32 threads up to 2047 rows, 64 above)
  *   M 2-4 o 2.57x, down 2.69x, q/k/v 1.25x, M 5-16 o 2.80x, down 3.64x, M 17+ o 3.51x, down 3.60x,
  *   gate/up's 9728 rows the rule's tiling on 64 threads (1.00x); BabyLlama's f32 layers 1.0-3.3x.
@@ -115,7 +118,7 @@ export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
         { variant: { path: 'gemm', tm: 1, tn: 4, wg: 64 } },
       ],
       '2-4': { path: 'gemm', tm: 4, tn: 4, wg: 32 },
-      '5-16': { path: 'gemm', tm: 16, tn: 4, wg: 32 },
+      '5-16': { path: 'gemm', tn: 4, wg: 32 },
       '17+': { path: 'gemm', tm: 16, tn: 4, wg: 16 },
     },
     matmulQ4: {

@@ -151,7 +151,8 @@ describe('default choices', () => {
       })),
     ]);
     const got = defaultChoices(classes, KERNEL_DEFAULTS.cpu, 4096);
-    const tiles = { '2-4': [4, 32], '5-16': [16, 32], '17+': [16, 16] } as const;
+    // At 5-16 the tile's rows follow the step's (8 up to 8 rows, 16 above): no `tm`.
+    const tiles = { '2-4': [4, 32], '5-16': [undefined, 32], '17+': [16, 16] } as const;
     const q4Choice = (workgroupSize?: 32): KernelChoice => ({
       kernel: 'matmul_q4',
       variant: {
@@ -165,7 +166,9 @@ describe('default choices', () => {
     for (const bucket of buckets) {
       const [tm, wg] = tiles[bucket];
       expect(got.get(`f ${bucket}`)).toEqual(
-        gemmUsable(ctx) ? { kernel: 'matmul', variant: { path: 'gemm', tm, tn: 4, wg } } : undefined,
+        gemmUsable(ctx)
+          ? { kernel: 'matmul', variant: { path: 'gemm', ...(tm === undefined ? {} : { tm }), tn: 4, wg } }
+          : undefined,
       );
       const sg = q4SubgroupsUsable(ctx);
       expect(got.get(`q 896 ${bucket}`)).toEqual(sg ? q4Choice(32) : undefined);
