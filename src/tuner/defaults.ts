@@ -40,6 +40,15 @@ export interface DefaultsRow {
   >;
 }
 
+/** The cpu row's int4 choice at every M > 1 bucket (4 rows of X per group, 4 rows per thread). */
+const Q4_CPU_ROWS: { maxRows?: number; variant: Q4Variant }[] = [
+  {
+    maxRows: 2047,
+    variant: { rowsPerGroup: 4, rowsPerThread: 4, subgroups: true, dequant: 'f32', workgroupSize: 32 },
+  },
+  { variant: { rowsPerGroup: 4, rowsPerThread: 4, subgroups: true, dequant: 'f32' } },
+];
+
 /**
  * The table. Measurements (GPU timestamps, `kiln tune --budget-s 60..90 --json`, speedup of the
  * winner over the kernel's rule at the class):
@@ -101,15 +110,6 @@ export interface DefaultsRow {
  * - gpu-integrated: the discrete row's M = 1 choices (fewer cores, same reason: rows per thread
  *   trade X reuse for workgroups, and a GPU has workgroup slots to spare); not measured here.
  */
-/** The cpu row's int4 choice at every M > 1 bucket (4 rows of X per group, 4 rows per thread). */
-const Q4_CPU_ROWS: { maxRows?: number; variant: Q4Variant }[] = [
-  {
-    maxRows: 2047,
-    variant: { rowsPerGroup: 4, rowsPerThread: 4, subgroups: true, dequant: 'f32', workgroupSize: 32 },
-  },
-  { variant: { rowsPerGroup: 4, rowsPerThread: 4, subgroups: true, dequant: 'f32' } },
-];
-
 export const KERNEL_DEFAULTS: Record<AdapterClass, DefaultsRow> = {
   cpu: {
     matmul: {

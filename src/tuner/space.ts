@@ -65,8 +65,9 @@ export function floatMatmulCandidates(ctx: GpuContext, w: GpuWeight, mClass: MCl
       flat(8, [2, 4]);
       // 8 rows of X, or the rule's tile for the step (8 up to 8 rows, 16 above; timed at 16 rows,
       // where it is the 16-row tile): a 16-row tile for a 5-row step (a verifying step of 4
-      // guesses) computes 11 rows for nothing, and on lavapipe ran 1.2-1.5x slower than the 8-row
-      // one at M = 5 and 8 (Qwen2.5-0.5B's layers, 4 weight rows per thread on 32 threads).
+      // guesses) computes 11 rows for nothing: on lavapipe at M = 5 and 8 (Qwen2.5-0.5B's layers,
+      // 4 weight rows per thread on 32 threads) it ran 1.1-1.2x slower than the 8-row tile on
+      // q/k/v, o and down, 1.5-1.8x on gate/up.
       tiles([8, undefined], [4, 8], [16, 32, 64, 128]);
       break;
     case '17+':
