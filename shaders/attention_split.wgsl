@@ -329,9 +329,10 @@ fn scores2(ka: u32, kb: u32, qb: u32, hd4: u32) -> mat2x4<f32> {
 // (j >= n: a lane redoing the tile's last token, without its low-rank term: taken as masked, so it
 // touches no max, flag or store). Async: stores e^(x - phi) and checks the window; exact: stores x
 // and tracks the lane's max. A `masked` token (before the sliding window, or a token tree's slot
-// off the row's path) scores NEG_BIG: probability 0, no overflow, no max. A tile (or split) whose keys are all masked gets the max
-// NEG_BIG and probabilities e^0 = 1, which the next tile's rescale e^(NEG_BIG - max) (or the
-// merge's weight) zeroes: the row's own key, always seen, is in the last tile of the last split.
+// off the row's path) scores NEG_BIG: probability 0, no overflow, no max. A tile (or split) whose
+// keys are all masked gets the max NEG_BIG and probabilities e^0 = 1, which the next tile's
+// rescale e^(NEG_BIG - max) (or the merge's weight) zeroes: the row's own key, always seen, is in
+// the last tile of the last split.
 fn take(j: u32, n: u32, x_in: vec4<f32>, base: u32, live: vec4<bool>, masked: bool,
         lm: ptr<function, vec4<f32>>, overflow: ptr<function, bool>) {
   let x = select(x_in, vec4<f32>(NEG_BIG), masked || j >= n);

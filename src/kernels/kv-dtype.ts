@@ -29,8 +29,8 @@
  * outliers once per row and leave the low-rank term to the kernel, which applies it per block
  * (keys: B·q per block and query head, then A[t]·(B·q) per key, from kv_fac / kv_k_b4 /
  * kv_k_af; values: Σ p·A per block, then a rank-2 update with B, from kv_fac / kv_v_af /
- * kv_v_b); quantized formats are written by kv_quantize from rope_kv_write's f32 rows. A format's pipeline labels end in
- * `_kv<format>` (none for f32).
+ * kv_v_b); quantized formats are written by kv_quantize from rope_kv_write's f32 rows. A
+ * format's pipeline labels end in `_kv<format>` (none for f32).
  */
 import { UnsupportedModelError } from '../errors.js';
 import type { GpuContext } from '../gpu/device.js';
