@@ -289,11 +289,14 @@ export class Scheduler {
     if (work.length === 0) return;
     const t0 = performance.now();
     const produced = (seqs: readonly Seq[]) => seqs.reduce((a, s) => a + s.produced, 0);
+    // A step of a shape never planned before is not timed for speculation: it compiled kernel
+    // variants, which such steps do not cost again (a plan rebuilt after eviction is counted).
+    const shapes = this.forward.shapesPlanned;
     if (work.length === this.running.length && pipelinable(this.batch, work)) {
       const seqs = work.map((w) => w.s);
       const before = produced(seqs);
       await (seqs.some(needsTail) ? adjustedBurst : decodeBurst)(this.batch, seqs);
-      if (seqs.some((s) => s.spec))
+      if (seqs.some((s) => s.spec) && this.forward.shapesPlanned === shapes)
         this.specClock.add('plain', performance.now() - t0, produced(seqs) - before);
       return;
     }
@@ -420,6 +423,9 @@ export class Scheduler {
       if (this.batch.emit(s, token, logprob) && this.running.includes(s)) this.batch.grow(s, token);
       offerRecycled(s, drafts, row);
     });
-    if (verified.size > 0) this.specClock.add('spec', performance.now() - t0, produced(stepSeqs) - before);
+    if (verified.size > 0 && this.forward.shapesPlanned === shapes) {
+      const ms = performance.now() - t0;
+      this.specClock.add('spec', ms, produced(stepSeqs) - before, input.tokens.length);
+    }
   }
 }

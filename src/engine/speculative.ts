@@ -25,7 +25,8 @@
  * guess, so speculation probes (a few verifying steps) and rests (plain pipelined decode, for
  * 32 tokens doubling to 512) while its guesses are not accepted often enough to pay for that, or
  * while the engine's verifying steps produce tokens more slowly in wall time than its plain
- * pipelined steps (schedule/spec-clock.ts).
+ * pipelined steps; and the engine caps the guesses per sequence at the size its verifying steps
+ * measured fastest (schedule/spec-clock.ts).
  */
 import { InvalidRequestError } from '../errors.js';
 import { RECYCLE_NONE } from '../kernels/recycle-topk.js';
@@ -163,12 +164,14 @@ export class Speculator {
   ) {}
 
   /**
-   * Guesses to follow `tokens` (the sequence so far): at most `limit` nodes, none deeper than
-   * `deepest`; a chain unless `trees` (the KV cache can verify a token tree) and the GPU's
+   * Guesses to follow `tokens` (the sequence so far): at most `room` nodes (and the engine's cap,
+   * SpecClock.cap), none deeper than `deepest`; a chain unless `trees` (the KV cache can verify a token tree) and the GPU's
    * recycled tree is at hand.
    */
-  draft(tokens: readonly number[], limit: number, trees = false, deepest = limit): TokenTree {
+  draft(tokens: readonly number[], room: number, trees = false, deepest = room): TokenTree {
     const none: TokenTree = { tokens: [], parents: [] };
+    // The engine's cap on guesses per sequence, by what verifying steps of each size paid.
+    const limit = Math.min(room, this.clock?.cap ?? room);
     const n = Math.min(limit, deepest, this.opts.maxDraft, this.length);
     // Until plain decoding has been timed, a first rest times it (on this engine's first request).
     if (this.clock && !this.clock.knowsPlain && this.restUntil === 0)

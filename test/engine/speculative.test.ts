@@ -76,6 +76,57 @@ describe('drafting', () => {
     expect(depth()).toBe(4);
   });
 
+  test('timed: the guesses per sequence follow the cap, which climbs while the rows pay', () => {
+    let steps = 0;
+    const clock = new SpecClock(() => steps);
+    const s = new Speculator({ method: 'lookup', maxDraft: 16, timed: true, tree: true }, clock);
+    const text = Array.from({ length: 40 }, (_, i) => 10 + ((i * 7) % 31));
+    const seq = [...text, ...text.slice(0, 4)];
+    const depth = () => s.draft(seq, 32).tokens.length;
+    clock.add('plain', 40, 8);
+    // Wholly accepted drafts would double to 16 guesses; the engine's cap holds them at 2 until
+    // verifying steps of 2 guesses are measured, then lets them grow a level at a time.
+    expect(depth()).toBe(2);
+    s.record([0, 0, 0], [0, 0, 0], 2);
+    expect(depth()).toBe(2);
+    steps++;
+    clock.add('spec', 2, 3);
+    steps++;
+    clock.add('spec', 2, 3);
+    expect(depth()).toBe(4);
+    s.record([0, 0, 0, 0, 0], [0, 0, 0, 0, 0], 4);
+    // 4 guesses faster than 2: on to 8.
+    steps++;
+    clock.add('spec', 2, 5);
+    expect(depth()).toBe(8);
+    // 8 guesses slower than 4 (rows that cost more than they return): back to 4, where it stays
+    // while 8's rate is fresh (RETRY engine steps) and tries 8 again after.
+    steps++;
+    clock.add('spec', 8, 5);
+    expect(clock.cap).toBe(4);
+    steps++;
+    clock.add('spec', 2, 5);
+    expect(clock.cap).toBe(4);
+    expect(clock.slower()).toBe(false);
+    steps += 32;
+    clock.add('spec', 2, 5);
+    expect(clock.cap).toBe(8);
+  });
+
+  test('timed: a cap whose steps had every guess accepted climbs though it does not pay yet', () => {
+    const clock = new SpecClock(() => 0);
+    clock.add('plain', 8, 8);
+    // 2 guesses per step, both accepted (3 rows, 3 tokens), slower than plain decoding: copying,
+    // where each step's fixed cost needs more guesses to pay for it.
+    clock.add('spec', 6, 3, 3);
+    clock.add('spec', 6, 3, 3);
+    expect(clock.cap).toBe(4);
+    expect(clock.slower()).toBeNull();
+    clock.add('spec', 4, 5, 5);
+    expect(clock.slower()).toBe(false);
+    expect(clock.cap).toBe(8);
+  });
+
   test('recycling chains the most recent successors, learnt from the sequence and the verified rows', () => {
     const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false, tree: true });
     // The sequence's bigrams 1→2, 2→3, 3→2: from the last 2, the chain cycles (2 guesses at first).
@@ -191,14 +242,18 @@ describe('drafting', () => {
     // Plain decoding not timed yet: the first 8 tokens from the first draft decode plainly.
     expect(s.draft(at(10), 4).tokens).toEqual([]);
     expect(s.wants(at(17))).toBe(false);
-    // Plain: 8 tokens in 8 ms. Verifying: 3 tokens per 6 ms step, slower; 2 accepted per step
-    // would pay by acceptance alone, but after 2 steps the clock rests every sequence for 32
-    // steps of the engine.
+    // Plain: 8 tokens in 8 ms. Verifying at the first cap (2 guesses): 3 tokens per 6 ms step,
+    // slower; 2 accepted per step would pay by acceptance alone, but after 2 steps (the cap
+    // measured; a cap that neither pays nor had every guess accepted does not climb) the clock
+    // rests every sequence for 32 steps of the engine.
     clock.add('plain', 8, 8);
+    expect(clock.cap).toBe(2);
     expect(s.draft(at(18), 4).tokens).toEqual([1, 2]);
-    clock.add('spec', 6, 3);
+    clock.add('spec', 6, 3, 4);
     s.record([3, 1, 2], [1, 2, 9], 2);
-    clock.add('spec', 6, 3);
+    expect(clock.slower()).toBeNull();
+    clock.add('spec', 6, 3, 4);
+    expect(clock.cap).toBe(2);
     expect(clock.slower()).toBe(true);
     s.record([3, 1, 2], [1, 2, 9], 2);
     steps = 31;
@@ -209,8 +264,10 @@ describe('drafting', () => {
     expect(other.wants(at(40))).toBe(false);
     steps = 32;
     expect(other.wants(at(40))).toBe(true);
-    // Faster verifying steps: the next probe goes on.
+    // Faster verifying steps (the rates before the rest are stale by now): the next probe goes
+    // on, and the cap climbs.
     clock.add('spec', 1, 40);
+    expect(clock.cap).toBe(4);
     expect(clock.slower()).toBe(false);
     expect(s.draft(at(50), 4).tokens.length).toBeGreaterThan(0);
     s.record([2, 3, 1], [3, 1, 9], 1);

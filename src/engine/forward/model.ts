@@ -61,6 +61,11 @@ export class ForwardModel implements ForwardState {
   readonly placeholder: GPUBuffer;
   /** CPU staging of the block table, reused every step. */ private readonly blockTableScratch: Uint32Array;
   private readonly plans = new Map<string, StepPlan>();
+  /** Step shapes planned so far: a step of a new one paid for compiling its kernels' variants. */
+  private readonly shapes = new Set<string>();
+  get shapesPlanned(): number {
+    return this.shapes.size;
+  }
   /** Plans kept in all (decode's is never evicted); other prefill sizes are rebuilt when needed. */
   private static readonly MAX_PLANS = 4;
   readonly attentionPhi: (number | null)[];
@@ -154,6 +159,7 @@ export class ForwardModel implements ForwardState {
       return p;
     }
     p = new StepPlan(this.ctx, this, m, r);
+    this.shapes.add(key);
     if (this.sampling) p.enableSampling();
     if (this.adjusting) p.enableAdjust();
     if (this.logprobs) p.enableLogprobs();
