@@ -165,8 +165,8 @@ export class Speculator {
 
   /**
    * Guesses to follow `tokens` (the sequence so far): at most `room` nodes (and the engine's cap,
-   * SpecClock.cap), none deeper than `deepest`; a chain unless `trees` (the KV cache can verify a token tree) and the GPU's
-   * recycled tree is at hand.
+   * SpecClock.cap), none deeper than `deepest`; a chain unless `trees` (the KV cache can verify a
+   * token tree) and the GPU's recycled tree is at hand.
    */
   draft(tokens: readonly number[], room: number, trees = false, deepest = room): TokenTree {
     const none: TokenTree = { tokens: [], parents: [] };

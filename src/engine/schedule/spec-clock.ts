@@ -8,11 +8,12 @@
  *
  * The guesses per sequence are capped, and the cap climbs between CAPS by the rates measured at
  * each: up while the next cap is faster, or unmeasured (or measured more than RETRY engine steps
- * ago) and this one pays or had every guess accepted; down when the one below is faster. Where rows are cheap (a GPU; one sequence of a
- * small model on a CPU adapter, where a step's fixed cost dominates) it climbs to the drafts' own
- * limits; where every row costs about a token's work it stays at the few guesses that can still
- * pay (the int4 bench model at batch 4 on lavapipe: 12 rows 230 ms for 12 tokens, 20 rows 526 ms
- * for 11, 32 rows 774 ms for 16, against 23 ms per token pipelined).
+ * ago) and this one pays or had every guess accepted; down when the one below is faster. Where
+ * rows are cheap (a GPU; one sequence of a small model on a CPU adapter, where a step's fixed
+ * cost dominates) it climbs to the drafts' own limits; where every row costs about a token's
+ * work it stays at the few guesses that can still pay (the int4 bench model at batch 4 on
+ * lavapipe: 12 rows 230 ms for 12 tokens, 20 rows 526 ms for 11, 32 rows 774 ms for 16, against
+ * 23 ms per token pipelined).
  */
 
 /** Weight of the older steps at each new one: about the last 10 steps count. */
@@ -31,9 +32,9 @@ const CAPS = [1, 2, 4, 8, 16] as const;
 /** The cap an engine starts at: 2 guesses (a sequence's first drafts are that short anyway). */
 const FIRST_CAP = 1;
 /**
- * Engine steps after which a cap's rate is stale: not FIRST_REST, so a probe after a rest
- * measures afresh (a request that copies its prompt is not held back by the guesses of one that
- * did not), and a cap found slower is tried again this often while speculation pays.
+ * Engine steps after which a rate is stale: FIRST_REST, so a probe after a rest measures afresh
+ * (a request that copies its prompt is not held back by the guesses of one that did not), and a
+ * cap found slower is tried again this often while speculation pays.
  */
 const RETRY = FIRST_REST;
 
