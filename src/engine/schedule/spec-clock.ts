@@ -34,7 +34,8 @@ const FIRST_CAP = 1;
 /**
  * Engine steps after which a rate is stale: FIRST_REST, so a probe after a rest measures afresh
  * (a request that copies its prompt is not held back by the guesses of one that did not), and a
- * cap found slower is tried again this often while speculation pays.
+ * cap found slower is tried again this often while speculation pays. Plain decoding's account
+ * goes stale the same way: the next burst after it replaces it.
  */
 const RETRY = FIRST_REST;
 
