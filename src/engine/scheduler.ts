@@ -289,15 +289,23 @@ export class Scheduler {
     if (work.length === 0) return;
     const t0 = performance.now();
     const produced = (seqs: readonly Seq[]) => seqs.reduce((a, s) => a + s.produced, 0);
-    // A step of a shape never planned before is not timed for speculation: it compiled kernel
-    // variants, which such steps do not cost again (a plan rebuilt after eviction is counted).
-    const shapes = this.forward.shapesPlanned;
+    // What a step spent making a plan (recording it, compiling kernel variants first used) is not
+    // timed for speculation: later steps of its shape do not pay it again. The rest of the step
+    // counts (leaving out a new shape's whole step hid slow wide trees from the clock), unless
+    // making the plan took most of it: then what else a plan's first run costs (first use of its
+    // buffers) cannot be told from the step's own work, so the step is left out (null).
+    const planned = this.forward.planningMs;
+    const elapsed = (): number | null => {
+      const plan = this.forward.planningMs - planned;
+      const total = performance.now() - t0;
+      return plan > total / 2 ? null : total - plan;
+    };
     if (work.length === this.running.length && pipelinable(this.batch, work)) {
       const seqs = work.map((w) => w.s);
       const before = produced(seqs);
       await (seqs.some(needsTail) ? adjustedBurst : decodeBurst)(this.batch, seqs);
-      if (seqs.some((s) => s.spec) && this.forward.shapesPlanned === shapes)
-        this.specClock.add('plain', performance.now() - t0, produced(seqs) - before);
+      const ms = elapsed();
+      if (seqs.some((s) => s.spec) && ms !== null) this.specClock.add('plain', ms, produced(seqs) - before);
       return;
     }
 
@@ -423,9 +431,8 @@ export class Scheduler {
       if (this.batch.emit(s, token, logprob) && this.running.includes(s)) this.batch.grow(s, token);
       offerRecycled(s, drafts, row);
     });
-    if (verified.size > 0 && this.forward.shapesPlanned === shapes) {
-      const ms = performance.now() - t0;
+    const ms = elapsed();
+    if (verified.size > 0 && ms !== null)
       this.specClock.add('spec', ms, produced(stepSeqs) - before, input.tokens.length);
-    }
   }
 }

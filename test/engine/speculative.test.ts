@@ -127,6 +127,51 @@ describe('drafting', () => {
     expect(clock.cap).toBe(8);
   });
 
+  test('timed: a cap dropped from again is held off twice as long, whole drafts or not', () => {
+    let steps = 0;
+    const clock = new SpecClock(() => steps);
+    clock.add('plain', 40, 8);
+    // Two steps of 2 guesses, every guess accepted, faster than plain decoding: on to 4.
+    const atTwo = () => {
+      steps++;
+      clock.add('spec', 2, 3, 3);
+      steps++;
+      clock.add('spec', 2, 3, 3);
+    };
+    atTwo();
+    expect(clock.cap).toBe(4);
+    // 4 guesses cost more than they return: back to 2, held off for 32 engine steps.
+    steps++;
+    clock.add('spec', 12, 5, 5);
+    expect(clock.cap).toBe(2);
+    steps += 31;
+    atTwo();
+    expect(clock.cap).toBe(4);
+    // Slower again: held off for 64 steps now; wholly accepted drafts at 2 do not lift it.
+    steps++;
+    clock.add('spec', 12, 5, 5);
+    expect(clock.cap).toBe(2);
+    steps += 40;
+    atTwo();
+    expect(clock.cap).toBe(2);
+    steps += 20;
+    atTwo();
+    expect(clock.cap).toBe(4);
+    // Faster than 2 this time: it stays (and climbs on), and its next hold is 32 steps again.
+    steps++;
+    clock.add('spec', 2, 5, 5);
+    expect(clock.cap).toBe(8);
+    steps++;
+    clock.add('spec', 40, 9, 9);
+    expect(clock.cap).toBe(4);
+    steps++;
+    clock.add('spec', 30, 5, 5);
+    expect(clock.cap).toBe(2);
+    steps += 31;
+    atTwo();
+    expect(clock.cap).toBe(4);
+  });
+
   test('recycling chains the most recent successors, learnt from the sequence and the verified rows', () => {
     const s = new Speculator({ method: 'recycling', maxDraft: 3, timed: false, tree: true });
     // The sequence's bigrams 1→2, 2→3, 3→2: from the last 2, the chain cycles (2 guesses at first).

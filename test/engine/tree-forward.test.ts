@@ -87,8 +87,13 @@ describe('token-tree rows in one forward pass', () => {
         });
         const V = spec.vocabSize;
         const got = await runStep(fm, verify(mask), 'logits');
+        // Making the two shapes' plans took time (what speculation's clock leaves out); the
+        // second step of a shape makes none.
+        const planned = fm.planningMs;
+        expect(planned).toBeGreaterThan(0);
         // The same step with every earlier node visible (a chain's mask).
         const chain = await runStep(fm, verify(mask.map((_, i) => 2 ** (i + 1) - 1)), 'logits');
+        expect(fm.planningMs).toBe(planned);
         fm.destroy();
         kv.destroy();
         destroyWeights(ctx, weights);

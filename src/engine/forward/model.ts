@@ -61,10 +61,13 @@ export class ForwardModel implements ForwardState {
   readonly placeholder: GPUBuffer;
   /** CPU staging of the block table, reused every step. */ private readonly blockTableScratch: Uint32Array;
   private readonly plans = new Map<string, StepPlan>();
-  /** Step shapes planned so far: a step of a new one paid for compiling its kernels' variants. */
-  private readonly shapes = new Set<string>();
-  get shapesPlanned(): number {
-    return this.shapes.size;
+  /**
+   * Wall milliseconds spent making plans so far: a step that made one paid for recording it and
+   * compiling any kernel variant it was first to use, which its shape's later steps do not pay.
+   */
+  private planning = 0;
+  get planningMs(): number {
+    return this.planning;
   }
   /** Plans kept in all (decode's is never evicted); other prefill sizes are rebuilt when needed. */
   private static readonly MAX_PLANS = 4;
@@ -158,12 +161,13 @@ export class ForwardModel implements ForwardState {
       this.plans.set(key, p);
       return p;
     }
+    const t0 = performance.now();
     p = new StepPlan(this.ctx, this, m, r);
-    this.shapes.add(key);
     if (this.sampling) p.enableSampling();
     if (this.adjusting) p.enableAdjust();
     if (this.logprobs) p.enableLogprobs();
     if (this.recycleTable) p.enableRecycling(this.recycleTable);
+    this.planning += performance.now() - t0;
     this.plans.set(key, p);
     if (this.plans.size > ForwardModel.MAX_PLANS) {
       for (const [k, old] of this.plans) {

@@ -8,7 +8,8 @@
  *
  * The guesses per sequence are capped, and the cap climbs between CAPS by the rates measured at
  * each: up while the next cap is faster, or unmeasured (or measured more than RETRY engine steps
- * ago) and this one pays or had every guess accepted; down when the one below is faster. Where
+ * ago), not held off, and this one pays or had every guess accepted; down when the one below is
+ * faster, holding off the cap dropped from (longer each time a retry is dropped from). Where
  * rows are cheap (a GPU; one sequence of a small model on a CPU adapter, where a step's fixed
  * cost dominates) it climbs to the drafts' own limits; where every row costs about a token's
  * work it stays at the few guesses that can still pay (the int4 bench model at batch 4 on
@@ -34,10 +35,18 @@ const FIRST_CAP = 1;
 /**
  * Engine steps after which a rate is stale: FIRST_REST, so a probe after a rest measures afresh
  * (a request that copies its prompt is not held back by the guesses of one that did not), and a
- * cap found slower is tried again this often while speculation pays. Plain decoding's account
- * goes stale the same way: the next burst after it replaces it.
+ * cap found slower is tried again after its hold (below). Plain decoding's account goes stale the
+ * same way: the next burst after it replaces it.
  */
 const RETRY = FIRST_REST;
+/**
+ * A cap dropped from is held off for RETRY engine steps, doubling each time a retry is dropped
+ * from again, up to MAX_HOLD, and back to RETRY once it measures at least as fast as the cap
+ * below: on a device where its rows cost more than they return, every retry costs a step of the
+ * wider shape (the int4 bench model at batch 4 on lavapipe: about 300 ms on a 4-second request),
+ * and a draft whose guesses are all accepted does not make it pay.
+ */
+const MAX_HOLD = MAX_REST;
 
 /** Most times its recent cost per token a single step is counted at. */
 const OUTLIER = 3;
@@ -53,6 +62,8 @@ export class SpecClock {
   private readonly plain: Account = { ms: 0, tokens: 0, at: 0 };
   /** Verifying steps at each cap of CAPS. */
   private readonly byCap: Account[] = CAPS.map(() => ({ ms: 0, tokens: 0, at: -Infinity }));
+  /** Per cap of CAPS: the engine step before which it is held off, and its next hold. */
+  private readonly holds = CAPS.map(() => ({ until: 0, next: RETRY }));
   private capAt: number = FIRST_CAP;
   private rest = FIRST_REST;
   private restUntil = 0;
@@ -130,20 +141,29 @@ export class SpecClock {
 
   /**
    * Moves the cap one level toward the faster rate (see the class comment): down when the cap
-   * below is faster; up when the cap above is, or is unmeasured and this one pays or the step
-   * accepted every guess (`whole`: the cap, not the guesses, bounded what it produced, as when a
-   * passage is being copied on a device where a few guesses do not pay and many do).
+   * below is faster, holding this one off; up when the cap above is, or is unmeasured, not held
+   * off, and this one pays or the step accepted every guess (`whole`: the cap, not the guesses,
+   * bounded what it produced, as when a passage is being copied on a device where a few guesses
+   * do not pay and many do).
    */
   private climb(whole: boolean): void {
     const i = this.capAt;
     const here = this.rate(i);
     if (here === null) return;
     const below = i > 0 ? this.rate(i - 1) : null;
-    if (below !== null && below > here) this.capAt = i - 1;
-    else if (i + 1 < CAPS.length) {
+    const hold = this.holds[i] as { until: number; next: number };
+    if (below !== null && below > here) {
+      this.capAt = i - 1;
+      hold.until = this.steps() + hold.next;
+      hold.next = Math.min(MAX_HOLD, hold.next * 2);
+      return;
+    }
+    if (below !== null) hold.next = RETRY;
+    if (i + 1 < CAPS.length) {
       const above = this.rate(i + 1);
       const pays = this.knowsPlain && here > this.plain.tokens / this.plain.ms;
-      if (above === null ? pays || whole : above > here) this.capAt = i + 1;
+      const free = this.steps() >= (this.holds[i + 1] as { until: number }).until;
+      if (above === null ? free && (pays || whole) : above > here) this.capAt = i + 1;
     }
   }
 
