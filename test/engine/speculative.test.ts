@@ -131,45 +131,34 @@ describe('drafting', () => {
     let steps = 0;
     const clock = new SpecClock(() => steps);
     clock.add('plain', 40, 8);
-    // Two steps of 2 guesses, every guess accepted, faster than plain decoding: on to 4.
-    const atTwo = () => {
+    // One engine step later, a verifying step of `ms` that accepted every guess (tokens = rows).
+    const whole = (ms: number, tokens: number) => {
       steps++;
-      clock.add('spec', 2, 3, 3);
-      steps++;
-      clock.add('spec', 2, 3, 3);
+      clock.add('spec', ms, tokens, tokens);
+      return clock.cap;
     };
-    atTwo();
-    expect(clock.cap).toBe(4);
+    // Two steps of 2 guesses, faster than plain decoding: on to 4.
+    const atTwo = () => {
+      whole(2, 3);
+      return whole(2, 3);
+    };
+    expect(atTwo()).toBe(4);
     // 4 guesses cost more than they return: back to 2, held off for 32 engine steps.
-    steps++;
-    clock.add('spec', 12, 5, 5);
-    expect(clock.cap).toBe(2);
+    expect(whole(12, 5)).toBe(2);
     steps += 31;
-    atTwo();
-    expect(clock.cap).toBe(4);
-    // Slower again: held off for 64 steps now; wholly accepted drafts at 2 do not lift it.
-    steps++;
-    clock.add('spec', 12, 5, 5);
-    expect(clock.cap).toBe(2);
+    expect(atTwo()).toBe(4);
+    // Slower again: held off for 64 steps now, which wholly accepted drafts at 2 do not lift.
+    expect(whole(12, 5)).toBe(2);
     steps += 40;
-    atTwo();
-    expect(clock.cap).toBe(2);
+    expect(atTwo()).toBe(2);
     steps += 20;
-    atTwo();
-    expect(clock.cap).toBe(4);
+    expect(atTwo()).toBe(4);
     // Faster than 2 this time: it stays (and climbs on), and its next hold is 32 steps again.
-    steps++;
-    clock.add('spec', 2, 5, 5);
-    expect(clock.cap).toBe(8);
-    steps++;
-    clock.add('spec', 40, 9, 9);
-    expect(clock.cap).toBe(4);
-    steps++;
-    clock.add('spec', 30, 5, 5);
-    expect(clock.cap).toBe(2);
+    expect(whole(2, 5)).toBe(8);
+    expect(whole(40, 9)).toBe(4);
+    expect(whole(30, 5)).toBe(2);
     steps += 31;
-    atTwo();
-    expect(clock.cap).toBe(4);
+    expect(atTwo()).toBe(4);
   });
 
   test('recycling chains the most recent successors, learnt from the sequence and the verified rows', () => {
