@@ -189,6 +189,20 @@ export class Scheduler {
   }
 
   /**
+   * The wall ms since `t0` that speculation's clock counts for a step, `planned` the model's
+   * planningMs at `t0`. What the step spent making a plan (recording it, compiling kernel variants
+   * first used) is left out: later steps of its shape do not pay it again. The rest counts (leaving
+   * out a new shape's whole step hid slow wide trees from the clock), unless making the plan took
+   * most of it: then what else a plan's first run costs (first use of its buffers) cannot be told
+   * from the step's own work, and the step is not counted (null).
+   */
+  private timedMs(t0: number, planned: number): number | null {
+    const plan = this.forward.planningMs - planned;
+    const total = performance.now() - t0;
+    return plan > total / 2 ? null : total - plan;
+  }
+
+  /**
    * Ends a request: at once between steps (its blocks are free for the next admission), else at
    * the end of the step in flight, which may be writing its KV.
    */
@@ -289,23 +303,14 @@ export class Scheduler {
     if (work.length === 0) return;
     const t0 = performance.now();
     const produced = (seqs: readonly Seq[]) => seqs.reduce((a, s) => a + s.produced, 0);
-    // What a step spent making a plan (recording it, compiling kernel variants first used) is not
-    // timed for speculation: later steps of its shape do not pay it again. The rest of the step
-    // counts (leaving out a new shape's whole step hid slow wide trees from the clock), unless
-    // making the plan took most of it: then what else a plan's first run costs (first use of its
-    // buffers) cannot be told from the step's own work, so the step is left out (null).
+    // Plan-making time is not speculation's to count (timedMs).
     const planned = this.forward.planningMs;
-    const elapsed = (): number | null => {
-      const plan = this.forward.planningMs - planned;
-      const total = performance.now() - t0;
-      return plan > total / 2 ? null : total - plan;
-    };
     if (work.length === this.running.length && pipelinable(this.batch, work)) {
       const seqs = work.map((w) => w.s);
       const before = produced(seqs);
       await (seqs.some(needsTail) ? adjustedBurst : decodeBurst)(this.batch, seqs);
-      const ms = elapsed();
-      if (seqs.some((s) => s.spec) && ms !== null) this.specClock.add('plain', ms, produced(seqs) - before);
+      const ms = seqs.some((s) => s.spec) ? this.timedMs(t0, planned) : null;
+      if (ms !== null) this.specClock.add('plain', ms, produced(seqs) - before);
       return;
     }
 
@@ -431,8 +436,7 @@ export class Scheduler {
       if (this.batch.emit(s, token, logprob) && this.running.includes(s)) this.batch.grow(s, token);
       offerRecycled(s, drafts, row);
     });
-    const ms = elapsed();
-    if (verified.size > 0 && ms !== null)
-      this.specClock.add('spec', ms, produced(stepSeqs) - before, input.tokens.length);
+    const ms = verified.size > 0 ? this.timedMs(t0, planned) : null;
+    if (ms !== null) this.specClock.add('spec', ms, produced(stepSeqs) - before, input.tokens.length);
   }
 }

@@ -58,12 +58,18 @@ interface Account {
   at: number;
 }
 
+/** A cap's hold (MAX_HOLD): the engine step before which it is held off, and its next length. */
+interface Hold {
+  until: number;
+  next: number;
+}
+
 export class SpecClock {
   private readonly plain: Account = { ms: 0, tokens: 0, at: 0 };
   /** Verifying steps at each cap of CAPS. */
   private readonly byCap: Account[] = CAPS.map(() => ({ ms: 0, tokens: 0, at: -Infinity }));
-  /** Per cap of CAPS: the engine step before which it is held off, and its next hold. */
-  private readonly holds = CAPS.map(() => ({ until: 0, next: RETRY }));
+  /** Per cap of CAPS. */
+  private readonly holds: Hold[] = CAPS.map(() => ({ until: 0, next: RETRY }));
   private capAt: number = FIRST_CAP;
   private rest = FIRST_REST;
   private restUntil = 0;
@@ -151,7 +157,7 @@ export class SpecClock {
     const here = this.rate(i);
     if (here === null) return;
     const below = i > 0 ? this.rate(i - 1) : null;
-    const hold = this.holds[i] as { until: number; next: number };
+    const hold = this.holds[i] as Hold;
     if (below !== null && below > here) {
       this.capAt = i - 1;
       hold.until = this.steps() + hold.next;
@@ -162,7 +168,7 @@ export class SpecClock {
     if (i + 1 < CAPS.length) {
       const above = this.rate(i + 1);
       const pays = this.knowsPlain && here > this.plain.tokens / this.plain.ms;
-      const free = this.steps() >= (this.holds[i + 1] as { until: number }).until;
+      const free = this.steps() >= (this.holds[i + 1] as Hold).until;
       if (above === null ? free && (pays || whole) : above > here) this.capAt = i + 1;
     }
   }
